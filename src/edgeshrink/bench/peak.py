@@ -1,0 +1,41 @@
+"""The machine's measured peak fp32 GEMM rate: the physical limit each latency is compared against."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def _matmul_model(n: int) -> bytes:
+    import onnx
+    from onnx import TensorProto, helper
+
+    a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])
+    b = helper.make_tensor_value_info("b", TensorProto.FLOAT, [n, n])
+    c = helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm", [a, b], [c])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def peak_gemm_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
+    """Best fp32 GFLOP/s of an n×n×n MatMul in ONNX Runtime (MLAS) at ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(_matmul_model(n), options, providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    feeds = {"a": rng.standard_normal((n, n), dtype=np.float32), "b": rng.standard_normal((n, n), dtype=np.float32)}
+    for _ in range(3):
+        session.run(None, feeds)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        session.run(None, feeds)
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * n ** 3 / best / 1e9

@@ -1,0 +1,74 @@
+"""What every command shares: one-line errors, JSON output, progress bars."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from edgeshrink.errors import EdgeshrinkError
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def handled(fn):
+    """Turn EdgeshrinkError into 'error: <one line>' on stderr and exit code 2 (never a traceback)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except EdgeshrinkError as exc:
+            raise fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted; nothing was written", 130) from None
+
+    return wrapper
+
+
+def write_json(path: Path | None, data: dict) -> None:
+    """Write ``data`` to ``path`` ('-' for stdout) atomically."""
+    if path is None:
+        return
+    text = json.dumps(data, indent=2, default=_jsonable)
+    if str(path) == "-":
+        sys.stdout.write(text + "\n")
+        return
+    from edgeshrink._files import atomic_write_text
+
+    try:
+        Path(path).absolute().parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text + "\n")
+    except OSError as exc:
+        raise EdgeshrinkError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _jsonable(value):
+    import numpy as np
+
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def progress_callback(progress):
+    """Adapt a rich Progress to bench's step(description, advance, total) callback."""
+    tasks = {}
+
+    def step(description: str, advance: int = 0, total: int | None = None) -> None:
+        if total is not None:
+            tasks[description] = progress.add_task(description, total=total)
+        elif description in tasks:
+            progress.update(tasks[description], advance=advance)
+        else:
+            progress.console.print(description)
+
+    return step

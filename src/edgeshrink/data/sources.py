@@ -1,0 +1,148 @@
+"""Where examples come from: a built-in data set, a CSV or JSONL file, or a `datasets.load_from_disk` dir."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeshrink.config import Config
+from edgeshrink.data import builtin
+from edgeshrink.errors import EdgeshrinkError
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Text classification examples; labels are names (strings), ``label_names`` fixes their order."""
+
+    name: str
+    ids: list[str]
+    texts: list[str]
+    labels: list[str]
+    label_names: tuple[str, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def subset(self, rows: list[int]) -> "Examples":
+        return Examples(self.name, [self.ids[i] for i in rows], [self.texts[i] for i in rows],
+                        [self.labels[i] for i in rows], self.label_names)
+
+    def head(self, n: int) -> "Examples":
+        return self.subset(list(range(min(n, len(self)))))
+
+
+class DataConfig(Config):
+    """A data source. ``source`` is a built-in name (``sentiment-movies``) or a path."""
+
+    version: int = 1
+    source: str
+    text_column: str = "text"
+    label_column: str = "label"
+    id_column: str = "id"
+
+
+def load_data(config: DataConfig | str) -> Examples:
+    if isinstance(config, str):
+        config = DataConfig(source=config)
+    if config.source in builtin.BUILTINS:
+        spec = builtin.BUILTINS[config.source]
+        rows = builtin.load_builtin_rows(config.source)
+        return _from_rows(config.source, rows, DataConfig(source=config.source), spec.label_names)
+    path = Path(config.source)
+    if not path.exists():
+        known = ", ".join(builtin.BUILTINS)
+        raise EdgeshrinkError(f"data {config.source!r} is neither an existing path nor a built-in data set ({known})")
+    if path.is_dir():
+        return _from_disk_dataset(path, config)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _from_rows(path.name, _read_csv(path), config)
+    if suffix in (".jsonl", ".json"):
+        return _from_rows(path.name, _read_jsonl(path), config)
+    raise EdgeshrinkError(f"data file {path} must be .csv or .jsonl (or a datasets.load_from_disk directory)")
+
+
+def _read_csv(path: Path) -> list[dict]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    except UnicodeDecodeError:
+        raise EdgeshrinkError(f"{path} is not UTF-8 text") from None
+    except csv.Error as exc:
+        raise EdgeshrinkError(f"{path}: malformed CSV ({exc})") from None
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if line.strip():
+                    row = json.loads(line)
+                    if not isinstance(row, dict):
+                        raise EdgeshrinkError(f"{path}:{lineno}: each line must be a JSON object")
+                    rows.append(row)
+    except UnicodeDecodeError:
+        raise EdgeshrinkError(f"{path} is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise EdgeshrinkError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+    return rows
+
+
+def _from_disk_dataset(path: Path, config: DataConfig) -> Examples:
+    if not (path / "dataset_info.json").exists() and not (path / "dataset_dict.json").exists():
+        raise EdgeshrinkError(f"{path} is a directory but not one saved by datasets' save_to_disk")
+    try:
+        import datasets
+    except ImportError:
+        raise EdgeshrinkError("reading a load_from_disk directory needs the package `datasets`") from None
+    loaded = datasets.load_from_disk(str(path))
+    # A DatasetDict is flattened: edgeshrink makes its own seeded split so every command shares it.
+    parts = [loaded[k] for k in sorted(loaded.keys())] if isinstance(loaded, datasets.DatasetDict) else [loaded]
+    rows: list[dict] = []
+    label_names: tuple[str, ...] = ()
+    for part in parts:
+        feature = part.features.get(config.label_column)
+        if isinstance(feature, datasets.ClassLabel):
+            label_names = tuple(feature.names)
+        for row in part:
+            rows.append(dict(row))
+    if label_names:
+        for row in rows:
+            row[config.label_column] = label_names[int(row[config.label_column])]
+    return _from_rows(path.name, rows, config, label_names or None)
+
+
+def _from_rows(name: str, rows: list[dict], config: DataConfig, label_names=None) -> Examples:
+    if not rows:
+        raise EdgeshrinkError(f"data {name!r} has no rows")
+    columns = set(rows[0])
+    for role, column in (("text", config.text_column), ("label", config.label_column)):
+        if column not in columns:
+            raise EdgeshrinkError(f"data {name!r} has no {role} column {column!r} (columns: {', '.join(sorted(columns))}); "
+                                  f"choose it with --{role}-column")
+    ids, texts, labels = [], [], []
+    seen: set[str] = set()
+    for i, row in enumerate(rows):
+        text, label = row.get(config.text_column), row.get(config.label_column)
+        if text is None or str(text).strip() == "" or label is None or str(label) == "":
+            raise EdgeshrinkError(f"data {name!r} row {i + 1}: empty {config.text_column!r} or {config.label_column!r}")
+        ident = str(row[config.id_column]) if config.id_column in row else str(i)
+        if ident in seen:
+            raise EdgeshrinkError(f"data {name!r}: duplicate id {ident!r} in column {config.id_column!r}")
+        seen.add(ident)
+        ids.append(ident)
+        texts.append(str(text))
+        labels.append(str(label))
+    names = tuple(label_names) if label_names else tuple(sorted(set(labels), key=_natural_key))
+    unknown = set(labels) - set(names)
+    if unknown:
+        raise EdgeshrinkError(f"data {name!r} has labels outside {names}: {sorted(unknown)}")
+    return Examples(name, ids, texts, labels, names)
+
+
+def _natural_key(label: str):
+    """Integer labels sort as numbers (2 < 10); other labels alphabetically."""
+    return (0, int(label), "") if label.lstrip("-").isdigit() else (1, 0, label)

@@ -1,0 +1,93 @@
+"""The one seeded train / calibration / test split that every command shares.
+
+Each example goes to a split by the rank of ``sha256(seed:id)`` within its label, so the split is
+stratified, exact in size, independent of row order, and reproducible from (seed, ids) alone.
+No figure is ever computed on data a step was tuned on: training uses ``train``, thresholds and
+temperature use ``calibration``, reported figures use ``test``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from pydantic import field_validator
+
+from edgeshrink.config import Config
+from edgeshrink.data.sources import Examples
+
+
+class SplitConfig(Config):
+    version: int = 1
+    seed: int = 0
+    train_fraction: float = 0.70
+    calibration_fraction: float = 0.15  # the rest is test
+
+    @field_validator("train_fraction", "calibration_fraction")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0.0 < value < 1.0:
+            raise ValueError("must be between 0 and 1")
+        return value
+
+    def model_post_init(self, _context) -> None:
+        if self.train_fraction + self.calibration_fraction >= 1.0:
+            raise ValueError("train_fraction + calibration_fraction must leave room for a test split")
+
+
+@dataclass(frozen=True)
+class Split:
+    train: Examples
+    calibration: Examples
+    test: Examples
+    config: SplitConfig
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the example ids in each part (and the seed): the split's identity in manifests."""
+        digest = hashlib.sha256(f"seed={self.config.seed}".encode())
+        for part_name, part in (("train", self.train), ("calibration", self.calibration), ("test", self.test)):
+            digest.update(f"\n[{part_name}]\n".encode())
+            digest.update("\n".join(part.ids).encode("utf-8"))
+        return digest.hexdigest()
+
+    def info(self) -> dict:
+        return {
+            "dataset": self.test.name,
+            "seed": self.config.seed,
+            "fractions": {"train": self.config.train_fraction, "calibration": self.config.calibration_fraction},
+            "sizes": {"train": len(self.train), "calibration": len(self.calibration), "test": len(self.test)},
+            "sha256": self.sha256,
+        }
+
+    def part(self, name: str) -> Examples:
+        if name not in ("train", "calibration", "test"):
+            raise ValueError(f"unknown split part {name!r}")
+        return getattr(self, name)
+
+
+def _rank_key(seed: int, ident: str) -> str:
+    return hashlib.sha256(f"{seed}:{ident}".encode("utf-8")).hexdigest()
+
+
+def split_examples(examples: Examples, config: SplitConfig | None = None) -> Split:
+    config = config or SplitConfig()
+    parts: dict[str, list[int]] = {"train": [], "calibration": [], "test": []}
+    by_label: dict[str, list[int]] = {}
+    for i, label in enumerate(examples.labels):
+        by_label.setdefault(label, []).append(i)
+    for label in sorted(by_label):
+        rows = sorted(by_label[label], key=lambda i: _rank_key(config.seed, examples.ids[i]))
+        n_train = round(len(rows) * config.train_fraction)
+        n_cal = round(len(rows) * config.calibration_fraction)
+        parts["train"] += rows[:n_train]
+        parts["calibration"] += rows[n_train:n_train + n_cal]
+        parts["test"] += rows[n_train + n_cal:]
+    # Keep a stable order inside each part (sorted by rank key, labels interleaved).
+    ordered = {k: sorted(v, key=lambda i: _rank_key(config.seed, examples.ids[i])) for k, v in parts.items()}
+    return Split(
+        train=examples.subset(ordered["train"]),
+        calibration=examples.subset(ordered["calibration"]),
+        test=examples.subset(ordered["test"]),
+        config=config,
+    )

@@ -1,0 +1,187 @@
+"""Export a Hugging Face text classifier (optimum-onnx) or a plain torch module (torch.onnx) to a bundle.
+
+    from edgeshrink.export import export, ExportConfig
+    manifest = export("runs/cloud", "runs/bundle", ExportConfig(optimize="fusion"))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from edgeshrink._files import atomic_output_dir, check_output_dir
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.export.bundle import graph_io, write_manifest
+from edgeshrink.export.config import ExportConfig
+from edgeshrink.export.optimize import optimize_onnx
+from edgeshrink.export.validate import text_inputs, validate_outputs
+from edgeshrink.models.sources import model_labels, read_record, resolve_model, weights_sha256
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _quiet():
+    """optimum and torch.onnx are chatty; their warnings are not the user's business on success."""
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    for name in ("optimum", "transformers", "torch.onnx", "onnxruntime"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return stack
+
+
+def default_shapes(max_length: int) -> list[tuple[int, int]]:
+    short = min(8, max_length)
+    return [(1, short), (1, max_length), (4, min(16, max_length)), (4, max_length)]
+
+
+def export(model: str | Path, out: str | Path, config: ExportConfig | None = None, force: bool = False) -> dict:
+    """Export a local Hugging Face sequence classifier to a validated device bundle; return its manifest."""
+    import torch
+    from optimum.exporters.onnx import main_export
+
+    from edgeshrink.bench.flops import text_flops_table
+    from edgeshrink.models.torch_text import load_classifier
+
+    config = config or ExportConfig()
+    check_output_dir(out, force)
+    model_dir = resolve_model(model)
+    record = read_record(model_dir)
+    net, tokenizer = load_classifier(model_dir)
+    hf_config = net.config
+    max_positions = getattr(hf_config, "max_position_embeddings", 512)
+    max_length = min(config.max_length or record.get("max_length", 128), max_positions)
+    labels = list(model_labels(model_dir))
+
+    with atomic_output_dir(out, force) as tmp:
+        raw = tmp / "_export"
+        try:
+            with _quiet():
+                main_export(str(model_dir), output=str(raw), task="text-classification",
+                            library_name="transformers", opset=config.opset, device="cpu", do_validation=False)
+        except Exception as exc:  # optimum raises many types; the first line says what went wrong
+            raise EdgeshrinkError(f"ONNX export of {model_dir} failed: {str(exc).splitlines()[0]}") from None
+        onnx_path = tmp / "model.onnx"
+        if config.optimize == "none":
+            shutil.move(raw / "model.onnx", onnx_path)
+            optimization = "none"
+        else:
+            optimization = optimize_onnx(raw / "model.onnx", onnx_path, config.optimize, hf_config.model_type,
+                                         getattr(hf_config, "num_attention_heads", 0),
+                                         getattr(hf_config, "hidden_size", 0))
+        shutil.rmtree(raw)
+        tokenizer.save_pretrained(tmp / "_tok")
+        for name in TOKENIZER_FILES:
+            if (tmp / "_tok" / name).exists():
+                shutil.move(tmp / "_tok" / name, tmp / name)
+        shutil.rmtree(tmp / "_tok")
+
+        inputs, outputs = graph_io(onnx_path)
+        input_names = [i["name"] for i in inputs]
+        rng = np.random.default_rng(config.seed)
+        shapes = config.validation_shapes or default_shapes(max_length)
+        specials = dict(cls_id=tokenizer.cls_token_id or 0, sep_id=tokenizer.sep_token_id or 0,
+                        pad_id=tokenizer.pad_token_id or 0)
+        feeds_list = [text_inputs(b, s, hf_config.vocab_size, input_names, rng, **specials) for b, s in shapes]
+
+        def reference(feeds: dict[str, np.ndarray]) -> np.ndarray:
+            with torch.inference_mode():
+                return net(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+
+        report = validate_outputs(str(onnx_path), reference, feeds_list, config.tolerance)
+        manifest = write_manifest(tmp, {
+            "task": "text-classification",
+            "labels": labels,
+            "model_type": hf_config.model_type,
+            "max_length": max_length,
+            "tokenizer": {"file": "tokenizer.json", "pad_id": specials["pad_id"],
+                          "pad_token": tokenizer.pad_token, "lowercase": bool(getattr(tokenizer, "do_lower_case", False))},
+            "source": {"model": str(model), "path": str(Path(model_dir).resolve()),
+                       "weights_sha256": weights_sha256(model_dir),
+                       "parameters": int(sum(p.numel() for p in net.parameters()))},
+            "split": (record.get("data") or {}).get("split"),
+            "test_accuracy_source": (record.get("test") or {}).get("accuracy"),
+            "export": {**config.to_dict(), "exporter": "optimum-onnx", "optimization": optimization},
+            "opset": config.opset,
+            "inputs": inputs,
+            "outputs": outputs,
+            "validation": report.to_dict(),
+            "flops_per_example": text_flops_table(net, max_length),
+        })
+    return manifest
+
+
+def export_module(module, example_inputs: tuple, out: str | Path, labels: list[str],
+                  config: ExportConfig | None = None, input_names: list[str] | None = None,
+                  force: bool = False) -> dict:
+    """Export a plain ``torch.nn.Module`` classifier (tensor inputs, logits out) to a validated bundle.
+
+    ``example_inputs`` is a tuple of tensors with batch as the first axis; the batch axis is dynamic.
+    """
+    import torch
+
+    from edgeshrink.bench.flops import module_flops
+
+    config = config or ExportConfig()
+    check_output_dir(out, force)
+    if not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    input_names = input_names or [f"input_{i}" if len(example_inputs) > 1 else "input" for i in range(len(example_inputs))]
+    module = module.eval()
+    with torch.inference_mode():
+        n_out = module(*example_inputs).shape[-1]
+    if n_out != len(labels):
+        raise EdgeshrinkError(f"the module outputs {n_out} classes but {len(labels)} labels were given")
+
+    with atomic_output_dir(out, force) as tmp:
+        onnx_path = tmp / "model.onnx"
+        raw_path = tmp / "_raw.onnx" if config.optimize != "none" else onnx_path
+        try:
+            with _quiet():
+                torch.onnx.export(module, example_inputs, str(raw_path), input_names=input_names,
+                                  output_names=["logits"], opset_version=config.opset, dynamo=False,
+                                  dynamic_axes={name: {0: "batch"} for name in [*input_names, "logits"]})
+        except Exception as exc:
+            raise EdgeshrinkError(f"torch.onnx.export failed: {str(exc).splitlines()[0]}") from None
+        optimization = "none"
+        if config.optimize != "none":
+            optimization = optimize_onnx(raw_path, onnx_path, "basic")
+            raw_path.unlink()
+        rng = np.random.default_rng(config.seed)
+        feeds_list = []
+        for batch in (1, 4):
+            feeds = {}
+            for name, example in zip(input_names, example_inputs):
+                rows = rng.integers(0, example.shape[0], size=batch)
+                feeds[name] = example.numpy()[rows]
+            feeds_list.append(feeds)
+
+        def reference(feeds):
+            with torch.inference_mode():
+                return module(*[torch.from_numpy(feeds[n]) for n in input_names]).numpy()
+
+        report = validate_outputs(str(onnx_path), reference, feeds_list, config.tolerance)
+        inputs, outputs = graph_io(onnx_path)
+        manifest = write_manifest(tmp, {
+            "task": "tensor-classification",
+            "labels": list(labels),
+            "model_type": type(module).__name__,
+            "source": {"model": type(module).__qualname__, "weights_sha256": None,
+                       "parameters": int(sum(p.numel() for p in module.parameters()))},
+            "split": None,
+            "export": {**config.to_dict(), "exporter": "torch.onnx", "optimization": optimization},
+            "opset": config.opset,
+            "inputs": inputs,
+            "outputs": outputs,
+            "validation": report.to_dict(),
+            "flops_per_example": {"fixed": module_flops(module, tuple(e[:1] for e in example_inputs))},
+        })
+    return manifest

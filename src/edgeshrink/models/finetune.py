@@ -1,0 +1,160 @@
+"""Fine-tune a pretrained encoder into a text classifier: the "cloud model".
+
+    from edgeshrink.models.finetune import finetune, FinetuneConfig
+    result = finetune("minilm", "sentiment-movies", "runs/cloud", FinetuneConfig(epochs=2))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+from typing import Literal
+
+from pydantic import Field
+
+from edgeshrink import __version__
+from edgeshrink._files import atomic_output_dir, check_output_dir
+from edgeshrink.config import Config
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
+from edgeshrink.models.sources import RECORD_NAME, resolve_model, weights_sha256
+from edgeshrink.stats import accuracy_interval
+
+
+class FinetuneConfig(Config):
+    version: int = 1
+    max_length: int = Field(128, ge=8, le=4096)
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1.5e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.06, ge=0, lt=1)
+    seed: int = 0
+    threads: int | None = Field(None, ge=1)
+    max_train_examples: int | None = Field(None, ge=1)  # for quick runs on a subset
+    device: Literal["cpu", "cuda"] = "cpu"
+    split: SplitConfig = SplitConfig()
+
+
+def _epoch_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Shuffled batches of similar length: shuffle, sort inside chunks of 50 batches, shuffle batches."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start:start + chunk], key=lambda i: lengths[i])
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
+             config: FinetuneConfig | None = None, force: bool = False) -> dict:
+    """Train a classification head (and the encoder) on the train split; report test accuracy."""
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from transformers import get_linear_schedule_with_warmup
+
+    from edgeshrink.models.torch_text import load_classifier, predict_proba
+
+    config = config or FinetuneConfig()
+    check_output_dir(out, force)
+    model_dir = resolve_model(model)
+    examples = load_data(data)
+    split = split_examples(examples, config.split)
+    train = split.train if config.max_train_examples is None else split.train.head(config.max_train_examples)
+
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise EdgeshrinkError("device 'cuda' asked for, but torch sees no CUDA GPU")
+    net, tokenizer = load_classifier(model_dir, label_names=examples.label_names)
+    net.to(config.device)
+    label_index = {name: i for i, name in enumerate(examples.label_names)}
+    enc = tokenizer(train.texts, truncation=True, max_length=config.max_length)
+    lengths = [len(ids) for ids in enc["input_ids"]]
+    targets = torch.tensor([label_index[y] for y in train.labels], device=config.device)
+
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = max(1, round(steps_per_epoch * config.epochs))
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {"params": [p for n, p in net.named_parameters() if not n.endswith(no_decay)], "weight_decay": config.weight_decay},
+        {"params": [p for n, p in net.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_fraction * total_steps), total_steps)
+
+    rng = random.Random(config.seed)
+    history = []
+    step = 0
+    started = time.perf_counter()
+    columns = [TextColumn("[bold]finetune[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("train", total=total_steps, loss=float("nan"))
+        epoch = 0
+        running = None
+        while step < total_steps:
+            net.train()
+            for rows in _epoch_batches(lengths, config.batch_size, rng):
+                if step >= total_steps:
+                    break
+                batch = tokenizer.pad({k: [enc[k][i] for i in rows] for k in enc.keys()}, return_tensors="pt").to(config.device)
+                loss = torch.nn.functional.cross_entropy(net(**batch).logits, targets[rows])
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+                progress.update(task, advance=1, loss=running, description=f"epoch {epoch + 1}")
+            epoch += 1
+            net.eval()
+            cal_acc = _accuracy(net, tokenizer, split.calibration, label_index, config.max_length)
+            history.append({"epoch": epoch, "step": step, "train_loss": running, "calibration_accuracy": cal_acc})
+            progress.console.print(f"epoch {epoch}: loss {running:.4f}, calibration accuracy {cal_acc:.4f}")
+        train_seconds = time.perf_counter() - started
+
+    net.eval()
+    probs = predict_proba(net, tokenizer, split.test.texts, config.max_length)
+    correct = int(sum(int(p.argmax()) == label_index[y] for p, y in zip(probs, split.test.labels)))
+    low, high = accuracy_interval(correct, len(split.test))
+    record = {
+        "kind": "edgeshrink-model",
+        "edgeshrink_version": __version__,
+        "task": "text-classification",
+        "labels": list(examples.label_names),
+        "max_length": config.max_length,
+        "source": {"model": str(model), "path": str(model_dir), "weights_sha256": weights_sha256(model_dir)},
+        "data": {"source": examples.name, "split": split.info()},
+        "finetune": config.to_dict(),
+        "history": history,
+        "train_seconds": round(train_seconds, 1),
+        "train_examples": len(train),
+        "test": {"accuracy": correct / len(split.test), "correct": correct, "n": len(split.test),
+                 "ci95": [low, high]},
+    }
+    with atomic_output_dir(out, force) as tmp:
+        net.to("cpu").save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _accuracy(net, tokenizer, part, label_index, max_length) -> float:
+    from edgeshrink.models.torch_text import predict_proba
+
+    probs = predict_proba(net, tokenizer, part.texts, max_length)
+    return float(np.mean([int(p.argmax()) == label_index[y] for p, y in zip(probs, part.labels)]))

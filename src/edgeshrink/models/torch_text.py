@@ -1,0 +1,55 @@
+"""PyTorch helpers for Hugging Face text classifiers: load, tokenize in length buckets, predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeshrink.errors import EdgeshrinkError
+
+
+def load_classifier(model_dir: Path, num_labels: int | None = None, label_names=None):
+    """Load (model, tokenizer) from a local directory; with ``label_names`` a fresh head is made."""
+    import transformers
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    kwargs = {}
+    if label_names is not None:
+        kwargs = dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
+                      label2id={n: i for i, n in enumerate(label_names)}, ignore_mismatched_sizes=True)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), local_files_only=True, **kwargs)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EdgeshrinkError(f"cannot load a text classifier from {model_dir}: {first}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise EdgeshrinkError(f"{model_dir} has no fast tokenizer (tokenizer.json); the device runtime needs one")
+    model.eval()
+    return model, tokenizer
+
+
+def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
+    """Batches of similar length (less padding), in length order."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def predict_proba(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
+                  progress=None) -> np.ndarray:
+    """Class probabilities for ``texts`` (padding per batch, batches sorted by length)."""
+    import torch
+
+    enc = tokenizer(texts, truncation=True, max_length=max_length)
+    lengths = [len(ids) for ids in enc["input_ids"]]
+    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    with torch.inference_mode():
+        for rows in length_sorted_batches(lengths, batch_size):
+            batch = tokenizer.pad({k: [enc[k][i] for i in rows] for k in enc.keys()}, return_tensors="pt")
+            logits = model(**batch.to(model.device)).logits
+            out[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            if progress is not None:
+                progress(len(rows))
+    return out

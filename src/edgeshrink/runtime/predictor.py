@@ -1,0 +1,120 @@
+"""Run a bundle's model: tokenize (for text), feed ONNX Runtime, softmax, map to label names."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.runtime.bundle import read_manifest
+
+_NP_TYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32, "float16": np.float16}
+
+
+@dataclass
+class Predictions:
+    labels: list[str]
+    probabilities: np.ndarray  # (n, num_labels), rows sum to 1
+    truncated: list[bool]  # input was cut at the bundle's max_length (text bundles)
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.probabilities.max(axis=1)
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+class Predictor:
+    """A loaded bundle. ``threads`` sets ONNX Runtime's intra-op threads (None: its default)."""
+
+    def __init__(self, bundle: str | Path, threads: int | None = None, verify: bool = True):
+        import onnxruntime as ort
+
+        self.path = Path(bundle)
+        self.manifest = read_manifest(self.path, verify=verify)
+        self.labels: list[str] = list(self.manifest["labels"])
+        self.task: str = self.manifest["task"]
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path / "model.onnx"), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise EdgeshrinkError(f"cannot load {self.path / 'model.onnx'}: {str(exc).splitlines()[0][:200]}") from None
+        self.input_types = {i.name: _NP_TYPES.get(i.type[len("tensor("):-1], np.float32)
+                            for i in self.session.get_inputs()}
+        self.output_name = self.session.get_outputs()[0].name
+        self.tokenizer = None
+        if self.task == "text-classification":
+            from tokenizers import Tokenizer
+
+            tok_meta = self.manifest["tokenizer"]
+            self.max_length = int(self.manifest["max_length"])
+            self.tokenizer = Tokenizer.from_file(str(self.path / tok_meta["file"]))
+            self.tokenizer.no_padding()
+            self.tokenizer.no_truncation()
+            self.pad_id = int(tok_meta["pad_id"])
+
+    # -- text ---------------------------------------------------------------------------------
+    def encode(self, texts: list[str]) -> tuple[dict[str, np.ndarray], list[bool]]:
+        """Tokenize ``texts`` into padded model inputs (truncated at max_length)."""
+        if self.tokenizer is None:
+            raise EdgeshrinkError(f"bundle {self.path} takes tensors, not text")
+        encodings = self.tokenizer.encode_batch([str(t) for t in texts])
+        truncated = [len(e.ids) > self.max_length for e in encodings]
+        if any(truncated):
+            self.tokenizer.enable_truncation(self.max_length)
+            encodings = self.tokenizer.encode_batch([str(t) for t in texts])
+            self.tokenizer.no_truncation()
+        width = max(len(e.ids) for e in encodings)
+        ids = np.full((len(texts), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(texts), width), dtype=np.int64)
+        types = np.zeros((len(texts), width), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            n = len(enc.ids)
+            ids[row, :n] = enc.ids
+            mask[row, :n] = 1
+            types[row, :n] = enc.type_ids
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {name: feeds[name].astype(dtype) for name, dtype in self.input_types.items()}, truncated
+
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Logits for ready-made model inputs."""
+        return self.session.run([self.output_name], feeds)[0]
+
+    def predict(self, inputs, batch_size: int = 32) -> Predictions:
+        """Predict labels for a list of texts (text bundles) or an array batch (tensor bundles)."""
+        if self.tokenizer is None:
+            array = np.asarray(inputs)
+            name = next(iter(self.input_types))
+            logits = self.run({name: array.astype(self.input_types[name])})
+            probs = softmax(logits)
+            return Predictions([self.labels[i] for i in probs.argmax(1)], probs, [False] * len(array))
+        texts = list(inputs)
+        if not texts:
+            return Predictions([], np.zeros((0, len(self.labels)), np.float32), [])
+        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+        truncated = [False] * len(texts)
+        # Similar lengths per batch: less padding, and the same results as one text at a time.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            feeds, cut = self.encode([texts[i] for i in rows])
+            probs[rows] = softmax(self.run(feeds))
+            for i, c in zip(rows, cut):
+                truncated[i] = c
+        return Predictions([self.labels[i] for i in probs.argmax(1)], probs, truncated)
+
+
+def load(bundle: str | Path, threads: int | None = None, verify: bool = True) -> Predictor:
+    """Load a device bundle (checks every file's hash against the manifest unless ``verify=False``)."""
+    return Predictor(bundle, threads=threads, verify=verify)

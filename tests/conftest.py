@@ -1,0 +1,78 @@
+"""Tiny random-weight models and data built inside the tests: no downloads, a few seconds each."""
+
+from __future__ import annotations
+
+import csv
+import random
+from pathlib import Path
+
+import pytest
+
+WORDS = ("good great fine nice lovely superb bad awful poor dull boring weak the a film movie plot actor scene "
+         "story was is very not quite really and but it this that music ending cast").split()
+POSITIVE = {"good", "great", "fine", "nice", "lovely", "superb"}
+
+
+def make_tiny_bert(path: Path, labels=("negative", "positive"), max_positions: int = 128, seed: int = 0) -> Path:
+    """A 2-layer, 32-wide BERT classifier with a WordPiece tokenizer over WORDS, saved as an HF directory."""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    torch.manual_seed(seed)
+    path.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(WORDS) + [f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"] \
+        + list("abcdefghijklmnopqrstuvwxyz.,!?'")
+    (path / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=max_positions,
+                        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    model = BertForSequenceClassification(config).eval()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def make_texts(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        words = [rng.choice(WORDS) for _ in range(rng.randint(3, 20))]
+        label = "positive" if sum(w in POSITIVE for w in words) >= sum(w in {"bad", "awful", "poor", "dull",
+                                                                            "boring", "weak"} for w in words) else "negative"
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_csv(path: Path, rows, header=("text", "label")) -> Path:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_csv(tmp_path_factory) -> Path:
+    return write_csv(tmp_path_factory.mktemp("data") / "tiny.csv", make_texts(200))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_model, tmp_path_factory) -> Path:
+    from edgeshrink.export import ExportConfig, export
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export(tiny_model, out, ExportConfig(), force=True)
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path, monkeypatch, request):
+    """Tests never read the user's prepared data unless marked slow."""
+    if "slow" not in request.keywords:
+        monkeypatch.setenv("EDGESHRINK_CACHE", str(tmp_path / "cache"))
