@@ -117,14 +117,14 @@ def bench(candidates: list[str | Path], data: DataConfig | str | None = None, co
         for cell in cells:
             threads, batch, seq_len, runs = cell
             per_round = max(1, runs // config.rounds)
-            for worker in workers:  # warm-up at this shape
+            active = [i for i, w in enumerate(workers) if _capped(seq_len, w) is not None]
+            for i in active:  # warm-up at this shape
                 if config.warmup_runs:
-                    worker.call("time", threads, batch, seq_len, config.warmup_runs)
+                    workers[i].call("time", threads, batch, seq_len, config.warmup_runs)
             samples = [[] for _ in workers]
             for _ in range(config.rounds):
-                for i, worker in enumerate(workers):
-                    if _capped(seq_len, worker) is not None:
-                        samples[i] += worker.call("time", threads, batch, _capped(seq_len, worker), per_round)
+                for i in active:
+                    samples[i] += workers[i].call("time", threads, batch, seq_len, per_round)
             timings[(threads, batch, seq_len)] = samples
             step("timing", advance=1)
         if test is not None:

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from edgeshrink.bench import BenchConfig, bench
+from edgeshrink.bench.flops import flops_at
+from edgeshrink.bench.report import to_markdown
+from edgeshrink.errors import EdgeshrinkError
+from tests.conftest import make_tiny_bert, write_csv, make_texts
+
+FAST = BenchConfig(threads=[1], seq_lengths=[16, 256], throughput_batch_sizes=[4], latency_runs=6, rounds=2,
+                   throughput_runs=1, warmup_runs=1)
+
+
+def test_bench_bundle_against_eager(tiny_model, tiny_bundle, tiny_csv):
+    report = bench([tiny_model, tiny_bundle], str(tiny_csv), FAST)
+    eager, onnx = report["candidates"]
+    assert (eager["kind"], onnx["kind"]) == ("pytorch-eager", "onnx-bundle")
+    assert onnx["torch_imported"] is False and eager["torch_imported"] is True
+    assert onnx["agreement_with_first"] == 1.0  # same weights, same predictions
+    assert eager["accuracy"]["n"] == 30 and eager["accuracy"]["value"] == onnx["accuracy"]["value"]
+    assert onnx["peak_rss_bytes"] > 10e6 and onnx["size_bytes"] > 0
+    for cand in report["candidates"]:
+        # 256 is above the model's max_length (128): that cell is skipped, not silently truncated
+        assert [r["seq_len"] for r in cand["latency"]] == [16]
+        row = cand["latency"][0]
+        assert row["n"] == 6 and row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+        assert row["limit_ms"] > 0 and row["times_limit"] == pytest.approx(row["p50_ms"] / row["limit_ms"])
+        assert cand["throughput"][0]["batch"] == 4 and cand["throughput"][0]["examples_per_s"] > 0
+    assert eager["latency"][0]["speedup_vs_first"] == 1.0
+    assert report["peak_gemm_gflops"]["1"] > 0.5
+    md = to_markdown(report)
+    assert "| tiny-bert | pytorch-eager |" in md and "Throughput" in md
+
+
+def test_bench_rejects_data_with_unknown_labels(tiny_bundle, tmp_path):
+    path = write_csv(tmp_path / "d.csv", [(t, "neutral") for t, _ in make_texts(40)])
+    with pytest.raises(EdgeshrinkError, match="head does not have: \\['neutral'\\]"):
+        bench([tiny_bundle], str(path), FAST)
+
+
+def test_bench_rejects_non_candidates(tmp_path):
+    with pytest.raises(EdgeshrinkError, match="does not exist"):
+        bench([tmp_path / "nope"], None, FAST)
+    with pytest.raises(EdgeshrinkError, match="neither a device bundle nor"):
+        bench([tmp_path], None, FAST)
+
+
+def test_flops_at_interpolates_quadratically():
+    table = {str(s): 10 + 3 * s + 0.5 * s * s for s in (8, 16, 32, 64)}
+    assert flops_at(table, 32) == table["32"]
+    assert flops_at(table, 48) == pytest.approx(10 + 3 * 48 + 0.5 * 48 * 48)
+    assert flops_at({"fixed": 7}, None) == 7.0 and flops_at({}, 8) is None

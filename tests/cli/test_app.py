@@ -1,0 +1,97 @@
+"""The CLI through typer's CliRunner: every documented command, and bad input as one line + exit 2."""
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from edgeshrink import __version__
+from edgeshrink.cli import app
+from tests.conftest import make_texts, write_csv
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def assert_one_line_error(result, match):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert match in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_version_and_help():
+    assert invoke("--version").stdout.strip() == f"edgeshrink {__version__}"
+    for command in ("doctor", "finetune", "export", "predict", "bench", "data", "data prepare", "data list"):
+        result = invoke(*command.split(), "--help")
+        assert result.exit_code == 0 and "Usage" in result.stdout
+
+
+def test_doctor_json(tmp_path):
+    result = invoke("doctor", "--json", tmp_path / "d.json")
+    assert result.exit_code == 0 and "int8" in result.stdout
+    info = json.loads((tmp_path / "d.json").read_text())
+    assert info["versions"]["python"] and "isa" in info["cpu"]
+
+
+def test_export_predict_bench_end_to_end(tiny_model, tiny_csv, tmp_path):
+    bundle = tmp_path / "bundle"
+    result = invoke("export", tiny_model, "--out", bundle, "--optimize", "fusion", "--json", tmp_path / "m.json")
+    assert result.exit_code == 0, result.output
+    assert "validated max-abs-diff" in result.stdout
+    assert json.loads((tmp_path / "m.json").read_text())["export"]["optimization"] == "fusion:bert"
+
+    result = invoke("predict", bundle, "a good film", "dull plot", "--json", "-")
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.stdout[result.stdout.index("{"):])
+    assert [p["text"] for p in payload["predictions"]] == ["a good film", "dull plot"]
+
+    result = invoke("bench", tiny_model, bundle, "--data", tiny_csv, "--threads", "1", "--seq-lengths", "16",
+                    "--batch-sizes", "4", "--latency-runs", "5", "--json", tmp_path / "b.json", "--md", tmp_path / "b.md")
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert [c["kind"] for c in report["candidates"]] == ["pytorch-eager", "onnx-bundle"]
+    assert "p50 ms" in (tmp_path / "b.md").read_text() and "Latency, batch 1" in result.stdout
+
+
+def test_bad_inputs_are_one_line_errors(tiny_model, tiny_bundle, tmp_path):
+    no_text = write_csv(tmp_path / "no_text.csv", [("x", "positive")], header=("body", "label"))
+    odd_labels = write_csv(tmp_path / "odd.csv", [(t, "neutral") for t, _ in make_texts(30)])
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(tiny_bundle, corrupt)
+    (corrupt / "model.onnx").write_bytes(b"\x00garbage")
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (["export", tmp_path / "missing", "--out", tmp_path / "o"], "does not exist"),
+        (["export", tmp_path, "--out", tmp_path / "o"], "not a model directory"),
+        (["export", "bert-base/uncased", "--out", tmp_path / "o"], "works offline"),
+        (["finetune", tiny_model, "--data", no_text, "--out", tmp_path / "o"], "no text column 'text'"),
+        (["bench", tiny_bundle, "--data", odd_labels, "--threads", "1"], "head does not have"),
+        (["predict", corrupt, "hello"], "corrupt or was modified"),
+        (["export", tiny_model, "--out", existing], "already exists (pass --force"),
+        (["export", tiny_model, "--out", tmp_path / "a_file" / "out"], "cannot create"),
+        (["bench", tiny_bundle, "--threads", "one"], "comma-separated list of integers"),
+        (["export", tiny_model, "--out", tmp_path / "o2", "--optimize", "turbo"], "optimize"),
+        (["data", "prepare", "no-such-set"], "unknown built-in data set"),
+        (["bench", tiny_bundle, "--data", "sentiment-movies"], "edgeshrink data prepare sentiment-movies"),
+    ]
+    for args, match in cases:
+        assert_one_line_error(invoke(*args), match)
+    # nothing half-written next to the outputs that were refused
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "corrupt", "existing", "no_text.csv", "odd.csv"]
+
+
+def test_entry_point_prints_no_traceback(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "edgeshrink", "predict", str(tmp_path / "nope"), "x"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: bundle {tmp_path / 'nope'} does not exist"

@@ -1,0 +1,101 @@
+import json
+
+import pytest
+
+from edgeshrink.data import DataConfig, load_data
+from edgeshrink.data import builtin
+from edgeshrink.errors import EdgeshrinkError
+from tests.conftest import write_csv
+
+
+def test_csv_with_named_columns(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [("hello", "b"), ("there", "a"), ("you", "b")], header=("review", "y"))
+    ex = load_data(DataConfig(source=str(path), text_column="review", label_column="y"))
+    assert ex.texts == ["hello", "there", "you"]
+    assert ex.label_names == ("a", "b")
+    assert ex.ids == ["0", "1", "2"]
+
+
+def test_jsonl_with_ids(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join(json.dumps({"id": f"x{i}", "text": f"t{i}", "label": i % 3}) for i in range(12)))
+    ex = load_data(str(path))
+    assert ex.ids[0] == "x0" and ex.labels[:3] == ["0", "1", "2"]
+    assert ex.label_names == ("0", "1", "2")
+
+
+def test_integer_labels_sort_numerically(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [(f"t{i}", str(i)) for i in (10, 2, 1)])
+    assert load_data(str(path)).label_names == ("1", "2", "10")
+
+
+def test_missing_text_column_is_clear(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [("hello", "a")], header=("body", "label"))
+    with pytest.raises(EdgeshrinkError, match="no text column 'text'.*--text-column"):
+        load_data(str(path))
+
+
+@pytest.mark.parametrize("content,match", [("", "no rows"), ("text,label\n,a\n", "empty"),
+                                           ("id,text,label\n1,a,x\n1,b,y\n", "duplicate id")])
+def test_bad_csv(tmp_path, content, match):
+    path = tmp_path / "d.csv"
+    path.write_text(content)
+    with pytest.raises(EdgeshrinkError, match=match):
+        load_data(str(path))
+
+
+def test_bad_jsonl_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "label": "x"}\n{not json\n')
+    with pytest.raises(EdgeshrinkError, match=r"d.jsonl:2: invalid JSON"):
+        load_data(str(path))
+
+
+def test_unknown_source_and_format(tmp_path):
+    with pytest.raises(EdgeshrinkError, match="neither an existing path nor a built-in"):
+        load_data("no-such-data")
+    (tmp_path / "d.txt").write_text("x")
+    with pytest.raises(EdgeshrinkError, match="must be .csv or .jsonl"):
+        load_data(str(tmp_path / "d.txt"))
+    with pytest.raises(EdgeshrinkError, match="not one saved by datasets"):
+        load_data(str(tmp_path))
+
+
+def test_load_from_disk_with_class_labels(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["neg", "pos"])})
+    ds = datasets.Dataset.from_dict({"text": ["a", "b", "c"], "label": [0, 1, 1]}, features=features)
+    datasets.DatasetDict({"train": ds, "test": ds.select([0])}).save_to_disk(str(tmp_path / "ds"))
+    ex = load_data(str(tmp_path / "ds"))
+    assert len(ex) == 4 and ex.label_names == ("neg", "pos")
+    assert sorted(ex.labels) == ["neg", "neg", "pos", "pos"]
+
+
+def test_builtin_without_cache_names_the_command():
+    with pytest.raises(EdgeshrinkError, match="run: edgeshrink data prepare sentiment-movies"):
+        load_data("sentiment-movies")
+
+
+def test_vader_rows_binarise_and_drop_zeros(tmp_path, monkeypatch):
+    """The VADER parser on a hand-made archive of the same layout (no network)."""
+    import io
+    import tarfile
+
+    inner_bytes = io.BytesIO()
+    text = "1\t2.5\tA fine film.\r\n2\t0.0\tNeutral.\r\n3\t-1.2\tDull.\r\n"
+    with tarfile.open(fileobj=inner_bytes, mode="w:gz") as inner:
+        data = text.encode()
+        info = tarfile.TarInfo("hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt")
+        info.size = len(data)
+        inner.addfile(info, io.BytesIO(data))
+    sdist_dir = tmp_path / "sdist"
+    sdist_dir.mkdir()
+    with tarfile.open(sdist_dir / "vaderSentiment-3.3.2.tar.gz", "w:gz") as outer:
+        payload = inner_bytes.getvalue()
+        info = tarfile.TarInfo("vaderSentiment-3.3.2/additional_resources/hutto_ICWSM_2014.tar.gz")
+        info.size = len(payload)
+        outer.addfile(info, io.BytesIO(payload))
+    rows = builtin._vader_rows(tmp_path, "movieReviewSnippets_GroundTruth.txt")
+    assert rows == [{"id": "1", "text": "A fine film.", "label": "positive"},
+                    {"id": "3", "text": "Dull.", "label": "negative"}]
