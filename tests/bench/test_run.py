@@ -50,3 +50,18 @@ def test_flops_at_interpolates_quadratically():
     assert flops_at(table, 32) == table["32"]
     assert flops_at(table, 48) == pytest.approx(10 + 3 * 48 + 0.5 * 48 * 48)
     assert flops_at({"fixed": 7}, None) == 7.0 and flops_at({}, 8) is None
+
+
+def test_bench_tensor_bundle(tmp_path):
+    import torch
+
+    from edgeshrink.export import export_module
+
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    export_module(net, (torch.randn(4, 1, 8, 8),), tmp_path / "mlp", labels=[str(i) for i in range(10)])
+    report = bench([tmp_path / "mlp"], None, FAST)
+    (cand,) = report["candidates"]
+    assert cand["task"] == "tensor-classification" and "accuracy" not in cand
+    assert [r["seq_len"] for r in cand["latency"]] == [None]
+    assert cand["latency"][0]["flops"] == 2 * 64 * 10
+    assert cand["throughput"][0]["examples_per_s"] > 0

@@ -14,8 +14,8 @@ class BenchConfig(Config):
     seq_lengths: list[int] = [32, 64, 128]  # capped at each model's max_length
     throughput_batch_sizes: list[int] = [8, 32]
     latency_runs: int = Field(40, ge=5)  # timed batch-1 runs per candidate and cell
-    throughput_runs: int = Field(3, ge=1)
-    rounds: int = Field(5, ge=1)  # the runs are spread over this many round-robin passes
+    throughput_runs: int = Field(3, ge=1)  # timed runs per candidate and throughput cell
+    rounds: int = Field(5, ge=1)  # each cell's runs are spread over up to this many round-robin passes
     warmup_runs: int = Field(3, ge=0)
     accuracy: bool = True
     accuracy_threads: int = Field(2, ge=1)

@@ -20,7 +20,31 @@ def _matmul_model(n: int) -> bytes:
     return model.SerializeToString()
 
 
-def peak_gemm_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
+def peak_gemm(threads: int, repeats: int = 10) -> dict[str, float]:
+    """The machine's fp32 GEMM peak at ``threads``: the best of ONNX Runtime (MLAS) at 512³ and 1024³ and
+    numpy's BLAS at 1024³, so the limit is the fastest dense fp32 math this machine does, not one library's."""
+    rates = {f"onnxruntime-{n}": ort_gemm_gflops(threads, n, repeats) for n in (512, 1024)}
+    rates["numpy-1024"] = numpy_gemm_gflops(threads, 1024, repeats)
+    return rates
+
+
+def numpy_gemm_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
+    from threadpoolctl import threadpool_limits
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
+    with threadpool_limits(threads):
+        for _ in range(3):
+            a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+    return 2.0 * n ** 3 / best / 1e9
+
+
+def ort_gemm_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
     """Best fp32 GFLOP/s of an n×n×n MatMul in ONNX Runtime (MLAS) at ``threads`` intra-op threads."""
     import onnxruntime as ort
 

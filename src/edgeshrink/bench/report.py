@@ -2,7 +2,8 @@
 
 JSON schema ``edgeshrink-bench/1`` (all times in ms, sizes in bytes):
     machine: {cpu, logical_cores, isa, python, edgeshrink}
-    peak_gemm_gflops: {threads: GFLOP/s of a 1024³ fp32 MatMul in ONNX Runtime}
+    peak_gemm_gflops: {threads: best fp32 GEMM GFLOP/s (ONNX Runtime 512³/1024³, numpy 1024³)}
+    peak_gemm_detail: {threads: {source: GFLOP/s}}
     config: BenchConfig;  data: split info (dataset, seed, sizes, sha256) or null
     candidates[]: {name, path, kind, size_bytes, peak_rss_bytes, parameters, max_length, task,
                    torch_imported, accuracy: {value, correct, n, ci95}, agreement_with_first,

@@ -21,7 +21,7 @@ import numpy as np
 from edgeshrink import __version__
 from edgeshrink.bench.config import BenchConfig
 from edgeshrink.bench.flops import flops_at
-from edgeshrink.bench.peak import peak_gemm_gflops
+from edgeshrink.bench.peak import peak_gemm
 from edgeshrink.data import DataConfig, load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.models.sources import check_labels
@@ -98,7 +98,8 @@ def bench(candidates: list[str | Path], data: DataConfig | str | None = None, co
 
     ctx = multiprocessing.get_context("spawn")
     step = progress or (lambda description, advance=0, total=None: None)
-    peak = {t: peak_gemm_gflops(t) for t in config.threads}
+    peak_detail = {t: peak_gemm(t) for t in config.threads}
+    peak = {t: max(rates.values()) for t, rates in peak_detail.items()}
     step("peak GEMM measured")
 
     workers: list[_Worker] = []
@@ -116,13 +117,14 @@ def bench(candidates: list[str | Path], data: DataConfig | str | None = None, co
         timings: dict[tuple, list[list[float]]] = {}
         for cell in cells:
             threads, batch, seq_len, runs = cell
-            per_round = max(1, runs // config.rounds)
+            rounds = min(config.rounds, runs)
+            per_round = max(1, runs // rounds)
             active = [i for i, w in enumerate(workers) if _capped(seq_len, w) is not None]
             for i in active:  # warm-up at this shape
                 if config.warmup_runs:
                     workers[i].call("time", threads, batch, seq_len, config.warmup_runs)
             samples = [[] for _ in workers]
-            for _ in range(config.rounds):
+            for _ in range(rounds):
                 for i in active:
                     samples[i] += workers[i].call("time", threads, batch, seq_len, per_round)
             timings[(threads, batch, seq_len)] = samples
@@ -146,6 +148,7 @@ def bench(candidates: list[str | Path], data: DataConfig | str | None = None, co
 
     _add_timings(results, timings, peak)
     return {"schema": SCHEMA, "machine": machine_info(), "peak_gemm_gflops": {str(k): v for k, v in peak.items()},
+            "peak_gemm_detail": {str(k): v for k, v in peak_detail.items()},
             "config": config.to_dict(), "data": split_info, "candidates": results}
 
 
@@ -165,7 +168,7 @@ def _cells(config: BenchConfig, workers: list[_Worker]) -> list[tuple[int, int, 
         for seq_len in seq_lengths:
             cells.append((threads, 1, seq_len, config.latency_runs))
             for batch in config.throughput_batch_sizes:
-                cells.append((threads, batch, seq_len, config.throughput_runs * config.rounds))
+                cells.append((threads, batch, seq_len, config.throughput_runs))
     return cells
 
 

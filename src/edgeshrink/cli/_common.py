@@ -62,12 +62,16 @@ def _jsonable(value):
 def progress_callback(progress):
     """Adapt a rich Progress to bench's step(description, advance, total) callback."""
     tasks = {}
+    live = progress.console.is_terminal  # in a log (CI, a pipe) print one line per step instead of a bar
 
     def step(description: str, advance: int = 0, total: int | None = None) -> None:
         if total is not None:
             tasks[description] = progress.add_task(description, total=total)
         elif description in tasks:
             progress.update(tasks[description], advance=advance)
+            if not live:
+                task = progress.tasks[tasks[description]]
+                progress.console.print(f"{description} {task.completed:.0f}/{task.total:.0f}")
         else:
             progress.console.print(description)
 

