@@ -24,7 +24,7 @@ data: $(STAMP)
 	$(BIN)/edgeshrink data prepare all
 
 # The fine-tuned weights are cached: a second `make demo` skips training.
-$(RUNS)/cloud/edgeshrink.json: $(STAMP)
+$(RUNS)/cloud/edgeshrink.json: | $(STAMP)
 	$(BIN)/edgeshrink finetune minilm --data sentiment-movies --out $(RUNS)/cloud --force
 
 demo: $(RUNS)/cloud/edgeshrink.json
