@@ -3,6 +3,7 @@
 import pytest
 
 from edgeshrink.bench import BenchConfig
+from edgeshrink.compress import QuantConfig
 from edgeshrink.data import DataConfig, SplitConfig
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.export import ExportConfig
@@ -14,6 +15,7 @@ CONFIGS = [
     SplitConfig(seed=3),
     ExportConfig(optimize="fusion", validation_shapes=[(1, 8)]),
     FinetuneConfig(epochs=0.5),
+    QuantConfig(method="static-int8", calibration_method="entropy", op_types=["MatMul"]),
 ]
 
 

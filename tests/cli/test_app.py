@@ -29,7 +29,7 @@ def assert_one_line_error(result, match):
 
 def test_version_and_help():
     assert invoke("--version").stdout.strip() == f"edgeshrink {__version__}"
-    for command in ("doctor", "finetune", "export", "predict", "bench", "data", "data prepare", "data list"):
+    for command in ("doctor", "finetune", "export", "predict", "bench", "quantize", "data", "data prepare", "data list"):
         result = invoke(*command.split(), "--help")
         assert result.exit_code == 0 and "Usage" in result.stdout
 
@@ -82,6 +82,10 @@ def test_bad_inputs_are_one_line_errors(tiny_model, tiny_bundle, tmp_path):
         (["bench", tiny_bundle, "--threads", "one"], "comma-separated list of integers"),
         (["export", tiny_model, "--out", tmp_path / "o2", "--optimize", "turbo"], "optimize"),
         (["data", "prepare", "no-such-set"], "unknown built-in data set"),
+        (["quantize", tiny_bundle, "--method", "int2", "--out", tmp_path / "q1"], "method"),
+        (["quantize", tiny_bundle, "--method", "fp16", "--target", "tpu", "--out", tmp_path / "q2"], "target"),
+        (["quantize", tiny_bundle, "--method", "fp16", "--out", tiny_bundle], "must be a new directory"),
+        (["quantize", corrupt, "--method", "fp16", "--out", tmp_path / "q3"], "corrupt or was modified"),
         (["bench", tiny_bundle, "--data", "sentiment-movies"], "edgeshrink data prepare sentiment-movies"),
     ]
     for args, match in cases:
@@ -95,3 +99,14 @@ def test_entry_point_prints_no_traceback(tmp_path):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: bundle {tmp_path / 'nope'} does not exist"
+
+
+def test_quantize_command(tiny_bundle, tiny_csv, tmp_path):
+    result = invoke("quantize", tiny_bundle, "--method", "dynamic-int8", "--out", tmp_path / "q", "--data", tiny_csv,
+                    "--json", tmp_path / "q.json")
+    assert result.exit_code == 0, result.output
+    assert "dynamic-int8" in result.stdout and "% of the source" in result.stdout and "McNemar" in result.stdout
+    manifest = json.loads((tmp_path / "q.json").read_text())
+    assert manifest["quantization"]["evaluation"]["accuracy"]["n"] == 30
+    again = invoke("quantize", tmp_path / "q", "--method", "dynamic-int8", "--out", tmp_path / "qq")
+    assert_one_line_error(again, "already quantized with the same method")

@@ -5,7 +5,8 @@ JSON schema ``edgeshrink-bench/1`` (all times in ms, sizes in bytes):
     peak_gemm_gflops: {threads: best fp32 GEMM GFLOP/s (ONNX Runtime 512³/1024³, numpy 1024³)}
     peak_gemm_detail: {threads: {source: GFLOP/s}}
     config: BenchConfig;  data: split info (dataset, seed, sizes, sha256) or null
-    candidates[]: {name, path, kind, size_bytes, peak_rss_bytes, parameters, max_length, task,
+    notes[]: plain-words flags (a quantized candidate slower than the first candidate)
+    candidates[]: {name, path, kind, precision (fp32 or the quantization method), size_bytes, peak_rss_bytes, parameters, max_length, task,
                    torch_imported, accuracy: {value, correct, n, ci95}, agreement_with_first,
                    latency[]: {threads, batch=1, seq_len, p50_ms, p90_ms, p99_ms, mean_ms, n,
                                speedup_vs_first, flops, limit_ms, times_limit},
@@ -28,15 +29,18 @@ def _acc(c: dict) -> str:
 
 def summary_rows(report: dict) -> list[list[str]]:
     rows = []
+    first_size = report["candidates"][0]["size_bytes"] if report["candidates"] else None
     for c in report["candidates"]:
         agree = c.get("agreement_with_first")
-        rows.append([c["name"], c["kind"], _mb(c["size_bytes"]), _mb(c.get("peak_rss_bytes")), _acc(c),
+        rows.append([c["name"], c["kind"] + ("" if c.get("precision", "fp32") == "fp32" else f" {c['precision']}"),
+                     _mb(c["size_bytes"]), f"{100 * c['size_bytes'] / first_size:.1f}",
+                     _mb(c.get("peak_rss_bytes")), _acc(c),
                      "-" if agree is None else f"{100 * agree:.2f}",
                      {True: "yes", False: "no", None: "-"}[c.get("torch_imported")]])
     return rows
 
 
-SUMMARY_HEADERS = ["candidate", "kind", "size MB", "peak RSS MB", "test acc % [95% CI]", "agrees w/ 1st %",
+SUMMARY_HEADERS = ["candidate", "kind", "size MB", "size % of 1st", "peak RSS MB", "test acc % [95% CI]", "agrees w/ 1st %",
                    "torch loaded"]
 LATENCY_HEADERS = ["candidate", "threads", "seq", "p50 ms", "p90 ms", "p99 ms", "limit ms", "× limit",
                    "speedup vs 1st"]
@@ -83,6 +87,8 @@ def to_markdown(report: dict) -> str:
              table(LATENCY_HEADERS, latency_rows(report))]
     if any(c["throughput"] for c in report["candidates"]):
         parts += ["", "Throughput:", "", table(THROUGHPUT_HEADERS, throughput_rows(report))]
+    if report.get("notes"):
+        parts += [""] + [f"- **Note:** {note}" for note in report["notes"]]
     return "\n".join(parts) + "\n"
 
 
@@ -103,3 +109,5 @@ def print_report(report: dict, console=None) -> None:
         for row in rows:
             table.add_row(*row)
         console.print(table)
+    for note in report.get("notes", []):
+        console.print(f"[bold yellow]note:[/] {note}")

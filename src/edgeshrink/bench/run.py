@@ -108,7 +108,7 @@ def bench(candidates: list[str | Path], data: DataConfig | str | None = None, co
             workers.append(_Worker(ctx, path))
             step(f"loaded {path}")
         results = [{"name": path.name, "path": str(path), **{k: w.info[k] for k in
-                    ("kind", "size_bytes", "parameters", "max_length", "task", "flops_per_example")}} for path, w in zip(paths, workers)]
+                    ("kind", "precision", "size_bytes", "parameters", "max_length", "task", "flops_per_example")}} for path, w in zip(paths, workers)]
         if test is not None:
             for worker, result in zip(workers, results):
                 check_labels(test.label_names, worker.info["labels"], f"candidate {worker.path}")
@@ -147,7 +147,7 @@ def bench(candidates: list[str | Path], data: DataConfig | str | None = None, co
             worker.process.kill()
 
     _add_timings(results, timings, peak)
-    return {"schema": SCHEMA, "machine": machine_info(), "peak_gemm_gflops": {str(k): v for k, v in peak.items()},
+    return {"notes": slower_notes(results),"schema": SCHEMA, "machine": machine_info(), "peak_gemm_gflops": {str(k): v for k, v in peak.items()},
             "peak_gemm_detail": {str(k): v for k, v in peak_detail.items()},
             "config": config.to_dict(), "data": split_info, "candidates": results}
 
@@ -226,3 +226,21 @@ def _add_timings(results, timings, peak) -> None:
                 throughput.append(row)
         result["latency"] = latency
         result["throughput"] = throughput
+
+
+def slower_notes(results: list[dict]) -> list[str]:
+    """Plain-words flags: a quantized candidate slower than the first candidate (the fp32 reference)."""
+    notes = []
+    first = {(r["threads"], r["seq_len"]): r["p50_ms"] for r in results[0]["latency"]} if results else {}
+    for result in results[1:]:
+        if result.get("precision", "fp32") == "fp32":
+            continue
+        for row in result["latency"]:
+            ref = first.get((row["threads"], row["seq_len"]))
+            if ref and row["p50_ms"] > ref * 1.03:  # 3%: below that it is within run-to-run noise here
+                where = f"{row['threads']} thread{'s' if row['threads'] > 1 else ''}" + (
+                    f", {row['seq_len']} tokens" if row["seq_len"] else "")
+                notes.append(f"{result['name']} is quantized ({result['precision']}) but slower than "
+                             f"{results[0]['name']}: p50 {row['p50_ms']:.1f} ms vs {ref:.1f} ms "
+                             f"({row['p50_ms'] / ref:.2f}x) at {where}, batch 1.")
+    return notes

@@ -43,6 +43,7 @@ class BundleCandidate:
         return {"kind": self.kind, "labels": m["labels"], "task": m["task"], "max_length": m.get("max_length"),
                 "size_bytes": m["size_bytes"], "flops_per_example": m.get("flops_per_example") or {},
                 "parameters": (m.get("source") or {}).get("parameters"),
+                "precision": (m.get("quantization") or {}).get("method", "fp32"),
                 "vocab_size": _vocab_size(self.path, m), "input_names": [i["name"] for i in m["inputs"]]}
 
     def feeds(self, batch: int, seq_len: int) -> dict:
@@ -85,7 +86,7 @@ class TorchCandidate:
         return {"kind": self.kind, "labels": list(model_labels(self.path)), "task": "text-classification",
                 "max_length": self.max_length, "size_bytes": _weights_bytes(self.path) or dir_size_bytes(self.path),
                 "flops_per_example": text_flops_table(self.model, self.max_length),
-                "parameters": int(sum(p.numel() for p in self.model.parameters())),
+                "parameters": int(sum(p.numel() for p in self.model.parameters())), "precision": "fp32",
                 "vocab_size": self.model.config.vocab_size,
                 "input_names": ["input_ids", "attention_mask", "token_type_ids"]}
 

@@ -185,5 +185,48 @@ def bench(candidates: Annotated[list[Path], typer.Argument(help="Device bundles 
         atomic_write_text(md_out, to_markdown(report))
 
 
+@app.command()
+@handled
+def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to quantize.")],
+             method: Annotated[str, typer.Option("--method", help="dynamic-int8 | static-int8 | int4-weight | fp16 | auto")],
+             out: Annotated[Path, typer.Option("--out", help="Output bundle directory (a new one).")],
+             target: Annotated[Optional[str], typer.Option(help="host | avx2 | avx512-vnni | arm64 (default: host).")] = None,
+             per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="Weight scales per channel.")] = None,
+             weight_type: Annotated[Optional[str], typer.Option(help="int8 | uint8 (default: the target's).")] = None,
+             calibration_method: Annotated[Optional[str], typer.Option(help="static: minmax | percentile | entropy.")] = None,
+             calibration_samples: Annotated[Optional[int], typer.Option(help="static/auto: calibration examples (default 512).")] = None,
+             block_size: Annotated[Optional[int], typer.Option(help="int4: block size 16/32/64/128 (default 128).")] = None,
+             symmetric: Annotated[Optional[bool], typer.Option("--symmetric/--asymmetric", help="int4: symmetric blocks.")] = None,
+             quantize_embeddings: Annotated[Optional[bool], typer.Option("--quantize-embeddings/--keep-embeddings", help="int4: also the embedding tables.")] = None,
+             tolerance: Annotated[Optional[float], typer.Option(help="auto: max accuracy drop in points (default 0.5).")] = None,
+             data: Annotated[Optional[str], typer.Option("--data", help="Data (default: the data set the bundle was made on).")] = None,
+             no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip scoring the test split.")] = False,
+             force: Force = False, json_out: JsonOut = None) -> None:
+    """Quantize a bundle (INT8 dynamic/static, INT4 weight-only, FP16, or accuracy-aware mixed precision)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from edgeshrink.compress import QuantConfig, quantize as run
+
+    config = QuantConfig.build(method=method, target=target, per_channel=per_channel, weight_type=weight_type,
+                               calibration_method=calibration_method, calibration_samples=calibration_samples,
+                               block_size=block_size, symmetric=symmetric, quantize_embeddings=quantize_embeddings,
+                               tolerance=tolerance, evaluate=False if no_eval else None)
+    with Progress(TextColumn("[bold]quantize[/] {task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()) as progress:
+        manifest = run(bundle, out, config, data=data, force=force, progress=progress_callback(progress))
+    q = manifest["quantization"]
+    parent = q["parent"]["size_bytes"]
+    line = (f"bundle {out}: {q['method']} ({q['resolved']['target']}), {manifest['size_bytes'] / 1e6:.1f} MB "
+            f"= {100 * manifest['size_bytes'] / parent:.1f}% of the source, {q['seconds']:.0f} s")
+    ev = q.get("evaluation")
+    if ev:
+        line += (f"; test accuracy {100 * ev['accuracy']['value']:.2f}% vs source {100 * ev['source_accuracy']['value']:.2f}% "
+                 f"(drop {ev['accuracy_drop_points']:.2f} pt, McNemar p={ev['mcnemar']['p_value']:.3f})")
+    typer.echo(line)
+    if q["method"] == "auto":
+        typer.echo(f"auto: {q['message']}; precision counts {q['chosen']['counts']}; search {q['search_seconds']:.0f} s")
+    write_json(json_out, manifest)
+
+
 def main() -> None:
     app()

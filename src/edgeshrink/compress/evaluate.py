@@ -1,0 +1,54 @@
+"""Score a quantized bundle against its source on the same examples, and list what precision each weight has."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeshrink.stats import accuracy_interval, mcnemar_p
+
+
+def accuracy_of(predictor, examples, threads_note: str = "") -> tuple[list[str], dict]:
+    predicted = predictor.predict(examples.texts).labels
+    correct = sum(p == y for p, y in zip(predicted, examples.labels))
+    low, high = accuracy_interval(correct, len(examples))
+    return predicted, {"value": correct / len(examples), "correct": correct, "n": len(examples), "ci95": [low, high]}
+
+
+def evaluate_pair(source, quantized_dir: Path, test, progress) -> dict:
+    """Test-split accuracy of the source bundle and the quantized one, their agreement, and McNemar's p."""
+    from edgeshrink.runtime import load
+
+    progress("scoring the test split (source)")
+    source_pred, source_acc = accuracy_of(source, test)
+    progress("scoring the test split (quantized)")
+    quant_pred, quant_acc = accuracy_of(load(quantized_dir, verify=False), test)
+    only_source = sum(s == y != q for s, q, y in zip(source_pred, quant_pred, test.labels))
+    only_quant = sum(q == y != s for s, q, y in zip(source_pred, quant_pred, test.labels))
+    return {"split": "test", "source_accuracy": source_acc, "accuracy": quant_acc,
+            "accuracy_drop_points": 100 * (source_acc["value"] - quant_acc["value"]),
+            "agreement": float(np.mean([s == q for s, q in zip(source_pred, quant_pred)])),
+            "mcnemar": {"only_source_correct": only_source, "only_quantized_correct": only_quant,
+                        "p_value": mcnemar_p(only_source, only_quant)}}
+
+
+_PRECISION = {1: "fp32", 10: "fp16", 2: "uint8", 3: "int8", 21: "uint4", 22: "int4", 6: "int32", 7: "int64",
+              16: "bf16"}
+
+
+def weight_precisions(onnx_path: Path, min_elements: int = 1024) -> dict:
+    """Every weight tensor of at least ``min_elements`` values: its stored type, and bytes by type."""
+    import onnx
+
+    model = onnx.load(str(onnx_path))
+    per_weight, bytes_by_type = {}, {}
+    for init in model.graph.initializer:
+        count = int(np.prod(init.dims)) if init.dims else 1
+        if count < min_elements:
+            continue
+        kind = _PRECISION.get(init.data_type, str(init.data_type))
+        per_weight[init.name] = kind
+        nbytes = len(init.raw_data) if init.raw_data else count * 4
+        bytes_by_type[kind] = bytes_by_type.get(kind, 0) + nbytes
+    return {"per_weight": per_weight, "bytes_by_type": bytes_by_type}

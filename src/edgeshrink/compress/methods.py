@@ -1,0 +1,180 @@
+"""The quantization methods, each a function of a QuantContext registered under its name.
+
+Pass order matters: ORT's transformer fusions replace MatMul/Gather with fused contrib ops, and
+quantization then cannot infer types of their weights unless told that untyped tensors are float
+(``DefaultTensorType``). Every ORT quantizer call here sets it, so fused and unfused graphs both work.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import time
+import warnings
+from pathlib import Path
+
+from edgeshrink.compress.calibration import TextCalibrationReader
+from edgeshrink.compress.quantize import QuantContext, register
+from edgeshrink.errors import EdgeshrinkError
+
+
+def _quiet():
+    stack = contextlib.ExitStack()
+    stack.enter_context(warnings.catch_warnings())
+    warnings.simplefilter("ignore")
+    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+    for name in ("onnxruntime", "onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer",
+                 "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)
+    return stack
+
+
+def _qtype(name: str):
+    from onnxruntime.quantization import QuantType
+
+    return {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[name]
+
+
+def _float_default() -> dict:
+    import onnx
+
+    return {"DefaultTensorType": onnx.TensorProto.FLOAT}
+
+
+def _fail(method: str, exc: Exception) -> EdgeshrinkError:
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    return EdgeshrinkError(f"{method} failed: {first}")
+
+
+def dynamic_int8(src: Path, dst: Path, ctx: QuantContext, nodes_to_exclude: list[str] | None = None) -> None:
+    from onnxruntime.quantization import quantize_dynamic
+
+    cfg, types = ctx.config, ctx.types
+    with _quiet():
+        quantize_dynamic(str(src), str(dst), per_channel=cfg.per_channel, reduce_range=types["reduce_range"],
+                         weight_type=_qtype(types["weight_type"]), op_types_to_quantize=cfg.op_types,
+                         nodes_to_exclude=nodes_to_exclude or [],
+                         extra_options={**_float_default(), "MatMulConstBOnly": True})
+
+
+@register("dynamic-int8")
+def _dynamic(ctx: QuantContext) -> dict:
+    """Weights int8 ahead of time, activations quantized per batch at run time (no calibration)."""
+    try:
+        dynamic_int8(ctx.source_onnx, ctx.output_onnx, ctx)
+    except EdgeshrinkError:
+        raise
+    except Exception as exc:
+        raise _fail("dynamic-int8", exc) from None
+    return {"format": "QOperator (MatMulInteger / DynamicQuantizeMatMul)"}
+
+
+@register("static-int8")
+def _static(ctx: QuantContext) -> dict:
+    """QDQ int8 with activation ranges calibrated on the calibration split.
+
+    Calibration is ours, streamed: ORT's own `CalibMaxIntermediateOutputs` discards the collected batches
+    instead of folding them into the ranges (onnxruntime 1.32), and its histogram calibrators keep every
+    batch in memory. We feed ORT's calibrator one batch per call (min/max ranges merge, histograms
+    accumulate), save the ranges with ORT's cache format, and quantize from that cache.
+    """
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, quantize_static
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+    cfg, types = ctx.config, ctx.types
+    texts = ctx.require_calibration("static-int8")
+    method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+              "entropy": CalibrationMethod.Entropy}[cfg.calibration_method]
+    op_types = cfg.op_types or ["MatMul", "Gemm", "Gather"]  # Gather: the embedding tables
+    symmetric = types["activation_type"] == "int8"
+    cache = ctx.work_dir / "calibration.json"
+    try:
+        with _quiet():
+            calibrator = create_calibrator(ctx.source_onnx, op_types,
+                                           augmented_model_path=str(ctx.work_dir / "augmented.onnx"),
+                                           calibrate_method=method, extra_options={"symmetric": symmetric})
+            ctx.progress("calibrating", total=len(texts))
+            reader = TextCalibrationReader(ctx.encode, texts, cfg.calibration_batch_size,
+                                           on_batch=lambda n: ctx.progress("calibrating", advance=n))
+            while reader.position < len(texts):
+                # one batch per call: histogram calibrators stack a call's batches, which must share a shape
+                calibrator.collect_data(_Chunk(reader, batches=1))
+            save_tensors_data(calibrator.compute_data(), cache)
+            del calibrator
+            quantize_static(str(ctx.source_onnx), str(ctx.output_onnx), None, quant_format=QuantFormat.QDQ,
+                            op_types_to_quantize=op_types, per_channel=cfg.per_channel,
+                            reduce_range=types["reduce_range"], activation_type=_qtype(types["activation_type"]),
+                            weight_type=_qtype(types["weight_type"]), calibrate_method=method,
+                            extra_options={**_float_default(), "ActivationSymmetric": symmetric},
+                            calibration_cache_path=cache)
+    except EdgeshrinkError:
+        raise
+    except Exception as exc:
+        raise _fail("static-int8", exc) from None
+    return {"format": "QDQ", "calibration_examples": len(texts), "op_types": op_types}
+
+
+class _Chunk:
+    """A view of the next few batches of a reader: ORT's calibrator reads until None, then folds them in."""
+
+    def __init__(self, reader: TextCalibrationReader, batches: int):
+        self.reader, self.left = reader, batches
+
+    def get_next(self):
+        if self.left == 0:
+            return None
+        self.left -= 1
+        return self.reader.get_next()
+
+
+def int4_weight(src: Path, dst: Path, ctx: QuantContext, nodes_to_exclude: list[str] | None = None,
+                embeddings: bool | None = None) -> None:
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    cfg = ctx.config
+    embeddings = cfg.quantize_embeddings if embeddings is None else embeddings
+    op_types = ("MatMul", "Gather") if embeddings else ("MatMul",)
+    algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric,
+                                        accuracy_level=cfg.accuracy_level, op_types_to_quantize=op_types,
+                                        quant_axes=(("MatMul", 0), ("Gather", 1)))
+    with _quiet():
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=algo,
+                                         nodes_to_exclude=nodes_to_exclude or [])
+        quantizer.process()
+        quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
+
+
+@register("int4-weight")
+def _int4(ctx: QuantContext) -> dict:
+    """Block-wise weight-only INT4 of MatMuls (MatMulNBits) and of the embedding tables (GatherBlockQuantized)."""
+    try:
+        int4_weight(ctx.source_onnx, ctx.output_onnx, ctx)
+    except Exception as exc:
+        raise _fail("int4-weight", exc) from None
+    return {"format": "MatMulNBits + GatherBlockQuantized" if ctx.config.quantize_embeddings else "MatMulNBits"}
+
+
+@register("fp16")
+def _fp16(ctx: QuantContext) -> dict:
+    """float16 weights and compute; graph inputs/outputs stay as they were (fp32 logits)."""
+    import onnx
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+    block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(ctx.config.fp16_block_list))
+    try:
+        with _quiet():
+            model = convert_float_to_float16(onnx.load(str(ctx.source_onnx)), keep_io_types=True, op_block_list=block)
+        onnx.save(model, str(ctx.output_onnx))
+    except Exception as exc:
+        raise _fail("fp16", exc) from None
+    return {"fp32_op_types": block}
+
+
+@register("auto")
+def _auto(ctx: QuantContext) -> dict:
+    from edgeshrink.compress.mixed import search
+
+    return search(ctx)

@@ -1,0 +1,195 @@
+"""Quantize a device bundle: one registered function per method, one config object for all of them.
+
+    from edgeshrink.compress import quantize, QuantConfig
+    manifest = quantize("runs/bundle", "runs/bundle-int8", QuantConfig(method="dynamic-int8"))
+
+Every method reads the fp32 bundle, writes a new bundle (atomically), and records in its manifest the
+method and its parameters, the calibration split hash, the precision of every weight, the size, and
+accuracy on the test split next to the source bundle's (same examples, McNemar test on the pairs).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from edgeshrink._files import atomic_output_dir, check_output_dir
+from edgeshrink.config import Config
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.runtime.bundle import MANIFEST_NAME, read_manifest
+
+Method = Literal["dynamic-int8", "static-int8", "int4-weight", "fp16", "auto"]
+Target = Literal["host", "avx2", "avx512-vnni", "arm64"]
+
+# Weight/activation types and range per hardware target. On AVX2 without VNNI, ORT's u8s8 kernels use
+# VPMADDUBSW, which can saturate: 7-bit weights (reduce_range) avoid it. VNNI has no such issue; Arm's
+# dot-product kernels prefer signed activations.
+TARGETS: dict[str, dict] = {
+    "avx2": {"activation_type": "uint8", "weight_type": "int8", "reduce_range": True},
+    "avx512-vnni": {"activation_type": "uint8", "weight_type": "int8", "reduce_range": False},
+    "arm64": {"activation_type": "int8", "weight_type": "int8", "reduce_range": False},
+}
+MIN_CALIBRATION_EXAMPLES = 16
+
+
+class QuantConfig(Config):
+    version: int = 1
+    method: Method
+    target: Target = "host"
+    per_channel: bool = False
+    weight_type: Literal["int8", "uint8"] | None = None  # None: the target's
+    activation_type: Literal["int8", "uint8"] | None = None  # static only; None: the target's
+    reduce_range: bool | None = None  # None: the target's
+    op_types: list[str] | None = None  # None: the method's default
+    calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
+    calibration_samples: int = Field(512, ge=1)
+    calibration_batch_size: int = Field(16, ge=1)
+    block_size: Literal[16, 32, 64, 128] = 128
+    symmetric: bool = True
+    quantize_embeddings: bool = True
+    accuracy_level: Literal[0, 1, 2, 3, 4] | None = None  # MatMulNBits compute precision (4 = int8)
+    fp16_block_list: list[str] = []  # op types kept in fp32 besides ORT's default block list
+    tolerance: float = Field(0.5, ge=0)  # auto: max accuracy drop in points on the calibration split
+    max_eval_examples: int | None = Field(None, ge=MIN_CALIBRATION_EXAMPLES)  # auto: cap per evaluation
+    evaluate: bool = True  # score the test split (source and quantized) into the manifest
+
+    def resolved(self) -> dict:
+        """The concrete types this config means on its target (``host`` = the CPU it runs on)."""
+        target = host_target() if self.target == "host" else self.target
+        preset = TARGETS[target]
+        return {"target": target,
+                "weight_type": self.weight_type or preset["weight_type"],
+                "activation_type": self.activation_type or preset["activation_type"],
+                "reduce_range": preset["reduce_range"] if self.reduce_range is None else self.reduce_range}
+
+
+def host_target() -> str:
+    from edgeshrink.doctor import cpu_info
+
+    isa = set(cpu_info()["isa"])
+    if {"avx512-vnni", "avx-vnni", "amx-int8"} & isa:
+        return "avx512-vnni"
+    if {"neon", "arm-dotprod", "arm-i8mm"} & isa:
+        return "arm64"
+    return "avx2"
+
+
+@dataclass
+class QuantContext:
+    """What a method gets: paths, config, and helpers bound to the source bundle and its data."""
+
+    source_onnx: Path
+    output_onnx: Path
+    work_dir: Path
+    config: QuantConfig
+    types: dict
+    manifest: dict
+    encode: Callable | None  # texts -> (feeds, truncated), the device tokenizer
+    calibration_texts: list[str]
+    calibration_labels: list[str]
+    progress: Callable = field(default=lambda *a, **k: None)
+
+    def require_calibration(self, method: str) -> list[str]:
+        if self.encode is None:
+            raise EdgeshrinkError(f"{method} needs text calibration data; this bundle takes tensors")
+        texts = self.calibration_texts[: self.config.calibration_samples]
+        if len(texts) < MIN_CALIBRATION_EXAMPLES:
+            raise EdgeshrinkError(f"{method} needs at least {MIN_CALIBRATION_EXAMPLES} calibration examples, "
+                                  f"got {len(texts)}: give more data or a larger calibration split")
+        return texts
+
+
+METHODS: dict[str, Callable[[QuantContext], dict]] = {}
+
+
+def register(name: str):
+    def wrap(fn: Callable[[QuantContext], dict]) -> Callable[[QuantContext], dict]:
+        METHODS[name] = fn
+        return fn
+
+    return wrap
+
+
+def _split_for(manifest: dict, data):
+    """The bundle's own split of its data (checked against the hash in its manifest)."""
+    from edgeshrink.data import SplitConfig, load_data, split_examples
+
+    recorded = manifest.get("split")
+    if data is None:
+        if not recorded:
+            raise EdgeshrinkError("this bundle records no data split: pass --data")
+        data = recorded["dataset"]
+    split_config = SplitConfig(seed=recorded["seed"], train_fraction=recorded["fractions"]["train"],
+                               calibration_fraction=recorded["fractions"]["calibration"]) if recorded else SplitConfig()
+    split = split_examples(load_data(data), split_config)
+    if recorded and split.sha256 != recorded["sha256"]:
+        raise EdgeshrinkError(f"data {split.test.name!r} does not give the split this bundle was made with "
+                              f"(sha256 {split.sha256[:12]} != {recorded['sha256'][:12]})")
+    return split
+
+
+def quantize(bundle: str | Path, out: str | Path, config: QuantConfig, data=None, force: bool = False,
+             progress: Callable | None = None) -> dict:
+    """Quantize ``bundle`` into a new bundle at ``out``; return the new manifest."""
+    from edgeshrink.compress import methods  # noqa: F401  (registers the methods)
+    from edgeshrink.compress.evaluate import evaluate_pair, weight_precisions
+    from edgeshrink.export.bundle import write_manifest
+    from edgeshrink.runtime import load
+
+    progress = progress or (lambda *a, **k: None)
+    bundle, out = Path(bundle), Path(out)
+    if out.absolute().resolve() == bundle.absolute().resolve():
+        raise EdgeshrinkError("--out must be a new directory, not the input bundle")
+    source_manifest = read_manifest(bundle, verify=True)
+    previous = source_manifest.get("quantization")
+    if previous:
+        same = " with the same method" if previous["method"] == config.method else f" ({previous['method']})"
+        raise EdgeshrinkError(f"{bundle} is already quantized{same}; quantize its fp32 parent instead")
+    if config.method not in METHODS:
+        raise EdgeshrinkError(f"unknown method {config.method!r}; known: {', '.join(METHODS)}")
+    check_output_dir(out, force)
+    text = source_manifest["task"] == "text-classification"
+    split = _split_for(source_manifest, data) if text and (config.evaluate or config.method in ("static-int8", "auto")) \
+        else None
+    source = load(bundle, verify=False)
+
+    with atomic_output_dir(out, force) as tmp:
+        for path in bundle.iterdir():
+            if path.is_file() and path.name not in (MANIFEST_NAME, "model.onnx"):
+                shutil.copy2(path, tmp / path.name)
+        work = tmp / "_work"
+        work.mkdir()
+        ctx = QuantContext(source_onnx=bundle / "model.onnx", output_onnx=tmp / "model.onnx", work_dir=work,
+                           config=config, types=config.resolved(), manifest=source_manifest,
+                           encode=source.encode if text else None,
+                           calibration_texts=split.calibration.texts if split else [],
+                           calibration_labels=split.calibration.labels if split else [], progress=progress)
+        started = time.perf_counter()
+        details = METHODS[config.method](ctx)
+        seconds = time.perf_counter() - started
+        shutil.rmtree(work)
+        progress("quantized")
+        quantization = {"method": config.method, "config": config.to_dict(), "resolved": ctx.types,
+                        "seconds": round(seconds, 1),
+                        "calibration_split_sha256": split.sha256 if split and config.method in ("static-int8", "auto")
+                        else None,
+                        "parent": {"path": str(bundle.resolve()),
+                                   "model_sha256": source_manifest["files"]["model.onnx"]["sha256"],
+                                   "size_bytes": source_manifest["size_bytes"]},
+                        "weights": weight_precisions(tmp / "model.onnx"), **details}
+        fields = {k: v for k, v in source_manifest.items()
+                  if k not in ("files", "size_bytes", "schema_version", "kind", "edgeshrink_version", "created_at",
+                               "created_on")}
+        fields["quantization"] = quantization
+        manifest = write_manifest(tmp, fields)  # the bundle is complete here; scoring reads it
+        if split is not None and config.evaluate:
+            quantization["evaluation"] = evaluate_pair(source, tmp, split.test, progress)
+            manifest = write_manifest(tmp, fields)
+    return manifest

@@ -1,0 +1,106 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from edgeshrink.compress import METHODS, QuantConfig, quantize
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.export import ExportConfig, export
+from tests.conftest import make_texts, write_csv
+
+# Each registered method, the weight types its bundle must contain, and its config for a tiny model.
+CASES = {
+    "dynamic-int8": ({"int8"}, {}),
+    "static-int8": ({"int8"}, {"calibration_method": "percentile", "calibration_batch_size": 4}),
+    "int4-weight": ({"int4"}, {"block_size": 16}),
+    "fp16": ({"fp16"}, {}),
+    "auto": (set(), {"block_size": 16, "tolerance": 0.0}),
+}
+
+
+def test_every_registered_method_has_a_test():
+    from edgeshrink.compress import methods  # noqa: F401  (registration)
+
+    assert set(METHODS) == set(CASES)
+
+
+@pytest.fixture(scope="module")
+def data_csv(tmp_path_factory):
+    return write_csv(tmp_path_factory.mktemp("qdata") / "d.csv", make_texts(300))
+
+
+def _progress_log():
+    seen = []
+    return seen, lambda description, advance=0, total=None: seen.append((description, advance, total))
+
+
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_method_produces_a_runtime_bundle(method, tiny_bundle, data_csv, tmp_path):
+    expected_types, options = CASES[method]
+    seen, progress = _progress_log()
+    out = tmp_path / method
+    manifest = quantize(tiny_bundle, out, QuantConfig(method=method, **options), data=str(data_csv), progress=progress)
+    q = manifest["quantization"]
+    assert q["method"] == method and q["config"]["method"] == method
+    assert expected_types <= set(q["weights"]["bytes_by_type"])
+    ev = q["evaluation"]
+    assert ev["accuracy"]["n"] == ev["source_accuracy"]["n"] == 45  # the test split of 300 rows
+    assert 0 <= ev["mcnemar"]["p_value"] <= 1
+    assert q["parent"]["model_sha256"] == json.loads((tiny_bundle / "manifest.json").read_text())["files"]["model.onnx"]["sha256"]
+    if method in ("static-int8", "auto"):
+        assert q["calibration_split_sha256"]
+    if method == "static-int8":  # streamed in batches, every calibration example seen once
+        assert sum(a for d, a, t in seen if d == "calibrating") == q["calibration_examples"] == 45
+    if method == "auto":
+        assert q["tolerance_met"] and q["per_node"] and all(n["precision"] in ("int4", "int8", "fp32")
+                                                            for n in q["per_node"])
+    # the quantized bundle runs in a process without torch
+    code = (f"import sys; from edgeshrink.runtime import load; r = load({str(out)!r}).predict(['good film', 'dull']); "
+            "assert len(r.labels) == 2; print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_dynamic_int8_on_a_fused_graph(tiny_model, data_csv, tmp_path):
+    """The DefaultTensorType pitfall: fused graphs must quantize without the user knowing about it."""
+    export(tiny_model, tmp_path / "fused", ExportConfig(optimize="fusion"))
+    manifest = quantize(tmp_path / "fused", tmp_path / "q", QuantConfig(method="dynamic-int8"), data=str(data_csv))
+    assert "int8" in manifest["quantization"]["weights"]["bytes_by_type"]
+
+
+def test_int4_shrinks_embeddings_only_when_asked(tiny_bundle, tmp_path):
+    with_emb = quantize(tiny_bundle, tmp_path / "a", QuantConfig(method="int4-weight", block_size=16, evaluate=False))
+    without = quantize(tiny_bundle, tmp_path / "b", QuantConfig(method="int4-weight", block_size=16,
+                                                                 quantize_embeddings=False, evaluate=False))
+    assert with_emb["size_bytes"] < without["size_bytes"]
+
+
+def test_bad_inputs(tiny_bundle, data_csv, tmp_path):
+    q = tmp_path / "q"
+    quantize(tiny_bundle, q, QuantConfig(method="dynamic-int8", evaluate=False))
+    with pytest.raises(EdgeshrinkError, match="already quantized with the same method"):
+        quantize(q, tmp_path / "qq", QuantConfig(method="dynamic-int8", evaluate=False))
+    with pytest.raises(EdgeshrinkError, match="must be a new directory"):
+        quantize(tiny_bundle, tiny_bundle, QuantConfig(method="fp16"))
+    small = write_csv(tmp_path / "small.csv", make_texts(40))
+    with pytest.raises(EdgeshrinkError, match="needs at least 16 calibration examples, got 6"):
+        quantize(tiny_bundle, tmp_path / "s", QuantConfig(method="static-int8"), data=str(small))
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bundle, broken)
+    (broken / "tokenizer.json").write_text("{}")
+    with pytest.raises(EdgeshrinkError, match="corrupt or was modified"):
+        quantize(broken, tmp_path / "b", QuantConfig(method="fp16"))
+    with pytest.raises(EdgeshrinkError, match="method"):
+        QuantConfig.build(method="int2")
+    with pytest.raises(EdgeshrinkError, match="target"):
+        QuantConfig.build(method="fp16", target="tpu")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "q", "small.csv"]
+
+
+def test_targets_resolve_to_types():
+    assert QuantConfig(method="static-int8", target="avx2").resolved()["reduce_range"] is True
+    assert QuantConfig(method="static-int8", target="arm64").resolved()["activation_type"] == "int8"
+    vnni = QuantConfig(method="static-int8", target="avx512-vnni", weight_type="uint8").resolved()
+    assert vnni == {"target": "avx512-vnni", "weight_type": "uint8", "activation_type": "uint8", "reduce_range": False}
+    assert QuantConfig(method="fp16").resolved()["target"] in ("avx2", "avx512-vnni", "arm64")
