@@ -22,9 +22,9 @@ $BIN/edgeshrink bench "$RUNS/bundle" "$RUNS/fp16" "$RUNS/dynamic-int8" "$RUNS/st
     "$RUNS/auto" --data sentiment-movies --seq-lengths 64 --batch-sizes 8 \
     --json "$OUT/quant-bench.json" --md "$OUT/quant-bench.md"
 
-# INT8 forms on this CPU (latency only): per-channel, fused graph, static without reduce_range (VNNI types),
+# INT8 forms on this CPU (latency only): per-tensor, fused graph, static without reduce_range (VNNI types),
 # int4 with int8 compute (accuracy_level 4 is not a CLI flag; see the Python call below).
-q dynamic-int8-pc --method dynamic-int8 --per-channel
+q dynamic-int8-pt --method dynamic-int8 --per-tensor
 $BIN/edgeshrink export "$RUNS/cloud" --out "$RUNS/bundle-fused" --optimize fusion --force
 $BIN/edgeshrink quantize "$RUNS/bundle-fused" --out "$RUNS/dynamic-int8-fused" --method dynamic-int8 --force \
     --json "$OUT/quant-dynamic-int8-fused.json"
@@ -32,7 +32,7 @@ q static-int8-vnni-types --method static-int8 --target avx512-vnni
 $BIN/python -c "
 from edgeshrink.compress import quantize, QuantConfig
 quantize('$RUNS/bundle', '$RUNS/int4-acc4', QuantConfig(method='int4-weight', accuracy_level=4), force=True)"
-$BIN/edgeshrink bench "$RUNS/bundle" "$RUNS/dynamic-int8" "$RUNS/dynamic-int8-pc" "$RUNS/dynamic-int8-fused" \
+$BIN/edgeshrink bench "$RUNS/bundle" "$RUNS/dynamic-int8" "$RUNS/dynamic-int8-pt" "$RUNS/dynamic-int8-fused" \
     "$RUNS/static-int8" "$RUNS/static-int8-vnni-types" "$RUNS/int4-weight" "$RUNS/int4-acc4" \
     --seq-lengths 64 --threads 1 --batch-sizes 8 --latency-runs 60 \
     --json "$OUT/quant-forms-bench.json" --md "$OUT/quant-forms-bench.md"
