@@ -104,3 +104,25 @@ def test_targets_resolve_to_types():
     vnni = QuantConfig(method="static-int8", target="avx512-vnni", weight_type="uint8").resolved()
     assert vnni == {"target": "avx512-vnni", "weight_type": "uint8", "activation_type": "uint8", "reduce_range": False}
     assert QuantConfig(method="fp16").resolved()["target"] in ("avx2", "avx512-vnni", "arm64")
+
+
+@pytest.mark.parametrize("options", [
+    {"method": "static-int8", "calibration_method": "entropy", "per_channel": False, "target": "arm64"},
+    {"method": "static-int8", "calibration_method": "minmax", "calibration_samples": 20},
+    {"method": "int4-weight", "symmetric": False, "block_size": 32},
+    {"method": "dynamic-int8", "weight_type": "uint8", "per_channel": False},
+    {"method": "fp16", "fp16_block_list": ["Softmax"]},
+], ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_method_options(options, tiny_bundle, data_csv, tmp_path):
+    manifest = quantize(tiny_bundle, tmp_path / "q", QuantConfig(evaluate=False, **options), data=str(data_csv))
+    q = manifest["quantization"]
+    assert q["config"] == QuantConfig(evaluate=False, **options).to_dict()
+    if options.get("calibration_samples"):
+        assert q["calibration_examples"] == 20
+    if options["method"] == "fp16":
+        assert "Softmax" in q["fp32_op_types"]
+    if options.get("weight_type") == "uint8":
+        assert "uint8" in q["weights"]["bytes_by_type"] and "int8" not in q["weights"]["bytes_by_type"]
+    from edgeshrink.runtime import load
+
+    assert len(load(tmp_path / "q").predict(["good film"]).labels) == 1

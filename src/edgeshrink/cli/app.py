@@ -217,7 +217,8 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
     q = manifest["quantization"]
     parent = q["parent"]["size_bytes"]
     line = (f"bundle {out}: {q['method']} ({q['resolved']['target']}), {manifest['size_bytes'] / 1e6:.1f} MB "
-            f"= {100 * manifest['size_bytes'] / parent:.1f}% of the source, {q['seconds']:.0f} s")
+            f"= {100 * manifest['size_bytes'] / parent:.1f}% of the source (model.onnx: "
+            f"{100 * q['model_size_ratio']:.1f}%), {q['seconds']:.0f} s")
     ev = q.get("evaluation")
     if ev:
         line += (f"; test accuracy {100 * ev['accuracy']['value']:.2f}% vs source {100 * ev['source_accuracy']['value']:.2f}% "

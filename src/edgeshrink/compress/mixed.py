@@ -134,35 +134,28 @@ def search(ctx: QuantContext) -> dict:
     def fp32_suffix(m: int) -> dict[str, str]:
         return {n: ("fp32" if i >= len(order) - m else "int8") for i, n in enumerate(order)}
 
+    def bisect(passing: int, failing: int, family, describe, best: dict) -> dict:
+        """Given a count that meets the tolerance (``best``, already scored) and one that does not, find the
+        boundary between them (accuracy is taken as monotone in the count)."""
+        while abs(passing - failing) > 1:
+            mid = (passing + failing) // 2
+            row = evaluate(family(mid), describe(mid))
+            if row["meets"]:
+                best, passing = row, mid
+            else:
+                failing = mid
+        return best
+
     # Largest k (least sensitive nodes in int4, rest int8) within tolerance; accuracy falls as k grows.
     best = None
-    low, high = 0, len(order)
-    first = evaluate(int4_prefix(high), f"all {high} nodes int4")
-    if first["meets"]:
-        best = first
-    else:
-        base = evaluate(int4_prefix(0), "all int8")
-        if base["meets"]:
-            best = base
-            while high - low > 1:
-                mid = (low + high) // 2
-                row = evaluate(int4_prefix(mid), f"{mid} least sensitive int4, rest int8")
-                if row["meets"]:
-                    best, low = row, mid
-                else:
-                    high = mid
-        else:  # even all-int8 is too lossy: return the most sensitive nodes to fp32
-            low, high = 0, len(order) - 1
-            row = evaluate(fp32_suffix(high), f"{high} most sensitive fp32, rest int8")
-            if row["meets"]:
-                best = row
-                while high - low > 1:
-                    mid = (low + high) // 2
-                    row = evaluate(fp32_suffix(mid), f"{mid} most sensitive fp32, rest int8")
-                    if row["meets"]:
-                        best, high = row, mid
-                    else:
-                        low = mid
+    n = len(order)
+    if evaluate(int4_prefix(n), f"all {n} nodes int4")["meets"]:
+        best = tried[-1]
+    elif evaluate(int4_prefix(0), "all int8")["meets"]:
+        best = bisect(0, n, int4_prefix, lambda k: f"{k} least sensitive int4, rest int8", tried[-1])
+    elif evaluate(fp32_suffix(n - 1), f"{n - 1} most sensitive fp32, rest int8")["meets"]:
+        # even all-int8 is too lossy: return the fewest most-sensitive nodes to fp32
+        best = bisect(n - 1, 0, fp32_suffix, lambda m: f"{m} most sensitive fp32, rest int8", tried[-1])
     met = best is not None
     if best is None:
         best = min(tried, key=lambda r: (r["drop_points"], r["size_bytes"]))

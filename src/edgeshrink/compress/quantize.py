@@ -182,7 +182,10 @@ def quantize(bundle: str | Path, out: str | Path, config: QuantConfig, data=None
                         else None,
                         "parent": {"path": str(bundle.resolve()),
                                    "model_sha256": source_manifest["files"]["model.onnx"]["sha256"],
-                                   "size_bytes": source_manifest["size_bytes"]},
+                                   "size_bytes": source_manifest["size_bytes"],
+                                   "model_size_bytes": source_manifest["files"]["model.onnx"]["size_bytes"]},
+                        "model_size_ratio": (tmp / "model.onnx").stat().st_size
+                        / source_manifest["files"]["model.onnx"]["size_bytes"],
                         "weights": weight_precisions(tmp / "model.onnx"), **details}
         fields = {k: v for k, v in source_manifest.items()
                   if k not in ("files", "size_bytes", "schema_version", "kind", "edgeshrink_version", "created_at",
