@@ -1,11 +1,10 @@
-import numpy as np
 import pytest
 
 from edgeshrink.bench import BenchConfig, bench
 from edgeshrink.bench.flops import flops_at
 from edgeshrink.bench.report import to_markdown
 from edgeshrink.errors import EdgeshrinkError
-from tests.conftest import make_tiny_bert, write_csv, make_texts
+from tests.conftest import make_texts, write_csv
 
 FAST = BenchConfig(threads=[1], seq_lengths=[16, 256], throughput_batch_sizes=[4], latency_runs=6, rounds=2,
                    throughput_runs=1, warmup_runs=1)

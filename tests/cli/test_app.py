@@ -5,7 +5,6 @@ import shutil
 import subprocess
 import sys
 
-import pytest
 from typer.testing import CliRunner
 
 from edgeshrink import __version__

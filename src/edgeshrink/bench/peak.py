@@ -8,7 +8,6 @@ import numpy as np
 
 
 def _matmul_model(n: int) -> bytes:
-    import onnx
     from onnx import TensorProto, helper
 
     a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n])

@@ -9,7 +9,7 @@ import numpy as np
 from edgeshrink.stats import accuracy_interval, mcnemar_p
 
 
-def accuracy_of(predictor, examples, threads_note: str = "") -> tuple[list[str], dict]:
+def accuracy_of(predictor, examples) -> tuple[list[str], dict]:
     predicted = predictor.predict(examples.texts).labels
     correct = sum(p == y for p, y in zip(predicted, examples.labels))
     low, high = accuracy_interval(correct, len(examples))

@@ -7,28 +7,12 @@ quantization then cannot infer types of their weights unless told that untyped t
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import time
-import warnings
 from pathlib import Path
 
+from edgeshrink._quiet import quiet
 from edgeshrink.compress.calibration import TextCalibrationReader
 from edgeshrink.compress.quantize import QuantContext, register
 from edgeshrink.errors import EdgeshrinkError
-
-
-def _quiet():
-    stack = contextlib.ExitStack()
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    for name in ("onnxruntime", "onnxruntime.quantization", "onnxruntime.quantization.matmul_nbits_quantizer",
-                 "root"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    logging.getLogger().setLevel(logging.ERROR)
-    return stack
 
 
 def _qtype(name: str):
@@ -52,7 +36,7 @@ def dynamic_int8(src: Path, dst: Path, ctx: QuantContext, nodes_to_exclude: list
     from onnxruntime.quantization import quantize_dynamic
 
     cfg, types = ctx.config, ctx.types
-    with _quiet():
+    with quiet():
         quantize_dynamic(str(src), str(dst), per_channel=cfg.per_channel, reduce_range=types["reduce_range"],
                          weight_type=_qtype(types["weight_type"]), op_types_to_quantize=cfg.op_types,
                          nodes_to_exclude=nodes_to_exclude or [],
@@ -91,7 +75,7 @@ def _static(ctx: QuantContext) -> dict:
     symmetric = types["activation_type"] == "int8"
     cache = ctx.work_dir / "calibration.json"
     try:
-        with _quiet():
+        with quiet():
             calibrator = create_calibrator(ctx.source_onnx, op_types,
                                            augmented_model_path=str(ctx.work_dir / "augmented.onnx"),
                                            calibrate_method=method, extra_options={"symmetric": symmetric})
@@ -140,7 +124,7 @@ def int4_weight(src: Path, dst: Path, ctx: QuantContext, nodes_to_exclude: list[
     algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric,
                                         accuracy_level=cfg.accuracy_level, op_types_to_quantize=op_types,
                                         quant_axes=(("MatMul", 0), ("Gather", 1)))
-    with _quiet():
+    with quiet():
         quantizer = MatMulNBitsQuantizer(onnx.load(str(src)), algo_config=algo,
                                          nodes_to_exclude=nodes_to_exclude or [])
         quantizer.process()
@@ -165,7 +149,7 @@ def _fp16(ctx: QuantContext) -> dict:
 
     block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(ctx.config.fp16_block_list))
     try:
-        with _quiet():
+        with quiet():
             model = convert_float_to_float16(onnx.load(str(ctx.source_onnx)), keep_io_types=True, op_block_list=block)
         onnx.save(model, str(ctx.output_onnx))
     except Exception as exc:

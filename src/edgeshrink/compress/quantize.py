@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 
 from edgeshrink._files import atomic_output_dir, check_output_dir
@@ -138,7 +137,6 @@ def _split_for(manifest: dict, data):
 def quantize(bundle: str | Path, out: str | Path, config: QuantConfig, data=None, force: bool = False,
              progress: Callable | None = None) -> dict:
     """Quantize ``bundle`` into a new bundle at ``out``; return the new manifest."""
-    from edgeshrink.compress import methods  # noqa: F401  (registers the methods)
     from edgeshrink.compress.evaluate import evaluate_pair, weight_precisions
     from edgeshrink.export.bundle import write_manifest
     from edgeshrink.runtime import load

@@ -6,17 +6,13 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import logging
 import shutil
-import warnings
 from pathlib import Path
 
 import numpy as np
 
 from edgeshrink._files import atomic_output_dir, check_output_dir
+from edgeshrink._quiet import quiet
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.export.bundle import graph_io, write_manifest
 from edgeshrink.export.config import ExportConfig
@@ -25,17 +21,6 @@ from edgeshrink.export.validate import text_inputs, validate_outputs
 from edgeshrink.models.sources import model_labels, read_record, resolve_model, weights_sha256
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-
-
-def _quiet():
-    """optimum and torch.onnx are chatty; their warnings are not the user's business on success."""
-    stack = contextlib.ExitStack()
-    stack.enter_context(warnings.catch_warnings())
-    warnings.simplefilter("ignore")
-    stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
-    for name in ("optimum", "transformers", "torch.onnx", "onnxruntime"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    return stack
 
 
 def default_shapes(max_length: int) -> list[tuple[int, int]]:
@@ -64,7 +49,7 @@ def export(model: str | Path, out: str | Path, config: ExportConfig | None = Non
     with atomic_output_dir(out, force) as tmp:
         raw = tmp / "_export"
         try:
-            with _quiet():
+            with quiet():
                 main_export(str(model_dir), output=str(raw), task="text-classification",
                             library_name="transformers", opset=config.opset, device="cpu", do_validation=False)
         except Exception as exc:  # optimum raises many types; the first line says what went wrong
@@ -145,7 +130,7 @@ def export_module(module, example_inputs: tuple, out: str | Path, labels: list[s
         onnx_path = tmp / "model.onnx"
         raw_path = tmp / "_raw.onnx" if config.optimize != "none" else onnx_path
         try:
-            with _quiet():
+            with quiet():
                 torch.onnx.export(module, example_inputs, str(raw_path), input_names=input_names,
                                   output_names=["logits"], opset_version=config.opset, dynamo=False,
                                   dynamic_axes={name: {0: "batch"} for name in [*input_names, "logits"]})

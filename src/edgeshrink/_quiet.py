@@ -1,0 +1,30 @@
+"""Silence the chatty libraries (optimum, torch.onnx, onnxruntime's quantizers) while they work for us."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+
+_LOGGERS = ("optimum", "transformers", "torch.onnx", "onnxruntime", "onnxruntime.quantization",
+            "onnxruntime.quantization.matmul_nbits_quantizer")
+
+
+@contextlib.contextmanager
+def quiet():
+    """Warnings and stdout chatter are not the user's business on success; errors still propagate."""
+    root = logging.getLogger()
+    saved = {name: logging.getLogger(name).level for name in _LOGGERS}
+    saved_root = root.level
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for name in _LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        root.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for name, level in saved.items():
+                logging.getLogger(name).setLevel(level)
+            root.setLevel(saved_root)
