@@ -4,6 +4,7 @@ import pytest
 
 from edgeshrink.bench import BenchConfig
 from edgeshrink.compress import QuantConfig
+from edgeshrink.compress.prune import PruneConfig
 from edgeshrink.data import DataConfig, SplitConfig
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.export import ExportConfig
@@ -16,6 +17,7 @@ CONFIGS = [
     ExportConfig(optimize="fusion", validation_shapes=[(1, 8)]),
     FinetuneConfig(epochs=0.5),
     QuantConfig(method="static-int8", calibration_method="entropy", op_types=["MatMul"]),
+    PruneConfig(layers=[0, 5], heads_keep=0.5, ffn_keep=0.25),
 ]
 
 

@@ -28,7 +28,8 @@ def assert_one_line_error(result, match):
 
 def test_version_and_help():
     assert invoke("--version").stdout.strip() == f"edgeshrink {__version__}"
-    for command in ("doctor", "finetune", "export", "predict", "bench", "quantize", "data", "data prepare", "data list"):
+    for command in ("doctor", "finetune", "export", "predict", "bench", "quantize", "prune", "data", "data prepare",
+                    "data list"):
         result = invoke(*command.split(), "--help")
         assert result.exit_code == 0 and "Usage" in result.stdout
 
@@ -109,3 +110,14 @@ def test_quantize_command(tiny_bundle, tiny_csv, tmp_path):
     assert manifest["quantization"]["evaluation"]["accuracy"]["n"] == 30
     again = invoke("quantize", tmp_path / "q", "--method", "dynamic-int8", "--out", tmp_path / "qq")
     assert_one_line_error(again, "already quantized with the same method")
+
+
+def test_prune_command(tiny_model, tiny_csv, tmp_path):
+    result = invoke("prune", tiny_model, "--data", tiny_csv, "--out", tmp_path / "s", "--layers", "1", "--ffn", "0.5",
+                    "--importance-examples", "32")
+    assert result.exit_code == 0, result.output
+    assert "layers [1]" in result.stdout and "32 FFN neurons" in result.stdout
+    assert_one_line_error(invoke("prune", tiny_model, "--data", tiny_csv, "--out", tmp_path / "t", "--layers", "x"),
+                          "--layers must be a count")
+    assert_one_line_error(invoke("prune", tiny_model, "--data", tiny_csv, "--out", tmp_path / "t"),
+                          "not smaller than its teacher")

@@ -228,5 +228,36 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
     write_json(json_out, manifest)
 
 
+@app.command()
+@handled
+def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model directory.")],
+          data: DataOpt, out: Annotated[Path, typer.Option("--out", help="Output student model directory.")],
+          layers: Annotated[Optional[str], typer.Option(help="Layers to keep: a count (2) or indices (0,5).")] = None,
+          layer_strategy: Annotated[Optional[str], typer.Option(help="With a count: uniform | first | last.")] = None,
+          heads: Annotated[Optional[float], typer.Option("--heads", help="Fraction of attention heads kept per layer.")] = None,
+          ffn: Annotated[Optional[float], typer.Option("--ffn", help="Fraction of FFN neurons kept per layer.")] = None,
+          importance_examples: Annotated[Optional[int], typer.Option(help="Train examples used to rank heads/neurons.")] = None,
+          text_column: TextCol = "text", label_column: LabelCol = "label",
+          force: Force = False, json_out: JsonOut = None) -> None:
+    """Structured pruning with physical removal: drop layers, attention heads and FFN neurons."""
+    from edgeshrink.compress.prune import PruneConfig, prune as run
+
+    layer_spec = None
+    if layers is not None:
+        try:
+            parts = [int(x) for x in layers.split(",") if x.strip()]
+        except ValueError:
+            raise fail(f"--layers must be a count or comma-separated indices, got {layers!r}") from None
+        layer_spec = parts[0] if len(parts) == 1 and "," not in layers else parts
+    config = PruneConfig.build(layers=layer_spec, layer_strategy=layer_strategy, heads_keep=heads, ffn_keep=ffn,
+                               importance_examples=importance_examples)
+    record = run(teacher, _data_config(data, text_column, label_column), out, config, force=force)
+    p = record["prune"]
+    typer.echo(f"student {out}: layers {p['kept_layers']}, {p['heads_per_layer']} heads and {p['ffn_per_layer']} FFN "
+               f"neurons per layer, {p['parameters'] / 1e6:.2f}M parameters "
+               f"({100 * p['parameters'] / p['teacher_parameters']:.1f}% of the teacher)")
+    write_json(json_out, record)
+
+
 def main() -> None:
     app()

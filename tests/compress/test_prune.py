@@ -1,0 +1,72 @@
+import json
+
+import pytest
+
+from edgeshrink.compress.prune import PruneConfig, drop_layers, layer_indices, prune, prune_ffn
+from edgeshrink.errors import EdgeshrinkError
+from tests.conftest import make_texts, write_csv
+
+
+def _logits(model, tokenizer, texts):
+    import torch
+
+    with torch.inference_mode():
+        return model(**tokenizer(texts, padding=True, return_tensors="pt")).logits
+
+
+def test_removal_that_keeps_everything_changes_nothing(tiny_model):
+    import torch
+
+    from edgeshrink.models.torch_text import load_classifier
+
+    model, tok = load_classifier(tiny_model)
+    texts = [t for t, _ in make_texts(8)]
+    before = _logits(model, tok, texts)
+    drop_layers(model, [0, 1])
+    for layer in model.bert.encoder.layer:
+        prune_ffn(layer, torch.randperm(layer.intermediate.dense.out_features))  # all neurons, any order
+    model.prune_heads({0: [], 1: []})
+    torch.testing.assert_close(_logits(model, tok, texts), before, rtol=0, atol=1e-5)
+
+
+def test_layer_strategies():
+    assert layer_indices(6, 2, "uniform") == [0, 5]
+    assert layer_indices(6, 3, "uniform") == [0, 2, 5]
+    assert layer_indices(6, 2, "first") == [0, 1] and layer_indices(6, 2, "last") == [4, 5]
+    assert layer_indices(6, [5, 1], "uniform") == [1, 5] and layer_indices(6, None, "first") == list(range(6))
+    with pytest.raises(EdgeshrinkError, match="out of range"):
+        layer_indices(6, [6], "uniform")
+    with pytest.raises(EdgeshrinkError, match="has 6"):
+        layer_indices(6, 7, "uniform")
+
+
+def test_pruned_student_is_smaller_reloads_and_exports(tiny_model, tmp_path):
+    import torch
+
+    from edgeshrink.export import export
+    from edgeshrink.models.torch_text import load_classifier
+
+    data = write_csv(tmp_path / "d.csv", make_texts(200))
+    record = prune(tiny_model, str(data), tmp_path / "student", PruneConfig(layers=1, heads_keep=0.5, ffn_keep=0.5,
+                                                                              importance_examples=64))
+    p = record["prune"]
+    assert p["kept_layers"] == [1] and p["heads_per_layer"] == 1 and p["ffn_per_layer"] == 32
+    assert p["parameters"] < p["teacher_parameters"]
+    student, tok = load_classifier(tmp_path / "student")
+    layer = student.bert.encoder.layer[0]
+    assert layer.attention.self.query.out_features == 16 and layer.intermediate.dense.out_features == 32
+    assert json.loads((tmp_path / "student" / "edgeshrink.json").read_text())["prune"] == p
+    manifest = export(tmp_path / "student", tmp_path / "bundle")
+    assert manifest["validation"]["ok"]
+    assert manifest["flops_per_example"]["64"] < export(tiny_model, tmp_path / "teacher")["flops_per_example"]["64"]
+    assert torch.isfinite(_logits(student, tok, ["good film"])).all()
+
+
+def test_bad_inputs(tiny_model, tmp_path):
+    data = write_csv(tmp_path / "d.csv", make_texts(50))
+    with pytest.raises(EdgeshrinkError, match="not smaller than its teacher"):
+        prune(tiny_model, str(data), tmp_path / "s", PruneConfig())
+    for bad in ({"ffn_keep": 0}, {"heads_keep": 1.5}, {"layers": 0}, {"layers": [1, 1]}):
+        with pytest.raises(EdgeshrinkError):
+            PruneConfig.build(**bad)
+    assert not (tmp_path / "s").exists()
