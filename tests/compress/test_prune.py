@@ -70,3 +70,40 @@ def test_bad_inputs(tiny_model, tmp_path):
         with pytest.raises(EdgeshrinkError):
             PruneConfig.build(**bad)
     assert not (tmp_path / "s").exists()
+
+
+def test_vocabulary_pruning_keeps_in_vocabulary_text_identical(tiny_model, tmp_path):
+    import torch
+
+    from edgeshrink.models.torch_text import load_classifier
+
+    rows = [("good film", "positive"), ("bad plot", "negative"), ("the actor was dull", "negative"),
+            ("a superb story", "positive")] * 20
+    data = write_csv(tmp_path / "d.csv", rows)
+    record = prune(tiny_model, str(data), tmp_path / "s", PruneConfig(vocab=True))
+    vocab = record["prune"]["vocabulary"]
+    assert vocab["vocab_size"] < vocab["teacher_vocab_size"]
+    teacher, teacher_tok = load_classifier(tiny_model)
+    student, student_tok = load_classifier(tmp_path / "s")
+    assert student.get_input_embeddings().weight.shape[0] == vocab["vocab_size"]
+    in_vocab = ["good film", "the actor was dull", "a superb story bad"]
+    for text in in_vocab:  # the same pieces, and the same logits
+        assert student_tok.tokenize(text) == teacher_tok.tokenize(text)
+    torch.testing.assert_close(_logits(student, student_tok, in_vocab), _logits(teacher, teacher_tok, in_vocab),
+                               rtol=0, atol=1e-5)
+    # a word that needs a dropped piece becomes the unknown token
+    assert student_tok.tokenize("music") == ["[UNK]"] and teacher_tok.tokenize("music") == ["music"]
+    ids = student_tok("good film")["input_ids"]
+    assert ids[0] == student_tok.cls_token_id and ids[-1] == student_tok.sep_token_id
+
+
+def test_vocabulary_pruned_student_runs_on_the_device(tiny_model, tmp_path):
+    from edgeshrink.export import export
+    from edgeshrink.runtime import load
+
+    data = write_csv(tmp_path / "d.csv", make_texts(100))
+    prune(tiny_model, str(data), tmp_path / "s", PruneConfig(vocab=True, layers=1))
+    manifest = export(tmp_path / "s", tmp_path / "b")
+    assert manifest["validation"]["ok"]
+    result = load(tmp_path / "b").predict(["good film", "completely unseen words xyzzy"])
+    assert len(result.labels) == 2

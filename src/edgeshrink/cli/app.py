@@ -236,6 +236,7 @@ def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model 
           layer_strategy: Annotated[Optional[str], typer.Option(help="With a count: uniform | first | last.")] = None,
           heads: Annotated[Optional[float], typer.Option("--heads", help="Fraction of attention heads kept per layer.")] = None,
           ffn: Annotated[Optional[float], typer.Option("--ffn", help="Fraction of FFN neurons kept per layer.")] = None,
+          vocab: Annotated[bool, typer.Option("--vocab", help="Keep only the tokens the train split uses.")] = False,
           importance_examples: Annotated[Optional[int], typer.Option(help="Train examples used to rank heads/neurons.")] = None,
           text_column: TextCol = "text", label_column: LabelCol = "label",
           force: Force = False, json_out: JsonOut = None) -> None:
@@ -250,12 +251,14 @@ def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model 
             raise fail(f"--layers must be a count or comma-separated indices, got {layers!r}") from None
         layer_spec = parts[0] if len(parts) == 1 and "," not in layers else parts
     config = PruneConfig.build(layers=layer_spec, layer_strategy=layer_strategy, heads_keep=heads, ffn_keep=ffn,
-                               importance_examples=importance_examples)
+                               vocab=vocab or None, importance_examples=importance_examples)
     record = run(teacher, _data_config(data, text_column, label_column), out, config, force=force)
     p = record["prune"]
     typer.echo(f"student {out}: layers {p['kept_layers']}, {p['heads_per_layer']} heads and {p['ffn_per_layer']} FFN "
                f"neurons per layer, {p['parameters'] / 1e6:.2f}M parameters "
-               f"({100 * p['parameters'] / p['teacher_parameters']:.1f}% of the teacher)")
+               f"({100 * p['parameters'] / p['teacher_parameters']:.1f}% of the teacher)"
+               + (f", vocabulary {p['vocabulary']['vocab_size']} of {p['vocabulary']['teacher_vocab_size']} tokens"
+                  if p["vocabulary"] else ""))
     write_json(json_out, record)
 
 

@@ -13,6 +13,7 @@ recovers the accuracy the cuts cost.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -32,6 +33,7 @@ class PruneConfig(Config):
     layer_strategy: Literal["uniform", "first", "last"] = "uniform"
     heads_keep: float | None = Field(None, gt=0, le=1)  # fraction of attention heads kept in every layer
     ffn_keep: float | None = Field(None, gt=0, le=1)  # fraction of FFN neurons kept in every layer
+    vocab: bool = False  # keep only the tokens the train split uses (plus special tokens)
     importance_examples: int = Field(512, ge=1)
     batch_size: int = Field(32, ge=1)
     max_length: int | None = Field(None, ge=8)  # None: the teacher's
@@ -153,16 +155,17 @@ def prune(teacher: str | Path, data: DataConfig | str, out: str | Path, config: 
     keep_layers = layer_indices(total_layers, config.layers, config.layer_strategy)
     heads_kept = n_heads if config.heads_keep is None else max(1, round(n_heads * config.heads_keep))
     ffn_kept = ffn if config.ffn_keep is None else max(1, round(ffn * config.ffn_keep))
-    if len(keep_layers) == total_layers and heads_kept == n_heads and ffn_kept == ffn:
-        raise EdgeshrinkError("this student is not smaller than its teacher: set layers, heads_keep or ffn_keep")
+    if len(keep_layers) == total_layers and heads_kept == n_heads and ffn_kept == ffn and not config.vocab:
+        raise EdgeshrinkError("this student is not smaller than its teacher: set layers, heads_keep, ffn_keep or vocab")
     labels = list(model.config.id2label.values())
     max_length = config.max_length or teacher_record.get("max_length", 128)
     started = time.perf_counter()
 
     drop_layers(model, keep_layers)
-    head_plan, ffn_plan = {}, {}
+    head_plan, vocab_info = {}, None
+    split = split_examples(load_data(data), config.split) if (heads_kept < n_heads or ffn_kept < ffn or config.vocab) \
+        else None
     if heads_kept < n_heads or ffn_kept < ffn:
-        split = split_examples(load_data(data), config.split)
         train = split.train.head(config.importance_examples)
         missing = sorted(set(train.labels) - set(labels))
         if missing:
@@ -176,10 +179,27 @@ def prune(teacher: str | Path, data: DataConfig | str, out: str | Path, config: 
             if ffn_kept < ffn:
                 keep = torch.argsort(ffn_scores[i], descending=True)[:ffn_kept]
                 prune_ffn(layer, keep)
-                ffn_plan[i] = ffn_kept
         if head_plan:
             model.prune_heads(head_plan)
         model.config.intermediate_size = ffn_kept
+    with atomic_output_dir(out, force) as tmp:
+        if config.vocab:
+            from edgeshrink.compress.vocab import prune_vocabulary
+
+            model, tokenizer, vocab_info = prune_vocabulary(model, tokenizer, split.train.texts, tmp / "_tokenizer")
+        record = _record(model, teacher, teacher_dir, teacher_record, labels, max_length, config, keep_layers,
+                         heads_kept, head_plan, ffn_kept, vocab_info, started)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(tmp / "_tokenizer", ignore_errors=True)
+        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2))
+    return record
+
+
+def _record(model, teacher, teacher_dir, teacher_record, labels, max_length, config, keep_layers, heads_kept,
+            head_plan, ffn_kept, vocab_info, started) -> dict:
+    from edgeshrink.models.torch_text import load_classifier
+
     parameters = int(sum(p.numel() for p in model.parameters()))
     record = {
         "kind": "edgeshrink-model",
@@ -190,12 +210,9 @@ def prune(teacher: str | Path, data: DataConfig | str, out: str | Path, config: 
         "data": teacher_record.get("data"),
         "prune": {**config.to_dict(), "kept_layers": keep_layers, "heads_per_layer": heads_kept,
                   "pruned_heads": {str(k): v for k, v in head_plan.items()}, "ffn_per_layer": ffn_kept,
-                  "parameters": parameters, "teacher_parameters": teacher_record.get("parameters")
+                  "vocabulary": vocab_info, "parameters": parameters,
+                  "teacher_parameters": teacher_record.get("parameters")
                   or int(sum(p.numel() for p in load_classifier(teacher_dir)[0].parameters())),
                   "seconds": round(time.perf_counter() - started, 1)},
     }
-    with atomic_output_dir(out, force) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2))
     return record
