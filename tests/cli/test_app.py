@@ -28,8 +28,8 @@ def assert_one_line_error(result, match):
 
 def test_version_and_help():
     assert invoke("--version").stdout.strip() == f"edgeshrink {__version__}"
-    for command in ("doctor", "finetune", "export", "predict", "bench", "quantize", "prune", "data", "data prepare",
-                    "data list"):
+    for command in ("doctor", "finetune", "export", "predict", "bench", "quantize", "prune", "distill", "data",
+                    "data prepare", "data list"):
         result = invoke(*command.split(), "--help")
         assert result.exit_code == 0 and "Usage" in result.stdout
 
@@ -121,3 +121,15 @@ def test_prune_command(tiny_model, tiny_csv, tmp_path):
                           "--layers must be a count")
     assert_one_line_error(invoke("prune", tiny_model, "--data", tiny_csv, "--out", tmp_path / "t"),
                           "not smaller than its teacher")
+
+
+def test_distill_command_builds_and_trains_a_student(tiny_model, tiny_csv, tmp_path):
+    result = invoke("distill", "--teacher", tiny_model, "--data", tiny_csv, "--out", tmp_path / "d", "--layers", "1",
+                    "--vocab", "--epochs", "1", "--json", tmp_path / "d.json")
+    assert result.exit_code == 0, result.output
+    assert "test accuracy" in result.stdout
+    record = json.loads((tmp_path / "d.json").read_text())
+    assert record["prune"]["kept_layers"] == [1] and record["prune"]["vocabulary"]
+    assert (tmp_path / "d.student" / "config.json").exists()
+    assert_one_line_error(invoke("distill", "--teacher", tiny_model, "--data", tiny_csv, "--out", tmp_path / "e"),
+                          "give --student")

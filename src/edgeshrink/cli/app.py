@@ -262,5 +262,44 @@ def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model 
     write_json(json_out, record)
 
 
+@app.command()
+@handled
+def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned teacher model directory.")],
+            data: DataOpt, out: Annotated[Path, typer.Option("--out", help="Output student model directory.")],
+            student: Annotated[Optional[str], typer.Option(help="A student made by `edgeshrink prune` (else built here).")] = None,
+            layers: Annotated[Optional[str], typer.Option(help="Build the student: layers to keep (count or indices).")] = None,
+            heads: Annotated[Optional[float], typer.Option("--heads", help="Build the student: fraction of heads kept.")] = None,
+            ffn: Annotated[Optional[float], typer.Option("--ffn", help="Build the student: fraction of FFN neurons kept.")] = None,
+            vocab: Annotated[bool, typer.Option("--vocab", help="Build the student: prune the vocabulary.")] = False,
+            epochs: Annotated[Optional[int], typer.Option(help="Epochs (default 5; early stopping on calibration).")] = None,
+            learning_rate: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 2e-4).")] = None,
+            alpha: Annotated[Optional[float], typer.Option("--alpha", help="Weight of label cross-entropy (0.5).")] = None,
+            beta: Annotated[Optional[float], typer.Option("--beta", help="Weight of the KL to the teacher (0.5).")] = None,
+            gamma: Annotated[Optional[float], typer.Option("--gamma", help="Weight of [CLS] hidden-state MSE (0).")] = None,
+            temperature: Annotated[Optional[float], typer.Option(help="Distillation temperature (2).")] = None,
+            label_free: Annotated[bool, typer.Option("--label-free", help="Train on the teacher's predictions only.")] = False,
+            text_column: TextCol = "text", label_column: LabelCol = "label",
+            force: Force = False, json_out: JsonOut = None) -> None:
+    """Distill a smaller student from the teacher (building it with structured pruning if asked)."""
+    from edgeshrink.compress.distill import DistillConfig, distill as run
+
+    config = DistillConfig.build(epochs=epochs, learning_rate=learning_rate, alpha_ce=alpha, beta_kd=beta,
+                                 gamma_hidden=gamma, temperature=temperature, label_free=label_free or None)
+    data_config = _data_config(data, text_column, label_column)
+    if student is None:
+        if layers is None and heads is None and ffn is None and not vocab:
+            raise fail("give --student, or build one with --layers/--heads/--ffn/--vocab")
+        student_dir = out.with_name(out.name + ".student")
+        prune(teacher, data, student_dir, layers=layers, layer_strategy=None, heads=heads, ffn=ffn, vocab=vocab,
+              importance_examples=None, text_column=text_column, label_column=label_column, force=True, json_out=None)
+        student = str(student_dir)
+    record = run(teacher, student, data_config, out, config, force=force)
+    test = record["test"]
+    typer.echo(f"student {out}: test accuracy {100 * test['accuracy']:.2f}% [95% CI {100 * test['ci95'][0]:.1f}, "
+               f"{100 * test['ci95'][1]:.1f}], {record['parameters'] / 1e6:.2f}M parameters, "
+               f"{record['train_seconds']:.0f} s, {len(record['history'])} epochs")
+    write_json(json_out, record)
+
+
 def main() -> None:
     app()

@@ -1,0 +1,264 @@
+"""Knowledge distillation of a (pruned) student from its teacher.
+
+    from edgeshrink.compress.distill import distill, DistillConfig
+    record = distill("runs/cloud", "runs/student", "sentiment-movies", "runs/device", DistillConfig(epochs=5))
+
+loss = α·CE(student, labels) + β·T²·KL(teacher/T ‖ student/T) + γ·MSE(proj(student [CLS] states), teacher [CLS] states)
+
+Hidden states are matched at the [CLS] position only (student layer i ↔ the teacher layer it was cut
+from), so the loss stays valid when the student's vocabulary was pruned and a word tokenizes
+differently. Teacher outputs are computed once and cached. Work happens in ``OUT.partial/``: a
+checkpoint after every epoch, so an interrupted run resumes where it stopped (each epoch's batch order
+and dropout are seeded by epoch, so a resumed run equals an uninterrupted one); the finished model
+replaces ``OUT`` in one rename.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from edgeshrink.config import Config
+from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.models.sources import RECORD_NAME, read_record, resolve_model
+from edgeshrink.stats import accuracy_interval
+
+
+class DistillConfig(Config):
+    version: int = 1
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.06, ge=0, lt=1)
+    alpha_ce: float = Field(0.5, ge=0)  # weight of cross-entropy with the labels
+    beta_kd: float = Field(0.5, ge=0)  # weight of the temperature-scaled KL to the teacher
+    temperature: float = Field(2.0, gt=0)
+    gamma_hidden: float = Field(0.0, ge=0)  # weight of [CLS] hidden-state MSE
+    label_free: bool = False  # train on the teacher's predictions instead of the labels
+    patience: int = Field(2, ge=1)  # epochs without a better calibration accuracy before stopping
+    max_length: int | None = Field(None, ge=8)
+    max_train_examples: int | None = Field(None, ge=1)
+    seed: int = 0
+    device: Literal["cpu", "cuda"] = "cpu"
+    split: SplitConfig = SplitConfig()
+
+    def model_post_init(self, _context) -> None:
+        if self.alpha_ce + self.beta_kd + self.gamma_hidden == 0:
+            raise ValueError("at least one of alpha_ce, beta_kd, gamma_hidden must be positive")
+
+
+def _check_tokenizers(teacher_tok, student_tok) -> None:
+    teacher_vocab, student_vocab = teacher_tok.get_vocab(), student_tok.get_vocab()
+    extra = set(student_vocab) - set(teacher_vocab)
+    if extra:
+        raise EdgeshrinkError(f"the student's tokenizer does not match the teacher's: {len(extra)} tokens the teacher "
+                              f"does not have (e.g. {sorted(extra)[:3]})")
+
+
+def _param_count(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def _encode(tokenizer, texts, max_length):
+    enc = tokenizer(texts, truncation=True, max_length=max_length)
+    return enc, [len(ids) for ids in enc["input_ids"]]
+
+
+def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start:start + chunk], key=lambda i: lengths[i])
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def _teacher_outputs(teacher, tokenizer, texts, max_length, batch_size, layers, device):
+    """Logits and [CLS] hidden states of the given teacher layers for every text (computed once)."""
+    import torch
+
+    enc, lengths = _encode(tokenizer, texts, max_length)
+    logits = torch.zeros(len(texts), teacher.config.num_labels)
+    hidden = torch.zeros(len(texts), len(layers), teacher.config.hidden_size)
+    order = sorted(range(len(texts)), key=lambda i: lengths[i])
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            batch = tokenizer.pad({k: [enc[k][i] for i in rows] for k in enc.keys()}, return_tensors="pt").to(device)
+            out = teacher(**batch, output_hidden_states=True)
+            logits[rows] = out.logits.float().cpu()
+            hidden[rows] = torch.stack([out.hidden_states[layer + 1][:, 0] for layer in layers], dim=1).float().cpu()
+    return logits, hidden
+
+
+def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, out: str | Path,
+            config: DistillConfig | None = None, force: bool = False) -> dict:
+    """Train ``student`` to imitate ``teacher`` on the train split; keep the best epoch on calibration."""
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from transformers import get_linear_schedule_with_warmup
+
+    from edgeshrink._files import check_output_dir
+    from edgeshrink.models.torch_text import load_classifier, predict_proba
+
+    config = config or DistillConfig()
+    out = Path(out)
+    check_output_dir(out, force)
+    partial = out.with_name(out.name + ".partial")
+    teacher_dir, student_dir = resolve_model(teacher), resolve_model(student)
+    teacher_net, teacher_tok = load_classifier(teacher_dir)
+    student_net, student_tok = load_classifier(student_dir)
+    _check_tokenizers(teacher_tok, student_tok)
+    if _param_count(student_net) >= _param_count(teacher_net):
+        raise EdgeshrinkError(f"the student ({_param_count(student_net):,} parameters) is not smaller than its teacher "
+                              f"({_param_count(teacher_net):,}); make one with `edgeshrink prune`")
+    labels = list(teacher_net.config.id2label.values())
+    if list(student_net.config.id2label.values()) != labels:
+        raise EdgeshrinkError("the student's labels differ from the teacher's")
+    max_length = config.max_length or read_record(teacher_dir).get("max_length", 128)
+    split = split_examples(load_data(data), config.split)
+    train = split.train if config.max_train_examples is None else split.train.head(config.max_train_examples)
+    missing = sorted(set(train.labels) - set(labels))
+    if missing:
+        raise EdgeshrinkError(f"labels in the data that the teacher's head does not have: {missing}")
+    student_record = read_record(student_dir)
+    kept = (student_record.get("prune") or {}).get("kept_layers") or list(range(student_net.config.num_hidden_layers))
+    teacher_layers = [*kept]  # student layer i was teacher layer kept[i]
+
+    device = config.device
+    if device == "cuda" and not torch.cuda.is_available():
+        raise EdgeshrinkError("device 'cuda' asked for, but torch sees no CUDA GPU")
+    teacher_net.to(device)
+    student_net.to(device)
+    started = time.perf_counter()
+    partial.mkdir(parents=True, exist_ok=True)
+    fingerprint = json.dumps({"config": config.to_dict(), "teacher": str(teacher_dir.resolve()),
+                              "student": str(student_dir.resolve()), "split": split.sha256}, sort_keys=True)
+    cache_path = partial / "teacher_outputs.pt"
+    if cache_path.exists() and torch.load(cache_path)["fingerprint"] == fingerprint:
+        cache = torch.load(cache_path)
+    else:
+        cache = dict(zip(("logits", "hidden"), _teacher_outputs(teacher_net, teacher_tok, train.texts, max_length,
+                                                                64, teacher_layers, device)))
+        cache["fingerprint"] = fingerprint
+        torch.save(cache, cache_path)
+    teacher_net.to("cpu")
+    label_index = {name: i for i, name in enumerate(labels)}
+    targets = cache["logits"].argmax(1) if config.label_free else torch.tensor([label_index[y] for y in train.labels])
+
+    enc, lengths = _encode(student_tok, train.texts, max_length)
+    projection = torch.nn.Linear(student_net.config.hidden_size, teacher_net.config.hidden_size).to(device) \
+        if config.gamma_hidden > 0 and student_net.config.hidden_size != teacher_net.config.hidden_size else None
+    params = list(student_net.parameters()) + (list(projection.parameters()) if projection else [])
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_fraction * total_steps), total_steps)
+    state = {"epoch": 0, "step": 0, "history": [], "best_accuracy": -1.0, "stale": 0}
+    checkpoint = partial / "checkpoint.pt"
+    if checkpoint.exists():
+        saved = torch.load(checkpoint, weights_only=False)
+        if saved["fingerprint"] == fingerprint:
+            student_net.load_state_dict(saved["student"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            if projection and saved.get("projection"):
+                projection.load_state_dict(saved["projection"])
+            state = saved["state"]
+
+    T = config.temperature
+    columns = [TextColumn("[bold]distill[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns) as progress:
+        task = progress.add_task("train", total=total_steps, completed=state["step"], loss=float("nan"))
+        while state["epoch"] < config.epochs and state["stale"] < config.patience:
+            epoch = state["epoch"]
+            rng = random.Random(config.seed * 1000 + epoch)
+            torch.manual_seed(config.seed * 1000 + epoch)
+            student_net.train()
+            running = None
+            for rows in _batches(lengths, config.batch_size, rng):
+                batch = student_tok.pad({k: [enc[k][i] for i in rows] for k in enc.keys()}, return_tensors="pt").to(device)
+                out_s = student_net(**batch, output_hidden_states=config.gamma_hidden > 0)
+                loss = torch.zeros((), device=device)
+                if config.alpha_ce:
+                    loss = loss + config.alpha_ce * torch.nn.functional.cross_entropy(out_s.logits, targets[rows].to(device))
+                if config.beta_kd:
+                    kd = torch.nn.functional.kl_div(torch.log_softmax(out_s.logits / T, -1),
+                                                    torch.softmax(cache["logits"][rows].to(device) / T, -1),
+                                                    reduction="batchmean")
+                    loss = loss + config.beta_kd * T * T * kd
+                if config.gamma_hidden:
+                    cls = torch.stack([h[:, 0] for h in out_s.hidden_states[1:]], dim=1)
+                    if projection is not None:
+                        cls = projection(cls)
+                    loss = loss + config.gamma_hidden * torch.nn.functional.mse_loss(cls, cache["hidden"][rows].to(device))
+                if not torch.isfinite(loss):
+                    raise EdgeshrinkError(f"the loss became {loss.item()} at step {state['step'] + 1} (epoch {epoch + 1}); "
+                                          f"the last good checkpoint is kept in {partial}")
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state["step"] += 1
+                running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+                progress.update(task, advance=1, loss=running, description=f"epoch {epoch + 1}")
+            student_net.eval()
+            probs = predict_proba(student_net, student_tok, split.calibration.texts, max_length)
+            cal = float(np.mean([labels[i] == y for i, y in zip(probs.argmax(1), split.calibration.labels)]))
+            improved = cal > state["best_accuracy"]
+            state["history"].append({"epoch": epoch + 1, "train_loss": running, "calibration_accuracy": cal})
+            if improved:
+                state["best_accuracy"], state["stale"] = cal, 0
+                torch.save({k: v.cpu() for k, v in student_net.state_dict().items()}, partial / "best.pt")
+            else:
+                state["stale"] += 1
+            state["epoch"] += 1
+            progress.console.print(f"epoch {epoch + 1}: loss {running:.4f}, calibration accuracy {cal:.4f}"
+                                   + (" (best)" if improved else ""))
+            torch.save({"fingerprint": fingerprint, "student": student_net.state_dict(),
+                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                        "projection": projection.state_dict() if projection else None, "state": state},
+                       partial / "checkpoint.tmp")
+            os.replace(partial / "checkpoint.tmp", checkpoint)
+
+    student_net.load_state_dict(torch.load(partial / "best.pt"))
+    student_net.to("cpu").eval()
+    probs = predict_proba(student_net, student_tok, split.test.texts, max_length)
+    correct = int(sum(labels[i] == y for i, y in zip(probs.argmax(1), split.test.labels)))
+    low, high = accuracy_interval(correct, len(split.test))
+    record = {
+        "kind": "edgeshrink-model", "task": "text-classification", "labels": labels, "max_length": max_length,
+        "source": {"teacher": str(teacher_dir.resolve()), "student": str(student_dir.resolve())},
+        "data": {"source": split.test.name, "split": split.info()},
+        "prune": student_record.get("prune"),
+        "distill": config.to_dict(), "history": state["history"],
+        "train_seconds": round(time.perf_counter() - started, 1), "train_examples": len(train),
+        "parameters": _param_count(student_net),
+        "test": {"accuracy": correct / len(split.test), "correct": correct, "n": len(split.test), "ci95": [low, high]},
+    }
+    final = partial / "final"
+    shutil.rmtree(final, ignore_errors=True)
+    student_net.save_pretrained(final)
+    student_tok.save_pretrained(final)
+    (final / RECORD_NAME).write_text(json.dumps(record, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(final, out)
+    shutil.rmtree(partial, ignore_errors=True)
+    return record

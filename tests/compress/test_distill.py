@@ -1,0 +1,86 @@
+import pytest
+
+from edgeshrink.compress import distill as distill_module
+from edgeshrink.compress.distill import DistillConfig, distill
+from edgeshrink.compress.prune import PruneConfig, prune
+from edgeshrink.errors import EdgeshrinkError
+from tests.conftest import make_texts, write_csv
+
+FAST = dict(epochs=2, batch_size=16, learning_rate=1e-3, max_length=32)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("distill")
+    data = write_csv(root / "d.csv", make_texts(160))
+    prune(tiny_model, str(data), root / "student", PruneConfig(layers=1, ffn_keep=0.5, vocab=True))
+    return tiny_model, root / "student", str(data), root
+
+
+def _weights(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_distill_trains_and_records(setup, tmp_path):
+    teacher, student, data, _ = setup
+    record = distill(teacher, student, data, tmp_path / "out", DistillConfig(gamma_hidden=1.0, **FAST))
+    assert [h["epoch"] for h in record["history"]] == [1, 2]
+    assert record["test"]["n"] == 24 and record["prune"]["kept_layers"] == [1]
+    assert (tmp_path / "out" / "model.safetensors").exists()
+    assert not (tmp_path / "out.partial").exists()  # work directory cleaned up after success
+
+
+def test_resume_after_interruption_equals_uninterrupted(setup, tmp_path, monkeypatch):
+    import torch
+
+    teacher, student, data, _ = setup
+    config = DistillConfig(**FAST)
+    distill(teacher, student, data, tmp_path / "a", config)
+
+    calls = {"n": 0}
+    real_batches = distill_module._batches
+
+    def interrupt_in_second_epoch(*args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real_batches(*args)
+
+    monkeypatch.setattr(distill_module, "_batches", interrupt_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        distill(teacher, student, data, tmp_path / "b", config)
+    assert (tmp_path / "b.partial" / "checkpoint.pt").exists() and not (tmp_path / "b").exists()
+    monkeypatch.setattr(distill_module, "_batches", real_batches)
+    record = distill(teacher, student, data, tmp_path / "b", config)
+    assert [h["epoch"] for h in record["history"]] == [1, 2]
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_bad_inputs(setup, tmp_path, tiny_model):
+    teacher, student, data, root = setup
+    with pytest.raises(EdgeshrinkError, match="not smaller than its teacher"):
+        distill(teacher, teacher, data, tmp_path / "o", DistillConfig(**FAST))
+    other = root / "other-teacher"
+    from tests.conftest import make_tiny_bert
+
+    make_tiny_bert(other)
+    (other / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\nzebra\n")
+    from transformers import BertTokenizerFast
+
+    BertTokenizerFast(vocab_file=str(other / "vocab.txt")).save_pretrained(other)
+    with pytest.raises(EdgeshrinkError, match="does not match the teacher's"):
+        distill(other, student, data, tmp_path / "o", DistillConfig(**FAST))
+    with pytest.raises(EdgeshrinkError, match="at least one"):
+        DistillConfig.build(alpha_ce=0, beta_kd=0)
+    assert not (tmp_path / "o").exists()
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(setup, tmp_path):
+    teacher, student, data, _ = setup
+    with pytest.raises(EdgeshrinkError, match=r"loss became nan at step 1 \(epoch 1\)"):
+        distill(teacher, student, data, tmp_path / "n", DistillConfig(epochs=1, learning_rate=1e-3, max_length=32,
+                                                                        temperature=1e-45))
+    assert (tmp_path / "n.partial").exists() and not (tmp_path / "n").exists()
