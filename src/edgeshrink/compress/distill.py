@@ -31,6 +31,7 @@ from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.models.sources import RECORD_NAME, read_record, resolve_model
+from edgeshrink.models.torch_text import shuffled_length_batches
 from edgeshrink.stats import accuracy_interval
 
 
@@ -75,16 +76,7 @@ def _encode(tokenizer, texts, max_length):
     return enc, [len(ids) for ids in enc["input_ids"]]
 
 
-def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    chunk = batch_size * 50
-    batches = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start:start + chunk], key=lambda i: lengths[i])
-        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
-    rng.shuffle(batches)
-    return batches
+_batches = shuffled_length_batches  # a module name of its own, so a test can interrupt an epoch
 
 
 def _teacher_outputs(teacher, tokenizer, texts, max_length, batch_size, layers, device):

@@ -41,19 +41,6 @@ class FinetuneConfig(Config):
     split: SplitConfig = SplitConfig()
 
 
-def _epoch_batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
-    """Shuffled batches of similar length: shuffle, sort inside chunks of 50 batches, shuffle batches."""
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    chunk = batch_size * 50
-    batches = []
-    for start in range(0, len(order), chunk):
-        part = sorted(order[start:start + chunk], key=lambda i: lengths[i])
-        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
-    rng.shuffle(batches)
-    return batches
-
-
 def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
              config: FinetuneConfig | None = None, force: bool = False) -> dict:
     """Train a classification head (and the encoder) on the train split; report test accuracy."""
@@ -61,7 +48,7 @@ def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers import get_linear_schedule_with_warmup
 
-    from edgeshrink.models.torch_text import load_classifier, predict_proba
+    from edgeshrink.models.torch_text import load_classifier, predict_proba, shuffled_length_batches
 
     config = config or FinetuneConfig()
     check_output_dir(out, force)
@@ -107,7 +94,7 @@ def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
         running = None
         while step < total_steps:
             net.train()
-            for rows in _epoch_batches(lengths, config.batch_size, rng):
+            for rows in shuffled_length_batches(lengths, config.batch_size, rng):
                 if step >= total_steps:
                     break
                 batch = tokenizer.pad({k: [enc[k][i] for i in rows] for k in enc.keys()}, return_tensors="pt").to(config.device)

@@ -31,6 +31,20 @@ def load_classifier(model_dir: Path, num_labels: int | None = None, label_names=
     return model, tokenizer
 
 
+def shuffled_length_batches(lengths: list[int], batch_size: int, rng) -> list[list[int]]:
+    """Training batches of similar length (less padding), in random order: shuffle, sort inside chunks of
+    50 batches, cut, shuffle the batches. ``rng`` is a ``random.Random``."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    batches = []
+    for start in range(0, len(order), chunk):
+        part = sorted(order[start:start + chunk], key=lambda i: lengths[i])
+        batches += [part[i:i + batch_size] for i in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
     """Batches of similar length (less padding), in length order."""
     order = sorted(range(len(lengths)), key=lambda i: lengths[i])
