@@ -133,3 +133,21 @@ def test_distill_command_builds_and_trains_a_student(tiny_model, tiny_csv, tmp_p
     assert (tmp_path / "d.student" / "config.json").exists()
     assert_one_line_error(invoke("distill", "--teacher", tiny_model, "--data", tiny_csv, "--out", tmp_path / "e"),
                           "give --student")
+
+
+def test_sparsify_command(tiny_model, tiny_csv, tmp_path):
+    result = invoke("sparsify", tiny_model, "--data", tiny_csv, "--out", tmp_path / "s", "--sparsity", "0.4",
+                    "--one-shot", "--json", tmp_path / "s.json")
+    assert result.exit_code == 0, result.output
+    assert "40.0% of encoder linear weights are zero" in result.stdout and "no faster" in result.stdout
+    record = json.loads((tmp_path / "s.json").read_text())
+    assert record["sparsify"]["finetune"] is None and record["sparsify"]["scope"] == "global"
+    result = invoke("sparsify", tiny_model, "--data", tiny_csv, "--out", tmp_path / "g", "--sparsity", "0.3",
+                    "--scope", "per-layer", "--steps", "2", "--epochs", "1", "--json", tmp_path / "g.json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "g.json").read_text())["sparsify"]["finetune"]["epochs"] == 1
+    assert_one_line_error(invoke("sparsify", tiny_model, "--data", tiny_csv, "--out", tmp_path / "t", "--sparsity", "1.5"),
+                          "sparsity")
+    assert_one_line_error(invoke("sparsify", tiny_model, "--data", tiny_csv, "--out", tmp_path / "t", "--one-shot",
+                                 "--epochs", "2"), "--one-shot does not fine-tune")
+    assert not (tmp_path / "t").exists()

@@ -84,3 +84,12 @@ def test_nan_loss_stops_and_keeps_checkpoint(setup, tmp_path):
         distill(teacher, student, data, tmp_path / "n", DistillConfig(epochs=1, learning_rate=1e-3, max_length=32,
                                                                         temperature=1e-45))
     assert (tmp_path / "n.partial").exists() and not (tmp_path / "n").exists()
+
+
+def test_augmented_texts_are_distilled_without_labels(setup, tmp_path):
+    teacher, student, data, _ = setup
+    config = DistillConfig.from_dict({**FAST, "epochs": 1, "augment": {"copies": 2}})
+    record = distill(teacher, student, data, tmp_path / "aug", config)
+    assert record["augmented_examples"] == 2 * record["train_examples"]
+    assert record["distill"]["augment"]["copies"] == 2
+    assert DistillConfig.from_json(config.to_json()) == config

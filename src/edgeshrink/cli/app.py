@@ -264,6 +264,41 @@ def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model 
 
 @app.command()
 @handled
+def sparsify(model: Annotated[str, typer.Argument(help="Fine-tuned model directory (a teacher or a distilled student).")],
+             data: DataOpt, out: Annotated[Path, typer.Option("--out", help="Output model directory.")],
+             sparsity: Annotated[float, typer.Option(help="Fraction of encoder linear weights set to zero.")] = 0.5,
+             scope: Annotated[Optional[str], typer.Option(help="global (one threshold) | per-layer.")] = None,
+             steps: Annotated[Optional[int], typer.Option(help="Pruning steps of the gradual schedule (8).")] = None,
+             epochs: Annotated[Optional[float], typer.Option(help="Fine-tuning epochs while pruning (1).")] = None,
+             learning_rate: Annotated[Optional[float], typer.Option(help="Fine-tuning learning rate (5e-5).")] = None,
+             one_shot: Annotated[bool, typer.Option("--one-shot", help="Cut once, no fine-tuning.")] = False,
+             text_column: TextCol = "text", label_column: LabelCol = "label",
+             force: Force = False, json_out: JsonOut = None) -> None:
+    """Unstructured magnitude pruning (zeros in dense weights): smaller when compressed, not faster."""
+    from edgeshrink.compress.sparsify import SparsifyConfig, sparsify as run
+
+    if one_shot and (epochs is not None or learning_rate is not None or steps not in (None, 1)):
+        raise fail("--one-shot does not fine-tune: drop --epochs/--learning-rate/--steps")
+    values = {k: v for k, v in {"sparsity": sparsity, "scope": scope, "steps": steps}.items() if v is not None}
+    tuning = {k: v for k, v in {"epochs": epochs, "learning_rate": learning_rate}.items() if v is not None}
+    if one_shot:
+        values.update(steps=1, finetune=None)
+    elif tuning:
+        values["finetune"] = {**SparsifyConfig().finetune.to_dict(), **tuning}
+    config = SparsifyConfig.from_dict(values)
+    record = run(model, _data_config(data, text_column, label_column), out, config, force=force)
+    s, test = record["sparsify"], record["test"]
+    typer.echo(f"sparse model {out}: {100 * s['sparsity_targeted']:.1f}% of encoder linear weights are zero "
+               f"({100 * s['sparsity_all_parameters']:.1f}% of all parameters); test accuracy "
+               f"{100 * test['accuracy']:.2f}% [95% CI {100 * test['ci95'][0]:.1f}, {100 * test['ci95'][1]:.1f}]")
+    typer.echo(f"compressed (zlib) weights {s['weights_compressed_bytes'] / 1e6:.1f} MB vs "
+               f"{s['source_weights_compressed_bytes'] / 1e6:.1f} MB before; uncompressed size is unchanged, and "
+               "dense ONNX Runtime kernels run it no faster: the gain is download/storage size only")
+    write_json(json_out, record)
+
+
+@app.command()
+@handled
 def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned teacher model directory.")],
             data: DataOpt, out: Annotated[Path, typer.Option("--out", help="Output student model directory.")],
             student: Annotated[Optional[str], typer.Option(help="A student made by `edgeshrink prune` (else built here).")] = None,
@@ -278,13 +313,15 @@ def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned t
             gamma: Annotated[Optional[float], typer.Option("--gamma", help="Weight of [CLS] hidden-state MSE (0).")] = None,
             temperature: Annotated[Optional[float], typer.Option(help="Distillation temperature (2).")] = None,
             label_free: Annotated[bool, typer.Option("--label-free", help="Train on the teacher's predictions only.")] = False,
+            augment: Annotated[Optional[int], typer.Option(help="Augmented copies of each train text, labelled by the teacher (0).")] = None,
             text_column: TextCol = "text", label_column: LabelCol = "label",
             force: Force = False, json_out: JsonOut = None) -> None:
     """Distill a smaller student from the teacher (building it with structured pruning if asked)."""
     from edgeshrink.compress.distill import DistillConfig, distill as run
 
     config = DistillConfig.build(epochs=epochs, learning_rate=learning_rate, alpha_ce=alpha, beta_kd=beta,
-                                 gamma_hidden=gamma, temperature=temperature, label_free=label_free or None)
+                                 gamma_hidden=gamma, temperature=temperature, label_free=label_free or None,
+                                 augment=None if augment is None else {"copies": augment})
     data_config = _data_config(data, text_column, label_column)
     if student is None:
         if layers is None and heads is None and ffn is None and not vocab:

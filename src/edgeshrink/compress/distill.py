@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from edgeshrink.compress.augment import AugmentConfig, augment_texts
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
@@ -52,6 +53,7 @@ class DistillConfig(Config):
     max_train_examples: int | None = Field(None, ge=1)
     seed: int = 0
     device: Literal["cpu", "cuda"] = "cpu"
+    augment: AugmentConfig = AugmentConfig()  # extra texts labelled by the teacher only
     split: SplitConfig = SplitConfig()
 
     def model_post_init(self, _context) -> None:
@@ -140,24 +142,31 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
     partial.mkdir(parents=True, exist_ok=True)
     fingerprint = json.dumps({"config": config.to_dict(), "teacher": str(teacher_dir.resolve()),
                               "student": str(student_dir.resolve()), "split": split.sha256}, sort_keys=True)
+    mask_token = student_tok.mask_token or student_tok.unk_token
+    texts = list(train.texts) + augment_texts(list(train.texts), config.augment, mask_token)
+    labelled = torch.zeros(len(texts), dtype=torch.bool)
+    labelled[:len(train)] = True
     cache_path = partial / "teacher_outputs.pt"
     if cache_path.exists() and torch.load(cache_path)["fingerprint"] == fingerprint:
         cache = torch.load(cache_path)
     else:
-        cache = dict(zip(("logits", "hidden"), _teacher_outputs(teacher_net, teacher_tok, train.texts, max_length,
+        cache = dict(zip(("logits", "hidden"), _teacher_outputs(teacher_net, teacher_tok, texts, max_length,
                                                                 64, teacher_layers, device)))
         cache["fingerprint"] = fingerprint
         torch.save(cache, cache_path)
     teacher_net.to("cpu")
     label_index = {name: i for i, name in enumerate(labels)}
-    targets = cache["logits"].argmax(1) if config.label_free else torch.tensor([label_index[y] for y in train.labels])
+    if config.label_free:
+        targets, labelled[:] = cache["logits"].argmax(1), True
+    else:
+        targets = torch.tensor([label_index[y] for y in train.labels] + [0] * (len(texts) - len(train)))
 
-    enc, lengths = _encode(student_tok, train.texts, max_length)
+    enc, lengths = _encode(student_tok, texts, max_length)
     projection = torch.nn.Linear(student_net.config.hidden_size, teacher_net.config.hidden_size).to(device) \
         if config.gamma_hidden > 0 and student_net.config.hidden_size != teacher_net.config.hidden_size else None
     params = list(student_net.parameters()) + (list(projection.parameters()) if projection else [])
     optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    steps_per_epoch = math.ceil(len(texts) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_fraction * total_steps), total_steps)
     state = {"epoch": 0, "step": 0, "history": [], "best_accuracy": -1.0, "stale": 0}
@@ -187,8 +196,10 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
                 batch = student_tok.pad({k: [enc[k][i] for i in rows] for k in enc.keys()}, return_tensors="pt").to(device)
                 out_s = student_net(**batch, output_hidden_states=config.gamma_hidden > 0)
                 loss = torch.zeros((), device=device)
-                if config.alpha_ce:
-                    loss = loss + config.alpha_ce * torch.nn.functional.cross_entropy(out_s.logits, targets[rows].to(device))
+                has_label = labelled[rows].to(device)
+                if config.alpha_ce and bool(has_label.any()):
+                    ce = torch.nn.functional.cross_entropy(out_s.logits[has_label], targets[rows].to(device)[has_label])
+                    loss = loss + config.alpha_ce * ce
                 if config.beta_kd:
                     kd = torch.nn.functional.kl_div(torch.log_softmax(out_s.logits / T, -1),
                                                     torch.softmax(cache["logits"][rows].to(device) / T, -1),
@@ -241,6 +252,7 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
         "prune": student_record.get("prune"),
         "distill": config.to_dict(), "history": state["history"],
         "train_seconds": round(time.perf_counter() - started, 1), "train_examples": len(train),
+        "augmented_examples": len(texts) - len(train),
         "parameters": _param_count(student_net),
         "test": {"accuracy": correct / len(split.test), "correct": correct, "n": len(split.test), "ci95": [low, high]},
     }

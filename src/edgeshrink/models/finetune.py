@@ -45,10 +45,8 @@ def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
              config: FinetuneConfig | None = None, force: bool = False) -> dict:
     """Train a classification head (and the encoder) on the train split; report test accuracy."""
     import torch
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-    from transformers import get_linear_schedule_with_warmup
 
-    from edgeshrink.models.torch_text import load_classifier, predict_proba, shuffled_length_batches
+    from edgeshrink.models.torch_text import load_classifier, predict_proba
 
     config = config or FinetuneConfig()
     check_output_dir(out, force)
@@ -66,53 +64,10 @@ def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
     if config.device == "cuda" and not torch.cuda.is_available():
         raise EdgeshrinkError("device 'cuda' asked for, but torch sees no CUDA GPU")
     net, tokenizer = load_classifier(model_dir, label_names=examples.label_names)
-    net.to(config.device)
     label_index = {name: i for i, name in enumerate(examples.label_names)}
-    enc = tokenizer(train.texts, truncation=True, max_length=config.max_length)
-    lengths = [len(ids) for ids in enc["input_ids"]]
-    targets = torch.tensor([label_index[y] for y in train.labels], device=config.device)
-
-    steps_per_epoch = math.ceil(len(train) / config.batch_size)
-    total_steps = max(1, round(steps_per_epoch * config.epochs))
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
-    groups = [
-        {"params": [p for n, p in net.named_parameters() if not n.endswith(no_decay)], "weight_decay": config.weight_decay},
-        {"params": [p for n, p in net.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
-    ]
-    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
-    scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_fraction * total_steps), total_steps)
-
-    rng = random.Random(config.seed)
-    history = []
-    step = 0
     started = time.perf_counter()
-    columns = [TextColumn("[bold]finetune[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, transient=False) as progress:
-        task = progress.add_task("train", total=total_steps, loss=float("nan"))
-        epoch = 0
-        running = None
-        while step < total_steps:
-            net.train()
-            for rows in shuffled_length_batches(lengths, config.batch_size, rng):
-                if step >= total_steps:
-                    break
-                batch = tokenizer.pad({k: [enc[k][i] for i in rows] for k in enc.keys()}, return_tensors="pt").to(config.device)
-                loss = torch.nn.functional.cross_entropy(net(**batch).logits, targets[rows])
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-                progress.update(task, advance=1, loss=running, description=f"epoch {epoch + 1}")
-            epoch += 1
-            net.eval()
-            cal_acc = _accuracy(net, tokenizer, split.calibration, label_index, config.max_length)
-            history.append({"epoch": epoch, "step": step, "train_loss": running, "calibration_accuracy": cal_acc})
-            progress.console.print(f"epoch {epoch}: loss {running:.4f}, calibration accuracy {cal_acc:.4f}")
-        train_seconds = time.perf_counter() - started
+    history = train_classifier(net, tokenizer, train, split.calibration, label_index, config)
+    train_seconds = time.perf_counter() - started
 
     net.eval()
     probs = predict_proba(net, tokenizer, split.test.texts, config.max_length)
@@ -138,6 +93,67 @@ def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
         tokenizer.save_pretrained(tmp)
         (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2))
     return record
+
+
+def train_classifier(net, tokenizer, train, calibration, label_index: dict, config: FinetuneConfig,
+                     after_step=None) -> list[dict]:
+    """Train ``net`` in place on ``train`` with cross-entropy; calibration accuracy after every epoch.
+
+    ``after_step(step, total_steps)`` runs after every optimizer step (gradual pruning hooks in here).
+    """
+    import torch
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from transformers import get_linear_schedule_with_warmup
+
+    from edgeshrink.models.torch_text import shuffled_length_batches
+
+    net.to(config.device)
+    enc = tokenizer(train.texts, truncation=True, max_length=config.max_length)
+    lengths = [len(ids) for ids in enc["input_ids"]]
+    targets = torch.tensor([label_index[y] for y in train.labels], device=config.device)
+
+    steps_per_epoch = math.ceil(len(train) / config.batch_size)
+    total_steps = max(1, round(steps_per_epoch * config.epochs))
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight")
+    groups = [
+        {"params": [p for n, p in net.named_parameters() if not n.endswith(no_decay)], "weight_decay": config.weight_decay},
+        {"params": [p for n, p in net.named_parameters() if n.endswith(no_decay)], "weight_decay": 0.0},
+    ]
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
+    scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_fraction * total_steps), total_steps)
+
+    rng = random.Random(config.seed)
+    history = []
+    step = 0
+    columns = [TextColumn("[bold]train[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("train", total=total_steps, loss=float("nan"))
+        epoch = 0
+        running = None
+        while step < total_steps:
+            net.train()
+            for rows in shuffled_length_batches(lengths, config.batch_size, rng):
+                if step >= total_steps:
+                    break
+                batch = tokenizer.pad({k: [enc[k][i] for i in rows] for k in enc.keys()}, return_tensors="pt").to(config.device)
+                loss = torch.nn.functional.cross_entropy(net(**batch).logits, targets[rows])
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if after_step is not None:
+                    after_step(step, total_steps)
+                running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+                progress.update(task, advance=1, loss=running, description=f"epoch {epoch + 1}")
+            epoch += 1
+            net.eval()
+            cal_acc = _accuracy(net, tokenizer, calibration, label_index, config.max_length)
+            history.append({"epoch": epoch, "step": step, "train_loss": running, "calibration_accuracy": cal_acc})
+            progress.console.print(f"epoch {epoch}: loss {running:.4f}, calibration accuracy {cal_acc:.4f}")
+    return history
 
 
 def _accuracy(net, tokenizer, part, label_index, max_length) -> float:

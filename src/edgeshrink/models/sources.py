@@ -53,13 +53,18 @@ def model_labels(model_dir: Path) -> tuple[str, ...]:
     return tuple(id2label[k] for k in sorted(id2label, key=int))
 
 
+def weights_file(model_dir: Path) -> Path | None:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (Path(model_dir) / name).exists():
+            return Path(model_dir) / name
+    return None
+
+
 def weights_sha256(model_dir: Path) -> str | None:
     from edgeshrink._files import sha256_file
 
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (Path(model_dir) / name).exists():
-            return sha256_file(Path(model_dir) / name)
-    return None
+    path = weights_file(model_dir)
+    return None if path is None else sha256_file(path)
 
 
 def check_labels(data_labels, head_labels, where: str) -> None:
