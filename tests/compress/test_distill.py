@@ -93,3 +93,31 @@ def test_augmented_texts_are_distilled_without_labels(setup, tmp_path):
     assert record["augmented_examples"] == 2 * record["train_examples"]
     assert record["distill"]["augment"]["copies"] == 2
     assert DistillConfig.from_json(config.to_json()) == config
+
+
+def test_attention_map_loss_follows_kept_heads(setup, tmp_path):
+    teacher, _, data, root = setup
+    student = root / "student-heads"
+    prune(teacher, data, student, PruneConfig(layers=[1], heads_keep=0.5, vocab=True))
+    record = distill(teacher, student, data, tmp_path / "att", DistillConfig(delta_attention=1.0, **FAST))
+    assert record["distill"]["delta_attention"] == 1.0 and len(record["history"]) == 2
+
+
+def test_attention_map_loss_needs_the_same_tokenization(setup, tmp_path):
+    teacher, student, _, _ = setup
+    other = write_csv(tmp_path / "other.csv", [("zebra good film", "positive"), ("quokka bad film", "negative")] * 40)
+    with pytest.raises(EdgeshrinkError, match="tokenize like the teacher"):
+        distill(teacher, student, str(other), tmp_path / "o", DistillConfig(delta_attention=1.0, **FAST))
+    distill(teacher, student, str(other), tmp_path / "o", DistillConfig(**FAST), force=True)  # fine without it
+
+
+def test_attention_loss_compares_each_head_with_its_teacher_head():
+    import torch
+
+    from edgeshrink.compress.distill import _attention_loss
+
+    teacher_attn = [torch.softmax(torch.randn(2, 4, 5, 5), -1) for _ in range(3)]
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    student = [teacher_attn[2][:, [1, 3]]]  # student layer 0 = teacher layer 2, heads 1 and 3 kept
+    assert _attention_loss(student, teacher_attn, [2], [[1, 3]], mask).item() == 0
+    assert _attention_loss(student, teacher_attn, [2], [[0, 3]], mask).item() > 0

@@ -311,6 +311,7 @@ def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned t
             alpha: Annotated[Optional[float], typer.Option("--alpha", help="Weight of label cross-entropy (0.5).")] = None,
             beta: Annotated[Optional[float], typer.Option("--beta", help="Weight of the KL to the teacher (0.5).")] = None,
             gamma: Annotated[Optional[float], typer.Option("--gamma", help="Weight of [CLS] hidden-state MSE (0).")] = None,
+            delta: Annotated[Optional[float], typer.Option("--delta", help="Weight of attention-map MSE (0; runs the teacher every step).")] = None,
             temperature: Annotated[Optional[float], typer.Option(help="Distillation temperature (2).")] = None,
             label_free: Annotated[bool, typer.Option("--label-free", help="Train on the teacher's predictions only.")] = False,
             augment: Annotated[Optional[int], typer.Option(help="Augmented copies of each train text, labelled by the teacher (0).")] = None,
@@ -320,7 +321,7 @@ def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned t
     from edgeshrink.compress.distill import DistillConfig, distill as run
 
     config = DistillConfig.build(epochs=epochs, learning_rate=learning_rate, alpha_ce=alpha, beta_kd=beta,
-                                 gamma_hidden=gamma, temperature=temperature, label_free=label_free or None,
+                                 gamma_hidden=gamma, delta_attention=delta, temperature=temperature, label_free=label_free or None,
                                  augment=None if augment is None else {"copies": augment})
     data_config = _data_config(data, text_column, label_column)
     if student is None:

@@ -4,10 +4,14 @@
     record = distill("runs/cloud", "runs/student", "sentiment-movies", "runs/device", DistillConfig(epochs=5))
 
 loss = α·CE(student, labels) + β·T²·KL(teacher/T ‖ student/T) + γ·MSE(proj(student [CLS] states), teacher [CLS] states)
+       + δ·MSE(student attention maps, teacher attention maps)
 
 Hidden states are matched at the [CLS] position only (student layer i ↔ the teacher layer it was cut
 from), so the loss stays valid when the student's vocabulary was pruned and a word tokenizes
-differently. Teacher outputs are computed once and cached. Work happens in ``OUT.partial/``: a
+differently. Teacher logits and states are computed once and cached. The optional attention-map loss
+(TinyBERT's) compares every kept head with the teacher head it was cut from, so it runs the teacher on
+each batch (about twice the time) and needs the student to tokenize the train texts exactly like the
+teacher (true for a vocabulary pruned on the same train split). Work happens in ``OUT.partial/``: a
 checkpoint after every epoch, so an interrupted run resumes where it stopped (each epoch's batch order
 and dropout are seeded by epoch, so a resumed run equals an uninterrupted one); the finished model
 replaces ``OUT`` in one rename.
@@ -47,6 +51,7 @@ class DistillConfig(Config):
     beta_kd: float = Field(0.5, ge=0)  # weight of the temperature-scaled KL to the teacher
     temperature: float = Field(2.0, gt=0)
     gamma_hidden: float = Field(0.0, ge=0)  # weight of [CLS] hidden-state MSE
+    delta_attention: float = Field(0.0, ge=0)  # weight of attention-map MSE (runs the teacher every step)
     label_free: bool = False  # train on the teacher's predictions instead of the labels
     patience: int = Field(2, ge=1)  # epochs without a better calibration accuracy before stopping
     max_length: int | None = Field(None, ge=8)
@@ -57,8 +62,8 @@ class DistillConfig(Config):
     split: SplitConfig = SplitConfig()
 
     def model_post_init(self, _context) -> None:
-        if self.alpha_ce + self.beta_kd + self.gamma_hidden == 0:
-            raise ValueError("at least one of alpha_ce, beta_kd, gamma_hidden must be positive")
+        if self.alpha_ce + self.beta_kd + self.gamma_hidden + self.delta_attention == 0:
+            raise ValueError("at least one of alpha_ce, beta_kd, gamma_hidden, delta_attention must be positive")
 
 
 def _check_tokenizers(teacher_tok, student_tok) -> None:
@@ -79,6 +84,30 @@ def _encode(tokenizer, texts, max_length):
 
 
 _batches = shuffled_length_batches  # a module name of its own, so a test can interrupt an epoch
+
+
+def _head_map(student_record: dict, teacher_heads: int, student_net) -> list[list[int]]:
+    """For each student layer, the teacher head each of its heads was cut from."""
+    pruned = (student_record.get("prune") or {}).get("pruned_heads") or {}
+    out = []
+    for i in range(student_net.config.num_hidden_layers):
+        kept = [h for h in range(teacher_heads) if h not in set(pruned.get(str(i), []))]
+        if len(kept) != student_net.base_model.encoder.layer[i].attention.self.num_attention_heads:
+            raise EdgeshrinkError(f"cannot tell which teacher heads student layer {i} kept: its prune record is missing")
+        out.append(kept)
+    return out
+
+
+def _attention_loss(student_attn, teacher_attn, teacher_layers, head_map, mask):
+    """MSE between the attention probabilities of every kept head and its teacher head, over real tokens."""
+    import torch
+
+    valid = (mask[:, None, :, None] * mask[:, None, None, :]).float()  # query and key both real tokens
+    total = torch.zeros((), device=mask.device)
+    for i, (attn, layer) in enumerate(zip(student_attn, teacher_layers)):
+        target = teacher_attn[layer][:, head_map[i]]
+        total = total + (((attn - target) ** 2) * valid).sum() / (valid.sum() * attn.shape[1])
+    return total / len(student_attn)
 
 
 def _teacher_outputs(teacher, tokenizer, texts, max_length, batch_size, layers, device):
@@ -154,7 +183,10 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
                                                                 64, teacher_layers, device)))
         cache["fingerprint"] = fingerprint
         torch.save(cache, cache_path)
-    teacher_net.to("cpu")
+    head_map = _head_map(student_record, teacher_net.config.num_attention_heads, student_net) \
+        if config.delta_attention else None
+    if not config.delta_attention:
+        teacher_net.to("cpu")
     label_index = {name: i for i, name in enumerate(labels)}
     if config.label_free:
         targets, labelled[:] = cache["logits"].argmax(1), True
@@ -162,6 +194,14 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
         targets = torch.tensor([label_index[y] for y in train.labels] + [0] * (len(texts) - len(train)))
 
     enc, lengths = _encode(student_tok, texts, max_length)
+    if config.delta_attention:
+        teacher_enc, teacher_lengths = _encode(teacher_tok, texts, max_length)
+        differ = sum(a != b for a, b in zip(lengths, teacher_lengths))
+        if differ:
+            raise EdgeshrinkError(f"the attention-map loss needs the student to tokenize like the teacher, but "
+                                  f"{differ} train texts tokenize to a different length; prune the vocabulary on "
+                                  f"this train split, or set delta_attention to 0")
+        teacher_net.eval()
     projection = torch.nn.Linear(student_net.config.hidden_size, teacher_net.config.hidden_size).to(device) \
         if config.gamma_hidden > 0 and student_net.config.hidden_size != teacher_net.config.hidden_size else None
     params = list(student_net.parameters()) + (list(projection.parameters()) if projection else [])
@@ -194,7 +234,8 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
             running = None
             for rows in _batches(lengths, config.batch_size, rng):
                 batch = student_tok.pad({k: [enc[k][i] for i in rows] for k in enc.keys()}, return_tensors="pt").to(device)
-                out_s = student_net(**batch, output_hidden_states=config.gamma_hidden > 0)
+                out_s = student_net(**batch, output_hidden_states=config.gamma_hidden > 0,
+                                    output_attentions=config.delta_attention > 0)
                 loss = torch.zeros((), device=device)
                 has_label = labelled[rows].to(device)
                 if config.alpha_ce and bool(has_label.any()):
@@ -210,6 +251,13 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
                     if projection is not None:
                         cls = projection(cls)
                     loss = loss + config.gamma_hidden * torch.nn.functional.mse_loss(cls, cache["hidden"][rows].to(device))
+                if config.delta_attention:
+                    with torch.no_grad():
+                        t_batch = teacher_tok.pad({k: [teacher_enc[k][i] for i in rows] for k in teacher_enc.keys()},
+                                                  return_tensors="pt").to(device)
+                        t_attn = teacher_net(**t_batch, output_attentions=True).attentions
+                    loss = loss + config.delta_attention * _attention_loss(
+                        out_s.attentions, t_attn, teacher_layers, head_map, batch["attention_mask"])
                 if not torch.isfinite(loss):
                     raise EdgeshrinkError(f"the loss became {loss.item()} at step {state['step'] + 1} (epoch {epoch + 1}); "
                                           f"the last good checkpoint is kept in {partial}")
@@ -240,6 +288,7 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
                        partial / "checkpoint.tmp")
             os.replace(partial / "checkpoint.tmp", checkpoint)
 
+    teacher_net.to("cpu")
     student_net.load_state_dict(torch.load(partial / "best.pt"))
     student_net.to("cpu").eval()
     probs = predict_proba(student_net, student_tok, split.test.texts, max_length)
