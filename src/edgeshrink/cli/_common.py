@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -76,3 +77,16 @@ def progress_callback(progress):
             progress.console.print(description)
 
     return step
+
+
+JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write machine-readable JSON here ('-' = stdout).")]
+Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
+DataOpt = Annotated[str, typer.Option("--data", help="Built-in data set name, CSV/JSONL file, or load_from_disk dir.")]
+TextCol = Annotated[str, typer.Option("--text-column", help="Column holding the text.")]
+LabelCol = Annotated[str, typer.Option("--label-column", help="Column holding the label.")]
+
+
+def _data_config(source: str, text_column: str, label_column: str):
+    from edgeshrink.data import DataConfig
+
+    return DataConfig.build(source=source, text_column=text_column, label_column=label_column)

@@ -8,18 +8,16 @@ from typing import Annotated, Optional
 import typer
 
 from edgeshrink import __version__
-from edgeshrink.cli._common import fail, handled, progress_callback, write_json
+from edgeshrink.cli._common import (DataOpt, Force, JsonOut, LabelCol, TextCol, _data_config, fail, handled,
+                                    progress_callback, write_json)
+from edgeshrink.cli.route import route_app
 
 app = typer.Typer(name="edgeshrink", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Turn a cloud model into a device model and route each request to the one that should answer it.")
 data_app = typer.Typer(no_args_is_help=True, help="Built-in data sets: prepare the offline cache, list them.")
 app.add_typer(data_app, name="data")
+app.add_typer(route_app, name="route")
 
-JsonOut = Annotated[Optional[Path], typer.Option("--json", help="Also write machine-readable JSON here ('-' = stdout).")]
-Force = Annotated[bool, typer.Option("--force", help="Replace the output if it exists.")]
-DataOpt = Annotated[str, typer.Option("--data", help="Built-in data set name, CSV/JSONL file, or load_from_disk dir.")]
-TextCol = Annotated[str, typer.Option("--text-column", help="Column holding the text.")]
-LabelCol = Annotated[str, typer.Option("--label-column", help="Column holding the label.")]
 
 
 def _version(value: bool) -> None:
@@ -32,12 +30,6 @@ def _version(value: bool) -> None:
 def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
                                                 help="Print the version and exit.")] = False) -> None:
     """edgeshrink: compress, export, bench and route models between device and cloud."""
-
-
-def _data_config(source: str, text_column: str, label_column: str):
-    from edgeshrink.data import DataConfig
-
-    return DataConfig.build(source=source, text_column=text_column, label_column=label_column)
 
 
 @app.command()

@@ -67,3 +67,34 @@ def predict_proba(model, tokenizer, texts: list[str], max_length: int, batch_siz
             if progress is not None:
                 progress(len(rows))
     return out
+
+
+class TorchPredictor:
+    """A PyTorch classifier directory with the device runtime's ``predict(texts) -> Predictions`` interface."""
+
+    def __init__(self, model_dir: Path, max_length: int | None = None):
+        from edgeshrink.models.sources import read_record
+
+        self.path = Path(model_dir)
+        self.model, self.tokenizer = load_classifier(self.path)
+        self.labels = list(self.model.config.id2label.values())
+        self.max_length = max_length or read_record(self.path).get("max_length", 128)
+
+    def predict(self, texts, batch_size: int = 64):
+        from edgeshrink.runtime import Predictions
+
+        texts = [str(t) for t in texts]
+        probs = predict_proba(self.model, self.tokenizer, texts, self.max_length, batch_size)
+        lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]] if texts else []
+        return Predictions([self.labels[i] for i in probs.argmax(1)], probs, [n > self.max_length for n in lengths])
+
+
+def load_predictor(spec: str | Path, threads: int | None = None):
+    """A device bundle (onnxruntime) or a PyTorch model directory, both with ``predict(texts)``."""
+    from edgeshrink.models.sources import resolve_model
+    from edgeshrink.runtime import load
+    from edgeshrink.runtime.bundle import MANIFEST_NAME
+
+    if (Path(spec) / MANIFEST_NAME).exists():
+        return load(spec, threads=threads)
+    return TorchPredictor(resolve_model(spec))

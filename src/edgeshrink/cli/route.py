@@ -1,0 +1,120 @@
+"""`edgeshrink route calibrate|eval`: the device/cloud router."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgeshrink.cli._common import DataOpt, JsonOut, LabelCol, TextCol, _data_config, fail, handled, write_json
+
+route_app = typer.Typer(no_args_is_help=True, help="Route requests between the device model and the cloud model.")
+
+DeviceOpt = Annotated[Path, typer.Option("--device", help="Device bundle (router.json is written into it).")]
+CloudOpt = Annotated[str, typer.Option("--cloud", help="Cloud model: a bundle or a PyTorch model directory.")]
+
+
+@route_app.command("calibrate")
+@handled
+def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
+              policy: Annotated[str, typer.Option(help="budget | accuracy | risk | risk+budget.")] = "risk",
+              alpha: Annotated[Optional[float], typer.Option(help="risk: tolerated error rate among device answers.")] = None,
+              delta: Annotated[Optional[float], typer.Option(help="risk: allowed probability the bound fails (0.1).")] = None,
+              budget: Annotated[Optional[float], typer.Option(help="budget: most fraction of requests escalated.")] = None,
+              target_accuracy: Annotated[Optional[float], typer.Option(help="accuracy: hybrid accuracy to reach (0-1).")] = None,
+              max_drop: Annotated[Optional[float], typer.Option(help="accuracy: or at most this below the cloud (0-1).")] = None,
+              signal: Annotated[Optional[str], typer.Option(help="max-prob | margin | neg-entropy.")] = None,
+              label_free: Annotated[bool, typer.Option("--label-free", help="Error = disagreement with the cloud.")] = False,
+              p_value: Annotated[Optional[str], typer.Option(help="binomial | hoeffding-bentkus.")] = None,
+              no_temperature: Annotated[bool, typer.Option("--no-temperature", help="Skip temperature scaling.")] = False,
+              cloud_latency_ms: Annotated[Optional[float], typer.Option(help="Cost model: cloud model time (60).")] = None,
+              network_rtt_ms: Annotated[Optional[float], typer.Option(help="Cost model: network round trip (80).")] = None,
+              cloud_cost_per_1000: Annotated[Optional[float], typer.Option(help="Cost model: money per 1,000 cloud calls (1.0).")] = None,
+              device_latency_ms: Annotated[Optional[float], typer.Option(help="Cost model: device time (default: measured by eval).")] = None,
+              device_energy_mj: Annotated[Optional[float], typer.Option(help="Cost model: energy per device inference.")] = None,
+              keep_truncated: Annotated[bool, typer.Option("--keep-truncated", help="Do not escalate inputs the device truncates.")] = False,
+              text_column: TextCol = "text", label_column: LabelCol = "label", json_out: JsonOut = None) -> None:
+    """Fit temperature and threshold on the calibration split; write router.json into the device bundle."""
+    from edgeshrink.route.calibrate import RouteConfig, calibrate as run
+
+    cost = {k: v for k, v in {"cloud_latency_ms": cloud_latency_ms, "network_rtt_ms": network_rtt_ms,
+                              "cloud_cost_per_1000": cloud_cost_per_1000, "device_latency_ms": device_latency_ms,
+                              "device_energy_mj": device_energy_mj}.items() if v is not None}
+    config = RouteConfig.build(policy=policy, alpha=alpha, delta=delta, budget=budget, target_accuracy=target_accuracy,
+                               max_drop=max_drop, signal=signal, label_free=label_free or None, p_value=p_value,
+                               temperature_scaling=False if no_temperature else None, cost=cost or None,
+                               escalate_truncated=False if keep_truncated else None)
+    router = run(device, cloud, _data_config(data, text_column, label_column), config)
+    cal = router["calibration"]
+    fit = cal["temperature_fit"]
+    typer.echo(f"router ({router['policy']['policy']}, {router['signal']}) written to {device / 'router.json'}")
+    typer.echo(f"temperature {router['temperature']:.3f}: calibration ECE {fit['before']['ece']:.4f} -> "
+               f"{fit['after']['ece']:.4f}, NLL {fit['before']['nll']:.4f} -> {fit['after']['nll']:.4f}")
+    threshold = "escalate everything" if router["escalate_everything"] else \
+        ("never escalate" if router["threshold"] is None else f"{router['threshold']:.6f}")
+    typer.echo(f"threshold {threshold}: {100 * cal['escalation_rate']:.1f}% of {router['n']} calibration requests "
+               f"escalated" + (f", device risk {100 * cal['device_risk']:.2f}%" if cal["device_risk"] is not None else ""))
+    typer.echo(("guarantee: " if router["feasible"] else "warning: ") + router["guarantee"])
+    write_json(json_out, router)
+
+
+@route_app.command("eval")
+@handled
+def evaluate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
+             plots: Annotated[Optional[Path], typer.Option(help="Write the curves as PNG files into this directory.")] = None,
+             resplits: Annotated[Optional[int], typer.Option(help="Guarantee check: calibration/test resplits (200).")] = None,
+             alphas: Annotated[Optional[str], typer.Option(help="Guarantee check: comma list of α (0.01,0.02,0.05).")] = None,
+             text_column: TextCol = "text", label_column: LabelCol = "label", json_out: JsonOut = None) -> None:
+    """Route the test split: device/cloud/hybrid accuracy, cost, APGR/CPT, curves, the guarantee check."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from edgeshrink.route.evaluate import EvalConfig, evaluate as run
+
+    try:
+        alpha_list = None if alphas is None else [float(a) for a in alphas.split(",") if a.strip()]
+    except ValueError:
+        raise fail(f"--alphas must be a comma list of numbers, got {alphas!r}") from None
+    config = EvalConfig.build(resplits=resplits, alphas=alpha_list)
+    console = Console(stderr=True)
+    with console.status("routing the test split") as status:
+        report = run(device, cloud, _data_config(data, text_column, label_column), config, plots=plots,
+                     progress=lambda step: status.update(f"predicted {step}"))
+    out = Console()
+    table = Table(title=f"route eval: {report['data']} test split (n={report['n']})")
+    for column in ("", "accuracy % [95% CI]", "on device %", "cost / 1,000 req", "mean latency ms"):
+        table.add_column(column, justify="right" if column else "left")
+    c = report["cost"]
+
+    def row(name, acc, on_device, cost, latency):
+        table.add_row(name, f"{100 * acc['accuracy']:.2f} [{100 * acc['ci95'][0]:.1f}, {100 * acc['ci95'][1]:.1f}]",
+                      f"{on_device:.1f}", f"{cost:.2f}", f"{latency:.1f}")
+
+    row("device only", report["device_only"], 100.0, 0.0, c["model"]["device_latency_ms"])
+    row("cloud only", report["cloud_only"], 0.0, c["cloud_only"]["per_1000_requests"], c["cloud_only"]["mean_latency_ms"])
+    row("hybrid", report["hybrid"], 100 * report["on_device_fraction"], c["hybrid"]["per_1000_requests"],
+        c["hybrid"]["mean_latency_ms"])
+    out.print(table)
+    r = report["routing"]
+    hv = report["hybrid_vs_cloud"]
+    out.print(f"hybrid − cloud: {100 * (report['hybrid']['accuracy'] - report['cloud_only']['accuracy']):+.2f} points "
+              f"(McNemar p = {hv['mcnemar_p']:.3f}); realised risk among device answers: "
+              f"error {100 * (report['realised_risk']['error'] or 0):.2f}%, disagreement with the cloud "
+              f"{100 * (report['realised_risk']['disagreement'] or 0):.2f}%")
+    if r.get("apgr") is not None:
+        cpt = ", ".join(f"CPT({k}) {100 * v:.1f}%" if v is not None else f"CPT({k}) n/a" for k, v in r["cpt"].items())
+        out.print(f"APGR {r['apgr']:.3f}; {cpt}")
+    cal = report["calibration_on_test"]
+    out.print(f"test ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f} with temperature {cal['temperature']:.3f}")
+    if report.get("guarantee_check"):
+        check = Table(title="guarantee check: realised risk ≤ α over random calibration/test resplits")
+        for column in ("risk is", "α", "δ", "resplits", "held %", "needed %", "mean coverage %", "mean risk %", "ok"):
+            check.add_column(column)
+        for g in report["guarantee_check"]:
+            check.add_row(g["risk_is"], f"{g['alpha']:g}", f"{g['delta']:g}", str(g["resplits"]),
+                          f"{100 * g['held_fraction']:.1f}", f"{100 * g['target']:.0f}",
+                          f"{100 * g['mean_coverage']:.1f}", f"{100 * g['mean_realised_risk']:.2f}",
+                          "yes" if g["ok"] else "NO")
+        out.print(check)
+    write_json(json_out, report)

@@ -1,0 +1,132 @@
+"""Calibrate a device/cloud router on the calibration split and store it in the device bundle.
+
+    from edgeshrink.route.calibrate import calibrate, RouteConfig
+    router = calibrate("runs/device", "runs/cloud-bundle", "sentiment-movies",
+                       RouteConfig(policy="risk", alpha=0.02, delta=0.1))
+
+Steps: run both models on the calibration split; fit the temperature of the *device* model there (on
+the labels, or on the cloud's predictions in label-free mode); compute the confidence signal; choose
+the threshold with the policy; write ``router.json`` into the bundle and its sha256 into the manifest
+(the runtime refuses a router.json that does not match). Inputs the device truncates are escalated by
+rule at run time, so they are left out of the risk computation (the guarantee is about the requests
+the device answers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from edgeshrink.config import Config
+from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.route.confidence import SIGNALS, calibration_report, fit_temperature, scaled_probs
+from edgeshrink.route.policies import CalibrationData, PolicyConfig, choose_threshold
+from edgeshrink.route.router import DEFAULT_COST, ROUTER_NAME, ROUTER_SCHEMA
+
+
+class CostConfig(Config):
+    version: int = 1
+    device_latency_ms: float | None = Field(DEFAULT_COST["device_latency_ms"], ge=0)  # None: measured by `route eval`
+    cloud_latency_ms: float = Field(DEFAULT_COST["cloud_latency_ms"], ge=0)  # model time in the cloud
+    network_rtt_ms: float = Field(DEFAULT_COST["network_rtt_ms"], ge=0)
+    cloud_cost_per_1000: float = Field(DEFAULT_COST["cloud_cost_per_1000"], ge=0)  # money per 1,000 cloud calls
+    device_energy_mj: float | None = Field(DEFAULT_COST["device_energy_mj"], ge=0)  # per device inference
+
+
+class RouteConfig(PolicyConfig):
+    """A threshold policy plus the cost model and the per-request rules stored with it."""
+    cost: CostConfig = CostConfig()
+    escalate_truncated: bool = True  # inputs the device cuts at max_length go to the cloud
+    split: SplitConfig = SplitConfig()
+
+
+def label_ids(labels: list[str], names: list[str], where: str) -> np.ndarray:
+    index = {name: i for i, name in enumerate(names)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise EdgeshrinkError(f"labels in {where} that the models do not have: {unknown}")
+    return np.array([index[y] for y in labels])
+
+
+def check_same_labels(device, cloud) -> None:
+    if list(device.labels) != list(cloud.labels):
+        raise EdgeshrinkError(f"the device and cloud models have different label sets: {list(device.labels)} vs "
+                              f"{list(cloud.labels)}")
+
+
+def calibration_data(device_probs, cloud_probs, labels, temperature, config: PolicyConfig) -> CalibrationData:
+    scores = SIGNALS[config.signal](scaled_probs(device_probs, temperature))
+    device_pred, cloud_pred = device_probs.argmax(1), cloud_probs.argmax(1)
+    return CalibrationData(scores, None if labels is None else device_pred == labels,
+                           None if labels is None else cloud_pred == labels, device_pred == cloud_pred)
+
+
+def fit(device_probs, cloud_probs, labels, config: PolicyConfig) -> float:
+    """The device model's temperature: on the labels, or on the cloud's answers without them."""
+    if not config.temperature_scaling:
+        return 1.0
+    return fit_temperature(device_probs, cloud_probs.argmax(1) if config.label_free else labels)
+
+
+def calibrate(device: str | Path, cloud, data: DataConfig | str, config: RouteConfig | None = None,
+              cloud_name: str | None = None) -> dict:
+    """Fit the router on the calibration split; write router.json into the ``device`` bundle; return it."""
+    from edgeshrink.models.torch_text import load_predictor
+    from edgeshrink.runtime import load
+
+    config = config or RouteConfig()
+    device_path = Path(device)
+    device_model = load(device_path)
+    cloud_model = load_predictor(cloud) if isinstance(cloud, (str, Path)) else cloud
+    check_same_labels(device_model, cloud_model)
+    split = split_examples(load_data(data), config.split)
+    part = split.calibration
+    labels = None if config.label_free else label_ids(part.labels, list(device_model.labels), "the calibration split")
+    device_out, cloud_out = device_model.predict(part.texts), cloud_model.predict(part.texts)
+    keep = ~np.array(device_out.truncated) if config.escalate_truncated else np.ones(len(part), bool)
+    d, c = device_out.probabilities[keep], cloud_out.probabilities[keep]
+    y = None if labels is None else labels[keep]
+    temperature = fit(d, c, y, config)
+    threshold = choose_threshold(calibration_data(d, c, y, temperature, config), config, len(device_model.labels))
+    reference = c.argmax(1) if config.label_free else y
+    router = {
+        "kind": "edgeshrink-router", "schema_version": ROUTER_SCHEMA,
+        "policy": config.to_dict(), "signal": config.signal, "temperature": temperature,
+        "threshold": None if np.isinf(threshold.value) else threshold.value,
+        "escalate_everything": threshold.value == np.inf, "feasible": threshold.feasible,
+        "alpha": config.alpha, "delta": config.delta, "label_free": config.label_free,
+        "n": int(keep.sum()), "truncated_left_out": int((~keep).sum()), "guarantee": threshold.guarantee,
+        "calibration": {"escalation_rate": threshold.escalation_rate, "device_risk": threshold.device_risk,
+                        **threshold.details,
+                        "temperature_fit": calibration_report(d, reference, temperature)},
+        "cost": config.cost.to_dict(), "rules": {"escalate_truncated": config.escalate_truncated},
+        "labels": list(device_model.labels),
+        "data": {"source": part.name, "split": split.info()},
+        "cloud": cloud_name or str(cloud),
+    }
+    write_router(device_path, router)
+    return router
+
+
+def write_router(bundle: Path, router: dict) -> None:
+    """router.json, then the manifest with its hash, each replaced in one rename."""
+    from edgeshrink._files import atomic_write_text, sha256_file
+    from edgeshrink.runtime.bundle import MANIFEST_NAME
+
+    manifest_path = bundle / MANIFEST_NAME
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    fd, tmp = tempfile.mkstemp(prefix=f".{ROUTER_NAME}.tmp-", dir=bundle)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(router, indent=2))
+    digest, size = sha256_file(tmp), os.path.getsize(tmp)
+    manifest["files"][ROUTER_NAME] = {"size_bytes": size, "sha256": digest}
+    manifest["router"] = {"file": ROUTER_NAME, "sha256": digest, "policy": router["policy"]["policy"]}
+    manifest["size_bytes"] = sum(f["size_bytes"] for f in manifest["files"].values())
+    os.replace(tmp, bundle / ROUTER_NAME)
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))

@@ -1,0 +1,268 @@
+"""Evaluate a calibrated router on the test split, and check its guarantee over many resplits.
+
+    from edgeshrink.route.evaluate import evaluate, EvalConfig
+    report = evaluate("runs/device", "runs/cloud-bundle", "sentiment-movies", EvalConfig(), plots="runs/route-plots")
+
+Reports device-only, cloud-only and hybrid accuracy (Wilson intervals; McNemar hybrid vs cloud on the
+same examples), the share escalated, realised risk among device answers, cost per 1,000 requests and
+mean latency under the router's cost model, RouteLLM's APGR and CPT(50/80/95%), the accuracy-vs-
+escalation and coverage–risk curves, ECE before and after temperature scaling, and the **guarantee
+check**: calibration and test examples are pooled and split in two at random ``resplits`` times; each
+time the risk policy is calibrated on one half and its realised risk measured on the other, for every
+α asked for, with and without labels. The guarantee holds if realised risk ≤ α in ≥ 1 − δ of splits.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from edgeshrink.config import Config
+from edgeshrink.data import DataConfig, load_data, split_examples
+from edgeshrink.route.calibrate import PolicyConfig, calibration_data, check_same_labels, fit, label_ids
+from edgeshrink.route.confidence import SIGNALS, ece, nll, reliability, scaled_probs
+from edgeshrink.route.policies import choose_threshold
+from edgeshrink.route.router import read_router, request_cost
+from edgeshrink.stats import accuracy_interval, mcnemar_p
+
+SCHEMA = "edgeshrink-route-eval/1"
+
+
+class EvalConfig(Config):
+    version: int = 1
+    resplits: int = Field(200, ge=0)  # guarantee check: random calibration/test resplits
+    alphas: list[float] = [0.01, 0.02, 0.05]  # guarantee check: risk levels (δ is the router's)
+    seed: int = 0
+    latency_samples: int = Field(200, ge=1)  # single requests timed to measure device latency
+    curve_points: int = Field(101, ge=3)
+
+
+def curves(scores, device_correct, cloud_correct, points: int) -> dict:
+    """Hybrid accuracy when the least confident fraction r goes to the cloud, for r on a grid; risk by coverage."""
+    order = np.argsort(scores, kind="stable")
+    n = len(scores)
+    gain = np.concatenate([[0], np.cumsum(cloud_correct[order].astype(int) - device_correct[order].astype(int))])
+    rates = np.linspace(0, 1, points)
+    m = np.round(rates * n).astype(int)
+    hybrid = (device_correct.sum() + gain[m]) / n
+    errors_from_top = np.concatenate([[0], np.cumsum(~device_correct[order[::-1]])])  # most confident first
+    answered = n - m
+    risk = np.where(answered > 0, errors_from_top[answered] / np.maximum(answered, 1), 0.0)
+    return {"escalation_rate": rates.tolist(), "hybrid_accuracy": hybrid.tolist(),
+            "coverage": (1 - rates).tolist(), "risk": risk.tolist()}
+
+
+def apgr_cpt(curve: dict, device_accuracy: float, cloud_accuracy: float) -> dict:
+    """RouteLLM's APGR (area of recovered gap over the escalation axis) and CPT(x%)."""
+    rates, hybrid = np.array(curve["escalation_rate"]), np.array(curve["hybrid_accuracy"])
+    gap = cloud_accuracy - device_accuracy
+    if gap <= 0:
+        return {"apgr": None, "cpt": {}, "note": "the device model is at least as accurate as the cloud model"}
+    recovered = (hybrid - device_accuracy) / gap
+    apgr = float(np.sum((recovered[1:] + recovered[:-1]) / 2 * np.diff(rates)))
+    cpt = {}
+    for x in (50, 80, 95):
+        hit = np.flatnonzero(recovered >= x / 100)
+        cpt[f"{x}%"] = float(rates[hit[0]]) if hit.size else None
+    return {"apgr": apgr, "cpt": cpt}
+
+
+def guarantee_check(device_probs, cloud_probs, labels, policy: PolicyConfig, config: EvalConfig,
+                    n_classes: int) -> list[dict]:
+    """Over random halvings of the pooled data: how often realised risk ≤ α, with and without labels."""
+    rng = np.random.default_rng(config.seed)
+    n = len(labels)
+    half = n // 2
+    splits = [rng.permutation(n) for _ in range(config.resplits)]
+    rows = []
+    for label_free in (False, True):
+        for alpha in config.alphas:
+            cfg = PolicyConfig(policy="risk", signal=policy.signal, alpha=alpha, delta=policy.delta,
+                               label_free=label_free, p_value=policy.p_value,
+                               temperature_scaling=policy.temperature_scaling, min_examples=policy.min_examples)
+            held, coverage, realised, everything = 0, [], [], 0
+            for perm in splits:
+                cal, test = perm[:half], perm[half:]
+                t = fit(device_probs[cal], cloud_probs[cal], labels[cal], cfg)
+                threshold = choose_threshold(calibration_data(device_probs[cal], cloud_probs[cal], labels[cal], t, cfg),
+                                             cfg, n_classes)
+                scores = SIGNALS[cfg.signal](scaled_probs(device_probs[test], t))
+                on_device = scores >= threshold.value
+                device_pred = device_probs[test].argmax(1)
+                wrong = device_pred != (cloud_probs[test].argmax(1) if label_free else labels[test])
+                risk = float(wrong[on_device].mean()) if on_device.any() else 0.0
+                held += risk <= alpha
+                everything += not on_device.any()
+                coverage.append(float(on_device.mean()))
+                realised.append(risk)
+            rows.append({"label_free": label_free, "alpha": alpha, "delta": policy.delta, "resplits": len(splits),
+                         "calibration_n": half, "held_fraction": held / max(1, len(splits)),
+                         "target": 1 - policy.delta, "ok": held / max(1, len(splits)) >= 1 - policy.delta,
+                         "mean_coverage": float(np.mean(coverage)) if coverage else None,
+                         "mean_realised_risk": float(np.mean(realised)) if realised else None,
+                         "max_realised_risk": float(np.max(realised)) if realised else None,
+                         "splits_escalating_everything": everything,
+                         "risk_is": "disagreement with the cloud" if label_free else "error"})
+    return rows
+
+
+def _device_latency_ms(device, texts, samples: int) -> float:
+    from edgeshrink.runtime import load
+
+    single = load(device.path, threads=1, verify=False)
+    for text in texts[:5]:
+        single.predict([text])
+    times = []
+    for text in texts[:samples]:
+        start = time.perf_counter()
+        single.predict([text])
+        times.append((time.perf_counter() - start) * 1000)
+    return float(np.median(times))
+
+
+def evaluate(device: str | Path, cloud, data: DataConfig | str, config: EvalConfig | None = None,
+             plots: str | Path | None = None, progress=None) -> dict:
+    """Route the test split with the bundle's calibrated router; return the report (and write plots)."""
+    from edgeshrink.models.torch_text import load_predictor
+    from edgeshrink.runtime import load
+
+    config = config or EvalConfig()
+    router = read_router(device)
+    policy = PolicyConfig.from_dict({k: v for k, v in router["policy"].items() if k in PolicyConfig.model_fields})
+    device_model = load(device)
+    cloud_model = load_predictor(cloud) if isinstance(cloud, (str, Path)) else cloud
+    check_same_labels(device_model, cloud_model)
+    split = split_examples(load_data(data), policy_split(router))
+    names = list(device_model.labels)
+    test, cal = split.test, split.calibration
+    y_test = label_ids(test.labels, names, "the test split")
+    y_cal = label_ids(cal.labels, names, "the calibration split")
+    outputs = {}
+    for key, model, part in (("device_test", device_model, test), ("cloud_test", cloud_model, test),
+                             ("device_cal", device_model, cal), ("cloud_cal", cloud_model, cal)):
+        outputs[key] = model.predict(part.texts)
+        if progress:
+            progress(key)
+    d, c = outputs["device_test"].probabilities, outputs["cloud_test"].probabilities
+    temperature = float(router["temperature"])
+    scores = SIGNALS[router["signal"]](scaled_probs(d, temperature))
+    threshold = np.inf if router["escalate_everything"] else (-np.inf if router["threshold"] is None
+                                                               else router["threshold"])
+    truncated = np.array(outputs["device_test"].truncated)
+    escalate = (scores < threshold) | (truncated & router["rules"]["escalate_truncated"])
+    device_correct, cloud_correct = d.argmax(1) == y_test, c.argmax(1) == y_test
+    hybrid_correct = np.where(escalate, cloud_correct, device_correct)
+    n = len(y_test)
+
+    def acc(correct):
+        low, high = accuracy_interval(int(correct.sum()), n)
+        return {"accuracy": float(correct.mean()), "correct": int(correct.sum()), "ci95": [low, high]}
+
+    cost = dict(router["cost"])
+    if cost.get("device_latency_ms") is None:
+        cost["device_latency_ms"] = _device_latency_ms(device_model, test.texts, config.latency_samples)
+        cost["device_latency_source"] = "measured here: median of single requests, 1 thread"
+    per_request = [request_cost(cost, bool(e)) for e in escalate]
+    cloud_only = request_cost(cost, True)
+    on_device = ~escalate
+    curve = curves(scores, device_correct, cloud_correct, config.curve_points)
+    device_accuracy, cloud_accuracy = float(device_correct.mean()), float(cloud_correct.mean())
+    only_hybrid = int((hybrid_correct & ~cloud_correct).sum())
+    only_cloud = int((cloud_correct & ~hybrid_correct).sum())
+    report = {
+        "schema": SCHEMA, "device": str(device), "cloud": str(cloud), "data": test.name, "split": split.info(),
+        "router": {k: router[k] for k in ("signal", "temperature", "threshold", "escalate_everything", "alpha",
+                                          "delta", "label_free", "n", "guarantee", "feasible")}
+        | {"policy": router["policy"]["policy"]},
+        "n": n,
+        "device_only": acc(device_correct), "cloud_only": acc(cloud_correct), "hybrid": acc(hybrid_correct),
+        "hybrid_vs_cloud": {"only_hybrid_right": only_hybrid, "only_cloud_right": only_cloud,
+                            "mcnemar_p": mcnemar_p(only_hybrid, only_cloud)},
+        "escalated_fraction": float(escalate.mean()), "on_device_fraction": float(on_device.mean()),
+        "escalated_by_rule_truncated": int((truncated & router["rules"]["escalate_truncated"]).sum()),
+        "realised_risk": {"error": float((~device_correct[on_device]).mean()) if on_device.any() else None,
+                          "disagreement": float((d.argmax(1) != c.argmax(1))[on_device].mean())
+                          if on_device.any() else None},
+        "cost": {"model": cost,
+                 "hybrid": {"per_1000_requests": 1000 * float(np.mean([r["money"] for r in per_request])),
+                            "mean_latency_ms": float(np.mean([r["latency_ms"] for r in per_request]))},
+                 "cloud_only": {"per_1000_requests": 1000 * cloud_only["money"],
+                                "mean_latency_ms": cloud_only["latency_ms"] - (cost["device_latency_ms"] or 0)},
+                 "cloud_calls_saved": float(on_device.mean())},
+        "calibration_on_test": {"temperature": temperature,
+                                "ece_before": ece(d, y_test), "ece_after": ece(scaled_probs(d, temperature), y_test),
+                                "nll_before": nll(d, y_test), "nll_after": nll(scaled_probs(d, temperature), y_test),
+                                "reliability_before": reliability(d, y_test),
+                                "reliability_after": reliability(scaled_probs(d, temperature), y_test)},
+        "routing": apgr_cpt(curve, device_accuracy, cloud_accuracy),
+        "curves": curve,
+    }
+    if config.resplits:
+        pool_d = np.concatenate([outputs["device_cal"].probabilities, d])
+        pool_c = np.concatenate([outputs["cloud_cal"].probabilities, c])
+        pool_y = np.concatenate([y_cal, y_test])
+        keep = ~np.concatenate([np.array(outputs["device_cal"].truncated), truncated])
+        report["guarantee_check"] = guarantee_check(pool_d[keep], pool_c[keep], pool_y[keep], policy, config, len(names))
+    if plots is not None:
+        write_plots(report, Path(plots))
+        report["plots"] = str(plots)
+    return report
+
+
+def policy_split(router: dict):
+    from edgeshrink.data import SplitConfig
+
+    return SplitConfig.from_dict(router["policy"].get("split", {}))
+
+
+def write_plots(report: dict, out: Path) -> None:
+    """accuracy_vs_escalation.png, coverage_risk.png, reliability.png, written to a temp dir and renamed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgeshrink._files import atomic_output_dir
+
+    curve = report["curves"]
+    dev, cloud = report["device_only"]["accuracy"], report["cloud_only"]["accuracy"]
+    with atomic_output_dir(out, force=True) as tmp:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(100 * np.array(curve["escalation_rate"]), 100 * np.array(curve["hybrid_accuracy"]), label="router")
+        ax.plot([0, 100], [100 * dev, 100 * cloud], "--", label="random router")
+        ax.axhline(100 * dev, color="grey", lw=0.8, label="device only")
+        ax.axhline(100 * cloud, color="black", lw=0.8, label="cloud only")
+        ax.scatter([100 * report["escalated_fraction"]], [100 * report["hybrid"]["accuracy"]], color="red", zorder=3,
+                   label="calibrated threshold")
+        ax.set(xlabel="requests escalated to the cloud (%)", ylabel="test accuracy (%)", title="Accuracy vs escalation")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(tmp / "accuracy_vs_escalation.png", dpi=120)
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(100 * np.array(curve["coverage"]), 100 * np.array(curve["risk"]), label="device error among answered")
+        if report["router"]["alpha"] is not None:
+            ax.axhline(100 * report["router"]["alpha"], color="red", ls="--", label="α (guaranteed bound)")
+        ax.scatter([100 * report["on_device_fraction"]], [100 * (report["realised_risk"]["error"] or 0)], color="red",
+                   zorder=3, label="calibrated threshold")
+        ax.set(xlabel="coverage: requests answered on the device (%)", ylabel="risk (%)", title="Coverage–risk")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(tmp / "coverage_risk.png", dpi=120)
+        plt.close(fig)
+
+        fig, ax = plt.subplots(figsize=(5, 5))
+        for key, name in (("reliability_before", "before"), ("reliability_after", "after temperature scaling")):
+            bins = [b for b in report["calibration_on_test"][key] if b["n"]]
+            ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label=name)
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability (test split)", xlim=(0.4, 1), ylim=(0.4, 1))
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(tmp / "reliability.png", dpi=120)
+        plt.close(fig)
+

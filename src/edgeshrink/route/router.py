@@ -1,0 +1,141 @@
+"""The device/cloud router at run time: numpy + the device runtime only (no torch, no pydantic).
+
+    from edgeshrink.route.router import Router
+    router = Router.from_bundle("runs/device", cloud=load("runs/cloud-bundle"))
+    for answer in router.predict(["a gorgeous, witty film", "meh"]):
+        answer.label, answer.source, answer.confidence, answer.cost
+
+The device model always runs first (a cascade). Its probabilities are temperature-scaled, turned into
+the confidence signal, and compared with the calibrated threshold from ``router.json``; the rest go to
+the cloud, which is anything with ``predict(texts) -> Predictions``. Per-request rules: ``private``
+requests never leave the device; ``cloud_only`` ones always go; truncated inputs go to the cloud when
+the router says so. A cloud that raises is never fatal: the device answer is returned, flagged
+``fallback``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.route.confidence import SIGNALS, scaled_probs
+
+ROUTER_NAME = "router.json"
+ROUTER_SCHEMA = 1
+
+DEFAULT_COST = {"device_latency_ms": None, "cloud_latency_ms": 60.0, "network_rtt_ms": 80.0,
+                "cloud_cost_per_1000": 1.0, "device_energy_mj": None}
+
+
+@dataclass
+class Answer:
+    label: str
+    source: str  # "device" or "cloud"
+    confidence: float  # the device model's calibrated signal
+    reason: str  # "confident", "not confident", "private", "cloud only", "truncated", "cloud failed"
+    fallback: bool  # the cloud was asked but failed: this is the device's answer
+    cost: dict  # modelled latency_ms, money and energy for this request
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def request_cost(cost: dict, escalated: bool) -> dict:
+    """Modelled cost of one request: the device always runs; an escalation adds the cloud and the network."""
+    latency = cost.get("device_latency_ms") or 0.0
+    if escalated:
+        latency += cost["cloud_latency_ms"] + cost["network_rtt_ms"]
+    return {"latency_ms": latency, "money": cost["cloud_cost_per_1000"] / 1000 if escalated else 0.0,
+            "energy_mj": cost.get("device_energy_mj")}
+
+
+def read_router(bundle: str | Path) -> dict:
+    """The bundle's router.json, checked against the hash the manifest records for it."""
+    from edgeshrink.runtime.bundle import _sha256, read_manifest
+
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle, verify=False)
+    entry = manifest.get("router")
+    path = bundle / ROUTER_NAME
+    if entry is None or not path.exists():
+        raise EdgeshrinkError(f"{bundle} has no calibrated router; run `edgeshrink route calibrate` first")
+    if _sha256(path) != entry["sha256"]:
+        raise EdgeshrinkError(f"{path} does not match the hash in the bundle's manifest (edited or corrupt); "
+                              f"calibrate again")
+    router = json.loads(path.read_text(encoding="utf-8"))
+    if router.get("schema_version", 0) > ROUTER_SCHEMA:
+        raise EdgeshrinkError(f"{path} has schema {router['schema_version']}; upgrade edgeshrink")
+    return router
+
+
+class Router:
+    def __init__(self, device, cloud, settings: dict):
+        self.device, self.cloud, self.settings = device, cloud, settings
+        self.threshold = math.inf if settings["threshold"] is None and settings.get("escalate_everything") \
+            else (-math.inf if settings["threshold"] is None else float(settings["threshold"]))
+        self.temperature = float(settings.get("temperature", 1.0))
+        self.signal = SIGNALS[settings["signal"]]
+        self.cost = {**DEFAULT_COST, **settings.get("cost", {})}
+        self.escalate_truncated = settings.get("rules", {}).get("escalate_truncated", True)
+        cloud_labels = getattr(cloud, "labels", None)
+        if cloud is not None and cloud_labels is not None and list(cloud_labels) != list(device.labels):
+            raise EdgeshrinkError(f"the device and cloud models have different labels: {list(device.labels)} vs "
+                                  f"{list(cloud_labels)}")
+
+    @classmethod
+    def from_bundle(cls, bundle: str | Path, cloud, threads: int | None = None) -> "Router":
+        from edgeshrink.runtime import load
+
+        return cls(load(bundle, threads=threads), cloud, read_router(bundle))
+
+    def scores(self, probabilities: np.ndarray) -> np.ndarray:
+        return self.signal(scaled_probs(probabilities, self.temperature))
+
+    def predict(self, texts: list[str], private: list[bool] | None = None,
+                cloud_only: list[bool] | None = None) -> list[Answer]:
+        texts = list(texts)
+        private = private or [False] * len(texts)
+        cloud_only = cloud_only or [False] * len(texts)
+        if len(private) != len(texts) or len(cloud_only) != len(texts):
+            raise EdgeshrinkError("private and cloud_only need one flag per text")
+        if any(p and c for p, c in zip(private, cloud_only)):
+            raise EdgeshrinkError("a request cannot be both private and cloud-only")
+        device = self.device.predict(texts)
+        scores = self.scores(device.probabilities)
+        reasons = []
+        for i in range(len(texts)):
+            if private[i]:
+                reasons.append("private")
+            elif cloud_only[i]:
+                reasons.append("cloud only")
+            elif device.truncated[i] and self.escalate_truncated:
+                reasons.append("truncated")
+            else:
+                reasons.append("confident" if scores[i] >= self.threshold else "not confident")
+        escalate = [r in ("cloud only", "truncated", "not confident") for r in reasons]
+        cloud_labels: dict[int, str] = {}
+        failed = False
+        rows = [i for i, e in enumerate(escalate) if e]
+        if rows and self.cloud is not None:
+            try:
+                result = self.cloud.predict([texts[i] for i in rows])
+                cloud_labels = dict(zip(rows, result.labels))
+            except Exception:  # noqa: BLE001 - a failing cloud must never lose a request
+                failed = True
+        elif rows:
+            failed = True
+        answers = []
+        for i in range(len(texts)):
+            on_cloud = i in cloud_labels
+            answers.append(Answer(
+                label=cloud_labels[i] if on_cloud else device.labels[i],
+                source="cloud" if on_cloud else "device", confidence=float(scores[i]),
+                reason="cloud failed" if escalate[i] and not on_cloud else reasons[i],
+                fallback=escalate[i] and not on_cloud and failed,
+                cost=request_cost(self.cost, escalate[i])))
+        return answers
