@@ -82,3 +82,16 @@ def test_evaluate_reports_and_checks_the_guarantee(setup, device, tmp_path):
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {"accuracy_vs_escalation.png", "coverage_risk.png",
                                                                  "reliability.png"}
     json.dumps(report)  # machine-readable as is
+
+
+def test_label_free_calibration_on_unlabelled_text_uses_every_row(setup, device, tmp_path):
+    from edgeshrink.data import DataConfig
+
+    data, cloud, _ = setup
+    rows = [(text,) for text, _ in make_texts(300, seed=5)]
+    plain = write_csv(tmp_path / "traffic.csv", rows, header=("text",))
+    unlabelled = DataConfig(source=str(plain), label_column=None)
+    router = calibrate(device, cloud, unlabelled, RouteConfig(policy="risk", alpha=0.3, delta=0.2, label_free=True))
+    assert router["n"] == 300 and router["data"]["unlabelled"]
+    with pytest.raises(EdgeshrinkError, match="has no labels"):
+        calibrate(device, cloud, unlabelled, RouteConfig(policy="risk", alpha=0.3, delta=0.2))

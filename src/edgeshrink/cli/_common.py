@@ -89,4 +89,4 @@ LabelCol = Annotated[str, typer.Option("--label-column", help="Column holding th
 def _data_config(source: str, text_column: str, label_column: str):
     from edgeshrink.data import DataConfig
 
-    return DataConfig.build(source=source, text_column=text_column, label_column=label_column)
+    return DataConfig.build(source=source, text_column=text_column, label_column=label_column or None)

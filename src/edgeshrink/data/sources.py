@@ -39,7 +39,7 @@ class DataConfig(Config):
     version: int = 1
     source: str
     text_column: str = "text"
-    label_column: str = "label"
+    label_column: str | None = "label"  # None: unlabelled text (label-free router calibration)
     id_column: str = "id"
 
 
@@ -120,13 +120,14 @@ def _from_rows(name: str, rows: list[dict], config: DataConfig, label_names=None
         raise EdgeshrinkError(f"data {name!r} has no rows")
     columns = set(rows[0])
     for role, column in (("text", config.text_column), ("label", config.label_column)):
-        if column not in columns:
+        if column is not None and column not in columns:
             raise EdgeshrinkError(f"data {name!r} has no {role} column {column!r} (columns: {', '.join(sorted(columns))}); "
                                   f"choose it with --{role}-column")
     ids, texts, labels = [], [], []
     seen: set[str] = set()
     for i, row in enumerate(rows):
-        text, label = row.get(config.text_column), row.get(config.label_column)
+        text = row.get(config.text_column)
+        label = row.get(config.label_column) if config.label_column is not None else "unlabelled"
         if text is None or str(text).strip() == "" or label is None or str(label) == "":
             raise EdgeshrinkError(f"data {name!r} row {i + 1}: empty {config.text_column!r} or {config.label_column!r}")
         ident = str(row[config.id_column]) if config.id_column in row else str(i)
@@ -136,6 +137,8 @@ def _from_rows(name: str, rows: list[dict], config: DataConfig, label_names=None
         ids.append(ident)
         texts.append(str(text))
         labels.append(str(label))
+    if config.label_column is None:
+        return Examples(name, ids, texts, labels, ())
     names = tuple(label_names) if label_names else tuple(sorted(set(labels), key=_natural_key))
     unknown = set(labels) - set(names)
     if unknown:

@@ -15,6 +15,7 @@ from pydantic import field_validator
 
 from edgeshrink.config import Config
 from edgeshrink.data.sources import Examples
+from edgeshrink.errors import EdgeshrinkError
 
 
 class SplitConfig(Config):
@@ -72,6 +73,8 @@ def _rank_key(seed: int, ident: str) -> str:
 
 def split_examples(examples: Examples, config: SplitConfig | None = None) -> Split:
     config = config or SplitConfig()
+    if not examples.label_names:
+        raise EdgeshrinkError(f"data {examples.name!r} was read without labels; this step needs a label column")
     parts: dict[str, list[int]] = {"train": [], "calibration": [], "test": []}
     by_label: dict[str, list[int]] = {}
     for i, label in enumerate(examples.labels):

@@ -85,8 +85,14 @@ def calibrate(device: str | Path, cloud, data: DataConfig | str, config: RouteCo
     device_model = load(device_path)
     cloud_model = load_predictor(cloud) if isinstance(cloud, (str, Path)) else cloud
     check_same_labels(device_model, cloud_model)
-    split = split_examples(load_data(data), config.split)
-    part = split.calibration
+    examples = load_data(data)
+    if examples.label_names:
+        split = split_examples(examples, config.split)
+        part, data_info = split.calibration, {"source": examples.name, "split": split.info()}
+    elif config.label_free:  # unlabelled traffic: every row calibrates (nothing here trains or tests)
+        part, data_info = examples, {"source": examples.name, "unlabelled": True, "rows": len(examples)}
+    else:
+        raise EdgeshrinkError(f"data {examples.name!r} has no labels: calibrate with label_free (--label-free)")
     labels = None if config.label_free else label_ids(part.labels, list(device_model.labels), "the calibration split")
     device_out, cloud_out = device_model.predict(part.texts), cloud_model.predict(part.texts)
     keep = ~np.array(device_out.truncated) if config.escalate_truncated else np.ones(len(part), bool)
@@ -107,7 +113,7 @@ def calibrate(device: str | Path, cloud, data: DataConfig | str, config: RouteCo
                         "temperature_fit": calibration_report(d, reference, temperature)},
         "cost": config.cost.to_dict(), "rules": {"escalate_truncated": config.escalate_truncated},
         "labels": list(device_model.labels),
-        "data": {"source": part.name, "split": split.info()},
+        "data": data_info,
         "cloud": cloud_name or str(cloud),
     }
     write_router(device_path, router)
