@@ -1,0 +1,46 @@
+import json
+import shutil
+
+from tests.cli.test_app import assert_one_line_error, invoke
+from tests.conftest import make_texts, make_tiny_bert, write_csv
+
+
+def test_route_calibrate_and_eval(tiny_bundle, tmp_path):
+    device = tmp_path / "device"
+    shutil.copytree(tiny_bundle, device)
+    cloud = make_tiny_bert(tmp_path / "cloud", seed=1)
+    data = write_csv(tmp_path / "d.csv", make_texts(800, seed=3))
+    result = invoke("route", "calibrate", "--device", device, "--cloud", cloud, "--data", data, "--policy", "risk",
+                    "--alpha", "0.3", "--delta", "0.2", "--cloud-cost-per-1000", "3", "--json", tmp_path / "c.json")
+    assert result.exit_code == 0, result.output
+    assert "router (risk, max-prob) written" in result.stdout and "temperature" in result.stdout
+    router = json.loads((tmp_path / "c.json").read_text())
+    assert router["cost"]["cloud_cost_per_1000"] == 3 and (device / "router.json").exists()
+    result = invoke("route", "eval", "--device", device, "--cloud", cloud, "--data", data, "--resplits", "5",
+                    "--alphas", "0.3", "--plots", tmp_path / "plots", "--json", tmp_path / "e.json")
+    assert result.exit_code == 0, result.output
+    assert "hybrid" in result.stdout and "guarantee check" in result.stdout
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["schema"] == "edgeshrink-route-eval/1" and len(report["guarantee_check"]) == 2
+    assert (tmp_path / "plots" / "coverage_risk.png").exists()
+
+
+def test_route_bad_input(tiny_bundle, tiny_model, tmp_path):
+    device = tmp_path / "device"
+    shutil.copytree(tiny_bundle, device)
+    data = write_csv(tmp_path / "d.csv", make_texts(200))
+    base = ("route", "calibrate", "--device", device, "--cloud", tiny_model, "--data", data)
+    assert_one_line_error(invoke(*base, "--alpha", "1.5"), "alpha")
+    assert_one_line_error(invoke(*base, "--alpha", "0.02", "--delta", "0"), "delta")
+    assert_one_line_error(invoke(*base, "--alpha", "0.01"), "needs at least 230 examples")
+    assert_one_line_error(invoke(*base, "--policy", "budget"), "needs budget")
+    assert_one_line_error(invoke("route", "eval", "--device", device, "--cloud", tiny_model, "--data", data),
+                          "no calibrated router")
+    other = make_tiny_bert(tmp_path / "other", labels=("bad", "good"))
+    assert_one_line_error(invoke("route", "calibrate", "--device", device, "--cloud", other, "--data", data,
+                                 "--policy", "budget", "--budget", "0.2"), "different label sets")
+    assert invoke(*base, "--policy", "budget", "--budget", "0.2").exit_code == 0
+    text = (device / "router.json").read_text()
+    (device / "router.json").write_text(text.replace('"budget": 0.2', '"budget": 0.9'))
+    assert_one_line_error(invoke("route", "eval", "--device", device, "--cloud", tiny_model, "--data", data),
+                          "does not match the hash")
