@@ -78,7 +78,8 @@ def test_evaluate_reports_and_checks_the_guarantee(setup, device, tmp_path):
     assert report["curves"]["hybrid_accuracy"][-1] == pytest.approx(report["cloud_only"]["accuracy"])
     rows = report["guarantee_check"]
     assert [(r["label_free"], r["alpha"]) for r in rows] == [(False, 0.3), (False, 0.4), (True, 0.3), (True, 0.4)]
-    assert all(r["resplits"] == 20 and 0 <= r["held_fraction"] <= 1 for r in rows)
+    assert all(r["resplits"] == 20 and 0 <= r["population"]["held_fraction"] <= 1 for r in rows)
+    assert all(0 <= r["held_out_half"]["held_fraction"] <= 1 for r in rows)
     assert {p.name for p in (tmp_path / "plots").iterdir()} == {"accuracy_vs_escalation.png", "coverage_risk.png",
                                                                  "reliability.png"}
     json.dumps(report)  # machine-readable as is
