@@ -17,7 +17,8 @@ def test_import_edgeshrink_is_light():
 
 
 def test_runtime_and_cli_are_light():
-    assert _imported_after("import edgeshrink.runtime, edgeshrink.cli, edgeshrink.bench, edgeshrink.data, edgeshrink.compress") == []
+    assert _imported_after("import edgeshrink.runtime, edgeshrink.cli, edgeshrink.bench, edgeshrink.data, edgeshrink.compress, "
+                           "edgeshrink.route.calibrate, edgeshrink.route.evaluate, edgeshrink.route.router") == []
 
 
 def test_help_runs_without_heavy_imports():
