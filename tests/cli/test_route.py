@@ -11,7 +11,8 @@ def test_route_calibrate_and_eval(tiny_bundle, tmp_path):
     cloud = make_tiny_bert(tmp_path / "cloud", seed=1)
     data = write_csv(tmp_path / "d.csv", make_texts(800, seed=3))
     result = invoke("route", "calibrate", "--device", device, "--cloud", cloud, "--data", data, "--policy", "risk",
-                    "--alpha", "0.3", "--delta", "0.2", "--cloud-cost-per-1000", "3", "--json", tmp_path / "c.json")
+                    "--alpha", "0.3", "--delta", "0.2", "--cloud-cost-per-1000", "3", "--device-energy-mj", "2",
+                    "--json", tmp_path / "c.json")
     assert result.exit_code == 0, result.output
     assert "router (risk, max-prob) written" in result.stdout and "temperature" in result.stdout
     router = json.loads((tmp_path / "c.json").read_text())
@@ -22,6 +23,8 @@ def test_route_calibrate_and_eval(tiny_bundle, tmp_path):
     assert "hybrid" in result.stdout and "guarantee check" in result.stdout
     report = json.loads((tmp_path / "e.json").read_text())
     assert report["schema"] == "edgeshrink-route-eval/1" and len(report["guarantee_check"]) == 2
+    assert report["cost"]["hybrid"]["device_energy_per_1000_mj"] == 2000
+    assert report["cost"]["cloud_only"]["per_1000_requests"] == 3
     assert (tmp_path / "plots" / "coverage_risk.png").exists()
 
 

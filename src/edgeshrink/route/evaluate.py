@@ -199,7 +199,9 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str, config: EvalConf
                           if on_device.any() else None},
         "cost": {"model": cost,
                  "hybrid": {"per_1000_requests": 1000 * float(np.mean([r["money"] for r in per_request])),
-                            "mean_latency_ms": float(np.mean([r["latency_ms"] for r in per_request]))},
+                            "mean_latency_ms": float(np.mean([r["latency_ms"] for r in per_request])),
+                            "device_energy_per_1000_mj": None if cost.get("device_energy_mj") is None
+                            else 1000 * cost["device_energy_mj"]},
                  "cloud_only": {"per_1000_requests": 1000 * cloud_only["money"],
                                 "mean_latency_ms": cloud_only["latency_ms"] - (cost["device_latency_ms"] or 0)},
                  "cloud_calls_saved": float(on_device.mean())},
