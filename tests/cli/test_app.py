@@ -151,3 +151,17 @@ def test_sparsify_command(tiny_model, tiny_csv, tmp_path):
     assert_one_line_error(invoke("sparsify", tiny_model, "--data", tiny_csv, "--out", tmp_path / "t", "--one-shot",
                                  "--epochs", "2"), "--one-shot does not fine-tune")
     assert not (tmp_path / "t").exists()
+
+
+def test_run_recipe_command(tiny_model, tmp_path):
+    from tests.recipes.test_schema import GOOD
+
+    data = write_csv(tmp_path / "d.csv", make_texts(200))
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(GOOD.format(model=tiny_model, data=data))
+    result = invoke("run", recipe, "--out", tmp_path / "out", "--json", tmp_path / "r.json")
+    assert result.exit_code == 0, result.output
+    assert "all targets met: yes" in result.stdout and "met  max_size_mb" in result.stdout
+    assert json.loads((tmp_path / "r.json").read_text())["schema"] == "edgeshrink-recipe-report/1"
+    recipe.write_text(GOOD.format(model=tiny_model, data=data).replace("  - export: {}", "  - exprot: {}"))
+    assert_one_line_error(invoke("run", recipe, "--out", tmp_path / "o2"), "unknown step 'exprot'")

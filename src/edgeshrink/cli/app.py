@@ -331,5 +331,22 @@ def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned t
     write_json(json_out, record)
 
 
+@app.command("run")
+@handled
+def run_recipe(recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
+               out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default runs/NAME).")] = None,
+               json_out: JsonOut = None) -> None:
+    """Run a recipe: every step (cached), the targets checked, report.md and report.json written."""
+    from edgeshrink.recipes.runner import run
+
+    report = run(recipe, out, progress=lambda message: typer.echo(message, err=True))
+    for t in report["targets"]:
+        value = "-" if t["value"] is None else f"{t['value']:.4g} {t['unit']}".strip()
+        typer.echo(f"{'met ' if t['met'] else 'MISSED'} {t['target']}: {value} (bound {t['bound']:g} {t['unit']})".rstrip())
+    typer.echo(f"all targets met: {'yes' if report['all_targets_met'] else 'no'}; {report['wall_seconds_this_run']:.0f} s; "
+               f"report {Path(report['out']) / 'report.md'}; device bundle {report['device_bundle']}")
+    write_json(json_out, report)
+
+
 def main() -> None:
     app()

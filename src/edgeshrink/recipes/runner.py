@@ -1,0 +1,247 @@
+"""Run a recipe: its steps in order, each cached, then the targets checked and a report written.
+
+    from edgeshrink.recipes.runner import run
+    report = run("recipes/quick.yaml", "runs/quick")
+
+Each step's output lives in ``OUT/cache/NN-step-KEY/``, where KEY hashes the previous step's key, the
+step's config, the data and the seed: a rerun skips finished steps, an edited step reruns it and
+everything after it, and an interrupted run resumes at the step it was in (each verb writes its own
+output atomically; a step is finished when its ``step.json`` exists). The runner tracks the working
+model (a Hugging Face directory), the teacher (the fine-tuned model), the device bundle and the cloud
+bundle (the teacher exported with the same export config) that `bench` and `route` compare against.
+Search over alternatives is not implemented yet: a recipe is one path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.recipes.schema import Recipe, load_recipe
+
+STEP_FILE = "step.json"
+STEPS: dict[str, Callable] = {}
+
+
+def step(name: str):
+    def register(fn):
+        STEPS[name] = fn
+        return fn
+    return register
+
+
+@step("finetune")
+def _finetune(state, config, out: Path, data) -> dict:
+    from edgeshrink.models.finetune import finetune
+
+    record = finetune(state["model"], data, out / "model", config, force=True)
+    path = str(out / "model")
+    return {"state": {"model": path, "teacher": path}, "result": {"test_accuracy": record["test"]["accuracy"]}}
+
+
+@step("prune")
+def _prune(state, config, out: Path, data) -> dict:
+    from edgeshrink.compress.prune import prune
+
+    teacher = state.get("teacher") or state["model"]
+    record = prune(teacher, data, out / "model", config, force=True)
+    return {"state": {"model": str(out / "model"), "teacher": teacher},
+            "result": {"parameters": record["prune"]["parameters"]}}
+
+
+@step("distill")
+def _distill(state, config, out: Path, data) -> dict:
+    from edgeshrink.compress.distill import distill
+
+    record = distill(state["teacher"], state["model"], data, out / "model", config, force=True)
+    return {"state": {"model": str(out / "model")},
+            "result": {"test_accuracy": record["test"]["accuracy"], "train_seconds": record["train_seconds"]}}
+
+
+@step("sparsify")
+def _sparsify(state, config, out: Path, data) -> dict:
+    from edgeshrink.compress.sparsify import sparsify
+
+    record = sparsify(state["model"], data, out / "model", config, force=True)
+    return {"state": {"model": str(out / "model")}, "result": {"test_accuracy": record["test"]["accuracy"]}}
+
+
+@step("export")
+def _export(state, config, out: Path, data) -> dict:
+    from edgeshrink.export import export
+
+    manifest = export(state["model"], out / "bundle", config, force=True)
+    teacher = state.get("teacher") or state["model"]
+    cloud = str(out / "bundle")
+    if Path(teacher).resolve() != Path(state["model"]).resolve():
+        export(teacher, out / "cloud-bundle", config, force=True)
+        cloud = str(out / "cloud-bundle")
+    return {"state": {"bundle": str(out / "bundle"), "cloud_bundle": cloud},
+            "result": {"size_bytes": manifest["size_bytes"], "max_abs_diff": manifest["validation"]["max_abs_diff"]}}
+
+
+@step("quantize")
+def _quantize(state, config, out: Path, data) -> dict:
+    from edgeshrink.compress.quantize import quantize
+
+    manifest = quantize(state["bundle"], out / "bundle", config, data=data, force=True)
+    return {"state": {"bundle": str(out / "bundle")}, "result": {"size_bytes": manifest["size_bytes"]}}
+
+
+@step("bench")
+def _bench(state, config, out: Path, data) -> dict:
+    from edgeshrink.bench import bench
+
+    out.mkdir(parents=True, exist_ok=True)
+    report = bench([state["cloud_bundle"], state["bundle"]], data, config)
+    (out / "bench.json").write_text(json.dumps(report, indent=2))
+    return {"state": {}, "result": {"bench": str(out / "bench.json")}}
+
+
+@step("route")
+def _route(state, config, out: Path, data) -> dict:
+    from edgeshrink.route.calibrate import calibrate
+    from edgeshrink.route.evaluate import EvalConfig, evaluate
+
+    device = out / "device"
+    shutil.rmtree(device, ignore_errors=True)
+    shutil.copytree(state["bundle"], device)
+    calibrate(device, state["cloud_bundle"], data, config)
+    report = evaluate(device, state["cloud_bundle"], data, EvalConfig(resplits=0), plots=out / "plots")
+    report.pop("curves", None)
+    (out / "route.json").write_text(json.dumps(report, indent=2))
+    return {"state": {"router_bundle": str(device)}, "result": {"route": str(out / "route.json")}}
+
+
+def _key(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_targets(recipe: Recipe, bench_report: dict | None, route_report: dict | None) -> list[dict]:
+    """Each stated target: the measured value, the bound, met or not (and by how much it missed)."""
+    t = recipe.targets
+    rows = []
+
+    def add(name, value, bound, ok, unit=""):
+        rows.append({"target": name, "value": value, "bound": bound, "met": ok, "unit": unit,
+                     "miss": None if ok or value is None else abs(value - bound)})
+
+    cloud = device = None
+    if bench_report:
+        cloud, device = bench_report["candidates"][0], bench_report["candidates"][-1]
+    needs_bench = t.max_size_mb or t.max_latency_ms or t.min_accuracy or t.max_accuracy_drop is not None
+    if needs_bench and device is None:
+        raise EdgeshrinkError("the recipe states size/latency/accuracy targets but has no `bench` step to measure them")
+    if t.max_size_mb is not None:
+        size = device["size_bytes"] / 1e6
+        add("max_size_mb", size, t.max_size_mb, size <= t.max_size_mb, "MB")
+    if t.max_latency_ms is not None:
+        lt = t.max_latency_ms
+        cell = next((c for c in device["latency"] if c["threads"] == lt.threads and c["seq_len"] == lt.seq_length), None)
+        if cell is None:
+            raise EdgeshrinkError(f"the bench step did not measure {lt.threads} thread(s) at {lt.seq_length} tokens, "
+                                  f"which the latency target needs")
+        value = cell[f"p{lt.percentile}_ms"]
+        add(f"max_latency_ms (p{lt.percentile}, {lt.threads} thread, {lt.seq_length} tokens)", value, lt.value,
+            value <= lt.value, "ms")
+    if t.min_accuracy is not None:
+        acc = device["accuracy"]["value"]
+        add("min_accuracy", acc, t.min_accuracy, acc >= t.min_accuracy)
+    if t.max_accuracy_drop is not None:
+        drop = 100 * (cloud["accuracy"]["value"] - device["accuracy"]["value"])
+        add("max_accuracy_drop (points below the cloud model)", drop, t.max_accuracy_drop, drop <= t.max_accuracy_drop,
+            "points")
+    if t.router is not None:
+        if route_report is None:
+            raise EdgeshrinkError("the recipe states router targets but has no `route` step")
+        if t.router.max_cloud_fraction is not None:
+            value = route_report["escalated_fraction"]
+            add("router.max_cloud_fraction", value, t.router.max_cloud_fraction, value <= t.router.max_cloud_fraction)
+        if t.router.max_accuracy_drop is not None:
+            drop = 100 * (route_report["cloud_only"]["accuracy"] - route_report["hybrid"]["accuracy"])
+            add("router.max_accuracy_drop (points)", drop, t.router.max_accuracy_drop, drop <= t.router.max_accuracy_drop,
+                "points")
+    return rows
+
+
+def run(recipe_path: str | Path, out: str | Path | None = None, progress: Callable[[str], None] | None = None) -> dict:
+    """Execute the recipe; write ``report.json`` and ``report.md`` into ``out``; return the report."""
+    from edgeshrink import __version__
+    from edgeshrink._files import atomic_write_text
+    from edgeshrink.data import DataConfig, load_data
+    from edgeshrink.doctor import report as machine_report
+
+    progress = progress or (lambda message: None)
+    recipe, recipe_hash = load_recipe(recipe_path)
+    out = Path(out or Path("runs") / recipe.name)
+    data = recipe.data if isinstance(recipe.data, DataConfig) else DataConfig(source=recipe.data)
+    load_data(data)  # a missing data set fails now, before any step runs
+    cache = out / "cache"
+    cache.mkdir(parents=True, exist_ok=True)
+    state: dict = {"model": recipe.model}
+    key = _key(recipe.model, data.to_dict(), recipe.seed)
+    log, results = [], {}
+    started = time.perf_counter()
+    for i, (name, config) in enumerate(recipe.parsed_steps()):
+        key = _key(key, name, config.to_dict())
+        where = cache / f"{i:02d}-{name}-{key}"
+        done = where / STEP_FILE
+        t0 = time.perf_counter()
+        cached = done.exists()
+        if cached:
+            record = json.loads(done.read_text())
+            progress(f"step {i + 1}/{len(recipe.steps)} {name}: cached ({where.name})")
+        else:
+            progress(f"step {i + 1}/{len(recipe.steps)} {name} ...")
+            where.mkdir(parents=True, exist_ok=True)
+            record = STEPS[name](state, config, where, data)
+            record["seconds"] = round(time.perf_counter() - t0, 1)
+            atomic_write_text(done, json.dumps(record, indent=2))
+        state.update(record["state"])
+        results[name] = record["result"]
+        log.append({"step": name, "key": key, "cached": cached, "seconds": record["seconds"],
+                    "seconds_this_run": round(time.perf_counter() - t0, 1), "config": config.to_dict(),
+                    "result": record["result"]})
+    bench_report = json.loads(Path(results["bench"]["bench"]).read_text()) if "bench" in results else None
+    route_report = json.loads(Path(results["route"]["route"]).read_text()) if "route" in results else None
+    targets = check_targets(recipe, bench_report, route_report)
+    machine = machine_report()
+    report = {
+        "schema": "edgeshrink-recipe-report/1", "recipe": str(recipe_path), "recipe_sha256": recipe_hash,
+        "name": recipe.name, "out": str(out), "edgeshrink_version": __version__, "seed": recipe.seed,
+        "machine": {"cpu": machine["cpu"], "logical_cores": machine["logical_cores"], "versions": machine["versions"],
+                    "python": platform.python_version()},
+        "steps": log, "wall_seconds_this_run": round(time.perf_counter() - started, 1),
+        "device_bundle": state.get("bundle"), "cloud_bundle": state.get("cloud_bundle"),
+        "router_bundle": state.get("router_bundle"),
+        "split": (bench_report or {}).get("data"),
+        "targets": targets, "all_targets_met": all(t["met"] for t in targets),
+    }
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(out / "report.md", markdown(report))
+    return report
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Recipe report: {report['name']}", "",
+             f"Recipe `{report['recipe']}` (sha256 {report['recipe_sha256'][:12]}), edgeshrink "
+             f"{report['edgeshrink_version']}, seed {report['seed']}; machine: {report['machine']['cpu']['model']}, "
+             f"{report['machine']['logical_cores']} logical cores, ISA {' '.join(report['machine']['cpu']['isa'])}.", "",
+             "## Targets", "", "| target | measured | bound | met |", "|---|---|---|---|"]
+    for t in report["targets"]:
+        value = "—" if t["value"] is None else f"{t['value']:.4g} {t['unit']}".strip()
+        lines.append(f"| {t['target']} | {value} | {t['bound']:g} {t['unit']} | "
+                     f"{'yes' if t['met'] else 'NO (missed by %.3g %s)' % (t['miss'], t['unit'])} |")
+    lines += ["", f"All targets met: **{'yes' if report['all_targets_met'] else 'no'}**.", "", "## Steps", "",
+              "| step | key | seconds (when run) | seconds this run |", "|---|---|---|---|"]
+    for s in report["steps"]:
+        lines.append(f"| {s['step']} | {s['key']} | {s['seconds']} | {s['seconds_this_run']} |")
+    lines += ["", f"Device bundle: `{report['device_bundle']}`; cloud bundle: `{report['cloud_bundle']}`"
+              + (f"; router: `{report['router_bundle']}/router.json`" if report.get("router_bundle") else "") + "."]
+    return "\n".join(lines) + "\n"

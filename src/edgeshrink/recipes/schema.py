@@ -1,0 +1,175 @@
+"""Recipe files: the whole path in one YAML, validated before anything runs.
+
+    version: 1
+    name: quick
+    model: minilm                       # what `finetune` starts from (or an already fine-tuned model)
+    data: sentiment-movies              # or {source: my.csv, text_column: review}
+    steps:                              # ordered; each step is {name: config}, the Python API's config class
+      - finetune: {epochs: 1}
+      - prune: {layers: 2, ffn_keep: 0.5, vocab: true}
+      - distill: {epochs: 2}
+      - export: {}
+      - quantize: {method: dynamic-int8}
+      - bench: {threads: [1], seq_lengths: [64]}
+      - route: {policy: budget, budget: 0.2}
+    targets:
+      max_size_mb: 10
+      max_latency_ms: {value: 20, percentile: 50, threads: 1, seq_length: 64}
+      max_accuracy_drop: 2.0            # points below the cloud model (or min_accuracy: 0.82)
+      router: {max_cloud_fraction: 0.25, max_accuracy_drop: 0.3}
+
+Every error names the file, the key path, its line and what was expected.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError
+
+from edgeshrink.config import Config
+from edgeshrink.data import DataConfig
+from edgeshrink.errors import EdgeshrinkError
+
+
+def step_configs() -> dict[str, type[Config]]:
+    """Step name → the config class of its verb (the registry recipes validate against)."""
+    from edgeshrink.bench.config import BenchConfig
+    from edgeshrink.compress.distill import DistillConfig
+    from edgeshrink.compress.prune import PruneConfig
+    from edgeshrink.compress.quantize import QuantConfig
+    from edgeshrink.compress.sparsify import SparsifyConfig
+    from edgeshrink.export import ExportConfig
+    from edgeshrink.models.finetune import FinetuneConfig
+    from edgeshrink.route.calibrate import RouteConfig
+
+    return {"finetune": FinetuneConfig, "prune": PruneConfig, "distill": DistillConfig, "sparsify": SparsifyConfig,
+            "export": ExportConfig, "quantize": QuantConfig, "bench": BenchConfig, "route": RouteConfig}
+
+
+class LatencyTarget(Config):
+    value: float = Field(gt=0)  # milliseconds
+    percentile: Literal[50, 90, 99] = 50
+    threads: int = Field(1, ge=1)
+    seq_length: int = Field(64, ge=1)
+
+
+class RouterTargets(Config):
+    max_cloud_fraction: float | None = Field(None, gt=0, le=1)
+    max_accuracy_drop: float | None = Field(None, ge=0)  # points of hybrid accuracy below the cloud model
+
+
+class Targets(Config):
+    max_size_mb: float | None = Field(None, gt=0)
+    max_latency_ms: LatencyTarget | None = None
+    min_accuracy: float | None = Field(None, gt=0, le=1)
+    max_accuracy_drop: float | None = Field(None, ge=0)  # points below the cloud model's test accuracy
+    router: RouterTargets | None = None
+
+
+class Recipe(Config):
+    version: Literal[1] = 1
+    name: str
+    model: str
+    data: DataConfig | str
+    steps: list[dict[str, Any]] = Field(min_length=1)
+    targets: Targets = Targets()
+    seed: int = 0
+
+    def parsed_steps(self) -> list[tuple[str, Config]]:
+        registry = step_configs()
+        out = []
+        for raw in self.steps:
+            name, values = next(iter(raw.items()))
+            out.append((name, registry[name].from_dict(values or {})))
+        return out
+
+
+def _line_index(node, path=(), index=None) -> dict[tuple, int]:
+    """Key path → 1-based line, from a yaml node tree."""
+    import yaml
+
+    index = {} if index is None else index
+    index[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            index[path + (key.value,)] = key.start_mark.line + 1
+            _line_index(value, path + (key.value,), index)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_index(item, path + (i,), index)
+    return index
+
+
+def _where(lines: dict, loc: tuple) -> str:
+    for cut in range(len(loc), -1, -1):
+        if loc[:cut] in lines:
+            return f"line {lines[loc[:cut]]}"
+    return "line ?"
+
+
+def _first_error(exc: ValidationError, fields) -> tuple[tuple, str]:
+    """The most useful error first: a misspelt key explains the 'field required' that comes with it."""
+    import difflib
+
+    errors = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    err = errors[0]
+    loc = tuple(err["loc"])
+    if err["type"] != "extra_forbidden":
+        return loc, err["msg"]
+    close = difflib.get_close_matches(str(loc[-1]), list(fields), n=1) if len(loc) == 1 else []
+    return loc, "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+
+
+def load_recipe(path: str | Path) -> tuple[Recipe, str]:
+    """Parse and validate a recipe file; return it and the sha256 of its text."""
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise EdgeshrinkError(f"recipe {path} does not exist")
+    text = path.read_text(encoding="utf-8")
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "?"
+        raise EdgeshrinkError(f"{path}: {where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(raw, dict):
+        raise EdgeshrinkError(f"{path}: a recipe is a mapping with name, model, data, steps and targets")
+    lines = _line_index(node)
+    try:
+        recipe = Recipe.model_validate(raw)
+    except ValidationError as exc:
+        loc, what = _first_error(exc, Recipe.model_fields)
+        raise EdgeshrinkError(f"{path}: {_where(lines, loc)}: {'.'.join(map(str, loc)) or 'recipe'}: {what}") from None
+    registry = step_configs()
+    for i, step in enumerate(recipe.steps):
+        where = _where(lines, ("steps", i))
+        if len(step) != 1:
+            raise EdgeshrinkError(f"{path}: {where}: steps.{i}: a step is one mapping {{name: config}}, got keys "
+                                  f"{sorted(step)}")
+        name, values = next(iter(step.items()))
+        if name not in registry:
+            raise EdgeshrinkError(f"{path}: {where}: steps.{i}: unknown step {name!r}; expected one of "
+                                  f"{', '.join(registry)}")
+        if values is not None and not isinstance(values, dict):
+            raise EdgeshrinkError(f"{path}: {where}: steps.{i}.{name}: expected a mapping of "
+                                  f"{registry[name].__name__} keys, got {type(values).__name__}")
+        try:
+            registry[name].model_validate(values or {})
+        except ValidationError as exc:
+            inner, what = _first_error(exc, registry[name].model_fields)
+            loc = ("steps", i, name) + inner
+            raise EdgeshrinkError(f"{path}: {_where(lines, loc)}: {'.'.join(map(str, loc))}: {what} "
+                                  f"({registry[name].__name__})") from None
+    names = [next(iter(s)) for s in recipe.steps]
+    for later, needs in (("distill", "prune"), ("quantize", "export"), ("bench", "export"), ("route", "export")):
+        if later in names and needs not in names[:names.index(later)]:
+            raise EdgeshrinkError(f"{path}: {_where(lines, ('steps', names.index(later)))}: step {later!r} needs a "
+                                  f"{needs!r} step before it")
+    return recipe, hashlib.sha256(text.encode()).hexdigest()
+

@@ -1,0 +1,60 @@
+import json
+
+import pytest
+
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.recipes.runner import run
+from tests.conftest import make_texts, write_csv
+from tests.recipes.test_schema import GOOD
+
+
+@pytest.fixture(scope="module")
+def recipe(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipe")
+    data = write_csv(root / "d.csv", make_texts(200))
+    path = root / "tiny.yaml"
+    path.write_text(GOOD.format(model=tiny_model, data=data))
+    return path, root
+
+
+def test_run_meets_targets_writes_report_and_reruns_from_cache(recipe, tmp_path):
+    path, _ = recipe
+    messages = []
+    report = run(path, tmp_path / "out", progress=messages.append)
+    assert [s["step"] for s in report["steps"]] == ["prune", "distill", "export", "quantize", "bench"]
+    assert not any(s["cached"] for s in report["steps"])
+    assert {t["target"].split(" ")[0] for t in report["targets"]} == {"max_size_mb", "max_latency_ms", "max_accuracy_drop"}
+    assert report["all_targets_met"] and report["recipe_sha256"]
+    assert (tmp_path / "out" / "report.md").read_text().startswith("# Recipe report: tiny")
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["name"] == "tiny"
+    again = run(path, tmp_path / "out")
+    assert all(s["cached"] for s in again["steps"]) and again["wall_seconds_this_run"] < 30
+    assert again["targets"] == report["targets"]
+
+
+def test_an_edited_step_reruns_from_there(recipe, tmp_path):
+    path, root = recipe
+    run(path, tmp_path / "out")
+    edited = root / "edited.yaml"
+    edited.write_text(path.read_text().replace("{method: dynamic-int8}", "{method: fp16}"))
+    report = run(edited, tmp_path / "out")
+    assert [s["cached"] for s in report["steps"]] == [True, True, True, False, False]
+
+
+def test_impossible_target_is_reported_with_the_miss(recipe, tmp_path):
+    path, root = recipe
+    hard = root / "hard.yaml"
+    hard.write_text(path.read_text().replace("max_size_mb: 10", "max_size_mb: 0.001"))
+    report = run(hard, tmp_path / "out")
+    size = next(t for t in report["targets"] if t["target"] == "max_size_mb")
+    assert not size["met"] and size["miss"] == pytest.approx(size["value"] - 0.001)
+    assert not report["all_targets_met"]
+
+
+def test_missing_data_fails_before_any_step(recipe, tmp_path):
+    path, root = recipe
+    bad = root / "nodata.yaml"
+    bad.write_text(path.read_text().replace(str(root / "d.csv"), str(root / "missing.csv")))
+    with pytest.raises(EdgeshrinkError, match="missing.csv"):
+        run(bad, tmp_path / "out")
+    assert not (tmp_path / "out" / "cache").exists() or not any((tmp_path / "out" / "cache").iterdir())

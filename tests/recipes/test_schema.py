@@ -1,0 +1,57 @@
+import pytest
+
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.recipes.schema import load_recipe
+
+GOOD = """\
+version: 1
+name: tiny
+model: {model}
+data: {data}
+steps:
+  - prune: {{layers: 1, ffn_keep: 0.5, vocab: true}}
+  - distill: {{epochs: 1, max_length: 32}}
+  - export: {{}}
+  - quantize: {{method: dynamic-int8}}
+  - bench: {{threads: [1], seq_lengths: [16], throughput_batch_sizes: [4], latency_runs: 5, rounds: 1, warmup_runs: 1}}
+targets:
+  max_size_mb: 10
+  max_latency_ms: {{value: 1000, threads: 1, seq_length: 16}}
+  max_accuracy_drop: 50
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "r.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_good_recipe_parses_into_the_api_configs(tmp_path):
+    recipe, digest = load_recipe(write(tmp_path, GOOD.format(model="m", data="d.csv")))
+    names = [name for name, _ in recipe.parsed_steps()]
+    assert names == ["prune", "distill", "export", "quantize", "bench"] and len(digest) == 64
+    assert type(recipe.parsed_steps()[0][1]).__name__ == "PruneConfig"
+    assert recipe.targets.max_latency_ms.percentile == 50
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("  - export: {}", "  - exprot: {}"), "line 8: steps.2: unknown step 'exprot'"),
+    (("{layers: 1,", "{layerz: 1,"), "line 6: steps.0.prune.layerz: unknown key (did you mean 'layers'?) (PruneConfig)"),
+    (("{epochs: 1,", "{epochs: many,"), "line 7: steps.1.distill.epochs: Input should be a valid integer"),
+    (("max_size_mb: 10", "max_size_mb: -1"), "line 12: targets.max_size_mb: Input should be greater than 0"),
+    (("name: tiny", "nmae: tiny"), "line 2: nmae: unknown key (did you mean 'name'?)"),
+    (("  - prune: {layers: 1, ffn_keep: 0.5, vocab: true}\n", ""), "step 'distill' needs a 'prune' step"),
+])
+def test_bad_recipes_name_file_key_line_and_expectation(tmp_path, edit, message):
+    path = write(tmp_path, GOOD.format(model="m", data="d.csv").replace(*edit))
+    with pytest.raises(EdgeshrinkError) as err:
+        load_recipe(path)
+    assert str(path) in str(err.value) and message in str(err.value), str(err.value)
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    with pytest.raises(EdgeshrinkError, match="line 2: not valid YAML"):
+        load_recipe(write(tmp_path, "name: x\n  steps: [\n"))
+    with pytest.raises(EdgeshrinkError, match="does not exist"):
+        load_recipe(tmp_path / "nope.yaml")
