@@ -99,3 +99,14 @@ def test_vader_rows_binarise_and_drop_zeros(tmp_path, monkeypatch):
     rows = builtin._vader_rows(tmp_path, "movieReviewSnippets_GroundTruth.txt")
     assert rows == [{"id": "1", "text": "A fine film.", "label": "positive"},
                     {"id": "3", "text": "Dull.", "label": "negative"}]
+
+
+def test_sample_keeps_a_fixed_subset(tiny_csv):
+    from edgeshrink.data import DataConfig, load_data
+
+    full = load_data(str(tiny_csv))
+    a = load_data(DataConfig(source=str(tiny_csv), sample=50))
+    b = load_data(DataConfig(source=str(tiny_csv), sample=50))
+    assert len(a) == 50 and a.ids == b.ids and set(a.ids) <= set(full.ids)
+    assert a.label_names == full.label_names
+    assert len(load_data(DataConfig(source=str(tiny_csv), sample=10_000))) == len(full)

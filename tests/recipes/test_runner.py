@@ -23,7 +23,9 @@ def test_run_meets_targets_writes_report_and_reruns_from_cache(recipe, tmp_path)
     report = run(path, tmp_path / "out", progress=messages.append)
     assert [s["step"] for s in report["steps"]] == ["prune", "distill", "export", "quantize", "bench"]
     assert not any(s["cached"] for s in report["steps"])
-    assert {t["target"].split(" ")[0] for t in report["targets"]} == {"max_size_mb", "max_latency_ms", "max_accuracy_drop"}
+    assert {t["target"].split(" ")[0] for t in report["targets"]} == {
+        "max_size_mb", "max_latency_ms", "max_accuracy_drop", "min_size_reduction", "min_speedup",
+        "min_accuracy_fraction"}
     assert report["all_targets_met"] and report["recipe_sha256"]
     assert (tmp_path / "out" / "report.md").read_text().startswith("# Recipe report: tiny")
     assert json.loads((tmp_path / "out" / "report.json").read_text())["name"] == "tiny"

@@ -18,6 +18,9 @@ targets:
   max_size_mb: 10
   max_latency_ms: {{value: 1000, threads: 1, seq_length: 16}}
   max_accuracy_drop: 50
+  min_size_reduction: 1.5
+  min_speedup: 0.1
+  min_accuracy_fraction: 0.3
 """
 
 

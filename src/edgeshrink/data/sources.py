@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import Field
+
 from edgeshrink.config import Config
 from edgeshrink.data import builtin
 from edgeshrink.errors import EdgeshrinkError
@@ -41,11 +43,22 @@ class DataConfig(Config):
     text_column: str = "text"
     label_column: str | None = "label"  # None: unlabelled text (label-free router calibration)
     id_column: str = "id"
+    sample: int | None = Field(None, ge=10)  # keep this many examples (a fixed, seeded subset: quick runs)
 
 
 def load_data(config: DataConfig | str) -> Examples:
     if isinstance(config, str):
         config = DataConfig(source=config)
+    examples = _load(config)
+    if config.sample is not None and config.sample < len(examples):
+        import hashlib
+
+        order = sorted(range(len(examples)), key=lambda i: hashlib.sha256(f"sample:{examples.ids[i]}".encode()).hexdigest())
+        examples = examples.subset(sorted(order[:config.sample]))
+    return examples
+
+
+def _load(config: DataConfig) -> Examples:
     if config.source in builtin.BUILTINS:
         spec = builtin.BUILTINS[config.source]
         rows = builtin.load_builtin_rows(config.source)

@@ -135,7 +135,8 @@ def check_targets(recipe: Recipe, bench_report: dict | None, route_report: dict 
     cloud = device = None
     if bench_report:
         cloud, device = bench_report["candidates"][0], bench_report["candidates"][-1]
-    needs_bench = t.max_size_mb or t.max_latency_ms or t.min_accuracy or t.max_accuracy_drop is not None
+    needs_bench = any(v is not None for v in (t.max_size_mb, t.max_latency_ms, t.min_accuracy, t.max_accuracy_drop,
+                                              t.min_size_reduction, t.min_speedup, t.min_accuracy_fraction))
     if needs_bench and device is None:
         raise EdgeshrinkError("the recipe states size/latency/accuracy targets but has no `bench` step to measure them")
     if t.max_size_mb is not None:
@@ -157,6 +158,25 @@ def check_targets(recipe: Recipe, bench_report: dict | None, route_report: dict 
         drop = 100 * (cloud["accuracy"]["value"] - device["accuracy"]["value"])
         add("max_accuracy_drop (points below the cloud model)", drop, t.max_accuracy_drop, drop <= t.max_accuracy_drop,
             "points")
+    if t.min_size_reduction is not None:
+        ratio = cloud["size_bytes"] / device["size_bytes"]
+        add("min_size_reduction (x smaller than the cloud bundle)", ratio, t.min_size_reduction,
+            ratio >= t.min_size_reduction, "x")
+    if t.min_speedup is not None:
+        threads, seq = (t.max_latency_ms.threads, t.max_latency_ms.seq_length) if t.max_latency_ms else (1, 64)
+        pct = t.max_latency_ms.percentile if t.max_latency_ms else 50
+        cells = [next((c for c in cand["latency"] if c["threads"] == threads and c["seq_len"] == seq), None)
+                 for cand in (cloud, device)]
+        if None in cells:
+            raise EdgeshrinkError(f"the bench step did not measure {threads} thread(s) at {seq} tokens, which "
+                                  f"min_speedup needs")
+        ratio = cells[0][f"p{pct}_ms"] / cells[1][f"p{pct}_ms"]
+        add(f"min_speedup (p{pct}, {threads} thread, {seq} tokens, vs the cloud bundle)", ratio, t.min_speedup,
+            ratio >= t.min_speedup, "x")
+    if t.min_accuracy_fraction is not None:
+        fraction = device["accuracy"]["value"] / cloud["accuracy"]["value"]
+        add("min_accuracy_fraction (of the cloud model)", fraction, t.min_accuracy_fraction,
+            fraction >= t.min_accuracy_fraction)
     if t.router is not None:
         if route_report is None:
             raise EdgeshrinkError("the recipe states router targets but has no `route` step")

@@ -16,6 +16,9 @@
       max_size_mb: 10
       max_latency_ms: {value: 20, percentile: 50, threads: 1, seq_length: 64}
       max_accuracy_drop: 2.0            # points below the cloud model (or min_accuracy: 0.82)
+      min_size_reduction: 10            # relative to the cloud model's fp32 bundle, same bench run
+      min_speedup: 4
+      min_accuracy_fraction: 0.98
       router: {max_cloud_fraction: 0.25, max_accuracy_drop: 0.3}
 
 Every error names the file, the key path, its line and what was expected.
@@ -66,6 +69,10 @@ class Targets(Config):
     max_latency_ms: LatencyTarget | None = None
     min_accuracy: float | None = Field(None, gt=0, le=1)
     max_accuracy_drop: float | None = Field(None, ge=0)  # points below the cloud model's test accuracy
+    # relative to the cloud model's fp32 bundle, measured in the same bench run
+    min_size_reduction: float | None = Field(None, gt=0)  # cloud size / device size
+    min_speedup: float | None = Field(None, gt=0)  # cloud / device latency at max_latency_ms's cell (or 1 thread, 64)
+    min_accuracy_fraction: float | None = Field(None, gt=0, le=1)  # device accuracy / cloud accuracy
     router: RouterTargets | None = None
 
 
