@@ -28,6 +28,10 @@ def test_run_meets_targets_writes_report_and_reruns_from_cache(recipe, tmp_path)
         "min_accuracy_fraction"}
     assert report["all_targets_met"] and report["recipe_sha256"]
     assert (tmp_path / "out" / "report.md").read_text().startswith("# Recipe report: tiny")
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "<table>" in page  # self-contained: plots inside
+    assert report["plots"] == ["accuracy_vs_latency.png", "accuracy_vs_size.png"]
+    assert [m["name"] for m in report["models"]] == ["cloud (fp32 bundle)", "device"]
     assert json.loads((tmp_path / "out" / "report.json").read_text())["name"] == "tiny"
     again = run(path, tmp_path / "out")
     assert all(s["cached"] for s in again["steps"]) and again["wall_seconds_this_run"] < 30

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.recipes.report import html_page, markdown, models_table, write_plots
 from edgeshrink.recipes.schema import Recipe, load_recipe
 
 STEP_FILE = "step.json"
@@ -243,25 +244,19 @@ def run(recipe_path: str | Path, out: str | Path | None = None, progress: Callab
         "split": (bench_report or {}).get("data"),
         "targets": targets, "all_targets_met": all(t["met"] for t in targets),
     }
+    if bench_report:
+        report["models"] = models_table(bench_report)
+    if route_report:
+        report["router"] = {"on_device_fraction": route_report["on_device_fraction"],
+                            "hybrid_accuracy": route_report["hybrid"]["accuracy"],
+                            "cloud_accuracy": route_report["cloud_only"]["accuracy"],
+                            "device_accuracy": route_report["device_only"]["accuracy"],
+                            "guarantee": route_report["router"]["guarantee"]}
+    route_plots = Path(results["route"]["route"]).parent / "plots" if "route" in results else None
+    report["plots"] = write_plots(report, out / "plots", route_plots)
+    text = markdown(report)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "report.md", markdown(report))
+    atomic_write_text(out / "report.md", text)
+    atomic_write_text(out / "report.html", html_page(report, text, out / "plots"))
     return report
 
-
-def markdown(report: dict) -> str:
-    lines = [f"# Recipe report: {report['name']}", "",
-             f"Recipe `{report['recipe']}` (sha256 {report['recipe_sha256'][:12]}), edgeshrink "
-             f"{report['edgeshrink_version']}, seed {report['seed']}; machine: {report['machine']['cpu']['model']}, "
-             f"{report['machine']['logical_cores']} logical cores, ISA {' '.join(report['machine']['cpu']['isa'])}.", "",
-             "## Targets", "", "| target | measured | bound | met |", "|---|---|---|---|"]
-    for t in report["targets"]:
-        value = "—" if t["value"] is None else f"{t['value']:.4g} {t['unit']}".strip()
-        lines.append(f"| {t['target']} | {value} | {t['bound']:g} {t['unit']} | "
-                     f"{'yes' if t['met'] else 'NO (missed by %.3g %s)' % (t['miss'], t['unit'])} |")
-    lines += ["", f"All targets met: **{'yes' if report['all_targets_met'] else 'no'}**.", "", "## Steps", "",
-              "| step | key | seconds (when run) | seconds this run |", "|---|---|---|---|"]
-    for s in report["steps"]:
-        lines.append(f"| {s['step']} | {s['key']} | {s['seconds']} | {s['seconds_this_run']} |")
-    lines += ["", f"Device bundle: `{report['device_bundle']}`; cloud bundle: `{report['cloud_bundle']}`"
-              + (f"; router: `{report['router_bundle']}/router.json`" if report.get("router_bundle") else "") + "."]
-    return "\n".join(lines) + "\n"

@@ -1,0 +1,115 @@
+"""A recipe run's report: report.md, a self-contained report.html (plots embedded) and the plots as PNG."""
+
+from __future__ import annotations
+
+import base64
+import html
+import shutil
+from pathlib import Path
+
+
+def markdown(report: dict) -> str:
+    lines = [f"# Recipe report: {report['name']}", "",
+             f"Recipe `{report['recipe']}` (sha256 {report['recipe_sha256'][:12]}), edgeshrink "
+             f"{report['edgeshrink_version']}, seed {report['seed']}; machine: {report['machine']['cpu']['model']}, "
+             f"{report['machine']['logical_cores']} logical cores, ISA {' '.join(report['machine']['cpu']['isa'])}.", "",
+             "## Targets", "", "| target | measured | bound | met |", "|---|---|---|---|"]
+    for t in report["targets"]:
+        value = "—" if t["value"] is None else f"{t['value']:.4g} {t['unit']}".strip()
+        lines.append(f"| {t['target']} | {value} | {t['bound']:g} {t['unit']} | "
+                     f"{'yes' if t['met'] else 'NO (missed by %.3g %s)' % (t['miss'], t['unit'])} |")
+    lines += ["", f"All targets met: **{'yes' if report['all_targets_met'] else 'no'}**.", ""]
+    if report.get("models"):
+        lines += ["## Models (one bench run)", "", "| model | size MB | p50 ms | test accuracy % |", "|---|---|---|---|"]
+        for m in report["models"]:
+            lines.append(f"| {m['name']} | {m['size_mb']:.1f} | {m['p50_ms']:.2f} | {100 * m['accuracy']:.2f} |")
+        lines.append("")
+    if report.get("router"):
+        r = report["router"]
+        lines += ["## Router", "", f"{100 * r['on_device_fraction']:.1f}% of test requests answered on the device; "
+                  f"hybrid accuracy {100 * r['hybrid_accuracy']:.2f}% vs cloud {100 * r['cloud_accuracy']:.2f}%. "
+                  f"Guarantee: {r['guarantee']}", ""]
+    lines += ["## Steps", "", "| step | key | seconds (when run) | seconds this run |", "|---|---|---|---|"]
+    for s in report["steps"]:
+        lines.append(f"| {s['step']} | {s['key']} | {s['seconds']} | {s['seconds_this_run']} |")
+    lines += ["", f"Device bundle: `{report['device_bundle']}`; cloud bundle: `{report['cloud_bundle']}`"
+              + (f"; router: `{report['router_bundle']}/router.json`" if report.get("router_bundle") else "") + ".", ""]
+    for plot in report.get("plots", []):
+        lines.append(f"![{plot}](plots/{plot})")
+    return "\n".join(lines) + "\n"
+
+
+def models_table(bench_report: dict, threads: int = 1, seq: int = 64) -> list[dict]:
+    rows = []
+    for cand in bench_report["candidates"]:
+        cell = next((c for c in cand["latency"] if c["threads"] == threads and c["seq_len"] == seq), cand["latency"][0])
+        rows.append({"name": "cloud (fp32 bundle)" if not rows else "device", "path": cand["path"],
+                     "size_mb": cand["size_bytes"] / 1e6, "p50_ms": cell["p50_ms"],
+                     "accuracy": (cand.get("accuracy") or {}).get("value")})
+    return rows
+
+
+def write_plots(report: dict, out: Path, route_plots: Path | None) -> list[str]:
+    """Accuracy vs latency and vs size (cloud and device marked), and the router's plots; return file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    models = [m for m in report.get("models", []) if m["accuracy"] is not None]
+    for key, label, name in (("p50_ms", "p50 latency, batch 1 (ms)", "accuracy_vs_latency.png"),
+                             ("size_mb", "size on disk (MB)", "accuracy_vs_size.png")):
+        if not models:
+            break
+        fig, ax = plt.subplots(figsize=(5.5, 4))
+        for m, marker in zip(models, ("s", "o", "^", "v")):
+            ax.scatter([m[key]], [100 * m["accuracy"]], marker=marker, s=60, label=m["name"])
+        ax.set(xlabel=label, ylabel="test accuracy (%)", title=f"{report['name']}: accuracy vs {label.split(',')[0]}")
+        ax.set_xscale("log")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        names.append(name)
+    if route_plots is not None and route_plots.exists():
+        for png in sorted(route_plots.glob("*.png")):
+            shutil.copy(png, out / f"router_{png.name}")
+            names.append(f"router_{png.name}")
+    return names
+
+
+def html_page(report: dict, markdown_text: str, plots_dir: Path) -> str:
+    """A self-contained page: the Markdown tables as HTML, every plot embedded as base64."""
+    body, in_table = [], False
+    for line in markdown_text.splitlines():
+        if line.startswith("|"):
+            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-"):
+                continue
+            tag = "th" if not in_table else "td"
+            if not in_table:
+                body.append("<table>")
+                in_table = True
+            body.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+            continue
+        if in_table:
+            body.append("</table>")
+            in_table = False
+        if line.startswith("!["):
+            name = line[line.index("(") + 1:-1].split("/")[-1]
+            data = base64.b64encode((plots_dir / name).read_bytes()).decode()
+            body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
+        elif line.startswith("## "):
+            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+        elif line.startswith("# "):
+            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line:
+            body.append(f"<p>{html.escape(line)}</p>")
+    if in_table:
+        body.append("</table>")
+    style = ("body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:48%;margin:4px}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report['name'])}</title>"
+            f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")
