@@ -64,3 +64,28 @@ def test_missing_data_fails_before_any_step(recipe, tmp_path):
     with pytest.raises(EdgeshrinkError, match="missing.csv"):
         run(bad, tmp_path / "out")
     assert not (tmp_path / "out" / "cache").exists() or not any((tmp_path / "out" / "cache").iterdir())
+
+
+def test_search_runs_every_candidate_and_chooses(recipe, tmp_path):
+    path, root = recipe
+    searched = root / "search.yaml"
+    searched.write_text(path.read_text().replace("{layers: 1, ffn_keep: 0.5, vocab: true}",
+                                                 "{layers: 1, ffn_keep: 0.5, vocab: true, search: {ffn_keep: [0.25, 0.5]}}"))
+    report = run(searched, tmp_path / "out")
+    assert [c["choices"] for c in report["candidates"]] == [{"steps.0.prune.ffn_keep": 0.25},
+                                                           {"steps.0.prune.ffn_keep": 0.5}]
+    assert all(c["all_targets_met"] for c in report["candidates"])
+    accuracies = [c["models"][-1]["accuracy"] for c in report["candidates"]]
+    assert report["chosen"] == max(range(2), key=lambda i: (accuracies[i], -report["candidates"][i]["models"][-1]["p50_ms"]))
+    assert "## Search" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_search_stops_a_path_early_and_names_the_missed_target(recipe, tmp_path):
+    path, root = recipe
+    strict = root / "strict.yaml"
+    strict.write_text(path.read_text().replace("max_accuracy_drop: 50", "min_accuracy: 0.999"))
+    report = run(strict, tmp_path / "out")
+    assert not report["all_targets_met"] and [s["step"] for s in report["steps"]] == ["prune", "distill"]
+    missed = report["targets"][0]
+    assert missed["target"].startswith("min_accuracy") and missed["found_after"] == "distill"
+    assert missed["miss"] == pytest.approx(0.999 - missed["value"])

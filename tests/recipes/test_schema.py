@@ -58,3 +58,17 @@ def test_not_yaml_and_missing_file(tmp_path):
         load_recipe(write(tmp_path, "name: x\n  steps: [\n"))
     with pytest.raises(EdgeshrinkError, match="does not exist"):
         load_recipe(tmp_path / "nope.yaml")
+
+
+def test_search_alternatives_are_validated(tmp_path):
+    good = GOOD.format(model="m", data="d.csv")
+    recipe, _ = load_recipe(write(tmp_path, good.replace("vocab: true}", "vocab: true, search: {layers: [1, 2]}}")))
+    assert [choices for choices, _ in recipe.candidates()] == [{"steps.0.prune.layers": 1}, {"steps.0.prune.layers": 2}]
+    for edit, message in ((("vocab: true}", "vocab: true, search: {layerz: [1, 2]}}"), "search.layerz: unknown key"),
+                          (("vocab: true}", "vocab: true, search: {ffn_keep: [0.5, 2]}}"),
+                           "steps.0.prune.search.ffn_keep: Input should be less than or equal to 1"),
+                          (("vocab: true}", "vocab: true, search: {layers: 3}}"), "non-empty lists"),
+                          (("vocab: true}", "vocab: true, search: {layers: [1, 2, 3, 4, 5, 6], ffn_keep: [.1, .2, .3, .4, .5, .6]}}"),
+                           "36 candidate paths; at most 32")):
+        with pytest.raises(EdgeshrinkError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            load_recipe(write(tmp_path, good.replace(*edit)))

@@ -19,6 +19,22 @@ def markdown(report: dict) -> str:
         lines.append(f"| {t['target']} | {value} | {t['bound']:g} {t['unit']} | "
                      f"{'yes' if t['met'] else 'NO (missed by %.3g %s)' % (t['miss'], t['unit'])} |")
     lines += ["", f"All targets met: **{'yes' if report['all_targets_met'] else 'no'}**.", ""]
+    if report.get("candidates"):
+        lines += ["## Search", "", f"{len(report['candidates'])} candidate paths; chosen: #{report['chosen'] + 1}.", "",
+                  "| # | choices | outcome | device acc % | p50 ms | size MB |", "|---|---|---|---|---|---|"]
+        for c in report["candidates"]:
+            device = (c.get("models") or [None, None])[-1]
+            if c["pruned"]:
+                p = c["pruned"]
+                outcome = f"stopped after {p['found_after']}: {p['target']} {p['value']:.4g} vs {p['bound']:g}"
+            else:
+                missed = [t["target"].split(" ")[0] for t in c["targets"] if not t["met"]]
+                outcome = "all targets met" if not missed else "missed " + ", ".join(missed)
+            choices = ", ".join(f"{k.split('.', 2)[-1]}={v}" for k, v in c["choices"].items())
+            lines.append(f"| {c['index'] + 1} | {choices} | {outcome} | "
+                         + (f"{100 * device['accuracy']:.2f} | {device['p50_ms']:.2f} | {device['size_mb']:.1f} |"
+                            if device else "— | — | — |"))
+        lines.append("")
     if report.get("models"):
         lines += ["## Models (one bench run)", "", "| model | size MB | p50 ms | test accuracy % |", "|---|---|---|---|"]
         for m in report["models"]:
@@ -58,7 +74,7 @@ def write_plots(report: dict, out: Path, route_plots: Path | None) -> list[str]:
 
     out.mkdir(parents=True, exist_ok=True)
     names = []
-    models = [m for m in report.get("models", []) if m["accuracy"] is not None]
+    models = [m for m in report.get("models") or [] if m["accuracy"] is not None]
     for key, label, name in (("p50_ms", "p50 latency, batch 1 (ms)", "accuracy_vs_latency.png"),
                              ("size_mb", "size on disk (MB)", "accuracy_vs_size.png")):
         if not models:

@@ -9,7 +9,10 @@ everything after it, and an interrupted run resumes at the step it was in (each 
 output atomically; a step is finished when its ``step.json`` exists). The runner tracks the working
 model (a Hugging Face directory), the teacher (the fine-tuned model), the device bundle and the cloud
 bundle (the teacher exported with the same export config) that `bench` and `route` compare against.
-Search over alternatives is not implemented yet: a recipe is one path.
+A step may list alternatives (``search: {layers: [2, 3]}``): every combination is a candidate path
+(shared prefixes are computed once, through the cache); a path stops early once a step's test accuracy
+or the final bundle's size already rules out a target; the candidate that meets every target with the
+best accuracy, then latency, is chosen — or, if none does, the nearest miss, with every target's miss.
 """
 
 from __future__ import annotations
@@ -191,8 +194,107 @@ def check_targets(recipe: Recipe, bench_report: dict | None, route_report: dict 
     return rows
 
 
+def _cloud_accuracy(state: dict) -> float | None:
+    from edgeshrink.models.sources import read_record
+
+    teacher = state.get("teacher") or state.get("model")
+    try:
+        return (read_record(Path(teacher)).get("test") or {}).get("accuracy")
+    except Exception:  # noqa: BLE001 - no record: the early check is skipped
+        return None
+
+
+def _miss(target: str, value: float, bound: float, unit: str, after: str) -> dict:
+    return {"target": target, "value": value, "bound": bound, "met": False, "unit": unit,
+            "miss": abs(value - bound), "found_after": after}
+
+
+def early_stop(recipe: Recipe, name: str, record: dict, state: dict, later: list[str]) -> dict | None:
+    """The target this path can no longer meet (checked after each step, as a missed-target row), or None."""
+    t = recipe.targets
+    accuracy = record["result"].get("test_accuracy")
+    if accuracy is not None and name != "finetune":
+        cloud = _cloud_accuracy(state)
+        slack = 0.005  # later steps (quantization) move accuracy by tenths of a point, either way
+        bounds = [("min_accuracy", t.min_accuracy)] if t.min_accuracy is not None else []
+        if cloud is not None and t.max_accuracy_drop is not None:
+            bounds.append(("max_accuracy_drop", cloud - t.max_accuracy_drop / 100))
+        if cloud is not None and t.min_accuracy_fraction is not None:
+            bounds.append(("min_accuracy_fraction", cloud * t.min_accuracy_fraction))
+        if bounds:
+            which, bound = max(bounds, key=lambda b: b[1])
+            if accuracy < bound - slack:
+                return _miss(f"{which} (test accuracy after {name})", accuracy, bound, "", name)
+    size = record["result"].get("size_bytes")
+    if size is not None and not {"export", "quantize"} & set(later):
+        if t.max_size_mb is not None and size / 1e6 > t.max_size_mb:
+            return _miss("max_size_mb", size / 1e6, t.max_size_mb, "MB", name)
+        cloud_bundle = state.get("cloud_bundle")
+        if t.min_size_reduction is not None and cloud_bundle:
+            from edgeshrink.runtime import read_manifest
+
+            ratio = read_manifest(cloud_bundle, verify=False)["size_bytes"] / size
+            if ratio < t.min_size_reduction:
+                return _miss("min_size_reduction (x smaller than the cloud bundle)", ratio, t.min_size_reduction,
+                             "x", name)
+    return None
+
+
+def _run_path(recipe, steps, data, cache: Path, progress, label: str) -> dict:
+    from edgeshrink._files import atomic_write_text
+
+    state: dict = {"model": recipe.model}
+    key = _key(recipe.model, data.to_dict(), recipe.seed)
+    log, results, pruned = [], {}, None
+    names = [name for name, _ in steps]
+    for i, (name, config) in enumerate(steps):
+        key = _key(key, name, config.to_dict())
+        where = cache / f"{i:02d}-{name}-{key}"
+        done = where / STEP_FILE
+        t0 = time.perf_counter()
+        cached = done.exists()
+        if cached:
+            record = json.loads(done.read_text())
+            progress(f"{label}step {i + 1}/{len(steps)} {name}: cached ({where.name})")
+        else:
+            progress(f"{label}step {i + 1}/{len(steps)} {name} ...")
+            where.mkdir(parents=True, exist_ok=True)
+            record = STEPS[name](state, config, where, data)
+            record["seconds"] = round(time.perf_counter() - t0, 1)
+            atomic_write_text(done, json.dumps(record, indent=2))
+        state.update(record["state"])
+        results[name] = record["result"]
+        log.append({"step": name, "key": key, "cached": cached, "seconds": record["seconds"],
+                    "seconds_this_run": round(time.perf_counter() - t0, 1), "config": config.to_dict(),
+                    "result": record["result"]})
+        pruned = early_stop(recipe, name, record, state, names[i + 1:])
+        if pruned:
+            progress(f"{label}stopped after {name}: {pruned['target']} is {pruned['value']:.4g} "
+                     f"{pruned['unit']}, bound {pruned['bound']:g}".rstrip())
+            break
+    return {"state": state, "results": results, "steps": log, "pruned": pruned}
+
+
+def _latency(report: dict) -> float:
+    models = report.get("models") or []
+    return models[-1]["p50_ms"] if models else float("inf")
+
+
+def choose(candidates: list[dict]) -> int:
+    """The candidate meeting every target with the best accuracy, then latency; else the nearest miss."""
+    def accuracy(c):
+        models = c.get("models") or []
+        return models[-1]["accuracy"] if models and models[-1]["accuracy"] is not None else -1.0
+
+    met = [i for i, c in enumerate(candidates) if c["all_targets_met"]]
+    if met:
+        return max(met, key=lambda i: (accuracy(candidates[i]), -_latency(candidates[i])))
+    measured = [i for i, c in enumerate(candidates) if not c["pruned"]] or list(range(len(candidates)))
+    return min(measured, key=lambda i: (sum(not t["met"] for t in candidates[i]["targets"]), -accuracy(candidates[i])))
+
+
 def run(recipe_path: str | Path, out: str | Path | None = None, progress: Callable[[str], None] | None = None) -> dict:
-    """Execute the recipe; write ``report.json`` and ``report.md`` into ``out``; return the report."""
+    """Execute the recipe (every search candidate); write the report into ``out``; return it."""
     from edgeshrink import __version__
     from edgeshrink._files import atomic_write_text
     from edgeshrink.data import DataConfig, load_data
@@ -205,58 +307,53 @@ def run(recipe_path: str | Path, out: str | Path | None = None, progress: Callab
     load_data(data)  # a missing data set fails now, before any step runs
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
-    state: dict = {"model": recipe.model}
-    key = _key(recipe.model, data.to_dict(), recipe.seed)
-    log, results = [], {}
     started = time.perf_counter()
-    for i, (name, config) in enumerate(recipe.parsed_steps()):
-        key = _key(key, name, config.to_dict())
-        where = cache / f"{i:02d}-{name}-{key}"
-        done = where / STEP_FILE
-        t0 = time.perf_counter()
-        cached = done.exists()
-        if cached:
-            record = json.loads(done.read_text())
-            progress(f"step {i + 1}/{len(recipe.steps)} {name}: cached ({where.name})")
+    paths = recipe.candidates()
+    candidates = []
+    for index, (choices, steps) in enumerate(paths):
+        label = f"[{index + 1}/{len(paths)}] " if len(paths) > 1 else ""
+        if choices:
+            progress(f"{label}candidate " + ", ".join(f"{k}={v}" for k, v in choices.items()))
+        done = _run_path(recipe, steps, data, cache, progress, label)
+        results = done["results"]
+        bench_report = json.loads(Path(results["bench"]["bench"]).read_text()) if "bench" in results else None
+        route_report = json.loads(Path(results["route"]["route"]).read_text()) if "route" in results else None
+        candidate = {"index": index, "choices": choices, "pruned": done["pruned"], "steps": done["steps"],
+                     "device_bundle": done["state"].get("bundle"), "cloud_bundle": done["state"].get("cloud_bundle"),
+                     "router_bundle": done["state"].get("router_bundle"),
+                     "split": (bench_report or {}).get("data")}
+        if done["pruned"]:
+            candidate.update(targets=[done["pruned"]], all_targets_met=False)
         else:
-            progress(f"step {i + 1}/{len(recipe.steps)} {name} ...")
-            where.mkdir(parents=True, exist_ok=True)
-            record = STEPS[name](state, config, where, data)
-            record["seconds"] = round(time.perf_counter() - t0, 1)
-            atomic_write_text(done, json.dumps(record, indent=2))
-        state.update(record["state"])
-        results[name] = record["result"]
-        log.append({"step": name, "key": key, "cached": cached, "seconds": record["seconds"],
-                    "seconds_this_run": round(time.perf_counter() - t0, 1), "config": config.to_dict(),
-                    "result": record["result"]})
-    bench_report = json.loads(Path(results["bench"]["bench"]).read_text()) if "bench" in results else None
-    route_report = json.loads(Path(results["route"]["route"]).read_text()) if "route" in results else None
-    targets = check_targets(recipe, bench_report, route_report)
+            candidate["targets"] = check_targets(recipe, bench_report, route_report)
+            candidate["all_targets_met"] = all(t["met"] for t in candidate["targets"])
+            if bench_report:
+                candidate["models"] = models_table(bench_report)
+            if route_report:
+                candidate["router"] = {"on_device_fraction": route_report["on_device_fraction"],
+                                       "hybrid_accuracy": route_report["hybrid"]["accuracy"],
+                                       "cloud_accuracy": route_report["cloud_only"]["accuracy"],
+                                       "device_accuracy": route_report["device_only"]["accuracy"],
+                                       "guarantee": route_report["router"]["guarantee"],
+                                       "plots": str(Path(results["route"]["route"]).parent / "plots")}
+        candidates.append(candidate)
+    chosen = candidates[choose(candidates)]
     machine = machine_report()
     report = {
         "schema": "edgeshrink-recipe-report/1", "recipe": str(recipe_path), "recipe_sha256": recipe_hash,
         "name": recipe.name, "out": str(out), "edgeshrink_version": __version__, "seed": recipe.seed,
         "machine": {"cpu": machine["cpu"], "logical_cores": machine["logical_cores"], "versions": machine["versions"],
                     "python": platform.python_version()},
-        "steps": log, "wall_seconds_this_run": round(time.perf_counter() - started, 1),
-        "device_bundle": state.get("bundle"), "cloud_bundle": state.get("cloud_bundle"),
-        "router_bundle": state.get("router_bundle"),
-        "split": (bench_report or {}).get("data"),
-        "targets": targets, "all_targets_met": all(t["met"] for t in targets),
+        "wall_seconds_this_run": round(time.perf_counter() - started, 1),
+        "chosen": chosen["index"], "choices": chosen["choices"],
+        **{k: chosen.get(k) for k in ("steps", "device_bundle", "cloud_bundle", "router_bundle", "split", "targets",
+                                      "all_targets_met", "models", "router", "pruned")},
+        "candidates": candidates if len(candidates) > 1 else [],
     }
-    if bench_report:
-        report["models"] = models_table(bench_report)
-    if route_report:
-        report["router"] = {"on_device_fraction": route_report["on_device_fraction"],
-                            "hybrid_accuracy": route_report["hybrid"]["accuracy"],
-                            "cloud_accuracy": route_report["cloud_only"]["accuracy"],
-                            "device_accuracy": route_report["device_only"]["accuracy"],
-                            "guarantee": route_report["router"]["guarantee"]}
-    route_plots = Path(results["route"]["route"]).parent / "plots" if "route" in results else None
+    route_plots = Path(chosen["router"]["plots"]) if chosen.get("router") else None
     report["plots"] = write_plots(report, out / "plots", route_plots)
     text = markdown(report)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     atomic_write_text(out / "report.md", text)
     atomic_write_text(out / "report.html", html_page(report, text, out / "plots"))
     return report
-

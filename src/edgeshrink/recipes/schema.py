@@ -6,7 +6,7 @@
     data: sentiment-movies              # or {source: my.csv, text_column: review}
     steps:                              # ordered; each step is {name: config}, the Python API's config class
       - finetune: {epochs: 1}
-      - prune: {layers: 2, ffn_keep: 0.5, vocab: true}
+      - prune: {layers: 2, ffn_keep: 0.5, vocab: true, search: {layers: [2, 3]}}   # alternatives
       - distill: {epochs: 2}
       - export: {}
       - quantize: {method: dynamic-int8}
@@ -52,6 +52,9 @@ def step_configs() -> dict[str, type[Config]]:
             "export": ExportConfig, "quantize": QuantConfig, "bench": BenchConfig, "route": RouteConfig}
 
 
+MAX_CANDIDATES = 32
+
+
 class LatencyTarget(Config):
     value: float = Field(gt=0)  # milliseconds
     percentile: Literal[50, 90, 99] = 50
@@ -86,12 +89,30 @@ class Recipe(Config):
     seed: int = 0
 
     def parsed_steps(self) -> list[tuple[str, Config]]:
+        """The steps as one path (each step's base config, alternatives ignored)."""
+        return self.candidates()[0][1]
+
+    def candidates(self) -> list[tuple[dict, list[tuple[str, Config]]]]:
+        """Every path the ``search`` alternatives make: (the choices, the steps), the base values first."""
+        import itertools
+
         registry = step_configs()
-        out = []
-        for raw in self.steps:
+        per_step = []
+        for i, raw in enumerate(self.steps):
             name, values = next(iter(raw.items()))
-            out.append((name, registry[name].from_dict(values or {})))
-        return out
+            values = dict(values or {})
+            search = values.pop("search", None) or {}
+            keys = list(search)
+            options = []
+            for combo in itertools.product(*(search[k] for k in keys)) if keys else [()]:
+                choice = {f"steps.{i}.{name}.{k}": v for k, v in zip(keys, combo)}
+                options.append((choice, (name, registry[name].from_dict({**values, **dict(zip(keys, combo))}))))
+            per_step.append(options)
+        paths = []
+        for combo in itertools.product(*per_step):
+            choices = {k: v for choice, _ in combo for k, v in choice.items()}
+            paths.append((choices, [step for _, step in combo]))
+        return paths
 
 
 def _line_index(node, path=(), index=None) -> dict[tuple, int]:
@@ -166,11 +187,25 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
         if values is not None and not isinstance(values, dict):
             raise EdgeshrinkError(f"{path}: {where}: steps.{i}.{name}: expected a mapping of "
                                   f"{registry[name].__name__} keys, got {type(values).__name__}")
+        values = dict(values or {})
+        search = values.pop("search", None)
+        if search is not None and (not isinstance(search, dict) or not search
+                                   or not all(isinstance(v, list) and v for v in search.values())):
+            raise EdgeshrinkError(f"{path}: {_where(lines, ('steps', i, name, 'search'))}: steps.{i}.{name}.search: "
+                                  f"expected a mapping of config keys to non-empty lists of alternatives")
+        for key in (search or {}):
+            if key not in registry[name].model_fields:
+                raise EdgeshrinkError(f"{path}: {_where(lines, ('steps', i, name, 'search', key))}: "
+                                      f"steps.{i}.{name}.search.{key}: unknown key ({registry[name].__name__})")
+        alternatives = [{}] + [{key: v} for key, options in (search or {}).items() for v in options]
         try:
-            registry[name].model_validate(values or {})
+            for alternative in alternatives:
+                registry[name].model_validate({**values, **alternative})
         except ValidationError as exc:
             inner, what = _first_error(exc, registry[name].model_fields)
             loc = ("steps", i, name) + inner
+            if alternative:
+                loc = ("steps", i, name, "search") + inner
             raise EdgeshrinkError(f"{path}: {_where(lines, loc)}: {'.'.join(map(str, loc))}: {what} "
                                   f"({registry[name].__name__})") from None
     names = [next(iter(s)) for s in recipe.steps]
@@ -178,5 +213,11 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
         if later in names and needs not in names[:names.index(later)]:
             raise EdgeshrinkError(f"{path}: {_where(lines, ('steps', names.index(later)))}: step {later!r} needs a "
                                   f"{needs!r} step before it")
+    n = 1
+    for step in recipe.steps:
+        for options in ((next(iter(step.values())) or {}).get("search") or {}).values():
+            n *= len(options)
+    if n > MAX_CANDIDATES:
+        raise EdgeshrinkError(f"{path}: the search has {n} candidate paths; at most {MAX_CANDIDATES} are allowed")
     return recipe, hashlib.sha256(text.encode()).hexdigest()
 
