@@ -35,7 +35,7 @@ from edgeshrink.compress.augment import AugmentConfig, augment_texts
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.models.sources import RECORD_NAME, read_record, resolve_model
+from edgeshrink.models.sources import RECORD_NAME, check_labels, read_record, resolve_model
 from edgeshrink.models.torch_text import shuffled_length_batches
 from edgeshrink.stats import accuracy_interval
 
@@ -155,9 +155,7 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
     max_length = config.max_length or read_record(teacher_dir).get("max_length", 128)
     split = split_examples(load_data(data), config.split)
     train = split.train if config.max_train_examples is None else split.train.head(config.max_train_examples)
-    missing = sorted(set(train.labels) - set(labels))
-    if missing:
-        raise EdgeshrinkError(f"labels in the data that the teacher's head does not have: {missing}")
+    check_labels(train.labels, labels, "the teacher")
     student_record = read_record(student_dir)
     kept = (student_record.get("prune") or {}).get("kept_layers") or list(range(student_net.config.num_hidden_layers))
     teacher_layers = [*kept]  # student layer i was teacher layer kept[i]

@@ -24,7 +24,7 @@ from edgeshrink._files import atomic_output_dir, check_output_dir
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.models.sources import RECORD_NAME, read_record, resolve_model
+from edgeshrink.models.sources import RECORD_NAME, check_labels, read_record, resolve_model
 
 
 class PruneConfig(Config):
@@ -167,9 +167,7 @@ def prune(teacher: str | Path, data: DataConfig | str, out: str | Path, config: 
         else None
     if heads_kept < n_heads or ffn_kept < ffn:
         train = split.train.head(config.importance_examples)
-        missing = sorted(set(train.labels) - set(labels))
-        if missing:
-            raise EdgeshrinkError(f"labels in the data that the teacher's head does not have: {missing}")
+        check_labels(train.labels, labels, "the teacher")
         head_scores, ffn_scores = importance(model, tokenizer, train.texts, [labels.index(y) for y in train.labels],
                                              config.batch_size, max_length)
         for i, layer in enumerate(_encoder(model).layer):

@@ -30,7 +30,7 @@ from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.models.finetune import FinetuneConfig
-from edgeshrink.models.sources import RECORD_NAME, read_record, resolve_model, weights_file
+from edgeshrink.models.sources import RECORD_NAME, check_labels, read_record, resolve_model, weights_file
 from edgeshrink.stats import accuracy_interval
 
 
@@ -118,9 +118,7 @@ def sparsify(model: str | Path, data: DataConfig | str, out: str | Path, config:
     net, tokenizer = load_classifier(model_dir)
     labels = list(net.config.id2label.values())
     split = split_examples(load_data(data), config.split)
-    missing = sorted(set(split.train.labels) - set(labels))
-    if missing:
-        raise EdgeshrinkError(f"labels in the data that the model's head does not have: {missing}")
+    check_labels(split.train.labels, labels, "the model")
     label_index = {name: i for i, name in enumerate(labels)}
     max_length = source_record.get("max_length", 128)
     weights = target_weights(net)
