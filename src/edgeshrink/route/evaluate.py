@@ -24,7 +24,7 @@ from edgeshrink.data import DataConfig, load_data, split_examples
 from edgeshrink.route.calibrate import PolicyConfig, calibration_data, check_same_labels, fit, label_ids
 from edgeshrink.route.confidence import SIGNALS, ece, nll, reliability, scaled_probs
 from edgeshrink.route.policies import choose_threshold
-from edgeshrink.route.router import read_router, request_cost
+from edgeshrink.route.router import read_router, request_cost, threshold_of
 from edgeshrink.stats import accuracy_interval, mcnemar_p
 
 SCHEMA = "edgeshrink-route-eval/1"
@@ -160,8 +160,7 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str, config: EvalConf
     d, c = outputs["device_test"].probabilities, outputs["cloud_test"].probabilities
     temperature = float(router["temperature"])
     scores = SIGNALS[router["signal"]](scaled_probs(d, temperature))
-    threshold = np.inf if router["escalate_everything"] else (-np.inf if router["threshold"] is None
-                                                               else router["threshold"])
+    threshold = threshold_of(router)
     truncated = np.array(outputs["device_test"].truncated)
     escalate = (scores < threshold) | (truncated & router["rules"]["escalate_truncated"])
     device_correct, cloud_correct = d.argmax(1) == y_test, c.argmax(1) == y_test

@@ -54,6 +54,13 @@ def request_cost(cost: dict, escalated: bool) -> dict:
             "energy_mj": cost.get("device_energy_mj")}
 
 
+def threshold_of(settings: dict) -> float:
+    """The stored threshold: +inf escalates everything, -inf (stored as null) escalates nothing."""
+    if settings.get("escalate_everything"):
+        return math.inf
+    return -math.inf if settings["threshold"] is None else float(settings["threshold"])
+
+
 def read_router(bundle: str | Path) -> dict:
     """The bundle's router.json, checked against the hash the manifest records for it."""
     from edgeshrink.runtime.bundle import _sha256, read_manifest
@@ -76,8 +83,7 @@ def read_router(bundle: str | Path) -> dict:
 class Router:
     def __init__(self, device, cloud, settings: dict):
         self.device, self.cloud, self.settings = device, cloud, settings
-        self.threshold = math.inf if settings["threshold"] is None and settings.get("escalate_everything") \
-            else (-math.inf if settings["threshold"] is None else float(settings["threshold"]))
+        self.threshold = threshold_of(settings)
         self.temperature = float(settings.get("temperature", 1.0))
         self.signal = SIGNALS[settings["signal"]]
         self.cost = {**DEFAULT_COST, **settings.get("cost", {})}
