@@ -3,7 +3,8 @@ import json
 import pytest
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.recipes.runner import run
+from edgeshrink.recipes.runner import check_targets, run
+from edgeshrink.recipes.schema import Recipe
 from tests.conftest import make_texts, write_csv
 from tests.recipes.test_schema import GOOD
 
@@ -25,13 +26,16 @@ def test_run_meets_targets_writes_report_and_reruns_from_cache(recipe, tmp_path)
     assert not any(s["cached"] for s in report["steps"])
     assert {t["target"].split(" ")[0] for t in report["targets"]} == {
         "max_size_mb", "max_latency_ms", "max_accuracy_drop", "min_size_reduction", "min_speedup",
-        "min_accuracy_fraction"}
+        "min_accuracy_fraction", "peer.min_speedup", "peer.min_size_reduction", "peer.max_accuracy_drop"}
     assert report["all_targets_met"] and report["recipe_sha256"]
     assert (tmp_path / "out" / "report.md").read_text().startswith("# Recipe report: tiny")
     page = (tmp_path / "out" / "report.html").read_text()
     assert page.count("data:image/png;base64,") == 2 and "<table>" in page  # self-contained: plots inside
     assert report["plots"] == ["accuracy_vs_latency.png", "accuracy_vs_size.png"]
-    assert [m["name"] for m in report["models"]] == ["cloud (fp32 bundle)", "device"]
+    assert [m["role"] for m in report["models"]] == ["cloud", "peer", "device"]
+    peer = report["models"][1]
+    assert peer["size_mb"] < report["models"][0]["size_mb"]  # the peer is the INT8 cloud model
+    assert "peer (optimum + ORT dynamic INT8)" in (tmp_path / "out" / "report.md").read_text()
     assert json.loads((tmp_path / "out" / "report.json").read_text())["name"] == "tiny"
     again = run(path, tmp_path / "out")
     assert all(s["cached"] for s in again["steps"]) and again["wall_seconds_this_run"] < 30
@@ -89,3 +93,39 @@ def test_search_stops_a_path_early_and_names_the_missed_target(recipe, tmp_path)
     missed = report["targets"][0]
     assert missed["target"].startswith("min_accuracy") and missed["found_after"] == "distill"
     assert missed["miss"] == pytest.approx(0.999 - missed["value"])
+
+
+def _reports(policy: str):
+    def cand(size, p50, acc):
+        return {"size_bytes": size, "accuracy": {"value": acc}, "latency": [{"threads": 1, "seq_len": 64, "p50_ms": p50}]}
+
+    bench = {"candidates": [cand(90e6, 45.0, 0.84), cand(24e6, 44.0, 0.839), cand(7e6, 10.0, 0.83)],
+             "roles": ["cloud", "peer", "device"]}
+    route = {"escalated_fraction": 0.2, "cloud_only": {"accuracy": 0.84}, "hybrid": {"accuracy": 0.842},
+             "router": {"policy": policy, "alpha": 0.02, "delta": 0.1}, "realised_risk": {"error": 0.021}}
+    return bench, route
+
+
+def test_peer_and_guarantee_targets():
+    recipe = Recipe.model_validate({"name": "t", "model": "m", "data": "d", "steps": [{"export": {}}], "targets": {
+        "peer": {"min_speedup": 3, "min_size_reduction": 2.5, "max_accuracy_drop": 0},
+        "router": {"alpha": 0.05, "delta": 0.05}}})
+    rows = {r["target"].split(" ")[0]: r for r in check_targets(recipe, *_reports("risk"))}
+    assert rows["peer.min_speedup"]["value"] == pytest.approx(4.4) and rows["peer.min_speedup"]["met"]
+    assert rows["peer.min_size_reduction"]["value"] == pytest.approx(24 / 7)
+    drop = rows["peer.max_accuracy_drop"]
+    assert not drop["met"] and drop["value"] == pytest.approx(0.9) and drop["miss"] == pytest.approx(0.9)
+    assert rows["router.alpha"]["met"] and rows["router.alpha"]["value"] == 0.02
+    assert not rows["router.delta"]["met"]  # calibrated at delta 0.1, the target asks 0.05
+    budget = {r["target"].split(" ")[0]: r for r in check_targets(recipe, *_reports("budget"))}
+    assert not budget["router.alpha"]["met"] and "no guarantee" in budget["router.alpha"]["note"]
+
+
+def test_peer_targets_need_a_peer():
+    recipe = Recipe.model_validate({"name": "t", "model": "m", "data": "d", "steps": [{"export": {}}],
+                                    "targets": {"peer": {"min_speedup": 3}}})
+    bench, route = _reports("risk")
+    bench["candidates"].pop(1)
+    bench["roles"] = ["cloud", "device"]
+    with pytest.raises(EdgeshrinkError, match="no peer pipeline"):
+        check_targets(recipe, bench, route)

@@ -21,6 +21,7 @@ targets:
   min_size_reduction: 1.5
   min_speedup: 0.1
   min_accuracy_fraction: 0.3
+  peer: {{min_speedup: 0.1, min_size_reduction: 1.0, max_accuracy_drop: 60}}
 """
 
 

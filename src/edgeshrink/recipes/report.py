@@ -12,12 +12,18 @@ def markdown(report: dict) -> str:
     lines = [f"# Recipe report: {report['name']}", "",
              f"Recipe `{report['recipe']}` (sha256 {report['recipe_sha256'][:12]}), edgeshrink "
              f"{report['edgeshrink_version']}, seed {report['seed']}; machine: {report['machine']['cpu']['model']}, "
-             f"{report['machine']['logical_cores']} logical cores, ISA {' '.join(report['machine']['cpu']['isa'])}.", "",
+             f"{report['machine']['logical_cores']} logical cores, ISA {' '.join(report['machine']['cpu']['isa'])}.",
+             "Versions: " + ", ".join(f"{k} {v}" for k, v in report["machine"]["versions"].items()) + "."
+             + (f" Data split: {report['split']['dataset']} sha256 {report['split']['sha256'][:12]} "
+                f"(train/calibration/test {'/'.join(str(n) for n in report['split']['sizes'].values())})."
+                if report.get("split") else "")
+             + f" Wall time this run: {report['wall_seconds_this_run']:.0f} s.", "",
              "## Targets", "", "| target | measured | bound | met |", "|---|---|---|---|"]
     for t in report["targets"]:
         value = "—" if t["value"] is None else f"{t['value']:.4g} {t['unit']}".strip()
-        lines.append(f"| {t['target']} | {value} | {t['bound']:g} {t['unit']} | "
-                     f"{'yes' if t['met'] else 'NO (missed by %.3g %s)' % (t['miss'], t['unit'])} |")
+        met = "yes" if t["met"] else ("NO" if t["miss"] is None else "NO (missed by %.3g %s)" % (t["miss"], t["unit"]))
+        lines.append(f"| {t['target']} | {value} | {t['bound']:g} {t['unit']} | {met}"
+                     + (f" — {t['note']}" if t.get("note") else "") + " |")
     lines += ["", f"All targets met: **{'yes' if report['all_targets_met'] else 'no'}**.", ""]
     if report.get("candidates"):
         lines += ["## Search", "", f"{len(report['candidates'])} candidate paths; chosen: #{report['chosen'] + 1}.", "",
@@ -55,18 +61,35 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+ROLE_NAMES = {"cloud": "cloud (fp32 bundle)", "peer": "peer (optimum + ORT dynamic INT8)", "device": "device"}
+
+
 def models_table(bench_report: dict, threads: int = 1, seq: int = 64) -> list[dict]:
+    roles = bench_report.get("roles") or (["cloud", "device"] if len(bench_report["candidates"]) == 2 else [])
     rows = []
-    for cand in bench_report["candidates"]:
+    for i, cand in enumerate(bench_report["candidates"]):
         cell = next((c for c in cand["latency"] if c["threads"] == threads and c["seq_len"] == seq), cand["latency"][0])
-        rows.append({"name": "cloud (fp32 bundle)" if not rows else "device", "path": cand["path"],
+        role = roles[i] if i < len(roles) else f"model {i + 1}"
+        rows.append({"name": ROLE_NAMES.get(role, role), "role": role, "path": cand["path"],
                      "size_mb": cand["size_bytes"] / 1e6, "p50_ms": cell["p50_ms"],
                      "accuracy": (cand.get("accuracy") or {}).get("value")})
     return rows
 
 
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point beats on both cost (lower) and accuracy (higher), by cost."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1]))
+    front, best = [], float("-inf")
+    for i in order:
+        if points[i][1] > best:
+            front.append(i)
+            best = points[i][1]
+    return front
+
+
 def write_plots(report: dict, out: Path, route_plots: Path | None) -> list[str]:
-    """Accuracy vs latency and vs size (cloud and device marked), and the router's plots; return file names."""
+    """Accuracy vs latency and vs size: every measured device candidate with the Pareto front, the cloud
+    model and the peer pipeline marked; then the router's plots. Return the file names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,14 +97,28 @@ def write_plots(report: dict, out: Path, route_plots: Path | None) -> list[str]:
 
     out.mkdir(parents=True, exist_ok=True)
     names = []
-    models = [m for m in report.get("models") or [] if m["accuracy"] is not None]
+    references = [m for m in report.get("models") or [] if m["role"] != "device" and m["accuracy"] is not None]
+    devices = []
+    for c in report.get("candidates") or [{"index": report.get("chosen", 0), "models": report.get("models")}]:
+        device = next((m for m in c.get("models") or [] if m["role"] == "device" and m["accuracy"] is not None), None)
+        if device:
+            devices.append((c["index"], device))
     for key, label, name in (("p50_ms", "p50 latency, batch 1 (ms)", "accuracy_vs_latency.png"),
                              ("size_mb", "size on disk (MB)", "accuracy_vs_size.png")):
-        if not models:
+        if not devices:
             break
-        fig, ax = plt.subplots(figsize=(5.5, 4))
-        for m, marker in zip(models, ("s", "o", "^", "v")):
-            ax.scatter([m[key]], [100 * m["accuracy"]], marker=marker, s=60, label=m["name"])
+        fig, ax = plt.subplots(figsize=(6, 4.2))
+        points = [(m[key], 100 * m["accuracy"]) for _, m in devices]
+        front = pareto_front(points)
+        ax.scatter([p[0] for p in points], [p[1] for p in points], marker="o", s=36, color="tab:blue",
+                   label="device candidates" if len(points) > 1 else "device")
+        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="tab:blue", alpha=0.6,
+                label="Pareto front" if len(points) > 1 else None)
+        for (index, _), (x, y) in zip(devices, points):
+            if index == report.get("chosen") and len(points) > 1:
+                ax.scatter([x], [y], marker="*", s=180, color="gold", edgecolor="black", zorder=3, label="chosen")
+        for m, marker, color in zip(references, ("s", "D"), ("tab:red", "tab:green")):
+            ax.scatter([m[key]], [100 * m["accuracy"]], marker=marker, s=60, color=color, label=m["name"])
         ax.set(xlabel=label, ylabel="test accuracy (%)", title=f"{report['name']}: accuracy vs {label.split(',')[0]}")
         ax.set_xscale("log")
         ax.legend(fontsize=8)

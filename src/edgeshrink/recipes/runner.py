@@ -82,11 +82,15 @@ def _export(state, config, out: Path, data) -> dict:
 
     manifest = export(state["model"], out / "bundle", config, force=True)
     teacher = state.get("teacher") or state["model"]
-    cloud = str(out / "bundle")
+    cloud, peer = str(out / "bundle"), None
     if Path(teacher).resolve() != Path(state["model"]).resolve():
+        from edgeshrink.export.peer import peer_bundle
+
         export(teacher, out / "cloud-bundle", config, force=True)
         cloud = str(out / "cloud-bundle")
-    return {"state": {"bundle": str(out / "bundle"), "cloud_bundle": cloud},
+        peer_bundle(teacher, out / "peer-bundle", force=True)  # what a user would build instead
+        peer = str(out / "peer-bundle")
+    return {"state": {"bundle": str(out / "bundle"), "cloud_bundle": cloud, "peer_bundle": peer},
             "result": {"size_bytes": manifest["size_bytes"], "max_abs_diff": manifest["validation"]["max_abs_diff"]}}
 
 
@@ -103,7 +107,10 @@ def _bench(state, config, out: Path, data) -> dict:
     from edgeshrink.bench import bench
 
     out.mkdir(parents=True, exist_ok=True)
-    report = bench([state["cloud_bundle"], state["bundle"]], data, config)
+    roles = [("cloud", state["cloud_bundle"])] + ([("peer", state["peer_bundle"])] if state.get("peer_bundle") else [])
+    roles.append(("device", state["bundle"]))
+    report = bench([path for _, path in roles], data, config)
+    report["roles"] = [role for role, _ in roles]
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     return {"state": {}, "result": {"bench": str(out / "bench.json")}}
 
@@ -136,11 +143,13 @@ def check_targets(recipe: Recipe, bench_report: dict | None, route_report: dict 
         rows.append({"target": name, "value": value, "bound": bound, "met": ok, "unit": unit,
                      "miss": None if ok or value is None else abs(value - bound)})
 
-    cloud = device = None
+    cloud = device = peer = None
     if bench_report:
         cloud, device = bench_report["candidates"][0], bench_report["candidates"][-1]
+        roles = bench_report.get("roles") or []
+        peer = bench_report["candidates"][roles.index("peer")] if "peer" in roles else None
     needs_bench = any(v is not None for v in (t.max_size_mb, t.max_latency_ms, t.min_accuracy, t.max_accuracy_drop,
-                                              t.min_size_reduction, t.min_speedup, t.min_accuracy_fraction))
+                                              t.min_size_reduction, t.min_speedup, t.min_accuracy_fraction, t.peer))
     if needs_bench and device is None:
         raise EdgeshrinkError("the recipe states size/latency/accuracy targets but has no `bench` step to measure them")
     if t.max_size_mb is not None:
@@ -166,21 +175,41 @@ def check_targets(recipe: Recipe, bench_report: dict | None, route_report: dict 
         ratio = cloud["size_bytes"] / device["size_bytes"]
         add("min_size_reduction (x smaller than the cloud bundle)", ratio, t.min_size_reduction,
             ratio >= t.min_size_reduction, "x")
-    if t.min_speedup is not None:
-        threads, seq = (t.max_latency_ms.threads, t.max_latency_ms.seq_length) if t.max_latency_ms else (1, 64)
-        pct = t.max_latency_ms.percentile if t.max_latency_ms else 50
+    threads, seq = (t.max_latency_ms.threads, t.max_latency_ms.seq_length) if t.max_latency_ms else (1, 64)
+    pct = t.max_latency_ms.percentile if t.max_latency_ms else 50
+
+    def speedup(reference, what: str) -> float:
         cells = [next((c for c in cand["latency"] if c["threads"] == threads and c["seq_len"] == seq), None)
-                 for cand in (cloud, device)]
+                 for cand in (reference, device)]
         if None in cells:
             raise EdgeshrinkError(f"the bench step did not measure {threads} thread(s) at {seq} tokens, which "
-                                  f"min_speedup needs")
-        ratio = cells[0][f"p{pct}_ms"] / cells[1][f"p{pct}_ms"]
+                                  f"{what} needs")
+        return cells[0][f"p{pct}_ms"] / cells[1][f"p{pct}_ms"]
+
+    if t.min_speedup is not None:
+        ratio = speedup(cloud, "min_speedup")
         add(f"min_speedup (p{pct}, {threads} thread, {seq} tokens, vs the cloud bundle)", ratio, t.min_speedup,
             ratio >= t.min_speedup, "x")
     if t.min_accuracy_fraction is not None:
         fraction = device["accuracy"]["value"] / cloud["accuracy"]["value"]
         add("min_accuracy_fraction (of the cloud model)", fraction, t.min_accuracy_fraction,
             fraction >= t.min_accuracy_fraction)
+    if t.peer is not None:
+        if peer is None:
+            raise EdgeshrinkError("the recipe states peer targets, but no peer pipeline was built: it is built by "
+                                  "the `export` step when the device model differs from the cloud model")
+        if t.peer.min_speedup is not None:
+            ratio = speedup(peer, "peer.min_speedup")
+            add(f"peer.min_speedup (p{pct}, {threads} thread, {seq} tokens)", ratio, t.peer.min_speedup,
+                ratio >= t.peer.min_speedup, "x")
+        if t.peer.min_size_reduction is not None:
+            ratio = peer["size_bytes"] / device["size_bytes"]
+            add("peer.min_size_reduction (x smaller)", ratio, t.peer.min_size_reduction,
+                ratio >= t.peer.min_size_reduction, "x")
+        if t.peer.max_accuracy_drop is not None:
+            drop = 100 * (peer["accuracy"]["value"] - device["accuracy"]["value"])
+            add("peer.max_accuracy_drop (points below the peer)", drop, t.peer.max_accuracy_drop,
+                drop <= t.peer.max_accuracy_drop, "points")
     if t.router is not None:
         if route_report is None:
             raise EdgeshrinkError("the recipe states router targets but has no `route` step")
@@ -191,6 +220,17 @@ def check_targets(recipe: Recipe, bench_report: dict | None, route_report: dict 
             drop = 100 * (route_report["cloud_only"]["accuracy"] - route_report["hybrid"]["accuracy"])
             add("router.max_accuracy_drop (points)", drop, t.router.max_accuracy_drop, drop <= t.router.max_accuracy_drop,
                 "points")
+        router = route_report["router"]
+        guaranteed = router.get("policy") in ("risk", "risk+budget")
+        for key in ("alpha", "delta"):
+            bound = getattr(t.router, key)
+            if bound is None:
+                continue
+            value = router.get(key) if guaranteed else None
+            add(f"router.{key} (the calibrated guarantee's {'risk' if key == 'alpha' else 'failure probability'})",
+                value, bound, value is not None and value <= bound)
+            rows[-1]["note"] = (f"realised on the test split: {route_report['realised_risk']}" if guaranteed else
+                                f"policy {router.get('policy')!r} carries no guarantee; use risk or risk+budget")
     return rows
 
 

@@ -19,7 +19,8 @@
       min_size_reduction: 10            # relative to the cloud model's fp32 bundle, same bench run
       min_speedup: 4
       min_accuracy_fraction: 0.98
-      router: {max_cloud_fraction: 0.25, max_accuracy_drop: 0.3}
+      peer: {min_speedup: 3, min_size_reduction: 2.5, max_accuracy_drop: 0}   # vs optimum + ORT dynamic INT8
+      router: {max_cloud_fraction: 0.25, max_accuracy_drop: 0.3}   # or alpha/delta: a risk guarantee
 
 Every error names the file, the key path, its line and what was expected.
 """
@@ -65,6 +66,16 @@ class LatencyTarget(Config):
 class RouterTargets(Config):
     max_cloud_fraction: float | None = Field(None, gt=0, le=1)
     max_accuracy_drop: float | None = Field(None, ge=0)  # points of hybrid accuracy below the cloud model
+    alpha: float | None = Field(None, gt=0, lt=1)  # the router must guarantee risk <= alpha ...
+    delta: float | None = Field(None, gt=0, lt=1)  # ... with probability >= 1 - delta (policy risk or risk+budget)
+
+
+class PeerTargets(Config):
+    """Against the peer pipeline (optimum-onnx export + ORT dynamic INT8 of the cloud model), same bench run."""
+
+    min_speedup: float | None = Field(None, gt=0)  # peer / device latency at max_latency_ms's cell
+    min_size_reduction: float | None = Field(None, gt=0)  # peer size / device size
+    max_accuracy_drop: float | None = None  # points below the peer (0: equal or better)
 
 
 class Targets(Config):
@@ -76,6 +87,7 @@ class Targets(Config):
     min_size_reduction: float | None = Field(None, gt=0)  # cloud size / device size
     min_speedup: float | None = Field(None, gt=0)  # cloud / device latency at max_latency_ms's cell (or 1 thread, 64)
     min_accuracy_fraction: float | None = Field(None, gt=0, le=1)  # device accuracy / cloud accuracy
+    peer: PeerTargets | None = None
     router: RouterTargets | None = None
 
 
