@@ -1,13 +1,16 @@
 # Two commands do all set-up on a fresh machine (Python 3.11, CPU only):
-#   make demo   fine-tune MiniLM on sentiment-movies, export it, bench PyTorch eager vs ONNX fp32
+#   make demo   the main job: run recipes/sentiment-edge.yaml (fine-tuned cloud model -> device model +
+#               router, against stated targets; report in runs/sentiment-edge/report.{md,html,json})
 #   make test   run the test suite
+# Also: make quick (the <=5-minute recipe), make headline (the headline benchmark, after demo),
+#       make foundation (fine-tune + export + bench into runs/demo: what benchmarks/*.sh start from).
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 RUNS    ?= runs/demo
 STAMP   := $(VENV)/.edgeshrink-installed
 
-.PHONY: setup demo test data clean-demo
+.PHONY: setup demo quick headline foundation test data clean-demo
 
 # torch is installed first and pinned: the CPU wheel 2.13.0; a bare `torch` pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -23,11 +26,20 @@ setup: $(STAMP)
 data: $(STAMP)
 	$(BIN)/edgeshrink data prepare all
 
-# The fine-tuned weights are cached: a second `make demo` skips training.
+demo: $(STAMP)
+	$(BIN)/edgeshrink run recipes/sentiment-edge.yaml --out runs/sentiment-edge
+
+quick: $(STAMP)
+	$(BIN)/edgeshrink run recipes/quick.yaml --out runs/quick
+
+headline: demo
+	bash benchmarks/headline
+
+# The fine-tuned weights are cached: a second `make foundation` skips training.
 $(RUNS)/cloud/edgeshrink.json: | $(STAMP)
 	$(BIN)/edgeshrink finetune minilm --data sentiment-movies --out $(RUNS)/cloud --force
 
-demo: $(RUNS)/cloud/edgeshrink.json
+foundation: $(RUNS)/cloud/edgeshrink.json
 	$(BIN)/edgeshrink export $(RUNS)/cloud --out $(RUNS)/bundle --force
 	$(BIN)/edgeshrink bench $(RUNS)/cloud $(RUNS)/bundle --data sentiment-movies \
 		--json $(RUNS)/bench.json --md $(RUNS)/bench.md

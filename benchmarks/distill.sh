@@ -2,7 +2,7 @@
 # Distillation benchmark (BENCHMARKS.md, "Student construction and distillation"): prune the cloud model to
 # 3 layers, half the heads, a quarter of the FFN and the train vocabulary; distill it with two augmented
 # copies of every train text; the labels-only ablation on the same student; export, quantize, and bench the
-# device model against the cloud model's fp32 bundle. Needs `make demo` first. ~35 minutes.
+# device model against the cloud model's fp32 bundle. Needs `make foundation` first. ~35 minutes.
 # (The first, 2-layer student of BENCHMARKS.md: --layers 2 --ffn 0.5 --vocab, distilled with the defaults.)
 set -euo pipefail
 cd "$(dirname "$0")/.."

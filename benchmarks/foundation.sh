@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Foundation benchmark (BENCHMARKS.md, "Foundation"): the fine-tuned cloud model in PyTorch eager,
 # as an ONNX fp32 bundle, and as an ONNX fp32 bundle with ORT transformer fusions, in one interleaved run.
-# Needs `make demo` first (it makes runs/demo/cloud). Takes ~6 minutes on 2 cores.
+# Needs `make foundation` first (it makes runs/demo/cloud). Takes ~6 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin

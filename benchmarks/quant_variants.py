@@ -1,5 +1,5 @@
 # Exploration behind the quantization defaults: per-tensor vs per-channel, reduce_range, calibration method.
-# Decided on the calibration split (never the test split). Needs `make demo` first. Output: see BENCHMARKS.md.
+# Decided on the calibration split (never the test split). Needs `make foundation` first. Output: see BENCHMARKS.md.
 import json, time
 from edgeshrink.compress import quantize, QuantConfig
 from edgeshrink.compress.quantize import _split_for

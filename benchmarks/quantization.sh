@@ -2,7 +2,7 @@
 # Quantization benchmark (BENCHMARKS.md, "Quantization"): every method on the fine-tuned MiniLM bundle,
 # then one interleaved bench run of fp32 / fp16 / dynamic-int8 / static-int8 / int4-weight / auto, then
 # a latency-only run of INT8 forms to find the fastest on this CPU.
-# Needs `make demo` first (runs/demo/bundle). Takes ~25 minutes on 2 cores.
+# Needs `make foundation` first (runs/demo/bundle). Takes ~25 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Router benchmark (BENCHMARKS.md, "Device/cloud router"): the distilled dynamic-int8 device model
 # (benchmarks/distill.sh) against the cloud model's fp32 bundle on sentiment-movies; the guarantee check;
-# domain shift to sentiment-tweets and label-free recalibration there. Needs `make demo` and distill.sh first.
+# domain shift to sentiment-tweets and label-free recalibration there. Needs `make foundation` and distill.sh first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Unstructured pruning benchmark (BENCHMARKS.md, "Unstructured pruning"): 50% global magnitude sparsity on
 # the cloud model, one-shot and gradual (1 epoch of fine-tuning), exported and benched against the dense
-# bundle: same latency, smaller only when compressed. Needs `make demo` first. ~15 minutes.
+# bundle: same latency, smaller only when compressed. Needs `make foundation` first. ~15 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin

@@ -42,9 +42,11 @@ def markdown(report: dict) -> str:
                             if device else "— | — | — |"))
         lines.append("")
     if report.get("models"):
-        lines += ["## Models (one bench run)", "", "| model | size MB | p50 ms | test accuracy % |", "|---|---|---|---|"]
+        lines += ["## Models (one bench run)", "", "| model | size MB | p50 ms (batch 1, tokens) | test accuracy % |",
+                  "|---|---|---|---|"]
         for m in report["models"]:
-            lines.append(f"| {m['name']} | {m['size_mb']:.1f} | {m['p50_ms']:.2f} | {100 * m['accuracy']:.2f} |")
+            tokens = f" ({m['seq_len']})" if m.get("seq_len") else ""
+            lines.append(f"| {m['name']} | {m['size_mb']:.1f} | {m['p50_ms']:.2f}{tokens} | {100 * m['accuracy']:.2f} |")
         lines.append("")
     if report.get("router"):
         r = report["router"]
@@ -64,14 +66,22 @@ def markdown(report: dict) -> str:
 ROLE_NAMES = {"cloud": "cloud (fp32 bundle)", "peer": "peer (optimum + ORT dynamic INT8)", "device": "device"}
 
 
-def models_table(bench_report: dict, threads: int = 1, seq: int = 64) -> list[dict]:
+def latency_cell(candidate: dict, threads: int, seq: int | str) -> dict | None:
+    """A bench candidate's batch-1 latency row at ``threads`` and ``seq`` tokens ("max": its own max_length;
+    tensor models have no sequence length and match any)."""
+    want = candidate.get("max_length") if seq == "max" else seq
+    return next((c for c in candidate["latency"]
+                 if c["threads"] == threads and (c["seq_len"] is None or c["seq_len"] == want)), None)
+
+
+def models_table(bench_report: dict, threads: int = 1, seq: int | str = 64) -> list[dict]:
     roles = bench_report.get("roles") or (["cloud", "device"] if len(bench_report["candidates"]) == 2 else [])
     rows = []
     for i, cand in enumerate(bench_report["candidates"]):
-        cell = next((c for c in cand["latency"] if c["threads"] == threads and c["seq_len"] == seq), cand["latency"][0])
+        cell = latency_cell(cand, threads, seq) or cand["latency"][0]
         role = roles[i] if i < len(roles) else f"model {i + 1}"
         rows.append({"name": ROLE_NAMES.get(role, role), "role": role, "path": cand["path"],
-                     "size_mb": cand["size_bytes"] / 1e6, "p50_ms": cell["p50_ms"],
+                     "size_mb": cand["size_bytes"] / 1e6, "p50_ms": cell["p50_ms"], "seq_len": cell["seq_len"],
                      "accuracy": (cand.get("accuracy") or {}).get("value")})
     return rows
 

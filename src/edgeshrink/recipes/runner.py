@@ -26,11 +26,15 @@ from pathlib import Path
 from typing import Callable
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.recipes.report import html_page, markdown, models_table, write_plots
+from edgeshrink.recipes.report import html_page, latency_cell, markdown, models_table, write_plots
 from edgeshrink.recipes.schema import Recipe, load_recipe
 
 STEP_FILE = "step.json"
 STEPS: dict[str, Callable] = {}
+# A step whose output changes meaning gets a new version; it then enters the step's cache key (version 1
+# is left out so that caches made before versions existed stay valid). export 2: also builds the peer, and
+# the cloud bundle keeps the teacher's own max_length.
+STEP_VERSIONS = {"export": 2}
 
 
 def step(name: str):
@@ -83,10 +87,11 @@ def _export(state, config, out: Path, data) -> dict:
     manifest = export(state["model"], out / "bundle", config, force=True)
     teacher = state.get("teacher") or state["model"]
     cloud, peer = str(out / "bundle"), None
-    if Path(teacher).resolve() != Path(state["model"]).resolve():
+    # The cloud model keeps its own input length when the device's is cut (config.max_length).
+    if Path(teacher).resolve() != Path(state["model"]).resolve() or config.max_length is not None:
         from edgeshrink.export.peer import peer_bundle
 
-        export(teacher, out / "cloud-bundle", config, force=True)
+        export(teacher, out / "cloud-bundle", config.model_copy(update={"max_length": None}), force=True)
         cloud = str(out / "cloud-bundle")
         peer_bundle(teacher, out / "peer-bundle", force=True)  # what a user would build instead
         peer = str(out / "peer-bundle")
@@ -157,7 +162,7 @@ def check_targets(recipe: Recipe, bench_report: dict | None, route_report: dict 
         add("max_size_mb", size, t.max_size_mb, size <= t.max_size_mb, "MB")
     if t.max_latency_ms is not None:
         lt = t.max_latency_ms
-        cell = next((c for c in device["latency"] if c["threads"] == lt.threads and c["seq_len"] == lt.seq_length), None)
+        cell = latency_cell(device, lt.threads, lt.seq_length)
         if cell is None:
             raise EdgeshrinkError(f"the bench step did not measure {lt.threads} thread(s) at {lt.seq_length} tokens, "
                                   f"which the latency target needs")
@@ -179,8 +184,7 @@ def check_targets(recipe: Recipe, bench_report: dict | None, route_report: dict 
     pct = t.max_latency_ms.percentile if t.max_latency_ms else 50
 
     def speedup(reference, what: str) -> float:
-        cells = [next((c for c in cand["latency"] if c["threads"] == threads and c["seq_len"] == seq), None)
-                 for cand in (reference, device)]
+        cells = [latency_cell(cand, threads, seq) for cand in (reference, device)]
         if None in cells:
             raise EdgeshrinkError(f"the bench step did not measure {threads} thread(s) at {seq} tokens, which "
                                   f"{what} needs")
@@ -288,7 +292,8 @@ def _run_path(recipe, steps, data, cache: Path, progress, label: str) -> dict:
     log, results, pruned = [], {}, None
     names = [name for name, _ in steps]
     for i, (name, config) in enumerate(steps):
-        key = _key(key, name, config.to_dict())
+        version = STEP_VERSIONS.get(name, 1)
+        key = _key(key, name, config.to_dict(), *([version] if version != 1 else []))
         where = cache / f"{i:02d}-{name}-{key}"
         done = where / STEP_FILE
         t0 = time.perf_counter()
@@ -360,6 +365,7 @@ def run(recipe_path: str | Path, out: str | Path | None = None, progress: Callab
         route_report = json.loads(Path(results["route"]["route"]).read_text()) if "route" in results else None
         candidate = {"index": index, "choices": choices, "pruned": done["pruned"], "steps": done["steps"],
                      "device_bundle": done["state"].get("bundle"), "cloud_bundle": done["state"].get("cloud_bundle"),
+                     "peer_bundle": done["state"].get("peer_bundle"),
                      "router_bundle": done["state"].get("router_bundle"),
                      "split": (bench_report or {}).get("data")}
         if done["pruned"]:
@@ -368,7 +374,8 @@ def run(recipe_path: str | Path, out: str | Path | None = None, progress: Callab
             candidate["targets"] = check_targets(recipe, bench_report, route_report)
             candidate["all_targets_met"] = all(t["met"] for t in candidate["targets"])
             if bench_report:
-                candidate["models"] = models_table(bench_report)
+                lt = recipe.targets.max_latency_ms
+                candidate["models"] = models_table(bench_report, *((lt.threads, lt.seq_length) if lt else (1, 64)))
             if route_report:
                 candidate["router"] = {"on_device_fraction": route_report["on_device_fraction"],
                                        "hybrid_accuracy": route_report["hybrid"]["accuracy"],
@@ -386,7 +393,7 @@ def run(recipe_path: str | Path, out: str | Path | None = None, progress: Callab
                     "python": platform.python_version()},
         "wall_seconds_this_run": round(time.perf_counter() - started, 1),
         "chosen": chosen["index"], "choices": chosen["choices"],
-        **{k: chosen.get(k) for k in ("steps", "device_bundle", "cloud_bundle", "router_bundle", "split", "targets",
+        **{k: chosen.get(k) for k in ("steps", "device_bundle", "cloud_bundle", "peer_bundle", "router_bundle", "split", "targets",
                                       "all_targets_met", "models", "router", "pruned")},
         "candidates": candidates if len(candidates) > 1 else [],
     }

@@ -31,7 +31,7 @@ import hashlib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig
@@ -60,7 +60,14 @@ class LatencyTarget(Config):
     value: float = Field(gt=0)  # milliseconds
     percentile: Literal[50, 90, 99] = 50
     threads: int = Field(1, ge=1)
-    seq_length: int = Field(64, ge=1)
+    seq_length: int | Literal["max"] = 64  # tokens; "max": each model at its own max_length (long inputs)
+
+    @field_validator("seq_length")
+    @classmethod
+    def _positive(cls, value):
+        if value != "max" and value < 1:
+            raise ValueError("must be a positive number of tokens or 'max'")
+        return value
 
 
 class RouterTargets(Config):
