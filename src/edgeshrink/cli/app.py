@@ -11,6 +11,7 @@ from edgeshrink import __version__
 from edgeshrink.cli._common import (DataOpt, Force, JsonOut, LabelCol, TextCol, _data_config, fail, handled,
                                     progress_callback, write_json)
 from edgeshrink.cli.route import route_app
+from edgeshrink.cli.serve import register as register_serve
 
 app = typer.Typer(name="edgeshrink", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Turn a cloud model into a device model and route each request to the one that should answer it.")
@@ -346,6 +347,9 @@ def run_recipe(recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see rec
     typer.echo(f"all targets met: {'yes' if report['all_targets_met'] else 'no'}; {report['wall_seconds_this_run']:.0f} s; "
                f"report {Path(report['out']) / 'report.md'}; device bundle {report['device_bundle']}")
     write_json(json_out, report)
+
+
+register_serve(app)  # serve, serve-cloud: listed after the pipeline's commands
 
 
 def main() -> None:

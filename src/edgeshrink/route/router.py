@@ -26,6 +26,7 @@ from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.route.confidence import SIGNALS, scaled_probs
 
 ROUTER_NAME = "router.json"
+ESCALATE_REASONS = ("cloud only", "truncated", "not confident")
 ROUTER_SCHEMA = 1
 
 DEFAULT_COST = {"device_latency_ms": None, "cloud_latency_ms": 60.0, "network_rtt_ms": 80.0,
@@ -102,19 +103,19 @@ class Router:
     def scores(self, probabilities: np.ndarray) -> np.ndarray:
         return self.signal(scaled_probs(probabilities, self.temperature))
 
-    def predict(self, texts: list[str], private: list[bool] | None = None,
-                cloud_only: list[bool] | None = None) -> list[Answer]:
-        texts = list(texts)
-        private = private or [False] * len(texts)
-        cloud_only = cloud_only or [False] * len(texts)
-        if len(private) != len(texts) or len(cloud_only) != len(texts):
+    def decide(self, device, private: list[bool] | None = None,
+               cloud_only: list[bool] | None = None) -> tuple[np.ndarray, list[str], list[bool]]:
+        """For the device's predictions: the calibrated confidence, the reason and whether to escalate, per text."""
+        n = len(device.labels)
+        private = private or [False] * n
+        cloud_only = cloud_only or [False] * n
+        if len(private) != n or len(cloud_only) != n:
             raise EdgeshrinkError("private and cloud_only need one flag per text")
         if any(p and c for p, c in zip(private, cloud_only)):
             raise EdgeshrinkError("a request cannot be both private and cloud-only")
-        device = self.device.predict(texts)
         scores = self.scores(device.probabilities)
         reasons = []
-        for i in range(len(texts)):
+        for i in range(n):
             if private[i]:
                 reasons.append("private")
             elif cloud_only[i]:
@@ -123,7 +124,13 @@ class Router:
                 reasons.append("truncated")
             else:
                 reasons.append("confident" if scores[i] >= self.threshold else "not confident")
-        escalate = [r in ("cloud only", "truncated", "not confident") for r in reasons]
+        return scores, reasons, [r in ESCALATE_REASONS for r in reasons]
+
+    def predict(self, texts: list[str], private: list[bool] | None = None,
+                cloud_only: list[bool] | None = None) -> list[Answer]:
+        texts = list(texts)
+        device = self.device.predict(texts)
+        scores, reasons, escalate = self.decide(device, private, cloud_only)
         cloud_labels: dict[int, str] = {}
         failed = False
         rows = [i for i, e in enumerate(escalate) if e]

@@ -1,0 +1,108 @@
+"""`edgeshrink serve` (the device service) and `edgeshrink serve-cloud` (the cloud model over HTTP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from edgeshrink.cli._common import handled
+
+Host = Annotated[str, typer.Option(help="Address to listen on.")]
+Port = Annotated[int, typer.Option(help="Port (0: a free one, printed at start).")]
+ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="ServeConfig as YAML/JSON; flags override it.")]
+Threads = Annotated[Optional[int], typer.Option(help="ONNX Runtime threads (default: its own).")]
+ApiKeyEnv = Annotated[Optional[str], typer.Option(help="Require X-API-Key equal to this environment variable.")]
+BatchSize = Annotated[Optional[int], typer.Option(help="Micro-batching: most texts per model call (16).")]
+MaxWait = Annotated[Optional[float], typer.Option(help="Micro-batching: longest wait for company, ms (2).")]
+MaxChars = Annotated[Optional[int], typer.Option(help="Longest text in characters (20000).")]
+LongText = Annotated[Optional[str], typer.Option(help="Longer texts: truncate (reported) | reject (413).")]
+MaxTexts = Annotated[Optional[int], typer.Option(help="Most texts per request (64).")]
+MaxBody = Annotated[Optional[int], typer.Option(help="Largest request body in bytes (1000000).")]
+Rate = Annotated[Optional[float], typer.Option(help="Requests per second per client (100; 0 = no limit).")]
+
+
+def _config(config_file: Path | None, flags: dict, limits: dict, batch: dict, cloud: dict | None = None):
+    import yaml
+
+    from edgeshrink.errors import EdgeshrinkError
+    from edgeshrink.serve.config import ServeConfig
+
+    raw: dict = {}
+    if config_file is not None:
+        if not config_file.is_file():
+            raise EdgeshrinkError(f"config file {config_file} does not exist")
+        try:
+            raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise EdgeshrinkError(f"{config_file}: not valid YAML/JSON ({getattr(exc, 'problem', exc)})") from None
+        if not isinstance(raw, dict):
+            raise EdgeshrinkError(f"{config_file}: expected a mapping of ServeConfig keys")
+    raw.update({k: v for k, v in flags.items() if v is not None})
+    for section, values in (("limits", limits), ("batch", batch), ("cloud", cloud or {})):
+        values = {k: v for k, v in values.items() if v is not None}
+        if values:
+            raw[section] = {**(raw.get(section) or {}), **values}
+    return ServeConfig.from_dict(raw)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve-cloud")
+    @handled
+    def serve_cloud(model: Annotated[str, typer.Argument(help="The cloud model: a bundle or a PyTorch model directory.")],
+                    host: Host = "127.0.0.1", port: Port = 8001, config_file: ConfigFile = None, threads: Threads = None,
+                    api_key_env: ApiKeyEnv = None, max_batch_size: BatchSize = None, max_wait_ms: MaxWait = None,
+                    max_text_chars: MaxChars = None, long_text: LongText = None, max_texts: MaxTexts = None,
+                    max_body_bytes: MaxBody = None, rate: Rate = None,
+                    faults: Annotated[Optional[Path], typer.Option(
+                        help="Fault drills: a JSON file read per request ({\"delay_ms\": N} or {\"status\": 500}).")] = None,
+                    ) -> None:
+        """Serve the cloud model over HTTP: POST /v1/classify, /healthz, /readyz, /metrics, /docs."""
+        from edgeshrink.serve.app import cloud_app
+        from edgeshrink.serve.server import bind, serve
+
+        config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env},
+                         {"max_text_chars": max_text_chars, "long_text": long_text, "max_texts": max_texts,
+                          "max_body_bytes": max_body_bytes, "requests_per_second": rate},
+                         {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms})
+        if config.port:
+            bind(config.host, config.port).close()  # a port in use fails before the model loads
+        serve(cloud_app(model, config, faults), config.host, config.port)
+
+    @app.command("serve")
+    @handled
+    def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle (with router.json to escalate).")],
+                     cloud: Annotated[Optional[str], typer.Option(help="Cloud service URL, http(s)://host:port.")] = None,
+                     host: Host = "127.0.0.1", port: Port = 8000, config_file: ConfigFile = None, threads: Threads = None,
+                     api_key_env: ApiKeyEnv = None, max_batch_size: BatchSize = None, max_wait_ms: MaxWait = None,
+                     max_text_chars: MaxChars = None, long_text: LongText = None, max_texts: MaxTexts = None,
+                     max_body_bytes: MaxBody = None, rate: Rate = None,
+                     deadline_ms: Annotated[Optional[float], typer.Option(help="Escalation deadline, retries included (1500).")] = None,
+                     retries: Annotated[Optional[int], typer.Option(help="Retries within the deadline (2).")] = None,
+                     connect_timeout_s: Annotated[Optional[float], typer.Option(help="Cloud connect timeout (0.5).")] = None,
+                     read_timeout_s: Annotated[Optional[float], typer.Option(help="Cloud read timeout (2.0).")] = None,
+                     breaker_failures: Annotated[Optional[int], typer.Option(help="Failures that open the breaker (5).")] = None,
+                     breaker_reset_s: Annotated[Optional[float], typer.Option(help="Seconds open before a probe (5).")] = None,
+                     cloud_budget: Annotated[Optional[int], typer.Option(help="Most texts to the cloud per minute.")] = None,
+                     cloud_api_key_env: Annotated[Optional[str], typer.Option(help="Env variable with the cloud's API key.")] = None,
+                     ) -> None:
+        """Serve the device bundle over HTTP, escalating to the cloud per router.json, falling back when it fails."""
+        from edgeshrink.errors import EdgeshrinkError
+        from edgeshrink.serve.app import device_app
+        from edgeshrink.serve.server import bind, serve
+
+        cloud_flags = {"url": cloud, "deadline_ms": deadline_ms, "retries": retries,
+                       "connect_timeout_s": connect_timeout_s, "read_timeout_s": read_timeout_s,
+                       "breaker_failures": breaker_failures, "breaker_reset_s": breaker_reset_s,
+                       "budget_texts_per_minute": cloud_budget, "api_key_env": cloud_api_key_env}
+        if cloud is None and any(v is not None for v in cloud_flags.values()):
+            raise EdgeshrinkError("cloud options given without --cloud URL")
+        config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env},
+                         {"max_text_chars": max_text_chars, "long_text": long_text, "max_texts": max_texts,
+                          "max_body_bytes": max_body_bytes, "requests_per_second": rate},
+                         {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
+                         cloud_flags if cloud is not None else None)
+        if config.port:
+            bind(config.host, config.port).close()
+        serve(device_app(bundle, config), config.host, config.port)

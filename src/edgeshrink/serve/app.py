@@ -1,0 +1,389 @@
+"""The HTTP services: the cloud model (`serve-cloud`) and the device service (`serve`), one API.
+
+    POST /v1/classify  {"texts": ["...", ...], "private": [false, ...]?, "cloud_only": [...]?}
+                       -> {"results": [{label, probabilities, source, confidence, latency_ms, ...}], "model": ...}
+    GET  /healthz      the process is up          GET /readyz   the model is loaded and answering
+    GET  /metrics      Prometheus text             GET /openapi.json, /docs
+
+Bad requests get a 4xx with {"error": "<one line>"}: invalid JSON or types, empty texts, too many or too
+long texts, a body over the limit (413), a missing or wrong API key (401), too many requests from one
+client (429). The device service answers every valid request: when the cloud is down, slow past the
+deadline, failing, behind an open circuit breaker or over budget, the device's answer comes back with
+``source: device-fallback`` and the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import time
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.serve.batcher import MicroBatcher
+from edgeshrink.serve.config import ServeConfig
+from edgeshrink.serve.metrics import Metrics
+
+
+class ClassifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(min_length=1, description="Texts to classify (non-empty strings).")
+    private: list[bool] | None = Field(None, description="Per text: never leaves the device.")
+    cloud_only: list[bool] | None = Field(None, description="Per text: always answered by the cloud.")
+
+
+class TextResult(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+    source: Literal["device", "cloud", "device-fallback"]
+    confidence: float = Field(description="Device: the router's calibrated signal; cloud: the top probability.")
+    latency_ms: float
+    reason: str = Field(description="Why this source answered (confident, not confident, private, ...).")
+    fallback_reason: str | None = None
+    truncated_chars: int = Field(0, description="Characters cut by the service's max_text_chars.")
+    truncated_tokens: bool = Field(False, description="The model cut the text at its max_length.")
+
+
+class ClassifyResponse(BaseModel):
+    results: list[TextResult]
+    model: str
+
+
+class ErrorResponse(BaseModel):
+    error: str
+
+
+class RateLimiter:
+    """A token bucket per client: ``rate`` requests per second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: int, clock=time.monotonic):
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.buckets: dict[str, tuple[float, float]] = {}
+
+    def allow(self, client: str) -> bool:
+        if self.rate <= 0:
+            return True
+        now = self.clock()
+        tokens, last = self.buckets.get(client, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if len(self.buckets) > 10_000:  # forget idle clients rather than grow without bound
+            self.buckets = {k: v for k, v in self.buckets.items() if now - v[1] < 60}
+        if tokens < 1:
+            self.buckets[client] = (tokens, now)
+            return False
+        self.buckets[client] = (tokens - 1, now)
+        return True
+
+
+class BodyCheck:
+    """ASGI middleware: a body over ``max_bytes`` gets 413 and one that is not UTF-8 gets 400, before
+    anything parses it."""
+
+    def __init__(self, app, max_bytes: int, metrics: Metrics):
+        self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await self._refuse(scope, send, 413, f"request body over {self.max_bytes} bytes", "body_too_large")
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                return await self._refuse(scope, send, 413, f"request body over {self.max_bytes} bytes",
+                                          "body_too_large")
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return await self._refuse(scope, send, 400, f"the body is not UTF-8 (byte {exc.start})", "not_utf8")
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, send, status: int, message: str, reason: str):
+        self.metrics.rejected.labels(reason=reason).inc()
+        self.metrics.requests.labels(path=scope.get("path", ""), status=str(status)).inc()
+        payload = json.dumps({"error": message}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+def _one_line(errors) -> str:
+    """A validation error list → one readable line."""
+    parts = []
+    for err in errors[:3]:
+        if err.get("type") == "json_invalid":
+            parts.append(f"the body is not valid JSON ({(err.get('ctx') or {}).get('error', 'parse error')})")
+            continue
+        loc = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{loc}: {err.get('msg', 'invalid')}")
+    return "; ".join(parts) + (f" (and {len(errors) - 3} more)" if len(errors) > 3 else "")
+
+
+def _api_key(config: ServeConfig) -> str | None:
+    if not config.api_key_env:
+        return None
+    key = os.environ.get(config.api_key_env)
+    if not key:
+        raise EdgeshrinkError(f"api_key_env is {config.api_key_env!r} but that environment variable is empty")
+    return key
+
+
+def build_app(title: str, model_name: str, labels: list[str], infer, config: ServeConfig, answer,
+              on_startup=None, on_shutdown=None, extra_ready=None):
+    """The shared HTTP layer. ``infer(texts)`` runs in the micro-batcher's thread and returns one row per
+    text; ``answer(request, texts, rows, cut, started)`` turns a request's rows into TextResults."""
+    metrics = Metrics()
+    key = _api_key(config)
+    limiter = RateLimiter(config.limits.requests_per_second, config.limits.burst)
+    state = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher = MicroBatcher(infer, config.batch.max_batch_size, config.batch.max_wait_ms,
+                               on_batch=metrics.batch_size.observe)
+        batcher.start()
+        app.state.batcher = batcher
+        if on_startup:
+            await on_startup(app)
+        await batcher.run([labels[0]])  # one warm-up call: ready means answering
+        state["ready"] = True
+        yield
+        state["ready"] = False
+        await batcher.stop()
+        if on_shutdown:
+            await on_shutdown(app)
+
+    app = FastAPI(title=title, version="1", lifespan=lifespan,
+                  description=f"edgeshrink {title}: model {model_name}, labels {', '.join(labels)}.")
+    app.state.metrics = metrics
+    app.add_middleware(BodyCheck, max_bytes=config.limits.max_body_bytes, metrics=metrics)
+
+    def error(status: int, message: str, path: str, headers=None) -> JSONResponse:
+        metrics.requests.labels(path=path, status=str(status)).inc()
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        metrics.rejected.labels(reason="invalid").inc()
+        return error(422, _one_line(exc.errors()), request.url.path)
+
+    @app.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException):
+        return error(exc.status_code, str(exc.detail), request.url.path, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception):  # a bug: say so in one line, keep serving
+        return error(500, f"internal error: {type(exc).__name__}", request.url.path)
+
+    @app.get("/healthz", response_model=dict)
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=dict, responses={503: {"model": ErrorResponse}})
+    async def readyz():
+        if not state["ready"]:
+            return JSONResponse({"error": "not ready"}, status_code=503)
+        return {"status": "ready", "model": model_name, **(extra_ready() if extra_ready else {})}
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics_text():
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    responses = {c: {"model": ErrorResponse} for c in (400, 401, 413, 422, 429)}
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, responses=responses)
+    async def classify(body: ClassifyRequest, request: Request):
+        started = time.perf_counter()
+        path = "/v1/classify"
+        sent_key = request.headers.get("x-api-key")
+        if key is not None and (sent_key is None or not hmac.compare_digest(sent_key.encode(), key.encode())):
+            metrics.rejected.labels(reason="auth").inc()
+            return error(401, "missing or wrong API key (header X-API-Key)", path)
+        client = sent_key or (request.client.host if request.client else "?")
+        if not limiter.allow(client):
+            metrics.rejected.labels(reason="rate_limited").inc()
+            return error(429, f"over {config.limits.requests_per_second:g} requests per second",
+                         path, {"Retry-After": "1"})
+        limits = config.limits
+        if len(body.texts) > limits.max_texts:
+            metrics.rejected.labels(reason="too_many_texts").inc()
+            return error(413, f"{len(body.texts)} texts in one request; at most {limits.max_texts}", path)
+        for name in ("private", "cloud_only"):
+            flags = getattr(body, name)
+            if flags is not None and len(flags) != len(body.texts):
+                metrics.rejected.labels(reason="invalid").inc()
+                return error(422, f"{name}: one flag per text ({len(body.texts)}), got {len(flags)}", path)
+        if body.private and body.cloud_only and any(p and c for p, c in zip(body.private, body.cloud_only)):
+            return error(422, "a text cannot be both private and cloud_only", path)
+        texts, cut = [], []
+        for i, text in enumerate(body.texts):
+            if not text.strip():
+                metrics.rejected.labels(reason="empty_text").inc()
+                return error(422, f"texts.{i}: empty text", path)
+            if len(text) > limits.max_text_chars:
+                if limits.long_text == "reject":
+                    metrics.rejected.labels(reason="text_too_long").inc()
+                    return error(413, f"texts.{i}: {len(text)} characters; at most {limits.max_text_chars}", path)
+                cut.append(len(text) - limits.max_text_chars)
+                text = text[:limits.max_text_chars]
+            else:
+                cut.append(0)
+            texts.append(text)
+        rows = await request.app.state.batcher.run(texts)
+        results = await answer(request, body, texts, rows, cut, started)
+        metrics.requests.labels(path=path, status="200").inc()
+        for r in results:
+            metrics.texts.labels(source=r.source).inc()
+            metrics.latency.labels(source=r.source).observe(r.latency_ms / 1000)
+        return ClassifyResponse(results=results, model=model_name)
+
+    return app
+
+
+def _probabilities(labels: list[str], row: np.ndarray) -> dict[str, float]:
+    return {label: round(float(p), 6) for label, p in zip(labels, row)}
+
+
+def _predict_rows(predictor):
+    """A batch function over a predictor: per text (label, probabilities row, model-truncated)."""
+    def infer(texts: list[str]) -> list[tuple[str, np.ndarray, bool]]:
+        pred = predictor.predict(texts, batch_size=max(1, len(texts)))
+        return list(zip(pred.labels, pred.probabilities, pred.truncated))
+    return infer
+
+
+def cloud_app(model: str | Path, config: ServeConfig, faults: Path | None = None):
+    """The cloud model (a bundle or a PyTorch model directory) behind the API.
+
+    ``faults``: a JSON file read at each request, for fault drills: ``{"delay_ms": 3000}`` stalls the
+    answer, ``{"status": 500}`` fails it; no file, no fault.
+    """
+    from edgeshrink.models.torch_text import load_predictor
+
+    predictor = load_predictor(str(model), threads=config.threads)
+    labels = list(predictor.labels)
+
+    async def answer(request, body, texts, rows, cut, started):
+        latency = (time.perf_counter() - started) * 1e3
+        return [TextResult(label=label, probabilities=_probabilities(labels, probs), source="cloud",
+                           confidence=float(np.max(probs)), latency_ms=latency, reason="cloud model",
+                           truncated_chars=c, truncated_tokens=bool(tr))
+                for (label, probs, tr), c in zip(rows, cut)]
+
+    app = build_app("cloud model service", Path(model).name, labels, _predict_rows(predictor), config, answer)
+    if faults is not None:
+        @app.middleware("http")
+        async def drill(request, call_next):
+            if request.url.path == "/v1/classify" and faults.exists():
+                try:
+                    fault = json.loads(faults.read_text())
+                except (OSError, ValueError):
+                    fault = {}
+                if fault.get("delay_ms"):
+                    await asyncio.sleep(float(fault["delay_ms"]) / 1000)
+                if fault.get("status"):
+                    return JSONResponse({"error": "injected fault"}, status_code=int(fault["status"]))
+            return await call_next(request)
+    return app
+
+
+def device_app(bundle: str | Path, config: ServeConfig):
+    """The device bundle behind the API; with ``config.cloud`` it escalates per the bundle's router.json."""
+    from edgeshrink.route.router import Router, read_router
+    from edgeshrink.runtime import load
+    from edgeshrink.runtime.predictor import Predictions
+    from edgeshrink.serve.cloud_client import CloudClient
+
+    predictor = load(bundle, threads=config.threads)  # checks every file's hash
+    labels = list(predictor.labels)
+    router = None
+    if config.cloud is not None:
+        router = Router(predictor, None, read_router(bundle))  # refuses a missing or edited router.json
+    elif (Path(bundle) / "router.json").exists():
+        router = Router(predictor, None, read_router(bundle))  # confidence as calibrated; nowhere to escalate
+    holder: dict = {}
+
+    async def startup(app):
+        if config.cloud is not None:
+            holder["cloud"] = CloudClient(config.cloud, app.state.metrics)
+
+    async def shutdown(app):
+        if "cloud" in holder:
+            await holder["cloud"].close()
+
+    async def answer(request, body, texts, rows, cut, started):
+        metrics = request.app.state.metrics
+        pred = Predictions([r[0] for r in rows], np.stack([r[1] for r in rows]), [bool(r[2]) for r in rows])
+        if router is None:
+            scores = pred.probabilities.max(axis=1)
+            reasons, escalate = ["no router"] * len(texts), [False] * len(texts)
+        else:
+            scores, reasons, escalate = router.decide(pred, body.private, body.cloud_only)
+        results = [None] * len(texts)
+        up = [i for i, e in enumerate(escalate) if e]
+        cloud = holder.get("cloud")
+        fallback_reason = None
+        if up:
+            metrics.escalations.inc(len(up))
+            if cloud is None:
+                fallback_reason = "no_cloud"
+            else:
+                got = await cloud.classify([texts[i] for i in up])
+                fallback_reason = got.reason
+                if got.labels is not None:
+                    latency = (time.perf_counter() - started) * 1e3
+                    for j, i in enumerate(up):
+                        probs = got.probabilities[j] or {got.labels[j]: 1.0}
+                        results[i] = TextResult(label=got.labels[j], probabilities=probs, source="cloud",
+                                                confidence=float(scores[i]), latency_ms=latency, reason=reasons[i],
+                                                truncated_chars=cut[i], truncated_tokens=pred.truncated[i])
+        latency = (time.perf_counter() - started) * 1e3
+        for i in range(len(texts)):
+            if results[i] is not None:
+                continue
+            fell_back = escalate[i]
+            if fell_back:
+                metrics.fallbacks.labels(reason=fallback_reason or "unknown").inc()
+            results[i] = TextResult(label=pred.labels[i], probabilities=_probabilities(labels, pred.probabilities[i]),
+                                    source="device-fallback" if fell_back else "device", confidence=float(scores[i]),
+                                    latency_ms=latency, reason=reasons[i],
+                                    fallback_reason=fallback_reason if fell_back else None,
+                                    truncated_chars=cut[i], truncated_tokens=pred.truncated[i])
+        return results
+
+    def ready_info():
+        cloud = holder.get("cloud")
+        return {"router": router is not None, "cloud": config.cloud.url if config.cloud else None,
+                "breaker": cloud.breaker.state if cloud else None}
+
+    return build_app("device service", Path(bundle).name, labels, _predict_rows(predictor), config, answer,
+                     on_startup=startup, on_shutdown=shutdown, extra_ready=ready_info)

@@ -1,0 +1,165 @@
+"""The device service's way to the cloud: async HTTP with timeouts, a deadline, bounded retries, a
+circuit breaker and a spend budget. It never raises: it returns the cloud's answers or the reason
+there are none (the caller then answers from the device, flagged ``device-fallback``).
+
+Breaker: after ``breaker_failures`` consecutive failed escalations it opens and no call is made for
+``breaker_reset_s``; then one request probes the cloud (half-open): success closes it, failure opens it
+again for another period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections import deque
+from dataclasses import dataclass
+
+from edgeshrink.serve.config import CloudConfig
+
+
+@dataclass
+class CloudResult:
+    labels: list[str] | None  # None: no answer, see reason
+    probabilities: list[dict[str, float]] | None
+    reason: str | None  # why there is no answer: breaker_open, budget, timeout, deadline, unreachable, http_5xx ...
+    attempts: int
+
+
+class CircuitBreaker:
+    def __init__(self, failures: int, reset_s: float, on_change=None, clock=time.monotonic):
+        self.failures_to_open, self.reset_s, self.clock = failures, reset_s, clock
+        self.on_change = on_change or (lambda state: None)
+        self.state, self.failures, self.opened_at, self.probing = "closed", 0, 0.0, False
+
+    def allow(self) -> bool:
+        """May a call go out now? In half-open state only one probe at a time."""
+        if self.state == "open" and self.clock() - self.opened_at >= self.reset_s:
+            self._set("half-open")
+        if self.state == "closed":
+            return True
+        if self.state == "half-open" and not self.probing:
+            self.probing = True
+            return True
+        return False
+
+    def release(self) -> None:
+        self.probing = False
+
+    def record(self, ok: bool) -> None:
+        self.probing = False
+        if ok:
+            self.failures = 0
+            if self.state != "closed":
+                self._set("closed")
+            return
+        self.failures += 1
+        if self.state == "half-open" or self.failures >= self.failures_to_open:
+            self.opened_at = self.clock()
+            self._set("open")
+
+    def _set(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.on_change(state)
+
+
+class Budget:
+    """At most ``per_minute`` texts to the cloud in any sliding minute."""
+
+    def __init__(self, per_minute: int | None, clock=time.monotonic):
+        self.per_minute, self.clock, self.sent = per_minute, clock, deque()
+
+    def take(self, n: int) -> bool:
+        if self.per_minute is None:
+            return True
+        now = self.clock()
+        while self.sent and now - self.sent[0][0] >= 60:
+            self.sent.popleft()
+        if sum(k for _, k in self.sent) + n > self.per_minute:
+            return False
+        self.sent.append((now, n))
+        return True
+
+
+class CloudClient:
+    def __init__(self, config: CloudConfig, metrics=None):
+        import httpx
+
+        self.config, self.metrics = config, metrics
+        timeout = httpx.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s,
+                                write=config.read_timeout_s, pool=config.connect_timeout_s)
+        headers = {}
+        if config.api_key_env:
+            headers["X-API-Key"] = os.environ.get(config.api_key_env, "")
+        self.http = httpx.AsyncClient(base_url=config.url, timeout=timeout, headers=headers)
+        self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s, self._breaker_changed)
+        self.budget = Budget(config.budget_texts_per_minute)
+
+    def _breaker_changed(self, state: str) -> None:
+        if self.metrics:
+            self.metrics.breaker_transitions.labels(to=state).inc()
+            self.metrics.breaker_state.set(0 if state == "closed" else 1)
+
+    def _count(self, outcome: str) -> None:
+        if self.metrics:
+            self.metrics.cloud_calls.labels(outcome=outcome).inc()
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+    async def classify(self, texts: list[str], deadline_ms: float | None = None) -> CloudResult:
+        import httpx
+
+        if not self.breaker.allow():
+            return CloudResult(None, None, "breaker_open", 0)
+        if not self.budget.take(len(texts)):
+            self.breaker.release()  # nothing was sent: neither a success nor a failure
+            return CloudResult(None, None, "budget", 0)
+        deadline = time.monotonic() + (deadline_ms or self.config.deadline_ms) / 1000
+        attempts, reason = 0, "unreachable"
+        while attempts <= self.config.retries:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                reason = "deadline"
+                break
+            attempts += 1
+            try:
+                response = await asyncio.wait_for(self.http.post("/v1/classify", json={"texts": texts}), remaining)
+            except asyncio.TimeoutError:
+                reason = "deadline"
+                self._count("deadline")
+                break
+            except httpx.TimeoutException:
+                reason = "timeout"
+                self._count("timeout")
+            except httpx.HTTPError:
+                reason = "unreachable"
+                self._count("unreachable")
+            else:
+                if response.status_code == 200:
+                    try:
+                        body = response.json()
+                        results = body["results"]
+                        labels = [r["label"] for r in results]
+                        probs = [r.get("probabilities") for r in results]
+                        if len(labels) != len(texts):
+                            raise ValueError("wrong number of answers")
+                    except (ValueError, KeyError, TypeError):
+                        reason = "bad_response"
+                        self._count("bad_response")
+                        break
+                    self._count("ok")
+                    self.breaker.record(True)
+                    return CloudResult(labels, probs, None, attempts)
+                reason = f"http_{response.status_code // 100}xx"
+                self._count(reason)
+                if response.status_code < 500 and response.status_code != 429:
+                    break  # the cloud refused this request: retrying will not help
+            if attempts <= self.config.retries:
+                pause = self.config.backoff_ms / 1000 * 2 ** (attempts - 1)
+                if time.monotonic() + pause >= deadline:
+                    break
+                await asyncio.sleep(pause)
+        self.breaker.record(False)
+        return CloudResult(None, None, reason, attempts)

@@ -1,0 +1,67 @@
+"""Settings of `edgeshrink serve` (device side) and `edgeshrink serve-cloud`: one config object each.
+
+Every limit has a default a small service can live with; all of them are configurable from the CLI
+(flags) or a YAML/JSON file (``--config``). API keys are never part of a config: they come from an
+environment variable whose *name* is configured (``api_key_env``), so they do not end up in files or logs.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from edgeshrink.config import Config
+
+
+class LimitsConfig(Config):
+    max_text_chars: int = Field(20_000, ge=1)  # per text
+    # longer texts: "truncate" cuts them to max_text_chars (the answer says so), "reject" answers 413
+    long_text: Literal["truncate", "reject"] = "truncate"
+    max_texts: int = Field(64, ge=1)  # per request
+    max_body_bytes: int = Field(1_000_000, ge=256)
+    requests_per_second: float = Field(100.0, ge=0)  # per client (address or API key); 0: no limit
+    burst: int = Field(200, ge=1)  # token bucket size per client
+
+
+class BatchConfig(Config):
+    """Micro-batching: texts of concurrent requests run through the model together."""
+
+    max_batch_size: int = Field(16, ge=1)  # texts per model call; 1 = no batching
+    max_wait_ms: float = Field(2.0, ge=0)  # how long the first text waits for company
+
+
+class CloudConfig(Config):
+    """How the device service calls the cloud model."""
+
+    url: str
+    connect_timeout_s: float = Field(0.5, gt=0)
+    read_timeout_s: float = Field(2.0, gt=0)
+    deadline_ms: float = Field(1500.0, gt=0)  # the whole escalation, retries included; then device-fallback
+    retries: int = Field(2, ge=0)  # extra attempts after a failed one, while the deadline allows
+    backoff_ms: float = Field(25.0, ge=0)  # before retry k: backoff_ms * 2**(k-1)
+    breaker_failures: int = Field(5, ge=1)  # consecutive failed escalations that open the circuit breaker
+    breaker_reset_s: float = Field(5.0, gt=0)  # open this long, then one probe request (half-open)
+    budget_texts_per_minute: int | None = Field(None, ge=0)  # cloud spend cap; beyond it: device-fallback
+    api_key_env: str | None = None  # environment variable holding the cloud's API key
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        from urllib.parse import urlparse
+
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise ValueError(f"the cloud URL must be http(s)://host[:port], got {url!r}")
+        return url.rstrip("/")
+
+
+class ServeConfig(Config):
+    version: int = 1
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)  # 0: an ephemeral port (printed at start)
+    threads: int | None = Field(None, ge=1)  # ONNX Runtime intra-op threads (None: its default)
+    api_key_env: str | None = None  # clients must send this variable's value in X-API-Key
+    limits: LimitsConfig = LimitsConfig()
+    batch: BatchConfig = BatchConfig()
+    cloud: CloudConfig | None = None  # device service only: where to escalate
