@@ -1,0 +1,54 @@
+"""`serve` refuses to start, with one clear line, on what would make it serve wrongly."""
+
+import shutil
+import socket
+
+from typer.testing import CliRunner
+
+from edgeshrink.cli import app
+
+runner = CliRunner()
+
+
+def _error(args) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    return result.output
+
+
+def test_serve_refuses_a_bundle_that_fails_its_hashes(serve_models, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(serve_models["plain"], broken)
+    with open(broken / "tokenizer.json", "a") as fh:
+        fh.write(" ")
+    assert "tokenizer.json" in _error(["serve", broken, "--port", 0])
+
+
+def test_serve_refuses_escalation_without_a_router(serve_models):
+    out = _error(["serve", serve_models["plain"], "--cloud", "http://127.0.0.1:9", "--port", 0])
+    assert "no calibrated router" in out
+
+
+def test_serve_refuses_a_port_in_use(serve_models):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert f"port {port} on 127.0.0.1 is in use" in _error(["serve", serve_models["plain"], "--port", port])
+        assert "is in use" in _error(["serve-cloud", serve_models["cloud"], "--port", port])
+
+
+def test_serve_refuses_a_cloud_url_that_is_not_http(serve_models):
+    assert "must be http(s)" in _error(["serve", serve_models["device"], "--cloud", "ftp://host:21", "--port", 0])
+    assert "must be http(s)" in _error(["serve", serve_models["device"], "--cloud", "localhost:8001", "--port", 0])
+
+
+def test_serve_refuses_options_that_make_no_sense(serve_models, tmp_path):
+    assert "without --cloud" in _error(["serve", serve_models["device"], "--deadline-ms", 100, "--port", 0])
+    assert "max_batch_size" in _error(["serve", serve_models["device"], "--max-batch-size", 0, "--port", 0])
+    assert "MISSING_KEY_VAR" in _error(["serve", serve_models["plain"], "--api-key-env", "MISSING_KEY_VAR",
+                                        "--port", 0])
+    bad = tmp_path / "serve.yaml"
+    bad.write_text("limits: {max_textz: 3}\n")
+    assert "unknown key" in _error(["serve", serve_models["plain"], "--config", bad, "--port", 0])
