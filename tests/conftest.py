@@ -76,3 +76,40 @@ def _isolated_cache(tmp_path, monkeypatch, request):
     """Tests never read the user's prepared data unless marked slow."""
     if "slow" not in request.keywords:
         monkeypatch.setenv("EDGESHRINK_CACHE", str(tmp_path / "cache"))
+
+
+TINY_CNN = {"channels": [8, 16], "hidden": [32]}
+
+
+def make_tiny_cnn(path: Path, seed: int = 0, **architecture) -> Path:
+    """An untrained conv(1→8)-conv(8→16)-pool-fc(256→32)-fc(32→10) CNN directory for 8x8 digits."""
+    from edgeshrink.models.cnn import CNNConfig, init_cnn
+
+    return init_cnn(CNNConfig(**{**TINY_CNN, **architecture}), [str(d) for d in range(10)], path, seed=seed)
+
+
+@pytest.fixture(scope="session")
+def digits_sample():
+    """400 of the 1,797 digits (a fixed subset; split 280/60/60)."""
+    from edgeshrink.data import DataConfig
+
+    return DataConfig(source="digits", sample=400)
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(tmp_path_factory, digits_sample) -> Path:
+    from edgeshrink.models.finetune import FinetuneConfig, finetune
+
+    root = tmp_path_factory.mktemp("cnn")
+    finetune(make_tiny_cnn(root / "init"), digits_sample, root / "trained",
+             FinetuneConfig(epochs=10, learning_rate=5e-3, batch_size=32, threads=1))
+    return root / "trained"
+
+
+@pytest.fixture(scope="session")
+def cnn_bundle(trained_cnn, tmp_path_factory) -> Path:
+    from edgeshrink.export import export
+
+    out = tmp_path_factory.mktemp("cnn-bundles") / "fp32"
+    export(trained_cnn, out)
+    return out

@@ -64,3 +64,20 @@ def test_bench_tensor_bundle(tmp_path):
     assert [r["seq_len"] for r in cand["latency"]] == [None]
     assert cand["latency"][0]["flops"] == 2 * 64 * 10
     assert cand["throughput"][0]["examples_per_s"] > 0
+
+
+def test_bench_scores_tensor_bundles_on_the_image_test_split(cnn_bundle, digits_sample, tiny_bundle, tiny_csv):
+    import json
+
+    report = bench([cnn_bundle, cnn_bundle], digits_sample, FAST)
+    first, second = report["candidates"]
+    recorded = json.loads((cnn_bundle / "manifest.json").read_text())
+    assert report["data"]["sha256"] == recorded["split"]["sha256"]
+    assert first["accuracy"]["n"] == recorded["split"]["sizes"]["test"]
+    assert first["accuracy"]["value"] == pytest.approx(recorded["test_accuracy_source"])  # ONNX = torch
+    assert second["agreement_with_first"] == 1.0 and first["torch_imported"] is False
+    assert [r["seq_len"] for r in first["latency"]] == [None]
+    with pytest.raises(EdgeshrinkError, match="is a text-classification model; data 'digits' is images"):
+        bench([tiny_bundle], digits_sample, FAST)
+    with pytest.raises(EdgeshrinkError, match="is a tensor-classification model; data 'tiny.csv' is text"):
+        bench([cnn_bundle], str(tiny_csv), FAST)

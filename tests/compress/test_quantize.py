@@ -124,3 +124,40 @@ def test_method_options(options, tiny_bundle, data_csv, tmp_path):
     from edgeshrink.runtime import load
 
     assert len(load(tmp_path / "q").predict(["good film"]).labels) == 1
+
+
+@pytest.mark.parametrize("method", ["static-int8", "dynamic-int8"])
+def test_int8_of_a_tensor_bundle_calibrates_and_scores_on_its_split(method, cnn_bundle, digits_sample, tmp_path):
+    """Calibration arrays from the calibration split, scoring on the test split (checked against the bundle's hash)."""
+    import numpy as np
+
+    seen, progress = _progress_log()
+    source = json.loads((cnn_bundle / "manifest.json").read_text())
+    manifest = quantize(cnn_bundle, tmp_path / "q", QuantConfig(method=method, calibration_batch_size=8),
+                        data=digits_sample, progress=progress)
+    q = manifest["quantization"]
+    assert "int8" in q["weights"]["bytes_by_type"] and manifest["size_bytes"] < source["size_bytes"] / 2
+    assert manifest["split"] == source["split"] and manifest["task"] == "tensor-classification"
+    ev = q["evaluation"]
+    assert ev["accuracy"]["n"] == ev["source_accuracy"]["n"] == source["split"]["sizes"]["test"]
+    assert ev["source_accuracy"]["value"] == pytest.approx(source["test_accuracy_source"])
+    assert abs(ev["accuracy_drop_points"]) <= 5  # 59 test images: 5 points is 3 of them
+    if method == "static-int8":
+        n = source["split"]["sizes"]["calibration"]
+        assert q["calibration_examples"] == n == sum(a for d, a, t in seen if d == "calibrating")
+        assert q["calibration_split_sha256"] == source["split"]["sha256"] and q["op_types"] == "all"
+    code = (f"import sys, numpy as np; from edgeshrink.runtime import load; "
+            f"r = load({str(tmp_path / 'q')!r}).predict(np.zeros((3, 1, 8, 8), np.float32)); "
+            "assert len(r.labels) == 3; print('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+    assert np.isfinite(ev["mcnemar"]["p_value"])
+
+
+def test_wrong_kind_of_calibration_data(cnn_bundle, tiny_bundle, data_csv, digits_sample, tmp_path):
+    with pytest.raises(EdgeshrinkError, match="takes tensors; data 'd.csv' is text"):
+        quantize(cnn_bundle, tmp_path / "a", QuantConfig(method="static-int8"), data=str(data_csv))
+    with pytest.raises(EdgeshrinkError, match="auto needs text calibration data"):
+        quantize(cnn_bundle, tmp_path / "b", QuantConfig(method="auto"), data=digits_sample)
+    with pytest.raises(EdgeshrinkError, match="takes text; data 'digits' is images"):
+        quantize(tiny_bundle, tmp_path / "c", QuantConfig(method="static-int8"), data="digits")
+    assert not any((tmp_path / name).exists() for name in "abc")

@@ -70,3 +70,23 @@ def test_export_module_label_count_mismatch(tmp_path):
 
     with pytest.raises(EdgeshrinkError, match="outputs 2 classes but 3 labels"):
         export_module(torch.nn.Linear(4, 2), (torch.randn(2, 4),), tmp_path / "m", labels=["a", "b", "c"])
+
+
+def test_export_a_cnn_directory(trained_cnn, digits_sample, tmp_path):
+    """A CNN directory exports through the same verb into a validated tensor bundle that records its split."""
+    from edgeshrink.data import load_data, split_examples
+    from edgeshrink.models.cnn import load_cnn, predict_proba
+    from edgeshrink.runtime import load
+
+    manifest = export(trained_cnn, tmp_path / "b", ExportConfig(optimize="basic"))
+    record = json.loads((trained_cnn / "edgeshrink.json").read_text())
+    assert manifest["task"] == "tensor-classification" and manifest["model_type"] == "cnn"
+    assert manifest["validation"]["ok"] and manifest["inputs"][0]["shape"] == ["batch", 1, 8, 8]
+    assert manifest["split"] == record["data"]["split"] and manifest["architecture"] == record["architecture"]
+    assert manifest["test_accuracy_source"] == record["test"]["accuracy"]
+    assert manifest["source"]["parameters"] == record["parameters"] and manifest["flops_per_example"]["fixed"] > 0
+    test = split_examples(load_data(digits_sample)).test
+    got = load(tmp_path / "b").predict(test.inputs).probabilities
+    np.testing.assert_allclose(got, predict_proba(load_cnn(trained_cnn)[0], test.inputs), atol=1e-5)
+    with pytest.raises(EdgeshrinkError, match="untrained architecture: train it first"):
+        export("digits-cnn", tmp_path / "c")

@@ -1,11 +1,12 @@
 import json
+from pathlib import Path
 
 import pytest
 
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.recipes.runner import check_targets, run
 from edgeshrink.recipes.schema import Recipe
-from tests.conftest import make_texts, write_csv
+from tests.conftest import make_texts, make_tiny_cnn, write_csv
 from tests.recipes.test_schema import GOOD
 
 
@@ -129,3 +130,46 @@ def test_peer_targets_need_a_peer():
     bench["roles"] = ["cloud", "device"]
     with pytest.raises(EdgeshrinkError, match="no peer pipeline"):
         check_targets(recipe, bench, route)
+
+
+CNN_RECIPE = """\
+version: 1
+name: tiny-cnn
+model: {model}
+data: {{source: digits, sample: 400}}
+steps:
+  - finetune: {{epochs: 10, learning_rate: 5.0e-3, threads: 1}}
+  - prune-channels: {{channels_keep: 0.5, recover_epochs: 2, threads: 1}}
+  - export: {{}}
+  - quantize: {{method: static-int8}}
+  - bench: {{threads: [1], throughput_batch_sizes: [4], latency_runs: 10, rounds: 2, warmup_runs: 2}}
+targets:
+  min_size_reduction: 2.5
+  max_accuracy_drop: 20
+  min_speedup: 0.1
+  max_latency_ms: {{value: 100, threads: 1}}
+"""
+
+
+def test_cnn_recipe_runs_end_to_end_and_reruns_from_cache(tmp_path):
+    """The plain-PyTorch path: train, prune channels, export (cloud = the unpruned CNN), static INT8, bench."""
+    model = make_tiny_cnn(tmp_path / "init")
+    path = tmp_path / "cnn.yaml"
+    path.write_text(CNN_RECIPE.format(model=model))
+    report = run(path, tmp_path / "out")
+    assert [s["step"] for s in report["steps"]] == ["finetune", "prune-channels", "export", "quantize", "bench"]
+    assert report["all_targets_met"], report["targets"]
+    targets = {t["target"]: t for t in report["targets"]}
+    assert "min_speedup (p50, 1 thread, batch 1, vs the cloud bundle)" in targets  # no tokens for images
+    assert "max_latency_ms (p50, 1 thread, batch 1)" in targets
+    assert targets["min_size_reduction (x smaller than the cloud bundle)"]["value"] > 2.5
+    assert [m["role"] for m in report["models"]] == ["cloud", "device"] and report["peer_bundle"] is None
+    cloud = json.loads((Path(report["cloud_bundle"]) / "manifest.json").read_text())
+    device = json.loads((Path(report["device_bundle"]) / "manifest.json").read_text())
+    assert cloud["architecture"]["channels"] == [8, 16] and device["architecture"]["channels"] == [4, 8]
+    assert device["quantization"]["method"] == "static-int8" and device["split"] == cloud["split"]
+    assert report["split"]["dataset"] == "digits" and report["split"]["sha256"] == cloud["split"]["sha256"]
+    assert (tmp_path / "out" / "report.md").read_text().startswith("# Recipe report: tiny-cnn")
+    assert (tmp_path / "out" / "report.html").exists() and report["plots"]
+    again = run(path, tmp_path / "out")
+    assert all(s["cached"] for s in again["steps"]) and again["targets"] == report["targets"]

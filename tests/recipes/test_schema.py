@@ -73,3 +73,47 @@ def test_search_alternatives_are_validated(tmp_path):
                            "36 candidate paths; at most 32")):
         with pytest.raises(EdgeshrinkError, match=message.replace("(", r"\(").replace(")", r"\)")):
             load_recipe(write(tmp_path, good.replace(*edit)))
+
+
+CNN = """\
+version: 1
+name: cnn
+model: digits-cnn
+data: digits
+steps:
+  - finetune: {epochs: 1}
+  - prune-channels: {channels_keep: 0.5}
+  - export: {}
+  - quantize: {method: static-int8}
+  - bench: {threads: [1]}
+targets:
+  min_size_reduction: 2
+"""
+
+
+def test_cnn_recipe_parses_into_the_api_configs(tmp_path):
+    recipe, _ = load_recipe(write(tmp_path, CNN))
+    steps = recipe.parsed_steps()
+    assert [name for name, _ in steps][:2] == ["finetune", "prune-channels"]
+    assert type(steps[1][1]).__name__ == "ChannelPruneConfig" and steps[1][1].channels_keep == 0.5
+
+
+@pytest.mark.parametrize("text, edit, message", [
+    (CNN, ("  - prune-channels: {channels_keep: 0.5}", "  - distill: {epochs: 1}"),
+     "line 7: steps.1: step 'distill' works on text models, and model 'digits-cnn' is a CNN"),
+    (CNN, ("  - prune-channels: {channels_keep: 0.5}", "  - prune: {layers: 1}"), "step 'prune' works on text models"),
+    (CNN, ("  - bench: {threads: [1]}", "  - bench: {threads: [1]}\n  - route: {policy: budget, budget: 0.3}"), "step 'route' works on text models"),
+    (CNN, ("data: digits", "data: d.csv"),
+     "line 4: data: model 'digits-cnn' is a CNN and takes images; 'd.csv' is not a built-in image data set (digits)"),
+    (CNN, ("min_size_reduction: 2", "peer: {min_speedup: 1}"), "targets.peer: a CNN has no peer pipeline"),
+    (CNN, ("prune-channels: {channels_keep: 0.5}", "prune-channels: {channels_kep: 0.5}"),
+     "steps.1.prune-channels.channels_kep: unknown key (did you mean 'channels_keep'?) (ChannelPruneConfig)"),
+    (GOOD.format(model="m", data="digits"), ("", ""), "data: 'digits' is images; model 'm' is a text model"),
+    (GOOD.format(model="m", data="d.csv"), ("  - prune: {layers: 1, ffn_keep: 0.5, vocab: true}", "  - prune-channels: {}"),
+     "step 'prune-channels' works on CNNs, and model 'm' is a text model"),
+])
+def test_steps_and_data_must_fit_the_kind_of_model(tmp_path, text, edit, message):
+    path = write(tmp_path, text.replace(*edit))
+    with pytest.raises(EdgeshrinkError) as err:
+        load_recipe(path)
+    assert message in str(err.value), str(err.value)

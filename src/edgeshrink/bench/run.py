@@ -23,6 +23,7 @@ from edgeshrink.bench.config import BenchConfig
 from edgeshrink.bench.flops import flops_at
 from edgeshrink.bench.peak import peak_gemm
 from edgeshrink.data import DataConfig, load_data, split_examples
+from edgeshrink.data.images import model_inputs
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.models.sources import check_labels
 from edgeshrink.stats import accuracy_interval
@@ -110,7 +111,11 @@ def bench(candidates: list[str | Path], data: DataConfig | str | None = None, co
         results = [{"name": path.name, "path": str(path), **{k: w.info[k] for k in
                     ("kind", "precision", "size_bytes", "parameters", "max_length", "task", "flops_per_example")}} for path, w in zip(paths, workers)]
         if test is not None:
+            text_data = isinstance(model_inputs(test), list)
             for worker, result in zip(workers, results):
+                if (worker.info["task"] == "text-classification") != text_data:
+                    raise EdgeshrinkError(f"candidate {worker.path} is a {worker.info['task']} model; data "
+                                          f"{test.name!r} is {'text' if text_data else 'images'}")
                 check_labels(test.label_names, worker.info["labels"], f"candidate {worker.path}")
         cells = _cells(config, workers)
         step("timing", total=len(cells) + (len(workers) if test is not None else 0))
@@ -132,7 +137,7 @@ def bench(candidates: list[str | Path], data: DataConfig | str | None = None, co
         if test is not None:
             predictions = []
             for worker in workers:
-                predictions.append(worker.call("predict", config.accuracy_threads, test.texts))
+                predictions.append(worker.call("predict", config.accuracy_threads, model_inputs(test)))
                 step("timing", advance=1)
             _add_accuracy(results, workers, predictions, test)
         for worker, result in zip(workers, results):

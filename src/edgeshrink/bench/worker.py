@@ -54,8 +54,9 @@ class BundleCandidate:
     def run(self, feeds: dict) -> None:
         self.predictor.run(feeds)
 
-    def predict(self, texts: list[str]) -> np.ndarray:
-        return self.predictor.predict(texts).probabilities
+    def predict(self, inputs) -> np.ndarray:
+        """Probabilities for a list of texts (text bundles) or an array of inputs (tensor bundles)."""
+        return self.predictor.predict(inputs).probabilities
 
 
 class TorchCandidate:

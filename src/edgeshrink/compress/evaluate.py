@@ -10,7 +10,10 @@ from edgeshrink.stats import accuracy_interval, mcnemar_p
 
 
 def accuracy_of(predictor, examples) -> tuple[list[str], dict]:
-    predicted = predictor.predict(examples.texts).labels
+    """Predicted labels and accuracy of a bundle on text examples or image examples (tensor bundles)."""
+    from edgeshrink.data.images import model_inputs
+
+    predicted = predictor.predict(model_inputs(examples)).labels
     correct = sum(p == y for p, y in zip(predicted, examples.labels))
     low, high = accuracy_interval(correct, len(examples))
     return predicted, {"value": correct / len(examples), "correct": correct, "n": len(examples), "ci95": [low, high]}

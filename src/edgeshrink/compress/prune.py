@@ -141,9 +141,12 @@ def prune(teacher: str | Path, data: DataConfig | str, out: str | Path, config: 
     """Build a smaller dense student from ``teacher``; return its record (also saved in the directory)."""
     import torch
 
+    from edgeshrink.models.cnn import is_cnn
     from edgeshrink.models.torch_text import load_classifier
 
     config = config or PruneConfig()
+    if is_cnn(teacher):
+        raise EdgeshrinkError(f"{teacher} is a CNN: prune its channels with `prune_channels` (recipe step prune-channels)")
     check_output_dir(out, force)
     teacher_dir = resolve_model(teacher)
     teacher_record = read_record(teacher_dir)

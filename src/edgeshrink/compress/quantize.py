@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 from pydantic import Field
 
 from edgeshrink._files import atomic_output_dir, check_output_dir
@@ -94,6 +95,7 @@ class QuantContext:
     calibration_texts: list[str]
     calibration_labels: list[str]
     progress: Callable = field(default=lambda *a, **k: None)
+    calibration_inputs: np.ndarray | None = None  # tensor bundles: the calibration split's arrays
 
     def require_calibration(self, method: str) -> list[str]:
         if self.encode is None:
@@ -103,6 +105,23 @@ class QuantContext:
             raise EdgeshrinkError(f"{method} needs at least {MIN_CALIBRATION_EXAMPLES} calibration examples, "
                                   f"got {len(texts)}: give more data or a larger calibration split")
         return texts
+
+    def calibration_reader(self, method: str, on_batch: Callable[[int], None] | None = None):
+        """(a CalibrationDataReader over the calibration split, its example count), for text or tensor bundles."""
+        from edgeshrink.compress.calibration import TensorCalibrationReader, TextCalibrationReader
+
+        batch_size = self.config.calibration_batch_size
+        if self.encode is not None:
+            texts = self.require_calibration(method)
+            return TextCalibrationReader(self.encode, texts, batch_size, on_batch=on_batch), len(texts)
+        if self.calibration_inputs is None:
+            raise EdgeshrinkError(f"{method} needs calibration data: this bundle records no data split, pass --data")
+        inputs = self.calibration_inputs[: self.config.calibration_samples]
+        if len(inputs) < MIN_CALIBRATION_EXAMPLES:
+            raise EdgeshrinkError(f"{method} needs at least {MIN_CALIBRATION_EXAMPLES} calibration examples, "
+                                  f"got {len(inputs)}: give more data or a larger calibration split")
+        (name,) = [spec["name"] for spec in self.manifest["inputs"]]
+        return TensorCalibrationReader(name, inputs, batch_size, on_batch=on_batch), len(inputs)
 
 
 METHODS: dict[str, Callable[[QuantContext], dict]] = {}
@@ -127,11 +146,29 @@ def _split_for(manifest: dict, data):
         data = recorded["dataset"]
     split_config = SplitConfig(seed=recorded["seed"], train_fraction=recorded["fractions"]["train"],
                                calibration_fraction=recorded["fractions"]["calibration"]) if recorded else SplitConfig()
-    split = split_examples(load_data(data), split_config)
+    examples = load_data(data)
+    _check_data_kind(manifest, examples)
+    split = split_examples(examples, split_config)
     if recorded and split.sha256 != recorded["sha256"]:
         raise EdgeshrinkError(f"data {split.test.name!r} does not give the split this bundle was made with "
                               f"(sha256 {split.sha256[:12]} != {recorded['sha256'][:12]})")
     return split
+
+
+def _check_data_kind(manifest: dict, examples) -> None:
+    """Text bundles take text data; tensor bundles take image arrays of their input shape."""
+    from edgeshrink.data.images import ImageExamples
+
+    images = isinstance(examples, ImageExamples)
+    if manifest["task"] == "text-classification" and images:
+        raise EdgeshrinkError(f"this bundle takes text; data {examples.name!r} is images")
+    if manifest["task"] != "text-classification":
+        if not images:
+            raise EdgeshrinkError(f"this bundle takes tensors; data {examples.name!r} is text")
+        want = [spec["shape"][1:] for spec in manifest["inputs"]]
+        if len(want) != 1 or list(examples.inputs.shape[1:]) != list(want[0]):
+            raise EdgeshrinkError(f"this bundle takes inputs of shape {want}; data {examples.name!r} has "
+                                  f"{list(examples.inputs.shape[1:])}")
 
 
 def quantize(bundle: str | Path, out: str | Path, config: QuantConfig, data=None, force: bool = False,
@@ -154,7 +191,9 @@ def quantize(bundle: str | Path, out: str | Path, config: QuantConfig, data=None
         raise EdgeshrinkError(f"unknown method {config.method!r}; known: {', '.join(METHODS)}")
     check_output_dir(out, force)
     text = source_manifest["task"] == "text-classification"
-    split = _split_for(source_manifest, data) if text and (config.evaluate or config.method in ("static-int8", "auto")) \
+    # Tensor bundles are scored and calibrated too when they record their split (or data is given).
+    wants_split = config.evaluate or config.method in ("static-int8", "auto")
+    split = _split_for(source_manifest, data) if wants_split and (text or source_manifest.get("split") or data) \
         else None
     source = load(bundle, verify=False)
 
@@ -167,8 +206,9 @@ def quantize(bundle: str | Path, out: str | Path, config: QuantConfig, data=None
         ctx = QuantContext(source_onnx=bundle / "model.onnx", output_onnx=tmp / "model.onnx", work_dir=work,
                            config=config, types=config.resolved(), manifest=source_manifest,
                            encode=source.encode if text else None,
-                           calibration_texts=split.calibration.texts if split else [],
-                           calibration_labels=split.calibration.labels if split else [], progress=progress)
+                           calibration_texts=split.calibration.texts if split and text else [],
+                           calibration_labels=split.calibration.labels if split else [], progress=progress,
+                           calibration_inputs=split.calibration.inputs if split and not text else None)
         started = time.perf_counter()
         details = METHODS[config.method](ctx)
         seconds = time.perf_counter() - started

@@ -47,6 +47,7 @@ class DataConfig(Config):
 
 
 def load_data(config: DataConfig | str) -> Examples:
+    """The examples of a data source: ``Examples`` (texts), or ``ImageExamples`` for a built-in image set."""
     if isinstance(config, str):
         config = DataConfig(source=config)
     examples = _load(config)
@@ -59,13 +60,17 @@ def load_data(config: DataConfig | str) -> Examples:
 
 
 def _load(config: DataConfig) -> Examples:
+    from edgeshrink.data.images import IMAGE_DATASETS
+
+    if config.source in IMAGE_DATASETS:
+        return IMAGE_DATASETS[config.source]()
     if config.source in builtin.BUILTINS:
         spec = builtin.BUILTINS[config.source]
         rows = builtin.load_builtin_rows(config.source)
         return _from_rows(config.source, rows, DataConfig(source=config.source), spec.label_names)
     path = Path(config.source)
     if not path.exists():
-        known = ", ".join(builtin.BUILTINS)
+        known = ", ".join([*builtin.BUILTINS, *IMAGE_DATASETS])
         raise EdgeshrinkError(f"data {config.source!r} is neither an existing path nor a built-in data set ({known})")
     if path.is_dir():
         return _from_disk_dataset(path, config)

@@ -2,6 +2,7 @@
 
     from edgeshrink.export import export, ExportConfig
     manifest = export("runs/cloud", "runs/bundle", ExportConfig(optimize="fusion"))
+    manifest = export("runs/cnn", "runs/cnn-bundle")   # a CNN directory (models/cnn.py): a tensor bundle
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeshrink._files import atomic_output_dir, check_output_dir
+from edgeshrink._files import atomic_output_dir, check_output_dir, sha256_file
 from edgeshrink._quiet import quiet
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.export.bundle import graph_io, write_manifest
@@ -29,14 +30,21 @@ def default_shapes(max_length: int) -> list[tuple[int, int]]:
 
 
 def export(model: str | Path, out: str | Path, config: ExportConfig | None = None, force: bool = False) -> dict:
-    """Export a local Hugging Face sequence classifier to a validated device bundle; return its manifest."""
+    """Export a local Hugging Face sequence classifier to a validated device bundle; return its manifest.
+
+    A CNN directory (models/cnn.py) is exported by ``export_cnn`` into a tensor bundle instead.
+    """
+    from edgeshrink.models.cnn import is_cnn
+
+    config = config or ExportConfig()
+    if is_cnn(model):
+        return export_cnn(model, out, config, force)
     import torch
     from optimum.exporters.onnx import main_export
 
     from edgeshrink.bench.flops import text_flops_table
     from edgeshrink.models.torch_text import load_classifier
 
-    config = config or ExportConfig()
     check_output_dir(out, force)
     model_dir = resolve_model(model)
     record = read_record(model_dir)
@@ -104,12 +112,34 @@ def export(model: str | Path, out: str | Path, config: ExportConfig | None = Non
     return manifest
 
 
+def export_cnn(model: str | Path, out: str | Path, config: ExportConfig | None = None, force: bool = False) -> dict:
+    """Export a trained CNN directory (models/cnn.py) to a validated tensor bundle that records its split."""
+    import torch
+
+    from edgeshrink.models.cnn import WEIGHTS_NAME, load_cnn
+
+    net, record = load_cnn(model)
+    # Validation inputs in the data's range (pixels scaled to [0, 1]), not only random normals.
+    generator = torch.Generator().manual_seed((config or ExportConfig()).seed)
+    example = torch.rand((8, *record["architecture"]["input_shape"]), generator=generator)
+    return export_module(net, (example,), out, record["labels"], config, input_names=["input"], force=force, fields={
+        "model_type": "cnn",
+        "architecture": record["architecture"],
+        "source": {"model": str(model), "path": str(Path(model).resolve()),
+                   "weights_sha256": sha256_file(Path(model) / WEIGHTS_NAME),
+                   "parameters": int(sum(p.numel() for p in net.parameters()))},
+        "split": (record.get("data") or {}).get("split"),
+        "test_accuracy_source": (record.get("test") or {}).get("accuracy"),
+    })
+
+
 def export_module(module, example_inputs: tuple, out: str | Path, labels: list[str],
                   config: ExportConfig | None = None, input_names: list[str] | None = None,
-                  force: bool = False) -> dict:
+                  force: bool = False, fields: dict | None = None) -> dict:
     """Export a plain ``torch.nn.Module`` classifier (tensor inputs, logits out) to a validated bundle.
 
     ``example_inputs`` is a tuple of tensors with batch as the first axis; the batch axis is dynamic.
+    ``fields`` adds to (or replaces) manifest entries: where the module came from, its data split.
     """
     import torch
 
@@ -168,5 +198,6 @@ def export_module(module, example_inputs: tuple, out: str | Path, labels: list[s
             "outputs": outputs,
             "validation": report.to_dict(),
             "flops_per_example": {"fixed": module_flops(module, tuple(e[:1] for e in example_inputs))},
+            **(fields or {}),
         })
     return manifest

@@ -1,7 +1,12 @@
-"""Fine-tune a pretrained encoder into a text classifier: the "cloud model".
+"""Fine-tune a pretrained encoder into a text classifier, or train a small CNN on images: the "cloud model".
 
     from edgeshrink.models.finetune import finetune, FinetuneConfig
     result = finetune("minilm", "sentiment-movies", "runs/cloud", FinetuneConfig(epochs=2))
+    result = finetune("digits-cnn", "digits", "runs/cnn", FinetuneConfig(epochs=15, learning_rate=2e-3))
+
+One verb for both kinds: training a classifier on the train split and scoring it on the test split is the
+same technique, with the same settings (epochs, batch size, learning rate and schedule, seed, split);
+``finetune`` dispatches on the model (models/cnn.py for CNNs, where ``max_length`` does not apply).
 """
 
 from __future__ import annotations
@@ -43,15 +48,27 @@ class FinetuneConfig(Config):
 
 def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
              config: FinetuneConfig | None = None, force: bool = False) -> dict:
-    """Train a classification head (and the encoder) on the train split; report test accuracy."""
-    import torch
+    """Train a classification head (and the encoder) on the train split; report test accuracy.
 
-    from edgeshrink.models.torch_text import load_classifier, predict_proba
+    ``model`` may also be a CNN (a built-in architecture such as ``digits-cnn``, or a CNN directory):
+    it is then trained on image data by ``models.cnn.finetune_cnn``.
+    """
+    from edgeshrink.models.cnn import finetune_cnn, is_cnn
 
     config = config or FinetuneConfig()
+    if is_cnn(model):
+        return finetune_cnn(model, data, out, config, force)
+    import torch
+
+    from edgeshrink.data.images import ImageExamples
+    from edgeshrink.models.torch_text import load_classifier, predict_proba
+
     check_output_dir(out, force)
     model_dir = resolve_model(model)
     examples = load_data(data)
+    if isinstance(examples, ImageExamples):
+        raise EdgeshrinkError(f"model {str(model)!r} is a text classifier; data {examples.name!r} is images "
+                              f"(train a CNN on it: model digits-cnn)")
     split = split_examples(examples, config.split)
     train = split.train if config.max_train_examples is None else split.train.head(config.max_train_examples)
 

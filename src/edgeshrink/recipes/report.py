@@ -46,7 +46,7 @@ def markdown(report: dict) -> str:
                   "|---|---|---|---|"]
         for m in report["models"]:
             tokens = f" ({m['seq_len']})" if m.get("seq_len") else ""
-            lines.append(f"| {m['name']} | {m['size_mb']:.1f} | {m['p50_ms']:.2f}{tokens} | {100 * m['accuracy']:.2f} |")
+            lines.append(f"| {m['name']} | {m['size_mb']:.3g} | {m['p50_ms']:.2f}{tokens} | {100 * m['accuracy']:.2f} |")
         lines.append("")
     if report.get("router"):
         r = report["router"]

@@ -63,6 +63,16 @@ def _prune(state, config, out: Path, data) -> dict:
             "result": {"parameters": record["prune"]["parameters"]}}
 
 
+@step("prune-channels")
+def _prune_channels(state, config, out: Path, data) -> dict:
+    from edgeshrink.compress.channels import prune_channels
+
+    teacher = state.get("teacher") or state["model"]
+    record = prune_channels(teacher, data, out / "model", config, force=True)
+    return {"state": {"model": str(out / "model"), "teacher": teacher},
+            "result": {"parameters": record["prune_channels"]["parameters"], "test_accuracy": record["test"]["accuracy"]}}
+
+
 @step("distill")
 def _distill(state, config, out: Path, data) -> dict:
     from edgeshrink.compress.distill import distill
@@ -83,6 +93,7 @@ def _sparsify(state, config, out: Path, data) -> dict:
 @step("export")
 def _export(state, config, out: Path, data) -> dict:
     from edgeshrink.export import export
+    from edgeshrink.models.cnn import is_cnn
 
     manifest = export(state["model"], out / "bundle", config, force=True)
     teacher = state.get("teacher") or state["model"]
@@ -93,8 +104,9 @@ def _export(state, config, out: Path, data) -> dict:
 
         export(teacher, out / "cloud-bundle", config.model_copy(update={"max_length": None}), force=True)
         cloud = str(out / "cloud-bundle")
-        peer_bundle(teacher, out / "peer-bundle", force=True)  # what a user would build instead
-        peer = str(out / "peer-bundle")
+        if not is_cnn(teacher):  # the peer pipeline (optimum-onnx) exists for Hugging Face models only
+            peer_bundle(teacher, out / "peer-bundle", force=True)  # what a user would build instead
+            peer = str(out / "peer-bundle")
     return {"state": {"bundle": str(out / "bundle"), "cloud_bundle": cloud, "peer_bundle": peer},
             "result": {"size_bytes": manifest["size_bytes"], "max_abs_diff": manifest["validation"]["max_abs_diff"]}}
 
@@ -157,6 +169,10 @@ def check_targets(recipe: Recipe, bench_report: dict | None, route_report: dict 
                                               t.min_size_reduction, t.min_speedup, t.min_accuracy_fraction, t.peer))
     if needs_bench and device is None:
         raise EdgeshrinkError("the recipe states size/latency/accuracy targets but has no `bench` step to measure them")
+
+    def at(seq) -> str:  # tensor models (CNNs) have no sequence length: a cell is one batch-1 request
+        return "batch 1" if device and device.get("task") == "tensor-classification" else f"{seq} tokens"
+
     if t.max_size_mb is not None:
         size = device["size_bytes"] / 1e6
         add("max_size_mb", size, t.max_size_mb, size <= t.max_size_mb, "MB")
@@ -167,7 +183,7 @@ def check_targets(recipe: Recipe, bench_report: dict | None, route_report: dict 
             raise EdgeshrinkError(f"the bench step did not measure {lt.threads} thread(s) at {lt.seq_length} tokens, "
                                   f"which the latency target needs")
         value = cell[f"p{lt.percentile}_ms"]
-        add(f"max_latency_ms (p{lt.percentile}, {lt.threads} thread, {lt.seq_length} tokens)", value, lt.value,
+        add(f"max_latency_ms (p{lt.percentile}, {lt.threads} thread, {at(lt.seq_length)})", value, lt.value,
             value <= lt.value, "ms")
     if t.min_accuracy is not None:
         acc = device["accuracy"]["value"]
@@ -192,7 +208,7 @@ def check_targets(recipe: Recipe, bench_report: dict | None, route_report: dict 
 
     if t.min_speedup is not None:
         ratio = speedup(cloud, "min_speedup")
-        add(f"min_speedup (p{pct}, {threads} thread, {seq} tokens, vs the cloud bundle)", ratio, t.min_speedup,
+        add(f"min_speedup (p{pct}, {threads} thread, {at(seq)}, vs the cloud bundle)", ratio, t.min_speedup,
             ratio >= t.min_speedup, "x")
     if t.min_accuracy_fraction is not None:
         fraction = device["accuracy"]["value"] / cloud["accuracy"]["value"]

@@ -41,6 +41,7 @@ from edgeshrink.errors import EdgeshrinkError
 def step_configs() -> dict[str, type[Config]]:
     """Step name → the config class of its verb (the registry recipes validate against)."""
     from edgeshrink.bench.config import BenchConfig
+    from edgeshrink.compress.channels import ChannelPruneConfig
     from edgeshrink.compress.distill import DistillConfig
     from edgeshrink.compress.prune import PruneConfig
     from edgeshrink.compress.quantize import QuantConfig
@@ -49,8 +50,14 @@ def step_configs() -> dict[str, type[Config]]:
     from edgeshrink.models.finetune import FinetuneConfig
     from edgeshrink.route.calibrate import RouteConfig
 
-    return {"finetune": FinetuneConfig, "prune": PruneConfig, "distill": DistillConfig, "sparsify": SparsifyConfig,
-            "export": ExportConfig, "quantize": QuantConfig, "bench": BenchConfig, "route": RouteConfig}
+    return {"finetune": FinetuneConfig, "prune": PruneConfig, "prune-channels": ChannelPruneConfig,
+            "distill": DistillConfig, "sparsify": SparsifyConfig, "export": ExportConfig, "quantize": QuantConfig,
+            "bench": BenchConfig, "route": RouteConfig}
+
+
+# Steps that only one kind of model has: Hugging Face text classifiers, or CNNs on images (models/cnn.py).
+TEXT_ONLY_STEPS = ("prune", "distill", "sparsify", "route")
+CNN_ONLY_STEPS = ("prune-channels",)
 
 
 MAX_CANDIDATES = 32
@@ -228,6 +235,7 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
             raise EdgeshrinkError(f"{path}: {_where(lines, loc)}: {'.'.join(map(str, loc))}: {what} "
                                   f"({registry[name].__name__})") from None
     names = [next(iter(s)) for s in recipe.steps]
+    _check_model_kind(recipe, names, path, lines)
     for later, needs in (("distill", "prune"), ("quantize", "export"), ("bench", "export"), ("route", "export")):
         if later in names and needs not in names[:names.index(later)]:
             raise EdgeshrinkError(f"{path}: {_where(lines, ('steps', names.index(later)))}: step {later!r} needs a "
@@ -240,3 +248,25 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
         raise EdgeshrinkError(f"{path}: the search has {n} candidate paths; at most {MAX_CANDIDATES} are allowed")
     return recipe, hashlib.sha256(text.encode()).hexdigest()
 
+
+def _check_model_kind(recipe: Recipe, names: list[str], path: Path, lines: dict) -> None:
+    """A CNN takes image data and CNN steps; a text model takes text data and text steps."""
+    from edgeshrink.data.images import IMAGE_DATASETS, is_image_data
+    from edgeshrink.models.cnn import ARCHITECTURES, is_cnn
+
+    cnn = is_cnn(recipe.model)
+    kind = "a CNN" if cnn else "a text model"
+    for i, name in enumerate(names):
+        if name in (TEXT_ONLY_STEPS if cnn else CNN_ONLY_STEPS):
+            raise EdgeshrinkError(f"{path}: {_where(lines, ('steps', i))}: steps.{i}: step {name!r} works on "
+                                  f"{'text models' if cnn else 'CNNs'}, and model {recipe.model!r} is {kind}")
+    data = getattr(recipe.data, "source", recipe.data)
+    if cnn and not is_image_data(recipe.data):
+        raise EdgeshrinkError(f"{path}: {_where(lines, ('data',))}: data: model {recipe.model!r} is a CNN and takes "
+                              f"images; {data!r} is not a built-in image data set ({', '.join(IMAGE_DATASETS)})")
+    if not cnn and is_image_data(recipe.data):
+        raise EdgeshrinkError(f"{path}: {_where(lines, ('data',))}: data: {data!r} is images; model {recipe.model!r} "
+                              f"is a text model (for images use a CNN: {', '.join(ARCHITECTURES)})")
+    if cnn and recipe.targets.peer is not None:
+        raise EdgeshrinkError(f"{path}: {_where(lines, ('targets', 'peer'))}: targets.peer: a CNN has no peer "
+                              f"pipeline (optimum-onnx exports Hugging Face models)")

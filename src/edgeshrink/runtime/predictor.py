@@ -96,8 +96,10 @@ class Predictor:
         if self.tokenizer is None:
             array = np.asarray(inputs)
             name = next(iter(self.input_types))
-            logits = self.run({name: array.astype(self.input_types[name])})
-            probs = softmax(logits)
+            probs = np.zeros((len(array), len(self.labels)), dtype=np.float32)
+            for start in range(0, len(array), batch_size):
+                batch = array[start:start + batch_size].astype(self.input_types[name])
+                probs[start:start + len(batch)] = softmax(self.run({name: batch}))
             return Predictions([self.labels[i] for i in probs.argmax(1)], probs, [False] * len(array))
         texts = list(inputs)
         if not texts:
