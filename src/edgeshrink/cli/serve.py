@@ -15,7 +15,7 @@ ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="ServeConfi
 Threads = Annotated[Optional[int], typer.Option(help="ONNX Runtime threads (default: its own).")]
 ApiKeyEnv = Annotated[Optional[str], typer.Option(help="Require X-API-Key equal to this environment variable.")]
 BatchSize = Annotated[Optional[int], typer.Option(help="Micro-batching: most texts per model call (16).")]
-MaxWait = Annotated[Optional[float], typer.Option(help="Micro-batching: longest wait for company, ms (2).")]
+MaxWait = Annotated[Optional[float], typer.Option(help="Micro-batching: extra wait for company, ms (0: take what is queued).")]
 MaxChars = Annotated[Optional[int], typer.Option(help="Longest text in characters (20000).")]
 LongText = Annotated[Optional[str], typer.Option(help="Longer texts: truncate (reported) | reject (413).")]
 MaxTexts = Annotated[Optional[int], typer.Option(help="Most texts per request (64).")]

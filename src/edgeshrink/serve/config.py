@@ -28,7 +28,9 @@ class BatchConfig(Config):
     """Micro-batching: texts of concurrent requests run through the model together."""
 
     max_batch_size: int = Field(16, ge=1)  # texts per model call; 1 = no batching
-    max_wait_ms: float = Field(2.0, ge=0)  # how long the first text waits for company
+    # 0: each batch takes what is queued when the model is free (no added wait; concurrent load still
+    # batches, since requests queue while a batch runs); > 0: the first text also waits this long for company
+    max_wait_ms: float = Field(0.0, ge=0)
 
 
 class CloudConfig(Config):
