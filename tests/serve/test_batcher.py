@@ -1,0 +1,45 @@
+import asyncio
+
+import pytest
+
+from edgeshrink.serve.batcher import MicroBatcher
+
+
+def test_concurrent_requests_share_model_calls_and_get_their_own_rows():
+    calls = []
+
+    def fn(texts):
+        calls.append(list(texts))
+        return [t.upper() for t in texts]
+
+    async def main():
+        batcher = MicroBatcher(fn, max_batch_size=4, max_wait_ms=20)
+        batcher.start()
+        requests = [["a"], ["b", "c"], ["d"], ["e", "f", "g"], ["h"]]
+        answers = await asyncio.gather(*(batcher.run(r) for r in requests))
+        await batcher.stop()
+        return requests, answers
+
+    requests, answers = asyncio.run(main())
+    assert answers == [[t.upper() for t in r] for r in requests]
+    assert all(len(c) <= 4 for c in calls) and len(calls) < len(requests)
+    assert sorted(t for c in calls for t in c) == list("abcdefgh")  # no text lost or run twice
+
+
+def test_a_request_larger_than_the_batch_runs_alone_and_errors_reach_the_caller():
+    def fn(texts):
+        if "boom" in texts:
+            raise ValueError("model failed")
+        return list(texts)
+
+    async def main():
+        batcher = MicroBatcher(fn, max_batch_size=2, max_wait_ms=0)
+        batcher.start()
+        big = await batcher.run(["x", "y", "z"])
+        with pytest.raises(ValueError, match="model failed"):
+            await batcher.run(["boom"])
+        after = await batcher.run(["ok"])
+        await batcher.stop()
+        return big, after
+
+    assert asyncio.run(main()) == (["x", "y", "z"], ["ok"])

@@ -1,0 +1,81 @@
+"""The breaker, the budget and the rate limiter on a fake clock; the cloud budget over real HTTP."""
+
+from edgeshrink.client import Client
+from edgeshrink.serve.app import RateLimiter
+from edgeshrink.serve.cloud_client import Budget, CircuitBreaker
+from tests.conftest import make_texts
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_breaker_opens_after_failures_probes_once_and_closes():
+    clock, changes = Clock(), []
+    breaker = CircuitBreaker(failures=3, reset_s=5, on_change=changes.append, clock=clock)
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.record(False)
+    assert breaker.state == "closed"
+    breaker.record(False)
+    assert breaker.state == "open" and not breaker.allow()
+    clock.now = 4.9
+    assert not breaker.allow()
+    clock.now = 5.0
+    assert breaker.allow() and breaker.state == "half-open"
+    assert not breaker.allow()  # one probe at a time
+    breaker.record(False)  # the probe failed: open for another period
+    assert breaker.state == "open" and not breaker.allow()
+    clock.now = 10.0
+    assert breaker.allow()
+    breaker.record(True)
+    assert breaker.state == "closed" and breaker.allow()
+    assert changes == ["open", "half-open", "open", "half-open", "closed"]
+
+
+def test_a_success_resets_the_failure_count():
+    breaker = CircuitBreaker(failures=2, reset_s=1, clock=Clock())
+    breaker.record(False)
+    breaker.record(True)
+    breaker.record(False)
+    assert breaker.state == "closed"
+
+
+def test_budget_is_a_sliding_minute():
+    clock = Clock()
+    budget = Budget(10, clock=clock)
+    assert budget.take(6) and budget.take(4) and not budget.take(1)
+    clock.now = 59.9
+    assert not budget.take(1)
+    clock.now = 60.0
+    assert budget.take(10)
+    assert Budget(None).take(10 ** 9)
+
+
+def test_rate_limiter_refills_per_client():
+    clock = Clock()
+    limiter = RateLimiter(rate=2, burst=3, clock=clock)
+    assert [limiter.allow("a") for _ in range(4)] == [True, True, True, False]
+    assert limiter.allow("b")  # buckets are per client
+    clock.now = 0.5
+    assert limiter.allow("a") and not limiter.allow("a")
+    assert RateLimiter(rate=0, burst=1).allow("x")
+
+
+def test_spent_cloud_budget_falls_back(start, serve_models):
+    cloud = start("serve-cloud", serve_models["cloud"], "--port", 0)
+    device = start("serve", serve_models["device"], "--cloud", cloud.url, "--port", 0, "--cloud-budget", 3)
+    texts = [t for t, _ in make_texts(40, seed=5)]
+    with Client(device.url) as client:
+        # one text per request: the first three escalations fit the budget, the rest do not
+        results = [client.classify([t])[0] for t in texts]
+        m = client.metrics()
+    escalated = [r for r in results if r["reason"] == "not confident"]
+    assert len(escalated) > 3
+    assert [r["source"] for r in escalated[:3]] == ["cloud"] * 3
+    assert {r["fallback_reason"] for r in escalated[3:]} == {"budget"}
+    assert m['edgeshrink_fallbacks_total{reason="budget"}'] == len(escalated) - 3
