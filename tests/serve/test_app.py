@@ -58,6 +58,7 @@ def test_bad_requests_get_4xx_with_one_line(start, serve_models):
         (b'{"texts": ["a"], "private": [true, false]}', 422, "one flag per text"),
         (b'\xff\xfe{"texts": ["a"]}', 400, "not UTF-8"),
         (b'{"texts": ["\xff"]}', 400, "not UTF-8 (byte 12)"),
+        (b'{"texts": ["ok", "\\ud800"]}', 422, "texts.1: not valid Unicode"),
         (json.dumps({"texts": ["a"] * 5}).encode(), 413, "at most 4"),
         (json.dumps({"texts": ["a" * 6000]}).encode(), 413, "over 5000 bytes"),
     ]

@@ -43,3 +43,21 @@ def test_a_request_larger_than_the_batch_runs_alone_and_errors_reach_the_caller(
         return big, after
 
     assert asyncio.run(main()) == (["x", "y", "z"], ["ok"])
+
+
+def test_a_failing_request_does_not_fail_the_others_in_its_batch():
+    def fn(texts):
+        if "boom" in texts:
+            raise ValueError("model failed")
+        return list(texts)
+
+    async def main():
+        batcher = MicroBatcher(fn, max_batch_size=8, max_wait_ms=30)
+        batcher.start()
+        results = await asyncio.gather(batcher.run(["a"]), batcher.run(["boom"]), batcher.run(["b"]),
+                                       return_exceptions=True)
+        await batcher.stop()
+        return results
+
+    a, boom, b = asyncio.run(main())
+    assert a == ["a"] and b == ["b"] and isinstance(boom, ValueError)

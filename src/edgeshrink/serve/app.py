@@ -249,6 +249,11 @@ def build_app(title: str, model_name: str, labels: list[str], infer, config: Ser
             if not text.strip():
                 metrics.rejected.labels(reason="empty_text").inc()
                 return error(422, f"texts.{i}: empty text", path)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:  # JSON escapes can spell lone surrogates
+                metrics.rejected.labels(reason="invalid").inc()
+                return error(422, f"texts.{i}: not valid Unicode (character {exc.start})", path)
             if len(text) > limits.max_text_chars:
                 if limits.long_text == "reject":
                     metrics.rejected.labels(reason="text_too_long").inc()
@@ -334,7 +339,7 @@ def device_app(bundle: str | Path, config: ServeConfig):
 
     async def startup(app):
         if config.cloud is not None:
-            holder["cloud"] = CloudClient(config.cloud, app.state.metrics)
+            holder["cloud"] = CloudClient(config.cloud, app.state.metrics, labels)
 
     async def shutdown(app):
         if "cloud" in holder:

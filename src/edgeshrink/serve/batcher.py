@@ -77,13 +77,28 @@ class MicroBatcher:
             self.on_batch(len(texts))
             try:
                 rows = await loop.run_in_executor(self.executor, self.fn, texts)
-            except Exception as exc:  # noqa: BLE001 - handed to each waiting request
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(exc)
+            except Exception:  # noqa: BLE001 - one bad request must not fail the others: run each alone
+                if len(items) == 1:
+                    rows = None
+                else:
+                    for item in items:
+                        await self._run_alone(loop, item)
+                    continue
+            if rows is None:
+                await self._run_alone(loop, items[0])
                 continue
             start = 0
             for item in items:
                 if not item.future.done():
                     item.future.set_result(rows[start:start + len(item.texts)])
                 start += len(item.texts)
+
+    async def _run_alone(self, loop, item: _Item) -> None:
+        try:
+            rows = await loop.run_in_executor(self.executor, self.fn, item.texts)
+        except Exception as exc:  # noqa: BLE001 - handed to the request that caused it
+            if not item.future.done():
+                item.future.set_exception(exc)
+            return
+        if not item.future.done():
+            item.future.set_result(rows)

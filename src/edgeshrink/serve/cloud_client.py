@@ -83,10 +83,10 @@ class Budget:
 
 
 class CloudClient:
-    def __init__(self, config: CloudConfig, metrics=None):
+    def __init__(self, config: CloudConfig, metrics=None, labels: list[str] | None = None):
         import httpx
 
-        self.config, self.metrics = config, metrics
+        self.config, self.metrics, self.labels = config, metrics, labels
         timeout = httpx.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s,
                                 write=config.read_timeout_s, pool=config.connect_timeout_s)
         headers = {}
@@ -143,8 +143,14 @@ class CloudClient:
                         results = body["results"]
                         labels = [r["label"] for r in results]
                         probs = [r.get("probabilities") for r in results]
-                        if len(labels) != len(texts):
-                            raise ValueError("wrong number of answers")
+                        if len(labels) != len(texts) or not all(isinstance(y, str) for y in labels):
+                            raise ValueError("wrong number or type of answers")
+                        if self.labels is not None and set(labels) - set(self.labels):
+                            raise ValueError("labels the device does not know")
+                        if not all(p is None or (isinstance(p, dict) and all(
+                                isinstance(k, str) and isinstance(v, (int, float)) for k, v in p.items()))
+                                for p in probs):
+                            raise ValueError("malformed probabilities")
                     except (ValueError, KeyError, TypeError):
                         reason = "bad_response"
                         self._count("bad_response")
