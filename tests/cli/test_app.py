@@ -165,3 +165,13 @@ def test_run_recipe_command(tiny_model, tmp_path):
     assert json.loads((tmp_path / "r.json").read_text())["schema"] == "edgeshrink-recipe-report/1"
     recipe.write_text(GOOD.format(model=tiny_model, data=data).replace("  - export: {}", "  - exprot: {}"))
     assert_one_line_error(invoke("run", recipe, "--out", tmp_path / "o2"), "unknown step 'exprot'")
+
+
+def test_prune_channels_command(trained_cnn, tmp_path):
+    result = runner.invoke(app, ["prune-channels", str(trained_cnn), "--data", "digits", "--out",
+                                     str(tmp_path / "p"), "--channels", "0.5", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    assert "pruned CNN" in result.output and (tmp_path / "p" / "edgeshrink.json").exists()
+    bad = runner.invoke(app, ["prune-channels", str(trained_cnn), "--data", "digits", "--out",
+                                  str(tmp_path / "q"), "--channels", "0"])
+    assert bad.exit_code == 2 and "channels_keep" in bad.output and not (tmp_path / "q").exists()

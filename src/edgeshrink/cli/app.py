@@ -255,6 +255,25 @@ def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model 
     write_json(json_out, record)
 
 
+@app.command("prune-channels")
+@handled
+def prune_channels(teacher: Annotated[str, typer.Argument(help="Trained CNN directory (e.g. from `finetune digits-cnn`).")],
+                   data: DataOpt, out: Annotated[Path, typer.Option("--out", help="Output pruned CNN directory.")],
+                   channels: Annotated[Optional[float], typer.Option(help="Fraction of conv channels kept (0.5).")] = None,
+                   hidden: Annotated[Optional[float], typer.Option(help="Fraction of hidden dense neurons kept (1.0).")] = None,
+                   recover_epochs: Annotated[Optional[float], typer.Option(help="Fine-tuning after the cut (0).")] = None,
+                   force: Force = False, json_out: JsonOut = None) -> None:
+    """Channel pruning of a plain-PyTorch CNN with physical removal (Taylor importance), then optional recovery."""
+    from edgeshrink.compress.channels import ChannelPruneConfig, prune_channels as run
+
+    config = ChannelPruneConfig.build(channels_keep=channels, hidden_keep=hidden, recover_epochs=recover_epochs)
+    record = run(teacher, _data_config(data, "text", "label"), out, config, force=force)
+    p = record["prune_channels"]
+    typer.echo(f"pruned CNN {out}: {p['parameters']:,} parameters ({100 * p['parameters'] / p['teacher_parameters']:.1f}% "
+               f"of the teacher), test accuracy {100 * record['test']['accuracy']:.2f}%")
+    write_json(json_out, record)
+
+
 @app.command()
 @handled
 def sparsify(model: Annotated[str, typer.Argument(help="Fine-tuned model directory (a teacher or a distilled student).")],
