@@ -95,7 +95,7 @@ def main(recipe_out: Path, out: Path) -> dict:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    lines = [f"Machine: {m['cpu']['model']}, {m['logical_cores']} logical cores, ISA {' '.join(m['cpu']['isa'])}; "
+    lines = [f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, ISA {' '.join(m['isa'])}; "
              f"{result['data']['dataset']} test split, n={result['data']['sizes']['test']} "
              f"(sha256 {result['data']['sha256'][:12]}); latency at batch 1, 1 thread, 64 tokens.", "",
              "| | size MB | p50 ms | mean ms | test accuracy % [95% CI] | vs peer: faster (p50) | smaller | "
