@@ -59,7 +59,7 @@ def register(app: typer.Typer) -> None:
                         help="Fault drills: a JSON file read per request ({\"delay_ms\": N} or {\"status\": 500}).")] = None,
                     ) -> None:
         """Serve the cloud model over HTTP: POST /v1/classify, /healthz, /readyz, /metrics, /docs."""
-        from edgeshrink.serve.app import cloud_app
+        from edgeshrink.serve.cloud import cloud_app
         from edgeshrink.serve.server import bind, serve
 
         config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env},
@@ -89,7 +89,7 @@ def register(app: typer.Typer) -> None:
                      ) -> None:
         """Serve the device bundle over HTTP, escalating to the cloud per router.json, falling back when it fails."""
         from edgeshrink.errors import EdgeshrinkError
-        from edgeshrink.serve.app import device_app
+        from edgeshrink.serve.device import device_app
         from edgeshrink.serve.server import bind, serve
 
         cloud_flags = {"url": cloud, "deadline_ms": deadline_ms, "retries": retries,

@@ -14,13 +14,11 @@ deadline, failing, behind an open circuit breaker or over budget, the device's a
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import os
 import time
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -274,121 +272,13 @@ def build_app(title: str, model_name: str, labels: list[str], infer, config: Ser
     return app
 
 
-def _probabilities(labels: list[str], row: np.ndarray) -> dict[str, float]:
+def probabilities_dict(labels: list[str], row: np.ndarray) -> dict[str, float]:
     return {label: round(float(p), 6) for label, p in zip(labels, row)}
 
 
-def _predict_rows(predictor):
+def predict_rows(predictor):
     """A batch function over a predictor: per text (label, probabilities row, model-truncated)."""
     def infer(texts: list[str]) -> list[tuple[str, np.ndarray, bool]]:
         pred = predictor.predict(texts, batch_size=max(1, len(texts)))
         return list(zip(pred.labels, pred.probabilities, pred.truncated))
     return infer
-
-
-def cloud_app(model: str | Path, config: ServeConfig, faults: Path | None = None):
-    """The cloud model (a bundle or a PyTorch model directory) behind the API.
-
-    ``faults``: a JSON file read at each request, for fault drills: ``{"delay_ms": 3000}`` stalls the
-    answer, ``{"status": 500}`` fails it; no file, no fault.
-    """
-    from edgeshrink.models.torch_text import load_predictor
-
-    predictor = load_predictor(str(model), threads=config.threads)
-    labels = list(predictor.labels)
-
-    async def answer(request, body, texts, rows, cut, started):
-        latency = (time.perf_counter() - started) * 1e3
-        return [TextResult(label=label, probabilities=_probabilities(labels, probs), source="cloud",
-                           confidence=float(np.max(probs)), latency_ms=latency, reason="cloud model",
-                           truncated_chars=c, truncated_tokens=bool(tr))
-                for (label, probs, tr), c in zip(rows, cut)]
-
-    app = build_app("cloud model service", Path(model).name, labels, _predict_rows(predictor), config, answer)
-    if faults is not None:
-        @app.middleware("http")
-        async def drill(request, call_next):
-            if request.url.path == "/v1/classify" and faults.exists():
-                try:
-                    fault = json.loads(faults.read_text())
-                except (OSError, ValueError):
-                    fault = {}
-                if fault.get("delay_ms"):
-                    await asyncio.sleep(float(fault["delay_ms"]) / 1000)
-                if fault.get("status"):
-                    return JSONResponse({"error": "injected fault"}, status_code=int(fault["status"]))
-            return await call_next(request)
-    return app
-
-
-def device_app(bundle: str | Path, config: ServeConfig):
-    """The device bundle behind the API; with ``config.cloud`` it escalates per the bundle's router.json."""
-    from edgeshrink.route.router import Router, read_router
-    from edgeshrink.runtime import load
-    from edgeshrink.runtime.predictor import Predictions
-    from edgeshrink.serve.cloud_client import CloudClient
-
-    predictor = load(bundle, threads=config.threads)  # checks every file's hash
-    labels = list(predictor.labels)
-    router = None
-    if config.cloud is not None:
-        router = Router(predictor, None, read_router(bundle))  # refuses a missing or edited router.json
-    elif (Path(bundle) / "router.json").exists():
-        router = Router(predictor, None, read_router(bundle))  # confidence as calibrated; nowhere to escalate
-    holder: dict = {}
-
-    async def startup(app):
-        if config.cloud is not None:
-            holder["cloud"] = CloudClient(config.cloud, app.state.metrics, labels)
-
-    async def shutdown(app):
-        if "cloud" in holder:
-            await holder["cloud"].close()
-
-    async def answer(request, body, texts, rows, cut, started):
-        metrics = request.app.state.metrics
-        pred = Predictions([r[0] for r in rows], np.stack([r[1] for r in rows]), [bool(r[2]) for r in rows])
-        if router is None:
-            scores = pred.probabilities.max(axis=1)
-            reasons, escalate = ["no router"] * len(texts), [False] * len(texts)
-        else:
-            scores, reasons, escalate = router.decide(pred, body.private, body.cloud_only)
-        results = [None] * len(texts)
-        up = [i for i, e in enumerate(escalate) if e]
-        cloud = holder.get("cloud")
-        fallback_reason = None
-        if up:
-            metrics.escalations.inc(len(up))
-            if cloud is None:
-                fallback_reason = "no_cloud"
-            else:
-                got = await cloud.classify([texts[i] for i in up])
-                fallback_reason = got.reason
-                if got.labels is not None:
-                    latency = (time.perf_counter() - started) * 1e3
-                    for j, i in enumerate(up):
-                        probs = got.probabilities[j] or {got.labels[j]: 1.0}
-                        results[i] = TextResult(label=got.labels[j], probabilities=probs, source="cloud",
-                                                confidence=float(scores[i]), latency_ms=latency, reason=reasons[i],
-                                                truncated_chars=cut[i], truncated_tokens=pred.truncated[i])
-        latency = (time.perf_counter() - started) * 1e3
-        for i in range(len(texts)):
-            if results[i] is not None:
-                continue
-            fell_back = escalate[i]
-            if fell_back:
-                metrics.fallbacks.labels(reason=fallback_reason or "unknown").inc()
-            results[i] = TextResult(label=pred.labels[i], probabilities=_probabilities(labels, pred.probabilities[i]),
-                                    source="device-fallback" if fell_back else "device", confidence=float(scores[i]),
-                                    latency_ms=latency, reason=reasons[i],
-                                    fallback_reason=fallback_reason if fell_back else None,
-                                    truncated_chars=cut[i], truncated_tokens=pred.truncated[i])
-        return results
-
-    def ready_info():
-        cloud = holder.get("cloud")
-        return {"router": router is not None, "cloud": config.cloud.url if config.cloud else None,
-                "breaker": cloud.breaker.state if cloud else None}
-
-    return build_app("device service", Path(bundle).name, labels, _predict_rows(predictor), config, answer,
-                     on_startup=startup, on_shutdown=shutdown, extra_ready=ready_info)

@@ -1,0 +1,49 @@
+"""The cloud model service (`edgeshrink serve-cloud`): a bundle or a PyTorch model directory behind the API."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+from fastapi.responses import JSONResponse
+
+from edgeshrink.serve.app import TextResult, build_app, predict_rows, probabilities_dict
+from edgeshrink.serve.config import ServeConfig
+
+
+def cloud_app(model: str | Path, config: ServeConfig, faults: Path | None = None):
+    """The cloud model (a bundle or a PyTorch model directory) behind the API.
+
+    ``faults``: a JSON file read at each request, for fault drills: ``{"delay_ms": 3000}`` stalls the
+    answer, ``{"status": 500}`` fails it; no file, no fault.
+    """
+    from edgeshrink.models.torch_text import load_predictor
+
+    predictor = load_predictor(str(model), threads=config.threads)
+    labels = list(predictor.labels)
+
+    async def answer(request, body, texts, rows, cut, started):
+        latency = (time.perf_counter() - started) * 1e3
+        return [TextResult(label=label, probabilities=probabilities_dict(labels, probs), source="cloud",
+                           confidence=float(np.max(probs)), latency_ms=latency, reason="cloud model",
+                           truncated_chars=c, truncated_tokens=bool(tr))
+                for (label, probs, tr), c in zip(rows, cut)]
+
+    app = build_app("cloud model service", Path(model).name, labels, predict_rows(predictor), config, answer)
+    if faults is not None:
+        @app.middleware("http")
+        async def drill(request, call_next):
+            if request.url.path == "/v1/classify" and faults.exists():
+                try:
+                    fault = json.loads(faults.read_text())
+                except (OSError, ValueError):
+                    fault = {}
+                if fault.get("delay_ms"):
+                    await asyncio.sleep(float(fault["delay_ms"]) / 1000)
+                if fault.get("status"):
+                    return JSONResponse({"error": "injected fault"}, status_code=int(fault["status"]))
+            return await call_next(request)
+    return app

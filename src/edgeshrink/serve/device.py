@@ -1,0 +1,85 @@
+"""The device service (`edgeshrink serve`): the bundle's model through the torch-free runtime, escalating per
+router.json to the cloud service and answering from the device (``device-fallback``) when the cloud cannot."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgeshrink.serve.app import TextResult, build_app, predict_rows, probabilities_dict
+from edgeshrink.serve.config import ServeConfig
+
+
+def device_app(bundle: str | Path, config: ServeConfig):
+    """The device bundle behind the API; with ``config.cloud`` it escalates per the bundle's router.json."""
+    from edgeshrink.route.router import Router, read_router
+    from edgeshrink.runtime import load
+    from edgeshrink.runtime.predictor import Predictions
+    from edgeshrink.serve.cloud_client import CloudClient
+
+    predictor = load(bundle, threads=config.threads)  # checks every file's hash
+    labels = list(predictor.labels)
+    router = None
+    if config.cloud is not None:
+        router = Router(predictor, None, read_router(bundle))  # refuses a missing or edited router.json
+    elif (Path(bundle) / "router.json").exists():
+        router = Router(predictor, None, read_router(bundle))  # confidence as calibrated; nowhere to escalate
+    holder: dict = {}
+
+    async def startup(app):
+        if config.cloud is not None:
+            holder["cloud"] = CloudClient(config.cloud, app.state.metrics, labels)
+
+    async def shutdown(app):
+        if "cloud" in holder:
+            await holder["cloud"].close()
+
+    async def answer(request, body, texts, rows, cut, started):
+        metrics = request.app.state.metrics
+        pred = Predictions([r[0] for r in rows], np.stack([r[1] for r in rows]), [bool(r[2]) for r in rows])
+        if router is None:
+            scores = pred.probabilities.max(axis=1)
+            reasons, escalate = ["no router"] * len(texts), [False] * len(texts)
+        else:
+            scores, reasons, escalate = router.decide(pred, body.private, body.cloud_only)
+        results = [None] * len(texts)
+        up = [i for i, e in enumerate(escalate) if e]
+        cloud = holder.get("cloud")
+        fallback_reason = None
+        if up:
+            metrics.escalations.inc(len(up))
+            if cloud is None:
+                fallback_reason = "no_cloud"
+            else:
+                got = await cloud.classify([texts[i] for i in up])
+                fallback_reason = got.reason
+                if got.labels is not None:
+                    latency = (time.perf_counter() - started) * 1e3
+                    for j, i in enumerate(up):
+                        probs = got.probabilities[j] or {got.labels[j]: 1.0}
+                        results[i] = TextResult(label=got.labels[j], probabilities=probs, source="cloud",
+                                                confidence=float(scores[i]), latency_ms=latency, reason=reasons[i],
+                                                truncated_chars=cut[i], truncated_tokens=pred.truncated[i])
+        latency = (time.perf_counter() - started) * 1e3
+        for i in range(len(texts)):
+            if results[i] is not None:
+                continue
+            fell_back = escalate[i]
+            if fell_back:
+                metrics.fallbacks.labels(reason=fallback_reason or "unknown").inc()
+            results[i] = TextResult(label=pred.labels[i], probabilities=probabilities_dict(labels, pred.probabilities[i]),
+                                    source="device-fallback" if fell_back else "device", confidence=float(scores[i]),
+                                    latency_ms=latency, reason=reasons[i],
+                                    fallback_reason=fallback_reason if fell_back else None,
+                                    truncated_chars=cut[i], truncated_tokens=pred.truncated[i])
+        return results
+
+    def ready_info():
+        cloud = holder.get("cloud")
+        return {"router": router is not None, "cloud": config.cloud.url if config.cloud else None,
+                "breaker": cloud.breaker.state if cloud else None}
+
+    return build_app("device service", Path(bundle).name, labels, predict_rows(predictor), config, answer,
+                     on_startup=startup, on_shutdown=shutdown, extra_ready=ready_info)
