@@ -30,6 +30,15 @@ def _stats(latencies_s: list[float], wall_s: float, errors: int) -> dict:
             "mean_ms": float(ms.mean())}
 
 
+def _record(response, start: float, latencies: list, sources: list) -> int:
+    """Book one request's outcome; return 1 if it was an error (no answer or not 200), else 0."""
+    if response is None or response.status_code != 200:
+        return 1
+    latencies.append(time.perf_counter() - start)
+    sources.append(response.json()["results"][0]["source"])
+    return 0
+
+
 def raw(bundle: Path, texts: list[str]) -> dict:
     from edgeshrink.runtime import load
 
@@ -57,14 +66,9 @@ def one_client(url: str, texts: list[str]) -> dict:
             start = time.perf_counter()
             try:
                 response = client.post("/v1/classify", json={"texts": [text]})
-                ok = response.status_code == 200
             except httpx.HTTPError:
-                ok = False
-            if ok:
-                latencies.append(time.perf_counter() - start)
-                sources.append(response.json()["results"][0]["source"])
-            else:
-                errors += 1
+                response = None
+            errors += _record(response, start, latencies, sources)
         wall = time.perf_counter() - t0
     return {**_stats(latencies, wall, errors), "sources": {s: sources.count(s) for s in set(sources)}}
 
@@ -88,14 +92,9 @@ async def _clients(url: str, texts: list[str], clients: int) -> dict:
                 start = time.perf_counter()
                 try:
                     response = await client.post("/v1/classify", json={"texts": [text]})
-                    ok = response.status_code == 200
                 except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - start)
-                    sources.append(response.json()["results"][0]["source"])
-                else:
-                    errors += 1
+                    response = None
+                errors += _record(response, start, latencies, sources)
 
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(clients)))

@@ -21,11 +21,11 @@ def device_app(bundle: str | Path, config: ServeConfig):
 
     predictor = load(bundle, threads=config.threads)  # checks every file's hash
     labels = list(predictor.labels)
+    # With a cloud, router.json is required (read_router refuses a missing or edited one); without one, a
+    # router present still gives calibrated confidences, with nowhere to escalate.
     router = None
-    if config.cloud is not None:
-        router = Router(predictor, None, read_router(bundle))  # refuses a missing or edited router.json
-    elif (Path(bundle) / "router.json").exists():
-        router = Router(predictor, None, read_router(bundle))  # confidence as calibrated; nowhere to escalate
+    if config.cloud is not None or (Path(bundle) / "router.json").exists():
+        router = Router(predictor, None, read_router(bundle))
     holder: dict = {}
 
     async def startup(app):
