@@ -9,6 +9,9 @@ the service started fresh as a subprocess on 127.0.0.1 with ONNX Runtime at one 
 3. service, 16 concurrent clients, micro-batching off (max batch size 1) vs on (16): throughput.
 4. service with the cloud model service behind it (16 clients): escalation %, fallbacks, errors.
 The load generator runs on the same 2-core machine as the service (it takes CPU from it: reported as is).
+For the concurrent phases the CPU time of the service, of its model worker thread (tokenize + ONNX Runtime
++ post-process, from /metrics) and of the load generator is booked per request: when the two cores are
+busy, no batching can raise throughput by more than total CPU / (total CPU - model CPU).
 """
 
 from __future__ import annotations
@@ -102,9 +105,29 @@ async def _clients(url: str, texts: list[str], clients: int) -> dict:
             "sources": {s: sources.count(s) for s in sorted(set(sources))}}
 
 
-def concurrent(url: str, texts: list[str], clients: int) -> dict:
+def _cpu(pid: int, url: str) -> tuple[float, float, float]:
+    """(service process CPU s, its model worker's CPU s, this process's CPU s) so far."""
+    import os
+
+    from edgeshrink.client import Client
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    service = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime (Linux)
+    model = Client(url).metrics().get("edgeshrink_model_cpu_seconds_total", 0.0)
+    return service, model, time.process_time()
+
+
+def concurrent(url: str, texts: list[str], clients: int, pid: int | None = None) -> dict:
     asyncio.run(_clients(url, texts[:clients * 2], clients))  # warm-up
-    return asyncio.run(_clients(url, texts, clients))
+    before = _cpu(pid, url) if pid else None
+    run = asyncio.run(_clients(url, texts, clients))
+    if before:
+        service, model, generator = (b - a for a, b in zip(before, _cpu(pid, url)))
+        n = max(1, run["ok"])
+        run["cpu_ms_per_request"] = {"service": 1e3 * service / n, "model": 1e3 * model / n,
+                                     "generator": 1e3 * generator / n,
+                                     "busy_cores": (service + generator) / run["wall_s"]}
+    return run
 
 
 def main(device: Path, cloud: Path, out: Path, n_single: int, n_concurrent: int, clients: int) -> dict:
@@ -124,7 +147,8 @@ def main(device: Path, cloud: Path, out: Path, n_single: int, n_concurrent: int,
     print("1 client", json.dumps(result["service_1_client"]))
     for batch in (1, 16):
         with ServerProcess(["serve", device, *common, "--max-batch-size", batch]) as server:
-            result[f"service_{clients}_clients_batch_{batch}"] = run = concurrent(server.url, texts[:n_concurrent], clients)
+            result[f"service_{clients}_clients_batch_{batch}"] = run = concurrent(
+                server.url, texts[:n_concurrent], clients, server.process.pid)
             run["batch_sizes"] = _batch_sizes(Client(server.url).metrics())
         print(f"{clients} clients, max batch {batch}", json.dumps(run))
     with ServerProcess(["serve-cloud", cloud, "--port", 0, "--rate", 0]) as cloud_server, \
@@ -141,12 +165,19 @@ def main(device: Path, cloud: Path, out: Path, n_single: int, n_concurrent: int,
     result["summary"] = {
         "overhead_p50_ms": single["p50_ms"] - r["p50_ms"], "overhead_p99_ms": single["p99_ms"] - r["p99_ms"],
         "batching_throughput_gain": on["throughput_rps"] / off["throughput_rps"],
+        "batching_gain_bound": _batching_bound(off["cpu_ms_per_request"]),
         "errors": sum(v.get("errors", 0) for v in result.values() if isinstance(v, dict)),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "load.json").write_text(json.dumps(result, indent=2))
     (out / "load.md").write_text(markdown(result, clients))
     return result
+
+
+def _batching_bound(cpu: dict) -> float:
+    """Throughput gain if batching made the model free, with the CPU per request otherwise unchanged."""
+    total = cpu["service"] + cpu["generator"]
+    return total / max(1e-9, total - cpu["model"])
 
 
 def _batch_sizes(metrics: dict) -> dict:
@@ -169,7 +200,14 @@ def markdown(result: dict, clients: int) -> str:
         esc = r.get("escalated_fraction")
         lines.append(f"| {name} | {r['requests']} | {r['errors']} | {r['throughput_rps']:.1f} | {r['p50_ms']:.2f} | "
                      f"{r['p99_ms']:.2f} | {f'{batch:.1f}' if batch else '—'} | {f'{100 * esc:.1f}%' if esc is not None else '—'} |")
+    lines += ["", "CPU per request (ms), batch-size-1 and batched phases:", "",
+              "| | service process | of which model worker | load generator | busy cores (of 2) |", "|---|---|---|---|---|"]
+    for name, r in rows[2:4]:
+        c = r["cpu_ms_per_request"]
+        lines.append(f"| {name} | {c['service']:.2f} | {c['model']:.2f} | {c['generator']:.2f} | {c['busy_cores']:.2f} |")
     s = result["summary"]
+    lines += ["", f"If batching made the model free, throughput could rise at most {s['batching_gain_bound']:.2f}x "
+              f"(total CPU per request / CPU without the model's share, batch-size-1 phase)."]
     lines += ["", f"Service overhead at one client: p50 +{s['overhead_p50_ms']:.2f} ms, p99 +{s['overhead_p99_ms']:.2f} ms "
               f"over raw inference. Micro-batching at {clients} clients: {s['batching_throughput_gain']:.2f}x the "
               f"throughput of batch size 1. Errors: {s['errors']}."]

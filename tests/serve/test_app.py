@@ -118,6 +118,7 @@ def test_concurrent_requests_are_micro_batched(start, serve_models):
     assert labels == alone  # each request got its own rows back
     batches = m["edgeshrink_batch_size_count"] - 2  # less the warm-up call and the 32-text request
     assert 1 <= batches < 32  # fewer model calls than requests: they were batched
+    assert m["edgeshrink_model_cpu_seconds_total"] > 0  # the model worker's CPU time is booked
 
 
 def test_length_groups_bound_padding_and_cover_every_text():

@@ -61,3 +61,30 @@ def test_a_failing_request_does_not_fail_the_others_in_its_batch():
 
     a, boom, b = asyncio.run(main())
     assert a == ["a"] and b == ["b"] and isinstance(boom, ValueError)
+
+
+def test_the_model_threads_cpu_time_is_booked_per_call_and_idle_waits_are_not():
+    import time
+
+    booked = []
+
+    def fn(texts):
+        if texts == ["sleep"]:
+            time.sleep(0.2)  # waiting costs no CPU
+        else:
+            end = time.thread_time() + 0.05
+            while time.thread_time() < end:  # 50 ms of CPU
+                pass
+        return list(texts)
+
+    async def main():
+        batcher = MicroBatcher(fn, max_batch_size=1, max_wait_ms=0, on_model_cpu=booked.append)
+        batcher.start()
+        await batcher.run(["sleep"])
+        await batcher.run(["spin"])
+        await batcher.stop()
+
+    asyncio.run(main())
+    assert len(booked) == 2
+    assert booked[0] < 0.02  # the sleeping call: CPU, not wall time
+    assert 0.05 <= booked[1] < 0.5

@@ -167,7 +167,7 @@ def build_app(title: str, model_name: str, labels: list[str], infer, config: Ser
     @asynccontextmanager
     async def lifespan(app):
         batcher = MicroBatcher(infer, config.batch.max_batch_size, config.batch.max_wait_ms,
-                               on_batch=metrics.batch_size.observe)
+                               on_batch=metrics.batch_size.observe, on_model_cpu=metrics.model_cpu.inc)
         batcher.start()
         app.state.batcher = batcher
         if on_startup:

@@ -3,6 +3,7 @@
 The first waiting text opens a batch; the batch closes when it holds ``max_batch_size`` texts or when
 ``max_wait_ms`` has passed since it opened, and runs in one worker thread (ONNX Runtime releases the GIL,
 so the event loop keeps accepting requests meanwhile). Each request gets back exactly its own rows.
+The worker thread's CPU time per call goes to ``on_model_cpu`` (what the model costs, apart from HTTP).
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ class MicroBatcher:
     """``await batcher.run(texts)`` → whatever ``fn(texts)`` returns for those rows (a list, one per text)."""
 
     def __init__(self, fn: Callable[[list[str]], list], max_batch_size: int, max_wait_ms: float,
-                 on_batch: Callable[[int], None] | None = None):
+                 on_batch: Callable[[int], None] | None = None,
+                 on_model_cpu: Callable[[float], None] | None = None):
         self.fn, self.max_batch_size, self.max_wait_s = fn, max_batch_size, max_wait_ms / 1000
         self.on_batch = on_batch or (lambda size: None)
+        self.on_model_cpu = on_model_cpu or (lambda seconds: None)
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeshrink-model")
         self.task: asyncio.Task | None = None
@@ -43,6 +46,14 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+    def _call(self, texts: list[str]) -> list:
+        """Runs in the worker thread: ``fn(texts)``, its CPU time booked (ORT at one thread runs here too)."""
+        start = time.thread_time()
+        try:
+            return self.fn(texts)
+        finally:
+            self.on_model_cpu(time.thread_time() - start)
 
     async def run(self, texts: list[str]) -> list:
         future = asyncio.get_running_loop().create_future()
@@ -76,7 +87,7 @@ class MicroBatcher:
             texts = [t for item in items for t in item.texts]
             self.on_batch(len(texts))
             try:
-                rows = await loop.run_in_executor(self.executor, self.fn, texts)
+                rows = await loop.run_in_executor(self.executor, self._call, texts)
             except Exception:  # noqa: BLE001 - one bad request must not fail the others: run each alone
                 if len(items) == 1:
                     rows = None
@@ -95,7 +106,7 @@ class MicroBatcher:
 
     async def _run_alone(self, loop, item: _Item) -> None:
         try:
-            rows = await loop.run_in_executor(self.executor, self.fn, item.texts)
+            rows = await loop.run_in_executor(self.executor, self._call, item.texts)
         except Exception as exc:  # noqa: BLE001 - handed to the request that caused it
             if not item.future.done():
                 item.future.set_exception(exc)

@@ -29,6 +29,8 @@ class Metrics:
                                  ["source"], buckets=LATENCY_BUCKETS, registry=r)
         self.batch_size = Histogram("edgeshrink_batch_size", "Texts per model call (micro-batching)",
                                     buckets=BATCH_BUCKETS, registry=r)
+        self.model_cpu = Counter("edgeshrink_model_cpu_seconds", "CPU seconds the model worker thread spent in "
+                                 "model calls (tokenize, run, post-process)", registry=r)
         self.breaker_state = Gauge("edgeshrink_breaker_open", "1 while the cloud circuit breaker is open or "
                                    "half-open", registry=r)
         self.breaker_transitions = Counter("edgeshrink_breaker_transitions", "Circuit breaker state changes",
