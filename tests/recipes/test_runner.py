@@ -43,6 +43,18 @@ def test_run_meets_targets_writes_report_and_reruns_from_cache(recipe, tmp_path)
     assert again["targets"] == report["targets"]
 
 
+def test_a_moved_run_directory_still_reruns_from_its_cache(recipe, tmp_path):
+    path, _ = recipe
+    run(path, tmp_path / "first")
+    (tmp_path / "first").rename(tmp_path / "moved")
+    again = run(path, tmp_path / "moved")
+    assert all(s["cached"] for s in again["steps"]) and again["all_targets_met"]
+    assert Path(again["device_bundle"]).is_relative_to(tmp_path / "moved")
+    assert (Path(again["device_bundle"]) / "manifest.json").exists()
+    stored = [json.loads(p.read_text()) for p in (tmp_path / "moved" / "cache").glob("*/step.json")]
+    assert stored and not any(str(tmp_path) in json.dumps(r) for r in stored)  # no absolute paths kept
+
+
 def test_an_edited_step_reruns_from_there(recipe, tmp_path):
     path, root = recipe
     run(path, tmp_path / "out")

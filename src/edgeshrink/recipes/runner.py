@@ -6,7 +6,8 @@
 Each step's output lives in ``OUT/cache/NN-step-KEY/``, where KEY hashes the previous step's key, the
 step's config, the data and the seed: a rerun skips finished steps, an edited step reruns it and
 everything after it, and an interrupted run resumes at the step it was in (each verb writes its own
-output atomically; a step is finished when its ``step.json`` exists). The runner tracks the working
+output atomically; a step is finished when its ``step.json`` exists; paths in it are stored relative to
+the cache, so a run directory can be moved or copied and still reruns from its cache). The runner tracks the working
 model (a Hugging Face directory), the teacher (the fine-tuned model), the device bundle and the cloud
 bundle (the teacher exported with the same export config) that `bench` and `route` compare against.
 A step may list alternatives (``search: {layers: [2, 3]}``): every combination is a candidate path
@@ -30,6 +31,7 @@ from edgeshrink.recipes.report import html_page, latency_cell, markdown, models_
 from edgeshrink.recipes.schema import Recipe, load_recipe
 
 STEP_FILE = "step.json"
+CACHE_PREFIX = "cache:"  # a path inside the run's cache, stored relative to it: run directories can move
 STEPS: dict[str, Callable] = {}
 # A step whose output changes meaning gets a new version; it then enters the step's cache key (version 1
 # is left out so that caches made before versions existed stay valid). export 2: also builds the peer, and
@@ -300,6 +302,35 @@ def early_stop(recipe: Recipe, name: str, record: dict, state: dict, later: list
     return None
 
 
+def _portable(record: dict, cache: Path) -> dict:
+    """A step record as stored: its state/result paths inside ``cache`` become ``cache:<relative path>``."""
+    root = cache.resolve()
+
+    def convert(value):
+        if isinstance(value, str) and value:
+            try:
+                return CACHE_PREFIX + Path(value).resolve().relative_to(root).as_posix()
+            except (ValueError, OSError):
+                return value
+        return value
+
+    return _map_values(record, convert)
+
+
+def _local(record: dict, cache: Path) -> dict:
+    """A stored step record with its ``cache:`` paths resolved against this run's cache directory."""
+    def convert(value):
+        if isinstance(value, str) and value.startswith(CACHE_PREFIX):
+            return str(cache / value[len(CACHE_PREFIX):])
+        return value
+
+    return _map_values(record, convert)
+
+
+def _map_values(record: dict, convert) -> dict:
+    return {**record, **{part: {k: convert(v) for k, v in record[part].items()} for part in ("state", "result")}}
+
+
 def _run_path(recipe, steps, data, cache: Path, progress, label: str) -> dict:
     from edgeshrink._files import atomic_write_text
 
@@ -315,14 +346,14 @@ def _run_path(recipe, steps, data, cache: Path, progress, label: str) -> dict:
         t0 = time.perf_counter()
         cached = done.exists()
         if cached:
-            record = json.loads(done.read_text())
+            record = _local(json.loads(done.read_text()), cache)
             progress(f"{label}step {i + 1}/{len(steps)} {name}: cached ({where.name})")
         else:
             progress(f"{label}step {i + 1}/{len(steps)} {name} ...")
             where.mkdir(parents=True, exist_ok=True)
             record = STEPS[name](state, config, where, data)
             record["seconds"] = round(time.perf_counter() - t0, 1)
-            atomic_write_text(done, json.dumps(record, indent=2))
+            atomic_write_text(done, json.dumps(_portable(record, cache), indent=2))
         state.update(record["state"])
         results[name] = record["result"]
         log.append({"step": name, "key": key, "cached": cached, "seconds": record["seconds"],
