@@ -226,13 +226,10 @@ def finetune_cnn(model: str | Path, data, out: str | Path, config, force: bool =
     Called by ``models.finetune.finetune`` when ``model`` is a CNN; ``config`` is its FinetuneConfig
     (``max_length`` does not apply to images).
     """
-    import random
-
-    import torch
-
     from edgeshrink import __version__
     from edgeshrink._files import atomic_output_dir, check_output_dir, sha256_file
     from edgeshrink.data import load_data, split_examples
+    from edgeshrink.models.finetune import seed_training
 
     check_output_dir(out, force)
     examples = load_data(data)
@@ -246,15 +243,9 @@ def finetune_cnn(model: str | Path, data, out: str | Path, config, force: bool =
             raise EdgeshrinkError(f"{model} predicts labels {previous['labels']}; data {examples.name!r} has "
                                   f"{list(examples.label_names)}")
     require_images(examples, architecture.input_shape, f"model {str(model)!r}")
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise EdgeshrinkError("device 'cuda' asked for, but torch sees no CUDA GPU")
     split = split_examples(examples, config.split)
     train = split.train if config.max_train_examples is None else split.train.head(config.max_train_examples)
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
+    seed_training(config)
     net = net if net is not None else build_cnn(architecture)
     started = time.perf_counter()
     history = train_cnn(net, train, split.calibration, config)

@@ -58,8 +58,6 @@ def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
     config = config or FinetuneConfig()
     if is_cnn(model):
         return finetune_cnn(model, data, out, config, force)
-    import torch
-
     from edgeshrink.data.images import ImageExamples
     from edgeshrink.models.torch_text import load_classifier, predict_proba
 
@@ -72,14 +70,7 @@ def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
     split = split_examples(examples, config.split)
     train = split.train if config.max_train_examples is None else split.train.head(config.max_train_examples)
 
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise EdgeshrinkError("device 'cuda' asked for, but torch sees no CUDA GPU")
+    seed_training(config)
     net, tokenizer = load_classifier(model_dir, label_names=examples.label_names)
     label_index = {name: i for i, name in enumerate(examples.label_names)}
     started = time.perf_counter()
@@ -110,6 +101,19 @@ def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
         tokenizer.save_pretrained(tmp)
         (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2))
     return record
+
+
+def seed_training(config: FinetuneConfig) -> None:
+    """Seed Python, numpy and torch, set torch's threads, and refuse a CUDA device torch cannot see."""
+    import torch
+
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise EdgeshrinkError("device 'cuda' asked for, but torch sees no CUDA GPU")
 
 
 def train_classifier(net, tokenizer, train, calibration, label_index: dict, config: FinetuneConfig,
