@@ -92,9 +92,24 @@ def test_search_runs_every_candidate_and_chooses(recipe, tmp_path):
     assert [c["choices"] for c in report["candidates"]] == [{"steps.0.prune.ffn_keep": 0.25},
                                                            {"steps.0.prune.ffn_keep": 0.5}]
     assert all(c["all_targets_met"] for c in report["candidates"])
-    accuracies = [c["models"][-1]["accuracy"] for c in report["candidates"]]
-    assert report["chosen"] == max(range(2), key=lambda i: (accuracies[i], -report["candidates"][i]["models"][-1]["p50_ms"]))
-    assert "## Search" in (tmp_path / "out" / "report.md").read_text()
+    calibration = [c["calibration_accuracy"] for c in report["candidates"]]  # the choice is made on these
+    assert all(0 <= a <= 1 for a in calibration)
+    assert report["chosen"] == max(range(2), key=lambda i: (calibration[i], -report["candidates"][i]["models"][-1]["p50_ms"]))
+    assert "## Search" in (text := (tmp_path / "out" / "report.md").read_text()) and "calibration acc %" in text
+    kept = list((tmp_path / "out" / "cache").glob("*-bench-*/calibration.json"))
+    assert len(kept) == 2 and json.loads(kept[0].read_text())["split"] == "calibration"
+
+
+def test_the_choice_is_made_on_calibration_accuracy_not_test():
+    from edgeshrink.recipes.runner import choose
+
+    def candidate(calibration, test, p50=5.0):
+        return {"all_targets_met": True, "pruned": None, "targets": [], "calibration_accuracy": calibration,
+                "models": [{"accuracy": test, "p50_ms": p50}]}
+
+    assert choose([candidate(0.80, 0.90), candidate(0.85, 0.70)]) == 1
+    assert choose([candidate(0.85, 0.90, p50=9.0), candidate(0.85, 0.70, p50=4.0)]) == 1  # tie: the faster
+    assert choose([{**candidate(None, 0.7)}, {**candidate(None, 0.9)}]) == 1  # no calibration figure: test
 
 
 def test_search_stops_a_path_early_and_names_the_missed_target(recipe, tmp_path):

@@ -27,7 +27,10 @@ def markdown(report: dict) -> str:
     lines += ["", f"All targets met: **{'yes' if report['all_targets_met'] else 'no'}**.", ""]
     if report.get("candidates"):
         lines += ["## Search", "", f"{len(report['candidates'])} candidate paths; chosen: #{report['chosen'] + 1}.", "",
-                  "| # | choices | outcome | device acc % | p50 ms | size MB |", "|---|---|---|---|---|---|"]
+                  "Chosen among the candidates that meet every target on calibration accuracy (then latency); "
+                  "the test split is reported only.", "",
+                  "| # | choices | outcome | calibration acc % | test acc % | p50 ms | size MB |",
+                  "|---|---|---|---|---|---|---|"]
         for c in report["candidates"]:
             device = (c.get("models") or [None, None])[-1]
             if c["pruned"]:
@@ -37,7 +40,9 @@ def markdown(report: dict) -> str:
                 missed = [t["target"].split(" ")[0] for t in c["targets"] if not t["met"]]
                 outcome = "all targets met" if not missed else "missed " + ", ".join(missed)
             choices = ", ".join(f"{k.split('.', 2)[-1]}={v}" for k, v in c["choices"].items())
+            cal = c.get("calibration_accuracy")
             lines.append(f"| {c['index'] + 1} | {choices} | {outcome} | "
+                         + (f"{100 * cal:.2f} | " if cal is not None else "— | ")
                          + (f"{100 * device['accuracy']:.2f} | {device['p50_ms']:.2f} | {device['size_mb']:.1f} |"
                             if device else "— | — | — |"))
         lines.append("")

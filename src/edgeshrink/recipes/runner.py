@@ -373,8 +373,14 @@ def _latency(report: dict) -> float:
 
 
 def choose(candidates: list[dict]) -> int:
-    """The candidate meeting every target with the best accuracy, then latency; else the nearest miss."""
+    """The candidate meeting every target with the best accuracy, then latency; else the nearest miss.
+
+    Accuracy here is the device bundle's on the *calibration* split where it was measured (a search
+    compares several candidates: choosing on the test split would make the reported test accuracy
+    optimistic); the test split is only reported."""
     def accuracy(c):
+        if c.get("calibration_accuracy") is not None:
+            return c["calibration_accuracy"]
         models = c.get("models") or []
         return models[-1]["accuracy"] if models and models[-1]["accuracy"] is not None else -1.0
 
@@ -383,6 +389,22 @@ def choose(candidates: list[dict]) -> int:
         return max(met, key=lambda i: (accuracy(candidates[i]), -_latency(candidates[i])))
     measured = [i for i, c in enumerate(candidates) if not c["pruned"]] or list(range(len(candidates)))
     return min(measured, key=lambda i: (sum(not t["met"] for t in candidates[i]["targets"]), -accuracy(candidates[i])))
+
+
+def calibration_accuracy(bundle: str, data, split, bench_dir: Path) -> float:
+    """The device bundle's accuracy on the calibration split (kept beside the bench step's output)."""
+    from edgeshrink._files import atomic_write_text
+    from edgeshrink.compress.evaluate import accuracy_of
+    from edgeshrink.data import load_data, split_examples
+    from edgeshrink.runtime import load
+
+    kept = bench_dir / "calibration.json"
+    if kept.exists():
+        return json.loads(kept.read_text())["accuracy"]["value"]
+    examples = split_examples(load_data(data), split)
+    _, accuracy = accuracy_of(load(bundle, verify=False), examples.calibration)
+    atomic_write_text(kept, json.dumps({"split": "calibration", "sha256": examples.sha256, "accuracy": accuracy}))
+    return accuracy["value"]
 
 
 def run(recipe_path: str | Path, out: str | Path | None = None, progress: Callable[[str], None] | None = None) -> dict:
@@ -423,6 +445,10 @@ def run(recipe_path: str | Path, out: str | Path | None = None, progress: Callab
             if bench_report:
                 lt = recipe.targets.max_latency_ms
                 candidate["models"] = models_table(bench_report, *((lt.threads, lt.seq_length) if lt else (1, 64)))
+                if len(paths) > 1:  # what the choice is made on
+                    bench_split = dict(steps)["bench"].split
+                    candidate["calibration_accuracy"] = calibration_accuracy(
+                        candidate["device_bundle"], data, bench_split, Path(results["bench"]["bench"]).parent)
             if route_report:
                 candidate["router"] = {"on_device_fraction": route_report["on_device_fraction"],
                                        "hybrid_accuracy": route_report["hybrid"]["accuracy"],
