@@ -13,7 +13,8 @@ bundle (the teacher exported with the same export config) that `bench` and `rout
 A step may list alternatives (``search: {layers: [2, 3]}``): every combination is a candidate path
 (shared prefixes are computed once, through the cache); a path stops early once a step's test accuracy
 or the final bundle's size already rules out a target; the candidate that meets every target with the
-best accuracy, then latency, is chosen — or, if none does, the nearest miss, with every target's miss.
+best calibration-split accuracy, then latency, is chosen — or, if none does, the nearest miss, with
+every target's miss.
 """
 
 from __future__ import annotations
