@@ -392,8 +392,10 @@ def choose(candidates: list[dict]) -> int:
     return min(measured, key=lambda i: (sum(not t["met"] for t in candidates[i]["targets"]), -accuracy(candidates[i])))
 
 
-def calibration_accuracy(bundle: str, data, split, bench_dir: Path) -> float:
-    """The device bundle's accuracy on the calibration split (kept beside the bench step's output)."""
+def calibration_accuracy(bundle: str, data, split, bench_dir: Path, splits: dict) -> float:
+    """The device bundle's accuracy on the calibration split (kept beside the bench step's output).
+
+    ``splits`` keeps each split made during one run, so candidates do not load and split the data again."""
     from edgeshrink._files import atomic_write_text
     from edgeshrink.compress.evaluate import accuracy_of
     from edgeshrink.data import load_data, split_examples
@@ -402,7 +404,10 @@ def calibration_accuracy(bundle: str, data, split, bench_dir: Path) -> float:
     kept = bench_dir / "calibration.json"
     if kept.exists():
         return json.loads(kept.read_text())["accuracy"]["value"]
-    examples = split_examples(load_data(data), split)
+    key = json.dumps(split.to_dict(), sort_keys=True)
+    if key not in splits:
+        splits[key] = split_examples(load_data(data), split)
+    examples = splits[key]
     _, accuracy = accuracy_of(load(bundle, verify=False), examples.calibration)
     atomic_write_text(kept, json.dumps({"split": "calibration", "sha256": examples.sha256, "accuracy": accuracy}))
     return accuracy["value"]
@@ -424,7 +429,7 @@ def run(recipe_path: str | Path, out: str | Path | None = None, progress: Callab
     cache.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     paths = recipe.candidates()
-    candidates = []
+    candidates, splits = [], {}
     for index, (choices, steps) in enumerate(paths):
         label = f"[{index + 1}/{len(paths)}] " if len(paths) > 1 else ""
         if choices:
@@ -449,7 +454,7 @@ def run(recipe_path: str | Path, out: str | Path | None = None, progress: Callab
                 if len(paths) > 1:  # what the choice is made on
                     bench_split = dict(steps)["bench"].split
                     candidate["calibration_accuracy"] = calibration_accuracy(
-                        candidate["device_bundle"], data, bench_split, Path(results["bench"]["bench"]).parent)
+                        candidate["device_bundle"], data, bench_split, Path(results["bench"]["bench"]).parent, splits)
             if route_report:
                 candidate["router"] = {"on_device_fraction": route_report["on_device_fraction"],
                                        "hybrid_accuracy": route_report["hybrid"]["accuracy"],
