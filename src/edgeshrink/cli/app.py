@@ -110,6 +110,10 @@ def export(model: Annotated[str, typer.Argument(help="Local model directory or s
 
     config = ExportConfig.build(opset=opset, optimize=optimize, tolerance=tolerance, max_length=max_length)
     manifest = run(model, out, config, force=force)
+    if manifest.get("classification_head") == "untrained":
+        typer.echo(f"warning: {model} has no trained classification head: exported with a random one (the same in "
+                   f"the ONNX file and the reference it was validated against); train one with `edgeshrink finetune "
+                   f"{model} --data DATA --out DIR`", err=True)
     v = manifest["validation"]
     typer.echo(f"bundle {out}: {manifest['size_bytes'] / 1e6:.1f} MB, optimisation {manifest['export']['optimization']}, "
                f"validated max-abs-diff {v['max_abs_diff']:.2e} <= {v['tolerance']:.0e} on "

@@ -87,15 +87,28 @@ _batches = shuffled_length_batches  # a module name of its own, so a test can in
 
 
 def _head_map(student_record: dict, teacher_heads: int, student_net) -> list[list[int]]:
-    """For each student layer, the teacher head each of its heads was cut from."""
+    """For each student layer (depth), the teacher head each of its heads was cut from."""
+    from edgeshrink.models import arch
+
+    family = arch.family_of(student_net.config)
+    family.check("distill_attention")
+    blocks = family.block_list(student_net)
     pruned = (student_record.get("prune") or {}).get("pruned_heads") or {}
     out = []
     for i in range(student_net.config.num_hidden_layers):
-        kept = [h for h in range(teacher_heads) if h not in set(pruned.get(str(i), []))]
-        if len(kept) != student_net.base_model.encoder.layer[i].attention.self.num_attention_heads:
+        block = 0 if family.shared_blocks else i
+        kept = [h for h in range(teacher_heads) if h not in set(pruned.get(str(block), []))]
+        if len(kept) != family.attention_of(blocks[block]).heads:
             raise EdgeshrinkError(f"cannot tell which teacher heads student layer {i} kept: its prune record is missing")
         out.append(kept)
     return out
+
+
+def _heads(model) -> int:
+    from edgeshrink.models import arch
+
+    family = arch.family_of(model.config)
+    return family.attention_of(family.block_list(model)[0]).heads
 
 
 def _attention_loss(student_attn, teacher_attn, teacher_layers, head_map, mask):
@@ -143,8 +156,13 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
     check_output_dir(out, force)
     partial = out.with_name(out.name + ".partial")
     teacher_dir, student_dir = resolve_model(teacher), resolve_model(student)
-    teacher_net, teacher_tok = load_classifier(teacher_dir)
-    student_net, student_tok = load_classifier(student_dir)
+    attn = "eager" if config.delta_attention else None  # only eager attention returns its maps
+    teacher_net, teacher_tok = load_classifier(teacher_dir, attn_implementation=attn)
+    student_net, student_tok = load_classifier(student_dir, attn_implementation=attn)
+    if config.gamma_hidden:
+        from edgeshrink.models import arch
+
+        arch.family_of(student_net.config).check("distill_hidden")
     _check_tokenizers(teacher_tok, student_tok)
     if _param_count(student_net) >= _param_count(teacher_net):
         raise EdgeshrinkError(f"the student ({_param_count(student_net):,} parameters) is not smaller than its teacher "
@@ -181,7 +199,7 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
                                                                 64, teacher_layers, device)))
         cache["fingerprint"] = fingerprint
         torch.save(cache, cache_path)
-    head_map = _head_map(student_record, teacher_net.config.num_attention_heads, student_net) \
+    head_map = _head_map(student_record, _heads(teacher_net), student_net) \
         if config.delta_attention else None
     if not config.delta_attention:
         teacher_net.to("cpu")

@@ -69,71 +69,67 @@ def layer_indices(total: int, spec: int | list[int] | None, strategy: str) -> li
     return sorted({round(i * (total - 1) / (spec - 1)) for i in range(spec)})
 
 
-def _encoder(model):
-    base = getattr(model, model.base_model_prefix, None)
-    if base is None or not hasattr(base, "encoder") or not hasattr(base.encoder, "layer"):
-        raise EdgeshrinkError(f"structured pruning supports BERT-style encoders; got {type(model).__name__}")
-    return base.encoder
-
-
 def drop_layers(model, keep: list[int]) -> None:
-    import torch
+    from edgeshrink.models import arch
 
-    encoder = _encoder(model)
-    encoder.layer = torch.nn.ModuleList([encoder.layer[i] for i in keep])
-    model.config.num_hidden_layers = len(keep)
+    arch.keep_blocks(model, arch.family_of(model.config), keep)
 
 
 def importance(model, tokenizer, texts: list[str], labels: list[int], batch_size: int, max_length: int):
-    """Per layer: head importance (|d loss / d head_mask|) and FFN neuron importance (|act × grad|)."""
+    """Per block: head importance (|d loss / d head gate|) and FFN neuron importance (|act × grad|)."""
     import torch
 
-    encoder = _encoder(model)
-    n_layers = len(encoder.layer)
-    n_heads = model.config.num_attention_heads
-    head_mask = torch.ones(n_layers, n_heads, requires_grad=True)
-    ffn_scores = [torch.zeros(layer.intermediate.dense.out_features) for layer in encoder.layer]
-    activations: dict[int, torch.Tensor] = {}
-    hooks = []
-    for i, layer in enumerate(encoder.layer):
-        def keep(module, inputs, output, i=i):
-            output.retain_grad()
-            activations[i] = output
-        hooks.append(layer.intermediate.register_forward_hook(keep))
+    from edgeshrink.models import arch
+
+    family = arch.family_of(model.config)
+    blocks = family.block_list(model)
+    ffn_scores = [torch.zeros(family.ffn_of(block).up.out_features) for block in blocks]
+    mask_now = {}
+
+    def on_gradient(i, act, grad):
+        mask = mask_now["mask"].unsqueeze(-1).to(act.dtype)
+        ffn_scores[i] += (act * grad * mask).sum(dim=(0, 1)).abs()
+
+    gates, remove_gates = arch.head_gates(model, family)
+    remove_ffn = arch.ffn_activations(model, family, on_gradient)
     model.eval()  # no dropout: importance of the model as it will run
     try:
         for start in range(0, len(texts), batch_size):
             batch = tokenizer(texts[start:start + batch_size], truncation=True, max_length=max_length,
                               padding=True, return_tensors="pt")
             target = torch.tensor(labels[start:start + batch_size])
-            logits = model(**batch, head_mask=head_mask).logits
+            mask_now["mask"] = batch["attention_mask"]
+            logits = model(**batch).logits
             loss = torch.nn.functional.cross_entropy(logits, target)
             model.zero_grad()
             loss.backward()
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            for i, act in activations.items():
-                ffn_scores[i] += (act * act.grad * mask).sum(dim=(0, 1)).abs().detach()
     finally:
-        for hook in hooks:
-            hook.remove()
-    heads = head_mask.grad.abs().detach()
-    return heads, ffn_scores
+        remove_gates()
+        remove_ffn()
+    return gates.grad.abs().detach(), ffn_scores
 
 
-def prune_ffn(layer, keep) -> None:
-    """Keep only neurons ``keep`` of a layer's FFN: rows of the up projection, columns of the down one."""
+def prune_ffn(model, block_index: int, keep) -> None:
+    """Keep only neurons ``keep`` of a block's FFN: rows of the up projection, columns of the down one."""
+    from edgeshrink.models import arch
+
+    arch.keep_ffn(model, arch.family_of(model.config), block_index, keep)
+
+
+def head_plan(head_scores, heads_kept: int, same_everywhere: bool) -> dict[int, list[int]]:
+    """Per block, the heads kept (the most important). MPNet-like families keep the same heads everywhere."""
     import torch
 
-    up, down = layer.intermediate.dense, layer.output.dense
-    keep = torch.as_tensor(sorted(int(k) for k in keep))
-    new_up = torch.nn.Linear(up.in_features, len(keep))
-    new_down = torch.nn.Linear(len(keep), down.out_features)
-    with torch.no_grad():
-        new_up.weight.copy_(up.weight[keep])
-        new_up.bias.copy_(up.bias[keep])
-        new_down.weight.copy_(down.weight[:, keep])
-        new_down.bias.copy_(down.bias)
-    layer.intermediate.dense, layer.output.dense = new_up, new_down
+    n_heads = head_scores.shape[1]
+    if same_everywhere:
+        keep = sorted(int(h) for h in torch.argsort(head_scores.sum(0), descending=True)[:heads_kept])
+        return {i: keep for i in range(head_scores.shape[0])}
+    plan = {}
+    for i in range(head_scores.shape[0]):
+        order = torch.argsort(head_scores[i])  # least important first
+        pruned = {int(h) for h in order[: n_heads - heads_kept]}
+        plan[i] = [h for h in range(n_heads) if h not in pruned]
+    return plan
 
 
 def prune(teacher: str | Path, data: DataConfig | str, out: str | Path, config: PruneConfig | None = None,
@@ -141,6 +137,7 @@ def prune(teacher: str | Path, data: DataConfig | str, out: str | Path, config: 
     """Build a smaller dense student from ``teacher``; return its record (also saved in the directory)."""
     import torch
 
+    from edgeshrink.models import arch
     from edgeshrink.models.cnn import is_cnn
     from edgeshrink.models.torch_text import load_classifier
 
@@ -151,21 +148,30 @@ def prune(teacher: str | Path, data: DataConfig | str, out: str | Path, config: 
     teacher_dir = resolve_model(teacher)
     teacher_record = read_record(teacher_dir)
     model, tokenizer = load_classifier(teacher_dir)
+    family = arch.family_of(model.config)
     torch.manual_seed(config.seed)
+    blocks = family.block_list(model)
     total_layers = model.config.num_hidden_layers
-    n_heads = model.config.num_attention_heads
-    ffn = model.config.intermediate_size
+    n_heads = family.attention_of(blocks[0]).heads
+    ffn = family.ffn_of(blocks[0]).up.out_features
     keep_layers = layer_indices(total_layers, config.layers, config.layer_strategy)
     heads_kept = n_heads if config.heads_keep is None else max(1, round(n_heads * config.heads_keep))
     ffn_kept = ffn if config.ffn_keep is None else max(1, round(ffn * config.ffn_keep))
     if len(keep_layers) == total_layers and heads_kept == n_heads and ffn_kept == ffn and not config.vocab:
         raise EdgeshrinkError("this student is not smaller than its teacher: set layers, heads_keep, ffn_keep or vocab")
+    for asked, operation in ((len(keep_layers) < total_layers, "drop_layers"), (heads_kept < n_heads, "prune_heads"),
+                             (ffn_kept < ffn, "prune_ffn"), (config.vocab, "prune_vocab")):
+        if asked:
+            family.check(operation)
     labels = list(model.config.id2label.values())
-    max_length = config.max_length or teacher_record.get("max_length", 128)
+    max_length = min(config.max_length or teacher_record.get("max_length", 128), family.max_length(model.config))
     started = time.perf_counter()
 
-    drop_layers(model, keep_layers)
-    head_plan, vocab_info = {}, None
+    earlier_cut = {int(i): heads for i, heads in (getattr(model.config, arch.KEPT_HEADS_KEY, None) or {}).items()}
+    if len(keep_layers) < total_layers:
+        drop_layers(model, keep_layers)
+        earlier_cut = {j: earlier_cut[i] for j, i in enumerate(keep_layers) if i in earlier_cut}
+    plan, vocab_info = {}, None
     split = split_examples(load_data(data), config.split) if (heads_kept < n_heads or ffn_kept < ffn or config.vocab) \
         else None
     if heads_kept < n_heads or ffn_kept < ffn:
@@ -173,23 +179,26 @@ def prune(teacher: str | Path, data: DataConfig | str, out: str | Path, config: 
         check_labels(train.labels, labels, "the teacher")
         head_scores, ffn_scores = importance(model, tokenizer, train.texts, [labels.index(y) for y in train.labels],
                                              config.batch_size, max_length)
-        for i, layer in enumerate(_encoder(model).layer):
-            if heads_kept < n_heads:
-                order = torch.argsort(head_scores[i])  # least important first
-                head_plan[i] = sorted(int(h) for h in order[: n_heads - heads_kept])
-            if ffn_kept < ffn:
-                keep = torch.argsort(ffn_scores[i], descending=True)[:ffn_kept]
-                prune_ffn(layer, keep)
-        if head_plan:
-            model.prune_heads(head_plan)
-        model.config.intermediate_size = ffn_kept
+        if ffn_kept < ffn:
+            for i, scores in enumerate(ffn_scores):
+                prune_ffn(model, i, torch.argsort(scores, descending=True)[:ffn_kept])
+            setattr(model.config, family.ffn_size_key, ffn_kept)
+        if heads_kept < n_heads:
+            plan = head_plan(head_scores, heads_kept, family.same_heads_every_layer)
+            arch.keep_heads(model, family, plan)
+            # The loader slices a full-width model: compose with a cut the teacher already had.
+            earlier_cut = {i: [earlier_cut[i][h] for h in heads] if i in earlier_cut else heads
+                           for i, heads in plan.items()}
+    if earlier_cut:
+        setattr(model.config, arch.KEPT_HEADS_KEY, {str(i): heads for i, heads in earlier_cut.items()})
+    head_plan_pruned = {i: [h for h in range(n_heads) if h not in heads] for i, heads in plan.items()}
     with atomic_output_dir(out, force) as tmp:
         if config.vocab:
             from edgeshrink.compress.vocab import prune_vocabulary
 
             model, tokenizer, vocab_info = prune_vocabulary(model, tokenizer, split.train.texts, tmp / "_tokenizer")
         record = _record(model, teacher, teacher_dir, teacher_record, labels, max_length, config, keep_layers,
-                         heads_kept, head_plan, ffn_kept, vocab_info, started)
+                         heads_kept, head_plan_pruned, ffn_kept, vocab_info, started)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(tmp / "_tokenizer", ignore_errors=True)

@@ -49,14 +49,13 @@ class SparsifyConfig(Config):
 
 
 def target_weights(model) -> dict:
-    """The weight matrices magnitude pruning works on: every nn.Linear inside the encoder."""
+    """The weight matrices magnitude pruning works on: every nn.Linear inside the transformer blocks."""
     import torch
 
-    base = getattr(model, model.base_model_prefix, model)
-    encoder = getattr(base, "encoder", None)
-    if encoder is None:
-        raise EdgeshrinkError(f"unstructured pruning looks for an encoder; {type(model).__name__} has none")
-    return {name: module.weight for name, module in encoder.named_modules() if isinstance(module, torch.nn.Linear)}
+    from edgeshrink.models import arch
+
+    blocks = arch.family_of(model.config).block_list(model)
+    return {name: module.weight for name, module in blocks.named_modules() if isinstance(module, torch.nn.Linear)}
 
 
 def magnitude_masks(weights: dict, sparsity: float, scope: str) -> dict:

@@ -40,9 +40,10 @@ def export(model: str | Path, out: str | Path, config: ExportConfig | None = Non
     if is_cnn(model):
         return export_cnn(model, out, config, force)
     import torch
-    from optimum.exporters.onnx import main_export
+    from optimum.exporters.onnx import onnx_export_from_model
 
     from edgeshrink.bench.flops import text_flops_table
+    from edgeshrink.models import arch
     from edgeshrink.models.torch_text import load_classifier
 
     check_output_dir(out, force)
@@ -50,16 +51,18 @@ def export(model: str | Path, out: str | Path, config: ExportConfig | None = Non
     record = read_record(model_dir)
     net, tokenizer = load_classifier(model_dir)
     hf_config = net.config
-    max_positions = getattr(hf_config, "max_position_embeddings", 512)
-    max_length = min(config.max_length or record.get("max_length", 128), max_positions)
+    family = arch.family_of(hf_config)
+    max_length = min(config.max_length or record.get("max_length", 128), family.max_length(hf_config))
     labels = list(model_labels(model_dir))
+    head = "untrained" if net.edgeshrink_untrained_head else "trained"
 
     with atomic_output_dir(out, force) as tmp:
         raw = tmp / "_export"
+        # Export the model object the validation below runs: one set of weights, a random head included.
         try:
             with quiet():
-                main_export(str(model_dir), output=str(raw), task="text-classification",
-                            library_name="transformers", opset=config.opset, device="cpu", do_validation=False)
+                onnx_export_from_model(net, str(raw), opset=config.opset, task="text-classification",
+                                       do_validation=False, device="cpu")
         except Exception as exc:  # optimum raises many types; the first line says what went wrong
             raise EdgeshrinkError(f"ONNX export of {model_dir} failed: {str(exc).splitlines()[0]}") from None
         onnx_path = tmp / "model.onnx"
@@ -94,6 +97,8 @@ def export(model: str | Path, out: str | Path, config: ExportConfig | None = Non
             "task": "text-classification",
             "labels": labels,
             "model_type": hf_config.model_type,
+            "family": family.name,
+            "classification_head": head,
             "max_length": max_length,
             "tokenizer": {"file": "tokenizer.json", "pad_id": specials["pad_id"],
                           "pad_token": tokenizer.pad_token, "lowercase": bool(getattr(tokenizer, "do_lower_case", False))},

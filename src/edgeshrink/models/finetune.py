@@ -59,6 +59,7 @@ def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
     if is_cnn(model):
         return finetune_cnn(model, data, out, config, force)
     from edgeshrink.data.images import ImageExamples
+    from edgeshrink.models import arch
     from edgeshrink.models.torch_text import load_classifier, predict_proba
 
     check_output_dir(out, force)
@@ -72,6 +73,9 @@ def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
 
     seed_training(config)
     net, tokenizer = load_classifier(model_dir, label_names=examples.label_names)
+    usable = arch.family_of(net.config).max_length(net.config)
+    if config.max_length > usable:  # RoBERTa's 514 positions hold 512 tokens
+        config = config.model_copy(update={"max_length": usable})
     label_index = {name: i for i, name in enumerate(examples.label_names)}
     started = time.perf_counter()
     history = train_classifier(net, tokenizer, train, split.calibration, label_index, config)

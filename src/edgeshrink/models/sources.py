@@ -32,13 +32,30 @@ def resolve_model(spec: str | Path) -> Path:
         if not path.is_dir():
             raise EdgeshrinkError(f"{path} is a file, not a model directory")
         if not (path / "config.json").exists():
-            raise EdgeshrinkError(f"{path} is not a model directory (no config.json)")
+            transformer = sentence_transformer_dir(path)
+            if transformer is None:
+                raise EdgeshrinkError(f"{path} is not a model directory (no config.json)")
+            return transformer
         return path
     known = ", ".join(MODEL_PACKAGES)
     if "/" in spec_str and not spec_str.startswith((".", "/", "~")) and spec_str.count("/") == 1:
         raise EdgeshrinkError(f"{spec_str!r} looks like a hub id, but edgeshrink works offline and never downloads: "
                               f"pass a local model directory or a short name ({known})")
     raise EdgeshrinkError(f"model {spec_str!r} does not exist: pass a local model directory or a short name ({known})")
+
+
+def sentence_transformer_dir(path: Path) -> Path | None:
+    """The transformer module's directory of a sentence-transformers model (listed in its modules.json)."""
+    try:
+        modules = json.loads((path / "modules.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for module in modules if isinstance(modules, list) else []:
+        if isinstance(module, dict) and str(module.get("type", "")).endswith("models.Transformer"):
+            candidate = path / module.get("path", "")
+            if (candidate / "config.json").exists():
+                return candidate
+    return None
 
 
 def read_record(model_dir: Path) -> dict:

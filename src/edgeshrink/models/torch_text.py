@@ -9,26 +9,135 @@ import numpy as np
 from edgeshrink.errors import EdgeshrinkError
 
 
-def load_classifier(model_dir: Path, num_labels: int | None = None, label_names=None):
-    """Load (model, tokenizer) from a local directory; with ``label_names`` a fresh head is made."""
+def load_classifier(model_dir: Path, num_labels: int | None = None, label_names=None, attn_implementation=None):
+    """Load (model, tokenizer) from a local directory; with ``label_names`` a fresh head is made.
+
+    The family (models/arch.py) is checked first, so an unsupported model fails in one line; the
+    tokenizer produces exactly the inputs the family takes (no ``token_type_ids`` for DistilBERT);
+    a corrupt weights file, a missing tokenizer or weights that do not fit the config each give one
+    line naming the file. A model whose classification head was not in its weights (a base model)
+    comes back with ``model.edgeshrink_untrained_head = True``.
+    """
     import transformers
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from edgeshrink.models import arch
 
     transformers.logging.set_verbosity_error()
+    model_dir = Path(model_dir)
+    config = _read_config(model_dir)
+    family = arch.family_of(config)
     kwargs = {}
     if label_names is not None:
         kwargs = dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),
                       label2id={n: i for i, n in enumerate(label_names)}, ignore_mismatched_sizes=True)
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    tokenizer = _load_tokenizer(model_dir)
+    weights = _weights_path(model_dir)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        model = AutoModelForSequenceClassification.from_pretrained(str(model_dir), local_files_only=True, **kwargs)
-    except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise EdgeshrinkError(f"cannot load a text classifier from {model_dir}: {first}") from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise EdgeshrinkError(f"{model_dir} has no fast tokenizer (tokenizer.json); the device runtime needs one")
+        if config.get(arch.KEPT_HEADS_KEY):
+            model, missing = _load_pruned(model_dir, weights, family, kwargs)
+        else:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                str(model_dir), local_files_only=True, output_loading_info=True, **kwargs)
+            missing = info["missing_keys"]
+    except EdgeshrinkError:
+        raise
+    except Exception as exc:  # safetensors, torch and transformers raise many types; say which file and why
+        raise EdgeshrinkError(_load_error(model_dir, weights, exc)) from None
+    model.edgeshrink_untrained_head = label_names is None and _head_missing(model, missing)
+    tokenizer.model_input_names = family.inputs(model.config)
     model.eval()
     return model, tokenizer
+
+
+def _read_config(model_dir: Path) -> dict:
+    import json
+
+    path = model_dir / "config.json"
+    if not path.exists():
+        raise EdgeshrinkError(f"{model_dir} is not a model directory (no config.json)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise EdgeshrinkError(f"{path} is not valid JSON") from None
+    if not isinstance(config, dict):
+        raise EdgeshrinkError(f"{path} is not a model config (a JSON object)")
+    return config
+
+
+def _weights_path(model_dir: Path) -> Path:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (model_dir / name).exists():
+            return model_dir / name
+    raise EdgeshrinkError(f"{model_dir} has no weights (model.safetensors or pytorch_model.bin)")
+
+
+def _load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    names = ("tokenizer.json", "vocab.txt", "vocab.json", "spm.model", "sentencepiece.bpe.model", "spiece.model")
+    if not any((model_dir / n).exists() for n in names):
+        raise EdgeshrinkError(f"{model_dir} has no tokenizer (none of {', '.join(names)}); copy the tokenizer files "
+                              "the model was trained with into it")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    except Exception as exc:  # tokenizers and sentencepiece raise many types
+        raise EdgeshrinkError(f"cannot load the tokenizer in {model_dir}: {_first_line(exc)}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise EdgeshrinkError(f"{model_dir} has no fast tokenizer (tokenizer.json); the device runtime needs one")
+    return tokenizer
+
+
+def _load_pruned(model_dir: Path, weights: Path, family, kwargs: dict):
+    """A head-pruned model: build at full width from its config, cut to the kept heads, load the weights."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from edgeshrink.models import arch
+
+    config_kwargs = {k: v for k, v in kwargs.items() if k in ("num_labels", "id2label", "label2id")}
+    config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True, **config_kwargs)
+    model = AutoModelForSequenceClassification.from_config(config, attn_implementation=kwargs.get("attn_implementation"))
+    kept = {int(i): heads for i, heads in getattr(config, arch.KEPT_HEADS_KEY).items()}
+    arch.keep_heads(model, family, kept)
+    if weights.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(weights))
+    else:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    if kwargs.get("ignore_mismatched_sizes"):  # a fresh head: drop the saved one
+        head = {k for k in state if not k.startswith(model.base_model_prefix + ".")}
+        state = {k: v for k, v in state.items() if k not in head}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise EdgeshrinkError(f"weights in {weights} do not match its config.json: unexpected {unexpected[:3]}")
+    body_missing = [k for k in missing if k.startswith(model.base_model_prefix + ".")]
+    if body_missing:
+        raise EdgeshrinkError(f"weights in {weights} do not match its config.json: missing {body_missing[:3]}")
+    return model, list(missing)
+
+
+def _head_missing(model, missing_keys) -> bool:
+    prefix = model.base_model_prefix + "."
+    return any(not k.startswith(prefix) for k in missing_keys)
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+def _load_error(model_dir: Path, weights: Path, exc: Exception) -> str:
+    text = _first_line(exc)
+    if type(exc).__name__ == "SafetensorError" or "deserializ" in text or "header" in text.lower():
+        return f"weights file {weights} is corrupt or truncated ({text})"
+    if "size mismatch" in str(exc):
+        detail = next((line.strip() for line in str(exc).splitlines() if "size mismatch" in line), text)
+        return f"weights in {weights} do not match {model_dir / 'config.json'}: {detail[:300]}"
+    return f"cannot load a text classifier from {model_dir}: {text}"
 
 
 def shuffled_length_batches(lengths: list[int], batch_size: int, rng) -> list[list[int]]:

@@ -1,0 +1,337 @@
+"""The architecture layer: what edgeshrink knows about each model family, in one registry.
+
+    from edgeshrink.models.arch import family_of
+    family = family_of(model.config)          # Family("bert"), or a one-line error naming what is supported
+    family.blocks(model)                      # the transformer blocks that hold weights
+    family.attention(block).q                 # the query projection of a block
+    family.check("drop_layers")               # refuses, naming the family and what does apply
+
+Every verb asks this module where a family keeps its blocks, attention projections, FFN and
+embeddings, which inputs it takes, how long an input may be, and which structured operations apply;
+no verb names a family's module paths itself. Adding a family = one ``register(Family(...))`` entry;
+it then joins the conformance tests (tests/test_conformance.py) and the README's table
+(``python -m edgeshrink.models.arch``).
+
+Sizes come from the config through ``attribute_map`` (DistilBERT's ``dim``/``n_heads``/``n_layers``);
+what transformers already knows (input embeddings, the base model) is derived, not stored.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+
+from edgeshrink.errors import EdgeshrinkError
+
+# Structured operations, by the name verbs and error messages use.
+OPERATIONS = {
+    "drop_layers": "drop layers",
+    "prune_heads": "prune attention heads",
+    "prune_ffn": "prune FFN neurons",
+    "prune_vocab": "prune the vocabulary",
+    "distill_hidden": "hidden-state distillation",
+    "distill_attention": "attention-map distillation",
+}
+ALL_OPERATIONS = frozenset(OPERATIONS)
+
+# Key in a pruned model's config.json: per student block, the teacher heads it kept. Configs of these
+# families derive the head size from hidden size / heads, so fewer heads cannot be described by the
+# config alone: the loader builds the model at full width, slices it to these heads, then loads weights.
+KEPT_HEADS_KEY = "edgeshrink_kept_heads"
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family. Paths are attribute paths: ``blocks`` from the base model, the rest from a block."""
+
+    name: str
+    model_types: tuple[str, ...]
+    blocks: str  # the list of transformer blocks that hold weights, from the base model
+    attention: str  # the self-attention module (holds the head count) inside a block
+    q: str
+    k: str
+    v: str
+    o: str  # attention output projection (its input is the heads' concatenated context)
+    ffn_up: str
+    ffn_down: str
+    ffn_size_key: str = "intermediate_size"
+    heads_attr: str = "num_attention_heads"  # the attention module's head count
+    width_attr: str = "all_head_size"  # the attention module's heads × head size
+    extra_head_projections: tuple[str, ...] = ()  # other per-head projections, sliced like q/k/v when present
+    token_type_ids: str = "yes"  # "yes" | "no" | "if-type-vocab" (DeBERTa-v3 has type_vocab_size 0)
+    position_offset: str = "none"  # "padding-idx": positions start after padding_idx (RoBERTa, MPNet)
+    shared_blocks: bool = False  # one block's weights reused at every depth (ALBERT)
+    same_heads_every_layer: bool = False  # a per-head table shared by all layers (MPNet's relative bias)
+    operations: frozenset[str] = ALL_OPERATIONS
+    refusals: dict[str, str] = field(default_factory=dict)  # operation -> why it does not apply
+    tokenizer: str = "wordpiece"  # the tokenizer kind its checkpoints usually ship (tests build one)
+    test_config: dict = field(default_factory=dict)  # a tiny config for the conformance tests
+    label: str = ""  # display name
+
+    # -- paths -------------------------------------------------------------------------------------
+    def block_list(self, model):
+        """The ModuleList of blocks (for ALBERT: the one shared block, not one per depth)."""
+        return _get(model.base_model, self.blocks)
+
+    def attention_of(self, block):
+        attn = _get(block, self.attention)
+        return SimpleNamespace(module=attn, q=_get(block, self.q), k=_get(block, self.k), v=_get(block, self.v),
+                               o=_get(block, self.o), heads=getattr(attn, self.heads_attr),
+                               head_size=attn.attention_head_size)
+
+    def ffn_of(self, block):
+        return SimpleNamespace(up=_get(block, self.ffn_up), down=_get(block, self.ffn_down))
+
+    # -- inputs and lengths ------------------------------------------------------------------------
+    def inputs(self, config) -> list[str]:
+        """The model inputs a tokenizer should produce for this family."""
+        names = ["input_ids", "attention_mask"]
+        if self.token_type_ids == "yes" or (self.token_type_ids == "if-type-vocab"
+                                            and getattr(config, "type_vocab_size", 0) > 0):
+            names.append("token_type_ids")
+        return names
+
+    def max_length(self, config) -> int:
+        """The longest input the position table allows (RoBERTa: 514 positions -> 512 tokens)."""
+        positions = int(getattr(config, "max_position_embeddings", 512))
+        if self.position_offset == "padding-idx":
+            return positions - int(config.pad_token_id or 0) - 1
+        return positions
+
+    # -- operations ---------------------------------------------------------------------------------
+    def applies(self, operation: str) -> bool:
+        return operation in self.operations
+
+    def check(self, operation: str) -> None:
+        """Refuse an operation that does not apply to this family, in one line naming what does."""
+        if operation not in OPERATIONS:
+            raise ValueError(f"unknown operation {operation!r}")
+        if not self.applies(operation):
+            why = self.refusals.get(operation, "")
+            does = ", ".join(OPERATIONS[o] for o in OPERATIONS if o in self.operations) or "nothing"
+            raise EdgeshrinkError(f"{self.label or self.name}: cannot {OPERATIONS[operation]}"
+                                  + (f" ({why})" if why else "") + f"; what applies: {does}")
+
+
+def _get(obj, path: str):
+    for part in path.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register(family: Family) -> Family:
+    for model_type in family.model_types:
+        if model_type in FAMILIES:
+            raise ValueError(f"model type {model_type!r} registered twice")
+        FAMILIES[model_type] = family
+    return family
+
+
+_BERT_PATHS = dict(blocks="encoder.layer", attention="attention.self", q="attention.self.query",
+                   k="attention.self.key", v="attention.self.value", o="attention.output.dense",
+                   ffn_up="intermediate.dense", ffn_down="output.dense")
+_TINY = dict(vocab_size=99, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64,
+             max_position_embeddings=64)
+
+register(Family(name="bert", label="BERT (MiniLM)", model_types=("bert",), **_BERT_PATHS, test_config=_TINY))
+register(Family(name="electra", label="ELECTRA", model_types=("electra",), **_BERT_PATHS,
+                test_config={**_TINY, "embedding_size": 16}))
+register(Family(name="roberta", label="RoBERTa", model_types=("roberta",), **_BERT_PATHS, token_type_ids="no",
+                position_offset="padding-idx", tokenizer="bpe",
+                test_config={**_TINY, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2, "type_vocab_size": 1}))
+register(Family(name="xlm-roberta", label="XLM-RoBERTa", model_types=("xlm-roberta",), **_BERT_PATHS,
+                token_type_ids="no", position_offset="padding-idx", tokenizer="unigram",
+                test_config={**_TINY, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2, "type_vocab_size": 1}))
+register(Family(name="distilbert", label="DistilBERT", model_types=("distilbert",), blocks="transformer.layer",
+                attention="attention", q="attention.q_lin", k="attention.k_lin", v="attention.v_lin",
+                o="attention.out_lin", ffn_up="ffn.lin1", ffn_down="ffn.lin2", ffn_size_key="hidden_dim",
+                heads_attr="n_heads", width_attr="dim", token_type_ids="no",
+                test_config=dict(vocab_size=99, dim=32, n_layers=3, n_heads=4, hidden_dim=64,
+                                 max_position_embeddings=64)))
+register(Family(name="mpnet", label="MPNet", model_types=("mpnet",), blocks="encoder.layer", attention="attention.attn",
+                q="attention.attn.q", k="attention.attn.k", v="attention.attn.v", o="attention.attn.o",
+                ffn_up="intermediate.dense", ffn_down="output.dense", token_type_ids="no",
+                position_offset="padding-idx", same_heads_every_layer=True,
+                test_config={**_TINY, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}))
+register(Family(name="albert", label="ALBERT", model_types=("albert",), blocks="encoder.albert_layer_groups.0.albert_layers",
+                attention="attention", q="attention.query", k="attention.key", v="attention.value",
+                o="attention.dense", ffn_up="ffn", ffn_down="ffn_output", shared_blocks=True, tokenizer="unigram",
+                operations=ALL_OPERATIONS - {"drop_layers"},
+                refusals={"drop_layers": "its layers share one set of weights: fewer layers saves no parameters"},
+                test_config={**_TINY, "embedding_size": 16, "num_hidden_groups": 1, "inner_group_num": 1}))
+register(Family(name="deberta-v2", label="DeBERTa-v2/v3", model_types=("deberta-v2",), blocks="encoder.layer",
+                attention="attention.self", q="attention.self.query_proj", k="attention.self.key_proj",
+                v="attention.self.value_proj", o="attention.output.dense", ffn_up="intermediate.dense",
+                ffn_down="output.dense", extra_head_projections=("attention.self.pos_key_proj",
+                                                                 "attention.self.pos_query_proj"),
+                token_type_ids="if-type-vocab", tokenizer="unigram",
+                # DeBERTa-v3's shape: relative attention, no absolute positions, no token types.
+                test_config={**_TINY, "relative_attention": True, "position_biased_input": False,
+                             "pos_att_type": ["p2c", "c2p"], "max_relative_positions": -1, "position_buckets": 16,
+                             "norm_rel_ebd": "layer_norm", "share_att_key": True, "type_vocab_size": 0}))
+
+
+def supported() -> str:
+    return ", ".join(sorted(FAMILIES))
+
+
+def family_of(config) -> Family:
+    """The registry entry for a transformers config (or a config.json dict), or a one-line error."""
+    model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
+    if model_type in FAMILIES:
+        return FAMILIES[model_type]
+    raise EdgeshrinkError(f"model type {model_type!r} is not a supported encoder family (supported: {supported()})")
+
+
+# -- structure edits shared by prune, distill and the loader ------------------------------------------
+def head_gates(model, family: Family):
+    """A gate per (block, head) that scales each head's context before the output projection.
+
+    Returns (gates, remove): gates is a leaf tensor of ones (blocks × heads) whose gradient is the
+    first-order importance of each head (Michel et al. 2019's head_mask, for any family: transformers
+    dropped ``head_mask`` and DeBERTa never had it). Zeroing a gate equals removing that head.
+    """
+    import torch
+
+    blocks = family.block_list(model)
+    n_heads = family.attention_of(blocks[0]).heads
+    gates = torch.ones(len(blocks), n_heads, requires_grad=True)
+    handles = []
+    for i, block in enumerate(blocks):
+        attn = family.attention_of(block)
+
+        def scale(module, inputs, i=i, head_size=attn.head_size, heads=attn.heads):
+            x = inputs[0]
+            shaped = x.view(*x.shape[:-1], heads, head_size) * gates[i].view(heads, 1).to(x.dtype)
+            return (shaped.view(x.shape), *inputs[1:])
+
+        handles.append(attn.o.register_forward_pre_hook(scale))
+
+    def remove():
+        for handle in handles:
+            handle.remove()
+
+    return gates, remove
+
+
+def ffn_activations(model, family: Family, on_gradient):
+    """Call ``on_gradient(block_index, activation, gradient)`` for every FFN activation in backward.
+
+    The activation is the down projection's input (the FFN neurons after their non-linearity). For
+    ALBERT the shared block fires once per depth, so the scores add up over depths.
+    """
+    handles = []
+    for i, block in enumerate(family.block_list(model)):
+        def capture(module, inputs, i=i):
+            x = inputs[0]
+            if x.requires_grad:
+                x.register_hook(lambda grad, x=x, i=i: on_gradient(i, x.detach(), grad))
+
+        handles.append(family.ffn_of(block).down.register_forward_pre_hook(capture))
+    return lambda: [h.remove() for h in handles]
+
+
+def _slice_linear(linear, rows=None, cols=None):
+    import torch
+
+    weight = linear.weight
+    if rows is not None:
+        weight = weight[rows]
+    if cols is not None:
+        weight = weight[:, cols]
+    bias = linear.bias
+    new = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        new.weight.copy_(weight)
+        if bias is not None:
+            new.bias.copy_(bias[rows] if rows is not None else bias)
+    return new
+
+
+def _set(obj, path: str, value) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(_get(obj, parent) if parent else obj, name, value)
+
+
+def keep_heads(model, family: Family, kept: dict[int, list[int]]) -> None:
+    """Physically keep only heads ``kept[i]`` of block i: slice q/k/v rows, output-projection columns."""
+    import torch
+
+    blocks = family.block_list(model)
+    for i, heads in kept.items():
+        block = blocks[int(i)]
+        attn = family.attention_of(block)
+        d = attn.head_size
+        index = torch.tensor([h * d + j for h in sorted(heads) for j in range(d)], dtype=torch.long)
+        for path in (family.q, family.k, family.v, *family.extra_head_projections):
+            try:
+                linear = _get(block, path)
+            except AttributeError:  # optional projections (DeBERTa's pos_key_proj without share_att_key)
+                continue
+            _set(block, path, _slice_linear(linear, rows=index))
+        _set(block, family.o, _slice_linear(attn.o, cols=index))
+        setattr(attn.module, family.heads_attr, len(heads))
+        setattr(attn.module, family.width_attr, len(heads) * d)
+    if family.same_heads_every_layer:
+        _keep_bias_heads(model, sorted(next(iter(kept.values()))))
+
+
+def _keep_bias_heads(model, heads: list[int]) -> None:
+    """MPNet: the relative-position bias table has one column per head, shared by every layer."""
+    import torch
+
+    encoder = model.base_model.encoder
+    table = encoder.relative_attention_bias
+    new = torch.nn.Embedding(table.num_embeddings, len(heads))
+    with torch.no_grad():
+        new.weight.copy_(table.weight[:, heads])
+    encoder.relative_attention_bias = new
+    encoder.n_heads = len(heads)
+
+
+def keep_ffn(model, family: Family, block_index: int, neurons) -> None:
+    """Keep only FFN neurons ``neurons`` of a block: rows of the up projection, columns of the down one."""
+    import torch
+
+    block = family.block_list(model)[block_index]
+    keep = torch.as_tensor(sorted(int(k) for k in neurons))
+    ffn = family.ffn_of(block)
+    _set(block, family.ffn_up, _slice_linear(ffn.up, rows=keep))
+    _set(block, family.ffn_down, _slice_linear(ffn.down, cols=keep))
+
+
+def keep_blocks(model, family: Family, keep: list[int]) -> None:
+    import torch
+
+    family.check("drop_layers")
+    blocks = family.block_list(model)
+    parent, _, name = family.blocks.rpartition(".")
+    setattr(_get(model.base_model, parent), name, torch.nn.ModuleList([blocks[i] for i in keep]))
+    model.config.num_hidden_layers = len(keep)
+
+
+def families_table() -> str:
+    """The README's table of families and the operations that apply (generated from the registry)."""
+    seen, rows = set(), []
+    for family in FAMILIES.values():
+        if family.name in seen:
+            continue
+        seen.add(family.name)
+        cells = ["yes" if family.applies(op) else "no" for op in OPERATIONS]
+        rows.append(f"| {family.label} | `{'`, `'.join(family.model_types)}` | {', '.join(family.inputs(_Cfg(family)))} "
+                    f"| {family.tokenizer} | " + " | ".join(cells) + " |")
+    head = ("| family | model_type | inputs | tokenizer in tests | " + " | ".join(OPERATIONS.values()) + " |\n"
+            "|---|---|---|---|" + "---|" * len(OPERATIONS))
+    return head + "\n" + "\n".join(rows)
+
+
+class _Cfg:
+    def __init__(self, family: Family):
+        self.type_vocab_size = family.test_config.get("type_vocab_size", 2)
+
+
+if __name__ == "__main__":
+    print(families_table())
