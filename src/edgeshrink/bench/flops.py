@@ -38,7 +38,8 @@ def text_flops_table(model, max_length: int) -> dict[str, int]:
 
     lengths = sorted({s for s in (8, 16, 32, 64, 128, 256, 512, 1024, 2048) if s <= max_length} | {max_length})
     table = {}
-    with torch.inference_mode():
+    # no_grad, not inference_mode: the counter's module tracker needs autograd-visible tensors (DeBERTa).
+    with torch.no_grad():
         for seq in lengths:
             ids = torch.full((1, seq), 1000 % model.config.vocab_size, dtype=torch.long)
             mask = torch.ones_like(ids)

@@ -72,9 +72,11 @@ class TorchCandidate:
 
         self.torch = torch
         self.path = path
+        from edgeshrink.models import arch
+
         self.model, self.tokenizer = load_classifier(path)
         self.max_length = min(read_record(path).get("max_length", 128),
-                              getattr(self.model.config, "max_position_embeddings", 512))
+                              arch.family_of(self.model.config).max_length(self.model.config))
 
     def set_threads(self, threads: int) -> None:
         self.torch.set_num_threads(threads)
@@ -89,7 +91,7 @@ class TorchCandidate:
                 "flops_per_example": text_flops_table(self.model, self.max_length),
                 "parameters": int(sum(p.numel() for p in self.model.parameters())), "precision": "fp32",
                 "vocab_size": self.model.config.vocab_size,
-                "input_names": ["input_ids", "attention_mask", "token_type_ids"]}
+                "input_names": list(self.tokenizer.model_input_names)}
 
     def feeds(self, batch: int, seq_len: int) -> dict:
         arrays = text_feeds(batch, seq_len, self.info_cache["vocab_size"], self.info_cache["input_names"])
