@@ -1,10 +1,14 @@
+import contextlib
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.recipes.runner import check_targets, run
+from edgeshrink.recipes.runner import LOCK_FILE, check_targets, run
 from edgeshrink.recipes.schema import Recipe
 from tests.conftest import make_texts, make_tiny_cnn, write_csv
 from tests.recipes.test_schema import GOOD
@@ -81,6 +85,58 @@ def test_missing_data_fails_before_any_step(recipe, tmp_path):
     with pytest.raises(EdgeshrinkError, match="missing.csv"):
         run(bad, tmp_path / "out")
     assert not (tmp_path / "out" / "cache").exists() or not any((tmp_path / "out" / "cache").iterdir())
+
+
+HOLD_LOCK = """import sys; from pathlib import Path; from edgeshrink.recipes.runner import run_dir_lock
+with run_dir_lock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def another_run_holding(out: Path):
+    """Another process that holds ``out``'s lock, as a running `edgeshrink run` would, until the block ends."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(out)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield holder
+    finally:
+        if holder.poll() is None:
+            holder.stdin.close()
+            holder.wait(10)
+
+
+def _contents(out: Path) -> dict:
+    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+
+def test_a_second_run_on_a_directory_in_use_refuses_at_once(recipe, tmp_path):
+    path, _ = recipe
+    out = tmp_path / "out"
+    with another_run_holding(out) as holder:
+        before = _contents(out)
+        assert before == {LOCK_FILE: str(holder.pid).encode()}
+        message = f"run directory {out} is in use by another edgeshrink run (pid {holder.pid})"
+        with pytest.raises(EdgeshrinkError) as err:
+            run(path, out)
+        assert str(err.value) == message
+        cli = subprocess.run([sys.executable, "-m", "edgeshrink", "run", str(path), "--out", str(out)],
+                             capture_output=True, text=True, timeout=120)
+        assert cli.returncode == 2 and cli.stderr.strip() == f"error: {message}", cli.stderr
+        assert _contents(out) == before  # nothing touched: no cache, no report, the holder's pid kept
+
+
+def test_a_lock_left_by_a_dead_run_does_not_block(recipe, tmp_path):
+    path, _ = recipe
+    out = tmp_path / "out"
+    with another_run_holding(out) as holder:
+        holder.kill()  # as a crash or kill -9 would: the lock file stays, naming a dead process
+        holder.wait(10)
+    assert (out / LOCK_FILE).read_text() == str(holder.pid)
+    report = run(path, out)
+    assert report["all_targets_met"] and (out / LOCK_FILE).read_text() == str(os.getpid())
 
 
 def test_search_runs_every_candidate_and_chooses(recipe, tmp_path):

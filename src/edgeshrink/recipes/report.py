@@ -104,11 +104,14 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 
 def write_plots(report: dict, out: Path, route_plots: Path | None) -> list[str]:
     """Accuracy vs latency and vs size: every measured device candidate with the Pareto front, the cloud
-    model and the peer pipeline marked; then the router's plots. Return the file names."""
+    model and the peer pipeline marked; then the router's plots. Return the file names. Characters that
+    no installed font can draw go into ``report["plots_missing_glyphs"]``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from edgeshrink._plots import any_script
 
     out.mkdir(parents=True, exist_ok=True)
     names = []
@@ -118,29 +121,34 @@ def write_plots(report: dict, out: Path, route_plots: Path | None) -> list[str]:
         device = next((m for m in c.get("models") or [] if m["role"] == "device" and m["accuracy"] is not None), None)
         if device:
             devices.append((c["index"], device))
-    for key, label, name in (("p50_ms", "p50 latency, batch 1 (ms)", "accuracy_vs_latency.png"),
-                             ("size_mb", "size on disk (MB)", "accuracy_vs_size.png")):
-        if not devices:
-            break
-        fig, ax = plt.subplots(figsize=(6, 4.2))
-        points = [(m[key], 100 * m["accuracy"]) for _, m in devices]
-        front = pareto_front(points)
-        ax.scatter([p[0] for p in points], [p[1] for p in points], marker="o", s=36, color="tab:blue",
-                   label="device candidates" if len(points) > 1 else "device")
-        ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="tab:blue", alpha=0.6,
-                label="Pareto front" if len(points) > 1 else None)
-        for (index, _), (x, y) in zip(devices, points):
-            if index == report.get("chosen") and len(points) > 1:
-                ax.scatter([x], [y], marker="*", s=180, color="gold", edgecolor="black", zorder=3, label="chosen")
-        for m, marker, color in zip(references, ("s", "D"), ("tab:red", "tab:green")):
-            ax.scatter([m[key]], [100 * m["accuracy"]], marker=marker, s=60, color=color, label=m["name"])
-        ax.set(xlabel=label, ylabel="test accuracy (%)", title=f"{report['name']}: accuracy vs {label.split(',')[0]}")
-        ax.set_xscale("log")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
-        plt.close(fig)
-        names.append(name)
+    with any_script() as missing:
+        for key, label, name in (("p50_ms", "p50 latency, batch 1 (ms)", "accuracy_vs_latency.png"),
+                                 ("size_mb", "size on disk (MB)", "accuracy_vs_size.png")):
+            if not devices:
+                break
+            fig, ax = plt.subplots(figsize=(6, 4.2))
+            points = [(m[key], 100 * m["accuracy"]) for _, m in devices]
+            front = pareto_front(points)
+            ax.scatter([p[0] for p in points], [p[1] for p in points], marker="o", s=36, color="tab:blue",
+                       label="device candidates" if len(points) > 1 else "device")
+            ax.plot([points[i][0] for i in front], [points[i][1] for i in front], "--", color="tab:blue", alpha=0.6,
+                    label="Pareto front" if len(points) > 1 else None)
+            for (index, _), (x, y) in zip(devices, points):
+                if index == report.get("chosen") and len(points) > 1:
+                    ax.scatter([x], [y], marker="*", s=180, color="gold", edgecolor="black", zorder=3,
+                               label="chosen")
+            for m, marker, color in zip(references, ("s", "D"), ("tab:red", "tab:green")):
+                ax.scatter([m[key]], [100 * m["accuracy"]], marker=marker, s=60, color=color, label=m["name"])
+            ax.set(xlabel=label, ylabel="test accuracy (%)",
+                   title=f"{report['name']}: accuracy vs {label.split(',')[0]}")
+            ax.set_xscale("log")
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            fig.savefig(out / name, dpi=110)
+            plt.close(fig)
+            names.append(name)
+    if missing:
+        report["plots_missing_glyphs"] = "".join(sorted(missing))
     if route_plots is not None and route_plots.exists():
         for png in sorted(route_plots.glob("*.png")):
             shutil.copy(png, out / f"router_{png.name}")

@@ -19,8 +19,10 @@ every target's miss.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import platform
 import shutil
 import time
@@ -32,6 +34,7 @@ from edgeshrink.recipes.report import html_page, latency_cell, markdown, models_
 from edgeshrink.recipes.schema import Recipe, load_recipe
 
 STEP_FILE = "step.json"
+LOCK_FILE = ".edgeshrink-run.lock"
 CACHE_PREFIX = "cache:"  # a path inside the run's cache, stored relative to it: run directories can move
 STEPS: dict[str, Callable] = {}
 # A step whose output changes meaning gets a new version; it then enters the step's cache key (version 1
@@ -413,16 +416,46 @@ def calibration_accuracy(bundle: str, data, split, bench_dir: Path, splits: dict
     return accuracy["value"]
 
 
+@contextlib.contextmanager
+def run_dir_lock(out: Path):
+    """Hold ``out`` for one run: a second run on it refuses at once instead of running every step again
+    beside the first. The kernel drops a flock when its process dies, so a lock file left behind by a
+    crashed run never blocks; the file stays (removing it would let two runs lock two different files)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows has no flock: runs there are not guarded
+        yield
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise EdgeshrinkError(f"run directory {out} is in use by another edgeshrink run (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def run(recipe_path: str | Path, out: str | Path | None = None, progress: Callable[[str], None] | None = None) -> dict:
-    """Execute the recipe (every search candidate); write the report into ``out``; return it."""
+    """Execute the recipe (every search candidate); write the report into ``out``; return it. ``out`` is
+    locked while the run uses it."""
+    recipe, recipe_hash = load_recipe(recipe_path)
+    out = Path(out or Path("runs") / recipe.name)
+    with run_dir_lock(out):
+        return _run_locked(recipe_path, recipe, recipe_hash, out, progress or (lambda message: None))
+
+
+def _run_locked(recipe_path, recipe: Recipe, recipe_hash: str, out: Path, progress: Callable[[str], None]) -> dict:
     from edgeshrink import __version__
     from edgeshrink._files import atomic_write_text
     from edgeshrink.data import DataConfig, load_data
     from edgeshrink.doctor import report as machine_report
 
-    progress = progress or (lambda message: None)
-    recipe, recipe_hash = load_recipe(recipe_path)
-    out = Path(out or Path("runs") / recipe.name)
     data = recipe.data if isinstance(recipe.data, DataConfig) else DataConfig(source=recipe.data)
     load_data(data)  # a missing data set fails now, before any step runs
     cache = out / "cache"

@@ -231,17 +231,19 @@ def policy_split(router: dict):
 
 
 def write_plots(report: dict, out: Path) -> None:
-    """accuracy_vs_escalation.png, coverage_risk.png, reliability.png, written to a temp dir and renamed."""
+    """accuracy_vs_escalation.png, coverage_risk.png, reliability.png, written to a temp dir and renamed.
+    Characters that no installed font can draw go into ``report["plots_missing_glyphs"]``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     from edgeshrink._files import atomic_output_dir
+    from edgeshrink._plots import any_script
 
     curve = report["curves"]
     dev, cloud = report["device_only"]["accuracy"], report["cloud_only"]["accuracy"]
-    with atomic_output_dir(out, force=True) as tmp:
+    with atomic_output_dir(out, force=True) as tmp, any_script() as missing:
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(100 * np.array(curve["escalation_rate"]), 100 * np.array(curve["hybrid_accuracy"]), label="router")
         ax.plot([0, 100], [100 * dev, 100 * cloud], "--", label="random router")
@@ -277,4 +279,5 @@ def write_plots(report: dict, out: Path) -> None:
         fig.tight_layout()
         fig.savefig(tmp / "reliability.png", dpi=120)
         plt.close(fig)
-
+    if missing:
+        report["plots_missing_glyphs"] = "".join(sorted(missing))

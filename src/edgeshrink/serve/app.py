@@ -3,7 +3,7 @@
     POST /v1/classify  {"texts": ["...", ...], "private": [false, ...]?, "cloud_only": [...]?}
                        -> {"results": [{label, probabilities, source, confidence, latency_ms, ...}], "model": ...}
     GET  /healthz      the process is up          GET /readyz   the model is loaded and answering
-    GET  /metrics      Prometheus text             GET /openapi.json, /docs
+    GET  /metrics      Prometheus text             GET /openapi.json, /docs (Swagger UI, served offline)
 
 Bad requests get a 4xx with {"error": "<one line>"}: invalid JSON or types, empty texts, too many or too
 long texts, a body over the limit (413), a missing or wrong API key (401), too many requests from one
@@ -22,9 +22,10 @@ from contextlib import asynccontextmanager
 from typing import Literal
 
 import numpy as np
-from fastapi import FastAPI, Request
+from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
@@ -32,6 +33,9 @@ from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.serve.batcher import MicroBatcher
 from edgeshrink.serve.config import ServeConfig
 from edgeshrink.serve.metrics import Metrics
+
+
+DOCS_ASSETS = "/docs-assets"
 
 
 class ClassifyRequest(BaseModel):
@@ -180,8 +184,11 @@ def build_app(title: str, model_name: str, labels: list[str], infer, config: Ser
         if on_shutdown:
             await on_shutdown(app)
 
-    app = FastAPI(title=title, version="1", lifespan=lifespan,
-                  description=f"edgeshrink {title}: model {model_name}, labels {', '.join(labels)}.")
+    # A device is often offline: FastAPIOffline serves /docs with Swagger UI's JS and CSS from this process
+    # (under DOCS_ASSETS) instead of a CDN. Like /docs and /openapi.json, they need no API key.
+    # ReDoc is off: one docs page is enough.
+    app = FastAPIOffline(title=title, version="1", lifespan=lifespan, redoc_url=None, static_url=DOCS_ASSETS,
+                         description=f"edgeshrink {title}: model {model_name}, labels {', '.join(labels)}.")
     app.state.metrics = metrics
     app.add_middleware(BodyCheck, max_bytes=config.limits.max_body_bytes, metrics=metrics)
 

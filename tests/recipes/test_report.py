@@ -1,0 +1,16 @@
+import warnings
+
+from edgeshrink.recipes.report import write_plots
+
+
+def test_plots_of_a_recipe_named_in_cjk_are_saved_without_warnings(tmp_path):
+    report = {"name": "情感分析-edge", "chosen": 0, "models": [
+        {"role": "cloud", "name": "cloud", "accuracy": 0.9, "p50_ms": 20.0, "size_mb": 90.0},
+        {"role": "device", "name": "device", "accuracy": 0.85, "p50_ms": 2.0, "size_mb": 5.0}]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a glyph warning would fail here
+        names = write_plots(report, tmp_path, None)
+    assert names == ["accuracy_vs_latency.png", "accuracy_vs_size.png"]
+    assert all((tmp_path / name).read_bytes().startswith(b"\x89PNG") for name in names)
+    # without a CJK font installed the characters are boxes, and the report says which
+    assert set(report.get("plots_missing_glyphs", "")) <= set("情感分析")
