@@ -34,7 +34,7 @@ def _corpus() -> list[str]:
     return [t for t, _ in make_texts(400, seed=11)] + [" ".join(WORDS)] * 3 + [" ".join(UNUSED)] * 20
 
 
-def _roles(specials: list[str]) -> dict[str, str]:
+def special_roles(specials: list[str]) -> dict[str, str]:
     """pad/unk/cls/sep/mask names from a family's special-token list."""
     def pick(*names):
         return next(s for s in specials if s.strip("[]<>").lower() in names)
@@ -50,7 +50,7 @@ def _wordpiece(path: Path, specials: list[str], family: str):
     vocab = specials + list(WORDS) + list(UNUSED) + [f"##{c}" for c in letters] + list(letters + ".,!?'")
     (path / "vocab.txt").write_text("\n".join(dict.fromkeys(vocab)) + "\n")
     cls = MPNetTokenizerFast if family == "mpnet" else BertTokenizerFast
-    return cls(vocab_file=str(path / "vocab.txt"), do_lower_case=True, **_roles(specials))
+    return cls(vocab_file=str(path / "vocab.txt"), do_lower_case=True, **special_roles(specials))
 
 
 def _bpe(path: Path, specials: list[str]):
@@ -60,7 +60,7 @@ def _bpe(path: Path, specials: list[str]):
 
     tok = ByteLevelBPETokenizer()
     tok.train_from_iterator(_corpus(), vocab_size=600, min_frequency=2, special_tokens=specials, show_progress=False)
-    roles = _roles(specials)
+    roles = special_roles(specials)
     tok.post_processor = RobertaProcessing((roles["sep_token"], tok.token_to_id(roles["sep_token"])),
                                            (roles["cls_token"], tok.token_to_id(roles["cls_token"])))
     tok.save(str(path / "tokenizer.json"))
@@ -73,7 +73,7 @@ def _unigram(path: Path, specials: list[str]):
     from tokenizers.processors import TemplateProcessing
     from transformers import PreTrainedTokenizerFast
 
-    roles = _roles(specials)
+    roles = special_roles(specials)
     tok = SentencePieceUnigramTokenizer()
     tok.train_from_iterator(_corpus(), vocab_size=160, special_tokens=specials, unk_token=roles["unk_token"],
                             show_progress=False)

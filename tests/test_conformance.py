@@ -69,6 +69,16 @@ def test_finetune_and_export_validate(fam):
                                                        if n in fam["family"].inputs(_config(fam))]
 
 
+@pytest.mark.parametrize("level", ["basic", "fusion"])
+def test_export_optimized_validates(fam, level, tmp_path):
+    from edgeshrink.export import ExportConfig, export
+
+    manifest = export(fam["cloud"], tmp_path / level, ExportConfig(optimize=level))
+    assert manifest["validation"]["ok"]
+    expected = f"fusion:{fam['family'].ort_fusion}" if level == "fusion" and fam["family"].ort_fusion else "basic"
+    assert manifest["export"]["optimization"] == expected
+
+
 def _config(fam):
     from transformers import AutoConfig
 

@@ -70,9 +70,9 @@ def export(model: str | Path, out: str | Path, config: ExportConfig | None = Non
             shutil.move(raw / "model.onnx", onnx_path)
             optimization = "none"
         else:
-            optimization = optimize_onnx(raw / "model.onnx", onnx_path, config.optimize, hf_config.model_type,
-                                         getattr(hf_config, "num_attention_heads", 0),
-                                         getattr(hf_config, "hidden_size", 0))
+            attention = family.attention_of(family.block_list(net)[0])  # heads after any pruning
+            optimization = optimize_onnx(raw / "model.onnx", onnx_path, config.optimize, family.ort_fusion,
+                                         attention.heads, attention.heads * attention.head_size)
         shutil.rmtree(raw)
         tokenizer.save_pretrained(tmp / "_tok")
         for name in TOKENIZER_FILES:

@@ -4,24 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# Model types ORT's transformer optimizer knows (onnxruntime.transformers.optimizer.MODEL_TYPES),
-# mapped from Hugging Face config.model_type.
-_FUSION_TYPES = {"bert": "bert", "roberta": "bert", "distilbert": "bert", "xlm-roberta": "bert",
-                 "electra": "bert", "albert": "bert", "gpt2": "gpt2", "bart": "bart", "t5": "t5"}
-
-
-def optimize_onnx(src: Path, dst: Path, level: str, model_type: str | None = None,
+def optimize_onnx(src: Path, dst: Path, level: str, fusion_type: str | None = None,
                   num_heads: int = 0, hidden_size: int = 0) -> str:
-    """Write an optimised copy of ``src`` to ``dst``; return what was applied ("fusion:bert", "basic")."""
+    """Write an optimised copy of ``src`` to ``dst``; return what was applied ("fusion:bert", "basic").
+
+    ``fusion_type`` is the model type ORT's transformer optimizer knows the family as (the registry's
+    ``ort_fusion``, models/arch.py); without one, ``fusion`` falls back to the basic passes.
+    """
     import onnxruntime as ort
 
-    if level == "fusion" and model_type in _FUSION_TYPES:
+    if level == "fusion" and fusion_type:
         from onnxruntime.transformers.optimizer import optimize_model
 
-        optimized = optimize_model(str(src), model_type=_FUSION_TYPES[model_type], num_heads=num_heads,
+        optimized = optimize_model(str(src), model_type=fusion_type, num_heads=num_heads,
                                    hidden_size=hidden_size, opt_level=0, use_gpu=False)
         optimized.save_model_to_file(str(dst))
-        return f"fusion:{_FUSION_TYPES[model_type]}"
+        return f"fusion:{fusion_type}"
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(dst)

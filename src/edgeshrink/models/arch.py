@@ -64,9 +64,11 @@ class Family:
     same_heads_every_layer: bool = False  # a per-head table shared by all layers (MPNet's relative bias)
     operations: frozenset[str] = ALL_OPERATIONS
     refusals: dict[str, str] = field(default_factory=dict)  # operation -> why it does not apply
+    ort_fusion: str | None = "bert"  # the model type ORT's transformer fusions know it as (None: basic passes)
     tokenizer: str = "wordpiece"  # the tokenizer kind its checkpoints usually ship (tests build one)
     test_config: dict = field(default_factory=dict)  # a tiny config for the conformance tests
     label: str = ""  # display name
+    notes: str = ""  # what a user should know (README table)
 
     # -- paths -------------------------------------------------------------------------------------
     def block_list(self, model):
@@ -97,6 +99,10 @@ class Family:
         if self.position_offset == "padding-idx":
             return positions - int(config.pad_token_id or 0) - 1
         return positions
+
+    def max_length_rule(self) -> str:
+        return ("max_position_embeddings - pad_token_id - 1" if self.position_offset == "padding-idx"
+                else "max_position_embeddings")
 
     # -- operations ---------------------------------------------------------------------------------
     def applies(self, operation: str) -> bool:
@@ -154,20 +160,23 @@ register(Family(name="distilbert", label="DistilBERT", model_types=("distilbert"
 register(Family(name="mpnet", label="MPNet", model_types=("mpnet",), blocks="encoder.layer", attention="attention.attn",
                 q="attention.attn.q", k="attention.attn.k", v="attention.attn.v", o="attention.attn.o",
                 ffn_up="intermediate.dense", ffn_down="output.dense", token_type_ids="no",
-                position_offset="padding-idx", same_heads_every_layer=True,
+                position_offset="padding-idx", same_heads_every_layer=True, ort_fusion=None,
+                notes="the same heads are kept in every layer (one relative-position bias table serves all)",
                 test_config={**_TINY, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}))
 register(Family(name="albert", label="ALBERT", model_types=("albert",), blocks="encoder.albert_layer_groups.0.albert_layers",
                 attention="attention", q="attention.query", k="attention.key", v="attention.value",
                 o="attention.dense", ffn_up="ffn", ffn_down="ffn_output", shared_blocks=True, tokenizer="unigram",
                 operations=ALL_OPERATIONS - {"drop_layers"},
                 refusals={"drop_layers": "its layers share one set of weights: fewer layers saves no parameters"},
+                notes="heads and FFN neurons are cut from the one shared layer, so at every depth",
                 test_config={**_TINY, "embedding_size": 16, "num_hidden_groups": 1, "inner_group_num": 1}))
 register(Family(name="deberta-v2", label="DeBERTa-v2/v3", model_types=("deberta-v2",), blocks="encoder.layer",
                 attention="attention.self", q="attention.self.query_proj", k="attention.self.key_proj",
                 v="attention.self.value_proj", o="attention.output.dense", ffn_up="intermediate.dense",
                 ffn_down="output.dense", extra_head_projections=("attention.self.pos_key_proj",
                                                                  "attention.self.pos_query_proj"),
-                token_type_ids="if-type-vocab", tokenizer="unigram",
+                token_type_ids="if-type-vocab", tokenizer="unigram", ort_fusion=None,
+                notes="no head_mask: heads are gated and sliced by edgeshrink (also pos_key/pos_query projections)",
                 # DeBERTa-v3's shape: relative attention, no absolute positions, no token types.
                 test_config={**_TINY, "relative_attention": True, "position_biased_input": False,
                              "pos_att_type": ["p2c", "c2p"], "max_relative_positions": -1, "position_buckets": 16,
@@ -313,24 +322,33 @@ def keep_blocks(model, family: Family, keep: list[int]) -> None:
     model.config.num_hidden_layers = len(keep)
 
 
+def _inputs_text(family: Family) -> str:
+    text = "input_ids, attention_mask"
+    if family.token_type_ids == "yes":
+        return text + ", token_type_ids"
+    if family.token_type_ids == "if-type-vocab":
+        return text + " (+ token_type_ids if type_vocab_size > 0)"
+    return text
+
+
 def families_table() -> str:
-    """The README's table of families and the operations that apply (generated from the registry)."""
+    """The README's table of families and the operations that apply (generated from the registry).
+
+    Every family takes every verb (finetune, export, quantize, distill, sparsify, route, bench, serve);
+    the columns are the structured operations, which differ by family.
+    """
     seen, rows = set(), []
     for family in FAMILIES.values():
         if family.name in seen:
             continue
         seen.add(family.name)
-        cells = ["yes" if family.applies(op) else "no" for op in OPERATIONS]
-        rows.append(f"| {family.label} | `{'`, `'.join(family.model_types)}` | {', '.join(family.inputs(_Cfg(family)))} "
-                    f"| {family.tokenizer} | " + " | ".join(cells) + " |")
-    head = ("| family | model_type | inputs | tokenizer in tests | " + " | ".join(OPERATIONS.values()) + " |\n"
-            "|---|---|---|---|" + "---|" * len(OPERATIONS))
+        cells = ["yes" if family.applies(op) else f"no: {family.refusals.get(op, 'n/a')}" for op in OPERATIONS]
+        rows.append(f"| {family.label} | `{'`, `'.join(family.model_types)}` | {_inputs_text(family)} | "
+                    f"{family.max_length_rule()} | {family.tokenizer} | {family.ort_fusion or 'basic only'} | "
+                    + " | ".join(cells) + f" | {family.notes} |")
+    head = ("| family | model_type | inputs | usable length | tokenizer in tests | ORT fusion | "
+            + " | ".join(OPERATIONS.values()) + " | notes |\n|" + "---|" * (7 + len(OPERATIONS)))
     return head + "\n" + "\n".join(rows)
-
-
-class _Cfg:
-    def __init__(self, family: Family):
-        self.type_vocab_size = family.test_config.get("type_vocab_size", 2)
 
 
 if __name__ == "__main__":
