@@ -1,4 +1,4 @@
-"""Structured pruning of a BERT-style classifier with physical removal: layers, attention heads, FFN neurons.
+"""Structured pruning of an encoder classifier (any registered family) with physical removal: layers, heads, FFN neurons.
 
     from edgeshrink.compress.prune import prune, PruneConfig
     record = prune("runs/cloud", "sentiment-movies", "runs/student", PruneConfig(layers=2, ffn_keep=0.5))
