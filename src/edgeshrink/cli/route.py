@@ -111,7 +111,13 @@ def evaluate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
         check = Table(title="guarantee check: how often risk ≤ α when the router is recalibrated")
         for column in ("risk", "α", "δ", "n cal", "held %: population", "held-out half", "needed", "coverage %", "ok"):
             check.add_column(column)
+        skipped: dict[str, list[str]] = {}  # reason -> the checks it skipped
         for g in report["guarantee_check"]:
+            if g.get("skipped"):
+                skipped.setdefault(g["skipped"], []).append(f"{g['risk_is']} at α={g['alpha']:g}")
+                check.add_row(g["risk_is"], f"{g['alpha']:g}", f"{g['delta']:g}", str(g["calibration_n"]), "-", "-",
+                              f"{100 * g['target']:.0f}", "-", "skipped")
+                continue
             pop, half = g["population"], g["held_out_half"]
             check.add_row(g["risk_is"], f"{g['alpha']:g}", f"{g['delta']:g}", str(g["calibration_n"]),
                           f"{100 * pop['held_fraction']:.1f}", f"{100 * half['held_fraction']:.1f}",
@@ -120,4 +126,6 @@ def evaluate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
         out.print(f"{report['guarantee_check'][0]['resplits']} calibration draws each; population = risk of the chosen "
                   "threshold on the whole pool (what the guarantee promises); held-out half = realised on the "
                   "complementary half, which adds that half's own sampling noise")
+        for reason, checks in skipped.items():
+            out.print(f"skipped ({', '.join(checks)}): {reason}")
     write_json(json_out, report)

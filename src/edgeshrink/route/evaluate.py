@@ -23,7 +23,7 @@ from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, load_data, split_examples
 from edgeshrink.route.calibrate import PolicyConfig, calibration_data, check_same_labels, fit, label_ids
 from edgeshrink.route.confidence import SIGNALS, ece, nll, reliability, scaled_probs
-from edgeshrink.route.policies import choose_threshold
+from edgeshrink.route.policies import choose_threshold, examples_needed, too_small
 from edgeshrink.route.router import read_router, request_cost, threshold_of
 from edgeshrink.stats import accuracy_interval, mcnemar_p
 
@@ -81,6 +81,8 @@ def guarantee_check(device_probs, cloud_probs, labels, policy: PolicyConfig, con
     risk on the other. This also counts the finite test half's own sampling noise, and the two halves
     are complements (a lucky calibration half means an unlucky test half), so it can fall below 1 − δ
     for a procedure whose guarantee holds — it answers "how often does a batch of this size exceed α".
+    A check that half the pool is too small to run (at a small α: see ``policies.too_small``) is kept
+    as a row with ``skipped`` saying why, and no figures; every other row has ``skipped`` None.
     """
     rng = np.random.default_rng(config.seed)
     n = len(labels)
@@ -92,6 +94,16 @@ def guarantee_check(device_probs, cloud_probs, labels, policy: PolicyConfig, con
     for label_free in (False, True):
         wrong = device_pred != (cloud_pred if label_free else labels)
         for alpha in config.alphas:
+            row = {"label_free": label_free, "risk_is": "disagreement" if label_free else "error", "alpha": alpha,
+                   "delta": policy.delta, "resplits": config.resplits, "calibration_n": half,
+                   "examples_needed": examples_needed(alpha, policy.delta, policy.min_examples),
+                   "target": 1 - policy.delta, "skipped": None}
+            reason = too_small(half, alpha, policy.delta, policy.min_examples)
+            if reason:
+                rows.append({**row, "skipped": f"{reason} (each draw calibrates on half of the {n} pooled "
+                                               f"calibration and test examples)",
+                             "population": None, "held_out_half": None, "ok": None})
+                continue
             cfg = PolicyConfig(policy="risk", signal=policy.signal, alpha=alpha, delta=policy.delta,
                                label_free=label_free, p_value=policy.p_value,
                                temperature_scaling=policy.temperature_scaling, min_examples=policy.min_examples)
@@ -105,9 +117,6 @@ def guarantee_check(device_probs, cloud_probs, labels, policy: PolicyConfig, con
 
             population = [run(cal, np.arange(n)) for cal in draws]
             held_out = [run(perm[:half], perm[half:]) for perm in halvings]
-            row = {"label_free": label_free, "risk_is": "disagreement" if label_free else "error", "alpha": alpha,
-                   "delta": policy.delta, "resplits": config.resplits, "calibration_n": half,
-                   "target": 1 - policy.delta}
             for name, results in (("population", population), ("held_out_half", held_out)):
                 risks = np.array([r for r, _ in results])
                 row[name] = {"held_fraction": float((risks <= alpha).mean()) if len(risks) else None,
