@@ -37,6 +37,8 @@ def test_route_bad_input(tiny_bundle, tiny_model, tmp_path):
     assert_one_line_error(invoke(*base, "--alpha", "0.02", "--delta", "0"), "delta")
     assert_one_line_error(invoke(*base, "--alpha", "0.01"), "needs at least 230 examples")
     assert_one_line_error(invoke(*base, "--policy", "budget"), "needs budget")
+    assert_one_line_error(invoke("route", "eval", "--device", device, "--cloud", tiny_model, "--text-column", "t"),
+                          "--text-column/--label-column go with --data")
     assert_one_line_error(invoke("route", "eval", "--device", device, "--cloud", tiny_model, "--data", data),
                           "no calibrated router")
     other = make_tiny_bert(tmp_path / "other", labels=("bad", "good"))
@@ -49,7 +51,7 @@ def test_route_bad_input(tiny_bundle, tiny_model, tmp_path):
                           "does not match the hash")
 
 
-def test_route_eval_on_small_data_skips_the_checks_it_cannot_run(tiny_bundle, tmp_path):
+def test_route_eval_on_small_data_skips_the_checks_it_cannot_run(tiny_bundle, tmp_path, monkeypatch):
     """600 rows: 90 calibration + 90 test examples, 90 per guarantee-check draw: too few at α = 0.01 and 0.02."""
     device = tmp_path / "device"
     shutil.copytree(tiny_bundle, device)
@@ -58,8 +60,9 @@ def test_route_eval_on_small_data_skips_the_checks_it_cannot_run(tiny_bundle, tm
     result = invoke("route", "calibrate", "--device", device, "--cloud", cloud, "--data", small, "--policy", "budget",
                     "--budget", "0.3")
     assert result.exit_code == 0, result.output
-    result = invoke("route", "eval", "--device", device, "--cloud", cloud, "--data", small, "--resplits", "5",
-                    "--json", tmp_path / "e.json")
+    monkeypatch.chdir(tmp_path / "cloud")  # eval re-reads the router's recorded data from any directory
+    result = invoke("route", "eval", "--device", device, "--cloud", cloud, "--resplits", "5", "--json",
+                    tmp_path / "e.json")
     assert result.exit_code == 0, result.output
     text = " ".join(result.stdout.split())  # rich wraps long lines
     assert "hybrid" in text and "guarantee check" in text
@@ -75,3 +78,14 @@ def test_route_eval_on_small_data_skips_the_checks_it_cannot_run(tiny_bundle, tm
     ran = [g for g in report["guarantee_check"] if not g["skipped"]]
     assert [(g["risk_is"], g["alpha"]) for g in ran] == [("error", 0.05), ("disagreement", 0.05)]
     assert all(0 <= g["population"]["held_fraction"] <= 1 for g in ran)
+    assert report["same_split_as_calibration"] and report["calibration_split_sha256"] == report["split"]["sha256"]
+    # other data (a domain shift) is evaluated, and said to be other data
+    other = write_csv(tmp_path / "other.csv", make_texts(600, seed=5))
+    result = invoke("route", "eval", "--device", device, "--cloud", cloud, "--data", other, "--resplits", "0")
+    assert result.exit_code == 0, result.output
+    assert "note: other.csv does not give the split the router was calibrated on" in " ".join(result.stdout.split())
+    # the recorded data, changed since: refused, naming both hashes
+    write_csv(small, make_texts(600, seed=6))
+    changed = invoke("route", "eval", "--device", device, "--cloud", cloud)
+    assert_one_line_error(changed, f"!= recorded {report['calibration_split_sha256'][:12]}")
+    assert "does not give the split this router was made with" in changed.stderr

@@ -143,9 +143,16 @@ def _device_latency_ms(device, texts, samples: int) -> float:
     return float(np.median(times))
 
 
-def evaluate(device: str | Path, cloud, data: DataConfig | str, config: EvalConfig | None = None,
+def evaluate(device: str | Path, cloud, data: DataConfig | str | None = None, config: EvalConfig | None = None,
              plots: str | Path | None = None, progress=None) -> dict:
-    """Route the test split with the bundle's calibrated router; return the report (and write plots)."""
+    """Route the test split with the bundle's calibrated router; return the report (and write plots).
+
+    ``data`` defaults to the data the router was calibrated on, as recorded in router.json (refused if it
+    no longer gives the recorded split). Other data is evaluated as given — e.g. a domain shift — and the
+    report says whether it gives the calibration split (``same_split_as_calibration``): only then is
+    the test split sure to hold no calibration example.
+    """
+    from edgeshrink.data.provenance import data_to_read, split_as_recorded
     from edgeshrink.models.torch_text import load_predictor
     from edgeshrink.runtime import load
 
@@ -155,7 +162,10 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str, config: EvalConf
     device_model = load(device)
     cloud_model = load_predictor(cloud) if isinstance(cloud, (str, Path)) else cloud
     check_same_labels(device_model, cloud_model)
-    split = split_examples(load_data(data), policy_split(router))
+    recorded = (router.get("data") or {}).get("split")
+    examples = load_data(data_to_read(recorded, data, "this router"))
+    split = split_as_recorded(examples, recorded, "this router") if data is None else \
+        split_examples(examples, policy_split(router))
     names = list(device_model.labels)
     test, cal = split.test, split.calibration
     y_test = label_ids(test.labels, names, "the test split")
@@ -193,6 +203,8 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str, config: EvalConf
     only_cloud = int((cloud_correct & ~hybrid_correct).sum())
     report = {
         "schema": SCHEMA, "device": str(device), "cloud": str(cloud), "data": test.name, "split": split.info(),
+        "calibration_split_sha256": recorded["sha256"] if recorded else None,  # None: calibrated on unlabelled data
+        "same_split_as_calibration": split.sha256 == recorded["sha256"] if recorded else None,
         "router": {k: router[k] for k in ("signal", "temperature", "threshold", "escalate_everything", "alpha",
                                           "delta", "label_free", "n", "guarantee", "feasible")}
         | {"policy": router["policy"]["policy"]},
