@@ -71,6 +71,23 @@ def tiny_bundle(tiny_model, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def trained_bundle(tiny_model, tmp_path_factory):
+    """A tiny model fine-tuned on a CSV named by its absolute path, and its bundle, both made from the CSV's
+    directory: what they record of their data must not depend on that working directory. (csv, model, bundle)."""
+    from edgeshrink.export import export
+    from edgeshrink.models.finetune import FinetuneConfig, finetune
+
+    root = tmp_path_factory.mktemp("trained")
+    (root / "data").mkdir()
+    data = write_csv(root / "data" / "data.csv", make_texts(300, seed=2))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(data.parent)
+        finetune(tiny_model, str(data), root / "model", FinetuneConfig(epochs=1, batch_size=16, max_length=32))
+        export(root / "model", root / "bundle")
+    return data, root / "model", root / "bundle"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path, monkeypatch, request):
     """Tests never read the user's prepared data unless marked slow."""

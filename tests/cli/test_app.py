@@ -112,6 +112,21 @@ def test_quantize_command(tiny_bundle, tiny_csv, tmp_path):
     assert_one_line_error(again, "already quantized with the same method")
 
 
+def test_quantize_command_rereads_the_recorded_data_from_anywhere(trained_bundle, tmp_path, monkeypatch):
+    data, _, bundle = trained_bundle
+    monkeypatch.chdir(tmp_path)  # not the directory the bundle was made from
+    result = invoke("quantize", bundle, "--method", "dynamic-int8", "--out", "q")
+    assert result.exit_code == 0, result.output
+    assert "McNemar" in result.stdout and (tmp_path / "q" / "manifest.json").exists()
+    moved = shutil.copy(data, tmp_path / "moved.csv")
+    assert invoke("quantize", bundle, "--method", "fp16", "--out", "q2", "--data", moved).exit_code == 0
+    recorded = json.loads((bundle / "manifest.json").read_text())["split"]["sha256"]
+    other = write_csv(tmp_path / "other.csv", make_texts(300, seed=9))
+    assert_one_line_error(invoke("quantize", bundle, "--method", "fp16", "--out", "q3", "--data", other),
+                          f"!= recorded {recorded[:12]}")
+    assert not (tmp_path / "q3").exists()
+
+
 def test_prune_command(tiny_model, tiny_csv, tmp_path):
     result = invoke("prune", tiny_model, "--data", tiny_csv, "--out", tmp_path / "s", "--layers", "1", "--ffn", "0.5",
                     "--importance-examples", "32")

@@ -161,3 +161,47 @@ def test_wrong_kind_of_calibration_data(cnn_bundle, tiny_bundle, data_csv, digit
     with pytest.raises(EdgeshrinkError, match="takes text; data 'digits' is images"):
         quantize(tiny_bundle, tmp_path / "c", QuantConfig(method="static-int8"), data="digits")
     assert not any((tmp_path / name).exists() for name in "abc")
+
+
+def test_quantize_reads_the_recorded_data_from_another_directory(trained_bundle, tmp_path, monkeypatch):
+    """Made from the CSV's directory with its absolute path; quantized from elsewhere, reading it again."""
+    data, model, bundle = trained_bundle
+    record = json.loads((model / "edgeshrink.json").read_text())
+    assert record["data"]["source"] == str(data.resolve()) and record["data"]["name"] == "data.csv"
+    source = json.loads((bundle / "manifest.json").read_text())
+    assert source["split"] == record["data"]["split"] and source["split"]["data"]["source"] == str(data.resolve())
+    monkeypatch.chdir(tmp_path)
+    manifest = quantize(bundle, "q", QuantConfig(method="static-int8", calibration_batch_size=8))
+    q = manifest["quantization"]
+    assert q["calibration_split_sha256"] == source["split"]["sha256"] and manifest["split"] == source["split"]
+    assert q["evaluation"]["accuracy"]["n"] == source["split"]["sizes"]["test"] == 45
+
+
+def test_quantize_data_points_at_a_copy_and_refuses_other_rows(trained_bundle, tmp_path):
+    data, _, bundle = trained_bundle
+    copy = shutil.copy(data, tmp_path / "moved.csv")
+    manifest = quantize(bundle, tmp_path / "a", QuantConfig(method="dynamic-int8"), data=str(copy))
+    assert manifest["quantization"]["evaluation"]["accuracy"]["n"] == 45
+    recorded = json.loads((bundle / "manifest.json").read_text())["split"]["sha256"]
+    other = write_csv(tmp_path / "other.csv", make_texts(300, seed=9))
+    with pytest.raises(EdgeshrinkError, match=f"does not give the split this bundle was made with: split sha256 "
+                                              f"[0-9a-f]{{12}} != recorded {recorded[:12]}"):
+        quantize(bundle, tmp_path / "b", QuantConfig(method="dynamic-int8"), data=str(other))
+    assert not (tmp_path / "b").exists()
+
+
+def test_quantize_of_a_bundle_whose_data_moved_or_was_recorded_by_short_name(trained_bundle, tmp_path):
+    data, _, bundle = trained_bundle
+    for name, edit, match in (
+            ("moved", lambda split: {**split, "data": {**split["data"], "source": str(tmp_path / "gone.csv")}},
+             "gone.csv, which is not there any more: pass --data"),
+            ("old", lambda split: {k: v for k, v in split.items() if k != "data"},  # before sources were resolved
+             "only as 'data.csv', not a built-in data set")):
+        edited = tmp_path / name
+        shutil.copytree(bundle, edited)
+        manifest = json.loads((edited / "manifest.json").read_text())
+        manifest["split"] = edit(manifest["split"])
+        (edited / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(EdgeshrinkError, match=match):
+            quantize(edited, tmp_path / f"{name}-q", QuantConfig(method="fp16"))
+        assert quantize(edited, tmp_path / f"{name}-q", QuantConfig(method="fp16"), data=str(data))["quantization"]

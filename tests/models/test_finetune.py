@@ -15,6 +15,9 @@ def test_finetune_learns_and_records(tiny_model, tiny_csv, tmp_path):
     saved = json.loads((out / "edgeshrink.json").read_text())
     assert saved["test"] == record["test"]
     assert saved["data"]["split"]["sizes"] == {"train": 140, "calibration": 30, "test": 30}
+    # where the data came from, resolved, and how it was read: enough to read it again from anywhere
+    assert saved["data"]["source"] == saved["data"]["split"]["data"]["source"] == str(tiny_csv.resolve())
+    assert saved["data"]["name"] == "tiny.csv" and saved["data"]["split"]["data"]["text_column"] == "text"
     assert model_labels(out) == ("negative", "positive")
     # the toy labels follow sentiment words, which a tiny model learns well above chance
     assert record["test"]["accuracy"] >= 0.75

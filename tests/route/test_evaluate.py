@@ -22,6 +22,26 @@ def test_guarantee_check_holds_for_a_calibrated_synthetic_model():
         assert row["population"]["mean_risk"] <= 0.05
 
 
+def test_guarantee_checks_too_small_to_run_are_skipped_with_the_reason():
+    rng = np.random.default_rng(1)
+    n = 181  # each draw calibrates on 90: enough at α = 0.05 (45 needed at δ = 0.1), not at 0.01 (230) or 0.02 (114)
+    labels = rng.integers(0, 2, n)
+    device = rng.dirichlet([1, 1], n)
+    cloud = np.eye(2)[labels] * 0.8 + 0.1
+    rows = guarantee_check(device, cloud, labels, PolicyConfig(policy="risk", alpha=0.05, delta=0.1),
+                           EvalConfig(resplits=5), 2)
+    assert [(r["risk_is"], r["alpha"]) for r in rows] == [(mode, a) for mode in ("error", "disagreement")
+                                                          for a in (0.01, 0.02, 0.05)]
+    for row in rows:
+        assert row["calibration_n"] == 90
+        if row["alpha"] == 0.05:
+            assert row["skipped"] is None and row["ok"] in (True, False) and row["population"]["mean_risk"] >= 0
+        else:
+            needed = {0.01: 230, 0.02: 114}[row["alpha"]]
+            assert row["examples_needed"] == needed and row["population"] is None and row["ok"] is None
+            assert f"it needs at least {needed} examples" in row["skipped"] and "got 90" in row["skipped"]
+
+
 def test_curves_apgr_and_cpt():
     scores = np.arange(10) / 10
     device_correct = np.array([0, 0, 1, 1, 1, 1, 1, 1, 1, 1], bool)  # wrong only on the two least confident

@@ -195,7 +195,9 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
              symmetric: Annotated[Optional[bool], typer.Option("--symmetric/--asymmetric", help="int4: symmetric blocks.")] = None,
              quantize_embeddings: Annotated[Optional[bool], typer.Option("--quantize-embeddings/--keep-embeddings", help="int4: also the embedding tables.")] = None,
              tolerance: Annotated[Optional[float], typer.Option(help="auto: max accuracy drop in points (default 0.5).")] = None,
-             data: Annotated[Optional[str], typer.Option("--data", help="Data (default: the data set the bundle was made on).")] = None,
+             data: Annotated[Optional[str], typer.Option("--data", help="Data (default: the data the bundle was made "
+                                                         "on, as recorded; a path given here is read with the recorded "
+                                                         "columns and must give the recorded split).")] = None,
              no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip scoring the test split.")] = False,
              force: Force = False, json_out: JsonOut = None) -> None:
     """Quantize a bundle (INT8 dynamic/static, INT4 weight-only, FP16, or accuracy-aware mixed precision)."""

@@ -61,11 +61,17 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
 
 @route_app.command("eval")
 @handled
-def evaluate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
+def evaluate(device: DeviceOpt, cloud: CloudOpt,
+             data: Annotated[Optional[str], typer.Option("--data", help="Data (default: the data the router was "
+                                                         "calibrated on, as recorded).")] = None,
              plots: Annotated[Optional[Path], typer.Option(help="Write the curves as PNG files into this directory.")] = None,
              resplits: Annotated[Optional[int], typer.Option(help="Guarantee check: calibration/test resplits (200).")] = None,
              alphas: Annotated[Optional[str], typer.Option(help="Guarantee check: comma list of α (0.01,0.02,0.05).")] = None,
-             text_column: TextCol = "text", label_column: LabelCol = "label", json_out: JsonOut = None) -> None:
+             text_column: Annotated[Optional[str], typer.Option("--text-column", help="Column holding the text "
+                                                               "(default: as recorded, else text).")] = None,
+             label_column: Annotated[Optional[str], typer.Option("--label-column", help="Column holding the label "
+                                                                "(default: as recorded, else label).")] = None,
+             json_out: JsonOut = None) -> None:
     """Route the test split: device/cloud/hybrid accuracy, cost, APGR/CPT, curves, the guarantee check."""
     from rich.console import Console
     from rich.table import Table
@@ -77,9 +83,14 @@ def evaluate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
     except ValueError:
         raise fail(f"--alphas must be a comma list of numbers, got {alphas!r}") from None
     config = EvalConfig.build(resplits=resplits, alphas=alpha_list)
+    if (text_column is not None or label_column is not None) and data is None:
+        raise fail("--text-column/--label-column go with --data")
+    # A bare --data path is read with the recorded columns; columns given here replace them.
+    data_config = data if text_column is None and label_column is None else \
+        _data_config(data, text_column or "text", "label" if label_column is None else label_column)
     console = Console(stderr=True)
     with console.status("routing the test split") as status:
-        report = run(device, cloud, _data_config(data, text_column, label_column), config, plots=plots,
+        report = run(device, cloud, data_config, config, plots=plots,
                      progress=lambda step: status.update(f"predicted {step}"))
     out = Console()
     table = Table(title=f"route eval: {report['data']} test split (n={report['n']})")
@@ -105,13 +116,23 @@ def evaluate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
     if r.get("apgr") is not None:
         cpt = ", ".join(f"CPT({k}) {100 * v:.1f}%" if v is not None else f"CPT({k}) n/a" for k, v in r["cpt"].items())
         out.print(f"APGR {r['apgr']:.3f}; {cpt}")
+    if report["same_split_as_calibration"] is False:
+        out.print(f"note: {report['data']} does not give the split the router was calibrated on (split sha256 "
+                  f"{report['split']['sha256'][:12]} != {report['calibration_split_sha256'][:12]}): these figures are "
+                  "on other data, not on the calibration data's held-out test split")
     cal = report["calibration_on_test"]
     out.print(f"test ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f} with temperature {cal['temperature']:.3f}")
     if report.get("guarantee_check"):
         check = Table(title="guarantee check: how often risk ≤ α when the router is recalibrated")
         for column in ("risk", "α", "δ", "n cal", "held %: population", "held-out half", "needed", "coverage %", "ok"):
             check.add_column(column)
+        skipped: dict[str, list[str]] = {}  # reason -> the checks it skipped
         for g in report["guarantee_check"]:
+            if g.get("skipped"):
+                skipped.setdefault(g["skipped"], []).append(f"{g['risk_is']} at α={g['alpha']:g}")
+                check.add_row(g["risk_is"], f"{g['alpha']:g}", f"{g['delta']:g}", str(g["calibration_n"]), "-", "-",
+                              f"{100 * g['target']:.0f}", "-", "skipped")
+                continue
             pop, half = g["population"], g["held_out_half"]
             check.add_row(g["risk_is"], f"{g['alpha']:g}", f"{g['delta']:g}", str(g["calibration_n"]),
                           f"{100 * pop['held_fraction']:.1f}", f"{100 * half['held_fraction']:.1f}",
@@ -120,4 +141,6 @@ def evaluate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
         out.print(f"{report['guarantee_check'][0]['resplits']} calibration draws each; population = risk of the chosen "
                   "threshold on the whole pool (what the guarantee promises); held-out half = realised on the "
                   "complementary half, which adds that half's own sampling noise")
+        for reason, checks in skipped.items():
+            out.print(f"skipped ({', '.join(checks)}): {reason}")
     write_json(json_out, report)

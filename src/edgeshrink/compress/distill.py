@@ -313,7 +313,7 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
     record = {
         "kind": "edgeshrink-model", "task": "text-classification", "labels": labels, "max_length": max_length,
         "source": {"teacher": str(teacher_dir.resolve()), "student": str(student_dir.resolve())},
-        "data": {"source": split.test.name, "split": split.info()},
+        "data": split.data_record(),
         "prune": student_record.get("prune"),
         "distill": config.to_dict(), "history": state["history"],
         "train_seconds": round(time.perf_counter() - started, 1), "train_examples": len(train),

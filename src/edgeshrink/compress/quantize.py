@@ -136,23 +136,14 @@ def register(name: str):
 
 
 def _split_for(manifest: dict, data):
-    """The bundle's own split of its data (checked against the hash in its manifest)."""
-    from edgeshrink.data import SplitConfig, load_data, split_examples
+    """The bundle's own split of its data: the recorded data, or ``data``; refused unless it gives the recorded hash."""
+    from edgeshrink.data import load_data
+    from edgeshrink.data.provenance import data_to_read, split_as_recorded
 
     recorded = manifest.get("split")
-    if data is None:
-        if not recorded:
-            raise EdgeshrinkError("this bundle records no data split: pass --data")
-        data = recorded["dataset"]
-    split_config = SplitConfig(seed=recorded["seed"], train_fraction=recorded["fractions"]["train"],
-                               calibration_fraction=recorded["fractions"]["calibration"]) if recorded else SplitConfig()
-    examples = load_data(data)
+    examples = load_data(data_to_read(recorded, data, "this bundle"))
     _check_data_kind(manifest, examples)
-    split = split_examples(examples, split_config)
-    if recorded and split.sha256 != recorded["sha256"]:
-        raise EdgeshrinkError(f"data {split.test.name!r} does not give the split this bundle was made with "
-                              f"(sha256 {split.sha256[:12]} != {recorded['sha256'][:12]})")
-    return split
+    return split_as_recorded(examples, recorded, "this bundle")
 
 
 def _check_data_kind(manifest: dict, examples) -> None:

@@ -167,7 +167,7 @@ def sparsify(model: str | Path, data: DataConfig | str, out: str | Path, config:
         record = {
             "kind": "edgeshrink-model", "task": "text-classification", "labels": labels, "max_length": max_length,
             "source": {"model": str(model), "path": str(model_dir.resolve())},
-            "data": {"source": split.test.name, "split": split.info()},
+            "data": split.data_record(),
             "prune": source_record.get("prune"),
             "sparsify": {**config.to_dict(), "sparsity_targeted": round(report["targeted"], 4),
                          "sparsity_all_parameters": round(all_zeros / all_params, 4),

@@ -13,10 +13,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError
+
+if TYPE_CHECKING:
+    from edgeshrink.data.sources import DataConfig
 
 
 @dataclass(frozen=True)
@@ -28,13 +32,14 @@ class ImageExamples:
     inputs: np.ndarray
     labels: list[str]
     label_names: tuple[str, ...] = field(default=())
+    source: "DataConfig | None" = None  # how they were read (``load_data`` sets it), as for text
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def subset(self, rows: list[int]) -> "ImageExamples":
         return ImageExamples(self.name, [self.ids[i] for i in rows], self.inputs[list(rows)],
-                             [self.labels[i] for i in rows], self.label_names)
+                             [self.labels[i] for i in rows], self.label_names, self.source)
 
     def head(self, n: int) -> "ImageExamples":
         return self.subset(list(range(min(n, len(self)))))

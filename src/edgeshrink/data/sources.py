@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,20 +17,25 @@ from edgeshrink.errors import EdgeshrinkError
 
 @dataclass(frozen=True)
 class Examples:
-    """Text classification examples; labels are names (strings), ``label_names`` fixes their order."""
+    """Text classification examples; labels are names (strings), ``label_names`` fixes their order.
+
+    ``name`` is short, for messages and tables (``data.csv``); ``source`` is how they were read, with the
+    path made absolute (``load_data`` sets it), so that a record of them can be read again from anywhere.
+    """
 
     name: str
     ids: list[str]
     texts: list[str]
     labels: list[str]
     label_names: tuple[str, ...] = field(default=())
+    source: "DataConfig | None" = None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def subset(self, rows: list[int]) -> "Examples":
         return Examples(self.name, [self.ids[i] for i in rows], [self.texts[i] for i in rows],
-                        [self.labels[i] for i in rows], self.label_names)
+                        [self.labels[i] for i in rows], self.label_names, self.source)
 
     def head(self, n: int) -> "Examples":
         return self.subset(list(range(min(n, len(self)))))
@@ -45,12 +51,25 @@ class DataConfig(Config):
     id_column: str = "id"
     sample: int | None = Field(None, ge=10)  # keep this many examples (a fixed, seeded subset: quick runs)
 
+    def resolved(self) -> "DataConfig":
+        """The same data, named independently of the working directory: a built-in name as is, a path absolute."""
+        if is_builtin(self.source):
+            return self
+        return self.model_copy(update={"source": str(Path(self.source).resolve())})
+
+
+def is_builtin(source: str) -> bool:
+    """Whether ``source`` names a built-in data set (text or image) rather than a path."""
+    from edgeshrink.data.images import IMAGE_DATASETS
+
+    return source in builtin.BUILTINS or source in IMAGE_DATASETS
+
 
 def load_data(config: DataConfig | str) -> Examples:
     """The examples of a data source: ``Examples`` (texts), or ``ImageExamples`` for a built-in image set."""
     if isinstance(config, str):
         config = DataConfig(source=config)
-    examples = _load(config)
+    examples = dataclasses.replace(_load(config), source=config.resolved())
     if config.sample is not None and config.sample < len(examples):
         import hashlib
 

@@ -53,13 +53,22 @@ class Split:
         return digest.hexdigest()
 
     def info(self) -> dict:
+        """The split's identity in records and manifests; ``data`` is how to read its data again (see provenance)."""
+        source = self.test.source
         return {
-            "dataset": self.test.name,
+            "dataset": self.test.name,  # short, for tables and reports
+            "data": source.to_dict() if source is not None else None,
             "seed": self.config.seed,
             "fractions": {"train": self.config.train_fraction, "calibration": self.config.calibration_fraction},
             "sizes": {"train": len(self.train), "calibration": len(self.calibration), "test": len(self.test)},
             "sha256": self.sha256,
         }
+
+    def data_record(self) -> dict:
+        """A model record's ``data``: the resolved source (a built-in name or an absolute path), a short name, the split."""
+        source = self.test.source
+        return {"source": source.source if source is not None else self.test.name, "name": self.test.name,
+                "split": self.info()}
 
     def part(self, name: str) -> Examples:
         if name not in ("train", "calibration", "test"):

@@ -261,7 +261,7 @@ def finetune_cnn(model: str | Path, data, out: str | Path, config, force: bool =
         "parameters": int(sum(p.numel() for p in net.parameters())),
         "source": {"model": str(model),
                    "weights_sha256": sha256_file(Path(model) / WEIGHTS_NAME) if previous else None},
-        "data": {"source": examples.name, "split": split.info()},
+        "data": split.data_record(),
         "finetune": config.to_dict(),
         "history": history,
         "train_seconds": round(train_seconds, 1),

@@ -88,9 +88,10 @@ def calibrate(device: str | Path, cloud, data: DataConfig | str, config: RouteCo
     examples = load_data(data)
     if examples.label_names:
         split = split_examples(examples, config.split)
-        part, data_info = split.calibration, {"source": examples.name, "split": split.info()}
+        part, data_info = split.calibration, split.data_record()
     elif config.label_free:  # unlabelled traffic: every row calibrates (nothing here trains or tests)
-        part, data_info = examples, {"source": examples.name, "unlabelled": True, "rows": len(examples)}
+        part, data_info = examples, {"source": examples.source.source, "name": examples.name, "unlabelled": True,
+                                     "rows": len(examples)}
     else:
         raise EdgeshrinkError(f"data {examples.name!r} has no labels: calibrate with label_free (--label-free)")
     labels = None if config.label_free else label_ids(part.labels, list(device_model.labels), "the calibration split")

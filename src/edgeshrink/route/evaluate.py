@@ -23,7 +23,7 @@ from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, load_data, split_examples
 from edgeshrink.route.calibrate import PolicyConfig, calibration_data, check_same_labels, fit, label_ids
 from edgeshrink.route.confidence import SIGNALS, ece, nll, reliability, scaled_probs
-from edgeshrink.route.policies import choose_threshold
+from edgeshrink.route.policies import choose_threshold, examples_needed, too_small
 from edgeshrink.route.router import read_router, request_cost, threshold_of
 from edgeshrink.stats import accuracy_interval, mcnemar_p
 
@@ -81,6 +81,8 @@ def guarantee_check(device_probs, cloud_probs, labels, policy: PolicyConfig, con
     risk on the other. This also counts the finite test half's own sampling noise, and the two halves
     are complements (a lucky calibration half means an unlucky test half), so it can fall below 1 − δ
     for a procedure whose guarantee holds — it answers "how often does a batch of this size exceed α".
+    A check that half the pool is too small to run (at a small α: see ``policies.too_small``) is kept
+    as a row with ``skipped`` saying why, and no figures; every other row has ``skipped`` None.
     """
     rng = np.random.default_rng(config.seed)
     n = len(labels)
@@ -92,6 +94,16 @@ def guarantee_check(device_probs, cloud_probs, labels, policy: PolicyConfig, con
     for label_free in (False, True):
         wrong = device_pred != (cloud_pred if label_free else labels)
         for alpha in config.alphas:
+            row = {"label_free": label_free, "risk_is": "disagreement" if label_free else "error", "alpha": alpha,
+                   "delta": policy.delta, "resplits": config.resplits, "calibration_n": half,
+                   "examples_needed": examples_needed(alpha, policy.delta, policy.min_examples),
+                   "target": 1 - policy.delta, "skipped": None}
+            reason = too_small(half, alpha, policy.delta, policy.min_examples)
+            if reason:
+                rows.append({**row, "skipped": f"{reason} (each draw calibrates on half of the {n} pooled "
+                                               f"calibration and test examples)",
+                             "population": None, "held_out_half": None, "ok": None})
+                continue
             cfg = PolicyConfig(policy="risk", signal=policy.signal, alpha=alpha, delta=policy.delta,
                                label_free=label_free, p_value=policy.p_value,
                                temperature_scaling=policy.temperature_scaling, min_examples=policy.min_examples)
@@ -105,9 +117,6 @@ def guarantee_check(device_probs, cloud_probs, labels, policy: PolicyConfig, con
 
             population = [run(cal, np.arange(n)) for cal in draws]
             held_out = [run(perm[:half], perm[half:]) for perm in halvings]
-            row = {"label_free": label_free, "risk_is": "disagreement" if label_free else "error", "alpha": alpha,
-                   "delta": policy.delta, "resplits": config.resplits, "calibration_n": half,
-                   "target": 1 - policy.delta}
             for name, results in (("population", population), ("held_out_half", held_out)):
                 risks = np.array([r for r, _ in results])
                 row[name] = {"held_fraction": float((risks <= alpha).mean()) if len(risks) else None,
@@ -134,9 +143,16 @@ def _device_latency_ms(device, texts, samples: int) -> float:
     return float(np.median(times))
 
 
-def evaluate(device: str | Path, cloud, data: DataConfig | str, config: EvalConfig | None = None,
+def evaluate(device: str | Path, cloud, data: DataConfig | str | None = None, config: EvalConfig | None = None,
              plots: str | Path | None = None, progress=None) -> dict:
-    """Route the test split with the bundle's calibrated router; return the report (and write plots)."""
+    """Route the test split with the bundle's calibrated router; return the report (and write plots).
+
+    ``data`` defaults to the data the router was calibrated on, as recorded in router.json (refused if it
+    no longer gives the recorded split). Other data is evaluated as given — e.g. a domain shift — and the
+    report says whether it gives the calibration split (``same_split_as_calibration``): only then is
+    the test split sure to hold no calibration example.
+    """
+    from edgeshrink.data.provenance import data_to_read, split_as_recorded
     from edgeshrink.models.torch_text import load_predictor
     from edgeshrink.runtime import load
 
@@ -146,7 +162,10 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str, config: EvalConf
     device_model = load(device)
     cloud_model = load_predictor(cloud) if isinstance(cloud, (str, Path)) else cloud
     check_same_labels(device_model, cloud_model)
-    split = split_examples(load_data(data), policy_split(router))
+    recorded = (router.get("data") or {}).get("split")
+    examples = load_data(data_to_read(recorded, data, "this router"))
+    split = split_as_recorded(examples, recorded, "this router") if data is None else \
+        split_examples(examples, policy_split(router))
     names = list(device_model.labels)
     test, cal = split.test, split.calibration
     y_test = label_ids(test.labels, names, "the test split")
@@ -184,6 +203,8 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str, config: EvalConf
     only_cloud = int((cloud_correct & ~hybrid_correct).sum())
     report = {
         "schema": SCHEMA, "device": str(device), "cloud": str(cloud), "data": test.name, "split": split.info(),
+        "calibration_split_sha256": recorded["sha256"] if recorded else None,  # None: calibrated on unlabelled data
+        "same_split_as_calibration": split.sha256 == recorded["sha256"] if recorded else None,
         "router": {k: router[k] for k in ("signal", "temperature", "threshold", "escalate_everything", "alpha",
                                           "delta", "label_free", "n", "guarantee", "feasible")}
         | {"policy": router["policy"]["policy"]},

@@ -133,6 +133,17 @@ def examples_needed(alpha: float, delta: float, floor: int = 1) -> int:
     return max(floor, math.ceil(math.log(delta) / math.log(1 - alpha)))
 
 
+def too_small(n: int, alpha: float, delta: float, min_examples: int = 1) -> str | None:
+    """Why ``n`` calibration examples cannot run the risk test at (alpha, delta), or None if they can.
+
+    Known before any score or error is seen, so a caller can skip the test instead of running it."""
+    needed = examples_needed(alpha, delta, min_examples)
+    if n >= needed:
+        return None
+    return (f"the calibration set is too small for alpha={alpha:g}, delta={delta:g}: it needs at least {needed} "
+            f"examples (answered on the device, with no errors among them); got {n}")
+
+
 def _rate(mask: np.ndarray) -> float | None:
     return float(mask.mean()) if mask.size else None
 
@@ -185,10 +196,9 @@ def _accuracy(data: CalibrationData, config: PolicyConfig, n_classes: int) -> Th
 def _risk_threshold(data: CalibrationData, config: PolicyConfig, n_classes: int, delta: float):
     errors = data.errors(config.label_free).astype(bool)
     needed = examples_needed(config.alpha, delta, config.min_examples)
-    if len(data.scores) < needed:
-        raise EdgeshrinkError(f"the calibration set is too small for alpha={config.alpha:g}, delta={delta:g}: it needs "
-                              f"at least {needed} examples (answered on the device, with no errors among them); "
-                              f"got {len(data.scores)}")
+    problem = too_small(len(data.scores), config.alpha, delta, config.min_examples)
+    if problem:
+        raise EdgeshrinkError(problem)
     order = np.argsort(-data.scores, kind="stable")
     sorted_scores, cum_errors = data.scores[order], np.concatenate([[0], np.cumsum(errors[order])])
     values = grid(config.signal, n_classes, config.grid_size)
