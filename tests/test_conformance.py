@@ -133,7 +133,7 @@ def test_quantize(fam, method, tmp_path):
     from edgeshrink.runtime import load
 
     config = QuantConfig(method=method, calibration_samples=32, max_eval_examples=32 if method == "auto" else None)
-    manifest = quantize(fam["bundle"], tmp_path / method, config, data=fam["data"])
+    manifest = quantize(fam["bundle"], tmp_path / method, config)  # re-reads the data the bundle records
     assert manifest["quantization"]["method"] == method
     assert manifest["quantization"]["evaluation"]["accuracy"]["n"] > 0
     assert len(load(tmp_path / method).predict(["a good film"]).labels) == 1
@@ -191,6 +191,10 @@ def test_distill(fam, student, loss, tmp_path):
     record = distill(fam["cloud"], student, fam["data"], tmp_path / "device",
                      DistillConfig(epochs=1, batch_size=16, max_train_examples=64, **weights))
     assert record["test"]["n"] > 0 and len(record["history"]) == 1
+    if loss == "kd":  # the distilled student reloads (kept heads) and exports validated
+        from edgeshrink.export import export
+
+        assert export(tmp_path / "device", tmp_path / "bundle")["validation"]["ok"]
 
 
 def test_sparsify(fam, tmp_path):
