@@ -4,7 +4,8 @@ A family joins by its registry entry (models/arch.py); operations the registry s
 must be refused in one line, everything else must work: finetune, export with validation, every
 quantize method, every structured prune operation, distillation with each loss, unstructured
 pruning, route calibrate + eval, the torch-free runtime, bench of a PyTorch candidate and the HTTP
-service answering a request.
+service answering a request. The plain-PyTorch CNN path runs the verbs that apply to a tensor model
+and must refuse the text-only ones in one line.
 """
 
 from __future__ import annotations
@@ -235,3 +236,69 @@ def test_route_runtime_bench_and_serve(fam, tmp_path):
         answer = client.post("/v1/classify", json={"texts": ["a good film"]})
     assert answer.status_code == 200, answer.text
     assert answer.json()["results"][0]["label"] in ("negative", "positive")
+
+
+# -- the plain-PyTorch CNN path: the verbs that apply to a tensor model, and one-line refusals of the rest ------
+@pytest.fixture(scope="module")
+def cnn(tmp_path_factory):
+    from edgeshrink.data import DataConfig
+    from edgeshrink.export import export
+    from edgeshrink.models.finetune import FinetuneConfig, finetune
+    from tests.conftest import make_tiny_cnn
+
+    root = tmp_path_factory.mktemp("cnn-path")
+    data = DataConfig(source="digits", sample=300)
+    finetune(make_tiny_cnn(root / "init"), data, root / "cnn", FinetuneConfig(epochs=3, learning_rate=5e-3, threads=1))
+    export(root / "cnn", root / "bundle")
+    return {"root": root, "data": data, "model": root / "cnn", "bundle": root / "bundle"}
+
+
+@pytest.mark.parametrize("method", ["dynamic-int8", "static-int8", "int4-weight", "fp16"])
+def test_cnn_quantize(cnn, method, tmp_path):
+    from edgeshrink.compress import QuantConfig, quantize
+
+    manifest = quantize(cnn["bundle"], tmp_path / method, QuantConfig(method=method, calibration_batch_size=8))
+    assert manifest["quantization"]["evaluation"]["accuracy"]["n"] > 0
+
+
+def test_cnn_prune_channels_route_bench(cnn, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from edgeshrink.bench import BenchConfig, bench
+    from edgeshrink.compress.channels import ChannelPruneConfig, prune_channels
+    from edgeshrink.export import export
+    from edgeshrink.route.calibrate import RouteConfig, calibrate
+    from edgeshrink.route.evaluate import EvalConfig, evaluate
+    from edgeshrink.runtime import load
+
+    record = prune_channels(cnn["model"], cnn["data"], tmp_path / "pruned", ChannelPruneConfig(channels_keep=0.5))
+    assert record["prune_channels"]["parameters"] < record["prune_channels"]["teacher_parameters"]
+    export(tmp_path / "pruned", tmp_path / "device")
+    assert len(load(tmp_path / "device").predict(np.zeros((2, 1, 8, 8), np.float32)).labels) == 2
+    shutil.copytree(tmp_path / "device", tmp_path / "routed")
+    router = calibrate(tmp_path / "routed", cnn["bundle"], cnn["data"], RouteConfig(policy="budget", budget=0.3))
+    assert router["calibration"]["escalation_rate"] <= 0.3 + 1e-9
+    assert evaluate(tmp_path / "routed", cnn["bundle"], cnn["data"], EvalConfig(resplits=0, latency_samples=5))["n"] > 0
+    report = bench([cnn["bundle"], tmp_path / "device"], cnn["data"],
+                   BenchConfig(threads=[1], throughput_batch_sizes=[4], latency_runs=5, throughput_runs=1, rounds=1,
+                               warmup_runs=1))
+    assert len(report["candidates"]) == 2
+
+
+def test_cnn_refuses_text_verbs_in_one_line(cnn, tmp_path):
+    from edgeshrink.compress.distill import distill
+    from edgeshrink.compress.prune import PruneConfig, prune
+    from edgeshrink.compress.sparsify import sparsify
+    from edgeshrink.serve.config import ServeConfig
+    from edgeshrink.serve.device import device_app
+
+    for call in (lambda: distill(cnn["model"], cnn["model"], cnn["data"], tmp_path / "a"),
+                 lambda: sparsify(cnn["model"], cnn["data"], tmp_path / "b"),
+                 lambda: prune(cnn["model"], cnn["data"], tmp_path / "c", PruneConfig(layers=1)),
+                 lambda: device_app(cnn["bundle"], ServeConfig())):
+        with pytest.raises(EdgeshrinkError) as info:
+            call()
+        assert "\n" not in str(info.value) and ("CNN" in str(info.value) or "tensors" in str(info.value))
+    assert not any((tmp_path / name).exists() for name in "abc")

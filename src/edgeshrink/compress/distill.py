@@ -151,6 +151,9 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
     from edgeshrink._files import check_output_dir
     from edgeshrink.models.torch_text import load_classifier, predict_proba
 
+    from edgeshrink.models.cnn import refuse_cnn
+
+    refuse_cnn("distill", teacher, student)
     config = config or DistillConfig()
     out = Path(out)
     check_output_dir(out, force)

@@ -110,6 +110,9 @@ def sparsify(model: str | Path, data: DataConfig | str, out: str | Path, config:
     from edgeshrink.models.finetune import train_classifier
     from edgeshrink.models.torch_text import load_classifier, predict_proba
 
+    from edgeshrink.models.cnn import refuse_cnn
+
+    refuse_cnn("sparsify", model)
     config = config or SparsifyConfig()
     check_output_dir(out, force)
     model_dir = resolve_model(model)

@@ -100,6 +100,14 @@ def is_cnn(spec: str | Path) -> bool:
     return str(spec) in ARCHITECTURES or read_cnn_record(spec) is not None
 
 
+def refuse_cnn(verb: str, *models) -> None:
+    """Text-encoder verbs refuse a CNN in one line naming what applies to one."""
+    for model in models:
+        if is_cnn(model):
+            raise EdgeshrinkError(f"{model} is a CNN: {verb} works on text encoders; a CNN takes finetune, export, "
+                                  "quantize, prune-channels, bench and route")
+
+
 def load_cnn(path: str | Path):
     """(module in eval mode, record) of a trained CNN directory."""
     from safetensors.torch import load_file

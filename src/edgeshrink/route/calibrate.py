@@ -77,6 +77,7 @@ def fit(device_probs, cloud_probs, labels, config: PolicyConfig) -> float:
 def calibrate(device: str | Path, cloud, data: DataConfig | str, config: RouteConfig | None = None,
               cloud_name: str | None = None) -> dict:
     """Fit the router on the calibration split; write router.json into the ``device`` bundle; return it."""
+    from edgeshrink.data.images import model_inputs
     from edgeshrink.models.torch_text import load_predictor
     from edgeshrink.runtime import load
 
@@ -95,7 +96,8 @@ def calibrate(device: str | Path, cloud, data: DataConfig | str, config: RouteCo
     else:
         raise EdgeshrinkError(f"data {examples.name!r} has no labels: calibrate with label_free (--label-free)")
     labels = None if config.label_free else label_ids(part.labels, list(device_model.labels), "the calibration split")
-    device_out, cloud_out = device_model.predict(part.texts), cloud_model.predict(part.texts)
+    inputs = model_inputs(part)  # texts, or the image array for tensor bundles (a CNN's router)
+    device_out, cloud_out = device_model.predict(inputs), cloud_model.predict(inputs)
     keep = ~np.array(device_out.truncated) if config.escalate_truncated else np.ones(len(part), bool)
     d, c = device_out.probabilities[keep], cloud_out.probabilities[keep]
     y = None if labels is None else labels[keep]

@@ -153,6 +153,7 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str | None = None, co
     the test split sure to hold no calibration example.
     """
     from edgeshrink.data.provenance import data_to_read, split_as_recorded
+    from edgeshrink.data.images import model_inputs
     from edgeshrink.models.torch_text import load_predictor
     from edgeshrink.runtime import load
 
@@ -173,7 +174,7 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str | None = None, co
     outputs = {}
     for key, model, part in (("device_test", device_model, test), ("cloud_test", cloud_model, test),
                              ("device_cal", device_model, cal), ("cloud_cal", cloud_model, cal)):
-        outputs[key] = model.predict(part.texts)
+        outputs[key] = model.predict(model_inputs(part))
         if progress:
             progress(key)
     d, c = outputs["device_test"].probabilities, outputs["cloud_test"].probabilities
@@ -192,7 +193,7 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str | None = None, co
 
     cost = dict(router["cost"])
     if cost.get("device_latency_ms") is None:
-        cost["device_latency_ms"] = _device_latency_ms(device_model, test.texts, config.latency_samples)
+        cost["device_latency_ms"] = _device_latency_ms(device_model, model_inputs(test), config.latency_samples)
         cost["device_latency_source"] = "measured here: median of single requests, 1 thread"
     per_request = [request_cost(cost, bool(e)) for e in escalate]
     cloud_only = request_cost(cost, True)

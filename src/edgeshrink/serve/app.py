@@ -302,6 +302,15 @@ def length_groups(texts: list[str], max_padding: float = 0.25) -> list[list[int]
     return groups
 
 
+def check_text_model(predictor, path) -> None:
+    """The HTTP API classifies texts: a tensor bundle (a CNN's) is refused in one line."""
+    from edgeshrink.errors import EdgeshrinkError
+
+    if getattr(predictor, "task", "text-classification") != "text-classification":
+        raise EdgeshrinkError(f"{path} takes tensors, not text: the HTTP service answers text requests only "
+                              "(run a tensor bundle with edgeshrink.runtime.load)")
+
+
 def predict_rows(predictor):
     """A batch function over a predictor: per text (label, probabilities row, model-truncated)."""
     def infer(texts: list[str]) -> list[tuple[str, np.ndarray, bool]]:

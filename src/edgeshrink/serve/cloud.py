@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from fastapi.responses import JSONResponse
 
-from edgeshrink.serve.app import TextResult, build_app, predict_rows, probabilities_dict
+from edgeshrink.serve.app import TextResult, build_app, check_text_model, predict_rows, probabilities_dict
 from edgeshrink.serve.config import ServeConfig
 
 
@@ -23,6 +23,7 @@ def cloud_app(model: str | Path, config: ServeConfig, faults: Path | None = None
     from edgeshrink.models.torch_text import load_predictor
 
     predictor = load_predictor(str(model), threads=config.threads)
+    check_text_model(predictor, model)
     labels = list(predictor.labels)
 
     async def answer(request, body, texts, rows, cut, started):

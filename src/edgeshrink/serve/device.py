@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeshrink.serve.app import TextResult, build_app, predict_rows, probabilities_dict
+from edgeshrink.serve.app import TextResult, build_app, check_text_model, predict_rows, probabilities_dict
 from edgeshrink.serve.config import ServeConfig
 
 
@@ -20,6 +20,7 @@ def device_app(bundle: str | Path, config: ServeConfig):
     from edgeshrink.serve.cloud_client import CloudClient
 
     predictor = load(bundle, threads=config.threads)  # checks every file's hash
+    check_text_model(predictor, bundle)
     labels = list(predictor.labels)
     # With a cloud, router.json is required (read_router refuses a missing or edited one); without one, a
     # router present still gives calibrated confidences, with nowhere to escalate.
