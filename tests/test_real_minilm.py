@@ -34,3 +34,20 @@ def test_minilm_exports_validates_and_matches_torch(tmp_path):
     got = load(tmp_path / "b", threads=1).predict(texts)
     np.testing.assert_allclose(got.probabilities, want, atol=1e-4)
     assert got.truncated == [False, False, False, True]
+
+
+def test_packaged_minilm_exports_as_is_with_an_untrained_head(tmp_path):
+    """`edgeshrink export minilm`, the first thing a newcomer tries: the head is new (random), so export
+    validates the one head that goes into the ONNX file and warns that it is untrained."""
+    from typer.testing import CliRunner
+
+    from edgeshrink.cli import app
+
+    result = CliRunner().invoke(app, ["export", "minilm", "--out", str(tmp_path / "b"), "--max-length", "64"])
+    assert result.exit_code == 0, result.output
+    assert "no trained classification head" in result.stderr
+    import json
+
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["classification_head"] == "untrained" and manifest["validation"]["ok"]
+    assert manifest["family"] == "bert"
