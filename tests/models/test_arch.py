@@ -36,3 +36,34 @@ def test_usable_length_counts_the_position_offset():
 
     assert arch.FAMILIES["roberta"].max_length(Config) == 512
     assert arch.FAMILIES["bert"].max_length(Config) == 514
+
+
+@pytest.mark.parametrize("family_name, overrides", [
+    ("deberta-v2", {"share_att_key": False}),  # separate pos_key/pos_query projections, sliced with q/k/v
+    ("deberta-v2", {"relative_attention": False, "position_biased_input": True, "type_vocab_size": 2}),  # v2-style
+    ("albert", {"num_hidden_layers": 4}),  # one shared block at four depths
+])
+def test_zeroed_gate_equals_removed_head_in_variants(family_name, overrides, tmp_path):
+    import torch
+
+    from edgeshrink.models.torch_text import load_classifier
+    from tests.conftest import make_texts
+    from tests.families import make_family_model
+
+    model, tokenizer = load_classifier(make_family_model(family_name, tmp_path / "m", **overrides))
+    family = arch.family_of(model.config)
+    texts = [t for t, _ in make_texts(5, seed=3)]
+
+    def logits():
+        with torch.inference_mode():
+            return model(**tokenizer(texts, padding=True, truncation=True, max_length=48, return_tensors="pt")).logits
+
+    gates, remove = arch.head_gates(model, family)
+    with torch.no_grad():
+        gates[:, 2] = 0.0
+    gated = logits()
+    remove()
+    arch.keep_heads(model, family, {i: [0, 1, 3] for i in range(gates.shape[0])})
+    torch.testing.assert_close(logits(), gated, rtol=0, atol=2e-5)
+    assert list(tokenizer(["x"]).keys()) == [k for k in ("input_ids", "token_type_ids", "attention_mask")
+                                             if k in family.inputs(model.config)]
