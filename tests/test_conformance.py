@@ -13,11 +13,11 @@ from __future__ import annotations
 import pytest
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.models.arch import FAMILIES, OPERATIONS
+from edgeshrink.models.arch import FAMILIES, OPERATIONS, unique_families
 from tests.conftest import make_texts, write_csv
 from tests.families import make_family_model
 
-NAMES = list(dict.fromkeys(f.name for f in FAMILIES.values()))
+NAMES = [f.name for f in unique_families()]
 
 
 @pytest.fixture(scope="module", params=NAMES)

@@ -28,7 +28,7 @@ def assert_one_line_error(result, match):
 
 def test_version_and_help():
     assert invoke("--version").stdout.strip() == f"edgeshrink {__version__}"
-    for command in ("doctor", "finetune", "export", "predict", "bench", "quantize", "prune", "distill", "data",
+    for command in ("doctor", "families", "finetune", "export", "predict", "bench", "quantize", "prune", "distill", "data",
                     "data prepare", "data list", "sparsify", "route", "route calibrate", "route eval"):
         result = invoke(*command.split(), "--help")
         assert result.exit_code == 0 and "Usage" in result.stdout

@@ -67,3 +67,10 @@ def test_zeroed_gate_equals_removed_head_in_variants(family_name, overrides, tmp
     torch.testing.assert_close(logits(), gated, rtol=0, atol=2e-5)
     assert list(tokenizer(["x"]).keys()) == [k for k in ("input_ids", "token_type_ids", "attention_mask")
                                              if k in family.inputs(model.config)]
+
+
+def test_families_as_data():
+    data = arch.families_data()
+    assert [f["name"] for f in data] == [f.name for f in arch.unique_families()]
+    albert = next(f for f in data if f["name"] == "albert")
+    assert albert["operations"]["drop_layers"] is False and "drop_layers" in albert["refusals"]

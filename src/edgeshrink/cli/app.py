@@ -48,6 +48,16 @@ def doctor(json_out: JsonOut = None) -> None:
     write_json(json_out, info)
 
 
+@app.command()
+@handled
+def families(json_out: JsonOut = None) -> None:
+    """List the model families edgeshrink knows, their inputs, and which structured operations apply."""
+    from edgeshrink.models import arch
+
+    typer.echo(arch.families_table())
+    write_json(json_out, {"families": arch.families_data()})
+
+
 @data_app.command("prepare")
 @handled
 def data_prepare(names: Annotated[list[str], typer.Argument(help="Data set names, or 'all'.")],

@@ -183,6 +183,11 @@ register(Family(name="deberta-v2", label="DeBERTa-v2/v3", model_types=("deberta-
                              "norm_rel_ebd": "layer_norm", "share_att_key": True, "type_vocab_size": 0}))
 
 
+def unique_families() -> list[Family]:
+    """Each registered family once (a family may cover several model types)."""
+    return list({family.name: family for family in FAMILIES.values()}.values())
+
+
 def supported() -> str:
     return ", ".join(sorted(FAMILIES))
 
@@ -331,17 +336,26 @@ def _inputs_text(family: Family) -> str:
     return text
 
 
+def families_data() -> list[dict]:
+    """The registry as data (``edgeshrink families --json``)."""
+    out = []
+    for family in unique_families():
+        out.append({"name": family.name, "label": family.label, "model_types": list(family.model_types),
+                    "inputs": _inputs_text(family), "usable_length": family.max_length_rule(),
+                    "tokenizer_in_tests": family.tokenizer, "ort_fusion": family.ort_fusion,
+                    "operations": {op: family.applies(op) for op in OPERATIONS},
+                    "refusals": dict(family.refusals), "notes": family.notes})
+    return out
+
+
 def families_table() -> str:
     """The README's table of families and the operations that apply (generated from the registry).
 
     Every family takes every verb (finetune, export, quantize, distill, sparsify, route, bench, serve);
     the columns are the structured operations, which differ by family.
     """
-    seen, rows = set(), []
-    for family in FAMILIES.values():
-        if family.name in seen:
-            continue
-        seen.add(family.name)
+    rows = []
+    for family in unique_families():
         cells = ["yes" if family.applies(op) else f"no: {family.refusals.get(op, 'n/a')}" for op in OPERATIONS]
         rows.append(f"| {family.label} | `{'`, `'.join(family.model_types)}` | {_inputs_text(family)} | "
                     f"{family.max_length_rule()} | {family.tokenizer} | {family.ort_fusion or 'basic only'} | "
