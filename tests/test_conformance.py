@@ -128,6 +128,27 @@ def test_zeroed_gate_equals_removed_head(fam):
     torch.testing.assert_close(_logits(model, tokenizer, texts), gated, rtol=0, atol=2e-5)
 
 
+def test_head_pruned_model_saves_and_reloads_identically(fam, tmp_path):
+    """The loader builds at full width, cuts to the kept heads recorded in config.json, then loads."""
+    import torch
+
+    from edgeshrink.models import arch
+    from edgeshrink.models.torch_text import load_classifier
+
+    family = fam["family"]
+    model, tokenizer = load_classifier(fam["cloud"])
+    n_blocks = len(family.block_list(model))
+    kept = {i: [0, 2, 3] if family.same_heads_every_layer or i % 2 else [1, 3] for i in range(n_blocks)}
+    arch.keep_heads(model, family, kept)
+    setattr(model.config, arch.KEPT_HEADS_KEY, {str(i): heads for i, heads in kept.items()})
+    texts = [t for t, _ in make_texts(6, seed=4)]
+    before = _logits(model, tokenizer, texts)
+    model.save_pretrained(tmp_path / "cut")
+    tokenizer.save_pretrained(tmp_path / "cut")
+    reloaded, tokenizer = load_classifier(tmp_path / "cut")
+    torch.testing.assert_close(_logits(reloaded, tokenizer, texts), before, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("method", ["dynamic-int8", "static-int8", "int4-weight", "fp16", "auto"])
 def test_quantize(fam, method, tmp_path):
     from edgeshrink.compress import QuantConfig, quantize
