@@ -1,16 +1,17 @@
 """The architecture layer: what edgeshrink knows about each model family, in one registry.
 
     from edgeshrink.models.arch import family_of
-    family = family_of(model.config)          # Family("bert"), or a one-line error naming what is supported
-    family.blocks(model)                      # the transformer blocks that hold weights
-    family.attention(block).q                 # the query projection of a block
-    family.check("drop_layers")               # refuses, naming the family and what does apply
+    family = family_of(model.config)          # the "bert" entry, or a one-line error naming what is supported
+    blocks = family.block_list(model)         # the transformer blocks that hold weights
+    family.attention_of(blocks[0]).q          # the query projection of a block (and .k .v .o .heads)
+    family.inputs(model.config)               # ["input_ids", "attention_mask"] for DistilBERT
+    family.check("drop_layers")               # ALBERT refuses, naming the family and what does apply
 
 Every verb asks this module where a family keeps its blocks, attention projections, FFN and
 embeddings, which inputs it takes, how long an input may be, and which structured operations apply;
 no verb names a family's module paths itself. Adding a family = one ``register(Family(...))`` entry;
 it then joins the conformance tests (tests/test_conformance.py) and the README's table
-(``python -m edgeshrink.models.arch``).
+(``edgeshrink families``).
 
 Sizes come from the config through ``attribute_map`` (DistilBERT's ``dim``/``n_heads``/``n_layers``);
 what transformers already knows (input embeddings, the base model) is derived, not stored.
@@ -69,6 +70,14 @@ class Family:
     test_config: dict = field(default_factory=dict)  # a tiny config for the conformance tests
     label: str = ""  # display name
     notes: str = ""  # what a user should know (README table)
+
+    def __post_init__(self) -> None:
+        if self.token_type_ids not in ("yes", "no", "if-type-vocab"):
+            raise ValueError(f"{self.name}: token_type_ids must be yes, no or if-type-vocab")
+        if self.position_offset not in ("none", "padding-idx"):
+            raise ValueError(f"{self.name}: position_offset must be none or padding-idx")
+        if not self.operations <= ALL_OPERATIONS or set(self.refusals) != ALL_OPERATIONS - self.operations:
+            raise ValueError(f"{self.name}: every operation that does not apply needs a reason in refusals")
 
     # -- paths -------------------------------------------------------------------------------------
     def block_list(self, model):
