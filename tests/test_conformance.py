@@ -112,19 +112,19 @@ def test_usable_max_length_runs_in_torch_and_onnx(fam, tmp_path):
 def test_zeroed_gate_equals_removed_head(fam):
     import torch
 
-    from edgeshrink.models import arch
+    from edgeshrink.models import surgery
     from edgeshrink.models.torch_text import load_classifier
 
     family = fam["family"]
     texts = [t for t, _ in make_texts(6, seed=2)]
     model, tokenizer = load_classifier(fam["cloud"])
-    gates, remove = arch.head_gates(model, family)
+    gates, remove = surgery.head_gates(model, family)
     with torch.no_grad():
         gates[:, 1] = 0.0
     gated = _logits(model, tokenizer, texts)
     remove()
     n = gates.shape[1]
-    arch.keep_heads(model, family, {i: [h for h in range(n) if h != 1] for i in range(gates.shape[0])})
+    surgery.keep_heads(model, family, {i: [h for h in range(n) if h != 1] for i in range(gates.shape[0])})
     torch.testing.assert_close(_logits(model, tokenizer, texts), gated, rtol=0, atol=2e-5)
 
 
@@ -132,14 +132,14 @@ def test_head_pruned_model_saves_and_reloads_identically(fam, tmp_path):
     """The loader builds at full width, cuts to the kept heads recorded in config.json, then loads."""
     import torch
 
-    from edgeshrink.models import arch
+    from edgeshrink.models import arch, surgery
     from edgeshrink.models.torch_text import load_classifier
 
     family = fam["family"]
     model, tokenizer = load_classifier(fam["cloud"])
     n_blocks = len(family.block_list(model))
     kept = {i: [0, 2, 3] if family.same_heads_every_layer or i % 2 else [1, 3] for i in range(n_blocks)}
-    arch.keep_heads(model, family, kept)
+    surgery.keep_heads(model, family, kept)
     setattr(model.config, arch.KEPT_HEADS_KEY, {str(i): heads for i, heads in kept.items()})
     texts = [t for t, _ in make_texts(6, seed=4)]
     before = _logits(model, tokenizer, texts)
@@ -186,12 +186,45 @@ def test_prune(fam, operation, tmp_path):
         assert family.attention_of(block).heads == 2
     if operation == "prune_ffn":
         assert family.ffn_of(block).up.out_features == 32
-    if operation == "prune_vocab":  # the training text tokenizes to the same pieces
-        teacher_tok = load_classifier(fam["cloud"])[1]
+    if operation == "prune_vocab":  # the training text tokenizes to the same pieces and gives the same logits
+        import torch
+
+        teacher, teacher_tok = load_classifier(fam["cloud"])
         texts = [t for t, _ in make_texts(20, seed=5)]
         assert [teacher_tok.convert_ids_to_tokens(i) for i in teacher_tok(texts)["input_ids"]] == \
             [tokenizer.convert_ids_to_tokens(i) for i in tokenizer(texts)["input_ids"]]
+        assert tokenizer.pad_token_id == student.config.pad_token_id
+        torch.testing.assert_close(_logits(student, tokenizer, texts), _logits(teacher, teacher_tok, texts),
+                                   rtol=0, atol=1e-5)
     assert export(tmp_path / "student", tmp_path / "bundle")["validation"]["ok"]
+
+
+def test_prune_twice_composes_onto_the_first_teacher(fam, tmp_path):
+    """A student cut from a cut student equals the first teacher cut once by the composed record."""
+    import torch
+
+    from edgeshrink.compress.distill import DistillConfig, distill
+    from edgeshrink.compress.prune import PruneConfig, prune
+    from edgeshrink.models import arch, surgery
+    from edgeshrink.models.torch_text import load_classifier
+
+    family = fam["family"]
+    layers = {"layers": 2} if family.applies("drop_layers") else {}
+    prune(fam["cloud"], fam["data"], tmp_path / "a", PruneConfig(importance_examples=32, heads_keep=0.75))
+    record = prune(tmp_path / "a", fam["data"], tmp_path / "b", PruneConfig(importance_examples=32, heads_keep=0.67,
+                                                                            **layers))
+    twice, tokenizer = load_classifier(tmp_path / "b")
+    once, _ = load_classifier(fam["cloud"])
+    if layers:
+        surgery.keep_blocks(once, family, record["prune"]["kept_layers"])
+    kept = {int(i): h for i, h in getattr(twice.config, arch.KEPT_HEADS_KEY).items()}
+    assert all(len(h) == 2 for h in kept.values()) and record["prune"]["cuts"] == 2
+    surgery.keep_heads(once, family, kept)
+    texts = [t for t, _ in make_texts(6, seed=8)]
+    torch.testing.assert_close(_logits(twice, tokenizer, texts), _logits(once, tokenizer, texts), rtol=0, atol=0)
+    with pytest.raises(EdgeshrinkError, match="was cut from another model"):
+        distill(tmp_path / "a", tmp_path / "b", fam["data"], tmp_path / "d", DistillConfig(epochs=1))
+    assert not (tmp_path / "d").exists()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.models import arch
+from edgeshrink.models import arch, surgery
 
 
 def test_readme_table_is_generated_from_the_registry():
@@ -58,12 +58,12 @@ def test_zeroed_gate_equals_removed_head_in_variants(family_name, overrides, tmp
         with torch.inference_mode():
             return model(**tokenizer(texts, padding=True, truncation=True, max_length=48, return_tensors="pt")).logits
 
-    gates, remove = arch.head_gates(model, family)
+    gates, remove = surgery.head_gates(model, family)
     with torch.no_grad():
         gates[:, 2] = 0.0
     gated = logits()
     remove()
-    arch.keep_heads(model, family, {i: [0, 1, 3] for i in range(gates.shape[0])})
+    surgery.keep_heads(model, family, {i: [0, 1, 3] for i in range(gates.shape[0])})
     torch.testing.assert_close(logits(), gated, rtol=0, atol=2e-5)
     assert list(tokenizer(["x"]).keys()) == [k for k in ("input_ids", "token_type_ids", "attention_mask")
                                              if k in family.inputs(model.config)]
@@ -74,3 +74,23 @@ def test_families_as_data():
     assert [f["name"] for f in data] == [f.name for f in arch.unique_families()]
     albert = next(f for f in data if f["name"] == "albert")
     assert albert["operations"]["drop_layers"] is False and "drop_layers" in albert["refusals"]
+
+
+def test_structured_edits_refuse_albert_with_several_layer_groups(tmp_path):
+    from edgeshrink.models import surgery
+    from edgeshrink.models.torch_text import load_classifier
+    from tests.families import make_family_model
+
+    model, _ = load_classifier(make_family_model("albert", tmp_path / "m", num_hidden_groups=2, inner_group_num=1))
+    with pytest.raises(EdgeshrinkError, match="ALBERT: structured pruning supports num_hidden_groups = 1 only"):
+        surgery.keep_heads(model, arch.family_of(model.config), {0: [0, 1]})
+
+
+def test_mpnet_refuses_different_heads_per_layer(tmp_path):
+    from edgeshrink.models import surgery
+    from edgeshrink.models.torch_text import load_classifier
+    from tests.families import make_family_model
+
+    model, _ = load_classifier(make_family_model("mpnet", tmp_path / "m"))
+    with pytest.raises(EdgeshrinkError, match="every layer must keep the same heads"):
+        surgery.keep_heads(model, arch.family_of(model.config), {0: [0, 1], 1: [0, 2], 2: [0, 1]})

@@ -123,3 +123,18 @@ def test_sentence_transformers_layout_resolves_to_its_transformer(tiny_model, tm
         {"idx": 0, "name": "0", "path": "0_Transformer", "type": "sentence_transformers.models.Transformer"},
         {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
     assert resolve_model(root) == root / "0_Transformer"
+
+
+def test_head_pruned_model_keeps_its_head_when_loaded_with_the_same_labels(tmp_path):
+    """finetune loads with label names: weights that still fit (the trained head) must survive, as in from_pretrained."""
+    import torch
+
+    from edgeshrink.compress.prune import PruneConfig, prune
+
+    data = write_csv(tmp_path / "d.csv", make_texts(120))
+    model = make_family_model("roberta", tmp_path / "roberta")
+    prune(model, str(data), tmp_path / "cut", PruneConfig(heads_keep=0.5, importance_examples=16))
+    plain, _ = load_classifier(tmp_path / "cut")
+    relabelled, _ = load_classifier(tmp_path / "cut", label_names=("negative", "positive"))
+    for name, weight in plain.classifier.state_dict().items():
+        torch.testing.assert_close(relabelled.classifier.state_dict()[name], weight, rtol=0, atol=0)

@@ -35,7 +35,7 @@ from edgeshrink.compress.augment import AugmentConfig, augment_texts
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.models.sources import RECORD_NAME, check_labels, read_record, resolve_model
+from edgeshrink.models.sources import RECORD_NAME, check_labels, read_record, resolve_model, weights_sha256
 from edgeshrink.models.torch_text import shuffled_length_batches
 from edgeshrink.stats import accuracy_interval
 
@@ -178,6 +178,10 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
     train = split.train if config.max_train_examples is None else split.train.head(config.max_train_examples)
     check_labels(train.labels, labels, "the teacher")
     student_record = read_record(student_dir)
+    cut_from = (student_record.get("prune") or {}).get("teacher_weights_sha256")
+    if cut_from and cut_from != weights_sha256(teacher_dir):
+        raise EdgeshrinkError(f"the student {student_dir} was cut from another model than {teacher_dir} (weights sha256 "
+                              f"{cut_from[:12]}): distill it from that teacher, whose layers and heads it maps to")
     kept = (student_record.get("prune") or {}).get("kept_layers") or list(range(student_net.config.num_hidden_layers))
     teacher_layers = [*kept]  # student layer i was teacher layer kept[i]
 

@@ -24,7 +24,7 @@ from edgeshrink._files import atomic_output_dir, check_output_dir
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.models.sources import RECORD_NAME, check_labels, read_record, resolve_model
+from edgeshrink.models.sources import RECORD_NAME, check_labels, read_record, resolve_model, weights_sha256
 
 
 class PruneConfig(Config):
@@ -70,16 +70,16 @@ def layer_indices(total: int, spec: int | list[int] | None, strategy: str) -> li
 
 
 def drop_layers(model, keep: list[int]) -> None:
-    from edgeshrink.models import arch
+    from edgeshrink.models import arch, surgery
 
-    arch.keep_blocks(model, arch.family_of(model.config), keep)
+    surgery.keep_blocks(model, arch.family_of(model.config), keep)
 
 
 def importance(model, tokenizer, texts: list[str], labels: list[int], batch_size: int, max_length: int):
     """Per block: head importance (|d loss / d head gate|) and FFN neuron importance (|act × grad|)."""
     import torch
 
-    from edgeshrink.models import arch
+    from edgeshrink.models import arch, surgery
 
     family = arch.family_of(model.config)
     blocks = family.block_list(model)
@@ -90,8 +90,8 @@ def importance(model, tokenizer, texts: list[str], labels: list[int], batch_size
         mask = mask_now["mask"].unsqueeze(-1).to(act.dtype)
         ffn_scores[i] += (act * grad * mask).sum(dim=(0, 1)).abs()
 
-    gates, remove_gates = arch.head_gates(model, family)
-    remove_ffn = arch.ffn_activations(model, family, on_gradient)
+    gates, remove_gates = surgery.head_gates(model, family)
+    remove_ffn = surgery.ffn_activations(model, family, on_gradient)
     model.eval()  # no dropout: importance of the model as it will run
     try:
         for start in range(0, len(texts), batch_size):
@@ -111,9 +111,9 @@ def importance(model, tokenizer, texts: list[str], labels: list[int], batch_size
 
 def prune_ffn(model, block_index: int, keep) -> None:
     """Keep only neurons ``keep`` of a block's FFN: rows of the up projection, columns of the down one."""
-    from edgeshrink.models import arch
+    from edgeshrink.models import arch, surgery
 
-    arch.keep_ffn(model, arch.family_of(model.config), block_index, keep)
+    surgery.keep_ffn(model, arch.family_of(model.config), block_index, keep)
 
 
 def head_plan(head_scores, heads_kept: int, same_everywhere: bool) -> dict[int, list[int]]:
@@ -137,7 +137,7 @@ def prune(teacher: str | Path, data: DataConfig | str, out: str | Path, config: 
     """Build a smaller dense student from ``teacher``; return its record (also saved in the directory)."""
     import torch
 
-    from edgeshrink.models import arch
+    from edgeshrink.models import arch, surgery
     from edgeshrink.models.cnn import is_cnn
     from edgeshrink.models.torch_text import load_classifier
 
@@ -163,6 +163,10 @@ def prune(teacher: str | Path, data: DataConfig | str, out: str | Path, config: 
                              (ffn_kept < ffn, "prune_ffn"), (config.vocab, "prune_vocab")):
         if asked:
             family.check(operation)
+    if config.vocab:
+        from edgeshrink.compress.vocab import check_supported
+
+        check_supported(tokenizer)
     labels = list(model.config.id2label.values())
     max_length = min(config.max_length or teacher_record.get("max_length", 128), family.max_length(model.config))
     started = time.perf_counter()
@@ -185,20 +189,28 @@ def prune(teacher: str | Path, data: DataConfig | str, out: str | Path, config: 
             setattr(model.config, family.ffn_size_key, ffn_kept)
         if heads_kept < n_heads:
             plan = head_plan(head_scores, heads_kept, family.same_heads_every_layer)
-            arch.keep_heads(model, family, plan)
+            surgery.keep_heads(model, family, plan)
             # The loader slices a full-width model: compose with a cut the teacher already had.
             earlier_cut = {i: [earlier_cut[i][h] for h in heads] if i in earlier_cut else heads
                            for i, heads in plan.items()}
     if earlier_cut:
         setattr(model.config, arch.KEPT_HEADS_KEY, {str(i): heads for i, heads in earlier_cut.items()})
-    head_plan_pruned = {i: [h for h in range(n_heads) if h not in heads] for i, heads in plan.items()}
+    # Recorded against the first teacher's full width and layers, so that a student cut twice still maps
+    # onto the model it was first cut from (distillation's layer and head maps).
+    full_heads = model.config.num_attention_heads
+    pruned_heads = {i: [h for h in range(full_heads) if h not in heads] for i, heads in earlier_cut.items()}
+    earlier = teacher_record.get("prune") or {}
+    kept_layers = [earlier["kept_layers"][i] for i in keep_layers] if earlier.get("kept_layers") else keep_layers
+    origin_sha = earlier.get("teacher_weights_sha256") or weights_sha256(teacher_dir)
     with atomic_output_dir(out, force) as tmp:
         if config.vocab:
             from edgeshrink.compress.vocab import prune_vocabulary
 
             model, tokenizer, vocab_info = prune_vocabulary(model, tokenizer, split.train.texts, tmp / "_tokenizer")
-        record = _record(model, teacher, teacher_dir, teacher_record, labels, max_length, config, keep_layers,
-                         heads_kept, head_plan_pruned, ffn_kept, vocab_info, started)
+        record = _record(model, teacher, teacher_dir, teacher_record, labels, max_length, config, kept_layers,
+                         heads_kept, pruned_heads, ffn_kept, vocab_info, started)
+        record["prune"]["teacher_weights_sha256"] = origin_sha
+        record["prune"]["cuts"] = earlier.get("cuts", 0) + 1
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(tmp / "_tokenizer", ignore_errors=True)

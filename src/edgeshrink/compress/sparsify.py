@@ -28,7 +28,6 @@ from pydantic import Field
 from edgeshrink._files import atomic_output_dir, check_output_dir
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
-from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.models.finetune import FinetuneConfig
 from edgeshrink.models.sources import RECORD_NAME, check_labels, read_record, resolve_model, weights_file
 from edgeshrink.stats import accuracy_interval

@@ -9,7 +9,8 @@ The training text tokenizes exactly as before for each tokenizer kind:
   kept (with the tokens it joins), so the same merges fire in the same order; merges that never fired
   are dropped. Every single-character token stays, so byte-level BPE still encodes any text.
 - Unigram (SentencePiece: XLM-R, ALBERT, DeBERTa-v3) picks the best-scoring segmentation: the original
-  best one is still available and nothing new is, so it is still chosen. Byte-fallback pieces stay.
+  best one is still available and nothing new is, so it is still chosen. Every single-character piece
+  and byte-fallback piece stays, so no character newly becomes the unknown token.
 Half of MiniLM's weights are the 30,522-row word-embedding table, so this is where most of the size goes.
 """
 
@@ -42,20 +43,34 @@ def _bpe_closure(model: dict, keep: list[int]) -> list[int]:
     """Add every token a kept token is merged from (recursively) and every single-character token."""
     prefix = model.get("continuing_subword_prefix") or ""
     vocab = model["vocab"]
-    made_from = {}
+    made_from: dict[str, list[tuple[str, str]]] = {}  # a token can be made by several merges: keep them all
     for merge in model.get("merges", []):
         a, b = _merge_pair(merge)
-        made_from.setdefault(a + (b[len(prefix):] if prefix and b.startswith(prefix) else b), (a, b))
+        made_from.setdefault(a + (b[len(prefix):] if prefix and b.startswith(prefix) else b), []).append((a, b))
     id_to_token = {i: t for t, i in vocab.items()}
     kept = {id_to_token[i] for i in keep if i in id_to_token}
     kept |= {t for t in vocab if len(t) == 1 or (prefix and t.startswith(prefix) and len(t) == len(prefix) + 1)}
+    if model.get("unk_token") in vocab:
+        kept.add(model["unk_token"])
     todo = list(kept)
     while todo:
-        for part in made_from.get(todo.pop(), ()):
-            if part not in kept and part in vocab:
-                kept.add(part)
-                todo.append(part)
+        for pair in made_from.get(todo.pop(), ()):
+            for part in pair:
+                if part not in kept and part in vocab:
+                    kept.add(part)
+                    todo.append(part)
     return sorted(set(keep) | {vocab[t] for t in kept})
+
+
+SUPPORTED_KINDS = ("WordPiece", "BPE", "Unigram")
+
+
+def check_supported(tokenizer) -> None:
+    """Refuse, before any work, a tokenizer whose model kind vocabulary pruning cannot remap."""
+    kind = json.loads(tokenizer.backend_tokenizer.to_str())["model"].get("type")
+    if kind not in SUPPORTED_KINDS:
+        raise EdgeshrinkError(f"vocabulary pruning supports WordPiece, BPE and Unigram (SentencePiece) tokenizers, "
+                              f"not {kind}")
 
 
 def _closure(data: dict, keep: list[int]) -> list[int]:
@@ -64,11 +79,18 @@ def _closure(data: dict, keep: list[int]) -> list[int]:
     kind = model.get("type")
     if kind == "BPE":
         return _bpe_closure(model, keep)
-    if kind == "Unigram" and model.get("byte_fallback"):
+    if kind == "Unigram":
+        # Single characters stay, so no character that had a piece falls back to the unknown token (whose
+        # score in the lattice depends on the vocabulary's minimum); byte-fallback pieces stay likewise.
         pieces = [p for p, _ in model["vocab"]]
-        return sorted(set(keep) | {i for i, p in enumerate(pieces) if len(p) == 6 and p.startswith("<0x")})
-    if kind in ("WordPiece", "Unigram"):
-        return keep
+        extra = {i for i, p in enumerate(pieces) if len(p.lstrip("\u2581")) <= 1 or (len(p) == 6 and p.startswith("<0x"))}
+        if model.get("unk_id") is not None:
+            extra.add(model["unk_id"])
+        scores = [score for _, score in model["vocab"]]
+        extra.add(scores.index(min(scores)))  # the unknown token's lattice score is derived from the minimum
+        return sorted(set(keep) | extra)
+    if kind == "WordPiece":
+        return sorted(set(keep) | ({model["vocab"][model["unk_token"]]} if model.get("unk_token") in model["vocab"] else set()))
     raise EdgeshrinkError(f"vocabulary pruning supports WordPiece, BPE and Unigram (SentencePiece) tokenizers, "
                           f"not {kind}")
 

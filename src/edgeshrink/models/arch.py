@@ -41,7 +41,7 @@ ALL_OPERATIONS = frozenset(OPERATIONS)
 KEPT_HEADS_KEY = "edgeshrink_kept_heads"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # identity equality: entries hold dicts, and each is registered once
 class Family:
     """One model family. Paths are attribute paths: ``blocks`` from the base model, the rest from a block."""
 
@@ -62,7 +62,9 @@ class Family:
     token_type_ids: str = "yes"  # "yes" | "no" | "if-type-vocab" (DeBERTa-v3 has type_vocab_size 0)
     position_offset: str = "none"  # "padding-idx": positions start after padding_idx (RoBERTa, MPNet)
     shared_blocks: bool = False  # one block's weights reused at every depth (ALBERT)
-    same_heads_every_layer: bool = False  # a per-head table shared by all layers (MPNet's relative bias)
+    shared_head_table: str | None = None  # an Embedding with one column per head, shared by every layer
+    #                                      (MPNet's relative-position bias): the same heads are kept everywhere
+    structure_requires: dict = field(default_factory=dict)  # config values the structured operations assume
     operations: frozenset[str] = ALL_OPERATIONS
     refusals: dict[str, str] = field(default_factory=dict)  # operation -> why it does not apply
     ort_fusion: str | None = "bert"  # the model type ORT's transformer fusions know it as (None: basic passes)
@@ -114,6 +116,17 @@ class Family:
                 else "max_position_embeddings")
 
     # -- operations ---------------------------------------------------------------------------------
+    @property
+    def same_heads_every_layer(self) -> bool:
+        return self.shared_head_table is not None
+
+    def check_structure(self, config) -> None:
+        """Refuse structured edits of a config the paths above do not describe (ALBERT with several groups)."""
+        for key, value in self.structure_requires.items():
+            if getattr(config, key, value) != value:
+                raise EdgeshrinkError(f"{self.label or self.name}: structured pruning supports {key} = {value} "
+                                      f"only; this model has {getattr(config, key)}")
+
     def applies(self, operation: str) -> bool:
         return operation in self.operations
 
@@ -169,12 +182,13 @@ register(Family(name="distilbert", label="DistilBERT", model_types=("distilbert"
 register(Family(name="mpnet", label="MPNet", model_types=("mpnet",), blocks="encoder.layer", attention="attention.attn",
                 q="attention.attn.q", k="attention.attn.k", v="attention.attn.v", o="attention.attn.o",
                 ffn_up="intermediate.dense", ffn_down="output.dense", token_type_ids="no",
-                position_offset="padding-idx", same_heads_every_layer=True, ort_fusion=None,
+                position_offset="padding-idx", shared_head_table="encoder.relative_attention_bias", ort_fusion=None,
                 notes="the same heads are kept in every layer (one relative-position bias table serves all)",
                 test_config={**_TINY, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}))
 register(Family(name="albert", label="ALBERT", model_types=("albert",), blocks="encoder.albert_layer_groups.0.albert_layers",
                 attention="attention", q="attention.query", k="attention.key", v="attention.value",
                 o="attention.dense", ffn_up="ffn", ffn_down="ffn_output", shared_blocks=True, tokenizer="unigram",
+                structure_requires={"num_hidden_groups": 1, "inner_group_num": 1},
                 operations=ALL_OPERATIONS - {"drop_layers"},
                 refusals={"drop_layers": "its layers share one set of weights: fewer layers saves no parameters"},
                 notes="heads and FFN neurons are cut from the one shared layer, so at every depth",
@@ -207,133 +221,6 @@ def family_of(config) -> Family:
     if model_type in FAMILIES:
         return FAMILIES[model_type]
     raise EdgeshrinkError(f"model type {model_type!r} is not a supported encoder family (supported: {supported()})")
-
-
-# -- structure edits shared by prune, distill and the loader ------------------------------------------
-def head_gates(model, family: Family):
-    """A gate per (block, head) that scales each head's context before the output projection.
-
-    Returns (gates, remove): gates is a leaf tensor of ones (blocks × heads) whose gradient is the
-    first-order importance of each head (Michel et al. 2019's head_mask, for any family: transformers
-    dropped ``head_mask`` and DeBERTa never had it). Zeroing a gate equals removing that head.
-    """
-    import torch
-
-    blocks = family.block_list(model)
-    n_heads = family.attention_of(blocks[0]).heads
-    gates = torch.ones(len(blocks), n_heads, requires_grad=True)
-    handles = []
-    for i, block in enumerate(blocks):
-        attn = family.attention_of(block)
-
-        def scale(module, inputs, i=i, head_size=attn.head_size, heads=attn.heads):
-            x = inputs[0]
-            shaped = x.view(*x.shape[:-1], heads, head_size) * gates[i].view(heads, 1).to(x.dtype)
-            return (shaped.view(x.shape), *inputs[1:])
-
-        handles.append(attn.o.register_forward_pre_hook(scale))
-
-    def remove():
-        for handle in handles:
-            handle.remove()
-
-    return gates, remove
-
-
-def ffn_activations(model, family: Family, on_gradient):
-    """Call ``on_gradient(block_index, activation, gradient)`` for every FFN activation in backward.
-
-    The activation is the down projection's input (the FFN neurons after their non-linearity). For
-    ALBERT the shared block fires once per depth, so the scores add up over depths.
-    """
-    handles = []
-    for i, block in enumerate(family.block_list(model)):
-        def capture(module, inputs, i=i):
-            x = inputs[0]
-            if x.requires_grad:
-                x.register_hook(lambda grad, x=x, i=i: on_gradient(i, x.detach(), grad))
-
-        handles.append(family.ffn_of(block).down.register_forward_pre_hook(capture))
-    return lambda: [h.remove() for h in handles]
-
-
-def _slice_linear(linear, rows=None, cols=None):
-    import torch
-
-    weight = linear.weight
-    if rows is not None:
-        weight = weight[rows]
-    if cols is not None:
-        weight = weight[:, cols]
-    bias = linear.bias
-    new = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias[rows] if rows is not None else bias)
-    return new
-
-
-def _set(obj, path: str, value) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(_get(obj, parent) if parent else obj, name, value)
-
-
-def keep_heads(model, family: Family, kept: dict[int, list[int]]) -> None:
-    """Physically keep only heads ``kept[i]`` of block i: slice q/k/v rows, output-projection columns."""
-    import torch
-
-    blocks = family.block_list(model)
-    for i, heads in kept.items():
-        block = blocks[int(i)]
-        attn = family.attention_of(block)
-        d = attn.head_size
-        index = torch.tensor([h * d + j for h in sorted(heads) for j in range(d)], dtype=torch.long)
-        for path in (family.q, family.k, family.v, *family.extra_head_projections):
-            try:
-                linear = _get(block, path)
-            except AttributeError:  # optional projections (DeBERTa's pos_key_proj without share_att_key)
-                continue
-            _set(block, path, _slice_linear(linear, rows=index))
-        _set(block, family.o, _slice_linear(attn.o, cols=index))
-        setattr(attn.module, family.heads_attr, len(heads))
-        setattr(attn.module, family.width_attr, len(heads) * d)
-    if family.same_heads_every_layer:
-        _keep_bias_heads(model, sorted(next(iter(kept.values()))))
-
-
-def _keep_bias_heads(model, heads: list[int]) -> None:
-    """MPNet: the relative-position bias table has one column per head, shared by every layer."""
-    import torch
-
-    encoder = model.base_model.encoder
-    table = encoder.relative_attention_bias
-    new = torch.nn.Embedding(table.num_embeddings, len(heads))
-    with torch.no_grad():
-        new.weight.copy_(table.weight[:, heads])
-    encoder.relative_attention_bias = new
-    encoder.n_heads = len(heads)
-
-
-def keep_ffn(model, family: Family, block_index: int, neurons) -> None:
-    """Keep only FFN neurons ``neurons`` of a block: rows of the up projection, columns of the down one."""
-    import torch
-
-    block = family.block_list(model)[block_index]
-    keep = torch.as_tensor(sorted(int(k) for k in neurons))
-    ffn = family.ffn_of(block)
-    _set(block, family.ffn_up, _slice_linear(ffn.up, rows=keep))
-    _set(block, family.ffn_down, _slice_linear(ffn.down, cols=keep))
-
-
-def keep_blocks(model, family: Family, keep: list[int]) -> None:
-    import torch
-
-    family.check("drop_layers")
-    blocks = family.block_list(model)
-    parent, _, name = family.blocks.rpartition(".")
-    setattr(_get(model.base_model, parent), name, torch.nn.ModuleList([blocks[i] for i in keep]))
-    model.config.num_hidden_layers = len(keep)
 
 
 def _inputs_text(family: Family) -> str:

@@ -19,7 +19,7 @@ def load_classifier(model_dir: Path, num_labels: int | None = None, label_names=
     comes back with ``model.edgeshrink_untrained_head = True``.
     """
     import transformers
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForSequenceClassification
 
     from edgeshrink.models import arch
 
@@ -67,11 +67,15 @@ def _read_config(model_dir: Path) -> dict:
     return config
 
 
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
 def _weights_path(model_dir: Path) -> Path:
-    for name in ("model.safetensors", "pytorch_model.bin"):
+    """The weights file (or, for a sharded checkpoint, its index)."""
+    for name in WEIGHT_FILES:
         if (model_dir / name).exists():
             return model_dir / name
-    raise EdgeshrinkError(f"{model_dir} has no weights (model.safetensors or pytorch_model.bin)")
+    raise EdgeshrinkError(f"{model_dir} has no weights ({', '.join(WEIGHT_FILES)})")
 
 
 def _load_tokenizer(model_dir: Path):
@@ -95,22 +99,25 @@ def _load_pruned(model_dir: Path, weights: Path, family, kwargs: dict):
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from edgeshrink.models import arch
+    from edgeshrink.models import arch, surgery
 
     config_kwargs = {k: v for k, v in kwargs.items() if k in ("num_labels", "id2label", "label2id")}
     config = AutoConfig.from_pretrained(str(model_dir), local_files_only=True, **config_kwargs)
     model = AutoModelForSequenceClassification.from_config(config, attn_implementation=kwargs.get("attn_implementation"))
     kept = {int(i): heads for i, heads in getattr(config, arch.KEPT_HEADS_KEY).items()}
-    arch.keep_heads(model, family, kept)
+    surgery.keep_heads(model, family, kept)
+    if weights.name.endswith(".index.json"):
+        raise EdgeshrinkError(f"{model_dir} is a head-pruned model saved in shards; save it as one file "
+                              "(save_pretrained(..., max_shard_size='10GB'))")
     if weights.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         state = load_file(str(weights))
     else:
         state = torch.load(weights, map_location="cpu", weights_only=True)
-    if kwargs.get("ignore_mismatched_sizes"):  # a fresh head: drop the saved one
-        head = {k for k in state if not k.startswith(model.base_model_prefix + ".")}
-        state = {k: v for k, v in state.items() if k not in head}
+    if kwargs.get("ignore_mismatched_sizes"):  # a new label set: like from_pretrained, keep what still fits
+        shapes = {k: v.shape for k, v in model.state_dict().items()}
+        state = {k: v for k, v in state.items() if k not in shapes or shapes[k] == v.shape}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if unexpected:
         raise EdgeshrinkError(f"weights in {weights} do not match its config.json: unexpected {unexpected[:3]}")
