@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	$(BIN)/python -m pip install -q -e ".[device,demo,dev]"
+	$(BIN)/python -m pip install -q -e ".[device,demo,dev,llm]"
 	$(BIN)/edgeshrink data prepare all
 	touch $(STAMP)
 

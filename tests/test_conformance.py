@@ -17,7 +17,7 @@ from edgeshrink.models.arch import FAMILIES, OPERATIONS, unique_families
 from tests.conftest import make_texts, write_csv
 from tests.families import make_family_model
 
-NAMES = [f.name for f in unique_families()]
+NAMES = [f.name for f in unique_families("encoder")]
 
 
 @pytest.fixture(scope="module", params=NAMES)

@@ -22,7 +22,7 @@ def test_every_entry_is_complete():
 
 
 def test_unknown_family_and_refusal_are_one_line():
-    with pytest.raises(EdgeshrinkError, match="'gpt2' is not a supported encoder family .supported: albert"):
+    with pytest.raises(EdgeshrinkError, match="'gpt2' is not a supported model family .supported: albert"):
         arch.family_of({"model_type": "gpt2"})
     with pytest.raises(EdgeshrinkError) as info:
         arch.FAMILIES["albert"].check("drop_layers")

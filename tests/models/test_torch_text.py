@@ -53,7 +53,7 @@ def test_unsupported_family(tiny_model, tmp_path):
     model = _copy(tiny_model, tmp_path / "model")
     config = json.loads((model / "config.json").read_text())
     (model / "config.json").write_text(json.dumps({**config, "model_type": "gpt2"}))
-    _cli_refuses(["export", model, "--out", tmp_path / "bundle"], "'gpt2' is not a supported encoder family",
+    _cli_refuses(["export", model, "--out", tmp_path / "bundle"], "'gpt2' is not a supported model family",
                  tmp_path / "bundle")
 
 

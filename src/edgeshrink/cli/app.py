@@ -58,6 +58,19 @@ def families(json_out: JsonOut = None) -> None:
     write_json(json_out, {"families": arch.families_data()})
 
 
+@app.command("import")
+@handled
+def import_model(source: Annotated[str, typer.Argument(help="A GGUF file, a local HF causal-LM directory, or smollm2 / gemma3-270m.")],
+                 json_out: JsonOut = None) -> None:
+    """Import a decoder language model once into an ordinary Hugging Face directory (cached); print its path."""
+    from edgeshrink.models.llm import import_llm
+    from edgeshrink.models.sources import read_record
+
+    path = import_llm(source, progress=lambda message: typer.echo(message, err=True))
+    typer.echo(str(path))
+    write_json(json_out, {"path": str(path), "record": read_record(path)})
+
+
 @data_app.command("prepare")
 @handled
 def data_prepare(names: Annotated[list[str], typer.Argument(help="Data set names, or 'all'.")],

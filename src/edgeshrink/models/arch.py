@@ -71,9 +71,12 @@ class Family:
     tokenizer: str = "wordpiece"  # the tokenizer kind its checkpoints usually ship (tests build one)
     test_config: dict = field(default_factory=dict)  # a tiny config for the conformance tests
     label: str = ""  # display name
+    kind: str = "encoder"  # "encoder" (text classifiers) | "decoder" (causal language models)
     notes: str = ""  # what a user should know (README table)
 
     def __post_init__(self) -> None:
+        if self.kind not in ("encoder", "decoder"):
+            raise ValueError(f"{self.name}: kind must be encoder or decoder")
         if self.token_type_ids not in ("yes", "no", "if-type-vocab"):
             raise ValueError(f"{self.name}: token_type_ids must be yes, no or if-type-vocab")
         if self.position_offset not in ("none", "padding-idx"):
@@ -206,9 +209,28 @@ register(Family(name="deberta-v2", label="DeBERTa-v2/v3", model_types=("deberta-
                              "norm_rel_ebd": "layer_norm", "share_att_key": True, "type_vocab_size": 0}))
 
 
-def unique_families() -> list[Family]:
-    """Each registered family once (a family may cover several model types)."""
-    return list({family.name: family for family in FAMILIES.values()}.values())
+# Decoder language models (causal LMs): imported from a GGUF or an HF directory by models/llm.py. Their
+# structured operations are not implemented yet, so every one is refused with that reason.
+_DECODER_PATHS = dict(blocks="layers", attention="self_attn", q="self_attn.q_proj", k="self_attn.k_proj",
+                      v="self_attn.v_proj", o="self_attn.o_proj", ffn_up="mlp.up_proj", ffn_down="mlp.down_proj",
+                      token_type_ids="no", ort_fusion=None, tokenizer="bpe", kind="decoder", operations=frozenset(),
+                      refusals={op: "not implemented for decoder language models yet" for op in OPERATIONS})
+_TINY_DECODER = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=128)
+register(Family(name="llama", label="Llama (SmolLM2)", model_types=("llama",), **_DECODER_PATHS,
+                test_config=_TINY_DECODER))
+register(Family(name="qwen2", label="Qwen2", model_types=("qwen2",), **_DECODER_PATHS, test_config=_TINY_DECODER))
+register(Family(name="gemma3", label="Gemma 3 (text)", model_types=("gemma3_text",), **_DECODER_PATHS,
+                test_config={**_TINY_DECODER, "head_dim": 8, "sliding_window": 16}))
+register(Family(name="phi3", label="Phi-3", model_types=("phi3",),
+                **{**_DECODER_PATHS, "q": "self_attn.qkv_proj", "k": "self_attn.qkv_proj", "v": "self_attn.qkv_proj",
+                   "ffn_up": "mlp.gate_up_proj"},
+                notes="fused qkv_proj and gate_up_proj", test_config={**_TINY_DECODER, "pad_token_id": 0}))
+
+
+def unique_families(kind: str | None = None) -> list[Family]:
+    """Each registered family once (a family may cover several model types), of one kind if given."""
+    return [f for f in {family.name: family for family in FAMILIES.values()}.values() if kind in (None, f.kind)]
 
 
 def supported() -> str:
@@ -220,11 +242,13 @@ def family_of(config) -> Family:
     model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
     if model_type in FAMILIES:
         return FAMILIES[model_type]
-    raise EdgeshrinkError(f"model type {model_type!r} is not a supported encoder family (supported: {supported()})")
+    raise EdgeshrinkError(f"model type {model_type!r} is not a supported model family (supported: {supported()})")
 
 
 def _inputs_text(family: Family) -> str:
     text = "input_ids, attention_mask"
+    if family.kind == "decoder":
+        return text + ", position_ids, past key/values"
     if family.token_type_ids == "yes":
         return text + ", token_type_ids"
     if family.token_type_ids == "if-type-vocab":
@@ -236,7 +260,7 @@ def families_data() -> list[dict]:
     """The registry as data (``edgeshrink families --json``)."""
     out = []
     for family in unique_families():
-        out.append({"name": family.name, "label": family.label, "model_types": list(family.model_types),
+        out.append({"name": family.name, "label": family.label, "kind": family.kind, "model_types": list(family.model_types),
                     "inputs": _inputs_text(family), "usable_length": family.max_length_rule(),
                     "tokenizer_in_tests": family.tokenizer, "ort_fusion": family.ort_fusion,
                     "operations": {op: family.applies(op) for op in OPERATIONS},
@@ -253,11 +277,11 @@ def families_table() -> str:
     rows = []
     for family in unique_families():
         cells = ["yes" if family.applies(op) else f"no: {family.refusals.get(op, 'n/a')}" for op in OPERATIONS]
-        rows.append(f"| {family.label} | `{'`, `'.join(family.model_types)}` | {_inputs_text(family)} | "
+        rows.append(f"| {family.label} | {family.kind} | `{'`, `'.join(family.model_types)}` | {_inputs_text(family)} | "
                     f"{family.max_length_rule()} | {family.tokenizer} | {family.ort_fusion or 'basic only'} | "
                     + " | ".join(cells) + f" | {family.notes} |")
-    head = ("| family | model_type | inputs | usable length | tokenizer in tests | ORT fusion | "
-            + " | ".join(OPERATIONS.values()) + " | notes |\n|" + "---|" * (7 + len(OPERATIONS)))
+    head = ("| family | kind | model_type | inputs | usable length | tokenizer in tests | ORT fusion | "
+            + " | ".join(OPERATIONS.values()) + " | notes |\n|" + "---|" * (8 + len(OPERATIONS)))
     return head + "\n" + "\n".join(rows)
 
 

@@ -27,6 +27,9 @@ def load_classifier(model_dir: Path, num_labels: int | None = None, label_names=
     model_dir = Path(model_dir)
     config = _read_config(model_dir)
     family = arch.family_of(config)
+    if family.kind != "encoder":
+        raise EdgeshrinkError(f"{model_dir} is a {family.label} decoder language model: text-classification verbs "
+                              "(finetune, export, prune, distill, ...) take encoder models")
     kwargs = {}
     if label_names is not None:
         kwargs = dict(num_labels=len(label_names), id2label=dict(enumerate(label_names)),

