@@ -103,3 +103,40 @@ def make_family_model(family_name: str, path: Path, labels=("negative", "positiv
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+CHATML = ("{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def _decoder_bpe(path: Path):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    tok = ByteLevelBPETokenizer()
+    tok.train_from_iterator(_corpus(), vocab_size=400, min_frequency=2, show_progress=False,
+                            special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<pad>"])
+    tok.save(str(path / "tokenizer.json"))
+    return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"), bos_token="<|endoftext|>",
+                                   eos_token="<|im_end|>", pad_token="<pad>")
+
+
+def make_causal_lm(family_name: str, path: Path, chat_template: bool = True, seed: int = 0) -> Path:
+    """A tiny random causal LM of a registered decoder family with a byte-level BPE tokenizer (ChatML)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from edgeshrink.models.arch import unique_families
+
+    family = next(f for f in unique_families("decoder") if f.name == family_name)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = _decoder_bpe(path)
+    if chat_template:
+        tokenizer.chat_template = CHATML
+    settings = {**family.test_config, "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id,
+                "bos_token_id": tokenizer.bos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(AutoConfig.for_model(family.model_types[0], **settings)).eval()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -130,7 +130,19 @@ def export(model: Annotated[str, typer.Argument(help="Local model directory or s
            force: Force = False, json_out: JsonOut = None) -> None:
     """Export to ONNX, validate against the source on several shapes, and write a device bundle."""
     from edgeshrink.export import ExportConfig, export as run
+    from edgeshrink.export.llm import LLMExportConfig, export_llm, is_language_model
 
+    if is_language_model(model):
+        if optimize is not None or max_length is not None:
+            raise fail("--optimize and --max-length apply to classifiers; a language model is exported as is")
+        config = LLMExportConfig.build(opset=opset, tolerance=tolerance)
+        manifest = export_llm(model, out, config, force=force, progress=lambda m: typer.echo(m, err=True))
+        v = manifest["validation"]
+        typer.echo(f"LLM bundle {out}: {manifest['size_bytes'] / 1e6:.1f} MB, {manifest['family']}, validated: "
+                   f"{v['token_identical']}/{v['prompts']} greedy continuations of {v['new_tokens']} tokens identical "
+                   f"to PyTorch, logits max-abs-diff {max(v['prefill_max_abs_diff'], v['decode_step_max_abs_diff']):.2e}")
+        write_json(json_out, manifest)
+        return
     config = ExportConfig.build(opset=opset, optimize=optimize, tolerance=tolerance, max_length=max_length)
     manifest = run(model, out, config, force=force)
     if manifest.get("classification_head") == "untrained":
@@ -161,6 +173,53 @@ def predict(bundle: Annotated[Path, typer.Argument(help="Device bundle directory
                      "probabilities": dict(zip(model.labels, map(float, probs)))})
         typer.echo(f"{label}\t{probs.max():.3f}\t{'(truncated) ' if cut else ''}{text}")
     write_json(json_out, {"predictions": rows})
+
+
+@app.command()
+@handled
+def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (from `edgeshrink export` of a language model).")],
+             prompt: Annotated[Optional[str], typer.Argument(help="The prompt (with --chat: a first user message, optional).")] = None,
+             chat: Annotated[bool, typer.Option("--chat", help="Chat with the bundle's chat template (interactive unless a prompt is given).")] = False,
+             max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 128,
+             temperature: Annotated[float, typer.Option(help="0: greedy.")] = 0.0,
+             top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
+             top_k: Annotated[int, typer.Option(help="Sample among the k most likely (0: all).")] = 0,
+             seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
+             stop: Annotated[Optional[list[str]], typer.Option(help="Stop when this text appears (repeatable).")] = None,
+             threads: Annotated[Optional[int], typer.Option(help="Intra-op threads.")] = None,
+             json_out: JsonOut = None) -> None:
+    """Generate text with an LLM bundle, streaming tokens as they come (torch-free runtime)."""
+    import sys
+
+    from edgeshrink.runtime.generate import Generator
+
+    llm = Generator(bundle, threads=threads)
+    if chat and llm.chat_template is None:
+        raise fail(f"{bundle} has no chat template: run without --chat")
+    if not chat and prompt is None:
+        raise fail("give a prompt, or --chat")
+    options = dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()))
+    messages: list[dict] = []
+    turns = []
+    try:
+        while True:
+            text = prompt if prompt is not None or not chat else typer.prompt("you", prompt_suffix="> ")
+            request = (messages + [{"role": "user", "content": text}]) if chat else text
+            info: dict = {}
+            pieces = []
+            for token in llm.stream(request, max_new_tokens, info=info, **options):
+                pieces.append(token.text)
+                sys.stdout.write(token.text)
+                sys.stdout.flush()
+            sys.stdout.write("\n")
+            answer = "".join(pieces)
+            turns.append({"prompt": text, "text": answer, **info})
+            if not chat or prompt is not None:
+                break
+            messages += [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]
+    except (KeyboardInterrupt, EOFError, typer.Abort):
+        sys.stdout.write("\n")
+    write_json(json_out, {"bundle": str(bundle), "turns": turns})
 
 
 @app.command()

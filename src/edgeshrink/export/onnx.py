@@ -34,8 +34,11 @@ def export(model: str | Path, out: str | Path, config: ExportConfig | None = Non
 
     A CNN directory (models/cnn.py) is exported by ``export_cnn`` into a tensor bundle instead.
     """
+    from edgeshrink.export.llm import LLMExportConfig, export_llm, is_language_model
     from edgeshrink.models.cnn import is_cnn
 
+    if is_language_model(model):  # a decoder LLM: an LLM bundle with a KV cache (export/llm.py)
+        return export_llm(model, out, LLMExportConfig(), force=force)
     config = config or ExportConfig()
     if is_cnn(model):
         return export_cnn(model, out, config, force)

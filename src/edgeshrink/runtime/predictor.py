@@ -117,6 +117,11 @@ class Predictor:
         return Predictions([self.labels[i] for i in probs.argmax(1)], probs, truncated)
 
 
-def load(bundle: str | Path, threads: int | None = None, verify: bool = True) -> Predictor:
-    """Load a device bundle (checks every file's hash against the manifest unless ``verify=False``)."""
+def load(bundle: str | Path, threads: int | None = None, verify: bool = True):
+    """Load a device bundle (checks every file's hash against the manifest unless ``verify=False``): a
+    ``Predictor`` for classifier bundles, a ``Generator`` (runtime/generate.py) for language-model bundles."""
+    if read_manifest(bundle, verify=False).get("task") == "text-generation":
+        from edgeshrink.runtime.generate import Generator
+
+        return Generator(bundle, threads=threads, verify=verify)
     return Predictor(bundle, threads=threads, verify=verify)

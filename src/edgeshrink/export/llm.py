@@ -1,0 +1,203 @@
+"""Export a decoder language model to an LLM bundle: ONNX with a KV cache, validated token for token.
+
+    from edgeshrink.export.llm import export_llm, LLMExportConfig
+    manifest = export_llm("smollm2", "runs/smollm2-fp32")        # a short name, a GGUF file or an HF directory
+
+The graph is optimum-onnx's ``text-generation-with-past`` export (inputs and outputs are read back from
+the session by the runtime, so another exporter's graph runs the same way). Validation, an error when it
+fails: logits of a prefill and of a decode step against PyTorch (max-abs-diff within ``tolerance``),
+and greedy continuations of ``validation_prompts`` prompts × ``validation_new_tokens`` tokens that must be
+token-identical to PyTorch's (eos ignored on both sides). The bundle holds ``model.onnx``, the tokenizer,
+the chat template and a manifest with generation defaults (eos ids, context length), FLOPs and weight
+bytes per token, the validation result and every file's hash.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+from pydantic import Field
+
+from edgeshrink._files import atomic_output_dir, check_output_dir
+from edgeshrink._quiet import quiet
+from edgeshrink.config import Config
+from edgeshrink.errors import EdgeshrinkError
+
+
+class LLMExportConfig(Config):
+    version: int = 1
+    opset: int | None = Field(None, ge=14, le=23)  # None: optimum's default for the family
+    tolerance: float = Field(1e-3, gt=0)  # max-abs-diff of logits allowed against PyTorch
+    validation_prompts: int = Field(16, ge=1)
+    validation_new_tokens: int = Field(32, ge=1)
+    seed: int = 0
+
+
+def is_language_model(spec: str | Path) -> bool:
+    """A short name of a packaged LLM, a GGUF file, or a directory whose config is a decoder family."""
+    import json
+
+    from edgeshrink.models import arch
+    from edgeshrink.models.llm import LLM_PACKAGES
+
+    path = Path(str(spec)).expanduser()
+    if str(spec) in LLM_PACKAGES or (path.is_file() and path.suffix.lower() == ".gguf"):
+        return True
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        return arch.family_of(config).kind == "decoder"
+    except (OSError, ValueError, EdgeshrinkError):
+        return False
+
+
+def export_llm(model: str | Path, out: str | Path, config: LLMExportConfig | None = None, force: bool = False,
+               progress=None) -> dict:
+    """Export ``model`` (see the module docstring) to a validated LLM bundle at ``out``; return its manifest."""
+    import torch
+    from optimum.exporters.onnx import main_export
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeshrink.export.bundle import graph_io, write_manifest
+    from edgeshrink.models import arch
+    from edgeshrink.models.llm import import_llm
+    from edgeshrink.models.sources import read_record, weights_sha256
+
+    config = config or LLMExportConfig()
+    check_output_dir(out, force)
+    model_dir = import_llm(model, progress=progress)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        net = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, dtype=torch.float32).eval()
+    except Exception as exc:  # transformers raises many types
+        raise EdgeshrinkError(f"cannot load a language model from {model_dir}: {str(exc).strip().splitlines()[0][:200]}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise EdgeshrinkError(f"{model_dir} has no fast tokenizer (tokenizer.json); the device runtime needs one")
+    family = arch.family_of(net.config)
+    text_config = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
+
+    with atomic_output_dir(out, force) as tmp:
+        if progress:
+            progress("exporting to ONNX (optimum-onnx, text-generation-with-past)")
+        try:
+            with quiet():
+                main_export(str(model_dir), output=str(tmp / "_export"), task="text-generation-with-past",
+                            library_name="transformers", opset=config.opset, device="cpu", do_validation=False)
+        except Exception as exc:  # optimum raises many types; the first line says what went wrong
+            raise EdgeshrinkError(f"ONNX export of {model_dir} failed: {str(exc).strip().splitlines()[0][:200]}") from None
+        for path in (tmp / "_export").iterdir():
+            if path.name.startswith("model.onnx"):  # the graph and its external data, if any
+                shutil.move(path, tmp / path.name)
+        shutil.rmtree(tmp / "_export")
+        tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        template = None
+        if tokenizer.chat_template:
+            template = "chat_template.jinja"
+            (tmp / template).write_text(tokenizer.chat_template, encoding="utf-8")
+        eos = net.generation_config.eos_token_id if net.generation_config is not None else None
+        eos_ids = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
+                          *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
+        inputs, outputs = graph_io(tmp / "model.onnx")
+        fields = {
+            "task": "text-generation",
+            "family": family.name,
+            "model_type": net.config.model_type,
+            "source": {"model": str(model), "path": str(Path(model_dir).resolve()),
+                       "weights_sha256": weights_sha256(model_dir), "parameters": _parameters(net),
+                       "record": read_record(model_dir).get("source")},
+            "tokenizer": {"file": "tokenizer.json", "chat_template": template, "add_special_tokens": True,
+                          "special_tokens": {k: getattr(tokenizer, k) for k in ("bos_token", "eos_token")
+                                             if getattr(tokenizer, k, None) is not None}},
+            "generation": {"eos_token_ids": eos_ids, "bos_token_id": tokenizer.bos_token_id,
+                           "context_length": int(text_config.max_position_embeddings)},
+            "export": {**config.to_dict(), "exporter": "optimum-onnx text-generation-with-past"},
+            "inputs": inputs,
+            "outputs": outputs,
+            "cost": cost_per_token(net),
+        }
+        write_manifest(tmp, {**fields, "validation": None})
+        report = validate_llm(tmp, net, tokenizer, config, progress)
+        manifest = write_manifest(tmp, {**fields, "validation": report})
+    return manifest
+
+
+def _parameters(net) -> int:
+    return int(sum(p.numel() for p in net.parameters()))
+
+
+def cost_per_token(net) -> dict:
+    """FLOPs and fp32 weight bytes of one decode step, from the model's linear layers (LM head included).
+
+    FLOPs = 2 × (weights multiplied per token) + an attention term per token already in the context; the
+    embedding lookup reads one row, so the embedding table counts only where it is also the LM head.
+    """
+    import torch
+
+    matmul = sum(m.weight.numel() for m in net.modules() if isinstance(m, torch.nn.Linear))
+    config = net.config.get_text_config() if hasattr(net.config, "get_text_config") else net.config
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    attention_per_context_token = 4 * config.num_hidden_layers * config.num_attention_heads * head_dim
+    return {"flops_per_token": 2 * matmul, "attention_flops_per_context_token": attention_per_context_token,
+            "weight_bytes_per_token": 4 * matmul, "matmul_parameters": int(matmul)}
+
+
+def _prompts(tokenizer, count: int, seed: int) -> list[list[int]]:
+    """Random prompts of 4-24 ordinary tokens (special tokens left out), fixed by ``seed``."""
+    rng = np.random.default_rng(seed)
+    special = set(tokenizer.all_special_ids)
+    ordinary = np.array([i for i in range(len(tokenizer)) if i not in special])
+    return [rng.choice(ordinary, size=int(rng.integers(4, 25))).tolist() for _ in range(count)]
+
+
+def _torch_greedy(net, ids: list[int], new_tokens: int) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """Greedy continuation with the KV cache; also the prefill logits and the first decode step's logits."""
+    import torch
+
+    with torch.inference_mode():
+        out = net(input_ids=torch.tensor([ids]), use_cache=True)
+        prefill = out.logits[0].float().numpy()
+        past, token, generated, step_logits = out.past_key_values, int(out.logits[0, -1].argmax()), [], None
+        for step in range(new_tokens):
+            generated.append(token)
+            if step + 1 == new_tokens:
+                break
+            out = net(input_ids=torch.tensor([[token]]), past_key_values=past, use_cache=True)
+            if step_logits is None:
+                step_logits = out.logits[0, -1].float().numpy()
+            past, token = out.past_key_values, int(out.logits[0, -1].argmax())
+    return generated, prefill, step_logits
+
+
+def validate_llm(bundle: Path, net, tokenizer, config: LLMExportConfig, progress=None) -> dict:
+    """Prefill/decode logits and greedy token identity against PyTorch; raise if either fails."""
+    from edgeshrink.runtime.generate import Generator
+
+    generator = Generator(bundle, verify=False)
+    prefill_diff = step_diff = 0.0
+    identical, first_mismatch = 0, None
+    prompts = _prompts(tokenizer, config.validation_prompts, config.seed)
+    for number, ids in enumerate(prompts):
+        if progress:
+            progress(f"validating prompt {number + 1}/{len(prompts)}")
+        want, prefill, step = _torch_greedy(net, ids, config.validation_new_tokens)
+        prefill_diff = max(prefill_diff, float(np.abs(generator.logits(ids) - prefill).max()))
+        if step is not None:  # one decode step through the KV cache, as generation runs it
+            _, past = generator._step(ids, generator._empty_past(), len(ids))
+            got_step, _ = generator._step(want[:1], past, len(ids) + 1)
+            step_diff = max(step_diff, float(np.abs(got_step[-1] - step).max()))
+        got = generator.generate(ids, config.validation_new_tokens, ignore_eos=True).token_ids
+        if got == want:
+            identical += 1
+        elif first_mismatch is None:
+            at = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+            first_mismatch = {"prompt": number, "position": at, "onnx": got[at], "pytorch": want[at]}
+    report = {"prompts": len(prompts), "new_tokens": config.validation_new_tokens, "token_identical": identical,
+              "first_mismatch": first_mismatch, "prefill_max_abs_diff": prefill_diff,
+              "decode_step_max_abs_diff": step_diff, "tolerance": config.tolerance}
+    report["ok"] = identical == len(prompts) and max(prefill_diff, step_diff) <= config.tolerance
+    if not report["ok"]:
+        raise EdgeshrinkError(f"exported language model does not match its source: {identical}/{len(prompts)} greedy "
+                              f"continuations identical, logits max-abs-diff prefill {prefill_diff:.2e} / decode "
+                              f"{step_diff:.2e} (tolerance {config.tolerance:.0e})")
+    return report

@@ -1,0 +1,197 @@
+"""Run an LLM bundle: streaming generation with a KV cache, torch-free (onnxruntime, tokenizers, numpy).
+
+    from edgeshrink.runtime import load
+    llm = load("runs/smollm2-bundle")                     # an LLM bundle (task text-generation)
+    for token in llm.stream("The capital of France is", max_new_tokens=16):
+        print(token.text, end="", flush=True)
+    result = llm.generate([{"role": "user", "content": "Hi"}], max_new_tokens=32, temperature=0.7, seed=0)
+    result.text, result.token_ids, result.logprobs
+
+The graph's inputs are read from the session (``input_ids``, ``attention_mask``, optional
+``position_ids``, ``past_key_values.{i}.key/value``), so the same code runs every exporter's graph.
+Each step feeds only the new token and the previous step's ``present`` tensors back as the past.
+Chat messages are rendered with the bundle's chat template (jinja2, imported only for chat).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.runtime.bundle import read_manifest
+
+_NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+       "tensor(int32)": np.int32}
+
+
+@dataclass
+class Token:
+    id: int
+    text: str  # the text this token adds to the decoded output
+    logprob: float  # log-probability of this token under the model (before temperature)
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    logprobs: list[float]
+    stop_reason: str  # "eos" | "stop" | "length"
+    prompt_tokens: int
+    first_token_ms: float
+    decode_tokens_per_s: float | None
+    prompt_truncated_tokens: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits.astype(np.float64) - logits.max()
+    return z - np.log(np.exp(z).sum())
+
+
+class Generator:
+    """A loaded LLM bundle. ``threads`` sets ONNX Runtime's intra-op threads (None: its default)."""
+
+    def __init__(self, bundle: str | Path, threads: int | None = None, verify: bool = True):
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        self.path = Path(bundle)
+        self.manifest = read_manifest(self.path, verify=verify)
+        if self.manifest.get("task") != "text-generation":
+            raise EdgeshrinkError(f"{self.path} is not a language-model bundle (task {self.manifest.get('task')!r})")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(str(self.path / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own types
+            raise EdgeshrinkError(f"cannot load {self.path / 'model.onnx'}: {str(exc).splitlines()[0][:200]}") from None
+        self.inputs = {i.name: i for i in self.session.get_inputs()}
+        self.outputs = [o.name for o in self.session.get_outputs()]
+        self.past_names = [n for n in self.inputs if n.startswith("past_key_values.")]
+        gen = self.manifest["generation"]
+        self.eos_ids = set(gen.get("eos_token_ids") or [])
+        self.context_length = int(gen["context_length"])
+        self.tokenizer = Tokenizer.from_file(str(self.path / self.manifest["tokenizer"]["file"]))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        template = self.manifest["tokenizer"].get("chat_template")
+        self.chat_template = (self.path / template).read_text(encoding="utf-8") if template else None
+
+    # -- prompts ------------------------------------------------------------------------------------
+    def encode(self, prompt) -> list[int]:
+        """Token ids of a prompt: a string (tokenized as is) or a list of chat messages (chat template)."""
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt, add_special_tokens=self.manifest["tokenizer"].get("add_special_tokens", True)).ids
+        if self.chat_template is None:
+            raise EdgeshrinkError(f"{self.path} has no chat template: give a plain prompt, not chat messages")
+        return self.tokenizer.encode(self.render_chat(prompt), add_special_tokens=False).ids
+
+    def render_chat(self, messages: list[dict]) -> str:
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        specials = self.manifest["tokenizer"].get("special_tokens", {})
+        return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=True, **specials)
+
+    # -- the model ----------------------------------------------------------------------------------
+    def _empty_past(self) -> dict[str, np.ndarray]:
+        past = {}
+        for name in self.past_names:
+            meta = self.inputs[name]
+            shape = [1 if isinstance(d, str) and "batch" in d else (0 if isinstance(d, str) else d) for d in meta.shape]
+            past[name] = np.zeros(shape, dtype=_NP.get(meta.type, np.float32))
+        return past
+
+    def _step(self, ids: list[int], past: dict, total: int) -> tuple[np.ndarray, dict]:
+        """Run ``ids`` (new tokens) after ``past``; return (logits of every new position, the new past)."""
+        feeds = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, total), np.int64)}
+        if "position_ids" in self.inputs:
+            feeds["position_ids"] = np.arange(total - len(ids), total, dtype=np.int64)[None]
+        feeds.update(past)
+        feeds = {k: v for k, v in feeds.items() if k in self.inputs}
+        results = dict(zip(self.outputs, self.session.run(None, feeds)))
+        new_past = {name: results[name.replace("past_key_values.", "present.")] for name in self.past_names}
+        return results["logits"][0], new_past
+
+    def logits(self, ids: list[int]) -> np.ndarray:
+        """Logits at every position of ``ids`` (one prefill pass): for perplexity and validation."""
+        return self._step(list(ids), self._empty_past(), len(ids))[0]
+
+    # -- generation ---------------------------------------------------------------------------------
+    def stream(self, prompt, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+               stop: list[str] | tuple = (), seed: int | None = None, ignore_eos: bool = False, info: dict | None = None):
+        """Yield ``Token``s as they are produced. ``info`` (a dict) receives timings and the stop reason."""
+        if max_new_tokens <= 0:
+            raise EdgeshrinkError(f"max_new_tokens must be positive, got {max_new_tokens}")
+        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+            raise EdgeshrinkError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+        ids = self.encode(prompt) if not isinstance(prompt, (list, tuple)) or (prompt and isinstance(prompt[0], dict)) \
+            else list(prompt)
+        if not ids:
+            raise EdgeshrinkError("the prompt is empty")
+        if len(ids) + max_new_tokens > self.context_length:
+            raise EdgeshrinkError(f"prompt of {len(ids)} tokens + max_new_tokens {max_new_tokens} exceeds the context "
+                                  f"length {self.context_length}")
+        rng = np.random.default_rng(seed)
+        info = info if info is not None else {}
+        info.update(prompt_tokens=len(ids), stop_reason="length")
+        started = time.perf_counter()
+        logits, past = self._step(ids, self._empty_past(), len(ids))
+        total, generated, text_so_far = len(ids), [], ""
+        for step in range(max_new_tokens):
+            row = logits[-1]
+            logprobs = log_softmax(row)
+            token = self._choose(row, logprobs, temperature, top_p, top_k, rng)
+            if step == 0:
+                info["first_token_ms"] = (time.perf_counter() - started) * 1000
+                decode_started = time.perf_counter()
+            if token in self.eos_ids and not ignore_eos:
+                info["stop_reason"] = "eos"
+                break
+            generated.append(token)
+            text = self.tokenizer.decode(generated, skip_special_tokens=True)
+            piece, text_so_far = text[len(text_so_far):], text
+            yield Token(token, piece, float(logprobs[token]))
+            if stop and any(s in text_so_far for s in stop):
+                info["stop_reason"] = "stop"
+                break
+            if step + 1 < max_new_tokens:
+                total += 1
+                logits, past = self._step([token], past, total)
+        steps = len(generated) - 1
+        info["decode_tokens_per_s"] = steps / (time.perf_counter() - decode_started) if steps > 0 else None
+
+    @staticmethod
+    def _choose(logits, logprobs, temperature, top_p, top_k, rng) -> int:
+        if temperature == 0:
+            return int(np.argmax(logits))
+        scaled = logprobs / temperature
+        order = np.argsort(-scaled)
+        if top_k:
+            order = order[:top_k]
+        probs = np.exp(scaled[order] - scaled[order].max())
+        probs /= probs.sum()
+        if top_p < 1:
+            keep = np.searchsorted(np.cumsum(probs), top_p) + 1
+            order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+        return int(rng.choice(order, p=probs))
+
+    def generate(self, prompt, max_new_tokens: int = 64, **options) -> Generation:
+        """Generate to the end (see ``stream`` for the options)."""
+        info: dict = {}
+        tokens = list(self.stream(prompt, max_new_tokens, info=info, **options))
+        ids = [t.id for t in tokens]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        for s in options.get("stop") or ():
+            if s in text:
+                text = text[:text.index(s)]
+        return Generation(text, ids, [t.logprob for t in tokens], info["stop_reason"], info["prompt_tokens"],
+                          info.get("first_token_ms", 0.0), info.get("decode_tokens_per_s"))

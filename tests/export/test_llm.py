@@ -1,0 +1,54 @@
+"""LLM export: every decoder family exports with a KV cache, validated token for token against PyTorch."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from edgeshrink.cli import app
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.export.llm import LLMExportConfig, export_llm
+from edgeshrink.models.arch import unique_families
+from tests.families import make_causal_lm
+
+DECODERS = [f.name for f in unique_families("decoder")]
+QUICK = LLMExportConfig(validation_prompts=4, validation_new_tokens=16)
+
+
+@pytest.fixture(scope="module", params=DECODERS)
+def llm_bundle(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp(request.param)
+    model = make_causal_lm(request.param, root / "model")
+    return request.param, model, root / "bundle", export_llm(model, root / "bundle", QUICK)
+
+
+def test_export_validates_and_describes_the_bundle(llm_bundle):
+    family, model, bundle, manifest = llm_bundle
+    v = manifest["validation"]
+    assert v["ok"] and v["token_identical"] == v["prompts"] == 4 and v["new_tokens"] == 16
+    assert v["prefill_max_abs_diff"] < 1e-4 and v["decode_step_max_abs_diff"] < 1e-4
+    assert manifest["task"] == "text-generation" and manifest["family"] == family
+    assert manifest["generation"]["context_length"] == 128 and manifest["generation"]["eos_token_ids"]
+    assert manifest["tokenizer"]["chat_template"] == "chat_template.jinja"
+    assert manifest["cost"]["flops_per_token"] == 2 * manifest["cost"]["matmul_parameters"]
+    names = {i["name"] for i in manifest["inputs"]}
+    assert {"input_ids", "attention_mask", "past_key_values.0.key"} <= names
+    assert set(manifest["files"]) >= {"model.onnx", "tokenizer.json", "chat_template.jinja"}
+
+
+def test_validation_failure_is_an_error_and_writes_nothing(tmp_path):
+    model = make_causal_lm("llama", tmp_path / "model")
+    with pytest.raises(EdgeshrinkError, match="does not match its source"):
+        export_llm(model, tmp_path / "bundle", LLMExportConfig(validation_prompts=1, validation_new_tokens=4,
+                                                               tolerance=1e-12))
+    assert not (tmp_path / "bundle").exists() and not list(tmp_path.glob(".bundle*"))
+
+
+def test_cli_export_of_a_language_model(tmp_path):
+    model = make_causal_lm("qwen2", tmp_path / "model")
+    result = CliRunner().invoke(app, ["export", str(model), "--out", str(tmp_path / "b"), "--json", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    assert "16/16 greedy continuations of 32 tokens identical" in result.stdout
+    assert json.loads((tmp_path / "m.json").read_text())["validation"]["ok"]
+    refused = CliRunner().invoke(app, ["export", str(model), "--out", str(tmp_path / "c"), "--optimize", "fusion"])
+    assert refused.exit_code == 2 and "apply to classifiers" in refused.stderr
