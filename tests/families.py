@@ -121,7 +121,7 @@ def _decoder_bpe(path: Path):
                                    eos_token="<|im_end|>", pad_token="<pad>")
 
 
-def make_causal_lm(family_name: str, path: Path, chat_template: bool = True, seed: int = 0) -> Path:
+def make_causal_lm(family_name: str, path: Path, chat_template: bool = True, seed: int = 0, **overrides) -> Path:
     """A tiny random causal LM of a registered decoder family with a byte-level BPE tokenizer (ChatML)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -134,7 +134,7 @@ def make_causal_lm(family_name: str, path: Path, chat_template: bool = True, see
     if chat_template:
         tokenizer.chat_template = CHATML
     settings = {**family.test_config, "vocab_size": len(tokenizer), "eos_token_id": tokenizer.eos_token_id,
-                "bos_token_id": tokenizer.bos_token_id, "pad_token_id": tokenizer.pad_token_id}
+                "bos_token_id": tokenizer.bos_token_id, "pad_token_id": tokenizer.pad_token_id, **overrides}
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(AutoConfig.for_model(family.model_types[0], **settings)).eval()
     model.save_pretrained(path)

@@ -296,6 +296,17 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
         manifest = run(bundle, out, config, data=data, force=force, progress=progress_callback(progress))
     q = manifest["quantization"]
     parent = q["parent"]["size_bytes"]
+    if manifest.get("task") == "text-generation":
+        line = (f"LLM bundle {out}: {q['method']}, {manifest['size_bytes'] / 1e6:.1f} MB = "
+                f"{100 * manifest['size_bytes'] / parent:.1f}% of the source, {q['seconds']:.0f} s")
+        ev = q.get("evaluation")
+        if ev:
+            line += (f"; {ev['data']} calibration ({ev['tokens']} tokens): perplexity {ev['perplexity']:.2f} vs "
+                     f"{ev['source_perplexity']:.2f} ({100 * ev['perplexity_change']:+.1f}%), top-1 agreement "
+                     f"{100 * ev['top1_agreement']:.1f}%")
+        typer.echo(line)
+        write_json(json_out, manifest)
+        return
     line = (f"bundle {out}: {q['method']} ({q['resolved']['target']}), {manifest['size_bytes'] / 1e6:.1f} MB "
             f"= {100 * manifest['size_bytes'] / parent:.1f}% of the source (model.onnx: "
             f"{100 * q['model_size_ratio']:.1f}%), {q['seconds']:.0f} s")

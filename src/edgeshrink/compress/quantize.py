@@ -180,6 +180,10 @@ def quantize(bundle: str | Path, out: str | Path, config: QuantConfig, data=None
         raise EdgeshrinkError(f"{bundle} is already quantized{same}; quantize its fp32 parent instead")
     if config.method not in METHODS:
         raise EdgeshrinkError(f"unknown method {config.method!r}; known: {', '.join(METHODS)}")
+    if source_manifest.get("task") == "text-generation":  # an LLM bundle: compress/llm_quantize.py
+        from edgeshrink.compress.llm_quantize import quantize_llm
+
+        return quantize_llm(bundle, out, config, data=data, force=force, progress=progress)
     check_output_dir(out, force)
     text = source_manifest["task"] == "text-classification"
     # Tensor bundles are scored and calibrated too when they record their split (or data is given).
