@@ -43,3 +43,30 @@ def test_llm_bundles_take_int4_only(tied_bundle):
     with pytest.raises(EdgeshrinkError, match="an LLM bundle takes int4-weight"):
         quantize(root / "fp32", root / "int8", QuantConfig(method="dynamic-int8"), data=str(text))
     assert not (root / "int8").exists()
+
+
+@pytest.mark.parametrize("accuracy_level", [0, 4])
+def test_matmulnbits_float_zero_points_reproduce_a_q4_1_block_grid(accuracy_level):
+    """The assumption a faithful GGUF import rests on: Q4_1 blocks (w = d·q + m, float minimum m) are exactly
+    MatMulNBits with scale d and a float zero point −m/d, which ORT's CPU kernel accepts."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    K, N, B = 64, 8, 32
+    rng = np.random.default_rng(0)
+    q = rng.integers(0, 16, (N, K)).astype(np.uint8)
+    d = rng.uniform(0.01, 0.1, (N, K // B)).astype(np.float32)
+    m = rng.uniform(-0.5, 0.0, (N, K // B)).astype(np.float32)
+    w = (q.reshape(N, K // B, B) * d[..., None] + m[..., None]).reshape(N, K)
+    packed = (q[:, 0::2] | (q[:, 1::2] << 4)).reshape(N, K // B, B // 2)
+    node = helper.make_node("MatMulNBits", ["x", "w", "s", "z"], ["y"], domain="com.microsoft", K=K, N=N, bits=4,
+                            block_size=B, accuracy_level=accuracy_level)
+    graph = helper.make_graph([node], "q4_1", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, N])],
+                              [numpy_helper.from_array(packed, "w"), numpy_helper.from_array(d.reshape(-1), "s"),
+                               numpy_helper.from_array((-m / d).astype(np.float32).reshape(-1), "z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    x = rng.standard_normal((1, K)).astype(np.float32)
+    np.testing.assert_allclose(session.run(None, {"x": x})[0], x @ w.T, atol=1e-5)
