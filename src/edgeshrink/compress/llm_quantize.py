@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from edgeshrink._files import atomic_output_dir, check_output_dir
-from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.errors import EdgeshrinkError, first_line
 from edgeshrink.runtime.bundle import MANIFEST_NAME
 
 LLM_METHODS = ("int4-weight",)
@@ -83,7 +83,7 @@ def quantize_llm(bundle: Path, out: Path, config, data=None, force: bool = False
         try:
             int4_weight(work / "untied.onnx", tmp / "model.onnx", SimpleNamespace(config=config), embeddings=True)
         except Exception as exc:  # onnxruntime's quantizer raises many types
-            raise EdgeshrinkError(f"int4-weight of {bundle} failed: {str(exc).strip().splitlines()[0][:200]}") from None
+            raise EdgeshrinkError(f"int4-weight of {bundle} failed: {first_line(exc)}") from None
         shutil.rmtree(work)
         seconds = time.perf_counter() - started
         fields = {k: v for k, v in source_manifest.items()

@@ -23,7 +23,7 @@ from pydantic import Field
 from edgeshrink._files import atomic_output_dir, check_output_dir
 from edgeshrink._quiet import quiet
 from edgeshrink.config import Config
-from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.errors import EdgeshrinkError, first_line
 
 
 class LLMExportConfig(Config):
@@ -37,18 +37,16 @@ class LLMExportConfig(Config):
 
 def is_language_model(spec: str | Path) -> bool:
     """A short name of a packaged LLM, a GGUF file, or a directory whose config is a decoder family."""
-    import json
-
     from edgeshrink.models import arch
     from edgeshrink.models.llm import LLM_PACKAGES
+    from edgeshrink.models.sources import read_config
 
     path = Path(str(spec)).expanduser()
     if str(spec) in LLM_PACKAGES or (path.is_file() and path.suffix.lower() == ".gguf"):
         return True
     try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        return arch.family_of(config).kind == "decoder"
-    except (OSError, ValueError, EdgeshrinkError):
+        return arch.family_of(read_config(path)).kind == "decoder"
+    except EdgeshrinkError:
         return False
 
 
@@ -71,7 +69,7 @@ def export_llm(model: str | Path, out: str | Path, config: LLMExportConfig | Non
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
         net = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, dtype=torch.float32).eval()
     except Exception as exc:  # transformers raises many types
-        raise EdgeshrinkError(f"cannot load a language model from {model_dir}: {str(exc).strip().splitlines()[0][:200]}") from None
+        raise EdgeshrinkError(f"cannot load a language model from {model_dir}: {first_line(exc)}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise EdgeshrinkError(f"{model_dir} has no fast tokenizer (tokenizer.json); the device runtime needs one")
     family = arch.family_of(net.config)
@@ -85,7 +83,7 @@ def export_llm(model: str | Path, out: str | Path, config: LLMExportConfig | Non
                 main_export(str(model_dir), output=str(tmp / "_export"), task="text-generation-with-past",
                             library_name="transformers", opset=config.opset, device="cpu", do_validation=False)
         except Exception as exc:  # optimum raises many types; the first line says what went wrong
-            raise EdgeshrinkError(f"ONNX export of {model_dir} failed: {str(exc).strip().splitlines()[0][:200]}") from None
+            raise EdgeshrinkError(f"ONNX export of {model_dir} failed: {first_line(exc)}") from None
         for path in (tmp / "_export").iterdir():
             if path.name.startswith("model.onnx"):  # the graph and its external data, if any
                 shutil.move(path, tmp / path.name)

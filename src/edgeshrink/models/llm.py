@@ -21,7 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.errors import EdgeshrinkError, first_line
 from edgeshrink.models.sources import RECORD_NAME
 
 GGUF_MAGIC = b"GGUF"
@@ -65,7 +65,7 @@ def gguf_architecture(path: Path) -> str:
         field = GGUFReader(str(path)).fields["general.architecture"]
         return bytes(field.parts[field.data[0]]).decode("utf-8")
     except Exception as exc:  # gguf raises ValueError/KeyError/IndexError on truncated or odd files
-        raise EdgeshrinkError(f"{path} is truncated or corrupt: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__}") from None
+        raise EdgeshrinkError(f"{path} is truncated or corrupt: {first_line(exc)}") from None
 
 
 def supported_gguf_architectures() -> list[str]:
@@ -93,14 +93,9 @@ def import_llm(source: str | Path, progress=None) -> Path:
 def check_causal_lm_dir(path: Path) -> dict:
     """The config of a local causal-LM directory of a registered decoder family, or a one-line error."""
     from edgeshrink.models import arch
+    from edgeshrink.models.sources import read_config
 
-    config_path = path / "config.json"
-    if not config_path.exists():
-        raise EdgeshrinkError(f"{path} is not a model directory (no config.json)")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except ValueError:
-        raise EdgeshrinkError(f"{config_path} is not valid JSON") from None
+    config = read_config(path)
     family = arch.family_of(config)
     if family.kind != "decoder":
         raise EdgeshrinkError(f"{path} is a {family.label} encoder, not a language model (decoder)")
@@ -159,6 +154,5 @@ def _load_gguf(path: Path):
         tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
         model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     except Exception as exc:  # transformers' GGUF loader raises many types
-        text = str(exc).strip()
-        raise EdgeshrinkError(f"cannot load {path}: {text.splitlines()[0][:200] if text else type(exc).__name__}") from None
+        raise EdgeshrinkError(f"cannot load {path}: {first_line(exc)}") from None
     return model.eval(), tokenizer

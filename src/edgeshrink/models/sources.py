@@ -44,6 +44,20 @@ def resolve_model(spec: str | Path) -> Path:
     raise EdgeshrinkError(f"model {spec_str!r} does not exist: pass a local model directory or a short name ({known})")
 
 
+def read_config(model_dir: Path) -> dict:
+    """A model directory's config.json as a dict, or a one-line error naming the file."""
+    path = Path(model_dir) / "config.json"
+    if not path.exists():
+        raise EdgeshrinkError(f"{model_dir} is not a model directory (no config.json)")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise EdgeshrinkError(f"{path} is not valid JSON") from None
+    if not isinstance(config, dict):
+        raise EdgeshrinkError(f"{path} is not a model config (a JSON object)")
+    return config
+
+
 def sentence_transformer_dir(path: Path) -> Path | None:
     """The transformer module's directory of a sentence-transformers model (listed in its modules.json)."""
     try:

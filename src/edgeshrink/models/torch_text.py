@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.errors import EdgeshrinkError, first_line
 
 
 def load_classifier(model_dir: Path, num_labels: int | None = None, label_names=None, attn_implementation=None):
@@ -22,10 +22,11 @@ def load_classifier(model_dir: Path, num_labels: int | None = None, label_names=
     from transformers import AutoModelForSequenceClassification
 
     from edgeshrink.models import arch
+    from edgeshrink.models.sources import read_config
 
     transformers.logging.set_verbosity_error()
     model_dir = Path(model_dir)
-    config = _read_config(model_dir)
+    config = read_config(model_dir)
     family = arch.family_of(config)
     if family.kind != "encoder":
         raise EdgeshrinkError(f"{model_dir} is a {family.label} decoder language model: text-classification verbs "
@@ -55,21 +56,6 @@ def load_classifier(model_dir: Path, num_labels: int | None = None, label_names=
     return model, tokenizer
 
 
-def _read_config(model_dir: Path) -> dict:
-    import json
-
-    path = model_dir / "config.json"
-    if not path.exists():
-        raise EdgeshrinkError(f"{model_dir} is not a model directory (no config.json)")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError):
-        raise EdgeshrinkError(f"{path} is not valid JSON") from None
-    if not isinstance(config, dict):
-        raise EdgeshrinkError(f"{path} is not a model config (a JSON object)")
-    return config
-
-
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
 
 
@@ -91,7 +77,7 @@ def _load_tokenizer(model_dir: Path):
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     except Exception as exc:  # tokenizers and sentencepiece raise many types
-        raise EdgeshrinkError(f"cannot load the tokenizer in {model_dir}: {_first_line(exc)}") from None
+        raise EdgeshrinkError(f"cannot load the tokenizer in {model_dir}: {first_line(exc, 300)}") from None
     if not getattr(tokenizer, "is_fast", False):
         raise EdgeshrinkError(f"{model_dir} has no fast tokenizer (tokenizer.json); the device runtime needs one")
     return tokenizer
@@ -135,13 +121,8 @@ def _head_missing(model, missing_keys) -> bool:
     return any(not k.startswith(prefix) for k in missing_keys)
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
-
-
 def _load_error(model_dir: Path, weights: Path, exc: Exception) -> str:
-    text = _first_line(exc)
+    text = first_line(exc, 300)
     if type(exc).__name__ == "SafetensorError" or "deserializ" in text or "header" in text.lower():
         return f"weights file {weights} is corrupt or truncated ({text})"
     if "size mismatch" in str(exc):

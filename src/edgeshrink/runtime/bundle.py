@@ -20,6 +20,21 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def open_session(onnx_path: Path, threads: int | None = None):
+    """An ONNX Runtime CPU session (``threads``: intra-op threads, None: its default), or a one-line error."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    try:
+        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
+        raise EdgeshrinkError(f"cannot load {onnx_path}: {str(exc).splitlines()[0][:200]}") from None
+
+
 def read_manifest(bundle: str | Path, verify: bool = True) -> dict:
     """Return the manifest of ``bundle``; with ``verify``, check every file's size and sha256."""
     bundle = Path(bundle)

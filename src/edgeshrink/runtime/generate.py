@@ -16,13 +16,13 @@ Chat messages are rendered with the bundle's chat template (jinja2, imported onl
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.runtime.bundle import read_manifest
+from edgeshrink.runtime.bundle import open_session, read_manifest
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
        "tensor(int32)": np.int32}
@@ -44,8 +44,6 @@ class Generation:
     prompt_tokens: int
     first_token_ms: float
     decode_tokens_per_s: float | None
-    prompt_truncated_tokens: int = 0
-    extra: dict = field(default_factory=dict)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -57,22 +55,13 @@ class Generator:
     """A loaded LLM bundle. ``threads`` sets ONNX Runtime's intra-op threads (None: its default)."""
 
     def __init__(self, bundle: str | Path, threads: int | None = None, verify: bool = True):
-        import onnxruntime as ort
         from tokenizers import Tokenizer
 
         self.path = Path(bundle)
         self.manifest = read_manifest(self.path, verify=verify)
         if self.manifest.get("task") != "text-generation":
             raise EdgeshrinkError(f"{self.path} is not a language-model bundle (task {self.manifest.get('task')!r})")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(self.path / "model.onnx"), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own types
-            raise EdgeshrinkError(f"cannot load {self.path / 'model.onnx'}: {str(exc).splitlines()[0][:200]}") from None
+        self.session = open_session(self.path / "model.onnx", threads)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.past_names = [n for n in self.inputs if n.startswith("past_key_values.")]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.runtime.bundle import read_manifest
+from edgeshrink.runtime.bundle import open_session, read_manifest
 
 _NP_TYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32, "float16": np.float16}
 
@@ -34,22 +34,11 @@ class Predictor:
     """A loaded bundle. ``threads`` sets ONNX Runtime's intra-op threads (None: its default)."""
 
     def __init__(self, bundle: str | Path, threads: int | None = None, verify: bool = True):
-        import onnxruntime as ort
-
         self.path = Path(bundle)
         self.manifest = read_manifest(self.path, verify=verify)
         self.labels: list[str] = list(self.manifest["labels"])
         self.task: str = self.manifest["task"]
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(self.path / "model.onnx"), options,
-                                                providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
-            raise EdgeshrinkError(f"cannot load {self.path / 'model.onnx'}: {str(exc).splitlines()[0][:200]}") from None
+        self.session = open_session(self.path / "model.onnx", threads)
         self.input_types = {i.name: _NP_TYPES.get(i.type[len("tensor("):-1], np.float32)
                             for i in self.session.get_inputs()}
         self.output_name = self.session.get_outputs()[0].name
