@@ -276,6 +276,9 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
              block_size: Annotated[Optional[int], typer.Option(help="int4: block size 16/32/64/128 (default 128).")] = None,
              symmetric: Annotated[Optional[bool], typer.Option("--symmetric/--asymmetric", help="int4: symmetric blocks.")] = None,
              quantize_embeddings: Annotated[Optional[bool], typer.Option("--quantize-embeddings/--keep-embeddings", help="int4: also the embedding tables.")] = None,
+             accuracy_level: Annotated[Optional[int], typer.Option(help="int4: MatMulNBits compute precision, 0 (input's) or 4 (int8 activations).")] = None,
+             grid: Annotated[Optional[str], typer.Option(help="LLM int4: auto | gguf | rtn (auto: keep the GGUF's own codes when the model was imported from one).")] = None,
+             head_bits: Annotated[Optional[int], typer.Option(help="LLM int4: 4 or 8 bits for the embedding table and LM head (default: the GGUF's own, else 4).")] = None,
              tolerance: Annotated[Optional[float], typer.Option(help="auto: max accuracy drop in points (default 0.5).")] = None,
              data: Annotated[Optional[str], typer.Option("--data", help="Data (default: the data the bundle was made "
                                                          "on, as recorded; a path given here is read with the recorded "
@@ -290,7 +293,7 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
     config = QuantConfig.build(method=method, target=target, per_channel=per_channel, weight_type=weight_type,
                                calibration_method=calibration_method, calibration_samples=calibration_samples,
                                block_size=block_size, symmetric=symmetric, quantize_embeddings=quantize_embeddings,
-                               tolerance=tolerance, evaluate=False if no_eval else None)
+                               accuracy_level=accuracy_level, grid=grid, head_bits=head_bits, tolerance=tolerance, evaluate=False if no_eval else None)
     with Progress(TextColumn("[bold]quantize[/] {task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()) as progress:
         manifest = run(bundle, out, config, data=data, force=force, progress=progress_callback(progress))
