@@ -117,8 +117,10 @@ def test_keep_gguf_grid_rewrites_a_tied_head_once(tmp_path, head_bits):
         assert report["kept"] == {"Q8_0": 1, "Q4_1": 1} and report["rounded"] == {}
     else:
         assert report["kept"] == {"Q4_1": 1} and report["rounded"]["token_embd.weight"]["bits"] == 4
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node]
-    assert ops.count("MatMulNBits") == 2 and ops.count("GatherBlockQuantized") == 1 and "Transpose" not in ops
+    nodes = onnx.load(str(tmp_path / "q.onnx")).graph.node
+    ops = [n.op_type for n in nodes]
+    assert ops.count("MatMulNBits") == 2 and ops.count("GatherBlockQuantized") == 1
+    assert not any("E" in n.input for n in nodes)  # the fp32 table (and its Transpose) are gone
     codes = [i.name for i in onnx.load(str(tmp_path / "q.onnx")).graph.initializer if "/codes" in i.name]
     assert len(codes) == 2  # the embedding and the LM head share one table
     ids = np.arange(vocab, dtype=np.int64)[None]
@@ -132,12 +134,13 @@ def test_keep_gguf_grid_rewrites_a_tied_head_once(tmp_path, head_bits):
         assert np.abs(got - reference).max() > 1e-4
 
 
-def test_a_graph_with_weights_off_the_grid_is_left_for_round_to_nearest(tmp_path):
+def test_weights_off_the_grid_are_left_for_round_to_nearest_and_the_table_is_rounded(tmp_path):
     path = _write_gguf(tmp_path / "m.gguf", {"w": ("Q4_1", _raw("Q4_1", 32, 64, seed=6))})
     rng = np.random.default_rng(7)
     _tiny_graph(tmp_path / "fp32.onnx", rng.standard_normal((32, 64)).astype(np.float32),
                 rng.standard_normal((64, 64)).astype(np.float32))
     config = SimpleNamespace(head_bits=None, block_size=32, accuracy_level=0)
     report = keep_gguf_grid(tmp_path / "fp32.onnx", tmp_path / "q.onnx", path, config)
-    assert report["kept"] == {} and len(report["matmuls_left"]) == 3
+    assert report["kept"] == {} and len(report["matmuls_left"]) == 1  # W; ORT's quantizer takes it
+    assert report["rounded"]["E"]["bits"] == 4  # the tied table, rounded once for the Gather and the head
     json.dumps(report)  # goes into the manifest as is

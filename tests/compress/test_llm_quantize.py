@@ -31,9 +31,16 @@ def test_int4_of_an_llm_bundle(tied_bundle, block_size, symmetric):
     manifest = quantize(root / "fp32", out, QuantConfig(method="int4-weight", block_size=block_size,
                                                          symmetric=symmetric), data=str(text))
     q = manifest["quantization"]
-    assert manifest["task"] == "text-generation" and q["untied_lm_heads"] == 1
+    assert manifest["task"] == "text-generation" and q["grid"] == "rtn"
+    assert list(q["gguf_grid"]["rounded"].values())[0]["bits"] == 4  # the tied table, once for both uses
+    import onnx
+
+    nodes = onnx.load(str(out / "model.onnx")).graph.node
+    nbits = [n for n in nodes if n.op_type == "MatMulNBits"]
+    attrs = [{a.name: a.i for a in n.attribute} for n in nbits]
+    assert nbits and all(a["bits"] == 4 and a["block_size"] == block_size for a in attrs)
+    assert sum(n.op_type == "GatherBlockQuantized" for n in nodes) == 1
     by_type = q["weights"]["bytes_by_type"]
-    assert by_type.get("uint4", 0) + by_type.get("int4", 0) > 0
     assert by_type.get("fp32", 0) < manifest["size_bytes"] / 4  # the head and the embedding are quantized too
     assert manifest["size_bytes"] < 0.7 * manifest["quantization"]["parent"]["size_bytes"]  # graph overhead is large here
     ev = q["evaluation"]

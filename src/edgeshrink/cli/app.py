@@ -127,6 +127,8 @@ def export(model: Annotated[str, typer.Argument(help="Local model directory or s
            optimize: Annotated[Optional[str], typer.Option(help="none | basic | fusion (ORT transformer fusions).")] = None,
            tolerance: Annotated[Optional[float], typer.Option(help="Max-abs-diff allowed vs the source (default 1e-4).")] = None,
            max_length: Annotated[Optional[int], typer.Option(help="Max tokens per text on the device.")] = None,
+           exporter: Annotated[Optional[str], typer.Option(help="Language models: auto | builder | optimum (default auto: "
+                                                           "onnxruntime-genai's builder where it takes the model).")] = None,
            force: Force = False, json_out: JsonOut = None) -> None:
     """Export to ONNX, validate against the source on several shapes, and write a device bundle."""
     from edgeshrink.export import ExportConfig, export as run
@@ -135,14 +137,17 @@ def export(model: Annotated[str, typer.Argument(help="Local model directory or s
     if is_language_model(model):
         if optimize is not None or max_length is not None:
             raise fail("--optimize and --max-length apply to classifiers; a language model is exported as is")
-        config = LLMExportConfig.build(opset=opset, tolerance=tolerance)
+        config = LLMExportConfig.build(opset=opset, tolerance=tolerance, exporter=exporter)
         manifest = export_llm(model, out, config, force=force, progress=lambda m: typer.echo(m, err=True))
         v = manifest["validation"]
-        typer.echo(f"LLM bundle {out}: {manifest['size_bytes'] / 1e6:.1f} MB, {manifest['family']}, validated: "
+        typer.echo(f"LLM bundle {out}: {manifest['size_bytes'] / 1e6:.1f} MB, {manifest['family']}, exporter "
+                   f"{manifest['export']['exporter']}, validated: "
                    f"{v['token_identical']}/{v['prompts']} greedy continuations of {v['new_tokens']} tokens identical "
                    f"to PyTorch, logits max-abs-diff {max(v['prefill_max_abs_diff'], v['decode_step_max_abs_diff']):.2e}")
         write_json(json_out, manifest)
         return
+    if exporter is not None:
+        raise fail("--exporter applies to language models; a classifier is exported by optimum-onnx")
     config = ExportConfig.build(opset=opset, optimize=optimize, tolerance=tolerance, max_length=max_length)
     manifest = run(model, out, config, force=force)
     if manifest.get("classification_head") == "untrained":

@@ -61,7 +61,7 @@ class Grid:
     block_size: int
     codes: np.ndarray  # uint8 [N, K]
     scale: np.ndarray  # float32 [N, K / block_size]
-    offset: np.ndarray | None  # float32 [N, K / block_size]
+    minimum: np.ndarray | None  # float32 [N, K / block_size]: b of w = a·q + b, kept as the file stores it
     values: np.ndarray  # float32 [N, K]: gguf-py's dequantized tensor (what the fp32 import holds)
     max_abs_error: float
     zero_points: np.ndarray | None = None  # uint8 [N, K / block_size]: per-block zero points (re-rounded grids)
@@ -69,6 +69,11 @@ class Grid:
     @property
     def zero(self) -> int:
         return 1 << (self.bits - 1)
+
+    @property
+    def offset(self) -> np.ndarray | None:
+        """What MatMulNBits with default zero points leaves out: scale·zero + minimum per sub-block."""
+        return None if self.minimum is None else (self.scale * np.float32(self.zero) + self.minimum).astype(np.float32)
 
     def packed_zero_points(self) -> np.ndarray | None:
         """Zero points in MatMulNBits' layout: uint8 [N, ceil(blocks·bits/8)], low nibble first for 4 bits."""
@@ -99,7 +104,7 @@ class Grid:
     def take_rows(self, order: np.ndarray) -> "Grid":
         pick = (lambda a: None if a is None else np.ascontiguousarray(a[order]))
         return Grid(self.name, self.qtype, self.bits, self.block_size, pick(self.codes), pick(self.scale),
-                    pick(self.offset), pick(self.values), self.max_abs_error, pick(self.zero_points))
+                    pick(self.minimum), pick(self.values), self.max_abs_error, pick(self.zero_points))
 
     def rounded(self, bits: int, block_size: int) -> "Grid":
         """This tensor re-rounded onto a coarser grid (see :func:`round_to_grid`)."""
@@ -169,9 +174,8 @@ def read_grid(tensor) -> Grid | None:
     codes = raw_codes + shift
     if codes.min() < 0 or codes.max() >= (1 << bits):
         return None  # the format's codes do not fit the kernel's bits: no faithful mapping
-    offset = None if symmetric else (a * zero + b).astype(np.float32)
     grid = Grid(tensor.name, qtype.name, bits, fmt.sub_block, codes.reshape(n, k).astype(np.uint8),
-                a.astype(np.float32), offset, values, 0.0)
+                a.astype(np.float32), None if symmetric else b.astype(np.float32), values, 0.0)
     error = float(np.max(np.abs(grid.reconstruct() - values))) if values.size else 0.0
     scale = float(np.max(np.abs(values))) or 1.0
     if error > RELATIVE_TOLERANCE * scale:
@@ -225,8 +229,8 @@ class GridIndex:
             return None
         sources = [self.grids[number] for number in dict.fromkeys(f[0] for f in found)]
         first = sources[0]
-        if any((g.bits, g.block_size, g.offset is None, g.values.shape[1]) !=
-               (first.bits, first.block_size, first.offset is None, rows.shape[1]) for g in sources):
+        if any((g.bits, g.block_size, g.minimum is None, g.values.shape[1]) !=
+               (first.bits, first.block_size, first.minimum is None, rows.shape[1]) for g in sources):
             return None
         if len(sources) == 1:
             order = np.array([f[1] for f in found])
@@ -235,7 +239,7 @@ class GridIndex:
             pick = lambda field: None if getattr(first, field) is None else np.stack(  # noqa: E731
                 [getattr(self.grids[g], field)[r] for g, r in found])
             matched = Grid("+".join(g.name for g in sources), first.qtype, first.bits, first.block_size,
-                           pick("codes"), pick("scale"), pick("offset"), pick("values"),
+                           pick("codes"), pick("scale"), pick("minimum"), pick("values"),
                            max(g.max_abs_error for g in sources))
         if not np.array_equal(matched.values, rows):  # a duplicated row may point elsewhere: values decide
             return None

@@ -98,20 +98,17 @@ def quantize_llm(bundle: Path, out: Path, config, data=None, force: bool = False
         work = tmp / "_work"
         work.mkdir()
         started = time.perf_counter()
-        current, grid_report, untied = bundle / "model.onnx", None, 0
+        untied = 0
         try:
-            if gguf is not None or config.head_bits is not None:
-                progress("keeping the GGUF grid" if gguf else f"the embedding and LM head at {config.head_bits} bits")
-                grid_report = keep_gguf_grid(current, work / "grid.onnx", gguf, config, progress)
-                current = work / "grid.onnx"
-            if grid_report is None or grid_report["matmuls_left"]:
+            progress("keeping the GGUF grid" if gguf else "the embedding table and LM head")
+            grid_report = keep_gguf_grid(bundle / "model.onnx", work / "grid.onnx", gguf, config, progress)
+            if grid_report["matmuls_left"]:
                 progress("untying the LM head")
-                untied = untie_transposed_weights(current, work / "untied.onnx")
+                untied = untie_transposed_weights(work / "grid.onnx", work / "untied.onnx")
                 progress("quantizing weights to INT4 (round to nearest)")
-                int4_weight(work / "untied.onnx", tmp / "model.onnx", SimpleNamespace(config=config),
-                            embeddings=grid_report is None)
+                int4_weight(work / "untied.onnx", tmp / "model.onnx", SimpleNamespace(config=config), embeddings=False)
             else:
-                _save(current, tmp / "model.onnx")
+                _save(work / "grid.onnx", tmp / "model.onnx")
         except EdgeshrinkError:
             raise
         except Exception as exc:  # onnx and onnxruntime's quantizer raise many types
@@ -126,8 +123,7 @@ def quantize_llm(bundle: Path, out: Path, config, data=None, force: bool = False
                         "format": "MatMulNBits + GatherBlockQuantized",
                         "parent": {"path": str(Path(bundle).resolve()), "size_bytes": source_manifest["size_bytes"]},
                         "weights": weight_precisions(tmp / "model.onnx")}
-        if grid_report is not None:
-            quantization["gguf_grid"] = grid_report
+        quantization["gguf_grid"] = grid_report
         fields["quantization"] = quantization
         manifest = write_manifest(tmp, fields)
         if config.evaluate:
@@ -188,6 +184,7 @@ class _GridWriter:
         self.accuracy_level = accuracy_level
         self.written: dict[str, dict[str, str]] = {}
         self.block_sums: dict[tuple[str, int, int], str] = {}
+        self.prelude: list = []  # constant nodes (casts, offsets) ONNX Runtime folds at load
         self.new_nodes: dict[str, list] = {}  # first output of the node replaced -> nodes in its place
         self.counter = 0
 
@@ -201,20 +198,39 @@ class _GridWriter:
         self.counter += 1
         return f"{stem}/edgeshrink_{self.counter}"
 
+    def _float(self, array: np.ndarray, name: str) -> str:
+        """A float32 constant, stored as fp16 when that is lossless (a GGUF's own scales and minimums are fp16)
+        and cast back to fp32 by a node ONNX Runtime folds away at load: the file is smaller, the math the same."""
+        from onnx import TensorProto, helper
+
+        half = array.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), array):
+            return self._init(array, name)
+        self._init(half, name + "_fp16")
+        self.prelude.append(helper.make_node("Cast", [name + "_fp16"], [name], name=name + "/cast", to=TensorProto.FLOAT))
+        return name
+
     def tensors(self, grid) -> dict[str, str]:
-        """Initializer names of a grid's packed codes, scales, zero points and offsets (written once)."""
+        """Names of a grid's packed codes, scales, zero points and offsets (written once, shared by its users)."""
+        from onnx import helper
+
         key = grid.name + ("" if grid.zero_points is None else f"/rtn{grid.bits}")
         if key in self.written:
             return self.written[key]
         stem = f"gguf/{key}"
         names = {"codes": self._init(grid.packed(), f"{stem}/codes{grid.bits}"),
-                 "scales": self._init(grid.scale, f"{stem}/scales")}
+                 "scales": self._float(grid.scale, f"{stem}/scales")}
         zero_points = grid.packed_zero_points()
         if zero_points is not None:
             names["zero_points"] = self._init(zero_points, f"{stem}/zero_points")
-        if grid.offset is not None:
-            names["offset_by_block"] = self._init(np.ascontiguousarray(grid.offset.T), f"{stem}/offsets")  # [nb, N]
-            names["offset_rows"] = self._init(grid.offset, f"{stem}/offset_rows")  # [N, nb]
+        if grid.minimum is not None:  # offset = scale·zero + minimum, [N, nb] and transposed [nb, N]
+            minimum = self._float(grid.minimum, f"{stem}/minimum")
+            zero = self._init(np.array(grid.zero, np.float32), f"{stem}/zero")
+            scaled, rows, by_block = f"{stem}/scaled_zero", f"{stem}/offset_rows", f"{stem}/offsets"
+            self.prelude += [helper.make_node("Mul", [names["scales"], zero], [scaled], name=scaled),
+                             helper.make_node("Add", [scaled, minimum], [rows], name=rows),
+                             helper.make_node("Transpose", [rows], [by_block], name=by_block, perm=[1, 0])]
+            names["offset_rows"], names["offset_by_block"] = rows, by_block
         self.written[key] = names
         return names
 
@@ -284,8 +300,10 @@ def keep_gguf_grid(src: Path, dst: Path, gguf: Path, config, progress=None) -> d
     """Rewrite every MatMul/Gather whose weights are a GGUF tensor onto that tensor's codes (see _GridWriter).
 
     ``config.head_bits`` caps the bits of the embedding table and the LM head (a Q8_0 table brought to 4 bits
-    to meet a size budget is re-rounded, and the report says by how much). Returns what was kept, re-rounded
-    and left alone."""
+    to meet a size budget is re-rounded, and the report says by how much); a table not on the GGUF's grid
+    (or with no GGUF) is rounded to ``head_bits`` (default 4), tied tables once for both uses. Other
+    weights off the grid are listed in ``matmuls_left`` for round-to-nearest INT4. Returns what was kept,
+    re-rounded and left alone."""
     import onnx
     from onnx import numpy_helper
 
@@ -304,12 +322,13 @@ def keep_gguf_grid(src: Path, dst: Path, gguf: Path, config, progress=None) -> d
 
     def grid_for(node, rows: np.ndarray, head: bool, table: str):
         grid = index.match(rows)
-        if grid is None and not (head and config.head_bits):
-            left.append(node.name)
+        if grid is None and not head:
+            left.append(node.name)  # left for round-to-nearest INT4 (ORT's quantizer)
             return None
-        if head and config.head_bits is not None and (grid is None or grid.bits > config.head_bits):
-            grid = (round_to_grid(table, "F32", rows, config.head_bits, config.block_size) if grid is None
-                    else grid.rounded(config.head_bits, config.block_size))
+        head_bits = config.head_bits or 4
+        if head and (grid is None or (config.head_bits is not None and grid.bits > head_bits)):
+            grid = (round_to_grid(table, "F32", rows, head_bits, config.block_size) if grid is None
+                    else grid.rounded(head_bits, config.block_size))
             rounded[grid.name] = {"from": grid.qtype.split("->")[0], "bits": grid.bits, "block_size": grid.block_size,
                                   "max_abs_error": grid.max_abs_error}
         else:
@@ -342,6 +361,7 @@ def keep_gguf_grid(src: Path, dst: Path, gguf: Path, config, progress=None) -> d
                 writer.gather(node, grid)
     replaced = list(graph.node)
     del graph.node[:]
+    graph.node.extend(writer.prelude)
     for node in replaced:
         graph.node.extend(writer.new_nodes.get(node.output[0], [node]))
     _drop_unused(graph)
