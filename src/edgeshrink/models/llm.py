@@ -155,6 +155,10 @@ def _import_gguf(gguf_path: Path, name: str, progress=None) -> Path:
                   "import_seconds": round(time.perf_counter() - started, 1),
                   "note": "weights dequantized to fp32 from the GGUF: they carry its quantization grid"}
         (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2))
+        if out.exists():  # a stale import: moved aside first (a directory cannot be replaced by another)
+            stale = Path(tempfile.mkdtemp(prefix=f".{out.name}.stale.", dir=out.parent))
+            os.replace(out, stale / out.name)
+            shutil.rmtree(stale, ignore_errors=True)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
