@@ -96,7 +96,8 @@ def export_llm(model: str | Path, out: str | Path, config: LLMExportConfig | Non
             (tmp / template).write_text(tokenizer.chat_template, encoding="utf-8")
         eos = net.generation_config.eos_token_id if net.generation_config is not None else None
         eos_ids = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
-                          *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
+                          *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []),
+                          *family.stop_token_ids(tokenizer)})  # Gemma's <end_of_turn> ends a chat turn
         inputs, outputs = graph_io(tmp / "model.onnx")
         fields = {
             "task": "text-generation",
