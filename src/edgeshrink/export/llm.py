@@ -96,6 +96,7 @@ def export_llm(model: str | Path, out: str | Path, config: LLMExportConfig | Non
             if path.name.startswith("model.onnx"):  # the graph and its external data, if any
                 shutil.move(path, tmp / path.name)
         shutil.rmtree(tmp / "_export")
+        retied = retie_folded_lm_head(tmp / "model.onnx")
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"), pretty=False)  # 45% of the indented size
         template = None
         if tokenizer.chat_template:
@@ -103,7 +104,8 @@ def export_llm(model: str | Path, out: str | Path, config: LLMExportConfig | Non
             (tmp / template).write_text(tokenizer.chat_template, encoding="utf-8")
         eos = net.generation_config.eos_token_id if net.generation_config is not None else None
         eos_ids = sorted({*(eos if isinstance(eos, list) else [eos] if eos is not None else []),
-                          *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])})
+                          *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []),
+                          *family.stop_token_ids(tokenizer)})  # Gemma's <end_of_turn> ends a chat turn
         inputs, outputs = graph_io(tmp / "model.onnx")
         fields = {
             "task": "text-generation",
@@ -117,7 +119,8 @@ def export_llm(model: str | Path, out: str | Path, config: LLMExportConfig | Non
                                              if getattr(tokenizer, k, None) is not None}},
             "generation": {"eos_token_ids": eos_ids, "bos_token_id": tokenizer.bos_token_id,
                            "context_length": int(text_config.max_position_embeddings)},
-            "export": {**config.to_dict(), "exporter": exporter, "exporter_label": EXPORTER_LABELS[exporter]},
+            "export": {**config.to_dict(), "exporter": exporter, "exporter_label": EXPORTER_LABELS[exporter],
+                       "retied_lm_heads": retied},
             "inputs": inputs,
             "outputs": outputs,
             "cost": cost_per_token(net),
@@ -199,6 +202,48 @@ def choose_exporter(family, wanted: str, model_config=None) -> str:
         if installed(name) and not refusal(name):
             return name
     raise EdgeshrinkError(f"no LLM exporter installed for {family.label or family.name}: pip install 'edgeshrink[llm]'")
+
+
+def retie_folded_lm_head(path: Path) -> int:
+    """Store a tied LM head once: a MatMul weight equal to an embedding table transposed becomes
+    ``Transpose(table)``; return how many were re-tied.
+
+    The exporter folds the tied head's transpose into a second constant for some families (Gemma 3), so the
+    largest table is stored twice: 671 MB more for Gemma 3 270M, and a larger vocabulary would pass the
+    2 GB protobuf limit. The quantizer unties it again on its own terms (compress/llm_quantize.py).
+    """
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    tables = {n.input[0]: numpy_helper.to_array(inits[n.input[0]]) for n in graph.node
+              if n.op_type == "Gather" and n.input[0] in inits and len(inits[n.input[0]].dims) == 2}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    retied = 0
+    for node in list(graph.node):
+        if node.op_type != "MatMul" or node.input[1] not in inits or uses[node.input[1]] != 1:
+            continue
+        weight = inits[node.input[1]]
+        for name, table in tables.items():
+            if list(weight.dims) == list(table.shape[::-1]) and np.array_equal(numpy_helper.to_array(weight), table.T):
+                transposed = name + "_transposed"
+                graph.node.insert(list(graph.node).index(node),
+                                  helper.make_node("Transpose", [name], [transposed], perm=[1, 0], name=transposed))
+                graph.initializer.remove(weight)
+                node.input[1] = transposed
+                retied += 1
+                break
+    if retied:
+        size = sum(i.ByteSize() for i in graph.initializer)
+        for stale in path.parent.glob(path.name + "*"):
+            stale.unlink()
+        onnx.save(model, str(path), save_as_external_data=size > 1_800_000_000, location=path.name + ".data")
+    return retied
 
 
 def _parameters(net) -> int:

@@ -77,6 +77,11 @@ class Family:
     kind: str = "encoder"  # "encoder" (text classifiers) | "decoder" (causal language models)
     notes: str = ""  # what a user should know (README table)
     llm_exporters: tuple[str, ...] = ()  # decoders: ONNX exporters that handle the family, preferred first
+    # Decoders: the family's chat format, written at import when a GGUF carries none (Gemma 3 GGUFs often
+    # don't), and the tokens that end a turn besides eos (Gemma's <end_of_turn>), added to the eos ids where
+    # the vocabulary has them.
+    chat_template: str | None = None
+    stop_tokens: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in ("encoder", "decoder"):
@@ -136,6 +141,11 @@ class Family:
             if getattr(config, key, value) != value:
                 raise EdgeshrinkError(f"{self.label or self.name}: structured pruning supports {key} = {value} "
                                       f"only; this model has {getattr(config, key)}")
+
+    def stop_token_ids(self, tokenizer) -> list[int]:
+        """Ids of ``stop_tokens`` that ``tokenizer``'s vocabulary holds (a transformers tokenizer)."""
+        vocab = tokenizer.get_vocab()
+        return [vocab[t] for t in self.stop_tokens if t in vocab]
 
     def applies(self, operation: str) -> bool:
         return operation in self.operations
@@ -228,7 +238,51 @@ _TINY_DECODER = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_
 register(Family(name="llama", label="Llama (SmolLM2)", model_types=("llama",), **_DECODER_PATHS,
                 test_config=_TINY_DECODER))
 register(Family(name="qwen2", label="Qwen2", model_types=("qwen2",), **_DECODER_PATHS, test_config=_TINY_DECODER))
+# Gemma 3's own chat template (the one its Hugging Face checkpoints ship), for GGUFs that carry none.
+GEMMA3_CHAT_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
 register(Family(name="gemma3", label="Gemma 3 (text)", model_types=("gemma3_text",), **_DECODER_PATHS,
+                chat_template=GEMMA3_CHAT_TEMPLATE, stop_tokens=("<end_of_turn>",),
+                notes="embeddings scaled by sqrt(hidden); sliding-window layers; <end_of_turn> ends a chat turn",
                 test_config={**_TINY_DECODER, "head_dim": 16, "sliding_window": 16}))
 register(Family(name="phi3", label="Phi-3", model_types=("phi3",),
                 **{**_DECODER_PATHS, "q": "self_attn.qkv_proj", "k": "self_attn.qkv_proj", "v": "self_attn.qkv_proj",
