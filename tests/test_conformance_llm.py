@@ -49,7 +49,7 @@ def exported(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def int4(exported, text_file):
-    """The fp32 bundle quantized by the CLI with its defaults (int4-weight, block 128, symmetric)."""
+    """The fp32 bundle quantized by the CLI with its defaults (int4-weight, block 32, symmetric)."""
     _, _, bundle, _ = exported
     out = bundle.parent / "int4"
     result = CliRunner().invoke(app, ["quantize", str(bundle), "--method", "int4-weight", "--out", str(out),
@@ -120,7 +120,7 @@ def test_cli_int4_records_the_defaults(int4):
     manifest = json.loads((int4 / "manifest.json").read_text())
     q = manifest["quantization"]
     assert manifest["task"] == "text-generation" and q["method"] == "int4-weight"
-    assert q["config"]["block_size"] == 128 and q["config"]["symmetric"] is True
+    assert q["config"]["block_size"] == 32 and q["config"]["symmetric"] is True
     assert manifest["size_bytes"] < q["parent"]["size_bytes"]
 
 

@@ -278,7 +278,7 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
              weight_type: Annotated[Optional[str], typer.Option(help="int8 | uint8 (default: the target's).")] = None,
              calibration_method: Annotated[Optional[str], typer.Option(help="static: minmax | percentile | entropy.")] = None,
              calibration_samples: Annotated[Optional[int], typer.Option(help="static/auto: calibration examples (default 512).")] = None,
-             block_size: Annotated[Optional[int], typer.Option(help="int4: block size 16/32/64/128 (default 128).")] = None,
+             block_size: Annotated[Optional[int], typer.Option(help="int4: block size 16/32/64/128 (default 128; 32 for language models).")] = None,
              symmetric: Annotated[Optional[bool], typer.Option("--symmetric/--asymmetric", help="int4: symmetric blocks.")] = None,
              quantize_embeddings: Annotated[Optional[bool], typer.Option("--quantize-embeddings/--keep-embeddings", help="int4: also the embedding tables.")] = None,
              accuracy_level: Annotated[Optional[int], typer.Option(help="int4: MatMulNBits compute precision, 0 (input's) or 4 (int8 activations).")] = None,

@@ -24,6 +24,7 @@ from edgeshrink.errors import EdgeshrinkError, first_line
 from edgeshrink.runtime.bundle import MANIFEST_NAME
 
 LLM_METHODS = ("int4-weight",)
+LLM_BLOCK_SIZE = 32  # default INT4 block of LLM weights: a GGUF's block, onnxruntime-genai's default
 EVAL_TOKENS = 256  # tokens per calibration document scored (from its start)
 
 
@@ -86,6 +87,7 @@ def quantize_llm(bundle: Path, out: Path, config, data=None, force: bool = False
     progress = progress or (lambda *_: None)
     if config.method not in LLM_METHODS:
         raise EdgeshrinkError(f"an LLM bundle takes {', '.join(LLM_METHODS)}; {config.method!r} is for classifiers")
+    config = config.model_copy(update={"block_size": config.block_size or LLM_BLOCK_SIZE})
     source_manifest = read_manifest(bundle, verify=True)
     gguf = None if config.grid == "rtn" else source_gguf(source_manifest)
     if config.grid == "gguf" and gguf is None:

@@ -51,7 +51,7 @@ class QuantConfig(Config):
     calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
     calibration_samples: int = Field(512, ge=1)
     calibration_batch_size: int = Field(16, ge=1)
-    block_size: Literal[16, 32, 64, 128] = 128
+    block_size: Literal[16, 32, 64, 128] | None = None  # int4; None: 128 for classifiers, 32 (a GGUF's block) for LLMs
     symmetric: bool = True
     quantize_embeddings: bool = True
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = None  # MatMulNBits compute precision (4 = int8)
