@@ -32,13 +32,15 @@ SCHEMA = "edgeshrink-bench/1"
 
 
 class _Worker:
-    def __init__(self, ctx, path: Path):
+    def __init__(self, ctx, path: Path, target=None, spec=None):
+        """A process running ``target(conn, spec)`` (default: the classifier worker on ``path``)."""
         from edgeshrink.bench.worker import serve
 
         self.path = path
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=serve, args=(child, str(path)), daemon=True)
+        self.process = ctx.Process(target=target or serve, args=(child, str(path) if spec is None else spec), daemon=True)
         self.process.start()
+        child.close()  # so that a worker that dies is seen as EOF, not waited on forever
         self.info = self._reply()
 
     def _reply(self):
