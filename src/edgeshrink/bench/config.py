@@ -36,8 +36,9 @@ class LLMBenchConfig(Config):
     version: int = 1
     threads: list[int] = [1, 2]
     prompt_tokens: list[int] = [32, 128, 512]  # time to first token at each prompt length
-    decode_prompt_tokens: int = Field(128, ge=1)  # the prompt decode speed is measured after
-    new_tokens: int = Field(64, ge=2)  # greedy tokens decoded per timed run, eos ignored
+    decode_prompt_tokens: int | None = Field(None, ge=1)  # prompt before the timed decode; None: the middle
+    #                                                        prompt length (128 with the defaults)
+    new_tokens: int = Field(128, ge=2)  # greedy tokens decoded per timed run, eos ignored
     repeats: int = Field(3, ge=1)  # timed runs per candidate and cell, one per round-robin pass
     warmup_runs: int = Field(1, ge=0)
     quality: bool = True
@@ -56,3 +57,7 @@ class LLMBenchConfig(Config):
         if not values or any(v < 1 for v in values):
             raise ValueError("must be a non-empty list of positive integers")
         return values
+
+    @property
+    def decode_prompt(self) -> int:
+        return self.decode_prompt_tokens or sorted(self.prompt_tokens)[len(self.prompt_tokens) // 2]

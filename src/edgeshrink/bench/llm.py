@@ -167,7 +167,7 @@ def resolve_peer(peer: str, bundles: list[dict]) -> tuple[Path | None, str | Non
 
 def _peer_candidate(path: Path) -> dict:
     cost = gguf_cost(path)
-    return {"name": f"llama.cpp {path.stem}", "path": str(path), "kind": "llama.cpp", "precision": cost.pop("precision"),
+    return {"name": "llama.cpp", "path": str(path), "kind": "llama.cpp", "precision": cost.pop("precision"),
             "size_bytes": path.stat().st_size, "context_length": None, "parent": None, "gguf": str(path),
             "cost": cost}
 
@@ -177,7 +177,7 @@ def _prompt_text(config: LLMBenchConfig) -> str:
     from edgeshrink.data.lm_text import load_lm_text
 
     text = load_lm_text(config.texts[0] if config.texts else "bbc-news", "test")
-    chars = 8 * max(config.prompt_tokens + [config.decode_prompt_tokens])  # a token is < 8 characters here
+    chars = 8 * max(config.prompt_tokens + [config.decode_prompt])  # a token is < 8 characters here
     pieces, size = [], 0
     for doc in text.texts:
         pieces.append(doc)
@@ -201,7 +201,7 @@ def bench_llm(candidates: list[str | Path], config: LLMBenchConfig | None = None
         notes.append(note)
     if peer_path is not None:
         results.append(_peer_candidate(peer_path))
-    need = max(max(config.prompt_tokens) + 1, config.decode_prompt_tokens + config.new_tokens)
+    need = max(max(config.prompt_tokens) + 1, config.decode_prompt + config.new_tokens)
     for r in results:
         if r["context_length"] is not None and need > r["context_length"]:
             raise EdgeshrinkError(f"candidate {r['path']} has a context of {r['context_length']} tokens; this bench "
@@ -217,7 +217,7 @@ def bench_llm(candidates: list[str | Path], config: LLMBenchConfig | None = None
 
     workers: list[_Worker] = []
     text = _prompt_text(config)
-    lengths = sorted(set(config.prompt_tokens) | {config.decode_prompt_tokens})
+    lengths = sorted(set(config.prompt_tokens) | {config.decode_prompt})
     try:
         for r in results:
             spec = {"kind": r["kind"], "path": r["path"], "context": 1 << math.ceil(math.log2(need))}
@@ -227,7 +227,7 @@ def bench_llm(candidates: list[str | Path], config: LLMBenchConfig | None = None
         for r, p in zip(results, prompts):
             r["same_prompt_ids_as_first"] = all(p[n] == prompts[0][n] for n in lengths)
         cells = [(t, "ttft", n) for t in config.threads for n in config.prompt_tokens] + \
-                [(t, "decode", config.decode_prompt_tokens) for t in config.threads]
+                [(t, "decode", config.decode_prompt) for t in config.threads]
         cells.sort(key=lambda c: c[0])  # each worker switches thread count once
         step("timing", total=len(cells))
         timings: dict[tuple, list[list]] = {}

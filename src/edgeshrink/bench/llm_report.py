@@ -76,7 +76,8 @@ def header(report: dict) -> str:
     bw = ", ".join(f"{t} thr {g:.1f}" for t, g in report["memory_bandwidth_gbps"].items())
     return (f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, ISA {' '.join(m['isa'])}; peak fp32 GEMM "
             f"GFLOP/s ({peaks}); memory read GB/s ({bw}). Medians of {cfg['repeats']} interleaved runs; decode = "
-            f"{cfg['new_tokens']} greedy tokens after a {cfg['decode_prompt_tokens']}-token prompt, eos ignored.")
+            f"{cfg['new_tokens']} greedy tokens after a {report['candidates'][0]['decode'][0]['prompt_tokens']}-token prompt, "
+            "eos ignored.")
 
 
 def _tables(report: dict):

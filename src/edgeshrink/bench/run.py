@@ -47,7 +47,11 @@ class _Worker:
         try:
             message = self.conn.recv()
         except EOFError:
-            raise EdgeshrinkError(f"benchmark worker for {self.path} died (out of memory?)") from None
+            self.process.join(timeout=5)
+            code = self.process.exitcode
+            why = "killed: out of memory?" if code == -9 else "crashed: segmentation fault" if code == -11 else \
+                f"exit code {code}"
+            raise EdgeshrinkError(f"benchmark worker for {self.path} died ({why})") from None
         if message[0] == "error":
             raise EdgeshrinkError(f"candidate {self.path}: {message[1].splitlines()[0]}")
         return message[1]

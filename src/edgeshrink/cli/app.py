@@ -233,7 +233,7 @@ def bench(candidates: Annotated[list[Path], typer.Argument(help="Device bundles 
           max_accuracy_examples: Annotated[Optional[int], typer.Option(help="Cap the test examples scored.")] = None,
           text_column: TextCol = "text", label_column: LabelCol = "label",
           prompt_tokens: Annotated[Optional[str], typer.Option(help="LLM bundles: comma list of prompt lengths for time to first token (default 32,128,512).")] = None,
-          new_tokens: Annotated[Optional[int], typer.Option(help="LLM bundles: greedy tokens per timed decode run (default 64).")] = None,
+          new_tokens: Annotated[Optional[int], typer.Option(help="LLM bundles: greedy tokens per timed decode run (default 128).")] = None,
           repeats: Annotated[Optional[int], typer.Option(help="LLM bundles: timed runs per candidate and cell (default 3).")] = None,
           peer_gguf: Annotated[Optional[str], typer.Option("--peer-gguf", help="LLM bundles: llama.cpp peer on a GGUF: auto (the bundles' GGUF source, if llama-cpp-python is installed), none, smollm2, or a .gguf path.")] = None,
           texts: Annotated[Optional[str], typer.Option(help="LLM bundles: comma list of held-out texts for perplexity (default bbc-news,shakespeare).")] = None,
