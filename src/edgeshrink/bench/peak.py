@@ -62,3 +62,32 @@ def ort_gemm_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
         session.run(None, feeds)
         best = min(best, time.perf_counter() - start)
     return 2.0 * n ** 3 / best / 1e9
+
+
+def memory_bandwidth(threads: int, megabytes: int = 512, repeats: int = 5) -> dict[str, float]:
+    """The machine's read bandwidth in GB/s at ``threads``: the best of a BLAS matrix-vector product (what a
+    decode step does with its weights) and a plain sum split over ``threads`` threads, over an array far
+    larger than the caches, so the figure is DRAM's, not a cache's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    n = megabytes * (1 << 20) // 4
+    table = np.ones((n // 1024, 1024), dtype=np.float32)
+    vector = np.ones(1024, dtype=np.float32)
+    parts = np.array_split(table, threads)
+
+    def best_seconds(fn) -> float:
+        fn()
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            best = min(best, time.perf_counter() - start)
+        return best
+
+    with threadpool_limits(threads):
+        gemv = best_seconds(lambda: table @ vector)
+    with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL inside a reduction
+        summed = best_seconds(lambda: list(pool.map(np.sum, parts)))
+    return {"numpy-gemv": table.nbytes / gemv / 1e9, "numpy-sum": table.nbytes / summed / 1e9}

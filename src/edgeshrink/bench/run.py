@@ -32,20 +32,26 @@ SCHEMA = "edgeshrink-bench/1"
 
 
 class _Worker:
-    def __init__(self, ctx, path: Path):
+    def __init__(self, ctx, path: Path, target=None, spec=None):
+        """A process running ``target(conn, spec)`` (default: the classifier worker on ``path``)."""
         from edgeshrink.bench.worker import serve
 
         self.path = path
         self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=serve, args=(child, str(path)), daemon=True)
+        self.process = ctx.Process(target=target or serve, args=(child, str(path) if spec is None else spec), daemon=True)
         self.process.start()
+        child.close()  # so that a worker that dies is seen as EOF, not waited on forever
         self.info = self._reply()
 
     def _reply(self):
         try:
             message = self.conn.recv()
         except EOFError:
-            raise EdgeshrinkError(f"benchmark worker for {self.path} died (out of memory?)") from None
+            self.process.join(timeout=5)
+            code = self.process.exitcode
+            why = "killed: out of memory?" if code == -9 else "crashed: segmentation fault" if code == -11 else \
+                f"exit code {code}"
+            raise EdgeshrinkError(f"benchmark worker for {self.path} died ({why})") from None
         if message[0] == "error":
             raise EdgeshrinkError(f"candidate {self.path}: {message[1].splitlines()[0]}")
         return message[1]

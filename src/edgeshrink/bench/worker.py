@@ -129,7 +129,16 @@ def open_candidate(path: str | Path):
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    """This process's peak resident memory. On Linux /proc's VmHWM: ru_maxrss would also count the parent's
+    memory at the fork that started this worker (spawn forks, then execs, and maxrss survives the exec)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB (macOS: bytes)
 
 
 def serve(conn, path: str) -> None:

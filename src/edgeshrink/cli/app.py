@@ -237,13 +237,24 @@ def bench(candidates: Annotated[list[Path], typer.Argument(help="Device bundles 
           latency_runs: Annotated[Optional[int], typer.Option(help="Timed batch-1 runs per cell (default 40).")] = None,
           max_accuracy_examples: Annotated[Optional[int], typer.Option(help="Cap the test examples scored.")] = None,
           text_column: TextCol = "text", label_column: LabelCol = "label",
+          prompt_tokens: Annotated[Optional[str], typer.Option(help="LLM bundles: comma list of prompt lengths for time to first token (default 32,128,512).")] = None,
+          new_tokens: Annotated[Optional[int], typer.Option(help="LLM bundles: greedy tokens per timed decode run (default 128).")] = None,
+          repeats: Annotated[Optional[int], typer.Option(help="LLM bundles: timed runs per candidate and cell (default 3).")] = None,
+          peer_gguf: Annotated[Optional[str], typer.Option("--peer-gguf", help="LLM bundles: llama.cpp peer on a GGUF: auto (the bundles' GGUF source, if llama-cpp-python is installed), none, smollm2, or a .gguf path.")] = None,
+          texts: Annotated[Optional[str], typer.Option(help="LLM bundles: comma list of held-out texts for perplexity (default bbc-news,shakespeare).")] = None,
+          windows: Annotated[Optional[int], typer.Option(help="LLM bundles: scored windows per text (default 8).")] = None,
+          no_quality: Annotated[bool, typer.Option("--no-quality", help="LLM bundles: skip perplexity, agreement and KL.")] = False,
           json_out: JsonOut = None,
           md_out: Annotated[Optional[Path], typer.Option("--md", help="Also write the tables as Markdown here.")] = None) -> None:
-    """Size, peak memory, accuracy, latency p50/p90/p99 and throughput of candidates, interleaved in one run."""
+    """Size, peak memory, accuracy, latency p50/p90/p99 and throughput of candidates, interleaved in one run.
+
+    LLM bundles (from `edgeshrink export` of a language model) get the LLM bench instead: time to first token,
+    decode tokens/s against its limit, peak RSS, size, perplexity / bits per byte on held-out text, top-1
+    agreement and KL with the fp32 source, and llama.cpp on the same GGUF as the peer.
+    """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edgeshrink.bench import BenchConfig, bench as run
-    from edgeshrink.bench.report import print_report, to_markdown
+    from edgeshrink.bench.llm import is_llm_bundle
 
     def ints(text: Optional[str], name: str):
         if text is None:
@@ -252,6 +263,43 @@ def bench(candidates: Annotated[list[Path], typer.Argument(help="Device bundles 
             return [int(x) for x in text.split(",") if x.strip()]
         except ValueError:
             raise fail(f"--{name} must be a comma-separated list of integers, got {text!r}") from None
+
+    llm = [is_llm_bundle(c) for c in candidates]
+    llm_only = {"--prompt-tokens": prompt_tokens, "--new-tokens": new_tokens, "--repeats": repeats,
+                "--peer-gguf": peer_gguf, "--texts": texts, "--windows": windows, "--no-quality": no_quality or None}
+    if any(llm):
+        if not all(llm):
+            raise fail("candidates mix LLM bundles and classifiers: bench them in separate runs")
+        classifier_only = {"--data": data, "--seq-lengths": seq_lengths, "--batch-sizes": batch_sizes,
+                           "--latency-runs": latency_runs, "--max-accuracy-examples": max_accuracy_examples}
+        given = [k for k, v in classifier_only.items() if v is not None]
+        if given:
+            raise fail(f"{', '.join(given)} apply to classifiers; LLM bundles take --prompt-tokens, --new-tokens, "
+                       "--repeats, --peer-gguf, --texts, --windows")
+        from edgeshrink.bench.config import LLMBenchConfig
+        from edgeshrink.bench.llm import bench_llm
+        from edgeshrink.bench.llm_report import print_report as print_llm, to_markdown as llm_markdown
+
+        config = LLMBenchConfig.build(threads=ints(threads, "threads"), prompt_tokens=ints(prompt_tokens, "prompt-tokens"),
+                                      new_tokens=new_tokens, repeats=repeats, peer=peer_gguf, windows=windows,
+                                      texts=[t.strip() for t in texts.split(",") if t.strip()] if texts else None,
+                                      quality=False if no_quality else None)
+        with Progress(TextColumn("[bold]bench[/] {task.description}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()) as progress:
+            report = bench_llm(candidates, config, progress=progress_callback(progress))
+        print_llm(report)
+        write_json(json_out, report)
+        if md_out:
+            from edgeshrink._files import atomic_write_text
+
+            atomic_write_text(md_out, llm_markdown(report))
+        return
+    given = [k for k, v in llm_only.items() if v is not None]
+    if given:
+        raise fail(f"{', '.join(given)} apply to LLM bundles; these candidates are classifiers")
+
+    from edgeshrink.bench import BenchConfig, bench as run
+    from edgeshrink.bench.report import print_report, to_markdown
 
     config = BenchConfig.build(threads=ints(threads, "threads"), seq_lengths=ints(seq_lengths, "seq-lengths"),
                                throughput_batch_sizes=ints(batch_sizes, "batch-sizes"), latency_runs=latency_runs,
