@@ -13,11 +13,13 @@ _LOGGERS = ("optimum", "transformers", "torch.onnx", "onnxruntime", "onnxruntime
 
 @contextlib.contextmanager
 def quiet():
-    """Warnings and stdout chatter are not the user's business on success; errors still propagate."""
+    """Warnings and stdout/stderr chatter (progress bars of onnxruntime-genai's builder) are not the user's
+    business on success; errors still propagate as exceptions."""
     root = logging.getLogger()
     saved = {name: logging.getLogger(name).level for name in _LOGGERS}
     saved_root = root.level
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
+            contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         for name in _LOGGERS:
             logging.getLogger(name).setLevel(logging.ERROR)

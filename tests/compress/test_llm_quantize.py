@@ -1,5 +1,9 @@
-"""INT4 of LLM bundles: the tied LM head is untied and quantized too; perplexity and agreement are recorded."""
+"""INT4 of LLM bundles: the tied LM head is untied and quantized too; perplexity and agreement are recorded;
+a model imported from a GGUF keeps the GGUF's own grid."""
 
+import json
+
+import numpy as np
 import pytest
 
 from edgeshrink.compress import QuantConfig, quantize
@@ -27,9 +31,16 @@ def test_int4_of_an_llm_bundle(tied_bundle, block_size, symmetric):
     manifest = quantize(root / "fp32", out, QuantConfig(method="int4-weight", block_size=block_size,
                                                          symmetric=symmetric), data=str(text))
     q = manifest["quantization"]
-    assert manifest["task"] == "text-generation" and q["untied_lm_heads"] == 1
+    assert manifest["task"] == "text-generation" and q["grid"] == "rtn"
+    assert list(q["gguf_grid"]["rounded"].values())[0]["bits"] == 4  # the tied table, once for both uses
+    import onnx
+
+    nodes = onnx.load(str(out / "model.onnx")).graph.node
+    nbits = [n for n in nodes if n.op_type == "MatMulNBits"]
+    attrs = [{a.name: a.i for a in n.attribute} for n in nbits]
+    assert nbits and all(a["bits"] == 4 and a["block_size"] == block_size for a in attrs)
+    assert sum(n.op_type == "GatherBlockQuantized" for n in nodes) == 1
     by_type = q["weights"]["bytes_by_type"]
-    assert by_type.get("uint4", 0) + by_type.get("int4", 0) > 0
     assert by_type.get("fp32", 0) < manifest["size_bytes"] / 4  # the head and the embedding are quantized too
     assert manifest["size_bytes"] < 0.7 * manifest["quantization"]["parent"]["size_bytes"]  # graph overhead is large here
     ev = q["evaluation"]
@@ -45,28 +56,71 @@ def test_llm_bundles_take_int4_only(tied_bundle):
     assert not (root / "int8").exists()
 
 
-@pytest.mark.parametrize("accuracy_level", [0, 4])
-def test_matmulnbits_float_zero_points_reproduce_a_q4_1_block_grid(accuracy_level):
-    """The assumption a faithful GGUF import rests on: Q4_1 blocks (w = d·q + m, float minimum m) are exactly
-    MatMulNBits with scale d and a float zero point −m/d, which ORT's CPU kernel accepts."""
-    import numpy as np
-    import onnxruntime as ort
-    from onnx import TensorProto, helper, numpy_helper
+def _onto_gguf_grid(model_dir, gguf_path):
+    """Put a tiny model's linear weights onto Q4_1 and its tied embedding onto Q8_0, write them as a GGUF and
+    record it as the model's source, as `edgeshrink import model.gguf` would have."""
+    import hashlib
 
-    K, N, B = 64, 8, 32
-    rng = np.random.default_rng(0)
-    q = rng.integers(0, 16, (N, K)).astype(np.uint8)
-    d = rng.uniform(0.01, 0.1, (N, K // B)).astype(np.float32)
-    m = rng.uniform(-0.5, 0.0, (N, K // B)).astype(np.float32)
-    w = (q.reshape(N, K // B, B) * d[..., None] + m[..., None]).reshape(N, K)
-    packed = (q[:, 0::2] | (q[:, 1::2] << 4)).reshape(N, K // B, B // 2)
-    node = helper.make_node("MatMulNBits", ["x", "w", "s", "z"], ["y"], domain="com.microsoft", K=K, N=N, bits=4,
-                            block_size=B, accuracy_level=accuracy_level)
-    graph = helper.make_graph([node], "q4_1", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, K])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, N])],
-                              [numpy_helper.from_array(packed, "w"), numpy_helper.from_array(d.reshape(-1), "s"),
-                               numpy_helper.from_array((-m / d).astype(np.float32).reshape(-1), "z")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    x = rng.standard_normal((1, K)).astype(np.float32)
-    np.testing.assert_allclose(session.run(None, {"x": x})[0], x @ w.T, atol=1e-5)
+    import gguf
+    import numpy as np
+    import torch
+    from gguf.quants import dequantize, quantize as gguf_quantize
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    writer = gguf.GGUFWriter(str(gguf_path), "llama")
+    for name, param in model.named_parameters():
+        if param.ndim != 2:
+            continue
+        qtype = gguf.GGMLQuantizationType.Q8_0 if "embed" in name else gguf.GGMLQuantizationType.Q4_1
+        raw = gguf_quantize(param.detach().numpy().astype(np.float32), qtype)
+        with torch.no_grad():
+            param.copy_(torch.from_numpy(np.asarray(dequantize(raw, qtype), np.float32)))
+        writer.add_tensor(name, raw, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    model.save_pretrained(model_dir)
+    sha = hashlib.sha256(gguf_path.read_bytes()).hexdigest()
+    (model_dir / "edgeshrink.json").write_text(json.dumps({"source": {"gguf": str(gguf_path), "sha256": sha}}))
+
+
+@pytest.fixture(scope="module")
+def gguf_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llmgguf")
+    model = make_causal_lm("llama", root / "model", tie_word_embeddings=True, hidden_size=64, intermediate_size=128)
+    _onto_gguf_grid(model, root / "model.gguf")
+    export_llm(model, root / "fp32", LLMExportConfig(validation_prompts=2, validation_new_tokens=8))
+    text = root / "text.txt"
+    text.write_text("\n\n".join(t for t, _ in make_texts(60, seed=9)))
+    return root, text
+
+
+def test_int4_keeps_the_gguf_grid_of_an_imported_model(gguf_bundle):
+    root, text = gguf_bundle
+    manifest = quantize(root / "fp32", root / "q", QuantConfig(method="int4-weight", block_size=32), data=str(text))
+    q = manifest["quantization"]
+    assert q["grid"] == "gguf" and q["gguf_grid"]["matmuls_left"] == [] and q["gguf_grid"]["rounded"] == {}
+    assert q["gguf_grid"]["kept"]["Q4_1"] > 0 and q["gguf_grid"]["kept"]["Q8_0"] == 1
+    ev = q["evaluation"]
+    assert abs(ev["perplexity_change"]) < 0.01 and ev["top1_agreement"] > 0.97  # the same weights: nothing re-rounded
+    rtn = quantize(root / "fp32", root / "rtn", QuantConfig(method="int4-weight", block_size=32, grid="rtn"),
+                   data=str(text))["quantization"]
+    assert rtn["grid"] == "rtn"
+    ids = load(root / "fp32").encode("a good film about the sea")
+    reference = load(root / "fp32").logits(ids)
+    kept_error = np.abs(load(root / "q").logits(ids) - reference).max()
+    rtn_error = np.abs(load(root / "rtn").logits(ids) - reference).max()
+    assert kept_error < rtn_error / 3  # re-rounding the grid costs far more than carrying it over
+    small = quantize(root / "fp32", root / "h4", QuantConfig(method="int4-weight", block_size=32, head_bits=4,
+                                                             evaluate=False), data=str(text))
+    assert small["quantization"]["gguf_grid"]["rounded"] and small["size_bytes"] < manifest["size_bytes"]
+    assert len(load(root / "q").generate("a good film", max_new_tokens=4, ignore_eos=True).token_ids) == 4
+
+
+def test_grid_gguf_needs_a_gguf_source(tied_bundle):
+    root, text = tied_bundle
+    with pytest.raises(EdgeshrinkError, match="was not imported from a GGUF"):
+        quantize(root / "fp32", root / "g", QuantConfig(method="int4-weight", grid="gguf"), data=str(text))
+    assert not (root / "g").exists()

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -52,3 +53,18 @@ def test_cli_export_of_a_language_model(tmp_path):
     assert json.loads((tmp_path / "m.json").read_text())["validation"]["ok"]
     refused = CliRunner().invoke(app, ["export", str(model), "--out", str(tmp_path / "c"), "--optimize", "fusion"])
     assert refused.exit_code == 2 and "apply to classifiers" in refused.stderr
+
+
+@pytest.mark.parametrize("family", DECODERS)
+def test_a_tied_lm_head_is_stored_once(family, tmp_path):
+    """Gemma 3's exporter folds the tied head's transpose into a second table: re-tied, validated after."""
+    import onnx
+
+    model = make_causal_lm(family, tmp_path / "model", tie_word_embeddings=True)
+    manifest = export_llm(model, tmp_path / "bundle", LLMExportConfig(validation_prompts=2, validation_new_tokens=8))
+    config = json.loads((model / "config.json").read_text())
+    table = config["vocab_size"] * config["hidden_size"]
+    graph = onnx.load(str(tmp_path / "bundle" / "model.onnx")).graph
+    sizes = [int(np.prod(i.dims)) for i in graph.initializer]
+    assert sizes.count(table) == 1 and manifest["validation"]["ok"]
+    assert manifest["export"]["retied_lm_heads"] in (0, 1)

@@ -94,3 +94,21 @@ def test_mpnet_refuses_different_heads_per_layer(tmp_path):
     model, _ = load_classifier(make_family_model("mpnet", tmp_path / "m"))
     with pytest.raises(EdgeshrinkError, match="every layer must keep the same heads"):
         surgery.keep_heads(model, arch.family_of(model.config), {0: [0, 1], 1: [0, 2], 2: [0, 1]})
+
+
+def test_gemma3_chat_template_and_stop_tokens():
+    """Gemma 3 GGUFs carry no chat template: the registry's renders Gemma's turn format; <end_of_turn> ends it."""
+    from types import SimpleNamespace
+
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    gemma = arch.FAMILIES["gemma3_text"]
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    text = env.from_string(gemma.chat_template).render(
+        messages=[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi "},
+                  {"role": "assistant", "content": "Hello."}, {"role": "user", "content": "Capital of France?"}],
+        add_generation_prompt=True, bos_token="<bos>")
+    assert text == ("<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello.<end_of_turn>\n"
+                    "<start_of_turn>user\nCapital of France?<end_of_turn>\n<start_of_turn>model\n")
+    vocab = SimpleNamespace(get_vocab=lambda: {"<eos>": 1, "<end_of_turn>": 106})
+    assert gemma.stop_token_ids(vocab) == [106] and arch.FAMILIES["llama"].stop_token_ids(vocab) == []

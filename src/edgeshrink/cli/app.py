@@ -127,6 +127,8 @@ def export(model: Annotated[str, typer.Argument(help="Local model directory or s
            optimize: Annotated[Optional[str], typer.Option(help="none | basic | fusion (ORT transformer fusions).")] = None,
            tolerance: Annotated[Optional[float], typer.Option(help="Max-abs-diff allowed vs the source (default 1e-4).")] = None,
            max_length: Annotated[Optional[int], typer.Option(help="Max tokens per text on the device.")] = None,
+           exporter: Annotated[Optional[str], typer.Option(help="Language models: auto | builder | optimum (default auto: "
+                                                           "onnxruntime-genai's builder where it takes the model).")] = None,
            force: Force = False, json_out: JsonOut = None) -> None:
     """Export to ONNX, validate against the source on several shapes, and write a device bundle."""
     from edgeshrink.export import ExportConfig, export as run
@@ -135,14 +137,17 @@ def export(model: Annotated[str, typer.Argument(help="Local model directory or s
     if is_language_model(model):
         if optimize is not None or max_length is not None:
             raise fail("--optimize and --max-length apply to classifiers; a language model is exported as is")
-        config = LLMExportConfig.build(opset=opset, tolerance=tolerance)
+        config = LLMExportConfig.build(opset=opset, tolerance=tolerance, exporter=exporter)
         manifest = export_llm(model, out, config, force=force, progress=lambda m: typer.echo(m, err=True))
         v = manifest["validation"]
-        typer.echo(f"LLM bundle {out}: {manifest['size_bytes'] / 1e6:.1f} MB, {manifest['family']}, validated: "
+        typer.echo(f"LLM bundle {out}: {manifest['size_bytes'] / 1e6:.1f} MB, {manifest['family']}, exporter "
+                   f"{manifest['export']['exporter']}, validated: "
                    f"{v['token_identical']}/{v['prompts']} greedy continuations of {v['new_tokens']} tokens identical "
                    f"to PyTorch, logits max-abs-diff {max(v['prefill_max_abs_diff'], v['decode_step_max_abs_diff']):.2e}")
         write_json(json_out, manifest)
         return
+    if exporter is not None:
+        raise fail("--exporter applies to language models; a classifier is exported by optimum-onnx")
     config = ExportConfig.build(opset=opset, optimize=optimize, tolerance=tolerance, max_length=max_length)
     manifest = run(model, out, config, force=force)
     if manifest.get("classification_head") == "untrained":
@@ -321,9 +326,12 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
              weight_type: Annotated[Optional[str], typer.Option(help="int8 | uint8 (default: the target's).")] = None,
              calibration_method: Annotated[Optional[str], typer.Option(help="static: minmax | percentile | entropy.")] = None,
              calibration_samples: Annotated[Optional[int], typer.Option(help="static/auto: calibration examples (default 512).")] = None,
-             block_size: Annotated[Optional[int], typer.Option(help="int4: block size 16/32/64/128 (default 128).")] = None,
+             block_size: Annotated[Optional[int], typer.Option(help="int4: block size 16/32/64/128 (default 128; 32 for language models).")] = None,
              symmetric: Annotated[Optional[bool], typer.Option("--symmetric/--asymmetric", help="int4: symmetric blocks.")] = None,
              quantize_embeddings: Annotated[Optional[bool], typer.Option("--quantize-embeddings/--keep-embeddings", help="int4: also the embedding tables.")] = None,
+             accuracy_level: Annotated[Optional[int], typer.Option(help="int4: MatMulNBits compute precision, 0 (input's) or 4 (int8 activations).")] = None,
+             grid: Annotated[Optional[str], typer.Option(help="LLM int4: auto | gguf | rtn (auto: keep the GGUF's own codes when the model was imported from one).")] = None,
+             head_bits: Annotated[Optional[int], typer.Option(help="LLM int4: 4 or 8 bits for the embedding table and LM head (default: the GGUF's own, else 4).")] = None,
              tolerance: Annotated[Optional[float], typer.Option(help="auto: max accuracy drop in points (default 0.5).")] = None,
              data: Annotated[Optional[str], typer.Option("--data", help="Data (default: the data the bundle was made "
                                                          "on, as recorded; a path given here is read with the recorded "
@@ -338,7 +346,7 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
     config = QuantConfig.build(method=method, target=target, per_channel=per_channel, weight_type=weight_type,
                                calibration_method=calibration_method, calibration_samples=calibration_samples,
                                block_size=block_size, symmetric=symmetric, quantize_embeddings=quantize_embeddings,
-                               tolerance=tolerance, evaluate=False if no_eval else None)
+                               accuracy_level=accuracy_level, grid=grid, head_bits=head_bits, tolerance=tolerance, evaluate=False if no_eval else None)
     with Progress(TextColumn("[bold]quantize[/] {task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()) as progress:
         manifest = run(bundle, out, config, data=data, force=force, progress=progress_callback(progress))

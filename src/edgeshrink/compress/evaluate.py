@@ -41,16 +41,27 @@ _PRECISION = {1: "fp32", 10: "fp16", 2: "uint8", 3: "int8", 21: "uint4", 22: "in
 
 
 def weight_precisions(onnx_path: Path, min_elements: int = 1024) -> dict:
-    """Every weight tensor of at least ``min_elements`` values: its stored type, and bytes by type."""
+    """Every weight tensor of at least ``min_elements`` values: its stored type, and bytes by type. Codes
+    packed into uint8 for MatMulNBits (directly or through a Reshape to GatherBlockQuantized) count as
+    ``uint<bits>``, the width the kernel reads them at."""
     import onnx
 
     model = onnx.load(str(onnx_path))
+    packed: dict[str, int] = {}
+    reshaped = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Reshape"}
+    for node in model.graph.node:
+        if node.op_type in ("MatMulNBits", "GatherBlockQuantized"):
+            bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
+            data = node.input[1] if node.op_type == "MatMulNBits" else node.input[0]
+            packed[reshaped.get(data, data)] = bits
     per_weight, bytes_by_type = {}, {}
     for init in model.graph.initializer:
         count = int(np.prod(init.dims)) if init.dims else 1
         if count < min_elements:
             continue
         kind = _PRECISION.get(init.data_type, str(init.data_type))
+        if init.name in packed and init.data_type == onnx.TensorProto.UINT8:
+            kind = f"uint{packed[init.name]}"
         per_weight[init.name] = kind
         nbytes = len(init.raw_data) if init.raw_data else count * 4
         bytes_by_type[kind] = bytes_by_type.get(kind, 0) + nbytes

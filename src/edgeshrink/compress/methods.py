@@ -122,7 +122,7 @@ def int4_weight(src: Path, dst: Path, ctx: QuantContext, nodes_to_exclude: list[
     cfg = ctx.config
     embeddings = cfg.quantize_embeddings if embeddings is None else embeddings
     op_types = ("MatMul", "Gather") if embeddings else ("MatMul",)
-    algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric,
+    algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size or 128, is_symmetric=cfg.symmetric,
                                         accuracy_level=cfg.accuracy_level, op_types_to_quantize=op_types,
                                         quant_axes=(("MatMul", 0), ("Gather", 1)))
     with quiet():

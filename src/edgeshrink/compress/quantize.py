@@ -51,10 +51,12 @@ class QuantConfig(Config):
     calibration_method: Literal["minmax", "percentile", "entropy"] = "minmax"
     calibration_samples: int = Field(512, ge=1)
     calibration_batch_size: int = Field(16, ge=1)
-    block_size: Literal[16, 32, 64, 128] = 128
+    block_size: Literal[16, 32, 64, 128] | None = None  # int4; None: 128 for classifiers, 32 (a GGUF's block) for LLMs
     symmetric: bool = True
     quantize_embeddings: bool = True
     accuracy_level: Literal[0, 1, 2, 3, 4] | None = None  # MatMulNBits compute precision (4 = int8)
+    grid: Literal["auto", "gguf", "rtn"] = "auto"  # LLM int4: keep the GGUF's grid when imported from one (auto)
+    head_bits: Literal[4, 8] | None = None  # LLM int4: cap on the embedding / LM-head bits (None: the grid's own)
     fp16_block_list: list[str] = []  # op types kept in fp32 besides ORT's default block list
     tolerance: float = Field(0.5, ge=0)  # auto: max accuracy drop in points on the calibration split
     max_eval_examples: int | None = Field(None, ge=MIN_CALIBRATION_EXAMPLES)  # auto: cap per evaluation

@@ -34,6 +34,9 @@ OPERATIONS = {
     "distill_attention": "attention-map distillation",
 }
 ALL_OPERATIONS = frozenset(OPERATIONS)
+# ONNX exporters of decoder LLMs (export/llm.py): onnxruntime-genai's model builder (fused GroupQueryAttention,
+# ~340 nodes for SmolLM2) and optimum-onnx's text-generation-with-past (~7,400 nodes, unfused attention).
+LLM_EXPORTERS = frozenset({"builder", "optimum"})
 
 # Key in a pruned model's config.json: per student block, the teacher heads it kept. Configs of these
 # families derive the head size from hidden size / heads, so fewer heads cannot be described by the
@@ -73,10 +76,19 @@ class Family:
     label: str = ""  # display name
     kind: str = "encoder"  # "encoder" (text classifiers) | "decoder" (causal language models)
     notes: str = ""  # what a user should know (README table)
+    llm_exporters: tuple[str, ...] = ()  # decoders: ONNX exporters that handle the family, preferred first
+    # Decoders: the family's chat format, written at import when a GGUF carries none (Gemma 3 GGUFs often
+    # don't), and the tokens that end a turn besides eos (Gemma's <end_of_turn>), added to the eos ids where
+    # the vocabulary has them.
+    chat_template: str | None = None
+    stop_tokens: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in ("encoder", "decoder"):
             raise ValueError(f"{self.name}: kind must be encoder or decoder")
+        if (self.kind == "decoder") != bool(self.llm_exporters) or not set(self.llm_exporters) <= LLM_EXPORTERS:
+            raise ValueError(f"{self.name}: a decoder names its LLM exporters (of {sorted(LLM_EXPORTERS)}), "
+                             "an encoder none")
         if self.token_type_ids not in ("yes", "no", "if-type-vocab"):
             raise ValueError(f"{self.name}: token_type_ids must be yes, no or if-type-vocab")
         if self.position_offset not in ("none", "padding-idx"):
@@ -129,6 +141,11 @@ class Family:
             if getattr(config, key, value) != value:
                 raise EdgeshrinkError(f"{self.label or self.name}: structured pruning supports {key} = {value} "
                                       f"only; this model has {getattr(config, key)}")
+
+    def stop_token_ids(self, tokenizer) -> list[int]:
+        """Ids of ``stop_tokens`` that ``tokenizer``'s vocabulary holds (a transformers tokenizer)."""
+        vocab = tokenizer.get_vocab()
+        return [vocab[t] for t in self.stop_tokens if t in vocab]
 
     def applies(self, operation: str) -> bool:
         return operation in self.operations
@@ -214,18 +231,68 @@ register(Family(name="deberta-v2", label="DeBERTa-v2/v3", model_types=("deberta-
 _DECODER_PATHS = dict(blocks="layers", attention="self_attn", q="self_attn.q_proj", k="self_attn.k_proj",
                       v="self_attn.v_proj", o="self_attn.o_proj", ffn_up="mlp.up_proj", ffn_down="mlp.down_proj",
                       token_type_ids="no", ort_fusion=None, tokenizer="bpe", kind="decoder", operations=frozenset(),
+                      llm_exporters=("builder", "optimum"),
                       refusals={op: "not implemented for decoder language models yet" for op in OPERATIONS})
-_TINY_DECODER = dict(vocab_size=128, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     num_key_value_heads=2, max_position_embeddings=128)
+_TINY_DECODER = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2, max_position_embeddings=128)  # head size 16: GroupQueryAttention's minimum
 register(Family(name="llama", label="Llama (SmolLM2)", model_types=("llama",), **_DECODER_PATHS,
                 test_config=_TINY_DECODER))
 register(Family(name="qwen2", label="Qwen2", model_types=("qwen2",), **_DECODER_PATHS, test_config=_TINY_DECODER))
-register(Family(name="gemma3", label="Gemma 3 (text)", model_types=("gemma3_text",), **_DECODER_PATHS,
-                test_config={**_TINY_DECODER, "head_dim": 8, "sliding_window": 16}))
+# Gemma 3's own chat template (the one its Hugging Face checkpoints ship), for GGUFs that carry none.
+GEMMA3_CHAT_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- if messages[0]['content'] is string -%}
+        {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- else -%}
+        {%- set first_user_prefix = messages[0]['content'][0]['text'] + '\n\n' -%}
+    {%- endif -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {%- if message['content'] is string -%}
+        {{ message['content'] | trim }}
+    {%- elif message['content'] is iterable -%}
+        {%- for item in message['content'] -%}
+            {%- if item['type'] == 'image' -%}
+                {{ '<start_of_image>' }}
+            {%- elif item['type'] == 'text' -%}
+                {{ item['text'] | trim }}
+            {%- endif -%}
+        {%- endfor -%}
+    {%- else -%}
+        {{ raise_exception("Invalid content type") }}
+    {%- endif -%}
+    {{ '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{'<start_of_turn>model\n'}}
+{%- endif -%}
+"""
+# onnxruntime-genai 0.13.2's builder graph of Gemma 3 270M keeps the greedy tokens (16/16) but its logits
+# differ from PyTorch by 5.0e-2 (optimum's: 5.0e-4): optimum first.
+register(Family(name="gemma3", label="Gemma 3 (text)", model_types=("gemma3_text",),
+                **{**_DECODER_PATHS, "llm_exporters": ("optimum", "builder")},
+                chat_template=GEMMA3_CHAT_TEMPLATE, stop_tokens=("<end_of_turn>",),
+                notes="embeddings scaled by sqrt(hidden); sliding-window layers; <end_of_turn> ends a chat turn",
+                test_config={**_TINY_DECODER, "head_dim": 16, "sliding_window": 16}))
 register(Family(name="phi3", label="Phi-3", model_types=("phi3",),
                 **{**_DECODER_PATHS, "q": "self_attn.qkv_proj", "k": "self_attn.qkv_proj", "v": "self_attn.qkv_proj",
                    "ffn_up": "mlp.gate_up_proj"},
-                notes="fused qkv_proj and gate_up_proj", test_config={**_TINY_DECODER, "pad_token_id": 0}))
+                notes="fused qkv_proj and gate_up_proj",
+                # Phi-3-mini-4k's shape (the builder takes max == original max positions as "no LongRoPE").
+                test_config={**_TINY_DECODER, "pad_token_id": 0, "original_max_position_embeddings": 128}))
 
 
 def unique_families(kind: str | None = None) -> list[Family]:

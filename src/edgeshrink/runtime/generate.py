@@ -86,7 +86,11 @@ class Generator:
     def render_chat(self, messages: list[dict]) -> str:
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+        def raise_exception(message):  # what Hugging Face chat templates call to refuse a conversation
+            raise EdgeshrinkError(f"chat template of {self.path}: {message}")
+
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
         specials = self.manifest["tokenizer"].get("special_tokens", {})
         return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=True, **specials)
 
@@ -147,7 +151,12 @@ class Generator:
                 break
             generated.append(token)
             text = self.tokenizer.decode(generated, skip_special_tokens=True)
-            piece, text_so_far = text[len(text_so_far):], text
+            # A character split over several byte tokens decodes to U+FFFD until its last byte comes: hold
+            # the text back until then (or until the last step), so the pieces join to the final text.
+            if text.endswith("\ufffd") and step + 1 < max_new_tokens:
+                piece = ""
+            else:
+                piece, text_so_far = text[len(text_so_far):], text
             yield Token(token, piece, float(logprobs[token]))
             if stop and any(s in text_so_far for s in stop):
                 info["stop_reason"] = "stop"
@@ -178,7 +187,7 @@ class Generator:
         info: dict = {}
         tokens = list(self.stream(prompt, max_new_tokens, info=info, **options))
         ids = [t.id for t in tokens]
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = "".join(t.text for t in tokens)  # what streaming showed (an unfinished character at eos is dropped)
         for s in options.get("stop") or ():
             if s in text:
                 text = text[:text.index(s)]

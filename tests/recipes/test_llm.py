@@ -1,0 +1,95 @@
+"""Language-model recipes: import → export → quantize → bench → report, cached; validated before anything runs."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from edgeshrink.cli import app
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.recipes.llm import LLMRecipe
+from edgeshrink.recipes.runner import run
+from edgeshrink.recipes.schema import load_recipe
+from tests.conftest import make_texts
+from tests.families import make_causal_lm
+
+RECIPE = """version: 1
+name: tiny-llm
+model: {model}
+data: {text}
+steps:
+  - import: {{}}
+  - export: {{validation_prompts: 2, validation_new_tokens: 4}}
+  - quantize: {{method: int4-weight, max_eval_examples: 16}}
+  - bench: {{threads: [1], prompt_tokens: [8, 16], new_tokens: 4, repeats: 1, warmup_runs: 0, texts: [{text}],
+             windows: 2, window_tokens: 16, peer: none}}
+targets:
+  max_size_mb: 50
+  min_decode_limit_fraction: 0.0001
+  max_perplexity_increase: 10
+"""
+
+
+@pytest.fixture(scope="module")
+def llm_recipe(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llmrecipe")
+    model = make_causal_lm("llama", root / "model", tie_word_embeddings=True)
+    text = root / "text.txt"
+    text.write_text("\n\n".join(t for t, _ in make_texts(80, seed=3)))
+    path = root / "tiny.yaml"
+    path.write_text(RECIPE.format(model=model, text=text))
+    return path, root
+
+
+def test_run_writes_a_report_and_reruns_from_cache(llm_recipe):
+    path, root = llm_recipe
+    messages = []
+    report = run(path, root / "out", progress=messages.append)
+    assert [s["step"] for s in report["steps"]] == ["import", "export", "quantize", "bench"]
+    assert not any(s["cached"] for s in report["steps"]) and report["kind"] == "language-model"
+    assert {t["target"].split(" ")[0] for t in report["targets"]} == {
+        "max_size_mb", "min_decode_limit_fraction", "max_perplexity_increase"}
+    assert report["all_targets_met"], report["targets"]
+    roles = report["bench"]["roles"]
+    assert roles == ["fp32", "device"]
+    device = report["bench"]["candidates"][1]
+    assert device["decode"][0]["tokens_per_s"] > 0 and device["quality"]
+    text = (root / "out" / "report.md").read_text()
+    assert text.startswith("# Recipe report: tiny-llm") and "decode tok/s" in text
+    assert report["plots"] == ["decode.png", "ttft.png"]
+    assert (root / "out" / "report.html").read_text().count("data:image/png;base64,") == 2
+    again = run(path, root / "out")
+    assert all(s["cached"] for s in again["steps"]) and again["wall_seconds_this_run"] < 30
+    assert json.loads((root / "out" / "report.json").read_text())["targets"] == again["targets"]
+
+
+def test_unmet_targets_are_reported_not_hidden(llm_recipe, tmp_path):
+    path, root = llm_recipe
+    strict = tmp_path / "strict.yaml"
+    strict.write_text(path.read_text().replace("max_size_mb: 50", "max_size_mb: 0.001"))
+    report = run(strict, root / "out")  # same steps: every one from the cache
+    size = next(t for t in report["targets"] if t["target"] == "max_size_mb")
+    assert not size["met"] and size["miss"] > 0 and not report["all_targets_met"]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (("  - import: {}\n", "  - finetune: {}\n"), "takes the steps import, export, quantize, bench"),
+    (("max_size_mb: 50", "max_size_md: 50"), "unknown key"),
+    (("repeats: 1", "repeatz: 1"), "LLMBenchConfig"),
+    (("  - export: {validation_prompts: 2, validation_new_tokens: 4}\n", ""), "needs a 'export' step"),
+])
+def test_bad_recipes_are_refused_in_one_line(llm_recipe, tmp_path, edit, message):
+    path, _ = llm_recipe
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(path.read_text().replace(*edit))
+    with pytest.raises(EdgeshrinkError, match=message) as info:
+        load_recipe(bad)
+    assert "\n" not in str(info.value) and "line " in str(info.value)
+    result = CliRunner().invoke(app, ["run", str(bad), "--out", str(tmp_path / "never")])
+    assert result.exit_code == 2 and not (tmp_path / "never" / "report.json").exists()
+
+
+def test_the_shipped_recipe_validates():
+    recipe, _ = load_recipe("recipes/smollm2-edge.yaml")
+    assert isinstance(recipe, LLMRecipe)
+    assert [name for name, _ in recipe.parsed_steps()] == ["import", "export", "quantize", "bench"]
