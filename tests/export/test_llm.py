@@ -68,3 +68,24 @@ def test_a_tied_lm_head_is_stored_once(family, tmp_path):
     sizes = [int(np.prod(i.dims)) for i in graph.initializer]
     assert sizes.count(table) == 1 and manifest["validation"]["ok"]
     assert manifest["export"]["retied_lm_heads"] in (0, 1)
+
+
+def test_the_exporter_is_chosen_per_family_and_shape(tmp_path):
+    """Auto: the family's first exporter that takes the model (the builder's GroupQueryAttention needs head
+    sizes that are multiples of 16); an explicit choice that cannot work is refused in one line."""
+    from edgeshrink.export.llm import choose_exporter
+    from edgeshrink.models.arch import unique_families
+
+    llama = next(f for f in unique_families("decoder") if f.name == "llama")
+    model = make_causal_lm("llama", tmp_path / "m8", hidden_size=32)  # 4 heads of 8
+    from transformers import AutoConfig
+
+    small_heads = AutoConfig.from_pretrained(model)
+    assert choose_exporter(llama, "auto", small_heads) == "optimum"
+    with pytest.raises(EdgeshrinkError, match="head size 8 is not a multiple of 16"):
+        choose_exporter(llama, "builder", small_heads)
+    manifest = export_llm(model, tmp_path / "bundle", LLMExportConfig(validation_prompts=2, validation_new_tokens=8))
+    assert manifest["export"]["exporter"] == "optimum" and manifest["validation"]["ok"]
+    forced = export_llm(make_causal_lm("llama", tmp_path / "m16"), tmp_path / "b16",
+                        LLMExportConfig(exporter="optimum", validation_prompts=2, validation_new_tokens=8))
+    assert forced["export"]["exporter"] == "optimum" and forced["validation"]["ok"]

@@ -52,8 +52,11 @@ def test_run_writes_a_report_and_reruns_from_cache(llm_recipe):
     assert report["all_targets_met"], report["targets"]
     roles = report["bench"]["roles"]
     assert roles == ["fp32", "device"]
-    device = report["bench"]["candidates"][1]
+    fp32, device = report["bench"]["candidates"]
     assert device["decode"][0]["tokens_per_s"] > 0 and device["quality"]
+    assert fp32["name"] != device["name"]  # both directories are called "bundle": each is scored, not one twice
+    text_name = next(iter(device["quality"]))
+    assert device["quality"][text_name]["perplexity"] != fp32["quality"][text_name]["perplexity"]
     text = (root / "out" / "report.md").read_text()
     assert text.startswith("# Recipe report: tiny-llm") and "decode tok/s" in text
     assert report["plots"] == ["decode.png", "ttft.png"]

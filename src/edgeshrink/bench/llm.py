@@ -135,6 +135,20 @@ def _bundle_candidate(path: Path) -> dict:
                      **onnx_weight_bytes_per_token(path / "model.onnx")}}
 
 
+def _unique_names(results: list[dict]) -> None:
+    """Candidates are keyed by name (timings, quality): two directories both called ``bundle`` (a recipe's
+    cache) get their parent's name in front, then a number if that is not enough."""
+    names = [r["name"] for r in results]
+    for r in results:
+        if names.count(r["name"]) > 1:
+            r["name"] = f"{Path(r['path']).parent.name}/{r['name']}"
+    seen: dict[str, int] = {}
+    for r in results:
+        seen[r["name"]] = seen.get(r["name"], 0) + 1
+        if seen[r["name"]] > 1:
+            r["name"] = f"{r['name']}#{seen[r['name']]}"
+
+
 def _llama_cpp_installed() -> bool:
     import importlib.util
 
@@ -195,6 +209,7 @@ def bench_llm(candidates: list[str | Path], config: LLMBenchConfig | None = None
     if not candidates:
         raise EdgeshrinkError("give at least one candidate")
     results = [_bundle_candidate(Path(c)) for c in candidates]
+    _unique_names(results)
     notes = []
     peer_path, note = resolve_peer(config.peer, results)
     if note:
