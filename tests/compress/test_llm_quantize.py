@@ -103,6 +103,7 @@ def test_int4_keeps_the_gguf_grid_of_an_imported_model(gguf_bundle):
     q = manifest["quantization"]
     assert q["grid"] == "gguf" and q["gguf_grid"]["matmuls_left"] == [] and q["gguf_grid"]["rounded"] == {}
     assert q["gguf_grid"]["kept"]["Q4_1"] > 0 and q["gguf_grid"]["kept"]["Q8_0"] == 1
+    assert q["gguf_grid"]["fused_projections"] == 2  # each layer's gate and up projections: one MatMulNBits
     ev = q["evaluation"]
     assert abs(ev["perplexity_change"]) < 0.01 and ev["top1_agreement"] > 0.97  # the same weights: nothing re-rounded
     rtn = quantize(root / "fp32", root / "rtn", QuantConfig(method="int4-weight", block_size=32, grid="rtn"),

@@ -169,6 +169,9 @@ def _bench(state, config, out: Path, data) -> dict:
 
 
 LLM_STEPS: dict[str, Callable] = {"import": _import, "export": _export, "quantize": _quantize, "bench": _bench}
+# A step whose output changes meaning gets a new version, which enters its cache key (as in runner.py):
+# quantize 2 fuses sibling projections into one MatMulNBits.
+LLM_STEP_VERSIONS = {"quantize": 2}
 
 
 # -- targets -------------------------------------------------------------------------------------------------
@@ -247,7 +250,7 @@ def run_llm(recipe_path, recipe: LLMRecipe, recipe_hash: str, out: Path, progres
     key = _key(recipe.model, recipe.data, recipe.seed, "llm")
     log, results = [], {}
     for i, (name, config) in enumerate(steps):
-        key = _key(key, name, config.to_dict())
+        key = _key(key, name, config.to_dict(), LLM_STEP_VERSIONS.get(name, 1))
         where = cache / f"{i:02d}-{name}-{key}"
         done = where / STEP_FILE
         t0 = time.perf_counter()
