@@ -12,11 +12,19 @@ STAMP   := $(VENV)/.edgeshrink-installed
 
 .PHONY: setup demo quick headline foundation test data clean-demo
 
+# llama.cpp (the LLM bench's peer; the SmolLM2 package depends on it) is built from source for this CPU,
+# but without AMX: its native AMX build segfaults in the first llama_decode on our VMs (harmless flags on
+# CPUs without AMX). --no-cache-dir: a wheel cached from another build must not be reused.
+AMX_OFF := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS="$(AMX_OFF)" -DCMAKE_CXX_FLAGS="$(AMX_OFF)"
+
 # torch is installed first and pinned: the CPU wheel 2.13.0; a bare `torch` pulls a CUDA build.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.13.0"
+	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(BIN)/python -m pip install -q --no-cache-dir --no-binary llama-cpp-python \
+		"llama-cpp-python==0.3.36"
 	$(BIN)/python -m pip install -q -e ".[device,demo,dev,llm]"
 	$(BIN)/edgeshrink data prepare all
 	touch $(STAMP)
