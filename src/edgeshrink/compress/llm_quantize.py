@@ -1,13 +1,16 @@
 """Quantize an LLM bundle: block-wise INT4 weights (MatMulNBits), the embedding and tied LM head included.
 
     from edgeshrink.compress import quantize, QuantConfig
-    manifest = quantize("runs/smollm2-fp32", "runs/smollm2-int4", QuantConfig(method="int4-weight", block_size=32))
+    manifest = quantize("runs/smollm2-fp32", "runs/smollm2-int4", QuantConfig(method="int4-weight"))
 
-A tied LM head is exported as ``MatMul(x, Transpose(embedding))``; ORT's weight-only quantizer needs a
-constant weight, so the transposed table is materialized first (untied), then every MatMul becomes
-MatMulNBits and the embedding Gather becomes GatherBlockQuantized. The manifest records, on the
-calibration documents of a text set (default ``bbc-news``; never the test split), the perplexity of the
-source and of the quantized model and their top-1 agreement (same positions, teacher-forced).
+A bundle imported from a GGUF keeps the GGUF's own integer grid (``grid="auto"``, see gguf_grid.py and
+:func:`keep_gguf_grid`): nothing is re-rounded, a float minimum is added back exactly by a block-sum term,
+and sibling projections of one input share one MatMulNBits. The embedding table and a tied LM head share
+one quantized table (GatherBlockQuantized reads MatMulNBits' codes), at the grid's own bits or
+``head_bits``. Weights that are on no GGUF grid (``grid="rtn"``, or a model that did not come from a GGUF)
+go through ORT's round-to-nearest quantizer. The manifest records, on the calibration documents of a text
+set (default ``bbc-news``; never the test split), the perplexity of the source and of the quantized model
+and their top-1 agreement (same positions, teacher-forced).
 """
 
 from __future__ import annotations
