@@ -386,10 +386,38 @@ def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model 
           ffn: Annotated[Optional[float], typer.Option("--ffn", help="Fraction of FFN neurons kept per layer.")] = None,
           vocab: Annotated[bool, typer.Option("--vocab", help="Keep only the tokens the train split uses.")] = False,
           importance_examples: Annotated[Optional[int], typer.Option(help="Train examples used to rank heads/neurons.")] = None,
+          drop_blocks: Annotated[Optional[str], typer.Option("--drop-blocks", help="Language models: blocks to drop, a count (8) or indices (3,7).")] = None,
+          importance: Annotated[Optional[str], typer.Option(help="Language models, with a count: block-influence | angular | first | last | uniform.")] = None,
           text_column: TextCol = "text", label_column: LabelCol = "label",
           force: Force = False, json_out: JsonOut = None) -> None:
-    """Structured pruning with physical removal: drop layers, attention heads and FFN neurons."""
+    """Structured pruning with physical removal: drop layers, attention heads and FFN neurons (classifiers);
+    drop blocks by measured importance (language models: --drop-blocks, text from --data)."""
     from edgeshrink.compress.prune import PruneConfig, prune as run
+    from edgeshrink.export.llm import is_language_model
+
+    if is_language_model(teacher):
+        from edgeshrink.compress.llm_prune import LLMPruneConfig, prune_llm
+
+        if any(v is not None for v in (layers, layer_strategy, heads, ffn, importance_examples)) or vocab:
+            raise fail("--layers, --layer-strategy, --heads, --ffn, --vocab and --importance-examples apply to "
+                       "classifiers; a language model takes --drop-blocks and --importance")
+        if drop_blocks is None:
+            raise fail("a language model needs --drop-blocks (a count, or block indices such as 3,7)")
+        try:
+            parts = [int(x) for x in drop_blocks.split(",") if x.strip()]
+        except ValueError:
+            raise fail(f"--drop-blocks must be a count or comma-separated indices, got {drop_blocks!r}") from None
+        spec = {"blocks": parts} if "," in drop_blocks else {"drop_blocks": parts[0] if parts else None}
+        config = LLMPruneConfig.build(**spec, importance=importance)
+        record = prune_llm(teacher, out, config, data=data, force=force, progress=lambda m: typer.echo(m, err=True))
+        p = record["prune"]
+        typer.echo(f"student {out}: dropped blocks {p['dropped_blocks']} of {p['teacher_blocks']} "
+                   f"({p['config']['importance'] if p['config']['blocks'] is None else 'by index'}), "
+                   f"{p['parameters'] / 1e6:.2f}M parameters")
+        write_json(json_out, record)
+        return
+    if drop_blocks is not None or importance is not None:
+        raise fail("--drop-blocks and --importance apply to language models")
 
     layer_spec = None
     if layers is not None:

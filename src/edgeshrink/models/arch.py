@@ -97,9 +97,17 @@ class Family:
             raise ValueError(f"{self.name}: every operation that does not apply needs a reason in refusals")
 
     # -- paths -------------------------------------------------------------------------------------
+    def base_of(self, model):
+        """The module ``blocks`` is a path from: the base model (a causal LM whose ``base_model_prefix`` does not
+        name its trunk, as Gemma3ForCausalLM's, is read through its ``model`` attribute)."""
+        base = model.base_model
+        if base is model and not hasattr(model, self.blocks.split(".")[0]) and hasattr(model, "model"):
+            return model.model
+        return base
+
     def block_list(self, model):
         """The ModuleList of blocks (for ALBERT: the one shared block, not one per depth)."""
-        return _get(model.base_model, self.blocks)
+        return _get(self.base_of(model), self.blocks)
 
     def attention_of(self, block):
         attn = _get(block, self.attention)
@@ -226,13 +234,14 @@ register(Family(name="deberta-v2", label="DeBERTa-v2/v3", model_types=("deberta-
                              "norm_rel_ebd": "layer_norm", "share_att_key": True, "type_vocab_size": 0}))
 
 
-# Decoder language models (causal LMs): imported from a GGUF or an HF directory by models/llm.py. Their
-# structured operations are not implemented yet, so every one is refused with that reason.
+# Decoder language models (causal LMs): imported from a GGUF or an HF directory by models/llm.py. Blocks
+# are dropped by compress/llm_prune.py; the other structured operations are refused with that reason.
 _DECODER_PATHS = dict(blocks="layers", attention="self_attn", q="self_attn.q_proj", k="self_attn.k_proj",
                       v="self_attn.v_proj", o="self_attn.o_proj", ffn_up="mlp.up_proj", ffn_down="mlp.down_proj",
-                      token_type_ids="no", ort_fusion=None, tokenizer="bpe", kind="decoder", operations=frozenset(),
-                      llm_exporters=("builder", "optimum"),
-                      refusals={op: "not implemented for decoder language models yet" for op in OPERATIONS})
+                      token_type_ids="no", ort_fusion=None, tokenizer="bpe", kind="decoder",
+                      operations=frozenset({"drop_layers"}), llm_exporters=("builder", "optimum"),
+                      refusals={op: "not implemented for decoder language models yet" for op in OPERATIONS
+                                if op != "drop_layers"})
 _TINY_DECODER = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, max_position_embeddings=128)  # head size 16: GroupQueryAttention's minimum
 register(Family(name="llama", label="Llama (SmolLM2)", model_types=("llama",), **_DECODER_PATHS,
@@ -315,7 +324,7 @@ def family_of(config) -> Family:
 def _inputs_text(family: Family) -> str:
     text = "input_ids, attention_mask"
     if family.kind == "decoder":
-        return text + ", position_ids, past key/values"
+        return text + ", past key/values (+ position_ids in optimum's graphs)"
     if family.token_type_ids == "yes":
         return text + ", token_type_ids"
     if family.token_type_ids == "if-type-vocab":

@@ -142,7 +142,8 @@ def keep_blocks(model, family: Family, keep: list[int]) -> None:
     family.check_structure(model.config)
     blocks = family.block_list(model)
     parent, _, name = family.blocks.rpartition(".")
-    setattr(_get(model.base_model, parent), name, torch.nn.ModuleList([blocks[i] for i in keep]))
+    base = family.base_of(model)
+    setattr(_get(base, parent) if parent else base, name, torch.nn.ModuleList([blocks[i] for i in keep]))
     model.config.num_hidden_layers = len(keep)
 
 

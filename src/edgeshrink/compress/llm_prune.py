@@ -1,0 +1,175 @@
+"""Depth pruning of a causal LM: drop whole blocks, chosen by measured importance, physically removed.
+
+    from edgeshrink.compress.llm_prune import prune_llm, LLMPruneConfig
+    record = prune_llm("smollm2", "runs/smollm2-drop8", LLMPruneConfig(drop_blocks=8))
+
+Importance is forward-only on the calibration part of a text set (default ``bbc-news``; documents one at a
+time, ``max_tokens`` each, so memory stays bounded): a hook on every block reads its input and output
+hidden states, and per block ``block-influence`` = 1 − mean cosine similarity between them (ShortGPT) or
+``angular`` = mean arccos(cosine)/π; the blocks that change their input least go first. ``first``,
+``last`` and ``uniform`` drop by position, for comparison; ``blocks`` names them. The kept blocks are
+renumbered (their attention layers' ``layer_idx``, the config's ``layer_types``), so the result is an
+ordinary Hugging Face model: it exports, quantizes (a model imported from a GGUF keeps the GGUF grid, its
+record is carried over) and generates like any other. Tied embeddings stay tied (they are not touched).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field, model_validator
+
+from edgeshrink.config import Config
+from edgeshrink.errors import EdgeshrinkError
+
+IMPORTANCE = ("block-influence", "angular", "first", "last", "uniform")
+
+
+class LLMPruneConfig(Config):
+    version: int = 1
+    drop_blocks: int | None = Field(None, ge=0)  # how many blocks to drop, chosen by `importance`
+    blocks: list[int] | None = None  # or exactly these block indices (0-based)
+    importance: Literal["block-influence", "angular", "first", "last", "uniform"] = "block-influence"
+    calibration_documents: int = Field(32, ge=1)
+    max_tokens: int = Field(256, ge=2)  # tokens per calibration document scored
+
+    @model_validator(mode="after")
+    def _one_choice(self):
+        if (self.drop_blocks is None) == (self.blocks is None):
+            raise ValueError("give drop_blocks (a count) or blocks (indices), not both and not neither")
+        return self
+
+
+def block_scores(model, family, texts: list[str], tokenizer, config: LLMPruneConfig, progress=None) -> dict:
+    """Per block: block influence (1 − mean cosine) and angular distance between its input and output."""
+    import torch
+
+    blocks = family.block_list(model)
+    sums = {"cos": np.zeros(len(blocks)), "angle": np.zeros(len(blocks))}
+    seen = [None] * len(blocks)
+    tokens = 0
+
+    def hook(index):
+        def record(module, args, kwargs, output):
+            x = args[0] if args else kwargs["hidden_states"]
+            y = output[0] if isinstance(output, tuple) else output
+            cos = torch.nn.functional.cosine_similarity(x.double(), y.double(), dim=-1).clamp(-1, 1).flatten()
+            seen[index] = (float(cos.sum()), float(torch.arccos(cos).sum() / np.pi))
+        return record
+
+    handles = [block.register_forward_hook(hook(i), with_kwargs=True) for i, block in enumerate(blocks)]
+    try:
+        with torch.inference_mode():
+            for number, text in enumerate(texts):
+                if progress:
+                    progress(f"scoring blocks on calibration document {number + 1}/{len(texts)}")
+                ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=config.max_tokens)["input_ids"]
+                if ids.shape[1] < 2:
+                    continue
+                model(input_ids=ids, use_cache=False)
+                for i, (cos, angle) in enumerate(seen):
+                    sums["cos"][i] += cos
+                    sums["angle"][i] += angle
+                tokens += ids.shape[1]
+    finally:
+        for handle in handles:
+            handle.remove()
+    if tokens == 0:
+        raise EdgeshrinkError("no calibration document has 2 tokens to score the blocks on")
+    return {"block-influence": (1 - sums["cos"] / tokens).tolist(), "angular": (sums["angle"] / tokens).tolist(),
+            "tokens": tokens}
+
+
+def choose_blocks(count: int, config: LLMPruneConfig, scores: dict | None) -> list[int]:
+    """The block indices to drop (sorted)."""
+    if config.blocks is not None:
+        drop = sorted(set(config.blocks))
+        bad = [b for b in drop if not 0 <= b < count]
+        if bad:
+            raise EdgeshrinkError(f"blocks {bad} do not exist: the model has blocks 0..{count - 1}")
+    else:
+        n = config.drop_blocks
+        if n == 0:
+            drop = []
+        elif config.importance in ("block-influence", "angular"):
+            drop = sorted(int(i) for i in np.argsort(scores[config.importance], kind="stable")[:n])
+        elif config.importance == "first":
+            drop = list(range(n))
+        elif config.importance == "last":
+            drop = list(range(count - n, count))
+        else:  # uniform: evenly spaced, never the first block (it reads the embeddings)
+            drop = sorted({int(round(x)) for x in np.linspace(1, count - 1, n)}) if n else []
+    if len(drop) >= count:
+        raise EdgeshrinkError(f"cannot drop {len(drop)} of the model's {count} blocks: at least one must stay")
+    return drop
+
+
+def remove_blocks(model, family, drop: list[int]) -> list[int]:
+    """Physically remove ``drop``; renumber what stays (attention ``layer_idx``, config ``layer_types``)."""
+    from edgeshrink.models.surgery import keep_blocks
+
+    count = len(family.block_list(model))
+    keep = [i for i in range(count) if i not in set(drop)]
+    keep_blocks(model, family, keep)
+    for new, block in enumerate(family.block_list(model)):
+        for module in block.modules():
+            if hasattr(module, "layer_idx"):
+                module.layer_idx = new
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for config in {id(c): c for c in (model.config, text_config)}.values():
+        config.num_hidden_layers = len(keep)
+        layer_types = getattr(config, "layer_types", None)
+        if isinstance(layer_types, list) and len(layer_types) == count:
+            config.layer_types = [layer_types[i] for i in keep]
+    return keep
+
+
+def prune_llm(teacher: str | Path, out: str | Path, config: LLMPruneConfig, data: str = "bbc-news",
+              force: bool = False, progress=None) -> dict:
+    """Drop blocks of a causal LM (see the module doc); write the student HF directory; return its record."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgeshrink._files import atomic_output_dir, check_output_dir
+    from edgeshrink.data.lm_text import load_lm_text
+    from edgeshrink.errors import first_line
+    from edgeshrink.models import arch
+    from edgeshrink.models.llm import import_llm
+    from edgeshrink.models.sources import RECORD_NAME, read_record
+
+    out = Path(out)
+    check_output_dir(out, force)
+    model_dir = import_llm(teacher)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True,
+                                                     dtype=torch.float32).eval()
+    except Exception as exc:  # transformers raises many types
+        raise EdgeshrinkError(f"cannot load a language model from {model_dir}: {first_line(exc)}") from None
+    family = arch.family_of(model.config)
+    family.check("drop_layers")
+    count = len(family.block_list(model))
+    started = time.perf_counter()
+    scores = None
+    if config.blocks is None and config.importance in ("block-influence", "angular") and config.drop_blocks:
+        text = load_lm_text(data, "calibration")
+        scores = block_scores(model, family, text.texts[:config.calibration_documents], tokenizer, config, progress)
+        scores["data"] = {"name": text.name, "part": "calibration", "split_sha256": text.split["sha256"],
+                          "documents": min(config.calibration_documents, len(text))}
+    drop = choose_blocks(count, config, scores)
+    keep = remove_blocks(model, family, drop)
+    teacher_record = read_record(model_dir)
+    record = {"source": teacher_record.get("source"),
+              "prune": {"teacher": str(Path(model_dir).resolve()), "config": config.to_dict(),
+                        "dropped_blocks": drop, "kept_blocks": keep, "teacher_blocks": count,
+                        "scores": scores, "parameters": int(sum(p.numel() for p in model.parameters())),
+                        "seconds": round(time.perf_counter() - started, 1)}}
+    with atomic_output_dir(out, force) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2))
+    return record
