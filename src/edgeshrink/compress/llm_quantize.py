@@ -245,11 +245,11 @@ class _GridWriter:
 
         key = (x, k, block)
         if key not in self.block_sums:
-            sums = np.zeros((k, k // block), np.float32)
-            sums[np.arange(k), np.arange(k) // block] = 1
             matrix = f"gguf/block_sum_{k}_{block}"
-            if matrix not in {i.name for i in self.graph.initializer}:
-                self._init(sums, matrix)
+            if matrix not in self.written:  # one 0/1 matrix per (K, block), shared by every input
+                sums = np.zeros((k, k // block), np.float32)
+                sums[np.arange(k), np.arange(k) // block] = 1
+                self.written[matrix] = {"block_sum": self._init(sums, matrix)}
             out = self._name(x + "/block_sum")
             nodes.append(helper.make_node("MatMul", [x, matrix], [out], name=out))
             self.block_sums[key] = out

@@ -96,7 +96,8 @@ def export_llm(model: str | Path, out: str | Path, config: LLMExportConfig | Non
             if path.name.startswith("model.onnx"):  # the graph and its external data, if any
                 shutil.move(path, tmp / path.name)
         shutil.rmtree(tmp / "_export")
-        retied = retie_folded_lm_head(tmp / "model.onnx")
+        # optimum folds a tied head's transpose into a second table; the builder's graph reads the one table
+        retied = retie_folded_lm_head(tmp / "model.onnx") if exporter == "optimum" else 0
         tokenizer.backend_tokenizer.save(str(tmp / "tokenizer.json"), pretty=False)  # 45% of the indented size
         template = None
         if tokenizer.chat_template:

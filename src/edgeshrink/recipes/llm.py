@@ -240,7 +240,7 @@ def run_llm(recipe_path, recipe: LLMRecipe, recipe_hash: str, out: Path, progres
     from edgeshrink import __version__
     from edgeshrink._files import atomic_write_text
     from edgeshrink.doctor import report as machine_report
-    from edgeshrink.recipes.runner import STEP_FILE, _key, _local, _portable
+    from edgeshrink.recipes.runner import _key, cached_step
 
     steps = recipe.parsed_steps()
     cache = out / "cache"
@@ -251,24 +251,11 @@ def run_llm(recipe_path, recipe: LLMRecipe, recipe_hash: str, out: Path, progres
     log, results = [], {}
     for i, (name, config) in enumerate(steps):
         key = _key(key, name, config.to_dict(), LLM_STEP_VERSIONS.get(name, 1))
-        where = cache / f"{i:02d}-{name}-{key}"
-        done = where / STEP_FILE
-        t0 = time.perf_counter()
-        cached = done.exists()
-        if cached:
-            record = _local(json.loads(done.read_text()), cache)
-            progress(f"step {i + 1}/{len(steps)} {name}: cached ({where.name})")
-        else:
-            progress(f"step {i + 1}/{len(steps)} {name} ...")
-            where.mkdir(parents=True, exist_ok=True)
-            record = LLM_STEPS[name](state, config, where, recipe.data)
-            record["seconds"] = round(time.perf_counter() - t0, 1)
-            atomic_write_text(done, json.dumps(_portable(record, cache), indent=2))
+        record = cached_step(f"step {i + 1}/{len(steps)} {name}", cache / f"{i:02d}-{name}-{key}", cache,
+                             lambda where: LLM_STEPS[name](state, config, where, recipe.data), progress)
         state.update(record["state"])
         results[name] = record["result"]
-        log.append({"step": name, "key": key, "cached": cached, "seconds": record["seconds"],
-                    "seconds_this_run": round(time.perf_counter() - t0, 1), "config": config.to_dict(),
-                    "result": record["result"]})
+        log.append({"step": name, "key": key, **record["log"], "config": config.to_dict(), "result": record["result"]})
     bench = json.loads(Path(results["bench"]["bench"]).read_text()) if "bench" in results else None
     device_size = (results.get("quantize") or results.get("export") or {}).get("size_bytes")
     machine = machine_report()
@@ -301,17 +288,14 @@ def _candidates(report: dict) -> list[tuple[str, dict]]:
 
 
 def llm_markdown(report: dict) -> str:
+    from edgeshrink.recipes.report import targets_table
+
     m = report["machine"]
     lines = [f"# Recipe report: {report['name']}", "",
              f"Recipe `{report['recipe']}` (sha256 {report['recipe_sha256'][:12]}), edgeshrink "
              f"{report['edgeshrink_version']}; machine: {m['cpu']['model']}, {m['logical_cores']} logical cores, "
              f"ISA {' '.join(m['cpu']['isa'])}. Wall time this run: {report['wall_seconds_this_run']:.0f} s.", "",
-             "## Targets", "", "| target | measured | bound | met |", "|---|---|---|---|"]
-    for t in report["targets"]:
-        value = "—" if t["value"] is None else f"{t['value']:.4g} {t['unit']}".strip()
-        met = "yes" if t["met"] else ("NO" if t["miss"] is None else "NO (missed by %.3g %s)" % (t["miss"], t["unit"]))
-        lines.append(f"| {t['target']} | {value} | {t['bound']:g} {t['unit']} | {met}"
-                     + (f" — {t['note']}" if t.get("note") else "") + " |")
+             "## Targets", ""] + targets_table(report["targets"])
     lines += ["", f"All targets met: **{'yes' if report['all_targets_met'] else 'no'}**.", "",
               "## Steps", "", "| step | seconds | cached |", "|---|---|---|"]
     lines += [f"| {s['step']} | {s['seconds']:.0f} | {'yes' if s['cached'] else 'no'} |" for s in report["steps"]]

@@ -8,6 +8,17 @@ import shutil
 from pathlib import Path
 
 
+def targets_table(targets: list[dict]) -> list[str]:
+    """The Markdown rows of a recipe's targets: measured, bound, met (and by how much a miss missed)."""
+    lines = ["| target | measured | bound | met |", "|---|---|---|---|"]
+    for t in targets:
+        value = "—" if t["value"] is None else f"{t['value']:.4g} {t['unit']}".strip()
+        met = "yes" if t["met"] else ("NO" if t["miss"] is None else "NO (missed by %.3g %s)" % (t["miss"], t["unit"]))
+        lines.append(f"| {t['target']} | {value} | {t['bound']:g} {t['unit']} | {met}"
+                     + (f" — {t['note']}" if t.get("note") else "") + " |")
+    return lines
+
+
 def markdown(report: dict) -> str:
     lines = [f"# Recipe report: {report['name']}", "",
              f"Recipe `{report['recipe']}` (sha256 {report['recipe_sha256'][:12]}), edgeshrink "
@@ -18,12 +29,7 @@ def markdown(report: dict) -> str:
                 f"(train/calibration/test {'/'.join(str(n) for n in report['split']['sizes'].values())})."
                 if report.get("split") else "")
              + f" Wall time this run: {report['wall_seconds_this_run']:.0f} s.", "",
-             "## Targets", "", "| target | measured | bound | met |", "|---|---|---|---|"]
-    for t in report["targets"]:
-        value = "—" if t["value"] is None else f"{t['value']:.4g} {t['unit']}".strip()
-        met = "yes" if t["met"] else ("NO" if t["miss"] is None else "NO (missed by %.3g %s)" % (t["miss"], t["unit"]))
-        lines.append(f"| {t['target']} | {value} | {t['bound']:g} {t['unit']} | {met}"
-                     + (f" — {t['note']}" if t.get("note") else "") + " |")
+             "## Targets", ""] + targets_table(report["targets"])
     lines += ["", f"All targets met: **{'yes' if report['all_targets_met'] else 'no'}**.", ""]
     if report.get("candidates"):
         lines += ["## Search", "", f"{len(report['candidates'])} candidate paths; chosen: #{report['chosen'] + 1}.", "",

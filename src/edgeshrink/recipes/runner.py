@@ -335,9 +335,29 @@ def _map_values(record: dict, convert) -> dict:
     return {**record, **{part: {k: convert(v) for k, v in record[part].items()} for part in ("state", "result")}}
 
 
-def _run_path(recipe, steps, data, cache: Path, progress, label: str) -> dict:
+def cached_step(title: str, where: Path, cache: Path, run_step: Callable[[Path], dict], progress) -> dict:
+    """Run one step into ``where`` unless its ``step.json`` says it is done; return its record with
+    ``log`` (cached, seconds, seconds this run). Paths in the stored record are relative to ``cache``."""
     from edgeshrink._files import atomic_write_text
 
+    done = where / STEP_FILE
+    t0 = time.perf_counter()
+    cached = done.exists()
+    if cached:
+        record = _local(json.loads(done.read_text()), cache)
+        progress(f"{title}: cached ({where.name})")
+    else:
+        progress(f"{title} ...")
+        where.mkdir(parents=True, exist_ok=True)
+        record = run_step(where)
+        record["seconds"] = round(time.perf_counter() - t0, 1)
+        atomic_write_text(done, json.dumps(_portable(record, cache), indent=2))
+    record["log"] = {"cached": cached, "seconds": record["seconds"],
+                     "seconds_this_run": round(time.perf_counter() - t0, 1)}
+    return record
+
+
+def _run_path(recipe, steps, data, cache: Path, progress, label: str) -> dict:
     state: dict = {"model": recipe.model}
     key = _key(recipe.model, data.to_dict(), recipe.seed)
     log, results, pruned = [], {}, None
@@ -345,24 +365,11 @@ def _run_path(recipe, steps, data, cache: Path, progress, label: str) -> dict:
     for i, (name, config) in enumerate(steps):
         version = STEP_VERSIONS.get(name, 1)
         key = _key(key, name, config.to_dict(), *([version] if version != 1 else []))
-        where = cache / f"{i:02d}-{name}-{key}"
-        done = where / STEP_FILE
-        t0 = time.perf_counter()
-        cached = done.exists()
-        if cached:
-            record = _local(json.loads(done.read_text()), cache)
-            progress(f"{label}step {i + 1}/{len(steps)} {name}: cached ({where.name})")
-        else:
-            progress(f"{label}step {i + 1}/{len(steps)} {name} ...")
-            where.mkdir(parents=True, exist_ok=True)
-            record = STEPS[name](state, config, where, data)
-            record["seconds"] = round(time.perf_counter() - t0, 1)
-            atomic_write_text(done, json.dumps(_portable(record, cache), indent=2))
+        record = cached_step(f"{label}step {i + 1}/{len(steps)} {name}", cache / f"{i:02d}-{name}-{key}", cache,
+                             lambda where: STEPS[name](state, config, where, data), progress)
         state.update(record["state"])
         results[name] = record["result"]
-        log.append({"step": name, "key": key, "cached": cached, "seconds": record["seconds"],
-                    "seconds_this_run": round(time.perf_counter() - t0, 1), "config": config.to_dict(),
-                    "result": record["result"]})
+        log.append({"step": name, "key": key, **record["log"], "config": config.to_dict(), "result": record["result"]})
         pruned = early_stop(recipe, name, record, state, names[i + 1:])
         if pruned:
             progress(f"{label}stopped after {name}: {pruned['target']} is {pruned['value']:.4g} "
