@@ -89,6 +89,9 @@ def test_bad_inputs(tiny_bundle, data_csv, tmp_path):
     (broken / "tokenizer.json").write_text("{}")
     with pytest.raises(EdgeshrinkError, match="corrupt or was modified"):
         quantize(broken, tmp_path / "b", QuantConfig(method="fp16"))
+    for llm_only in ({"grid": "gguf"}, {"head_bits": 8}):
+        with pytest.raises(EdgeshrinkError, match="apply to LLM bundles"):
+            quantize(tiny_bundle, tmp_path / "g", QuantConfig(method="int4-weight", **llm_only))
     with pytest.raises(EdgeshrinkError, match="method"):
         QuantConfig.build(method="int2")
     with pytest.raises(EdgeshrinkError, match="target"):

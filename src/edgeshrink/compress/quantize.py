@@ -186,6 +186,9 @@ def quantize(bundle: str | Path, out: str | Path, config: QuantConfig, data=None
         from edgeshrink.compress.llm_quantize import quantize_llm
 
         return quantize_llm(bundle, out, config, data=data, force=force, progress=progress)
+    if config.grid != "auto" or config.head_bits is not None:
+        raise EdgeshrinkError("grid and head_bits apply to LLM bundles (a GGUF's grid, the LM head); "
+                              f"{bundle} is a {source_manifest.get('task')} bundle")
     check_output_dir(out, force)
     text = source_manifest["task"] == "text-classification"
     # Tensor bundles are scored and calibrated too when they record their split (or data is given).
