@@ -12,9 +12,9 @@ from pathlib import Path
 
 PACKAGES = ("torch", "onnxruntime", "onnx", "transformers", "optimum-onnx", "tokenizers", "numpy")
 
-# Instruction sets that decide INT8 speed: x86 VNNI (AVX512 or AVX) or Arm dot-product.
+# Instruction sets that decide INT8 speed (x86 VNNI, AVX512 or AVX; Arm dot-product) and bf16 training speed.
 _X86_FLAGS = {"avx2": "avx2", "fma": "fma", "avx512f": "avx512f", "avx512_vnni": "avx512-vnni",
-              "avx_vnni": "avx-vnni", "amx_int8": "amx-int8"}
+              "avx_vnni": "avx-vnni", "amx_int8": "amx-int8", "avx512_bf16": "avx512-bf16", "amx_bf16": "amx-bf16"}
 _ARM_FLAGS = {"asimd": "neon", "asimddp": "arm-dotprod", "i8mm": "arm-i8mm", "sve": "sve"}
 
 

@@ -110,3 +110,66 @@ def test_cli_prunes_a_decoder(teacher, text, tmp_path):
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "r.json").read_text())
     assert len(record["prune"]["dropped_blocks"]) == 1 and "dropped blocks" in result.stdout
+
+
+def _masked_teacher_logits(model_dir, ids, ffn_kept, groups_kept):
+    """The teacher with the pruned FFN neurons and heads zeroed where they enter the down/output projection."""
+    from transformers import AutoModelForCausalLM
+
+    net = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    config = net.config
+    heads, kv = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    with torch.no_grad():
+        for i, layer in enumerate(net.model.layers):
+            ffn_mask = torch.zeros(config.intermediate_size, dtype=torch.bool)
+            ffn_mask[ffn_kept[i]] = True
+            layer.mlp.down_proj.weight[:, ~ffn_mask] = 0
+            for h in range(heads):
+                if h // (heads // kv) not in groups_kept[i]:
+                    layer.self_attn.o_proj.weight[:, h * head_dim:(h + 1) * head_dim] = 0
+        return net(input_ids=torch.tensor([ids])).logits[0]
+
+
+def test_width_pruning_equals_zeroing_what_was_cut_and_exports(teacher, text, tmp_path):
+    import numpy as np
+
+    family, model = teacher
+    config = LLMPruneConfig(ffn_keep=0.5, heads_keep=0.5, calibration_documents=6, max_tokens=32)
+    record = prune_llm(model, tmp_path / "narrow", config, data=text)["prune"]
+    again = prune_llm(model, tmp_path / "again", config, data=text)["prune"]
+    assert record["width_scores"] == again["width_scores"]  # deterministic
+    student = json.loads((tmp_path / "narrow" / "config.json").read_text())
+    assert (student["intermediate_size"], student["num_attention_heads"], student["num_key_value_heads"]) == (64, 2, 1)
+    assert record["dropped_blocks"] == [] and len(record["kv_groups"]) == 4
+    ffn_kept = [sorted(np.argsort(-np.asarray(s), kind="stable")[:64]) for s in record["width_scores"]["ffn"]]
+    ids = [5, 17, 42, 9, 33, 7]
+    expected = _masked_teacher_logits(model, ids, ffn_kept, record["kv_groups"])
+    assert torch.allclose(_logits(tmp_path / "narrow", ids), expected, atol=1e-5)
+    manifest = export_llm(tmp_path / "narrow", tmp_path / "bundle", LLMExportConfig(validation_prompts=2,
+                                                                                     validation_new_tokens=8))
+    assert manifest["validation"]["ok"] and manifest["cost"]["matmul_parameters"] < _matmuls(model)
+    assert len(load(tmp_path / "bundle").generate("a good film", max_new_tokens=4, ignore_eos=True).token_ids) == 4
+
+
+def test_depth_and_width_together(teacher, text, tmp_path):
+    _, model = teacher
+    record = prune_llm(model, tmp_path / "both", LLMPruneConfig(drop_blocks=1, ffn_keep=0.25, calibration_documents=4,
+                                                                max_tokens=32), data=text)["prune"]
+    assert len(record["kept_blocks"]) == 3 and len(record["width_scores"]["ffn"]) == 3 and record["ffn_neurons"] == 32
+
+
+@pytest.mark.parametrize("values, message", [({"ffn_keep": 1.0}, "less than 1"), ({"ffn_keep": 0}, "greater than 0"),
+                                             ({"heads_keep": 1.5}, "less than 1"), ({}, "give drop_blocks or blocks")])
+def test_ratios_outside_zero_one_are_refused(values, message):
+    with pytest.raises(EdgeshrinkError, match=message):
+        LLMPruneConfig.from_dict(values)
+
+
+def test_a_cut_that_keeps_everything_is_refused(teacher, text, tmp_path):
+    _, model = teacher
+    with pytest.raises(EdgeshrinkError, match="keeps all of them"):
+        prune_llm(model, tmp_path / "x", LLMPruneConfig(heads_keep=0.9), data=text)  # 2 KV groups: 0.9 keeps both
+    assert not (tmp_path / "x").exists()
+    result = CliRunner().invoke(app, ["prune", str(model), "--data", text, "--out", str(tmp_path / "y"), "--ffn", "1.2"])
+    assert result.exit_code == 2 and "ffn_keep" in result.stderr and not (tmp_path / "y").exists()

@@ -391,29 +391,15 @@ def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model 
           text_column: TextCol = "text", label_column: LabelCol = "label",
           force: Force = False, json_out: JsonOut = None) -> None:
     """Structured pruning with physical removal: drop layers, attention heads and FFN neurons (classifiers);
-    drop blocks by measured importance (language models: --drop-blocks, text from --data)."""
+    for language models drop blocks (--drop-blocks), FFN neurons (--ffn) and heads by KV group (--heads),
+    ranked on calibration text from --data."""
     from edgeshrink.compress.prune import PruneConfig, prune as run
     from edgeshrink.export.llm import is_language_model
 
     if is_language_model(teacher):
-        from edgeshrink.compress.llm_prune import LLMPruneConfig, prune_llm
-
-        if any(v is not None for v in (layers, layer_strategy, heads, ffn, importance_examples)) or vocab:
-            raise fail("--layers, --layer-strategy, --heads, --ffn, --vocab and --importance-examples apply to "
-                       "classifiers; a language model takes --drop-blocks and --importance")
-        if drop_blocks is None:
-            raise fail("a language model needs --drop-blocks (a count, or block indices such as 3,7)")
-        try:
-            parts = [int(x) for x in drop_blocks.split(",") if x.strip()]
-        except ValueError:
-            raise fail(f"--drop-blocks must be a count or comma-separated indices, got {drop_blocks!r}") from None
-        spec = {"blocks": parts} if "," in drop_blocks else {"drop_blocks": parts[0] if parts else None}
-        config = LLMPruneConfig.build(**spec, importance=importance)
-        record = prune_llm(teacher, out, config, data=data, force=force, progress=lambda m: typer.echo(m, err=True))
-        p = record["prune"]
-        typer.echo(f"student {out}: dropped blocks {p['dropped_blocks']} of {p['teacher_blocks']} "
-                   f"({p['config']['importance'] if p['config']['blocks'] is None else 'by index'}), "
-                   f"{p['parameters'] / 1e6:.2f}M parameters")
+        record = _prune_decoder(teacher, data, out, drop_blocks, importance, ffn, heads, force,
+                                refused={"--layers": layers, "--layer-strategy": layer_strategy, "--vocab": vocab or None,
+                                         "--importance-examples": importance_examples})
         write_json(json_out, record)
         return
     if drop_blocks is not None or importance is not None:
@@ -436,6 +422,34 @@ def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model 
                + (f", vocabulary {p['vocabulary']['vocab_size']} of {p['vocabulary']['teacher_vocab_size']} tokens"
                   if p["vocabulary"] else ""))
     write_json(json_out, record)
+
+
+def _prune_decoder(teacher: str, data: str, out: Path, drop_blocks: str | None, importance: str | None,
+                   ffn: float | None, heads: float | None, force: bool, refused: dict) -> dict:
+    from edgeshrink.compress.llm_prune import LLMPruneConfig, prune_llm
+
+    given = [name for name, value in refused.items() if value is not None]
+    if given:
+        raise fail(f"{', '.join(given)} apply to classifiers; a language model takes --drop-blocks, --importance, "
+                   "--ffn and --heads")
+    spec = {}
+    if drop_blocks is not None:
+        try:
+            parts = [int(x) for x in drop_blocks.split(",") if x.strip()]
+        except ValueError:
+            raise fail(f"--drop-blocks must be a count or comma-separated indices, got {drop_blocks!r}") from None
+        spec = {"blocks": parts} if "," in drop_blocks else {"drop_blocks": parts[0] if parts else None}
+    if not spec and ffn is None and heads is None:
+        raise fail("a language model needs --drop-blocks (a count, or block indices such as 3,7), --ffn or --heads")
+    config = LLMPruneConfig.build(**spec, importance=importance, ffn_keep=ffn, heads_keep=heads)
+    record = prune_llm(teacher, out, config, data=data, force=force, progress=lambda m: typer.echo(m, err=True))
+    p = record["prune"]
+    typer.echo(f"student {out}: dropped blocks {p['dropped_blocks']} of {p['teacher_blocks']} "
+               f"({p['config']['importance'] if p['config']['blocks'] is None else 'by index'}), "
+               f"{p['ffn_neurons']} FFN neurons and {p['attention_heads']} heads per block, "
+               f"{p['parameters'] / 1e6:.2f}M parameters ({100 * p['parameters'] / p['teacher_parameters']:.1f}% "
+               "of the teacher)")
+    return record
 
 
 @app.command("prune-channels")
@@ -510,10 +524,29 @@ def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned t
             temperature: Annotated[Optional[float], typer.Option(help="Distillation temperature (2).")] = None,
             label_free: Annotated[bool, typer.Option("--label-free", help="Train on the teacher's predictions only.")] = False,
             augment: Annotated[Optional[int], typer.Option(help="Augmented copies of each train text, labelled by the teacher (0).")] = None,
+            drop_blocks: Annotated[Optional[str], typer.Option("--drop-blocks", help="Language models, build the student: blocks to drop (count or indices).")] = None,
+            train_tokens: Annotated[Optional[int], typer.Option(help="Language models: training tokens per epoch (200000).")] = None,
+            extra_text: Annotated[Optional[list[str]], typer.Option("--extra-text", help="Language models: more training text (.txt/.jsonl/dir; its train part).")] = None,
             text_column: TextCol = "text", label_column: LabelCol = "label",
             force: Force = False, json_out: JsonOut = None) -> None:
-    """Distill a smaller student from the teacher (building it with structured pruning if asked)."""
+    """Distill a smaller student from the teacher (building it with structured pruning if asked). A language
+    model learns the teacher's next-token distributions on the train part of --data (label-free)."""
     from edgeshrink.compress.distill import DistillConfig, distill as run
+    from edgeshrink.export.llm import is_language_model
+
+    if is_language_model(teacher):
+        given = [name for name, value in {"--layers": layers, "--vocab": vocab or None, "--delta": delta,
+                                          "--label-free": label_free or None, "--augment": augment}.items()
+                 if value is not None]
+        if given:
+            raise fail(f"{', '.join(given)} apply to classifiers; a language model is distilled label-free from its "
+                       "next-token distributions")
+        _distill_decoder(teacher, student, data, out, drop_blocks, ffn, heads, force, json_out, extra_text or [],
+                         epochs=epochs, learning_rate=learning_rate, alpha_ce=alpha, beta_kd=beta, gamma_hidden=gamma,
+                         temperature=temperature, train_tokens=train_tokens)
+        return
+    if drop_blocks is not None or train_tokens is not None or extra_text:
+        raise fail("--drop-blocks, --train-tokens and --extra-text apply to language models")
 
     config = DistillConfig.build(epochs=epochs, learning_rate=learning_rate, alpha_ce=alpha, beta_kd=beta,
                                  gamma_hidden=gamma, delta_attention=delta, temperature=temperature, label_free=label_free or None,
@@ -531,6 +564,28 @@ def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned t
     typer.echo(f"student {out}: test accuracy {100 * test['accuracy']:.2f}% [95% CI {100 * test['ci95'][0]:.1f}, "
                f"{100 * test['ci95'][1]:.1f}], {record['parameters'] / 1e6:.2f}M parameters, "
                f"{record['train_seconds']:.0f} s, {len(record['history'])} epochs")
+    write_json(json_out, record)
+
+
+def _distill_decoder(teacher: str, student: str | None, data: str, out: Path, drop_blocks: str | None,
+                     ffn: float | None, heads: float | None, force: bool, json_out, extra_text: list[str], **settings) -> None:
+    from edgeshrink.compress.llm_distill import LLMDistillConfig, distill_llm
+
+    config = LLMDistillConfig.build(**settings)
+    if student is None:
+        if drop_blocks is None and ffn is None and heads is None:
+            raise fail("give --student, or build one with --drop-blocks/--ffn/--heads")
+        student_dir = out.with_name(out.name + ".student")
+        _prune_decoder(teacher, data, student_dir, drop_blocks, None, ffn, heads, force=True, refused={})
+        student = str(student_dir)
+    elif drop_blocks is not None or ffn is not None or heads is not None:
+        raise fail("give --student or --drop-blocks/--ffn/--heads to build one, not both")
+    record = distill_llm(teacher, student, out, config, text=data, extra_text=tuple(extra_text), force=force)
+    d = record["distill"]
+    ppl = d["calibration_perplexity"]
+    typer.echo(f"student {out}: calibration perplexity {ppl['after']:.2f} (before healing {ppl['before']:.2f}, "
+               f"teacher {ppl['teacher']:.2f}), {d['parameters'] / 1e6:.2f}M parameters, {d['train_tokens']:,} "
+               f"tokens x {len(d['history'])} epochs, {d['train_seconds']:.0f} s ({d['precision']})")
     write_json(json_out, record)
 
 

@@ -21,9 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import random
-import shutil
 import time
 from pathlib import Path
 from typing import Literal
@@ -32,6 +29,7 @@ import numpy as np
 from pydantic import Field
 
 from edgeshrink.compress.augment import AugmentConfig, augment_texts
+from edgeshrink.compress.trainer import TrainRun, progress_columns
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
@@ -145,7 +143,7 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
             config: DistillConfig | None = None, force: bool = False) -> dict:
     """Train ``student`` to imitate ``teacher`` on the train split; keep the best epoch on calibration."""
     import torch
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress
     from transformers import get_linear_schedule_with_warmup
 
     from edgeshrink._files import check_output_dir
@@ -157,7 +155,6 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
     config = config or DistillConfig()
     out = Path(out)
     check_output_dir(out, force)
-    partial = out.with_name(out.name + ".partial")
     teacher_dir, student_dir = resolve_model(teacher), resolve_model(student)
     attn = "eager" if config.delta_attention else None  # only eager attention returns its maps
     teacher_net, teacher_tok = load_classifier(teacher_dir, attn_implementation=attn)
@@ -191,21 +188,15 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
     teacher_net.to(device)
     student_net.to(device)
     started = time.perf_counter()
-    partial.mkdir(parents=True, exist_ok=True)
     fingerprint = json.dumps({"config": config.to_dict(), "teacher": str(teacher_dir.resolve()),
                               "student": str(student_dir.resolve()), "split": split.sha256}, sort_keys=True)
+    run = TrainRun(out, fingerprint)
     mask_token = student_tok.mask_token or student_tok.unk_token
     texts = list(train.texts) + augment_texts(list(train.texts), config.augment, mask_token)
     labelled = torch.zeros(len(texts), dtype=torch.bool)
     labelled[:len(train)] = True
-    cache_path = partial / "teacher_outputs.pt"
-    if cache_path.exists() and torch.load(cache_path)["fingerprint"] == fingerprint:
-        cache = torch.load(cache_path)
-    else:
-        cache = dict(zip(("logits", "hidden"), _teacher_outputs(teacher_net, teacher_tok, texts, max_length,
-                                                                64, teacher_layers, device)))
-        cache["fingerprint"] = fingerprint
-        torch.save(cache, cache_path)
+    cache = run.cached("teacher_outputs.pt", lambda: dict(zip(("logits", "hidden"), _teacher_outputs(
+        teacher_net, teacher_tok, texts, max_length, 64, teacher_layers, device))))
     head_map = _head_map(student_record, _heads(teacher_net), student_net) \
         if config.delta_attention else None
     if not config.delta_attention:
@@ -232,27 +223,15 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
     steps_per_epoch = math.ceil(len(texts) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     scheduler = get_linear_schedule_with_warmup(optimizer, round(config.warmup_fraction * total_steps), total_steps)
-    state = {"epoch": 0, "step": 0, "history": [], "best_accuracy": -1.0, "stale": 0}
-    checkpoint = partial / "checkpoint.pt"
-    if checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
-        if saved["fingerprint"] == fingerprint:
-            student_net.load_state_dict(saved["student"])
-            optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-            if projection and saved.get("projection"):
-                projection.load_state_dict(saved["projection"])
-            state = saved["state"]
+    modules = {"student": student_net, "optimizer": optimizer, "scheduler": scheduler, "projection": projection}
+    state = run.resume(modules)
 
     T = config.temperature
-    columns = [TextColumn("[bold]distill[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns) as progress:
+    with Progress(*progress_columns("distill")) as progress:
         task = progress.add_task("train", total=total_steps, completed=state["step"], loss=float("nan"))
-        while state["epoch"] < config.epochs and state["stale"] < config.patience:
+        while run.go_on(state, config.epochs, config.patience):
             epoch = state["epoch"]
-            rng = random.Random(config.seed * 1000 + epoch)
-            torch.manual_seed(config.seed * 1000 + epoch)
+            rng = run.seed_epoch(config.seed, epoch)
             student_net.train()
             running = None
             for rows in _batches(lengths, config.batch_size, rng):
@@ -281,9 +260,7 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
                         t_attn = teacher_net(**t_batch, output_attentions=True).attentions
                     loss = loss + config.delta_attention * _attention_loss(
                         out_s.attentions, t_attn, teacher_layers, head_map, batch["attention_mask"])
-                if not torch.isfinite(loss):
-                    raise EdgeshrinkError(f"the loss became {loss.item()} at step {state['step'] + 1} (epoch {epoch + 1}); "
-                                          f"the last good checkpoint is kept in {partial}")
+                run.check_finite(loss, state)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 optimizer.step()
@@ -295,24 +272,13 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
             student_net.eval()
             probs = predict_proba(student_net, student_tok, split.calibration.texts, max_length)
             cal = float(np.mean([labels[i] == y for i, y in zip(probs.argmax(1), split.calibration.labels)]))
-            improved = cal > state["best_accuracy"]
-            state["history"].append({"epoch": epoch + 1, "train_loss": running, "calibration_accuracy": cal})
-            if improved:
-                state["best_accuracy"], state["stale"] = cal, 0
-                torch.save({k: v.cpu() for k, v in student_net.state_dict().items()}, partial / "best.pt")
-            else:
-                state["stale"] += 1
-            state["epoch"] += 1
+            improved = run.end_epoch(state, modules, student_net, cal, higher_is_better=True,
+                                     row={"train_loss": running, "calibration_accuracy": cal})
             progress.console.print(f"epoch {epoch + 1}: loss {running:.4f}, calibration accuracy {cal:.4f}"
                                    + (" (best)" if improved else ""))
-            torch.save({"fingerprint": fingerprint, "student": student_net.state_dict(),
-                        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                        "projection": projection.state_dict() if projection else None, "state": state},
-                       partial / "checkpoint.tmp")
-            os.replace(partial / "checkpoint.tmp", checkpoint)
 
     teacher_net.to("cpu")
-    student_net.load_state_dict(torch.load(partial / "best.pt"))
+    run.load_best(student_net)
     student_net.to("cpu").eval()
     probs = predict_proba(student_net, student_tok, split.test.texts, max_length)
     correct = int(sum(labels[i] == y for i, y in zip(probs.argmax(1), split.test.labels)))
@@ -328,13 +294,11 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
         "parameters": _param_count(student_net),
         "test": {"accuracy": correct / len(split.test), "correct": correct, "n": len(split.test), "ci95": [low, high]},
     }
-    final = partial / "final"
-    shutil.rmtree(final, ignore_errors=True)
-    student_net.save_pretrained(final)
-    student_tok.save_pretrained(final)
-    (final / RECORD_NAME).write_text(json.dumps(record, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(final, out)
-    shutil.rmtree(partial, ignore_errors=True)
+
+    def write(final: Path) -> None:
+        student_net.save_pretrained(final)
+        student_tok.save_pretrained(final)
+        (final / RECORD_NAME).write_text(json.dumps(record, indent=2))
+
+    run.finish(out, write)
     return record

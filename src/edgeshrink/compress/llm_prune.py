@@ -1,7 +1,9 @@
-"""Depth pruning of a causal LM: drop whole blocks, chosen by measured importance, physically removed.
+"""Depth and width pruning of a causal LM: drop whole blocks, FFN neurons and attention heads (by KV group),
+chosen by measured importance, physically removed.
 
     from edgeshrink.compress.llm_prune import prune_llm, LLMPruneConfig
     record = prune_llm("smollm2", "runs/smollm2-drop8", LLMPruneConfig(drop_blocks=8))
+    record = prune_llm("smollm2", "runs/smollm2-narrow", LLMPruneConfig(ffn_keep=0.5, heads_keep=0.67))
 
 Importance is forward-only on the calibration part of a text set (default ``bbc-news``; documents one at a
 time, ``max_tokens`` each, so memory stays bounded): a hook on every block reads its input and output
@@ -11,6 +13,12 @@ hidden states, and per block ``block-influence`` = 1 − mean cosine similarity 
 renumbered (their attention layers' ``layer_idx``, the config's ``layer_types``), so the result is an
 ordinary Hugging Face model: it exports, quantizes (a model imported from a GGUF keeps the GGUF grid, its
 record is carried over) and generates like any other. Tied embeddings stay tied (they are not touched).
+
+Width (Minitron's activation importance, forward-only on the same documents, scored on what the depth cut
+left): an FFN neuron's mean |activation| where it enters the down projection; a head's mean L2 norm of its
+context where it enters the output projection, summed over the query heads of a key/value group, so heads
+go by whole groups and grouped-query attention stays valid. Every block keeps the same number (one config
+holds one width), its own most important ones.
 """
 
 from __future__ import annotations
@@ -30,17 +38,21 @@ IMPORTANCE = ("block-influence", "angular", "first", "last", "uniform")
 
 
 class LLMPruneConfig(Config):
-    version: int = 1
+    version: int = 2
     drop_blocks: int | None = Field(None, ge=0)  # how many blocks to drop, chosen by `importance`
     blocks: list[int] | None = None  # or exactly these block indices (0-based)
     importance: Literal["block-influence", "angular", "first", "last", "uniform"] = "block-influence"
+    ffn_keep: float | None = Field(None, gt=0, lt=1)  # fraction of FFN neurons kept in every block
+    heads_keep: float | None = Field(None, gt=0, lt=1)  # fraction of attention heads kept, by whole KV groups
     calibration_documents: int = Field(32, ge=1)
     max_tokens: int = Field(256, ge=2)  # tokens per calibration document scored
 
     @model_validator(mode="after")
     def _one_choice(self):
-        if (self.drop_blocks is None) == (self.blocks is None):
-            raise ValueError("give drop_blocks (a count) or blocks (indices), not both and not neither")
+        if self.drop_blocks is not None and self.blocks is not None:
+            raise ValueError("give drop_blocks (a count) or blocks (indices), not both")
+        if self.drop_blocks is None and self.blocks is None and self.ffn_keep is None and self.heads_keep is None:
+            raise ValueError("give drop_blocks or blocks (depth), and/or ffn_keep or heads_keep (width)")
         return self
 
 
@@ -82,6 +94,106 @@ def block_scores(model, family, texts: list[str], tokenizer, config: LLMPruneCon
         raise EdgeshrinkError("no calibration document has 2 tokens to score the blocks on")
     return {"block-influence": (1 - sums["cos"] / tokens).tolist(), "angular": (sums["angle"] / tokens).tolist(),
             "tokens": tokens}
+
+
+def width_scores(model, family, texts: list[str], tokenizer, config: LLMPruneConfig, progress=None) -> dict:
+    """Activation importance (Minitron): per block, each FFN neuron's mean |activation| at the down
+    projection's input, and each attention head's mean L2 norm of its context at the output projection's."""
+    import torch
+
+    blocks = family.block_list(model)
+    text_config = _text_config(model)
+    heads = text_config.num_attention_heads
+    ffn = [0.0] * len(blocks)
+    head = [0.0] * len(blocks)
+
+    def on_down(i):
+        def record(module, args):
+            ffn[i] = ffn[i] + args[0].detach().double().abs().sum(dim=(0, 1))
+        return record
+
+    def on_o(i):
+        def record(module, args):
+            x = args[0].detach().double()
+            head[i] = head[i] + x.view(*x.shape[:-1], heads, -1).norm(dim=-1).sum(dim=(0, 1))
+        return record
+
+    handles = [family.ffn_of(b).down.register_forward_pre_hook(on_down(i)) for i, b in enumerate(blocks)]
+    handles += [_get_path(b, family.o).register_forward_pre_hook(on_o(i)) for i, b in enumerate(blocks)]
+    tokens = 0
+    try:
+        with torch.inference_mode():
+            for number, text in enumerate(texts):
+                if progress:
+                    progress(f"scoring FFN neurons and heads on calibration document {number + 1}/{len(texts)}")
+                ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=config.max_tokens)["input_ids"]
+                model(input_ids=ids, use_cache=False)
+                tokens += ids.shape[1]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {"ffn": [(f / tokens).tolist() for f in ffn], "heads": [(h / tokens).tolist() for h in head],
+            "tokens": tokens}
+
+
+def _get_path(obj, path: str):
+    from edgeshrink.models.arch import _get
+
+    return _get(obj, path)
+
+
+def _text_config(model):
+    return model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+
+
+def _kept_count(fraction: float, total: int, what: str, key: str) -> int:
+    kept = max(1, round(fraction * total))
+    if kept >= total:
+        raise EdgeshrinkError(f"{key} {fraction} of {total} {what} keeps all of them; the smallest cut keeps "
+                              f"{total - 1} ({key} <= {(total - 1) / total:.2f})")
+    return kept
+
+
+def remove_width(model, family, config: LLMPruneConfig, scores: dict) -> dict:
+    """Keep the most important FFN neurons / KV groups of every block (the same count in each, as one config
+    holds one width); physically removed, the config updated. Returns what was kept per block."""
+    import numpy as np
+
+    from edgeshrink.models import surgery
+
+    text_config = _text_config(model)
+    configs = {id(c): c for c in (model.config, text_config)}.values()
+    kept = {}
+    if config.ffn_keep is not None:
+        family.check("prune_ffn")
+        size = getattr(text_config, family.ffn_size_key)
+        n = _kept_count(config.ffn_keep, size, "FFN neurons", "ffn_keep")
+        kept["ffn_neurons"] = []
+        for i, block_scores in enumerate(scores["ffn"]):
+            neurons = sorted(int(j) for j in np.argsort(-np.asarray(block_scores), kind="stable")[:n])
+            surgery.keep_ffn(model, family, i, neurons)
+            kept["ffn_neurons"].append(len(neurons))
+        for c in configs:
+            setattr(c, family.ffn_size_key, n)
+    if config.heads_keep is not None:
+        family.check("prune_heads")
+        heads, kv = text_config.num_attention_heads, text_config.num_key_value_heads
+        head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
+        if kv < 2:
+            raise EdgeshrinkError(f"the model has {kv} key/value group: heads are removed by whole groups, so "
+                                  "none can go (heads_keep applies to grouped-query attention with 2+ groups)")
+        n = _kept_count(config.heads_keep, kv, "key/value groups", "heads_keep")
+        per_group = heads // kv
+        kept["kv_groups"] = []
+        for i, block_scores in enumerate(scores["heads"]):
+            group_scores = np.asarray(block_scores).reshape(kv, per_group).sum(axis=1)
+            groups = sorted(int(g) for g in np.argsort(-group_scores, kind="stable")[:n])
+            surgery.keep_kv_groups(model, family, i, groups, heads, kv, head_dim)
+            kept["kv_groups"].append(groups)
+        for c in configs:
+            c.head_dim = head_dim  # stated, since hidden_size / heads no longer gives it
+            c.num_attention_heads, c.num_key_value_heads = n * per_group, n
+    return kept
 
 
 def choose_blocks(count: int, config: LLMPruneConfig, scores: dict | None) -> list[int]:
@@ -151,22 +263,42 @@ def prune_llm(teacher: str | Path, out: str | Path, config: LLMPruneConfig, data
     except Exception as exc:  # transformers raises many types
         raise EdgeshrinkError(f"cannot load a language model from {model_dir}: {first_line(exc)}") from None
     family = arch.family_of(model.config)
-    family.check("drop_layers")
+    depth = config.drop_blocks is not None or config.blocks is not None
+    if depth:
+        family.check("drop_layers")
+    for key, operation in (("ffn_keep", "prune_ffn"), ("heads_keep", "prune_heads")):
+        if getattr(config, key) is not None:
+            family.check(operation)
     count = len(family.block_list(model))
+    teacher_parameters = int(sum(p.numel() for p in model.parameters()))
     started = time.perf_counter()
     scores = None
-    if config.blocks is None and config.importance in ("block-influence", "angular") and config.drop_blocks:
+    text = None
+    if config.ffn_keep is not None or config.heads_keep is not None or \
+            (config.blocks is None and config.importance in ("block-influence", "angular") and config.drop_blocks):
         text = load_lm_text(data, "calibration")
-        scores = block_scores(model, family, text.texts[:config.calibration_documents], tokenizer, config, progress)
-        scores["data"] = {"name": text.name, "part": "calibration", "split_sha256": text.split["sha256"],
-                          "documents": min(config.calibration_documents, len(text))}
-    drop = choose_blocks(count, config, scores)
+        texts = text.texts[:config.calibration_documents]
+    if config.blocks is None and config.importance in ("block-influence", "angular") and config.drop_blocks:
+        scores = block_scores(model, family, texts, tokenizer, config, progress)
+    drop = choose_blocks(count, config, scores) if depth else []
     keep = remove_blocks(model, family, drop)
+    width, widths = None, {}
+    if config.ffn_keep is not None or config.heads_keep is not None:  # scored on the model left after the depth cut
+        width = width_scores(model, family, texts, tokenizer, config, progress)
+        widths = remove_width(model, family, config, width)
+    calibration = None if text is None else {"name": text.name, "part": "calibration", "split_sha256": text.split["sha256"],
+                                             "documents": len(texts)}
     teacher_record = read_record(model_dir)
+    text_config = _text_config(model)
     record = {"source": teacher_record.get("source"),
               "prune": {"teacher": str(Path(model_dir).resolve()), "config": config.to_dict(),
                         "dropped_blocks": drop, "kept_blocks": keep, "teacher_blocks": count,
-                        "scores": scores, "parameters": int(sum(p.numel() for p in model.parameters())),
+                        "ffn_neurons": getattr(text_config, family.ffn_size_key, None),
+                        "attention_heads": text_config.num_attention_heads,
+                        "kv_groups": widths.get("kv_groups"), "calibration": calibration,
+                        "scores": scores, "width_scores": width,
+                        "parameters": int(sum(p.numel() for p in model.parameters())),
+                        "teacher_parameters": teacher_parameters,
                         "seconds": round(time.perf_counter() - started, 1)}}
     with atomic_output_dir(out, force) as tmp:
         model.save_pretrained(tmp)

@@ -58,6 +58,7 @@ class Family:
     o: str  # attention output projection (its input is the heads' concatenated context)
     ffn_up: str
     ffn_down: str
+    ffn_gate: str | None = None  # the gate projection of a gated FFN (SwiGLU/GeGLU), sliced like ffn_up
     ffn_size_key: str = "intermediate_size"
     heads_attr: str = "num_attention_heads"  # the attention module's head count
     width_attr: str = "all_head_size"  # the attention module's heads × head size
@@ -234,14 +235,16 @@ register(Family(name="deberta-v2", label="DeBERTa-v2/v3", model_types=("deberta-
                              "norm_rel_ebd": "layer_norm", "share_att_key": True, "type_vocab_size": 0}))
 
 
-# Decoder language models (causal LMs): imported from a GGUF or an HF directory by models/llm.py. Blocks
-# are dropped by compress/llm_prune.py; the other structured operations are refused with that reason.
+# Decoder language models (causal LMs): imported from a GGUF or an HF directory by models/llm.py, pruned by
+# compress/llm_prune.py (blocks; FFN neurons of the gated MLP; attention heads by whole KV groups, so that
+# grouped-query attention stays valid) and healed by compress/llm_distill.py.
+_DECODER_REFUSALS = {"prune_vocab": "a decoder's vocabulary is also its output: not implemented",
+                     "distill_attention": "not implemented for decoders; the hidden-state loss is"}
 _DECODER_PATHS = dict(blocks="layers", attention="self_attn", q="self_attn.q_proj", k="self_attn.k_proj",
                       v="self_attn.v_proj", o="self_attn.o_proj", ffn_up="mlp.up_proj", ffn_down="mlp.down_proj",
-                      token_type_ids="no", ort_fusion=None, tokenizer="bpe", kind="decoder",
-                      operations=frozenset({"drop_layers"}), llm_exporters=("builder", "optimum"),
-                      refusals={op: "not implemented for decoder language models yet" for op in OPERATIONS
-                                if op != "drop_layers"})
+                      ffn_gate="mlp.gate_proj", token_type_ids="no", ort_fusion=None, tokenizer="bpe", kind="decoder",
+                      operations=frozenset({"drop_layers", "prune_ffn", "prune_heads", "distill_hidden"}),
+                      llm_exporters=("builder", "optimum"), refusals=_DECODER_REFUSALS)
 _TINY_DECODER = dict(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                      num_key_value_heads=2, max_position_embeddings=128)  # head size 16: GroupQueryAttention's minimum
 register(Family(name="llama", label="Llama (SmolLM2)", model_types=("llama",), **_DECODER_PATHS,
@@ -298,7 +301,10 @@ register(Family(name="gemma3", label="Gemma 3 (text)", model_types=("gemma3_text
                 test_config={**_TINY_DECODER, "head_dim": 16, "sliding_window": 16}))
 register(Family(name="phi3", label="Phi-3", model_types=("phi3",),
                 **{**_DECODER_PATHS, "q": "self_attn.qkv_proj", "k": "self_attn.qkv_proj", "v": "self_attn.qkv_proj",
-                   "ffn_up": "mlp.gate_up_proj"},
+                   "ffn_up": "mlp.gate_up_proj", "ffn_gate": None,
+                   "operations": frozenset({"drop_layers", "distill_hidden"}),
+                   "refusals": {**_DECODER_REFUSALS, "prune_ffn": "its fused gate_up_proj is not sliced yet",
+                                "prune_heads": "its fused qkv_proj is not sliced yet"}},
                 notes="fused qkv_proj and gate_up_proj",
                 # Phi-3-mini-4k's shape (the builder takes max == original max positions as "no LongRoPE").
                 test_config={**_TINY_DECODER, "pad_token_id": 0, "original_max_position_embeddings": 128}))

@@ -124,7 +124,7 @@ def _keep_table_heads(model, family: Family, kept: dict[int, list[int]]) -> None
 
 
 def keep_ffn(model, family: Family, block_index: int, neurons) -> None:
-    """Keep only FFN neurons ``neurons`` of a block: rows of the up projection, columns of the down one."""
+    """Keep only FFN neurons ``neurons`` of a block: rows of the up (and gate) projection, columns of the down one."""
     import torch
 
     family.check_structure(model.config)
@@ -132,7 +132,25 @@ def keep_ffn(model, family: Family, block_index: int, neurons) -> None:
     keep = torch.as_tensor(sorted(int(k) for k in neurons))
     ffn = family.ffn_of(block)
     _set(block, family.ffn_up, _slice_linear(ffn.up, rows=keep))
+    if family.ffn_gate:
+        _set(block, family.ffn_gate, _slice_linear(_get(block, family.ffn_gate), rows=keep))
     _set(block, family.ffn_down, _slice_linear(ffn.down, cols=keep))
+
+
+def keep_kv_groups(model, family: Family, block_index: int, groups, heads: int, kv_heads: int, head_dim: int) -> None:
+    """Keep only key/value groups ``groups`` of a grouped-query attention block: the k/v rows of each kept group,
+    the q rows of the query heads that read it, and the matching columns of the output projection."""
+    import torch
+
+    block = family.block_list(model)[block_index]
+    per_group = heads // kv_heads
+    groups = sorted(int(g) for g in groups)
+    q_heads = [g * per_group + j for g in groups for j in range(per_group)]
+    rows = lambda hs: torch.tensor([h * head_dim + j for h in hs for j in range(head_dim)])  # noqa: E731
+    _set(block, family.q, _slice_linear(_get(block, family.q), rows=rows(q_heads)))
+    for path in (family.k, family.v):
+        _set(block, path, _slice_linear(_get(block, path), rows=rows(groups)))
+    _set(block, family.o, _slice_linear(_get(block, family.o), cols=rows(q_heads)))
 
 
 def keep_blocks(model, family: Family, keep: list[int]) -> None:
