@@ -76,7 +76,7 @@ def test_unmet_targets_are_reported_not_hidden(llm_recipe, tmp_path):
 
 
 @pytest.mark.parametrize("edit, message", [
-    (("  - import: {}\n", "  - finetune: {}\n"), "takes the steps import, export, quantize, bench"),
+    (("  - import: {}\n", "  - finetune: {}\n"), "takes the steps import, prune, distill, export, quantize, bench"),
     (("max_size_mb: 50", "max_size_md: 50"), "unknown key"),
     (("repeats: 1", "repeatz: 1"), "LLMBenchConfig"),
     (("  - export: {validation_prompts: 2, validation_new_tokens: 4}\n", ""), "needs a 'export' step"),
@@ -92,7 +92,49 @@ def test_bad_recipes_are_refused_in_one_line(llm_recipe, tmp_path, edit, message
     assert result.exit_code == 2 and not (tmp_path / "never" / "report.json").exists()
 
 
-def test_the_shipped_recipe_validates():
+def test_the_shipped_recipes_validate():
     recipe, _ = load_recipe("recipes/smollm2-edge.yaml")
     assert isinstance(recipe, LLMRecipe)
     assert [name for name, _ in recipe.parsed_steps()] == ["import", "export", "quantize", "bench"]
+    small, _ = load_recipe("recipes/smollm2-small.yaml")
+    assert [name for name, _ in small.parsed_steps()] == ["import", "prune", "distill", "export", "quantize", "bench"]
+
+
+SMALL = """version: 1
+name: tiny-small
+model: {model}
+data: {text}
+steps:
+  - import: {{}}
+  - prune: {{drop_blocks: 1, ffn_keep: 0.5, calibration_documents: 4, max_tokens: 32}}
+  - distill: {{epochs: 1, sequence_tokens: 32, train_tokens: 640, top_k: 8, calibration_windows: 2, precision: fp32}}
+  - export: {{validation_prompts: 2, validation_new_tokens: 4, tolerance: 0.01}}
+  - quantize: {{method: int4-weight, max_eval_examples: 16}}
+  - bench: {{threads: [1], prompt_tokens: [8], new_tokens: 4, repeats: 1, warmup_runs: 0, texts: [{text}],
+             windows: 2, window_tokens: 16, peer: none}}
+targets:
+  min_decode_vs_source: 0.0001
+  max_perplexity_increase: 100
+  max_distill_minutes: 30
+"""
+
+
+def test_a_prune_recipe_benches_the_device_model_against_the_source(llm_recipe, tmp_path):
+    _, root = llm_recipe
+    path = tmp_path / "small.yaml"
+    path.write_text(SMALL.format(model=root / "model", text=root / "text.txt"))
+    report = run(path, tmp_path / "out")
+    assert [s["step"] for s in report["steps"]] == ["import", "prune", "distill", "export", "quantize", "bench"]
+    assert report["bench"]["roles"] == ["fp32", "source", "device"]
+    fp32, source, device = report["bench"]["candidates"]
+    assert device["size_bytes"] < source["size_bytes"] < fp32["size_bytes"]
+    assert {t["target"].split(" ")[0] for t in report["targets"]} == {
+        "min_decode_vs_source", "max_perplexity_increase", "max_distill_minutes"}
+    assert all(t["value"] is not None for t in report["targets"]), report["targets"]
+    distill = next(s for s in report["steps"] if s["step"] == "distill")["result"]
+    assert distill["train_tokens"] == 640 and distill["calibration_perplexity"]["after"] > 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(path.read_text().replace("  - prune: {drop_blocks: 1, ffn_keep: 0.5, calibration_documents: 4, "
+                                            "max_tokens: 32}\n", ""))
+    with pytest.raises(EdgeshrinkError, match="needs a 'prune' step"):
+        load_recipe(bad)

@@ -1,4 +1,5 @@
-"""Language-model recipes: import → export → quantize → bench (against the fp32 bundle and llama.cpp) → report.
+"""Language-model recipes: import → [prune → distill] → export → quantize → bench (against the fp32 bundle and
+llama.cpp) → report.
 
     version: 1
     name: smollm2-edge
@@ -15,6 +16,12 @@
       min_decode_limit_fraction: 0.5  # decode tokens/s ÷ the machine's limit for this model
       max_ttft_vs_peer: 1.0           # time to first token ÷ llama.cpp's, at ttft_prompt_tokens
       max_perplexity_increase: 0.05   # on the bench's first text (test part), vs the fp32 bundle
+
+With ``prune`` (and ``distill``, which heals the pruned model from the imported one), the recipe makes a
+smaller device model (recipes/smollm2-small.yaml): ``export`` and ``quantize`` then also make the source's
+fp32 and quantized bundles, and the bench runs all of them, so ``min_decode_vs_source`` and
+``max_perplexity_increase`` compare the device model with the source in one interleaved run
+(perplexity against the source's fp32 bundle, the cloud model).
 
 A recipe is a language-model recipe when its ``model`` is one (see export/llm.py ``is_language_model``).
 Steps are cached exactly like the classifier recipes' (runner.py: a step's key hashes the previous key,
@@ -49,6 +56,8 @@ class LLMTargets(Config):
     min_decode_limit_fraction: float | None = Field(None, gt=0, le=1)
     max_ttft_vs_peer: float | None = Field(None, gt=0)
     max_perplexity_increase: float | None = Field(None, ge=0)  # a fraction: 0.05 = +5%
+    min_decode_vs_source: float | None = Field(None, gt=0)  # device ÷ the source's quantized bundle (prune recipes)
+    max_distill_minutes: float | None = Field(None, gt=0)  # wall time of the distill step when it ran
 
 
 class LLMRecipe(Config):
@@ -68,10 +77,13 @@ class LLMRecipe(Config):
 
 def llm_step_configs() -> dict[str, type[Config]]:
     from edgeshrink.bench.config import LLMBenchConfig
+    from edgeshrink.compress.llm_distill import LLMDistillConfig
+    from edgeshrink.compress.llm_prune import LLMPruneConfig
     from edgeshrink.compress.quantize import QuantConfig
     from edgeshrink.export.llm import LLMExportConfig
 
-    return {"import": LLMImportConfig, "export": LLMExportConfig, "quantize": QuantConfig, "bench": LLMBenchConfig}
+    return {"import": LLMImportConfig, "prune": LLMPruneConfig, "distill": LLMDistillConfig, "export": LLMExportConfig,
+            "quantize": QuantConfig, "bench": LLMBenchConfig}
 
 
 def is_llm_recipe(raw: dict) -> bool:
@@ -112,7 +124,12 @@ def validate_llm_recipe(raw: dict, path: Path, lines: dict) -> LLMRecipe:
     names = [n for n, _ in steps]
     if len(set(names)) != len(names):
         raise EdgeshrinkError(f"{path}: each step appears once in a language-model recipe")
-    for later, needs in (("quantize", "export"), ("bench", "export")):
+    for later, needs in (("quantize", "export"), ("bench", "export"), ("distill", "prune"), ("export", "prune"),
+                         ("export", "distill")):
+        if later in names and needs in names and names.index(needs) > names.index(later):
+            raise EdgeshrinkError(f"{path}: {_where(lines, ('steps', names.index(later)))}: step {later!r} comes "
+                                  f"after {needs!r}")
+    for later, needs in (("quantize", "export"), ("bench", "export"), ("distill", "prune")):
         if later in names and needs not in names[:names.index(later)]:
             raise EdgeshrinkError(f"{path}: {_where(lines, ('steps', names.index(later)))}: step {later!r} needs "
                                   f"a {needs!r} step before it")
@@ -131,6 +148,24 @@ def _import(state, config, out: Path, data) -> dict:
             "result": {"path": str(path), "gguf": record.get("gguf"), "seconds": round(time.perf_counter() - started, 1)}}
 
 
+def _prune(state, config, out: Path, data) -> dict:
+    from edgeshrink.compress.llm_prune import prune_llm
+
+    record = prune_llm(state["model"], out / "model", config, data=data, force=True)["prune"]
+    return {"state": {"model": str(out / "model"), "source_model": state["model"]},
+            "result": {k: record[k] for k in ("dropped_blocks", "kept_blocks", "ffn_neurons", "attention_heads",
+                                              "parameters", "teacher_parameters", "seconds")}}
+
+
+def _distill(state, config, out: Path, data) -> dict:
+    from edgeshrink.compress.llm_distill import distill_llm
+
+    record = distill_llm(state["source_model"], state["model"], out / "model", config, text=data, force=True)["distill"]
+    return {"state": {"model": str(out / "model")},
+            "result": {k: record[k] for k in ("calibration_perplexity", "history", "train_tokens", "train_seconds",
+                                              "precision", "parameters")}}
+
+
 def _export(state, config, out: Path, data) -> dict:
     from edgeshrink.export.llm import export_llm
     from edgeshrink.models.llm import import_llm
@@ -140,9 +175,14 @@ def _export(state, config, out: Path, data) -> dict:
     manifest = export_llm(model, out / "bundle", config, force=True)
     gguf = state.get("gguf") or (read_record(import_llm(model)).get("source") or {}).get("gguf")
     bundle = str(out / "bundle")
-    return {"state": {"bundle": bundle, "fp32_bundle": bundle, "gguf": gguf},
-            "result": {"size_bytes": manifest["size_bytes"], "exporter": manifest["export"]["exporter"],
-                       "validation": manifest["validation"]}}
+    new = {"bundle": bundle, "fp32_bundle": bundle, "gguf": gguf}
+    result = {"size_bytes": manifest["size_bytes"], "exporter": manifest["export"]["exporter"],
+              "validation": manifest["validation"]}
+    if state.get("source_model"):  # a pruned model: the source too, the reference it is measured against
+        source = export_llm(state["source_model"], out / "source", config, force=True)
+        new.update(fp32_bundle=str(out / "source"), source_bundle=str(out / "source"), device_fp32_bundle=bundle)
+        result["source_size_bytes"] = source["size_bytes"]
+    return {"state": new, "result": result}
 
 
 def _quantize(state, config, out: Path, data) -> dict:
@@ -150,25 +190,36 @@ def _quantize(state, config, out: Path, data) -> dict:
 
     manifest = quantize(state["bundle"], out / "bundle", config, data=data, force=True)
     q = manifest["quantization"]
-    return {"state": {"bundle": str(out / "bundle")},
-            "result": {"size_bytes": manifest["size_bytes"], "grid": q.get("grid"), "evaluation": q.get("evaluation")}}
+    new = {"bundle": str(out / "bundle")}
+    result = {"size_bytes": manifest["size_bytes"], "grid": q.get("grid"), "evaluation": q.get("evaluation")}
+    if state.get("source_bundle"):
+        source = quantize(state["source_bundle"], out / "source", config, data=data, force=True)
+        new["source_quantized_bundle"] = str(out / "source")
+        result["source_size_bytes"] = source["size_bytes"]
+    return {"state": new, "result": result}
 
 
 def _bench(state, config, out: Path, data) -> dict:
     from edgeshrink.bench.llm import bench_llm
 
     out.mkdir(parents=True, exist_ok=True)
-    bundles = [state["fp32_bundle"]] + ([state["bundle"]] if state["bundle"] != state["fp32_bundle"] else [])
+    bundles, roles = [state["fp32_bundle"]], ["fp32"]
+    if state.get("source_quantized_bundle"):
+        bundles.append(state["source_quantized_bundle"])
+        roles.append("source")
+    if state["bundle"] != state["fp32_bundle"]:
+        bundles.append(state["bundle"])
+        roles.append("device")
     if config.peer == "auto" and state.get("gguf"):
         config = config.model_copy(update={"peer": state["gguf"]})
     report = bench_llm(bundles, config)
-    report["roles"] = ["fp32"] + (["device"] if len(bundles) > 1 else []) + \
-        ["peer"] * (len(report["candidates"]) - len(bundles))
+    report["roles"] = roles + ["peer"] * (len(report["candidates"]) - len(bundles))
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     return {"state": {}, "result": {"bench": str(out / "bench.json")}}
 
 
-LLM_STEPS: dict[str, Callable] = {"import": _import, "export": _export, "quantize": _quantize, "bench": _bench}
+LLM_STEPS: dict[str, Callable] = {"import": _import, "prune": _prune, "distill": _distill, "export": _export,
+                                  "quantize": _quantize, "bench": _bench}
 # A step whose output changes meaning gets a new version, which enters its cache key (as in runner.py):
 # quantize 2 fuses sibling projections into one MatMulNBits.
 LLM_STEP_VERSIONS = {"quantize": 2}
@@ -179,7 +230,8 @@ def _row(rows: list[dict], **match) -> dict | None:
     return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
 
 
-def check_llm_targets(recipe: LLMRecipe, bench: dict | None, device_size: int | None, gguf: str | None) -> list[dict]:
+def check_llm_targets(recipe: LLMRecipe, bench: dict | None, device_size: int | None, gguf: str | None,
+                      distill: dict | None = None) -> list[dict]:
     t = recipe.targets
     rows = []
 
@@ -196,7 +248,14 @@ def check_llm_targets(recipe: LLMRecipe, bench: dict | None, device_size: int | 
         ratio = device_size / Path(gguf).stat().st_size
         add("max_size_vs_gguf (device bundle ÷ GGUF)", ratio, t.max_size_vs_gguf, ratio <= t.max_size_vs_gguf, "x",
             f"GGUF {Path(gguf).stat().st_size / 1e6:.1f} MB")
-    speed = [t.min_decode_vs_peer, t.min_decode_limit_fraction, t.max_ttft_vs_peer, t.max_perplexity_increase]
+    if t.max_distill_minutes is not None:
+        if distill is None:
+            raise EdgeshrinkError("max_distill_minutes: the recipe has no `distill` step")
+        minutes = distill["train_seconds"] / 60
+        add("max_distill_minutes (healing wall time)", minutes, t.max_distill_minutes, minutes <= t.max_distill_minutes,
+            "min")
+    speed = [t.min_decode_vs_peer, t.min_decode_limit_fraction, t.max_ttft_vs_peer, t.max_perplexity_increase,
+             t.min_decode_vs_source]
     if all(v is None for v in speed):
         return rows
     if bench is None:
@@ -211,6 +270,13 @@ def check_llm_targets(recipe: LLMRecipe, bench: dict | None, device_size: int | 
             raise EdgeshrinkError("min_decode_vs_peer: the bench ran no llama.cpp peer (pip install 'edgeshrink[llamacpp]')")
         add(f"min_decode_vs_peer ({t.threads} thread, decode tokens/s ÷ llama.cpp's)", decode["vs_peer"],
             t.min_decode_vs_peer, decode["vs_peer"] >= t.min_decode_vs_peer, "x")
+    if t.min_decode_vs_source is not None:
+        if "source" not in roles:
+            raise EdgeshrinkError("min_decode_vs_source: the recipe made no smaller model (no `prune` step)")
+        source = _row(bench["candidates"][roles.index("source")]["decode"], threads=t.threads)
+        ratio = decode["tokens_per_s"] / source["tokens_per_s"]
+        add(f"min_decode_vs_source ({t.threads} thread, decode tokens/s ÷ the source's quantized bundle)", ratio,
+            t.min_decode_vs_source, ratio >= t.min_decode_vs_source, "x")
     if t.min_decode_limit_fraction is not None:
         value = decode.get("fraction_of_limit")
         add(f"min_decode_limit_fraction ({t.threads} thread)", value, t.min_decode_limit_fraction,
@@ -268,7 +334,7 @@ def run_llm(recipe_path, recipe: LLMRecipe, recipe_hash: str, out: Path, progres
         "wall_seconds_this_run": round(time.perf_counter() - started, 1),
         "steps": log, "device_bundle": state.get("bundle"), "fp32_bundle": state.get("fp32_bundle"),
         "gguf": state.get("gguf"),
-        "targets": check_llm_targets(recipe, bench, device_size, state.get("gguf")),
+        "targets": check_llm_targets(recipe, bench, device_size, state.get("gguf"), results.get("distill")),
         "bench": bench,
     }
     report["all_targets_met"] = all(t["met"] for t in report["targets"])
