@@ -260,14 +260,7 @@ def distill(teacher: str | Path, student: str | Path, data: DataConfig | str, ou
                         t_attn = teacher_net(**t_batch, output_attentions=True).attentions
                     loss = loss + config.delta_attention * _attention_loss(
                         out_s.attentions, t_attn, teacher_layers, head_map, batch["attention_mask"])
-                run.check_finite(loss, state)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state["step"] += 1
-                running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+                running = run.step(loss, state, params, optimizer, scheduler, running)
                 progress.update(task, advance=1, loss=running, description=f"epoch {epoch + 1}")
             student_net.eval()
             probs = predict_proba(student_net, student_tok, split.calibration.texts, max_length)

@@ -290,14 +290,7 @@ def distill_llm(teacher: str | Path, student: str | Path, out: str | Path, confi
                     with torch.no_grad(), autocast():
                         t_hidden = teacher_net(input_ids=batch, use_cache=False, output_hidden_states=True).hidden_states
                     loss = loss + config.gamma_hidden * _hidden_loss(out_s.hidden_states, t_hidden, teacher_blocks)
-                run.check_finite(loss, state)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state["step"] += 1
-                running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
+                running = run.step(loss, state, params, optimizer, scheduler, running)
                 progress.update(task, advance=1, loss=running, description=f"epoch {epoch + 1}")
             student_net.eval()
             ppl = calibration_perplexity(student_net, windows, device)

@@ -56,42 +56,48 @@ class LLMPruneConfig(Config):
         return self
 
 
+def _run_documents(model, tokenizer, texts, config: LLMPruneConfig, handles, what: str, progress) -> int:
+    """Run each calibration document (``max_tokens`` at most) through ``model``, one at a time, while the hooks
+    in ``handles`` record what they score; remove the hooks; the number of tokens seen."""
+    import torch
+
+    tokens = 0
+    try:
+        with torch.inference_mode():
+            for number, text in enumerate(texts):
+                if progress:
+                    progress(f"scoring {what} on calibration document {number + 1}/{len(texts)}")
+                ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=config.max_tokens)["input_ids"]
+                if ids.shape[1] < 2:
+                    continue
+                model(input_ids=ids, use_cache=False)
+                tokens += ids.shape[1]
+    finally:
+        for handle in handles:
+            handle.remove()
+    if tokens == 0:
+        raise EdgeshrinkError(f"no calibration document has 2 tokens to score the {what} on")
+    return tokens
+
+
 def block_scores(model, family, texts: list[str], tokenizer, config: LLMPruneConfig, progress=None) -> dict:
     """Per block: block influence (1 − mean cosine) and angular distance between its input and output."""
     import torch
 
     blocks = family.block_list(model)
     sums = {"cos": np.zeros(len(blocks)), "angle": np.zeros(len(blocks))}
-    seen = [None] * len(blocks)
-    tokens = 0
 
     def hook(index):
         def record(module, args, kwargs, output):
             x = args[0] if args else kwargs["hidden_states"]
             y = output[0] if isinstance(output, tuple) else output
             cos = torch.nn.functional.cosine_similarity(x.double(), y.double(), dim=-1).clamp(-1, 1).flatten()
-            seen[index] = (float(cos.sum()), float(torch.arccos(cos).sum() / np.pi))
+            sums["cos"][index] += float(cos.sum())
+            sums["angle"][index] += float(torch.arccos(cos).sum() / np.pi)
         return record
 
     handles = [block.register_forward_hook(hook(i), with_kwargs=True) for i, block in enumerate(blocks)]
-    try:
-        with torch.inference_mode():
-            for number, text in enumerate(texts):
-                if progress:
-                    progress(f"scoring blocks on calibration document {number + 1}/{len(texts)}")
-                ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=config.max_tokens)["input_ids"]
-                if ids.shape[1] < 2:
-                    continue
-                model(input_ids=ids, use_cache=False)
-                for i, (cos, angle) in enumerate(seen):
-                    sums["cos"][i] += cos
-                    sums["angle"][i] += angle
-                tokens += ids.shape[1]
-    finally:
-        for handle in handles:
-            handle.remove()
-    if tokens == 0:
-        raise EdgeshrinkError("no calibration document has 2 tokens to score the blocks on")
+    tokens = _run_documents(model, tokenizer, texts, config, handles, "blocks", progress)
     return {"block-influence": (1 - sums["cos"] / tokens).tolist(), "angular": (sums["angle"] / tokens).tolist(),
             "tokens": tokens}
 
@@ -99,8 +105,6 @@ def block_scores(model, family, texts: list[str], tokenizer, config: LLMPruneCon
 def width_scores(model, family, texts: list[str], tokenizer, config: LLMPruneConfig, progress=None) -> dict:
     """Activation importance (Minitron): per block, each FFN neuron's mean |activation| at the down
     projection's input, and each attention head's mean L2 norm of its context at the output projection's."""
-    import torch
-
     blocks = family.block_list(model)
     text_config = _text_config(model)
     heads = text_config.num_attention_heads
@@ -120,18 +124,7 @@ def width_scores(model, family, texts: list[str], tokenizer, config: LLMPruneCon
 
     handles = [family.ffn_of(b).down.register_forward_pre_hook(on_down(i)) for i, b in enumerate(blocks)]
     handles += [_get_path(b, family.o).register_forward_pre_hook(on_o(i)) for i, b in enumerate(blocks)]
-    tokens = 0
-    try:
-        with torch.inference_mode():
-            for number, text in enumerate(texts):
-                if progress:
-                    progress(f"scoring FFN neurons and heads on calibration document {number + 1}/{len(texts)}")
-                ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=config.max_tokens)["input_ids"]
-                model(input_ids=ids, use_cache=False)
-                tokens += ids.shape[1]
-    finally:
-        for handle in handles:
-            handle.remove()
+    tokens = _run_documents(model, tokenizer, texts, config, handles, "FFN neurons and heads", progress)
     return {"ffn": [(f / tokens).tolist() for f in ffn], "heads": [(h / tokens).tolist() for h in head],
             "tokens": tokens}
 

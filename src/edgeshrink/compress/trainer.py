@@ -5,7 +5,7 @@
     state = run.resume({"student": net, "optimizer": opt, "scheduler": sched})
     while run.go_on(state, epochs, patience):
         rng = run.seed_epoch(seed, state["epoch"])   # batch order (and dropout) seeded by the epoch
-        ...; run.check_finite(loss, state)           # a NaN stops the run, the last good checkpoint kept
+        running = run.step(loss, state, params, optimizer, scheduler, running)  # a NaN stops the run
         run.end_epoch(state, modules, net, score, higher_is_better=True, row={...})
     run.load_best(net); run.finish(out, write)      # the finished model replaces OUT in one rename
 
@@ -78,6 +78,19 @@ class TrainRun:
         if not torch.isfinite(loss):
             raise EdgeshrinkError(f"the loss became {loss.item()} at step {state['step'] + 1} (epoch "
                                   f"{state['epoch'] + 1}); the last good checkpoint is kept in {self.partial}")
+
+    def step(self, loss, state: dict, params, optimizer, scheduler, running: float | None) -> float:
+        """NaN check, backward, gradients clipped at norm 1, optimizer and schedule step; the smoothed loss."""
+        import torch
+
+        self.check_finite(loss, state)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        return loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
 
     def end_epoch(self, state: dict, modules: dict, model, score: float, higher_is_better: bool, row: dict) -> bool:
         """Record the epoch, keep the model if ``score`` is the best so far, write the checkpoint. Improved?"""
