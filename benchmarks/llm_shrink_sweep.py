@@ -64,7 +64,7 @@ def article_nll(model_dir: Path, articles: list[str], max_tokens: int) -> tuple[
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--plans", default="bi4,bi8,bi12,uniform8,ffn50,bi4-ffn50")
+    parser.add_argument("--plans", default="bi4,bi8,bi12,uniform8,ffn50")
     parser.add_argument("--heal-tokens", type=int, default=100_000)
     parser.add_argument("--learning-rate", type=float, default=4e-4)
     parser.add_argument("--articles", type=int, default=120, help="BBC test articles in the paired ablation")
