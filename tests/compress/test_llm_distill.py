@@ -147,3 +147,6 @@ def test_cli_builds_and_heals_a_student(pair, text, tmp_path):
     refused = CliRunner().invoke(app, ["distill", "--teacher", str(teacher), "--data", text, "--out",
                                        str(tmp_path / "t"), "--drop-blocks", "1", "--label-free"])
     assert refused.exit_code == 2 and "--label-free apply to classifiers" in refused.stderr
+    missing = CliRunner().invoke(app, ["distill", "--teacher", str(teacher), "--data", text, "--out", str(tmp_path / "m"),
+                                       "--drop-blocks", "1", "--extra-text", str(tmp_path / "none.txt")])
+    assert missing.exit_code == 2 and "none.txt" in missing.stderr and not (tmp_path / "m.student").exists()

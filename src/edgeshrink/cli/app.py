@@ -571,7 +571,11 @@ def _distill_decoder(teacher: str, student: str | None, data: str, out: Path, dr
                      ffn: float | None, heads: float | None, force: bool, json_out, extra_text: list[str], **settings) -> None:
     from edgeshrink.compress.llm_distill import LLMDistillConfig, distill_llm
 
+    from edgeshrink.data.lm_text import load_lm_text
+
     config = LLMDistillConfig.build(**settings)
+    for text in (data, *extra_text):  # before a student is built: a bad text leaves nothing behind
+        load_lm_text(text, "train", config.split)
     if student is None:
         if drop_blocks is None and ffn is None and heads is None:
             raise fail("give --student, or build one with --drop-blocks/--ffn/--heads")

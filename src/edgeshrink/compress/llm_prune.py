@@ -32,6 +32,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from edgeshrink.config import Config
+from edgeshrink.models.arch import _get
 from edgeshrink.errors import EdgeshrinkError
 
 IMPORTANCE = ("block-influence", "angular", "first", "last", "uniform")
@@ -123,16 +124,10 @@ def width_scores(model, family, texts: list[str], tokenizer, config: LLMPruneCon
         return record
 
     handles = [family.ffn_of(b).down.register_forward_pre_hook(on_down(i)) for i, b in enumerate(blocks)]
-    handles += [_get_path(b, family.o).register_forward_pre_hook(on_o(i)) for i, b in enumerate(blocks)]
+    handles += [_get(b, family.o).register_forward_pre_hook(on_o(i)) for i, b in enumerate(blocks)]
     tokens = _run_documents(model, tokenizer, texts, config, handles, "FFN neurons and heads", progress)
     return {"ffn": [(f / tokens).tolist() for f in ffn], "heads": [(h / tokens).tolist() for h in head],
             "tokens": tokens}
-
-
-def _get_path(obj, path: str):
-    from edgeshrink.models.arch import _get
-
-    return _get(obj, path)
 
 
 def _text_config(model):
@@ -150,8 +145,6 @@ def _kept_count(fraction: float, total: int, what: str, key: str) -> int:
 def remove_width(model, family, config: LLMPruneConfig, scores: dict) -> dict:
     """Keep the most important FFN neurons / KV groups of every block (the same count in each, as one config
     holds one width); physically removed, the config updated. Returns what was kept per block."""
-    import numpy as np
-
     from edgeshrink.models import surgery
 
     text_config = _text_config(model)

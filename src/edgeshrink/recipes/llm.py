@@ -124,11 +124,10 @@ def validate_llm_recipe(raw: dict, path: Path, lines: dict) -> LLMRecipe:
     names = [n for n, _ in steps]
     if len(set(names)) != len(names):
         raise EdgeshrinkError(f"{path}: each step appears once in a language-model recipe")
-    for later, needs in (("quantize", "export"), ("bench", "export"), ("distill", "prune"), ("export", "prune"),
-                         ("export", "distill")):
-        if later in names and needs in names and names.index(needs) > names.index(later):
+    for later, optional in (("export", "prune"), ("export", "distill")):  # a model step, when present, comes first
+        if later in names and optional in names and names.index(optional) > names.index(later):
             raise EdgeshrinkError(f"{path}: {_where(lines, ('steps', names.index(later)))}: step {later!r} comes "
-                                  f"after {needs!r}")
+                                  f"after {optional!r}")
     for later, needs in (("quantize", "export"), ("bench", "export"), ("distill", "prune")):
         if later in names and needs not in names[:names.index(later)]:
             raise EdgeshrinkError(f"{path}: {_where(lines, ('steps', names.index(later)))}: step {later!r} needs "
@@ -411,21 +410,23 @@ def write_llm_plots(report: dict, out: Path) -> list[str]:
                label=f"{role}: {c['name']}")
     ax.set(xticks=range(len(threads)), xticklabels=[f"{t} thread(s)" for t in threads], ylabel="decode tokens/s",
            title=f"{report['name']}: decode speed")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "decode.png", dpi=110)
-    plt.close(fig)
-    names.append("decode.png")
+    names.append(_save(fig, ax, out, "decode.png"))
     fig, ax = plt.subplots(figsize=(6, 4))
     for role, c in candidates:
         rows = sorted((r for r in c["ttft"] if r["threads"] == threads[0]), key=lambda r: r["prompt_tokens"])
         ax.plot([r["prompt_tokens"] for r in rows], [r["median_ms"] for r in rows], "o-", label=f"{role}: {c['name']}")
     ax.set(xlabel="prompt tokens", ylabel="time to first token (ms)", xscale="log", yscale="log",
            title=f"{report['name']}: time to first token, {threads[0]} thread(s)")
+    names.append(_save(fig, ax, out, "ttft.png"))
+    return names
+
+
+def _save(fig, ax, out: Path, name: str) -> str:
+    import matplotlib.pyplot as plt
+
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out / "ttft.png", dpi=110)
+    fig.savefig(out / name, dpi=110)
     plt.close(fig)
-    names.append("ttft.png")
-    return names
+    return name
 
