@@ -105,14 +105,28 @@ def finetune(model: Annotated[str, typer.Argument(help="Local model directory or
              learning_rate: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 1.5e-4).")] = None,
              seed: Annotated[Optional[int], typer.Option(help="Random seed (default 0).")] = None,
              max_train_examples: Annotated[Optional[int], typer.Option(help="Train on a subset (quick runs).")] = None,
+             prompt: Annotated[Optional[Path], typer.Option(help="Language models: a prompt file (PromptConfig YAML; "
+                                                            "default: the data's built-in prompt).")] = None,
+             few_shot: Annotated[Optional[int], typer.Option(help="Language models: train-split examples shown in "
+                                                             "the prompt (default 0).")] = None,
              text_column: TextCol = "text", label_column: LabelCol = "label",
              force: Force = False, json_out: JsonOut = None) -> None:
-    """Fine-tune a pretrained encoder into a text classifier (the cloud model); report test accuracy."""
+    """Fine-tune a pretrained encoder into a text classifier (the cloud model), or a language model to answer
+    the data's prompted task; report test accuracy."""
+    from edgeshrink.export.llm import is_language_model
     from edgeshrink.models.finetune import FinetuneConfig, finetune as run
 
     config = FinetuneConfig.build(epochs=epochs, max_length=max_length, batch_size=batch_size,
                                   learning_rate=learning_rate, seed=seed, max_train_examples=max_train_examples)
-    record = run(model, _data_config(data, text_column, label_column), out, config, force=force)
+    prompt_config = None
+    if prompt is not None or few_shot is not None:
+        if not is_language_model(model):
+            raise fail("--prompt and --few-shot apply to language models")
+        from edgeshrink.route.prompts import read_prompt
+
+        prompt_config = read_prompt(prompt) if prompt is not None else None
+    record = run(model, _data_config(data, text_column, label_column), out, config, force=force, prompt=prompt_config,
+                 few_shot=few_shot)
     test = record["test"]
     typer.echo(f"test accuracy {100 * test['accuracy']:.2f}% [95% CI {100 * test['ci95'][0]:.1f}, "
                f"{100 * test['ci95'][1]:.1f}] on {test['n']} examples; {record['train_seconds']:.0f} s; saved {out}")

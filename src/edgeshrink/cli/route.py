@@ -15,6 +15,10 @@ DeviceOpt = Annotated[Path, typer.Option("--device", help="Device bundle (router
 CloudOpt = Annotated[str, typer.Option("--cloud", help="Cloud model: a bundle or a PyTorch model directory.")]
 
 
+def _num(value, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
 @route_app.command("calibrate")
 @handled
 def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
@@ -24,7 +28,8 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
               budget: Annotated[Optional[float], typer.Option(help="budget: most fraction of requests escalated.")] = None,
               target_accuracy: Annotated[Optional[float], typer.Option(help="accuracy: hybrid accuracy to reach (0-1).")] = None,
               max_drop: Annotated[Optional[float], typer.Option(help="accuracy: or at most this below the cloud (0-1).")] = None,
-              signal: Annotated[Optional[str], typer.Option(help="max-prob | margin | neg-entropy.")] = None,
+              signal: Annotated[Optional[str], typer.Option(help="max-prob | margin | neg-entropy; a language model "
+                                                            "also: mean-logprob | min-logprob | neg-mean-entropy.")] = None,
               label_free: Annotated[bool, typer.Option("--label-free", help="Error = disagreement with the cloud.")] = False,
               p_value: Annotated[Optional[str], typer.Option(help="binomial | hoeffding-bentkus.")] = None,
               no_temperature: Annotated[bool, typer.Option("--no-temperature", help="Skip temperature scaling.")] = False,
@@ -34,6 +39,10 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
               device_latency_ms: Annotated[Optional[float], typer.Option(help="Cost model: device time (default: measured by eval).")] = None,
               device_energy_mj: Annotated[Optional[float], typer.Option(help="Cost model: energy per device inference.")] = None,
               keep_truncated: Annotated[bool, typer.Option("--keep-truncated", help="Do not escalate inputs the device truncates.")] = False,
+              prompt: Annotated[Optional[Path], typer.Option(help="Language models: a prompt file (PromptConfig YAML; "
+                                                             "default: the data's built-in prompt).")] = None,
+              few_shot: Annotated[Optional[int], typer.Option(help="Language models: train-split examples shown in "
+                                                              "the prompt (default 0).")] = None,
               text_column: TextCol = "text", label_column: LabelCol = "label", json_out: JsonOut = None) -> None:
     """Fit temperature and threshold on the calibration split; write router.json into the device bundle."""
     from edgeshrink.route.calibrate import RouteConfig, calibrate as run
@@ -45,12 +54,20 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
                                max_drop=max_drop, signal=signal, label_free=label_free or None, p_value=p_value,
                                temperature_scaling=False if no_temperature else None, cost=cost or None,
                                escalate_truncated=False if keep_truncated else None)
+    if prompt is not None or few_shot is not None:
+        from edgeshrink.route.prompts import PROMPTS, PromptConfig, read_prompt
+
+        base = read_prompt(prompt) if prompt is not None else PROMPTS.get(str(data), PromptConfig())
+        config = RouteConfig.from_dict({**config.to_dict(), "prompt": base.to_dict()
+                                        | ({"few_shot": few_shot} if few_shot is not None else {})})
     router = run(device, cloud, _data_config(data, text_column, label_column), config)
     cal = router["calibration"]
     fit = cal["temperature_fit"]
     typer.echo(f"router ({router['policy']['policy']}, {router['signal']}) written to {device / 'router.json'}")
-    typer.echo(f"temperature {router['temperature']:.3f}: calibration ECE {fit['before']['ece']:.4f} -> "
-               f"{fit['after']['ece']:.4f}, NLL {fit['before']['nll']:.4f} -> {fit['after']['nll']:.4f}")
+    scaling = f"temperature {router['temperature']:.3f}" + \
+        (f", bias {router['bias']:+.3f} (Platt)" if router.get("bias") is not None else "")
+    typer.echo(f"{scaling}: calibration ECE {_num(fit['before']['ece'])} -> {_num(fit['after']['ece'])}, "
+               f"NLL {_num(fit['before']['nll'])} -> {_num(fit['after']['nll'])}")
     threshold = "escalate everything" if router["escalate_everything"] else \
         ("never escalate" if router["threshold"] is None else f"{router['threshold']:.6f}")
     typer.echo(f"threshold {threshold}: {100 * cal['escalation_rate']:.1f}% of {router['n']} calibration requests "
@@ -121,7 +138,16 @@ def evaluate(device: DeviceOpt, cloud: CloudOpt,
                   f"{report['split']['sha256'][:12]} != {report['calibration_split_sha256'][:12]}): these figures are "
                   "on other data, not on the calibration data's held-out test split")
     cal = report["calibration_on_test"]
-    out.print(f"test ECE {cal['ece_before']:.4f} -> {cal['ece_after']:.4f} with temperature {cal['temperature']:.3f}")
+    out.print(f"test ECE {_num(cal['ece_before'])} -> {_num(cal['ece_after'])} with temperature {cal['temperature']:.3f}"
+              + (f", bias {cal['bias']:+.3f} (Platt)" if cal.get("bias") is not None else ""))
+    if report.get("signals"):
+        signals = Table(title="confidence signals of the language model (fitted on calibration, scored on test)")
+        for column in ("signal", "AUROC right vs wrong", "ECE after scaling", "APGR"):
+            signals.add_column(column)
+        for name, row in report["signals"].items():
+            signals.add_row(name + (" (router)" if name == report["router"]["signal"] else ""), _num(row["auroc"], 3),
+                            _num(row["ece_after"]), _num(row["apgr"], 3))
+        out.print(signals)
     if report.get("guarantee_check"):
         check = Table(title="guarantee check: how often risk ≤ α when the router is recalibrated")
         for column in ("risk", "α", "δ", "n cal", "held %: population", "held-out half", "needed", "coverage %", "ok"):

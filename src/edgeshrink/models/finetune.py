@@ -6,7 +6,8 @@
 
 One verb for both kinds: training a classifier on the train split and scoring it on the test split is the
 same technique, with the same settings (epochs, batch size, learning rate and schedule, seed, split);
-``finetune`` dispatches on the model (models/cnn.py for CNNs, where ``max_length`` does not apply).
+``finetune`` dispatches on the model (models/cnn.py for CNNs, where ``max_length`` does not apply;
+models/llm_finetune.py for decoder LLMs, which learn to answer the data's prompted task).
 """
 
 from __future__ import annotations
@@ -47,15 +48,23 @@ class FinetuneConfig(Config):
 
 
 def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
-             config: FinetuneConfig | None = None, force: bool = False) -> dict:
+             config: FinetuneConfig | None = None, force: bool = False, prompt=None,
+             few_shot: int | None = None) -> dict:
     """Train a classification head (and the encoder) on the train split; report test accuracy.
 
     ``model`` may also be a CNN (a built-in architecture such as ``digits-cnn``, or a CNN directory):
     it is then trained on image data by ``models.cnn.finetune_cnn``.
     """
+    from edgeshrink.export.llm import is_language_model
     from edgeshrink.models.cnn import finetune_cnn, is_cnn
 
     config = config or FinetuneConfig()
+    if is_language_model(model):  # a decoder learns to answer the data's prompted task (models/llm_finetune.py)
+        from edgeshrink.models.llm_finetune import finetune_llm
+
+        return finetune_llm(model, data, out, config, prompt=prompt, few_shot=few_shot, force=force)
+    if prompt is not None or few_shot is not None:
+        raise EdgeshrinkError("a prompt applies to language models; a classifier is trained on the texts as they are")
     if is_cnn(model):
         return finetune_cnn(model, data, out, config, force)
     from edgeshrink.data.images import ImageExamples

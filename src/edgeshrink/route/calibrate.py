@@ -25,9 +25,10 @@ from pydantic import Field
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.route.confidence import SIGNALS, calibration_report, fit_temperature, scaled_probs
+from edgeshrink.route.confidence import confidence_report, confidence_scores, fit_confidence
 from edgeshrink.route.policies import CalibrationData, PolicyConfig, choose_threshold
-from edgeshrink.route.router import DEFAULT_COST, ROUTER_NAME, ROUTER_SCHEMA
+from edgeshrink.route.prompts import PromptConfig
+from edgeshrink.route.router import DEFAULT_COST, ROUTER_NAME, ROUTER_SCHEMA, as_prompted
 
 
 class CostConfig(Config):
@@ -44,6 +45,7 @@ class RouteConfig(PolicyConfig):
     cost: CostConfig = CostConfig()
     escalate_truncated: bool = True  # inputs the device cuts at max_length go to the cloud
     split: SplitConfig = SplitConfig()
+    prompt: PromptConfig | None = None  # language models: the task's prompt (None: the data's built-in one)
 
 
 def label_ids(labels: list[str], names: list[str], where: str) -> np.ndarray:
@@ -60,35 +62,61 @@ def check_same_labels(device, cloud) -> None:
                               f"{list(cloud.labels)}")
 
 
-def calibration_data(device_probs, cloud_probs, labels, temperature, config: PolicyConfig) -> CalibrationData:
-    scores = SIGNALS[config.signal](scaled_probs(device_probs, temperature))
+def calibration_data(device_probs, cloud_probs, labels, fitted: dict, config: PolicyConfig,
+                     answer_signals: dict | None = None) -> CalibrationData:
+    scores = confidence_scores(config.signal, device_probs, answer_signals, fitted)
     device_pred, cloud_pred = device_probs.argmax(1), cloud_probs.argmax(1)
     return CalibrationData(scores, None if labels is None else device_pred == labels,
                            None if labels is None else cloud_pred == labels, device_pred == cloud_pred)
 
 
-def fit(device_probs, cloud_probs, labels, config: PolicyConfig) -> float:
-    """The device model's temperature: on the labels, or on the cloud's answers without them."""
-    if not config.temperature_scaling:
-        return 1.0
-    return fit_temperature(device_probs, cloud_probs.argmax(1) if config.label_free else labels)
+def fit(device_probs, cloud_probs, labels, config: PolicyConfig, answer_signals: dict | None = None) -> dict:
+    """The device model's scaling (``fit_confidence``): on the labels, or on the cloud's answers without them."""
+    reference = cloud_probs.argmax(1) if config.label_free else labels
+    return fit_confidence(config.signal, device_probs, answer_signals, reference, config.temperature_scaling)
+
+
+def subset(answer_signals: dict | None, rows) -> dict | None:
+    return None if answer_signals is None else {k: v[rows] for k, v in answer_signals.items()}
+
+
+def load_models(device, cloud, prompt: dict | None):
+    """The device bundle and the cloud model as predictors; language-model bundles answer ``prompt``."""
+    from edgeshrink.export.llm import is_language_model
+    from edgeshrink.models.torch_text import load_predictor
+    from edgeshrink.runtime import load
+    from edgeshrink.runtime.bundle import MANIFEST_NAME
+
+    device_model = as_prompted(load(device), prompt)
+    if isinstance(cloud, (str, Path)):
+        if not (Path(cloud) / MANIFEST_NAME).exists() and is_language_model(cloud):
+            raise EdgeshrinkError(f"cloud {cloud} is a language model directory: export it to a bundle first "
+                                  f"(edgeshrink export {cloud} --out BUNDLE)")
+        cloud = as_prompted(load_predictor(cloud), prompt)
+    check_same_labels(device_model, cloud)
+    return device_model, cloud
+
+
+def is_prompted(device) -> bool:
+    from edgeshrink.runtime import read_manifest
+
+    return read_manifest(device, verify=False).get("task") == "text-generation"
 
 
 def calibrate(device: str | Path, cloud, data: DataConfig | str, config: RouteConfig | None = None,
               cloud_name: str | None = None) -> dict:
     """Fit the router on the calibration split; write router.json into the ``device`` bundle; return it."""
     from edgeshrink.data.images import model_inputs
-    from edgeshrink.models.torch_text import load_predictor
-    from edgeshrink.runtime import load
+    from edgeshrink.route.prompts import prompt_for
 
     config = config or RouteConfig()
     device_path = Path(device)
-    device_model = load(device_path)
-    cloud_model = load_predictor(cloud) if isinstance(cloud, (str, Path)) else cloud
-    check_same_labels(device_model, cloud_model)
     examples = load_data(data)
-    if examples.label_names:
-        split = split_examples(examples, config.split)
+    split = split_examples(examples, config.split) if examples.label_names else None
+    prompt = prompt_for(examples, shots=split.train if split else None, base=config.prompt).to_dict() \
+        if is_prompted(device_path) else None
+    device_model, cloud_model = load_models(device_path, cloud, prompt)
+    if split is not None:
         part, data_info = split.calibration, split.data_record()
     elif config.label_free:  # unlabelled traffic: every row calibrates (nothing here trains or tests)
         part, data_info = examples, {"source": examples.source.source, "name": examples.name, "unlabelled": True,
@@ -100,20 +128,22 @@ def calibrate(device: str | Path, cloud, data: DataConfig | str, config: RouteCo
     device_out, cloud_out = device_model.predict(inputs), cloud_model.predict(inputs)
     keep = ~np.array(device_out.truncated) if config.escalate_truncated else np.ones(len(part), bool)
     d, c = device_out.probabilities[keep], cloud_out.probabilities[keep]
+    answer = subset(getattr(device_out, "signals", None), keep)
     y = None if labels is None else labels[keep]
-    temperature = fit(d, c, y, config)
-    threshold = choose_threshold(calibration_data(d, c, y, temperature, config), config, len(device_model.labels))
+    fitted = fit(d, c, y, config, answer)
+    threshold = choose_threshold(calibration_data(d, c, y, fitted, config, answer), config, len(device_model.labels))
     reference = c.argmax(1) if config.label_free else y
     router = {
         "kind": "edgeshrink-router", "schema_version": ROUTER_SCHEMA,
-        "policy": config.to_dict(), "signal": config.signal, "temperature": temperature,
+        "policy": config.to_dict(), "signal": config.signal, "temperature": fitted["temperature"],
+        "bias": fitted["bias"], "prompt": prompt,
         "threshold": None if np.isinf(threshold.value) else threshold.value,
         "escalate_everything": threshold.value == np.inf, "feasible": threshold.feasible,
         "alpha": config.alpha, "delta": config.delta, "label_free": config.label_free,
         "n": int(keep.sum()), "truncated_left_out": int((~keep).sum()), "guarantee": threshold.guarantee,
         "calibration": {"escalation_rate": threshold.escalation_rate, "device_risk": threshold.device_risk,
                         **threshold.details,
-                        "temperature_fit": calibration_report(d, reference, temperature)},
+                        "temperature_fit": confidence_report(config.signal, d, answer, reference, fitted)},
         "cost": config.cost.to_dict(), "rules": {"escalate_truncated": config.escalate_truncated},
         "labels": list(device_model.labels),
         "data": data_info,

@@ -21,8 +21,9 @@ from pydantic import Field
 
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, load_data, split_examples
-from edgeshrink.route.calibrate import PolicyConfig, calibration_data, check_same_labels, fit, label_ids
-from edgeshrink.route.confidence import SIGNALS, ece, nll, reliability, scaled_probs
+from edgeshrink.route.calibrate import PolicyConfig, calibration_data, fit, label_ids, load_models, subset
+from edgeshrink.route.confidence import (SIGNALS, binary_ece, confidence_report, confidence_scores, ece,
+                                         fit_confidence, nll, reliability, scaled_probs)
 from edgeshrink.route.policies import choose_threshold, examples_needed, too_small
 from edgeshrink.route.router import read_router, request_cost, threshold_of
 from edgeshrink.stats import accuracy_interval, mcnemar_p
@@ -70,7 +71,7 @@ def apgr_cpt(curve: dict, device_accuracy: float, cloud_accuracy: float) -> dict
 
 
 def guarantee_check(device_probs, cloud_probs, labels, policy: PolicyConfig, config: EvalConfig,
-                    n_classes: int) -> list[dict]:
+                    n_classes: int, answer_signals: dict | None = None) -> list[dict]:
     """How often the risk bound holds, two ways, with and without labels, for every α asked for.
 
     *population*: the pooled calibration + test examples are the population; ``resplits`` calibration
@@ -109,10 +110,12 @@ def guarantee_check(device_probs, cloud_probs, labels, policy: PolicyConfig, con
                                temperature_scaling=policy.temperature_scaling, min_examples=policy.min_examples)
 
             def run(cal, test):
-                t = fit(device_probs[cal], cloud_probs[cal], labels[cal], cfg)
-                threshold = choose_threshold(calibration_data(device_probs[cal], cloud_probs[cal], labels[cal], t, cfg),
-                                             cfg, n_classes)
-                on_device = SIGNALS[cfg.signal](scaled_probs(device_probs[test], t)) >= threshold.value
+                a = subset(answer_signals, cal)
+                t = fit(device_probs[cal], cloud_probs[cal], labels[cal], cfg, a)
+                threshold = choose_threshold(calibration_data(device_probs[cal], cloud_probs[cal], labels[cal], t, cfg,
+                                                              a), cfg, n_classes)
+                on_device = confidence_scores(cfg.signal, device_probs[test], subset(answer_signals, test), t) \
+                    >= threshold.value
                 return (float(wrong[test][on_device].mean()) if on_device.any() else 0.0), float(on_device.mean())
 
             population = [run(cal, np.arange(n)) for cal in draws]
@@ -130,9 +133,10 @@ def guarantee_check(device_probs, cloud_probs, labels, policy: PolicyConfig, con
 
 
 def _device_latency_ms(device, texts, samples: int) -> float:
+    from edgeshrink.route.router import as_prompted
     from edgeshrink.runtime import load
 
-    single = load(device.path, threads=1, verify=False)
+    single = as_prompted(load(device.path, threads=1, verify=False), getattr(device, "prompt", None))
     for text in texts[:5]:
         single.predict([text])
     times = []
@@ -154,15 +158,11 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str | None = None, co
     """
     from edgeshrink.data.provenance import data_to_read, split_as_recorded
     from edgeshrink.data.images import model_inputs
-    from edgeshrink.models.torch_text import load_predictor
-    from edgeshrink.runtime import load
 
     config = config or EvalConfig()
     router = read_router(device)
     policy = PolicyConfig.from_dict({k: v for k, v in router["policy"].items() if k in PolicyConfig.model_fields})
-    device_model = load(device)
-    cloud_model = load_predictor(cloud) if isinstance(cloud, (str, Path)) else cloud
-    check_same_labels(device_model, cloud_model)
+    device_model, cloud_model = load_models(device, cloud, router.get("prompt"))
     recorded = (router.get("data") or {}).get("split")
     examples = load_data(data_to_read(recorded, data, "this router"))
     split = split_as_recorded(examples, recorded, "this router") if data is None else \
@@ -178,8 +178,10 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str | None = None, co
         if progress:
             progress(key)
     d, c = outputs["device_test"].probabilities, outputs["cloud_test"].probabilities
+    answer = getattr(outputs["device_test"], "signals", None)
     temperature = float(router["temperature"])
-    scores = SIGNALS[router["signal"]](scaled_probs(d, temperature))
+    fitted = {"temperature": temperature, "bias": router.get("bias")}
+    scores = confidence_scores(router["signal"], d, answer, fitted)
     threshold = threshold_of(router)
     truncated = np.array(outputs["device_test"].truncated)
     escalate = (scores < threshold) | (truncated & router["rules"]["escalate_truncated"])
@@ -226,11 +228,7 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str | None = None, co
                  "cloud_only": {"per_1000_requests": 1000 * cloud_only["money"],
                                 "mean_latency_ms": cloud_only["latency_ms"] - (cost["device_latency_ms"] or 0)},
                  "cloud_calls_saved": float(on_device.mean())},
-        "calibration_on_test": {"temperature": temperature,
-                                "ece_before": ece(d, y_test), "ece_after": ece(scaled_probs(d, temperature), y_test),
-                                "nll_before": nll(d, y_test), "nll_after": nll(scaled_probs(d, temperature), y_test),
-                                "reliability_before": reliability(d, y_test),
-                                "reliability_after": reliability(scaled_probs(d, temperature), y_test)},
+        "calibration_on_test": calibration_on_test(router["signal"], d, answer, y_test, fitted),
         "routing": apgr_cpt(curve, device_accuracy, cloud_accuracy),
         "curves": curve,
     }
@@ -239,11 +237,61 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str | None = None, co
         pool_c = np.concatenate([outputs["cloud_cal"].probabilities, c])
         pool_y = np.concatenate([y_cal, y_test])
         keep = ~np.concatenate([np.array(outputs["device_cal"].truncated), truncated])
-        report["guarantee_check"] = guarantee_check(pool_d[keep], pool_c[keep], pool_y[keep], policy, config, len(names))
+        pool_a = None if answer is None else \
+            {k: np.concatenate([outputs["device_cal"].signals[k], v]) for k, v in answer.items()}
+        report["guarantee_check"] = guarantee_check(pool_d[keep], pool_c[keep], pool_y[keep], policy, config, len(names),
+                                                    subset(pool_a, keep))
+    if answer is not None:  # every signal on the same test answers, to choose between them
+        report["signals"] = compare_signals(outputs["device_cal"], outputs["device_test"], y_cal, y_test,
+                                            c.argmax(1) == y_test, config.curve_points)
     if plots is not None:
         write_plots(report, Path(plots))
         report["plots"] = str(plots)
     return report
+
+
+def calibration_on_test(signal: str, probs, answer, labels, fitted: dict) -> dict:
+    """ECE/NLL on the test split before and after the router's scaling, and the reliability bins.
+
+    Label-distribution signals: of the label probabilities. Answer signals: of P(answer right), the
+    bins then of that confidence against whether the device was right."""
+    if signal in SIGNALS:
+        scaled = scaled_probs(probs, fitted["temperature"])
+        return {"temperature": fitted["temperature"], "ece_before": ece(probs, labels), "ece_after": ece(scaled, labels),
+                "nll_before": nll(probs, labels), "nll_after": nll(scaled, labels),
+                "reliability_before": reliability(probs, labels), "reliability_after": reliability(scaled, labels)}
+    fit_report = confidence_report(signal, probs, answer, labels, fitted)
+    correct = probs.argmax(1) == labels
+    after = confidence_scores(signal, probs, answer, fitted)
+    as_two = lambda p: np.stack([1 - p, p], axis=1)  # noqa: E731 - reliability() of P(right) vs right
+    before = None if signal == "neg-mean-entropy" else np.exp(answer[signal])
+    return {"temperature": fitted["temperature"], "bias": fitted["bias"],
+            "ece_before": fit_report["before"]["ece"], "ece_after": fit_report["after"]["ece"],
+            "nll_before": fit_report["before"]["nll"], "nll_after": fit_report["after"]["nll"],
+            "reliability_before": [] if before is None else reliability(as_two(before), correct.astype(int)),
+            "reliability_after": reliability(as_two(after), correct.astype(int))}
+
+
+def compare_signals(device_cal, device_test, y_cal, y_test, cloud_correct, points: int) -> dict:
+    """For every signal a prompted device gives: its scaling fitted on the calibration split, then on the
+    test split AUROC for telling right from wrong answers, ECE after scaling, and APGR."""
+    from scipy.stats import mannwhitneyu
+
+    device_correct = device_test.probabilities.argmax(1) == y_test
+    rows = {}
+    for signal in (*SIGNALS, *device_test.signals):
+        fitted = fit_confidence(signal, device_cal.probabilities, device_cal.signals, y_cal)
+        scores = confidence_scores(signal, device_test.probabilities, device_test.signals, fitted)
+        right, wrong = scores[device_correct], scores[~device_correct]
+        auroc = float(mannwhitneyu(right, wrong).statistic / (len(right) * len(wrong))) if len(right) and len(wrong) \
+            else None
+        conf = scores if signal not in SIGNALS else scaled_probs(device_test.probabilities, fitted["temperature"]).max(1)
+        curve = curves(scores, device_correct, cloud_correct, points)
+        rows[signal] = {"auroc": auroc, "ece_after": binary_ece(conf, device_correct) if signal not in SIGNALS
+                        else ece(scaled_probs(device_test.probabilities, fitted["temperature"]), y_test),
+                        "apgr": apgr_cpt(curve, float(device_correct.mean()), float(cloud_correct.mean()))["apgr"],
+                        "fitted": fitted}
+    return rows
 
 
 def policy_split(router: dict):

@@ -36,7 +36,10 @@ from edgeshrink.route.confidence import signal_range
 class PolicyConfig(Config):
     version: int = 1
     policy: Literal["budget", "accuracy", "risk", "risk+budget"] = "risk"
-    signal: Literal["max-prob", "margin", "neg-entropy"] = "max-prob"
+    # max-prob | margin | neg-entropy (label distribution), or a prompted LLM's answer signal:
+    # mean-logprob | min-logprob | neg-mean-entropy (route/confidence.py)
+    signal: Literal["max-prob", "margin", "neg-entropy", "mean-logprob", "min-logprob", "neg-mean-entropy"] = \
+        "max-prob"
     temperature_scaling: bool = True
     alpha: float | None = Field(None, gt=0, lt=1)  # risk: tolerated error rate among device answers
     delta: float = Field(0.1, gt=0, lt=1)  # risk: allowed probability that the bound fails

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.route.confidence import SIGNALS, scaled_probs
+from edgeshrink.route.confidence import confidence_scores
 
 ROUTER_NAME = "router.json"
 ESCALATE_REASONS = ("cloud only", "truncated", "not confident")
@@ -62,6 +62,18 @@ def threshold_of(settings: dict) -> float:
     return -math.inf if settings["threshold"] is None else float(settings["threshold"])
 
 
+def as_prompted(model, prompt: dict | None):
+    """A language-model bundle answers the router's prompted task (runtime/prompted.py); others as they are."""
+    if getattr(model, "manifest", {}).get("task") != "text-generation":
+        return model
+    if not prompt:
+        raise EdgeshrinkError(f"{model.path} is a language model: its router needs a prompt (calibrate it on "
+                              f"labelled data)")
+    from edgeshrink.runtime.prompted import PromptedLLM
+
+    return PromptedLLM(model, prompt)
+
+
 def read_router(bundle: str | Path) -> dict:
     """The bundle's router.json, checked against the hash the manifest records for it."""
     from edgeshrink.runtime.bundle import _sha256, read_manifest
@@ -85,8 +97,8 @@ class Router:
     def __init__(self, device, cloud, settings: dict):
         self.device, self.cloud, self.settings = device, cloud, settings
         self.threshold = threshold_of(settings)
-        self.temperature = float(settings.get("temperature", 1.0))
-        self.signal = SIGNALS[settings["signal"]]
+        self.fitted = {"temperature": float(settings.get("temperature", 1.0)), "bias": settings.get("bias")}
+        self.signal = settings["signal"]
         self.cost = {**DEFAULT_COST, **settings.get("cost", {})}
         self.escalate_truncated = settings.get("rules", {}).get("escalate_truncated", True)
         cloud_labels = getattr(cloud, "labels", None)
@@ -98,10 +110,12 @@ class Router:
     def from_bundle(cls, bundle: str | Path, cloud, threads: int | None = None) -> "Router":
         from edgeshrink.runtime import load
 
-        return cls(load(bundle, threads=threads), cloud, read_router(bundle))
+        settings = read_router(bundle)
+        return cls(as_prompted(load(bundle, threads=threads), settings.get("prompt")), cloud, settings)
 
-    def scores(self, probabilities: np.ndarray) -> np.ndarray:
-        return self.signal(scaled_probs(probabilities, self.temperature))
+    def scores(self, predictions) -> np.ndarray:
+        return confidence_scores(self.signal, predictions.probabilities, getattr(predictions, "signals", None),
+                                 self.fitted)
 
     def decide(self, device, private: list[bool] | None = None,
                cloud_only: list[bool] | None = None) -> tuple[np.ndarray, list[str], list[bool]]:
@@ -113,7 +127,7 @@ class Router:
             raise EdgeshrinkError("private and cloud_only need one flag per text")
         if any(p and c for p, c in zip(private, cloud_only)):
             raise EdgeshrinkError("a request cannot be both private and cloud-only")
-        scores = self.scores(device.probabilities)
+        scores = self.scores(device)
         reasons = []
         for i in range(n):
             if private[i]:

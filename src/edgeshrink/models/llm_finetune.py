@@ -1,0 +1,188 @@
+"""Fine-tune a decoder language model on a prompted classification task: a cloud LLM for the router.
+
+    from edgeshrink.models.llm_finetune import finetune_llm
+    record = finetune_llm("smollm2-135m", "sentiment-movies", "runs/smollm2-sentiment", FinetuneConfig(epochs=1))
+
+Each train example becomes the prompt of ``route/prompts.py`` (the data's built-in prompt, or the one
+given) followed by the label's answer words and end-of-sequence; the loss is next-token cross-entropy
+on those answer tokens only, so the model learns to answer the task in the format the router scores.
+The prompt is rendered with the same code as the torch-free ``runtime.prompted`` uses, so the
+exported bundle answers exactly what was trained. Test accuracy is scored like the router scores it:
+the label whose answer tokens are most likely.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+
+from edgeshrink import __version__
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.runtime.prompted import cut_text, render
+from edgeshrink.stats import accuracy_interval
+
+
+class HFPrompter:
+    """Token ids of prompts and answers with a Hugging Face tokenizer (the training side of PromptedLLM)."""
+
+    def __init__(self, tokenizer, prompt: dict):
+        self.tokenizer, self.prompt = tokenizer, prompt
+        self.chat = (lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)) \
+            if tokenizer.chat_template else None
+        answers = [prompt.get("answers", {}).get(label, label) for label in prompt["labels"]]
+        head = self._ids(render(prompt, "x", self.chat))
+        self.answer_ids = []
+        for word in answers:
+            full = self._ids(render(prompt, "x", self.chat) + word)
+            self.answer_ids.append(full[len(head):] if full[:len(head)] == head else self._ids(word))
+        self.eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def prompt_ids(self, text: str) -> list[int]:
+        text, _ = cut_text(lambda t: [e for _, e in self.tokenizer(t, add_special_tokens=False,
+                                                                    return_offsets_mapping=True)["offset_mapping"]],
+                           text, int(self.prompt.get("max_text_tokens", 256)))
+        add_special = self.chat is None
+        return self.tokenizer(render(self.prompt, text, self.chat), add_special_tokens=add_special)["input_ids"]
+
+
+def _pad(rows: list[list[int]], value: int):
+    import torch
+
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (width - len(r)) for r in rows])
+
+
+def answer_logliks(net, prompter: HFPrompter, texts: list[str], batch_size: int = 16, device: str = "cpu",
+                   progress=None) -> np.ndarray:
+    """(n, labels): the summed log-probability of each label's answer tokens after the prompt.
+
+    Single-token answers are all read from one pass over the prompt; longer ones get a pass each.
+    Rows are batched by length, so padding stays short."""
+    import torch
+
+    single = all(len(a) == 1 for a in prompter.answer_ids)
+    prompts = [prompter.prompt_ids(t) for t in texts]
+    pairs = [(i, None, p, []) for i, p in enumerate(prompts)] if single else \
+        [(i, j, p, a) for i, p in enumerate(prompts) for j, a in enumerate(prompter.answer_ids)]
+    pairs.sort(key=lambda pair: len(pair[2]) + len(pair[3]))
+    out = np.zeros((len(texts), len(prompter.answer_ids)))
+    first = torch.tensor([a[0] for a in prompter.answer_ids])
+    pad = prompter.tokenizer.pad_token_id or 0
+    with torch.inference_mode():
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start:start + batch_size]
+            rows = [p + a for _, _, p, a in chunk]
+            ids = _pad(rows, pad).to(device)
+            mask = _pad([[1] * len(r) for r in rows], 0).to(device)
+            logp = torch.log_softmax(net(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1).cpu()
+            for k, (i, j, p, a) in enumerate(chunk):
+                if j is None:
+                    out[i] = logp[k, len(p) - 1, first].numpy()
+                else:
+                    positions = torch.arange(len(p) - 1, len(p) + len(a) - 1)
+                    out[i, j] = float(logp[k, positions, torch.tensor(a)].sum())
+            if progress:
+                progress(len(chunk) if single else len(chunk) / len(prompter.answer_ids))
+    return out
+
+
+def finetune_llm(model, data, out, config, prompt=None, few_shot: int | None = None, force: bool = False) -> dict:
+    """Train ``model`` (a decoder) to answer the prompted task of ``data``; see the module doc.
+
+    ``config`` is the classifier's ``FinetuneConfig`` (epochs, batch size, learning rate and schedule,
+    seed, split, subset); ``max_length`` does not apply (the prompt's ``max_text_tokens`` cuts inputs).
+    ``prompt``: a ``PromptConfig`` (default: the data's built-in prompt, else the generic one)."""
+    import torch
+    from rich.progress import Progress
+    from transformers import get_linear_schedule_with_warmup
+
+    from edgeshrink._files import atomic_output_dir, check_output_dir
+    from edgeshrink.compress.llm_distill import _load, choose_precision
+    from edgeshrink.compress.trainer import progress_columns
+    from edgeshrink.data import load_data, split_examples
+    from edgeshrink.models.finetune import seed_training
+    from edgeshrink.models.llm import import_llm
+    from edgeshrink.models.sources import RECORD_NAME
+    from edgeshrink.route.prompts import prompt_for
+
+    check_output_dir(out, force)
+    examples = load_data(data)
+    split = split_examples(examples, config.split)
+    prompt = prompt_for(examples, shots=split.train, base=prompt, few_shot=few_shot, seed=config.seed)
+    model_dir = import_llm(model)
+    seed_training(config)
+    net, tokenizer = _load(model_dir, config.device)
+    prompter = HFPrompter(tokenizer, prompt.to_dict())
+    train = split.train if config.max_train_examples is None else split.train.head(config.max_train_examples)
+    label_index = {name: i for i, name in enumerate(prompt.labels)}
+    sequences = []
+    for text, label in zip(train.texts, train.labels):
+        ids = prompter.prompt_ids(text)
+        answer = prompter.answer_ids[label_index[label]] + prompter.eos
+        sequences.append((ids + answer, len(ids)))
+    precision = choose_precision("auto", config.device)
+    steps_per_epoch = math.ceil(len(sequences) / config.batch_size)
+    total_steps = max(1, int(steps_per_epoch * config.epochs))
+    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=config.learning_rate,
+                                  weight_decay=config.weight_decay)
+    schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total_steps), total_steps)
+    rng = np.random.default_rng(config.seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    history, started, step = [], time.perf_counter(), 0
+    net.train()
+    with Progress(*progress_columns("fine-tune"), transient=True) as progress:
+        task = progress.add_task(f"{len(sequences)} examples", total=total_steps, loss=float("nan"))
+        while step < total_steps:
+            order = rng.permutation(len(sequences))
+            running, count = 0.0, 0
+            for start in range(0, len(order), config.batch_size):
+                if step >= total_steps:
+                    break
+                batch = [sequences[i] for i in order[start:start + config.batch_size]]
+                ids = _pad([s for s, _ in batch], pad).to(config.device)
+                mask = _pad([[1] * len(s) for s, _ in batch], 0).to(config.device)
+                targets = torch.full_like(ids, -100)
+                for k, (s, prompt_len) in enumerate(batch):
+                    targets[k, prompt_len:len(s)] = ids[k, prompt_len:len(s)]
+                with torch.autocast(config.device, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                    logits = net(input_ids=ids, attention_mask=mask, use_cache=False).logits
+                loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets[:, 1:])
+                if not torch.isfinite(loss):
+                    raise EdgeshrinkError(f"the loss became {float(loss)} at step {step}: lower the learning rate")
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+                optimizer.step()
+                schedule.step()
+                optimizer.zero_grad(set_to_none=True)
+                running, count, step = running + loss.item(), count + 1, step + 1
+                progress.update(task, advance=1, loss=running / count)
+            history.append({"epoch": len(history) + 1, "loss": running / max(count, 1), "steps": step})
+    train_seconds = time.perf_counter() - started
+    net.eval()
+    with Progress(*progress_columns("test accuracy")[:3], transient=True) as progress:
+        task = progress.add_task("", total=len(split.test))
+        logliks = answer_logliks(net, prompter, list(split.test.texts), device=config.device,
+                                 progress=lambda n: progress.update(task, advance=n))
+    correct = int(sum(int(row.argmax()) == label_index[y] for row, y in zip(logliks, split.test.labels)))
+    low, high = accuracy_interval(correct, len(split.test))
+    record = {
+        "kind": "edgeshrink-model", "edgeshrink_version": __version__, "task": "text-generation",
+        "source": {"model": str(model), "path": str(model_dir)},
+        "prompted_task": {"prompt": prompt.to_dict(), "scored_by": "label log-likelihood"},
+        "data": split.data_record(), "finetune": config.to_dict(), "precision": precision, "history": history,
+        "train_seconds": round(train_seconds, 1), "train_examples": len(train),
+        "train_tokens": int(sum(len(s) for s, _ in sequences) * config.epochs),
+        "test": {"accuracy": correct / len(split.test), "correct": correct, "n": len(split.test), "ci95": [low, high]},
+    }
+    with atomic_output_dir(out, force) as tmp:
+        net.to("cpu").save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2))
+    return record

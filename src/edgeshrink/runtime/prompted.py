@@ -1,0 +1,137 @@
+"""A language-model bundle as a classifier: prompted, answered by label log-likelihood (torch-free).
+
+    from edgeshrink.runtime import load
+    from edgeshrink.runtime.prompted import PromptedLLM
+    llm = PromptedLLM(load("runs/smollm2-int4"), prompt)      # prompt: a PromptConfig dict (route/prompts.py)
+    result = llm.predict(["a gorgeous, witty film"])
+    result.labels, result.probabilities, result.signals["mean-logprob"]
+
+For each text the prompt is prefilled once; every label's answer tokens are then scored from the cached
+keys and values (one more step per answer token after the first). ``probabilities`` is the softmax of
+the labels' summed answer log-probabilities. ``signals`` holds, for the chosen label's answer tokens,
+their mean and minimum log-probability and the negative mean entropy of the next-token distribution
+(all over the whole vocabulary, means over tokens so length does not count) — the generation signals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.runtime.generate import log_softmax
+from edgeshrink.runtime.predictor import Predictions
+
+ANSWER_SIGNALS = ("mean-logprob", "min-logprob", "neg-mean-entropy")
+
+
+def messages(prompt: dict, text: str) -> list[dict]:
+    """The chat for ``text``: the system turn, the few-shot turns, then the question."""
+    answers = [prompt.get("answers", {}).get(label, label) for label in prompt["labels"]]
+
+    def user(t):
+        return prompt["user"].replace("{labels}", ", ".join(answers)).replace("{text}", t)
+
+    chat = [{"role": "system", "content": prompt["system"]}] if prompt.get("system") else []
+    for shot_text, shot_label in prompt.get("shots", []):
+        chat += [{"role": "user", "content": user(shot_text)},
+                 {"role": "assistant", "content": prompt.get("answers", {}).get(shot_label, shot_label)}]
+    return chat + [{"role": "user", "content": user(text)}]
+
+
+def render(prompt: dict, text: str, chat=None) -> str:
+    """The prompt text for ``text``: through ``chat`` (a chat-template renderer of messages), else plain."""
+    if chat is not None:
+        return chat(messages(prompt, text))
+    return "\n\n".join(m["content"] for m in messages(prompt, text)) + "\nAnswer: "
+
+
+def cut_text(tokenizer_encode, text: str, limit: int) -> tuple[str, bool]:
+    """``text`` cut after its first ``limit`` tokens (``tokenizer_encode(text)`` gives the end offsets)."""
+    ends = tokenizer_encode(text)
+    return (text[:ends[limit - 1]], True) if len(ends) > limit else (text, False)
+
+
+@dataclass
+class PromptedPredictions(Predictions):
+    signals: dict = field(default_factory=dict)  # name -> (n,) generation signal of the chosen answer
+    answer_logliks: np.ndarray | None = None  # (n, labels) summed answer log-probabilities
+
+
+class PromptedLLM:
+    """``predict(texts) -> PromptedPredictions`` over ``prompt["labels"]``, like a classifier bundle."""
+
+    def __init__(self, generator, prompt: dict):
+        if not prompt.get("labels"):
+            raise EdgeshrinkError("the prompt has no label set")
+        self.generator, self.prompt = generator, prompt
+        self.labels = list(prompt["labels"])
+        self.path = generator.path
+        self.answers = [prompt.get("answers", {}).get(label, label) for label in self.labels]
+        self.answer_ids = [self._answer_ids(word) for word in self.answers]
+        if any(not ids for ids in self.answer_ids):
+            raise EdgeshrinkError(f"an answer word tokenizes to nothing: {self.answers}")
+
+    def render(self, text: str) -> str:
+        g = self.generator
+        return render(self.prompt, text, g.render_chat if g.chat_template is not None else None)
+
+    def _answer_ids(self, word: str) -> list[int]:
+        """The answer's tokens as they follow the prompt (tokenized in context, so a leading space or a
+        merge with the prompt's last characters comes out as the model saw it in training)."""
+        g = self.generator
+        head = g.tokenizer.encode(self.render("x"), add_special_tokens=False).ids
+        full = g.tokenizer.encode(self.render("x") + word, add_special_tokens=False).ids
+        if full[:len(head)] == head:
+            return full[len(head):]
+        return g.tokenizer.encode(word, add_special_tokens=False).ids
+
+    def prompt_ids(self, text: str) -> tuple[list[int], bool]:
+        """Token ids of the prompt for ``text`` (cut to max_text_tokens first) and whether it was cut."""
+        g, limit = self.generator, int(self.prompt.get("max_text_tokens", 256))
+        text, truncated = cut_text(lambda t: [e for _, e in g.tokenizer.encode(t, add_special_tokens=False).offsets],
+                                   text, limit)
+        rendered = self.render(text)
+        add_special = g.chat_template is None and g.manifest["tokenizer"].get("add_special_tokens", True)
+        ids = g.tokenizer.encode(rendered, add_special_tokens=add_special).ids
+        longest = max(len(a) for a in self.answer_ids)
+        if len(ids) + longest > g.context_length:
+            raise EdgeshrinkError(f"the prompt ({len(ids)} tokens) does not fit the context of {g.context_length}")
+        return ids, truncated
+
+    def score(self, text: str) -> tuple[np.ndarray, list[list[tuple[float, float]]], bool]:
+        """Per label: the summed answer log-probability; per label and answer token: (log-prob, entropy)."""
+        g = self.generator
+        ids, truncated = self.prompt_ids(text)
+        logits, past = g._step(ids, g._empty_past(), len(ids))
+        first = log_softmax(logits[-1])
+        first_entropy = float(-(np.exp(first) * first).sum())
+        totals, per_token = [], []
+        for answer in self.answer_ids:
+            steps = [(float(first[answer[0]]), first_entropy)]
+            if len(answer) > 1:
+                rows, _ = g._step(answer[:-1], past, len(ids) + len(answer) - 1)
+                for row, token in zip(rows, answer[1:]):
+                    lp = log_softmax(row)
+                    steps.append((float(lp[token]), float(-(np.exp(lp) * lp).sum())))
+            per_token.append(steps)
+            totals.append(sum(lp for lp, _ in steps))
+        return np.array(totals), per_token, truncated
+
+    def predict(self, texts, batch_size: int = 1) -> PromptedPredictions:  # batch_size: the Predictor's signature
+        texts = list(texts)
+        logliks = np.zeros((len(texts), len(self.labels)))
+        signals = {name: np.zeros(len(texts)) for name in ANSWER_SIGNALS}
+        truncated = []
+        for i, text in enumerate(texts):
+            totals, per_token, cut = self.score(text)
+            logliks[i] = totals
+            steps = per_token[int(np.argmax(totals))]
+            signals["mean-logprob"][i] = np.mean([lp for lp, _ in steps])
+            signals["min-logprob"][i] = min(lp for lp, _ in steps)
+            signals["neg-mean-entropy"][i] = -np.mean([h for _, h in steps])
+            truncated.append(cut)
+        z = logliks - logliks.max(axis=1, keepdims=True)
+        probs = (np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)).astype(np.float32)
+        return PromptedPredictions([self.labels[j] for j in probs.argmax(1)], probs, truncated, signals, logliks)
