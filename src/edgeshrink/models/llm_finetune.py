@@ -29,7 +29,7 @@ from edgeshrink.stats import accuracy_interval
 class HFPrompter:
     """Token ids of prompts and answers with a Hugging Face tokenizer (the training side of PromptedLLM)."""
 
-    def __init__(self, tokenizer, prompt: dict):
+    def __init__(self, tokenizer, prompt: dict, context_length: int):
         self.tokenizer, self.prompt = tokenizer, prompt
         self.chat = (lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)) \
             if tokenizer.chat_template else None
@@ -40,6 +40,12 @@ class HFPrompter:
             full = self._ids(render(prompt, "x", self.chat) + word)
             self.answer_ids.append(full[len(head):] if full[:len(head)] == head else self._ids(word))
         self.eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        overhead = len(tokenizer(render(prompt, "", self.chat), add_special_tokens=True)["input_ids"])
+        room = context_length - overhead - max(len(a) for a in self.answer_ids) - 2  # as PromptedLLM cuts
+        if room < 1:
+            raise EdgeshrinkError(f"the prompt ({overhead} tokens without the text) leaves no room in the context of "
+                                  f"{context_length}: use fewer few-shot examples or a shorter prompt")
+        self.text_limit = min(int(prompt.get("max_text_tokens", 256)), room)
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -47,9 +53,14 @@ class HFPrompter:
     def prompt_ids(self, text: str) -> list[int]:
         text, _ = cut_text(lambda t: [e for _, e in self.tokenizer(t, add_special_tokens=False,
                                                                     return_offsets_mapping=True)["offset_mapping"]],
-                           text, int(self.prompt.get("max_text_tokens", 256)))
+                           text, self.text_limit)
         add_special = self.chat is None
         return self.tokenizer(render(self.prompt, text, self.chat), add_special_tokens=add_special)["input_ids"]
+
+
+def context_length(config) -> int:
+    """The positions a decoder's config allows (what the exported bundle records as its context)."""
+    return int(getattr(config, "max_position_embeddings", None) or 2048)
 
 
 def _pad(rows: list[list[int]], value: int):
@@ -119,7 +130,7 @@ def finetune_llm(model, data, out, config, prompt=None, few_shot: int | None = N
     model_dir = import_llm(model)
     seed_training(config)
     net, tokenizer = _load(model_dir, config.device)
-    prompter = HFPrompter(tokenizer, prompt.to_dict())
+    prompter = HFPrompter(tokenizer, prompt.to_dict(), context_length(net.config))
     train = split.train if config.max_train_examples is None else split.train.head(config.max_train_examples)
     label_index = {name: i for i, name in enumerate(prompt.labels)}
     sequences = []

@@ -72,6 +72,14 @@ class PromptedLLM:
         self.answer_ids = [self._answer_ids(word) for word in self.answers]
         if any(not ids for ids in self.answer_ids):
             raise EdgeshrinkError(f"an answer word tokenizes to nothing: {self.answers}")
+        # Room for the text: the context less the prompt around it, the longest answer and a margin of 2 for
+        # merges at the text's edges. Inputs are cut to this or to max_text_tokens, whichever is shorter.
+        overhead = len(generator.tokenizer.encode(self.render(""), add_special_tokens=True).ids)
+        room = generator.context_length - overhead - max(len(a) for a in self.answer_ids) - 2
+        if room < 1:
+            raise EdgeshrinkError(f"the prompt ({overhead} tokens without the text) leaves no room in the context of "
+                                  f"{generator.context_length}: use fewer few-shot examples or a shorter prompt")
+        self.text_limit = min(int(prompt.get("max_text_tokens", 256)), room)
 
     def render(self, text: str) -> str:
         g = self.generator
@@ -89,7 +97,7 @@ class PromptedLLM:
 
     def prompt_ids(self, text: str) -> tuple[list[int], bool]:
         """Token ids of the prompt for ``text`` (cut to max_text_tokens first) and whether it was cut."""
-        g, limit = self.generator, int(self.prompt.get("max_text_tokens", 256))
+        g, limit = self.generator, self.text_limit
         text, truncated = cut_text(lambda t: [e for _, e in g.tokenizer.encode(t, add_special_tokens=False).offsets],
                                    text, limit)
         rendered = self.render(text)
