@@ -1,0 +1,214 @@
+"""Speculative decoding: the device model drafts, the cloud model verifies k tokens in one pass (torch-free).
+
+    from edgeshrink.runtime import load
+    from edgeshrink.runtime.speculative import LocalTarget, speculate
+    result = speculate(load("runs/smollm2-int4"), LocalTarget(load("runs/smollm2-fp32")), "Tell me about tea",
+                       max_new_tokens=64)                         # greedy: token for token the cloud's output
+    result.text, result.stats["acceptance_rate"], result.stats["target_passes_per_token"]
+
+Each round the draft model proposes ``k`` tokens; the target (cloud) model scores all of them, and the
+token after them, in one forward pass over its KV cache. Acceptance follows Leviathan et al. (2023),
+Algorithm 1: draft token x is kept with probability min(1, p(x) / q(x)) (p: target, q: draft, both after
+the same temperature / top-k / top-p); at the first rejection a token is drawn from norm(max(0, p − q)),
+and when all k are kept one more is drawn from p. The output is then distributed exactly as the target
+model's own sampling; at temperature 0 both distributions are one-hot and the rule reduces to "keep
+while the target's argmax agrees, then take the target's argmax": greedy output is token-identical.
+
+The target is anything with ``verify(tokens, draft, sampling) -> list[(ids, probs)]``: the target's
+distribution at each of the k + 1 positions, as its support and probabilities. ``LocalTarget`` runs a
+bundle in this process; ``serve.speculate_client.HTTPTarget`` asks a cloud service in one request per
+round. Both keep a KV cache of the accepted prefix, cut back to it after each round.
+
+Draft length is adaptive (as in Hugging Face's assisted generation): +2 after a round where every
+drafted token was kept, −1 otherwise, within [k_min, k_max].
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.runtime.generate import log_softmax
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def check(self) -> None:
+        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise EdgeshrinkError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+
+
+def distribution(logits: np.ndarray, sampling: Sampling) -> tuple[np.ndarray, np.ndarray]:
+    """The next-token distribution a sampler with ``sampling`` draws from, as (token ids, probabilities).
+
+    The same transformation as ``Generator._choose``: temperature, then top-k, then top-p (nucleus)."""
+    if sampling.temperature == 0:
+        return np.array([int(np.argmax(logits))]), np.array([1.0])
+    scaled = log_softmax(logits) / sampling.temperature
+    order = np.argsort(-scaled, kind="stable")
+    if sampling.top_k:
+        order = order[:sampling.top_k]
+    probs = np.exp(scaled[order] - scaled[order].max())
+    probs /= probs.sum()
+    if sampling.top_p < 1:
+        keep = int(np.searchsorted(np.cumsum(probs), sampling.top_p)) + 1
+        order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+    return order, probs
+
+
+class CachedModel:
+    """A bundle's generator with a KV cache of a token prefix, fed only what it has not seen."""
+
+    def __init__(self, generator):
+        self.g = generator
+        self.tokens: list[int] = []  # the prefix the cache holds
+        self.past = generator._empty_past()
+        self.axis = {name: _sequence_axis(generator.inputs[name].shape) for name in generator.past_names}
+
+    def logits(self, tokens: list[int], rows: int = 1) -> np.ndarray:
+        """Logits at the positions of ``tokens`` after the longest prefix the cache holds (at least the last
+        ``rows`` positions are computed)."""
+        common = 0
+        limit = min(len(self.tokens), len(tokens) - rows)
+        while common < limit and self.tokens[common] == tokens[common]:
+            common += 1
+        self.crop(common)
+        if len(tokens) > self.g.context_length:
+            raise EdgeshrinkError(f"{len(tokens)} tokens exceed the context length {self.g.context_length}")
+        out, self.past = self.g._step(tokens[common:], self.past, len(tokens))
+        self.tokens = list(tokens)
+        return out
+
+    def crop(self, length: int) -> None:
+        if length < len(self.tokens):
+            self.past = {name: np.take(value, range(length), axis=self.axis[name]) for name, value in self.past.items()}
+            self.tokens = self.tokens[:length]
+
+
+def _sequence_axis(shape) -> int:
+    for i, dim in enumerate(shape):
+        if isinstance(dim, str) and ("sequence" in dim or "past" in dim):
+            return i
+    return 2  # [batch, kv heads, sequence, head dim]
+
+
+class LocalTarget:
+    """The target (cloud) model in this process."""
+
+    def __init__(self, generator):
+        self.model = CachedModel(generator)
+        self.passes = 0
+
+    def verify(self, tokens: list[int], draft: list[int], sampling: Sampling) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The target's distribution after ``tokens`` and after each drafted token: k + 1 of them."""
+        rows = self.model.logits(tokens + draft, rows=len(draft) + 1)
+        self.passes += 1
+        return [distribution(row, sampling) for row in rows[-(len(draft) + 1):]]
+
+
+@dataclass
+class SpeculativeResult:
+    text: str
+    token_ids: list[int]
+    stop_reason: str
+    stats: dict = field(default_factory=dict)
+
+
+def speculate(draft_generator, target, prompt, max_new_tokens: int = 64, sampling: Sampling | None = None,
+              k: int = 4, k_min: int = 1, k_max: int = 8, adaptive: bool = True, seed: int | None = None,
+              stream=None) -> SpeculativeResult:
+    """Generate with ``draft_generator`` drafting and ``target`` verifying (see the module doc).
+
+    ``prompt``: text, chat messages or token ids (encoded by the draft's tokenizer, which must be the
+    target's). ``stream(token_ids, text)`` is called with the tokens each round adds."""
+    sampling = sampling or Sampling()
+    sampling.check()
+    if max_new_tokens <= 0:
+        raise EdgeshrinkError(f"max_new_tokens must be positive, got {max_new_tokens}")
+    if not 1 <= k_min <= k <= k_max:
+        raise EdgeshrinkError(f"need 1 <= k_min <= k <= k_max, got {k_min}, {k}, {k_max}")
+    g = draft_generator
+    prompt_ids = list(prompt) if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], int) \
+        else g.encode(prompt)
+    if not prompt_ids:
+        raise EdgeshrinkError("the prompt is empty")
+    if len(prompt_ids) + max_new_tokens > g.context_length:
+        raise EdgeshrinkError(f"prompt of {len(prompt_ids)} tokens + max_new_tokens {max_new_tokens} exceeds the "
+                              f"context length {g.context_length}")
+    rng = np.random.default_rng(seed)
+    draft = CachedModel(g)
+    tokens, generated = list(prompt_ids), []
+    stats = {"rounds": 0, "drafted": 0, "accepted": 0, "draft_lengths": []}
+    stop_reason, started = "length", time.perf_counter()
+    while len(generated) < max_new_tokens:
+        room = max_new_tokens - len(generated)
+        length = min(k, room)  # the target adds one token of its own each round
+        proposal, q_dists = [], []
+        for _ in range(length):
+            row = draft.logits(tokens + proposal)[-1]
+            ids, probs = distribution(row, sampling)
+            token = int(ids[0]) if sampling.temperature == 0 else int(rng.choice(ids, p=probs))
+            q_full = np.zeros(row.shape[-1])
+            q_full[ids] = probs
+            proposal.append(token)
+            q_dists.append(q_full)
+            if token in g.eos_ids:
+                break
+        p_dists = target.verify(tokens, proposal, sampling)
+        if len(p_dists) != len(proposal) + 1:
+            raise EdgeshrinkError(f"the target answered {len(p_dists)} distributions for {len(proposal)} drafted tokens")
+        accepted = 0
+        new: list[int] = []
+        for i, token in enumerate(proposal):
+            ids, probs = p_dists[i]
+            p_token = float(probs[ids == token].sum())
+            if sampling.temperature == 0:
+                keep = p_token > 0
+            else:
+                keep = rng.random() < min(1.0, p_token / q_dists[i][token])
+            if not keep:
+                residual = np.maximum(probs - q_dists[i][ids], 0.0)
+                if residual.sum() <= 0:  # p == q on p's support (only by rounding): draw from p
+                    residual = probs
+                new.append(int(rng.choice(ids, p=residual / residual.sum())))
+                break
+            new.append(token)
+            accepted += 1
+            if token in g.eos_ids:
+                break
+        else:  # every drafted token kept: one more from the target's last distribution
+            ids, probs = p_dists[-1]
+            new.append(int(ids[0]) if sampling.temperature == 0 else int(rng.choice(ids, p=probs)))
+        stats["rounds"] += 1
+        stats["drafted"] += len(proposal)
+        stats["accepted"] += accepted
+        stats["draft_lengths"].append(len(proposal))
+        if adaptive:
+            k = min(k_max, k + 2) if accepted == len(proposal) else max(k_min, k - 1)
+        new = new[:room]
+        if any(t in g.eos_ids for t in new):
+            new = new[:next(i for i, t in enumerate(new) if t in g.eos_ids)]
+            stop_reason = "eos"
+        tokens += new
+        generated += new
+        if stream is not None and new:
+            stream(new, g.tokenizer.decode(generated, skip_special_tokens=True))
+        if stop_reason == "eos":
+            break
+    seconds = time.perf_counter() - started
+    text = g.tokenizer.decode(generated, skip_special_tokens=True)
+    rounds = stats["rounds"]
+    stats.update(generated=len(generated), seconds=seconds,
+                 acceptance_rate=stats["accepted"] / stats["drafted"] if stats["drafted"] else None,
+                 target_passes=rounds, target_passes_per_token=rounds / len(generated) if generated else None,
+                 tokens_per_target_pass=len(generated) / rounds if rounds else None,
+                 target_passes_saved=len(generated) - rounds)
+    stats["mean_draft_length"] = float(np.mean(stats.pop("draft_lengths"))) if rounds else None
+    return SpeculativeResult(text, generated, stop_reason, stats)
