@@ -88,3 +88,22 @@ def test_bad_arguments_are_one_line_errors(pair):
                    {"max_new_tokens": 10_000}):
         with pytest.raises(EdgeshrinkError):
             speculate(draft, LocalTarget(target), "hi", **{"max_new_tokens": 4, **kwargs})
+
+
+def test_cli_generate_with_a_draft_prints_the_targets_output(pair, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgeshrink.cli import app
+
+    target, draft = pair
+    runner = CliRunner()
+    alone = runner.invoke(app, ["generate", str(target.path), "a good film", "--max-new-tokens", "12"])
+    drafted = runner.invoke(app, ["generate", str(target.path), "a good film", "--max-new-tokens", "12", "--draft",
+                                  str(draft.path), "--json", str(tmp_path / "s.json")])
+    assert alone.exit_code == 0 and drafted.exit_code == 0, drafted.output
+    assert json.loads((tmp_path / "s.json").read_text())["text"] == target.generate("a good film", 12).text
+    assert "passes of" in drafted.output and "draft acceptance" in drafted.output
+    bad = runner.invoke(app, ["generate", str(target.path), "hi", "--draft", str(draft.path), "--stop", "x"])
+    assert bad.exit_code == 2 and "--stop" in bad.output

@@ -206,6 +206,9 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
              seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
              stop: Annotated[Optional[list[str]], typer.Option(help="Stop when this text appears (repeatable).")] = None,
              threads: Annotated[Optional[int], typer.Option(help="Intra-op threads.")] = None,
+             draft: Annotated[Optional[Path], typer.Option(help="Speculative decoding: a smaller bundle with the same "
+                                                          "tokenizer drafts, BUNDLE verifies (output as BUNDLE's own).")] = None,
+             draft_tokens: Annotated[int, typer.Option(help="Speculative decoding: first draft length (adapts).")] = 4,
              json_out: JsonOut = None) -> None:
     """Generate text with an LLM bundle, streaming tokens as they come (torch-free runtime)."""
     import sys
@@ -213,6 +216,13 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
     from edgeshrink.runtime.generate import Generator
 
     llm = Generator(bundle, threads=threads)
+    if draft is not None:
+        if chat and prompt is None:
+            raise fail("--draft generates one answer: give a prompt")
+        if stop:
+            raise fail("--stop does not apply with --draft")
+        return _speculate(llm, Generator(draft, threads=threads), prompt, chat, max_new_tokens, temperature, top_p,
+                          top_k, seed, draft_tokens, json_out)
     if chat and llm.chat_template is None:
         raise fail(f"{bundle} has no chat template: run without --chat")
     if not chat and prompt is None:
@@ -239,6 +249,32 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
     except (KeyboardInterrupt, EOFError, typer.Abort):
         sys.stdout.write("\n")
     write_json(json_out, {"bundle": str(bundle), "turns": turns})
+
+
+def _speculate(target, draft, prompt, chat, max_new_tokens, temperature, top_p, top_k, seed, draft_tokens,
+               json_out) -> None:
+    import sys
+
+    from edgeshrink.runtime.speculative import LocalTarget, Sampling, check_same_vocabulary, speculate
+
+    check_same_vocabulary(draft, target)
+    shown = [""]
+
+    def show(_, text):
+        sys.stdout.write(text[len(shown[0]):])
+        sys.stdout.flush()
+        shown[0] = text
+
+    request = [{"role": "user", "content": prompt}] if chat else prompt
+    result = speculate(draft, LocalTarget(target), request, max_new_tokens, Sampling(temperature, top_k, top_p),
+                       k=draft_tokens, seed=seed, stream=show)
+    sys.stdout.write("\n")
+    st = result.stats
+    typer.echo(f"speculative: {st['generated']} tokens in {st['target_passes']} passes of {target.path} "
+               f"({st['target_passes_per_token']:.2f} per token), draft acceptance "
+               f"{100 * (st['acceptance_rate'] or 0):.1f}%, {st['seconds']:.2f} s", err=True)
+    write_json(json_out, {"bundle": str(target.path), "draft": str(draft.path), "text": result.text,
+                          "token_ids": result.token_ids, "stop_reason": result.stop_reason, "stats": st})
 
 
 @app.command()

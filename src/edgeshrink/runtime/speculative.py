@@ -99,10 +99,18 @@ def _sequence_axis(shape) -> int:
     return 2  # [batch, kv heads, sequence, head dim]
 
 
+def check_same_vocabulary(draft, target) -> None:
+    """Speculation compares token ids: the draft and the target must share the tokenizer's vocabulary."""
+    if draft.tokenizer.get_vocab() != target.tokenizer.get_vocab():
+        raise EdgeshrinkError(f"the draft {draft.path} and the target {target.path} have different vocabularies: "
+                              f"speculative decoding needs the same tokenizer")
+
+
 class LocalTarget:
     """The target (cloud) model in this process."""
 
     def __init__(self, generator):
+        self.generator = generator
         self.model = CachedModel(generator)
         self.passes = 0
 
