@@ -47,6 +47,12 @@ def _config(config_file: Path | None, flags: dict, limits: dict, batch: dict, cl
     return ServeConfig.from_dict(raw)
 
 
+def _is_llm_bundle(path) -> bool:
+    from edgeshrink.runtime.bundle import MANIFEST_NAME, read_manifest
+
+    return (Path(path) / MANIFEST_NAME).exists() and read_manifest(path, verify=False).get("task") == "text-generation"
+
+
 def register(app: typer.Typer) -> None:
     @app.command("serve-cloud")
     @handled
@@ -58,7 +64,8 @@ def register(app: typer.Typer) -> None:
                     faults: Annotated[Optional[Path], typer.Option(
                         help="Fault drills: a JSON file read per request ({\"delay_ms\": N} or {\"status\": 500}).")] = None,
                     ) -> None:
-        """Serve the cloud model over HTTP: POST /v1/classify, /healthz, /readyz, /metrics, /docs."""
+        """Serve the cloud model over HTTP: POST /v1/classify, /healthz, /readyz, /metrics, /docs; a language-model
+        bundle: the OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models and /v1/speculate."""
         from edgeshrink.serve.cloud import cloud_app
         from edgeshrink.serve.server import bind, serve
 
@@ -68,6 +75,10 @@ def register(app: typer.Typer) -> None:
                          {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms})
         if config.port:
             bind(config.host, config.port).close()  # a port in use fails before the model loads
+        if _is_llm_bundle(model):
+            from edgeshrink.serve.llm import llm_app
+
+            return serve(llm_app(model, config, "cloud", faults), config.host, config.port)
         serve(cloud_app(model, config, faults), config.host, config.port)
 
     @app.command("serve")
@@ -86,6 +97,8 @@ def register(app: typer.Typer) -> None:
                      breaker_reset_s: Annotated[Optional[float], typer.Option(help="Seconds open before a probe (5).")] = None,
                      cloud_budget: Annotated[Optional[int], typer.Option(help="Most texts to the cloud per minute.")] = None,
                      cloud_api_key_env: Annotated[Optional[str], typer.Option(help="Env variable with the cloud's API key.")] = None,
+                     cloud_model: Annotated[Optional[str], typer.Option(help="Language models: the model name the "
+                                                                        "OpenAI-compatible cloud serves.")] = None,
                      ) -> None:
         """Serve the device bundle over HTTP, escalating to the cloud per router.json, falling back when it fails."""
         from edgeshrink.errors import EdgeshrinkError
@@ -95,7 +108,7 @@ def register(app: typer.Typer) -> None:
         cloud_flags = {"url": cloud, "deadline_ms": deadline_ms, "retries": retries,
                        "connect_timeout_s": connect_timeout_s, "read_timeout_s": read_timeout_s,
                        "breaker_failures": breaker_failures, "breaker_reset_s": breaker_reset_s,
-                       "budget_texts_per_minute": cloud_budget, "api_key_env": cloud_api_key_env}
+                       "budget_texts_per_minute": cloud_budget, "api_key_env": cloud_api_key_env, "model": cloud_model}
         if cloud is None and any(v is not None for v in cloud_flags.values()):
             raise EdgeshrinkError("cloud options given without --cloud URL")
         config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env},
@@ -105,4 +118,10 @@ def register(app: typer.Typer) -> None:
                          cloud_flags if cloud is not None else None)
         if config.port:
             bind(config.host, config.port).close()
+        if _is_llm_bundle(bundle):
+            from edgeshrink.serve.llm import llm_app
+
+            return serve(llm_app(bundle, config, "device"), config.host, config.port)
+        if config.cloud is not None and config.cloud.model is not None:
+            raise EdgeshrinkError("--cloud-model applies to language-model bundles")
         serve(device_app(bundle, config), config.host, config.port)

@@ -33,6 +33,7 @@ class Token:
     id: int
     text: str  # the text this token adds to the decoded output
     logprob: float  # log-probability of this token under the model (before temperature)
+    entropy: float = 0.0  # entropy (nats) of the model's next-token distribution at this step (before temperature)
 
 
 @dataclass
@@ -157,7 +158,7 @@ class Generator:
                 piece = ""
             else:
                 piece, text_so_far = text[len(text_so_far):], text
-            yield Token(token, piece, float(logprobs[token]))
+            yield Token(token, piece, float(logprobs[token]), float(-(np.exp(logprobs) * logprobs).sum()))
             if stop and any(s in text_so_far for s in stop):
                 info["stop_reason"] = "stop"
                 break

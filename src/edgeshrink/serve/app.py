@@ -159,36 +159,19 @@ def _api_key(config: ServeConfig) -> str | None:
     return key
 
 
-def build_app(title: str, model_name: str, labels: list[str], infer, config: ServeConfig, answer,
-              on_startup=None, on_shutdown=None, extra_ready=None):
-    """The shared HTTP layer. ``infer(texts)`` runs in the micro-batcher's thread and returns one row per
-    text; ``answer(request, texts, rows, cut, started)`` turns a request's rows into TextResults."""
-    metrics = Metrics()
+def base_app(title: str, description: str, model_name: str, config: ServeConfig, metrics: Metrics, state: dict,
+             lifespan, extra_ready=None):
+    """What every service shares: body limits, one-line errors, /healthz, /readyz, /metrics, /docs.
+
+    Returns (app, error, guard): ``error(status, message, path)`` is a counted JSON error response;
+    ``guard(request, path)`` checks the API key and the client's rate and returns the refusal, or None."""
     key = _api_key(config)
     limiter = RateLimiter(config.limits.requests_per_second, config.limits.burst)
-    state = {"ready": False}
-
-    @asynccontextmanager
-    async def lifespan(app):
-        batcher = MicroBatcher(infer, config.batch.max_batch_size, config.batch.max_wait_ms,
-                               on_batch=metrics.batch_size.observe, on_model_cpu=metrics.model_cpu.inc)
-        batcher.start()
-        app.state.batcher = batcher
-        if on_startup:
-            await on_startup(app)
-        await batcher.run([labels[0]])  # one warm-up call: ready means answering
-        state["ready"] = True
-        yield
-        state["ready"] = False
-        await batcher.stop()
-        if on_shutdown:
-            await on_shutdown(app)
-
     # A device is often offline: FastAPIOffline serves /docs with Swagger UI's JS and CSS from this process
     # (under DOCS_ASSETS) instead of a CDN. Like /docs and /openapi.json, they need no API key.
     # ReDoc is off: one docs page is enough.
     app = FastAPIOffline(title=title, version="1", lifespan=lifespan, redoc_url=None, static_url=DOCS_ASSETS,
-                         description=f"edgeshrink {title}: model {model_name}, labels {', '.join(labels)}.")
+                         description=description)
     app.state.metrics = metrics
     app.add_middleware(BodyCheck, max_bytes=config.limits.max_body_bytes, metrics=metrics)
 
@@ -223,21 +206,58 @@ def build_app(title: str, model_name: str, labels: list[str], infer, config: Ser
     async def metrics_text():
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    def guard(request: Request, path: str) -> JSONResponse | None:
+        sent_key = request.headers.get("x-api-key")
+        bearer = request.headers.get("authorization", "")
+        if sent_key is None and bearer.lower().startswith("bearer "):  # how OpenAI clients send their key
+            sent_key = bearer[7:].strip()
+        if key is not None and (sent_key is None or not hmac.compare_digest(sent_key.encode(), key.encode())):
+            metrics.rejected.labels(reason="auth").inc()
+            return error(401, "missing or wrong API key (header X-API-Key or Authorization: Bearer)", path)
+        client = sent_key or (request.client.host if request.client else "?")
+        if not limiter.allow(client):
+            metrics.rejected.labels(reason="rate_limited").inc()
+            return error(429, f"over {config.limits.requests_per_second:g} requests per second",
+                         path, {"Retry-After": "1"})
+        return None
+
+    return app, error, guard
+
+
+def build_app(title: str, model_name: str, labels: list[str], infer, config: ServeConfig, answer,
+              on_startup=None, on_shutdown=None, extra_ready=None):
+    """The shared HTTP layer. ``infer(texts)`` runs in the micro-batcher's thread and returns one row per
+    text; ``answer(request, texts, rows, cut, started)`` turns a request's rows into TextResults."""
+    metrics = Metrics()
+    state = {"ready": False}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher = MicroBatcher(infer, config.batch.max_batch_size, config.batch.max_wait_ms,
+                               on_batch=metrics.batch_size.observe, on_model_cpu=metrics.model_cpu.inc)
+        batcher.start()
+        app.state.batcher = batcher
+        if on_startup:
+            await on_startup(app)
+        await batcher.run([labels[0]])  # one warm-up call: ready means answering
+        state["ready"] = True
+        yield
+        state["ready"] = False
+        await batcher.stop()
+        if on_shutdown:
+            await on_shutdown(app)
+
+    app, error, guard = base_app(title, f"edgeshrink {title}: model {model_name}, labels {', '.join(labels)}.",
+                                 model_name, config, metrics, state, lifespan, extra_ready)
     responses = {c: {"model": ErrorResponse} for c in (400, 401, 413, 422, 429)}
 
     @app.post("/v1/classify", response_model=ClassifyResponse, responses=responses)
     async def classify(body: ClassifyRequest, request: Request):
         started = time.perf_counter()
         path = "/v1/classify"
-        sent_key = request.headers.get("x-api-key")
-        if key is not None and (sent_key is None or not hmac.compare_digest(sent_key.encode(), key.encode())):
-            metrics.rejected.labels(reason="auth").inc()
-            return error(401, "missing or wrong API key (header X-API-Key)", path)
-        client = sent_key or (request.client.host if request.client else "?")
-        if not limiter.allow(client):
-            metrics.rejected.labels(reason="rate_limited").inc()
-            return error(429, f"over {config.limits.requests_per_second:g} requests per second",
-                         path, {"Retry-After": "1"})
+        refused = guard(request, path)
+        if refused is not None:
+            return refused
         limits = config.limits
         if len(body.texts) > limits.max_texts:
             metrics.rejected.labels(reason="too_many_texts").inc()

@@ -46,6 +46,7 @@ class CloudConfig(Config):
     breaker_reset_s: float = Field(5.0, gt=0)  # open this long, then one probe request (half-open)
     budget_texts_per_minute: int | None = Field(None, ge=0)  # cloud spend cap; beyond it: device-fallback
     api_key_env: str | None = None  # environment variable holding the cloud's API key
+    model: str | None = None  # language models: the model name the OpenAI-compatible cloud serves
 
     @field_validator("url")
     @classmethod
@@ -58,6 +59,15 @@ class CloudConfig(Config):
         return url.rstrip("/")
 
 
+class LLMConfig(Config):
+    """Language-model services (OpenAI-compatible endpoints)."""
+
+    max_tokens_limit: int = Field(1024, ge=1)  # the most new tokens one request may ask for
+    default_max_tokens: int = Field(256, ge=1)  # chat completions that do not say (completions: 16, as OpenAI)
+    model_name: str | None = None  # the name at /v1/models (default: the bundle directory's name)
+    speculate_sessions: int = Field(4, ge=1)  # cloud: KV caches kept for /v1/speculate clients
+
+
 class ServeConfig(Config):
     version: int = 1
     host: str = "127.0.0.1"
@@ -67,3 +77,4 @@ class ServeConfig(Config):
     limits: LimitsConfig = LimitsConfig()
     batch: BatchConfig = BatchConfig()
     cloud: CloudConfig | None = None  # device service only: where to escalate
+    llm: LLMConfig = LLMConfig()
