@@ -476,7 +476,8 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
 
 def install_faults(app, faults: Path) -> None:
     """Fault drills, read per request from a JSON file: ``delay_ms`` stalls the answer, ``status`` fails it,
-    ``break_after_chunks`` cuts a stream after that many chunks (as a crashed server would)."""
+    ``break_after_chunks`` cuts a stream after that many chunks (as a crashed server would),
+    ``chunk_delay_ms`` slows every chunk of a stream (time to kill the server mid-stream)."""
 
     @app.middleware("http")
     async def drill(request, call_next):
@@ -491,20 +492,22 @@ def install_faults(app, faults: Path) -> None:
         if fault.get("status"):
             return JSONResponse({"error": "injected fault"}, status_code=int(fault["status"]))
         response = await call_next(request)
-        limit = fault.get("break_after_chunks")
-        if limit is None or not isinstance(response, StreamingResponse):
+        limit, pause = fault.get("break_after_chunks"), float(fault.get("chunk_delay_ms") or 0) / 1000
+        if (limit is None and not pause) or not hasattr(response, "body_iterator"):
             return response
         inner = response.body_iterator
 
-        async def broken():
+        async def drilled():
             count = 0
             async for chunk in inner:
-                if count >= int(limit):
+                if limit is not None and count >= int(limit):
                     raise ConnectionAbortedError("injected fault: stream cut")
                 count += 1
+                if pause:
+                    await asyncio.sleep(pause)
                 yield chunk
 
-        response.body_iterator = broken()
+        response.body_iterator = drilled()
         return response
 
 

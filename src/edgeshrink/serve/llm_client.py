@@ -73,41 +73,39 @@ class OpenAICloud:
                 break
             attempts += 1
             try:
-                async with self.http.stream("POST", path, json=payload) as response:
-                    if response.status_code != 200:
-                        reason = f"http_{response.status_code // 100}xx"
-                        self._count(reason)
-                        if response.status_code < 500 and response.status_code != 429:
-                            break  # the cloud refused this request: retrying will not help
-                    else:
-                        lines = response.aiter_lines()
-                        while True:
-                            # The deadline covers the wait for the first piece; after it, the read timeout.
-                            wait = max(deadline - time.monotonic(), 0.001) if not sent else None
-                            try:
-                                line = await asyncio.wait_for(lines.__anext__(), wait)
-                            except StopAsyncIteration:
+                # The deadline covers everything up to the first piece (connect, headers, first event); after
+                # it, only the read timeout between pieces applies.
+                async with asyncio.timeout(remaining) as scope:
+                    async with self.http.stream("POST", path, json=payload) as response:
+                        if response.status_code != 200:
+                            reason = f"http_{response.status_code // 100}xx"
+                            self._count(reason)
+                            if response.status_code < 500 and response.status_code != 429:
+                                break  # the cloud refused this request: retrying will not help
+                        else:
+                            async for line in response.aiter_lines():
+                                if not line.startswith("data:"):
+                                    continue
+                                data = line[5:].strip()
+                                if data == "[DONE]":
+                                    self._count("ok")
+                                    self.breaker.record(True)
+                                    return
+                                piece, finish = _piece(data)
+                                if piece is None:
+                                    reason = "bad_response"
+                                    self._count(reason)
+                                    break
+                                if piece or finish:
+                                    scope.reschedule(None)
+                                    sent.append(piece)
+                                    yield piece, finish
+                            else:
                                 reason = "stream_broken"  # ended without [DONE]
                                 self._count(reason)
+                            if sent or reason == "bad_response":
                                 break
-                            if not line.startswith("data:"):
-                                continue
-                            data = line[5:].strip()
-                            if data == "[DONE]":
-                                self._count("ok")
-                                self.breaker.record(True)
-                                return
-                            piece, finish = _piece(data)
-                            if piece is None:
-                                reason = "bad_response"
-                                self._count(reason)
-                                break
-                            if piece or finish:
-                                sent.append(piece)
-                                yield piece, finish
-                        if sent or reason == "bad_response":
-                            break
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 reason = "deadline"
                 self._count(reason)
                 break

@@ -1,0 +1,190 @@
+"""The OpenAI-compatible LLM services as real subprocesses, driven by the official ``openai`` client:
+streaming from both services, escalation by the router, the fault drill with exact counters, bad input,
+speculative decoding over HTTP."""
+
+import json
+import shutil
+import time
+
+import httpx
+import pytest
+
+from edgeshrink.export.llm import LLMExportConfig, export_llm
+from edgeshrink.serve.metrics import parse
+from tests.families import make_causal_lm
+
+openai = pytest.importorskip("openai")
+
+CHAT = [{"role": "user", "content": "Tell me about a good film."}]
+
+
+@pytest.fixture(scope="module")
+def llm_bundles(tmp_path_factory):
+    root = tmp_path_factory.mktemp("llm-serve")
+    quick = LLMExportConfig(validation_prompts=2, validation_new_tokens=4)
+    export_llm(make_causal_lm("llama", root / "cloud-model", seed=0, max_position_embeddings=256), root / "cloud", quick)
+    export_llm(make_causal_lm("llama", root / "device-model", seed=2, max_position_embeddings=256), root / "device",
+               quick)
+    return root
+
+
+def _router(bundle, tmp_path, threshold):
+    """A copy of the device bundle with a router on mean-logprob (threshold None: never escalate)."""
+    from edgeshrink.route.calibrate import write_router
+
+    out = shutil.copytree(bundle, tmp_path / f"device-{threshold}")
+    write_router(out, {"kind": "edgeshrink-router", "schema_version": 1, "policy": {"policy": "budget"},
+                       "signal": "mean-logprob", "temperature": 1.0, "bias": 0.0, "threshold": threshold,
+                       "escalate_everything": False, "prompt": None, "cost": {}, "rules": {}})
+    return out
+
+
+def _client(server):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+
+def _metrics(server) -> dict:
+    return parse(httpx.get(f"{server.url}/metrics").text)
+
+
+def _stream(client, model, **kwargs):
+    pieces, finish, extra = [], None, None
+    for chunk in client.chat.completions.create(model=model, messages=CHAT, stream=True, **kwargs):
+        choice = chunk.choices[0]
+        pieces.append(choice.delta.content or "")
+        finish = choice.finish_reason or finish
+        extra = (chunk.model_extra or {}).get("edgeshrink") or extra
+    return "".join(pieces), finish, extra
+
+
+def test_openai_client_streams_from_both_services(start, llm_bundles):
+    cloud = start("serve-cloud", llm_bundles / "cloud", "--port", 0, "--rate", 0)
+    device = start("serve", llm_bundles / "device", "--cloud", cloud.url, "--cloud-model", "cloud", "--port", 0,
+                   "--rate", 0)
+    for server, model, source in ((cloud, "cloud", "cloud"), (device, "device", "device")):
+        client = _client(server)
+        assert [m.id for m in client.models.list()] == [model]
+        whole = client.chat.completions.create(model=model, messages=CHAT, max_tokens=12, temperature=0)
+        streamed, finish, extra = _stream(client, model, max_tokens=12, temperature=0)
+        assert streamed == whole.choices[0].message.content and finish == whole.choices[0].finish_reason
+        assert whole.usage.completion_tokens <= 12 and extra["source"] == source
+        text = client.completions.create(model=model, prompt="a good film", max_tokens=5, temperature=0)
+        assert text.choices[0].finish_reason in ("stop", "length") and text.usage.prompt_tokens > 0
+    # Sent to the cloud: the device relays the cloud's own answer.
+    relayed, _, extra = _stream(_client(device), "device", max_tokens=12, temperature=0,
+                                extra_body={"edgeshrink": {"route": "cloud"}})
+    alone = _client(cloud).chat.completions.create(model="cloud", messages=CHAT, max_tokens=12, temperature=0)
+    assert relayed == alone.choices[0].message.content and extra["source"] == "cloud"
+
+
+def test_the_router_decides_who_answers(start, llm_bundles, tmp_path):
+    cloud = start("serve-cloud", llm_bundles / "cloud", "--port", 0, "--rate", 0)
+    answers = {}
+    for threshold in (None, 0.999999):  # never escalate; escalate all but near-certain answers
+        device = start("serve", _router(llm_bundles / "device", tmp_path, threshold), "--cloud", cloud.url,
+                       "--cloud-model", "cloud", "--port", 0, "--rate", 0)
+        reply = _client(device).chat.completions.create(model=f"device-{threshold}", messages=CHAT, max_tokens=8,
+                                                        temperature=0)
+        answers[threshold] = reply.model_extra["edgeshrink"]
+        assert 0 < answers[threshold]["confidence"] < 1
+    assert answers[None]["source"] == "device" and answers[None]["reason"] == "confident"
+    assert answers[0.999999]["source"] == "cloud" and answers[0.999999]["reason"] == "not confident"
+
+
+@pytest.mark.timeout(300)
+def test_fault_drill_the_device_finishes_every_answer(start, llm_bundles, tmp_path):
+    faults = tmp_path / "faults.json"
+    cloud = start("serve-cloud", llm_bundles / "cloud", "--port", 0, "--rate", 0, "--faults", faults)
+    device = start("serve", llm_bundles / "device", "--cloud", cloud.url, "--cloud-model", "cloud", "--port", 0,
+                   "--rate", 0, "--retries", 1, "--deadline-ms", 800, "--breaker-failures", 100)
+    client = _client(device)
+    to_cloud = {"edgeshrink": {"route": "cloud"}}
+    whole = _client(cloud).chat.completions.create(model="cloud", messages=CHAT, max_tokens=40, temperature=0,
+                                                   extra_body={"edgeshrink": {"route": "auto"}})
+    assert len(whole.choices[0].message.content) > 10
+
+    # 500s: every answer comes from the device, each after exactly 2 attempts (1 retry).
+    faults.write_text(json.dumps({"status": 500}))
+    for _ in range(3):
+        text, finish, extra = _stream(client, "device", max_tokens=10, temperature=0, extra_body=to_cloud)
+        assert extra["source"] == "device-fallback" and extra["fallback_reason"] == "http_5xx" and finish and text
+    m = _metrics(device)
+    assert m['edgeshrink_fallbacks_total{reason="http_5xx"}'] == 3
+    assert m['edgeshrink_cloud_calls_total{outcome="http_5xx"}'] == 6
+
+    # Slow past the deadline: answered by the device well before the cloud would have.
+    faults.write_text(json.dumps({"delay_ms": 5000}))
+    started = time.monotonic()
+    reply = client.chat.completions.create(model="device", messages=CHAT, max_tokens=10, temperature=0,
+                                           extra_body=to_cloud)
+    assert time.monotonic() - started < 3.0
+    assert reply.model_extra["edgeshrink"]["fallback_reason"] == "deadline" and reply.choices[0].message.content
+
+    # Cut mid-stream: the client gets the cloud's first pieces, then the device's continuation, as one answer.
+    faults.write_text(json.dumps({"break_after_chunks": 4}))
+    text, finish, extra = _stream(client, "device", max_tokens=40, temperature=0, extra_body=to_cloud)
+    assert extra["fallback_reason"] == "stream_broken" and extra["cloud_chars"] > 0 and finish
+    assert text.startswith(whole.choices[0].message.content[:extra["cloud_chars"]]) and len(text) > extra["cloud_chars"]
+
+    # Killed mid-stream (kill -9 after two pieces arrived): the same.
+    faults.write_text(json.dumps({"chunk_delay_ms": 150}))
+    stream = client.chat.completions.create(model="device", messages=CHAT, max_tokens=40, temperature=0, stream=True,
+                                            extra_body=to_cloud)
+    pieces, extra = [], None
+    for chunk in stream:
+        pieces.append(chunk.choices[0].delta.content or "")
+        extra = (chunk.model_extra or {}).get("edgeshrink") or extra
+        if len([p for p in pieces if p]) == 2 and cloud.process.poll() is None:
+            cloud.kill()
+    assert extra["source"] == "device-fallback" and extra["fallback_reason"] == "stream_broken"
+    assert "".join(pieces).startswith(whole.choices[0].message.content[:extra["cloud_chars"]])
+    m = _metrics(device)
+    assert m['edgeshrink_fallbacks_total{reason="stream_broken"}'] == 2
+    assert m['edgeshrink_fallbacks_total{reason="deadline"}'] == 1
+    assert m['edgeshrink_texts_total{source="device-fallback"}'] == 6
+    assert m['edgeshrink_requests_total{path="/v1/chat/completions",status="200"}'] == 6
+
+
+def test_bad_requests_get_one_line_4xx_and_the_service_keeps_serving(start, llm_bundles):
+    cloud = start("serve-cloud", llm_bundles / "cloud", "--port", 0, "--rate", 0)
+    url = f"{cloud.url}/v1/chat/completions"
+    cases = [({"model": "cloud", "messages": [{"role": "robot", "content": "x"}]}, 422),
+             ({"model": "cloud", "messages": "hello"}, 422),
+             ({"model": "cloud", "messages": []}, 422),
+             ({"model": "gpt-9", "messages": CHAT}, 404),
+             ({"model": "cloud", "messages": CHAT, "max_tokens": 0}, 422),
+             ({"model": "cloud", "messages": CHAT, "max_tokens": 100_000}, 422),
+             ({"model": "cloud", "messages": [{"role": "user", "content": "word " * 400}], "max_tokens": 8}, 400),
+             ({"model": "cloud", "messages": CHAT, "n": 2}, 422),
+             ({"model": "cloud", "messages": CHAT, "colour": "red"}, 422)]
+    for body, status in cases:
+        response = httpx.post(url, json=body, timeout=30)
+        assert response.status_code == status, (body, response.text)
+        assert "\n" not in response.json()["error"]
+    # A client that goes away mid-stream: the generation stops, the next request is served.
+    with httpx.stream("POST", url, json={"model": "cloud", "messages": CHAT, "max_tokens": 200, "stream": True},
+                      timeout=30) as response:
+        for line in response.iter_lines():
+            if line.startswith("data:"):
+                break
+    reply = _client(cloud).chat.completions.create(model="cloud", messages=CHAT, max_tokens=4)
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    assert httpx.get(f"{cloud.url}/readyz").status_code == 200
+
+
+def test_speculative_decoding_over_http_is_the_clouds_greedy_output(start, llm_bundles):
+    from edgeshrink.runtime import load
+    from edgeshrink.runtime.speculative import speculate
+    from edgeshrink.serve.llm_client import HTTPTarget
+
+    cloud = start("serve-cloud", llm_bundles / "cloud", "--port", 0, "--rate", 0)
+    target, draft = load(llm_bundles / "cloud"), load(llm_bundles / "device")
+    http = HTTPTarget(cloud.url)
+    rounds = 0
+    for prompt in ("a good film", "the plot of the story", "why", "music and cast"):
+        result = speculate(draft, http, prompt, max_new_tokens=16)
+        assert result.token_ids == target.generate(prompt, 16).token_ids
+        rounds += result.stats["rounds"]
+    assert http.passes == rounds  # one round trip per round
+    response = httpx.post(f"{cloud.url}/v1/speculate", json={"tokens": [10**9], "draft": [1]})
+    assert response.status_code == 422
