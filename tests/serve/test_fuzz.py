@@ -40,3 +40,19 @@ def test_fuzz_cloud_and_device_services(start, serve_models):
     for server in (cloud, device):
         assert _fuzz(server.url) >= 2 * EXAMPLES  # POST /v1/classify, both modes, at least
         assert "Traceback" not in server.stderr()
+
+
+@pytest.mark.timeout(600)
+def test_fuzz_language_model_services(start, tmp_path_factory):
+    """The OpenAI-compatible endpoints (chat, completions, models, speculate) of both LLM services."""
+    from edgeshrink.export.llm import LLMExportConfig, export_llm
+    from tests.families import make_causal_lm
+
+    root = tmp_path_factory.mktemp("fuzz-llm")
+    export_llm(make_causal_lm("llama", root / "m", max_position_embeddings=256), root / "llm",
+               LLMExportConfig(validation_prompts=2, validation_new_tokens=4))
+    cloud = start("serve-cloud", root / "llm", "--port", 0, "--rate", 0)
+    device = start("serve", root / "llm", "--cloud", cloud.url, "--cloud-model", "llm", "--port", 0, "--rate", 0)
+    for server in (cloud, device):
+        assert _fuzz(server.url) >= 4 * EXAMPLES  # chat and completions, both modes, at least
+        assert "Traceback" not in server.stderr()

