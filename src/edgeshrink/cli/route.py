@@ -60,7 +60,11 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
         base = read_prompt(prompt) if prompt is not None else PROMPTS.get(str(data), PromptConfig())
         config = RouteConfig.from_dict({**config.to_dict(), "prompt": base.to_dict()
                                         | ({"few_shot": few_shot} if few_shot is not None else {})})
-    router = run(device, cloud, _data_config(data, text_column, label_column), config)
+    from rich.console import Console
+
+    with Console(stderr=True).status("calibrating") as status:
+        router = run(device, cloud, _data_config(data, text_column, label_column), config,
+                     progress=lambda step: status.update(f"calibration split, {step}"))
     cal = router["calibration"]
     fit = cal["temperature_fit"]
     typer.echo(f"router ({router['policy']['policy']}, {router['signal']}) written to {device / 'router.json'}")

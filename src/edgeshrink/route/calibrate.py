@@ -103,8 +103,15 @@ def is_prompted(device) -> bool:
     return read_manifest(device, verify=False).get("task") == "text-generation"
 
 
+def show_progress(models: dict, progress) -> None:
+    """Language models answer one text at a time: report ``name: done/total`` through ``progress``."""
+    for name, model in models.items():
+        if progress is not None and hasattr(model, "progress"):
+            model.progress = lambda done, total, name=name: progress(f"{name}: {done}/{total}")
+
+
 def calibrate(device: str | Path, cloud, data: DataConfig | str, config: RouteConfig | None = None,
-              cloud_name: str | None = None) -> dict:
+              cloud_name: str | None = None, progress=None) -> dict:
     """Fit the router on the calibration split; write router.json into the ``device`` bundle; return it."""
     from edgeshrink.data.images import model_inputs
     from edgeshrink.route.prompts import prompt_for
@@ -116,6 +123,7 @@ def calibrate(device: str | Path, cloud, data: DataConfig | str, config: RouteCo
     prompt = prompt_for(examples, shots=split.train if split else None, base=config.prompt).to_dict() \
         if is_prompted(device_path) else None
     device_model, cloud_model = load_models(device_path, cloud, prompt)
+    show_progress({"device": device_model, "cloud": cloud_model}, progress)
     if split is not None:
         part, data_info = split.calibration, split.data_record()
     elif config.label_free:  # unlabelled traffic: every row calibrates (nothing here trains or tests)

@@ -21,7 +21,8 @@ from pydantic import Field
 
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, load_data, split_examples
-from edgeshrink.route.calibrate import PolicyConfig, calibration_data, fit, label_ids, load_models, subset
+from edgeshrink.route.calibrate import (PolicyConfig, calibration_data, fit, label_ids, load_models, show_progress,
+                                        subset)
 from edgeshrink.route.confidence import (SIGNALS, binary_ece, confidence_report, confidence_scores, ece,
                                          fit_confidence, nll, reliability, scaled_probs)
 from edgeshrink.route.policies import choose_threshold, examples_needed, too_small
@@ -163,6 +164,7 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str | None = None, co
     router = read_router(device)
     policy = PolicyConfig.from_dict({k: v for k, v in router["policy"].items() if k in PolicyConfig.model_fields})
     device_model, cloud_model = load_models(device, cloud, router.get("prompt"))
+    show_progress({"device": device_model, "cloud": cloud_model}, progress)
     recorded = (router.get("data") or {}).get("split")
     examples = load_data(data_to_read(recorded, data, "this router"))
     split = split_as_recorded(examples, recorded, "this router") if data is None else \

@@ -66,6 +66,7 @@ class PromptedLLM:
         if not prompt.get("labels"):
             raise EdgeshrinkError("the prompt has no label set")
         self.generator, self.prompt = generator, prompt
+        self.progress = None  # optional callable(done, total), called after every text (long runs show it)
         self.labels = list(prompt["labels"])
         self.path = generator.path
         self.answers = [prompt.get("answers", {}).get(label, label) for label in self.labels]
@@ -140,6 +141,8 @@ class PromptedLLM:
             signals["min-logprob"][i] = min(lp for lp, _ in steps)
             signals["neg-mean-entropy"][i] = -np.mean([h for _, h in steps])
             truncated.append(cut)
+            if self.progress is not None:
+                self.progress(i + 1, len(texts))
         z = logliks - logliks.max(axis=1, keepdims=True)
         probs = (np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)).astype(np.float32)
         return PromptedPredictions([self.labels[j] for j in probs.argmax(1)], probs, truncated, signals, logliks)
