@@ -120,13 +120,10 @@ class Generator:
         return self._step(list(ids), self._empty_past(), len(ids))[0]
 
     # -- generation ---------------------------------------------------------------------------------
-    def stream(self, prompt, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
-               stop: list[str] | tuple = (), seed: int | None = None, ignore_eos: bool = False, info: dict | None = None):
-        """Yield ``Token``s as they are produced. ``info`` (a dict) receives timings and the stop reason."""
+    def prompt_ids(self, prompt, max_new_tokens: int) -> list[int]:
+        """The ids of a prompt (text, chat messages or ids) that leaves room for ``max_new_tokens``, or an error."""
         if max_new_tokens <= 0:
             raise EdgeshrinkError(f"max_new_tokens must be positive, got {max_new_tokens}")
-        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-            raise EdgeshrinkError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
         ids = self.encode(prompt) if not isinstance(prompt, (list, tuple)) or (prompt and isinstance(prompt[0], dict)) \
             else list(prompt)
         if not ids:
@@ -134,6 +131,14 @@ class Generator:
         if len(ids) + max_new_tokens > self.context_length:
             raise EdgeshrinkError(f"prompt of {len(ids)} tokens + max_new_tokens {max_new_tokens} exceeds the context "
                                   f"length {self.context_length}")
+        return ids
+
+    def stream(self, prompt, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+               stop: list[str] | tuple = (), seed: int | None = None, ignore_eos: bool = False, info: dict | None = None):
+        """Yield ``Token``s as they are produced. ``info`` (a dict) receives timings and the stop reason."""
+        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
+            raise EdgeshrinkError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+        ids = self.prompt_ids(prompt, max_new_tokens)
         rng = np.random.default_rng(seed)
         info = info if info is not None else {}
         info.update(prompt_tokens=len(ids), stop_reason="length")

@@ -138,18 +138,10 @@ def speculate(draft_generator, target, prompt, max_new_tokens: int = 64, samplin
     target's). ``stream(token_ids, text)`` is called with the tokens each round adds."""
     sampling = sampling or Sampling()
     sampling.check()
-    if max_new_tokens <= 0:
-        raise EdgeshrinkError(f"max_new_tokens must be positive, got {max_new_tokens}")
     if not 1 <= k_min <= k <= k_max:
         raise EdgeshrinkError(f"need 1 <= k_min <= k <= k_max, got {k_min}, {k}, {k_max}")
     g = draft_generator
-    prompt_ids = list(prompt) if isinstance(prompt, (list, tuple)) and prompt and isinstance(prompt[0], int) \
-        else g.encode(prompt)
-    if not prompt_ids:
-        raise EdgeshrinkError("the prompt is empty")
-    if len(prompt_ids) + max_new_tokens > g.context_length:
-        raise EdgeshrinkError(f"prompt of {len(prompt_ids)} tokens + max_new_tokens {max_new_tokens} exceeds the "
-                              f"context length {g.context_length}")
+    prompt_ids = g.prompt_ids(prompt, max_new_tokens)
     rng = np.random.default_rng(seed)
     draft = CachedModel(g)
     tokens, generated = list(prompt_ids), []

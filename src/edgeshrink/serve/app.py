@@ -14,11 +14,13 @@ deadline, failing, behind an open circuit breaker or over budget, the device's a
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import os
 import time
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -341,3 +343,40 @@ def predict_rows(predictor):
                 rows[i] = row
         return rows
     return infer
+
+
+def install_faults(app, faults: Path) -> None:
+    """Fault drills, read per request from a JSON file: ``delay_ms`` stalls the answer, ``status`` fails it,
+    ``break_after_chunks`` cuts a stream after that many chunks (as a crashed server would),
+    ``chunk_delay_ms`` slows every chunk of a stream (time to kill the server mid-stream)."""
+
+    @app.middleware("http")
+    async def drill(request, call_next):
+        if not request.url.path.startswith("/v1/") or request.url.path == "/v1/models" or not faults.exists():
+            return await call_next(request)
+        try:
+            fault = json.loads(faults.read_text())
+        except (OSError, ValueError):
+            fault = {}
+        if fault.get("delay_ms"):
+            await asyncio.sleep(float(fault["delay_ms"]) / 1000)
+        if fault.get("status"):
+            return JSONResponse({"error": "injected fault"}, status_code=int(fault["status"]))
+        response = await call_next(request)
+        limit, pause = fault.get("break_after_chunks"), float(fault.get("chunk_delay_ms") or 0) / 1000
+        if (limit is None and not pause) or not hasattr(response, "body_iterator"):
+            return response
+        inner = response.body_iterator
+
+        async def drilled():
+            count = 0
+            async for chunk in inner:
+                if limit is not None and count >= int(limit):
+                    raise ConnectionAbortedError("injected fault: stream cut")
+                count += 1
+                if pause:
+                    await asyncio.sleep(pause)
+                yield chunk
+
+        response.body_iterator = drilled()
+        return response

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 from pathlib import Path
 
 import numpy as np
-from fastapi.responses import JSONResponse
 
-from edgeshrink.serve.app import TextResult, build_app, check_text_model, predict_rows, probabilities_dict
+from edgeshrink.serve.app import (TextResult, build_app, check_text_model, install_faults, predict_rows,
+                                  probabilities_dict)
 from edgeshrink.serve.config import ServeConfig
 
 
@@ -35,16 +33,5 @@ def cloud_app(model: str | Path, config: ServeConfig, faults: Path | None = None
 
     app = build_app("cloud model service", Path(model).name, labels, predict_rows(predictor), config, answer)
     if faults is not None:
-        @app.middleware("http")
-        async def drill(request, call_next):
-            if request.url.path == "/v1/classify" and faults.exists():
-                try:
-                    fault = json.loads(faults.read_text())
-                except (OSError, ValueError):
-                    fault = {}
-                if fault.get("delay_ms"):
-                    await asyncio.sleep(float(fault["delay_ms"]) / 1000)
-                if fault.get("status"):
-                    return JSONResponse({"error": "injected fault"}, status_code=int(fault["status"]))
-            return await call_next(request)
+        install_faults(app, faults)
     return app

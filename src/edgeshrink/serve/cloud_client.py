@@ -82,17 +82,16 @@ class Budget:
         return True
 
 
-class CloudClient:
-    def __init__(self, config: CloudConfig, metrics=None, labels: list[str] | None = None):
+class CloudConnection:
+    """An async HTTP client to the cloud with the breaker and the budget, counting calls in ``metrics``."""
+
+    def __init__(self, config: CloudConfig, metrics=None, headers: dict | None = None):
         import httpx
 
-        self.config, self.metrics, self.labels = config, metrics, labels
+        self.config, self.metrics = config, metrics
         timeout = httpx.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s,
                                 write=config.read_timeout_s, pool=config.connect_timeout_s)
-        headers = {}
-        if config.api_key_env:
-            headers["X-API-Key"] = os.environ.get(config.api_key_env, "")
-        self.http = httpx.AsyncClient(base_url=config.url, timeout=timeout, headers=headers)
+        self.http = httpx.AsyncClient(base_url=config.url, timeout=timeout, headers=headers or {})
         self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s, self._breaker_changed)
         self.budget = Budget(config.budget_texts_per_minute)
 
@@ -107,6 +106,13 @@ class CloudClient:
 
     async def close(self) -> None:
         await self.http.aclose()
+
+
+class CloudClient(CloudConnection):
+    def __init__(self, config: CloudConfig, metrics=None, labels: list[str] | None = None):
+        headers = {"X-API-Key": os.environ.get(config.api_key_env, "")} if config.api_key_env else {}
+        super().__init__(config, metrics, headers)
+        self.labels = labels
 
     async def classify(self, texts: list[str], deadline_ms: float | None = None) -> CloudResult:
         import httpx

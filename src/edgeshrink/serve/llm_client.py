@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from edgeshrink.serve.cloud_client import Budget, CircuitBreaker
+from edgeshrink.serve.cloud_client import CloudConnection
 from edgeshrink.serve.config import CloudConfig
 
 
@@ -28,31 +28,10 @@ class CloudFailed(Exception):
         self.reason, self.sent, self.attempts = reason, sent, attempts
 
 
-class OpenAICloud:
+class OpenAICloud(CloudConnection):
     def __init__(self, config: CloudConfig, metrics=None):
-        import httpx
-
-        self.config, self.metrics = config, metrics
-        timeout = httpx.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s,
-                                write=config.read_timeout_s, pool=config.connect_timeout_s)
-        headers = {}
-        if config.api_key_env:
-            headers["Authorization"] = f"Bearer {os.environ.get(config.api_key_env, '')}"
-        self.http = httpx.AsyncClient(base_url=config.url, timeout=timeout, headers=headers)
-        self.breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s, self._breaker_changed)
-        self.budget = Budget(config.budget_texts_per_minute)
-
-    def _breaker_changed(self, state: str) -> None:
-        if self.metrics:
-            self.metrics.breaker_transitions.labels(to=state).inc()
-            self.metrics.breaker_state.set(0 if state == "closed" else 1)
-
-    def _count(self, outcome: str) -> None:
-        if self.metrics:
-            self.metrics.cloud_calls.labels(outcome=outcome).inc()
-
-    async def close(self) -> None:
-        await self.http.aclose()
+        headers = {"Authorization": f"Bearer {os.environ.get(config.api_key_env, '')}"} if config.api_key_env else {}
+        super().__init__(config, metrics, headers)
 
     async def stream(self, path: str, payload: dict):
         """Yield (text piece, finish_reason or None) from the cloud's stream; see the module doc."""
