@@ -89,4 +89,5 @@ LabelCol = Annotated[str, typer.Option("--label-column", help="Column holding th
 def _data_config(source: str, text_column: str, label_column: str):
     from edgeshrink.data import DataConfig
 
-    return DataConfig.build(source=source, text_column=text_column, label_column=label_column or None)
+    # from_dict, not build: build drops None values, and label_column None (unlabelled text) must stay
+    return DataConfig.from_dict({"source": source, "text_column": text_column, "label_column": label_column or None})

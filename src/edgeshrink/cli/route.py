@@ -15,6 +15,25 @@ DeviceOpt = Annotated[Path, typer.Option("--device", help="Device bundle (router
 CloudOpt = Annotated[str, typer.Option("--cloud", help="Cloud model: a bundle or a PyTorch model directory.")]
 
 
+def _print_open(out, report: dict, json_out) -> None:
+    d, h = report["device_only"], report["hybrid"]
+    out.print(f"route eval (open prompts, {report['data']}, n={report['n']}, answers of at most "
+              f"{report['answer_tokens']} tokens): the device's answer is the cloud's own greedy answer for "
+              f"{100 * d['agreement']:.1f}% [{100 * d['ci95'][0]:.1f}, {100 * d['ci95'][1]:.1f}]; with the router "
+              f"{100 * h['agreement']:.1f}% [{100 * h['ci95'][0]:.1f}, {100 * h['ci95'][1]:.1f}] at "
+              f"{100 * report['on_device_fraction']:.1f}% on the device (disagreement among device answers "
+              f"{_num(report['realised_disagreement_on_device'])})")
+    out.print(f"APGR {_num(report['routing'].get('apgr'), 3)}; ECE {_num(report['calibration_on_test']['ece_before'])}"
+              f" -> {_num(report['calibration_on_test']['ece_after'])}")
+    if report.get("same_rows_as_calibration"):
+        out.print("note: these are the prompts the router was calibrated on, not held-out ones")
+    if report.get("guarantee_check"):
+        g = report["guarantee_check"]
+        out.print(f"guarantee check: disagreement ≤ α={g['alpha']:g} held in {100 * g['held_fraction']:.1f}% of "
+                  f"{g['resplits']} recalibrations (target {100 * g['target']:.0f}%): {'ok' if g['ok'] else 'NO'}")
+    write_json(json_out, report)
+
+
 def _num(value, digits: int = 4) -> str:
     return "n/a" if value is None else f"{value:.{digits}f}"
 
@@ -43,6 +62,9 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
                                                              "default: the data's built-in prompt).")] = None,
               few_shot: Annotated[Optional[int], typer.Option(help="Language models: train-split examples shown in "
                                                               "the prompt (default 0).")] = None,
+              task: Annotated[Optional[str], typer.Option(help="Language models: classify (a labelled task) | open "
+                                                          "(free answers; label-free agreement with the cloud).")] = None,
+              answer_tokens: Annotated[Optional[int], typer.Option(help="task open: the device's answer length (32).")] = None,
               text_column: TextCol = "text", label_column: LabelCol = "label", json_out: JsonOut = None) -> None:
     """Fit temperature and threshold on the calibration split; write router.json into the device bundle."""
     from edgeshrink.route.calibrate import RouteConfig, calibrate as run
@@ -53,7 +75,8 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
     config = RouteConfig.build(policy=policy, alpha=alpha, delta=delta, budget=budget, target_accuracy=target_accuracy,
                                max_drop=max_drop, signal=signal, label_free=label_free or None, p_value=p_value,
                                temperature_scaling=False if no_temperature else None, cost=cost or None,
-                               escalate_truncated=False if keep_truncated else None)
+                               escalate_truncated=False if keep_truncated else None, task=task,
+                               answer_tokens=answer_tokens)
     if prompt is not None or few_shot is not None:
         from edgeshrink.route.prompts import PROMPTS, PromptConfig, read_prompt
 
@@ -114,6 +137,8 @@ def evaluate(device: DeviceOpt, cloud: CloudOpt,
         report = run(device, cloud, data_config, config, plots=plots,
                      progress=lambda step: status.update(f"predicted {step}"))
     out = Console()
+    if report.get("task") == "open":
+        return _print_open(out, report, json_out)
     table = Table(title=f"route eval: {report['data']} test split (n={report['n']})")
     for column in ("", "accuracy % [95% CI]", "on device %", "cost / 1,000 req", "mean latency ms"):
         table.add_column(column, justify="right" if column else "left")

@@ -18,8 +18,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+
 from pydantic import Field
 
 from edgeshrink.config import Config
@@ -46,6 +48,10 @@ class RouteConfig(PolicyConfig):
     escalate_truncated: bool = True  # inputs the device cuts at max_length go to the cloud
     split: SplitConfig = SplitConfig()
     prompt: PromptConfig | None = None  # language models: the task's prompt (None: the data's built-in one)
+    # language models: classify (a labelled task, answered by label log-likelihood) or open (free answers,
+    # label-free: does the cloud agree with the device's greedy answer of at most answer_tokens tokens)
+    task: Literal["classify", "open"] = "classify"
+    answer_tokens: int = Field(32, ge=1, le=512)
 
 
 def label_ids(labels: list[str], names: list[str], where: str) -> np.ndarray:
@@ -119,6 +125,12 @@ def calibrate(device: str | Path, cloud, data: DataConfig | str, config: RouteCo
     config = config or RouteConfig()
     device_path = Path(device)
     examples = load_data(data)
+    if config.task == "open":
+        from edgeshrink.route.open_prompts import calibrate_open
+
+        router = calibrate_open(device_path, cloud, examples, config, cloud_name, progress)
+        write_router(device_path, router)
+        return router
     split = split_examples(examples, config.split) if examples.label_names else None
     prompt = prompt_for(examples, shots=split.train if split else None, base=config.prompt).to_dict() \
         if is_prompted(device_path) else None

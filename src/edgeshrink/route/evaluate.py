@@ -162,6 +162,10 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str | None = None, co
 
     config = config or EvalConfig()
     router = read_router(device)
+    if router.get("task") == "open":
+        from edgeshrink.route.open_prompts import evaluate_open
+
+        return evaluate_open(device, cloud, data, config, router, plots, progress)
     policy = PolicyConfig.from_dict({k: v for k, v in router["policy"].items() if k in PolicyConfig.model_fields})
     device_model, cloud_model = load_models(device, cloud, router.get("prompt"))
     show_progress({"device": device_model, "cloud": cloud_model}, progress)

@@ -1,0 +1,72 @@
+"""Open prompts: agreement is "the cloud's greedy answer is the device's", checked in one cloud pass."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from edgeshrink.cli import app
+from edgeshrink.export.llm import LLMExportConfig, export_llm
+from edgeshrink.route.open_prompts import open_answers, render_prompt
+from edgeshrink.runtime import load
+from tests.conftest import write_csv
+from tests.families import make_causal_lm
+from tests.runtime.test_speculative import noisy_copy
+
+WORDS = ["a good film", "the plot", "music and cast", "why", "tell me", "a story", "of the sea", "again"]
+
+
+def prompts(n, seed):
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=rng.integers(1, 4))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp("open")
+    quick = LLMExportConfig(validation_prompts=2, validation_new_tokens=4)
+    export_llm(make_causal_lm("llama", root / "cloud-model", max_position_embeddings=256), root / "cloud", quick)
+    export_llm(noisy_copy(root / "cloud-model", root / "device-model", noise=0.04), root / "device", quick)
+    calibration = write_csv(root / "cal.csv", [(p,) for p in prompts(300, 0)], header=("text",))
+    held_out = write_csv(root / "test.csv", [(p,) for p in prompts(200, 1)], header=("text",))
+    return root, calibration, held_out
+
+
+def test_agreement_is_the_clouds_own_greedy_answer(pair):
+    root, _, _ = pair
+    device, cloud = load(root / "device"), load(root / "cloud")
+    texts = prompts(24, 5)
+    answers = open_answers(device, cloud, texts, answer_tokens=6)
+    for i, text in enumerate(texts):
+        chat = render_prompt("{text}", text)
+        mine, theirs = device.generate(chat, 6), cloud.generate(chat, 6)
+        assert answers.agree[i] == (mine.token_ids == theirs.token_ids), text
+    assert 0 < answers.agree.mean() < 1  # both outcomes occur
+    assert (answers.agreed_tokens[answers.agree] == answers.answer_tokens[answers.agree]).all()
+
+
+def test_calibrate_and_eval_an_open_prompt_router(pair, tmp_path):
+    root, calibration, held_out = pair
+    runner = CliRunner()
+    result = runner.invoke(app, ["route", "calibrate", "--device", str(root / "device"), "--cloud", str(root / "cloud"),
+                                 "--data", str(calibration), "--label-column", "", "--task", "open", "--label-free", "--signal",
+                                 "mean-logprob", "--policy", "budget", "--budget", "0.4", "--answer-tokens", "6"])
+    assert result.exit_code == 0, result.output
+    router = json.loads((root / "device" / "router.json").read_text())
+    assert router["task"] == "open" and router["n"] == 300 and 0 < router["calibration"]["agreement_rate"] < 1
+    result = runner.invoke(app, ["route", "eval", "--device", str(root / "device"), "--cloud", str(root / "cloud"),
+                                 "--data", str(held_out), "--label-column", "", "--json", str(tmp_path / "e.json")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert report["n"] == 200 and abs(report["escalated_fraction"] - 0.4) < 0.15
+    assert report["hybrid"]["agreement"] >= report["device_only"]["agreement"]
+    assert "greedy answer" in result.output
+    # Without held-out prompts the eval refuses to reuse the calibration rows; bad options are one line.
+    result = runner.invoke(app, ["route", "eval", "--device", str(root / "device"), "--cloud", str(root / "cloud")])
+    assert result.exit_code == 2 and "held-out prompts" in result.output
+    for extra in (["--signal", "max-prob"], []):
+        result = runner.invoke(app, ["route", "calibrate", "--device", str(root / "device"), "--cloud",
+                                     str(root / "cloud"), "--data", str(calibration), "--label-column", "", "--task", "open", "--policy",
+                                     "budget", "--budget", "0.4", *extra, *(["--label-free"] if extra else [])])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
