@@ -7,6 +7,8 @@ model significantly better than a would-be device model? A router can only show 
 
     .venv/bin/python benchmarks/llm_prompted.py --model runs/smollm2-fp32 --model runs/gemma3-fp32 \
         [--data sentiment-movies --data bbc-news] [--shots 0,4] [--limit 400] [--out runs/prompted.json]
+
+The models answer the same examples (the first --limit of the test split), so McNemar pairs them.
 """
 import argparse
 import json
@@ -28,7 +30,7 @@ def main():
     parser.add_argument("--model", type=Path, action="append", required=True)
     parser.add_argument("--data", action="append")
     parser.add_argument("--shots", default="0,4")
-    parser.add_argument("--limit", type=int, default=None, help="Few-shot runs: the first N test examples only.")
+    parser.add_argument("--limit", type=int, default=None, help="The first N test examples only (time).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/prompted.json"))
     args = parser.parse_args()
@@ -37,7 +39,7 @@ def main():
         examples = load_data(data)
         split = split_examples(examples, SplitConfig())
         for shots in [int(s) for s in args.shots.split(",")]:
-            test = split.test if shots == 0 or args.limit is None else split.test.head(args.limit)
+            test = split.test if args.limit is None else split.test.head(args.limit)
             truth = np.array(test.labels)
             correct_by_model = {}
             for path in args.model:
