@@ -291,9 +291,8 @@ def compare_signals(device_cal, device_test, y_cal, y_test, cloud_correct, point
         right, wrong = scores[device_correct], scores[~device_correct]
         auroc = float(mannwhitneyu(right, wrong).statistic / (len(right) * len(wrong))) if len(right) and len(wrong) \
             else None
-        conf = scores if signal not in SIGNALS else scaled_probs(device_test.probabilities, fitted["temperature"]).max(1)
         curve = curves(scores, device_correct, cloud_correct, points)
-        rows[signal] = {"auroc": auroc, "ece_after": binary_ece(conf, device_correct) if signal not in SIGNALS
+        rows[signal] = {"auroc": auroc, "ece_after": binary_ece(scores, device_correct) if signal not in SIGNALS
                         else ece(scaled_probs(device_test.probabilities, fitted["temperature"]), y_test),
                         "apgr": apgr_cpt(curve, float(device_correct.mean()), float(cloud_correct.mean()))["apgr"],
                         "fitted": fitted}

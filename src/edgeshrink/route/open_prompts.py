@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeshrink.runtime.prompted import ANSWER_SIGNALS
+from edgeshrink.runtime.prompted import ANSWER_SIGNALS, answer_signals
 
 
 @dataclass
@@ -51,13 +51,8 @@ def open_answers(device, cloud, texts: list[str], answer_tokens: int = 32, templ
         tokens = list(device.stream(ids, answer_tokens, info=info))
         answer = [t.id for t in tokens]
         stopped = info["stop_reason"] == "eos"
-        if tokens:
-            signals["mean-logprob"][i] = np.mean([t.logprob for t in tokens])
-            signals["min-logprob"][i] = min(t.logprob for t in tokens)
-            signals["neg-mean-entropy"][i] = -np.mean([t.entropy for t in tokens])
-        else:  # the device stopped at once
-            for name in ANSWER_SIGNALS:
-                signals[name][i] = 0.0
+        for name, value in answer_signals([(t.logprob, t.entropy) for t in tokens]).items():
+            signals[name][i] = value
         choices = cloud.logits(ids + answer)[len(ids) - 1:].argmax(axis=-1)  # the cloud's pick at each step
         same = choices[:len(answer)] == np.array(answer, dtype=int)
         agreed[i] = len(answer) if same.all() else int(np.argmin(same))

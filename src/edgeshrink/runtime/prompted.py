@@ -26,6 +26,15 @@ from edgeshrink.runtime.predictor import Predictions
 ANSWER_SIGNALS = ("mean-logprob", "min-logprob", "neg-mean-entropy")
 
 
+def answer_signals(steps: list[tuple[float, float]]) -> dict:
+    """The answer signals of one answer from its tokens' (log-probability, entropy); an empty answer is as
+    unsure as possible."""
+    if not steps:
+        return dict.fromkeys(ANSWER_SIGNALS, -50.0)
+    return {"mean-logprob": float(np.mean([lp for lp, _ in steps])), "min-logprob": float(min(lp for lp, _ in steps)),
+            "neg-mean-entropy": -float(np.mean([h for _, h in steps]))}
+
+
 def messages(prompt: dict, text: str) -> list[dict]:
     """The chat for ``text``: the system turn, the few-shot turns, then the question."""
     answers = [prompt.get("answers", {}).get(label, label) for label in prompt["labels"]]
@@ -136,10 +145,8 @@ class PromptedLLM:
         for i, text in enumerate(texts):
             totals, per_token, cut = self.score(text)
             logliks[i] = totals
-            steps = per_token[int(np.argmax(totals))]
-            signals["mean-logprob"][i] = np.mean([lp for lp, _ in steps])
-            signals["min-logprob"][i] = min(lp for lp, _ in steps)
-            signals["neg-mean-entropy"][i] = -np.mean([h for _, h in steps])
+            for name, value in answer_signals(per_token[int(np.argmax(totals))]).items():
+                signals[name][i] = value
             truncated.append(cut)
             if self.progress is not None:
                 self.progress(i + 1, len(texts))

@@ -32,6 +32,7 @@ from typing import Literal
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, StreamingResponse
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeshrink.errors import EdgeshrinkError
@@ -159,6 +160,7 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
     from edgeshrink.route.confidence import ANSWER_SIGNALS, confidence_scores
     from edgeshrink.route.router import read_router, threshold_of
     from edgeshrink.runtime.generate import Generator
+    from edgeshrink.runtime.prompted import answer_signals
     from edgeshrink.serve.app import ErrorResponse, base_app, install_faults
     from edgeshrink.serve.metrics import Metrics
 
@@ -218,6 +220,9 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
                          path)
         try:
             stops = body.stops()
+        except EdgeshrinkError as exc:
+            return error(422, str(exc), path)
+        try:
             if chat:
                 if generator.chat_template is None:
                     return error(400, f"model {name} has no chat template: use /v1/completions", path)
@@ -229,7 +234,7 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
                     return error(422, "prompt: one non-empty string", path)
                 ids = generator.encode(prompts[0])
         except EdgeshrinkError as exc:
-            return error(422 if "stop" in str(exc) else 400, str(exc), path)
+            return error(400, str(exc), path)
         if not ids:
             return error(422, "the prompt is empty", path)
         if len(ids) + max_tokens > generator.context_length:
@@ -269,39 +274,34 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
             return error(422, "edgeshrink.route is 'cloud' but this service has no cloud (--cloud URL)", path), None
         cancel = threading.Event()
 
-        async def device_pieces(prefix_ids, budget):
+        async def device_pieces(prefix_ids, budget, end: dict, before: int = 0):
+            """Stream the device's tokens as text, then ``end`` with the finish reason and the token count."""
+            count = 0
             async for item in engine.stream(prefix_ids, budget, options, cancel):
                 if isinstance(item, dict):
-                    yield None, item
+                    yield None, end | {"finish": finish_reason(item["stop_reason"]), "completion_tokens": before + count}
                 else:
-                    yield item, None
+                    count += 1
+                    yield item.text, None
 
         async def pieces():
             started = time.perf_counter()
             if role == "cloud" or cloud is None or route == "device" or (route == "auto" and router is None):
-                count = 0
-                async for token, info in device_pieces(ids, max_tokens):
-                    if token is not None:
-                        count += 1
-                        yield token.text, None
-                    else:
-                        source = "cloud" if role == "cloud" else "device"
-                        yield None, {"finish": finish_reason(info["stop_reason"]), "source": source,
-                                     "completion_tokens": count, "reason": "no router" if role == "device" and
-                                     router is None else ("private" if route == "device" else "cloud model"),
-                                     "started": started}
+                reason = "no router" if role == "device" and router is None else \
+                    ("private" if route == "device" else "cloud model")
+                async for piece in device_pieces(ids, max_tokens, {"source": "cloud" if role == "cloud" else "device",
+                                                                   "reason": reason, "started": started}):
+                    yield piece
                 return
             # The device answers first (unless sent to the cloud), then the router decides.
             device_tokens, device_info, confidence = [], {}, None
             if route == "auto":
-                async for token, info in device_pieces(ids, max_tokens):
-                    if token is not None:
-                        device_tokens.append(token)
+                async for item in engine.stream(ids, max_tokens, options, cancel):
+                    if isinstance(item, dict):
+                        device_info = item
                     else:
-                        device_info = info
-                signals = _answer_signals(device_tokens)
-                import numpy as np
-
+                        device_tokens.append(item)
+                signals = answer_signals([(t.logprob, t.entropy) for t in device_tokens])
                 fitted = {"temperature": float(router["temperature"]), "bias": router.get("bias")}
                 confidence = float(confidence_scores(router["signal"], np.zeros((1, 2)),
                                                      {k: np.array([v]) for k, v in signals.items()}, fitted)[0])
@@ -353,14 +353,8 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
             if budget <= 0 or len(cont) + budget > generator.context_length:
                 yield None, extra | {"finish": "length", "completion_tokens": len(cont) - len(ids)}
                 return
-            count = 0
-            async for token, info in device_pieces(cont, budget):
-                if token is not None:
-                    count += 1
-                    yield token.text, None
-                else:
-                    yield None, extra | {"finish": finish_reason(info["stop_reason"]),
-                                         "completion_tokens": len(cont) - len(ids) + count}
+            async for piece in device_pieces(cont, budget, extra, before=len(cont) - len(ids)):
+                yield piece
 
         return pieces(), (ids, cancel)
 
@@ -472,16 +466,6 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
     if faults is not None:
         install_faults(app, faults)
     return app
-
-
-def _answer_signals(tokens) -> dict:
-    import numpy as np
-
-    if not tokens:  # an empty answer: as unsure as possible
-        return {"mean-logprob": -50.0, "min-logprob": -50.0, "neg-mean-entropy": -50.0}
-    return {"mean-logprob": float(np.mean([t.logprob for t in tokens])),
-            "min-logprob": float(min(t.logprob for t in tokens)),
-            "neg-mean-entropy": -float(np.mean([t.entropy for t in tokens]))}
 
 
 def _cut_at_stop(text: str, stops) -> str:
