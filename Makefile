@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q "torch==2.13.0"
 	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(BIN)/python -m pip install -q --no-cache-dir --no-binary llama-cpp-python \
 		"llama-cpp-python==0.3.36"
-	$(BIN)/python -m pip install -q -e ".[device,demo,dev,llm]"
+	$(BIN)/python -m pip install -q -e ".[device,demo,dev,llm,ray]"
 	$(BIN)/edgeshrink data prepare all
 	touch $(STAMP)
 

@@ -647,11 +647,18 @@ def _distill_decoder(teacher: str, student: str | None, data: str, out: Path, dr
 @handled
 def run_recipe(recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see recipes/).")],
                out: Annotated[Optional[Path], typer.Option("--out", help="Output directory (default runs/NAME).")] = None,
+               executor: Annotated[str, typer.Option(help="Who runs the steps: local (this process, one after another) | "
+                                                     "ray (every unique step as a Ray task; pip install 'edgeshrink[ray]')."
+                                                     )] = "local",
+               address: Annotated[Optional[str], typer.Option(help="--executor ray: the cluster (auto, ray://host:10001, "
+                                                              "host:6379; default: a new local Ray).")] = None,
                json_out: JsonOut = None) -> None:
     """Run a recipe: every step (cached), the targets checked, report.md and report.json written."""
+    from edgeshrink.recipes.executors import make_executor
     from edgeshrink.recipes.runner import run
 
-    report = run(recipe, out, progress=lambda message: typer.echo(message, err=True))
+    chosen = make_executor(executor, address)
+    report = run(recipe, out, progress=lambda message: typer.echo(message, err=True), executor=chosen)
     for t in report["targets"]:
         value = "-" if t["value"] is None else f"{t['value']:.4g} {t['unit']}".strip()
         typer.echo(f"{'met ' if t['met'] else 'MISSED'} {t['target']}: {value} (bound {t['bound']:g} {t['unit']})".rstrip())

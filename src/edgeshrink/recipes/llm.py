@@ -41,6 +41,7 @@ from pydantic import Field, ValidationError
 
 from edgeshrink.config import Config
 from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.recipes.executors import StepResources
 
 
 class LLMImportConfig(Config):
@@ -68,6 +69,7 @@ class LLMRecipe(Config):
     steps: list[dict[str, Any]] = Field(min_length=1)
     targets: LLMTargets = LLMTargets()
     seed: int = 0
+    resources: dict[str, StepResources] = {}  # per step: what its task asks of a Ray cluster
 
     def parsed_steps(self) -> list[tuple[str, Config]]:
         registry = llm_step_configs()
@@ -122,6 +124,9 @@ def validate_llm_recipe(raw: dict, path: Path, lines: dict) -> LLMRecipe:
             raise EdgeshrinkError(f"{path}: {_where(lines, loc)}: {'.'.join(map(str, loc))}: {what} "
                                   f"({registry[name].__name__})") from None
     names = [n for n, _ in steps]
+    from edgeshrink.recipes.schema import check_resources
+
+    check_resources(recipe.resources, names, path, lines)
     if len(set(names)) != len(names):
         raise EdgeshrinkError(f"{path}: each step appears once in a language-model recipe")
     for later, optional in (("export", "prune"), ("export", "distill")):  # a model step, when present, comes first
@@ -301,26 +306,29 @@ def check_llm_targets(recipe: LLMRecipe, bench: dict | None, device_size: int | 
 
 
 # -- the run -------------------------------------------------------------------------------------------------
-def run_llm(recipe_path, recipe: LLMRecipe, recipe_hash: str, out: Path, progress) -> dict:
+def run_llm(recipe_path, recipe: LLMRecipe, recipe_hash: str, out: Path, progress, executor) -> dict:
     from edgeshrink import __version__
     from edgeshrink._files import atomic_write_text
     from edgeshrink.doctor import report as machine_report
-    from edgeshrink.recipes.runner import _key, cached_step
+    from edgeshrink.recipes.executors import PathPlan, StepTask, resources_for
+    from edgeshrink.recipes.runner import _key, step_log
 
     steps = recipe.parsed_steps()
     cache = out / "cache"
     cache.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    state: dict = {"model": recipe.model}
     key = _key(recipe.model, recipe.data, recipe.seed, "llm")
-    log, results = [], {}
+    tasks = []
     for i, (name, config) in enumerate(steps):
         key = _key(key, name, config.to_dict(), LLM_STEP_VERSIONS.get(name, 1))
-        record = cached_step(f"step {i + 1}/{len(steps)} {name}", cache / f"{i:02d}-{name}-{key}", cache,
-                             lambda where: LLM_STEPS[name](state, config, where, recipe.data), progress)
+        tasks.append(StepTask("llm", name, config.to_dict(), f"{i:02d}-{name}-{key}", key,
+                              f"step {i + 1}/{len(steps)} {name}", recipe.data, resources_for(name, recipe.resources)))
+    records = executor.run_paths([PathPlan(tasks)], {"model": recipe.model}, cache, lambda *a: None, progress)[0]["records"]
+    state: dict = {"model": recipe.model}
+    for record in records:
         state.update(record["state"])
-        results[name] = record["result"]
-        log.append({"step": name, "key": key, **record["log"], "config": config.to_dict(), "result": record["result"]})
+    results = {t.name: r["result"] for t, r in zip(tasks, records)}
+    log = step_log(tasks, records, cache)
     bench = json.loads(Path(results["bench"]["bench"]).read_text()) if "bench" in results else None
     device_size = (results.get("quantize") or results.get("export") or {}).get("size_bytes")
     machine = machine_report()
@@ -330,7 +338,7 @@ def run_llm(recipe_path, recipe: LLMRecipe, recipe_hash: str, out: Path, progres
         "seed": recipe.seed,
         "machine": {"cpu": machine["cpu"], "logical_cores": machine["logical_cores"], "versions": machine["versions"],
                     "python": platform.python_version()},
-        "wall_seconds_this_run": round(time.perf_counter() - started, 1),
+        "wall_seconds_this_run": round(time.perf_counter() - started, 1), "executor": executor.describe(),
         "steps": log, "device_bundle": state.get("bundle"), "fp32_bundle": state.get("fp32_bundle"),
         "gguf": state.get("gguf"),
         "targets": check_llm_targets(recipe, bench, device_size, state.get("gguf"), results.get("distill")),

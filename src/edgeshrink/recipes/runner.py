@@ -33,9 +33,7 @@ from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.recipes.report import html_page, latency_cell, markdown, models_table, write_plots
 from edgeshrink.recipes.schema import Recipe, load_recipe
 
-STEP_FILE = "step.json"
 LOCK_FILE = ".edgeshrink-run.lock"
-CACHE_PREFIX = "cache:"  # a path inside the run's cache, stored relative to it: run directories can move
 STEPS: dict[str, Callable] = {}
 # A step whose output changes meaning gets a new version; it then enters the step's cache key (version 1
 # is left out so that caches made before versions existed stay valid). export 2: also builds the peer, and
@@ -306,76 +304,40 @@ def early_stop(recipe: Recipe, name: str, record: dict, state: dict, later: list
     return None
 
 
-def _portable(record: dict, cache: Path) -> dict:
-    """A step record as stored: its state/result paths inside ``cache`` become ``cache:<relative path>``."""
-    root = cache.resolve()
+def plan_paths(recipe: Recipe, paths: list, data, resources: dict) -> list:
+    """Every candidate path as a chain of StepTasks: the cache directory of each step (its key chains the
+    previous step's key, the step's config and version, the data and the seed), its config and resources."""
+    from edgeshrink.recipes.executors import PathPlan, StepTask, resources_for
 
-    def convert(value):
-        if isinstance(value, str) and value:
-            try:
-                return CACHE_PREFIX + Path(value).resolve().relative_to(root).as_posix()
-            except (ValueError, OSError):
-                return value
-        return value
-
-    return _map_values(record, convert)
-
-
-def _local(record: dict, cache: Path) -> dict:
-    """A stored step record with its ``cache:`` paths resolved against this run's cache directory."""
-    def convert(value):
-        if isinstance(value, str) and value.startswith(CACHE_PREFIX):
-            return str(cache / value[len(CACHE_PREFIX):])
-        return value
-
-    return _map_values(record, convert)
+    plans = []
+    for index, (choices, steps) in enumerate(paths):
+        label = f"[{index + 1}/{len(paths)}] " if len(paths) > 1 else ""
+        key = _key(recipe.model, data.to_dict(), recipe.seed)
+        tasks = []
+        for i, (name, config) in enumerate(steps):
+            version = STEP_VERSIONS.get(name, 1)
+            key = _key(key, name, config.to_dict(), *([version] if version != 1 else []))
+            tasks.append(StepTask("classifier", name, config.to_dict(), f"{i:02d}-{name}-{key}", key,
+                                  f"{label}step {i + 1}/{len(steps)} {name}", data.to_dict(),
+                                  resources_for(name, resources)))
+        announce = f"{label}candidate " + ", ".join(f"{k}={v}" for k, v in choices.items()) if choices else None
+        plans.append(PathPlan(tasks, announce))
+    return plans
 
 
-def _map_values(record: dict, convert) -> dict:
-    return {**record, **{part: {k: convert(v) for k, v in record[part].items()} for part in ("state", "result")}}
+def step_log(tasks: list, records: list[dict], cache: Path) -> list[dict]:
+    """The report's view of a path's steps: key, cached, seconds, config, result, and where each ran."""
+    from edgeshrink.recipes.executors import executions
 
-
-def cached_step(title: str, where: Path, cache: Path, run_step: Callable[[Path], dict], progress) -> dict:
-    """Run one step into ``where`` unless its ``step.json`` says it is done; return its record with
-    ``log`` (cached, seconds, seconds this run). Paths in the stored record are relative to ``cache``."""
-    from edgeshrink._files import atomic_write_text
-
-    done = where / STEP_FILE
-    t0 = time.perf_counter()
-    cached = done.exists()
-    if cached:
-        record = _local(json.loads(done.read_text()), cache)
-        progress(f"{title}: cached ({where.name})")
-    else:
-        progress(f"{title} ...")
-        where.mkdir(parents=True, exist_ok=True)
-        record = run_step(where)
-        record["seconds"] = round(time.perf_counter() - t0, 1)
-        atomic_write_text(done, json.dumps(_portable(record, cache), indent=2))
-    record["log"] = {"cached": cached, "seconds": record["seconds"],
-                     "seconds_this_run": round(time.perf_counter() - t0, 1)}
-    return record
-
-
-def _run_path(recipe, steps, data, cache: Path, progress, label: str) -> dict:
-    state: dict = {"model": recipe.model}
-    key = _key(recipe.model, data.to_dict(), recipe.seed)
-    log, results, pruned = [], {}, None
-    names = [name for name, _ in steps]
-    for i, (name, config) in enumerate(steps):
-        version = STEP_VERSIONS.get(name, 1)
-        key = _key(key, name, config.to_dict(), *([version] if version != 1 else []))
-        record = cached_step(f"{label}step {i + 1}/{len(steps)} {name}", cache / f"{i:02d}-{name}-{key}", cache,
-                             lambda where: STEPS[name](state, config, where, data), progress)
-        state.update(record["state"])
-        results[name] = record["result"]
-        log.append({"step": name, "key": key, **record["log"], "config": config.to_dict(), "result": record["result"]})
-        pruned = early_stop(recipe, name, record, state, names[i + 1:])
-        if pruned:
-            progress(f"{label}stopped after {name}: {pruned['target']} is {pruned['value']:.4g} "
-                     f"{pruned['unit']}, bound {pruned['bound']:g}".rstrip())
-            break
-    return {"state": state, "results": results, "steps": log, "pruned": pruned}
+    log = []
+    for task, record in zip(tasks, records):
+        journal = executions(cache / task.dir)
+        finished = [e for e in journal if e["event"] == "finish"]
+        ran = {k: v for k, v in (finished[-1] if finished else {}).items() if k in ("executor", "host", "node")}
+        log.append({"step": task.name, "key": task.key, **record["log"], "config": task.config,
+                    "result": record["result"], "ran_on": ran or None,
+                    "executions": {"started": sum(e["event"] == "start" for e in journal), "finished": len(finished)}})
+    return log
 
 
 def _latency(report: dict) -> float:
@@ -448,20 +410,25 @@ def run_dir_lock(out: Path):
         os.close(fd)
 
 
-def run(recipe_path: str | Path, out: str | Path | None = None, progress: Callable[[str], None] | None = None) -> dict:
+def run(recipe_path: str | Path, out: str | Path | None = None, progress: Callable[[str], None] | None = None,
+        executor=None) -> dict:
     """Execute the recipe (every search candidate); write the report into ``out``; return it. ``out`` is
-    locked while the run uses it."""
+    locked while the run uses it. ``executor`` runs the steps (executors.py; default: this process)."""
+    from edgeshrink.recipes.executors import LocalExecutor
+
     recipe, recipe_hash = load_recipe(recipe_path)
     out = Path(out or Path("runs") / recipe.name)
-    with run_dir_lock(out):
+    progress = progress or (lambda message: None)
+    with run_dir_lock(out), (executor or LocalExecutor()) as running:
         from edgeshrink.recipes.llm import LLMRecipe, run_llm
 
         if isinstance(recipe, LLMRecipe):
-            return run_llm(recipe_path, recipe, recipe_hash, out, progress or (lambda message: None))
-        return _run_locked(recipe_path, recipe, recipe_hash, out, progress or (lambda message: None))
+            return run_llm(recipe_path, recipe, recipe_hash, out, progress, running)
+        return _run_locked(recipe_path, recipe, recipe_hash, out, progress, running)
 
 
-def _run_locked(recipe_path, recipe: Recipe, recipe_hash: str, out: Path, progress: Callable[[str], None]) -> dict:
+def _run_locked(recipe_path, recipe: Recipe, recipe_hash: str, out: Path, progress: Callable[[str], None],
+                executor) -> dict:
     from edgeshrink import __version__
     from edgeshrink._files import atomic_write_text
     from edgeshrink.data import DataConfig, load_data
@@ -473,12 +440,26 @@ def _run_locked(recipe_path, recipe: Recipe, recipe_hash: str, out: Path, progre
     cache.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     paths = recipe.candidates()
+    plans = plan_paths(recipe, paths, data, recipe.resources)
+
+    def stop(p: int, s: int, record: dict, state: dict) -> dict | None:
+        names = [t.name for t in plans[p].tasks]
+        pruned = early_stop(recipe, names[s], record, state, names[s + 1:])
+        if pruned:
+            label = f"[{p + 1}/{len(paths)}] " if len(paths) > 1 else ""
+            progress(f"{label}stopped after {names[s]}: {pruned['target']} is {pruned['value']:.4g} "
+                     f"{pruned['unit']}, bound {pruned['bound']:g}".rstrip())
+        return pruned
+
+    outcomes = executor.run_paths(plans, {"model": recipe.model}, cache, stop, progress)
     candidates, splits = [], {}
-    for index, (choices, steps) in enumerate(paths):
-        label = f"[{index + 1}/{len(paths)}] " if len(paths) > 1 else ""
-        if choices:
-            progress(f"{label}candidate " + ", ".join(f"{k}={v}" for k, v in choices.items()))
-        done = _run_path(recipe, steps, data, cache, progress, label)
+    for index, ((choices, steps), plan, outcome) in enumerate(zip(paths, plans, outcomes)):
+        state: dict = {"model": recipe.model}
+        for record in outcome["records"]:
+            state.update(record["state"])
+        done = {"state": state, "pruned": outcome["pruned"],
+                "results": {t.name: r["result"] for t, r in zip(plan.tasks, outcome["records"])},
+                "steps": step_log(plan.tasks, outcome["records"], cache)}
         results = done["results"]
         bench_report = json.loads(Path(results["bench"]["bench"]).read_text()) if "bench" in results else None
         route_report = json.loads(Path(results["route"]["route"]).read_text()) if "route" in results else None
@@ -514,7 +495,7 @@ def _run_locked(recipe_path, recipe: Recipe, recipe_hash: str, out: Path, progre
         "name": recipe.name, "out": str(out), "edgeshrink_version": __version__, "seed": recipe.seed,
         "machine": {"cpu": machine["cpu"], "logical_cores": machine["logical_cores"], "versions": machine["versions"],
                     "python": platform.python_version()},
-        "wall_seconds_this_run": round(time.perf_counter() - started, 1),
+        "wall_seconds_this_run": round(time.perf_counter() - started, 1), "executor": executor.describe(),
         "chosen": chosen["index"], "choices": chosen["choices"],
         **{k: chosen.get(k) for k in ("steps", "device_bundle", "cloud_bundle", "peer_bundle", "router_bundle", "split", "targets",
                                       "all_targets_met", "models", "router", "pruned")},

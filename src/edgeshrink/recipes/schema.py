@@ -21,6 +21,8 @@
       min_accuracy_fraction: 0.98
       peer: {min_speedup: 3, min_size_reduction: 2.5, max_accuracy_drop: 0}   # vs optimum + ORT dynamic INT8
       router: {max_cloud_fraction: 0.25, max_accuracy_drop: 0.3}   # or alpha/delta: a risk guarantee
+    resources:                          # what each step's task asks of a Ray cluster (`--executor ray`)
+      distill: {cpus: 2, gpus: 0}       # default 1 CPU; bench: a whole node
 
 Every error names the file, the key path, its line and what was expected.
 """
@@ -36,6 +38,7 @@ from pydantic import Field, ValidationError, field_validator
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig
 from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.recipes.executors import StepResources
 
 
 def step_configs() -> dict[str, type[Config]]:
@@ -113,6 +116,8 @@ class Recipe(Config):
     steps: list[dict[str, Any]] = Field(min_length=1)
     targets: Targets = Targets()
     seed: int = 0
+    # per step name, what its task asks of a cluster (the ray executor): {distill: {cpus: 2, gpus: 1}}
+    resources: dict[str, StepResources] = {}
 
     def parsed_steps(self) -> list[tuple[str, Config]]:
         """The steps as one path (each step's base config, alternatives ignored)."""
@@ -240,6 +245,7 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
             raise EdgeshrinkError(f"{path}: {_where(lines, loc)}: {'.'.join(map(str, loc))}: {what} "
                                   f"({registry[name].__name__})") from None
     names = [next(iter(s)) for s in recipe.steps]
+    check_resources(recipe.resources, names, path, lines)
     _check_model_kind(recipe, names, path, lines)
     for later, needs in (("distill", "prune"), ("quantize", "export"), ("bench", "export"), ("route", "export")):
         if later in names and needs not in names[:names.index(later)]:
@@ -252,6 +258,13 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     if n > MAX_CANDIDATES:
         raise EdgeshrinkError(f"{path}: the search has {n} candidate paths; at most {MAX_CANDIDATES} are allowed")
     return recipe, hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_resources(resources: dict, names: list[str], path: Path, lines: dict) -> None:
+    for name in resources:
+        if name not in names:
+            raise EdgeshrinkError(f"{path}: {_where(lines, ('resources', name))}: resources.{name}: the recipe has no "
+                                  f"{name!r} step (its steps: {', '.join(dict.fromkeys(names))})")
 
 
 def _check_model_kind(recipe: Recipe, names: list[str], path: Path, lines: dict) -> None:
