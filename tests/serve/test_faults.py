@@ -1,6 +1,7 @@
 """Fault drill against real servers: the cloud fails with 500s, stalls past the deadline, comes back, and is
 killed. Every request is answered (device-fallback while the cloud cannot), the device service never
-answers 5xx, the breaker opens and closes again, and the counters match what was injected."""
+answers 5xx, the breaker opens and closes again, and the counters match what was injected — with the device
+calling the cloud over edgeshrink's /v1/classify and over the Open Inference Protocol (KServe v2)."""
 
 import json
 import time
@@ -21,11 +22,13 @@ def _round(client, counts):
 
 
 @pytest.mark.timeout(240)
-def test_cloud_failures_fall_back_and_the_breaker_recovers(start, serve_models, tmp_path):
+@pytest.mark.parametrize("protocol", ["edgeshrink", "v2"])
+def test_cloud_failures_fall_back_and_the_breaker_recovers(start, serve_models, tmp_path, protocol):
     faults = tmp_path / "faults.json"
     cloud = start("serve-cloud", serve_models["cloud"], "--port", 0, "--faults", faults)
+    over = ["--cloud-protocol", "v2", "--cloud-model", serve_models["cloud"].name] if protocol == "v2" else []
     device = start("serve", serve_models["device"], "--cloud", cloud.url, "--port", 0, "--deadline-ms", 400,
-                   "--retries", 1, "--breaker-failures", 2, "--breaker-reset-s", 1)
+                   "--retries", 1, "--breaker-failures", 2, "--breaker-reset-s", 1, *over)
     counts: dict[str, int] = {}
     with Client(device.url, timeout_s=30) as client:
         healthy = _round(client, counts)

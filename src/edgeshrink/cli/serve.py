@@ -97,8 +97,12 @@ def register(app: typer.Typer) -> None:
                      breaker_reset_s: Annotated[Optional[float], typer.Option(help="Seconds open before a probe (5).")] = None,
                      cloud_budget: Annotated[Optional[int], typer.Option(help="Most texts to the cloud per minute.")] = None,
                      cloud_api_key_env: Annotated[Optional[str], typer.Option(help="Env variable with the cloud's API key.")] = None,
-                     cloud_model: Annotated[Optional[str], typer.Option(help="Language models: the model name the "
-                                                                        "OpenAI-compatible cloud serves.")] = None,
+                     cloud_protocol: Annotated[Optional[str], typer.Option(
+                         help="Classifiers: edgeshrink (POST /v1/classify) | v2 (the Open Inference Protocol of Triton, "
+                              "KServe, Seldon and serve-cloud; needs --cloud-model).")] = None,
+                     cloud_model: Annotated[Optional[str], typer.Option(help="The model name the cloud serves (v2: at "
+                                                                        "/v2/models/NAME; language models: the "
+                                                                        "OpenAI-compatible one).")] = None,
                      ) -> None:
         """Serve the device bundle over HTTP, escalating to the cloud per router.json, falling back when it fails."""
         from edgeshrink.errors import EdgeshrinkError
@@ -108,7 +112,8 @@ def register(app: typer.Typer) -> None:
         cloud_flags = {"url": cloud, "deadline_ms": deadline_ms, "retries": retries,
                        "connect_timeout_s": connect_timeout_s, "read_timeout_s": read_timeout_s,
                        "breaker_failures": breaker_failures, "breaker_reset_s": breaker_reset_s,
-                       "budget_texts_per_minute": cloud_budget, "api_key_env": cloud_api_key_env, "model": cloud_model}
+                       "budget_texts_per_minute": cloud_budget, "api_key_env": cloud_api_key_env, "model": cloud_model,
+                       "protocol": cloud_protocol}
         if cloud is None and any(v is not None for v in cloud_flags.values()):
             raise EdgeshrinkError("cloud options given without --cloud URL")
         config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env},
@@ -121,7 +126,10 @@ def register(app: typer.Typer) -> None:
         if _is_llm_bundle(bundle):
             from edgeshrink.serve.llm import llm_app
 
+            if config.cloud is not None and config.cloud.protocol != "edgeshrink":
+                raise EdgeshrinkError("--cloud-protocol applies to classifier bundles (a language model's cloud is "
+                                      "OpenAI-compatible)")
             return serve(llm_app(bundle, config, "device"), config.host, config.port)
-        if config.cloud is not None and config.cloud.model is not None:
-            raise EdgeshrinkError("--cloud-model applies to language-model bundles")
+        if config.cloud is not None and config.cloud.model is not None and config.cloud.protocol != "v2":
+            raise EdgeshrinkError("--cloud-model applies to language-model bundles and to --cloud-protocol v2")
         serve(device_app(bundle, config), config.host, config.port)

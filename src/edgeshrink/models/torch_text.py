@@ -152,8 +152,9 @@ def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]
 
 
 def predict_proba(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
-                  progress=None) -> np.ndarray:
-    """Class probabilities for ``texts`` (padding per batch, batches sorted by length)."""
+                  progress=None, logits: bool = False) -> np.ndarray:
+    """Class probabilities for ``texts`` (padding per batch, batches sorted by length); the raw logits with
+    ``logits=True``."""
     import torch
 
     enc = tokenizer(texts, truncation=True, max_length=max_length)
@@ -162,8 +163,8 @@ def predict_proba(model, tokenizer, texts: list[str], max_length: int, batch_siz
     with torch.inference_mode():
         for rows in length_sorted_batches(lengths, batch_size):
             batch = tokenizer.pad({k: [enc[k][i] for i in rows] for k in enc.keys()}, return_tensors="pt")
-            logits = model(**batch.to(model.device)).logits
-            out[rows] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+            scores = model(**batch.to(model.device)).logits.float()
+            out[rows] = (scores if logits else torch.softmax(scores, dim=-1)).cpu().numpy()
             if progress is not None:
                 progress(len(rows))
     return out
@@ -182,11 +183,14 @@ class TorchPredictor:
 
     def predict(self, texts, batch_size: int = 64):
         from edgeshrink.runtime import Predictions
+        from edgeshrink.runtime.predictor import softmax
 
         texts = [str(t) for t in texts]
-        probs = predict_proba(self.model, self.tokenizer, texts, self.max_length, batch_size)
+        logits = predict_proba(self.model, self.tokenizer, texts, self.max_length, batch_size, logits=True)
+        probs = softmax(logits) if texts else logits
         lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]] if texts else []
-        return Predictions([self.labels[i] for i in probs.argmax(1)], probs, [n > self.max_length for n in lengths])
+        return Predictions([self.labels[i] for i in probs.argmax(1)], probs, [n > self.max_length for n in lengths],
+                           logits)
 
 
 def load_predictor(spec: str | Path, threads: int | None = None):

@@ -18,6 +18,7 @@ class Predictions:
     labels: list[str]
     probabilities: np.ndarray  # (n, num_labels), rows sum to 1
     truncated: list[bool]  # input was cut at the bundle's max_length (text bundles)
+    logits: np.ndarray | None = None  # (n, num_labels), the model's raw output, where the model gives it
 
     @property
     def confidence(self) -> np.ndarray:
@@ -85,25 +86,28 @@ class Predictor:
         if self.tokenizer is None:
             array = np.asarray(inputs)
             name = next(iter(self.input_types))
-            probs = np.zeros((len(array), len(self.labels)), dtype=np.float32)
+            logits = np.zeros((len(array), len(self.labels)), dtype=np.float32)
             for start in range(0, len(array), batch_size):
                 batch = array[start:start + batch_size].astype(self.input_types[name])
-                probs[start:start + len(batch)] = softmax(self.run({name: batch}))
-            return Predictions([self.labels[i] for i in probs.argmax(1)], probs, [False] * len(array))
+                logits[start:start + len(batch)] = self.run({name: batch})
+            probs = softmax(logits) if len(array) else logits
+            return Predictions([self.labels[i] for i in probs.argmax(1)], probs, [False] * len(array), logits)
         texts = list(inputs)
         if not texts:
-            return Predictions([], np.zeros((0, len(self.labels)), np.float32), [])
-        probs = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
+            empty = np.zeros((0, len(self.labels)), np.float32)
+            return Predictions([], empty, [], empty)
+        logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         truncated = [False] * len(texts)
         # Similar lengths per batch: less padding, and the same results as one text at a time.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             feeds, cut = self.encode([texts[i] for i in rows])
-            probs[rows] = softmax(self.run(feeds))
+            logits[rows] = self.run(feeds)
             for i, c in zip(rows, cut):
                 truncated[i] = c
-        return Predictions([self.labels[i] for i in probs.argmax(1)], probs, truncated)
+        probs = softmax(logits)
+        return Predictions([self.labels[i] for i in probs.argmax(1)], probs, truncated, logits)
 
 
 def load(bundle: str | Path, threads: int | None = None, verify: bool = True):

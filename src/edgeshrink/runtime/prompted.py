@@ -152,4 +152,5 @@ class PromptedLLM:
                 self.progress(i + 1, len(texts))
         z = logliks - logliks.max(axis=1, keepdims=True)
         probs = (np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)).astype(np.float32)
-        return PromptedPredictions([self.labels[j] for j in probs.argmax(1)], probs, truncated, signals, logliks)
+        return PromptedPredictions([self.labels[j] for j in probs.argmax(1)], probs, truncated, signals=signals,
+                                   answer_logliks=logliks)

@@ -21,6 +21,7 @@ import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Literal
 
 import numpy as np
@@ -92,7 +93,7 @@ class RateLimiter:
 
 class BodyCheck:
     """ASGI middleware: a body over ``max_bytes`` gets 413 and one that is not UTF-8 gets 400, before
-    anything parses it."""
+    anything parses it (except the Open Inference Protocol's binary bodies: oip.py checks those)."""
 
     def __init__(self, app, max_bytes: int, metrics: Metrics):
         self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
@@ -117,7 +118,8 @@ class BodyCheck:
             more = message.get("more_body", False)
         body = b"".join(chunks)
         try:
-            body.decode("utf-8")
+            if b"inference-header-content-length" not in dict(scope.get("headers") or []):
+                body.decode("utf-8")
         except UnicodeDecodeError as exc:
             return await self._refuse(scope, send, 400, f"the body is not UTF-8 (byte {exc.start})", "not_utf8")
         sent = False
@@ -252,27 +254,15 @@ def build_app(title: str, model_name: str, labels: list[str], infer, config: Ser
     app, error, guard = base_app(title, f"edgeshrink {title}: model {model_name}, labels {', '.join(labels)}.",
                                  model_name, config, metrics, state, lifespan, extra_ready)
     responses = {c: {"model": ErrorResponse} for c in (400, 401, 413, 422, 429)}
+    limits = config.limits
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, responses=responses)
-    async def classify(body: ClassifyRequest, request: Request):
-        started = time.perf_counter()
-        path = "/v1/classify"
-        refused = guard(request, path)
-        if refused is not None:
-            return refused
-        limits = config.limits
-        if len(body.texts) > limits.max_texts:
+    def check_texts(raw: list[str], path: str) -> tuple[list[str], list[int]] | JSONResponse:
+        """The texts as the model gets them (cut to max_text_chars) and the characters cut, or the refusal."""
+        if len(raw) > limits.max_texts:
             metrics.rejected.labels(reason="too_many_texts").inc()
-            return error(413, f"{len(body.texts)} texts in one request; at most {limits.max_texts}", path)
-        for name in ("private", "cloud_only"):
-            flags = getattr(body, name)
-            if flags is not None and len(flags) != len(body.texts):
-                metrics.rejected.labels(reason="invalid").inc()
-                return error(422, f"{name}: one flag per text ({len(body.texts)}), got {len(flags)}", path)
-        if body.private and body.cloud_only and any(p and c for p, c in zip(body.private, body.cloud_only)):
-            return error(422, "a text cannot be both private and cloud_only", path)
+            return error(413, f"{len(raw)} texts in one request; at most {limits.max_texts}", path)
         texts, cut = [], []
-        for i, text in enumerate(body.texts):
+        for i, text in enumerate(raw):
             if not text.strip():
                 metrics.rejected.labels(reason="empty_text").inc()
                 return error(422, f"texts.{i}: empty text", path)
@@ -290,6 +280,30 @@ def build_app(title: str, model_name: str, labels: list[str], infer, config: Ser
             else:
                 cut.append(0)
             texts.append(text)
+        return texts, cut
+
+    # What other protocols on this app (oip.py) share with /v1/classify.
+    app.state.edgeshrink = SimpleNamespace(metrics=metrics, error=error, guard=guard, check_texts=check_texts,
+                                           ready=lambda: state["ready"])
+
+    @app.post("/v1/classify", response_model=ClassifyResponse, responses=responses)
+    async def classify(body: ClassifyRequest, request: Request):
+        started = time.perf_counter()
+        path = "/v1/classify"
+        refused = guard(request, path)
+        if refused is not None:
+            return refused
+        for name in ("private", "cloud_only"):
+            flags = getattr(body, name)
+            if flags is not None and len(flags) != len(body.texts):
+                metrics.rejected.labels(reason="invalid").inc()
+                return error(422, f"{name}: one flag per text ({len(body.texts)}), got {len(flags)}", path)
+        if body.private and body.cloud_only and any(p and c for p, c in zip(body.private, body.cloud_only)):
+            return error(422, "a text cannot be both private and cloud_only", path)
+        checked = check_texts(body.texts, path)
+        if isinstance(checked, JSONResponse):
+            return checked
+        texts, cut = checked
         rows = await request.app.state.batcher.run(texts)
         results = await answer(request, body, texts, rows, cut, started)
         metrics.requests.labels(path=path, status="200").inc()
@@ -334,12 +348,13 @@ def check_text_model(predictor, path) -> None:
 
 
 def predict_rows(predictor):
-    """A batch function over a predictor: per text (label, probabilities row, model-truncated)."""
-    def infer(texts: list[str]) -> list[tuple[str, np.ndarray, bool]]:
+    """A batch function over a predictor: per text (label, probabilities row, model-truncated, logits row)."""
+    def infer(texts: list[str]) -> list[tuple[str, np.ndarray, bool, np.ndarray]]:
         rows: list = [None] * len(texts)
         for group in length_groups(texts):
             pred = predictor.predict([texts[i] for i in group], batch_size=len(group))
-            for i, row in zip(group, zip(pred.labels, pred.probabilities, pred.truncated)):
+            logits = pred.logits if pred.logits is not None else np.log(np.maximum(pred.probabilities, 1e-30))
+            for i, row in zip(group, zip(pred.labels, pred.probabilities, pred.truncated, logits)):
                 rows[i] = row
         return rows
     return infer
@@ -352,7 +367,10 @@ def install_faults(app, faults: Path) -> None:
 
     @app.middleware("http")
     async def drill(request, call_next):
-        if not request.url.path.startswith("/v1/") or request.url.path == "/v1/models" or not faults.exists():
+        path = request.url.path
+        answering = (path.startswith("/v1/") and path != "/v1/models") or (path.startswith("/v2/models/")
+                                                                          and path.endswith("/infer"))
+        if not answering or not faults.exists():
             return await call_next(request)
         try:
             fault = json.loads(faults.read_text())

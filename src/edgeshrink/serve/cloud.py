@@ -10,6 +10,7 @@ import numpy as np
 from edgeshrink.serve.app import (TextResult, build_app, check_text_model, install_faults, predict_rows,
                                   probabilities_dict)
 from edgeshrink.serve.config import ServeConfig
+from edgeshrink.serve.oip import install_v2
 
 
 def cloud_app(model: str | Path, config: ServeConfig, faults: Path | None = None):
@@ -29,9 +30,11 @@ def cloud_app(model: str | Path, config: ServeConfig, faults: Path | None = None
         return [TextResult(label=label, probabilities=probabilities_dict(labels, probs), source="cloud",
                            confidence=float(np.max(probs)), latency_ms=latency, reason="cloud model",
                            truncated_chars=c, truncated_tokens=bool(tr))
-                for (label, probs, tr), c in zip(rows, cut)]
+                for (label, probs, tr, _), c in zip(rows, cut)]
 
-    app = build_app("cloud model service", Path(model).name, labels, predict_rows(predictor), config, answer)
+    name = Path(model).name
+    app = build_app("cloud model service", name, labels, predict_rows(predictor), config, answer)
+    install_v2(app, name, labels)  # the Open Inference Protocol (KServe v2), beside /v1/classify
     if faults is not None:
         install_faults(app, faults)
     return app

@@ -104,24 +104,34 @@ class CloudConnection:
         if self.metrics:
             self.metrics.cloud_calls.labels(outcome=outcome).inc()
 
-    async def close(self) -> None:
-        await self.http.aclose()
+    def admit(self, texts: int) -> str | None:
+        """None when a call may go out now; else why not (``breaker_open``, ``budget``)."""
+        if not self.breaker.allow():
+            return "breaker_open"
+        if not self.budget.take(texts):
+            self.breaker.release()  # nothing was sent: neither a success nor a failure
+            return "budget"
+        return None
 
+    async def backoff(self, attempts: int, deadline: float) -> bool:
+        """Wait before the next attempt; False when no attempt is left or the wait would pass the deadline."""
+        if attempts > self.config.retries:
+            return False
+        pause = self.config.backoff_ms / 1000 * 2 ** (attempts - 1)
+        if time.monotonic() + pause >= deadline:
+            return False
+        await asyncio.sleep(pause)
+        return True
 
-class CloudClient(CloudConnection):
-    def __init__(self, config: CloudConfig, metrics=None, labels: list[str] | None = None):
-        headers = {"X-API-Key": os.environ.get(config.api_key_env, "")} if config.api_key_env else {}
-        super().__init__(config, metrics, headers)
-        self.labels = labels
-
-    async def classify(self, texts: list[str], deadline_ms: float | None = None) -> CloudResult:
+    async def unary(self, texts: int, send, parse, deadline_ms: float | None = None) -> tuple:
+        """One request/response exchange with retries within the deadline: ``send()`` makes the HTTP call,
+        ``parse(response)`` reads a 200 (raising ValueError, KeyError, TypeError or IndexError on a malformed
+        answer). Returns (what parse returned or None, the reason there is none, attempts)."""
         import httpx
 
-        if not self.breaker.allow():
-            return CloudResult(None, None, "breaker_open", 0)
-        if not self.budget.take(len(texts)):
-            self.breaker.release()  # nothing was sent: neither a success nor a failure
-            return CloudResult(None, None, "budget", 0)
+        refused = self.admit(texts)
+        if refused:
+            return None, refused, 0
         deadline = time.monotonic() + (deadline_ms or self.config.deadline_ms) / 1000
         attempts, reason = 0, "unreachable"
         while attempts <= self.config.retries:
@@ -131,7 +141,7 @@ class CloudClient(CloudConnection):
                 break
             attempts += 1
             try:
-                response = await asyncio.wait_for(self.http.post("/v1/classify", json={"texts": texts}), remaining)
+                response = await asyncio.wait_for(send(), remaining)
             except asyncio.TimeoutError:
                 reason = "deadline"
                 self._count("deadline")
@@ -145,33 +155,107 @@ class CloudClient(CloudConnection):
             else:
                 if response.status_code == 200:
                     try:
-                        body = response.json()
-                        results = body["results"]
-                        labels = [r["label"] for r in results]
-                        probs = [r.get("probabilities") for r in results]
-                        if len(labels) != len(texts) or not all(isinstance(y, str) for y in labels):
-                            raise ValueError("wrong number or type of answers")
-                        if self.labels is not None and set(labels) - set(self.labels):
-                            raise ValueError("labels the device does not know")
-                        if not all(p is None or (isinstance(p, dict) and all(
-                                isinstance(k, str) and isinstance(v, (int, float)) for k, v in p.items()))
-                                for p in probs):
-                            raise ValueError("malformed probabilities")
-                    except (ValueError, KeyError, TypeError):
+                        result = parse(response)
+                    except (ValueError, KeyError, TypeError, IndexError):
                         reason = "bad_response"
                         self._count("bad_response")
                         break
                     self._count("ok")
                     self.breaker.record(True)
-                    return CloudResult(labels, probs, None, attempts)
+                    return result, None, attempts
                 reason = f"http_{response.status_code // 100}xx"
                 self._count(reason)
                 if response.status_code < 500 and response.status_code != 429:
                     break  # the cloud refused this request: retrying will not help
-            if attempts <= self.config.retries:
-                pause = self.config.backoff_ms / 1000 * 2 ** (attempts - 1)
-                if time.monotonic() + pause >= deadline:
-                    break
-                await asyncio.sleep(pause)
+            if not await self.backoff(attempts, deadline):
+                break
         self.breaker.record(False)
-        return CloudResult(None, None, reason, attempts)
+        return None, reason, attempts
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+class CloudClient(CloudConnection):
+    """edgeshrink's own protocol: ``POST /v1/classify`` on `serve-cloud`."""
+
+    def __init__(self, config: CloudConfig, metrics=None, labels: list[str] | None = None):
+        headers = {"X-API-Key": os.environ.get(config.api_key_env, "")} if config.api_key_env else {}
+        super().__init__(config, metrics, headers)
+        self.labels = labels
+
+    async def classify(self, texts: list[str], deadline_ms: float | None = None) -> CloudResult:
+        answer, reason, attempts = await self.unary(len(texts), lambda: self.send(texts),
+                                                    lambda response: self.parse(response, len(texts)), deadline_ms)
+        if answer is None:
+            return CloudResult(None, None, reason, attempts)
+        return CloudResult(answer[0], answer[1], None, attempts)
+
+    def send(self, texts: list[str]):
+        return self.http.post("/v1/classify", json={"texts": texts})
+
+    def parse(self, response, n: int) -> tuple[list[str], list[dict | None]]:
+        results = response.json()["results"]
+        labels = [r["label"] for r in results]
+        probs = [r.get("probabilities") for r in results]
+        if len(labels) != n or not all(isinstance(y, str) for y in labels):
+            raise ValueError("wrong number or type of answers")
+        if self.labels is not None and set(labels) - set(self.labels):
+            raise ValueError("labels the device does not know")
+        if not all(p is None or (isinstance(p, dict) and all(
+                isinstance(k, str) and isinstance(v, (int, float)) for k, v in p.items())) for p in probs):
+            raise ValueError("malformed probabilities")
+        return labels, probs
+
+
+class OIPCloudClient(CloudClient):
+    """The Open Inference Protocol (KServe v2): ``POST /v2/models/MODEL/infer`` on Triton, KServe, Seldon or
+    `serve-cloud`. The texts go as the BYTES input ``text``; the answer is read from the ``logits`` output
+    through the classification extension (``score:index:label``, every label), so the cloud's label names come
+    back with its scores, whatever order its outputs have; probabilities are their softmax."""
+
+    def __init__(self, config: CloudConfig, metrics=None, labels: list[str] | None = None):
+        super().__init__(config, metrics, labels)
+        if not config.model:
+            from edgeshrink.errors import EdgeshrinkError
+
+            raise EdgeshrinkError("the v2 cloud protocol needs the cloud's model name (--cloud-model)")
+        self.path = f"/v2/models/{config.model}/infer"
+
+    def send(self, texts: list[str]):
+        k = len(self.labels) if self.labels else 1
+        return self.http.post(self.path, json={
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}],
+            "outputs": [{"name": "logits", "parameters": {"classification": k}}]})
+
+    def parse(self, response, n: int) -> tuple[list[str], list[dict | None]]:
+        import math
+
+        output = next(o for o in response.json()["outputs"] if o["name"] == "logits")
+        if output["datatype"] != "BYTES" or len(output["shape"]) != 2 or output["shape"][0] != n:
+            raise ValueError("not a classification output of one row per text")
+        k, data = output["shape"][1], output["data"]
+        if len(data) != n * k:
+            raise ValueError("wrong number of classification entries")
+        labels, probs = [], []
+        for row in range(n):
+            scores = {}
+            for entry in data[row * k:(row + 1) * k]:
+                score, _, label = entry.split(":", 2)
+                scores[label] = float(score)
+            if not scores or (self.labels is not None and set(scores) - set(self.labels)):
+                raise ValueError("labels the device does not know")
+            top = max(scores.values())
+            weights = {label: math.exp(s - top) for label, s in scores.items()}
+            total = sum(weights.values())
+            labels.append(max(scores, key=scores.get))
+            probs.append({label: round(w / total, 6) for label, w in weights.items()})
+        return labels, probs
+
+
+# How the device service talks to its cloud: CloudConfig.protocol -> the client class.
+CLOUD_PROTOCOLS: dict[str, type[CloudClient]] = {"edgeshrink": CloudClient, "v2": OIPCloudClient}
+
+
+def cloud_client(config: CloudConfig, metrics=None, labels: list[str] | None = None) -> CloudClient:
+    return CLOUD_PROTOCOLS[config.protocol](config, metrics, labels)

@@ -46,7 +46,10 @@ class CloudConfig(Config):
     breaker_reset_s: float = Field(5.0, gt=0)  # open this long, then one probe request (half-open)
     budget_texts_per_minute: int | None = Field(None, ge=0)  # cloud spend cap; beyond it: device-fallback
     api_key_env: str | None = None  # environment variable holding the cloud's API key
-    model: str | None = None  # language models: the model name the OpenAI-compatible cloud serves
+    # classifiers: how to call the cloud — "edgeshrink" (POST /v1/classify) or "v2", the Open Inference
+    # Protocol (KServe v2) of Triton, KServe, Seldon and serve-cloud, which needs the model's name below
+    protocol: Literal["edgeshrink", "v2"] = "edgeshrink"
+    model: str | None = None  # the model name the cloud serves (v2; language models: the OpenAI-compatible one)
 
     @field_validator("url")
     @classmethod

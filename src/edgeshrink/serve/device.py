@@ -17,8 +17,12 @@ def device_app(bundle: str | Path, config: ServeConfig):
     from edgeshrink.route.router import Router, read_router
     from edgeshrink.runtime import load
     from edgeshrink.runtime.predictor import Predictions
-    from edgeshrink.serve.cloud_client import CloudClient
+    from edgeshrink.serve.cloud_client import cloud_client
 
+    if config.cloud is not None and config.cloud.protocol == "v2" and not config.cloud.model:
+        from edgeshrink.errors import EdgeshrinkError
+
+        raise EdgeshrinkError("--cloud-protocol v2 needs --cloud-model: the model's name at /v2/models/NAME")
     predictor = load(bundle, threads=config.threads)  # checks every file's hash
     check_text_model(predictor, bundle)
     labels = list(predictor.labels)
@@ -31,7 +35,7 @@ def device_app(bundle: str | Path, config: ServeConfig):
 
     async def startup(app):
         if config.cloud is not None:
-            holder["cloud"] = CloudClient(config.cloud, app.state.metrics, labels)
+            holder["cloud"] = cloud_client(config.cloud, app.state.metrics, labels)
 
     async def shutdown(app):
         if "cloud" in holder:

@@ -4,7 +4,7 @@ Ollama, a hosted LLM), and the HTTP target for speculative decoding.
 ``OpenAICloud.stream(path, payload)`` yields the cloud's text pieces as they arrive (server-sent events).
 It raises ``CloudFailed(reason, sent)`` when there is no complete answer: before the first piece it
 retries within the deadline (5xx, 429, timeouts, refused connections), with the circuit breaker and the
-spend budget of ``CloudClient``; after the first piece nothing is retried (the caller already streamed
+spend budget of ``CloudConnection``; after the first piece nothing is retried (the caller already streamed
 it) and a broken stream ends with ``stream_broken``. ``sent`` is the text received so far, so the
 device can finish the answer from there.
 """
@@ -37,11 +37,9 @@ class OpenAICloud(CloudConnection):
         """Yield (text piece, finish_reason or None) from the cloud's stream; see the module doc."""
         import httpx
 
-        if not self.breaker.allow():
-            raise CloudFailed("breaker_open")
-        if not self.budget.take(1):
-            self.breaker.release()
-            raise CloudFailed("budget")
+        refused = self.admit(1)
+        if refused:
+            raise CloudFailed(refused)
         payload = {**payload, "stream": True, **({"model": self.config.model} if self.config.model else {})}
         deadline = time.monotonic() + self.config.deadline_ms / 1000
         attempts, reason, sent = 0, "unreachable", []
@@ -96,11 +94,8 @@ class OpenAICloud(CloudConnection):
                 self._count(reason)
             if sent:
                 break  # what was streamed cannot be taken back: the device finishes it
-            if attempts <= self.config.retries:
-                pause = self.config.backoff_ms / 1000 * 2 ** (attempts - 1)
-                if time.monotonic() + pause >= deadline:
-                    break
-                await asyncio.sleep(pause)
+            if not await self.backoff(attempts, deadline):
+                break
         self.breaker.record(False)
         raise CloudFailed(reason, "".join(sent), attempts)
 
