@@ -30,3 +30,23 @@ def local_cluster(nodes: int = 2, cpus_per_node: int = 1):
     finally:
         ray.shutdown()
         cluster.shutdown()
+
+
+def kill_node(cluster, node) -> None:
+    """The node dies as a machine would: its raylet and every process it started (workers, actors) at once.
+    (``cluster.remove_node`` alone stops the raylet, and an actor's process can go on answering for a while.)"""
+    import psutil
+
+    started = []
+    for infos in node.all_processes.values():
+        for info in infos:
+            try:
+                started += psutil.Process(info.process.pid).children(recursive=True)
+            except psutil.NoSuchProcess:
+                pass
+    cluster.remove_node(node, allow_graceful=False)
+    for process in started:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass

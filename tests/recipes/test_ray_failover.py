@@ -8,7 +8,7 @@ import pytest
 
 from edgeshrink.recipes.executors import RayExecutor
 from edgeshrink.recipes.runner import run
-from tests.ray_cluster import local_cluster
+from tests.ray_cluster import kill_node, local_cluster
 from tests.recipes.ray_search import journals, write_search
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
@@ -49,7 +49,7 @@ def test_a_node_removed_mid_search_loses_no_finished_step(cluster, tiny_model, t
         time.sleep(0.05)
     assert interrupted, "no distillation ran on the second node"
     finished_before = {name for name, events in journals(out).items() if any(e["event"] == "finish" for e in events)}
-    cluster.remove_node(doomed, allow_graceful=False)
+    kill_node(cluster, doomed)
     thread.join(400)
     assert not thread.is_alive() and "error" not in outcome, outcome.get("error")
     report = outcome["report"]

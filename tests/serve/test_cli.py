@@ -52,3 +52,29 @@ def test_serve_refuses_options_that_make_no_sense(serve_models, tmp_path):
     bad = tmp_path / "serve.yaml"
     bad.write_text("limits: {max_textz: 3}\n")
     assert "unknown key" in _error(["serve", serve_models["plain"], "--config", bad, "--port", 0])
+
+
+def test_engine_and_protocol_options_are_checked(serve_models, monkeypatch):
+    cloud = serve_models["cloud"]
+    assert "unknown engine 'gunicorn'" in _error(["serve-cloud", cloud, "--port", 0, "--engine", "gunicorn"])
+    assert "apply to --engine ray" in _error(["serve-cloud", cloud, "--port", 0, "--replicas", 2])
+    assert "min_replicas is above max_replicas" in _error(["serve-cloud", cloud, "--port", 0, "--engine", "ray",
+                                                           "--min-replicas", 3, "--max-replicas", 2])
+    assert "--cloud-model applies to language-model bundles and to --cloud-protocol v2" in _error(
+        ["serve", serve_models["device"], "--cloud", "http://127.0.0.1:9", "--cloud-model", "m", "--port", 0])
+    assert "'edgeshrink' or 'v2'" in _error(["serve", serve_models["device"], "--cloud", "http://127.0.0.1:9",
+                                             "--cloud-protocol", "grpc", "--port", 0])
+    monkeypatch.setitem(__import__("sys").modules, "ray", None)  # as if the extra were not installed
+    out = _error(["serve-cloud", cloud, "--port", 0, "--engine", "ray"])
+    assert out.strip() == "error: --engine ray needs Ray Serve: pip install 'edgeshrink[ray]'"
+
+
+def test_ray_serve_config_makes_ray_serve_options():
+    from edgeshrink.serve.ray_engine import RayServeConfig
+
+    assert RayServeConfig(replicas=2, replica_cpus=0.5).deployment_options() == {
+        "ray_actor_options": {"num_cpus": 0.5}, "num_replicas": 2}
+    scaled = RayServeConfig(min_replicas=1, max_replicas=4).deployment_options()
+    assert scaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2.0}
+    assert "num_replicas" not in scaled
+    assert RayServeConfig.from_json(RayServeConfig(max_replicas=3, min_replicas=0).to_json()).max_replicas == 3

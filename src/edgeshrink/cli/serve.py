@@ -63,9 +63,19 @@ def register(app: typer.Typer) -> None:
                     max_body_bytes: MaxBody = None, rate: Rate = None,
                     faults: Annotated[Optional[Path], typer.Option(
                         help="Fault drills: a JSON file read per request ({\"delay_ms\": N} or {\"status\": 500}).")] = None,
+                    engine: Annotated[str, typer.Option(help="uvicorn (this process) | ray (Ray Serve replicas; "
+                                                        "pip install 'edgeshrink[ray]').")] = "uvicorn",
+                    address: Annotated[Optional[str], typer.Option(help="--engine ray: the Ray cluster (auto, "
+                                                                   "ray://host:10001; default: a new local Ray).")] = None,
+                    replicas: Annotated[Optional[int], typer.Option(help="--engine ray: replicas (1).")] = None,
+                    min_replicas: Annotated[Optional[int], typer.Option(help="--engine ray: autoscaling lower bound.")] = None,
+                    max_replicas: Annotated[Optional[int], typer.Option(help="--engine ray: autoscaling upper bound.")] = None,
+                    replica_cpus: Annotated[Optional[float], typer.Option(help="--engine ray: CPUs per replica (1).")] = None,
                     ) -> None:
-        """Serve the cloud model over HTTP: POST /v1/classify, /healthz, /readyz, /metrics, /docs; a language-model
-        bundle: the OpenAI-compatible /v1/chat/completions, /v1/completions, /v1/models and /v1/speculate."""
+        """Serve the cloud model over HTTP: POST /v1/classify, the Open Inference Protocol (KServe v2) under /v2,
+        /healthz, /readyz, /metrics, /docs; a language-model bundle: the OpenAI-compatible /v1/chat/completions,
+        /v1/completions, /v1/models and /v1/speculate. --engine ray runs the classifier service on Ray Serve."""
+        from edgeshrink.errors import EdgeshrinkError
         from edgeshrink.serve.cloud import cloud_app
         from edgeshrink.serve.server import bind, serve
 
@@ -73,8 +83,20 @@ def register(app: typer.Typer) -> None:
                          {"max_text_chars": max_text_chars, "long_text": long_text, "max_texts": max_texts,
                           "max_body_bytes": max_body_bytes, "requests_per_second": rate},
                          {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms})
+        ray_flags = {"address": address, "replicas": replicas, "min_replicas": min_replicas,
+                     "max_replicas": max_replicas, "replica_cpus": replica_cpus}
+        if engine not in ("uvicorn", "ray"):
+            raise EdgeshrinkError(f"unknown engine {engine!r}; expected uvicorn or ray")
+        if engine == "uvicorn" and any(v is not None for v in ray_flags.values()):
+            raise EdgeshrinkError("--address, --replicas, --min/max-replicas and --replica-cpus apply to --engine ray")
         if config.port:
             bind(config.host, config.port).close()  # a port in use fails before the model loads
+        if engine == "ray":
+            from edgeshrink.serve.ray_engine import RayServeConfig, serve_on_ray
+
+            if _is_llm_bundle(model):
+                raise EdgeshrinkError("--engine ray serves classifiers; a language-model bundle runs on uvicorn")
+            return serve_on_ray(model, config, RayServeConfig.build(**ray_flags), faults)
         if _is_llm_bundle(model):
             from edgeshrink.serve.llm import llm_app
 

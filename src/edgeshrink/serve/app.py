@@ -229,25 +229,26 @@ def base_app(title: str, description: str, model_name: str, config: ServeConfig,
 
 
 def build_app(title: str, model_name: str, labels: list[str], infer, config: ServeConfig, answer,
-              on_startup=None, on_shutdown=None, extra_ready=None):
+              on_startup=None, on_shutdown=None, extra_ready=None, batcher=MicroBatcher):
     """The shared HTTP layer. ``infer(texts)`` runs in the micro-batcher's thread and returns one row per
-    text; ``answer(request, texts, rows, cut, started)`` turns a request's rows into TextResults."""
+    text; ``answer(request, texts, rows, cut, started)`` turns a request's rows into TextResults.
+    ``batcher``: the class that batches concurrent texts (MicroBatcher; Ray Serve's: ray_engine.ServeBatcher)."""
     metrics = Metrics()
     state = {"ready": False}
 
     @asynccontextmanager
     async def lifespan(app):
-        batcher = MicroBatcher(infer, config.batch.max_batch_size, config.batch.max_wait_ms,
-                               on_batch=metrics.batch_size.observe, on_model_cpu=metrics.model_cpu.inc)
-        batcher.start()
-        app.state.batcher = batcher
+        running = batcher(infer, config.batch.max_batch_size, config.batch.max_wait_ms,
+                          on_batch=metrics.batch_size.observe, on_model_cpu=metrics.model_cpu.inc)
+        running.start()
+        app.state.batcher = running
         if on_startup:
             await on_startup(app)
-        await batcher.run([labels[0]])  # one warm-up call: ready means answering
+        await running.run([labels[0]])  # one warm-up call: ready means answering
         state["ready"] = True
         yield
         state["ready"] = False
-        await batcher.stop()
+        await running.stop()
         if on_shutdown:
             await on_shutdown(app)
 

@@ -13,7 +13,7 @@ from edgeshrink.serve.config import ServeConfig
 from edgeshrink.serve.oip import install_v2
 
 
-def cloud_app(model: str | Path, config: ServeConfig, faults: Path | None = None):
+def cloud_app(model: str | Path, config: ServeConfig, faults: Path | None = None, batcher=None, extra_ready=None):
     """The cloud model (a bundle or a PyTorch model directory) behind the API.
 
     ``faults``: a JSON file read at each request, for fault drills: ``{"delay_ms": 3000}`` stalls the
@@ -33,7 +33,8 @@ def cloud_app(model: str | Path, config: ServeConfig, faults: Path | None = None
                 for (label, probs, tr, _), c in zip(rows, cut)]
 
     name = Path(model).name
-    app = build_app("cloud model service", name, labels, predict_rows(predictor), config, answer)
+    app = build_app("cloud model service", name, labels, predict_rows(predictor), config, answer,
+                    extra_ready=extra_ready, **({"batcher": batcher} if batcher else {}))
     install_v2(app, name, labels)  # the Open Inference Protocol (KServe v2), beside /v1/classify
     if faults is not None:
         install_faults(app, faults)
