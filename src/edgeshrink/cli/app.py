@@ -133,10 +133,45 @@ def finetune(model: Annotated[str, typer.Argument(help="Local model directory or
     write_json(json_out, record)
 
 
+def _export_triton(model: str, out: Path, name: str | None, force: bool, json_out, config, exporter) -> None:
+    import tempfile
+
+    from edgeshrink.export import export as run
+    from edgeshrink.export.llm import is_language_model
+    from edgeshrink.export.triton import TritonConfig, export_triton
+    from edgeshrink.runtime.bundle import MANIFEST_NAME
+
+    if exporter is not None or is_language_model(model):
+        raise fail("--format triton takes a text classifier (a model directory or its bundle)")
+    triton = TritonConfig.build(name=name or (Path(model).name if Path(model).exists() else None))
+    if (Path(model) / MANIFEST_NAME).exists():
+        if config != type(config)():
+            raise fail(f"{model} is already a bundle: --opset, --optimize, --tolerance and --max-length apply when "
+                       f"exporting a model")
+        record = export_triton(model, out, triton, force=force)
+    else:
+        with tempfile.TemporaryDirectory(prefix="edgeshrink-triton-") as tmp:
+            run(model, Path(tmp) / "bundle", config, force=True)
+            record = export_triton(Path(tmp) / "bundle", out, triton, force=force)
+        record["source_bundle"] = None  # exported on the way, not kept
+    check = record["check"]
+    typer.echo(f"Triton repository {out}: models {', '.join(record['models'])}; structure checked against Triton's "
+               f"ModelConfig schema; the pipeline (tokenizer model.py, then ONNX Runtime) gives the bundle's logits "
+               f"within {check['pipeline_max_abs_diff']:.1e}. Not served by Triton here (no container runtime); "
+               f"serve it with: tritonserver --model-repository {out}")
+    write_json(json_out, record)
+
+
 @app.command()
 @handled
-def export(model: Annotated[str, typer.Argument(help="Local model directory or short name.")],
-           out: Annotated[Path, typer.Option("--out", help="Output bundle directory.")],
+def export(model: Annotated[str, typer.Argument(help="Local model directory or short name (--format triton: "
+                                                 "also a classifier bundle).")],
+           out: Annotated[Path, typer.Option("--out", help="Output bundle directory (--format triton: the model "
+                                                         "repository).")],
+           format: Annotated[str, typer.Option("--format", help="bundle (a device bundle) | triton (a Triton model "
+                                               "repository: ensemble of tokenizer + ONNX model).")] = "bundle",
+           name: Annotated[Optional[str], typer.Option(help="--format triton: the model's name in the repository "
+                                                       "(default: the bundle directory's).")] = None,
            opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default 17).")] = None,
            optimize: Annotated[Optional[str], typer.Option(help="none | basic | fusion (ORT transformer fusions).")] = None,
            tolerance: Annotated[Optional[float], typer.Option(help="Max-abs-diff allowed vs the source (default 1e-4).")] = None,
@@ -144,9 +179,19 @@ def export(model: Annotated[str, typer.Argument(help="Local model directory or s
            exporter: Annotated[Optional[str], typer.Option(help="Language models: auto | builder | optimum (default auto: "
                                                            "onnxruntime-genai's builder where it takes the model).")] = None,
            force: Force = False, json_out: JsonOut = None) -> None:
-    """Export to ONNX, validate against the source on several shapes, and write a device bundle."""
+    """Export to ONNX, validate against the source on several shapes, and write a device bundle (or, with
+    --format triton, a Triton model repository)."""
     from edgeshrink.export import ExportConfig, export as run
     from edgeshrink.export.llm import LLMExportConfig, export_llm, is_language_model
+
+    if format not in ("bundle", "triton"):
+        raise fail(f"unknown format {format!r}; expected bundle or triton")
+    if format == "triton":
+        return _export_triton(model, out, name, force, json_out,
+                              ExportConfig.build(opset=opset, optimize=optimize, tolerance=tolerance,
+                                                 max_length=max_length), exporter)
+    if name is not None:
+        raise fail("--name applies to --format triton")
 
     if is_language_model(model):
         if optimize is not None or max_length is not None:
