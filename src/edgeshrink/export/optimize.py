@@ -20,9 +20,10 @@ def optimize_onnx(src: Path, dst: Path, level: str, fusion_type: str | None = No
                                    hidden_size=hidden_size, opt_level=0, use_gpu=False)
         optimized.save_model_to_file(str(dst))
         return f"fusion:{fusion_type}"
-    options = ort.SessionOptions()
+    from edgeshrink.runtime.bundle import session_options
+
+    options = session_options()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.optimized_model_filepath = str(dst)
-    options.log_severity_level = 3
     ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
     return "basic"

@@ -45,9 +45,9 @@ def validate_outputs(onnx_path: str, reference: Callable[[dict[str, np.ndarray]]
     """Run ONNX Runtime and ``reference`` on each feed; raise if any output differs by more than ``tolerance``."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(onnx_path, options, providers=["CPUExecutionProvider"])
+    from edgeshrink.runtime.bundle import session_options
+
+    session = ort.InferenceSession(onnx_path, session_options(), providers=["CPUExecutionProvider"])
     output_name = session.get_outputs()[0].name
     per_shape = []
     worst = 0.0

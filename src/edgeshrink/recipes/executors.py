@@ -236,6 +236,9 @@ def _remote_step(task: StepTask, state: dict, cache: str, cwd: str, env: dict, t
         raise EdgeshrinkError(f"the run's cache {cache} is not visible on node {ray.get_runtime_context().get_node_id()[:8]} "
                               f"({socket.gethostname()}): put the run directory on a filesystem every node mounts at "
                               f"the same path")
+    from edgeshrink.runtime.bundle import THREADS_ENV
+
+    env = {**env, THREADS_ENV: str(threads)}  # ONNX Runtime sessions in the step: the task's CPUs, not the node's
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

@@ -10,6 +10,26 @@ from edgeshrink.errors import EdgeshrinkError
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
+# A process's CPU allotment (the ray executor sets it to its task's CPUs): ONNX Runtime sessions not told a
+# thread count use this many instead of one per core, so two tasks on a node do not oversubscribe it.
+THREADS_ENV = "EDGESHRINK_THREADS"
+
+
+def session_options(threads: int | None = None):
+    """ONNX Runtime session options: quiet, and ``threads`` intra-op threads (None: $EDGESHRINK_THREADS, else
+    ONNX Runtime's default of one per core)."""
+    import os
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    allotted = os.environ.get(THREADS_ENV, "")
+    threads = threads or (int(allotted) if allotted.isdigit() and int(allotted) > 0 else None)
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return options
 
 
 def _sha256(path: Path) -> str:
@@ -24,13 +44,8 @@ def open_session(onnx_path: Path, threads: int | None = None):
     """An ONNX Runtime CPU session (``threads``: intra-op threads, None: its default), or a one-line error."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
     try:
-        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(onnx_path), session_options(threads), providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf types
         raise EdgeshrinkError(f"cannot load {onnx_path}: {str(exc).splitlines()[0][:200]}") from None
 
