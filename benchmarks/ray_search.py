@@ -114,7 +114,8 @@ def main(recipe: Path, repeats: int, out: Path) -> dict:
     local, ray = median["local"], median["ray"]
     startup = statistics.median(r["startup_s"] for r in runs["ray"])
     same = [(a["keys"] == b["keys"], a["chosen"] == b["chosen"]) for a, b in zip(runs["local"], runs["ray"])]
-    result = {"schema": "edgeshrink-ray-search/1", "recipe": str(recipe), "cpu": cpu_info(), "repeats": repeats,
+    shown = recipe.resolve().relative_to(ROOT) if recipe.resolve().is_relative_to(ROOT) else recipe
+    result = {"schema": "edgeshrink-ray-search/1", "recipe": str(shown), "cpu": cpu_info(), "repeats": repeats,
               "runs": runs, "median_wall_s": median, "ray_startup_median_s": startup,
               "ratio_ray_over_local": ray / local, "ratio_with_startup": (ray + startup) / local,
               "ratio_ray_over_local_1_thread": ray / median["local-1-thread"],

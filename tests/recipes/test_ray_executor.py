@@ -98,3 +98,13 @@ def test_a_failing_step_on_ray_is_one_line_like_local(cluster, tiny_model, tmp_p
     assert [r.exit_code for r in results] == [2, 2]
     lines = [r.output.strip().splitlines()[-1] for r in results]
     assert lines[0] == lines[1] == "error: cannot keep 5 layers: the teacher has 2"
+
+
+def test_a_step_no_node_can_hold_is_refused_not_left_waiting(cluster, tiny_model, tmp_path):
+    from edgeshrink.errors import EdgeshrinkError
+
+    recipe = write_search(tmp_path, tiny_model)
+    recipe.write_text(recipe.read_text() + "resources:\n  distill: {cpus: 4}\n")
+    with pytest.raises(EdgeshrinkError, match=r"step 2/5 distill: asks for 4 CPU, which no node of the Ray cluster "
+                                              r"has \(the largest has 1 CPU\); lower resources.distill"):
+        run(recipe, tmp_path / "out", executor=RayExecutor(cluster[0].address))

@@ -303,9 +303,21 @@ class RayExecutor:
             raise EdgeshrinkError("the Ray cluster has no node with CPUs")
         return max(cpus)
 
+    def _check_fits(self, task: StepTask, cpus: float) -> None:
+        """A task no node can hold would wait forever: refuse it in one line instead."""
+        nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
+        gpus = task.resources.gpus
+        if not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+            largest = max((n.get("CPU", 0) for n in nodes), default=0)
+            raise EdgeshrinkError(f"{task.title}: asks for {cpus:g} CPU{f' and {gpus:g} GPU' if gpus else ''}, which "
+                                  f"no node of the Ray cluster has (the largest has {largest:g} CPU"
+                                  f"{', ' + str(max(n.get('GPU', 0) for n in nodes)) + ' GPU' if gpus else ''}); "
+                                  f"lower resources.{task.name} in the recipe")
+
     def _submit(self, task: StepTask, state: dict, cache: Path):
         res = task.resources
         cpus = self._node_cpus() if res.cpus == "node" else float(res.cpus)
+        self._check_fits(task, cpus)
         options = {"num_cpus": cpus, "num_gpus": res.gpus, "max_retries": res.max_retries, "retry_exceptions": False}
         if res.memory_gb:
             options["memory"] = int(res.memory_gb * 2**30)
