@@ -73,7 +73,7 @@ def test_ray_serve_config_makes_ray_serve_options():
     from edgeshrink.serve.ray_engine import RayServeConfig
 
     assert RayServeConfig(replicas=2, replica_cpus=0.5).deployment_options() == {
-        "ray_actor_options": {"num_cpus": 0.5}, "num_replicas": 2}
+        "ray_actor_options": {"num_cpus": 0.5}, "max_ongoing_requests": 64, "num_replicas": 2}
     scaled = RayServeConfig(min_replicas=1, max_replicas=4).deployment_options()
     assert scaled["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 2.0}
     assert "num_replicas" not in scaled
