@@ -8,7 +8,11 @@ from edgeshrink.compress.prune import PruneConfig
 from edgeshrink.data import DataConfig, SplitConfig
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.export import ExportConfig
+from edgeshrink.export.triton import TritonConfig
 from edgeshrink.models.finetune import FinetuneConfig
+from edgeshrink.recipes.executors import StepResources
+from edgeshrink.serve.config import CloudConfig
+from edgeshrink.serve.ray_engine import RayServeConfig
 
 CONFIGS = [
     BenchConfig(threads=[1], seq_lengths=[16]),
@@ -18,6 +22,10 @@ CONFIGS = [
     FinetuneConfig(epochs=0.5),
     QuantConfig(method="static-int8", calibration_method="entropy", op_types=["MatMul"]),
     PruneConfig(layers=[0, 5], heads_keep=0.5, ffn_keep=0.25),
+    StepResources(cpus="node", gpus=1, memory_gb=2),
+    RayServeConfig(address="auto", min_replicas=1, max_replicas=3, replica_cpus=2),
+    TritonConfig(name="sentiment", max_batch_size=32),
+    CloudConfig(url="http://127.0.0.1:8001", protocol="v2", model="bundle"),
 ]
 
 

@@ -15,6 +15,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 
+def timed_call(fn: Callable[[list[str]], list], texts: list[str], on_model_cpu: Callable[[float], None]) -> list:
+    """``fn(texts)`` in the model thread, its CPU time booked (ORT at one thread runs in this thread too)."""
+    start = time.thread_time()
+    try:
+        return fn(texts)
+    finally:
+        on_model_cpu(time.thread_time() - start)
+
+
 @dataclass
 class _Item:
     texts: list[str]
@@ -48,12 +57,7 @@ class MicroBatcher:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def _call(self, texts: list[str]) -> list:
-        """Runs in the worker thread: ``fn(texts)``, its CPU time booked (ORT at one thread runs here too)."""
-        start = time.thread_time()
-        try:
-            return self.fn(texts)
-        finally:
-            self.on_model_cpu(time.thread_time() - start)
+        return timed_call(self.fn, texts, self.on_model_cpu)
 
     async def run(self, texts: list[str]) -> list:
         future = asyncio.get_running_loop().create_future()

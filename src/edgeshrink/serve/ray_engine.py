@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -83,11 +82,9 @@ class ServeBatcher:
         self.batched = batched
 
     def _call(self, texts: list[str]) -> list:
-        start = time.thread_time()
-        try:
-            return self.fn(texts)
-        finally:
-            self.on_model_cpu(time.thread_time() - start)
+        from edgeshrink.serve.batcher import timed_call
+
+        return timed_call(self.fn, texts, self.on_model_cpu)
 
     def start(self) -> None:
         pass

@@ -3,7 +3,6 @@ node), the same answers as the uvicorn engine over /v1/classify and the Open Inf
 service escalating to it over v2 through the fault drill (500s, a stall past the deadline, the replica's node
 killed) without losing a request."""
 
-import json
 import time
 
 import httpx
@@ -11,11 +10,10 @@ import numpy as np
 import pytest
 
 from edgeshrink.client import Client
-from tests.conftest import make_texts
 from tests.ray_cluster import kill_node, local_cluster
+from tests.serve.drill import TEXTS, answer_round, drill_until_killed
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(600)]
-TEXTS = [t for t, _ in make_texts(40, seed=5)]
 
 
 @pytest.fixture(scope="module")
@@ -65,13 +63,6 @@ def a_metrics(url: str) -> dict:
     return parse(httpx.get(url + "/metrics").text)
 
 
-def _round(client, counts):
-    results = client.classify(TEXTS)
-    for r in results:
-        counts[r["source"]] = counts.get(r["source"], 0) + 1
-    return results
-
-
 def test_device_escalates_over_v2_to_ray_serve_through_the_fault_drill(cluster, serve_models, start, tmp_path):
     cluster, workers = cluster
     faults = tmp_path / "faults.json"
@@ -81,37 +72,21 @@ def test_device_escalates_over_v2_to_ray_serve_through_the_fault_drill(cluster, 
                    "--breaker-failures", 2, "--breaker-reset-s", 1)
     counts: dict[str, int] = {}
     with Client(device.url, timeout_s=60) as client:
-        healthy = _round(client, counts)
-        n = sum(r["source"] == "cloud" for r in healthy)
-        assert n > 0
-
-        faults.write_text(json.dumps({"status": 500}))
-        failing = [_round(client, counts) for _ in range(3)]
-        reasons = [{r["fallback_reason"] for r in rnd if r["source"] == "device-fallback"} for rnd in failing]
-        assert reasons == [{"http_5xx"}, {"http_5xx"}, {"breaker_open"}]
-        faults.write_text(json.dumps({"delay_ms": 1500}))
-        time.sleep(1.2)
-        t0 = time.monotonic()
-        slow = _round(client, counts)
-        assert time.monotonic() - t0 < 1.4
-        assert {r["fallback_reason"] for r in slow if r["source"] == "device-fallback"} == {"deadline"}
-        faults.unlink()
-        time.sleep(1.2)
-        assert {r["source"] for r in _round(client, counts)} == {"device", "cloud"}  # the probe closed the breaker
+        n = drill_until_killed(client, faults, counts)
 
         # The node holding the only replica dies: the device answers alone until Ray Serve has a replica again.
         replica_node = httpx.get(cloud.url + "/readyz").json()["node"]
         busy = [w for w in workers if w.node_id == replica_node]
         assert len(busy) == 1 and _cpus_used(busy[0]) == 1
         kill_node(cluster, busy[0])
-        outage = [_round(client, counts) for _ in range(3)]
+        outage = [answer_round(client, counts) for _ in range(3)]
         assert all(r["source"] in ("device", "device-fallback") for rnd in outage for r in rnd)
         reasons = {r["fallback_reason"] for rnd in outage for r in rnd if r["source"] == "device-fallback"}
         assert reasons and reasons <= {"deadline", "timeout", "unreachable", "http_5xx", "breaker_open"}
         recovered, deadline = [], time.monotonic() + 90
         while time.monotonic() < deadline:
             time.sleep(1.1)
-            recovered = _round(client, counts)
+            recovered = answer_round(client, counts)
             if any(r["source"] == "cloud" for r in recovered):
                 break
         assert {r["source"] for r in recovered} == {"device", "cloud"}, "Ray Serve did not bring the replica back"
