@@ -2,6 +2,7 @@
 journal of the local executor, and a step's error surfacing in one line under Ray."""
 
 import json
+import socket
 import sys
 
 import pytest
@@ -74,3 +75,17 @@ def test_the_local_executor_journals_each_execution_once(tiny_model, tmp_path):
     events = executions(tmp_path / "out" / "cache" / f"00-prune-{first['steps'][0]['key']}")
     assert [e["event"] for e in events] == ["start", "finish"] and events[0]["pid"] == events[1]["pid"]
     assert json.loads(json.dumps(events)) == events  # plain JSON lines
+
+
+def test_an_unreachable_cluster_is_one_line_at_once_and_leaves_nothing(tmp_path):
+    pytest.importorskip("ray")
+    path = tmp_path / "r.yaml"
+    path.write_text(GOOD.format(model="m", data="d.csv"))
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(tmp_path / "out"), "--executor", "ray",
+                                      "--address", f"127.0.0.1:{port}"])
+    assert result.exit_code == 2
+    assert result.output.strip() == f"error: cannot reach a Ray cluster at 127.0.0.1:{port}: Connection refused"
+    assert not (tmp_path / "out").exists()

@@ -226,6 +226,25 @@ def _ray():
     return ray
 
 
+def connect_ray(ray, address: str | None) -> None:
+    """``ray.init`` for edgeshrink's commands: quiet, no dashboard, and a one-line error (at once, not after
+    Ray's minute of retries) when a ``host:port`` or ``ray://host:port`` address does not answer."""
+    import re
+
+    found = re.fullmatch(r"(?:ray://)?\[?([^\]/]+?)\]?:(\d+)", address or "")
+    if found:
+        try:
+            socket.create_connection((found.group(1), int(found.group(2))), timeout=5).close()
+        except OSError as exc:
+            raise EdgeshrinkError(f"cannot reach a Ray cluster at {address}: {exc.strerror or exc}") from None
+    try:
+        ray.init(address=address, include_dashboard=False, logging_level="ERROR", log_to_driver=False,
+                 configure_logging=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise EdgeshrinkError(f"cannot reach a Ray cluster at {address or 'a new local Ray'}: "
+                              f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
 def _remote_step(task: StepTask, state: dict, cache: str, cwd: str, env: dict, threads: int) -> dict:
     """A Ray task: one step on a worker, in the driver's working directory and data cache. Returns the record
     with its paths relative to the cache (the driver resolves them against its own view of it)."""
@@ -277,12 +296,7 @@ class RayExecutor:
         ray = _ray()
         t0 = time.perf_counter()
         if not ray.is_initialized():
-            try:
-                ray.init(address=self.address, include_dashboard=False, logging_level="ERROR",
-                         log_to_driver=False, configure_logging=False)
-            except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise EdgeshrinkError(f"cannot reach a Ray cluster at {self.address or 'a new local Ray'}: "
-                                      f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            connect_ray(ray, self.address)
             self.started_here = True
         self.startup_seconds = round(time.perf_counter() - t0, 2)
         self.ray, self.remote = ray, ray.remote(_remote_step)

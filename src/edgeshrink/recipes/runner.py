@@ -419,7 +419,8 @@ def run(recipe_path: str | Path, out: str | Path | None = None, progress: Callab
     recipe, recipe_hash = load_recipe(recipe_path)
     out = Path(out or Path("runs") / recipe.name)
     progress = progress or (lambda message: None)
-    with run_dir_lock(out), (executor or LocalExecutor()) as running:
+    # The executor first: a cluster that cannot be reached leaves no run directory behind.
+    with (executor or LocalExecutor()) as running, run_dir_lock(out):
         from edgeshrink.recipes.llm import LLMRecipe, run_llm
 
         if isinstance(recipe, LLMRecipe):

@@ -161,11 +161,9 @@ def serve_on_ray(model: str | Path, config, ray_config: RayServeConfig, faults: 
     replica_config = config.model_copy(update={"threads": threads, "port": port})
     started_here = not ray.is_initialized()
     if started_here:
-        try:
-            ray.init(address=ray_config.address, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError) as exc:
-            raise EdgeshrinkError(f"cannot reach a Ray cluster at {ray_config.address or 'a new local Ray'}: "
-                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        from edgeshrink.recipes.executors import connect_ray
+
+        connect_ray(ray, ray_config.address)
     stop = stop or threading.Event()
     try:
         serve.start(http_options={"host": config.host, "port": port}, proxy_location="HeadOnly")
