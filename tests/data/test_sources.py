@@ -110,3 +110,58 @@ def test_sample_keeps_a_fixed_subset(tiny_csv):
     assert len(a) == 50 and a.ids == b.ids and set(a.ids) <= set(full.ids)
     assert a.label_names == full.label_names
     assert len(load_data(DataConfig(source=str(tiny_csv), sample=10_000))) == len(full)
+
+
+def test_label_map_renames_the_datas_labels(tmp_path):
+    from edgeshrink.data.sources import parse_label_map
+
+    path = write_csv(tmp_path / "d.csv", [("good", "pos"), ("bad", "neg"), ("fine", "pos")])
+    mapping = parse_label_map("pos=positive, neg=negative")
+    assert mapping == {"pos": "positive", "neg": "negative"}
+    examples = load_data(DataConfig(source=str(path), label_map=mapping))
+    assert examples.labels == ["positive", "negative", "positive"]
+    assert examples.label_names == ("negative", "positive")  # the data's order (neg, pos), renamed
+    config = DataConfig(source=str(path), label_map=mapping)
+    assert DataConfig.from_json(config.to_json()) == config
+    assert "label_map" not in DataConfig(source="x.csv").to_dict()  # configs (and cache keys) from before hold
+
+
+@pytest.mark.parametrize("text, match", [
+    ("pos:positive", r"'pos:positive' is not DATA_LABEL=MODEL_LABEL"),
+    ("pos=positive,=negative", r"'=negative' is not DATA_LABEL=MODEL_LABEL"),
+    ("pos=positive,pos=negative", "label 'pos' is mapped twice"),
+])
+def test_label_map_syntax_errors(text, match):
+    from edgeshrink.data.sources import parse_label_map
+
+    with pytest.raises(EdgeshrinkError, match=match):
+        parse_label_map(text)
+
+
+def test_label_map_errors_are_one_line(tmp_path):
+    path = write_csv(tmp_path / "d.csv", [("good", "pos"), ("bad", "neg"), ("meh", "mixed")])
+    with pytest.raises(EdgeshrinkError, match=r"labels 'pos' and 'good' both map to 'positive': a label map is one"):
+        DataConfig.from_dict({"source": str(path), "label_map": {"pos": "positive", "good": "positive"}})
+    with pytest.raises(EdgeshrinkError, match=r"labels the map does not cover: \['mixed'\] \(map every label"):
+        load_data(DataConfig(source=str(path), label_map={"pos": "positive", "neg": "negative"}))
+    with pytest.raises(EdgeshrinkError, match=r"\['neutral'\] is not a label of data 'd.csv'"):
+        load_data(DataConfig(source=str(path), label_map={"pos": "positive", "neg": "negative", "mixed": "m",
+                                                          "neutral": "n"}))
+
+
+def test_label_map_on_the_command_line_against_a_models_labels(tiny_bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeshrink.cli import app
+
+    path = write_csv(tmp_path / "d.csv", [(f"text {i}", "pos" if i % 2 else "neg") for i in range(40)])
+    runner = CliRunner()
+    base = ["bench", str(tiny_bundle), "--data", str(path), "--threads", "1", "--seq-lengths", "8",
+            "--batch-sizes", "1", "--latency-runs", "5"]
+    refused = runner.invoke(app, base)
+    assert refused.exit_code == 2 and "map yours with --label-map" in refused.output
+    ok = runner.invoke(app, base + ["--label-map", "pos=positive,neg=negative", "--json", str(tmp_path / "b.json")])
+    assert ok.exit_code == 0, ok.output
+    assert json.loads((tmp_path / "b.json").read_text())["candidates"][0]["accuracy"]["n"] > 0
+    typo = runner.invoke(app, base + ["--label-map", "pos=postive,neg=negative"])
+    assert typo.exit_code == 2 and "['postive']" in typo.output and "Traceback" not in typo.output

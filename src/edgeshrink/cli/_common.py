@@ -84,10 +84,14 @@ Force = Annotated[bool, typer.Option("--force", help="Replace the output if it e
 DataOpt = Annotated[str, typer.Option("--data", help="Built-in data set name, CSV/JSONL file, or load_from_disk dir.")]
 TextCol = Annotated[str, typer.Option("--text-column", help="Column holding the text.")]
 LabelCol = Annotated[str, typer.Option("--label-column", help="Column holding the label.")]
+LabelMap = Annotated[Optional[str], typer.Option("--label-map", help="Your data's label names → the model's, every "
+                                                 "label mapped: pos=positive,neg=negative.")]
 
 
-def _data_config(source: str, text_column: str, label_column: str):
+def _data_config(source: str, text_column: str, label_column: str, label_map: str | None = None):
     from edgeshrink.data import DataConfig
+    from edgeshrink.data.sources import parse_label_map
 
     # from_dict, not build: build drops None values, and label_column None (unlabelled text) must stay
-    return DataConfig.from_dict({"source": source, "text_column": text_column, "label_column": label_column or None})
+    return DataConfig.from_dict({"source": source, "text_column": text_column, "label_column": label_column or None,
+                                 **({"label_map": parse_label_map(label_map)} if label_map else {})})

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgeshrink import __version__
-from edgeshrink.cli._common import (DataOpt, Force, JsonOut, LabelCol, TextCol, _data_config, fail, handled,
+from edgeshrink.cli._common import (DataOpt, Force, JsonOut, LabelCol, LabelMap, TextCol, _data_config, fail, handled,
                                     progress_callback, write_json)
 from edgeshrink.cli.route import route_app
 from edgeshrink.cli.serve import register as register_serve
@@ -109,7 +109,7 @@ def finetune(model: Annotated[str, typer.Argument(help="Local model directory or
                                                             "default: the data's built-in prompt).")] = None,
              few_shot: Annotated[Optional[int], typer.Option(help="Language models: train-split examples shown in "
                                                              "the prompt (default 0).")] = None,
-             text_column: TextCol = "text", label_column: LabelCol = "label",
+             text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
              force: Force = False, json_out: JsonOut = None) -> None:
     """Fine-tune a pretrained encoder into a text classifier (the cloud model), or a language model to answer
     the data's prompted task; report test accuracy."""
@@ -125,7 +125,7 @@ def finetune(model: Annotated[str, typer.Argument(help="Local model directory or
         from edgeshrink.route.prompts import read_prompt
 
         prompt_config = read_prompt(prompt) if prompt is not None else None
-    record = run(model, _data_config(data, text_column, label_column), out, config, force=force, prompt=prompt_config,
+    record = run(model, _data_config(data, text_column, label_column, label_map), out, config, force=force, prompt=prompt_config,
                  few_shot=few_shot)
     test = record["test"]
     typer.echo(f"test accuracy {100 * test['accuracy']:.2f}% [95% CI {100 * test['ci95'][0]:.1f}, "
@@ -331,7 +331,7 @@ def bench(candidates: Annotated[list[Path], typer.Argument(help="Device bundles 
           batch_sizes: Annotated[Optional[str], typer.Option(help="Comma list of throughput batch sizes (default 8,32).")] = None,
           latency_runs: Annotated[Optional[int], typer.Option(help="Timed batch-1 runs per cell (default 40).")] = None,
           max_accuracy_examples: Annotated[Optional[int], typer.Option(help="Cap the test examples scored.")] = None,
-          text_column: TextCol = "text", label_column: LabelCol = "label",
+          text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
           prompt_tokens: Annotated[Optional[str], typer.Option(help="LLM bundles: comma list of prompt lengths for time to first token (default 32,128,512).")] = None,
           new_tokens: Annotated[Optional[int], typer.Option(help="LLM bundles: greedy tokens per timed decode run (default 128).")] = None,
           repeats: Annotated[Optional[int], typer.Option(help="LLM bundles: timed runs per candidate and cell (default 3).")] = None,
@@ -399,7 +399,7 @@ def bench(candidates: Annotated[list[Path], typer.Argument(help="Device bundles 
     config = BenchConfig.build(threads=ints(threads, "threads"), seq_lengths=ints(seq_lengths, "seq-lengths"),
                                throughput_batch_sizes=ints(batch_sizes, "batch-sizes"), latency_runs=latency_runs,
                                max_accuracy_examples=max_accuracy_examples)
-    data_config = _data_config(data, text_column, label_column) if data else None
+    data_config = _data_config(data, text_column, label_column, label_map) if data else None
     with Progress(TextColumn("[bold]bench[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn()) as progress:
         report = run(candidates, data_config, config, progress=progress_callback(progress))
@@ -483,7 +483,7 @@ def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model 
           importance_examples: Annotated[Optional[int], typer.Option(help="Train examples used to rank heads/neurons.")] = None,
           drop_blocks: Annotated[Optional[str], typer.Option("--drop-blocks", help="Language models: blocks to drop, a count (8) or indices (3,7).")] = None,
           importance: Annotated[Optional[str], typer.Option(help="Language models, with a count: block-influence | angular | first | last | uniform.")] = None,
-          text_column: TextCol = "text", label_column: LabelCol = "label",
+          text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
           force: Force = False, json_out: JsonOut = None) -> None:
     """Structured pruning with physical removal: drop layers, attention heads and FFN neurons (classifiers);
     for language models drop blocks (--drop-blocks), FFN neurons (--ffn) and heads by KV group (--heads),
@@ -509,7 +509,7 @@ def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model 
         layer_spec = parts[0] if len(parts) == 1 and "," not in layers else parts
     config = PruneConfig.build(layers=layer_spec, layer_strategy=layer_strategy, heads_keep=heads, ffn_keep=ffn,
                                vocab=vocab or None, importance_examples=importance_examples)
-    record = run(teacher, _data_config(data, text_column, label_column), out, config, force=force)
+    record = run(teacher, _data_config(data, text_column, label_column, label_map), out, config, force=force)
     p = record["prune"]
     typer.echo(f"student {out}: layers {p['kept_layers']}, {p['heads_per_layer']} heads and {p['ffn_per_layer']} FFN "
                f"neurons per layer, {p['parameters'] / 1e6:.2f}M parameters "
@@ -576,7 +576,7 @@ def sparsify(model: Annotated[str, typer.Argument(help="Fine-tuned model directo
              epochs: Annotated[Optional[float], typer.Option(help="Fine-tuning epochs while pruning (1).")] = None,
              learning_rate: Annotated[Optional[float], typer.Option(help="Fine-tuning learning rate (5e-5).")] = None,
              one_shot: Annotated[bool, typer.Option("--one-shot", help="Cut once, no fine-tuning.")] = False,
-             text_column: TextCol = "text", label_column: LabelCol = "label",
+             text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
              force: Force = False, json_out: JsonOut = None) -> None:
     """Unstructured magnitude pruning (zeros in dense weights): smaller when compressed, not faster."""
     from edgeshrink.compress.sparsify import SparsifyConfig, sparsify as run
@@ -590,7 +590,7 @@ def sparsify(model: Annotated[str, typer.Argument(help="Fine-tuned model directo
     elif tuning:
         values["finetune"] = {**SparsifyConfig().finetune.to_dict(), **tuning}
     config = SparsifyConfig.from_dict(values)
-    record = run(model, _data_config(data, text_column, label_column), out, config, force=force)
+    record = run(model, _data_config(data, text_column, label_column, label_map), out, config, force=force)
     s, test = record["sparsify"], record["test"]
     typer.echo(f"sparse model {out}: {100 * s['sparsity_targeted']:.1f}% of encoder linear weights are zero "
                f"({100 * s['sparsity_all_parameters']:.1f}% of all parameters); test accuracy "
@@ -622,7 +622,7 @@ def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned t
             drop_blocks: Annotated[Optional[str], typer.Option("--drop-blocks", help="Language models, build the student: blocks to drop (count or indices).")] = None,
             train_tokens: Annotated[Optional[int], typer.Option(help="Language models: training tokens per epoch (200000).")] = None,
             extra_text: Annotated[Optional[list[str]], typer.Option("--extra-text", help="Language models: more training text (.txt/.jsonl/dir; its train part).")] = None,
-            text_column: TextCol = "text", label_column: LabelCol = "label",
+            text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
             force: Force = False, json_out: JsonOut = None) -> None:
     """Distill a smaller student from the teacher (building it with structured pruning if asked). A language
     model learns the teacher's next-token distributions on the train part of --data (label-free)."""
@@ -646,13 +646,13 @@ def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned t
     config = DistillConfig.build(epochs=epochs, learning_rate=learning_rate, alpha_ce=alpha, beta_kd=beta,
                                  gamma_hidden=gamma, delta_attention=delta, temperature=temperature, label_free=label_free or None,
                                  augment=None if augment is None else {"copies": augment})
-    data_config = _data_config(data, text_column, label_column)
+    data_config = _data_config(data, text_column, label_column, label_map)
     if student is None:
         if layers is None and heads is None and ffn is None and not vocab:
             raise fail("give --student, or build one with --layers/--heads/--ffn/--vocab")
         student_dir = out.with_name(out.name + ".student")
         prune(teacher, data, student_dir, layers=layers, layer_strategy=None, heads=heads, ffn=ffn, vocab=vocab,
-              importance_examples=None, text_column=text_column, label_column=label_column, force=True, json_out=None)
+              importance_examples=None, text_column=text_column, label_column=label_column, label_map=label_map, force=True, json_out=None)
         student = str(student_dir)
     record = run(teacher, student, data_config, out, config, force=force)
     test = record["test"]

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeshrink.cli._common import DataOpt, JsonOut, LabelCol, TextCol, _data_config, fail, handled, write_json
+from edgeshrink.cli._common import (DataOpt, JsonOut, LabelCol, LabelMap, TextCol, _data_config, fail, handled,
+                                    write_json)
 
 route_app = typer.Typer(no_args_is_help=True, help="Route requests between the device model and the cloud model.")
 
@@ -65,7 +66,7 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
               task: Annotated[Optional[str], typer.Option(help="Language models: classify (a labelled task) | open "
                                                           "(free answers; label-free agreement with the cloud).")] = None,
               answer_tokens: Annotated[Optional[int], typer.Option(help="task open: the device's answer length (32).")] = None,
-              text_column: TextCol = "text", label_column: LabelCol = "label", json_out: JsonOut = None) -> None:
+              text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None, json_out: JsonOut = None) -> None:
     """Fit temperature and threshold on the calibration split; write router.json into the device bundle."""
     from edgeshrink.route.calibrate import RouteConfig, calibrate as run
 
@@ -86,7 +87,7 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
     from rich.console import Console
 
     with Console(stderr=True).status("calibrating") as status:
-        router = run(device, cloud, _data_config(data, text_column, label_column), config,
+        router = run(device, cloud, _data_config(data, text_column, label_column, label_map), config,
                      progress=lambda step: status.update(f"calibration split, {step}"))
     cal = router["calibration"]
     fit = cal["temperature_fit"]
@@ -115,7 +116,7 @@ def evaluate(device: DeviceOpt, cloud: CloudOpt,
                                                                "(default: as recorded, else text).")] = None,
              label_column: Annotated[Optional[str], typer.Option("--label-column", help="Column holding the label "
                                                                 "(default: as recorded, else label).")] = None,
-             json_out: JsonOut = None) -> None:
+             label_map: LabelMap = None, json_out: JsonOut = None) -> None:
     """Route the test split: device/cloud/hybrid accuracy, cost, APGR/CPT, curves, the guarantee check."""
     from rich.console import Console
     from rich.table import Table
@@ -127,11 +128,11 @@ def evaluate(device: DeviceOpt, cloud: CloudOpt,
     except ValueError:
         raise fail(f"--alphas must be a comma list of numbers, got {alphas!r}") from None
     config = EvalConfig.build(resplits=resplits, alphas=alpha_list)
-    if (text_column is not None or label_column is not None) and data is None:
-        raise fail("--text-column/--label-column go with --data")
+    if (text_column is not None or label_column is not None or label_map is not None) and data is None:
+        raise fail("--text-column/--label-column/--label-map go with --data")
     # A bare --data path is read with the recorded columns; columns given here replace them.
-    data_config = data if text_column is None and label_column is None else \
-        _data_config(data, text_column or "text", "label" if label_column is None else label_column)
+    data_config = data if text_column is None and label_column is None and label_map is None else \
+        _data_config(data, text_column or "text", "label" if label_column is None else label_column, label_map)
     console = Console(stderr=True)
     with console.status("routing the test split") as status:
         report = run(device, cloud, data_config, config, plots=plots,

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from edgeshrink.config import Config
 from edgeshrink.data import builtin
@@ -50,6 +50,31 @@ class DataConfig(Config):
     label_column: str | None = "label"  # None: unlabelled text (label-free router calibration)
     id_column: str = "id"
     sample: int | None = Field(None, ge=10)  # keep this many examples (a fixed, seeded subset: quick runs)
+    # the data's label names -> the model's ({pos: positive, neg: negative}); every label of the data mapped
+    label_map: dict[str, str] | None = None
+
+    @field_validator("label_map")
+    @classmethod
+    def _one_to_one(cls, mapping):
+        if mapping is None:
+            return None
+        if not mapping:
+            raise ValueError("an empty label map maps nothing")
+        targets: dict[str, str] = {}
+        for source, target in mapping.items():
+            if not source or not target:
+                raise ValueError("label names in a label map cannot be empty")
+            if target in targets:
+                raise ValueError(f"labels {targets[target]!r} and {source!r} both map to {target!r}: a label map is "
+                                 f"one to one")
+            targets[target] = source
+        return mapping
+
+    def to_dict(self) -> dict:
+        data = super().to_dict()
+        if data.get("label_map") is None:  # absent, not null: configs (and cache keys) from before label maps hold
+            data.pop("label_map", None)
+        return data
 
     def resolved(self) -> "DataConfig":
         """The same data, named independently of the working directory: a built-in name as is, a path absolute."""
@@ -70,12 +95,45 @@ def load_data(config: DataConfig | str) -> Examples:
     if isinstance(config, str):
         config = DataConfig(source=config)
     examples = dataclasses.replace(_load(config), source=config.resolved())
+    if config.label_map is not None:
+        examples = map_labels(examples, config.label_map)
     if config.sample is not None and config.sample < len(examples):
         import hashlib
 
         order = sorted(range(len(examples)), key=lambda i: hashlib.sha256(f"sample:{examples.ids[i]}".encode()).hexdigest())
         examples = examples.subset(sorted(order[:config.sample]))
     return examples
+
+
+def parse_label_map(text: str) -> dict[str, str]:
+    """``pos=positive,neg=negative`` → {"pos": "positive", "neg": "negative"} (the CLI's --label-map)."""
+    mapping: dict[str, str] = {}
+    for part in text.split(","):
+        source, sep, target = part.partition("=")
+        if not sep or not source.strip() or not target.strip():
+            raise EdgeshrinkError(f"--label-map: {part.strip()!r} is not DATA_LABEL=MODEL_LABEL "
+                                  f"(e.g. pos=positive,neg=negative)")
+        if source.strip() in mapping:
+            raise EdgeshrinkError(f"--label-map: label {source.strip()!r} is mapped twice")
+        mapping[source.strip()] = target.strip()
+    return mapping
+
+
+def map_labels(examples, mapping: dict[str, str]):
+    """The examples with their label names replaced by the model's. Every label of the data must be mapped (a
+    partial map is an error: an unmapped label would silently count as a wrong answer)."""
+    if not examples.label_names:
+        raise EdgeshrinkError(f"data {examples.name!r} has no labels to map (label_map given)")
+    unmapped = [name for name in examples.label_names if name not in mapping]
+    if unmapped:
+        raise EdgeshrinkError(f"label map: data {examples.name!r} has labels the map does not cover: {unmapped} "
+                              f"(map every label: {', '.join(f'{n}=...' for n in examples.label_names)})")
+    unknown = sorted(set(mapping) - set(examples.label_names))
+    if unknown:
+        raise EdgeshrinkError(f"label map: {unknown} {'is' if len(unknown) == 1 else 'are'} not a label of data "
+                              f"{examples.name!r} (its labels: {', '.join(examples.label_names)})")
+    return dataclasses.replace(examples, labels=[mapping[y] for y in examples.labels],
+                               label_names=tuple(mapping[n] for n in examples.label_names))
 
 
 def _load(config: DataConfig) -> Examples:

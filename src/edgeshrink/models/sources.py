@@ -103,4 +103,4 @@ def check_labels(data_labels, head_labels, where: str) -> None:
     missing = sorted(set(data_labels) - set(head_labels))
     if missing:
         raise EdgeshrinkError(f"labels in the data that {where}'s head does not have: {missing} "
-                              f"(head predicts {list(head_labels)})")
+                              f"(head predicts {list(head_labels)}; map yours with --label-map DATA=MODEL,...)")

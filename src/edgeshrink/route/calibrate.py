@@ -58,7 +58,8 @@ def label_ids(labels: list[str], names: list[str], where: str) -> np.ndarray:
     index = {name: i for i, name in enumerate(names)}
     unknown = sorted(set(labels) - set(index))
     if unknown:
-        raise EdgeshrinkError(f"labels in {where} that the models do not have: {unknown}")
+        raise EdgeshrinkError(f"labels in {where} that the models do not have: {unknown} (the models': "
+                              f"{', '.join(names)}; map yours with --label-map DATA=MODEL,...)")
     return np.array([index[y] for y in labels])
 
 
