@@ -38,7 +38,7 @@ def test_route_bad_input(tiny_bundle, tiny_model, tmp_path):
     assert_one_line_error(invoke(*base, "--alpha", "0.01"), "needs at least 230 examples")
     assert_one_line_error(invoke(*base, "--policy", "budget"), "needs budget")
     assert_one_line_error(invoke("route", "eval", "--device", device, "--cloud", tiny_model, "--text-column", "t"),
-                          "--text-column/--label-column go with --data")
+                          "--text-column/--label-column/--label-map go with --data")
     assert_one_line_error(invoke("route", "eval", "--device", device, "--cloud", tiny_model, "--data", data),
                           "no calibrated router")
     other = make_tiny_bert(tmp_path / "other", labels=("bad", "good"))

@@ -147,14 +147,33 @@ def calibrate(device: str | Path, cloud, data: DataConfig | str, config: RouteCo
     labels = None if config.label_free else label_ids(part.labels, list(device_model.labels), "the calibration split")
     inputs = model_inputs(part)  # texts, or the image array for tensor bundles (a CNN's router)
     device_out, cloud_out = device_model.predict(inputs), cloud_model.predict(inputs)
-    keep = ~np.array(device_out.truncated) if config.escalate_truncated else np.ones(len(part), bool)
-    d, c = device_out.probabilities[keep], cloud_out.probabilities[keep]
-    answer = subset(getattr(device_out, "signals", None), keep)
+    router = build_router(device_out.probabilities, cloud_out.probabilities, labels, config, list(device_model.labels),
+                          truncated=np.array(device_out.truncated), unknown=getattr(device_out, "unknown", None),
+                          answer_signals=getattr(device_out, "signals", None), prompt=prompt, data_info=data_info,
+                          cloud_name=cloud_name or str(cloud))
+    write_router(device_path, router)
+    return router
+
+
+def build_router(device_probs: np.ndarray, cloud_probs: np.ndarray, labels: np.ndarray | None, config: RouteConfig,
+                 label_names: list[str], truncated: np.ndarray, unknown=None, answer_signals: dict | None = None,
+                 prompt: dict | None = None, data_info: dict | None = None, cloud_name: str = "") -> dict:
+    """The router.json of a calibration sample: both models' probabilities per example (labels as indices, or None
+    when ``config.label_free``), which inputs the device truncated and which held unknown tokens. Also what the
+    drift monitor compares live traffic with (``reference``, route/monitor.py)."""
+    from edgeshrink.route.monitor import reference_from
+
+    keep = ~np.asarray(truncated, bool) if config.escalate_truncated else np.ones(len(device_probs), bool)
+    d, c = device_probs[keep], cloud_probs[keep]
+    answer = subset(answer_signals, keep)
     y = None if labels is None else labels[keep]
     fitted = fit(d, c, y, config, answer)
-    threshold = choose_threshold(calibration_data(d, c, y, fitted, config, answer), config, len(device_model.labels))
+    threshold = choose_threshold(calibration_data(d, c, y, fitted, config, answer), config, len(label_names))
     reference = c.argmax(1) if config.label_free else y
-    router = {
+    scores = confidence_scores(config.signal, d, answer, fitted)
+    answered = scores >= threshold.value
+    disagreement = float(np.mean(d.argmax(1)[answered] != c.argmax(1)[answered])) if answered.any() else None
+    return {
         "kind": "edgeshrink-router", "schema_version": ROUTER_SCHEMA,
         "policy": config.to_dict(), "signal": config.signal, "temperature": fitted["temperature"],
         "bias": fitted["bias"], "prompt": prompt,
@@ -166,16 +185,25 @@ def calibrate(device: str | Path, cloud, data: DataConfig | str, config: RouteCo
                         **threshold.details,
                         "temperature_fit": confidence_report(config.signal, d, answer, reference, fitted)},
         "cost": config.cost.to_dict(), "rules": {"escalate_truncated": config.escalate_truncated},
-        "labels": list(device_model.labels),
+        "labels": list(label_names),
         "data": data_info,
-        "cloud": cloud_name or str(cloud),
+        "cloud": cloud_name,
+        "reference": reference_from(scores, keep, ~answered, np.asarray(truncated, bool),
+                                    None if unknown is None else np.asarray(unknown, bool), list(label_names),
+                                    device_probs.argmax(1), disagreement),
     }
-    write_router(device_path, router)
-    return router
 
 
-def write_router(bundle: Path, router: dict) -> None:
-    """router.json, then the manifest with its hash, each replaced in one rename."""
+def write_router(bundle: Path, router: dict, replace_reason: str | None = None) -> str:
+    """Store ``router`` in the bundle; return its file name.
+
+    A calibration writes ``router.json`` and then the manifest with its hash. A recalibration of a deployed
+    bundle (``replace_reason`` given: the drift monitor's) writes the new router to a file of its own,
+    ``router-<sha256[:12]>.json``, then commits it by replacing the manifest in one rename: a reader sees the old
+    router or the new one, never a mix. The previous router file stays, listed in ``router_history`` with when
+    and why it was replaced."""
+    import time
+
     from edgeshrink._files import atomic_write_text, sha256_file
     from edgeshrink.runtime.bundle import MANIFEST_NAME
 
@@ -185,8 +213,14 @@ def write_router(bundle: Path, router: dict) -> None:
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(json.dumps(router, indent=2))
     digest, size = sha256_file(tmp), os.path.getsize(tmp)
-    manifest["files"][ROUTER_NAME] = {"size_bytes": size, "sha256": digest}
-    manifest["router"] = {"file": ROUTER_NAME, "sha256": digest, "policy": router["policy"]["policy"]}
+    name = ROUTER_NAME if replace_reason is None else f"router-{digest[:12]}.json"
+    previous = manifest.get("router")
+    if replace_reason is not None and previous:
+        manifest.setdefault("router_history", []).append(
+            {**previous, "replaced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "reason": replace_reason})
+    manifest["files"][name] = {"size_bytes": size, "sha256": digest}
+    manifest["router"] = {"file": name, "sha256": digest, "policy": router["policy"]["policy"]}
     manifest["size_bytes"] = sum(f["size_bytes"] for f in manifest["files"].values())
-    os.replace(tmp, bundle / ROUTER_NAME)
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
+    os.replace(tmp, bundle / name)
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))  # the commit point of a recalibration
+    return name

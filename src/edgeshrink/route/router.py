@@ -74,6 +74,13 @@ def as_prompted(model, prompt: dict | None):
     return PromptedLLM(model, prompt)
 
 
+def has_router(bundle: str | Path) -> bool:
+    """Whether the bundle's manifest names a calibrated router (read_router then checks it)."""
+    from edgeshrink.runtime.bundle import read_manifest
+
+    return read_manifest(bundle, verify=False).get("router") is not None
+
+
 def read_router(bundle: str | Path) -> dict:
     """The bundle's router.json, checked against the hash the manifest records for it."""
     from edgeshrink.runtime.bundle import _sha256, read_manifest
@@ -81,7 +88,7 @@ def read_router(bundle: str | Path) -> dict:
     bundle = Path(bundle)
     manifest = read_manifest(bundle, verify=False)
     entry = manifest.get("router")
-    path = bundle / ROUTER_NAME
+    path = bundle / (entry or {}).get("file", ROUTER_NAME)
     if entry is None or not path.exists():
         raise EdgeshrinkError(f"{bundle} has no calibrated router; run `edgeshrink route calibrate` first")
     if _sha256(path) != entry["sha256"]:

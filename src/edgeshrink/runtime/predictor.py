@@ -19,6 +19,7 @@ class Predictions:
     probabilities: np.ndarray  # (n, num_labels), rows sum to 1
     truncated: list[bool]  # input was cut at the bundle's max_length (text bundles)
     logits: np.ndarray | None = None  # (n, num_labels), the model's raw output, where the model gives it
+    unknown: list[bool] | None = None  # per text: a token outside the vocabulary (None: no unknown token)
 
     @property
     def confidence(self) -> np.ndarray:
@@ -53,14 +54,20 @@ class Predictor:
             self.tokenizer.no_padding()
             self.tokenizer.no_truncation()
             self.pad_id = int(tok_meta["pad_id"])
+            self.unknown_id = unknown_token_id(self.tokenizer)
 
     # -- text ---------------------------------------------------------------------------------
     def encode(self, texts: list[str]) -> tuple[dict[str, np.ndarray], list[bool]]:
         """Tokenize ``texts`` into padded model inputs (truncated at max_length)."""
+        feeds, truncated, _ = self._encode(texts)
+        return feeds, truncated
+
+    def _encode(self, texts: list[str]) -> tuple[dict[str, np.ndarray], list[bool], list[bool] | None]:
         if self.tokenizer is None:
             raise EdgeshrinkError(f"bundle {self.path} takes tensors, not text")
         encodings = self.tokenizer.encode_batch([str(t) for t in texts])
         truncated = [len(e.ids) > self.max_length for e in encodings]
+        unknown = None if self.unknown_id is None else [self.unknown_id in e.ids for e in encodings]
         if any(truncated):
             self.tokenizer.enable_truncation(self.max_length)
             encodings = self.tokenizer.encode_batch([str(t) for t in texts])
@@ -75,7 +82,7 @@ class Predictor:
             mask[row, :n] = 1
             types[row, :n] = enc.type_ids
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
-        return {name: feeds[name].astype(dtype) for name, dtype in self.input_types.items()}, truncated
+        return {name: feeds[name].astype(dtype) for name, dtype in self.input_types.items()}, truncated, unknown
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Logits for ready-made model inputs."""
@@ -98,16 +105,29 @@ class Predictor:
             return Predictions([], empty, [], empty)
         logits = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         truncated = [False] * len(texts)
+        unknown = None if self.unknown_id is None else [False] * len(texts)
         # Similar lengths per batch: less padding, and the same results as one text at a time.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            feeds, cut = self.encode([texts[i] for i in rows])
+            feeds, cut, oov = self._encode([texts[i] for i in rows])
             logits[rows] = self.run(feeds)
-            for i, c in zip(rows, cut):
-                truncated[i] = c
+            for j, i in enumerate(rows):
+                truncated[i] = cut[j]
+                if unknown is not None:
+                    unknown[i] = oov[j]
         probs = softmax(logits)
-        return Predictions([self.labels[i] for i in probs.argmax(1)], probs, truncated, logits)
+        return Predictions([self.labels[i] for i in probs.argmax(1)], probs, truncated, logits, unknown)
+
+
+def unknown_token_id(tokenizer) -> int | None:
+    """The id of the tokenizer's unknown token (WordPiece, BPE with one, Unigram), or None (byte-level BPE)."""
+    import json
+
+    model = json.loads(tokenizer.to_str()).get("model") or {}
+    if model.get("unk_token") is not None:
+        return tokenizer.token_to_id(model["unk_token"])
+    return model.get("unk_id")
 
 
 def load(bundle: str | Path, threads: int | None = None, verify: bool = True):

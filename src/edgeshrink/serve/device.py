@@ -14,7 +14,7 @@ from edgeshrink.serve.config import ServeConfig
 
 def device_app(bundle: str | Path, config: ServeConfig):
     """The device bundle behind the API; with ``config.cloud`` it escalates per the bundle's router.json."""
-    from edgeshrink.route.router import Router, read_router
+    from edgeshrink.route.router import Router, has_router, read_router
     from edgeshrink.runtime import load
     from edgeshrink.runtime.predictor import Predictions
     from edgeshrink.serve.cloud_client import cloud_client
@@ -29,7 +29,7 @@ def device_app(bundle: str | Path, config: ServeConfig):
     # With a cloud, router.json is required (read_router refuses a missing or edited one); without one, a
     # router present still gives calibrated confidences, with nowhere to escalate.
     router = None
-    if config.cloud is not None or (Path(bundle) / "router.json").exists():
+    if config.cloud is not None or has_router(bundle):
         router = Router(predictor, None, read_router(bundle))
     holder: dict = {}
 

@@ -158,7 +158,7 @@ def finish_reason(stop_reason: str) -> str:
 def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cloud"], faults: Path | None = None):
     """The OpenAI-compatible service on an LLM bundle (see the module doc)."""
     from edgeshrink.route.confidence import ANSWER_SIGNALS, confidence_scores
-    from edgeshrink.route.router import read_router, threshold_of
+    from edgeshrink.route.router import has_router, read_router, threshold_of
     from edgeshrink.runtime.generate import Generator
     from edgeshrink.runtime.prompted import answer_signals
     from edgeshrink.serve.app import ErrorResponse, base_app, install_faults
@@ -170,7 +170,7 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
     metrics = Metrics()
     state = {"ready": False}
     router = None
-    if role == "device" and (Path(bundle) / "router.json").exists():
+    if role == "device" and has_router(bundle):
         router = read_router(bundle)
         if config.cloud is not None and router["signal"] not in ANSWER_SIGNALS:
             raise EdgeshrinkError(f"{bundle}'s router uses {router['signal']!r}, which free generations do not "
