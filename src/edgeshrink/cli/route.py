@@ -200,3 +200,94 @@ def evaluate(device: DeviceOpt, cloud: CloudOpt,
         for reason, checks in skipped.items():
             out.print(f"skipped ({', '.join(checks)}): {reason}")
     write_json(json_out, report)
+
+
+@route_app.command("monitor")
+@handled
+def monitor(device: Annotated[Optional[Path], typer.Option("--device", help="Device bundle with its router.json "
+                                                           "(replay --data through it).")] = None,
+            data: Annotated[Optional[str], typer.Option("--data", help="Traffic to replay, in order: a built-in name, "
+                                                        "CSV/JSONL file or load_from_disk dir.")] = None,
+            cloud: Annotated[Optional[str], typer.Option("--cloud", help="Cloud model (bundle or PyTorch dir): audits "
+                                                         "the device's answers; with labels, accuracies.")] = None,
+            url: Annotated[Optional[str], typer.Option("--url", help="Instead: a running device service's "
+                                                       "/v1/monitor (http://host:port).")] = None,
+            audit_fraction: Annotated[float, typer.Option(help="Share of device answers audited against --cloud.")] = 0.1,
+            window: Annotated[Optional[int], typer.Option(help="Requests each drift test looks at (300).")] = None,
+            p_value: Annotated[Optional[float], typer.Option(help="A signal fires below this p-value (0.001).")] = None,
+            limit: Annotated[Optional[int], typer.Option(help="Replay only the first N texts.")] = None,
+            text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
+            json_out: JsonOut = None) -> None:
+    """Drift signals of traffic against the router's calibration data: replay a file, or read a live service."""
+    from rich.console import Console
+
+    from edgeshrink.route.monitor import MonitorConfig, replay
+
+    out = Console()
+    if url is not None:
+        if device is not None or data is not None or cloud is not None:
+            raise fail("--url reads a running service: --device/--data/--cloud replay a file instead")
+        result = {"url": url, "report": _live_monitor(url)}
+    else:
+        if device is None or data is None:
+            raise fail("give --device and --data (a traffic file to replay), or --url of a running device service")
+        config = MonitorConfig.build(audit_fraction=audit_fraction, window=window, p_value=p_value)
+        with Console(stderr=True).status("replaying") as status:
+            result = replay(device, _data_config(data, text_column, label_column, label_map), cloud, config, limit,
+                            progress=lambda done, total: status.update(f"replayed {done}/{total}"))
+    _print_monitor(out, result)
+    write_json(json_out, result)
+
+
+def _live_monitor(url: str) -> dict:
+    import os
+
+    import httpx
+
+    from edgeshrink.errors import EdgeshrinkError
+
+    try:
+        response = httpx.get(url.rstrip("/") + "/v1/monitor", timeout=10,
+                             headers={"X-API-Key": os.environ["EDGESHRINK_API_KEY"]}
+                             if os.environ.get("EDGESHRINK_API_KEY") else {})
+    except httpx.HTTPError as exc:
+        raise EdgeshrinkError(f"cannot reach {url}: {type(exc).__name__}") from None
+    if response.status_code != 200:
+        try:
+            detail = response.json().get("error", "")
+        except ValueError:
+            detail = response.text[:200]
+        raise EdgeshrinkError(f"{url}/v1/monitor answered {response.status_code}: {detail}")
+    return response.json()
+
+
+def _print_monitor(out, result: dict) -> None:
+    from rich.table import Table
+
+    report = result["report"]
+    where = result.get("url") or f"{result['data']} through {result['device']}"
+    out.print(f"route monitor: {report['requests']} requests ({where}); window {report['window']}, a signal fires "
+              f"below p={report['p_value_bound']:g}; firing now: {', '.join(report['firing']) or 'none'}")
+    table = Table("signal", "firing", "p-value", "statistic", "n", "first fired at request", "times fired")
+    for name, s in report["signals"].items():
+        table.add_row(name, "YES" if s["firing"] else "no", _num(s["p_value"], 3) if s["p_value"] is not None and
+                      s["p_value"] >= 1e-3 else ("n/a" if s["p_value"] is None else f"{s['p_value']:.1e}"),
+                      _num(s["statistic"], 3), str(s["n"]), str(s["first_fired_at"] or "—"), str(s["fired"]))
+    out.print(table)
+    live, ref = report["live"], report["reference"]
+    for key in ("escalation_rate", "truncated_rate", "unknown_rate"):
+        out.print(f"{key.replace('_', ' ')}: live {_pct(live[key])}, calibration {_pct(ref[key])}")
+    audit = report["audit"]
+    if audit["audited"]:
+        bound = "" if audit["bound"] is None else f" = {_pct(audit['bound'])}"
+        out.print(f"audit: {audit['audited']} device answers checked, disagreement {_pct(audit['disagreement'])} "
+                  f"[{_pct(audit['interval'][0])}, {_pct(audit['interval'][1])}] vs {audit['bound_is']}{bound}")
+    for name, acc in (result.get("accuracy") or {}).items():
+        out.print(f"{name.replace('_', ' ')} accuracy on the stream: {_pct(acc['accuracy'])} "
+                  f"[{_pct(acc['ci95'][0])}, {_pct(acc['ci95'][1])}]")
+    for record in report.get("recalibrations") or []:
+        out.print(f"recalibrated at request {record['at_request']}: {record['file']} — {record['summary']}")
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"

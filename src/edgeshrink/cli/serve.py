@@ -23,7 +23,8 @@ MaxBody = Annotated[Optional[int], typer.Option(help="Largest request body in by
 Rate = Annotated[Optional[float], typer.Option(help="Requests per second per client (100; 0 = no limit).")]
 
 
-def _config(config_file: Path | None, flags: dict, limits: dict, batch: dict, cloud: dict | None = None):
+def _config(config_file: Path | None, flags: dict, limits: dict, batch: dict, cloud: dict | None = None,
+            monitor: dict | None = None):
     import yaml
 
     from edgeshrink.errors import EdgeshrinkError
@@ -40,7 +41,7 @@ def _config(config_file: Path | None, flags: dict, limits: dict, batch: dict, cl
         if not isinstance(raw, dict):
             raise EdgeshrinkError(f"{config_file}: expected a mapping of ServeConfig keys")
     raw.update({k: v for k, v in flags.items() if v is not None})
-    for section, values in (("limits", limits), ("batch", batch), ("cloud", cloud or {})):
+    for section, values in (("limits", limits), ("batch", batch), ("cloud", cloud or {}), ("monitor", monitor or {})):
         values = {k: v for k, v in values.items() if v is not None}
         if values:
             raw[section] = {**(raw.get(section) or {}), **values}
@@ -125,6 +126,18 @@ def register(app: typer.Typer) -> None:
                      cloud_model: Annotated[Optional[str], typer.Option(help="The model name the cloud serves (v2: at "
                                                                         "/v2/models/NAME; language models: the "
                                                                         "OpenAI-compatible one).")] = None,
+                     audit_fraction: Annotated[Optional[float], typer.Option(
+                         help="Share of requests the cloud also checks (device answers: in the background, within "
+                              "the cloud budget): the audited disagreement (0).")] = None,
+                     recalibrate: Annotated[Optional[bool], typer.Option(
+                         "--recalibrate", help="When a drift signal fires, recalibrate label-free from the audit "
+                                               "sample (router-<sha>.json, the old router kept).")] = None,
+                     recalibrate_alpha: Annotated[Optional[float], typer.Option(
+                         help="Recalibrate with the risk policy at this α (label-free: disagreement with the "
+                              "cloud); default: the router's own policy.")] = None,
+                     drift_window: Annotated[Optional[int], typer.Option(help="Requests each drift test looks at (300).")] = None,
+                     drift_p_value: Annotated[Optional[float], typer.Option(help="A drift signal fires below this "
+                                                                            "p-value (0.001).")] = None,
                      ) -> None:
         """Serve the device bundle over HTTP, escalating to the cloud per router.json, falling back when it fails."""
         from edgeshrink.errors import EdgeshrinkError
@@ -138,11 +151,17 @@ def register(app: typer.Typer) -> None:
                        "protocol": cloud_protocol}
         if cloud is None and any(v is not None for v in cloud_flags.values()):
             raise EdgeshrinkError("cloud options given without --cloud URL")
+        monitor_flags = {"audit_fraction": audit_fraction, "recalibrate": recalibrate, "window": drift_window,
+                         "p_value": drift_p_value,
+                         "recalibrate_policy": None if recalibrate_alpha is None else {"policy": "risk",
+                                                                                       "alpha": recalibrate_alpha}}
+        if recalibrate_alpha is not None and not recalibrate:
+            raise EdgeshrinkError("--recalibrate-alpha goes with --recalibrate")
         config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env},
                          {"max_text_chars": max_text_chars, "long_text": long_text, "max_texts": max_texts,
                           "max_body_bytes": max_body_bytes, "requests_per_second": rate},
                          {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
-                         cloud_flags if cloud is not None else None)
+                         cloud_flags if cloud is not None else None, monitor_flags)
         if config.port:
             bind(config.host, config.port).close()
         if _is_llm_bundle(bundle):

@@ -222,5 +222,10 @@ def write_router(bundle: Path, router: dict, replace_reason: str | None = None) 
     manifest["router"] = {"file": name, "sha256": digest, "policy": router["policy"]["policy"]}
     manifest["size_bytes"] = sum(f["size_bytes"] for f in manifest["files"].values())
     os.replace(tmp, bundle / name)
-    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))  # the commit point of a recalibration
+    try:
+        atomic_write_text(manifest_path, json.dumps(manifest, indent=2))  # the commit point of a recalibration
+    except BaseException:
+        if name != ROUTER_NAME:  # not committed: the new file goes, the bundle stays as it was
+            (bundle / name).unlink(missing_ok=True)
+        raise
     return name

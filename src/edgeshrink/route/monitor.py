@@ -256,3 +256,65 @@ def _share(values: list) -> float | None:
 def _ratio(k, n) -> float | None:
     return None if k is None or not n else k / n
 
+
+
+def replay(device, data, cloud=None, config: MonitorConfig | None = None, limit: int | None = None,
+           batch_size: int = 32, seed: int = 0, progress=None) -> dict:
+    """Replay a traffic file, in order, through the device bundle's router and the drift monitor
+    (`edgeshrink route monitor --device B --data F [--cloud C]`). With a cloud model every text also gets the
+    cloud's answer: a sampled ``audit_fraction`` of the device's answers is audited against it and, with labels,
+    the device, cloud and hybrid accuracy on the stream are reported."""
+    import random
+
+    from edgeshrink.data import load_data
+    from edgeshrink.route.router import Router, read_router
+    from edgeshrink.runtime import load
+
+    config = config or MonitorConfig()
+    settings = read_router(device)
+    router = Router(load(device), None, settings)
+    labels = list(router.device.labels)
+    examples = load_data(data)
+    texts = examples.texts[:limit] if limit else examples.texts
+    truth = examples.labels[:len(texts)] if examples.label_names else None
+    cloud_model = None
+    if cloud is not None:
+        from edgeshrink.models.torch_text import load_predictor
+        from edgeshrink.route.calibrate import check_same_labels
+
+        cloud_model = load_predictor(cloud)
+        check_same_labels(router.device, cloud_model)
+    monitor = DriftMonitor(settings.get("reference"), config, labels, *router_bound(settings))
+    rng = random.Random(seed)
+    events, hybrid, device_answers, cloud_answers, escalated = [], [], [], [], 0
+    for start in range(0, len(texts), batch_size):
+        batch = texts[start:start + batch_size]
+        pred = router.device.predict(batch)
+        scores, reasons, escalate = router.decide(pred)
+        unknown = getattr(pred, "unknown", None)
+        cloud_labels = cloud_model.predict(batch).labels if cloud_model is not None else None
+        for i in range(len(batch)):
+            events += monitor.observe(Observation(float(scores[i]), reasons[i] in ("confident", "not confident"),
+                                                  escalate[i], bool(pred.truncated[i]),
+                                                  None if unknown is None else bool(unknown[i]), pred.labels[i]))
+            if cloud_labels is not None and not escalate[i] and rng.random() < config.audit_fraction:
+                events += monitor.audit(cloud_labels[i] == pred.labels[i])
+            escalated += bool(escalate[i])
+            device_answers.append(pred.labels[i])
+            cloud_answers.append(cloud_labels[i] if cloud_labels is not None else None)
+            hybrid.append(cloud_labels[i] if cloud_labels is not None and escalate[i] else pred.labels[i])
+        if progress is not None:
+            progress(min(start + batch_size, len(texts)), len(texts))
+    result = {"device": str(device), "data": examples.name, "requests": len(texts), "report": monitor.report(),
+              "events": events, "escalated_fraction": escalated / max(1, len(texts))}
+    if truth is not None and cloud_model is not None:
+        from edgeshrink.stats import accuracy_interval
+
+        def accuracy(answers):
+            right = sum(a == y for a, y in zip(answers, truth))
+            low, high = accuracy_interval(right, len(truth))
+            return {"accuracy": right / len(truth), "ci95": [low, high]}
+
+        result["accuracy"] = {"device_only": accuracy(device_answers), "cloud_only": accuracy(cloud_answers),
+                              "hybrid": accuracy(hybrid)}
+    return result

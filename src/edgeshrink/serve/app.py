@@ -22,7 +22,7 @@ import time
 from contextlib import asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 from fastapi import Request
@@ -285,7 +285,7 @@ def build_app(title: str, model_name: str, labels: list[str], infer, config: Ser
 
     # What other protocols on this app (oip.py) share with /v1/classify.
     app.state.edgeshrink = SimpleNamespace(metrics=metrics, error=error, guard=guard, check_texts=check_texts,
-                                           ready=lambda: state["ready"])
+                                           ready=lambda: state["ready"], responses=responses)
 
     @app.post("/v1/classify", response_model=ClassifyResponse, responses=responses)
     async def classify(body: ClassifyRequest, request: Request):
@@ -348,15 +348,25 @@ def check_text_model(predictor, path) -> None:
                               "(run a tensor bundle with edgeshrink.runtime.load)")
 
 
+class Row(NamedTuple):
+    """One text's answer from the model thread."""
+    label: str
+    probabilities: np.ndarray
+    truncated: bool  # cut at the model's max_length
+    logits: np.ndarray
+    unknown: bool | None  # a token outside the vocabulary (None: the tokenizer has no unknown token)
+
+
 def predict_rows(predictor):
-    """A batch function over a predictor: per text (label, probabilities row, model-truncated, logits row)."""
-    def infer(texts: list[str]) -> list[tuple[str, np.ndarray, bool, np.ndarray]]:
+    """A batch function over a predictor: a Row per text."""
+    def infer(texts: list[str]) -> list[Row]:
         rows: list = [None] * len(texts)
         for group in length_groups(texts):
             pred = predictor.predict([texts[i] for i in group], batch_size=len(group))
             logits = pred.logits if pred.logits is not None else np.log(np.maximum(pred.probabilities, 1e-30))
-            for i, row in zip(group, zip(pred.labels, pred.probabilities, pred.truncated, logits)):
-                rows[i] = row
+            unknown = getattr(pred, "unknown", None) or [None] * len(group)
+            for i, row in zip(group, zip(pred.labels, pred.probabilities, pred.truncated, logits, unknown)):
+                rows[i] = Row(*row)
         return rows
     return infer
 

@@ -30,7 +30,7 @@ def cloud_app(model: str | Path, config: ServeConfig, faults: Path | None = None
         return [TextResult(label=label, probabilities=probabilities_dict(labels, probs), source="cloud",
                            confidence=float(np.max(probs)), latency_ms=latency, reason="cloud model",
                            truncated_chars=c, truncated_tokens=bool(tr))
-                for (label, probs, tr, _), c in zip(rows, cut)]
+                for (label, probs, tr, *_), c in zip(rows, cut)]
 
     name = Path(model).name
     app = build_app("cloud model service", name, labels, predict_rows(predictor), config, answer,

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from edgeshrink.config import Config
+from edgeshrink.route.monitor import MonitorConfig
 
 
 class LimitsConfig(Config):
@@ -81,3 +82,4 @@ class ServeConfig(Config):
     batch: BatchConfig = BatchConfig()
     cloud: CloudConfig | None = None  # device service only: where to escalate
     llm: LLMConfig = LLMConfig()
+    monitor: MonitorConfig = MonitorConfig()  # device service with a router: drift signals, audit, recalibration

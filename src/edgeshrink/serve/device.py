@@ -7,9 +7,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+from fastapi import Request
 
 from edgeshrink.serve.app import TextResult, build_app, check_text_model, predict_rows, probabilities_dict
 from edgeshrink.serve.config import ServeConfig
+from edgeshrink.serve.watch import RouterWatch
 
 
 def device_app(bundle: str | Path, config: ServeConfig):
@@ -31,19 +33,33 @@ def device_app(bundle: str | Path, config: ServeConfig):
     router = None
     if config.cloud is not None or has_router(bundle):
         router = Router(predictor, None, read_router(bundle))
+    watching = config.monitor.audit_fraction > 0 or config.monitor.recalibrate
+    if watching and config.cloud is None:
+        from edgeshrink.errors import EdgeshrinkError
+
+        raise EdgeshrinkError("the audit and recalibration need the cloud's answers: give --cloud URL")
     holder: dict = {}
 
     async def startup(app):
         if config.cloud is not None:
             holder["cloud"] = cloud_client(config.cloud, app.state.metrics, labels)
+        if router is not None:
+            holder["watch"] = RouterWatch(bundle, router, config.monitor, app.state.metrics)
 
     async def shutdown(app):
+        if "watch" in holder:
+            for task in list(holder["watch"].pending):
+                task.cancel()
         if "cloud" in holder:
             await holder["cloud"].close()
 
     async def answer(request, body, texts, rows, cut, started):
         metrics = request.app.state.metrics
-        pred = Predictions([r[0] for r in rows], np.stack([r[1] for r in rows]), [bool(r[2]) for r in rows])
+        pred = Predictions([r.label for r in rows], np.stack([r.probabilities for r in rows]),
+                           [bool(r.truncated) for r in rows],
+                           unknown=None if any(r.unknown is None for r in rows) else [r.unknown for r in rows])
+        watch = holder.get("watch")
+        router = watch.router if watch else None  # the watch may have recalibrated it
         if router is None:
             scores = pred.probabilities.max(axis=1)
             reasons, escalate = ["no router"] * len(texts), [False] * len(texts)
@@ -79,12 +95,30 @@ def device_app(bundle: str | Path, config: ServeConfig):
                                     latency_ms=latency, reason=reasons[i],
                                     fallback_reason=fallback_reason if fell_back else None,
                                     truncated_chars=cut[i], truncated_tokens=pred.truncated[i])
+        if watch is not None:  # after the answers are made; audits run in the background, after the response
+            watch.after_answer(texts, pred, scores, reasons, escalate, results, cloud)
         return results
 
     def ready_info():
-        cloud = holder.get("cloud")
+        cloud, watch = holder.get("cloud"), holder.get("watch")
         return {"router": router is not None, "cloud": config.cloud.url if config.cloud else None,
-                "breaker": cloud.breaker.state if cloud else None}
+                "breaker": cloud.breaker.state if cloud else None, **({"drift": watch.status()} if watch else {})}
 
-    return build_app("device service", Path(bundle).name, labels, predict_rows(predictor), config, answer,
-                     on_startup=startup, on_shutdown=shutdown, extra_ready=ready_info)
+    app = build_app("device service", Path(bundle).name, labels, predict_rows(predictor), config, answer,
+                    on_startup=startup, on_shutdown=shutdown, extra_ready=ready_info)
+    shared = app.state.edgeshrink
+
+    @app.get("/v1/monitor", response_model=dict, responses=shared.responses)
+    async def monitor(request: Request):
+        """The router's watch: every drift signal, the audit estimate, recalibrations (`edgeshrink route monitor
+        --url`)."""
+        refused = shared.guard(request, "/v1/monitor")
+        if refused is not None:
+            return refused
+        watch = holder.get("watch")
+        if watch is None:
+            return shared.error(404, "this service has no router to watch", "/v1/monitor")
+        shared.metrics.requests.labels(path="/v1/monitor", status="200").inc()
+        return watch.report()
+
+    return app

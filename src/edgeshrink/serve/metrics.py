@@ -35,6 +35,18 @@ class Metrics:
                                    "half-open", registry=r)
         self.breaker_transitions = Counter("edgeshrink_breaker_transitions", "Circuit breaker state changes",
                                            ["to"], registry=r)
+        # the router's watch (serve/watch.py): drift signals, the shadow audit, recalibrations
+        self.drift_firing = Gauge("edgeshrink_drift_firing", "1 while a drift signal fires", ["signal"], registry=r)
+        self.drift_p_value = Gauge("edgeshrink_drift_p_value", "The last p-value of a drift signal's test when its "
+                                   "state changed", ["signal"], registry=r)
+        self.drift_alarms = Counter("edgeshrink_drift_alarms", "Times a drift signal started firing", ["signal"],
+                                    registry=r)
+        self.audits = Counter("edgeshrink_audits", "Device answers checked by the cloud in the background, by "
+                              "outcome", ["outcome"], registry=r)
+        self.audit_disagreement = Gauge("edgeshrink_audit_disagreement", "Audited disagreement among device "
+                                        "answers: estimate and interval bounds", ["bound"], registry=r)
+        self.recalibrations = Counter("edgeshrink_recalibrations", "Label-free recalibrations of the router from "
+                                      "the audit sample, by outcome", ["outcome"], registry=r)
 
     def render(self) -> bytes:
         from prometheus_client import generate_latest
