@@ -104,3 +104,12 @@ def test_a_router_without_reference_monitors_what_it_can():
     for o in stream(np.random.default_rng(5), 100):
         monitor.observe(o)
     assert monitor.firing() == [] and all(s["p_value"] is None for s in monitor.report()["signals"].values())
+
+
+def test_the_report_is_plain_json(ref):
+    import json
+
+    _, monitor = replay(ref, stream(np.random.default_rng(6), 300, a=3.0))
+    monitor.audit(True)
+    report = monitor.report()
+    assert json.loads(json.dumps(report)) == report and report["firing"]

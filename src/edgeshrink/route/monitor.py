@@ -137,7 +137,7 @@ class DriftMonitor:
 
     def _update(self, name: str, p_value: float, statistic: float, n: int, fires: bool | None = None) -> list[dict]:
         state = self.state[name]
-        firing = p_value < self.config.p_value if fires is None else fires
+        firing = bool(p_value < self.config.p_value if fires is None else fires)
         state.update(p_value=float(p_value), statistic=float(statistic), n=int(n))
         if firing == state["firing"]:
             return []

@@ -165,11 +165,12 @@ class RouterWatch:
         name = write_router(self.bundle, router, replace_reason=f"drift: {', '.join(firing)} firing; label-free "
                                                                 f"recalibration on {len(sample)} sampled requests")
         self.router = Router(self.router.device, None, router)
-        self.monitor = self._monitor()
+        previous, self.monitor = self.monitor, self._monitor()
         summary = (f"{router['policy']['policy']} policy, label-free, n={len(sample)}, escalation at calibration "
                    f"{100 * router['calibration']['escalation_rate']:.1f}%; {router['guarantee']}")
+        fired = {k: v["first_fired_at"] for k, v in previous.state.items() if v["first_fired_at"]}
         record = {"file": name, "at_request": data["since_request"], "time": time.time(), "firing": firing,
-                  "sample": len(sample), "summary": summary}
+                  "first_fired_at": fired, "sample": len(sample), "summary": summary}
         self.recalibrations.append(record)
         return record
 
