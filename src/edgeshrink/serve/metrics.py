@@ -37,8 +37,8 @@ class Metrics:
                                            ["to"], registry=r)
         # the router's watch (serve/watch.py): drift signals, the shadow audit, recalibrations
         self.drift_firing = Gauge("edgeshrink_drift_firing", "1 while a drift signal fires", ["signal"], registry=r)
-        self.drift_p_value = Gauge("edgeshrink_drift_p_value", "The last p-value of a drift signal's test when its "
-                                   "state changed", ["signal"], registry=r)
+        self.drift_p_value = Gauge("edgeshrink_drift_p_value", "The latest p-value of each drift signal's test",
+                                   ["signal"], registry=r)
         self.drift_alarms = Counter("edgeshrink_drift_alarms", "Times a drift signal started firing", ["signal"],
                                     registry=r)
         self.audits = Counter("edgeshrink_audits", "Device answers checked by the cloud in the background, by "

@@ -72,6 +72,9 @@ class RouterWatch:
                     self._keep(row, results[i].probabilities)
             elif cloud is not None:
                 self._audit_later(cloud, text, pred.labels[i], row)
+        for name, state in self.monitor.state.items():  # the latest test of every signal, on /metrics
+            if state["p_value"] is not None:
+                self.metrics.drift_p_value.labels(signal=name).set(state["p_value"])
         self._maybe_recalibrate()
 
     def _audit_later(self, cloud, text: str, device_label: str, row: tuple) -> None:
@@ -112,7 +115,6 @@ class RouterWatch:
         for event in events:
             signal = event["signal"]
             self.metrics.drift_firing.labels(signal=signal).set(1 if event["firing"] else 0)
-            self.metrics.drift_p_value.labels(signal=signal).set(event["p_value"])
             if event["firing"]:
                 self.metrics.drift_alarms.labels(signal=signal).inc()
                 if self.config.recalibrate and not self.collecting:
