@@ -7,12 +7,13 @@ The device service (`edgeshrink serve`, the sentiment-edge device model and its 
 model's service behind it, on loopback; traffic is replayed in order, 8 texts per request:
 1. false alarms: ``--replays`` fresh services, each fed ``--in-dist`` movie-review test texts in a random order
    (the router was calibrated on the calibration split of the same data): how often any signal fires;
-2. detection: movie reviews, then tweets (sentiment-tweets, the built-in domain shift), without
-   recalibration: the requests after the shift until each signal first fires, and the hybrid accuracy on the
-   tweets against the cloud model's on the same tweets (McNemar);
+2. detection: movie reviews, then a shifted data set (``--shifts``: tweets, the built-in domain shift, and
+   Amazon product-review snippets), without recalibration: the requests after the shift until each signal
+   first fires, and the hybrid accuracy on the shifted texts against the cloud model's on the same texts
+   (McNemar);
 3. recovery: the same stream with ``--recalibrate`` (label-free, the risk policy at ``--alpha``): the hybrid
-   accuracy on the tweets after the recalibration against the cloud's on those tweets, and the share kept on
-   the device.
+   accuracy on the shifted texts after the recalibration against the cloud's on those texts, and the share
+   kept on the device.
 Accuracy is scored here from the data's labels; the service never sees them.
 """
 
@@ -85,7 +86,7 @@ def mcnemar(a: list[str], b: list[str], truth: list[str]) -> float:
 
 
 def main(device: Path, cloud: Path, replays: int, in_dist: int, shifted: int, audit: float, alpha: float,
-         sample: int, out: Path, seed: int) -> dict:
+         sample: int, out: Path, seed: int, shifts: list[str], suffix: str = "") -> dict:
     from edgeshrink.data import load_data, split_examples
     from edgeshrink.doctor import cpu_info
     from edgeshrink.runtime import load
@@ -93,16 +94,15 @@ def main(device: Path, cloud: Path, replays: int, in_dist: int, shifted: int, au
 
     rng = random.Random(seed)
     movies = split_examples(load_data("sentiment-movies")).test
-    tweets = load_data("sentiment-tweets")
     cloud_model = load(cloud, threads=1)
     scratch = Path(tempfile.mkdtemp(prefix="edgeshrink-drift-"))
     result = {"schema": "edgeshrink-drift/1", "device": str(device), "cloud": str(cloud), "cpu": cpu_info(),
-              "batch_texts": BATCH, "audit_fraction": audit}
+              "batch_texts": BATCH, "audit_fraction": audit, "alpha": alpha, "sample": sample}
     monitor_flags = ["--audit-fraction", audit]
     try:
         with ServerProcess(["serve-cloud", cloud, "--port", 0, "--threads", 1, "--rate", 0]) as cloud_server:
             # 1. false alarms on in-distribution traffic
-            alarms = []
+            alarms, report = [], {"signals": {}}
             for r in range(replays):
                 texts = rng.sample(movies.texts, in_dist)
                 with serve(device, cloud_server.url, monitor_flags) as service:
@@ -112,57 +112,68 @@ def main(device: Path, cloud: Path, replays: int, in_dist: int, shifted: int, au
                 alarms.append(fired)
                 print(f"in-distribution replay {r + 1}/{replays}: {fired or 'quiet'}", flush=True)
             result["false_alarms"] = {
-                "replays": replays, "requests_each": in_dist, "any_signal": sum(bool(a) for a in alarms) / replays,
+                "replays": replays, "requests_each": in_dist,
+                "any_signal": sum(bool(a) for a in alarms) / replays if replays else None,
                 "per_signal": {s: sum(s in a for a in alarms) / replays for s in report["signals"]},
                 "replay_alarms": alarms}
-            # 2. + 3. movie reviews, then tweets: without and with recalibration
-            order = list(range(len(tweets)))
-            rng.shuffle(order)
-            tweet_texts = [tweets.texts[i] for i in order[:shifted]]
-            tweet_truth = [tweets.labels[i] for i in order[:shifted]]
-            cloud_answers = cloud_model.predict(tweet_texts).labels
-            head = rng.sample(movies.texts, in_dist)
-            for name, extra in (("without_recalibration", []),
-                                ("with_recalibration", ["--recalibrate", "--recalibrate-alpha", alpha])):
-                bundle = scratch / name
-                shutil.copytree(device, bundle)  # a recalibration writes into the bundle
-                settings = scratch / f"{name}.yaml"
-                settings.write_text(json.dumps({"monitor": {"min_recalibration_sample": sample}}))
-                t0 = time.perf_counter()
-                with serve(bundle, cloud_server.url, monitor_flags + extra + ["--config", settings]) as service:
-                    answers = stream(service.url, head + tweet_texts)
-                    report = wait_for_recalibration(service.url) if extra else monitor_report(service.url)
-                    log = service.stderr()
-                on_tweets = answers[len(head):]
-                labels = [a["label"] for a in on_tweets]
-                # first firings: of the router as shipped (before a recalibration reset the monitor)
-                fired = report["recalibrations"][0]["first_fired_at"] if report.get("recalibrations") else {
-                    k: v["first_fired_at"] for k, v in report["signals"].items() if v["first_fired_at"]}
-                run = {"wall_s": time.perf_counter() - t0, "shift_at": len(head),
-                       "first_fired_after_shift": {k: v - len(head) for k, v in fired.items() if v > len(head)},
-                       "fired_before_shift": [k for k, v in fired.items() if v <= len(head)],
-                       "tweets": {"hybrid": accuracy(labels, tweet_truth), "cloud": accuracy(cloud_answers, tweet_truth),
-                                  "on_device": sum(a["source"] != "cloud" for a in on_tweets) / len(on_tweets),
-                                  "mcnemar_p": mcnemar(labels, cloud_answers, tweet_truth)},
-                       "recalibrations": report.get("recalibrations", []),
-                       "log": [line for line in log.splitlines() if "drift" in line or "recalibrat" in line][:20]}
-                if report.get("recalibrations"):
-                    at = report["recalibrations"][0]["at_request"] - len(head)
-                    after = slice(at + 1, None)
-                    run["after_recalibration"] = {
-                        "from_tweet": at + 1, "hybrid": accuracy(labels[after], tweet_truth[after]),
-                        "cloud": accuracy(cloud_answers[after], tweet_truth[after]),
-                        "on_device": sum(a["source"] != "cloud" for a in on_tweets[after]) / len(on_tweets[after]),
-                        "mcnemar_p": mcnemar(labels[after], cloud_answers[after], tweet_truth[after])}
-                result[name] = run
-                print(name, json.dumps({k: v for k, v in run.items() if k != "log"}, indent=1), flush=True)
+            # 2. + 3. movie reviews, then another domain: without and with recalibration
+            result["shifts"] = {}
+            for shift in shifts:
+                result["shifts"][shift] = shift_runs(device, cloud_server.url, cloud_model, movies, load_data(shift),
+                                                     rng, in_dist, shifted, monitor_flags, alpha, sample, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "drift.json").write_text(json.dumps(result, indent=2))
-    (out / "drift.md").write_text(markdown(result))
+    (out / f"drift{suffix}.json").write_text(json.dumps(result, indent=2))
+    (out / f"drift{suffix}.md").write_text(markdown(result))
     print(markdown(result))
     return result
+
+
+def shift_runs(device, cloud_url, cloud_model, movies, data, rng, in_dist, shifted, monitor_flags, alpha, sample,
+               scratch) -> dict:
+    order = list(range(len(data)))
+    rng.shuffle(order)
+    texts = [data.texts[i] for i in order[:shifted]]
+    truth = [data.labels[i] for i in order[:shifted]]
+    cloud_answers = cloud_model.predict(texts).labels
+    head = rng.sample(movies.texts, in_dist)
+    runs = {}
+    for name, extra in (("without_recalibration", []),
+                        ("with_recalibration", ["--recalibrate", "--recalibrate-alpha", alpha])):
+        bundle = scratch / f"{data.name}-{name}"
+        shutil.copytree(device, bundle)  # a recalibration writes into the bundle
+        settings = scratch / f"{name}.yaml"
+        settings.write_text(json.dumps({"monitor": {"min_recalibration_sample": sample}}))
+        t0 = time.perf_counter()
+        with serve(bundle, cloud_url, monitor_flags + extra + ["--config", settings]) as service:
+            answers = stream(service.url, head + texts)
+            report = wait_for_recalibration(service.url) if extra else monitor_report(service.url)
+            log = service.stderr()
+        on_shifted = answers[len(head):]
+        labels = [a["label"] for a in on_shifted]
+        # first firings: of the router as shipped (before a recalibration reset the monitor)
+        fired = report["recalibrations"][0]["first_fired_at"] if report.get("recalibrations") else {
+            k: v["first_fired_at"] for k, v in report["signals"].items() if v["first_fired_at"]}
+        run = {"wall_s": time.perf_counter() - t0, "shift_at": len(head),
+               "first_fired_after_shift": {k: v - len(head) for k, v in fired.items() if v > len(head)},
+               "fired_before_shift": [k for k, v in fired.items() if v <= len(head)],
+               "shifted": {"hybrid": accuracy(labels, truth), "cloud": accuracy(cloud_answers, truth),
+                           "on_device": sum(a["source"] != "cloud" for a in on_shifted) / len(on_shifted),
+                           "mcnemar_p": mcnemar(labels, cloud_answers, truth)},
+               "recalibrations": report.get("recalibrations", []),
+               "log": [line for line in log.splitlines() if "drift" in line or "recalibrat" in line][:20]}
+        if report.get("recalibrations"):
+            at = report["recalibrations"][0]["at_request"] - len(head)
+            after = slice(at + 1, None)
+            run["after_recalibration"] = {
+                "from_text": at + 1, "hybrid": accuracy(labels[after], truth[after]),
+                "cloud": accuracy(cloud_answers[after], truth[after]),
+                "on_device": sum(a["source"] != "cloud" for a in on_shifted[after]) / len(on_shifted[after]),
+                "mcnemar_p": mcnemar(labels[after], cloud_answers[after], truth[after])}
+        runs[name] = run
+        print(data.name, name, json.dumps({k: v for k, v in run.items() if k != "log"}, indent=1), flush=True)
+    return runs
 
 
 def _acc(a: dict) -> str:
@@ -174,23 +185,27 @@ def markdown(result: dict) -> str:
     cpu = result["cpu"]
     lines = [f"Machine: {cpu['model']}, ISA {' '.join(cpu['isa'])}; device `{result['device']}`, cloud "
              f"`{result['cloud']}`; {result['batch_texts']} texts per request, audit fraction "
-             f"{result['audit_fraction']}.", "",
-             f"False alarms: {fa['replays']} replays of {fa['requests_each']} in-distribution requests each: any "
-             f"signal fired in **{100 * fa['any_signal']:.0f}%** (" + ", ".join(
-                 f"{k} {100 * v:.0f}%" for k, v in fa["per_signal"].items()) + ").", "",
-             "| run | fired after the shift (requests) | on device (tweets) | hybrid acc % (tweets) | cloud acc % | "
-             "McNemar p |", "|---|---|---|---|---|---|"]
-    for name in ("without_recalibration", "with_recalibration"):
-        run = result[name]
-        t = run["tweets"]
-        fired = ", ".join(f"{k} {v}" for k, v in sorted(run["first_fired_after_shift"].items(), key=lambda kv: kv[1]))
-        lines.append(f"| {name.replace('_', ' ')} (all tweets) | {fired or '—'} | {100 * t['on_device']:.1f}% | "
-                     f"{_acc(t['hybrid'])} | {_acc(t['cloud'])} | {t['mcnemar_p']:.2g} |")
-        if "after_recalibration" in run:
-            a = run["after_recalibration"]
-            lines.append(f"| {name.replace('_', ' ')}, tweets after it (from #{a['from_tweet']}) | | "
-                         f"{100 * a['on_device']:.1f}% | {_acc(a['hybrid'])} | {_acc(a['cloud'])} | "
-                         f"{a['mcnemar_p']:.2g} |")
+             f"{result['audit_fraction']}, recalibration: risk policy at α = {result['alpha']}, label-free, on "
+             f"{result['sample']} sampled requests.", ""]
+    if fa["replays"]:
+        lines += [f"False alarms: {fa['replays']} replays of {fa['requests_each']} in-distribution requests each: any "
+                  f"signal fired in **{100 * fa['any_signal']:.0f}%** (" + ", ".join(
+                      f"{k} {100 * v:.0f}%" for k, v in fa["per_signal"].items()) + ").", ""]
+    lines += ["| shifted to | run | fired after the shift (requests) | on device | hybrid acc % | cloud acc % | "
+              "McNemar p |", "|---|---|---|---|---|---|---|"]
+    for shift, runs in result["shifts"].items():
+        for name, run in runs.items():
+            t = run["shifted"]
+            fired = ", ".join(f"{k} {v}" for k, v in sorted(run["first_fired_after_shift"].items(),
+                                                            key=lambda kv: kv[1]))
+            lines.append(f"| {shift} | {name.replace('_', ' ')} (all {t['hybrid']['n']}) | {fired or '—'} | "
+                         f"{100 * t['on_device']:.1f}% | {_acc(t['hybrid'])} | {_acc(t['cloud'])} | "
+                         f"{t['mcnemar_p']:.2g} |")
+            if "after_recalibration" in run:
+                a = run["after_recalibration"]
+                lines.append(f"| {shift} | after the recalibration (texts {a['from_text']}–) | | "
+                             f"{100 * a['on_device']:.1f}% | {_acc(a['hybrid'])} | {_acc(a['cloud'])} | "
+                             f"{a['mcnemar_p']:.2g} |")
     return "\n".join(lines) + "\n"
 
 
@@ -205,6 +220,9 @@ if __name__ == "__main__":
     parser.add_argument("--alpha", type=float, default=0.03)
     parser.add_argument("--sample", type=int, default=400)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shifts", default="sentiment-tweets,sentiment-products")
+    parser.add_argument("--suffix", default="", help="results go to drift{SUFFIX}.{json,md}")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     a = parser.parse_args()
-    main(a.device, a.cloud, a.replays, a.in_dist, a.shifted, a.audit, a.alpha, a.sample, a.out, a.seed)
+    main(a.device, a.cloud, a.replays, a.in_dist, a.shifted, a.audit, a.alpha, a.sample, a.out, a.seed,
+         a.shifts.split(","), a.suffix)

@@ -113,3 +113,14 @@ def test_the_report_is_plain_json(ref):
     monitor.audit(True)
     report = monitor.report()
     assert json.loads(json.dumps(report)) == report and report["firing"]
+
+
+def test_a_router_from_before_references_still_has_its_escalation_rate_watched():
+    from edgeshrink.route.monitor import router_reference
+
+    old = {"n": 1000, "calibration": {"escalation_rate": 0.2}}  # a router.json without "reference"
+    reference = router_reference(old)
+    assert reference == {"routed": 1000, "escalated": 200, "partial": True}
+    rng = np.random.default_rng(7)
+    first, monitor = replay(reference, stream(rng, 300, a=3.0))
+    assert "escalation" in first and monitor.state["confidence"]["p_value"] is None

@@ -80,6 +80,12 @@ def _tweets(scratch: Path) -> list[dict]:
     return _vader_rows(scratch, "tweets_GroundTruth.txt")
 
 
+@register("sentiment-products", "3,610 Amazon product-review snippets, binary sentiment from human ratings (VADER "
+          "ground truth): another domain for the router's drift checks", ("negative", "positive"))
+def _products(scratch: Path) -> list[dict]:
+    return _vader_rows(scratch, "amazonReviewSnippets_GroundTruth.txt")
+
+
 _BBC_TOPICS = ("business", "entertainment", "politics", "sport", "tech")
 
 

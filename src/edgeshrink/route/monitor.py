@@ -80,6 +80,17 @@ def reference_from(scores: np.ndarray, kept: np.ndarray, escalated: np.ndarray, 
             "device_disagreement": device_disagreement}
 
 
+def router_reference(router: dict) -> dict:
+    """The router's reference for the monitor; a router.json from before references were stored still gives the
+    calibrated escalation rate (every other signal then waits for a recalibration)."""
+    if router.get("reference"):
+        return router["reference"]
+    calibration, n = router.get("calibration") or {}, router.get("n")
+    if calibration.get("escalation_rate") is None or not n:
+        return {}
+    return {"routed": int(n), "escalated": int(round(calibration["escalation_rate"] * n)), "partial": True}
+
+
 def router_bound(router: dict) -> tuple[float | None, str]:
     """The audited disagreement's bound and what it is: the router's α, or the calibration disagreement."""
     reference = router.get("reference") or {}
@@ -97,7 +108,7 @@ class DriftMonitor:
 
     def __init__(self, reference: dict | None, config: MonitorConfig, labels: list[str], bound: float | None = None,
                  bound_what: str = ""):
-        self.reference, self.config, self.labels = reference or {}, config, list(labels)
+        self.reference, self.config, self.labels = dict(reference or {}), config, list(labels)
         self.bound, self.bound_what = bound, bound_what
         self.window: deque[Observation] = deque(maxlen=config.window)
         self.audits: deque[bool] = deque(maxlen=max(config.window, config.min_audited))
@@ -284,7 +295,7 @@ def replay(device, data, cloud=None, config: MonitorConfig | None = None, limit:
 
         cloud_model = load_predictor(cloud)
         check_same_labels(router.device, cloud_model)
-    monitor = DriftMonitor(settings.get("reference"), config, labels, *router_bound(settings))
+    monitor = DriftMonitor(router_reference(settings), config, labels, *router_bound(settings))
     rng = random.Random(seed)
     events, hybrid, device_answers, cloud_answers, escalated = [], [], [], [], 0
     for start in range(0, len(texts), batch_size):

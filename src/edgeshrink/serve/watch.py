@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeshrink.route.monitor import DriftMonitor, MonitorConfig, Observation, router_bound
+from edgeshrink.route.monitor import DriftMonitor, MonitorConfig, Observation, router_bound, router_reference
 
 
 def _log(message: str) -> None:
@@ -49,7 +49,11 @@ class RouterWatch:
 
     def _monitor(self) -> DriftMonitor:
         bound, what = router_bound(self.router.settings)
-        return DriftMonitor(self.router.settings.get("reference"), self.config, self.labels, bound, what)
+        reference = router_reference(self.router.settings)
+        if reference.get("partial"):
+            self.log("router.json has no drift reference (calibrated before edgeshrink stored one): only the "
+                     "escalation rate is watched; calibrate again to watch the rest")
+        return DriftMonitor(reference, self.config, self.labels, bound, what)
 
     # -- per request ----------------------------------------------------------------------------------------
     def after_answer(self, texts: list[str], pred, scores, reasons: list[str], escalate: list[bool], results,
