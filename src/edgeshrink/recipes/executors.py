@@ -311,27 +311,26 @@ class RayExecutor:
         return {"name": self.name, "address": self.address, "startup_seconds": self.startup_seconds,
                 "nodes": len(nodes), "cpus": sum(n["Resources"].get("CPU", 0) for n in nodes)}
 
-    def _node_cpus(self) -> float:
-        cpus = [n["Resources"].get("CPU", 0) for n in self.ray.nodes() if n.get("Alive")]
-        if not cpus or max(cpus) <= 0:
-            raise EdgeshrinkError("the Ray cluster has no node with CPUs")
-        return max(cpus)
-
-    def _check_fits(self, task: StepTask, cpus: float) -> None:
-        """A task no node can hold would wait forever: refuse it in one line instead."""
+    def _task_cpus(self, task: StepTask) -> float:
+        """The CPUs the step's task asks for ("node": the largest live node's); a task no node can hold would wait
+        forever, so it is refused in one line instead."""
         nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
-        gpus = task.resources.gpus
-        if not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
-            largest = max((n.get("CPU", 0) for n in nodes), default=0)
-            raise EdgeshrinkError(f"{task.title}: asks for {cpus:g} CPU{f' and {gpus:g} GPU' if gpus else ''}, which "
-                                  f"no node of the Ray cluster has (the largest has {largest:g} CPU"
-                                  f"{', ' + str(max(n.get('GPU', 0) for n in nodes)) + ' GPU' if gpus else ''}); "
-                                  f"lower resources.{task.name} in the recipe")
+        largest = max((n.get("CPU", 0) for n in nodes), default=0)
+        if largest <= 0:
+            raise EdgeshrinkError("the Ray cluster has no node with CPUs")
+        res = task.resources
+        cpus = largest if res.cpus == "node" else float(res.cpus)
+        if not any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= res.gpus for n in nodes):
+            gpus = f" and {res.gpus:g} GPU" if res.gpus else ""
+            most_gpus = f", {max(n.get('GPU', 0) for n in nodes):g} GPU" if res.gpus else ""
+            raise EdgeshrinkError(f"{task.title}: asks for {cpus:g} CPU{gpus}, which no node of the Ray cluster has "
+                                  f"(the largest has {largest:g} CPU{most_gpus}); lower resources.{task.name} in the "
+                                  f"recipe")
+        return cpus
 
     def _submit(self, task: StepTask, state: dict, cache: Path):
         res = task.resources
-        cpus = self._node_cpus() if res.cpus == "node" else float(res.cpus)
-        self._check_fits(task, cpus)
+        cpus = self._task_cpus(task)
         options = {"num_cpus": cpus, "num_gpus": res.gpus, "max_retries": res.max_retries, "retry_exceptions": False}
         if res.memory_gb:
             options["memory"] = int(res.memory_gb * 2**30)

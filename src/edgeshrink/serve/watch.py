@@ -98,8 +98,8 @@ class RouterWatch:
         self.audit_outcomes["agree" if agree else "disagree"] += 1
         self.metrics.audits.labels(outcome="agree" if agree else "disagree").inc()
         self._handle(self.monitor.audit(agree))
-        estimate = self.monitor.audit_estimate()
-        if estimate["disagreement"] is not None:
+        if self.monitor.audited % self.config.check_every == 0:  # the interval on /metrics, as often as the test
+            estimate = self.monitor.audit_estimate()
             self.metrics.audit_disagreement.labels(bound="estimate").set(estimate["disagreement"])
             self.metrics.audit_disagreement.labels(bound="low").set(estimate["interval"][0])
             self.metrics.audit_disagreement.labels(bound="high").set(estimate["interval"][1])
