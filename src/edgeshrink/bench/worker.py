@@ -117,7 +117,9 @@ def _weights_bytes(path: Path) -> int | None:
 def _vocab_size(path: Path, manifest: dict) -> int | None:
     if manifest["task"] != "text-classification":
         return None
-    tok = json.loads((path / manifest["tokenizer"]["file"]).read_text(encoding="utf-8"))
+    from edgeshrink.runtime.bundle import read_bundle_text
+
+    tok = json.loads(read_bundle_text(path, manifest, manifest["tokenizer"]["file"], verify=False))
     return len(tok["model"]["vocab"])
 
 

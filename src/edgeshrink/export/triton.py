@@ -93,7 +93,7 @@ def export_triton(source: str | Path, out: str | Path, config: TritonConfig | No
     """Write a Triton model repository for the classifier bundle ``source`` into ``out``; check it; return
     its record (also written to ``out/edgeshrink-triton.json``)."""
     from edgeshrink._files import atomic_output_dir
-    from edgeshrink.runtime.bundle import read_manifest
+    from edgeshrink.runtime.bundle import bundle_file, read_manifest
 
     config = config or TritonConfig()
     source = Path(source)
@@ -120,7 +120,7 @@ def export_triton(source: str | Path, out: str | Path, config: TritonConfig | No
             f"{name}_onnx", 'platform: "onnxruntime_onnx"', config.max_batch_size, onnx_inputs,
             [_tensor(n, t, s[1:], labels=(n == logits_name)) for n, t, s in outputs], cpu), encoding="utf-8")
         shutil.copy2(Path(__file__).with_name("triton_tokenizer.py"), tok_dir / "1" / "model.py")
-        shutil.copy2(source / manifest["tokenizer"]["file"], tok_dir / "1" / "tokenizer.json")
+        shutil.copyfile(bundle_file(source, manifest, manifest["tokenizer"]["file"]), tok_dir / "1" / "tokenizer.json")
         (tok_dir / "1" / "tokenizer_config.json").write_text(json.dumps({
             "max_length": int(manifest["max_length"]), "pad_id": int(manifest["tokenizer"]["pad_id"]),
             "outputs": [{"name": n, "data_type": t} for n, t, _ in inputs]}, indent=2), encoding="utf-8")

@@ -1,4 +1,4 @@
-"""The device/cloud router at run time: numpy + the device runtime only (no torch, no pydantic).
+"""The device/cloud router at run time: numpy + the device runtime only (no torch).
 
     from edgeshrink.route.router import Router
     router = Router.from_bundle("runs/device", cloud=load("runs/cloud-bundle"))
@@ -15,6 +15,7 @@ the router says so. A cloud that raises is never fatal: the device answer is ret
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
@@ -24,10 +25,10 @@ import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.route.confidence import confidence_scores
+from edgeshrink.route.router_schema import ROUTER_SCHEMA, validate_router  # noqa: F401 - calibrate writes ROUTER_SCHEMA
 
 ROUTER_NAME = "router.json"
 ESCALATE_REASONS = ("cloud only", "truncated", "not confident")
-ROUTER_SCHEMA = 1
 
 DEFAULT_COST = {"device_latency_ms": None, "cloud_latency_ms": 60.0, "network_rtt_ms": 80.0,
                 "cloud_cost_per_1000": 1.0, "device_energy_mj": None}
@@ -82,22 +83,20 @@ def has_router(bundle: str | Path) -> bool:
 
 
 def read_router(bundle: str | Path) -> dict:
-    """The bundle's router.json, checked against the hash the manifest records for it."""
-    from edgeshrink.runtime.bundle import _sha256, read_manifest
+    """The bundle's router file, through the bundle gate (listed, inside, no links) and checked against the hash
+    the manifest records for it."""
+    from edgeshrink.runtime.bundle import read_bundle_text, read_manifest
 
     bundle = Path(bundle)
     manifest = read_manifest(bundle, verify=False)
     entry = manifest.get("router")
-    path = bundle / (entry or {}).get("file", ROUTER_NAME)
-    if entry is None or not path.exists():
+    if entry is None:
         raise EdgeshrinkError(f"{bundle} has no calibrated router; run `edgeshrink route calibrate` first")
-    if _sha256(path) != entry["sha256"]:
-        raise EdgeshrinkError(f"{path} does not match the hash in the bundle's manifest (edited or corrupt); "
-                              f"calibrate again")
-    router = json.loads(path.read_text(encoding="utf-8"))
-    if router.get("schema_version", 0) > ROUTER_SCHEMA:
-        raise EdgeshrinkError(f"{path} has schema {router['schema_version']}; upgrade edgeshrink")
-    return router
+    text = read_bundle_text(bundle, manifest, entry["file"])
+    if hashlib.sha256(text.encode("utf-8")).hexdigest() != entry["sha256"]:
+        raise EdgeshrinkError(f"{bundle / entry['file']} does not match the hash in the bundle's manifest (edited or "
+                              f"corrupt); calibrate again")
+    return validate_router(text, bundle / entry["file"])
 
 
 class Router:

@@ -1,15 +1,32 @@
-"""Read and verify a device bundle (no torch, no onnx: this runs on the device)."""
+"""The bundle gate: read, check and verify a device bundle before any other file of it is opened.
+
+A bundle may arrive over the air, so it is untrusted input (no torch, no onnx: this runs on the device):
+
+1. ``manifest.json`` is a regular file of bounded size whose JSON matches the schema (``runtime/manifest.py``:
+   unknown keys refused, numbers and sizes bounded, the fields each task needs present and typed).
+2. Every path it names is relative and inside the bundle; nothing in the bundle is a symbolic link.
+3. The files the task needs (``model.onnx``, the tokenizer, the chat template, the router) are decided here from
+   the task, not by the manifest, and each must be listed in ``files``; a file in the bundle that is not listed
+   is refused too (ONNX Runtime opens external-data files that the graph names), except hidden ``.*`` names
+   (an atomic write in progress), which nothing opens.
+4. With ``verify`` every listed file's size and sha256 are checked.
+
+Each refusal is one line naming the file and the rule. Readers open bundle files through ``bundle_file``.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
+import os
+import stat
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from edgeshrink.errors import EdgeshrinkError
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
+MAX_MANIFEST_BYTES = 16 << 20
 # A process's CPU allotment (the ray executor sets it to its task's CPUs): ONNX Runtime sessions not told a
 # thread count use this many instead of one per core, so two tasks on a node do not oversubscribe it.
 THREADS_ENV = "EDGESHRINK_THREADS"
@@ -18,8 +35,6 @@ THREADS_ENV = "EDGESHRINK_THREADS"
 def session_options(threads: int | None = None):
     """ONNX Runtime session options: quiet, and ``threads`` intra-op threads (None: $EDGESHRINK_THREADS, else
     ONNX Runtime's default of one per core)."""
-    import os
-
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -32,7 +47,7 @@ def session_options(threads: int | None = None):
     return options
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(1 << 20):
@@ -50,27 +65,157 @@ def open_session(onnx_path: Path, threads: int | None = None):
         raise EdgeshrinkError(f"cannot load {onnx_path}: {str(exc).splitlines()[0][:200]}") from None
 
 
+# -- paths ---------------------------------------------------------------------------------------------
+def check_relative(rel: object, what: str = "path") -> str:
+    """``rel`` if it is a plain relative path inside a bundle (no '..', not absolute), else a one-line error."""
+    if not isinstance(rel, str) or not rel or len(rel) > 255 or "\x00" in rel or "\\" in rel:
+        raise EdgeshrinkError(f"bundle {what} {str(rel)[:80]!r} is not a plain relative path")
+    parts = rel.split("/")
+    if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or ":" in parts[0] \
+            or any(p in ("", ".", "..") for p in parts):
+        raise EdgeshrinkError(f"bundle {what} {rel!r} points outside the bundle (absolute or '..' paths are refused)")
+    return rel
+
+
+def _lstat(path: Path):
+    try:
+        return path.lstat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise EdgeshrinkError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _regular_file(root: Path, rel: str) -> Path:
+    """``root/rel`` if every component is a real directory / file (no symbolic link anywhere), else an error."""
+    path = root
+    for i, part in enumerate(rel.split("/")):
+        path = path / part
+        st = _lstat(path)
+        if st is None:
+            raise EdgeshrinkError(f"bundle file {rel} is missing from {root}")
+        if stat.S_ISLNK(st.st_mode):
+            raise EdgeshrinkError(f"bundle file {rel} is (or lies under) a symbolic link: refused, links are never "
+                                  f"followed")
+        last = i == rel.count("/")
+        if last and not stat.S_ISREG(st.st_mode):
+            raise EdgeshrinkError(f"bundle file {rel} is not a regular file")
+        if not last and not stat.S_ISDIR(st.st_mode):
+            raise EdgeshrinkError(f"bundle file {rel}: {path.name} is not a directory")
+    return path
+
+
+def _walk(root: Path) -> list[str]:
+    """Every non-hidden file under ``root`` as a relative posix path; any symbolic link is refused."""
+    found = []
+    for top, dirs, files in os.walk(root, followlinks=False):
+        for name in dirs + files:
+            path = Path(top) / name
+            rel = path.relative_to(root).as_posix()
+            if path.is_symlink():
+                raise EdgeshrinkError(f"bundle file {rel} is a symbolic link: refused, links are never followed")
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [(Path(top) / f).relative_to(root).as_posix() for f in files if not f.startswith(".")]
+    return found
+
+
+# -- the manifest --------------------------------------------------------------------------------------
+def required_files(manifest: dict) -> list[str]:
+    """The files the runtime opens for this manifest's task: decided here, so a bundle cannot opt out."""
+    tokenizer = manifest.get("tokenizer") or {}
+    needed = ["model.onnx"]
+    if manifest["task"] in ("text-classification", "text-generation"):
+        needed.append(tokenizer["file"])
+    if tokenizer.get("chat_template"):
+        needed.append(tokenizer["chat_template"])
+    if manifest.get("router"):
+        needed.append(manifest["router"]["file"])
+    return needed
+
+
+def _load_json(path: Path, what: str):
+    st = _lstat(path)
+    if st is None or stat.S_ISDIR(st.st_mode):
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        raise EdgeshrinkError(f"{path} is a symbolic link: refused, links are never followed")
+    if not stat.S_ISREG(st.st_mode):
+        raise EdgeshrinkError(f"{path} is not a regular file")
+    if st.st_size > MAX_MANIFEST_BYTES:
+        raise EdgeshrinkError(f"{path} is {st.st_size} bytes; a {what} is at most {MAX_MANIFEST_BYTES >> 20} MiB")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise EdgeshrinkError(f"{path} is corrupt (not valid JSON)") from None
+    except RecursionError:
+        raise EdgeshrinkError(f"{path} is nested too deeply to be a {what}") from None
+
+
 def read_manifest(bundle: str | Path, verify: bool = True) -> dict:
-    """Return the manifest of ``bundle``; with ``verify``, check every file's size and sha256."""
+    """The checked manifest of ``bundle`` (see the module docstring); ``verify`` also checks every listed file's
+    size and sha256 (skip it only where the caller has just verified the same bundle)."""
+    from edgeshrink.runtime.manifest import validate
+
     bundle = Path(bundle)
     if not bundle.exists():
         raise EdgeshrinkError(f"bundle {bundle} does not exist")
-    if not bundle.is_dir() or not (bundle / MANIFEST_NAME).exists():
+    manifest = _load_json(bundle / MANIFEST_NAME, "manifest") if bundle.is_dir() else None
+    if manifest is None:
         raise EdgeshrinkError(f"{bundle} is not a device bundle (no {MANIFEST_NAME}); make one with `edgeshrink export`")
-    try:
-        manifest = json.loads((bundle / MANIFEST_NAME).read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise EdgeshrinkError(f"{bundle / MANIFEST_NAME} is corrupt (not valid JSON)") from None
-    if manifest.get("kind") != "edgeshrink-bundle":
-        raise EdgeshrinkError(f"{bundle} is not a device bundle (manifest kind {manifest.get('kind')!r})")
-    if manifest.get("schema_version", 0) > SCHEMA_VERSION:
-        raise EdgeshrinkError(f"{bundle} has manifest schema {manifest['schema_version']}; this edgeshrink reads "
-                              f"up to {SCHEMA_VERSION}: upgrade edgeshrink")
-    if verify:
-        for rel, meta in manifest.get("files", {}).items():
-            path = bundle / rel
-            if not path.exists():
-                raise EdgeshrinkError(f"bundle file {rel} is missing from {bundle}")
-            if path.stat().st_size != meta["size_bytes"] or _sha256(path) != meta["sha256"]:
-                raise EdgeshrinkError(f"bundle file {rel} is corrupt or was modified (sha256 does not match the manifest)")
+    if not isinstance(manifest, dict) or manifest.get("kind") != "edgeshrink-bundle":
+        kind = manifest.get("kind") if isinstance(manifest, dict) else type(manifest).__name__
+        raise EdgeshrinkError(f"{bundle} is not a device bundle (manifest kind {str(kind)[:40]!r})")
+    version = manifest.get("schema_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise EdgeshrinkError(f"{bundle} has manifest schema {version}; this edgeshrink reads up to {SCHEMA_VERSION}: "
+                              f"upgrade edgeshrink")
+    validate(manifest, bundle / MANIFEST_NAME)
+    listed = manifest["files"]
+    for rel in listed:
+        check_relative(rel, "file")
+    for rel in required_files(manifest):
+        check_relative(rel, "file")
+        if rel not in listed:
+            raise EdgeshrinkError(f"bundle file {rel} is required for a {manifest['task']} bundle but not listed in "
+                                  f"the manifest's files (its hash cannot be checked)")
+    unlisted = sorted(set(_walk(bundle)) - set(listed) - {MANIFEST_NAME})
+    if unlisted:
+        raise EdgeshrinkError(f"bundle file {unlisted[0]} is not listed in the manifest: a bundle holds only files "
+                              f"whose hashes it records")
+    for rel, meta in listed.items():
+        path = _regular_file(bundle, rel)
+        if verify and (path.stat().st_size != meta["size_bytes"] or sha256_of(path) != meta["sha256"]):
+            raise EdgeshrinkError(f"bundle file {rel} is corrupt or was modified (sha256 does not match the manifest)")
     return manifest
+
+
+def bundle_file(bundle: str | Path, manifest: dict, rel: str) -> Path:
+    """The path of a file the manifest lists (inside the bundle, no links): how readers open bundle files."""
+    check_relative(rel, "file")
+    if rel not in manifest.get("files", {}):
+        raise EdgeshrinkError(f"bundle file {rel} is not listed in the manifest of {bundle}")
+    return _regular_file(Path(bundle), rel)
+
+
+def read_bundle_text(bundle: str | Path, manifest: dict, rel: str, verify: bool = True) -> str:
+    """A listed text file's content, its hash checked against the manifest in the same read."""
+    path = bundle_file(bundle, manifest, rel)
+    data = path.read_bytes()
+    if verify and hashlib.sha256(data).hexdigest() != manifest["files"][rel]["sha256"]:
+        raise EdgeshrinkError(f"bundle file {rel} is corrupt or was modified (sha256 does not match the manifest)")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise EdgeshrinkError(f"bundle file {rel} is not UTF-8 text") from None
+
+
+def copy_listed_files(bundle: str | Path, manifest: dict, dst: Path, skip=lambda rel: False) -> None:
+    """Copy the files ``manifest`` lists (never anything else, never a link) from ``bundle`` into ``dst``."""
+    import shutil
+
+    for rel in manifest["files"]:
+        if skip(rel):
+            continue
+        src = bundle_file(bundle, manifest, rel)
+        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst / rel, follow_symlinks=False)

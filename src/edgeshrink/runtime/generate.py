@@ -10,7 +10,7 @@
 The graph's inputs are read from the session (``input_ids``, ``attention_mask``, optional
 ``position_ids``, ``past_key_values.{i}.key/value``), so the same code runs every exporter's graph.
 Each step feeds only the new token and the previous step's ``present`` tensors back as the past.
-Chat messages are rendered with the bundle's chat template (jinja2, imported only for chat).
+Chat messages are rendered with the bundle's chat template in a bounded sandbox (runtime/chat_template.py).
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.runtime.bundle import open_session, read_manifest
+from edgeshrink.errors import EdgeshrinkError, first_line
+from edgeshrink.runtime.bundle import bundle_file, open_session, read_bundle_text, read_manifest
 
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
        "tensor(int32)": np.int32}
@@ -56,24 +56,29 @@ class Generator:
     """A loaded LLM bundle. ``threads`` sets ONNX Runtime's intra-op threads (None: its default)."""
 
     def __init__(self, bundle: str | Path, threads: int | None = None, verify: bool = True):
-        from tokenizers import Tokenizer
+        from edgeshrink.runtime.predictor import load_tokenizer
 
         self.path = Path(bundle)
         self.manifest = read_manifest(self.path, verify=verify)
         if self.manifest.get("task") != "text-generation":
-            raise EdgeshrinkError(f"{self.path} is not a language-model bundle (task {self.manifest.get('task')!r})")
+            raise EdgeshrinkError(f"{self.path} is not a language-model bundle (task {self.manifest.get('task')!r}): "
+                                  f"use `edgeshrink predict`")
         self.session = open_session(self.path / "model.onnx", threads)
         self.inputs = {i.name: i for i in self.session.get_inputs()}
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.past_names = [n for n in self.inputs if n.startswith("past_key_values.")]
+        missing = [n for n in ["input_ids", "logits", *(n.replace("past_key_values.", "present.") for n in self.past_names)]
+                   if n not in self.inputs and n not in self.outputs]
+        if missing:
+            raise EdgeshrinkError(f"{self.path}: model.onnx is not a decoder with a KV cache (no {missing[0]!r})")
         gen = self.manifest["generation"]
         self.eos_ids = set(gen.get("eos_token_ids") or [])
         self.context_length = int(gen["context_length"])
-        self.tokenizer = Tokenizer.from_file(str(self.path / self.manifest["tokenizer"]["file"]))
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
-        template = self.manifest["tokenizer"].get("chat_template")
-        self.chat_template = (self.path / template).read_text(encoding="utf-8") if template else None
+        tok_meta = self.manifest["tokenizer"]
+        self.tokenizer = load_tokenizer(bundle_file(self.path, self.manifest, tok_meta["file"]))
+        template = tok_meta.get("chat_template")
+        self.chat_template = read_bundle_text(self.path, self.manifest, template, verify=verify) if template else None
+        self._renderer = None
 
     # -- prompts ------------------------------------------------------------------------------------
     def encode(self, prompt) -> list[int]:
@@ -85,15 +90,13 @@ class Generator:
         return self.tokenizer.encode(self.render_chat(prompt), add_special_tokens=False).ids
 
     def render_chat(self, messages: list[dict]) -> str:
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+        """The prompt text of chat ``messages``: the bundle's template in the bounded sandbox (chat_template.py)."""
+        if self._renderer is None:
+            from edgeshrink.runtime.chat_template import ChatTemplate
 
-        def raise_exception(message):  # what Hugging Face chat templates call to refuse a conversation
-            raise EdgeshrinkError(f"chat template of {self.path}: {message}")
-
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = raise_exception
-        specials = self.manifest["tokenizer"].get("special_tokens", {})
-        return env.from_string(self.chat_template).render(messages=messages, add_generation_prompt=True, **specials)
+            self._renderer = ChatTemplate(self.chat_template, self.manifest["tokenizer"].get("special_tokens", {}),
+                                          name=str(self.path / self.manifest["tokenizer"]["chat_template"]))
+        return self._renderer.render(messages)
 
     # -- the model ----------------------------------------------------------------------------------
     def _empty_past(self) -> dict[str, np.ndarray]:
@@ -111,7 +114,10 @@ class Generator:
             feeds["position_ids"] = np.arange(total - len(ids), total, dtype=np.int64)[None]
         feeds.update(past)
         feeds = {k: v for k, v in feeds.items() if k in self.inputs}
-        results = dict(zip(self.outputs, self.session.run(None, feeds)))
+        try:
+            results = dict(zip(self.outputs, self.session.run(None, feeds)))
+        except Exception as exc:  # onnxruntime's own error types: a graph that does not fit its manifest
+            raise EdgeshrinkError(f"{self.path}: model.onnx failed to run: {first_line(exc)}") from None
         new_past = {name: results[name.replace("past_key_values.", "present.")] for name in self.past_names}
         return results["logits"][0], new_past
 
@@ -136,8 +142,10 @@ class Generator:
     def stream(self, prompt, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                stop: list[str] | tuple = (), seed: int | None = None, ignore_eos: bool = False, info: dict | None = None):
         """Yield ``Token``s as they are produced. ``info`` (a dict) receives timings and the stop reason."""
-        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-            raise EdgeshrinkError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
+        if not (temperature >= 0 and 0 < top_p <= 1 and top_k >= 0):  # written so that NaN fails too
+            raise EdgeshrinkError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (finite numbers)")
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise EdgeshrinkError("a stop string must be a non-empty string")
         ids = self.prompt_ids(prompt, max_new_tokens)
         rng = np.random.default_rng(seed)
         info = info if info is not None else {}

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.runtime.bundle import open_session, read_manifest
+from edgeshrink.errors import EdgeshrinkError, first_line
+from edgeshrink.runtime.bundle import bundle_file, open_session, read_manifest
 
 _NP_TYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32, "float16": np.float16}
 
@@ -46,15 +46,22 @@ class Predictor:
         self.output_name = self.session.get_outputs()[0].name
         self.tokenizer = None
         if self.task == "text-classification":
-            from tokenizers import Tokenizer
-
             tok_meta = self.manifest["tokenizer"]
             self.max_length = int(self.manifest["max_length"])
-            self.tokenizer = Tokenizer.from_file(str(self.path / tok_meta["file"]))
-            self.tokenizer.no_padding()
-            self.tokenizer.no_truncation()
+            self.tokenizer = load_tokenizer(bundle_file(self.path, self.manifest, tok_meta["file"]))
             self.pad_id = int(tok_meta["pad_id"])
+            if self.pad_id >= self.tokenizer.get_vocab_size():
+                raise EdgeshrinkError(f"{self.path}: the manifest's pad_id {self.pad_id} is outside the tokenizer's "
+                                      f"vocabulary of {self.tokenizer.get_vocab_size()}")
             self.unknown_id = unknown_token_id(self.tokenizer)
+            unknown_inputs = sorted(set(self.input_types) - {"input_ids", "attention_mask", "token_type_ids"})
+            if unknown_inputs:
+                raise EdgeshrinkError(f"{self.path}: model.onnx takes input {unknown_inputs[0]!r}; a text bundle's "
+                                      f"model takes input_ids, attention_mask and token_type_ids")
+        width = self.session.get_outputs()[0].shape[-1] if self.session.get_outputs()[0].shape else None
+        if isinstance(width, int) and width != len(self.labels):
+            raise EdgeshrinkError(f"{self.path}: model.onnx gives {width} scores but the manifest names "
+                                  f"{len(self.labels)} labels")
 
     # -- text ---------------------------------------------------------------------------------
     def encode(self, texts: list[str]) -> tuple[dict[str, np.ndarray], list[bool]]:
@@ -86,7 +93,14 @@ class Predictor:
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Logits for ready-made model inputs."""
-        return self.session.run([self.output_name], feeds)[0]
+        try:
+            logits = self.session.run([self.output_name], feeds)[0]
+        except Exception as exc:  # onnxruntime's own error types: a model that does not fit its manifest
+            raise EdgeshrinkError(f"{self.path}: model.onnx failed to run: {first_line(exc)}") from None
+        if logits.ndim != 2 or logits.shape[1] != len(self.labels):
+            raise EdgeshrinkError(f"{self.path}: model.onnx gives scores of shape {list(logits.shape)}, not "
+                                  f"(batch, {len(self.labels)} labels)")
+        return logits
 
     def predict(self, inputs, batch_size: int = 32) -> Predictions:
         """Predict labels for a list of texts (text bundles) or an array batch (tensor bundles)."""
@@ -118,6 +132,19 @@ class Predictor:
                     unknown[i] = oov[j]
         probs = softmax(logits)
         return Predictions([self.labels[i] for i in probs.argmax(1)], probs, truncated, logits, unknown)
+
+
+def load_tokenizer(path):
+    """A ``tokenizers`` tokenizer from a bundle's file, padding and truncation off, or a one-line error."""
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises plain Exception for anything it cannot parse
+        raise EdgeshrinkError(f"{path} is not a tokenizer: {first_line(exc)}") from None
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
 
 
 def unknown_token_id(tokenizer) -> int | None:
