@@ -37,8 +37,7 @@ def _schema():
     class Rules(Loose):
         escalate_truncated: StrictBool = True
 
-    class Cost(BaseModel):
-        model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    class Cost(Loose):
         device_latency_ms: Optional[Annotated[float, Field(ge=0, le=1e9)]] = None
         cloud_latency_ms: Annotated[float, Field(ge=0, le=1e9)] = 60.0
         network_rtt_ms: Annotated[float, Field(ge=0, le=1e9)] = 80.0
