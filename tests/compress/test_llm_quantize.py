@@ -2,6 +2,8 @@
 a model imported from a GGUF keeps the GGUF's own grid."""
 
 import json
+import os
+import shutil
 
 import numpy as np
 import pytest
@@ -125,3 +127,32 @@ def test_grid_gguf_needs_a_gguf_source(tied_bundle):
     with pytest.raises(EdgeshrinkError, match="was not imported from a GGUF"):
         quantize(root / "fp32", root / "g", QuantConfig(method="int4-weight", grid="gguf"), data=str(text))
     assert not (root / "g").exists()
+
+
+def test_llm_quantize_never_writes_into_its_source_nor_copies_what_is_not_listed(tied_bundle, tmp_path):
+    """Issue 25, items 1 and 2 on the LLM path: only listed regular files are copied, none is a symlink."""
+    root, text = tied_bundle
+    source, victim, secret = tmp_path / "B", tmp_path / "victim", tmp_path / "secret"
+    shutil.copytree(root / "fp32", source)
+    victim.write_text("victim")
+    secret.write_text("secret")
+    (source / "model-inferred.onnx").symlink_to(victim)
+    (source / "notes.txt").symlink_to(secret)
+    (source / "stray.txt").write_text("not listed")
+    os.utime(source, ns=(10**18, 10**18))
+    before = sorted((p.name, p.is_symlink(), p.lstat().st_size) for p in source.iterdir()), source.stat().st_mtime_ns
+    manifest = quantize(source, tmp_path / "Q", QuantConfig(method="int4-weight", evaluate=False), data=str(text))
+    assert victim.read_bytes() == b"victim" and secret.read_bytes() == b"secret"
+    assert (sorted((p.name, p.is_symlink(), p.lstat().st_size) for p in source.iterdir()),
+            source.stat().st_mtime_ns) == before
+    names = sorted(p.name for p in (tmp_path / "Q").iterdir())
+    assert "notes.txt" not in names and "stray.txt" not in names and "notes.txt" not in manifest["files"]
+    assert sorted([*manifest["files"], "manifest.json"]) == names
+    assert not any(p.is_symlink() for p in (tmp_path / "Q").iterdir())
+
+    outside = tmp_path / "model.onnx.data"  # the weights, moved out and linked back: same bytes, same hash
+    (source / "model.onnx.data").rename(outside)
+    (source / "model.onnx.data").symlink_to(outside)
+    with pytest.raises(EdgeshrinkError, match=r"model\.onnx\.data.*symlink"):
+        quantize(source, tmp_path / "Q2", QuantConfig(method="int4-weight", evaluate=False), data=str(text))
+    assert not (tmp_path / "Q2").exists()

@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -208,3 +209,71 @@ def test_quantize_of_a_bundle_whose_data_moved_or_was_recorded_by_short_name(tra
         with pytest.raises(EdgeshrinkError, match=match):
             quantize(edited, tmp_path / f"{name}-q", QuantConfig(method="fp16"))
         assert quantize(edited, tmp_path / f"{name}-q", QuantConfig(method="fp16"), data=str(data))["quantization"]
+
+
+def _listing(directory):
+    """Every entry of ``directory`` (links as links), its bytes or link target, and the directory's own mtime:
+    a file created and removed again in it (ORT's model-inferred.onnx) still changes the mtime."""
+    entries = {}
+    for path in sorted(directory.rglob("*")):
+        rel = path.relative_to(directory).as_posix()
+        entries[rel] = ("link", os.readlink(path)) if path.is_symlink() else \
+            ("dir", None) if path.is_dir() else ("file", path.read_bytes())
+    return entries, directory.stat().st_mtime_ns
+
+
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_quantize_never_writes_into_its_source_nor_copies_what_is_not_listed(method, tiny_bundle, data_csv,
+                                                                              tmp_path):
+    """Issue 25, items 1 and 2: ORT wrote model-inferred.onnx beside the source model, through a symlink put
+    there; unlisted files and symlinks in the source were copied into the output (as their targets)."""
+    source, victim, secret = tmp_path / "B", tmp_path / "victim", tmp_path / "secret"
+    shutil.copytree(tiny_bundle, source)
+    victim.write_text("victim")
+    secret.write_text("secret")
+    (source / "model-inferred.onnx").symlink_to(victim)
+    (source / "notes.txt").symlink_to(secret)
+    (source / "stray.txt").write_text("not listed")
+    os.utime(source, ns=(10**18, 10**18))
+    before = _listing(source)
+    read_only = os.geteuid() != 0  # root writes anyway: there the directory's mtime tells
+    if read_only:
+        for path in [source, *source.iterdir()]:
+            path.chmod(0o555 if path.is_dir() else 0o444, follow_symlinks=False)
+    try:
+        manifest = quantize(source, tmp_path / "Q", QuantConfig(method=method, evaluate=False, **CASES[method][1]),
+                            data=str(data_csv))
+    finally:
+        if read_only:
+            source.chmod(0o755)
+    assert victim.read_bytes() == b"victim" and secret.read_bytes() == b"secret"
+    assert _listing(source) == before
+    listed = set(json.loads((tiny_bundle / "manifest.json").read_text())["files"])
+    assert set(manifest["files"]) == listed
+    assert sorted(p.name for p in (tmp_path / "Q").iterdir()) == sorted(listed | {"manifest.json"})
+    assert not any(p.is_symlink() for p in (tmp_path / "Q").rglob("*"))
+
+
+def test_quantize_refuses_a_listed_file_that_is_a_symlink(tiny_bundle, tmp_path):
+    source = tmp_path / "B"
+    shutil.copytree(tiny_bundle, source)
+    outside = tmp_path / "tokenizer.json"
+    (source / "tokenizer.json").rename(outside)
+    (source / "tokenizer.json").symlink_to(outside)  # same bytes, so its hash matches the manifest
+    with pytest.raises(EdgeshrinkError, match=r"tokenizer\.json.*symlink"):
+        quantize(source, tmp_path / "Q", QuantConfig(method="fp16", evaluate=False))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["B", "tokenizer.json"]
+
+
+def test_two_quantize_processes_on_one_out_cannot_both_succeed(tiny_bundle, tmp_path):
+    """Issue 25, item 10: both exited 0 and the second replaced the first without --force."""
+    out = tmp_path / "Q"
+    command = [sys.executable, "-m", "edgeshrink", "quantize", str(tiny_bundle), "--method", "fp16", "--out", str(out),
+               "--no-eval"]
+    runs = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(run.wait(timeout=300), run.stderr.read().strip()) for run in runs]
+    assert sorted(code for code, _ in results) == [0, 2]
+    (refusal,) = [err for code, err in results if code == 2]
+    assert len(refusal.splitlines()) == 1
+    assert f"another edgeshrink process is writing {out}" in refusal or "already exists" in refusal
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["Q"]

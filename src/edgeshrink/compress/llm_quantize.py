@@ -16,15 +16,15 @@ and their top-1 agreement (same positions, teacher-forced).
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 
-from edgeshrink._files import atomic_output_dir, check_output_dir
+from edgeshrink._files import atomic_output_dir, check_output_dir, copy_listed_files, listed_file
 from edgeshrink.errors import EdgeshrinkError, first_line
-from edgeshrink.runtime.bundle import MANIFEST_NAME
 
 LLM_METHODS = ("int4-weight",)
 LLM_BLOCK_SIZE = 32  # default INT4 block of LLM weights: a GGUF's block, onnxruntime-genai's default
@@ -96,12 +96,14 @@ def quantize_llm(bundle: Path, out: Path, config, data=None, force: bool = False
     if config.grid == "gguf" and gguf is None:
         raise EdgeshrinkError(f"--grid gguf: {bundle} was not imported from a GGUF that is still on disk unchanged")
     check_output_dir(out, force)
+    # Only the files the manifest lists, regular files inside the bundle: the model is read where it is (ONNX
+    # Runtime is given only copies in the work directory), the rest is copied.
+    model_files = [name for name in source_manifest["files"] if name.startswith("model.onnx")]
+    for name in model_files:
+        listed_file(bundle, name)
     with atomic_output_dir(out, force) as tmp:
-        for path in bundle.iterdir():
-            if path.is_file() and path.name != MANIFEST_NAME and not path.name.startswith("model.onnx"):
-                shutil.copy2(path, tmp / path.name)
-        work = tmp / "_work"
-        work.mkdir()
+        copy_listed_files(bundle, [name for name in source_manifest["files"] if name not in model_files], tmp)
+        work = Path(tempfile.mkdtemp(prefix="_work-", dir=tmp))  # no name a manifest could list beforehand
         started = time.perf_counter()
         untied = 0
         try:

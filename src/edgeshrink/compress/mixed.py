@@ -18,9 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeshrink._files import copy_listed_files
 from edgeshrink.compress.methods import dynamic_int8, int4_weight
 from edgeshrink.compress.quantize import QuantContext
 from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.runtime.bundle import MANIFEST_NAME
 
 SENSITIVITY_EXAMPLES = 256
 
@@ -50,10 +52,8 @@ class _Builder:
             raise EdgeshrinkError("auto found no weight-bearing MatMul or Gather nodes to quantize")
         self.bundle_dir = ctx.work_dir / "candidate"
         self.bundle_dir.mkdir()
-        source_bundle = ctx.source_onnx.parent
-        for path in source_bundle.iterdir():
-            if path.is_file() and path.name != "model.onnx":
-                shutil.copy2(path, self.bundle_dir / path.name)
+        copy_listed_files(ctx.source_onnx.parent, [name for name in [*ctx.manifest["files"], MANIFEST_NAME]
+                                                   if name != "model.onnx"], self.bundle_dir)
         self.builds = 0
 
     def build(self, levels: dict[str, str], dst: Path) -> Path:

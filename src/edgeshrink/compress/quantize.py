@@ -11,6 +11,7 @@ accuracy on the test split next to the source bundle's (same examples, McNemar t
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
-from edgeshrink._files import atomic_output_dir, check_output_dir
+from edgeshrink._files import atomic_output_dir, check_output_dir, copy_listed_files
 from edgeshrink.config import Config
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.runtime.bundle import MANIFEST_NAME, read_manifest
@@ -87,7 +88,7 @@ def host_target() -> str:
 class QuantContext:
     """What a method gets: paths, config, and helpers bound to the source bundle and its data."""
 
-    source_onnx: Path
+    source_onnx: Path  # in a private copy of the source bundle, with its manifest: a method may write beside it
     output_onnx: Path
     work_dir: Path
     config: QuantConfig
@@ -198,12 +199,13 @@ def quantize(bundle: str | Path, out: str | Path, config: QuantConfig, data=None
     source = load(bundle, verify=False)
 
     with atomic_output_dir(out, force) as tmp:
-        for path in bundle.iterdir():
-            if path.is_file() and path.name not in (MANIFEST_NAME, "model.onnx"):
-                shutil.copy2(path, tmp / path.name)
-        work = tmp / "_work"
-        work.mkdir()
-        ctx = QuantContext(source_onnx=bundle / "model.onnx", output_onnx=tmp / "model.onnx", work_dir=work,
+        work = Path(tempfile.mkdtemp(prefix="_work-", dir=tmp))  # no name a manifest could list beforehand
+        # ONNX Runtime writes beside the model it is given (model-inferred.onnx), following any symlink there:
+        # it gets a private copy of the bundle, never the source. Only the files the manifest lists are copied.
+        private = work / "source"
+        copy_listed_files(bundle, [*source_manifest["files"], MANIFEST_NAME], private)
+        copy_listed_files(private, [name for name in source_manifest["files"] if name != "model.onnx"], tmp)
+        ctx = QuantContext(source_onnx=private / "model.onnx", output_onnx=tmp / "model.onnx", work_dir=work,
                            config=config, types=config.resolved(), manifest=source_manifest,
                            encode=source.encode if text else None,
                            calibration_texts=split.calibration.texts if split and text else [],
