@@ -123,9 +123,9 @@ def test_copy_listed_files_copies_regular_listed_files_only(tmp_path):
     (src / "linked").symlink_to(src / "sub")
     copy_listed_files(src, ["a.json", "sub/b.txt"], dst)
     assert sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*")) == ["a.json", "sub", "sub/b.txt"]
-    for name, rule in [("link.txt", "is a symlink"), ("linked/b.txt", "is a symlink"), ("../secret", "not a plain"),
-                       (str(secret), "not a plain"), ("sub/./b.txt", "not a plain"), ("sub", "not a regular file"),
-                       ("a.json/x", "cannot be read"), ("gone.txt", "missing")]:
+    for name, rule in [("link.txt", "symbolic link"), ("linked/b.txt", "symbolic link"), ("../secret", "points outside"),
+                       (str(secret), "points outside"), ("sub/./b.txt", "not a plain"), ("sub", "not a regular file"),
+                       ("a.json/x", "not a directory"), ("gone.txt", "missing")]:
         with pytest.raises(EdgeshrinkError, match=rule):
             copy_listed_files(src, [name], tmp_path / "other")
     assert secret.read_text() == "secret"

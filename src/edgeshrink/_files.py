@@ -7,7 +7,6 @@ import hashlib
 import os
 import re
 import shutil
-import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
@@ -32,25 +31,10 @@ def dir_size_bytes(path: str | os.PathLike) -> int:
 
 def listed_file(bundle: str | os.PathLike, rel: str) -> Path:
     """``bundle / rel``, refused in one line unless it is a regular file inside ``bundle``, reached without a
-    symlink (a bundle comes from elsewhere: a link in it would read or write whatever it points at)."""
-    parts = PurePosixPath(rel).parts
-    if not parts or PurePosixPath(rel).as_posix() != rel or PurePosixPath(rel).is_absolute() or ".." in parts \
-            or "\\" in rel or "\0" in rel:
-        raise EdgeshrinkError(f"bundle file {rel!r} is not a plain path inside the bundle")
-    path = Path(bundle)
-    for part in parts:
-        path = path / part
-        try:
-            mode = os.lstat(path).st_mode
-        except FileNotFoundError:
-            raise EdgeshrinkError(f"bundle file {rel} is missing from {bundle}") from None
-        except OSError as exc:
-            raise EdgeshrinkError(f"bundle file {rel} cannot be read: {exc.strerror}") from None
-        if stat.S_ISLNK(mode):
-            raise EdgeshrinkError(f"bundle file {rel} is a symlink ({part}); a bundle holds regular files only")
-    if not stat.S_ISREG(mode):
-        raise EdgeshrinkError(f"bundle file {rel} is not a regular file")
-    return path
+    symbolic link (the bundle gate's rule: runtime/bundle.py)."""
+    from edgeshrink.runtime.bundle import check_relative, regular_file
+
+    return regular_file(Path(bundle), check_relative(rel, "file"))
 
 
 def copy_listed_files(bundle: str | os.PathLike, names: Iterable[str], dst: str | os.PathLike) -> None:

@@ -136,9 +136,15 @@ def test_llm_quantize_never_writes_into_its_source_nor_copies_what_is_not_listed
     shutil.copytree(root / "fp32", source)
     victim.write_text("victim")
     secret.write_text("secret")
-    (source / "model-inferred.onnx").symlink_to(victim)
-    (source / "notes.txt").symlink_to(secret)
-    (source / "stray.txt").write_text("not listed")
+    config = QuantConfig(method="int4-weight", evaluate=False)
+    for name, make, rule in [("model-inferred.onnx", lambda p: p.symlink_to(victim), "symbolic link"),
+                             ("notes.txt", lambda p: p.symlink_to(secret), "symbolic link"),
+                             ("stray.txt", lambda p: p.write_text("not listed"), "not listed in the manifest")]:
+        make(source / name)  # the gate refuses the source in one line, before anything is written
+        with pytest.raises(EdgeshrinkError, match=f"{name}.*{rule}"):
+            quantize(source, tmp_path / "Q", config, data=str(text))
+        (source / name).unlink()
+        assert not (tmp_path / "Q").exists()
     os.utime(source, ns=(10**18, 10**18))
     before = sorted((p.name, p.is_symlink(), p.lstat().st_size) for p in source.iterdir()), source.stat().st_mtime_ns
     manifest = quantize(source, tmp_path / "Q", QuantConfig(method="int4-weight", evaluate=False), data=str(text))
@@ -153,6 +159,6 @@ def test_llm_quantize_never_writes_into_its_source_nor_copies_what_is_not_listed
     outside = tmp_path / "model.onnx.data"  # the weights, moved out and linked back: same bytes, same hash
     (source / "model.onnx.data").rename(outside)
     (source / "model.onnx.data").symlink_to(outside)
-    with pytest.raises(EdgeshrinkError, match=r"model\.onnx\.data.*symlink"):
+    with pytest.raises(EdgeshrinkError, match=r"model\.onnx\.data.*symbolic link"):
         quantize(source, tmp_path / "Q2", QuantConfig(method="int4-weight", evaluate=False), data=str(text))
     assert not (tmp_path / "Q2").exists()

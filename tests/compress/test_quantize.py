@@ -226,14 +226,22 @@ def _listing(directory):
 def test_quantize_never_writes_into_its_source_nor_copies_what_is_not_listed(method, tiny_bundle, data_csv,
                                                                               tmp_path):
     """Issue 25, items 1 and 2: ORT wrote model-inferred.onnx beside the source model, through a symlink put
-    there; unlisted files and symlinks in the source were copied into the output (as their targets)."""
+    there; unlisted files and symlinks in the source were copied into the output (as their targets). Now the
+    gate refuses such a source in one line, and a clean source is never written into."""
     source, victim, secret = tmp_path / "B", tmp_path / "victim", tmp_path / "secret"
     shutil.copytree(tiny_bundle, source)
     victim.write_text("victim")
     secret.write_text("secret")
-    (source / "model-inferred.onnx").symlink_to(victim)
-    (source / "notes.txt").symlink_to(secret)
-    (source / "stray.txt").write_text("not listed")
+    config = QuantConfig(method=method, evaluate=False, **CASES[method][1])
+    for name, make, rule in [("model-inferred.onnx", lambda p: p.symlink_to(victim), "symbolic link"),
+                             ("notes.txt", lambda p: p.symlink_to(secret), "symbolic link"),
+                             ("stray.txt", lambda p: p.write_text("not listed"), "not listed in the manifest")]:
+        make(source / name)
+        with pytest.raises(EdgeshrinkError, match=f"{name}.*{rule}"):
+            quantize(source, tmp_path / "Q", config, data=str(data_csv))
+        (source / name).unlink()
+        assert not (tmp_path / "Q").exists()
+    assert victim.read_bytes() == b"victim" and secret.read_bytes() == b"secret"
     os.utime(source, ns=(10**18, 10**18))
     before = _listing(source)
     read_only = os.geteuid() != 0  # root writes anyway: there the directory's mtime tells
@@ -241,12 +249,10 @@ def test_quantize_never_writes_into_its_source_nor_copies_what_is_not_listed(met
         for path in [source, *source.iterdir()]:
             path.chmod(0o555 if path.is_dir() else 0o444, follow_symlinks=False)
     try:
-        manifest = quantize(source, tmp_path / "Q", QuantConfig(method=method, evaluate=False, **CASES[method][1]),
-                            data=str(data_csv))
+        manifest = quantize(source, tmp_path / "Q", config, data=str(data_csv))
     finally:
         if read_only:
             source.chmod(0o755)
-    assert victim.read_bytes() == b"victim" and secret.read_bytes() == b"secret"
     assert _listing(source) == before
     listed = set(json.loads((tiny_bundle / "manifest.json").read_text())["files"])
     assert set(manifest["files"]) == listed
@@ -260,7 +266,7 @@ def test_quantize_refuses_a_listed_file_that_is_a_symlink(tiny_bundle, tmp_path)
     outside = tmp_path / "tokenizer.json"
     (source / "tokenizer.json").rename(outside)
     (source / "tokenizer.json").symlink_to(outside)  # same bytes, so its hash matches the manifest
-    with pytest.raises(EdgeshrinkError, match=r"tokenizer\.json.*symlink"):
+    with pytest.raises(EdgeshrinkError, match=r"tokenizer\.json.*symbolic link"):
         quantize(source, tmp_path / "Q", QuantConfig(method="fp16", evaluate=False))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["B", "tokenizer.json"]
 

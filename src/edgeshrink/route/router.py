@@ -16,7 +16,6 @@ the router says so. A cloud that raises is never fatal: the device answer is ret
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path

@@ -18,7 +18,7 @@ ROUTER_SCHEMA = 1
 
 @lru_cache(maxsize=1)
 def _schema():
-    from typing import Annotated, Literal, Optional, Union
+    from typing import Annotated, Literal, Optional
 
     from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 

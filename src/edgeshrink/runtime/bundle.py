@@ -71,9 +71,10 @@ def check_relative(rel: object, what: str = "path") -> str:
     if not isinstance(rel, str) or not rel or len(rel) > 255 or "\x00" in rel or "\\" in rel:
         raise EdgeshrinkError(f"bundle {what} {str(rel)[:80]!r} is not a plain relative path")
     parts = rel.split("/")
-    if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or ":" in parts[0] \
-            or any(p in ("", ".", "..") for p in parts):
+    if PurePosixPath(rel).is_absolute() or PureWindowsPath(rel).is_absolute() or ":" in parts[0] or ".." in parts:
         raise EdgeshrinkError(f"bundle {what} {rel!r} points outside the bundle (absolute or '..' paths are refused)")
+    if any(p in ("", ".") for p in parts):
+        raise EdgeshrinkError(f"bundle {what} {rel!r} is not a plain relative path")
     return rel
 
 
@@ -86,7 +87,7 @@ def _lstat(path: Path):
         raise EdgeshrinkError(f"cannot read {path}: {exc.strerror}") from None
 
 
-def _regular_file(root: Path, rel: str) -> Path:
+def regular_file(root: Path, rel: str) -> Path:
     """``root/rel`` if every component is a real directory / file (no symbolic link anywhere), else an error."""
     path = root
     for i, part in enumerate(rel.split("/")):
@@ -183,7 +184,7 @@ def read_manifest(bundle: str | Path, verify: bool = True) -> dict:
         raise EdgeshrinkError(f"bundle file {unlisted[0]} is not listed in the manifest: a bundle holds only files "
                               f"whose hashes it records")
     for rel, meta in listed.items():
-        path = _regular_file(bundle, rel)
+        path = regular_file(bundle, rel)
         if verify and (path.stat().st_size != meta["size_bytes"] or sha256_of(path) != meta["sha256"]):
             raise EdgeshrinkError(f"bundle file {rel} is corrupt or was modified (sha256 does not match the manifest)")
     return manifest
@@ -194,7 +195,7 @@ def bundle_file(bundle: str | Path, manifest: dict, rel: str) -> Path:
     check_relative(rel, "file")
     if rel not in manifest.get("files", {}):
         raise EdgeshrinkError(f"bundle file {rel} is not listed in the manifest of {bundle}")
-    return _regular_file(Path(bundle), rel)
+    return regular_file(Path(bundle), rel)
 
 
 def read_bundle_text(bundle: str | Path, manifest: dict, rel: str, verify: bool = True) -> str:
@@ -207,15 +208,3 @@ def read_bundle_text(bundle: str | Path, manifest: dict, rel: str, verify: bool 
         return data.decode("utf-8")
     except UnicodeDecodeError:
         raise EdgeshrinkError(f"bundle file {rel} is not UTF-8 text") from None
-
-
-def copy_listed_files(bundle: str | Path, manifest: dict, dst: Path, skip=lambda rel: False) -> None:
-    """Copy the files ``manifest`` lists (never anything else, never a link) from ``bundle`` into ``dst``."""
-    import shutil
-
-    for rel in manifest["files"]:
-        if skip(rel):
-            continue
-        src = bundle_file(bundle, manifest, rel)
-        (dst / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst / rel, follow_symlinks=False)

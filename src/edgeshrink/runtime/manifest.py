@@ -24,7 +24,7 @@ TEMPLATE_VARIABLES = ("messages", "add_generation_prompt", "raise_exception", "t
 
 @lru_cache(maxsize=1)
 def _schema():
-    from typing import Annotated, Any, Literal, Optional, Union
+    from typing import Annotated, Literal, Optional, Union
 
     from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, \
         model_validator
@@ -111,6 +111,7 @@ def _schema():
         cost: Free = None
         quantization: Optional[dict] = None
         peer: Free = None
+        architecture: Free = None  # a CNN's layers (models/cnn.py)
 
         @field_validator("files")
         @classmethod
