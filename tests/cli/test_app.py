@@ -190,3 +190,16 @@ def test_prune_channels_command(trained_cnn, tmp_path):
     bad = runner.invoke(app, ["prune-channels", str(trained_cnn), "--data", "digits", "--out",
                                   str(tmp_path / "q"), "--channels", "0"])
     assert bad.exit_code == 2 and "channels_keep" in bad.output and not (tmp_path / "q").exists()
+
+
+def test_hostile_yaml_is_one_line_and_exit_2(tmp_path):
+    from tests.recipes.test_schema import alias_bomb
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(alias_bomb())
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 20_000 + "]" * 20_000)
+    assert_one_line_error(invoke("run", bomb, "--out", tmp_path / "o1"), "its aliases expand to more than 10000 nodes")
+    assert_one_line_error(invoke("run", deep, "--out", tmp_path / "o2"), "line 1: nested deeper than 64 levels")
+    assert_one_line_error(invoke("serve-cloud", tmp_path / "model", "--config", bomb), "an alias bomb?")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.yaml", "deep.yaml"]
