@@ -203,3 +203,11 @@ def test_hostile_yaml_is_one_line_and_exit_2(tmp_path):
     assert_one_line_error(invoke("run", deep, "--out", tmp_path / "o2"), "line 1: nested deeper than 64 levels")
     assert_one_line_error(invoke("serve-cloud", tmp_path / "model", "--config", bomb), "an alias bomb?")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.yaml", "deep.yaml"]
+
+
+def test_finetune_refuses_one_class_data(tiny_model, tmp_path):
+    one_class = write_csv(tmp_path / "pos.csv", [(t, "positive") for t, _ in make_texts(40)])
+    assert_one_line_error(invoke("finetune", tiny_model, "--data", one_class, "--out", tmp_path / "o"),
+                          "data 'pos.csv' has one class ('positive') in 40 examples: training a classifier needs at "
+                          "least 2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pos.csv"]
