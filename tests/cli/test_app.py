@@ -211,3 +211,23 @@ def test_finetune_refuses_one_class_data(tiny_model, tmp_path):
                           "data 'pos.csv' has one class ('positive') in 40 examples: training a classifier needs at "
                           "least 2")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pos.csv"]
+
+
+def test_predict_and_generate_each_point_to_the_other(tiny_bundle, tmp_path):
+    from edgeshrink.export.llm import LLMExportConfig, export_llm
+    from tests.families import make_causal_lm
+
+    llm = tmp_path / "llm"
+    export_llm(make_causal_lm("llama", tmp_path / "llm-model"), llm,
+               LLMExportConfig(validation_prompts=1, validation_new_tokens=2))
+    assert_one_line_error(invoke("predict", llm, "x"),
+                          f"{llm} is a language-model bundle: use `edgeshrink generate {llm} PROMPT`")
+    assert_one_line_error(invoke("generate", tiny_bundle, "x"),
+                          f"{tiny_bundle} is a text-classification bundle, not a language model: use `edgeshrink "
+                          f"predict {tiny_bundle} TEXT`")
+    # an empty stop string used to end every answer before its first token, with exit 0
+    short = ("--max-new-tokens", "2")
+    assert_one_line_error(invoke("generate", llm, "x", "--stop", "", *short), "--stop: a stop string cannot be empty")
+    assert_one_line_error(invoke("generate", llm, "x", "--stop", "film", "--stop", "", *short), "cannot be empty")
+    result = invoke("generate", llm, "x", "--stop", " ", *short)  # whitespace is a stop string
+    assert result.exit_code == 0, result.output
