@@ -59,6 +59,9 @@ def test_not_yaml_and_missing_file(tmp_path):
         load_recipe(write(tmp_path, "name: x\n  steps: [\n"))
     with pytest.raises(EdgeshrinkError, match="does not exist"):
         load_recipe(tmp_path / "nope.yaml")
+    (tmp_path / "latin1.yaml").write_bytes("name: café\n".encode("latin-1"))
+    with pytest.raises(EdgeshrinkError, match="latin1.yaml: a recipe is UTF-8 text"):
+        load_recipe(tmp_path / "latin1.yaml")
 
 
 def test_search_alternatives_are_validated(tmp_path):

@@ -192,7 +192,10 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     path = Path(path)
     if not path.exists():
         raise EdgeshrinkError(f"recipe {path} does not exist")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EdgeshrinkError(f"{path}: a recipe is UTF-8 text") from None
     try:
         raw, node = load_with_nodes(text, path)
     except yaml.YAMLError as exc:
