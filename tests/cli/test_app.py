@@ -190,3 +190,44 @@ def test_prune_channels_command(trained_cnn, tmp_path):
     bad = runner.invoke(app, ["prune-channels", str(trained_cnn), "--data", "digits", "--out",
                                   str(tmp_path / "q"), "--channels", "0"])
     assert bad.exit_code == 2 and "channels_keep" in bad.output and not (tmp_path / "q").exists()
+
+
+def test_hostile_yaml_is_one_line_and_exit_2(tmp_path):
+    from tests.recipes.test_schema import alias_bomb
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(alias_bomb())
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("[" * 20_000 + "]" * 20_000)
+    assert_one_line_error(invoke("run", bomb, "--out", tmp_path / "o1"), "its aliases expand to more than 10000 nodes")
+    assert_one_line_error(invoke("run", deep, "--out", tmp_path / "o2"), "line 1: nested deeper than 64 levels")
+    assert_one_line_error(invoke("serve-cloud", tmp_path / "model", "--config", bomb), "an alias bomb?")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bomb.yaml", "deep.yaml"]
+
+
+def test_finetune_refuses_one_class_data(tiny_model, tmp_path):
+    one_class = write_csv(tmp_path / "pos.csv", [(t, "positive") for t, _ in make_texts(40)])
+    assert_one_line_error(invoke("finetune", tiny_model, "--data", one_class, "--out", tmp_path / "o"),
+                          "data 'pos.csv' has one class ('positive') in 40 examples: training a classifier needs at "
+                          "least 2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pos.csv"]
+
+
+def test_predict_and_generate_each_point_to_the_other(tiny_bundle, tmp_path):
+    from edgeshrink.export.llm import LLMExportConfig, export_llm
+    from tests.families import make_causal_lm
+
+    llm = tmp_path / "llm"
+    export_llm(make_causal_lm("llama", tmp_path / "llm-model"), llm,
+               LLMExportConfig(validation_prompts=1, validation_new_tokens=2))
+    assert_one_line_error(invoke("predict", llm, "x"),
+                          f"{llm} is a language-model bundle: use `edgeshrink generate {llm} PROMPT`")
+    assert_one_line_error(invoke("generate", tiny_bundle, "x"),
+                          f"{tiny_bundle} is a text-classification bundle, not a language model: use `edgeshrink "
+                          f"predict {tiny_bundle} TEXT`")
+    # an empty stop string used to end every answer before its first token, with exit 0
+    short = ("--max-new-tokens", "2")
+    assert_one_line_error(invoke("generate", llm, "x", "--stop", "", *short), "--stop: a stop string cannot be empty")
+    assert_one_line_error(invoke("generate", llm, "x", "--stop", "film", "--stop", "", *short), "cannot be empty")
+    result = invoke("generate", llm, "x", "--stop", " ", *short)  # whitespace is a stop string
+    assert result.exit_code == 0, result.output

@@ -47,11 +47,16 @@ def test_encoder_directory_is_not_a_language_model(tiny_model):
         import_llm(tiny_model)
 
 
-def _write_gguf(path, architecture: str):
+def _write_gguf(path, architecture: str, tokenizer: bool = False):
     import gguf
 
     writer = gguf.GGUFWriter(str(path), architecture)
     writer.add_block_count(1)
+    if tokenizer:  # a SentencePiece vocabulary, which transformers converts as a "LLaMa tokenizer"
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(["<unk>", "<s>", "</s>", "a"])
+        writer.add_token_scores([0.0, 0.0, 0.0, -1.0])
+        writer.add_token_types([2, 3, 3, 1])
     writer.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -69,7 +74,10 @@ def test_bad_gguf_files_give_one_line_and_write_nothing(tmp_path, monkeypatch):
     whole = _write_gguf(tmp_path / "whole.gguf", "llama").read_bytes()
     truncated = tmp_path / "truncated.gguf"
     truncated.write_bytes(whole[:40])
-    cases = [(not_gguf, "is not a GGUF file"), (unknown, "GGUF architecture 'rwkv6' cannot be loaded by transformers"),
+    # mamba: transformers reads it, but no decoder family of edgeshrink is a state-space model
+    mamba = _write_gguf(tmp_path / "mamba.gguf", "mamba", tokenizer=True)
+    cases = [(not_gguf, "is not a GGUF file"), (unknown, "GGUF architecture 'rwkv6' is not supported (supported: "),
+             (mamba, f"{mamba}: GGUF architecture 'mamba' is not supported (supported: gemma3, llama, phi3, qwen2)"),
              (truncated, "is truncated or corrupt")]
     for path, message in cases:
         result = CliRunner().invoke(app, ["import", str(path)])

@@ -59,6 +59,9 @@ def test_not_yaml_and_missing_file(tmp_path):
         load_recipe(write(tmp_path, "name: x\n  steps: [\n"))
     with pytest.raises(EdgeshrinkError, match="does not exist"):
         load_recipe(tmp_path / "nope.yaml")
+    (tmp_path / "latin1.yaml").write_bytes("name: café\n".encode("latin-1"))
+    with pytest.raises(EdgeshrinkError, match="latin1.yaml: a recipe is UTF-8 text"):
+        load_recipe(tmp_path / "latin1.yaml")
 
 
 def test_search_alternatives_are_validated(tmp_path):
@@ -117,3 +120,58 @@ def test_steps_and_data_must_fit_the_kind_of_model(tmp_path, text, edit, message
     with pytest.raises(EdgeshrinkError) as err:
         load_recipe(path)
     assert message in str(err.value), str(err.value)
+
+
+def alias_bomb(levels: int = 9, width: int = 9) -> str:
+    """A "billion laughs" recipe: 9 levels of 9 aliases each, 9**9 strings once expanded, in under 1 KB."""
+    names = "abcdefghijklmnop"[:levels]
+    lines = [f"{names[0]}: &{names[0]} [{', '.join(['lol'] * width)}]"]
+    lines += [f"{name}: &{name} [{', '.join([f'*{prev}'] * width)}]" for prev, name in zip(names, names[1:])]
+    return "version: 1\nname: bomb\nmodel: m\ndata: d.csv\n" + "\n".join(lines) + f"\nsteps: [*{names[-1]}]\n"
+
+
+def test_an_alias_bomb_is_refused_in_one_line_before_it_expands(tmp_path):
+    import time
+    import tracemalloc
+
+    text = alias_bomb()
+    assert len(text) < 1024
+    path = write(tmp_path, text)
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(EdgeshrinkError) as err:
+            load_recipe(path)
+        seconds = time.perf_counter() - started
+        _, peak_bytes = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(err.value) == (f"{path}: line 9: its aliases expand to more than 10000 nodes (an alias bomb?); "
+                              f"write the values out instead of aliasing them")
+    assert seconds < 1 and peak_bytes < 20e6, (seconds, peak_bytes)
+
+
+@pytest.mark.parametrize("text, line", [
+    ("[" * 20_000 + "]" * 20_000, 1),  # flow sequences
+    ("steps: " + "{a: " * 20_000 + "1" + "}" * 20_000, 1),  # flow mappings
+    ("- " * 20_000 + "x\n", 1),  # block sequences, each "- " one level deeper
+    ("".join(" " * i + f"k{i}:\n" for i in range(200)) + " " * 200 + "x\n", 64),  # block mappings
+    # aliases nest too: each one holds the one before, 200 levels once expanded
+    ("a0: &a0 [x]\n" + "".join(f"a{i}: &a{i} [*a{i - 1}]\n" for i in range(1, 200)), 63),
+])
+def test_deep_nesting_is_refused_in_one_line(tmp_path, text, line):
+    path = write(tmp_path, text)
+    with pytest.raises(EdgeshrinkError) as err:
+        load_recipe(path)
+    assert str(err.value) == f"{path}: line {line}: nested deeper than 64 levels"
+
+
+def test_a_recipe_with_a_few_aliases_still_loads(tmp_path):
+    text = GOOD.format(model="m", data="d.csv").replace("max_length: 32}", "max_length: &len 32}")
+    text = text.replace("seq_lengths: [16]", "seq_lengths: [*len, *len]").replace("seq_length: 16}", "seq_length: *len}")
+    recipe, _ = load_recipe(write(tmp_path, text))
+    steps = dict(recipe.parsed_steps())
+    assert steps["bench"].seq_lengths == [32, 32] and recipe.targets.max_latency_ms.seq_length == 32
+    # a mistake after an alias still names its line
+    with pytest.raises(EdgeshrinkError, match="line 12: targets.max_size_mb"):
+        load_recipe(write(tmp_path, text.replace("max_size_mb: 10", "max_size_mb: -1")))

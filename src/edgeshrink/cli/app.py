@@ -227,9 +227,11 @@ def predict(bundle: Annotated[Path, typer.Argument(help="Device bundle directory
             threads: Annotated[Optional[int], typer.Option(help="Intra-op threads.")] = None,
             json_out: JsonOut = None) -> None:
     """Predict labels for texts with a bundle, using the torch-free runtime."""
-    from edgeshrink.runtime import load
+    from edgeshrink.runtime import Predictor, load
 
     model = load(bundle, threads=threads)
+    if not isinstance(model, Predictor):  # load() gives a language-model bundle a Generator
+        raise fail(f"{bundle} is a language-model bundle: use `edgeshrink generate {bundle} PROMPT`")
     result = model.predict(texts)
     rows = []
     for text, label, probs, cut in zip(texts, result.labels, result.probabilities, result.truncated):
@@ -258,9 +260,14 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
     """Generate text with an LLM bundle, streaming tokens as they come (torch-free runtime)."""
     import sys
 
+    from edgeshrink.runtime import load
     from edgeshrink.runtime.generate import Generator
 
-    llm = Generator(bundle, threads=threads)
+    if stop is not None and "" in stop:  # found at every position: it would end the answer before its first token
+        raise fail("--stop: a stop string cannot be empty")
+    llm = load(bundle, threads=threads)
+    if not isinstance(llm, Generator):
+        raise fail(f"{bundle} is a {llm.task} bundle, not a language model: use `edgeshrink predict {bundle} TEXT`")
     if draft is not None:
         if chat and prompt is None:
             raise fail("--draft generates one answer: give a prompt")

@@ -27,6 +27,7 @@ def _config(config_file: Path | None, flags: dict, limits: dict, batch: dict, cl
             monitor: dict | None = None):
     import yaml
 
+    from edgeshrink._yaml import safe_load
     from edgeshrink.errors import EdgeshrinkError
     from edgeshrink.serve.config import ServeConfig
 
@@ -35,7 +36,7 @@ def _config(config_file: Path | None, flags: dict, limits: dict, batch: dict, cl
         if not config_file.is_file():
             raise EdgeshrinkError(f"config file {config_file} does not exist")
         try:
-            raw = yaml.safe_load(config_file.read_text(encoding="utf-8")) or {}
+            raw = safe_load(config_file.read_text(encoding="utf-8"), config_file) or {}
         except yaml.YAMLError as exc:
             raise EdgeshrinkError(f"{config_file}: not valid YAML/JSON ({getattr(exc, 'problem', exc)})") from None
         if not isinstance(raw, dict):

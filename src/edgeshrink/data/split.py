@@ -103,3 +103,15 @@ def split_examples(examples: Examples, config: SplitConfig | None = None) -> Spl
         test=examples.subset(ordered["test"]),
         config=config,
     )
+
+
+def split_for_training(examples: Examples, config: SplitConfig | None = None) -> Split:
+    """``split_examples`` for a verb that trains a classifier on the labels: it needs at least two classes.
+
+    A model trained on one class answers it always and reports 100% test accuracy. Only training refuses: a
+    data set that only evaluates or calibrates a model may hold one class (say, a slice of hard negatives)."""
+    present = sorted(set(examples.labels))
+    if examples.label_names and len(present) < 2:
+        raise EdgeshrinkError(f"data {examples.name!r} has one class ({present[0]!r}) in {len(examples)} examples: "
+                              f"training a classifier needs at least 2 (check the label column)")
+    return split_examples(examples, config)

@@ -236,7 +236,7 @@ def finetune_cnn(model: str | Path, data, out: str | Path, config, force: bool =
     """
     from edgeshrink import __version__
     from edgeshrink._files import atomic_output_dir, check_output_dir, sha256_file
-    from edgeshrink.data import load_data, split_examples
+    from edgeshrink.data import load_data, split_for_training
     from edgeshrink.models.finetune import seed_training
 
     check_output_dir(out, force)
@@ -251,7 +251,7 @@ def finetune_cnn(model: str | Path, data, out: str | Path, config, force: bool =
             raise EdgeshrinkError(f"{model} predicts labels {previous['labels']}; data {examples.name!r} has "
                                   f"{list(examples.label_names)}")
     require_images(examples, architecture.input_shape, f"model {str(model)!r}")
-    split = split_examples(examples, config.split)
+    split = split_for_training(examples, config.split)
     train = split.train if config.max_train_examples is None else split.train.head(config.max_train_examples)
     seed_training(config)
     net = net if net is not None else build_cnn(architecture)

@@ -27,7 +27,7 @@ from edgeshrink import __version__
 from edgeshrink._files import atomic_output_dir, check_output_dir
 from edgeshrink.config import Config
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
+from edgeshrink.data import DataConfig, SplitConfig, load_data, split_for_training
 from edgeshrink.models.sources import RECORD_NAME, resolve_model, weights_sha256
 from edgeshrink.stats import accuracy_interval
 
@@ -77,7 +77,7 @@ def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
     if isinstance(examples, ImageExamples):
         raise EdgeshrinkError(f"model {str(model)!r} is a text classifier; data {examples.name!r} is images "
                               f"(train a CNN on it: model digits-cnn)")
-    split = split_examples(examples, config.split)
+    split = split_for_training(examples, config.split)
     train = split.train if config.max_train_examples is None else split.train.head(config.max_train_examples)
 
     seed_training(config)

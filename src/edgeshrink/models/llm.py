@@ -75,10 +75,18 @@ def gguf_architecture(path: Path) -> str:
         raise EdgeshrinkError(f"{path} is truncated or corrupt: {first_line(exc)}") from None
 
 
+# GGUF architecture -> the transformers model type it loads as, where the two names differ.
+GGUF_MODEL_TYPES = {"gemma3": "gemma3_text", "qwen2moe": "qwen2_moe", "qwen3moe": "qwen3_moe"}
+
+
 def supported_gguf_architectures() -> list[str]:
+    """The GGUF architectures that transformers loads as a registered decoder family (models/arch.py)."""
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
-    return sorted(k for k in GGUF_CONFIG_MAPPING if k not in ("general", "tokenizer"))
+    from edgeshrink.models import arch
+
+    decoders = {t for family in arch.unique_families("decoder") for t in family.model_types}
+    return sorted(k for k in GGUF_CONFIG_MAPPING if GGUF_MODEL_TYPES.get(k, k) in decoders)
 
 
 def import_llm(source: str | Path, progress=None) -> Path:
@@ -115,8 +123,9 @@ def _import_gguf(gguf_path: Path, name: str, progress=None) -> Path:
     architecture = gguf_architecture(gguf_path)
     supported = supported_gguf_architectures()
     if architecture not in supported:
-        raise EdgeshrinkError(f"{gguf_path}: GGUF architecture {architecture!r} cannot be loaded by transformers "
-                              f"(it loads {', '.join(supported)})")
+        # refused before transformers converts its tokenizer, which fails with a message about another model
+        raise EdgeshrinkError(f"{gguf_path}: GGUF architecture {architecture!r} is not supported (supported: "
+                              f"{', '.join(supported)})")
     digest = sha256_file(gguf_path)
     out = cache_root() / f"{name}-{digest[:12]}"
     if (out / RECORD_NAME).exists():

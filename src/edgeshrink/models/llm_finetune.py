@@ -117,7 +117,7 @@ def finetune_llm(model, data, out, config, prompt=None, few_shot: int | None = N
     from edgeshrink._files import atomic_output_dir, check_output_dir
     from edgeshrink.compress.llm_distill import _load, choose_precision
     from edgeshrink.compress.trainer import progress_columns
-    from edgeshrink.data import load_data, split_examples
+    from edgeshrink.data import load_data, split_for_training
     from edgeshrink.models.finetune import seed_training
     from edgeshrink.models.llm import import_llm
     from edgeshrink.models.sources import RECORD_NAME
@@ -125,7 +125,7 @@ def finetune_llm(model, data, out, config, prompt=None, few_shot: int | None = N
 
     check_output_dir(out, force)
     examples = load_data(data)
-    split = split_examples(examples, config.split)
+    split = split_for_training(examples, config.split)
     prompt = prompt_for(examples, shots=split.train, base=prompt, few_shot=few_shot, seed=config.seed)
     model_dir = import_llm(model)
     seed_training(config)

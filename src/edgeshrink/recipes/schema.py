@@ -187,13 +187,17 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     model is a language model)."""
     import yaml
 
+    from edgeshrink._yaml import load_with_nodes
+
     path = Path(path)
     if not path.exists():
         raise EdgeshrinkError(f"recipe {path} does not exist")
-    text = path.read_text(encoding="utf-8")
     try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise EdgeshrinkError(f"{path}: a recipe is UTF-8 text") from None
+    try:
+        raw, node = load_with_nodes(text, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark else "?"

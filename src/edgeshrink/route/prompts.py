@@ -65,11 +65,13 @@ register("bbc-news", user="Which topic is this news article about: business, ent
 def read_prompt(path: str | Path) -> PromptConfig:
     import yaml
 
+    from edgeshrink._yaml import safe_load
+
     path = Path(path)
     if not path.is_file():
         raise EdgeshrinkError(f"prompt file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load(path.read_text(encoding="utf-8"), path)
     except yaml.YAMLError as exc:
         raise EdgeshrinkError(f"prompt file {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
