@@ -81,3 +81,24 @@ def test_cli_generate_streams_and_torch_is_never_imported(bundles, tmp_path):
     code = (f"import sys; from edgeshrink.runtime import load; g = load({str(bundles / 'chat')!r}); "
             "g.generate('a film', max_new_tokens=4); print('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_max_new_tokens_defaults_to_what_the_context_leaves(bundles):
+    """Issue 25, item 18: a default longer than the context was an error; it is now capped to what it leaves."""
+    llm = load(bundles / "plain")
+    prompt = "film " * 100
+    n = len(llm.encode(prompt))
+    result = llm.generate(prompt, max_new_tokens=None, ignore_eos=True)
+    assert len(result.token_ids) == 128 - n and result.stop_reason == "length"
+    short = llm.generate("a film", max_new_tokens=None, ignore_eos=True)
+    assert len(short.token_ids) == min(128, 128 - short.prompt_tokens)
+    cli = CliRunner().invoke(app, ["generate", str(bundles / "plain"), prompt])
+    assert cli.exit_code == 0, cli.output
+
+
+def test_empty_and_nan_options_are_refused(bundles):
+    llm = load(bundles / "plain")
+    with pytest.raises(EdgeshrinkError, match="stop string must be a non-empty"):
+        llm.generate("a film", max_new_tokens=2, stop=[""])
+    with pytest.raises(EdgeshrinkError, match="finite numbers"):
+        llm.generate("a film", max_new_tokens=2, temperature=float("nan"))

@@ -246,7 +246,8 @@ def predict(bundle: Annotated[Path, typer.Argument(help="Device bundle directory
 def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (from `edgeshrink export` of a language model).")],
              prompt: Annotated[Optional[str], typer.Argument(help="The prompt (with --chat: a first user message, optional).")] = None,
              chat: Annotated[bool, typer.Option("--chat", help="Chat with the bundle's chat template (interactive unless a prompt is given).")] = False,
-             max_new_tokens: Annotated[int, typer.Option(help="Most tokens to generate.")] = 128,
+             max_new_tokens: Annotated[Optional[int], typer.Option(help="Most tokens to generate [default: 128, or "
+                                                                   "what the context leaves after the prompt]")] = None,
              temperature: Annotated[float, typer.Option(help="0: greedy.")] = 0.0,
              top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
              top_k: Annotated[int, typer.Option(help="Sample among the k most likely (0: all).")] = 0,
@@ -273,7 +274,7 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
             raise fail("--draft generates one answer: give a prompt")
         if stop:
             raise fail("--stop does not apply with --draft")
-        return _speculate(llm, Generator(draft, threads=threads), prompt, chat, max_new_tokens, temperature, top_p,
+        return _speculate(llm, Generator(draft, threads=threads), prompt, chat, max_new_tokens or 128, temperature, top_p,
                           top_k, seed, draft_tokens, json_out)
     if chat and llm.chat_template is None:
         raise fail(f"{bundle} has no chat template: run without --chat")

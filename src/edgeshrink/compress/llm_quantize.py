@@ -71,8 +71,10 @@ def source_gguf(manifest: dict) -> Path | None:
     record = source.get("record") if isinstance(source, dict) else None
     if not isinstance(record, dict) or not record.get("gguf"):
         return None
-    path = Path(record["gguf"])
-    if not path.is_file():
+    # The path comes from the (untrusted) manifest: only a regular .gguf file is ever opened, and only used when
+    # its hash matches, so a bundle cannot make quantize read anything else.
+    path = Path(str(record["gguf"]))
+    if path.suffix.lower() != ".gguf" or path.is_symlink() or not path.is_file():
         return None
     digest = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -24,6 +24,7 @@ import numpy as np
 from edgeshrink.errors import EdgeshrinkError, first_line
 from edgeshrink.runtime.bundle import bundle_file, open_session, read_bundle_text, read_manifest
 
+DEFAULT_NEW_TOKENS = 128  # with max_new_tokens None: at most this many, and never past the context
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
        "tensor(int32)": np.int32}
 
@@ -126,27 +127,35 @@ class Generator:
         return self._step(list(ids), self._empty_past(), len(ids))[0]
 
     # -- generation ---------------------------------------------------------------------------------
-    def prompt_ids(self, prompt, max_new_tokens: int) -> list[int]:
-        """The ids of a prompt (text, chat messages or ids) that leaves room for ``max_new_tokens``, or an error."""
-        if max_new_tokens <= 0:
+    def prompt_ids(self, prompt, max_new_tokens: int | None) -> list[int]:
+        """The ids of a prompt (text, chat messages or ids) that leaves room for ``max_new_tokens`` (None: for at
+        least one), or an error."""
+        if max_new_tokens is not None and max_new_tokens <= 0:
             raise EdgeshrinkError(f"max_new_tokens must be positive, got {max_new_tokens}")
         ids = self.encode(prompt) if not isinstance(prompt, (list, tuple)) or (prompt and isinstance(prompt[0], dict)) \
             else list(prompt)
         if not ids:
             raise EdgeshrinkError("the prompt is empty")
-        if len(ids) + max_new_tokens > self.context_length:
-            raise EdgeshrinkError(f"prompt of {len(ids)} tokens + max_new_tokens {max_new_tokens} exceeds the context "
-                                  f"length {self.context_length}")
+        if len(ids) + (max_new_tokens or 1) > self.context_length:
+            raise EdgeshrinkError(f"prompt of {len(ids)} tokens + max_new_tokens {max_new_tokens or 1} exceeds the "
+                                  f"context length {self.context_length}")
         return ids
 
-    def stream(self, prompt, max_new_tokens: int = 64, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
+    def room(self, ids: list[int], max_new_tokens: int | None) -> int:
+        """``max_new_tokens``, or when None what the context leaves after ``ids`` (at most DEFAULT_NEW_TOKENS)."""
+        return max_new_tokens if max_new_tokens is not None else \
+            min(DEFAULT_NEW_TOKENS, self.context_length - len(ids))
+
+    def stream(self, prompt, max_new_tokens: int | None = 64, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                stop: list[str] | tuple = (), seed: int | None = None, ignore_eos: bool = False, info: dict | None = None):
-        """Yield ``Token``s as they are produced. ``info`` (a dict) receives timings and the stop reason."""
+        """Yield ``Token``s as they are produced (``max_new_tokens`` None: what the context leaves, see ``room``).
+        ``info`` (a dict) receives timings and the stop reason."""
         if not (temperature >= 0 and 0 < top_p <= 1 and top_k >= 0):  # written so that NaN fails too
             raise EdgeshrinkError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (finite numbers)")
         if any(not isinstance(s, str) or not s for s in stop):
             raise EdgeshrinkError("a stop string must be a non-empty string")
         ids = self.prompt_ids(prompt, max_new_tokens)
+        max_new_tokens = self.room(ids, max_new_tokens)
         rng = np.random.default_rng(seed)
         info = info if info is not None else {}
         info.update(prompt_tokens=len(ids), stop_reason="length")
@@ -196,7 +205,7 @@ class Generator:
             order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
         return int(rng.choice(order, p=probs))
 
-    def generate(self, prompt, max_new_tokens: int = 64, **options) -> Generation:
+    def generate(self, prompt, max_new_tokens: int | None = 64, **options) -> Generation:
         """Generate to the end (see ``stream`` for the options)."""
         info: dict = {}
         tokens = list(self.stream(prompt, max_new_tokens, info=info, **options))
