@@ -248,30 +248,36 @@ TRAPS = """{% for m in messages %}
 {% endif %}{% endfor %}assistant:"""
 
 
-def test_chat_template_failures_are_one_line_4xx_and_renders_run_off_the_event_loop(start, llm_bundles, tmp_path):
-    """Issue 25, items 5 and 13 (the services' part): a failing template is a one-line 4xx, never a 500, and
-    /healthz answers at once while a slow template renders."""
+def _ask(server, model: str, word: str):
+    return httpx.post(f"{server.url}/v1/chat/completions", json={"model": model, "max_tokens": 4, "messages": [
+        {"role": "user", "content": word}]}, timeout=60)
+
+
+def test_chat_template_failures_are_one_line_4xx(start, llm_bundles, tmp_path):
+    """Issue 25, item 13 (the services' part): a template that fails to parse or render is a one-line 4xx,
+    never a 500 (needs runtime/generate.py to raise EdgeshrinkError for every template failure)."""
     device = start("serve", with_chat_template(llm_bundles / "device", tmp_path / "traps", TRAPS), "--port", 0,
                    "--rate", 0)
     broken = start("serve-cloud", with_chat_template(llm_bundles / "cloud", tmp_path / "broken",
                                                      "{% for m in messages %}{{ m.content }"), "--port", 0, "--rate", 0)
-    url = f"{device.url}/v1/chat/completions"
-
-    def ask(server, model, word):
-        return httpx.post(f"{server.url}/v1/chat/completions", json={"model": model, "max_tokens": 4, "messages": [
-            {"role": "user", "content": word}]}, timeout=60)
-
-    assert ask(device, "traps", "a good film").status_code == 200
-    for server, model, word in ((device, "traps", "undefined"), (device, "traps", "unsafe"),
-                                (device, "traps", "refused"), (broken, "broken", "a good film")):
-        response = ask(server, model, word)
+    assert _ask(device, "traps", "a good film").status_code == 200
+    for server, model, word in ((device, "traps", "refused"), (device, "traps", "undefined"),
+                                (device, "traps", "unsafe"), (broken, "broken", "a good film")):
+        response = _ask(server, model, word)
         assert response.status_code in (400, 422), (word, response.text)
         message = response.json()["error"]
         assert message and "\n" not in message and "internal error" not in message, (word, message)
-    assert "this conversation is refused" in ask(device, "traps", "refused").json()["error"]
+    assert "this conversation is refused" in _ask(device, "traps", "refused").json()["error"]
+    for server in (device, broken):
+        assert "Traceback" not in server.stderr()
 
+
+def test_a_slow_chat_template_does_not_hold_the_event_loop(start, llm_bundles, tmp_path):
+    """Issue 25, item 5 (the services' part): /healthz answers at once while a template takes seconds."""
+    device = start("serve", with_chat_template(llm_bundles / "device", tmp_path / "traps", TRAPS), "--port", 0,
+                   "--rate", 0)
     with cf.ThreadPoolExecutor(1) as pool:
-        slow = pool.submit(lambda: (ask(device, "traps", "slow"), time.monotonic()))
+        slow = pool.submit(lambda: (_ask(device, "traps", "slow"), time.monotonic()))
         time.sleep(0.5)
         asked = time.monotonic()
         health = httpx.get(f"{device.url}/healthz", timeout=60)
@@ -280,9 +286,7 @@ def test_chat_template_failures_are_one_line_4xx_and_renders_run_off_the_event_l
     assert health.status_code == 200 and answered - asked < 1.0
     assert replied > answered  # the render was still going when /healthz answered
     assert reply.status_code in (200, 400, 422), reply.text  # 4xx: refused by the render's time bound
-    assert httpx.post(url, json={"model": "traps", "messages": CHAT, "max_tokens": 2}).status_code == 200
-    for server in (device, broken):
-        assert "Traceback" not in server.stderr()
+    assert _ask(device, "traps", "a good film").status_code == 200
 
 
 def test_speculative_decoding_over_http_is_the_clouds_greedy_output(start, llm_bundles):

@@ -7,8 +7,9 @@
 
 Bad requests get a 4xx with {"error": "<one line>"}: a missing or wrong API key (401) and too many
 requests from one client (429), checked before the body is read (serve/gate.py); a body over the limit
-(413), not JSON (415), invalid JSON or types, JSON nested too deeply, empty texts, too many or too long texts. The device service answers every valid request: when the cloud is down, slow past the
-deadline, failing, behind an open circuit breaker or over budget, the device's answer comes back with
+(413), not JSON (415), invalid JSON or types, JSON nested too deeply, empty texts, too many or too long
+texts. The device service answers every valid request: when the cloud is down, slow past the deadline,
+failing, behind an open circuit breaker or over budget, the device's answer comes back with
 ``source: device-fallback`` and the reason.
 """
 

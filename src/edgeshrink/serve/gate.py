@@ -210,7 +210,8 @@ class Gate:
             return 400, f"the body is not UTF-8 (byte {exc.start})", "not_utf8"
         content_type = headers.get(b"content-type", b"").decode("latin-1")
         if getattr(route, "body_field", None) is not None and not json_content_type(content_type):
-            return 415, f"Content-Type must be application/json, got {repr(content_type[:80]) if content_type else 'none'}", "content_type"
+            got = repr(content_type[:80]) if content_type else "none"
+            return 415, f"Content-Type must be application/json, got {got}", "content_type"
         if json_too_deep(body):
             return 422, f"JSON nested deeper than {MAX_JSON_DEPTH} levels", "invalid"
         return None
