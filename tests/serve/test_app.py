@@ -2,11 +2,15 @@
 
 import concurrent.futures as cf
 import json
+import random
+import re
+import string
 
 import httpx
 import pytest
 
 from edgeshrink.client import Client, ServiceError
+from edgeshrink.serve.metrics import parse
 from tests.conftest import make_texts
 
 TEXTS = [t for t, _ in make_texts(40, seed=5)]
@@ -103,6 +107,85 @@ def test_api_key_required_and_never_logged(start, serve_models):
     assert secret not in cloud.stderr() and secret not in device.stderr()
 
 
+def test_metrics_label_route_templates_not_raw_paths(start, serve_models):
+    """Made-up paths, with or without the key, add a bounded number of series to /metrics (issue 25, item 7)."""
+    cloud = start("serve-cloud", serve_models["cloud"], "--port", 0, "--rate", 0, "--max-body-bytes", 1000,
+                  "--api-key-env", "MY_KEY", env={"MY_KEY": "k"})
+    rng = random.Random(0)
+    before = set(parse(httpx.get(f"{cloud.url}/metrics").text))
+    with httpx.Client(base_url=cloud.url) as http:
+        for i in range(200):
+            junk = "".join(rng.choices(string.ascii_letters + string.digits, k=12))
+            path = rng.choice([f"/{junk}", f"/v1/{junk}", f"/v2/models/{junk}/infer", f"/v2/models/{junk}/ready",
+                               f"/docs-assets/{junk}"])
+            response = http.get(path, headers={"X-API-Key": "k"} if i % 2 else {})
+            assert response.status_code in (401, 404, 405), (path, response.text)
+            if i % 20 == 0:  # refused by the body limit before any endpoint runs
+                assert http.post(f"/{junk}", content=b"x" * 2000).status_code == 413
+        added = set(parse(http.get("/metrics").text)) - before
+    labels = {re.search(r'path="([^"]*)"', name).group(1) for name in added if 'path="' in name}
+    templates = {"other", "/v2/models/{name}/infer", "/v2/models/{name}/ready"}
+    assert templates <= labels <= templates | {"/docs-assets"}
+    assert len(added) <= 20  # a counter and its _created per (route, status), the rejection reasons
+
+
+def test_rate_limit_keys_on_the_proven_identity_not_a_sent_key(start, serve_models, tmp_path):
+    """A made-up X-API-Key is no identity, and wrong-key guesses are limited per address (issue 25, item 8)."""
+    config = tmp_path / "serve.yaml"
+    config.write_text("limits: {requests_per_second: 0.01, burst: 5}\n")  # no refill within the test
+    open_service = start("serve", serve_models["plain"], "--port", 0, "--config", config)
+    url = f"{open_service.url}/v1/classify"
+    statuses = [httpx.post(url, json={"texts": ["a"]}, headers={"X-API-Key": f"made-up-{i}"}).status_code
+                for i in range(20)]
+    assert statuses == [200] * 5 + [429] * 15
+    keyed = start("serve", serve_models["plain"], "--port", 0, "--config", config, "--api-key-env", "MY_KEY",
+                  env={"MY_KEY": "right"})
+    url = f"{keyed.url}/v1/classify"
+    with httpx.Client() as http:
+        guesses = [http.post(url, json={"texts": ["a"]}, headers={"X-API-Key": f"guess-{i}"}).status_code
+                   for i in range(300)]
+        assert guesses == [401] * 5 + [429] * 295
+        # the key's own bucket: the guesses from this address did not spend it
+        right = [http.post(url, json={"texts": ["a"]}, headers={"X-API-Key": "right"}).status_code for _ in range(6)]
+    assert right == [200] * 5 + [429]
+    m = Client(keyed.url, api_key="right").metrics()
+    assert m['edgeshrink_rejected_requests_total{reason="auth"}'] == 5
+    assert m['edgeshrink_rejected_requests_total{reason="rate_limited"}'] == 296
+
+
+def test_the_key_is_checked_before_the_body_and_bodies_get_clear_refusals(start, serve_models):
+    """No key: 401 whatever the body (issue 25, item 9). With it: what is wrong with the body, in one line
+    (item 19: a wrong content type, JSON nested 100,000 deep)."""
+    secret = "s3cret"
+    cloud = start("serve-cloud", serve_models["cloud"], "--port", 0, "--rate", 0, "--api-key-env", "MY_KEY",
+                  env={"MY_KEY": secret})
+    v2 = f"/v2/models/{serve_models['cloud'].name}/infer"
+    deep = b'{"texts": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    cases = [("/v1/classify", b"{not json", "application/json", 422, "the body is not valid JSON"),
+             ("/v1/classify", b'{"texts": "a"}', "application/json", 422, "texts: Input should be a valid list"),
+             ("/v1/classify", b'{"texts": ["a"]}', "text/plain", 415,
+              "Content-Type must be application/json, got 'text/plain'"),
+             ("/v1/classify", b'{"texts": ["a"]}', None, 415, "Content-Type must be application/json, got none"),
+             ("/v1/classify", deep, "application/json", 422, "JSON nested deeper than 64 levels"),
+             ("/v1/classify", b'{"texts": ["\xff"]}', "application/json", 400, "not UTF-8"),
+             ("/v1/classify", b"x" * 1_100_000, "application/json", 413, "over 1000000 bytes"),
+             (v2, b"{not json", "application/json", 400, "the body is not valid JSON"),
+             (v2, deep, "application/json", 422, "JSON nested deeper than 64 levels")]
+    for path, body, content_type, status, words in cases:
+        headers = {"content-type": content_type} if content_type else {}
+        refused = httpx.post(cloud.url + path, content=body, headers=headers)
+        assert refused.status_code == 401 and "API key" in refused.json()["error"], (path, body[:20], refused.text)
+        answered = httpx.post(cloud.url + path, content=body, headers=headers | {"X-API-Key": secret})
+        assert answered.status_code == status and words in answered.json()["error"], (path, body[:20], answered.text)
+        assert "\n" not in answered.json()["error"]
+    # the binary protocol's JSON header is checked where it is parsed
+    head = b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    answered = httpx.post(cloud.url + v2, content=head + b"\x00",
+                          headers={"Inference-Header-Content-Length": str(len(head)), "X-API-Key": secret})
+    assert answered.status_code == 400 and answered.json()["error"] == "JSON nested deeper than 64 levels"
+    assert "Traceback" not in cloud.stderr()
+
+
 def test_concurrent_requests_are_micro_batched(start, serve_models):
     device = start("serve", serve_models["plain"], "--port", 0, "--max-batch-size", 8, "--max-wait-ms", 20)
 
@@ -131,3 +214,18 @@ def test_length_groups_bound_padding_and_cover_every_text():
         lengths = [len(texts[i]) for i in g]
         assert len(g) * max(lengths) <= 1.25 * sum(lengths)
     assert len(groups) == 3  # ~5-7, ~98-101, 300
+
+
+def test_json_nesting_is_measured_outside_strings_in_linear_time():
+    import time
+
+    from edgeshrink.serve.gate import MAX_JSON_DEPTH, json_too_deep
+
+    assert not json_too_deep(json.dumps({"texts": ["[" * 1000, '{"[' * 1000, "\\" * 99]}).encode())
+    assert not json_too_deep(b"[" * MAX_JSON_DEPTH + b"]" * MAX_JSON_DEPTH)
+    assert json_too_deep(b"[" * (MAX_JSON_DEPTH + 1) + b"]" * (MAX_JSON_DEPTH + 1))
+    assert json_too_deep(b'{"a": "[", "b": ' + b"[" * 100 + b"]" * 100 + b"}")
+    started = time.perf_counter()  # unterminated strings full of escapes: no backtracking
+    for body in (b"[" * 100 + b'"\\"' * 300_000, b'"' + b"[\\" * 500_000, b'["' * 500_000, b"[" * 1_000_000):
+        json_too_deep(body)
+    assert time.perf_counter() - started < 2.0

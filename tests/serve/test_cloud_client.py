@@ -1,7 +1,7 @@
 """The breaker, the budget and the rate limiter on a fake clock; the cloud budget over real HTTP."""
 
 from edgeshrink.client import Client
-from edgeshrink.serve.app import RateLimiter
+from edgeshrink.serve.gate import RateLimiter
 from edgeshrink.serve.cloud_client import Budget, CircuitBreaker
 from tests.conftest import make_texts
 

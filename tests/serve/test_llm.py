@@ -2,6 +2,8 @@
 streaming from both services, escalation by the router, the fault drill with exact counters, bad input,
 speculative decoding over HTTP."""
 
+import concurrent.futures as cf
+import hashlib
 import json
 import shutil
 import time
@@ -39,8 +41,20 @@ def _router(bundle, tmp_path, threshold):
     return out
 
 
-def _client(server):
-    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+def _client(server, api_key: str = "unused"):
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=api_key, max_retries=0)
+
+
+def with_chat_template(bundle, out, template: str):
+    """A copy of ``bundle`` with another chat template, its manifest entry (size, sha256) rewritten to match."""
+    out = shutil.copytree(bundle, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    name = manifest["tokenizer"]["chat_template"]
+    data = template.encode()
+    (out / name).write_bytes(data)
+    manifest["files"][name] |= {"size_bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return out
 
 
 def _metrics(server) -> dict:
@@ -170,6 +184,109 @@ def test_bad_requests_get_one_line_4xx_and_the_service_keeps_serving(start, llm_
     reply = _client(cloud).chat.completions.create(model="cloud", messages=CHAT, max_tokens=4)
     assert reply.choices[0].finish_reason in ("stop", "length")
     assert httpx.get(f"{cloud.url}/readyz").status_code == 200
+
+
+def test_the_key_comes_first_and_refusals_say_what_is_wrong(start, llm_bundles, tmp_path):
+    """No key: 401 whatever the body (issue 25, item 9). With it: a NaN temperature, an empty stop string, a
+    wrong content type, JSON nested 100,000 deep are each refused in one line (items 17, 19); a request without
+    max_tokens gets what the context leaves, within the service's limit (item 18)."""
+    secret = "llm-s3cret"
+    config = tmp_path / "serve.yaml"
+    config.write_text("llm: {max_tokens_limit: 8}\n")
+    cloud = start("serve-cloud", llm_bundles / "cloud", "--port", 0, "--rate", 0, "--api-key-env", "MY_KEY",
+                  "--config", config, env={"MY_KEY": secret})
+    device = start("serve", llm_bundles / "device", "--port", 0, "--rate", 0, "--api-key-env", "MY_KEY",
+                   env={"MY_KEY": secret})
+    nan = float("nan")
+    for server, model in ((cloud, "cloud"), (device, "device")):
+        chat = {"model": model, "messages": CHAT}
+        cases = [("/v1/chat/completions", json.dumps(chat).encode()[:-3], "application/json", 422,
+                  "the body is not valid JSON"),
+                 ("/v1/chat/completions", json.dumps(chat).encode(), "text/plain", 415,
+                  "Content-Type must be application/json"),
+                 ("/v1/chat/completions", b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                  "application/json", 422, "JSON nested deeper than 64 levels"),
+                 ("/v1/chat/completions", json.dumps(chat | {"temperature": nan}).encode(), "application/json", 422,
+                  "temperature: Input should be a finite number"),
+                 ("/v1/chat/completions", json.dumps(chat | {"top_p": float("inf")}).encode(), "application/json",
+                  422, "top_p: Input should be a finite number"),
+                 ("/v1/chat/completions", json.dumps(chat | {"stop": ""}).encode(), "application/json", 422,
+                  "stop: an empty string"),
+                 ("/v1/completions", json.dumps({"model": model, "prompt": "a film", "stop": ["x", ""]}).encode(),
+                  "application/json", 422, "stop: an empty string"),
+                 ("/v1/completions", json.dumps({"model": model, "prompt": "a film", "seed": -1}).encode(),
+                  "application/json", 422, "seed: Input should be greater than or equal to 0")]
+        if server is cloud:
+            cases.append(("/v1/speculate", json.dumps({"tokens": [1], "draft": [2], "temperature": nan}).encode(),
+                          "application/json", 422, "temperature: Input should be a finite number"))
+        for path, body, content_type, status, words in cases:
+            headers = {"content-type": content_type}
+            refused = httpx.post(server.url + path, content=body, headers=headers)
+            assert refused.status_code == 401, (model, body[:40], refused.text)
+            answered = httpx.post(server.url + path, content=body, headers=headers | {"X-API-Key": secret})
+            assert answered.status_code == status and words in answered.json()["error"], (model, answered.text)
+            assert "\n" not in answered.json()["error"]
+        assert httpx.get(f"{server.url}/v1/models").status_code == 401
+        assert "Traceback" not in server.stderr()
+    # No max_tokens: the device's default (256) is cut to what its context (256) leaves after the prompt...
+    reply = _client(device, secret).chat.completions.create(model="device", messages=CHAT, temperature=0)
+    assert reply.usage.prompt_tokens + reply.usage.completion_tokens <= 256
+    assert reply.choices[0].finish_reason in ("stop", "length")
+    # ... and the cloud's to its configured limit
+    reply = _client(cloud, secret).chat.completions.create(model="cloud", messages=CHAT, temperature=0)
+    assert 1 <= reply.usage.completion_tokens <= 8
+
+
+# A chat template that fails, or takes seconds, on a message's word; a render must not hold the event loop.
+TRAPS = """{% for m in messages %}
+{% if m.content == 'undefined' %}{{ nothing.attr }}
+{% elif m.content == 'unsafe' %}{{ [].append(1) }}
+{% elif m.content == 'refused' %}{{ raise_exception('this conversation is refused') }}
+{% elif m.content == 'slow' %}{% set ns = namespace(x=0) %}{% for i in range(600) %}{% for j in range(1000) %}\
+{% set ns.x = ns.x + j %}{% endfor %}{% endfor %}{{ ns.x }}
+{% else %}{{ m.role }}: {{ m.content }}
+{% endif %}{% endfor %}assistant:"""
+
+
+def _ask(server, model: str, word: str):
+    return httpx.post(f"{server.url}/v1/chat/completions", json={"model": model, "max_tokens": 4, "messages": [
+        {"role": "user", "content": word}]}, timeout=60)
+
+
+def test_chat_template_failures_are_one_line_4xx(start, llm_bundles, tmp_path):
+    """Issue 25, item 13 (the services' part): a template that fails to parse or render is a one-line 4xx,
+    never a 500 (needs runtime/generate.py to raise EdgeshrinkError for every template failure)."""
+    device = start("serve", with_chat_template(llm_bundles / "device", tmp_path / "traps", TRAPS), "--port", 0,
+                   "--rate", 0)
+    broken = start("serve-cloud", with_chat_template(llm_bundles / "cloud", tmp_path / "broken",
+                                                     "{% for m in messages %}{{ m.content }"), "--port", 0, "--rate", 0)
+    assert _ask(device, "traps", "a good film").status_code == 200
+    for server, model, word in ((device, "traps", "refused"), (device, "traps", "undefined"),
+                                (device, "traps", "unsafe"), (broken, "broken", "a good film")):
+        response = _ask(server, model, word)
+        assert response.status_code in (400, 422), (word, response.text)
+        message = response.json()["error"]
+        assert message and "\n" not in message and "internal error" not in message, (word, message)
+    assert "this conversation is refused" in _ask(device, "traps", "refused").json()["error"]
+    for server in (device, broken):
+        assert "Traceback" not in server.stderr()
+
+
+def test_a_slow_chat_template_does_not_hold_the_event_loop(start, llm_bundles, tmp_path):
+    """Issue 25, item 5 (the services' part): /healthz answers at once while a template takes seconds."""
+    device = start("serve", with_chat_template(llm_bundles / "device", tmp_path / "traps", TRAPS), "--port", 0,
+                   "--rate", 0)
+    with cf.ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(lambda: (_ask(device, "traps", "slow"), time.monotonic()))
+        time.sleep(0.5)
+        asked = time.monotonic()
+        health = httpx.get(f"{device.url}/healthz", timeout=60)
+        answered = time.monotonic()
+        reply, replied = slow.result()
+    assert health.status_code == 200 and answered - asked < 1.0
+    assert replied > answered  # the render was still going when /healthz answered
+    assert reply.status_code in (200, 400, 422), reply.text  # 4xx: refused by the render's time bound
+    assert _ask(device, "traps", "a good film").status_code == 200
 
 
 def test_speculative_decoding_over_http_is_the_clouds_greedy_output(start, llm_bundles):

@@ -5,19 +5,18 @@
     GET  /healthz      the process is up          GET /readyz   the model is loaded and answering
     GET  /metrics      Prometheus text             GET /openapi.json, /docs (Swagger UI, served offline)
 
-Bad requests get a 4xx with {"error": "<one line>"}: invalid JSON or types, empty texts, too many or too
-long texts, a body over the limit (413), a missing or wrong API key (401), too many requests from one
-client (429). The device service answers every valid request: when the cloud is down, slow past the
-deadline, failing, behind an open circuit breaker or over budget, the device's answer comes back with
+Bad requests get a 4xx with {"error": "<one line>"}: a missing or wrong API key (401) and too many
+requests from one client (429), checked before the body is read (serve/gate.py); a body over the limit
+(413), not JSON (415), invalid JSON or types, JSON nested too deeply, empty texts, too many or too long
+texts. The device service answers every valid request: when the cloud is down, slow past the deadline,
+failing, behind an open circuit breaker or over budget, the device's answer comes back with
 ``source: device-fallback`` and the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
-import os
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,9 +31,9 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
-from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.serve.batcher import MicroBatcher
 from edgeshrink.serve.config import ServeConfig
+from edgeshrink.serve.gate import Gate, Guard, error_response, protected, route_label
 from edgeshrink.serve.metrics import Metrics
 
 
@@ -69,79 +68,6 @@ class ErrorResponse(BaseModel):
     error: str
 
 
-class RateLimiter:
-    """A token bucket per client: ``rate`` requests per second, bursts up to ``burst``."""
-
-    def __init__(self, rate: float, burst: int, clock=time.monotonic):
-        self.rate, self.burst, self.clock = rate, burst, clock
-        self.buckets: dict[str, tuple[float, float]] = {}
-
-    def allow(self, client: str) -> bool:
-        if self.rate <= 0:
-            return True
-        now = self.clock()
-        tokens, last = self.buckets.get(client, (float(self.burst), now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if len(self.buckets) > 10_000:  # forget idle clients rather than grow without bound
-            self.buckets = {k: v for k, v in self.buckets.items() if now - v[1] < 60}
-        if tokens < 1:
-            self.buckets[client] = (tokens, now)
-            return False
-        self.buckets[client] = (tokens - 1, now)
-        return True
-
-
-class BodyCheck:
-    """ASGI middleware: a body over ``max_bytes`` gets 413 and one that is not UTF-8 gets 400, before
-    anything parses it (except the Open Inference Protocol's binary bodies: oip.py checks those)."""
-
-    def __init__(self, app, max_bytes: int, metrics: Metrics):
-        self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            return await self._refuse(scope, send, 413, f"request body over {self.max_bytes} bytes", "body_too_large")
-        chunks, size, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > self.max_bytes:
-                return await self._refuse(scope, send, 413, f"request body over {self.max_bytes} bytes",
-                                          "body_too_large")
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body = b"".join(chunks)
-        try:
-            if b"inference-header-content-length" not in dict(scope.get("headers") or []):
-                body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            return await self._refuse(scope, send, 400, f"the body is not UTF-8 (byte {exc.start})", "not_utf8")
-        sent = False
-
-        async def replay():
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-    async def _refuse(self, scope, send, status: int, message: str, reason: str):
-        self.metrics.rejected.labels(reason=reason).inc()
-        self.metrics.requests.labels(path=scope.get("path", ""), status=str(status)).inc()
-        payload = json.dumps({"error": message}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]})
-        await send({"type": "http.response.body", "body": payload})
-
-
 def _one_line(errors) -> str:
     """A validation error list → one readable line."""
     parts = []
@@ -154,47 +80,36 @@ def _one_line(errors) -> str:
     return "; ".join(parts) + (f" (and {len(errors) - 3} more)" if len(errors) > 3 else "")
 
 
-def _api_key(config: ServeConfig) -> str | None:
-    if not config.api_key_env:
-        return None
-    key = os.environ.get(config.api_key_env)
-    if not key:
-        raise EdgeshrinkError(f"api_key_env is {config.api_key_env!r} but that environment variable is empty")
-    return key
-
-
 def base_app(title: str, description: str, model_name: str, config: ServeConfig, metrics: Metrics, state: dict,
              lifespan, extra_ready=None):
     """What every service shares: body limits, one-line errors, /healthz, /readyz, /metrics, /docs.
 
-    Returns (app, error, guard): ``error(status, message, path)`` is a counted JSON error response;
-    ``guard(request, path)`` checks the API key and the client's rate and returns the refusal, or None."""
-    key = _api_key(config)
-    limiter = RateLimiter(config.limits.requests_per_second, config.limits.burst)
+    Returns (app, error): ``error(status, message, route)`` is a counted JSON error response. Endpoints
+    registered with ``gate.protected`` are behind the API key and the rate limit."""
+    guard = Guard(config, metrics)
     # A device is often offline: FastAPIOffline serves /docs with Swagger UI's JS and CSS from this process
     # (under DOCS_ASSETS) instead of a CDN. Like /docs and /openapi.json, they need no API key.
     # ReDoc is off: one docs page is enough.
     app = FastAPIOffline(title=title, version="1", lifespan=lifespan, redoc_url=None, static_url=DOCS_ASSETS,
                          description=description)
     app.state.metrics = metrics
-    app.add_middleware(BodyCheck, max_bytes=config.limits.max_body_bytes, metrics=metrics)
+    app.add_middleware(Gate, max_bytes=config.limits.max_body_bytes, metrics=metrics, guard=guard)
 
-    def error(status: int, message: str, path: str, headers=None) -> JSONResponse:
-        metrics.requests.labels(path=path, status=str(status)).inc()
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
+    def error(status: int, message: str, route: str, headers=None) -> JSONResponse:
+        return error_response(metrics, status, message, route, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         metrics.rejected.labels(reason="invalid").inc()
-        return error(422, _one_line(exc.errors()), request.url.path)
+        return error(422, _one_line(exc.errors()), route_label(request.scope))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
-        return error(exc.status_code, str(exc.detail), request.url.path, getattr(exc, "headers", None))
+        return error(exc.status_code, str(exc.detail), route_label(request.scope), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):  # a bug: say so in one line, keep serving
-        return error(500, f"internal error: {type(exc).__name__}", request.url.path)
+        return error(500, f"internal error: {type(exc).__name__}", route_label(request.scope))
 
     @app.get("/healthz", response_model=dict)
     async def healthz():
@@ -210,22 +125,7 @@ def base_app(title: str, description: str, model_name: str, config: ServeConfig,
     async def metrics_text():
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    def guard(request: Request, path: str) -> JSONResponse | None:
-        sent_key = request.headers.get("x-api-key")
-        bearer = request.headers.get("authorization", "")
-        if sent_key is None and bearer.lower().startswith("bearer "):  # how OpenAI clients send their key
-            sent_key = bearer[7:].strip()
-        if key is not None and (sent_key is None or not hmac.compare_digest(sent_key.encode(), key.encode())):
-            metrics.rejected.labels(reason="auth").inc()
-            return error(401, "missing or wrong API key (header X-API-Key or Authorization: Bearer)", path)
-        client = sent_key or (request.client.host if request.client else "?")
-        if not limiter.allow(client):
-            metrics.rejected.labels(reason="rate_limited").inc()
-            return error(429, f"over {config.limits.requests_per_second:g} requests per second",
-                         path, {"Retry-After": "1"})
-        return None
-
-    return app, error, guard
+    return app, error
 
 
 def build_app(title: str, model_name: str, labels: list[str], infer, config: ServeConfig, answer,
@@ -252,9 +152,9 @@ def build_app(title: str, model_name: str, labels: list[str], infer, config: Ser
         if on_shutdown:
             await on_shutdown(app)
 
-    app, error, guard = base_app(title, f"edgeshrink {title}: model {model_name}, labels {', '.join(labels)}.",
+    app, error = base_app(title, f"edgeshrink {title}: model {model_name}, labels {', '.join(labels)}.",
                                  model_name, config, metrics, state, lifespan, extra_ready)
-    responses = {c: {"model": ErrorResponse} for c in (400, 401, 413, 422, 429)}
+    responses = {c: {"model": ErrorResponse} for c in (400, 401, 413, 415, 422, 429)}
     limits = config.limits
 
     def check_texts(raw: list[str], path: str) -> tuple[list[str], list[int]] | JSONResponse:
@@ -284,16 +184,13 @@ def build_app(title: str, model_name: str, labels: list[str], infer, config: Ser
         return texts, cut
 
     # What other protocols on this app (oip.py) share with /v1/classify.
-    app.state.edgeshrink = SimpleNamespace(metrics=metrics, error=error, guard=guard, check_texts=check_texts,
+    app.state.edgeshrink = SimpleNamespace(metrics=metrics, error=error, check_texts=check_texts,
                                            ready=lambda: state["ready"], responses=responses)
 
-    @app.post("/v1/classify", response_model=ClassifyResponse, responses=responses)
+    @protected(app, "/v1/classify", response_model=ClassifyResponse, responses=responses)
     async def classify(body: ClassifyRequest, request: Request):
         started = time.perf_counter()
         path = "/v1/classify"
-        refused = guard(request, path)
-        if refused is not None:
-            return refused
         for name in ("private", "cloud_only"):
             flags = getattr(body, name)
             if flags is not None and len(flags) != len(body.texts):

@@ -21,7 +21,7 @@ class LimitsConfig(Config):
     long_text: Literal["truncate", "reject"] = "truncate"
     max_texts: int = Field(64, ge=1)  # per request
     max_body_bytes: int = Field(1_000_000, ge=256)
-    requests_per_second: float = Field(100.0, ge=0)  # per client (address or API key); 0: no limit
+    requests_per_second: float = Field(100.0, ge=0)  # per client (the API key it proved, else its address); 0: none
     burst: int = Field(200, ge=1)  # token bucket size per client
 
 
@@ -67,7 +67,8 @@ class LLMConfig(Config):
     """Language-model services (OpenAI-compatible endpoints)."""
 
     max_tokens_limit: int = Field(1024, ge=1)  # the most new tokens one request may ask for
-    default_max_tokens: int = Field(256, ge=1)  # chat completions that do not say (completions: 16, as OpenAI)
+    # chat completions that do not say (completions: 16, as OpenAI), cut to what the context leaves after the prompt
+    default_max_tokens: int = Field(256, ge=1)
     model_name: str | None = None  # the name at /v1/models (default: the bundle directory's name)
     speculate_sessions: int = Field(4, ge=1)  # cloud: KV caches kept for /v1/speculate clients
 

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-from fastapi import Request
 
 from edgeshrink.serve.app import TextResult, build_app, check_text_model, predict_rows, probabilities_dict
 from edgeshrink.serve.config import ServeConfig
+from edgeshrink.serve.gate import protected
 from edgeshrink.serve.watch import RouterWatch
 
 
@@ -108,13 +108,10 @@ def device_app(bundle: str | Path, config: ServeConfig):
                     on_startup=startup, on_shutdown=shutdown, extra_ready=ready_info)
     shared = app.state.edgeshrink
 
-    @app.get("/v1/monitor", response_model=dict, responses=shared.responses)
-    async def monitor(request: Request):
+    @protected(app, "/v1/monitor", "GET", response_model=dict, responses=shared.responses)
+    async def monitor():
         """The router's watch: every drift signal, the audit estimate, recalibrations (`edgeshrink route monitor
         --url`)."""
-        refused = shared.guard(request, "/v1/monitor")
-        if refused is not None:
-            return refused
         watch = holder.get("watch")
         if watch is None:
             return shared.error(404, "this service has no router to watch", "/v1/monitor")

@@ -71,14 +71,15 @@ class Sampling(BaseModel):
     """The options both endpoints share (OpenAI's names and defaults; unsupported values are refused)."""
     model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)
-    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, description="Default: what the context leaves after the prompt, "
+                                   "at most the service's default (chat) or 16 (completions).")
+    temperature: float = Field(1.0, ge=0, le=2, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     n: Literal[1] = 1
     stream: bool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0)
     user: str | None = None
     presence_penalty: Literal[0] = 0
     frequency_penalty: Literal[0] = 0
@@ -86,8 +87,10 @@ class Sampling(BaseModel):
 
     def stops(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
-        if any(not s for s in stops) or len(stops) > 4:
-            raise EdgeshrinkError("stop: at most 4 non-empty strings")
+        if any(not s for s in stops):
+            raise EdgeshrinkError("stop: an empty string would stop before the first token; give non-empty strings")
+        if len(stops) > 4:
+            raise EdgeshrinkError(f"stop: at most 4 strings, got {len(stops)}")
         return tuple(stops)
 
 
@@ -104,9 +107,9 @@ class SpeculateRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tokens: list[int] = Field(min_length=1, description="The accepted sequence: prompt and generated tokens.")
     draft: list[int] = Field(min_length=1, max_length=32, description="The drafted continuation to verify.")
-    temperature: float = Field(0.0, ge=0, le=2)
+    temperature: float = Field(0.0, ge=0, le=2, allow_inf_nan=False)
     top_k: int = Field(0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
     session: str | None = Field(None, max_length=128, description="Reuse this client's KV cache between rounds.")
 
 
@@ -162,6 +165,7 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
     from edgeshrink.runtime.generate import Generator
     from edgeshrink.runtime.prompted import answer_signals
     from edgeshrink.serve.app import ErrorResponse, base_app, install_faults
+    from edgeshrink.serve.gate import protected
     from edgeshrink.serve.metrics import Metrics
 
     generator = Generator(bundle, threads=config.threads)
@@ -196,47 +200,46 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
         return {"router": router is not None, "cloud": config.cloud.url if config.cloud else None,
                 "breaker": cloud.breaker.state if cloud else None, "context_length": generator.context_length}
 
-    app, error, guard = base_app(f"{role} language-model service",
-                                 f"edgeshrink {role} service, OpenAI-compatible: model {name}.", name, config,
-                                 metrics, state, lifespan, ready_info)
-    responses = {c: {"model": ErrorResponse} for c in (400, 401, 404, 413, 422, 429)}
+    app, error = base_app(f"{role} language-model service", f"edgeshrink {role} service, OpenAI-compatible: model "
+                          f"{name}.", name, config, metrics, state, lifespan, ready_info)
+    responses = {c: {"model": ErrorResponse} for c in (400, 401, 404, 413, 415, 422, 429)}
 
-    @app.get("/v1/models", response_model=dict)
-    async def models(request: Request):
-        refused = guard(request, "/v1/models")
-        if refused is not None:
-            return refused
+    @protected(app, "/v1/models", "GET", response_model=dict)
+    async def models():
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "edgeshrink"}]}
 
-    def prepare(body, path: str):
+    async def prepare(body, path: str):
         """(prompt ids, max tokens, generator options, route) or an error response."""
         if body.model != name:
             return error(404, f"model {body.model!r} is not served here; GET /v1/models lists {name!r}", path)
         chat = isinstance(body, ChatRequest)
         asked = (body.max_completion_tokens or body.max_tokens) if chat else body.max_tokens
-        max_tokens = asked or (config.llm.default_max_tokens if chat else 16)
-        if max_tokens > config.llm.max_tokens_limit:
-            return error(422, f"max_tokens {max_tokens} is over this service's limit of {config.llm.max_tokens_limit}",
+        if asked is not None and asked > config.llm.max_tokens_limit:
+            return error(422, f"max_tokens {asked} is over this service's limit of {config.llm.max_tokens_limit}",
                          path)
         try:
             stops = body.stops()
         except EdgeshrinkError as exc:
             return error(422, str(exc), path)
-        try:
-            if chat:
-                if generator.chat_template is None:
-                    return error(400, f"model {name} has no chat template: use /v1/completions", path)
-                messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-                ids = generator.encode(messages)
-            else:
-                prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-                if len(prompts) != 1 or not prompts[0]:
-                    return error(422, "prompt: one non-empty string", path)
-                ids = generator.encode(prompts[0])
+        if chat:
+            if generator.chat_template is None:
+                return error(400, f"model {name} has no chat template: use /v1/completions", path)
+            prompt = [{"role": m.role, "content": m.text()} for m in body.messages]
+        else:
+            prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+            if len(prompts) != 1 or not prompts[0]:
+                return error(422, "prompt: one non-empty string", path)
+            prompt = prompts[0]
+        try:  # in a thread: a chat template may take long to render, and the service must keep answering
+            ids = await asyncio.to_thread(generator.encode, prompt)
         except EdgeshrinkError as exc:
             return error(400, str(exc), path)
         if not ids:
             return error(422, "the prompt is empty", path)
+        # Not asked: OpenAI's default (chat: the service's, completions: 16), cut to what the context leaves.
+        room = generator.context_length - len(ids)
+        max_tokens = asked or max(1, min(config.llm.default_max_tokens if chat else 16, config.llm.max_tokens_limit,
+                                         room))
         if len(ids) + max_tokens > generator.context_length:
             return error(400, f"the prompt's {len(ids)} tokens + max_tokens {max_tokens} exceed the context length "
                               f"{generator.context_length}", path)
@@ -264,7 +267,7 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
 
     async def answer(request: Request, body, path: str):
         """The answer's pieces as (text, None) and, last, (None, {finish, source, ...}): the routing happens here."""
-        prepared = prepare(body, path)
+        prepared = await prepare(body, path)
         if isinstance(prepared, JSONResponse):
             return prepared, None
         ids, max_tokens, options, route = prepared
@@ -365,9 +368,6 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
         return extra
 
     async def respond(request: Request, body, path: str, kinds: tuple[str, str]):
-        refused = guard(request, path)
-        if refused is not None:
-            return refused
         stream, meta = await answer(request, body, path)
         if meta is None:
             return stream  # an error response
@@ -421,23 +421,20 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
-    @app.post("/v1/chat/completions", response_model=dict, responses=responses)
+    @protected(app, "/v1/chat/completions", response_model=dict, responses=responses)
     async def chat_completions(body: ChatRequest, request: Request):
         return await respond(request, body, "/v1/chat/completions", ("chat.completion", "chat.completion.chunk"))
 
-    @app.post("/v1/completions", response_model=dict, responses=responses)
+    @protected(app, "/v1/completions", response_model=dict, responses=responses)
     async def completions(body: CompletionRequest, request: Request):
         return await respond(request, body, "/v1/completions", ("text_completion", "text_completion"))
 
     if role == "cloud":
         from edgeshrink.runtime.speculative import CachedModel, Sampling as SpecSampling, distribution
 
-        @app.post("/v1/speculate", response_model=dict, responses=responses)
-        async def speculate(body: SpeculateRequest, request: Request):
+        @protected(app, "/v1/speculate", response_model=dict, responses=responses)
+        async def speculate(body: SpeculateRequest):
             path = "/v1/speculate"
-            refused = guard(request, path)
-            if refused is not None:
-                return refused
             vocabulary = generator.tokenizer.get_vocab_size()
             if any(not 0 <= t < vocabulary for t in body.tokens + body.draft):
                 return error(422, f"token ids must be in [0, {vocabulary})", path)

@@ -25,6 +25,8 @@ import numpy as np
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from edgeshrink.serve.gate import MAX_JSON_DEPTH, json_too_deep, protected
+
 VERSION = "1"
 INPUT = "text"
 BINARY_HEADER = "inference-header-content-length"
@@ -68,6 +70,8 @@ def split_body(body: bytes, header_length: str | None) -> tuple[dict, bytes]:
             raise ProtocolError(f"Inference-Header-Content-Length {header_length!r} does not fit a body of "
                                 f"{len(body)} bytes")
         head, binary = body[:int(header_length)], body[int(header_length):]
+    if json_too_deep(head):  # Python's parser would give up with a RecursionError
+        raise ProtocolError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         request = json.loads(head.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -190,7 +194,7 @@ def install_v2(app, model_name: str, labels: list[str]) -> None:
     from edgeshrink import __version__
 
     shared = app.state.edgeshrink
-    metrics, error, guard = shared.metrics, shared.error, shared.guard
+    metrics, error = shared.metrics, shared.error
     infer_path = "/v2/models/{name}/infer"
     metadata = {"name": model_name, "versions": [VERSION], "platform": "edgeshrink",
                 "inputs": [{"name": INPUT, "datatype": "BYTES", "shape": [-1]}],
@@ -229,7 +233,7 @@ def install_v2(app, model_name: str, labels: list[str]) -> None:
         return JSONResponse({"name": model_name, "ready": ok}, status_code=200 if ok else 503)
 
     async def infer(name: str, request: Request, version: str | None = None):
-        refused = guard(request, infer_path) or known(name, version, infer_path)
+        refused = known(name, version, infer_path)  # the API key and the rate limit: checked by gate.Gate
         if refused is not None:
             return refused
         try:
@@ -253,6 +257,6 @@ def install_v2(app, model_name: str, labels: list[str]) -> None:
     for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}"):
         app.add_api_route(prefix, model_metadata, methods=["GET"], tags=["v2"])
         app.add_api_route(prefix + "/ready", model_ready, methods=["GET"], tags=["v2"])
-        app.add_api_route(prefix + "/infer", infer, methods=["POST"], tags=["v2"],
-                          openapi_extra={"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}},
-                                                         "required": True}})
+        protected(app, prefix + "/infer", tags=["v2"],
+                  openapi_extra={"requestBody": {"content": {"application/json": {"schema": {"type": "object"}}},
+                                                 "required": True}})(infer)
