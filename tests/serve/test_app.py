@@ -5,6 +5,8 @@ import json
 import random
 import re
 import string
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -229,3 +231,27 @@ def test_json_nesting_is_measured_outside_strings_in_linear_time():
     for body in (b"[" * 100 + b'"\\"' * 300_000, b'"' + b"[\\" * 500_000, b'["' * 500_000, b"[" * 1_000_000):
         json_too_deep(body)
     assert time.perf_counter() - started < 2.0
+
+
+def test_a_bundle_that_fails_on_a_request_is_a_one_line_500_and_bad_bundles_do_not_start(start, serve_models,
+                                                                                          tmp_path):
+    """Issue 25, item 12: malformed manifests gave tracebacks and 500s. Now the gate refuses them at start in
+    one line, and a bundle that loads but fails on an input answers that request with a 500 that names no
+    local path, and keeps serving."""
+    from tests import bundle_edit as be
+
+    bad = be.copy_bundle(serve_models["plain"], tmp_path / "bad")
+    be.edit(bad, lambda m: m["tokenizer"].__setitem__("pad_id", 10**12))
+    refused = subprocess.run([sys.executable, "-m", "edgeshrink", "serve", str(bad), "--port", "0"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 2 and "tokenizer.pad_id" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1 and "Traceback" not in refused.stderr
+    long = be.copy_bundle(serve_models["plain"], tmp_path / "long")
+    be.edit(long, lambda m: m.__setitem__("max_length", 4096))  # past the model's 128 positions
+    device = start("serve", long, "--port", 0, "--rate", 0)
+    url = f"{device.url}/v1/classify"
+    failed = httpx.post(url, json={"texts": ["good " * 1000]})
+    assert failed.status_code == 500 and "could not answer" in failed.json()["error"]
+    assert str(tmp_path) not in failed.text
+    assert httpx.post(url, json={"texts": ["a good film"]}).status_code == 200
+    assert "model.onnx failed to run" in device.stderr() and "Traceback" not in device.stderr()

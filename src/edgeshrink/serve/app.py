@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -31,6 +32,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
+from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.serve.batcher import MicroBatcher
 from edgeshrink.serve.config import ServeConfig
 from edgeshrink.serve.gate import Gate, Guard, error_response, protected, route_label
@@ -106,6 +108,14 @@ def base_app(title: str, description: str, model_name: str, config: ServeConfig,
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException):
         return error(exc.status_code, str(exc.detail), route_label(request.scope), getattr(exc, "headers", None))
+
+    @app.exception_handler(EdgeshrinkError)
+    async def _model_error(request: Request, exc: EdgeshrinkError):
+        # the served bundle failed on this request (a graph that does not fit its manifest, say): the message
+        # names local paths, so it goes to the service's log and the client gets one line without them
+        print(f"edgeshrink serve: {exc}", file=sys.stderr, flush=True)
+        return error(500, "the model could not answer this request (the service's log says why)",
+                     route_label(request.scope))
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception):  # a bug: say so in one line, keep serving
