@@ -72,6 +72,18 @@ def tiny_bundle(tiny_model, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_llm_bundle(tmp_path_factory) -> Path:
+    """A tiny random llama language-model bundle with a ChatML chat template (context 128)."""
+    from edgeshrink.export.llm import LLMExportConfig, export_llm
+    from tests.families import make_causal_lm
+
+    root = tmp_path_factory.mktemp("tiny-llm")
+    export_llm(make_causal_lm("llama", root / "m"), root / "bundle",
+               LLMExportConfig(validation_prompts=1, validation_new_tokens=4))
+    return root / "bundle"
+
+
+@pytest.fixture(scope="session")
 def trained_bundle(tiny_model, tmp_path_factory):
     """A tiny model fine-tuned on a CSV named by its absolute path, and its bundle, both made from the CSV's
     directory: what they record of their data must not depend on that working directory. (csv, model, bundle)."""

@@ -125,15 +125,9 @@ def _write_json(path: Path, doc) -> None:
 
 
 # -- bundle manifests ----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def llm_bundle(tmp_path_factory):
-    from edgeshrink.export.llm import LLMExportConfig, export_llm
-    from tests.families import make_causal_lm
-
-    root = tmp_path_factory.mktemp("fuzz-llm")
-    export_llm(make_causal_lm("llama", root / "m"), root / "b", LLMExportConfig(validation_prompts=1,
-                                                                                validation_new_tokens=4))
-    return root / "b"
+@pytest.fixture
+def llm_bundle(tiny_llm_bundle):
+    return tiny_llm_bundle
 
 
 def _use_bundle(bundle: Path, chat: bool) -> None:

@@ -11,17 +11,13 @@ from typer.testing import CliRunner
 
 from edgeshrink.cli import app
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.export.llm import LLMExportConfig, export_llm
 from edgeshrink.runtime import load, read_manifest
 from tests import bundle_edit as be
-from tests.families import make_causal_lm
 
 
-@pytest.fixture(scope="module")
-def llm_bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("gate-llm")
-    quick = LLMExportConfig(validation_prompts=1, validation_new_tokens=4)
-    return export_llm(make_causal_lm("llama", root / "m"), root / "chat", quick) and root / "chat"
+@pytest.fixture
+def llm_bundle(tiny_llm_bundle):
+    return tiny_llm_bundle
 
 
 @pytest.fixture
@@ -72,11 +68,17 @@ def test_a_manifest_that_is_a_symlink_is_refused(tiny_bundle, tmp_path):
 
 
 # -- item 3: paths stay inside the bundle and are listed ---------------------------------------------
-def test_an_absolute_tokenizer_path_is_refused(tiny_bundle, tmp_path):
-    b = be.copy_bundle(tiny_bundle, tmp_path / "b")
+def _with_outside_tokenizer(bundle, tmp_path):
+    """A copy of ``bundle`` whose manifest names a tokenizer outside it by its absolute path."""
+    b = be.copy_bundle(bundle, tmp_path / "b")
     outside = tmp_path / "tok.json"
     outside.write_bytes((b / "tokenizer.json").read_bytes())
     be.edit(b, lambda m: m["tokenizer"].__setitem__("file", str(outside)))
+    return b
+
+
+def test_an_absolute_tokenizer_path_is_refused(tiny_bundle, tmp_path):
+    b = _with_outside_tokenizer(tiny_bundle, tmp_path)
     _refused(b, "points outside the bundle")
 
 
@@ -96,10 +98,7 @@ def test_dot_dot_file_keys_are_refused_even_with_a_matching_hash(tiny_bundle, tm
 
 
 def test_triton_export_refuses_an_outside_tokenizer(tiny_bundle, tmp_path):
-    b = be.copy_bundle(tiny_bundle, tmp_path / "b")
-    outside = tmp_path / "tok.json"
-    outside.write_bytes((b / "tokenizer.json").read_bytes())
-    be.edit(b, lambda m: m["tokenizer"].__setitem__("file", str(outside)))
+    b = _with_outside_tokenizer(tiny_bundle, tmp_path)
     result = CliRunner().invoke(app, ["export", str(b), "--format", "triton", "--out", str(tmp_path / "repo")])
     assert result.exit_code == 2 and "points outside the bundle" in result.stderr, result.output
     assert not (tmp_path / "repo").exists()

@@ -9,11 +9,9 @@ from typer.testing import CliRunner
 
 from edgeshrink.cli import app
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.export.llm import LLMExportConfig, export_llm
 from edgeshrink.runtime import load
 from edgeshrink.runtime.chat_template import ChatTemplate
 from tests import bundle_edit as be
-from tests.families import make_causal_lm
 
 HI = [{"role": "user", "content": "hi"}]
 CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -72,12 +70,9 @@ def test_messages_that_are_not_json_are_one_line():
         ChatTemplate(CHATML, {}, name="t").render([{"role": "user", "content": object()}])
 
 
-@pytest.fixture(scope="module")
-def llm_bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("tmpl")
-    export_llm(make_causal_lm("llama", root / "m"), root / "chat", LLMExportConfig(validation_prompts=1,
-                                                                                   validation_new_tokens=4))
-    return root / "chat"
+@pytest.fixture
+def llm_bundle(tiny_llm_bundle):
+    return tiny_llm_bundle
 
 
 @pytest.mark.parametrize("source,match", [
