@@ -84,8 +84,13 @@ def _unigram(path: Path, specials: list[str]):
     return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"), **roles)
 
 
-def make_family_model(family_name: str, path: Path, labels=("negative", "positive"), seed: int = 0, **overrides) -> Path:
-    """A tiny random classifier of ``family_name`` (a registry name) with its tokenizer, saved at ``path``."""
+def make_family_model(family_name: str, path: Path, labels=("negative", "positive"), seed: int = 0,
+                      pad_token_id: int | None = None, **overrides) -> Path:
+    """A tiny random classifier of ``family_name`` (a registry name) with its tokenizer, saved at ``path``.
+
+    ``pad_token_id`` (below 5) moves the padding token to that id, in the tokenizer and the config alike; by
+    default it has the id the family's checkpoints give it.
+    """
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
@@ -94,6 +99,10 @@ def make_family_model(family_name: str, path: Path, labels=("negative", "positiv
     family = FAMILIES[family_name]
     path.mkdir(parents=True, exist_ok=True)
     specials = SPECIALS[family.name]
+    if pad_token_id is not None:
+        pad = special_roles(specials)["pad_token"]
+        others = [s for s in specials if s != pad]
+        specials = others[:pad_token_id] + [pad] + others[pad_token_id:]
     tokenizer = {"wordpiece": lambda: _wordpiece(path, specials, family.name), "bpe": lambda: _bpe(path, specials),
                  "unigram": lambda: _unigram(path, specials)}[family.tokenizer]()
     settings = {**family.test_config, **overrides, "vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id}

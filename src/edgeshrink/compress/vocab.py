@@ -138,9 +138,9 @@ def prune_vocabulary(model, tokenizer, texts: list[str], work_dir: Path):
     from edgeshrink.models import arch
 
     family = arch.family_of(model.config)
-    pad = model.config.pad_token_id
-    # Families whose positions start after padding_idx (RoBERTa, MPNet) must keep the pad id unchanged.
-    keep_below = (pad or 0) + 1 if family.position_offset == "padding-idx" else 0
+    # Families whose positions start after padding_idx (RoBERTa, MPNet) must keep the ids up to it unchanged.
+    padding_idx = family.padding_idx(model.config)
+    keep_below = 0 if padding_idx is None else padding_idx + 1
     keep = kept_token_ids(tokenizer, texts, keep_below)
     work_dir.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(work_dir)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -18,5 +18,7 @@ class ExportConfig(Config):
     optimize: Literal["none", "basic", "fusion"] = "none"
     tolerance: float = Field(1e-4, gt=0)  # max-abs-diff of logits allowed against the source model
     max_length: int | None = Field(None, ge=8)  # None: the fine-tuning length, else 128 (capped by the model)
-    validation_shapes: list[tuple[int, int]] | None = None  # (batch, seq); None: batch 1 and 4, short and long
+    # (batch, seq), seq at most the model's max_length; None: batch 1 and 4, short and long. A validation input
+    # holds at least [CLS] and [SEP].
+    validation_shapes: list[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=2)]]] | None = None
     seed: int = 0

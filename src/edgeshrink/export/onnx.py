@@ -58,14 +58,20 @@ def export(model: str | Path, out: str | Path, config: ExportConfig | None = Non
     max_length = min(config.max_length or record.get("max_length", 128), family.max_length(hf_config))
     labels = list(model_labels(model_dir))
     head = "untrained" if net.edgeshrink_untrained_head else "trained"
+    too_long = [shape for shape in config.validation_shapes or [] if shape[1] > max_length]
+    if too_long:
+        raise EdgeshrinkError(f"validation shape {tuple(too_long[0])} is longer than the export's max_length "
+                              f"{max_length}")
 
     with atomic_output_dir(out, force) as tmp:
         raw = tmp / "_export"
-        # Export the model object the validation below runs: one set of weights, a random head included.
+        # Export the model object the validation below runs: one set of weights, a random head included. The
+        # tracing input is optimum's 16 tokens, or fewer where the model holds fewer.
         try:
             with quiet():
                 onnx_export_from_model(net, str(raw), opset=config.opset, task="text-classification",
-                                       do_validation=False, device="cpu")
+                                       do_validation=False, device="cpu", sequence_length=min(16, max_length),
+                                       custom_onnx_configs={"model": _onnx_config(net)})
         except Exception as exc:  # optimum raises many types; the first line says what went wrong
             raise EdgeshrinkError(f"ONNX export of {model_dir} failed: {str(exc).splitlines()[0]}") from None
         onnx_path = tmp / "model.onnx"
@@ -118,6 +124,28 @@ def export(model: str | Path, out: str | Path, config: ExportConfig | None = Non
             "flops_per_example": text_flops_table(net, max_length),
         })
     return manifest
+
+
+def _onnx_config(net):
+    """optimum's ONNX config for ``net``, tracing with token type 0 only: optimum draws token types from {0, 1},
+    past the table of a model with type_vocab_size 1 (the graph does not depend on the values traced)."""
+    from optimum.exporters.onnx import onnx_export_from_model  # noqa: F401 (registers the ONNX configs)
+    from optimum.exporters.tasks import TasksManager
+    from optimum.utils import DummyTextInputGenerator
+
+    class FirstTokenType(DummyTextInputGenerator):
+        def generate(self, input_name: str, framework: str = "pt", int_dtype: str = "int64", float_dtype: str = "fp32"):
+            if input_name == "token_type_ids":
+                return self.random_int_tensor([self.batch_size, self.sequence_length], max_value=1,
+                                              framework=framework, dtype=int_dtype)
+            return super().generate(input_name, framework, int_dtype, float_dtype)
+
+    constructor = TasksManager.get_exporter_config_constructor(exporter="onnx", model=net, task="text-classification",
+                                                               library_name="transformers")
+    generators = tuple(FirstTokenType if g is DummyTextInputGenerator else g
+                       for g in constructor.func.DUMMY_INPUT_GENERATOR_CLASSES)
+    onnx_config = type(constructor.func.__name__, (constructor.func,), {"DUMMY_INPUT_GENERATOR_CLASSES": generators})
+    return onnx_config(net.config, **constructor.keywords)
 
 
 def export_cnn(model: str | Path, out: str | Path, config: ExportConfig | None = None, force: bool = False) -> dict:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.errors import EdgeshrinkError, first_line
 
 
 @dataclass
@@ -47,21 +47,35 @@ def validate_outputs(onnx_path: str, reference: Callable[[dict[str, np.ndarray]]
 
     from edgeshrink.runtime.bundle import session_options
 
-    session = ort.InferenceSession(onnx_path, session_options(), providers=["CPUExecutionProvider"])
+    session = _one_line("ONNX Runtime cannot load the exported model", ort.InferenceSession, onnx_path,
+                        session_options(), providers=["CPUExecutionProvider"])
     output_name = session.get_outputs()[0].name
     per_shape = []
     worst = 0.0
     for feeds in feeds_list:
-        got = session.run([output_name], feeds)[0]
-        want = reference(feeds)
+        shape = list(next(iter(feeds.values())).shape)
+        got = _one_line(f"the exported model fails on a validation input of shape {shape}", session.run,
+                        [output_name], feeds)[0]
+        want = _one_line(f"the source model fails on a validation input of shape {shape}", reference, feeds)
         if got.shape != want.shape:
             raise EdgeshrinkError(f"exported model gives shape {got.shape}, source gives {want.shape}")
         diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
         worst = max(worst, diff)
-        per_shape.append({"shape": list(next(iter(feeds.values())).shape), "max_abs_diff": diff})
+        per_shape.append({"shape": shape, "max_abs_diff": diff})
     report = ValidationReport(tolerance, worst, per_shape)
     if not report.ok:
         shapes = ", ".join(f"{s['shape']}: {s['max_abs_diff']:.2e}" for s in per_shape)
         raise EdgeshrinkError(f"exported model does not match its source: max-abs-diff {worst:.2e} > "
                               f"tolerance {tolerance:.0e} ({shapes})")
     return report
+
+
+def _one_line(what: str, run: Callable, *args, **kwargs):
+    """``run(*args, **kwargs)``, or one line saying ``what`` failed and why: an input the model cannot take (a position
+    past its table) is a fact about the user's model. onnxruntime and torch raise many types."""
+    try:
+        return run(*args, **kwargs)
+    except EdgeshrinkError:
+        raise
+    except Exception as exc:
+        raise EdgeshrinkError(f"{what}: {first_line(exc, 300)}") from None

@@ -24,6 +24,9 @@ from types import SimpleNamespace
 
 from edgeshrink.errors import EdgeshrinkError
 
+# The shortest usable length a model may have: the least max_length that finetune, export and distill take.
+MIN_LENGTH = 8
+
 # Structured operations, by the name verbs and error messages use.
 OPERATIONS = {
     "drop_layers": "drop layers",
@@ -65,6 +68,8 @@ class Family:
     extra_head_projections: tuple[str, ...] = ()  # other per-head projections, sliced like q/k/v when present
     token_type_ids: str = "yes"  # "yes" | "no" | "if-type-vocab" (DeBERTa-v3 has type_vocab_size 0)
     position_offset: str = "none"  # "padding-idx": positions start after padding_idx (RoBERTa, MPNet)
+    fixed_padding_idx: int | None = None  # the padding_idx when the model fixes it whatever pad_token_id says
+    #                                       (MPNet's is always 1); None: config.pad_token_id
     shared_blocks: bool = False  # one block's weights reused at every depth (ALBERT)
     shared_head_table: str | None = None  # an Embedding with one column per head, shared by every layer
     #                                      (MPNet's relative-position bias): the same heads are kept everywhere
@@ -94,6 +99,8 @@ class Family:
             raise ValueError(f"{self.name}: token_type_ids must be yes, no or if-type-vocab")
         if self.position_offset not in ("none", "padding-idx"):
             raise ValueError(f"{self.name}: position_offset must be none or padding-idx")
+        if self.fixed_padding_idx is not None and self.position_offset != "padding-idx":
+            raise ValueError(f"{self.name}: a fixed padding_idx applies to positions that start after it")
         if not self.operations <= ALL_OPERATIONS or set(self.refusals) != ALL_OPERATIONS - self.operations:
             raise ValueError(f"{self.name}: every operation that does not apply needs a reason in refusals")
 
@@ -128,16 +135,43 @@ class Family:
             names.append("token_type_ids")
         return names
 
+    def padding_idx(self, config) -> int | None:
+        """The padding_idx this family's positions start after (None: they start at 0)."""
+        if self.position_offset != "padding-idx":
+            return None
+        if self.fixed_padding_idx is not None:
+            return self.fixed_padding_idx
+        if getattr(config, "pad_token_id", None) is None:
+            raise EdgeshrinkError(f"{self.label or self.name}: config.json has no pad_token_id, and this family's "
+                                  "positions start after it")
+        return int(config.pad_token_id)
+
     def max_length(self, config) -> int:
-        """The longest input the position table allows (RoBERTa: 514 positions -> 512 tokens)."""
+        """The longest input the position table allows (RoBERTa: 514 positions -> 512 tokens), or a one-line
+        refusal where it holds fewer than MIN_LENGTH tokens."""
         positions = int(getattr(config, "max_position_embeddings", 512))
-        if self.position_offset == "padding-idx":
-            return positions - int(config.pad_token_id or 0) - 1
-        return positions
+        padding_idx = self.padding_idx(config)
+        usable = positions if padding_idx is None else positions - padding_idx - 1
+        if usable < MIN_LENGTH:
+            rule = "" if padding_idx is None else f" ({self.max_length_rule()})"
+            raise EdgeshrinkError(f"{self.label or self.name}: max_position_embeddings {positions} leaves {usable} "
+                                  f"usable tokens{rule}; at least {MIN_LENGTH} are needed")
+        return usable
 
     def max_length_rule(self) -> str:
-        return ("max_position_embeddings - pad_token_id - 1" if self.position_offset == "padding-idx"
-                else "max_position_embeddings")
+        if self.position_offset == "none":
+            return "max_position_embeddings"
+        if self.fixed_padding_idx is not None:
+            return f"max_position_embeddings - {self.fixed_padding_idx + 1}"
+        return "max_position_embeddings - pad_token_id - 1"
+
+    def check_config(self, config) -> None:
+        """Refuse, in one line, a config this family's models cannot run (a verb checks it on loading)."""
+        self.max_length(config)
+        # Only DeBERTa-v2/v3 ("if-type-vocab") leaves token types out; the others embed one for every token.
+        if self.token_type_ids != "if-type-vocab" and getattr(config, "type_vocab_size", 1) < 1:
+            raise EdgeshrinkError(f"{self.label or self.name}: type_vocab_size {config.type_vocab_size} leaves no "
+                                  "token type, and this family embeds one for every token (at least 1 is needed)")
 
     # -- operations ---------------------------------------------------------------------------------
     @property
@@ -211,7 +245,8 @@ register(Family(name="distilbert", label="DistilBERT", model_types=("distilbert"
 register(Family(name="mpnet", label="MPNet", model_types=("mpnet",), blocks="encoder.layer", attention="attention.attn",
                 q="attention.attn.q", k="attention.attn.k", v="attention.attn.v", o="attention.attn.o",
                 ffn_up="intermediate.dense", ffn_down="output.dense", token_type_ids="no",
-                position_offset="padding-idx", shared_head_table="encoder.relative_attention_bias", ort_fusion=None,
+                position_offset="padding-idx", fixed_padding_idx=1,
+                shared_head_table="encoder.relative_attention_bias", ort_fusion=None,
                 notes="the same heads are kept in every layer (one relative-position bias table serves all)",
                 test_config={**_TINY, "pad_token_id": 1, "bos_token_id": 0, "eos_token_id": 2}))
 register(Family(name="albert", label="ALBERT", model_types=("albert",), blocks="encoder.albert_layer_groups.0.albert_layers",

@@ -12,7 +12,8 @@ from edgeshrink.errors import EdgeshrinkError, first_line
 def load_classifier(model_dir: Path, num_labels: int | None = None, label_names=None, attn_implementation=None):
     """Load (model, tokenizer) from a local directory; with ``label_names`` a fresh head is made.
 
-    The family (models/arch.py) is checked first, so an unsupported model fails in one line; the
+    The family (models/arch.py) is checked first, so an unsupported model fails in one line, as does a
+    config the family cannot run (``Family.check_config``: too few positions, no token type); the
     tokenizer produces exactly the inputs the family takes (no ``token_type_ids`` for DistilBERT);
     a corrupt weights file, a missing tokenizer or weights that do not fit the config each give one
     line naming the file. A model whose classification head was not in its weights (a base model)
@@ -50,6 +51,7 @@ def load_classifier(model_dir: Path, num_labels: int | None = None, label_names=
         raise
     except Exception as exc:  # safetensors, torch and transformers raise many types; say which file and why
         raise EdgeshrinkError(_load_error(model_dir, weights, exc)) from None
+    family.check_config(model.config)  # a position table too short, no token type: one line, not an IndexError later
     model.edgeshrink_untrained_head = label_names is None and _head_missing(model, missing)
     tokenizer.model_input_names = family.inputs(model.config)
     model.eval()
