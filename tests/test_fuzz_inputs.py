@@ -27,7 +27,7 @@ from edgeshrink.errors import EdgeshrinkError
 from tests import bundle_edit as be
 
 SCALE = float(os.environ.get("EDGESHRINK_FUZZ_SCALE", "1"))
-CASES = {"classifier": 400, "llm": 700, "router": 500, "recipe": 600}
+CASES = {"classifier": 400, "llm": 700, "router": 1000, "recipe": 1000}
 REPO = Path(__file__).resolve().parent.parent
 
 

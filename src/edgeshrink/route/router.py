@@ -24,7 +24,7 @@ import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.route.confidence import confidence_scores
-from edgeshrink.route.router_schema import ROUTER_SCHEMA, validate_router  # noqa: F401 - calibrate writes ROUTER_SCHEMA
+from edgeshrink.route.router_schema import MAX_ROUTER_BYTES, ROUTER_SCHEMA, validate_router  # noqa: F401 - calibrate writes ROUTER_SCHEMA
 
 ROUTER_NAME = "router.json"
 ESCALATE_REASONS = ("cloud only", "truncated", "not confident")
@@ -91,7 +91,7 @@ def read_router(bundle: str | Path) -> dict:
     entry = manifest.get("router")
     if entry is None:
         raise EdgeshrinkError(f"{bundle} has no calibrated router; run `edgeshrink route calibrate` first")
-    text = read_bundle_text(bundle, manifest, entry["file"])
+    text = read_bundle_text(bundle, manifest, entry["file"], max_bytes=MAX_ROUTER_BYTES)
     if hashlib.sha256(text.encode("utf-8")).hexdigest() != entry["sha256"]:
         raise EdgeshrinkError(f"{bundle / entry['file']} does not match the hash in the bundle's manifest (edited or "
                               f"corrupt); calibrate again")

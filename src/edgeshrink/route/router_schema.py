@@ -14,18 +14,23 @@ from pathlib import Path
 from edgeshrink.errors import EdgeshrinkError
 
 ROUTER_SCHEMA = 1
+MAX_COUNT = 10_000_000  # examples in a calibration split
+MAX_ROUTER_BYTES = 256 << 20
 
 
 @lru_cache(maxsize=1)
 def _schema():
     from typing import Annotated, Literal, Optional
 
-    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+    from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, \
+        model_validator
 
     from edgeshrink.route.confidence import ALL_SIGNALS
 
     Finite = Annotated[float, Field(allow_inf_nan=False)]
-    Count = Annotated[StrictInt, Field(ge=0, le=1 << 40)]
+    # Counts of a calibration split: bounded, as the monitor's exact tests take time in proportion to them
+    # (scipy's fisher_exact: 50 ms at 10^9, minutes at 10^12, on the service's event loop).
+    Count = Annotated[StrictInt, Field(ge=0, le=MAX_COUNT)]
     Label = Annotated[StrictStr, Field(min_length=1, max_length=256)]
 
     class Loose(BaseModel):  # fields other versions add are kept (reports read them), the typed ones checked
@@ -47,13 +52,22 @@ def _schema():
     class Reference(Loose):
         n: Optional[Count] = None
         routed: Optional[Count] = None
-        scores: Annotated[list[Finite], Field(max_length=10_000_000)] = []
+        scores: Annotated[list[Finite], Field(max_length=MAX_COUNT)] = []
         escalated: Optional[Count] = None
         truncated: Optional[Count] = None
         unknown: Optional[Count] = None
         label_counts: dict[Label, Count] = {}
         device_disagreement: Optional[Annotated[float, Field(ge=0, le=1)]] = None
         partial: StrictBool = False
+
+        @model_validator(mode="after")
+        def _consistent(self):  # the monitor's two-sample tests take counts out of totals
+            if self.escalated is not None and (self.routed is None or self.escalated > self.routed):
+                raise ValueError("escalated needs routed, and is at most routed")
+            for name in ("truncated", "unknown"):
+                if getattr(self, name) is not None and (self.n is None or getattr(self, name) > self.n):
+                    raise ValueError(f"{name} needs n, and is at most n")
+            return self
 
     class Router(Loose):
         kind: Literal["edgeshrink-router"] = "edgeshrink-router"
@@ -62,7 +76,7 @@ def _schema():
         signal: Literal[ALL_SIGNALS]
         temperature: Annotated[float, Field(gt=0, le=1e6, allow_inf_nan=False)] = 1.0
         bias: Optional[Finite] = None
-        threshold: Optional[Finite] = None
+        threshold: Optional[Finite]  # required; null: nothing escalated by confidence
         escalate_everything: StrictBool = False
         alpha: Optional[Annotated[float, Field(ge=0, le=1)]] = None
         label_free: StrictBool = False

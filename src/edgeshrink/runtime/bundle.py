@@ -198,9 +198,13 @@ def bundle_file(bundle: str | Path, manifest: dict, rel: str) -> Path:
     return regular_file(Path(bundle), rel)
 
 
-def read_bundle_text(bundle: str | Path, manifest: dict, rel: str, verify: bool = True) -> str:
-    """A listed text file's content, its hash checked against the manifest in the same read."""
+def read_bundle_text(bundle: str | Path, manifest: dict, rel: str, verify: bool = True,
+                     max_bytes: int = 64 << 20) -> str:
+    """A listed text file's content (at most ``max_bytes``), its hash checked against the manifest in the same
+    read."""
     path = bundle_file(bundle, manifest, rel)
+    if path.stat().st_size > max_bytes:
+        raise EdgeshrinkError(f"bundle file {rel} is {path.stat().st_size} bytes; at most {max_bytes >> 20} MiB here")
     data = path.read_bytes()
     if verify and hashlib.sha256(data).hexdigest() != manifest["files"][rel]["sha256"]:
         raise EdgeshrinkError(f"bundle file {rel} is corrupt or was modified (sha256 does not match the manifest)")
