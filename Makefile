@@ -14,17 +14,27 @@ STAMP   := $(VENV)/.edgeshrink-installed
 
 # llama.cpp (the LLM bench's peer; the SmolLM2 package depends on it) is built from source for this CPU,
 # but without AMX: its native AMX build segfaults in the first llama_decode on our VMs (harmless flags on
-# CPUs without AMX). --no-cache-dir: a wheel cached from another build must not be reused.
+# CPUs without AMX). The build takes minutes on 2 cores, so its wheel is kept outside the checkout and reused
+# by the next set-up on the same machine: the folder's name hashes the CPU's flags, the Python version, the
+# build flags and the version, so a wheel built for another CPU or build is never reused (pip's own cache is
+# off for it: pip would reuse a wheel built anywhere).
 AMX_OFF := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE_ARGS := -DGGML_NATIVE=ON -DCMAKE_C_FLAGS="$(AMX_OFF)" -DCMAKE_CXX_FLAGS="$(AMX_OFF)"
+LLAMA_VERSION := 0.3.36
+LLAMA_KEY := $(shell (grep -m1 '^flags' /proc/cpuinfo; $(PY) --version; echo '$(LLAMA_CMAKE_ARGS) $(LLAMA_VERSION)') \
+	2>/dev/null | sha256sum | cut -c1-16)
+LLAMA_WHEELS := $(HOME)/.cache/edgeshrink/wheels/llama-cpp-$(LLAMA_KEY)
 
 # torch is installed first and pinned: the CPU wheel 2.13.0; a bare `torch` pulls a CUDA build.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch==2.13.0"
-	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(BIN)/python -m pip install -q --no-cache-dir --no-binary llama-cpp-python \
-		"llama-cpp-python==0.3.36"
+	test -n "$$(ls $(LLAMA_WHEELS)/*.whl 2>/dev/null)" || { rm -rf $(LLAMA_WHEELS).tmp && \
+		CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' $(BIN)/python -m pip wheel -q --no-cache-dir --no-deps \
+		--no-binary llama-cpp-python -w $(LLAMA_WHEELS).tmp "llama-cpp-python==$(LLAMA_VERSION)" && \
+		mv $(LLAMA_WHEELS).tmp $(LLAMA_WHEELS); }
+	$(BIN)/python -m pip install -q $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
 	$(BIN)/python -m pip install -q -e ".[device,demo,dev,llm,ray]"
 	$(BIN)/edgeshrink data prepare all
 	touch $(STAMP)
