@@ -112,7 +112,7 @@ def export_triton(source: str | Path, out: str | Path, config: TritonConfig | No
         onnx_dir, tok_dir, ens_dir = tmp / f"{name}_onnx", tmp / f"{name}_tokenizer", tmp / name
         for model_dir in (onnx_dir, tok_dir, ens_dir):
             (model_dir / "1").mkdir(parents=True)
-        shutil.copy2(source / "model.onnx", onnx_dir / "1" / "model.onnx")
+        shutil.copyfile(bundle_file(source, manifest, "model.onnx"), onnx_dir / "1" / "model.onnx")
         for model_dir in (onnx_dir, ens_dir):
             (model_dir / "labels.txt").write_text("\n".join(labels) + "\n", encoding="utf-8")
         onnx_inputs = [_tensor(n, t, s[1:]) for n, t, s in inputs]
