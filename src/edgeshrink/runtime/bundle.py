@@ -23,6 +23,7 @@ import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.runtime.tasks import runtime_task
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -125,7 +126,7 @@ def required_files(manifest: dict) -> list[str]:
     """The files the runtime opens for this manifest's task: decided here, so a bundle cannot opt out."""
     tokenizer = manifest.get("tokenizer") or {}
     needed = ["model.onnx"]
-    if manifest["task"] in ("text-classification", "text-generation"):
+    if runtime_task(manifest["task"]).tokenized:
         needed.append(tokenizer["file"])
     if tokenizer.get("chat_template"):
         needed.append(tokenizer["chat_template"])

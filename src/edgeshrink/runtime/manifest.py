@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgeshrink.errors import EdgeshrinkError
 
-TASKS = ("text-classification", "tensor-classification", "text-generation")
+from edgeshrink.runtime.tasks import TASK_NAMES, runtime_task
 MAX_ID = 2**31 - 1  # token ids, pad ids: int32 range
 MAX_POSITIONS = 1 << 20  # max_length, context_length
 MAX_FILES = 100_000
@@ -83,7 +83,7 @@ def _schema():
     class Manifest(Strict):
         schema_version: Int(1, 1)
         kind: Literal["edgeshrink-bundle"]
-        task: Literal[TASKS]
+        task: Literal[TASK_NAMES]
         files: dict[Str(255, 1), FileEntry]
         size_bytes: Int(0, 1 << 48)
         labels: Optional[Annotated[list[Str(256, 1)], Field(min_length=2, max_length=MAX_LABELS)]] = None
@@ -129,16 +129,9 @@ def _schema():
 
         @model_validator(mode="after")
         def _task_fields(self):
-            needs = {"text-classification": ("labels", "max_length", "tokenizer"),
-                     "tensor-classification": ("labels", "inputs"),
-                     "text-generation": ("tokenizer", "generation")}[self.task]
-            for name in needs:
-                if getattr(self, name) is None:
-                    raise ValueError(f"a {self.task} bundle needs '{name}'")
-            if self.task == "text-classification" and self.tokenizer.pad_id is None:
-                raise ValueError("a text-classification bundle needs 'tokenizer.pad_id'")
-            if self.task == "tensor-classification" and len(self.inputs) != 1:
-                raise ValueError("a tensor-classification bundle takes exactly one input")
+            problem = runtime_task(self.task).manifest_problem(self)
+            if problem:
+                raise ValueError(problem)
             if self.quantization is not None and not isinstance(self.quantization.get("method", ""), str):
                 raise ValueError("quantization.method must be a string")
             return self

@@ -9,6 +9,7 @@ import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError, first_line
 from edgeshrink.runtime.bundle import bundle_file, open_session, read_manifest
+from edgeshrink.runtime.tasks import runtime_task
 
 _NP_TYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32, "float16": np.float16}
 
@@ -45,7 +46,7 @@ class Predictor:
                             for i in self.session.get_inputs()}
         self.output_name = self.session.get_outputs()[0].name
         self.tokenizer = None
-        if self.task == "text-classification":
+        if runtime_task(self.task).tokenized:
             tok_meta = self.manifest["tokenizer"]
             self.max_length = int(self.manifest["max_length"])
             self.tokenizer = load_tokenizer(bundle_file(self.path, self.manifest, tok_meta["file"]))
@@ -160,8 +161,5 @@ def unknown_token_id(tokenizer) -> int | None:
 def load(bundle: str | Path, threads: int | None = None, verify: bool = True):
     """Load a device bundle (checks every file's hash against the manifest unless ``verify=False``): a
     ``Predictor`` for classifier bundles, a ``Generator`` (runtime/generate.py) for language-model bundles."""
-    if read_manifest(bundle, verify=False).get("task") == "text-generation":
-        from edgeshrink.runtime.generate import Generator
-
-        return Generator(bundle, threads=threads, verify=verify)
-    return Predictor(bundle, threads=threads, verify=verify)
+    task = runtime_task(read_manifest(bundle, verify=False)["task"])
+    return task.runtime_class()(bundle, threads=threads, verify=verify)

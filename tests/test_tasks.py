@@ -1,0 +1,43 @@
+"""The task registry (src/edgeshrink/tasks.py) and the runtime's table agree, every entry resolves, and
+dispatch and refusals are generated from the entries."""
+
+import pytest
+
+from edgeshrink import tasks
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.runtime.tasks import RUNTIME_TASKS
+
+
+def test_registry_and_runtime_table_list_the_same_tasks():
+    assert set(tasks.TASKS) == set(RUNTIME_TASKS)
+
+
+@pytest.mark.parametrize("verb,impl", [(v, i) for v in tasks._IMPLEMENTATIONS for i in tasks.implementations(v).values()],
+                         ids=lambda x: x if isinstance(x, str) else x.task)
+def test_every_implementation_resolves(verb, impl):
+    assert callable(impl.function())
+    if impl.config:
+        cls = impl.config_class()
+        if not any(f.is_required() for f in cls.model_fields.values()):
+            assert cls.from_json(cls().to_json()) == cls()  # configs round-trip
+        for flag, name in impl.flags.items():
+            assert flag.startswith("--") and (not name or name in cls.model_fields), (flag, name)
+
+
+def test_a_verb_that_does_not_apply_is_refused_naming_what_does():
+    with pytest.raises(EdgeshrinkError, match="distill does not apply to a tensor-classification model.*it takes.*finetune"):
+        tasks.named("tensor-classification").implementation("distill")
+
+
+def test_model_recognition(tmp_path):
+    assert tasks.of_model("smollm2").name == "text-generation"
+    assert tasks.of_model("digits-cnn").name == "tensor-classification"
+    assert tasks.of_model("minilm").name == "text-classification"
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert tasks.of_model(gguf).name == "text-generation"
+
+
+def test_unknown_task_is_one_line():
+    with pytest.raises(EdgeshrinkError, match="unknown task 'audio'"):
+        tasks.named("audio")
