@@ -18,8 +18,12 @@ def test_every_implementation_resolves(verb, impl):
     assert callable(impl.function())
     if impl.config:
         cls = impl.config_class()
-        if not any(f.is_required() for f in cls.model_fields.values()):
-            assert cls.from_json(cls().to_json()) == cls()  # configs round-trip
+        try:
+            default = cls()
+        except ValueError:  # a config with no usable default (a required choice): built by its verb's tests
+            default = None
+        if default is not None:
+            assert cls.from_json(default.to_json()) == default  # configs round-trip
         for flag, name in impl.flags.items():
             assert flag.startswith("--") and (not name or name in cls.model_fields), (flag, name)
 
