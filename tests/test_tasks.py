@@ -45,3 +45,10 @@ def test_model_recognition(tmp_path):
 def test_unknown_task_is_one_line():
     with pytest.raises(EdgeshrinkError, match="unknown task 'audio'"):
         tasks.named("audio")
+
+
+def test_families_lists_every_task_and_where_its_verbs_live():
+    table = tasks.tasks_table()
+    for name, task in tasks.TASKS.items():
+        row = next(line for line in table.splitlines() if line.startswith(f"| {name} |"))
+        assert row.count("`") == 2 * len(task.verbs())  # one module per verb the task takes, "-" elsewhere

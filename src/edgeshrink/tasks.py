@@ -213,6 +213,24 @@ def _shown(value) -> str:
     return str(value)
 
 
+def tasks_table() -> str:
+    """`edgeshrink families`' table of tasks: what each kind is, how a model of it is named, and where each
+    verb's code for it lives (generated from the registry)."""
+    verbs = list(_IMPLEMENTATIONS)
+    rows = []
+    for task in TASKS.values():
+        cells = [f"`{impl.run.rpartition(':')[0].removeprefix('edgeshrink.')}`" if (impl := _IMPLEMENTATIONS[v].get(task.name))
+                 else "-" for v in verbs]
+        rows.append(f"| {task.name} | {task.summary} | {task.source_hint} | " + " | ".join(cells) + " |")
+    head = "| task | kind | model given as | " + " | ".join(verbs) + " |\n|" + "---|" * (3 + len(verbs))
+    return head + "\n" + "\n".join(rows)
+
+
+def tasks_data() -> list[dict]:
+    return [{"task": t.name, "summary": t.summary, "model": t.source_hint,
+             "verbs": {v: _IMPLEMENTATIONS[v][t.name].run for v in t.verbs()}} for t in TASKS.values()]
+
+
 # -- the recognisers: how a source model shows its kind -------------------------------------------------------
 def _decoder_model(spec: str | Path) -> bool:
     """A short name of a packaged LLM, a GGUF file, or a directory whose config is a decoder family."""
@@ -238,7 +256,7 @@ def _cnn_model(spec: str | Path) -> bool:
 
 # -- the tasks -----------------------------------------------------------------------------------------------
 register(Task("text-generation", "a decoder language model", _decoder_model,
-              "a packaged LLM's short name (smollm2, gemma3), a .gguf file, or a decoder's directory"))
+              "a packaged LLM's short name (smollm2, gemma3-270m), a .gguf file, or a decoder's directory"))
 register(Task("tensor-classification", "a plain-PyTorch CNN over tensors", _cnn_model,
               "a built-in CNN architecture (digits-cnn) or a CNN directory from `finetune`"))
 register(Task("text-classification", "a text encoder with a classification head", None,

@@ -51,11 +51,13 @@ def doctor(json_out: JsonOut = None) -> None:
 @app.command()
 @handled
 def families(json_out: JsonOut = None) -> None:
-    """List the model families edgeshrink knows, their inputs, and which structured operations apply."""
+    """List the tasks (kinds of model) and the code that runs each verb for each, then the model families
+    edgeshrink knows, their inputs, and which structured operations apply."""
+    from edgeshrink import tasks
     from edgeshrink.models import arch
 
-    typer.echo(arch.families_table())
-    write_json(json_out, {"families": arch.families_data()})
+    typer.echo(tasks.tasks_table() + "\n\n" + arch.families_table())
+    write_json(json_out, {"tasks": tasks.tasks_data(), "families": arch.families_data()})
 
 
 @app.command("import")
