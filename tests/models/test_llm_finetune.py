@@ -91,3 +91,33 @@ def test_cli_fine_tunes_a_language_model_and_refuses_prompts_for_classifiers(tun
     assert "--few-shot applies to text-generation models; a text-classification model takes" in result.output
     with pytest.raises(EdgeshrinkError, match="finetune: FinetuneConfig does not apply to a text-generation model"):
         finetune(str(base), tmp_path / "w", FinetuneConfig(), data=str(data))
+
+
+def test_an_interrupted_fine_tune_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """TrainRun's contract: work in OUT.partial/, a checkpoint per epoch; a rerun resumes from it and ends with
+    the weights of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from edgeshrink.models.finetune import decoder
+
+    data = write_csv(tmp_path / "cues.csv", separable_rows(120))
+    base = make_causal_lm("llama", tmp_path / "base")
+    config = LLMFinetuneConfig(epochs=2, batch_size=16, learning_rate=3e-3)
+    whole = finetune(str(base), tmp_path / "whole", config, data=str(data))
+    pad, calls = decoder._pad, []
+
+    def interrupted(rows, value):
+        calls.append(1)
+        if len(calls) == 2 * 6 + 3:  # in the second epoch (6 batches an epoch, two pads a batch)
+            raise KeyboardInterrupt
+        return pad(rows, value)
+
+    monkeypatch.setattr(decoder, "_pad", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(str(base), tmp_path / "resumed", config, data=str(data))
+    assert (tmp_path / "resumed.partial" / "checkpoint.pt").exists() and not (tmp_path / "resumed").exists()
+    monkeypatch.setattr(decoder, "_pad", pad)
+    resumed = finetune(str(base), tmp_path / "resumed", config, data=str(data))
+    assert resumed["history"] == whole["history"] and not (tmp_path / "resumed.partial").exists()
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("whole", "resumed"))
+    assert all((a[k] == b[k]).all() for k in a)
