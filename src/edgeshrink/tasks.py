@@ -204,8 +204,8 @@ def flag_help(verb: str, flag: str, text: str) -> str:
     if len(defaults) == 1 or len({repr(d) for _, d in defaults}) == 1:
         shown = _shown(defaults[0][1])
         scope = "" if len(defaults) == len(_IMPLEMENTATIONS[verb]) else f"; {_kinds([t for t, _ in defaults])} only"
-        return f"{text} [default: {shown}{scope}]"
-    return f"{text} [default: " + "; ".join(f"{t} {_shown(d)}" for t, d in defaults) + "]"
+        return f"{text} \\[default: {shown}{scope}]"  # escaped: typer's rich help reads "[...]" as markup
+    return f"{text} \\[default: " + "; ".join(f"{t} {_shown(d)}" for t, d in defaults) + "]"
 
 
 def _shown(value) -> str:
