@@ -95,7 +95,7 @@ def trained_bundle(tiny_model, tmp_path_factory):
     data = write_csv(root / "data" / "data.csv", make_texts(300, seed=2))
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(data.parent)
-        finetune(tiny_model, str(data), root / "model", FinetuneConfig(epochs=1, batch_size=16, max_length=32))
+        finetune(tiny_model, root / "model", FinetuneConfig(epochs=1, batch_size=16, max_length=32), data=str(data))
         export(root / "model", root / "bundle")
     return data, root / "model", root / "bundle"
 
@@ -130,8 +130,8 @@ def trained_cnn(tmp_path_factory, digits_sample) -> Path:
     from edgeshrink.models.finetune import FinetuneConfig, finetune
 
     root = tmp_path_factory.mktemp("cnn")
-    finetune(make_tiny_cnn(root / "init"), digits_sample, root / "trained",
-             FinetuneConfig(epochs=10, learning_rate=5e-3, batch_size=32, threads=1))
+    finetune(make_tiny_cnn(root / "init"), root / "trained",
+             FinetuneConfig(epochs=10, learning_rate=5e-3, batch_size=32, threads=1), data=digits_sample)
     return root / "trained"
 
 

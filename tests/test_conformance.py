@@ -29,8 +29,8 @@ def fam(request, tmp_path_factory):
     root = tmp_path_factory.mktemp(request.param)
     data = write_csv(root / "data.csv", make_texts(300, seed=5))
     base = make_family_model(request.param, root / "base")
-    record = finetune(base, str(data), root / "cloud", FinetuneConfig(epochs=1, batch_size=16, max_length=48,
-                                                                       learning_rate=1e-3, threads=1))
+    record = finetune(base, root / "cloud", FinetuneConfig(epochs=1, batch_size=16, max_length=48, learning_rate=1e-3,
+                                                           threads=1), data=str(data))
     manifest = export(root / "cloud", root / "bundle")
     return {"name": request.param, "family": FAMILIES[FAMILIES[request.param].model_types[0]], "root": root,
             "data": str(data), "base": base, "cloud": root / "cloud", "bundle": root / "bundle",
@@ -302,7 +302,7 @@ def cnn(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("cnn-path")
     data = DataConfig(source="digits", sample=300)
-    finetune(make_tiny_cnn(root / "init"), data, root / "cnn", FinetuneConfig(epochs=3, learning_rate=5e-3, threads=1))
+    finetune(make_tiny_cnn(root / "init"), root / "cnn", FinetuneConfig(epochs=3, learning_rate=5e-3, threads=1), data=data)
     export(root / "cnn", root / "bundle")
     return {"root": root, "data": data, "model": root / "cnn", "bundle": root / "bundle"}
 

@@ -116,7 +116,7 @@ def test_mpnet_with_pad_0_finetunes_and_exports_the_length_its_record_says(tmp_p
 
     base = make_family_model("mpnet", tmp_path / "base", pad_token_id=0, max_position_embeddings=70)
     data = write_csv(tmp_path / "data.csv", make_texts(60, seed=3))
-    record = finetune(base, str(data), tmp_path / "cloud", FinetuneConfig(epochs=1, batch_size=16, threads=1))
+    record = finetune(base, tmp_path / "cloud", FinetuneConfig(epochs=1, batch_size=16, threads=1), data=str(data))
     manifest = export(tmp_path / "cloud", tmp_path / "bundle")
     assert record["max_length"] == manifest["max_length"] == 68 and manifest["validation"]["ok"]
 

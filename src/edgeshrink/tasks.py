@@ -43,6 +43,10 @@ class Implementation:
     run: str  # "module:function"
     config: str | None = None  # "module:ConfigClass"
     flags: dict[str, str] = field(default_factory=dict)  # CLI flag -> the config field it sets ("" : not a field)
+    summary: str | None = None  # "module:function" (result, out) -> the CLI's one line about what was made
+
+    def summarize(self, result, out) -> str:
+        return _resolve(self.summary)(result, out)
 
     def function(self) -> Callable:
         return _resolve(self.run)
@@ -123,13 +127,14 @@ def register(task: Task) -> Task:
     return task
 
 
-def implement(verb: str, task: str, run: str, config: str | None = None, flags: dict[str, str] | None = None) -> None:
+def implement(verb: str, task: str, run: str, config: str | None = None, flags: dict[str, str] | None = None,
+              summary: str | None = None) -> None:
     if task not in TASKS:
         raise ValueError(f"{verb}: unknown task {task!r}")
     impls = _IMPLEMENTATIONS.setdefault(verb, {})
     if task in impls:
         raise ValueError(f"{verb} is implemented twice for {task}")
-    impls[task] = Implementation(verb, task, run, config, dict(flags or {}))
+    impls[task] = Implementation(verb, task, run, config, dict(flags or {}), summary)
 
 
 def _kinds(names) -> str:
@@ -199,8 +204,8 @@ def flag_help(verb: str, flag: str, text: str) -> str:
     if len(defaults) == 1 or len({repr(d) for _, d in defaults}) == 1:
         shown = _shown(defaults[0][1])
         scope = "" if len(defaults) == len(_IMPLEMENTATIONS[verb]) else f"; {_kinds([t for t, _ in defaults])} only"
-        return f"{text} [default: {shown}{scope}]"
-    return f"{text} [default: " + "; ".join(f"{t} {_shown(d)}" for t, d in defaults) + "]"
+        return f"{text} \\[default: {shown}{scope}]"  # escaped: typer's rich help reads "[...]" as markup
+    return f"{text} \\[default: " + "; ".join(f"{t} {_shown(d)}" for t, d in defaults) + "]"
 
 
 def _shown(value) -> str:
@@ -264,12 +269,15 @@ register(Task("text-classification", "a text encoder with a classification head"
 
 # -- the verbs, one section each: which function and config run it for each task -----------------------------
 # finetune
-implement("finetune", "text-classification", "edgeshrink.models.finetune:finetune",
-          "edgeshrink.models.finetune:FinetuneConfig")
-implement("finetune", "tensor-classification", "edgeshrink.models.cnn:finetune_cnn",
-          "edgeshrink.models.finetune:FinetuneConfig")
-implement("finetune", "text-generation", "edgeshrink.models.llm_finetune:finetune_llm",
-          "edgeshrink.models.finetune:FinetuneConfig")
+_TRAIN_FLAGS = {"--epochs": "epochs", "--batch-size": "batch_size", "--learning-rate": "learning_rate",
+                "--seed": "seed", "--max-train-examples": "max_train_examples"}
+implement("finetune", "text-classification", "edgeshrink.models.finetune.encoder:finetune_encoder",
+          "edgeshrink.models.finetune:FinetuneConfig", {**_TRAIN_FLAGS, "--max-length": "max_length"})
+implement("finetune", "tensor-classification", "edgeshrink.models.finetune.cnn:finetune_cnn",
+          "edgeshrink.models.finetune:FinetuneConfig", _TRAIN_FLAGS)
+implement("finetune", "text-generation", "edgeshrink.models.finetune.decoder:finetune_llm",
+          "edgeshrink.models.finetune.decoder:LLMFinetuneConfig",
+          {**_TRAIN_FLAGS, "--prompt": "prompt", "--few-shot": "few_shot"})
 
 # prune (structured, physical removal)
 implement("prune", "text-classification", "edgeshrink.compress.prune:prune", "edgeshrink.compress.prune:PruneConfig")
@@ -289,9 +297,16 @@ implement("distill", "text-generation", "edgeshrink.compress.llm_distill:distill
           "edgeshrink.compress.llm_distill:LLMDistillConfig")
 
 # export
-implement("export", "text-classification", "edgeshrink.export.onnx:export", "edgeshrink.export.config:ExportConfig")
-implement("export", "tensor-classification", "edgeshrink.export.onnx:export_cnn", "edgeshrink.export.config:ExportConfig")
-implement("export", "text-generation", "edgeshrink.export.llm:export_llm", "edgeshrink.export.llm:LLMExportConfig")
+_EXPORT_FLAGS = {"--opset": "opset", "--tolerance": "tolerance"}
+implement("export", "text-classification", "edgeshrink.export.onnx:export_encoder", "edgeshrink.export.config:ExportConfig",
+          {**_EXPORT_FLAGS, "--optimize": "optimize", "--max-length": "max_length"}, "edgeshrink.export.onnx:summarize")
+implement("export", "tensor-classification", "edgeshrink.export.onnx:export_cnn", "edgeshrink.export.config:ExportConfig",
+          {**_EXPORT_FLAGS, "--optimize": "optimize"}, "edgeshrink.export.onnx:summarize")
+implement("export", "text-generation", "edgeshrink.export.llm:export_llm", "edgeshrink.export.config:LLMExportConfig",
+          {**_EXPORT_FLAGS, "--exporter": "exporter"}, "edgeshrink.export.llm:summarize")
+# a Triton model repository (the tokenizer runs in Triton's Python backend): text classifiers only
+implement("export-triton", "text-classification", "edgeshrink.export.triton:export_triton",
+          "edgeshrink.export.triton:TritonConfig", {"--name": "name"})
 
 # quantize (a bundle's task)
 implement("quantize", "text-classification", "edgeshrink.compress.quantize:quantize",

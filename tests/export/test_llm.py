@@ -52,7 +52,26 @@ def test_cli_export_of_a_language_model(tmp_path):
     assert "16/16 greedy continuations of 32 tokens identical" in result.stdout
     assert json.loads((tmp_path / "m.json").read_text())["validation"]["ok"]
     refused = CliRunner().invoke(app, ["export", str(model), "--out", str(tmp_path / "c"), "--optimize", "fusion"])
-    assert refused.exit_code == 2 and "apply to classifiers" in refused.stderr
+    assert refused.exit_code == 2 and "--optimize applies to tensor-classification and text-classification models; " \
+        "a text-generation model takes --opset, --tolerance, --exporter" in refused.stderr
+
+
+def test_export_keeps_the_callers_config_and_refuses_another_tasks(tmp_path):
+    """The public verb exports a language model with the LLMExportConfig given (it used to take the defaults),
+    and refuses a classifier's ExportConfig in one line, as a classifier refuses an LLMExportConfig."""
+    from edgeshrink.export import ExportConfig, export
+    from tests.conftest import make_tiny_bert
+
+    model = make_causal_lm("llama", tmp_path / "model")
+    manifest = export(model, tmp_path / "b", LLMExportConfig(validation_prompts=1, validation_new_tokens=3))
+    assert manifest["export"]["validation_prompts"] == 1 and manifest["validation"]["new_tokens"] == 3
+    with pytest.raises(EdgeshrinkError, match="export: ExportConfig does not apply to a text-generation model "
+                                              r"\(it configures text-classification and tensor-classification models\); "
+                                              "give a LLMExportConfig"):
+        export(model, tmp_path / "c", ExportConfig())
+    with pytest.raises(EdgeshrinkError, match="LLMExportConfig does not apply to a text-classification model"):
+        export(make_tiny_bert(tmp_path / "bert"), tmp_path / "d", LLMExportConfig())
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
 
 
 @pytest.mark.parametrize("family", DECODERS)

@@ -88,7 +88,7 @@ def test_cli_from_a_model_directory_and_refusals(tiny_model, cnn_bundle, tmp_pat
     record = json.loads((tmp_path / "r.json").read_text())
     assert record["name"] == "tiny-bert" and record["source_bundle"] is None
     for args, message in ((["export", str(cnn_bundle), "--out", str(tmp_path / "c"), "--format", "triton"],
-                           "takes a text classifier"),
+                           "export-triton does not apply to a tensor-classification model"),
                           (["export", str(tiny_model), "--out", str(tmp_path / "d"), "--format", "onnx"],
                            "unknown format 'onnx'"),
                           (["export", str(tiny_model), "--out", str(tmp_path / "e"), "--name", "x"],

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.models.cnn import (ARCHITECTURES, CNNConfig, build_cnn, init_cnn, is_cnn, load_cnn, predict_proba)
+from edgeshrink import tasks
+from edgeshrink.models.cnn import ARCHITECTURES, CNNConfig, build_cnn, init_cnn, load_cnn, predict_proba
 from edgeshrink.models.finetune import FinetuneConfig, finetune
 from tests.conftest import make_tiny_cnn, make_texts, write_csv
 
@@ -37,7 +38,9 @@ def test_finetune_trains_and_saves_a_cnn_directory(trained_cnn, digits_sample):
     assert record["test"]["accuracy"] > 0.6  # 10 epochs on 280 images; chance is 0.1
     assert len(record["history"]) == 10 and record["history"][-1]["train_loss"] < record["history"][0]["train_loss"]
     assert record["source"]["weights_sha256"]  # trained from an init directory, whose weights it names
-    assert is_cnn(trained_cnn) and is_cnn("digits-cnn") and not is_cnn(trained_cnn.parent)
+    cnn = tasks.named("tensor-classification")
+    assert tasks.of_model(trained_cnn) is cnn and tasks.of_model("digits-cnn") is cnn
+    assert tasks.of_model(trained_cnn.parent) is not cnn
     net, loaded = load_cnn(trained_cnn)
     assert loaded == record
     # the saved weights give the recorded test accuracy
@@ -51,24 +54,24 @@ def test_finetune_trains_and_saves_a_cnn_directory(trained_cnn, digits_sample):
 def test_finetune_is_seeded(tmp_path, digits_sample):
     config = FinetuneConfig(epochs=1, learning_rate=5e-3, threads=1)
     init = make_tiny_cnn(tmp_path / "init")
-    a = finetune(init, digits_sample, tmp_path / "a", config)
-    b = finetune(init, digits_sample, tmp_path / "b", config)
+    a = finetune(init, tmp_path / "a", config, data=digits_sample)
+    b = finetune(init, tmp_path / "b", config, data=digits_sample)
     assert a["history"] == b["history"] and a["test"] == b["test"]
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
 
 
 def test_builtin_architecture_trains_from_scratch(tmp_path, digits_sample):
-    record = finetune("digits-cnn", digits_sample, tmp_path / "m", FinetuneConfig(epochs=0.1, threads=1,
-                                                                                  max_train_examples=64))
+    record = finetune("digits-cnn", tmp_path / "m", FinetuneConfig(epochs=0.1, threads=1, max_train_examples=64),
+                      data=digits_sample)
     assert record["architecture"] == ARCHITECTURES["digits-cnn"].to_dict() and record["train_examples"] == 64
 
 
 def test_wrong_kind_of_data_or_model(tmp_path, tiny_model, digits_sample):
     text = write_csv(tmp_path / "t.csv", make_texts(60))
     with pytest.raises(EdgeshrinkError, match="takes images; data 't.csv' is text"):
-        finetune("digits-cnn", str(text), tmp_path / "a", FinetuneConfig(epochs=1))
+        finetune("digits-cnn", tmp_path / "a", FinetuneConfig(epochs=1), data=str(text))
     with pytest.raises(EdgeshrinkError, match="is a text classifier; data 'digits' is images"):
-        finetune(tiny_model, digits_sample, tmp_path / "b", FinetuneConfig(epochs=1))
+        finetune(tiny_model, tmp_path / "b", FinetuneConfig(epochs=1), data=digits_sample)
     with pytest.raises(EdgeshrinkError, match="untrained architecture"):
         load_cnn("digits-cnn")
     with pytest.raises(EdgeshrinkError, match="not a CNN directory"):

@@ -9,8 +9,8 @@ from edgeshrink.models.sources import model_labels
 
 def test_finetune_learns_and_records(tiny_model, tiny_csv, tmp_path):
     out = tmp_path / "ft"
-    record = finetune(tiny_model, str(tiny_csv), out, FinetuneConfig(epochs=8, batch_size=16, learning_rate=3e-3,
-                                                                     max_length=32))
+    record = finetune(tiny_model, out, FinetuneConfig(epochs=8, batch_size=16, learning_rate=3e-3, max_length=32),
+                      data=str(tiny_csv))
     assert (out / "model.safetensors").exists() and (out / "tokenizer.json").exists()
     saved = json.loads((out / "edgeshrink.json").read_text())
     assert saved["test"] == record["test"]
@@ -27,4 +27,4 @@ def test_finetune_learns_and_records(tiny_model, tiny_csv, tmp_path):
 def test_finetune_refuses_existing_output(tiny_model, tiny_csv, tmp_path):
     (tmp_path / "ft").mkdir()
     with pytest.raises(EdgeshrinkError, match="already exists"):
-        finetune(tiny_model, str(tiny_csv), tmp_path / "ft", FinetuneConfig(epochs=0.1))
+        finetune(tiny_model, tmp_path / "ft", FinetuneConfig(epochs=0.1), data=str(tiny_csv))

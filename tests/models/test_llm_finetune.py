@@ -8,8 +8,10 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeshrink.cli import app
+from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.export.llm import LLMExportConfig, export_llm
 from edgeshrink.models.finetune import FinetuneConfig, finetune
+from edgeshrink.models.finetune.decoder import LLMFinetuneConfig
 from tests.conftest import write_csv
 from tests.families import make_causal_lm
 
@@ -32,7 +34,8 @@ def tuned(tmp_path_factory):
     root = tmp_path_factory.mktemp("llm-ft")
     data = write_csv(root / "cues.csv", separable_rows(400))
     base = make_causal_lm("llama", root / "base")
-    record = finetune(str(base), str(data), root / "tuned", FinetuneConfig(epochs=4, batch_size=16, learning_rate=3e-3))
+    record = finetune(str(base), root / "tuned", LLMFinetuneConfig(epochs=4, batch_size=16, learning_rate=3e-3),
+                      data=str(data))
     return root, data, base, record
 
 
@@ -48,14 +51,14 @@ def test_fine_tuning_learns_the_task(tuned):
 def test_runtime_scores_equal_the_torch_scores(tuned, tmp_path):
     """The exported bundle answers what was trained: PromptedLLM's label log-likelihoods (ONNX Runtime,
     KV cache) equal the fine-tuner's (torch, one padded pass), single- and multi-token answers."""
-    from edgeshrink.compress.llm_distill import _load
-    from edgeshrink.models.llm_finetune import HFPrompter, answer_logliks, context_length
+    from edgeshrink.models.finetune.decoder import HFPrompter, answer_logliks, context_length
+    from edgeshrink.models.llm import load_causal_lm
     from edgeshrink.runtime import load
     from edgeshrink.runtime.prompted import PromptedLLM
 
     root, _, _, record = tuned
     export_llm(root / "tuned", tmp_path / "bundle", LLMExportConfig(validation_prompts=2, validation_new_tokens=4))
-    net, tokenizer = _load(root / "tuned", "cpu")
+    net, tokenizer = load_causal_lm(root / "tuned")
     texts = [text for text, _ in separable_rows(6, seed=3)] + ["great " * 400]  # the last one is cut
     for answers, single in (({"negative": "a", "positive": "b"}, True), ({}, False)):
         prompt = {**record["prompted_task"]["prompt"], "answers": answers, "max_text_tokens": 64}
@@ -84,4 +87,37 @@ def test_cli_fine_tunes_a_language_model_and_refuses_prompts_for_classifiers(tun
     assert len(shots) == 2 and {label for _, label in shots} == {"negative", "positive"}
     result = CliRunner().invoke(app, ["finetune", str(tiny_model), "--data", str(tiny_csv), "--out",
                                       str(tmp_path / "c"), "--few-shot", "2"])
-    assert result.exit_code == 2 and "apply to language models" in result.output and not (tmp_path / "c").exists()
+    assert result.exit_code == 2 and not (tmp_path / "c").exists()
+    assert "--few-shot applies to text-generation models; a text-classification model takes" in result.output
+    with pytest.raises(EdgeshrinkError, match="finetune: FinetuneConfig does not apply to a text-generation model"):
+        finetune(str(base), tmp_path / "w", FinetuneConfig(), data=str(data))
+
+
+def test_an_interrupted_fine_tune_resumes_to_the_same_weights(tmp_path, monkeypatch):
+    """TrainRun's contract: work in OUT.partial/, a checkpoint per epoch; a rerun resumes from it and ends with
+    the weights of an uninterrupted run."""
+    from safetensors.torch import load_file
+
+    from edgeshrink.models.finetune import decoder
+
+    data = write_csv(tmp_path / "cues.csv", separable_rows(120))
+    base = make_causal_lm("llama", tmp_path / "base")
+    config = LLMFinetuneConfig(epochs=2, batch_size=16, learning_rate=3e-3)
+    whole = finetune(str(base), tmp_path / "whole", config, data=str(data))
+    pad, calls = decoder._pad, []
+
+    def interrupted(rows, value):
+        calls.append(1)
+        if len(calls) == 2 * 6 + 3:  # in the second epoch (6 batches an epoch, two pads a batch)
+            raise KeyboardInterrupt
+        return pad(rows, value)
+
+    monkeypatch.setattr(decoder, "_pad", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(str(base), tmp_path / "resumed", config, data=str(data))
+    assert (tmp_path / "resumed.partial" / "checkpoint.pt").exists() and not (tmp_path / "resumed").exists()
+    monkeypatch.setattr(decoder, "_pad", pad)
+    resumed = finetune(str(base), tmp_path / "resumed", config, data=str(data))
+    assert resumed["history"] == whole["history"] and not (tmp_path / "resumed.partial").exists()
+    a, b = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("whole", "resumed"))
+    assert all((a[k] == b[k]).all() for k in a)

@@ -101,7 +101,7 @@ def test_token_type_ids_only_for_families_that_take_them(tmp_path):
         bert_tok.save_pretrained(model)
         _, tokenizer = load_classifier(model)
         assert "token_type_ids" not in tokenizer(["a film"])
-        record = finetune(model, str(data), tmp_path / f"{name}-ft", FinetuneConfig(epochs=1, max_length=32))
+        record = finetune(model, tmp_path / f"{name}-ft", FinetuneConfig(epochs=1, max_length=32), data=str(data))
         assert record["test"]["n"] > 0
 
 

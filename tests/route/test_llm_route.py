@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from edgeshrink.cli import app
 from edgeshrink.export.llm import LLMExportConfig, export_llm
-from edgeshrink.models.finetune import FinetuneConfig, finetune
+from edgeshrink.models.finetune import finetune
+from edgeshrink.models.finetune.decoder import LLMFinetuneConfig
 from edgeshrink.route.confidence import confidence_scores, fit_confidence, fit_platt
 from edgeshrink.errors import EdgeshrinkError
 from tests.conftest import write_csv
@@ -40,9 +41,9 @@ def pair(tmp_path_factory):
     data = write_csv(root / "cues.csv", separable_rows(400))
     quick = LLMExportConfig(validation_prompts=2, validation_new_tokens=4)
     base = make_causal_lm("llama", root / "base")
-    finetune(str(base), str(data), root / "tuned", FinetuneConfig(epochs=4, batch_size=16, learning_rate=3e-3))
+    finetune(str(base), root / "tuned", LLMFinetuneConfig(epochs=4, batch_size=16, learning_rate=3e-3), data=str(data))
     export_llm(root / "tuned", root / "cloud", quick)
-    finetune(str(base), str(data), root / "weak", FinetuneConfig(epochs=0.5, batch_size=16, learning_rate=1e-3))
+    finetune(str(base), root / "weak", LLMFinetuneConfig(epochs=0.5, batch_size=16, learning_rate=1e-3), data=str(data))
     export_llm(root / "weak", root / "device", quick)
     return root, data
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeshrink import __version__
+from edgeshrink import __version__, tasks
 from edgeshrink.cli._common import (DataOpt, Force, JsonOut, LabelCol, LabelMap, TextCol, _data_config, fail, handled,
                                     progress_callback, write_json)
 from edgeshrink.cli.route import route_app
@@ -99,59 +99,62 @@ def data_list() -> None:
 
 @app.command()
 @handled
-def finetune(model: Annotated[str, typer.Argument(help="Local model directory or short name (minilm).")],
+def finetune(model: Annotated[str, typer.Argument(help="Local model directory or short name (minilm), a CNN "
+                                                 "(digits-cnn) or a language model (smollm2).")],
              data: DataOpt, out: Annotated[Path, typer.Option("--out", help="Output model directory.")],
-             epochs: Annotated[Optional[float], typer.Option(help="Training epochs (default 2).")] = None,
-             max_length: Annotated[Optional[int], typer.Option(help="Max tokens per text (default 128).")] = None,
-             batch_size: Annotated[Optional[int], typer.Option(help="Batch size (default 32).")] = None,
-             learning_rate: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 1.5e-4).")] = None,
-             seed: Annotated[Optional[int], typer.Option(help="Random seed (default 0).")] = None,
-             max_train_examples: Annotated[Optional[int], typer.Option(help="Train on a subset (quick runs).")] = None,
-             prompt: Annotated[Optional[Path], typer.Option(help="Language models: a prompt file (PromptConfig YAML; "
-                                                            "default: the data's built-in prompt).")] = None,
-             few_shot: Annotated[Optional[int], typer.Option(help="Language models: train-split examples shown in "
-                                                             "the prompt (default 0).")] = None,
+             epochs: Annotated[Optional[float], typer.Option(help=tasks.flag_help("finetune", "--epochs",
+                                                                                  "Training epochs."))] = None,
+             max_length: Annotated[Optional[int], typer.Option(help=tasks.flag_help("finetune", "--max-length",
+                                                                                "Max tokens per text."))] = None,
+             batch_size: Annotated[Optional[int], typer.Option(help=tasks.flag_help("finetune", "--batch-size",
+                                                                                    "Batch size."))] = None,
+             learning_rate: Annotated[Optional[float], typer.Option(help=tasks.flag_help("finetune", "--learning-rate",
+                                                                                   "Peak learning rate."))] = None,
+             seed: Annotated[Optional[int], typer.Option(help=tasks.flag_help("finetune", "--seed", "Random seed."))] = None,
+             max_train_examples: Annotated[Optional[int], typer.Option(help=tasks.flag_help(
+                 "finetune", "--max-train-examples", "Train on a subset (quick runs)."))] = None,
+             prompt: Annotated[Optional[Path], typer.Option(help=tasks.flag_help(
+                 "finetune", "--prompt", "A prompt file (PromptConfig YAML); none: the data's built-in prompt."))] = None,
+             few_shot: Annotated[Optional[int], typer.Option(help=tasks.flag_help(
+                 "finetune", "--few-shot", "Train-split examples shown in the prompt; none: the prompt's."))] = None,
              text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
              force: Force = False, json_out: JsonOut = None) -> None:
-    """Fine-tune a pretrained encoder into a text classifier (the cloud model), or a language model to answer
-    the data's prompted task; report test accuracy."""
-    from edgeshrink.export.llm import is_language_model
-    from edgeshrink.models.finetune import FinetuneConfig, finetune as run
+    """Fine-tune a pretrained encoder into a text classifier (the cloud model), a CNN on images, or a language
+    model to answer the data's prompted task; report test accuracy."""
+    from edgeshrink.models.finetune import finetune as run
 
-    config = FinetuneConfig.build(epochs=epochs, max_length=max_length, batch_size=batch_size,
-                                  learning_rate=learning_rate, seed=seed, max_train_examples=max_train_examples)
-    prompt_config = None
-    if prompt is not None or few_shot is not None:
-        if not is_language_model(model):
-            raise fail("--prompt and --few-shot apply to language models")
+    impl = tasks.of_model(model).implementation("finetune")
+    given = {"--epochs": epochs, "--max-length": max_length, "--batch-size": batch_size,
+             "--learning-rate": learning_rate, "--seed": seed, "--max-train-examples": max_train_examples,
+             "--prompt": prompt, "--few-shot": few_shot}
+    impl.refuse_flags(given)  # before the prompt file is read
+    if prompt is not None:
         from edgeshrink.route.prompts import read_prompt
 
-        prompt_config = read_prompt(prompt) if prompt is not None else None
-    record = run(model, _data_config(data, text_column, label_column, label_map), out, config, force=force, prompt=prompt_config,
-                 few_shot=few_shot)
+        given["--prompt"] = read_prompt(prompt)
+    record = run(model, out, impl.build_config(given), data=_data_config(data, text_column, label_column, label_map),
+                 force=force, progress=lambda message: typer.echo(message, err=True))
     test = record["test"]
     typer.echo(f"test accuracy {100 * test['accuracy']:.2f}% [95% CI {100 * test['ci95'][0]:.1f}, "
                f"{100 * test['ci95'][1]:.1f}] on {test['n']} examples; {record['train_seconds']:.0f} s; saved {out}")
     write_json(json_out, record)
 
 
-def _export_triton(model: str, out: Path, name: str | None, force: bool, json_out, config, exporter) -> None:
+def _export_triton(model: str, out: Path, name: str | None, force: bool, json_out, given: dict) -> None:
     import tempfile
 
     from edgeshrink.export import export as run
-    from edgeshrink.export.llm import is_language_model
-    from edgeshrink.export.triton import TritonConfig, export_triton
-    from edgeshrink.runtime.bundle import MANIFEST_NAME
+    from edgeshrink.export.triton import export_triton
 
-    if exporter is not None or is_language_model(model):
-        raise fail("--format triton takes a text classifier (a model directory or its bundle)")
-    triton = TritonConfig.build(name=name or (Path(model).name if Path(model).exists() else None))
-    if (Path(model) / MANIFEST_NAME).exists():
-        if config != type(config)():
-            raise fail(f"{model} is already a bundle: --opset, --optimize, --tolerance and --max-length apply when "
-                       f"exporting a model")
+    task = tasks.of_model(model)
+    triton = task.implementation("export-triton").config_class().build(
+        name=name or (Path(model).name if Path(model).exists() else None))
+    if tasks.is_bundle(model):
+        if any(value is not None for value in given.values()):
+            raise fail(f"{model} is already a bundle: {', '.join(given)} apply when exporting a model")
         record = export_triton(model, out, triton, force=force)
     else:
+        config = task.implementation("export").build_config(given)
         with tempfile.TemporaryDirectory(prefix="edgeshrink-triton-") as tmp:
             run(model, Path(tmp) / "bundle", config, force=True)
             record = export_triton(Path(tmp) / "bundle", out, triton, force=force)
@@ -174,51 +177,36 @@ def export(model: Annotated[str, typer.Argument(help="Local model directory or s
                                                "repository: ensemble of tokenizer + ONNX model).")] = "bundle",
            name: Annotated[Optional[str], typer.Option(help="--format triton: the model's name in the repository "
                                                        "(default: the bundle directory's).")] = None,
-           opset: Annotated[Optional[int], typer.Option(help="ONNX opset (default 17).")] = None,
-           optimize: Annotated[Optional[str], typer.Option(help="none | basic | fusion (ORT transformer fusions).")] = None,
-           tolerance: Annotated[Optional[float], typer.Option(help="Max-abs-diff allowed vs the source (default 1e-4).")] = None,
-           max_length: Annotated[Optional[int], typer.Option(help="Max tokens per text on the device.")] = None,
-           exporter: Annotated[Optional[str], typer.Option(help="Language models: auto | builder | optimum (default auto: "
-                                                           "onnxruntime-genai's builder where it takes the model).")] = None,
+           opset: Annotated[Optional[int], typer.Option(help=tasks.flag_help("export", "--opset", "ONNX opset."))] = None,
+           optimize: Annotated[Optional[str], typer.Option(help=tasks.flag_help(
+               "export", "--optimize", "none | basic | fusion (ORT transformer fusions)."))] = None,
+           tolerance: Annotated[Optional[float], typer.Option(help=tasks.flag_help(
+               "export", "--tolerance", "Max-abs-diff allowed vs the source."))] = None,
+           max_length: Annotated[Optional[int], typer.Option(help=tasks.flag_help(
+               "export", "--max-length", "Max tokens per text on the device; none: the fine-tuning length."))] = None,
+           exporter: Annotated[Optional[str], typer.Option(help=tasks.flag_help(
+               "export", "--exporter", "auto | builder | optimum (auto: onnxruntime-genai's builder where it takes "
+                                       "the model)."))] = None,
            force: Force = False, json_out: JsonOut = None) -> None:
     """Export to ONNX, validate against the source on several shapes, and write a device bundle (or, with
     --format triton, a Triton model repository)."""
-    from edgeshrink.export import ExportConfig, export as run
-    from edgeshrink.export.llm import LLMExportConfig, export_llm, is_language_model
+    from edgeshrink.export import export as run
 
+    given = {"--opset": opset, "--optimize": optimize, "--tolerance": tolerance, "--max-length": max_length,
+             "--exporter": exporter}
     if format not in ("bundle", "triton"):
         raise fail(f"unknown format {format!r}; expected bundle or triton")
     if format == "triton":
-        return _export_triton(model, out, name, force, json_out,
-                              ExportConfig.build(opset=opset, optimize=optimize, tolerance=tolerance,
-                                                 max_length=max_length), exporter)
+        return _export_triton(model, out, name, force, json_out, given)
     if name is not None:
         raise fail("--name applies to --format triton")
-
-    if is_language_model(model):
-        if optimize is not None or max_length is not None:
-            raise fail("--optimize and --max-length apply to classifiers; a language model is exported as is")
-        config = LLMExportConfig.build(opset=opset, tolerance=tolerance, exporter=exporter)
-        manifest = export_llm(model, out, config, force=force, progress=lambda m: typer.echo(m, err=True))
-        v = manifest["validation"]
-        typer.echo(f"LLM bundle {out}: {manifest['size_bytes'] / 1e6:.1f} MB, {manifest['family']}, exporter "
-                   f"{manifest['export']['exporter']}, validated: "
-                   f"{v['token_identical']}/{v['prompts']} greedy continuations of {v['new_tokens']} tokens identical "
-                   f"to PyTorch, logits max-abs-diff {max(v['prefill_max_abs_diff'], v['decode_step_max_abs_diff']):.2e}")
-        write_json(json_out, manifest)
-        return
-    if exporter is not None:
-        raise fail("--exporter applies to language models; a classifier is exported by optimum-onnx")
-    config = ExportConfig.build(opset=opset, optimize=optimize, tolerance=tolerance, max_length=max_length)
-    manifest = run(model, out, config, force=force)
+    impl = tasks.of_model(model).implementation("export")
+    manifest = run(model, out, impl.build_config(given), force=force, progress=lambda m: typer.echo(m, err=True))
     if manifest.get("classification_head") == "untrained":
         typer.echo(f"warning: {model} has no trained classification head: exported with a random one (the same in "
                    f"the ONNX file and the reference it was validated against); train one with `edgeshrink finetune "
                    f"{model} --data DATA --out DIR`", err=True)
-    v = manifest["validation"]
-    typer.echo(f"bundle {out}: {manifest['size_bytes'] / 1e6:.1f} MB, optimisation {manifest['export']['optimization']}, "
-               f"validated max-abs-diff {v['max_abs_diff']:.2e} <= {v['tolerance']:.0e} on "
-               f"{len(v['per_shape'])} shapes")
+    typer.echo(impl.summarize(manifest, out))
     write_json(json_out, manifest)
 
 

@@ -106,7 +106,7 @@ def sparsify(model: str | Path, data: DataConfig | str, out: str | Path, config:
     """Zero the smallest weights of ``model`` (gradually, with fine-tuning, unless one-shot); save it dense."""
     import torch
 
-    from edgeshrink.models.finetune import train_classifier
+    from edgeshrink.models.finetune.encoder import train_classifier
     from edgeshrink.models.torch_text import load_classifier, predict_proba
 
     from edgeshrink.models.cnn import refuse_cnn

@@ -92,17 +92,19 @@ class TrainRun:
         state["step"] += 1
         return loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
 
-    def end_epoch(self, state: dict, modules: dict, model, score: float, higher_is_better: bool, row: dict) -> bool:
-        """Record the epoch, keep the model if ``score`` is the best so far, write the checkpoint. Improved?"""
+    def end_epoch(self, state: dict, modules: dict, model, score: float | None, higher_is_better: bool,
+                  row: dict) -> bool:
+        """Record the epoch, keep the model if ``score`` is the best so far, write the checkpoint. Improved?
+        A ``score`` of None chooses no best epoch: the run keeps its last (do not call ``load_best``)."""
         import torch
 
         best = state["best"]
-        improved = best is None or (score > best if higher_is_better else score < best)
+        improved = score is not None and (best is None or (score > best if higher_is_better else score < best))
         state["history"].append({"epoch": state["epoch"] + 1, **row})
         if improved:
             state["best"], state["stale"] = score, 0
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, self.partial / "best.pt")
-        else:
+        elif score is not None:
             state["stale"] += 1
         state["epoch"] += 1
         torch.save({"fingerprint": self.fingerprint, "state": state,

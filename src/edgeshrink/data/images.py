@@ -13,14 +13,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgeshrink.config import Config
 from edgeshrink.errors import EdgeshrinkError
-
-if TYPE_CHECKING:
-    from edgeshrink.data.sources import DataConfig
 
 
 @dataclass(frozen=True)
@@ -32,7 +29,7 @@ class ImageExamples:
     inputs: np.ndarray
     labels: list[str]
     label_names: tuple[str, ...] = field(default=())
-    source: "DataConfig | None" = None  # how they were read (``load_data`` sets it), as for text
+    source: Config | None = None  # the DataConfig they were read with (``load_data`` sets it), as for text
 
     def __len__(self) -> int:
         return len(self.ids)

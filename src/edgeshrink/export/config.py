@@ -1,4 +1,4 @@
-"""Settings of `edgeshrink export` (the CLI and recipes build this same object)."""
+"""Settings of `edgeshrink export`, one class per kind of graph (the CLI and recipes build these same objects)."""
 
 from __future__ import annotations
 
@@ -21,4 +21,14 @@ class ExportConfig(Config):
     # (batch, seq), seq at most the model's max_length; None: batch 1 and 4, short and long. A validation input
     # holds at least [CLS] and [SEP].
     validation_shapes: list[tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=2)]]] | None = None
+    seed: int = 0
+
+
+class LLMExportConfig(Config):
+    version: int = 1
+    exporter: Literal["auto", "builder", "optimum"] = "auto"  # auto: the family's first exporter that is installed
+    opset: int | None = Field(None, ge=14, le=23)  # optimum only; None: optimum's default for the family
+    tolerance: float = Field(1e-3, gt=0)  # max-abs-diff of logits allowed against PyTorch
+    validation_prompts: int = Field(16, ge=1)
+    validation_new_tokens: int = Field(32, ge=1)
     seed: int = 0

@@ -21,61 +21,27 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from pydantic import Field
 
 from edgeshrink._files import atomic_output_dir, check_output_dir
 from edgeshrink._quiet import quiet
-from edgeshrink.config import Config
 from edgeshrink.errors import EdgeshrinkError, first_line
+from edgeshrink.export.config import LLMExportConfig
 
 
-class LLMExportConfig(Config):
-    version: int = 1
-    exporter: Literal["auto", "builder", "optimum"] = "auto"  # auto: the family's first exporter that is installed
-    opset: int | None = Field(None, ge=14, le=23)  # optimum only; None: optimum's default for the family
-    tolerance: float = Field(1e-3, gt=0)  # max-abs-diff of logits allowed against PyTorch
-    validation_prompts: int = Field(16, ge=1)
-    validation_new_tokens: int = Field(32, ge=1)
-    seed: int = 0
-
-
-def is_language_model(spec: str | Path) -> bool:
-    """A short name of a packaged LLM, a GGUF file, or a directory whose config is a decoder family."""
-    from edgeshrink.models import arch
-    from edgeshrink.models.llm import LLM_PACKAGES
-    from edgeshrink.models.sources import read_config
-
-    path = Path(str(spec)).expanduser()
-    if str(spec) in LLM_PACKAGES or (path.is_file() and path.suffix.lower() == ".gguf"):
-        return True
-    try:
-        return arch.family_of(read_config(path)).kind == "decoder"
-    except EdgeshrinkError:
-        return False
-
-
-def export_llm(model: str | Path, out: str | Path, config: LLMExportConfig | None = None, force: bool = False,
+def export_llm(model: str | Path, out: str | Path, config: LLMExportConfig | None = None, *, force: bool = False,
                progress=None) -> dict:
     """Export ``model`` (see the module docstring) to a validated LLM bundle at ``out``; return its manifest."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from edgeshrink.export.bundle import graph_io, write_manifest
     from edgeshrink.models import arch
-    from edgeshrink.models.llm import import_llm
+    from edgeshrink.models.llm import import_llm, load_causal_lm
     from edgeshrink.models.sources import read_record, weights_sha256
 
     config = config or LLMExportConfig()
     check_output_dir(out, force)
     model_dir = import_llm(model, progress=progress)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        net = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, dtype=torch.float32).eval()
-    except Exception as exc:  # transformers raises many types
-        raise EdgeshrinkError(f"cannot load a language model from {model_dir}: {first_line(exc)}") from None
+    net, tokenizer = load_causal_lm(model_dir)
     if not getattr(tokenizer, "is_fast", False):
         raise EdgeshrinkError(f"{model_dir} has no fast tokenizer (tokenizer.json); the device runtime needs one")
     family = arch.family_of(net.config)
@@ -135,6 +101,14 @@ def export_llm(model: str | Path, out: str | Path, config: LLMExportConfig | Non
             raise EdgeshrinkError(f"the exported graph ({exporter}) does not run: {first_line(exc)}") from None
         manifest = write_manifest(tmp, {**fields, "validation": report})
     return manifest
+
+
+def summarize(manifest: dict, out) -> str:
+    v = manifest["validation"]
+    return (f"LLM bundle {out}: {manifest['size_bytes'] / 1e6:.1f} MB, {manifest['family']}, exporter "
+            f"{manifest['export']['exporter']}, validated: {v['token_identical']}/{v['prompts']} greedy continuations "
+            f"of {v['new_tokens']} tokens identical to PyTorch, logits max-abs-diff "
+            f"{max(v['prefill_max_abs_diff'], v['decode_step_max_abs_diff']):.2e}")
 
 
 def _export_optimum(model_dir: Path, dst: Path, config: LLMExportConfig) -> None:

@@ -1,8 +1,8 @@
-"""Export a Hugging Face text classifier (optimum-onnx) or a plain torch module (torch.onnx) to a bundle.
+"""Classifier bundles: a Hugging Face text classifier (optimum-onnx) or a plain torch module such as a CNN
+(torch.onnx), validated against the source on several shapes. ``edgeshrink.export.export`` calls these.
 
-    from edgeshrink.export import export, ExportConfig
-    manifest = export("runs/cloud", "runs/bundle", ExportConfig(optimize="fusion"))
-    manifest = export("runs/cnn", "runs/cnn-bundle")   # a CNN directory (models/cnn.py): a tensor bundle
+    from edgeshrink.export.onnx import export_module
+    manifest = export_module(net, (torch.rand(8, 1, 8, 8),), "runs/bundle", labels=[str(d) for d in range(10)])
 """
 
 from __future__ import annotations
@@ -29,19 +29,9 @@ def default_shapes(max_length: int) -> list[tuple[int, int]]:
     return [(1, short), (1, max_length), (4, min(16, max_length)), (4, max_length)]
 
 
-def export(model: str | Path, out: str | Path, config: ExportConfig | None = None, force: bool = False) -> dict:
-    """Export a local Hugging Face sequence classifier to a validated device bundle; return its manifest.
-
-    A CNN directory (models/cnn.py) is exported by ``export_cnn`` into a tensor bundle instead.
-    """
-    from edgeshrink.export.llm import LLMExportConfig, export_llm, is_language_model
-    from edgeshrink.models.cnn import is_cnn
-
-    if is_language_model(model):  # a decoder LLM: an LLM bundle with a KV cache (export/llm.py)
-        return export_llm(model, out, LLMExportConfig(), force=force)
-    config = config or ExportConfig()
-    if is_cnn(model):
-        return export_cnn(model, out, config, force)
+def export_encoder(model: str | Path, out: str | Path, config: ExportConfig | None = None, *, force: bool = False,
+                   progress=None) -> dict:
+    """Export a local Hugging Face sequence classifier to a validated device bundle; return its manifest."""
     import torch
     from optimum.exporters.onnx import onnx_export_from_model
 
@@ -49,6 +39,7 @@ def export(model: str | Path, out: str | Path, config: ExportConfig | None = Non
     from edgeshrink.models import arch
     from edgeshrink.models.torch_text import load_classifier
 
+    config = config or ExportConfig()
     check_output_dir(out, force)
     model_dir = resolve_model(model)
     record = read_record(model_dir)
@@ -126,6 +117,12 @@ def export(model: str | Path, out: str | Path, config: ExportConfig | None = Non
     return manifest
 
 
+def summarize(manifest: dict, out) -> str:
+    v = manifest["validation"]
+    return (f"bundle {out}: {manifest['size_bytes'] / 1e6:.1f} MB, optimisation {manifest['export']['optimization']}, "
+            f"validated max-abs-diff {v['max_abs_diff']:.2e} <= {v['tolerance']:.0e} on {len(v['per_shape'])} shapes")
+
+
 def _onnx_config(net):
     """optimum's ONNX config for ``net``, tracing with token type 0 only: optimum draws token types from {0, 1},
     past the table of a model with type_vocab_size 1 (the graph does not depend on the values traced)."""
@@ -148,7 +145,8 @@ def _onnx_config(net):
     return onnx_config(net.config, **constructor.keywords)
 
 
-def export_cnn(model: str | Path, out: str | Path, config: ExportConfig | None = None, force: bool = False) -> dict:
+def export_cnn(model: str | Path, out: str | Path, config: ExportConfig | None = None, *, force: bool = False,
+               progress=None) -> dict:
     """Export a trained CNN directory (models/cnn.py) to a validated tensor bundle that records its split."""
     import torch
 

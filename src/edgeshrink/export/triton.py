@@ -92,15 +92,14 @@ def export_triton(source: str | Path, out: str | Path, config: TritonConfig | No
                   force: bool = False) -> dict:
     """Write a Triton model repository for the classifier bundle ``source`` into ``out``; check it; return
     its record (also written to ``out/edgeshrink-triton.json``)."""
+    from edgeshrink import tasks
     from edgeshrink._files import atomic_output_dir
     from edgeshrink.runtime.bundle import bundle_file, read_manifest
 
     config = config or TritonConfig()
     source = Path(source)
     manifest = read_manifest(source)
-    if manifest.get("task") != "text-classification":
-        raise EdgeshrinkError(f"{source} is a {manifest.get('task')} bundle; --format triton takes a text classifier "
-                              f"(the tokenizer runs in Triton's Python backend)")
+    tasks.named(manifest.get("task")).implementation("export-triton")  # the tokenizer runs in Triton's Python backend
     name = config.name or source.name.replace(" ", "_")
     labels = list(manifest["labels"])
     inputs, outputs = _onnx_signature(source / "model.onnx")

@@ -204,10 +204,14 @@ class Family:
                                   + (f" ({why})" if why else "") + f"; what applies: {does}")
 
 
-def _get(obj, path: str):
+def module_at(obj, path: str):
+    """The submodule at a dotted path ("encoder.layer.0.attention"; digits index a list)."""
     for part in path.split("."):
         obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
     return obj
+
+
+_get = module_at  # the old private name, until compress/llm_prune.py imports module_at (issue 26's merge)
 
 
 FAMILIES: dict[str, Family] = {}

@@ -1,7 +1,8 @@
 """A small image classifier in plain PyTorch (no Hugging Face): the non-text path of edgeshrink.
 
-    from edgeshrink.models.finetune import finetune, FinetuneConfig
-    record = finetune("digits-cnn", "digits", "runs/cnn", FinetuneConfig(epochs=15, learning_rate=2e-3))
+    from edgeshrink.models.cnn import CNNConfig, build_cnn, load_cnn
+    net = build_cnn(CNNConfig(channels=[8, 16], hidden=[32]))
+    net, record = load_cnn("runs/cnn")            # a CNN directory `finetune` wrote (models/finetune/cnn.py)
 
 The architecture is data (``CNNConfig``): 3x3 convolutions with ReLU, one max-pool, dense layers with
 ReLU, a classifier. Named architectures live in ``ARCHITECTURES``. A trained CNN is a directory with
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -93,19 +93,6 @@ def read_cnn_record(spec: str | Path) -> dict | None:
         return None
     record = json.loads(record_path.read_text())
     return record if record.get("model_type") == MODEL_TYPE else None
-
-
-def is_cnn(spec: str | Path) -> bool:
-    """Whether ``spec`` names a built-in CNN architecture or is a CNN directory edgeshrink wrote."""
-    return str(spec) in ARCHITECTURES or read_cnn_record(spec) is not None
-
-
-def refuse_cnn(verb: str, *models) -> None:
-    """Text-encoder verbs refuse a CNN in one line naming what applies to one."""
-    for model in models:
-        if is_cnn(model):
-            raise EdgeshrinkError(f"{model} is a CNN: {verb} works on text encoders; a CNN takes finetune, export, "
-                                  "quantize, prune-channels, bench and route")
 
 
 def load_cnn(path: str | Path):
@@ -226,56 +213,3 @@ def train_cnn(net, train, calibration, config) -> list[dict]:
         history.append({"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
                         "calibration_accuracy": accuracy(net, calibration)["accuracy"] if len(calibration) else None})
     return history
-
-
-def finetune_cnn(model: str | Path, data, out: str | Path, config, force: bool = False) -> dict:
-    """Train a built-in CNN architecture from scratch (or a trained CNN directory further) on the train split.
-
-    Called by ``models.finetune.finetune`` when ``model`` is a CNN; ``config`` is its FinetuneConfig
-    (``max_length`` does not apply to images).
-    """
-    from edgeshrink import __version__
-    from edgeshrink._files import atomic_output_dir, check_output_dir, sha256_file
-    from edgeshrink.data import load_data, split_for_training
-    from edgeshrink.models.finetune import seed_training
-
-    check_output_dir(out, force)
-    examples = load_data(data)
-    if str(model) in ARCHITECTURES:
-        architecture = ARCHITECTURES[str(model)].model_copy(update={"num_classes": len(examples.label_names)})
-        net, previous = None, None
-    else:
-        net, previous = load_cnn(model)
-        architecture = CNNConfig.from_dict(previous["architecture"])
-        if previous["labels"] != list(examples.label_names):
-            raise EdgeshrinkError(f"{model} predicts labels {previous['labels']}; data {examples.name!r} has "
-                                  f"{list(examples.label_names)}")
-    require_images(examples, architecture.input_shape, f"model {str(model)!r}")
-    split = split_for_training(examples, config.split)
-    train = split.train if config.max_train_examples is None else split.train.head(config.max_train_examples)
-    seed_training(config)
-    net = net if net is not None else build_cnn(architecture)
-    started = time.perf_counter()
-    history = train_cnn(net, train, split.calibration, config)
-    train_seconds = time.perf_counter() - started
-    net.to("cpu").eval()
-    record = {
-        "kind": "edgeshrink-model",
-        "edgeshrink_version": __version__,
-        "task": "tensor-classification",
-        "model_type": MODEL_TYPE,
-        "architecture": architecture.to_dict(),
-        "labels": list(examples.label_names),
-        "parameters": int(sum(p.numel() for p in net.parameters())),
-        "source": {"model": str(model),
-                   "weights_sha256": sha256_file(Path(model) / WEIGHTS_NAME) if previous else None},
-        "data": split.data_record(),
-        "finetune": config.to_dict(),
-        "history": history,
-        "train_seconds": round(train_seconds, 1),
-        "train_examples": len(train),
-        "test": accuracy(net, split.test),
-    }
-    with atomic_output_dir(out, force) as tmp:
-        save_cnn(net, record, tmp)
-    return record

@@ -9,7 +9,7 @@ physical removal of heads, FFN neurons and blocks. Shared by prune, distill and 
 from __future__ import annotations
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.models.arch import Family, _get
+from edgeshrink.models.arch import Family, module_at
 
 
 def head_gates(model, family: Family):
@@ -78,7 +78,7 @@ def _slice_linear(linear, rows=None, cols=None):
 
 def _set(obj, path: str, value) -> None:
     parent, _, name = path.rpartition(".")
-    setattr(_get(obj, parent) if parent else obj, name, value)
+    setattr(module_at(obj, parent) if parent else obj, name, value)
 
 
 def keep_heads(model, family: Family, kept: dict[int, list[int]]) -> None:
@@ -94,7 +94,7 @@ def keep_heads(model, family: Family, kept: dict[int, list[int]]) -> None:
         index = torch.tensor([h * d + j for h in sorted(heads) for j in range(d)], dtype=torch.long)
         for path in (family.q, family.k, family.v, *family.extra_head_projections):
             try:
-                linear = _get(block, path)
+                linear = module_at(block, path)
             except AttributeError:  # optional projections (DeBERTa's pos_key_proj without share_att_key)
                 continue
             _set(block, path, _slice_linear(linear, rows=index))
@@ -115,7 +115,7 @@ def _keep_table_heads(model, family: Family, kept: dict[int, list[int]]) -> None
                               f"table serves all layers); got {sorted(cuts)}")
     heads = list(next(iter(cuts)))
     parent, _, name = family.shared_head_table.rpartition(".")
-    owner = _get(model.base_model, parent) if parent else model.base_model
+    owner = module_at(model.base_model, parent) if parent else model.base_model
     table = getattr(owner, name)
     new = torch.nn.Embedding(table.num_embeddings, len(heads))
     with torch.no_grad():
@@ -133,7 +133,7 @@ def keep_ffn(model, family: Family, block_index: int, neurons) -> None:
     ffn = family.ffn_of(block)
     _set(block, family.ffn_up, _slice_linear(ffn.up, rows=keep))
     if family.ffn_gate:
-        _set(block, family.ffn_gate, _slice_linear(_get(block, family.ffn_gate), rows=keep))
+        _set(block, family.ffn_gate, _slice_linear(module_at(block, family.ffn_gate), rows=keep))
     _set(block, family.ffn_down, _slice_linear(ffn.down, cols=keep))
 
 
@@ -147,10 +147,10 @@ def keep_kv_groups(model, family: Family, block_index: int, groups, heads: int, 
     groups = sorted(int(g) for g in groups)
     q_heads = [g * per_group + j for g in groups for j in range(per_group)]
     rows = lambda hs: torch.tensor([h * head_dim + j for h in hs for j in range(head_dim)])  # noqa: E731
-    _set(block, family.q, _slice_linear(_get(block, family.q), rows=rows(q_heads)))
+    _set(block, family.q, _slice_linear(module_at(block, family.q), rows=rows(q_heads)))
     for path in (family.k, family.v):
-        _set(block, path, _slice_linear(_get(block, path), rows=rows(groups)))
-    _set(block, family.o, _slice_linear(_get(block, family.o), cols=rows(q_heads)))
+        _set(block, path, _slice_linear(module_at(block, path), rows=rows(groups)))
+    _set(block, family.o, _slice_linear(module_at(block, family.o), cols=rows(q_heads)))
 
 
 def keep_blocks(model, family: Family, keep: list[int]) -> None:
@@ -161,7 +161,7 @@ def keep_blocks(model, family: Family, keep: list[int]) -> None:
     blocks = family.block_list(model)
     parent, _, name = family.blocks.rpartition(".")
     base = family.base_of(model)
-    setattr(_get(base, parent) if parent else base, name, torch.nn.ModuleList([blocks[i] for i in keep]))
+    setattr(module_at(base, parent) if parent else base, name, torch.nn.ModuleList([blocks[i] for i in keep]))
     model.config.num_hidden_layers = len(keep)
 
 

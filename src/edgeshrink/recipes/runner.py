@@ -52,7 +52,7 @@ def step(name: str):
 def _finetune(state, config, out: Path, data) -> dict:
     from edgeshrink.models.finetune import finetune
 
-    record = finetune(state["model"], data, out / "model", config, force=True)
+    record = finetune(state["model"], out / "model", config, data=data, force=True)
     path = str(out / "model")
     return {"state": {"model": path, "teacher": path}, "result": {"test_accuracy": record["test"]["accuracy"]}}
 

@@ -1,72 +1,29 @@
-"""Fine-tune a pretrained encoder into a text classifier, or train a small CNN on images: the "cloud model".
+"""Fine-tune a pretrained text encoder into a classifier (the "cloud model"): a head on top, all weights trained.
 
     from edgeshrink.models.finetune import finetune, FinetuneConfig
-    result = finetune("minilm", "sentiment-movies", "runs/cloud", FinetuneConfig(epochs=2))
-    result = finetune("digits-cnn", "digits", "runs/cnn", FinetuneConfig(epochs=15, learning_rate=2e-3))
-
-One verb for both kinds: training a classifier on the train split and scoring it on the test split is the
-same technique, with the same settings (epochs, batch size, learning rate and schedule, seed, split);
-``finetune`` dispatches on the model (models/cnn.py for CNNs, where ``max_length`` does not apply;
-models/llm_finetune.py for decoder LLMs, which learn to answer the data's prompted task).
+    record = finetune("minilm", "runs/cloud", FinetuneConfig(epochs=2), data="sentiment-movies")
 """
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
 from pathlib import Path
 
 import numpy as np
-from typing import Literal
-
-from pydantic import Field
 
 from edgeshrink import __version__
 from edgeshrink._files import atomic_output_dir, check_output_dir
-from edgeshrink.config import Config
+from edgeshrink.data import DataConfig, load_data, split_for_training
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.data import DataConfig, SplitConfig, load_data, split_for_training
-from edgeshrink.models.sources import RECORD_NAME, resolve_model, weights_sha256
-from edgeshrink.stats import accuracy_interval
+from edgeshrink.models.finetune import FinetuneConfig, hf_writer, scored, seed_training
+from edgeshrink.models.sources import resolve_model, weights_sha256
 
 
-class FinetuneConfig(Config):
-    version: int = 1
-    max_length: int = Field(128, ge=8, le=4096)
-    epochs: float = Field(2.0, gt=0)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(1.5e-4, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_fraction: float = Field(0.06, ge=0, lt=1)
-    seed: int = 0
-    threads: int | None = Field(None, ge=1)
-    max_train_examples: int | None = Field(None, ge=1)  # for quick runs on a subset
-    device: Literal["cpu", "cuda"] = "cpu"
-    split: SplitConfig = SplitConfig()
-
-
-def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
-             config: FinetuneConfig | None = None, force: bool = False, prompt=None,
-             few_shot: int | None = None) -> dict:
-    """Train a classification head (and the encoder) on the train split; report test accuracy.
-
-    ``model`` may also be a CNN (a built-in architecture such as ``digits-cnn``, or a CNN directory):
-    it is then trained on image data by ``models.cnn.finetune_cnn``.
-    """
-    from edgeshrink.export.llm import is_language_model
-    from edgeshrink.models.cnn import finetune_cnn, is_cnn
-
-    config = config or FinetuneConfig()
-    if is_language_model(model):  # a decoder learns to answer the data's prompted task (models/llm_finetune.py)
-        from edgeshrink.models.llm_finetune import finetune_llm
-
-        return finetune_llm(model, data, out, config, prompt=prompt, few_shot=few_shot, force=force)
-    if prompt is not None or few_shot is not None:
-        raise EdgeshrinkError("a prompt applies to language models; a classifier is trained on the texts as they are")
-    if is_cnn(model):
-        return finetune_cnn(model, data, out, config, force)
+def finetune_encoder(model: str | Path, out: str | Path, config: FinetuneConfig, *, data: DataConfig | str,
+                     force: bool = False, progress=None) -> dict:
+    """Train a classification head (and the encoder) on the train split; report test accuracy."""
     from edgeshrink.data.images import ImageExamples
     from edgeshrink.models import arch
     from edgeshrink.models.torch_text import load_classifier, predict_proba
@@ -93,7 +50,6 @@ def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
     net.eval()
     probs = predict_proba(net, tokenizer, split.test.texts, config.max_length)
     correct = int(sum(int(p.argmax()) == label_index[y] for p, y in zip(probs, split.test.labels)))
-    low, high = accuracy_interval(correct, len(split.test))
     record = {
         "kind": "edgeshrink-model",
         "edgeshrink_version": __version__,
@@ -106,27 +62,11 @@ def finetune(model: str | Path, data: DataConfig | str, out: str | Path,
         "history": history,
         "train_seconds": round(train_seconds, 1),
         "train_examples": len(train),
-        "test": {"accuracy": correct / len(split.test), "correct": correct, "n": len(split.test),
-                 "ci95": [low, high]},
+        "test": scored(correct, len(split.test)),
     }
     with atomic_output_dir(out, force) as tmp:
-        net.to("cpu").save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2))
+        hf_writer(net, tokenizer, record)(tmp)
     return record
-
-
-def seed_training(config: FinetuneConfig) -> None:
-    """Seed Python, numpy and torch, set torch's threads, and refuse a CUDA device torch cannot see."""
-    import torch
-
-    random.seed(config.seed)
-    np.random.seed(config.seed)
-    torch.manual_seed(config.seed)
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise EdgeshrinkError("device 'cuda' asked for, but torch sees no CUDA GPU")
 
 
 def train_classifier(net, tokenizer, train, calibration, label_index: dict, config: FinetuneConfig,

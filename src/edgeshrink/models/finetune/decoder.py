@@ -1,14 +1,17 @@
 """Fine-tune a decoder language model on a prompted classification task: a cloud LLM for the router.
 
-    from edgeshrink.models.llm_finetune import finetune_llm
-    record = finetune_llm("smollm2-135m", "sentiment-movies", "runs/smollm2-sentiment", FinetuneConfig(epochs=1))
+    from edgeshrink.models.finetune import finetune
+    from edgeshrink.models.finetune.decoder import LLMFinetuneConfig
+    record = finetune("smollm2", "runs/smollm2-sentiment", LLMFinetuneConfig(epochs=1), data="sentiment-movies")
 
 Each train example becomes the prompt of ``route/prompts.py`` (the data's built-in prompt, or the one
 given) followed by the label's answer words and end-of-sequence; the loss is next-token cross-entropy
 on those answer tokens only, so the model learns to answer the task in the format the router scores.
 The prompt is rendered with the same code as the torch-free ``runtime.prompted`` uses, so the
 exported bundle answers exactly what was trained. Test accuracy is scored like the router scores it:
-the label whose answer tokens are most likely.
+the label whose answer tokens are most likely. Training keeps compress/trainer.py's contract (work in
+OUT.partial/, a checkpoint per epoch to resume from, a NaN loss stops the run) but keeps the last epoch:
+the task has no per-epoch calibration score to choose a best one by.
 """
 
 from __future__ import annotations
@@ -17,13 +20,36 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from edgeshrink import __version__
+from edgeshrink.config import Config
+from edgeshrink.data import DataConfig, SplitConfig
 from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.route.prompts import PromptConfig
 from edgeshrink.runtime.prompted import cut_text, render
-from edgeshrink.stats import accuracy_interval
+
+
+class LLMFinetuneConfig(Config):
+    """Training a decoder to answer a prompted task: the classifier's schedule, a prompt instead of max_length
+    (the prompt's ``max_text_tokens`` cuts inputs)."""
+
+    version: int = 1
+    epochs: float = Field(2.0, gt=0)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(1.5e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_fraction: float = Field(0.06, ge=0, lt=1)
+    seed: int = 0
+    threads: int | None = Field(None, ge=1)
+    max_train_examples: int | None = Field(None, ge=1)  # for quick runs on a subset
+    device: Literal["cpu", "cuda"] = "cpu"
+    split: SplitConfig = SplitConfig()
+    prompt: PromptConfig | None = None  # None: the data's built-in prompt, else the generic one
+    few_shot: int | None = Field(None, ge=0, le=16)  # train-split examples shown in the prompt; None: the prompt's
 
 
 class HFPrompter:
@@ -104,32 +130,29 @@ def answer_logliks(net, prompter: HFPrompter, texts: list[str], batch_size: int 
     return out
 
 
-def finetune_llm(model, data, out, config, prompt=None, few_shot: int | None = None, force: bool = False) -> dict:
-    """Train ``model`` (a decoder) to answer the prompted task of ``data``; see the module doc.
-
-    ``config`` is the classifier's ``FinetuneConfig`` (epochs, batch size, learning rate and schedule,
-    seed, split, subset); ``max_length`` does not apply (the prompt's ``max_text_tokens`` cuts inputs).
-    ``prompt``: a ``PromptConfig`` (default: the data's built-in prompt, else the generic one)."""
+def finetune_llm(model: str | Path, out: str | Path, config: LLMFinetuneConfig, *, data: DataConfig | str,
+                 force: bool = False, progress=None) -> dict:
+    """Train ``model`` (a decoder) to answer the prompted task of ``data``; see the module doc."""
     import torch
     from rich.progress import Progress
     from transformers import get_linear_schedule_with_warmup
 
-    from edgeshrink._files import atomic_output_dir, check_output_dir
-    from edgeshrink.compress.llm_distill import _load, choose_precision
-    from edgeshrink.compress.trainer import progress_columns
+    from edgeshrink._files import check_output_dir
+    from edgeshrink.compress.llm_distill import choose_precision
+    from edgeshrink.compress.trainer import TrainRun, progress_columns
     from edgeshrink.data import load_data, split_for_training
-    from edgeshrink.models.finetune import seed_training
-    from edgeshrink.models.llm import import_llm
-    from edgeshrink.models.sources import RECORD_NAME
+    from edgeshrink.models.finetune import hf_writer, scored, seed_training
+    from edgeshrink.models.llm import import_llm, load_causal_lm
+    from edgeshrink.models.sources import weights_sha256
     from edgeshrink.route.prompts import prompt_for
 
-    check_output_dir(out, force)
+    out = check_output_dir(out, force)
     examples = load_data(data)
     split = split_for_training(examples, config.split)
-    prompt = prompt_for(examples, shots=split.train, base=prompt, few_shot=few_shot, seed=config.seed)
-    model_dir = import_llm(model)
+    prompt = prompt_for(examples, shots=split.train, base=config.prompt, few_shot=config.few_shot, seed=config.seed)
+    model_dir = import_llm(model, progress=progress)
     seed_training(config)
-    net, tokenizer = _load(model_dir, config.device)
+    net, tokenizer = load_causal_lm(model_dir, config.device)
     prompter = HFPrompter(tokenizer, prompt.to_dict(), context_length(net.config))
     train = split.train if config.max_train_examples is None else split.train.head(config.max_train_examples)
     label_index = {name: i for i, name in enumerate(prompt.labels)}
@@ -141,20 +164,28 @@ def finetune_llm(model, data, out, config, prompt=None, few_shot: int | None = N
     precision = choose_precision("auto", config.device)
     steps_per_epoch = math.ceil(len(sequences) / config.batch_size)
     total_steps = max(1, int(steps_per_epoch * config.epochs))
-    optimizer = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=config.learning_rate,
-                                  weight_decay=config.weight_decay)
+    params = [p for p in net.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, int(config.warmup_fraction * total_steps), total_steps)
+    run = TrainRun(out, json.dumps({"config": config.to_dict(), "model": str(Path(model_dir).resolve()),
+                                    "weights_sha256": weights_sha256(model_dir), "data": split.data_record(),
+                                    "prompt": prompt.to_dict(), "precision": precision}, sort_keys=True))
+    modules = {"model": net, "optimizer": optimizer, "scheduler": schedule}
+    state = run.resume(modules)
     rng = np.random.default_rng(config.seed)
+    for _ in range(state["epoch"]):  # the batch orders of the epochs already done, so a resumed run equals one run
+        rng.permutation(len(sequences))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    history, started, step = [], time.perf_counter(), 0
+    started = time.perf_counter()
     net.train()
-    with Progress(*progress_columns("fine-tune"), transient=True) as progress:
-        task = progress.add_task(f"{len(sequences)} examples", total=total_steps, loss=float("nan"))
-        while step < total_steps:
+    with Progress(*progress_columns("fine-tune"), transient=True) as bar:
+        task = bar.add_task(f"{len(sequences)} examples", total=total_steps, completed=state["step"], loss=float("nan"))
+        while run.go_on(state, config.epochs, math.inf) and state["step"] < total_steps:
+            run.seed_epoch(config.seed, state["epoch"])  # torch's generator (dropout), as a resumed run sets it
             order = rng.permutation(len(sequences))
-            running, count = 0.0, 0
+            total, count = 0.0, 0
             for start in range(0, len(order), config.batch_size):
-                if step >= total_steps:
+                if state["step"] >= total_steps:
                     break
                 batch = [sequences[i] for i in order[start:start + config.batch_size]]
                 ids = _pad([s for s, _ in batch], pad).to(config.device)
@@ -165,35 +196,26 @@ def finetune_llm(model, data, out, config, prompt=None, few_shot: int | None = N
                 with torch.autocast(config.device, dtype=torch.bfloat16, enabled=precision == "bf16"):
                     logits = net(input_ids=ids, attention_mask=mask, use_cache=False).logits
                 loss = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets[:, 1:])
-                if not torch.isfinite(loss):
-                    raise EdgeshrinkError(f"the loss became {float(loss)} at step {step}: lower the learning rate")
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-                optimizer.step()
-                schedule.step()
-                optimizer.zero_grad(set_to_none=True)
-                running, count, step = running + loss.item(), count + 1, step + 1
-                progress.update(task, advance=1, loss=running / count)
-            history.append({"epoch": len(history) + 1, "loss": running / max(count, 1), "steps": step})
+                run.step(loss, state, params, optimizer, schedule, None)
+                total, count = total + loss.item(), count + 1
+                bar.update(task, advance=1, loss=total / count)
+            run.end_epoch(state, modules, net, None, higher_is_better=False,
+                          row={"loss": total / max(count, 1), "steps": state["step"]})
     train_seconds = time.perf_counter() - started
     net.eval()
-    with Progress(*progress_columns("test accuracy")[:3], transient=True) as progress:
-        task = progress.add_task("", total=len(split.test))
+    with Progress(*progress_columns("test accuracy")[:3], transient=True) as bar:
+        task = bar.add_task("", total=len(split.test))
         logliks = answer_logliks(net, prompter, list(split.test.texts), device=config.device,
-                                 progress=lambda n: progress.update(task, advance=n))
+                                 progress=lambda n: bar.update(task, advance=n))
     correct = int(sum(int(row.argmax()) == label_index[y] for row, y in zip(logliks, split.test.labels)))
-    low, high = accuracy_interval(correct, len(split.test))
     record = {
         "kind": "edgeshrink-model", "edgeshrink_version": __version__, "task": "text-generation",
         "source": {"model": str(model), "path": str(model_dir)},
         "prompted_task": {"prompt": prompt.to_dict(), "scored_by": "label log-likelihood"},
-        "data": split.data_record(), "finetune": config.to_dict(), "precision": precision, "history": history,
-        "train_seconds": round(train_seconds, 1), "train_examples": len(train),
+        "data": split.data_record(), "finetune": config.to_dict(), "precision": precision,
+        "history": state["history"], "train_seconds": round(train_seconds, 1), "train_examples": len(train),
         "train_tokens": int(sum(len(s) for s, _ in sequences) * config.epochs),
-        "test": {"accuracy": correct / len(split.test), "correct": correct, "n": len(split.test), "ci95": [low, high]},
+        "test": scored(correct, len(split.test)),
     }
-    with atomic_output_dir(out, force) as tmp:
-        net.to("cpu").save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2))
+    run.finish(out, hf_writer(net, tokenizer, record))
     return record
