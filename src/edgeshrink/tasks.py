@@ -43,9 +43,13 @@ class Implementation:
     run: str  # "module:function"
     config: str | None = None  # "module:ConfigClass"
     flags: dict[str, str] = field(default_factory=dict)  # CLI flag -> the config field it sets ("" : not a field)
+    describe: str | None = None  # "module:function" (record, out) -> the CLI's one-line summary of the result
 
     def function(self) -> Callable:
         return _resolve(self.run)
+
+    def description(self, record: dict, out) -> str:
+        return _resolve(self.describe)(record, out) if self.describe else f"saved {out}"
 
     def config_class(self):
         return _resolve(self.config) if self.config else None
@@ -54,8 +58,8 @@ class Implementation:
         """``config`` itself, or this implementation's default config when None; a config of another task's
         class is refused in one line naming the class that applies."""
         cls = self.config_class()
-        if config is None:
-            return cls() if cls is not None else None
+        if config is None:  # from_dict: a config with a required choice fails in one line
+            return cls.from_dict({}) if cls is not None else None
         if cls is not None and not isinstance(config, cls):
             takers = [i.task for i in _IMPLEMENTATIONS.get(self.verb, {}).values()
                       if i.config and type(config).__name__ == i.config.rpartition(":")[2]]
@@ -123,13 +127,14 @@ def register(task: Task) -> Task:
     return task
 
 
-def implement(verb: str, task: str, run: str, config: str | None = None, flags: dict[str, str] | None = None) -> None:
+def implement(verb: str, task: str, run: str, config: str | None = None, flags: dict[str, str] | None = None,
+              describe: str | None = None) -> None:
     if task not in TASKS:
         raise ValueError(f"{verb}: unknown task {task!r}")
     impls = _IMPLEMENTATIONS.setdefault(verb, {})
     if task in impls:
         raise ValueError(f"{verb} is implemented twice for {task}")
-    impls[task] = Implementation(verb, task, run, config, dict(flags or {}))
+    impls[task] = Implementation(verb, task, run, config, dict(flags or {}), describe)
 
 
 def _kinds(names) -> str:
@@ -199,8 +204,8 @@ def flag_help(verb: str, flag: str, text: str) -> str:
     if len(defaults) == 1 or len({repr(d) for _, d in defaults}) == 1:
         shown = _shown(defaults[0][1])
         scope = "" if len(defaults) == len(_IMPLEMENTATIONS[verb]) else f"; {_kinds([t for t, _ in defaults])} only"
-        return f"{text} [default: {shown}{scope}]"
-    return f"{text} [default: " + "; ".join(f"{t} {_shown(d)}" for t, d in defaults) + "]"
+        return f"{text} \\[default: {shown}{scope}]"  # escaped: rich markup would read [...] as a style
+    return f"{text} \\[default: " + "; ".join(f"{t} {_shown(d)}" for t, d in defaults) + "]"
 
 
 def _shown(value) -> str:
@@ -253,22 +258,33 @@ implement("finetune", "tensor-classification", "edgeshrink.models.cnn:finetune_c
 implement("finetune", "text-generation", "edgeshrink.models.llm_finetune:finetune_llm",
           "edgeshrink.models.finetune:FinetuneConfig")
 
-# prune (structured, physical removal)
-implement("prune", "text-classification", "edgeshrink.compress.prune:prune", "edgeshrink.compress.prune:PruneConfig")
-implement("prune", "text-generation", "edgeshrink.compress.llm_prune:prune_llm",
-          "edgeshrink.compress.llm_prune:LLMPruneConfig")
+# prune (structured, physical removal), sparsify (unstructured), distill: compress/prune/, compress/distill/
+_STUDENT = {"--heads": "", "--ffn": ""}  # distill: flags that build the student (the prune verb's), not the config's
+implement("prune", "text-classification", "edgeshrink.compress.prune.encoder:cut",
+          "edgeshrink.compress.prune.encoder:PruneConfig",
+          {"--layers": "layers", "--layer-strategy": "layer_strategy", "--heads": "heads_keep", "--ffn": "ffn_keep",
+           "--vocab": "vocab", "--importance-examples": "importance_examples"},
+          describe="edgeshrink.compress.prune.encoder:describe")
+implement("prune", "text-generation", "edgeshrink.compress.prune.decoder:cut",
+          "edgeshrink.compress.prune.decoder:LLMPruneConfig",
+          {"--drop-blocks": "", "--importance": "importance", "--ffn": "ffn_keep", "--heads": "heads_keep"},
+          describe="edgeshrink.compress.prune.decoder:describe")
 implement("prune-channels", "tensor-classification", "edgeshrink.compress.channels:prune_channels",
-          "edgeshrink.compress.channels:ChannelPruneConfig")
-
-# sparsify (unstructured)
+          "edgeshrink.compress.channels:ChannelPruneConfig",
+          {"--channels": "channels_keep", "--hidden": "hidden_keep", "--recover-epochs": "recover_epochs"})
 implement("sparsify", "text-classification", "edgeshrink.compress.sparsify:sparsify",
           "edgeshrink.compress.sparsify:SparsifyConfig")
-
-# distill
-implement("distill", "text-classification", "edgeshrink.compress.distill:distill",
-          "edgeshrink.compress.distill:DistillConfig")
-implement("distill", "text-generation", "edgeshrink.compress.llm_distill:distill_llm",
-          "edgeshrink.compress.llm_distill:LLMDistillConfig")
+_DISTILL = {"--epochs": "epochs", "--learning-rate": "learning_rate", "--alpha": "alpha_ce", "--beta": "beta_kd",
+            "--gamma": "gamma_hidden", "--temperature": "temperature"}
+implement("distill", "text-classification", "edgeshrink.compress.distill.encoder:EncoderDistillation",
+          "edgeshrink.compress.distill.encoder:DistillConfig",
+          {**_DISTILL, "--delta": "delta_attention", "--label-free": "label_free", "--augment": "",
+           "--layers": "", **_STUDENT, "--vocab": ""},
+          describe="edgeshrink.compress.distill.encoder:describe")
+implement("distill", "text-generation", "edgeshrink.compress.distill.decoder:DecoderDistillation",
+          "edgeshrink.compress.distill.decoder:LLMDistillConfig",
+          {**_DISTILL, "--train-tokens": "train_tokens", "--extra-text": "", "--drop-blocks": "", **_STUDENT},
+          describe="edgeshrink.compress.distill.decoder:describe")
 
 # export
 implement("export", "text-classification", "edgeshrink.export.onnx:export", "edgeshrink.export.config:ExportConfig")

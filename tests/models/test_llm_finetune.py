@@ -48,7 +48,7 @@ def test_fine_tuning_learns_the_task(tuned):
 def test_runtime_scores_equal_the_torch_scores(tuned, tmp_path):
     """The exported bundle answers what was trained: PromptedLLM's label log-likelihoods (ONNX Runtime,
     KV cache) equal the fine-tuner's (torch, one padded pass), single- and multi-token answers."""
-    from edgeshrink.compress.llm_distill import _load
+    from edgeshrink.models.llm import load_causal_lm as _load
     from edgeshrink.models.llm_finetune import HFPrompter, answer_logliks, context_length
     from edgeshrink.runtime import load
     from edgeshrink.runtime.prompted import PromptedLLM

@@ -271,8 +271,8 @@ register(Family(name="deberta-v2", label="DeBERTa-v2/v3", model_types=("deberta-
 
 
 # Decoder language models (causal LMs): imported from a GGUF or an HF directory by models/llm.py, pruned by
-# compress/llm_prune.py (blocks; FFN neurons of the gated MLP; attention heads by whole KV groups, so that
-# grouped-query attention stays valid) and healed by compress/llm_distill.py.
+# compress/prune/decoder.py (blocks; FFN neurons of the gated MLP; attention heads by whole KV groups, so that
+# grouped-query attention stays valid) and healed by compress/distill/decoder.py.
 _DECODER_REFUSALS = {"prune_vocab": "a decoder's vocabulary is also its output: not implemented",
                      "distill_attention": "not implemented for decoders; the hidden-state loss is"}
 _DECODER_PATHS = dict(blocks="layers", attention="self_attn", q="self_attn.q_proj", k="self_attn.k_proj",

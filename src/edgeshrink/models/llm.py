@@ -213,3 +213,16 @@ def _load_gguf(path: Path):
     except Exception as exc:  # transformers' GGUF loader raises many types
         raise EdgeshrinkError(f"cannot load {path}: {first_line(exc)}") from None
     return model.eval(), tokenizer
+
+
+def load_causal_lm(model_dir: Path, device: str = "cpu"):
+    """(model in eval mode on ``device``, fp32 weights; tokenizer) of an imported causal-LM directory."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True, dtype=torch.float32)
+    except Exception as exc:  # transformers raises many types
+        raise EdgeshrinkError(f"cannot load a language model from {model_dir}: {first_line(exc)}") from None
+    return model.to(device).eval(), tokenizer

@@ -115,11 +115,10 @@ def finetune_llm(model, data, out, config, prompt=None, few_shot: int | None = N
     from transformers import get_linear_schedule_with_warmup
 
     from edgeshrink._files import atomic_output_dir, check_output_dir
-    from edgeshrink.compress.llm_distill import _load, choose_precision
-    from edgeshrink.compress.trainer import progress_columns
+    from edgeshrink.compress.trainer import choose_precision, progress_columns
     from edgeshrink.data import load_data, split_for_training
     from edgeshrink.models.finetune import seed_training
-    from edgeshrink.models.llm import import_llm
+    from edgeshrink.models.llm import import_llm, load_causal_lm
     from edgeshrink.models.sources import RECORD_NAME
     from edgeshrink.route.prompts import prompt_for
 
@@ -129,7 +128,7 @@ def finetune_llm(model, data, out, config, prompt=None, few_shot: int | None = N
     prompt = prompt_for(examples, shots=split.train, base=prompt, few_shot=few_shot, seed=config.seed)
     model_dir = import_llm(model)
     seed_training(config)
-    net, tokenizer = _load(model_dir, config.device)
+    net, tokenizer = load_causal_lm(model_dir, config.device)
     prompter = HFPrompter(tokenizer, prompt.to_dict(), context_length(net.config))
     train = split.train if config.max_train_examples is None else split.train.head(config.max_train_examples)
     label_index = {name: i for i, name in enumerate(prompt.labels)}
