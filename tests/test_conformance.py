@@ -205,7 +205,7 @@ def test_prune_twice_composes_onto_the_first_teacher(fam, tmp_path):
     import torch
 
     from edgeshrink.compress.distill import distill
-from edgeshrink.compress.distill.encoder import DistillConfig
+    from edgeshrink.compress.distill.encoder import DistillConfig
     from edgeshrink.compress.prune import prune
     from edgeshrink.compress.prune.encoder import PruneConfig
     from edgeshrink.models import arch, surgery
@@ -245,7 +245,7 @@ def student(fam):
 @pytest.mark.parametrize("loss", ["kd", "hidden", "attention"])
 def test_distill(fam, student, loss, tmp_path):
     from edgeshrink.compress.distill import distill
-from edgeshrink.compress.distill.encoder import DistillConfig
+    from edgeshrink.compress.distill.encoder import DistillConfig
 
     weights = {"kd": {}, "hidden": {"gamma_hidden": 1.0}, "attention": {"delta_attention": 1.0}}[loss]
     record = distill(fam["cloud"], student, tmp_path / "device", DistillConfig(epochs=1, batch_size=16, max_train_examples=64, **weights), data=fam["data"])
