@@ -22,12 +22,20 @@ import tempfile
 import time
 from pathlib import Path
 
-PRUNE = ('import sys\nfrom edgeshrink.compress.prune import prune, PruneConfig\n'
-         'prune(sys.argv[1], "sentiment-movies", sys.argv[2], PruneConfig(layers=4, heads_keep=0.5, ffn_keep=0.125, '
-         'vocab=True, importance_examples=256), force=True)')
-DISTILL = ('import sys\nfrom edgeshrink.compress.distill import distill, DistillConfig\n'
-           'distill(sys.argv[1], sys.argv[2], "sentiment-movies", sys.argv[3], DistillConfig(epochs=1, gamma_hidden=1.0, '
-           'max_train_examples=320, augment={"copies": 1}), force=True)')
+# The same scripts run on the code before issue 26 (prune(teacher, data, out, ...), configs beside the verb)
+# and after it (prune(model, out, config, *, data), configs in the per-task module).
+PRUNE = ('import sys\ntry:\n    from edgeshrink.compress.prune.encoder import PruneConfig\n    new = True\n'
+         'except ImportError:\n    from edgeshrink.compress.prune import PruneConfig\n    new = False\n'
+         'from edgeshrink.compress.prune import prune\n'
+         'config = PruneConfig(layers=4, heads_keep=0.5, ffn_keep=0.125, vocab=True, importance_examples=256)\n'
+         'if new:\n    prune(sys.argv[1], sys.argv[2], config, data="sentiment-movies", force=True)\n'
+         'else:\n    prune(sys.argv[1], "sentiment-movies", sys.argv[2], config, force=True)')
+DISTILL = ('import sys\ntry:\n    from edgeshrink.compress.distill.encoder import DistillConfig\n    new = True\n'
+           'except ImportError:\n    from edgeshrink.compress.distill import DistillConfig\n    new = False\n'
+           'from edgeshrink.compress.distill import distill\n'
+           'config = DistillConfig(epochs=1, gamma_hidden=1.0, max_train_examples=320, augment={"copies": 1})\n'
+           'if new:\n    distill(sys.argv[1], sys.argv[2], sys.argv[3], config, data="sentiment-movies", force=True)\n'
+           'else:\n    distill(sys.argv[1], sys.argv[2], "sentiment-movies", sys.argv[3], config, force=True)')
 EXPORT = 'import sys\nfrom edgeshrink.export import export\nexport(sys.argv[1], sys.argv[2], force=True)'
 
 

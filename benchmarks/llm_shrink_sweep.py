@@ -20,8 +20,10 @@ from pathlib import Path
 from edgeshrink.bench.config import LLMBenchConfig
 from edgeshrink.bench.llm import bench_llm
 from edgeshrink.compress import QuantConfig, quantize
-from edgeshrink.compress.llm_distill import LLMDistillConfig, distill_llm
-from edgeshrink.compress.llm_prune import LLMPruneConfig, prune_llm
+from edgeshrink.compress.distill import distill
+from edgeshrink.compress.distill.decoder import LLMDistillConfig
+from edgeshrink.compress.prune import prune
+from edgeshrink.compress.prune.decoder import LLMPruneConfig
 from edgeshrink.export.llm import LLMExportConfig, export_llm
 from edgeshrink.stats import paired_perplexity_bootstrap
 
@@ -81,9 +83,10 @@ def main() -> None:
     records, models = {}, {}
     for plan in args.plans.split(","):
         name, spec = PLANS[plan]
-        model = step(out / name, lambda: prune_llm("smollm2", out / name, LLMPruneConfig(**spec), force=True))
-        healed = step(out / f"{name}-healed", lambda: distill_llm("smollm2", model, out / f"{name}-healed", heal,
-                                                                 force=True))
+        model = step(out / name, lambda: prune("smollm2", out / name, LLMPruneConfig(**spec), data="bbc-news",
+                                                  force=True))
+        healed = step(out / f"{name}-healed", lambda: distill("smollm2", model, out / f"{name}-healed", heal,
+                                                             data="bbc-news", force=True))
         records[name] = {"prune": json.loads((model / "edgeshrink.json").read_text())["prune"],
                          "distill": json.loads((healed / "edgeshrink.json").read_text())["distill"]}
         models[name], models[f"{name} healed"] = model, healed

@@ -56,15 +56,17 @@ def one(name: str, teacher: str, device: str, work: Path) -> dict:
     prune_kw, distill_kw = parse(name)
     code = f"""
 import json, time
-from edgeshrink.compress.prune import prune, PruneConfig
-from edgeshrink.compress.distill import distill, DistillConfig
-prune({teacher!r}, 'sentiment-movies', {str(work / ('p-' + name))!r}, PruneConfig(vocab=True, **{prune_kw!r}),
+from edgeshrink.compress.prune import prune
+from edgeshrink.compress.prune.encoder import PruneConfig
+from edgeshrink.compress.distill import distill
+from edgeshrink.compress.distill.encoder import DistillConfig
+prune({teacher!r}, {str(work / ('p-' + name))!r}, PruneConfig(vocab=True, **{prune_kw!r}), data='sentiment-movies',
       force=True)
 kw = dict(epochs=4, gamma_hidden=1.0, augment={{'copies': 4}}, device={device!r})
 kw.update({distill_kw!r})
 t = time.time()
-r = distill({teacher!r}, {str(work / ('p-' + name))!r}, 'sentiment-movies', {str(work / ('d-' + name))!r},
-            DistillConfig(**kw), force=True)
+r = distill({teacher!r}, {str(work / ('p-' + name))!r}, {str(work / ('d-' + name))!r}, DistillConfig(**kw),
+            data='sentiment-movies', force=True)
 print('RESULT', json.dumps({{'name': {name!r}, 'test': r['test']['accuracy'], 'params': r['parameters'],
       'cal': [h['calibration_accuracy'] for h in r['history']], 's': round(time.time() - t, 1)}}))
 """

@@ -4,7 +4,7 @@ import pytest
 
 from edgeshrink.bench import BenchConfig
 from edgeshrink.compress import QuantConfig
-from edgeshrink.compress.prune import PruneConfig
+from edgeshrink.compress.prune.encoder import PruneConfig
 from edgeshrink.data import DataConfig, SplitConfig
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.export import ExportConfig

@@ -167,17 +167,18 @@ PRUNE = {"drop_layers": {"layers": 2}, "prune_heads": {"heads_keep": 0.5}, "prun
 
 @pytest.mark.parametrize("operation", list(PRUNE))
 def test_prune(fam, operation, tmp_path):
-    from edgeshrink.compress.prune import PruneConfig, prune
+    from edgeshrink.compress.prune import prune
+    from edgeshrink.compress.prune.encoder import PruneConfig
     from edgeshrink.export import export
     from edgeshrink.models.torch_text import load_classifier
 
     config = PruneConfig(importance_examples=64, **PRUNE[operation])
     if not fam["family"].applies(operation):
         with pytest.raises(EdgeshrinkError, match=f"cannot {OPERATIONS[operation]}.*what applies"):
-            prune(fam["cloud"], fam["data"], tmp_path / "student", config)
+            prune(fam["cloud"], tmp_path / "student", config, data=fam["data"])
         assert not (tmp_path / "student").exists()
         return
-    record = prune(fam["cloud"], fam["data"], tmp_path / "student", config)
+    record = prune(fam["cloud"], tmp_path / "student", config, data=fam["data"])
     assert record["prune"]["parameters"] < record["prune"]["teacher_parameters"]
     student, tokenizer = load_classifier(tmp_path / "student")
     family = fam["family"]
@@ -203,16 +204,18 @@ def test_prune_twice_composes_onto_the_first_teacher(fam, tmp_path):
     """A student cut from a cut student equals the first teacher cut once by the composed record."""
     import torch
 
-    from edgeshrink.compress.distill import DistillConfig, distill
-    from edgeshrink.compress.prune import PruneConfig, prune
+    from edgeshrink.compress.distill import distill
+    from edgeshrink.compress.distill.encoder import DistillConfig
+    from edgeshrink.compress.prune import prune
+    from edgeshrink.compress.prune.encoder import PruneConfig
     from edgeshrink.models import arch, surgery
     from edgeshrink.models.torch_text import load_classifier
 
     family = fam["family"]
     layers = {"layers": 2} if family.applies("drop_layers") else {}
-    prune(fam["cloud"], fam["data"], tmp_path / "a", PruneConfig(importance_examples=32, heads_keep=0.75))
-    record = prune(tmp_path / "a", fam["data"], tmp_path / "b", PruneConfig(importance_examples=32, heads_keep=0.67,
-                                                                            **layers))
+    prune(fam["cloud"], tmp_path / "a", PruneConfig(importance_examples=32, heads_keep=0.75), data=fam["data"])
+    record = prune(tmp_path / "a", tmp_path / "b", PruneConfig(importance_examples=32, heads_keep=0.67,
+                                                                            **layers), data=fam["data"])
     twice, tokenizer = load_classifier(tmp_path / "b")
     once, _ = load_classifier(fam["cloud"])
     if layers:
@@ -223,28 +226,29 @@ def test_prune_twice_composes_onto_the_first_teacher(fam, tmp_path):
     texts = [t for t, _ in make_texts(6, seed=8)]
     torch.testing.assert_close(_logits(twice, tokenizer, texts), _logits(once, tokenizer, texts), rtol=0, atol=0)
     with pytest.raises(EdgeshrinkError, match="was cut from another model"):
-        distill(tmp_path / "a", tmp_path / "b", fam["data"], tmp_path / "d", DistillConfig(epochs=1))
+        distill(tmp_path / "a", tmp_path / "b", tmp_path / "d", DistillConfig(epochs=1), data=fam["data"])
     assert not (tmp_path / "d").exists()
 
 
 @pytest.fixture(scope="module")
 def student(fam):
-    from edgeshrink.compress.prune import PruneConfig, prune
+    from edgeshrink.compress.prune import prune
+    from edgeshrink.compress.prune.encoder import PruneConfig
 
     cut = {"heads_keep": 0.5, "ffn_keep": 0.5}
     if fam["family"].applies("drop_layers"):
         cut["layers"] = 2
-    prune(fam["cloud"], fam["data"], fam["root"] / "student", PruneConfig(importance_examples=64, **cut))
+    prune(fam["cloud"], fam["root"] / "student", PruneConfig(importance_examples=64, **cut), data=fam["data"])
     return fam["root"] / "student"
 
 
 @pytest.mark.parametrize("loss", ["kd", "hidden", "attention"])
 def test_distill(fam, student, loss, tmp_path):
-    from edgeshrink.compress.distill import DistillConfig, distill
+    from edgeshrink.compress.distill import distill
+    from edgeshrink.compress.distill.encoder import DistillConfig
 
     weights = {"kd": {}, "hidden": {"gamma_hidden": 1.0}, "attention": {"delta_attention": 1.0}}[loss]
-    record = distill(fam["cloud"], student, fam["data"], tmp_path / "device",
-                     DistillConfig(epochs=1, batch_size=16, max_train_examples=64, **weights))
+    record = distill(fam["cloud"], student, tmp_path / "device", DistillConfig(epochs=1, batch_size=16, max_train_examples=64, **weights), data=fam["data"])
     assert record["test"]["n"] > 0 and len(record["history"]) == 1
     if loss == "kd":  # the distilled student reloads (kept heads) and exports validated
         from edgeshrink.export import export
@@ -343,14 +347,15 @@ def test_cnn_prune_channels_route_bench(cnn, tmp_path):
 
 def test_cnn_refuses_text_verbs_in_one_line(cnn, tmp_path):
     from edgeshrink.compress.distill import distill
-    from edgeshrink.compress.prune import PruneConfig, prune
+    from edgeshrink.compress.prune import prune
+    from edgeshrink.compress.prune.encoder import PruneConfig
     from edgeshrink.compress.sparsify import sparsify
     from edgeshrink.serve.config import ServeConfig
     from edgeshrink.serve.device import device_app
 
-    for call in (lambda: distill(cnn["model"], cnn["model"], cnn["data"], tmp_path / "a"),
+    for call in (lambda: distill(cnn["model"], cnn["model"], tmp_path / "a", data=cnn["data"]),
                  lambda: sparsify(cnn["model"], cnn["data"], tmp_path / "b"),
-                 lambda: prune(cnn["model"], cnn["data"], tmp_path / "c", PruneConfig(layers=1)),
+                 lambda: prune(cnn["model"], tmp_path / "c", PruneConfig(layers=1), data=cnn["data"]),
                  lambda: device_app(cnn["bundle"], ServeConfig())):
         with pytest.raises(EdgeshrinkError) as info:
             call()

@@ -230,8 +230,10 @@ def test_tampered_bundles_are_refused(exported, tmp_path, text_file, tampered):
 
 def test_prune_and_distill_make_a_smaller_model_that_exports(exported, text_file, tmp_path):
     """Depth everywhere; width where the registry says it applies (else a one-line refusal); then healing."""
-    from edgeshrink.compress.llm_distill import LLMDistillConfig, distill_llm
-    from edgeshrink.compress.llm_prune import LLMPruneConfig, prune_llm
+    from edgeshrink.compress.distill import distill
+    from edgeshrink.compress.distill.decoder import LLMDistillConfig
+    from edgeshrink.compress.prune import prune
+    from edgeshrink.compress.prune.decoder import LLMPruneConfig
     from edgeshrink.errors import EdgeshrinkError
     from edgeshrink.models.arch import unique_families
 
@@ -240,14 +242,14 @@ def test_prune_and_distill_make_a_smaller_model_that_exports(exported, text_file
     width = {"ffn_keep": 0.5, "heads_keep": 0.5}
     if not (entry.applies("prune_ffn") and entry.applies("prune_heads")):
         with pytest.raises(EdgeshrinkError, match="cannot prune") as info:
-            prune_llm(model, tmp_path / "never", LLMPruneConfig(drop_blocks=1, **width), data=str(text_file))
+            prune(model, tmp_path / "never", LLMPruneConfig(drop_blocks=1, **width), data=str(text_file))
         assert "\n" not in str(info.value) and not (tmp_path / "never").exists()
         width = {}
-    prune_llm(model, tmp_path / "student", LLMPruneConfig(drop_blocks=1, calibration_documents=4, max_tokens=32,
+    prune(model, tmp_path / "student", LLMPruneConfig(drop_blocks=1, calibration_documents=4, max_tokens=32,
                                                           **width), data=str(text_file))
     config = LLMDistillConfig(epochs=1, sequence_tokens=32, batch_size=2, train_tokens=32 * 4, top_k=4,
                               calibration_windows=2, precision="fp32")
-    record = distill_llm(model, tmp_path / "student", tmp_path / "healed", config, text=str(text_file))
+    record = distill(model, tmp_path / "student", tmp_path / "healed", config, data=str(text_file))
     assert record["distill"]["history"][0]["calibration_perplexity"] > 0
     manifest = export_llm(tmp_path / "healed", tmp_path / "bundle", LLMExportConfig(
         validation_prompts=2, validation_new_tokens=8, tolerance=1e-2))

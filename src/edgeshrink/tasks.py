@@ -46,7 +46,7 @@ class Implementation:
     summary: str | None = None  # "module:function" (result, out) -> the CLI's one line about what was made
 
     def summarize(self, result, out) -> str:
-        return _resolve(self.summary)(result, out)
+        return _resolve(self.summary)(result, out) if self.summary else f"saved {out}"
 
     def function(self) -> Callable:
         return _resolve(self.run)
@@ -58,8 +58,8 @@ class Implementation:
         """``config`` itself, or this implementation's default config when None; a config of another task's
         class is refused in one line naming the class that applies."""
         cls = self.config_class()
-        if config is None:
-            return cls() if cls is not None else None
+        if config is None:  # from_dict: a config with a required choice fails in one line
+            return cls.from_dict({}) if cls is not None else None
         if cls is not None and not isinstance(config, cls):
             takers = [i.task for i in _IMPLEMENTATIONS.get(self.verb, {}).values()
                       if i.config and type(config).__name__ == i.config.rpartition(":")[2]]
@@ -279,22 +279,33 @@ implement("finetune", "text-generation", "edgeshrink.models.finetune.decoder:fin
           "edgeshrink.models.finetune.decoder:LLMFinetuneConfig",
           {**_TRAIN_FLAGS, "--prompt": "prompt", "--few-shot": "few_shot"})
 
-# prune (structured, physical removal)
-implement("prune", "text-classification", "edgeshrink.compress.prune:prune", "edgeshrink.compress.prune:PruneConfig")
-implement("prune", "text-generation", "edgeshrink.compress.llm_prune:prune_llm",
-          "edgeshrink.compress.llm_prune:LLMPruneConfig")
+# prune (structured, physical removal), sparsify (unstructured), distill: compress/prune/, compress/distill/
+_STUDENT = {"--heads": "", "--ffn": ""}  # distill: flags that build the student (the prune verb's), not the config's
+implement("prune", "text-classification", "edgeshrink.compress.prune.encoder:cut",
+          "edgeshrink.compress.prune.encoder:PruneConfig",
+          {"--layers": "layers", "--layer-strategy": "layer_strategy", "--heads": "heads_keep", "--ffn": "ffn_keep",
+           "--vocab": "vocab", "--importance-examples": "importance_examples"},
+          summary="edgeshrink.compress.prune.encoder:describe")
+implement("prune", "text-generation", "edgeshrink.compress.prune.decoder:cut",
+          "edgeshrink.compress.prune.decoder:LLMPruneConfig",
+          {"--drop-blocks": "", "--importance": "importance", "--ffn": "ffn_keep", "--heads": "heads_keep"},
+          summary="edgeshrink.compress.prune.decoder:describe")
 implement("prune-channels", "tensor-classification", "edgeshrink.compress.channels:prune_channels",
-          "edgeshrink.compress.channels:ChannelPruneConfig")
-
-# sparsify (unstructured)
+          "edgeshrink.compress.channels:ChannelPruneConfig",
+          {"--channels": "channels_keep", "--hidden": "hidden_keep", "--recover-epochs": "recover_epochs"})
 implement("sparsify", "text-classification", "edgeshrink.compress.sparsify:sparsify",
           "edgeshrink.compress.sparsify:SparsifyConfig")
-
-# distill
-implement("distill", "text-classification", "edgeshrink.compress.distill:distill",
-          "edgeshrink.compress.distill:DistillConfig")
-implement("distill", "text-generation", "edgeshrink.compress.llm_distill:distill_llm",
-          "edgeshrink.compress.llm_distill:LLMDistillConfig")
+_DISTILL = {"--epochs": "epochs", "--learning-rate": "learning_rate", "--alpha": "alpha_ce", "--beta": "beta_kd",
+            "--gamma": "gamma_hidden", "--temperature": "temperature"}
+implement("distill", "text-classification", "edgeshrink.compress.distill.encoder:EncoderDistillation",
+          "edgeshrink.compress.distill.encoder:DistillConfig",
+          {**_DISTILL, "--delta": "delta_attention", "--label-free": "label_free", "--augment": "",
+           "--layers": "", **_STUDENT, "--vocab": ""},
+          summary="edgeshrink.compress.distill.encoder:describe")
+implement("distill", "text-generation", "edgeshrink.compress.distill.decoder:DecoderDistillation",
+          "edgeshrink.compress.distill.decoder:LLMDistillConfig",
+          {**_DISTILL, "--train-tokens": "train_tokens", "--extra-text": "", "--drop-blocks": "", **_STUDENT},
+          summary="edgeshrink.compress.distill.decoder:describe")
 
 # export
 _EXPORT_FLAGS = {"--opset": "opset", "--tolerance": "tolerance"}

@@ -87,13 +87,14 @@ def test_prune_channels_makes_a_smaller_cnn_that_still_works(trained_cnn, digits
 def test_bad_inputs(trained_cnn, tiny_model, digits_sample, tmp_path):
     with pytest.raises(EdgeshrinkError, match="not smaller than its teacher"):
         prune_channels(trained_cnn, digits_sample, tmp_path / "a", ChannelPruneConfig(channels_keep=1.0))
-    with pytest.raises(EdgeshrinkError, match="works on CNNs"):
+    with pytest.raises(EdgeshrinkError, match="prune-channels does not apply to a text-classification model"):
         prune_channels(tiny_model, digits_sample, tmp_path / "b")
     text = write_csv(tmp_path / "t.csv", make_texts(40))
     with pytest.raises(EdgeshrinkError, match="takes images; data 't.csv' is text"):
         prune_channels(trained_cnn, str(text), tmp_path / "c")
-    from edgeshrink.compress.prune import PruneConfig, prune
+    from edgeshrink.compress.prune import prune
+    from edgeshrink.compress.prune.encoder import PruneConfig
 
-    with pytest.raises(EdgeshrinkError, match="is a CNN: prune its channels"):
-        prune(trained_cnn, digits_sample, tmp_path / "d", PruneConfig(layers=1))
+    with pytest.raises(EdgeshrinkError, match="prune does not apply to a tensor-classification model.*prune-channels"):
+        prune(trained_cnn, tmp_path / "d", PruneConfig(layers=1), data=digits_sample)
     assert not any((tmp_path / name).exists() for name in "abcd")

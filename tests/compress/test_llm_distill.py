@@ -5,9 +5,11 @@ import json
 import pytest
 import torch
 
-import edgeshrink.compress.llm_distill as llm_distill
-from edgeshrink.compress.llm_distill import LLMDistillConfig, distill_llm, pack_sequences, topk_kl
-from edgeshrink.compress.llm_prune import LLMPruneConfig, prune_llm
+import edgeshrink.compress.distill.decoder as llm_distill
+from edgeshrink.compress.distill import distill
+from edgeshrink.compress.distill.decoder import LLMDistillConfig, pack_sequences, topk_kl
+from edgeshrink.compress.prune import prune
+from edgeshrink.compress.prune.decoder import LLMPruneConfig
 from edgeshrink.errors import EdgeshrinkError
 from tests.conftest import make_texts
 from tests.families import make_causal_lm
@@ -27,7 +29,7 @@ def text(tmp_path_factory):
 def pair(request, tmp_path_factory, text):
     root = tmp_path_factory.mktemp(f"distill-{request.param}")
     teacher = make_causal_lm(request.param, root / "teacher", tie_word_embeddings=True, num_hidden_layers=4)
-    prune_llm(teacher, root / "student", LLMPruneConfig(blocks=[1, 2]), data=text)
+    prune(teacher, root / "student", LLMPruneConfig(blocks=[1, 2]), data=text)
     return teacher, root / "student"
 
 
@@ -39,7 +41,7 @@ def _weights(path):
 
 def test_healing_lowers_calibration_perplexity_and_keeps_the_tables(pair, text, tmp_path):
     teacher, student = pair
-    record = distill_llm(teacher, student, tmp_path / "healed", LLMDistillConfig(**FAST), text=text)["distill"]
+    record = distill(teacher, student, tmp_path / "healed", LLMDistillConfig(**FAST), data=text)["distill"]
     ppl = record["calibration_perplexity"]
     assert ppl["after"] < ppl["before"]  # the best epoch is kept, and training on the teacher's KL helps
     assert [h["epoch"] for h in record["history"]] == [1, 2] and record["train_sequences"] == 12
@@ -55,14 +57,14 @@ def test_healing_lowers_calibration_perplexity_and_keeps_the_tables(pair, text, 
 def test_hidden_state_loss_trains_too(pair, text, tmp_path):
     teacher, student = pair
     config = LLMDistillConfig(**{**FAST, "epochs": 1, "gamma_hidden": 1.0})
-    record = distill_llm(teacher, student, tmp_path / "h", config, text=text)["distill"]
+    record = distill(teacher, student, tmp_path / "h", config, data=text)["distill"]
     assert record["calibration_perplexity"]["after"] < record["calibration_perplexity"]["before"]
 
 
 def test_resume_after_interruption_equals_uninterrupted(pair, text, tmp_path, monkeypatch):
     teacher, student = pair
     config = LLMDistillConfig(**FAST)
-    distill_llm(teacher, student, tmp_path / "a", config, text=text)
+    distill(teacher, student, tmp_path / "a", config, data=text)
     calls = {"n": 0}
     real = llm_distill._batches
 
@@ -74,10 +76,10 @@ def test_resume_after_interruption_equals_uninterrupted(pair, text, tmp_path, mo
 
     monkeypatch.setattr(llm_distill, "_batches", interrupt_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        distill_llm(teacher, student, tmp_path / "b", config, text=text)
+        distill(teacher, student, tmp_path / "b", config, data=text)
     assert (tmp_path / "b.partial" / "checkpoint.pt").exists() and not (tmp_path / "b").exists()
     monkeypatch.setattr(llm_distill, "_batches", real)
-    record = distill_llm(teacher, student, tmp_path / "b", config, text=text)
+    record = distill(teacher, student, tmp_path / "b", config, data=text)
     assert [h["epoch"] for h in record["distill"]["history"]] == [1, 2]
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -87,24 +89,24 @@ def test_nan_loss_stops_and_keeps_the_checkpoint(pair, text, tmp_path):
     teacher, student = pair
     config = LLMDistillConfig(**{**FAST, "learning_rate": 1e30})
     with pytest.raises(EdgeshrinkError, match="the loss became nan|the loss became inf"):
-        distill_llm(teacher, student, tmp_path / "x", config, text=text)
+        distill(teacher, student, tmp_path / "x", config, data=text)
     assert not (tmp_path / "x").exists() and (tmp_path / "x.partial").exists()
 
 
 def test_refusals(pair, text, tmp_path):
     teacher, student = pair
     with pytest.raises(EdgeshrinkError, match="not smaller than its teacher"):
-        distill_llm(teacher, teacher, tmp_path / "same", LLMDistillConfig(**FAST), text=text)
+        distill(teacher, teacher, tmp_path / "same", LLMDistillConfig(**FAST), data=text)
     other = make_causal_lm("llama", tmp_path / "other", num_hidden_layers=1)
     vocab = json.loads((other / "tokenizer.json").read_text())
     vocab["model"]["vocab"]["zzzz"] = max(vocab["model"]["vocab"].values()) + 1
     (other / "tokenizer.json").write_text(json.dumps(vocab))
     with pytest.raises(EdgeshrinkError, match="tokenizer differs from the teacher's"):
-        distill_llm(teacher, other, tmp_path / "o", LLMDistillConfig(**FAST), text=text)
+        distill(teacher, other, tmp_path / "o", LLMDistillConfig(**FAST), data=text)
     with pytest.raises(EdgeshrinkError, match="unknown key"):
         LLMDistillConfig.from_dict({"epochz": 2})
     with pytest.raises(EdgeshrinkError, match="fewer than one batch"):
-        distill_llm(teacher, student, tmp_path / "t", LLMDistillConfig(**{**FAST, "train_tokens": 32}), text=text)
+        distill(teacher, student, tmp_path / "t", LLMDistillConfig(**{**FAST, "train_tokens": 32}), data=text)
 
 
 def test_topk_kl_is_zero_for_the_teacher_itself_and_exact_when_k_covers_the_vocabulary():
@@ -146,7 +148,7 @@ def test_cli_builds_and_heals_a_student(pair, text, tmp_path):
     assert "calibration perplexity" in result.stdout and (tmp_path / "s" / "config.json").exists()
     refused = CliRunner().invoke(app, ["distill", "--teacher", str(teacher), "--data", text, "--out",
                                        str(tmp_path / "t"), "--drop-blocks", "1", "--label-free"])
-    assert refused.exit_code == 2 and "--label-free apply to classifiers" in refused.stderr
+    assert refused.exit_code == 2 and "--label-free applies to text-classification models" in refused.stderr
     missing = CliRunner().invoke(app, ["distill", "--teacher", str(teacher), "--data", text, "--out", str(tmp_path / "m"),
                                        "--drop-blocks", "1", "--extra-text", str(tmp_path / "none.txt")])
     assert missing.exit_code == 2 and "none.txt" in missing.stderr and not (tmp_path / "m.student").exists()

@@ -7,7 +7,8 @@ import torch
 from typer.testing import CliRunner
 
 from edgeshrink.cli import app
-from edgeshrink.compress.llm_prune import LLMPruneConfig, prune_llm
+from edgeshrink.compress.prune import prune
+from edgeshrink.compress.prune.decoder import LLMPruneConfig
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.export.llm import LLMExportConfig, export_llm
 from edgeshrink.runtime import load
@@ -43,7 +44,7 @@ def _logits(model_dir, ids):
 
 def test_nothing_dropped_is_the_same_model(teacher, text, tmp_path):
     _, model = teacher
-    record = prune_llm(model, tmp_path / "same", LLMPruneConfig(drop_blocks=0), data=text)
+    record = prune(model, tmp_path / "same", LLMPruneConfig(drop_blocks=0), data=text)
     assert record["prune"]["dropped_blocks"] == [] and record["prune"]["kept_blocks"] == [0, 1, 2, 3]
     ids = [5, 17, 42, 9, 33, 7]
     assert torch.equal(_logits(model, ids), _logits(tmp_path / "same", ids))
@@ -52,8 +53,8 @@ def test_nothing_dropped_is_the_same_model(teacher, text, tmp_path):
 def test_importance_is_deterministic_and_the_student_exports_and_generates(teacher, text, tmp_path):
     family, model = teacher
     config = LLMPruneConfig(drop_blocks=2, calibration_documents=6, max_tokens=32)
-    first = prune_llm(model, tmp_path / "a", config, data=text)
-    second = prune_llm(model, tmp_path / "b", config, data=text)
+    first = prune(model, tmp_path / "a", config, data=text)
+    second = prune(model, tmp_path / "b", config, data=text)
     assert first["prune"]["scores"] == second["prune"]["scores"]
     bi = first["prune"]["scores"]["block-influence"]
     assert len(bi) == 4 and all(-1e-9 <= s <= 2 for s in bi)
@@ -85,7 +86,7 @@ def _matmuls(model_dir) -> int:
 @pytest.mark.parametrize("strategy, dropped", [("first", [0, 1]), ("last", [2, 3]), ("uniform", [1, 3])])
 def test_positional_choices(teacher, text, tmp_path, strategy, dropped):
     _, model = teacher
-    record = prune_llm(model, tmp_path / strategy, LLMPruneConfig(drop_blocks=2, importance=strategy), data=text)
+    record = prune(model, tmp_path / strategy, LLMPruneConfig(drop_blocks=2, importance=strategy), data=text)
     assert record["prune"]["dropped_blocks"] == dropped and record["prune"]["scores"] is None
 
 
@@ -94,7 +95,7 @@ def test_bad_requests_are_one_line_and_write_nothing(teacher, text, tmp_path):
     for config, message in ((LLMPruneConfig(drop_blocks=4), "at least one must stay"),
                             (LLMPruneConfig(blocks=[0, 9]), "do not exist")):
         with pytest.raises(EdgeshrinkError, match=message):
-            prune_llm(model, tmp_path / "x", config, data=text)
+            prune(model, tmp_path / "x", config, data=text)
         assert not (tmp_path / "x").exists()
     with pytest.raises(ValueError, match="not both"):
         LLMPruneConfig(drop_blocks=1, blocks=[1])
@@ -136,8 +137,8 @@ def test_width_pruning_equals_zeroing_what_was_cut_and_exports(teacher, text, tm
 
     family, model = teacher
     config = LLMPruneConfig(ffn_keep=0.5, heads_keep=0.5, calibration_documents=6, max_tokens=32)
-    record = prune_llm(model, tmp_path / "narrow", config, data=text)["prune"]
-    again = prune_llm(model, tmp_path / "again", config, data=text)["prune"]
+    record = prune(model, tmp_path / "narrow", config, data=text)["prune"]
+    again = prune(model, tmp_path / "again", config, data=text)["prune"]
     assert record["width_scores"] == again["width_scores"]  # deterministic
     student = json.loads((tmp_path / "narrow" / "config.json").read_text())
     assert (student["intermediate_size"], student["num_attention_heads"], student["num_key_value_heads"]) == (64, 2, 1)
@@ -154,7 +155,7 @@ def test_width_pruning_equals_zeroing_what_was_cut_and_exports(teacher, text, tm
 
 def test_depth_and_width_together(teacher, text, tmp_path):
     _, model = teacher
-    record = prune_llm(model, tmp_path / "both", LLMPruneConfig(drop_blocks=1, ffn_keep=0.25, calibration_documents=4,
+    record = prune(model, tmp_path / "both", LLMPruneConfig(drop_blocks=1, ffn_keep=0.25, calibration_documents=4,
                                                                 max_tokens=32), data=text)["prune"]
     assert len(record["kept_blocks"]) == 3 and len(record["width_scores"]["ffn"]) == 3 and record["ffn_neurons"] == 32
 
@@ -169,7 +170,7 @@ def test_ratios_outside_zero_one_are_refused(values, message):
 def test_a_cut_that_keeps_everything_is_refused(teacher, text, tmp_path):
     _, model = teacher
     with pytest.raises(EdgeshrinkError, match="keeps all of them"):
-        prune_llm(model, tmp_path / "x", LLMPruneConfig(heads_keep=0.9), data=text)  # 2 KV groups: 0.9 keeps both
+        prune(model, tmp_path / "x", LLMPruneConfig(heads_keep=0.9), data=text)  # 2 KV groups: 0.9 keeps both
     assert not (tmp_path / "x").exists()
     result = CliRunner().invoke(app, ["prune", str(model), "--data", text, "--out", str(tmp_path / "y"), "--ffn", "1.2"])
     assert result.exit_code == 2 and "ffn_keep" in result.stderr and not (tmp_path / "y").exists()

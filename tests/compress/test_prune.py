@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from edgeshrink.compress.prune import PruneConfig, drop_layers, layer_indices, prune, prune_ffn
+from edgeshrink.compress.prune import prune
+from edgeshrink.compress.prune.encoder import PruneConfig, drop_layers, layer_indices, prune_ffn
 from edgeshrink.errors import EdgeshrinkError
 from tests.conftest import make_texts, write_csv
 
@@ -49,8 +50,8 @@ def test_pruned_student_is_smaller_reloads_and_exports(tiny_model, tmp_path):
     from edgeshrink.models.torch_text import load_classifier
 
     data = write_csv(tmp_path / "d.csv", make_texts(200))
-    record = prune(tiny_model, str(data), tmp_path / "student", PruneConfig(layers=1, heads_keep=0.5, ffn_keep=0.5,
-                                                                              importance_examples=64))
+    record = prune(tiny_model, tmp_path / "student", PruneConfig(layers=1, heads_keep=0.5, ffn_keep=0.5,
+                                                                              importance_examples=64), data=str(data))
     p = record["prune"]
     assert p["kept_layers"] == [1] and p["heads_per_layer"] == 1 and p["ffn_per_layer"] == 32
     assert p["parameters"] < p["teacher_parameters"]
@@ -67,7 +68,7 @@ def test_pruned_student_is_smaller_reloads_and_exports(tiny_model, tmp_path):
 def test_bad_inputs(tiny_model, tmp_path):
     data = write_csv(tmp_path / "d.csv", make_texts(50))
     with pytest.raises(EdgeshrinkError, match="not smaller than its teacher"):
-        prune(tiny_model, str(data), tmp_path / "s", PruneConfig())
+        prune(tiny_model, tmp_path / "s", PruneConfig(), data=str(data))
     for bad in ({"ffn_keep": 0}, {"heads_keep": 1.5}, {"layers": 0}, {"layers": [1, 1]}):
         with pytest.raises(EdgeshrinkError):
             PruneConfig.build(**bad)
@@ -82,7 +83,7 @@ def test_vocabulary_pruning_keeps_in_vocabulary_text_identical(tiny_model, tmp_p
     rows = [("good film", "positive"), ("bad plot", "negative"), ("the actor was dull", "negative"),
             ("a superb story", "positive")] * 20
     data = write_csv(tmp_path / "d.csv", rows)
-    record = prune(tiny_model, str(data), tmp_path / "s", PruneConfig(vocab=True))
+    record = prune(tiny_model, tmp_path / "s", PruneConfig(vocab=True), data=str(data))
     vocab = record["prune"]["vocabulary"]
     assert vocab["vocab_size"] < vocab["teacher_vocab_size"]
     teacher, teacher_tok = load_classifier(tiny_model)
@@ -104,7 +105,7 @@ def test_vocabulary_pruned_student_runs_on_the_device(tiny_model, tmp_path):
     from edgeshrink.runtime import load
 
     data = write_csv(tmp_path / "d.csv", make_texts(100))
-    prune(tiny_model, str(data), tmp_path / "s", PruneConfig(vocab=True, layers=1))
+    prune(tiny_model, tmp_path / "s", PruneConfig(vocab=True, layers=1), data=str(data))
     manifest = export(tmp_path / "s", tmp_path / "b")
     assert manifest["validation"]["ok"]
     result = load(tmp_path / "b").predict(["good film", "completely unseen words xyzzy"])

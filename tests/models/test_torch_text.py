@@ -129,11 +129,12 @@ def test_head_pruned_model_keeps_its_head_when_loaded_with_the_same_labels(tmp_p
     """finetune loads with label names: weights that still fit (the trained head) must survive, as in from_pretrained."""
     import torch
 
-    from edgeshrink.compress.prune import PruneConfig, prune
+    from edgeshrink.compress.prune import prune
+    from edgeshrink.compress.prune.encoder import PruneConfig
 
     data = write_csv(tmp_path / "d.csv", make_texts(120))
     model = make_family_model("roberta", tmp_path / "roberta")
-    prune(model, str(data), tmp_path / "cut", PruneConfig(heads_keep=0.5, importance_examples=16))
+    prune(model, tmp_path / "cut", PruneConfig(heads_keep=0.5, importance_examples=16), data=str(data))
     plain, _ = load_classifier(tmp_path / "cut")
     relabelled, _ = load_classifier(tmp_path / "cut", label_names=("negative", "positive"))
     for name, weight in plain.classifier.state_dict().items():

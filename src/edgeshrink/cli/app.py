@@ -471,92 +471,67 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
 
 @app.command()
 @handled
-def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model directory.")],
+def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model directory (or a language model).")],
           data: DataOpt, out: Annotated[Path, typer.Option("--out", help="Output student model directory.")],
-          layers: Annotated[Optional[str], typer.Option(help="Layers to keep: a count (2) or indices (0,5).")] = None,
-          layer_strategy: Annotated[Optional[str], typer.Option(help="With a count: uniform | first | last.")] = None,
-          heads: Annotated[Optional[float], typer.Option("--heads", help="Fraction of attention heads kept per layer.")] = None,
-          ffn: Annotated[Optional[float], typer.Option("--ffn", help="Fraction of FFN neurons kept per layer.")] = None,
-          vocab: Annotated[bool, typer.Option("--vocab", help="Keep only the tokens the train split uses.")] = False,
-          importance_examples: Annotated[Optional[int], typer.Option(help="Train examples used to rank heads/neurons.")] = None,
+          layers: Annotated[Optional[str], typer.Option(help=tasks.flag_help("prune", "--layers", "Layers to keep: a count (2) or indices (0,5)."))] = None,
+          layer_strategy: Annotated[Optional[str], typer.Option(help=tasks.flag_help("prune", "--layer-strategy", "With a count: uniform | first | last."))] = None,
+          heads: Annotated[Optional[float], typer.Option("--heads", help=tasks.flag_help("prune", "--heads", "Fraction of attention heads kept per layer (language models: by KV group)."))] = None,
+          ffn: Annotated[Optional[float], typer.Option("--ffn", help=tasks.flag_help("prune", "--ffn", "Fraction of FFN neurons kept per layer."))] = None,
+          vocab: Annotated[bool, typer.Option("--vocab", help=tasks.flag_help("prune", "--vocab", "Keep only the tokens the train split uses."))] = False,
+          importance_examples: Annotated[Optional[int], typer.Option(help=tasks.flag_help("prune", "--importance-examples", "Train examples used to rank heads/neurons."))] = None,
           drop_blocks: Annotated[Optional[str], typer.Option("--drop-blocks", help="Language models: blocks to drop, a count (8) or indices (3,7).")] = None,
-          importance: Annotated[Optional[str], typer.Option(help="Language models, with a count: block-influence | angular | first | last | uniform.")] = None,
+          importance: Annotated[Optional[str], typer.Option(help=tasks.flag_help("prune", "--importance", "With a count of blocks: block-influence | angular | first | last | uniform."))] = None,
           text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
           force: Force = False, json_out: JsonOut = None) -> None:
     """Structured pruning with physical removal: drop layers, attention heads and FFN neurons (classifiers);
     for language models drop blocks (--drop-blocks), FFN neurons (--ffn) and heads by KV group (--heads),
     ranked on calibration text from --data."""
-    from edgeshrink.compress.prune import PruneConfig, prune as run
-    from edgeshrink.export.llm import is_language_model
+    from edgeshrink.compress.prune import prune as run
 
-    if is_language_model(teacher):
-        record = _prune_decoder(teacher, data, out, drop_blocks, importance, ffn, heads, force,
-                                refused={"--layers": layers, "--layer-strategy": layer_strategy, "--vocab": vocab or None,
-                                         "--importance-examples": importance_examples})
-        write_json(json_out, record)
-        return
-    if drop_blocks is not None or importance is not None:
-        raise fail("--drop-blocks and --importance apply to language models")
-
-    layer_spec = None
-    if layers is not None:
-        try:
-            parts = [int(x) for x in layers.split(",") if x.strip()]
-        except ValueError:
-            raise fail(f"--layers must be a count or comma-separated indices, got {layers!r}") from None
-        layer_spec = parts[0] if len(parts) == 1 and "," not in layers else parts
-    config = PruneConfig.build(layers=layer_spec, layer_strategy=layer_strategy, heads_keep=heads, ffn_keep=ffn,
-                               vocab=vocab or None, importance_examples=importance_examples)
-    record = run(teacher, _data_config(data, text_column, label_column, label_map), out, config, force=force)
-    p = record["prune"]
-    typer.echo(f"student {out}: layers {p['kept_layers']}, {p['heads_per_layer']} heads and {p['ffn_per_layer']} FFN "
-               f"neurons per layer, {p['parameters'] / 1e6:.2f}M parameters "
-               f"({100 * p['parameters'] / p['teacher_parameters']:.1f}% of the teacher)"
-               + (f", vocabulary {p['vocabulary']['vocab_size']} of {p['vocabulary']['teacher_vocab_size']} tokens"
-                  if p["vocabulary"] else ""))
+    impl = tasks.of_model(teacher).implementation("prune")
+    config = _prune_config(impl, {"--layers": layers, "--layer-strategy": layer_strategy, "--heads": heads,
+                                  "--ffn": ffn, "--vocab": vocab, "--importance-examples": importance_examples,
+                                  "--drop-blocks": drop_blocks, "--importance": importance})
+    record = run(teacher, out, config, data=_data_config(data, text_column, label_column, label_map), force=force,
+                 progress=lambda m: typer.echo(m, err=True))
+    typer.echo(impl.summarize(record, out))
     write_json(json_out, record)
 
 
-def _prune_decoder(teacher: str, data: str, out: Path, drop_blocks: str | None, importance: str | None,
-                   ffn: float | None, heads: float | None, force: bool, refused: dict) -> dict:
-    from edgeshrink.compress.llm_prune import LLMPruneConfig, prune_llm
+def _prune_config(impl, flags: dict):
+    """The prune config of ``impl``'s task from the CLI's flags; a count-or-indices flag (--layers,
+    --drop-blocks) gives a count or a list; --drop-blocks sets drop_blocks (a count) or blocks (indices)."""
+    given = {flag: _count_or_indices(flag, value) if flag in ("--layers", "--drop-blocks") else value
+             for flag, value in flags.items()}
+    spec = given.pop("--drop-blocks", None)
+    extra = {"blocks" if isinstance(spec, list) else "drop_blocks": spec} if spec is not None else {}
+    impl.refuse_flags({**given, "--drop-blocks": spec})
+    return impl.build_config(given, extra)
 
-    given = [name for name, value in refused.items() if value is not None]
-    if given:
-        raise fail(f"{', '.join(given)} apply to classifiers; a language model takes --drop-blocks, --importance, "
-                   "--ffn and --heads")
-    spec = {}
-    if drop_blocks is not None:
-        try:
-            parts = [int(x) for x in drop_blocks.split(",") if x.strip()]
-        except ValueError:
-            raise fail(f"--drop-blocks must be a count or comma-separated indices, got {drop_blocks!r}") from None
-        spec = {"blocks": parts} if "," in drop_blocks else {"drop_blocks": parts[0] if parts else None}
-    if not spec and ffn is None and heads is None:
-        raise fail("a language model needs --drop-blocks (a count, or block indices such as 3,7), --ffn or --heads")
-    config = LLMPruneConfig.build(**spec, importance=importance, ffn_keep=ffn, heads_keep=heads)
-    record = prune_llm(teacher, out, config, data=data, force=force, progress=lambda m: typer.echo(m, err=True))
-    p = record["prune"]
-    typer.echo(f"student {out}: dropped blocks {p['dropped_blocks']} of {p['teacher_blocks']} "
-               f"({p['config']['importance'] if p['config']['blocks'] is None else 'by index'}), "
-               f"{p['ffn_neurons']} FFN neurons and {p['attention_heads']} heads per block, "
-               f"{p['parameters'] / 1e6:.2f}M parameters ({100 * p['parameters'] / p['teacher_parameters']:.1f}% "
-               "of the teacher)")
-    return record
+
+def _count_or_indices(flag: str, text: str | None) -> int | list[int] | None:
+    if text is None:
+        return None
+    try:
+        parts = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise fail(f"{flag} must be a count or comma-separated indices, got {text!r}") from None
+    return parts if "," in text else (parts[0] if parts else None)
 
 
 @app.command("prune-channels")
 @handled
 def prune_channels(teacher: Annotated[str, typer.Argument(help="Trained CNN directory (e.g. from `finetune digits-cnn`).")],
                    data: DataOpt, out: Annotated[Path, typer.Option("--out", help="Output pruned CNN directory.")],
-                   channels: Annotated[Optional[float], typer.Option(help="Fraction of conv channels kept (0.5).")] = None,
-                   hidden: Annotated[Optional[float], typer.Option(help="Fraction of hidden dense neurons kept (1.0).")] = None,
-                   recover_epochs: Annotated[Optional[float], typer.Option(help="Fine-tuning after the cut (0).")] = None,
+                   channels: Annotated[Optional[float], typer.Option(help=tasks.flag_help("prune-channels", "--channels", "Fraction of conv channels kept."))] = None,
+                   hidden: Annotated[Optional[float], typer.Option(help=tasks.flag_help("prune-channels", "--hidden", "Fraction of hidden dense neurons kept."))] = None,
+                   recover_epochs: Annotated[Optional[float], typer.Option(help=tasks.flag_help("prune-channels", "--recover-epochs", "Fine-tuning epochs after the cut."))] = None,
                    force: Force = False, json_out: JsonOut = None) -> None:
     """Channel pruning of a plain-PyTorch CNN with physical removal (Taylor importance), then optional recovery."""
-    from edgeshrink.compress.channels import ChannelPruneConfig, prune_channels as run
+    from edgeshrink.compress.channels import prune_channels as run
 
-    config = ChannelPruneConfig.build(channels_keep=channels, hidden_keep=hidden, recover_epochs=recover_epochs)
+    impl = tasks.of_model(teacher).implementation("prune-channels")
+    config = impl.build_config({"--channels": channels, "--hidden": hidden, "--recover-epochs": recover_epochs})
     record = run(teacher, _data_config(data, "text", "label"), out, config, force=force)
     p = record["prune_channels"]
     typer.echo(f"pruned CNN {out}: {p['parameters']:,} parameters ({100 * p['parameters'] / p['teacher_parameters']:.1f}% "
@@ -601,88 +576,57 @@ def sparsify(model: Annotated[str, typer.Argument(help="Fine-tuned model directo
 
 @app.command()
 @handled
-def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned teacher model directory.")],
+def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned teacher model directory (or a language model).")],
             data: DataOpt, out: Annotated[Path, typer.Option("--out", help="Output student model directory.")],
             student: Annotated[Optional[str], typer.Option(help="A student made by `edgeshrink prune` (else built here).")] = None,
             layers: Annotated[Optional[str], typer.Option(help="Build the student: layers to keep (count or indices).")] = None,
             heads: Annotated[Optional[float], typer.Option("--heads", help="Build the student: fraction of heads kept.")] = None,
             ffn: Annotated[Optional[float], typer.Option("--ffn", help="Build the student: fraction of FFN neurons kept.")] = None,
             vocab: Annotated[bool, typer.Option("--vocab", help="Build the student: prune the vocabulary.")] = False,
-            epochs: Annotated[Optional[int], typer.Option(help="Epochs (default 5; early stopping on calibration).")] = None,
-            learning_rate: Annotated[Optional[float], typer.Option(help="Peak learning rate (default 2e-4).")] = None,
-            alpha: Annotated[Optional[float], typer.Option("--alpha", help="Weight of label cross-entropy (0.5).")] = None,
-            beta: Annotated[Optional[float], typer.Option("--beta", help="Weight of the KL to the teacher (0.5).")] = None,
-            gamma: Annotated[Optional[float], typer.Option("--gamma", help="Weight of [CLS] hidden-state MSE (0).")] = None,
-            delta: Annotated[Optional[float], typer.Option("--delta", help="Weight of attention-map MSE (0; runs the teacher every step).")] = None,
-            temperature: Annotated[Optional[float], typer.Option(help="Distillation temperature (2).")] = None,
-            label_free: Annotated[bool, typer.Option("--label-free", help="Train on the teacher's predictions only.")] = False,
+            epochs: Annotated[Optional[int], typer.Option(help=tasks.flag_help("distill", "--epochs", "Epochs (early stopping on calibration)."))] = None,
+            learning_rate: Annotated[Optional[float], typer.Option(help=tasks.flag_help("distill", "--learning-rate", "Peak learning rate."))] = None,
+            alpha: Annotated[Optional[float], typer.Option("--alpha", help=tasks.flag_help("distill", "--alpha", "Weight of label (language models: next-token) cross-entropy."))] = None,
+            beta: Annotated[Optional[float], typer.Option("--beta", help=tasks.flag_help("distill", "--beta", "Weight of the KL to the teacher."))] = None,
+            gamma: Annotated[Optional[float], typer.Option("--gamma", help=tasks.flag_help("distill", "--gamma", "Weight of the hidden-state loss ([CLS] MSE; language models: per block)."))] = None,
+            delta: Annotated[Optional[float], typer.Option("--delta", help=tasks.flag_help("distill", "--delta", "Weight of attention-map MSE (runs the teacher every step)."))] = None,
+            temperature: Annotated[Optional[float], typer.Option(help=tasks.flag_help("distill", "--temperature", "Distillation temperature."))] = None,
+            label_free: Annotated[bool, typer.Option("--label-free", help=tasks.flag_help("distill", "--label-free", "Train on the teacher's predictions only."))] = False,
             augment: Annotated[Optional[int], typer.Option(help="Augmented copies of each train text, labelled by the teacher (0).")] = None,
             drop_blocks: Annotated[Optional[str], typer.Option("--drop-blocks", help="Language models, build the student: blocks to drop (count or indices).")] = None,
-            train_tokens: Annotated[Optional[int], typer.Option(help="Language models: training tokens per epoch (200000).")] = None,
+            train_tokens: Annotated[Optional[int], typer.Option(help=tasks.flag_help("distill", "--train-tokens", "Training tokens per epoch."))] = None,
             extra_text: Annotated[Optional[list[str]], typer.Option("--extra-text", help="Language models: more training text (.txt/.jsonl/dir; its train part).")] = None,
             text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
             force: Force = False, json_out: JsonOut = None) -> None:
     """Distill a smaller student from the teacher (building it with structured pruning if asked). A language
     model learns the teacher's next-token distributions on the train part of --data (label-free)."""
-    from edgeshrink.compress.distill import DistillConfig, distill as run
-    from edgeshrink.export.llm import is_language_model
+    from edgeshrink.compress.distill import distill as run
+    from edgeshrink.compress.prune import prune as cut
 
-    if is_language_model(teacher):
-        given = [name for name, value in {"--layers": layers, "--vocab": vocab or None, "--delta": delta,
-                                          "--label-free": label_free or None, "--augment": augment}.items()
-                 if value is not None]
-        if given:
-            raise fail(f"{', '.join(given)} apply to classifiers; a language model is distilled label-free from its "
-                       "next-token distributions")
-        _distill_decoder(teacher, student, data, out, drop_blocks, ffn, heads, force, json_out, extra_text or [],
-                         epochs=epochs, learning_rate=learning_rate, alpha_ce=alpha, beta_kd=beta, gamma_hidden=gamma,
-                         temperature=temperature, train_tokens=train_tokens)
-        return
-    if drop_blocks is not None or train_tokens is not None or extra_text:
-        raise fail("--drop-blocks, --train-tokens and --extra-text apply to language models")
-
-    config = DistillConfig.build(epochs=epochs, learning_rate=learning_rate, alpha_ce=alpha, beta_kd=beta,
-                                 gamma_hidden=gamma, delta_attention=delta, temperature=temperature, label_free=label_free or None,
-                                 augment=None if augment is None else {"copies": augment})
+    task = tasks.of_model(teacher)
+    impl = task.implementation("distill")
+    builds = {"--layers": layers, "--heads": heads, "--ffn": ffn, "--vocab": vocab, "--drop-blocks": drop_blocks}
+    config = impl.build_config({"--epochs": epochs, "--learning-rate": learning_rate, "--alpha": alpha, "--beta": beta,
+                                "--gamma": gamma, "--delta": delta, "--temperature": temperature,
+                                "--label-free": label_free, "--augment": augment, "--train-tokens": train_tokens,
+                                "--extra-text": extra_text, **builds},
+                               extra={"augment": None if augment is None else {"copies": augment}})
     data_config = _data_config(data, text_column, label_column, label_map)
+    source = (data_config, *extra_text) if extra_text else data_config
+    given = [flag for flag, value in builds.items() if value not in (None, False)]
     if student is None:
-        if layers is None and heads is None and ffn is None and not vocab:
-            raise fail("give --student, or build one with --layers/--heads/--ffn/--vocab")
+        if not given:
+            raise fail("give --student, or build one with " + "/".join(f for f in builds if f in impl.flags))
+        impl.function().check_data(source, config)  # before the student is built: bad data leaves nothing behind
         student_dir = out.with_name(out.name + ".student")
-        prune(teacher, data, student_dir, layers=layers, layer_strategy=None, heads=heads, ffn=ffn, vocab=vocab,
-              importance_examples=None, text_column=text_column, label_column=label_column, label_map=label_map, force=True, json_out=None)
+        prune_impl = task.implementation("prune")
+        record = cut(teacher, student_dir, _prune_config(prune_impl, builds), data=data_config, force=True,
+                     progress=lambda m: typer.echo(m, err=True))
+        typer.echo(prune_impl.summarize(record, student_dir))
         student = str(student_dir)
-    record = run(teacher, student, data_config, out, config, force=force)
-    test = record["test"]
-    typer.echo(f"student {out}: test accuracy {100 * test['accuracy']:.2f}% [95% CI {100 * test['ci95'][0]:.1f}, "
-               f"{100 * test['ci95'][1]:.1f}], {record['parameters'] / 1e6:.2f}M parameters, "
-               f"{record['train_seconds']:.0f} s, {len(record['history'])} epochs")
-    write_json(json_out, record)
-
-
-def _distill_decoder(teacher: str, student: str | None, data: str, out: Path, drop_blocks: str | None,
-                     ffn: float | None, heads: float | None, force: bool, json_out, extra_text: list[str], **settings) -> None:
-    from edgeshrink.compress.llm_distill import LLMDistillConfig, distill_llm
-
-    from edgeshrink.data.lm_text import load_lm_text
-
-    config = LLMDistillConfig.build(**settings)
-    for text in (data, *extra_text):  # before a student is built: a bad text leaves nothing behind
-        load_lm_text(text, "train", config.split)
-    if student is None:
-        if drop_blocks is None and ffn is None and heads is None:
-            raise fail("give --student, or build one with --drop-blocks/--ffn/--heads")
-        student_dir = out.with_name(out.name + ".student")
-        _prune_decoder(teacher, data, student_dir, drop_blocks, None, ffn, heads, force=True, refused={})
-        student = str(student_dir)
-    elif drop_blocks is not None or ffn is not None or heads is not None:
-        raise fail("give --student or --drop-blocks/--ffn/--heads to build one, not both")
-    record = distill_llm(teacher, student, out, config, text=data, extra_text=tuple(extra_text), force=force)
-    d = record["distill"]
-    ppl = d["calibration_perplexity"]
-    typer.echo(f"student {out}: calibration perplexity {ppl['after']:.2f} (before healing {ppl['before']:.2f}, "
-               f"teacher {ppl['teacher']:.2f}), {d['parameters'] / 1e6:.2f}M parameters, {d['train_tokens']:,} "
-               f"tokens x {len(d['history'])} epochs, {d['train_seconds']:.0f} s ({d['precision']})")
+    elif given:
+        raise fail(f"give --student or {'/'.join(given)} to build one, not both")
+    record = run(teacher, student, out, config, data=source, force=force)
+    typer.echo(impl.summarize(record, out))
     write_json(json_out, record)
 
 

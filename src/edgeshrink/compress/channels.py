@@ -121,15 +121,13 @@ def prune_channels(teacher: str | Path, data: DataConfig | str, out: str | Path,
     import numpy as np
     import torch
 
-    from edgeshrink import __version__
+    from edgeshrink import __version__, tasks
     from edgeshrink._files import atomic_output_dir, check_output_dir, sha256_file
-    from edgeshrink.models.cnn import (MODEL_TYPE, WEIGHTS_NAME, CNNConfig, accuracy, is_cnn, load_cnn,
+    from edgeshrink.models.cnn import (MODEL_TYPE, WEIGHTS_NAME, CNNConfig, accuracy, load_cnn,
                                        require_images, save_cnn, train_cnn)
     from edgeshrink.models.finetune import FinetuneConfig
 
-    config = config or ChannelPruneConfig()
-    if not is_cnn(teacher):
-        raise EdgeshrinkError(f"channel pruning works on CNNs; {teacher} is not one (for a transformer use `prune`)")
+    config = tasks.of_model(teacher).implementation("prune-channels").check_config(config)
     check_output_dir(out, force)
     net, teacher_record = load_cnn(teacher)
     architecture = CNNConfig.from_dict(teacher_record["architecture"])

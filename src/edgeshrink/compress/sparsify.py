@@ -106,13 +106,11 @@ def sparsify(model: str | Path, data: DataConfig | str, out: str | Path, config:
     """Zero the smallest weights of ``model`` (gradually, with fine-tuning, unless one-shot); save it dense."""
     import torch
 
+    from edgeshrink import tasks
     from edgeshrink.models.finetune.encoder import train_classifier
     from edgeshrink.models.torch_text import load_classifier, predict_proba
 
-    from edgeshrink.models.cnn import refuse_cnn
-
-    refuse_cnn("sparsify", model)
-    config = config or SparsifyConfig()
+    config = tasks.of_model(model).implementation("sparsify").check_config(config)
     check_output_dir(out, force)
     model_dir = resolve_model(model)
     source_record = read_record(model_dir)

@@ -130,6 +130,17 @@ class TrainRun:
         shutil.rmtree(self.partial, ignore_errors=True)
 
 
+def choose_precision(precision: str, device: str) -> str:
+    """``auto``: bf16 on a GPU, or on a CPU with bf16 instructions (AMX, AVX512-BF16); fp32 otherwise."""
+    if precision != "auto":
+        return precision
+    if device == "cuda":
+        return "bf16"
+    from edgeshrink.doctor import cpu_info
+
+    return "bf16" if {"amx-bf16", "avx512-bf16"} & set(cpu_info()["isa"]) else "fp32"
+
+
 def progress_columns(title: str) -> list:
     from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 

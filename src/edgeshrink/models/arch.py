@@ -115,16 +115,16 @@ class Family:
 
     def block_list(self, model):
         """The ModuleList of blocks (for ALBERT: the one shared block, not one per depth)."""
-        return _get(self.base_of(model), self.blocks)
+        return module_at(self.base_of(model), self.blocks)
 
     def attention_of(self, block):
-        attn = _get(block, self.attention)
-        return SimpleNamespace(module=attn, q=_get(block, self.q), k=_get(block, self.k), v=_get(block, self.v),
-                               o=_get(block, self.o), heads=getattr(attn, self.heads_attr),
+        attn = module_at(block, self.attention)
+        return SimpleNamespace(module=attn, q=module_at(block, self.q), k=module_at(block, self.k), v=module_at(block, self.v),
+                               o=module_at(block, self.o), heads=getattr(attn, self.heads_attr),
                                head_size=attn.attention_head_size)
 
     def ffn_of(self, block):
-        return SimpleNamespace(up=_get(block, self.ffn_up), down=_get(block, self.ffn_down))
+        return SimpleNamespace(up=module_at(block, self.ffn_up), down=module_at(block, self.ffn_down))
 
     # -- inputs and lengths ------------------------------------------------------------------------
     def inputs(self, config) -> list[str]:
@@ -211,7 +211,6 @@ def module_at(obj, path: str):
     return obj
 
 
-_get = module_at  # the old private name, until compress/llm_prune.py imports module_at (issue 26's merge)
 
 
 FAMILIES: dict[str, Family] = {}
@@ -275,8 +274,8 @@ register(Family(name="deberta-v2", label="DeBERTa-v2/v3", model_types=("deberta-
 
 
 # Decoder language models (causal LMs): imported from a GGUF or an HF directory by models/llm.py, pruned by
-# compress/llm_prune.py (blocks; FFN neurons of the gated MLP; attention heads by whole KV groups, so that
-# grouped-query attention stays valid) and healed by compress/llm_distill.py.
+# compress/prune/decoder.py (blocks; FFN neurons of the gated MLP; attention heads by whole KV groups, so that
+# grouped-query attention stays valid) and healed by compress/distill/decoder.py.
 _DECODER_REFUSALS = {"prune_vocab": "a decoder's vocabulary is also its output: not implemented",
                      "distill_attention": "not implemented for decoders; the hidden-state loss is"}
 _DECODER_PATHS = dict(blocks="layers", attention="self_attn", q="self_attn.q_proj", k="self_attn.k_proj",

@@ -79,8 +79,8 @@ class LLMRecipe(Config):
 
 def llm_step_configs() -> dict[str, type[Config]]:
     from edgeshrink.bench.config import LLMBenchConfig
-    from edgeshrink.compress.llm_distill import LLMDistillConfig
-    from edgeshrink.compress.llm_prune import LLMPruneConfig
+    from edgeshrink.compress.distill.decoder import LLMDistillConfig
+    from edgeshrink.compress.prune.decoder import LLMPruneConfig
     from edgeshrink.compress.quantize import QuantConfig
     from edgeshrink.export.llm import LLMExportConfig
 
@@ -153,18 +153,18 @@ def _import(state, config, out: Path, data) -> dict:
 
 
 def _prune(state, config, out: Path, data) -> dict:
-    from edgeshrink.compress.llm_prune import prune_llm
+    from edgeshrink.compress.prune import prune
 
-    record = prune_llm(state["model"], out / "model", config, data=data, force=True)["prune"]
+    record = prune(state["model"], out / "model", config, data=data, force=True)["prune"]
     return {"state": {"model": str(out / "model"), "source_model": state["model"]},
             "result": {k: record[k] for k in ("dropped_blocks", "kept_blocks", "ffn_neurons", "attention_heads",
                                               "parameters", "teacher_parameters", "seconds")}}
 
 
 def _distill(state, config, out: Path, data) -> dict:
-    from edgeshrink.compress.llm_distill import distill_llm
+    from edgeshrink.compress.distill import distill
 
-    record = distill_llm(state["source_model"], state["model"], out / "model", config, text=data, force=True)["distill"]
+    record = distill(state["source_model"], state["model"], out / "model", config, data=data, force=True)["distill"]
     return {"state": {"model": str(out / "model")},
             "result": {k: record[k] for k in ("calibration_perplexity", "history", "train_tokens", "train_seconds",
                                               "precision", "parameters")}}

@@ -62,7 +62,7 @@ def _prune(state, config, out: Path, data) -> dict:
     from edgeshrink.compress.prune import prune
 
     teacher = state.get("teacher") or state["model"]
-    record = prune(teacher, data, out / "model", config, force=True)
+    record = prune(teacher, out / "model", config, data=data, force=True)
     return {"state": {"model": str(out / "model"), "teacher": teacher},
             "result": {"parameters": record["prune"]["parameters"]}}
 
@@ -81,7 +81,7 @@ def _prune_channels(state, config, out: Path, data) -> dict:
 def _distill(state, config, out: Path, data) -> dict:
     from edgeshrink.compress.distill import distill
 
-    record = distill(state["teacher"], state["model"], data, out / "model", config, force=True)
+    record = distill(state["teacher"], state["model"], out / "model", config, data=data, force=True)
     return {"state": {"model": str(out / "model")},
             "result": {"test_accuracy": record["test"]["accuracy"], "train_seconds": record["train_seconds"]}}
 

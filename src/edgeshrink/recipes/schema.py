@@ -45,8 +45,8 @@ def step_configs() -> dict[str, type[Config]]:
     """Step name → the config class of its verb (the registry recipes validate against)."""
     from edgeshrink.bench.config import BenchConfig
     from edgeshrink.compress.channels import ChannelPruneConfig
-    from edgeshrink.compress.distill import DistillConfig
-    from edgeshrink.compress.prune import PruneConfig
+    from edgeshrink.compress.distill.encoder import DistillConfig
+    from edgeshrink.compress.prune.encoder import PruneConfig
     from edgeshrink.compress.quantize import QuantConfig
     from edgeshrink.compress.sparsify import SparsifyConfig
     from edgeshrink.export import ExportConfig

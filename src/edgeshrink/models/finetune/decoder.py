@@ -138,8 +138,7 @@ def finetune_llm(model: str | Path, out: str | Path, config: LLMFinetuneConfig, 
     from transformers import get_linear_schedule_with_warmup
 
     from edgeshrink._files import check_output_dir
-    from edgeshrink.compress.llm_distill import choose_precision
-    from edgeshrink.compress.trainer import TrainRun, progress_columns
+    from edgeshrink.compress.trainer import TrainRun, choose_precision, progress_columns
     from edgeshrink.data import load_data, split_for_training
     from edgeshrink.models.finetune import hf_writer, scored, seed_training
     from edgeshrink.models.llm import import_llm, load_causal_lm

@@ -1,7 +1,8 @@
-"""Structured pruning of an encoder classifier (any registered family) with physical removal: layers, heads, FFN neurons.
+"""Structured pruning of an encoder classifier (any registered family): layers, heads, FFN neurons, vocabulary.
 
-    from edgeshrink.compress.prune import prune, PruneConfig
-    record = prune("runs/cloud", "sentiment-movies", "runs/student", PruneConfig(layers=2, ffn_keep=0.5))
+    from edgeshrink.compress.prune import prune
+    from edgeshrink.compress.prune.encoder import PruneConfig
+    record = prune("runs/cloud", "runs/student", PruneConfig(layers=2, ffn_keep=0.5), data="sentiment-movies")
 
 Heads and FFN neurons are ranked by first-order Taylor importance, |activation × gradient| of the loss,
 summed over examples of the train split (Michel et al. 2019 for heads; Molchanov et al. 2017 for
@@ -12,19 +13,16 @@ recovers the accuracy the cuts cost.
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
 
-from edgeshrink._files import atomic_output_dir, check_output_dir
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.models.sources import RECORD_NAME, check_labels, read_record, resolve_model, weights_sha256
+from edgeshrink.models.sources import check_labels, read_record, resolve_model, weights_sha256
 
 
 class PruneConfig(Config):
@@ -132,19 +130,14 @@ def head_plan(head_scores, heads_kept: int, same_everywhere: bool) -> dict[int, 
     return plan
 
 
-def prune(teacher: str | Path, data: DataConfig | str, out: str | Path, config: PruneConfig | None = None,
-          force: bool = False) -> dict:
-    """Build a smaller dense student from ``teacher``; return its record (also saved in the directory)."""
+def cut(teacher: str | Path, config: PruneConfig, *, data: DataConfig | str, progress=None):
+    """Load ``teacher``, check the request, score and cut (see the module doc); ``finish(work_dir)`` cuts the
+    vocabulary (its tokenizer is rebuilt in ``work_dir``) if asked and returns (model, tokenizer, record)."""
     import torch
 
     from edgeshrink.models import arch, surgery
-    from edgeshrink.models.cnn import is_cnn
     from edgeshrink.models.torch_text import load_classifier
 
-    config = config or PruneConfig()
-    if is_cnn(teacher):
-        raise EdgeshrinkError(f"{teacher} is a CNN: prune its channels with `prune_channels` (recipe step prune-channels)")
-    check_output_dir(out, force)
     teacher_dir = resolve_model(teacher)
     teacher_record = read_record(teacher_dir)
     model, tokenizer = load_classifier(teacher_dir)
@@ -175,7 +168,7 @@ def prune(teacher: str | Path, data: DataConfig | str, out: str | Path, config: 
     if len(keep_layers) < total_layers:
         drop_layers(model, keep_layers)
         earlier_cut = {j: earlier_cut[i] for j, i in enumerate(keep_layers) if i in earlier_cut}
-    plan, vocab_info = {}, None
+    plan = {}
     split = split_examples(load_data(data), config.split) if (heads_kept < n_heads or ffn_kept < ffn or config.vocab) \
         else None
     if heads_kept < n_heads or ffn_kept < ffn:
@@ -202,20 +195,20 @@ def prune(teacher: str | Path, data: DataConfig | str, out: str | Path, config: 
     earlier = teacher_record.get("prune") or {}
     kept_layers = [earlier["kept_layers"][i] for i in keep_layers] if earlier.get("kept_layers") else keep_layers
     origin_sha = earlier.get("teacher_weights_sha256") or weights_sha256(teacher_dir)
-    with atomic_output_dir(out, force) as tmp:
+
+    def finish(work_dir: Path):
+        net, tok, vocab_info = model, tokenizer, None
         if config.vocab:
             from edgeshrink.compress.vocab import prune_vocabulary
 
-            model, tokenizer, vocab_info = prune_vocabulary(model, tokenizer, split.train.texts, tmp / "_tokenizer")
-        record = _record(model, teacher, teacher_dir, teacher_record, labels, max_length, config, kept_layers,
+            net, tok, vocab_info = prune_vocabulary(model, tokenizer, split.train.texts, work_dir)
+        record = _record(net, teacher, teacher_dir, teacher_record, labels, max_length, config, kept_layers,
                          heads_kept, pruned_heads, ffn_kept, vocab_info, started)
         record["prune"]["teacher_weights_sha256"] = origin_sha
         record["prune"]["cuts"] = earlier.get("cuts", 0) + 1
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.rmtree(tmp / "_tokenizer", ignore_errors=True)
-        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2))
-    return record
+        return net, tok, record
+
+    return finish
 
 
 def _record(model, teacher, teacher_dir, teacher_record, labels, max_length, config, keep_layers, heads_kept,
@@ -238,3 +231,12 @@ def _record(model, teacher, teacher_dir, teacher_record, labels, max_length, con
                   "seconds": round(time.perf_counter() - started, 1)},
     }
     return record
+
+
+def describe(record: dict, out) -> str:
+    p = record["prune"]
+    return (f"student {out}: layers {p['kept_layers']}, {p['heads_per_layer']} heads and {p['ffn_per_layer']} FFN "
+            f"neurons per layer, {p['parameters'] / 1e6:.2f}M parameters "
+            f"({100 * p['parameters'] / p['teacher_parameters']:.1f}% of the teacher)"
+            + (f", vocabulary {p['vocabulary']['vocab_size']} of {p['vocabulary']['teacher_vocab_size']} tokens"
+               if p["vocabulary"] else ""))

@@ -1,11 +1,12 @@
 """Depth and width pruning of a causal LM: drop whole blocks, FFN neurons and attention heads (by KV group),
 chosen by measured importance, physically removed.
 
-    from edgeshrink.compress.llm_prune import prune_llm, LLMPruneConfig
-    record = prune_llm("smollm2", "runs/smollm2-drop8", LLMPruneConfig(drop_blocks=8))
-    record = prune_llm("smollm2", "runs/smollm2-narrow", LLMPruneConfig(ffn_keep=0.5, heads_keep=0.67))
+    from edgeshrink.compress.prune import prune
+    from edgeshrink.compress.prune.decoder import LLMPruneConfig
+    record = prune("smollm2", "runs/smollm2-drop8", LLMPruneConfig(drop_blocks=8), data="bbc-news")
+    record = prune("smollm2", "runs/smollm2-narrow", LLMPruneConfig(ffn_keep=0.5, heads_keep=0.67), data="bbc-news")
 
-Importance is forward-only on the calibration part of a text set (default ``bbc-news``; documents one at a
+Importance is forward-only on the calibration part of a text set (``data``, e.g. ``bbc-news``; documents one at a
 time, ``max_tokens`` each, so memory stays bounded): a hook on every block reads its input and output
 hidden states, and per block ``block-influence`` = 1 − mean cosine similarity between them (ShortGPT) or
 ``angular`` = mean arccos(cosine)/π; the blocks that change their input least go first. ``first``,
@@ -23,7 +24,6 @@ holds one width), its own most important ones.
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Literal
@@ -32,7 +32,6 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from edgeshrink.config import Config
-from edgeshrink.models.arch import _get
 from edgeshrink.errors import EdgeshrinkError
 
 IMPORTANCE = ("block-influence", "angular", "first", "last", "uniform")
@@ -124,7 +123,7 @@ def width_scores(model, family, texts: list[str], tokenizer, config: LLMPruneCon
         return record
 
     handles = [family.ffn_of(b).down.register_forward_pre_hook(on_down(i)) for i, b in enumerate(blocks)]
-    handles += [_get(b, family.o).register_forward_pre_hook(on_o(i)) for i, b in enumerate(blocks)]
+    handles += [b.get_submodule(family.o).register_forward_pre_hook(on_o(i)) for i, b in enumerate(blocks)]
     tokens = _run_documents(model, tokenizer, texts, config, handles, "FFN neurons and heads", progress)
     return {"ffn": [(f / tokens).tolist() for f in ffn], "heads": [(h / tokens).tolist() for h in head],
             "tokens": tokens}
@@ -217,7 +216,7 @@ def remove_blocks(model, family, drop: list[int]) -> list[int]:
         for module in block.modules():
             if hasattr(module, "layer_idx"):
                 module.layer_idx = new
-    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    text_config = _text_config(model)
     for config in {id(c): c for c in (model.config, text_config)}.values():
         config.num_hidden_layers = len(keep)
         layer_types = getattr(config, "layer_types", None)
@@ -226,28 +225,16 @@ def remove_blocks(model, family, drop: list[int]) -> list[int]:
     return keep
 
 
-def prune_llm(teacher: str | Path, out: str | Path, config: LLMPruneConfig, data: str = "bbc-news",
-              force: bool = False, progress=None) -> dict:
-    """Drop blocks of a causal LM (see the module doc); write the student HF directory; return its record."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from edgeshrink._files import atomic_output_dir, check_output_dir
+def cut(teacher: str | Path, config: LLMPruneConfig, *, data, progress=None):
+    """Load the causal LM ``teacher``, check the request, score on the calibration part of the text ``data``
+    and cut (see the module doc); ``finish(work_dir)`` returns (model, tokenizer, record)."""
     from edgeshrink.data.lm_text import load_lm_text
-    from edgeshrink.errors import first_line
     from edgeshrink.models import arch
-    from edgeshrink.models.llm import import_llm
-    from edgeshrink.models.sources import RECORD_NAME, read_record
+    from edgeshrink.models.llm import import_llm, load_causal_lm
+    from edgeshrink.models.sources import read_record
 
-    out = Path(out)
-    check_output_dir(out, force)
     model_dir = import_llm(teacher)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(model_dir), local_files_only=True,
-                                                     dtype=torch.float32).eval()
-    except Exception as exc:  # transformers raises many types
-        raise EdgeshrinkError(f"cannot load a language model from {model_dir}: {first_line(exc)}") from None
+    model, tokenizer = load_causal_lm(model_dir)
     family = arch.family_of(model.config)
     depth = config.drop_blocks is not None or config.blocks is not None
     if depth:
@@ -262,7 +249,7 @@ def prune_llm(teacher: str | Path, out: str | Path, config: LLMPruneConfig, data
     text = None
     if config.ffn_keep is not None or config.heads_keep is not None or \
             (config.blocks is None and config.importance in ("block-influence", "angular") and config.drop_blocks):
-        text = load_lm_text(data, "calibration")
+        text = load_lm_text(getattr(data, "source", data), "calibration")  # a DataConfig names its text
         texts = text.texts[:config.calibration_documents]
     if config.blocks is None and config.importance in ("block-influence", "angular") and config.drop_blocks:
         scores = block_scores(model, family, texts, tokenizer, config, progress)
@@ -276,7 +263,7 @@ def prune_llm(teacher: str | Path, out: str | Path, config: LLMPruneConfig, data
                                              "documents": len(texts)}
     teacher_record = read_record(model_dir)
     text_config = _text_config(model)
-    record = {"source": teacher_record.get("source"),
+    record = {"task": "text-generation", "source": teacher_record.get("source"),
               "prune": {"teacher": str(Path(model_dir).resolve()), "config": config.to_dict(),
                         "dropped_blocks": drop, "kept_blocks": keep, "teacher_blocks": count,
                         "ffn_neurons": getattr(text_config, family.ffn_size_key, None),
@@ -286,8 +273,13 @@ def prune_llm(teacher: str | Path, out: str | Path, config: LLMPruneConfig, data
                         "parameters": int(sum(p.numel() for p in model.parameters())),
                         "teacher_parameters": teacher_parameters,
                         "seconds": round(time.perf_counter() - started, 1)}}
-    with atomic_output_dir(out, force) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2))
-    return record
+    return lambda work_dir: (model, tokenizer, record)
+
+
+def describe(record: dict, out) -> str:
+    p = record["prune"]
+    return (f"student {out}: dropped blocks {p['dropped_blocks']} of {p['teacher_blocks']} "
+            f"({p['config']['importance'] if p['config']['blocks'] is None else 'by index'}), "
+            f"{p['ffn_neurons']} FFN neurons and {p['attention_heads']} heads per block, "
+            f"{p['parameters'] / 1e6:.2f}M parameters ({100 * p['parameters'] / p['teacher_parameters']:.1f}% "
+            "of the teacher)")
