@@ -6,7 +6,7 @@
 
 The task registry (edgeshrink/tasks.py) names, for the bundle's task, the config class and the part:
     classifier.py  text- and tensor-classification bundles: METHODS (passes.py's ORT INT8, INT4 and FP16
-                   passes, mixed.py's accuracy-aware mix of them), calibration.py's readers, test-split scores
+                   passes and calibration, mixed.py's accuracy-aware mix of them), test-split scores
     decoder.py     text-generation bundles: INT4 weights on the GGUF's own grid (gguf_grid.py) or rounded
     config.py      QuantConfig (classifiers) and LLMQuantConfig (language models)
 Every bundle goes through the same skeleton: the source's manifest verified, the part's refusals before anything

@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 
 from edgeshrink._quiet import quiet
-from edgeshrink.compress.quantize.calibration import TensorCalibrationReader, TextCalibrationReader
 from edgeshrink.compress.quantize.config import MIN_CALIBRATION_EXAMPLES, QuantConfig
 from edgeshrink.errors import EdgeshrinkError
 
@@ -40,26 +39,47 @@ class QuantContext:
     def require_calibration(self, method: str) -> list[str]:
         if self.encode is None:
             raise EdgeshrinkError(f"{method} needs text calibration data; this bundle takes tensors")
-        texts = self.calibration_texts[: self.config.calibration_samples]
-        if len(texts) < MIN_CALIBRATION_EXAMPLES:
-            raise EdgeshrinkError(f"{method} needs at least {MIN_CALIBRATION_EXAMPLES} calibration examples, "
-                                  f"got {len(texts)}: give more data or a larger calibration split")
-        return texts
+        return _enough(method, self.calibration_texts[: self.config.calibration_samples])
 
     def calibration_reader(self, method: str, on_batch: Callable[[int], None] | None = None):
-        """(a CalibrationDataReader over the calibration split, its example count), for text or tensor bundles."""
-        batch_size = self.config.calibration_batch_size
+        """(a CalibrationReader over the calibration split, its example count), for text or tensor bundles: texts
+        tokenized by the device's own tokenizer, arrays as they are."""
         if self.encode is not None:
-            texts = self.require_calibration(method)
-            return TextCalibrationReader(self.encode, texts, batch_size, on_batch=on_batch), len(texts)
+            # similar lengths per batch: few padding positions calibrated
+            texts = sorted(self.require_calibration(method), key=len)
+            return CalibrationReader(texts, lambda batch: self.encode(batch)[0], self.config, on_batch), len(texts)
         if self.calibration_inputs is None:
             raise EdgeshrinkError(f"{method} needs calibration data: this bundle records no data split, pass --data")
-        inputs = self.calibration_inputs[: self.config.calibration_samples]
-        if len(inputs) < MIN_CALIBRATION_EXAMPLES:
-            raise EdgeshrinkError(f"{method} needs at least {MIN_CALIBRATION_EXAMPLES} calibration examples, "
-                                  f"got {len(inputs)}: give more data or a larger calibration split")
+        inputs = _enough(method, self.calibration_inputs[: self.config.calibration_samples])
         (name,) = [spec["name"] for spec in self.manifest["inputs"]]
-        return TensorCalibrationReader(name, inputs, batch_size, on_batch=on_batch), len(inputs)
+        return (CalibrationReader(inputs, lambda batch: {name: np.ascontiguousarray(batch, dtype=np.float32)},
+                                  self.config, on_batch), len(inputs))
+
+
+def _enough(method: str, examples):
+    if len(examples) < MIN_CALIBRATION_EXAMPLES:
+        raise EdgeshrinkError(f"{method} needs at least {MIN_CALIBRATION_EXAMPLES} calibration examples, "
+                              f"got {len(examples)}: give more data or a larger calibration split")
+    return examples
+
+
+class CalibrationReader:
+    """An onnxruntime CalibrationDataReader over the calibration split, streamed one batch of feeds per
+    ``get_next``, so memory stays bounded however many samples are used."""
+
+    def __init__(self, examples, feeds: Callable, config: QuantConfig, on_batch: Callable[[int], None] | None):
+        self.examples, self.feeds, self.on_batch = examples, feeds, on_batch
+        self.batch_size, self.position = config.calibration_batch_size, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.position >= len(self.examples):
+            return None
+        batch = self.examples[self.position:self.position + self.batch_size]
+        self.position += len(batch)
+        if self.on_batch:
+            self.on_batch(len(batch))
+        return self.feeds(batch)
+
 
 def _qtype(name: str):
     from onnxruntime.quantization import QuantType
