@@ -19,7 +19,7 @@ from pathlib import Path
 
 from edgeshrink.bench.config import LLMBenchConfig
 from edgeshrink.bench.llm import bench_llm
-from edgeshrink.compress import QuantConfig, quantize
+from edgeshrink.compress import LLMQuantConfig, quantize
 from edgeshrink.compress.distill import distill
 from edgeshrink.compress.distill.decoder import LLMDistillConfig
 from edgeshrink.compress.prune import prune
@@ -75,7 +75,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     heal = LLMDistillConfig(epochs=1, train_tokens=args.heal_tokens, learning_rate=args.learning_rate)
-    int4 = QuantConfig(method="int4-weight", accuracy_level=4, evaluate=False)
+    int4 = LLMQuantConfig(method="int4-weight", accuracy_level=4, evaluate=False)
     teacher = step(out / "teacher-bundle", lambda: export_llm("smollm2", out / "teacher-bundle", force=True))
     candidates = {"teacher fp32": teacher,
                   "teacher int4": step(out / "teacher-int4", lambda: quantize(teacher, out / "teacher-int4", int4,

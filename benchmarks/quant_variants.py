@@ -2,10 +2,10 @@
 # Decided on the calibration split (never the test split). Needs `make foundation` first. Output: see BENCHMARKS.md.
 import json, time
 from edgeshrink.compress import quantize, QuantConfig
-from edgeshrink.compress.quantize import _split_for
+from edgeshrink.compress.quantize.classifier import split_for
 from edgeshrink.runtime import load, read_manifest
 src='runs/demo/bundle'
-split=_split_for(read_manifest(src), None)
+split=split_for(read_manifest(src), None, True)
 def acc(path, part):
     p=load(path,verify=False).predict(part.texts).labels
     return sum(a==b for a,b in zip(p,part.labels))/len(part)

@@ -3,7 +3,7 @@
 One tiny causal LM per family (``tests/families.py::make_causal_lm``, sizes from the registry's
 ``test_config``) is exported once (module-scoped ``exported``) and quantized once with the CLI's defaults
 (``int4``); each verb's checks take those fixtures: import, export (validation and manifest), the INT4
-variants ``QuantConfig`` offers a language model, generation (greedy identity with PyTorch, streaming,
+variants ``LLMQuantConfig`` offers a language model, generation (greedy identity with PyTorch, streaming,
 logprobs, chat), perplexity on text, and the refusals (one line, exit 2, nothing written). A verb that
 scores bundles (the bench's perplexity) takes ``exported`` and ``int4`` the same way.
 """
@@ -18,8 +18,8 @@ import pytest
 from typer.testing import CliRunner
 
 from edgeshrink.cli import app
-from edgeshrink.compress import QuantConfig, quantize
-from edgeshrink.compress.llm_quantize import compare_on_text
+from edgeshrink.compress import LLMQuantConfig, quantize
+from edgeshrink.compress.quantize.decoder import compare_on_text
 from edgeshrink.export.llm import LLMExportConfig, export_llm
 from edgeshrink.models.arch import unique_families
 from edgeshrink.models.llm import import_llm
@@ -106,7 +106,7 @@ def test_export_validates_and_describes_the_bundle(exported):
 def test_int4_variants_quantize_and_generate(exported, text_file, variant):
     _, _, bundle, manifest = exported
     out = bundle.parent / ("int4-" + "-".join(f"{v}" for v in variant.values()))
-    q = quantize(bundle, out, QuantConfig(method="int4-weight", **variant), data=str(text_file))["quantization"]
+    q = quantize(bundle, out, LLMQuantConfig(method="int4-weight", **variant), data=str(text_file))["quantization"]
     assert q["config"]["block_size"] == variant["block_size"] and q["config"]["symmetric"] == variant["symmetric"]
     by_type = q["weights"]["bytes_by_type"]
     assert by_type.get("uint4", 0) + by_type.get("int4", 0) > 0

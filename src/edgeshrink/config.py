@@ -20,6 +20,11 @@ class Config(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
+    def key_form(self) -> dict[str, Any]:
+        """What a recipe step's cache key hashes: ``to_dict()``, unless the class replaced an older config and
+        gives that one's shape, so a cache made before the change stays valid (compress/quantize/config.py)."""
+        return self.to_dict()
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 

@@ -319,13 +319,21 @@ implement("export", "text-generation", "edgeshrink.export.llm:export_llm", "edge
 implement("export-triton", "text-classification", "edgeshrink.export.triton:export_triton",
           "edgeshrink.export.triton:TritonConfig", {"--name": "name"})
 
-# quantize (a bundle's task)
-implement("quantize", "text-classification", "edgeshrink.compress.quantize:quantize",
-          "edgeshrink.compress.quantize:QuantConfig")
-implement("quantize", "tensor-classification", "edgeshrink.compress.quantize:quantize",
-          "edgeshrink.compress.quantize:QuantConfig")
-implement("quantize", "text-generation", "edgeshrink.compress.llm_quantize:quantize_llm",
-          "edgeshrink.compress.quantize:QuantConfig")
+# quantize (a bundle's task): the part compress/quantize's skeleton runs, a class built with (bundle, manifest,
+# config, data, progress) that has run(work, model_out), evaluate(out_dir), drops and describe(manifest, out)
+_QUANT_FLAGS = {"--method": "method", "--block-size": "block_size", "--symmetric": "symmetric",
+                "--accuracy-level": "accuracy_level"}
+_CLASSIFIER_QUANT_FLAGS = {**_QUANT_FLAGS, "--target": "target", "--per-channel": "per_channel",
+                           "--weight-type": "weight_type", "--calibration-method": "calibration_method",
+                           "--calibration-samples": "calibration_samples",
+                           "--quantize-embeddings": "quantize_embeddings", "--tolerance": "tolerance"}
+implement("quantize", "text-classification", "edgeshrink.compress.quantize.classifier:ClassifierQuantization",
+          "edgeshrink.compress.quantize.config:QuantConfig", _CLASSIFIER_QUANT_FLAGS)
+implement("quantize", "tensor-classification", "edgeshrink.compress.quantize.classifier:ClassifierQuantization",
+          "edgeshrink.compress.quantize.config:QuantConfig", _CLASSIFIER_QUANT_FLAGS)
+implement("quantize", "text-generation", "edgeshrink.compress.quantize.decoder:DecoderQuantization",
+          "edgeshrink.compress.quantize.config:LLMQuantConfig",
+          {**_QUANT_FLAGS, "--grid": "grid", "--head-bits": "head_bits"})
 
 # bench (a bundle's task)
 implement("bench", "text-classification", "edgeshrink.bench.run:bench", "edgeshrink.bench.config:BenchConfig")

@@ -14,7 +14,7 @@ from edgeshrink.bench.config import LLMBenchConfig
 from edgeshrink.bench.llm import bench_llm, decode_limit, onnx_weight_bytes_per_token
 from edgeshrink.bench.llm_report import to_markdown
 from edgeshrink.cli import app
-from edgeshrink.compress import QuantConfig, quantize
+from edgeshrink.compress import LLMQuantConfig, quantize
 from edgeshrink.compress.lm_eval import _spread, score_windows, text_windows
 from edgeshrink.data.lm_text import load_lm_text
 from edgeshrink.errors import EdgeshrinkError
@@ -31,7 +31,7 @@ def llm_bundles(tmp_path_factory):
     model = make_causal_lm("llama", root / "model", tie_word_embeddings=True)
     export_llm(model, root / "fp32", LLMExportConfig(validation_prompts=2, validation_new_tokens=8))
     shutil.copytree(root / "fp32", root / "fp32-copy")
-    quantize(root / "fp32", root / "int4", QuantConfig(method="int4-weight", block_size=16, evaluate=False))
+    quantize(root / "fp32", root / "int4", LLMQuantConfig(method="int4-weight", block_size=16, evaluate=False))
     text = root / "text.txt"
     text.write_text("\n\n".join(t for t, _ in make_texts(90, seed=3)))
     return root, root / "fp32", root / "fp32-copy", root / "int4", text

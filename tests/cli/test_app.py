@@ -86,6 +86,8 @@ def test_bad_inputs_are_one_line_errors(tiny_model, tiny_bundle, tmp_path):
         (["quantize", tiny_bundle, "--method", "fp16", "--target", "tpu", "--out", tmp_path / "q2"], "target"),
         (["quantize", tiny_bundle, "--method", "fp16", "--out", tiny_bundle], "must be a new directory"),
         (["quantize", corrupt, "--method", "fp16", "--out", tmp_path / "q3"], "corrupt or was modified"),
+        (["quantize", tiny_bundle, "--method", "int4-weight", "--grid", "gguf", "--out", tmp_path / "q4"],
+         "--grid applies to text-generation models; a text-classification model takes --method, "),
         (["bench", tiny_bundle, "--data", "sentiment-movies"], "edgeshrink data prepare sentiment-movies"),
     ]
     for args, match in cases:

@@ -11,8 +11,7 @@ gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as T  # noqa: E402
 from gguf.quants import dequantize, quantize  # noqa: E402
 
-from edgeshrink.compress.gguf_grid import GridIndex, read_gguf_grids  # noqa: E402
-from edgeshrink.compress.llm_quantize import keep_gguf_grid  # noqa: E402
+from edgeshrink.compress.quantize.gguf_grid import GridIndex, keep_gguf_grid, read_gguf_grids  # noqa: E402
 
 # format -> (kernel bits, has a float offset per block)
 EXPECTED = {"Q4_0": (4, False), "Q4_1": (4, True), "Q5_0": (8, False), "Q5_1": (8, True), "Q8_0": (8, False),

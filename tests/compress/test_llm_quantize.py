@@ -8,7 +8,7 @@ import shutil
 import numpy as np
 import pytest
 
-from edgeshrink.compress import QuantConfig, quantize
+from edgeshrink.compress import LLMQuantConfig, QuantConfig, quantize
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.export.llm import LLMExportConfig, export_llm
 from edgeshrink.runtime import load
@@ -30,7 +30,7 @@ def tied_bundle(tmp_path_factory):
 def test_int4_of_an_llm_bundle(tied_bundle, block_size, symmetric):
     root, text = tied_bundle
     out = root / f"int4-{block_size}-{symmetric}"
-    manifest = quantize(root / "fp32", out, QuantConfig(method="int4-weight", block_size=block_size,
+    manifest = quantize(root / "fp32", out, LLMQuantConfig(method="int4-weight", block_size=block_size,
                                                          symmetric=symmetric), data=str(text))
     q = manifest["quantization"]
     assert manifest["task"] == "text-generation" and q["grid"] == "rtn"
@@ -53,9 +53,23 @@ def test_int4_of_an_llm_bundle(tied_bundle, block_size, symmetric):
 
 def test_llm_bundles_take_int4_only(tied_bundle):
     root, text = tied_bundle
-    with pytest.raises(EdgeshrinkError, match="an LLM bundle takes int4-weight"):
+    with pytest.raises(EdgeshrinkError, match="QuantConfig does not apply to a text-generation model .* give a LLMQuantConfig"):
         quantize(root / "fp32", root / "int8", QuantConfig(method="dynamic-int8"), data=str(text))
     assert not (root / "int8").exists()
+
+
+def test_the_cli_refuses_a_classifier_flag_for_an_llm_bundle(tied_bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeshrink.cli import app
+
+    root, _ = tied_bundle
+    result = CliRunner().invoke(app, ["quantize", str(root / "fp32"), "--method", "int4-weight", "--target", "avx2",
+                                      "--tolerance", "1", "--out", str(tmp_path / "q")])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert ("--target, --tolerance apply to tensor-classification and text-classification models; a text-generation "
+            "model takes --method, --block-size, --symmetric, --accuracy-level, --grid, --head-bits") in result.output
+    assert not (tmp_path / "q").exists()
 
 
 def _onto_gguf_grid(model_dir, gguf_path):
@@ -101,14 +115,14 @@ def gguf_bundle(tmp_path_factory):
 
 def test_int4_keeps_the_gguf_grid_of_an_imported_model(gguf_bundle):
     root, text = gguf_bundle
-    manifest = quantize(root / "fp32", root / "q", QuantConfig(method="int4-weight", block_size=32), data=str(text))
+    manifest = quantize(root / "fp32", root / "q", LLMQuantConfig(method="int4-weight", block_size=32), data=str(text))
     q = manifest["quantization"]
     assert q["grid"] == "gguf" and q["gguf_grid"]["matmuls_left"] == [] and q["gguf_grid"]["rounded"] == {}
     assert q["gguf_grid"]["kept"]["Q4_1"] > 0 and q["gguf_grid"]["kept"]["Q8_0"] == 1
     assert q["gguf_grid"]["fused_projections"] == 2  # each layer's gate and up projections: one MatMulNBits
     ev = q["evaluation"]
     assert abs(ev["perplexity_change"]) < 0.01 and ev["top1_agreement"] > 0.97  # the same weights: nothing re-rounded
-    rtn = quantize(root / "fp32", root / "rtn", QuantConfig(method="int4-weight", block_size=32, grid="rtn"),
+    rtn = quantize(root / "fp32", root / "rtn", LLMQuantConfig(method="int4-weight", block_size=32, grid="rtn"),
                    data=str(text))["quantization"]
     assert rtn["grid"] == "rtn"
     ids = load(root / "fp32").encode("a good film about the sea")
@@ -116,7 +130,7 @@ def test_int4_keeps_the_gguf_grid_of_an_imported_model(gguf_bundle):
     kept_error = np.abs(load(root / "q").logits(ids) - reference).max()
     rtn_error = np.abs(load(root / "rtn").logits(ids) - reference).max()
     assert kept_error < rtn_error / 3  # re-rounding the grid costs far more than carrying it over
-    small = quantize(root / "fp32", root / "h4", QuantConfig(method="int4-weight", block_size=32, head_bits=4,
+    small = quantize(root / "fp32", root / "h4", LLMQuantConfig(method="int4-weight", block_size=32, head_bits=4,
                                                              evaluate=False), data=str(text))
     assert small["quantization"]["gguf_grid"]["rounded"] and small["size_bytes"] < manifest["size_bytes"]
     assert len(load(root / "q").generate("a good film", max_new_tokens=4, ignore_eos=True).token_ids) == 4
@@ -125,7 +139,7 @@ def test_int4_keeps_the_gguf_grid_of_an_imported_model(gguf_bundle):
 def test_grid_gguf_needs_a_gguf_source(tied_bundle):
     root, text = tied_bundle
     with pytest.raises(EdgeshrinkError, match="was not imported from a GGUF"):
-        quantize(root / "fp32", root / "g", QuantConfig(method="int4-weight", grid="gguf"), data=str(text))
+        quantize(root / "fp32", root / "g", LLMQuantConfig(method="int4-weight", grid="gguf"), data=str(text))
     assert not (root / "g").exists()
 
 
@@ -136,7 +150,7 @@ def test_llm_quantize_never_writes_into_its_source_nor_copies_what_is_not_listed
     shutil.copytree(root / "fp32", source)
     victim.write_text("victim")
     secret.write_text("secret")
-    config = QuantConfig(method="int4-weight", evaluate=False)
+    config = LLMQuantConfig(method="int4-weight", evaluate=False)
     for name, make, rule in [("model-inferred.onnx", lambda p: p.symlink_to(victim), "symbolic link"),
                              ("notes.txt", lambda p: p.symlink_to(secret), "symbolic link"),
                              ("stray.txt", lambda p: p.write_text("not listed"), "not listed in the manifest")]:
@@ -147,7 +161,7 @@ def test_llm_quantize_never_writes_into_its_source_nor_copies_what_is_not_listed
         assert not (tmp_path / "Q").exists()
     os.utime(source, ns=(10**18, 10**18))
     before = sorted((p.name, p.is_symlink(), p.lstat().st_size) for p in source.iterdir()), source.stat().st_mtime_ns
-    manifest = quantize(source, tmp_path / "Q", QuantConfig(method="int4-weight", evaluate=False), data=str(text))
+    manifest = quantize(source, tmp_path / "Q", LLMQuantConfig(method="int4-weight", evaluate=False), data=str(text))
     assert victim.read_bytes() == b"victim" and secret.read_bytes() == b"secret"
     assert (sorted((p.name, p.is_symlink(), p.lstat().st_size) for p in source.iterdir()),
             source.stat().st_mtime_ns) == before
@@ -160,5 +174,5 @@ def test_llm_quantize_never_writes_into_its_source_nor_copies_what_is_not_listed
     (source / "model.onnx.data").rename(outside)
     (source / "model.onnx.data").symlink_to(outside)
     with pytest.raises(EdgeshrinkError, match=r"model\.onnx\.data.*symbolic link"):
-        quantize(source, tmp_path / "Q2", QuantConfig(method="int4-weight", evaluate=False), data=str(text))
+        quantize(source, tmp_path / "Q2", LLMQuantConfig(method="int4-weight", evaluate=False), data=str(text))
     assert not (tmp_path / "Q2").exists()

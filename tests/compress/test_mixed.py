@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeshrink.compress import mixed
-from edgeshrink.compress.quantize import QuantConfig, QuantContext
+from edgeshrink.compress.quantize import mixed
+from edgeshrink.compress.quantize import QuantConfig
+from edgeshrink.compress.quantize.passes import QuantContext
 
 N_NODES, N_TEXTS = 12, 200
 COST = {"int4": 1.0, "fp32": 0.0}

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from edgeshrink.compress import METHODS, QuantConfig, quantize
+from edgeshrink.compress import METHODS, LLMQuantConfig, QuantConfig, quantize
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.export import ExportConfig, export
 from tests.conftest import make_texts, write_csv
@@ -90,14 +90,32 @@ def test_bad_inputs(tiny_bundle, data_csv, tmp_path):
     (broken / "tokenizer.json").write_text("{}")
     with pytest.raises(EdgeshrinkError, match="corrupt or was modified"):
         quantize(broken, tmp_path / "b", QuantConfig(method="fp16"))
-    for llm_only in ({"grid": "gguf"}, {"head_bits": 8}):
-        with pytest.raises(EdgeshrinkError, match="apply to LLM bundles"):
-            quantize(tiny_bundle, tmp_path / "g", QuantConfig(method="int4-weight", **llm_only))
+    for llm_only in ({"grid": "gguf"}, {"head_bits": 8}):  # a language model's fields: not a classifier's config
+        with pytest.raises(EdgeshrinkError, match=f"{next(iter(llm_only))}: unknown key"):
+            QuantConfig.build(method="int4-weight", **llm_only)
+    with pytest.raises(EdgeshrinkError, match="LLMQuantConfig does not apply to a text-classification model .* "
+                                              "give a QuantConfig"):
+        quantize(tiny_bundle, tmp_path / "g", LLMQuantConfig(method="int4-weight"))
     with pytest.raises(EdgeshrinkError, match="method"):
         QuantConfig.build(method="int2")
     with pytest.raises(EdgeshrinkError, match="target"):
         QuantConfig.build(method="fp16", target="tpu")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["broken", "q", "small.csv"]
+
+
+def test_recipe_keys_hash_the_unsplit_config():
+    """Recipe cache keys hash key_form(): the one QuantConfig every bundle took before issue 26 split it, with
+    that config's defaults where a value was not given (LLM block_size now defaults to 32, classifiers' to 128)."""
+    unsplit = {"version": 1, "method": "int4-weight", "target": "host", "per_channel": True, "weight_type": None,
+               "activation_type": None, "reduce_range": None, "op_types": None, "calibration_method": "minmax",
+               "calibration_samples": 512, "calibration_batch_size": 16, "block_size": None, "symmetric": True,
+               "quantize_embeddings": True, "accuracy_level": 4, "grid": "auto", "head_bits": None,
+               "fp16_block_list": [], "tolerance": 0.5, "max_eval_examples": None, "evaluate": True}
+    assert LLMQuantConfig(method="int4-weight", accuracy_level=4).key_form() == unsplit
+    assert LLMQuantConfig.from_dict({"method": "int4-weight", "block_size": 32, "head_bits": 8}).key_form() == {
+        **unsplit, "accuracy_level": None, "block_size": 32, "head_bits": 8}
+    assert QuantConfig(method="dynamic-int8").key_form() == {**unsplit, "method": "dynamic-int8", "accuracy_level": None}
+    assert QuantConfig(method="fp16").to_dict()["block_size"] == 128 and "grid" not in QuantConfig(method="fp16").to_dict()
 
 
 def test_targets_resolve_to_types():

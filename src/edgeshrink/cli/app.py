@@ -412,60 +412,42 @@ def bench(candidates: Annotated[list[Path], typer.Argument(help="Device bundles 
 @app.command()
 @handled
 def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to quantize.")],
-             method: Annotated[str, typer.Option("--method", help="dynamic-int8 | static-int8 | int4-weight | fp16 | auto")],
+             method: Annotated[str, typer.Option("--method", help="dynamic-int8 | static-int8 | int4-weight | fp16 | auto (language models: int4-weight).")],
              out: Annotated[Path, typer.Option("--out", help="Output bundle directory (a new one).")],
-             target: Annotated[Optional[str], typer.Option(help="host | avx2 | avx512-vnni | arm64 (default: host).")] = None,
-             per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help="Weight scales per channel.")] = None,
-             weight_type: Annotated[Optional[str], typer.Option(help="int8 | uint8 (default: the target's).")] = None,
-             calibration_method: Annotated[Optional[str], typer.Option(help="static: minmax | percentile | entropy.")] = None,
-             calibration_samples: Annotated[Optional[int], typer.Option(help="static/auto: calibration examples (default 512).")] = None,
-             block_size: Annotated[Optional[int], typer.Option(help="int4: block size 16/32/64/128 (default 128; 32 for language models).")] = None,
-             symmetric: Annotated[Optional[bool], typer.Option("--symmetric/--asymmetric", help="int4: symmetric blocks.")] = None,
-             quantize_embeddings: Annotated[Optional[bool], typer.Option("--quantize-embeddings/--keep-embeddings", help="int4: also the embedding tables.")] = None,
-             accuracy_level: Annotated[Optional[int], typer.Option(help="int4: MatMulNBits compute precision, 0 (input's) or 4 (int8 activations).")] = None,
-             grid: Annotated[Optional[str], typer.Option(help="LLM int4: auto | gguf | rtn (auto: keep the GGUF's own codes when the model was imported from one).")] = None,
-             head_bits: Annotated[Optional[int], typer.Option(help="LLM int4: 4 or 8 bits for the embedding table and LM head (default: the GGUF's own, else 4).")] = None,
-             tolerance: Annotated[Optional[float], typer.Option(help="auto: max accuracy drop in points (default 0.5).")] = None,
+             target: Annotated[Optional[str], typer.Option(help=tasks.flag_help("quantize", "--target", "host | avx2 | avx512-vnni | arm64."))] = None,
+             per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help=tasks.flag_help("quantize", "--per-channel", "Weight scales per channel."))] = None,
+             weight_type: Annotated[Optional[str], typer.Option(help=tasks.flag_help("quantize", "--weight-type", "int8 | uint8 (none: the target's)."))] = None,
+             calibration_method: Annotated[Optional[str], typer.Option(help=tasks.flag_help("quantize", "--calibration-method", "static: minmax | percentile | entropy."))] = None,
+             calibration_samples: Annotated[Optional[int], typer.Option(help=tasks.flag_help("quantize", "--calibration-samples", "static/auto: calibration examples."))] = None,
+             block_size: Annotated[Optional[int], typer.Option(help=tasks.flag_help("quantize", "--block-size", "int4: block size 16/32/64/128."))] = None,
+             symmetric: Annotated[Optional[bool], typer.Option("--symmetric/--asymmetric", help=tasks.flag_help("quantize", "--symmetric", "int4: symmetric blocks."))] = None,
+             quantize_embeddings: Annotated[Optional[bool], typer.Option("--quantize-embeddings/--keep-embeddings", help=tasks.flag_help("quantize", "--quantize-embeddings", "int4: also the embedding tables."))] = None,
+             accuracy_level: Annotated[Optional[int], typer.Option(help=tasks.flag_help("quantize", "--accuracy-level", "int4: MatMulNBits compute precision, 0 (input's) or 4 (int8 activations)."))] = None,
+             grid: Annotated[Optional[str], typer.Option(help=tasks.flag_help("quantize", "--grid", "int4: auto | gguf | rtn (auto: keep the GGUF's own codes when the model was imported from one)."))] = None,
+             head_bits: Annotated[Optional[int], typer.Option(help=tasks.flag_help("quantize", "--head-bits", "int4: 4 or 8 bits for the embedding table and LM head (none: the GGUF's own, else 4)."))] = None,
+             tolerance: Annotated[Optional[float], typer.Option(help=tasks.flag_help("quantize", "--tolerance", "auto: max accuracy drop in points."))] = None,
              data: Annotated[Optional[str], typer.Option("--data", help="Data (default: the data the bundle was made "
                                                          "on, as recorded; a path given here is read with the recorded "
-                                                         "columns and must give the recorded split).")] = None,
-             no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip scoring the test split.")] = False,
+                                                         "columns and must give the recorded split; language models: "
+                                                         "the text whose calibration part is scored, bbc-news).")] = None,
+             no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip scoring the source and the quantized bundle.")] = False,
              force: Force = False, json_out: JsonOut = None) -> None:
     """Quantize a bundle (INT8 dynamic/static, INT4 weight-only, FP16, or accuracy-aware mixed precision)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edgeshrink.compress import QuantConfig, quantize as run
+    from edgeshrink.compress import quantize as run
 
-    config = QuantConfig.build(method=method, target=target, per_channel=per_channel, weight_type=weight_type,
-                               calibration_method=calibration_method, calibration_samples=calibration_samples,
-                               block_size=block_size, symmetric=symmetric, quantize_embeddings=quantize_embeddings,
-                               accuracy_level=accuracy_level, grid=grid, head_bits=head_bits, tolerance=tolerance, evaluate=False if no_eval else None)
+    impl = tasks.of_bundle(bundle).implementation("quantize")
+    config = impl.build_config({"--method": method, "--target": target, "--per-channel": per_channel,
+                                "--weight-type": weight_type, "--calibration-method": calibration_method,
+                                "--calibration-samples": calibration_samples, "--block-size": block_size,
+                                "--symmetric": symmetric, "--quantize-embeddings": quantize_embeddings,
+                                "--accuracy-level": accuracy_level, "--grid": grid, "--head-bits": head_bits,
+                                "--tolerance": tolerance}, extra={"evaluate": False} if no_eval else None)
     with Progress(TextColumn("[bold]quantize[/] {task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()) as progress:
         manifest = run(bundle, out, config, data=data, force=force, progress=progress_callback(progress))
-    q = manifest["quantization"]
-    parent = q["parent"]["size_bytes"]
-    if manifest.get("task") == "text-generation":
-        line = (f"LLM bundle {out}: {q['method']}, {manifest['size_bytes'] / 1e6:.1f} MB = "
-                f"{100 * manifest['size_bytes'] / parent:.1f}% of the source, {q['seconds']:.0f} s")
-        ev = q.get("evaluation")
-        if ev:
-            line += (f"; {ev['data']} calibration ({ev['tokens']} tokens): perplexity {ev['perplexity']:.2f} vs "
-                     f"{ev['source_perplexity']:.2f} ({100 * ev['perplexity_change']:+.1f}%), top-1 agreement "
-                     f"{100 * ev['top1_agreement']:.1f}%")
-        typer.echo(line)
-        write_json(json_out, manifest)
-        return
-    line = (f"bundle {out}: {q['method']} ({q['resolved']['target']}), {manifest['size_bytes'] / 1e6:.1f} MB "
-            f"= {100 * manifest['size_bytes'] / parent:.1f}% of the source (model.onnx: "
-            f"{100 * q['model_size_ratio']:.1f}%), {q['seconds']:.0f} s")
-    ev = q.get("evaluation")
-    if ev:
-        line += (f"; test accuracy {100 * ev['accuracy']['value']:.2f}% vs source {100 * ev['source_accuracy']['value']:.2f}% "
-                 f"(drop {ev['accuracy_drop_points']:.2f} pt, McNemar p={ev['mcnemar']['p_value']:.3f})")
-    typer.echo(line)
-    if q["method"] == "auto":
-        typer.echo(f"auto: {q['message']}; precision counts {q['chosen']['counts']}; search {q['search_seconds']:.0f} s")
+    typer.echo(impl.function().describe(manifest, out))
     write_json(json_out, manifest)
 
 

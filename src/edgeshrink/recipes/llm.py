@@ -81,11 +81,11 @@ def llm_step_configs() -> dict[str, type[Config]]:
     from edgeshrink.bench.config import LLMBenchConfig
     from edgeshrink.compress.distill.decoder import LLMDistillConfig
     from edgeshrink.compress.prune.decoder import LLMPruneConfig
-    from edgeshrink.compress.quantize import QuantConfig
+    from edgeshrink.compress.quantize import LLMQuantConfig
     from edgeshrink.export.llm import LLMExportConfig
 
     return {"import": LLMImportConfig, "prune": LLMPruneConfig, "distill": LLMDistillConfig, "export": LLMExportConfig,
-            "quantize": QuantConfig, "bench": LLMBenchConfig}
+            "quantize": LLMQuantConfig, "bench": LLMBenchConfig}
 
 
 def is_llm_recipe(raw: dict) -> bool:
@@ -320,7 +320,7 @@ def run_llm(recipe_path, recipe: LLMRecipe, recipe_hash: str, out: Path, progres
     key = _key(recipe.model, recipe.data, recipe.seed, "llm")
     tasks = []
     for i, (name, config) in enumerate(steps):
-        key = _key(key, name, config.to_dict(), LLM_STEP_VERSIONS.get(name, 1))
+        key = _key(key, name, config.key_form(), LLM_STEP_VERSIONS.get(name, 1))
         tasks.append(StepTask("llm", name, config.to_dict(), f"{i:02d}-{name}-{key}", key,
                               f"step {i + 1}/{len(steps)} {name}", recipe.data, resources_for(name, recipe.resources)))
     records = executor.run_paths([PathPlan(tasks)], {"model": recipe.model}, cache, lambda *a: None, progress)[0]["records"]

@@ -316,7 +316,7 @@ def plan_paths(recipe: Recipe, paths: list, data, resources: dict) -> list:
         tasks = []
         for i, (name, config) in enumerate(steps):
             version = STEP_VERSIONS.get(name, 1)
-            key = _key(key, name, config.to_dict(), *([version] if version != 1 else []))
+            key = _key(key, name, config.key_form(), *([version] if version != 1 else []))
             tasks.append(StepTask("classifier", name, config.to_dict(), f"{i:02d}-{name}-{key}", key,
                                   f"{label}step {i + 1}/{len(steps)} {name}", data.to_dict(),
                                   resources_for(name, resources)))

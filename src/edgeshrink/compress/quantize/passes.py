@@ -1,4 +1,6 @@
-"""The quantization methods, each a function of a QuantContext registered under its name.
+"""ORT's quantization passes over a classifier bundle's graph, each a function of a QuantContext: dynamic INT8,
+static INT8 (streamed calibration), block-wise INT4 weights and FP16. ``dynamic_int8`` and ``int4_weight`` also
+take the nodes to leave alone, for the mixed-precision search (mixed.py) and a language model's rounded weights.
 
 Pass order matters: ORT's transformer fusions replace MatMul/Gather with fused contrib ops, and
 quantization then cannot infer types of their weights unless told that untyped tensors are float
@@ -7,11 +9,76 @@ quantization then cannot infer types of their weights unless told that untyped t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from edgeshrink._quiet import quiet
-from edgeshrink.compress.quantize import QuantContext, register
+from edgeshrink.compress.quantize.config import MIN_CALIBRATION_EXAMPLES, QuantConfig
 from edgeshrink.errors import EdgeshrinkError
+
+
+@dataclass
+class QuantContext:
+    """What a method gets: paths, config, and helpers bound to the source bundle and its data."""
+
+    source_onnx: Path  # in a private copy of the source bundle, with its manifest: a method may write beside it
+    output_onnx: Path
+    work_dir: Path
+    config: QuantConfig
+    types: dict
+    manifest: dict
+    encode: Callable | None  # texts -> (feeds, truncated), the device tokenizer
+    calibration_texts: list[str]
+    calibration_labels: list[str]
+    progress: Callable = field(default=lambda *a, **k: None)
+    calibration_inputs: np.ndarray | None = None  # tensor bundles: the calibration split's arrays
+
+    def require_calibration(self, method: str) -> list[str]:
+        if self.encode is None:
+            raise EdgeshrinkError(f"{method} needs text calibration data; this bundle takes tensors")
+        return _enough(method, self.calibration_texts[: self.config.calibration_samples])
+
+    def calibration_reader(self, method: str, on_batch: Callable[[int], None] | None = None):
+        """(a CalibrationReader over the calibration split, its example count), for text or tensor bundles: texts
+        tokenized by the device's own tokenizer, arrays as they are."""
+        if self.encode is not None:
+            # similar lengths per batch: few padding positions calibrated
+            texts = sorted(self.require_calibration(method), key=len)
+            return CalibrationReader(texts, lambda batch: self.encode(batch)[0], self.config, on_batch), len(texts)
+        if self.calibration_inputs is None:
+            raise EdgeshrinkError(f"{method} needs calibration data: this bundle records no data split, pass --data")
+        inputs = _enough(method, self.calibration_inputs[: self.config.calibration_samples])
+        (name,) = [spec["name"] for spec in self.manifest["inputs"]]
+        return (CalibrationReader(inputs, lambda batch: {name: np.ascontiguousarray(batch, dtype=np.float32)},
+                                  self.config, on_batch), len(inputs))
+
+
+def _enough(method: str, examples):
+    if len(examples) < MIN_CALIBRATION_EXAMPLES:
+        raise EdgeshrinkError(f"{method} needs at least {MIN_CALIBRATION_EXAMPLES} calibration examples, "
+                              f"got {len(examples)}: give more data or a larger calibration split")
+    return examples
+
+
+class CalibrationReader:
+    """An onnxruntime CalibrationDataReader over the calibration split, streamed one batch of feeds per
+    ``get_next``, so memory stays bounded however many samples are used."""
+
+    def __init__(self, examples, feeds: Callable, config: QuantConfig, on_batch: Callable[[int], None] | None):
+        self.examples, self.feeds, self.on_batch = examples, feeds, on_batch
+        self.batch_size, self.position = config.calibration_batch_size, 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        if self.position >= len(self.examples):
+            return None
+        batch = self.examples[self.position:self.position + self.batch_size]
+        self.position += len(batch)
+        if self.on_batch:
+            self.on_batch(len(batch))
+        return self.feeds(batch)
 
 
 def _qtype(name: str):
@@ -42,8 +109,7 @@ def dynamic_int8(src: Path, dst: Path, ctx: QuantContext, nodes_to_exclude: list
                          extra_options={**_float_default(), "MatMulConstBOnly": True})
 
 
-@register("dynamic-int8")
-def _dynamic(ctx: QuantContext) -> dict:
+def dynamic(ctx: QuantContext) -> dict:
     """Weights int8 ahead of time, activations quantized per batch at run time (no calibration)."""
     try:
         dynamic_int8(ctx.source_onnx, ctx.output_onnx, ctx)
@@ -54,8 +120,7 @@ def _dynamic(ctx: QuantContext) -> dict:
     return {"format": "QOperator (MatMulInteger / DynamicQuantizeMatMul)"}
 
 
-@register("static-int8")
-def _static(ctx: QuantContext) -> dict:
+def static(ctx: QuantContext) -> dict:
     """QDQ int8 with activation ranges calibrated on the calibration split.
 
     Calibration is ours, streamed: ORT's own `CalibMaxIntermediateOutputs` discards the collected batches
@@ -114,15 +179,15 @@ class _Chunk:
         return self.reader.get_next()
 
 
-def int4_weight(src: Path, dst: Path, ctx: QuantContext, nodes_to_exclude: list[str] | None = None,
+def int4_weight(src: Path, dst: Path, cfg, nodes_to_exclude: list[str] | None = None,
                 embeddings: bool | None = None) -> None:
+    """``cfg``: a QuantConfig or an LLMQuantConfig (block_size, symmetric, accuracy_level)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-    cfg = ctx.config
     embeddings = cfg.quantize_embeddings if embeddings is None else embeddings
     op_types = ("MatMul", "Gather") if embeddings else ("MatMul",)
-    algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size or 128, is_symmetric=cfg.symmetric,
+    algo = DefaultWeightOnlyQuantConfig(block_size=cfg.block_size, is_symmetric=cfg.symmetric,
                                         accuracy_level=cfg.accuracy_level, op_types_to_quantize=op_types,
                                         quant_axes=(("MatMul", 0), ("Gather", 1)))
     with quiet():
@@ -132,18 +197,16 @@ def int4_weight(src: Path, dst: Path, ctx: QuantContext, nodes_to_exclude: list[
         quantizer.model.save_model_to_file(str(dst), use_external_data_format=False)
 
 
-@register("int4-weight")
-def _int4(ctx: QuantContext) -> dict:
+def int4(ctx: QuantContext) -> dict:
     """Block-wise weight-only INT4 of MatMuls (MatMulNBits) and of the embedding tables (GatherBlockQuantized)."""
     try:
-        int4_weight(ctx.source_onnx, ctx.output_onnx, ctx)
+        int4_weight(ctx.source_onnx, ctx.output_onnx, ctx.config)
     except Exception as exc:
         raise _fail("int4-weight", exc) from None
     return {"format": "MatMulNBits + GatherBlockQuantized" if ctx.config.quantize_embeddings else "MatMulNBits"}
 
 
-@register("fp16")
-def _fp16(ctx: QuantContext) -> dict:
+def fp16(ctx: QuantContext) -> dict:
     """float16 weights and compute; graph inputs/outputs stay as they were (fp32 logits)."""
     import onnx
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
@@ -157,9 +220,3 @@ def _fp16(ctx: QuantContext) -> dict:
         raise _fail("fp16", exc) from None
     return {"fp32_op_types": block}
 
-
-@register("auto")
-def _auto(ctx: QuantContext) -> dict:
-    from edgeshrink.compress.mixed import search
-
-    return search(ctx)

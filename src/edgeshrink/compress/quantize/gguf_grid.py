@@ -1,191 +1,263 @@
-"""Quantize an LLM bundle: block-wise INT4 weights (MatMulNBits), the embedding and tied LM head included.
+"""The integer grid a GGUF stores, read back block by block, so an INT4 bundle can keep it instead of re-rounding.
 
-    from edgeshrink.compress import quantize, QuantConfig
-    manifest = quantize("runs/smollm2-fp32", "runs/smollm2-int4", QuantConfig(method="int4-weight"))
+A model imported from a GGUF carries fp32 weights that lie exactly on the file's quantization grid:
+per sub-block ``w = a·q + b`` with integer codes ``q`` (Q4_1: ``a = d``, ``b = m``; Q4_K: ``a = d·sc``,
+``b = −dmin·m``; Q8_0: ``a = d``, ``b = 0``; Q6_K: ``a = d·sc``, ``b = −32·a``). Re-quantizing those fp32
+weights with round-to-nearest puts them on a different grid and costs quality for nothing; reading the
+codes back keeps the model the user imported.
 
-A bundle imported from a GGUF keeps the GGUF's own integer grid (``grid="auto"``, see gguf_grid.py and
-:func:`keep_gguf_grid`): nothing is re-rounded, a float minimum is added back exactly by a block-sum term,
-and sibling projections of one input share one MatMulNBits. The embedding table and a tied LM head share
-one quantized table (GatherBlockQuantized reads MatMulNBits' codes), at the grid's own bits or
-``head_bits``. Weights that are on no GGUF grid (``grid="rtn"``, or a model that did not come from a GGUF)
-go through ORT's round-to-nearest quantizer. The manifest records, on the calibration documents of a text
-set (default ``bbc-news``; never the test split), the perplexity of the source and of the quantized model
-and their top-1 agreement (same positions, teacher-forced).
+One table describes each block format: its size, the byte ranges that hold codes and how to fill them
+to read ``b`` (codes 0) and ``a + b`` (codes 1) through gguf-py's own dequantizer. The codes of every
+element then follow from ``q = round((w − b) / a)``, and :func:`read_grid` checks that ``a·q + b``
+reproduces gguf-py's dequantized tensor before anything uses it.
+
+:func:`keep_gguf_grid` then rewrites a bundle's graph onto those codes (MatMulNBits, GatherBlockQuantized):
+nothing is re-rounded, a float minimum is added back exactly by a block-sum term, and sibling projections
+of one input share one MatMulNBits.
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-import time
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
-from edgeshrink._files import atomic_output_dir, check_output_dir, copy_listed_files, listed_file
-from edgeshrink.errors import EdgeshrinkError, first_line
+from edgeshrink.errors import EdgeshrinkError
 
-LLM_METHODS = ("int4-weight",)
-LLM_BLOCK_SIZE = 32  # default INT4 block of LLM weights: a GGUF's block, onnxruntime-genai's default
-EVAL_TOKENS = 256  # tokens per calibration document scored (from its start)
+RELATIVE_TOLERANCE = 1e-5  # |a·q + b − w| ≤ this × max|w| of the tensor (fp32 rounding of a and b)
 
 
-def untie_transposed_weights(src: Path, dst: Path) -> int:
-    """Replace ``Transpose(initializer) -> MatMul`` by a transposed initializer; return how many were untied."""
-    import onnx
-    from onnx import numpy_helper
-
-    model = onnx.load(str(src))
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
-    untied = 0
-    for node in list(graph.node):
-        if node.op_type != "Transpose" or node.input[0] not in inits:
-            continue
-        users = consumers.get(node.output[0], [])
-        if not users or any(u.op_type != "MatMul" or list(u.input).index(node.output[0]) != 1 for u in users):
-            continue
-        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
-        table = numpy_helper.to_array(inits[node.input[0]])
-        transposed = np.ascontiguousarray(table.transpose(perm) if perm else table.T)
-        name = node.output[0] + "_untied"
-        graph.initializer.append(numpy_helper.from_array(transposed, name))
-        for user in users:
-            user.input[1] = name
-        graph.node.remove(node)
-        untied += 1
-    onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
-    return untied
+@dataclass(frozen=True)
+class BlockFormat:
+    elements: int  # elements per stored block
+    sub_block: int  # elements sharing one (a, b)
+    code_bits: int  # bits of a code as stored
+    codes: tuple[tuple[int, int, int], ...]  # (start, stop, byte that makes every code 1) per code byte range
 
 
-def source_gguf(manifest: dict) -> Path | None:
-    """The GGUF an LLM bundle was imported from, when its record names one that is still there unchanged."""
-    import hashlib
+# ggml block layouts (ggml-common.h): which bytes of a block are codes.
+FORMATS = {
+    "Q4_0": BlockFormat(32, 32, 4, ((2, 18, 0x11),)),
+    "Q4_1": BlockFormat(32, 32, 4, ((4, 20, 0x11),)),
+    "Q5_0": BlockFormat(32, 32, 5, ((2, 6, 0x00), (6, 22, 0x11))),
+    "Q5_1": BlockFormat(32, 32, 5, ((4, 8, 0x00), (8, 24, 0x11))),
+    "Q8_0": BlockFormat(32, 32, 8, ((2, 34, 0x01),)),
+    "Q4_K": BlockFormat(256, 32, 4, ((16, 144, 0x11),)),
+    "Q5_K": BlockFormat(256, 32, 5, ((16, 48, 0x00), (48, 176, 0x11))),
+    "Q6_K": BlockFormat(256, 16, 6, ((0, 128, 0x11), (128, 192, 0x00))),
+}
 
-    source = manifest.get("source")
-    record = source.get("record") if isinstance(source, dict) else None
-    if not isinstance(record, dict) or not record.get("gguf"):
+
+@dataclass
+class Grid:
+    """One GGUF tensor as ``w[n, k] = scale[n, j] · (codes[n, k] − zero) + offset[n, j]`` for sub-block j of row n.
+
+    ``codes`` are unsigned and fit ``bits`` (4 or 8); ``zero`` is MatMulNBits' default zero point
+    2^(bits−1). ``offset`` is None when the format is symmetric on that grid (Q4_0, Q8_0, Q5_0, Q6_K): then
+    ONNX Runtime's integer kernels reproduce the tensor alone; otherwise (Q4_1, Q4_K, Q5_1, Q5_K: a float
+    minimum per sub-block) the offset is added back as ``Σ_j offset[n, j] · Σ_{k∈j} x_k``.
+    """
+
+    name: str
+    qtype: str
+    bits: int
+    block_size: int
+    codes: np.ndarray  # uint8 [N, K]
+    scale: np.ndarray  # float32 [N, K / block_size]
+    minimum: np.ndarray | None  # float32 [N, K / block_size]: b of w = a·q + b, kept as the file stores it
+    values: np.ndarray  # float32 [N, K]: gguf-py's dequantized tensor (what the fp32 import holds)
+    max_abs_error: float
+    zero_points: np.ndarray | None = None  # uint8 [N, K / block_size]: per-block zero points (re-rounded grids)
+
+    @property
+    def zero(self) -> int:
+        return 1 << (self.bits - 1)
+
+    @property
+    def offset(self) -> np.ndarray | None:
+        """What MatMulNBits with default zero points leaves out: scale·zero + minimum per sub-block."""
+        return None if self.minimum is None else (self.scale * np.float32(self.zero) + self.minimum).astype(np.float32)
+
+    def packed_zero_points(self) -> np.ndarray | None:
+        """Zero points in MatMulNBits' layout: uint8 [N, ceil(blocks·bits/8)], low nibble first for 4 bits."""
+        if self.zero_points is None or self.bits == 8:
+            return self.zero_points
+        z = self.zero_points
+        if z.shape[1] % 2:
+            z = np.concatenate([z, np.zeros((z.shape[0], 1), np.uint8)], axis=1)
+        return np.ascontiguousarray(z[:, 0::2] | (z[:, 1::2] << 4))
+
+    def packed(self) -> np.ndarray:
+        """Codes in MatMulNBits' layout: uint8 [N, blocks, block_size·bits/8], low nibble first."""
+        n, k = self.codes.shape
+        codes = self.codes.reshape(n, k // self.block_size, self.block_size)
+        if self.bits == 8:
+            return np.ascontiguousarray(codes)
+        return np.ascontiguousarray(codes[..., 0::2] | (codes[..., 1::2] << 4))
+
+    def reconstruct(self) -> np.ndarray:
+        n, k = self.codes.shape
+        zero = self.zero if self.zero_points is None else self.zero_points[..., None].astype(np.float32)
+        blocks = self.codes.reshape(n, -1, self.block_size).astype(np.float32) - zero
+        out = blocks * self.scale[..., None]
+        if self.offset is not None:
+            out = out + self.offset[..., None]
+        return out.reshape(n, k)
+
+    def take_rows(self, order: np.ndarray) -> "Grid":
+        pick = (lambda a: None if a is None else np.ascontiguousarray(a[order]))
+        return Grid(self.name, self.qtype, self.bits, self.block_size, pick(self.codes), pick(self.scale),
+                    pick(self.minimum), pick(self.values), self.max_abs_error, pick(self.zero_points))
+
+    def rounded(self, bits: int, block_size: int) -> "Grid":
+        """This tensor re-rounded onto a coarser grid (see :func:`round_to_grid`)."""
+        return round_to_grid(self.name, self.qtype, self.values, bits, block_size)
+
+
+def round_to_grid(name: str, qtype: str, values: np.ndarray, bits: int, block_size: int) -> Grid:
+    """``values`` [N, K] rounded to nearest on an asymmetric grid with integer zero points, e.g. a Q8_0 embedding
+    brought to 4 bits to meet a size budget. The error is reported, not hidden."""
+    n, k = values.shape
+    if k % block_size:
+        raise EdgeshrinkError(f"{name}: {k} columns are not a multiple of block size {block_size}")
+    blocks = values.reshape(n, k // block_size, block_size)
+    low = np.minimum(blocks.min(axis=2), 0)
+    high = np.maximum(blocks.max(axis=2), 0)
+    top = (1 << bits) - 1
+    scale = ((high - low) / top).astype(np.float32)
+    safe = np.where(scale == 0, 1, scale)
+    zero_points = np.clip(np.rint(-low / safe), 0, top).astype(np.uint8)
+    codes = np.clip(np.rint(blocks / safe[..., None]) + zero_points[..., None], 0, top).astype(np.uint8)
+    grid = Grid(name, f"{qtype}->rtn{bits}", bits, block_size, codes.reshape(n, k), scale, None, values, 0.0,
+                zero_points)
+    grid.max_abs_error = float(np.max(np.abs(grid.reconstruct() - values)))
+    return grid
+
+
+def _dequantize(raw: np.ndarray, qtype) -> np.ndarray:
+    from gguf.quants import dequantize
+
+    return np.asarray(dequantize(raw, qtype), dtype=np.float32)
+
+
+def _filled(raw: np.ndarray, fmt: BlockFormat, block_bytes: int, ones: bool) -> np.ndarray:
+    blocks = raw.reshape(-1, block_bytes).copy()
+    for start, stop, one in fmt.codes:
+        blocks[:, start:stop] = one if ones else 0
+    return blocks.reshape(raw.shape)
+
+
+def read_grid(tensor) -> Grid | None:
+    """The grid of one ``gguf.GGUFReader`` tensor, or None for a format with no integer grid (F32, F16…)."""
+    from gguf import GGML_QUANT_SIZES
+
+    qtype = tensor.tensor_type
+    fmt = FORMATS.get(qtype.name)
+    if fmt is None or len(tensor.shape) != 2:
         return None
-    # The path comes from the (untrusted) manifest: only a regular .gguf file is ever opened, and only used when
-    # its hash matches, so a bundle cannot make quantize read anything else.
-    path = Path(str(record["gguf"]))
-    if path.suffix.lower() != ".gguf" or path.is_symlink() or not path.is_file():
-        return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return path if digest.hexdigest() == record.get("sha256") else None
+    raw = np.asarray(tensor.data)
+    block_bytes = GGML_QUANT_SIZES[qtype][1]
+    values = _dequantize(raw, qtype)
+    n, k = values.shape
+    sub = lambda w: w.reshape(n, k // fmt.sub_block, fmt.sub_block)[..., 0]  # noqa: E731 (one value per sub-block)
+    b = sub(_dequantize(_filled(raw, fmt, block_bytes, ones=False), qtype))
+    a = sub(_dequantize(_filled(raw, fmt, block_bytes, ones=True), qtype)) - b
+    safe = np.where(a == 0, 1, a)
+    raw_codes = np.rint((values.reshape(n, -1, fmt.sub_block) - b[..., None]) / safe[..., None])
+    raw_codes = np.where(a[..., None] == 0, 0, raw_codes)
+    bits = 4 if fmt.code_bits <= 4 else 8
+    zero = 1 << (bits - 1)
+    # Symmetric on the grid when b = -k·a with one integer k for the whole tensor (k = 0 for Q8_0): shift the
+    # codes so that MatMulNBits' default zero point plays k's part and no offset remains.
+    ratio = np.where(a == 0, np.nan, -b / safe)
+    k_sym = np.nanmedian(ratio) if np.isfinite(ratio).any() else 0.0
+    symmetric = bool(np.isfinite(k_sym) and k_sym == np.rint(k_sym)
+                     and np.all((a == 0) & (b == 0) | (np.abs(ratio - k_sym) <= 1e-3)))
+    shift = zero - int(k_sym) if symmetric else 0
+    codes = raw_codes + shift
+    if codes.min() < 0 or codes.max() >= (1 << bits):
+        return None  # the format's codes do not fit the kernel's bits: no faithful mapping
+    grid = Grid(tensor.name, qtype.name, bits, fmt.sub_block, codes.reshape(n, k).astype(np.uint8),
+                a.astype(np.float32), None if symmetric else b.astype(np.float32), values, 0.0)
+    error = float(np.max(np.abs(grid.reconstruct() - values))) if values.size else 0.0
+    scale = float(np.max(np.abs(values))) or 1.0
+    if error > RELATIVE_TOLERANCE * scale:
+        raise EdgeshrinkError(f"GGUF tensor {tensor.name} ({qtype.name}): its grid reproduces the weights only to "
+                              f"{error:.2e} (max |w| {scale:.2e}); not a faithful mapping")
+    grid.max_abs_error = error
+    return grid
 
 
-def quantize_llm(bundle: Path, out: Path, config, data=None, force: bool = False, progress=None) -> dict:
-    from edgeshrink.compress.evaluate import weight_precisions
-    from edgeshrink.compress.methods import int4_weight
-    from edgeshrink.export.bundle import write_manifest
-    from edgeshrink.runtime.bundle import read_manifest
+def read_gguf_grids(path: Path, progress=None) -> tuple[list[Grid], dict[str, int]]:
+    """Every 2-D tensor of a GGUF that has an integer grid, and a count of the tensor types the file holds."""
+    from gguf import GGUFReader
 
     progress = progress or (lambda *_: None)
-    if config.method not in LLM_METHODS:
-        raise EdgeshrinkError(f"an LLM bundle takes {', '.join(LLM_METHODS)}; {config.method!r} is for classifiers")
-    config = config.model_copy(update={"block_size": config.block_size or LLM_BLOCK_SIZE})
-    source_manifest = read_manifest(bundle, verify=True)
-    gguf = None if config.grid == "rtn" else source_gguf(source_manifest)
-    if config.grid == "gguf" and gguf is None:
-        raise EdgeshrinkError(f"--grid gguf: {bundle} was not imported from a GGUF that is still on disk unchanged")
-    check_output_dir(out, force)
-    # Only the files the manifest lists, regular files inside the bundle: the model is read where it is (ONNX
-    # Runtime is given only copies in the work directory), the rest is copied.
-    model_files = [name for name in source_manifest["files"] if name.startswith("model.onnx")]
-    for name in model_files:
-        listed_file(bundle, name)
-    with atomic_output_dir(out, force) as tmp:
-        copy_listed_files(bundle, [name for name in source_manifest["files"] if name not in model_files], tmp)
-        work = Path(tempfile.mkdtemp(prefix="_work-", dir=tmp))  # no name a manifest could list beforehand
-        started = time.perf_counter()
-        untied = 0
-        try:
-            progress("keeping the GGUF grid" if gguf else "the embedding table and LM head")
-            grid_report = keep_gguf_grid(bundle / "model.onnx", work / "grid.onnx", gguf, config, progress)
-            if grid_report["matmuls_left"]:
-                progress("untying the LM head")
-                untied = untie_transposed_weights(work / "grid.onnx", work / "untied.onnx")
-                progress("quantizing weights to INT4 (round to nearest)")
-                int4_weight(work / "untied.onnx", tmp / "model.onnx", SimpleNamespace(config=config), embeddings=False)
-            else:
-                _save(work / "grid.onnx", tmp / "model.onnx")
-        except EdgeshrinkError:
-            raise
-        except Exception as exc:  # onnx and onnxruntime's quantizer raise many types
-            raise EdgeshrinkError(f"int4-weight of {bundle} failed: {first_line(exc)}") from None
-        shutil.rmtree(work)
-        seconds = time.perf_counter() - started
-        fields = {k: v for k, v in source_manifest.items()
-                  if k not in ("files", "size_bytes", "schema_version", "kind", "edgeshrink_version", "created_at",
-                               "created_on", "validation")}
-        quantization = {"method": config.method, "config": config.to_dict(), "seconds": round(seconds, 1),
-                        "grid": "gguf" if gguf else "rtn", "untied_lm_heads": untied,
-                        "format": "MatMulNBits + GatherBlockQuantized",
-                        "parent": {"path": str(Path(bundle).resolve()), "size_bytes": source_manifest["size_bytes"]},
-                        "weights": weight_precisions(tmp / "model.onnx")}
-        quantization["gguf_grid"] = grid_report
-        fields["quantization"] = quantization
-        manifest = write_manifest(tmp, fields)
-        if config.evaluate:
-            quantization["evaluation"] = compare_on_text(bundle, tmp, data or "bbc-news", config.max_eval_examples or 16,
-                                                         progress)
-            manifest = write_manifest(tmp, fields)
-    return manifest
+    reader = GGUFReader(str(path))
+    grids, types = [], {}
+    for number, tensor in enumerate(reader.tensors):
+        types[tensor.tensor_type.name] = types.get(tensor.tensor_type.name, 0) + 1
+        progress(f"reading the GGUF grid {number + 1}/{len(reader.tensors)}")
+        grid = read_grid(tensor)
+        if grid is not None:
+            grids.append(grid)
+    return grids, types
 
 
-def _save(src: Path, dst: Path) -> None:
-    import onnx
+def row_keys(matrix: np.ndarray) -> list[bytes]:
+    """One hashable key per row of a float32 matrix (its bytes' digest): rows are matched by exact value."""
+    import hashlib
 
-    onnx.save(onnx.load(str(src)), str(dst))  # one file: an INT4 bundle is far below protobuf's 2 GB
-
-
-def compare_on_text(source: Path, quantized: Path, data, documents: int, progress) -> dict:
-    """Perplexity of both bundles and their top-1 agreement on calibration documents (teacher-forced)."""
-    from edgeshrink.data.lm_text import load_lm_text
-    from edgeshrink.runtime.generate import Generator, log_softmax
-
-    text = load_lm_text(data, "calibration")
-    models = {"source": Generator(source, verify=False), "quantized": Generator(quantized, verify=False)}
-    nll = {name: [] for name in models}
-    agree = []
-    for number, doc in enumerate(text.texts[:documents]):
-        progress(f"scoring calibration document {number + 1}/{min(documents, len(text))}")
-        ids = models["source"].tokenizer.encode(doc).ids[:EVAL_TOKENS]
-        if len(ids) < 2:
-            continue
-        argmax = {}
-        for name, model in models.items():
-            logits = model.logits(ids)[:-1]
-            nll[name] += [-float(log_softmax(row)[nxt]) for row, nxt in zip(logits, ids[1:])]
-            argmax[name] = logits.argmax(axis=1)
-        agree += list(argmax["source"] == argmax["quantized"])
-    if not agree:
-        raise EdgeshrinkError(f"no calibration document of {text.name!r} has 2 tokens to score")
-    out = {name: {"perplexity": float(np.exp(np.mean(values))), "tokens": len(values)} for name, values in nll.items()}
-    return {"data": text.name, "part": "calibration", "split_sha256": text.split["sha256"],
-            "documents": min(documents, len(text)), "tokens_per_document": EVAL_TOKENS,
-            "source_perplexity": out["source"]["perplexity"], "perplexity": out["quantized"]["perplexity"],
-            "perplexity_change": out["quantized"]["perplexity"] / out["source"]["perplexity"] - 1,
-            "top1_agreement": float(np.mean(agree)), "tokens": out["source"]["tokens"]}
+    rows = np.ascontiguousarray(matrix, dtype=np.float32)
+    return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in rows]
 
 
-# --- Keeping a GGUF's grid ---------------------------------------------------------------------------------
+class GridIndex:
+    """Finds the GGUF tensor (and its row order) whose dequantized values equal a weight matrix's rows."""
+
+    def __init__(self, grids: list[Grid]):
+        self.grids = grids
+        self.rows: dict[bytes, tuple[int, int]] = {}
+        for number, grid in enumerate(grids):
+            for row, key in enumerate(row_keys(grid.values)):
+                self.rows.setdefault(key, (number, row))
+
+    def match(self, rows: np.ndarray) -> Grid | None:
+        """The grid whose rows, reordered, are exactly ``rows`` [N, K]; None when any row has no match.
+
+        The rows may come from several GGUF tensors of one format (a fused q/k/v projection): the grid is
+        then their rows stacked in the order the weight uses them."""
+        found = [self.rows.get(key) for key in row_keys(rows)]
+        if not found or any(f is None for f in found):
+            return None
+        sources = [self.grids[number] for number in dict.fromkeys(f[0] for f in found)]
+        first = sources[0]
+        if any((g.bits, g.block_size, g.minimum is None, g.values.shape[1]) !=
+               (first.bits, first.block_size, first.minimum is None, rows.shape[1]) for g in sources):
+            return None
+        if len(sources) == 1:
+            order = np.array([f[1] for f in found])
+            matched = first if np.array_equal(order, np.arange(len(order))) else first.take_rows(order)
+        else:
+            pick = lambda field: None if getattr(first, field) is None else np.stack(  # noqa: E731
+                [getattr(self.grids[g], field)[r] for g, r in found])
+            matched = Grid("+".join(g.name for g in sources), first.qtype, first.bits, first.block_size,
+                           pick("codes"), pick("scale"), pick("minimum"), pick("values"),
+                           max(g.max_abs_error for g in sources))
+        if not np.array_equal(matched.values, rows):  # a duplicated row may point elsewhere: values decide
+            return None
+        return matched
+
+
+# --- Writing the grid into an ONNX graph ---------------------------------------------------------------------
 
 MS_DOMAIN = "com.microsoft"
 
 
 class _GridWriter:
     """Rewrites MatMul and Gather nodes whose weights match a GGUF tensor into MatMulNBits / GatherBlockQuantized
-    on that tensor's own codes (see compress/gguf_grid.py). Tensors used twice (a tied embedding and LM head)
+    on that tensor's own codes (read above). Tensors used twice (a tied embedding and LM head)
     share one set of initializers."""
 
     def __init__(self, graph, accuracy_level: int):
@@ -331,8 +403,6 @@ def keep_gguf_grid(src: Path, dst: Path, gguf: Path, config, progress=None) -> d
     import onnx
     from onnx import numpy_helper
 
-    from edgeshrink.compress.gguf_grid import GridIndex, read_gguf_grids, round_to_grid
-
     progress = progress or (lambda *_: None)
     grids, types = read_gguf_grids(gguf, progress) if gguf else ([], {})
     index = GridIndex(grids)
@@ -408,8 +478,6 @@ def _write_matmuls(writer: "_GridWriter", pending: list) -> int:
     """Write the MatMuls; projections of one input on the same kind of grid (a gate and an up projection)
     become one MatMulNBits, one offset term and a Split: the same numbers, fewer nodes per decode step.
     Return how many groups were fused."""
-    from edgeshrink.compress.gguf_grid import Grid
-
     groups: dict[str, list] = {}
     for node, grid, head in pending:
         groups.setdefault(node.input[0] if not head else f"head:{node.output[0]}", []).append((node, grid))

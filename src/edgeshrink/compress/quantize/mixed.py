@@ -8,6 +8,7 @@
 3. Always a model: if no candidate meets the tolerance, the one with the smallest drop is returned
    and the manifest says the tolerance was not met.
 Only the calibration split is used; the test split is scored afterwards, by `quantize`, for the report.
+A classifier bundle's method (classifier.py's METHODS); it builds on passes.py's INT8 and INT4 passes.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeshrink._files import copy_listed_files
-from edgeshrink.compress.methods import dynamic_int8, int4_weight
-from edgeshrink.compress.quantize import QuantContext
+from edgeshrink.compress.quantize.passes import QuantContext, dynamic_int8, int4_weight
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.runtime.bundle import MANIFEST_NAME
 
@@ -67,7 +67,7 @@ class _Builder:
         if int4:
             step = ctx.work_dir / "step_int4.onnx"
             gather_int4 = any(u["op"] == "Gather" and levels[u["node"]] == "int4" for u in self.units)
-            int4_weight(current, step, ctx, nodes_to_exclude=[n for n in names if n not in int4], embeddings=gather_int4)
+            int4_weight(current, step, ctx.config, nodes_to_exclude=[n for n in names if n not in int4], embeddings=gather_int4)
             current = step
         if int8:
             step = ctx.work_dir / "step_int8.onnx"

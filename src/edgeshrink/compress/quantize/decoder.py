@@ -1,0 +1,173 @@
+"""Quantize a language model bundle (text-generation): block-wise INT4 weights (MatMulNBits), the embedding
+and tied LM head included. The verb and its shared skeleton are in ``__init__.py``; this is the part only a
+language model needs.
+
+    from edgeshrink.compress import quantize, LLMQuantConfig
+    manifest = quantize("runs/smollm2-fp32", "runs/smollm2-int4", LLMQuantConfig(method="int4-weight"))
+
+A bundle imported from a GGUF keeps the GGUF's own integer grid (``grid="auto"``, see gguf_grid.py's
+:func:`keep_gguf_grid`). The embedding table and a tied LM head share one quantized table
+(GatherBlockQuantized reads MatMulNBits' codes), at the grid's own bits or ``head_bits``. Weights that are on
+no GGUF grid (``grid="rtn"``, or a model that did not come from a GGUF) go through ORT's round-to-nearest
+quantizer. The manifest records, on the calibration documents of a text set (default ``bbc-news``; never the
+test split), the perplexity of the source and of the quantized model and their top-1 agreement (same
+positions, teacher-forced).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from edgeshrink._files import listed_file
+from edgeshrink.compress.quantize.config import LLMQuantConfig
+from edgeshrink.compress.quantize.gguf_grid import keep_gguf_grid
+from edgeshrink.compress.quantize.passes import int4_weight
+from edgeshrink.errors import EdgeshrinkError, first_line
+
+EVAL_TOKENS = 256  # tokens per calibration document scored (from its start)
+
+
+def untie_transposed_weights(src: Path, dst: Path) -> int:
+    """Replace ``Transpose(initializer) -> MatMul`` by a transposed initializer; return how many were untied."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    untied = 0
+    for node in list(graph.node):
+        if node.op_type != "Transpose" or node.input[0] not in inits:
+            continue
+        users = consumers.get(node.output[0], [])
+        if not users or any(u.op_type != "MatMul" or list(u.input).index(node.output[0]) != 1 for u in users):
+            continue
+        perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+        table = numpy_helper.to_array(inits[node.input[0]])
+        transposed = np.ascontiguousarray(table.transpose(perm) if perm else table.T)
+        name = node.output[0] + "_untied"
+        graph.initializer.append(numpy_helper.from_array(transposed, name))
+        for user in users:
+            user.input[1] = name
+        graph.node.remove(node)
+        untied += 1
+    onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
+    return untied
+
+
+def source_gguf(manifest: dict) -> Path | None:
+    """The GGUF an LLM bundle was imported from, when its record names one that is still there unchanged."""
+    import hashlib
+
+    source = manifest.get("source")
+    record = source.get("record") if isinstance(source, dict) else None
+    if not isinstance(record, dict) or not record.get("gguf"):
+        return None
+    # The path comes from the (untrusted) manifest: only a regular .gguf file is ever opened, and only used when
+    # its hash matches, so a bundle cannot make quantize read anything else.
+    path = Path(str(record["gguf"]))
+    if path.suffix.lower() != ".gguf" or path.is_symlink() or not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return path if digest.hexdigest() == record.get("sha256") else None
+
+
+class DecoderQuantization:
+    """The text-generation part of ``quantize``: refusals first (a GGUF asked for and not found), then the
+    grid or rounding of the weights, then the perplexity and agreement of both bundles."""
+
+    drops = ("validation",)  # the fp32 export's check against PyTorch does not hold for INT4
+
+    def __init__(self, bundle: Path, manifest: dict, config: LLMQuantConfig, data, progress):
+        self.bundle, self.manifest, self.config, self.data, self.progress = bundle, manifest, config, data, progress
+        self.gguf = None if config.grid == "rtn" else source_gguf(manifest)
+        if config.grid == "gguf" and self.gguf is None:
+            raise EdgeshrinkError(f"--grid gguf: {bundle} was not imported from a GGUF that is still on disk unchanged")
+        # The model is read where it is (ONNX Runtime is given only copies in the work directory): only listed
+        # regular files inside the bundle.
+        for name in manifest["files"]:
+            if name.startswith("model.onnx"):
+                listed_file(bundle, name)
+
+    def run(self, work: Path, model_out: Path) -> dict:
+        config, progress, untied = self.config, self.progress, 0
+        try:
+            progress("keeping the GGUF grid" if self.gguf else "the embedding table and LM head")
+            grid_report = keep_gguf_grid(self.bundle / "model.onnx", work / "grid.onnx", self.gguf, config, progress)
+            if grid_report["matmuls_left"]:
+                progress("untying the LM head")
+                untied = untie_transposed_weights(work / "grid.onnx", work / "untied.onnx")
+                progress("quantizing weights to INT4 (round to nearest)")
+                int4_weight(work / "untied.onnx", model_out, config, embeddings=False)
+            else:
+                _save(work / "grid.onnx", model_out)
+        except EdgeshrinkError:
+            raise
+        except Exception as exc:  # onnx and onnxruntime's quantizer raise many types
+            raise EdgeshrinkError(f"int4-weight of {self.bundle} failed: {first_line(exc)}") from None
+        return {"grid": "gguf" if self.gguf else "rtn", "untied_lm_heads": untied,
+                "format": "MatMulNBits + GatherBlockQuantized",
+                "parent": {"path": str(self.bundle.resolve()), "size_bytes": self.manifest["size_bytes"]},
+                "gguf_grid": grid_report}
+
+    def evaluate(self, out_dir: Path) -> dict:
+        return compare_on_text(self.bundle, out_dir, self.data or "bbc-news", self.config.max_eval_examples,
+                               self.progress)
+
+    @staticmethod
+    def describe(manifest: dict, out: Path) -> str:
+        """The line the CLI prints."""
+        q = manifest["quantization"]
+        line = (f"LLM bundle {out}: {q['method']}, {manifest['size_bytes'] / 1e6:.1f} MB = "
+                f"{100 * manifest['size_bytes'] / q['parent']['size_bytes']:.1f}% of the source, {q['seconds']:.0f} s")
+        ev = q.get("evaluation")
+        if ev:
+            line += (f"; {ev['data']} calibration ({ev['tokens']} tokens): perplexity {ev['perplexity']:.2f} vs "
+                     f"{ev['source_perplexity']:.2f} ({100 * ev['perplexity_change']:+.1f}%), top-1 agreement "
+                     f"{100 * ev['top1_agreement']:.1f}%")
+        return line
+
+
+def _save(src: Path, dst: Path) -> None:
+    import onnx
+
+    onnx.save(onnx.load(str(src)), str(dst))  # one file: an INT4 bundle is far below protobuf's 2 GB
+
+
+def compare_on_text(source: Path, quantized: Path, data, documents: int, progress) -> dict:
+    """Perplexity of both bundles and their top-1 agreement on calibration documents (teacher-forced)."""
+    from edgeshrink.data.lm_text import load_lm_text
+    from edgeshrink.runtime.generate import Generator, log_softmax
+
+    text = load_lm_text(data, "calibration")
+    models = {"source": Generator(source, verify=False), "quantized": Generator(quantized, verify=False)}
+    nll = {name: [] for name in models}
+    agree = []
+    for number, doc in enumerate(text.texts[:documents]):
+        progress(f"scoring calibration document {number + 1}/{min(documents, len(text))}")
+        ids = models["source"].tokenizer.encode(doc).ids[:EVAL_TOKENS]
+        if len(ids) < 2:
+            continue
+        argmax = {}
+        for name, model in models.items():
+            logits = model.logits(ids)[:-1]
+            nll[name] += [-float(log_softmax(row)[nxt]) for row, nxt in zip(logits, ids[1:])]
+            argmax[name] = logits.argmax(axis=1)
+        agree += list(argmax["source"] == argmax["quantized"])
+    if not agree:
+        raise EdgeshrinkError(f"no calibration document of {text.name!r} has 2 tokens to score")
+    out = {name: {"perplexity": float(np.exp(np.mean(values))), "tokens": len(values)} for name, values in nll.items()}
+    return {"data": text.name, "part": "calibration", "split_sha256": text.split["sha256"],
+            "documents": min(documents, len(text)), "tokens_per_document": EVAL_TOKENS,
+            "source_perplexity": out["source"]["perplexity"], "perplexity": out["quantized"]["perplexity"],
+            "perplexity_change": out["quantized"]["perplexity"] / out["source"]["perplexity"] - 1,
+            "top1_agreement": float(np.mean(agree)), "tokens": out["source"]["tokens"]}
