@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.runtime.tasks import TASK_NAMES
+from edgeshrink.runtime.tasks import TASK_NAMES, RuntimeTask, runtime_task
 
 
 def _resolve(ref: str):
@@ -108,6 +108,11 @@ class Task:
 
     def takes(self, verb: str) -> bool:
         return self.name in _IMPLEMENTATIONS.get(verb, {})
+
+    @property
+    def runtime(self) -> RuntimeTask:
+        """The runtime table's facts for this kind (runtime/tasks.py: what its bundle holds, whether it generates)."""
+        return runtime_task(self.name)
 
 
 TASKS: dict[str, Task] = {}
