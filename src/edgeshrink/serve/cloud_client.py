@@ -189,30 +189,6 @@ class CloudConnection:
         self.breaker.record(False)
         raise CloudFailed(reason, attempts)
 
-    async def unary(self, texts: int, send, parse, deadline_ms: float | None = None) -> tuple:
-        """One request/response exchange through ``exchange``: ``send()`` makes the HTTP call, ``parse(response)``
-        reads a 200 (raising ValueError, KeyError, TypeError or IndexError on a malformed answer). Returns
-        (what parse returned or None, the reason there is none, attempts)."""
-        tries = 0
-
-        async def attempt():
-            nonlocal tries
-            tries += 1
-            response = await send()
-            if response.status_code != 200:
-                raise AttemptFailed.http(response.status_code)
-            try:
-                result = parse(response)
-            except (ValueError, KeyError, TypeError, IndexError):
-                raise AttemptFailed("bad_response", retry=False) from None
-            yield result
-
-        try:
-            results = [result async for result in self.exchange(texts, attempt, deadline_ms)]
-        except CloudFailed as failed:
-            return None, failed.reason, failed.attempts
-        return results[0], None, tries
-
     async def close(self) -> None:
         await self.http.aclose()
 
@@ -226,11 +202,25 @@ class CloudClient(CloudConnection):
         self.labels = labels
 
     async def classify(self, texts: list[str], deadline_ms: float | None = None) -> CloudResult:
-        answer, reason, attempts = await self.unary(len(texts), lambda: self.send(texts),
-                                                    lambda response: self.parse(response, len(texts)), deadline_ms)
-        if answer is None:
-            return CloudResult(None, None, reason, attempts)
-        return CloudResult(answer[0], answer[1], None, attempts)
+        tries = 0
+
+        async def attempt():  # one POST; parse raises ValueError, KeyError, TypeError or IndexError when malformed
+            nonlocal tries
+            tries += 1
+            response = await self.send(texts)
+            if response.status_code != 200:
+                raise AttemptFailed.http(response.status_code)
+            try:
+                answer = self.parse(response, len(texts))
+            except (ValueError, KeyError, TypeError, IndexError):
+                raise AttemptFailed("bad_response", retry=False) from None
+            yield answer
+
+        try:
+            (labels, probabilities), = [answer async for answer in self.exchange(len(texts), attempt, deadline_ms)]
+        except CloudFailed as failed:
+            return CloudResult(None, None, failed.reason, failed.attempts)
+        return CloudResult(labels, probabilities, None, tries)
 
     def send(self, texts: list[str]):
         return self.http.post("/v1/classify", json={"texts": texts})

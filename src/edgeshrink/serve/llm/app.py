@@ -1,12 +1,5 @@
-"""The language-model services' FastAPI app: the endpoints of the package doc, wired to request preparation
-(request.py), the routing engine (routing.py) and rendering (render.py).
-
-    app = llm_device_app("runs/device", ServeConfig(cloud=CloudConfig(url="http://cloud:8001")))
-    app = llm_cloud_app("runs/cloud", ServeConfig())
-
-Both factories take (bundle, config, faults=None), like the classifier services' (the task registry's
-"serve" and "serve-cloud" entries).
-"""
+"""The language-model services' endpoints (see the package doc). Both factories take (bundle, config,
+faults=None), like the classifier services' (the task registry's "serve" and "serve-cloud" entries)."""
 
 from __future__ import annotations
 
@@ -36,22 +29,10 @@ def llm_cloud_app(bundle: str | Path, config: ServeConfig, faults: Path | None =
     return llm_app(bundle, config, "cloud", faults)
 
 
-def read_llm_router(bundle, config: ServeConfig) -> dict | None:
-    """The bundle's router, refused when a cloud is given and it was not calibrated on an answer signal."""
-    from edgeshrink.route.confidence import ANSWER_SIGNALS
-    from edgeshrink.route.router import has_router, read_router
-
-    if not has_router(bundle):
-        return None
-    router = read_router(bundle)
-    if config.cloud is not None and router["signal"] not in ANSWER_SIGNALS:
-        raise EdgeshrinkError(f"{bundle}'s router uses {router['signal']!r}, which free generations do not "
-                              f"give: calibrate it with --signal {' | '.join(ANSWER_SIGNALS)}")
-    return router
-
-
 def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cloud"], faults: Path | None = None):
     """The OpenAI-compatible service on an LLM bundle (see the package doc)."""
+    from edgeshrink.route.confidence import ANSWER_SIGNALS
+    from edgeshrink.route.router import has_router, read_router
     from edgeshrink.runtime.generate import Generator
     from edgeshrink.serve.app import ErrorResponse, base_app, install_faults
     from edgeshrink.serve.gate import protected
@@ -62,7 +43,11 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
     name = config.llm.model_name or Path(bundle).name
     metrics = Metrics()
     state = {"ready": False}
-    routing = Routing(engine, role, read_llm_router(bundle, config) if role == "device" else None, metrics)
+    router = read_router(bundle) if role == "device" and has_router(bundle) else None
+    if router is not None and config.cloud is not None and router["signal"] not in ANSWER_SIGNALS:
+        raise EdgeshrinkError(f"{bundle}'s router uses {router['signal']!r}, which free generations do not "
+                              f"give: calibrate it with --signal {' | '.join(ANSWER_SIGNALS)}")
+    routing = Routing(engine, role, router, metrics)
 
     @asynccontextmanager
     async def lifespan(app):
