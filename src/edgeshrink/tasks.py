@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.runtime.tasks import TASK_NAMES
+from edgeshrink.runtime.tasks import TASK_NAMES, RuntimeTask, runtime_task
 
 
 def _resolve(ref: str):
@@ -112,6 +112,11 @@ class Task:
 
     def takes(self, verb: str) -> bool:
         return self.name in _IMPLEMENTATIONS.get(verb, {})
+
+    @property
+    def runtime(self) -> RuntimeTask:
+        """The runtime table's facts for this kind (runtime/tasks.py: what its bundle holds, whether it generates)."""
+        return runtime_task(self.name)
 
 
 TASKS: dict[str, Task] = {}
@@ -340,13 +345,12 @@ implement("bench", "text-classification", "edgeshrink.bench.run:bench", "edgeshr
 implement("bench", "tensor-classification", "edgeshrink.bench.run:bench", "edgeshrink.bench.config:BenchConfig")
 implement("bench", "text-generation", "edgeshrink.bench.llm:bench_llm", "edgeshrink.bench.config:LLMBenchConfig")
 
-# serve (a bundle's task): the app factory
-implement("serve", "text-classification", "edgeshrink.serve.device:device_app")
-implement("serve", "tensor-classification", "edgeshrink.serve.device:device_app")
-implement("serve", "text-generation", "edgeshrink.serve.llm:llm_app")
-implement("serve-cloud", "text-classification", "edgeshrink.serve.cloud:cloud_app")
-implement("serve-cloud", "tensor-classification", "edgeshrink.serve.cloud:cloud_app")
-implement("serve-cloud", "text-generation", "edgeshrink.serve.llm:llm_app")
+# serve (the model's task): the app factory, factory(bundle, config, faults=None). The HTTP services answer
+# text: a tensor bundle is refused here. The flags are those only some tasks take (refused for the others).
+implement("serve", "text-classification", "edgeshrink.serve.device:device_app", flags={"--cloud-protocol": ""})
+implement("serve", "text-generation", "edgeshrink.serve.llm.app:llm_device_app")
+implement("serve-cloud", "text-classification", "edgeshrink.serve.cloud:cloud_app", flags={"--engine": ""})
+implement("serve-cloud", "text-generation", "edgeshrink.serve.llm.app:llm_cloud_app")
 
 # recipe (the source model's task): the recipe runner
 implement("recipe", "text-classification", "edgeshrink.recipes.runner:run")

@@ -79,3 +79,48 @@ def test_spent_cloud_budget_falls_back(start, serve_models):
     assert [r["source"] for r in escalated[:3]] == ["cloud"] * 3
     assert {r["fallback_reason"] for r in escalated[3:]} == {"budget"}
     assert m['edgeshrink_fallbacks_total{reason="budget"}'] == len(escalated) - 3
+
+
+def test_the_classifier_and_the_llm_clients_share_one_retry_loop():
+    import asyncio
+
+    import httpx
+
+    from edgeshrink.serve.cloud_client import CloudClient, CloudFailed
+    from edgeshrink.serve.config import CloudConfig
+    from edgeshrink.serve.llm_client import OpenAICloud
+
+    replies = []
+
+    def handler(request):
+        return replies.pop(0)
+
+    def client(cls):
+        made = cls(CloudConfig(url="http://cloud", retries=1, deadline_ms=2000, backoff_ms=1, breaker_failures=9))
+        made.http = httpx.AsyncClient(base_url="http://cloud", transport=httpx.MockTransport(handler))
+        return made
+
+    async def stream(cloud):
+        got = []
+        try:
+            async for piece, _ in cloud.stream("/v1/completions", {"prompt": "p"}):
+                got.append(piece)
+        except CloudFailed as failed:
+            return got, failed.reason, failed.attempts
+        return got, None, None
+
+    chunk = 'data: {"choices": [{"text": "hi", "finish_reason": null}]}\n\n'
+    # a 5xx is retried, a 4xx is not; the same reasons and attempts for both clients
+    replies[:] = [httpx.Response(500), httpx.Response(503)]
+    assert asyncio.run(stream(client(OpenAICloud))) == ([], "http_5xx", 2)
+    replies[:] = [httpx.Response(500), httpx.Response(503)]
+    assert asyncio.run(client(CloudClient).classify(["t"])).reason == "http_5xx"
+    replies[:] = [httpx.Response(400)]
+    assert asyncio.run(stream(client(OpenAICloud))) == ([], "http_4xx", 1)
+    # cut short before the first piece: retried; after it: stream_broken, not retried
+    replies[:] = [httpx.Response(200, text=""), httpx.Response(200, text=chunk + "data: [DONE]\n\n")]
+    assert asyncio.run(stream(client(OpenAICloud))) == (["hi"], None, None)
+    replies[:] = [httpx.Response(200, text=chunk), httpx.Response(200, text=chunk)]
+    assert asyncio.run(stream(client(OpenAICloud))) == (["hi"], "stream_broken", 1)
+    replies[:] = [httpx.Response(200, text="data: {\"nonsense\": 1}\n\n")]
+    assert asyncio.run(stream(client(OpenAICloud))) == ([], "bad_response", 1)

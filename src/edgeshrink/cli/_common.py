@@ -88,10 +88,13 @@ LabelMap = Annotated[Optional[str], typer.Option("--label-map", help="Your data'
                                                  "label mapped: pos=positive,neg=negative.")]
 
 
-def _data_config(source: str, text_column: str, label_column: str, label_map: str | None = None):
+def data_config(source: str, text_column: str, label_column: str, label_map: str | None = None):
     from edgeshrink.data import DataConfig
     from edgeshrink.data.sources import parse_label_map
 
     # from_dict, not build: build drops None values, and label_column None (unlabelled text) must stay
     return DataConfig.from_dict({"source": source, "text_column": text_column, "label_column": label_column or None,
                                  **({"label_map": parse_label_map(label_map)} if label_map else {})})
+
+
+_data_config = data_config  # the other CLI commands' old name, until issue 26's branches merge

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeshrink.cli._common import (DataOpt, JsonOut, LabelCol, LabelMap, TextCol, _data_config, fail, handled,
+from edgeshrink.cli._common import (DataOpt, JsonOut, LabelCol, LabelMap, TextCol, data_config, fail, handled,
                                     write_json)
 
 route_app = typer.Typer(no_args_is_help=True, help="Route requests between the device model and the cloud model.")
@@ -87,7 +87,7 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
     from rich.console import Console
 
     with Console(stderr=True).status("calibrating") as status:
-        router = run(device, cloud, _data_config(data, text_column, label_column, label_map), config,
+        router = run(device, cloud, data_config(data, text_column, label_column, label_map), config,
                      progress=lambda step: status.update(f"calibration split, {step}"))
     cal = router["calibration"]
     fit = cal["temperature_fit"]
@@ -131,11 +131,11 @@ def evaluate(device: DeviceOpt, cloud: CloudOpt,
     if (text_column is not None or label_column is not None or label_map is not None) and data is None:
         raise fail("--text-column/--label-column/--label-map go with --data")
     # A bare --data path is read with the recorded columns; columns given here replace them.
-    data_config = data if text_column is None and label_column is None and label_map is None else \
-        _data_config(data, text_column or "text", "label" if label_column is None else label_column, label_map)
+    given = data if text_column is None and label_column is None and label_map is None else \
+        data_config(data, text_column or "text", "label" if label_column is None else label_column, label_map)
     console = Console(stderr=True)
     with console.status("routing the test split") as status:
-        report = run(device, cloud, data_config, config, plots=plots,
+        report = run(device, cloud, given, config, plots=plots,
                      progress=lambda step: status.update(f"predicted {step}"))
     out = Console()
     if report.get("task") == "open":
@@ -233,7 +233,7 @@ def monitor(device: Annotated[Optional[Path], typer.Option("--device", help="Dev
             raise fail("give --device and --data (a traffic file to replay), or --url of a running device service")
         config = MonitorConfig.build(audit_fraction=audit_fraction, window=window, p_value=p_value)
         with Console(stderr=True).status("replaying") as status:
-            result = replay(device, _data_config(data, text_column, label_column, label_map), cloud, config, limit,
+            result = replay(device, data_config(data, text_column, label_column, label_map), cloud, config, limit,
                             progress=lambda done, total: status.update(f"replayed {done}/{total}"))
     _print_monitor(out, result)
     write_json(json_out, result)

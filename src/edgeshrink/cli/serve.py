@@ -49,12 +49,6 @@ def _config(config_file: Path | None, flags: dict, limits: dict, batch: dict, cl
     return ServeConfig.from_dict(raw)
 
 
-def _is_llm_bundle(path) -> bool:
-    from edgeshrink.runtime.bundle import MANIFEST_NAME, read_manifest
-
-    return (Path(path) / MANIFEST_NAME).exists() and read_manifest(path, verify=False).get("task") == "text-generation"
-
-
 def register(app: typer.Typer) -> None:
     @app.command("serve-cloud")
     @handled
@@ -77,8 +71,8 @@ def register(app: typer.Typer) -> None:
         """Serve the cloud model over HTTP: POST /v1/classify, the Open Inference Protocol (KServe v2) under /v2,
         /healthz, /readyz, /metrics, /docs; a language-model bundle: the OpenAI-compatible /v1/chat/completions,
         /v1/completions, /v1/models and /v1/speculate. --engine ray runs the classifier service on Ray Serve."""
+        from edgeshrink import tasks
         from edgeshrink.errors import EdgeshrinkError
-        from edgeshrink.serve.cloud import cloud_app
         from edgeshrink.serve.server import bind, serve
 
         config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env},
@@ -91,19 +85,15 @@ def register(app: typer.Typer) -> None:
             raise EdgeshrinkError(f"unknown engine {engine!r}; expected uvicorn or ray")
         if engine == "uvicorn" and any(v is not None for v in ray_flags.values()):
             raise EdgeshrinkError("--address, --replicas, --min/max-replicas and --replica-cpus apply to --engine ray")
+        impl = tasks.of_model(model).implementation("serve-cloud")
+        impl.refuse_flags({"--engine": engine if engine == "ray" else None})
         if config.port:
             bind(config.host, config.port).close()  # a port in use fails before the model loads
         if engine == "ray":
             from edgeshrink.serve.ray_engine import RayServeConfig, serve_on_ray
 
-            if _is_llm_bundle(model):
-                raise EdgeshrinkError("--engine ray serves classifiers; a language-model bundle runs on uvicorn")
             return serve_on_ray(model, config, RayServeConfig.build(**ray_flags), faults)
-        if _is_llm_bundle(model):
-            from edgeshrink.serve.llm import llm_app
-
-            return serve(llm_app(model, config, "cloud", faults), config.host, config.port)
-        serve(cloud_app(model, config, faults), config.host, config.port)
+        serve(impl.function()(model, config, faults), config.host, config.port)
 
     @app.command("serve")
     @handled
@@ -141,8 +131,8 @@ def register(app: typer.Typer) -> None:
                                                                             "p-value (0.001).")] = None,
                      ) -> None:
         """Serve the device bundle over HTTP, escalating to the cloud per router.json, falling back when it fails."""
+        from edgeshrink import tasks
         from edgeshrink.errors import EdgeshrinkError
-        from edgeshrink.serve.device import device_app
         from edgeshrink.serve.server import bind, serve
 
         cloud_flags = {"url": cloud, "deadline_ms": deadline_ms, "retries": retries,
@@ -163,15 +153,9 @@ def register(app: typer.Typer) -> None:
                           "max_body_bytes": max_body_bytes, "requests_per_second": rate},
                          {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
                          cloud_flags if cloud is not None else None, monitor_flags)
+        impl = tasks.of_model(bundle).implementation("serve")
+        protocol = config.cloud.protocol if config.cloud is not None else None
+        impl.refuse_flags({"--cloud-protocol": protocol if protocol != "edgeshrink" else None})
         if config.port:
             bind(config.host, config.port).close()
-        if _is_llm_bundle(bundle):
-            from edgeshrink.serve.llm import llm_app
-
-            if config.cloud is not None and config.cloud.protocol != "edgeshrink":
-                raise EdgeshrinkError("--cloud-protocol applies to classifier bundles (a language model's cloud is "
-                                      "OpenAI-compatible)")
-            return serve(llm_app(bundle, config, "device"), config.host, config.port)
-        if config.cloud is not None and config.cloud.model is not None and config.cloud.protocol != "v2":
-            raise EdgeshrinkError("--cloud-model applies to language-model bundles and to --cloud-protocol v2")
-        serve(device_app(bundle, config), config.host, config.port)
+        serve(impl.function()(bundle, config), config.host, config.port)

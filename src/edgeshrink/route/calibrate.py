@@ -24,13 +24,14 @@ import numpy as np
 
 from pydantic import Field
 
+from edgeshrink import tasks
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.route.confidence import confidence_report, confidence_scores, fit_confidence
 from edgeshrink.route.policies import CalibrationData, PolicyConfig, choose_threshold
 from edgeshrink.route.prompts import PromptConfig
-from edgeshrink.route.router import DEFAULT_COST, ROUTER_NAME, ROUTER_SCHEMA, as_prompted
+from edgeshrink.route.router import DEFAULT_COST, ROUTER_NAME, ROUTER_SCHEMA, as_prompted, check_same_labels
 
 
 class CostConfig(Config):
@@ -63,12 +64,6 @@ def label_ids(labels: list[str], names: list[str], where: str) -> np.ndarray:
     return np.array([index[y] for y in labels])
 
 
-def check_same_labels(device, cloud) -> None:
-    if list(device.labels) != list(cloud.labels):
-        raise EdgeshrinkError(f"the device and cloud models have different label sets: {list(device.labels)} vs "
-                              f"{list(cloud.labels)}")
-
-
 def calibration_data(device_probs, cloud_probs, labels, fitted: dict, config: PolicyConfig,
                      answer_signals: dict | None = None) -> CalibrationData:
     scores = confidence_scores(config.signal, device_probs, answer_signals, fitted)
@@ -89,25 +84,17 @@ def subset(answer_signals: dict | None, rows) -> dict | None:
 
 def load_models(device, cloud, prompt: dict | None):
     """The device bundle and the cloud model as predictors; language-model bundles answer ``prompt``."""
-    from edgeshrink.export.llm import is_language_model
     from edgeshrink.models.torch_text import load_predictor
     from edgeshrink.runtime import load
-    from edgeshrink.runtime.bundle import MANIFEST_NAME
 
     device_model = as_prompted(load(device), prompt)
     if isinstance(cloud, (str, Path)):
-        if not (Path(cloud) / MANIFEST_NAME).exists() and is_language_model(cloud):
+        if not tasks.is_bundle(cloud) and tasks.of_model(cloud).runtime.generates:
             raise EdgeshrinkError(f"cloud {cloud} is a language model directory: export it to a bundle first "
                                   f"(edgeshrink export {cloud} --out BUNDLE)")
         cloud = as_prompted(load_predictor(cloud), prompt)
     check_same_labels(device_model, cloud)
     return device_model, cloud
-
-
-def is_prompted(device) -> bool:
-    from edgeshrink.runtime import read_manifest
-
-    return read_manifest(device, verify=False).get("task") == "text-generation"
 
 
 def show_progress(models: dict, progress) -> None:
@@ -134,7 +121,7 @@ def calibrate(device: str | Path, cloud, data: DataConfig | str, config: RouteCo
         return router
     split = split_examples(examples, config.split) if examples.label_names else None
     prompt = prompt_for(examples, shots=split.train if split else None, base=config.prompt).to_dict() \
-        if is_prompted(device_path) else None
+        if tasks.of_bundle(device_path).runtime.generates else None
     device_model, cloud_model = load_models(device_path, cloud, prompt)
     show_progress({"device": device_model, "cloud": cloud_model}, progress)
     if split is not None:

@@ -25,7 +25,7 @@ from edgeshrink.route.calibrate import (PolicyConfig, calibration_data, fit, lab
                                         subset)
 from edgeshrink.route.confidence import (SIGNALS, binary_ece, confidence_report, confidence_scores, ece,
                                          fit_confidence, nll, reliability, scaled_probs)
-from edgeshrink.route.policies import choose_threshold, examples_needed, too_small
+from edgeshrink.route.policies import apgr_cpt, choose_threshold, curves, examples_needed, policy_split, too_small
 from edgeshrink.route.router import read_router, request_cost, threshold_of
 from edgeshrink.stats import accuracy_interval, mcnemar_p
 
@@ -39,36 +39,6 @@ class EvalConfig(Config):
     seed: int = 0
     latency_samples: int = Field(200, ge=1)  # single requests timed to measure device latency
     curve_points: int = Field(101, ge=3)
-
-
-def curves(scores, device_correct, cloud_correct, points: int) -> dict:
-    """Hybrid accuracy when the least confident fraction r goes to the cloud, for r on a grid; risk by coverage."""
-    order = np.argsort(scores, kind="stable")
-    n = len(scores)
-    gain = np.concatenate([[0], np.cumsum(cloud_correct[order].astype(int) - device_correct[order].astype(int))])
-    rates = np.linspace(0, 1, points)
-    m = np.round(rates * n).astype(int)
-    hybrid = (device_correct.sum() + gain[m]) / n
-    errors_from_top = np.concatenate([[0], np.cumsum(~device_correct[order[::-1]])])  # most confident first
-    answered = n - m
-    risk = np.where(answered > 0, errors_from_top[answered] / np.maximum(answered, 1), 0.0)
-    return {"escalation_rate": rates.tolist(), "hybrid_accuracy": hybrid.tolist(),
-            "coverage": (1 - rates).tolist(), "risk": risk.tolist()}
-
-
-def apgr_cpt(curve: dict, device_accuracy: float, cloud_accuracy: float) -> dict:
-    """RouteLLM's APGR (area of recovered gap over the escalation axis) and CPT(x%)."""
-    rates, hybrid = np.array(curve["escalation_rate"]), np.array(curve["hybrid_accuracy"])
-    gap = cloud_accuracy - device_accuracy
-    if gap <= 0:
-        return {"apgr": None, "cpt": {}, "note": "the device model is at least as accurate as the cloud model"}
-    recovered = (hybrid - device_accuracy) / gap
-    apgr = float(np.sum((recovered[1:] + recovered[:-1]) / 2 * np.diff(rates)))
-    cpt = {}
-    for x in (50, 80, 95):
-        hit = np.flatnonzero(recovered >= x / 100)
-        cpt[f"{x}%"] = float(rates[hit[0]]) if hit.size else None
-    return {"apgr": apgr, "cpt": cpt}
 
 
 def guarantee_check(device_probs, cloud_probs, labels, policy: PolicyConfig, config: EvalConfig,
@@ -165,7 +135,7 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str | None = None, co
     if router.get("task") == "open":
         from edgeshrink.route.open_prompts import evaluate_open
 
-        return evaluate_open(device, cloud, data, config, router, plots, progress)
+        return {"schema": SCHEMA} | evaluate_open(device, cloud, data, config, router, plots, progress)
     policy = PolicyConfig.from_dict({k: v for k, v in router["policy"].items() if k in PolicyConfig.model_fields})
     device_model, cloud_model = load_models(device, cloud, router.get("prompt"))
     show_progress({"device": device_model, "cloud": cloud_model}, progress)
@@ -297,12 +267,6 @@ def compare_signals(device_cal, device_test, y_cal, y_test, cloud_correct, point
                         "apgr": apgr_cpt(curve, float(device_correct.mean()), float(cloud_correct.mean()))["apgr"],
                         "fitted": fitted}
     return rows
-
-
-def policy_split(router: dict):
-    from edgeshrink.data import SplitConfig
-
-    return SplitConfig.from_dict(router["policy"].get("split", {}))
 
 
 def write_plots(report: dict, out: Path) -> None:

@@ -278,7 +278,7 @@ def replay(device, data, cloud=None, config: MonitorConfig | None = None, limit:
     import random
 
     from edgeshrink.data import load_data
-    from edgeshrink.route.router import Router, read_router
+    from edgeshrink.route.router import Router, check_same_labels, read_router
     from edgeshrink.runtime import load
 
     config = config or MonitorConfig()
@@ -291,7 +291,6 @@ def replay(device, data, cloud=None, config: MonitorConfig | None = None, limit:
     cloud_model = None
     if cloud is not None:
         from edgeshrink.models.torch_text import load_predictor
-        from edgeshrink.route.calibrate import check_same_labels
 
         cloud_model = load_predictor(cloud)
         check_same_labels(router.device, cloud_model)

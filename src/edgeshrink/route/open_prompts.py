@@ -91,7 +91,7 @@ def calibrate_open(device, cloud, examples, config, cloud_name: str | None = Non
     from edgeshrink.errors import EdgeshrinkError
     from edgeshrink.route.confidence import binary_ece, confidence_scores, fit_platt
     from edgeshrink.route.policies import CalibrationData, choose_threshold
-    from edgeshrink.route.router import ROUTER_SCHEMA
+    from edgeshrink.route.router import ROUTER_SCHEMA, generates
     from edgeshrink.runtime import load
 
     if not config.label_free:
@@ -101,7 +101,7 @@ def calibrate_open(device, cloud, examples, config, cloud_name: str | None = Non
         raise EdgeshrinkError(f"open prompts are routed on an answer signal: --signal {' | '.join(ANSWER_SIGNALS)}")
     device_gen, cloud_gen = load(device), load(cloud) if not hasattr(cloud, "logits") else cloud
     for model, what in ((device_gen, "device"), (cloud_gen, "cloud")):
-        if getattr(model, "manifest", {}).get("task") != "text-generation":
+        if not generates(model):
             raise EdgeshrinkError(f"task open needs language-model bundles; the {what} is not one")
     if examples.label_names:
         split = split_examples(examples, config.split)
@@ -141,16 +141,16 @@ def calibrate_open(device, cloud, examples, config, cloud_name: str | None = Non
 
 
 def evaluate_open(device, cloud, data, config, router: dict, plots=None, progress=None) -> dict:
-    """``route eval`` of an open-prompt router on held-out prompts: agreement with the cloud instead of accuracy.
+    """``route eval`` of an open-prompt router on held-out prompts: agreement with the cloud instead of accuracy
+    (the report without its ``schema``, which ``evaluate`` adds).
 
     ``data``: prompts the router was not calibrated on (labelled data gives its test split; unlabelled data
     is used whole, and the report says whether it is the data the router was calibrated on)."""
     from edgeshrink.data import load_data, split_examples
     from edgeshrink.errors import EdgeshrinkError
-    from edgeshrink.route.calibrate import RouteConfig
     from edgeshrink.route.confidence import binary_ece, confidence_scores, fit_platt
-    from edgeshrink.route.evaluate import SCHEMA, apgr_cpt, curves
-    from edgeshrink.route.policies import CalibrationData, PolicyConfig, choose_threshold, too_small
+    from edgeshrink.route.policies import (CalibrationData, PolicyConfig, apgr_cpt, choose_threshold, curves,
+                                           policy_split, too_small)
     from edgeshrink.route.router import threshold_of
     from edgeshrink.runtime import load
     from edgeshrink.stats import accuracy_interval
@@ -162,8 +162,7 @@ def evaluate_open(device, cloud, data, config, router: dict, plots=None, progres
                                   "prompts with --data")
         data = recorded.get("source") or recorded.get("name")
     examples = load_data(data)
-    test = split_examples(examples, RouteConfig.from_dict(router["policy"]).split).test if examples.label_names \
-        else examples
+    test = split_examples(examples, policy_split(router)).test if examples.label_names else examples
     same = bool(recorded.get("unlabelled")) and recorded.get("source") == examples.source.source
     answers = open_answers(load(device), load(cloud), list(test.texts), int(router["answer_tokens"]),
                            router.get("template", "{text}"), None if progress is None else
@@ -182,7 +181,7 @@ def evaluate_open(device, cloud, data, config, router: dict, plots=None, progres
 
     curve = curves(scores, agree, np.ones(n, bool), 101)
     report = {
-        "schema": SCHEMA, "task": "open", "device": str(device), "cloud": str(cloud), "data": test.name, "n": n,
+        "task": "open", "device": str(device), "cloud": str(cloud), "data": test.name, "n": n,
         "same_rows_as_calibration": same,
         "router": {k: router[k] for k in ("signal", "temperature", "bias", "threshold", "escalate_everything",
                                           "alpha", "delta", "label_free", "n", "guarantee", "feasible")}

@@ -17,6 +17,8 @@ Policies (registered in POLICIES):
 - ``risk+budget``: the risk test and a budget test (H0 "more than β escalated") at δ/2 each (Bonferroni).
 With ``label_free`` an "error" is a disagreement with the cloud model, and the guarantee bounds
 disagreement with the cloud, not true error: the guarantee text says so.
+
+``curves`` and ``apgr_cpt`` sweep the threshold instead of choosing it: what `route eval` reports.
 """
 
 from __future__ import annotations
@@ -259,3 +261,39 @@ def _risk_budget(data: CalibrationData, config: PolicyConfig, n_classes: int) ->
                    f"no threshold meets both: the risk bound (alpha={config.alpha:g}) needs escalating "
                    f"{100 * need:.1f}% of calibration requests, over the {100 * config.budget:g}% budget; every "
                    f"request is escalated until alpha or the budget is raised", **details)
+
+
+def curves(scores, device_correct, cloud_correct, points: int) -> dict:
+    """Hybrid accuracy when the least confident fraction r goes to the cloud, for r on a grid; risk by coverage."""
+    order = np.argsort(scores, kind="stable")
+    n = len(scores)
+    gain = np.concatenate([[0], np.cumsum(cloud_correct[order].astype(int) - device_correct[order].astype(int))])
+    rates = np.linspace(0, 1, points)
+    m = np.round(rates * n).astype(int)
+    hybrid = (device_correct.sum() + gain[m]) / n
+    errors_from_top = np.concatenate([[0], np.cumsum(~device_correct[order[::-1]])])  # most confident first
+    answered = n - m
+    risk = np.where(answered > 0, errors_from_top[answered] / np.maximum(answered, 1), 0.0)
+    return {"escalation_rate": rates.tolist(), "hybrid_accuracy": hybrid.tolist(),
+            "coverage": (1 - rates).tolist(), "risk": risk.tolist()}
+
+
+def apgr_cpt(curve: dict, device_accuracy: float, cloud_accuracy: float) -> dict:
+    """RouteLLM's APGR (area of recovered gap over the escalation axis) and CPT(x%)."""
+    rates, hybrid = np.array(curve["escalation_rate"]), np.array(curve["hybrid_accuracy"])
+    gap = cloud_accuracy - device_accuracy
+    if gap <= 0:
+        return {"apgr": None, "cpt": {}, "note": "the device model is at least as accurate as the cloud model"}
+    recovered = (hybrid - device_accuracy) / gap
+    apgr = float(np.sum((recovered[1:] + recovered[:-1]) / 2 * np.diff(rates)))
+    cpt = {}
+    for x in (50, 80, 95):
+        hit = np.flatnonzero(recovered >= x / 100)
+        cpt[f"{x}%"] = float(rates[hit[0]]) if hit.size else None
+    return {"apgr": apgr, "cpt": cpt}
+
+
+def policy_split(router: dict):
+    from edgeshrink.data import SplitConfig
+
+    return SplitConfig.from_dict(router["policy"].get("split", {}))

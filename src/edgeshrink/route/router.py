@@ -62,9 +62,23 @@ def threshold_of(settings: dict) -> float:
     return -math.inf if settings["threshold"] is None else float(settings["threshold"])
 
 
+def generates(model) -> bool:
+    """Whether a loaded model generates text (a language-model bundle: the runtime table says so)."""
+    from edgeshrink.runtime.tasks import runtime_task
+
+    manifest = getattr(model, "manifest", None)
+    return bool(manifest) and runtime_task(manifest.get("task")).generates
+
+
+def check_same_labels(device, cloud) -> None:
+    if list(device.labels) != list(cloud.labels):
+        raise EdgeshrinkError(f"the device and cloud models have different label sets: {list(device.labels)} vs "
+                              f"{list(cloud.labels)}")
+
+
 def as_prompted(model, prompt: dict | None):
     """A language-model bundle answers the router's prompted task (runtime/prompted.py); others as they are."""
-    if getattr(model, "manifest", {}).get("task") != "text-generation":
+    if not generates(model):
         return model
     if not prompt:
         raise EdgeshrinkError(f"{model.path} is a language model: its router needs a prompt (calibrate it on "

@@ -24,6 +24,7 @@ class RuntimeTask:
     tokenized: bool  # the model takes token ids: the bundle ships a tokenizer the runtime opens
     padded: bool = False  # batches are padded: the tokenizer entry must name its pad id
     single_input: bool = False  # the graph takes exactly one input tensor (the manifest lists it)
+    generates: bool = False  # the model generates text: a router asks it through a prompt (route/router.py)
 
     def runtime_class(self):
         module, _, name = self.loader.partition(":")
@@ -47,7 +48,7 @@ RUNTIME_TASKS: dict[str, RuntimeTask] = {t.name: t for t in (
     RuntimeTask("tensor-classification", "edgeshrink.runtime.predictor:Predictor", ("labels", "inputs"),
                 tokenized=False, single_input=True),
     RuntimeTask("text-generation", "edgeshrink.runtime.generate:Generator", ("tokenizer", "generation"),
-                tokenized=True),
+                tokenized=True, generates=True),
 )}
 TASK_NAMES = tuple(RUNTIME_TASKS)
 

@@ -246,13 +246,12 @@ def length_groups(texts: list[str], max_padding: float = 0.25) -> list[list[int]
     return groups
 
 
-def check_text_model(predictor, path) -> None:
-    """The HTTP API classifies texts: a tensor bundle (a CNN's) is refused in one line."""
-    from edgeshrink.errors import EdgeshrinkError
+def check_text_model(predictor) -> None:
+    """The HTTP API answers texts: a model of a task it does not serve (a CNN's tensors) is refused in one line
+    by the task registry (a predictor without a task is a text classifier from before tasks were recorded)."""
+    from edgeshrink import tasks
 
-    if getattr(predictor, "task", "text-classification") != "text-classification":
-        raise EdgeshrinkError(f"{path} takes tensors, not text: the HTTP service answers text requests only "
-                              "(run a tensor bundle with edgeshrink.runtime.load)")
+    tasks.named(getattr(predictor, "task", "text-classification")).implementation("serve")
 
 
 class Row(NamedTuple):

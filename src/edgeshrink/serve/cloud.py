@@ -22,7 +22,7 @@ def cloud_app(model: str | Path, config: ServeConfig, faults: Path | None = None
     from edgeshrink.models.torch_text import load_predictor
 
     predictor = load_predictor(str(model), threads=config.threads)
-    check_text_model(predictor, model)
+    check_text_model(predictor)
     labels = list(predictor.labels)
 
     async def answer(request, body, texts, rows, cut, started):

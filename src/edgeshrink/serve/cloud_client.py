@@ -13,6 +13,7 @@ import asyncio
 import os
 import time
 from collections import deque
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from edgeshrink.serve.config import CloudConfig
@@ -22,8 +23,30 @@ from edgeshrink.serve.config import CloudConfig
 class CloudResult:
     labels: list[str] | None  # None: no answer, see reason
     probabilities: list[dict[str, float]] | None
-    reason: str | None  # why there is no answer: breaker_open, budget, timeout, deadline, unreachable, http_5xx ...
+    reason: str | None  # why there is no answer: breaker_open, budget, timeout, deadline, unreachable, http_5xx,
+    # bad_response; a stream also stream_broken
     attempts: int
+
+
+class CloudFailed(Exception):
+    """No complete answer from the cloud after ``attempts`` tries; ``reason`` says why (see CloudResult)."""
+
+    def __init__(self, reason: str, attempts: int = 0):
+        super().__init__(reason)
+        self.reason, self.attempts = reason, attempts
+
+
+class AttemptFailed(Exception):
+    """One attempt's own failure (an HTTP refusal, a malformed answer); ``retry``: whether another may help."""
+
+    def __init__(self, reason: str, retry: bool = True):
+        super().__init__(reason)
+        self.reason, self.retry = reason, retry
+
+    @classmethod
+    def http(cls, status: int) -> AttemptFailed:
+        # a 4xx other than 429 is the cloud refusing this request: retrying will not help
+        return cls(f"http_{status // 100}xx", retry=status >= 500 or status == 429)
 
 
 class CircuitBreaker:
@@ -123,15 +146,17 @@ class CloudConnection:
         await asyncio.sleep(pause)
         return True
 
-    async def unary(self, texts: int, send, parse, deadline_ms: float | None = None) -> tuple:
-        """One request/response exchange with retries within the deadline: ``send()`` makes the HTTP call,
-        ``parse(response)`` reads a 200 (raising ValueError, KeyError, TypeError or IndexError on a malformed
-        answer). Returns (what parse returned or None, the reason there is none, attempts)."""
+    async def exchange(self, texts: int, attempt, deadline_ms: float | None = None):
+        """The retry loop every cloud call shares: yield what ``attempt()`` (an async generator making one HTTP
+        exchange) yields, or raise ``CloudFailed``. Until the first item, the deadline covers everything and
+        failures are retried with backoff (5xx, 429, timeouts, refused connections, a stream cut short);
+        after it nothing is retried (the caller already passed it on) and a broken exchange is
+        ``stream_broken``. ``attempt`` raises ``AttemptFailed`` for failures it sees itself."""
         import httpx
 
         refused = self.admit(texts)
         if refused:
-            return None, refused, 0
+            raise CloudFailed(refused)
         deadline = time.monotonic() + (deadline_ms or self.config.deadline_ms) / 1000
         attempts, reason = 0, "unreachable"
         while attempts <= self.config.retries:
@@ -140,37 +165,29 @@ class CloudConnection:
                 reason = "deadline"
                 break
             attempts += 1
+            started = False
             try:
-                response = await asyncio.wait_for(send(), remaining)
-            except asyncio.TimeoutError:
-                reason = "deadline"
-                self._count("deadline")
-                break
+                async with asyncio.timeout(remaining) as scope, aclosing(attempt()) as items:
+                    async for item in items:
+                        scope.reschedule(None)
+                        started = True
+                        yield item
+                self._count("ok")
+                self.breaker.record(True)
+                return
+            except TimeoutError:
+                reason, retry = "deadline", False
             except httpx.TimeoutException:
-                reason = "timeout"
-                self._count("timeout")
+                reason, retry = "stream_broken" if started else "timeout", True
             except httpx.HTTPError:
-                reason = "unreachable"
-                self._count("unreachable")
-            else:
-                if response.status_code == 200:
-                    try:
-                        result = parse(response)
-                    except (ValueError, KeyError, TypeError, IndexError):
-                        reason = "bad_response"
-                        self._count("bad_response")
-                        break
-                    self._count("ok")
-                    self.breaker.record(True)
-                    return result, None, attempts
-                reason = f"http_{response.status_code // 100}xx"
-                self._count(reason)
-                if response.status_code < 500 and response.status_code != 429:
-                    break  # the cloud refused this request: retrying will not help
-            if not await self.backoff(attempts, deadline):
+                reason, retry = "stream_broken" if started else "unreachable", True
+            except AttemptFailed as failed:
+                reason, retry = failed.reason, failed.retry
+            self._count(reason)
+            if started or not retry or not await self.backoff(attempts, deadline):
                 break
         self.breaker.record(False)
-        return None, reason, attempts
+        raise CloudFailed(reason, attempts)
 
     async def close(self) -> None:
         await self.http.aclose()
@@ -185,11 +202,25 @@ class CloudClient(CloudConnection):
         self.labels = labels
 
     async def classify(self, texts: list[str], deadline_ms: float | None = None) -> CloudResult:
-        answer, reason, attempts = await self.unary(len(texts), lambda: self.send(texts),
-                                                    lambda response: self.parse(response, len(texts)), deadline_ms)
-        if answer is None:
-            return CloudResult(None, None, reason, attempts)
-        return CloudResult(answer[0], answer[1], None, attempts)
+        tries = 0
+
+        async def attempt():  # one POST; parse raises ValueError, KeyError, TypeError or IndexError when malformed
+            nonlocal tries
+            tries += 1
+            response = await self.send(texts)
+            if response.status_code != 200:
+                raise AttemptFailed.http(response.status_code)
+            try:
+                answer = self.parse(response, len(texts))
+            except (ValueError, KeyError, TypeError, IndexError):
+                raise AttemptFailed("bad_response", retry=False) from None
+            yield answer
+
+        try:
+            (labels, probabilities), = [answer async for answer in self.exchange(len(texts), attempt, deadline_ms)]
+        except CloudFailed as failed:
+            return CloudResult(None, None, failed.reason, failed.attempts)
+        return CloudResult(labels, probabilities, None, tries)
 
     def send(self, texts: list[str]):
         return self.http.post("/v1/classify", json={"texts": texts})

@@ -8,25 +8,28 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeshrink.serve.app import TextResult, build_app, check_text_model, predict_rows, probabilities_dict
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.serve.app import (TextResult, build_app, check_text_model, install_faults, predict_rows,
+                                  probabilities_dict)
 from edgeshrink.serve.config import ServeConfig
 from edgeshrink.serve.gate import protected
 from edgeshrink.serve.watch import RouterWatch
 
 
-def device_app(bundle: str | Path, config: ServeConfig):
-    """The device bundle behind the API; with ``config.cloud`` it escalates per the bundle's router.json."""
+def device_app(bundle: str | Path, config: ServeConfig, faults: Path | None = None):
+    """The device bundle behind the API; with ``config.cloud`` it escalates per the bundle's router.json.
+    ``faults``: a fault-drill file, as for the cloud service (serve/cloud.py)."""
     from edgeshrink.route.router import Router, has_router, read_router
     from edgeshrink.runtime import load
     from edgeshrink.runtime.predictor import Predictions
     from edgeshrink.serve.cloud_client import cloud_client
 
     if config.cloud is not None and config.cloud.protocol == "v2" and not config.cloud.model:
-        from edgeshrink.errors import EdgeshrinkError
-
         raise EdgeshrinkError("--cloud-protocol v2 needs --cloud-model: the model's name at /v2/models/NAME")
+    if config.cloud is not None and config.cloud.model is not None and config.cloud.protocol != "v2":
+        raise EdgeshrinkError("--cloud-model applies to language-model bundles and to --cloud-protocol v2")
     predictor = load(bundle, threads=config.threads)  # checks every file's hash
-    check_text_model(predictor, bundle)
+    check_text_model(predictor)
     labels = list(predictor.labels)
     # With a cloud, router.json is required (read_router refuses a missing or edited one); without one, a
     # router present still gives calibrated confidences, with nowhere to escalate.
@@ -35,8 +38,6 @@ def device_app(bundle: str | Path, config: ServeConfig):
         router = Router(predictor, None, read_router(bundle))
     watching = config.monitor.audit_fraction > 0 or config.monitor.recalibrate
     if watching and config.cloud is None:
-        from edgeshrink.errors import EdgeshrinkError
-
         raise EdgeshrinkError("the audit and recalibration need the cloud's answers: give --cloud URL")
     holder: dict = {}
 
@@ -106,6 +107,8 @@ def device_app(bundle: str | Path, config: ServeConfig):
 
     app = build_app("device service", Path(bundle).name, labels, predict_rows(predictor), config, answer,
                     on_startup=startup, on_shutdown=shutdown, extra_ready=ready_info)
+    if faults is not None:
+        install_faults(app, faults)
     shared = app.state.edgeshrink
 
     @protected(app, "/v1/monitor", "GET", response_model=dict, responses=shared.responses)

@@ -1,0 +1,18 @@
+"""OpenAI-compatible language-model services: `serve-cloud` and `serve` on an LLM bundle.
+
+    POST /v1/chat/completions   {"model", "messages", "max_tokens"?, "temperature"?, "top_p"?, "stream"?, "stop"?,
+                                 "seed"?, "edgeshrink"?: {"route": "auto" | "device" | "cloud"}}
+    POST /v1/completions        {"model", "prompt", ...}             GET /v1/models
+    POST /v1/speculate          (cloud) the target's distributions after a drafted continuation, one pass
+    GET  /healthz, /readyz, /metrics, /docs                           as the classifier services
+
+Responses and stream chunks (server-sent events, ``data: {...}`` then ``data: [DONE]``) follow OpenAI's
+shapes, so the official ``openai`` client works; each also carries ``edgeshrink``: who answered
+(``device``, ``cloud``, ``device-fallback``), the device's calibrated confidence, and why it fell back.
+
+A request passes three stages, one module each:
+- ``request.py``: parse and check it, render the chat or prompt into token ids and a device request;
+- ``routing.py``: who answers, device or cloud, and the fallback when the cloud fails (no HTTP there);
+- ``render.py``: the answer as one JSON response or as a server-sent event stream.
+``app.py`` wires them behind the endpoints: ``llm_device_app`` and ``llm_cloud_app``.
+"""

@@ -1,0 +1,160 @@
+"""Request preparation: the OpenAI request bodies, checked, and a chat or a prompt rendered into a ``Prepared``
+device request (prompt ids, token budget, sampling options, the route asked for).
+
+    prepared = await prepare(body, "/v1/chat/completions", generator, "smollm2", config.llm)
+
+A request the service cannot answer raises ``Refused(status, message)``: the app turns it into its one-line
+JSON error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from edgeshrink.errors import EdgeshrinkError
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["system", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class RouteOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    route: Literal["auto", "device", "cloud"] = Field("auto", description="auto: the router decides; device: never "
+                                                      "escalate (private); cloud: always escalate")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class Sampling(BaseModel):
+    """The options both endpoints share (OpenAI's names and defaults; unsupported values are refused)."""
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1)
+    max_tokens: int | None = Field(None, ge=1, description="Default: what the context leaves after the prompt, "
+                                   "at most the service's default (chat) or 16 (completions).")
+    temperature: float = Field(1.0, ge=0, le=2, allow_inf_nan=False)
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    n: Literal[1] = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = Field(None, ge=0)
+    user: str | None = None
+    presence_penalty: Literal[0] = 0
+    frequency_penalty: Literal[0] = 0
+    edgeshrink: RouteOptions | None = None
+
+    def stops(self) -> tuple[str, ...]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        if any(not s for s in stops):
+            raise EdgeshrinkError("stop: an empty string would stop before the first token; give non-empty strings")
+        if len(stops) > 4:
+            raise EdgeshrinkError(f"stop: at most 4 strings, got {len(stops)}")
+        return tuple(stops)
+
+
+class ChatRequest(Sampling):
+    messages: list[Message] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+
+
+class CompletionRequest(Sampling):
+    prompt: str | list[str]
+
+
+class SpeculateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tokens: list[int] = Field(min_length=1, description="The accepted sequence: prompt and generated tokens.")
+    draft: list[int] = Field(min_length=1, max_length=32, description="The drafted continuation to verify.")
+    temperature: float = Field(0.0, ge=0, le=2, allow_inf_nan=False)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    session: str | None = Field(None, max_length=128, description="Reuse this client's KV cache between rounds.")
+
+
+class Refused(Exception):
+    """A request the service does not answer: the HTTP status and the one-line reason."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Prepared:
+    """One request, ready for the routing engine: what the device generates from, and what the cloud is sent."""
+    path: str  # the endpoint, which an escalation calls on the cloud too
+    ids: list[int]  # the rendered prompt's token ids
+    max_tokens: int
+    options: dict  # the generator's sampling options: temperature, top_p, seed, stop
+    route: str  # auto | device | cloud
+    body: ChatRequest | CompletionRequest
+
+    def cloud_payload(self) -> dict:
+        """The OpenAI request an escalation sends (the cloud renders the chat itself)."""
+        body = self.body
+        payload = {"messages": [m.model_dump(exclude_none=True) for m in body.messages]} \
+            if isinstance(body, ChatRequest) else {"prompt": body.prompt}
+        payload |= {"max_tokens": self.max_tokens, "temperature": body.temperature, "top_p": body.top_p}
+        if body.stop:
+            payload["stop"] = body.stop
+        if body.seed is not None:
+            payload["seed"] = body.seed
+        return payload
+
+
+async def prepare(body: ChatRequest | CompletionRequest, path: str, generator, name: str, limits) -> Prepared:
+    """Check ``body`` against the served model ``name`` and ``limits`` (LLMServeConfig), render it with
+    ``generator``'s tokenizer and chat template, and fix the token budget; raises ``Refused``."""
+    if body.model != name:
+        raise Refused(404, f"model {body.model!r} is not served here; GET /v1/models lists {name!r}")
+    chat = isinstance(body, ChatRequest)
+    asked = (body.max_completion_tokens or body.max_tokens) if chat else body.max_tokens
+    if asked is not None and asked > limits.max_tokens_limit:
+        raise Refused(422, f"max_tokens {asked} is over this service's limit of {limits.max_tokens_limit}")
+    try:
+        stops = body.stops()
+    except EdgeshrinkError as exc:
+        raise Refused(422, str(exc)) from None
+    if chat:
+        if generator.chat_template is None:
+            raise Refused(400, f"model {name} has no chat template: use /v1/completions")
+        prompt = [{"role": m.role, "content": m.text()} for m in body.messages]
+    else:
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1 or not prompts[0]:
+            raise Refused(422, "prompt: one non-empty string")
+        prompt = prompts[0]
+    try:  # in a thread: a chat template may take long to render, and the service must keep answering
+        ids = await asyncio.to_thread(generator.encode, prompt)
+    except EdgeshrinkError as exc:
+        raise Refused(400, str(exc)) from None
+    if not ids:
+        raise Refused(422, "the prompt is empty")
+    # Not asked: OpenAI's default (chat: the service's, completions: 16), cut to what the context leaves.
+    room = generator.context_length - len(ids)
+    max_tokens = asked or max(1, min(limits.default_max_tokens if chat else 16, limits.max_tokens_limit, room))
+    if len(ids) + max_tokens > generator.context_length:
+        raise Refused(400, f"the prompt's {len(ids)} tokens + max_tokens {max_tokens} exceed the context length "
+                           f"{generator.context_length}")
+    options = {"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed, "stop": stops}
+    return Prepared(path, ids, max_tokens, options, body.edgeshrink.route if body.edgeshrink else "auto", body)

@@ -1,0 +1,176 @@
+"""The routing engine: who answers a prepared request, device or cloud, and how the device finishes an answer
+the cloud could not give. No HTTP here: it takes an ``Engine`` (the device's generator in a thread) and any
+cloud with ``stream(path, payload)`` (serve/llm_client.py's ``OpenAICloud``), and tests drive it with fakes.
+
+    routing = Routing(Engine(generator), "device", router=read_router(bundle), metrics=Metrics())
+    routing.cloud = OpenAICloud(config.cloud, metrics)
+    async for piece, end in routing.answer(prepared, threading.Event()):
+        ...  # text pieces as (text, None); last (None, {"finish", "source", "confidence", "reason", ...})
+
+The policy: the device answers alone on the cloud service, without a cloud, when the request is private
+(``route: device``) or when there is no router to ask. Otherwise the device answers first (unless the request
+is sent to the cloud, ``route: cloud``), the router scores its answer on the calibrated answer signal, and a
+confident answer stands. Below the threshold the request escalates and the cloud's stream is relayed. When
+the cloud fails — refused, slow past the deadline, 5xx, breaker open, over budget, or broken mid-stream — the
+device answers: its own answer if the cloud sent nothing, else it continues from the text the cloud sent, so
+the client always gets one whole answer, flagged ``device-fallback`` with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+
+from edgeshrink.serve.cloud_client import CloudFailed
+
+
+class Engine:
+    """One generator, one generation at a time (requests queue), run in a thread and streamed to asyncio."""
+
+    def __init__(self, generator):
+        self.g = generator
+        self.lock = threading.Lock()
+
+    async def stream(self, ids: list[int], max_tokens: int, options: dict, cancel: threading.Event):
+        """Yield Tokens, then a dict (the generator's info). Setting ``cancel`` stops after the next token."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+
+        def work():
+            info: dict = {}
+            try:
+                with self.lock:
+                    for token in self.g.stream(ids, max_tokens, info=info, **options):
+                        loop.call_soon_threadsafe(queue.put_nowait, token)
+                        if cancel.is_set():
+                            info["stop_reason"] = "cancelled"
+                            break
+                loop.call_soon_threadsafe(queue.put_nowait, info)
+            except Exception as exc:  # noqa: BLE001 - handed to the request, which answers in one line
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, Exception):
+                    raise item
+                yield item
+                if isinstance(item, dict):
+                    return
+        finally:
+            cancel.set()
+
+
+def finish_reason(stop_reason: str) -> str:
+    return "length" if stop_reason == "length" else "stop"
+
+
+class Routing:
+    """See the module doc. ``role``: "device" (routes) or "cloud" (the cloud model answers everything itself);
+    ``router``: the bundle's router.json settings (None: none); ``cloud``: set when the service starts."""
+
+    def __init__(self, engine: Engine, role: str, router: dict | None = None, metrics=None, cloud=None):
+        self.engine, self.role, self.router, self.metrics, self.cloud = engine, role, router, metrics, cloud
+
+    def refusal(self, route: str) -> str | None:
+        """Why a request asking for ``route`` cannot be answered here (None: it can)."""
+        if self.role == "device" and route == "cloud" and self.cloud is None:
+            return "edgeshrink.route is 'cloud' but this service has no cloud (--cloud URL)"
+        return None
+
+    def device_only(self, route: str) -> str | None:
+        """The reason the device answers without the router or the cloud; None when they decide."""
+        if self.role == "cloud" or self.cloud is None or route == "device" or (route == "auto" and self.router is None):
+            if self.role == "device" and self.router is None:
+                return "no router"
+            return "private" if route == "device" else "cloud model"
+        return None
+
+    def confidence(self, tokens) -> float:
+        """The router's calibrated confidence in the device's answer (its tokens' log-probabilities, entropies)."""
+        from edgeshrink.route.confidence import confidence_scores
+        from edgeshrink.runtime.prompted import answer_signals
+
+        signals = answer_signals([(t.logprob, t.entropy) for t in tokens])
+        fitted = {"temperature": float(self.router["temperature"]), "bias": self.router.get("bias")}
+        return float(confidence_scores(self.router["signal"], np.zeros((1, 2)),
+                                       {k: np.array([v]) for k, v in signals.items()}, fitted)[0])
+
+    async def device_pieces(self, prefix_ids, budget, options, cancel, end: dict, before: int = 0):
+        """Stream the device's tokens as text, then ``end`` with the finish reason and the token count."""
+        count = 0
+        async for item in self.engine.stream(prefix_ids, budget, options, cancel):
+            if isinstance(item, dict):
+                yield None, end | {"finish": finish_reason(item["stop_reason"]), "completion_tokens": before + count}
+            else:
+                count += 1
+                yield item.text, None
+
+    async def answer(self, request, cancel: threading.Event):
+        """The answer to ``request`` (a ``Prepared``): text pieces as (text, None), last (None, the end's facts)."""
+        from edgeshrink.route.router import threshold_of
+
+        started = time.perf_counter()
+        ids, max_tokens, options, route = request.ids, request.max_tokens, request.options, request.route
+        alone = self.device_only(route)
+        if alone is not None:
+            source = "cloud" if self.role == "cloud" else "device"
+            async for piece in self.device_pieces(ids, max_tokens, options, cancel,
+                                                  {"source": source, "reason": alone, "started": started}):
+                yield piece
+            return
+        # The device answers first (unless sent to the cloud), then the router decides.
+        device_tokens, device_info, confidence = [], {}, None
+        if route == "auto":
+            async for item in self.engine.stream(ids, max_tokens, options, cancel):
+                if isinstance(item, dict):
+                    device_info = item
+                else:
+                    device_tokens.append(item)
+            confidence = self.confidence(device_tokens)
+            if confidence >= threshold_of(self.router):
+                for token in device_tokens:
+                    yield token.text, None
+                yield None, {"finish": finish_reason(device_info["stop_reason"]), "source": "device",
+                             "confidence": confidence, "reason": "confident",
+                             "completion_tokens": len(device_tokens), "started": started}
+                return
+        self.metrics.escalations.inc()
+        why = "cloud only" if route == "cloud" else "not confident"
+        sent, finish = [], "stop"
+        try:
+            async for piece, reason in self.cloud.stream(request.path, request.cloud_payload()):
+                if piece:
+                    sent.append(piece)
+                    yield piece, None
+                if reason:
+                    finish = reason
+            yield None, {"finish": finish, "source": "cloud", "confidence": confidence, "reason": why,
+                         "completion_tokens": None, "started": started}
+            return
+        except CloudFailed as failed:
+            fallback_reason = failed.reason
+        self.metrics.fallbacks.labels(reason=fallback_reason).inc()
+        extra = {"source": "device-fallback", "confidence": confidence, "fallback_reason": fallback_reason,
+                 "cloud_chars": len("".join(sent)), "started": started, "reason": why}
+        if not sent and device_info:  # the device's own answer is ready
+            for token in device_tokens:
+                yield token.text, None
+            yield None, extra | {"finish": finish_reason(device_info["stop_reason"]),
+                                 "completion_tokens": len(device_tokens)}
+            return
+        # Continue from what the cloud sent (or from nothing): the answer stays whole.
+        generator = self.engine.g
+        so_far = "".join(sent)
+        cont = ids + (generator.tokenizer.encode(so_far, add_special_tokens=False).ids if so_far else [])
+        budget = max_tokens - (len(cont) - len(ids))
+        if budget <= 0 or len(cont) + budget > generator.context_length:
+            yield None, extra | {"finish": "length", "completion_tokens": len(cont) - len(ids)}
+            return
+        async for piece in self.device_pieces(cont, budget, options, cancel, extra, before=len(cont) - len(ids)):
+            yield piece
