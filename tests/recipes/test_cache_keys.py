@@ -2,15 +2,13 @@
 
 A rerun over a cache made before a change reuses a step only if its key is unchanged, so these names are
 pinned as literals (generated once, from the code before issue 26). A config split or renamed must keep
-its ``to_dict()`` — and so these names — identical. Nothing here loads a model or a data set: the run is
-stopped where the executor receives its plans.
+its ``to_dict()`` — and so these names — identical. Nothing here loads a model or a data set: the steps are
+planned, not run.
 """
 
 from pathlib import Path
 
 import pytest
-
-from edgeshrink.recipes.runner import run
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
@@ -22,12 +20,6 @@ class _Planned(Exception):
 class _Capture:
     """An executor that keeps the plans it is given and stops the run there."""
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
-
     def describe(self):
         return {"name": "capture"}
 
@@ -36,14 +28,21 @@ class _Capture:
         raise _Planned
 
 
-def planned_dirs(recipe: Path, out: Path, monkeypatch) -> list[list[str]]:
-    import edgeshrink.data
+def planned_dirs(path: Path, out: Path) -> list[list[str]]:
+    # No data loading is patched out: modules imported meanwhile would keep the stand-in for later tests.
+    from edgeshrink.data import DataConfig
+    from edgeshrink.recipes.llm import LLMRecipe, run_llm
+    from edgeshrink.recipes.runner import plan_paths
+    from edgeshrink.recipes.schema import load_recipe
 
-    monkeypatch.setattr(edgeshrink.data, "load_data", lambda *a, **k: None)  # keys hash the data config only
-    capture = _Capture()
-    with pytest.raises(_Planned):
-        run(recipe, out, executor=capture)
-    return capture.dirs
+    recipe, digest = load_recipe(path)
+    if isinstance(recipe, LLMRecipe):
+        capture = _Capture()
+        with pytest.raises(_Planned):
+            run_llm(path, recipe, digest, out, None, capture)
+        return capture.dirs
+    data = recipe.data if isinstance(recipe.data, DataConfig) else DataConfig(source=recipe.data)
+    return [[task.dir for task in plan.tasks] for plan in plan_paths(recipe, recipe.candidates(), data, recipe.resources)]
 
 
 EXPECTED = {
@@ -137,5 +136,5 @@ def test_every_shipped_recipe_is_pinned():
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_cache_keys_are_unchanged(name, tmp_path, monkeypatch):
-    assert planned_dirs(RECIPES / f"{name}.yaml", tmp_path / "out", monkeypatch) == EXPECTED[name]
+def test_cache_keys_are_unchanged(name, tmp_path):
+    assert planned_dirs(RECIPES / f"{name}.yaml", tmp_path / "out") == EXPECTED[name]
