@@ -43,9 +43,14 @@ class Implementation:
     run: str  # "module:function"
     config: str | None = None  # "module:ConfigClass"
     flags: dict[str, str] = field(default_factory=dict)  # CLI flag -> the config field it sets ("" : not a field)
+    # "module:attribute": the per-task parts a shared skeleton asks for (a recipe: its RecipeKind)
+    parts: str | None = None
 
     def function(self) -> Callable:
         return _resolve(self.run)
+
+    def task_parts(self):
+        return _resolve(self.parts) if self.parts else None
 
     def config_class(self):
         return _resolve(self.config) if self.config else None
@@ -123,13 +128,14 @@ def register(task: Task) -> Task:
     return task
 
 
-def implement(verb: str, task: str, run: str, config: str | None = None, flags: dict[str, str] | None = None) -> None:
+def implement(verb: str, task: str, run: str, config: str | None = None, flags: dict[str, str] | None = None,
+              parts: str | None = None) -> None:
     if task not in TASKS:
         raise ValueError(f"{verb}: unknown task {task!r}")
     impls = _IMPLEMENTATIONS.setdefault(verb, {})
     if task in impls:
         raise ValueError(f"{verb} is implemented twice for {task}")
-    impls[task] = Implementation(verb, task, run, config, dict(flags or {}))
+    impls[task] = Implementation(verb, task, run, config, dict(flags or {}), parts)
 
 
 def _kinds(names) -> str:
@@ -163,13 +169,15 @@ def of_model(spec: str | Path) -> Task:
     else the default task (text classification: any encoder directory or short name)."""
     if is_bundle(spec):
         return of_bundle(spec)
-    default = None
     for task in TASKS.values():
-        if task.recognises is None:
-            default = task
-        elif task.recognises(spec):
+        if task.recognises is not None and task.recognises(spec):
             return task
-    return default
+    return default()
+
+
+def default() -> Task:
+    """The task of models no other task claims (the one whose ``recognises`` is None)."""
+    return next(task for task in TASKS.values() if task.recognises is None)
 
 
 def of_record(record: dict) -> Task:
@@ -296,7 +304,11 @@ implement("serve-cloud", "text-classification", "edgeshrink.serve.cloud:cloud_ap
 implement("serve-cloud", "tensor-classification", "edgeshrink.serve.cloud:cloud_app")
 implement("serve-cloud", "text-generation", "edgeshrink.serve.llm:llm_app")
 
-# recipe (the source model's task): the recipe runner
-implement("recipe", "text-classification", "edgeshrink.recipes.runner:run")
-implement("recipe", "tensor-classification", "edgeshrink.recipes.runner:run")
-implement("recipe", "text-generation", "edgeshrink.recipes.llm:run_llm")
+# recipe (the source model's task): one run loop; the recipe file's schema (its data and targets) and the
+# task's kind of recipe (steps, ordering, cache-key parts, report) differ
+implement("recipe", "text-classification", "edgeshrink.recipes.runner:run", "edgeshrink.recipes.classify:TextRecipe",
+          parts="edgeshrink.recipes.classify:TEXT")
+implement("recipe", "tensor-classification", "edgeshrink.recipes.runner:run",
+          "edgeshrink.recipes.classify:TensorRecipe", parts="edgeshrink.recipes.classify:TENSOR")
+implement("recipe", "text-generation", "edgeshrink.recipes.runner:run", "edgeshrink.recipes.generate:GenerationRecipe",
+          parts="edgeshrink.recipes.generate:GENERATE")
