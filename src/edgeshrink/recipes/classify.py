@@ -454,8 +454,8 @@ _NEEDS = (("distill", "prune"), ("quantize", "export"), ("bench", "export"), ("r
 # is left out so that caches made before versions existed stay valid). export 2: also builds the peer, and
 # the cloud bundle keeps the teacher's own max_length.
 _VERSIONS = {"export": 2}
-_SHARED = dict(sections=_sections, markdown=markdown, plots=_plots, needs=_NEEDS, versions=_VERSIONS,
-               early_stop=early_stop)
+_SHARED = {"sections": _sections, "markdown": markdown, "plots": _plots, "needs": _NEEDS, "versions": _VERSIONS,
+           "early_stop": early_stop}
 
 TEXT = RecipeKind("text-classification", {
     "finetune": _finetune, "prune": _prune, "distill": _distill, "sparsify": _sparsify,

@@ -32,7 +32,6 @@ interrupted run resumes at the step it was in.
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
 

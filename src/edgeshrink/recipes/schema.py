@@ -27,6 +27,7 @@ recipes/generate.py hold the kinds. Every error names the file, the key path, it
 from __future__ import annotations
 
 import hashlib
+import importlib
 import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,8 +69,6 @@ class RecipeKind:
     def config_class(self, step: str) -> type[Config]:
         if step in self.configs:
             module, _, name = self.configs[step].partition(":")
-            import importlib
-
             return getattr(importlib.import_module(module), name)
         return tasks.named(self.task).implementation(step).config_class()
 
