@@ -44,12 +44,17 @@ class Implementation:
     config: str | None = None  # "module:ConfigClass"
     flags: dict[str, str] = field(default_factory=dict)  # CLI flag -> the config field it sets ("" : not a field)
     summary: str | None = None  # "module:function" (result, out) -> the CLI's one line about what was made
+    # "module:attribute": the per-task parts a shared skeleton asks for (a recipe: its RecipeKind)
+    parts: str | None = None
 
     def summarize(self, result, out) -> str:
         return _resolve(self.summary)(result, out) if self.summary else f"saved {out}"
 
     def function(self) -> Callable:
         return _resolve(self.run)
+
+    def task_parts(self):
+        return _resolve(self.parts) if self.parts else None
 
     def config_class(self):
         return _resolve(self.config) if self.config else None
@@ -133,13 +138,13 @@ def register(task: Task) -> Task:
 
 
 def implement(verb: str, task: str, run: str, config: str | None = None, flags: dict[str, str] | None = None,
-              summary: str | None = None) -> None:
+              summary: str | None = None, parts: str | None = None) -> None:
     if task not in TASKS:
         raise ValueError(f"{verb}: unknown task {task!r}")
     impls = _IMPLEMENTATIONS.setdefault(verb, {})
     if task in impls:
         raise ValueError(f"{verb} is implemented twice for {task}")
-    impls[task] = Implementation(verb, task, run, config, dict(flags or {}), summary)
+    impls[task] = Implementation(verb, task, run, config, dict(flags or {}), summary, parts)
 
 
 def _kinds(names) -> str:
@@ -173,13 +178,15 @@ def of_model(spec: str | Path) -> Task:
     else the default task (text classification: any encoder directory or short name)."""
     if is_bundle(spec):
         return of_bundle(spec)
-    default = None
     for task in TASKS.values():
-        if task.recognises is None:
-            default = task
-        elif task.recognises(spec):
+        if task.recognises is not None and task.recognises(spec):
             return task
-    return default
+    return default()
+
+
+def default() -> Task:
+    """The task of models no other task claims (the one whose ``recognises`` is None)."""
+    return next(task for task in TASKS.values() if task.recognises is None)
 
 
 def of_record(record: dict) -> Task:
@@ -352,7 +359,11 @@ implement("serve", "text-generation", "edgeshrink.serve.llm.app:llm_device_app")
 implement("serve-cloud", "text-classification", "edgeshrink.serve.cloud:cloud_app", flags={"--engine": ""})
 implement("serve-cloud", "text-generation", "edgeshrink.serve.llm.app:llm_cloud_app")
 
-# recipe (the source model's task): the recipe runner
-implement("recipe", "text-classification", "edgeshrink.recipes.runner:run")
-implement("recipe", "tensor-classification", "edgeshrink.recipes.runner:run")
-implement("recipe", "text-generation", "edgeshrink.recipes.llm:run_llm")
+# recipe (the source model's task): one run loop; the recipe file's schema (its data and targets) and the
+# task's kind of recipe (steps, ordering, cache-key parts, report) differ
+implement("recipe", "text-classification", "edgeshrink.recipes.runner:run", "edgeshrink.recipes.classify:TextRecipe",
+          parts="edgeshrink.recipes.classify:TEXT")
+implement("recipe", "tensor-classification", "edgeshrink.recipes.runner:run",
+          "edgeshrink.recipes.classify:TensorRecipe", parts="edgeshrink.recipes.classify:TENSOR")
+implement("recipe", "text-generation", "edgeshrink.recipes.runner:run", "edgeshrink.recipes.generate:GenerationRecipe",
+          parts="edgeshrink.recipes.generate:GENERATE")

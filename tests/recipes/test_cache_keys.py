@@ -10,39 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from edgeshrink.recipes.runner import plan_paths
+from edgeshrink.recipes.schema import load_recipe, recipe_kind
+
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
-class _Planned(Exception):
-    pass
-
-
-class _Capture:
-    """An executor that keeps the plans it is given and stops the run there."""
-
-    def describe(self):
-        return {"name": "capture"}
-
-    def run_paths(self, paths, start, cache, stop, progress):
-        self.dirs = [[task.dir for task in path.tasks] for path in paths]
-        raise _Planned
-
-
-def planned_dirs(path: Path, out: Path) -> list[list[str]]:
-    # No data loading is patched out: modules imported meanwhile would keep the stand-in for later tests.
-    from edgeshrink.data import DataConfig
-    from edgeshrink.recipes.llm import LLMRecipe, run_llm
-    from edgeshrink.recipes.runner import plan_paths
-    from edgeshrink.recipes.schema import load_recipe
-
-    recipe, digest = load_recipe(path)
-    if isinstance(recipe, LLMRecipe):
-        capture = _Capture()
-        with pytest.raises(_Planned):
-            run_llm(path, recipe, digest, out, None, capture)
-        return capture.dirs
-    data = recipe.data if isinstance(recipe.data, DataConfig) else DataConfig(source=recipe.data)
-    return [[task.dir for task in plan.tasks] for plan in plan_paths(recipe, recipe.candidates(), data, recipe.resources)]
+def planned_dirs(path: Path) -> list[list[str]]:
+    recipe, _ = load_recipe(path)
+    _, kind = recipe_kind(recipe.task())
+    return [[task.dir for task in plan.tasks] for plan in plan_paths(recipe, kind, recipe.candidates())]
 
 
 EXPECTED = {
@@ -136,5 +113,5 @@ def test_every_shipped_recipe_is_pinned():
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_cache_keys_are_unchanged(name, tmp_path):
-    assert planned_dirs(RECIPES / f"{name}.yaml", tmp_path / "out") == EXPECTED[name]
+def test_cache_keys_are_unchanged(name):
+    assert planned_dirs(RECIPES / f"{name}.yaml") == EXPECTED[name]

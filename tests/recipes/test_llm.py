@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from edgeshrink.cli import app
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.recipes.llm import LLMRecipe
+from edgeshrink.recipes.generate import GenerationRecipe
 from edgeshrink.recipes.runner import run
 from edgeshrink.recipes.schema import load_recipe
 from tests.conftest import make_texts
@@ -94,7 +94,7 @@ def test_bad_recipes_are_refused_in_one_line(llm_recipe, tmp_path, edit, message
 
 def test_the_shipped_recipes_validate():
     recipe, _ = load_recipe("recipes/smollm2-edge.yaml")
-    assert isinstance(recipe, LLMRecipe)
+    assert isinstance(recipe, GenerationRecipe)
     assert [name for name, _ in recipe.parsed_steps()] == ["import", "export", "quantize", "bench"]
     small, _ = load_recipe("recipes/smollm2-small.yaml")
     assert [name for name, _ in small.parsed_steps()] == ["import", "prune", "distill", "export", "quantize", "bench"]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.recipes.runner import LOCK_FILE, check_targets, run
-from edgeshrink.recipes.schema import Recipe
+from edgeshrink.recipes.classify import TextRecipe, check_targets
+from edgeshrink.recipes.runner import LOCK_FILE, run
 from tests.conftest import make_texts, make_tiny_cnn, write_csv
 from tests.recipes.test_schema import GOOD
 
@@ -158,7 +158,7 @@ def test_search_runs_every_candidate_and_chooses(recipe, tmp_path):
 
 
 def test_the_choice_is_made_on_calibration_accuracy_not_test():
-    from edgeshrink.recipes.runner import choose
+    from edgeshrink.recipes.classify import choose
 
     def candidate(calibration, test, p50=5.0):
         return {"all_targets_met": True, "pruned": None, "targets": [], "calibration_accuracy": calibration,
@@ -192,7 +192,7 @@ def _reports(policy: str):
 
 
 def test_peer_and_guarantee_targets():
-    recipe = Recipe.model_validate({"name": "t", "model": "m", "data": "d", "steps": [{"export": {}}], "targets": {
+    recipe = TextRecipe.model_validate({"name": "t", "model": "m", "data": "d", "steps": [{"export": {}}], "targets": {
         "peer": {"min_speedup": 3, "min_size_reduction": 2.5, "max_accuracy_drop": 0},
         "router": {"alpha": 0.05, "delta": 0.05}}})
     rows = {r["target"].split(" ")[0]: r for r in check_targets(recipe, *_reports("risk"))}
@@ -207,8 +207,8 @@ def test_peer_and_guarantee_targets():
 
 
 def test_peer_targets_need_a_peer():
-    recipe = Recipe.model_validate({"name": "t", "model": "m", "data": "d", "steps": [{"export": {}}],
-                                    "targets": {"peer": {"min_speedup": 3}}})
+    recipe = TextRecipe.model_validate({"name": "t", "model": "m", "data": "d", "steps": [{"export": {}}],
+                                        "targets": {"peer": {"min_speedup": 3}}})
     bench, route = _reports("risk")
     bench["candidates"].pop(1)
     bench["roles"] = ["cloud", "device"]

@@ -103,17 +103,18 @@ def test_cnn_recipe_parses_into_the_api_configs(tmp_path):
 
 @pytest.mark.parametrize("text, edit, message", [
     (CNN, ("  - prune-channels: {channels_keep: 0.5}", "  - distill: {epochs: 1}"),
-     "line 7: steps.1: step 'distill' works on text models, and model 'digits-cnn' is a CNN"),
-    (CNN, ("  - prune-channels: {channels_keep: 0.5}", "  - prune: {layers: 1}"), "step 'prune' works on text models"),
-    (CNN, ("  - bench: {threads: [1]}", "  - bench: {threads: [1]}\n  - route: {policy: budget, budget: 0.3}"), "step 'route' works on text models"),
+     "line 7: steps.1: unknown step 'distill'; a tensor-classification recipe takes the steps finetune, "
+     "prune-channels, export, quantize, bench"),
+    (CNN, ("  - prune-channels: {channels_keep: 0.5}", "  - prune: {layers: 1}"), "unknown step 'prune'; a tensor-classification recipe"),
+    (CNN, ("  - bench: {threads: [1]}", "  - bench: {threads: [1]}\n  - route: {policy: budget, budget: 0.3}"), "unknown step 'route'; a tensor-classification recipe"),
     (CNN, ("data: digits", "data: d.csv"),
      "line 4: data: model 'digits-cnn' is a CNN and takes images; 'd.csv' is not a built-in image data set (digits)"),
-    (CNN, ("min_size_reduction: 2", "peer: {min_speedup: 1}"), "targets.peer: a CNN has no peer pipeline"),
+    (CNN, ("min_size_reduction: 2", "peer: {min_speedup: 1}"), "targets.peer: unknown key (a tensor-classification recipe)"),
     (CNN, ("prune-channels: {channels_keep: 0.5}", "prune-channels: {channels_kep: 0.5}"),
      "steps.1.prune-channels.channels_kep: unknown key (did you mean 'channels_keep'?) (ChannelPruneConfig)"),
     (GOOD.format(model="m", data="digits"), ("", ""), "data: 'digits' is images; model 'm' is a text model"),
     (GOOD.format(model="m", data="d.csv"), ("  - prune: {layers: 1, ffn_keep: 0.5, vocab: true}", "  - prune-channels: {}"),
-     "step 'prune-channels' works on CNNs, and model 'm' is a text model"),
+     "unknown step 'prune-channels'; a text-classification recipe takes the steps finetune, prune, distill"),
 ])
 def test_steps_and_data_must_fit_the_kind_of_model(tmp_path, text, edit, message):
     path = write(tmp_path, text.replace(*edit))
@@ -175,3 +176,13 @@ def test_a_recipe_with_a_few_aliases_still_loads(tmp_path):
     # a mistake after an alias still names its line
     with pytest.raises(EdgeshrinkError, match="line 12: targets.max_size_mb"):
         load_recipe(write(tmp_path, text.replace("max_size_mb: 10", "max_size_mb: -1")))
+
+
+def test_each_task_names_its_kind_of_recipe_and_every_step_config_resolves():
+    from edgeshrink import tasks
+    from edgeshrink.recipes.schema import Recipe, recipe_kind
+
+    for name in tasks.implementations("recipe"):
+        schema, kind = recipe_kind(name)
+        assert issubclass(schema, Recipe) and kind.task == name
+        assert all(kind.config_class(step) is not None for step in kind.steps)

@@ -75,13 +75,13 @@ def resources_for(name: str, resources: dict[str, StepResources]) -> StepResourc
 class StepTask:
     """One cached step, as an executor sees it: what to run and where its output goes."""
 
-    kind: Literal["classifier", "llm"]  # which step registry holds it
+    task: str  # the model's task: its recipe kind (the task registry's ``recipe`` entry) holds the step
     name: str
     config: dict  # the step config's JSON form
     dir: str  # the step's directory in the cache, NN-step-KEY: the same step of every candidate sharing it
     key: str
     title: str  # for progress messages
-    data: Any  # the data config's JSON form (classifier recipes) or the data set's name (language models)
+    data: Any  # the data config's JSON form (a mapping) or the data set's name
     resources: StepResources = field(default_factory=StepResources)
 
 
@@ -164,25 +164,16 @@ def cached_step(title: str, where: Path, cache: Path, run_step: Callable[[Path],
     return record
 
 
-def _registries(kind: str):
-    if kind == "classifier":
-        from edgeshrink.recipes.runner import STEPS
-        from edgeshrink.recipes.schema import step_configs
-
-        return STEPS, step_configs()
-    from edgeshrink.recipes.llm import LLM_STEPS, llm_step_configs
-
-    return LLM_STEPS, llm_step_configs()
-
-
 def execute(task: StepTask, state: dict, cache: Path, progress=None, ran_on: dict | None = None) -> dict:
     """Run (or read back) one step: the same code under every executor."""
+    from edgeshrink import tasks
     from edgeshrink.data import DataConfig
 
-    steps, configs = _registries(task.kind)
-    config = configs[task.name].from_dict(task.config)
-    data = DataConfig.from_dict(task.data) if task.kind == "classifier" else task.data
-    return cached_step(task.title, cache / task.dir, cache, lambda where: steps[task.name](state, config, where, data),
+    kind = tasks.named(task.task).implementation("recipe").task_parts()
+    config = kind.config_class(task.name).from_dict(task.config)
+    data = DataConfig.from_dict(task.data) if isinstance(task.data, dict) else task.data
+    return cached_step(task.title, cache / task.dir, cache,
+                       lambda where: kind.steps[task.name](state, config, where, data),
                        progress or (lambda message: None), ran_on)
 
 

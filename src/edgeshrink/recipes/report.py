@@ -148,11 +148,7 @@ def write_plots(report: dict, out: Path, route_plots: Path | None) -> list[str]:
             ax.set(xlabel=label, ylabel="test accuracy (%)",
                    title=f"{report['name']}: accuracy vs {label.split(',')[0]}")
             ax.set_xscale("log")
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            fig.savefig(out / name, dpi=110)
-            plt.close(fig)
-            names.append(name)
+            names.append(save_plot(fig, ax, out, name))
     if missing:
         report["plots_missing_glyphs"] = "".join(sorted(missing))
     if route_plots is not None and route_plots.exists():
@@ -160,6 +156,17 @@ def write_plots(report: dict, out: Path, route_plots: Path | None) -> list[str]:
             shutil.copy(png, out / f"router_{png.name}")
             names.append(f"router_{png.name}")
     return names
+
+
+def save_plot(fig, ax, out: Path, name: str) -> str:
+    """Legend, layout, ``out/name`` at the reports' resolution; the figure closed. Returns ``name``."""
+    import matplotlib.pyplot as plt
+
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return name
 
 
 def html_page(report: dict, markdown_text: str, plots_dir: Path) -> str:

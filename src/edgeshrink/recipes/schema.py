@@ -2,7 +2,7 @@
 
     version: 1
     name: quick
-    model: minilm                       # what `finetune` starts from (or an already fine-tuned model)
+    model: minilm                       # what the first step starts from; its task decides the rest
     data: sentiment-movies              # or {source: my.csv, text_column: review}
     steps:                              # ordered; each step is {name: config}, the Python API's config class
       - finetune: {epochs: 1}
@@ -14,110 +14,97 @@
       - route: {policy: budget, budget: 0.2}
     targets:
       max_size_mb: 10
-      max_latency_ms: {value: 20, percentile: 50, threads: 1, seq_length: 64}
-      max_accuracy_drop: 2.0            # points below the cloud model (or min_accuracy: 0.82)
-      min_size_reduction: 10            # relative to the cloud model's fp32 bundle, same bench run
       min_speedup: 4
-      min_accuracy_fraction: 0.98
-      peer: {min_speedup: 3, min_size_reduction: 2.5, max_accuracy_drop: 0}   # vs optimum + ORT dynamic INT8
-      router: {max_cloud_fraction: 0.25, max_accuracy_drop: 0.3}   # or alpha/delta: a risk guarantee
     resources:                          # what each step's task asks of a Ray cluster (`--executor ray`)
       distill: {cpus: 2, gpus: 0}       # default 1 CPU; bench: a whole node
 
-Every error names the file, the key path, its line and what was expected.
+The model's task (``tasks.of_model``) picks the recipe kind the registry names for it (its ``recipe``
+implementation: the schema with its targets, and a ``RecipeKind`` with its steps, ordering rules, cache-key
+parts, checks and report). This module holds what every kind shares; recipes/classify.py and
+recipes/generate.py hold the kinds. Every error names the file, the key path, its line and what was expected.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import itertools
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError
 
+from edgeshrink import tasks
 from edgeshrink.config import Config
-from edgeshrink.data import DataConfig
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.recipes.executors import StepResources
-
-
-def step_configs() -> dict[str, type[Config]]:
-    """Step name → the config class of its verb (the registry recipes validate against)."""
-    from edgeshrink.bench.config import BenchConfig
-    from edgeshrink.compress.channels import ChannelPruneConfig
-    from edgeshrink.compress.distill.encoder import DistillConfig
-    from edgeshrink.compress.prune.encoder import PruneConfig
-    from edgeshrink.compress.quantize import QuantConfig
-    from edgeshrink.compress.sparsify import SparsifyConfig
-    from edgeshrink.export import ExportConfig
-    from edgeshrink.models.finetune import FinetuneConfig
-    from edgeshrink.route.calibrate import RouteConfig
-
-    return {"finetune": FinetuneConfig, "prune": PruneConfig, "prune-channels": ChannelPruneConfig,
-            "distill": DistillConfig, "sparsify": SparsifyConfig, "export": ExportConfig, "quantize": QuantConfig,
-            "bench": BenchConfig, "route": RouteConfig}
-
-
-# Steps that only one kind of model has: Hugging Face text classifiers, or CNNs on images (models/cnn.py).
-TEXT_ONLY_STEPS = ("prune", "distill", "sparsify", "route")
-CNN_ONLY_STEPS = ("prune-channels",)
-
 
 MAX_CANDIDATES = 32
 
 
-class LatencyTarget(Config):
-    value: float = Field(gt=0)  # milliseconds
-    percentile: Literal[50, 90, 99] = 50
-    threads: int = Field(1, ge=1)
-    seq_length: int | Literal["max"] = 64  # tokens; "max": each model at its own max_length (long inputs)
+@dataclass(frozen=True)
+class RecipeKind:
+    """What a task's recipes are made of. Step configs are the task's verb configs from the registry (a step
+    named like a verb takes that verb's config for this task); ``configs`` names the others' ("module:Class")."""
 
-    @field_validator("seq_length")
-    @classmethod
-    def _positive(cls, value):
-        if value != "max" and value < 1:
-            raise ValueError("must be a positive number of tokens or 'max'")
-        return value
+    task: str
+    steps: dict[str, Callable]  # step name -> fn(state, config, out, data) -> {"state": ..., "result": ...}
+    sections: Callable  # (recipe, kind, paths, plans, outcomes, data, cache) -> the report's task sections
+    markdown: Callable  # report -> report.md text
+    plots: Callable  # (report, plots dir) -> the plot file names
+    configs: dict[str, str] = field(default_factory=dict)
+    needs: tuple[tuple[str, str], ...] = ()  # (step, the step that must come before it when it is there)
+    after: tuple[tuple[str, str], ...] = ()  # (step, a step that, when both are there, comes before it)
+    once: bool = False  # each step at most once
+    search: bool = True  # steps may list alternatives
+    # cache keys: the first key's extra parts; per-step versions, the one left out of keys (None: none is)
+    key_tag: tuple = ()
+    versions: dict[str, int] = field(default_factory=dict)
+    unversioned: int | None = 1
+    report_tag: dict = field(default_factory=dict)  # first keys of the report (after its schema)
+    check: Callable | None = None  # (recipe, path, lines) -> None: what the schema cannot say
+    early_stop: Callable | None = None  # (recipe, step, record, state, later steps) -> a missed target or None
+
+    def config_class(self, step: str) -> type[Config]:
+        if step in self.configs:
+            module, _, name = self.configs[step].partition(":")
+            return getattr(importlib.import_module(module), name)
+        return tasks.named(self.task).implementation(step).config_class()
+
+    def version_parts(self, step: str) -> list[int]:
+        version = self.versions.get(step, 1)
+        return [] if version == self.unversioned else [version]
 
 
-class RouterTargets(Config):
-    max_cloud_fraction: float | None = Field(None, gt=0, le=1)
-    max_accuracy_drop: float | None = Field(None, ge=0)  # points of hybrid accuracy below the cloud model
-    alpha: float | None = Field(None, gt=0, lt=1)  # the router must guarantee risk <= alpha ...
-    delta: float | None = Field(None, gt=0, lt=1)  # ... with probability >= 1 - delta (policy risk or risk+budget)
-
-
-class PeerTargets(Config):
-    """Against the peer pipeline (optimum-onnx export + ORT dynamic INT8 of the cloud model), same bench run."""
-
-    min_speedup: float | None = Field(None, gt=0)  # peer / device latency at max_latency_ms's cell
-    min_size_reduction: float | None = Field(None, gt=0)  # peer size / device size
-    max_accuracy_drop: float | None = None  # points below the peer (0: equal or better)
-
-
-class Targets(Config):
-    max_size_mb: float | None = Field(None, gt=0)
-    max_latency_ms: LatencyTarget | None = None
-    min_accuracy: float | None = Field(None, gt=0, le=1)
-    max_accuracy_drop: float | None = Field(None, ge=0)  # points below the cloud model's test accuracy
-    # relative to the cloud model's fp32 bundle, measured in the same bench run
-    min_size_reduction: float | None = Field(None, gt=0)  # cloud size / device size
-    min_speedup: float | None = Field(None, gt=0)  # cloud / device latency at max_latency_ms's cell (or 1 thread, 64)
-    min_accuracy_fraction: float | None = Field(None, gt=0, le=1)  # device accuracy / cloud accuracy
-    peer: PeerTargets | None = None
-    router: RouterTargets | None = None
+def recipe_kind(task_name: str) -> tuple[type["Recipe"], RecipeKind]:
+    """The schema and the kind of recipe for a model of ``task_name`` (the registry's ``recipe`` entry)."""
+    impl = tasks.named(task_name).implementation("recipe")
+    return impl.config_class(), impl.task_parts()
 
 
 class Recipe(Config):
+    """Fields every recipe has; each kind's schema adds its ``data`` and ``targets``."""
+
     version: Literal[1] = 1
     name: str
     model: str
-    data: DataConfig | str
+    data: Any = None  # each kind's schema says what its data is
     steps: list[dict[str, Any]] = Field(min_length=1)
-    targets: Targets = Targets()
+    targets: Any = None  # each kind's schema says which targets it takes
     seed: int = 0
     # per step name, what its task asks of a cluster (the ray executor): {distill: {cpus: 2, gpus: 1}}
     resources: dict[str, StepResources] = {}
+
+    def task(self) -> str:
+        return tasks.of_model(self.model).name
+
+    def step_data(self):
+        """The data every step gets (its JSON form enters the cache keys)."""
+        return self.data
+
+    def check_data(self) -> None:
+        """Fail before any step runs when the data cannot be had (kinds that can tell)."""
 
     def parsed_steps(self) -> list[tuple[str, Config]]:
         """The steps as one path (each step's base config, alternatives ignored)."""
@@ -125,9 +112,7 @@ class Recipe(Config):
 
     def candidates(self) -> list[tuple[dict, list[tuple[str, Config]]]]:
         """Every path the ``search`` alternatives make: (the choices, the steps), the base values first."""
-        import itertools
-
-        registry = step_configs()
+        _, kind = recipe_kind(self.task())
         per_step = []
         for i, raw in enumerate(self.steps):
             name, values = next(iter(raw.items()))
@@ -137,7 +122,7 @@ class Recipe(Config):
             options = []
             for combo in itertools.product(*(search[k] for k in keys)) if keys else [()]:
                 choice = {f"steps.{i}.{name}.{k}": v for k, v in zip(keys, combo)}
-                options.append((choice, (name, registry[name].from_dict({**values, **dict(zip(keys, combo))}))))
+                options.append((choice, (name, kind.config_class(name).from_dict({**values, **dict(zip(keys, combo))}))))
             per_step.append(options)
         paths = []
         for combo in itertools.product(*per_step):
@@ -162,7 +147,8 @@ def _line_index(node, path=(), index=None) -> dict[tuple, int]:
     return index
 
 
-def _where(lines: dict, loc: tuple) -> str:
+def where(lines: dict, loc: tuple) -> str:
+    """``line N`` of the deepest part of ``loc`` the file has."""
     for cut in range(len(loc), -1, -1):
         if loc[:cut] in lines:
             return f"line {lines[loc[:cut]]}"
@@ -183,8 +169,7 @@ def _first_error(exc: ValidationError, fields) -> tuple[tuple, str]:
 
 
 def load_recipe(path: str | Path) -> tuple[Recipe, str]:
-    """Parse and validate a recipe file; return it and the sha256 of its text (an ``LLMRecipe`` when its
-    model is a language model)."""
+    """Parse and validate a recipe file; return it (the schema of its model's task) and the sha256 of its text."""
     import yaml
 
     from edgeshrink._yaml import load_with_nodes
@@ -200,60 +185,37 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
         raw, node = load_with_nodes(text, path)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "?"
-        raise EdgeshrinkError(f"{path}: {where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+        at = f"line {mark.line + 1}" if mark else "?"
+        raise EdgeshrinkError(f"{path}: {at}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(raw, dict):
         raise EdgeshrinkError(f"{path}: a recipe is a mapping with name, model, data, steps and targets")
     lines = _line_index(node)
-    from edgeshrink.recipes.llm import is_llm_recipe, validate_llm_recipe
-
-    if is_llm_recipe(raw):  # a language model: its own steps and targets (recipes/llm.py)
-        return validate_llm_recipe(raw, path, lines), hashlib.sha256(text.encode()).hexdigest()
+    task = tasks.of_model(raw["model"]) if isinstance(raw.get("model"), str) else tasks.default()
+    schema, kind = recipe_kind(task.name)
     try:
-        recipe = Recipe.model_validate(raw)
+        recipe = schema.model_validate(raw)
     except ValidationError as exc:
-        loc, what = _first_error(exc, Recipe.model_fields)
-        raise EdgeshrinkError(f"{path}: {_where(lines, loc)}: {'.'.join(map(str, loc)) or 'recipe'}: {what}") from None
-    registry = step_configs()
+        loc, what = _first_error(exc, schema.model_fields)
+        raise EdgeshrinkError(f"{path}: {where(lines, loc)}: {'.'.join(map(str, loc)) or 'recipe'}: {what} "
+                              f"(a {task.name} recipe)") from None
     for i, step in enumerate(recipe.steps):
-        where = _where(lines, ("steps", i))
-        if len(step) != 1:
-            raise EdgeshrinkError(f"{path}: {where}: steps.{i}: a step is one mapping {{name: config}}, got keys "
-                                  f"{sorted(step)}")
-        name, values = next(iter(step.items()))
-        if name not in registry:
-            raise EdgeshrinkError(f"{path}: {where}: steps.{i}: unknown step {name!r}; expected one of "
-                                  f"{', '.join(registry)}")
-        if values is not None and not isinstance(values, dict):
-            raise EdgeshrinkError(f"{path}: {where}: steps.{i}.{name}: expected a mapping of "
-                                  f"{registry[name].__name__} keys, got {type(values).__name__}")
-        values = dict(values or {})
-        search = values.pop("search", None)
-        if search is not None and (not isinstance(search, dict) or not search
-                                   or not all(isinstance(v, list) and v for v in search.values())):
-            raise EdgeshrinkError(f"{path}: {_where(lines, ('steps', i, name, 'search'))}: steps.{i}.{name}.search: "
-                                  f"expected a mapping of config keys to non-empty lists of alternatives")
-        for key in (search or {}):
-            if key not in registry[name].model_fields:
-                raise EdgeshrinkError(f"{path}: {_where(lines, ('steps', i, name, 'search', key))}: "
-                                      f"steps.{i}.{name}.search.{key}: unknown key ({registry[name].__name__})")
-        alternatives = [{}] + [{key: v} for key, options in (search or {}).items() for v in options]
-        try:
-            for alternative in alternatives:
-                registry[name].model_validate({**values, **alternative})
-        except ValidationError as exc:
-            inner, what = _first_error(exc, registry[name].model_fields)
-            loc = ("steps", i, name) + inner
-            if alternative:
-                loc = ("steps", i, name, "search") + inner
-            raise EdgeshrinkError(f"{path}: {_where(lines, loc)}: {'.'.join(map(str, loc))}: {what} "
-                                  f"({registry[name].__name__})") from None
+        _check_step(kind, i, step, path, lines)
     names = [next(iter(s)) for s in recipe.steps]
-    check_resources(recipe.resources, names, path, lines)
-    _check_model_kind(recipe, names, path, lines)
-    for later, needs in (("distill", "prune"), ("quantize", "export"), ("bench", "export"), ("route", "export")):
+    for name in recipe.resources:
+        if name not in names:
+            raise EdgeshrinkError(f"{path}: {where(lines, ('resources', name))}: resources.{name}: the recipe has no "
+                                  f"{name!r} step (its steps: {', '.join(dict.fromkeys(names))})")
+    if kind.once and len(set(names)) != len(names):
+        raise EdgeshrinkError(f"{path}: each step appears once in a {task.name} recipe")
+    for later, earlier in kind.after:
+        if later in names and earlier in names and names.index(earlier) > names.index(later):
+            raise EdgeshrinkError(f"{path}: {where(lines, ('steps', names.index(later)))}: step {later!r} comes "
+                                  f"after {earlier!r}")
+    if kind.check:
+        kind.check(recipe, path, lines)
+    for later, needs in kind.needs:
         if later in names and needs not in names[:names.index(later)]:
-            raise EdgeshrinkError(f"{path}: {_where(lines, ('steps', names.index(later)))}: step {later!r} needs a "
+            raise EdgeshrinkError(f"{path}: {where(lines, ('steps', names.index(later)))}: step {later!r} needs a "
                                   f"{needs!r} step before it")
     n = 1
     for step in recipe.steps:
@@ -264,31 +226,38 @@ def load_recipe(path: str | Path) -> tuple[Recipe, str]:
     return recipe, hashlib.sha256(text.encode()).hexdigest()
 
 
-def check_resources(resources: dict, names: list[str], path: Path, lines: dict) -> None:
-    for name in resources:
-        if name not in names:
-            raise EdgeshrinkError(f"{path}: {_where(lines, ('resources', name))}: resources.{name}: the recipe has no "
-                                  f"{name!r} step (its steps: {', '.join(dict.fromkeys(names))})")
-
-
-def _check_model_kind(recipe: Recipe, names: list[str], path: Path, lines: dict) -> None:
-    """A CNN takes image data and CNN steps; a text model takes text data and text steps."""
-    from edgeshrink.data.images import IMAGE_DATASETS, is_image_data
-    from edgeshrink.models.cnn import ARCHITECTURES, is_cnn
-
-    cnn = is_cnn(recipe.model)
-    kind = "a CNN" if cnn else "a text model"
-    for i, name in enumerate(names):
-        if name in (TEXT_ONLY_STEPS if cnn else CNN_ONLY_STEPS):
-            raise EdgeshrinkError(f"{path}: {_where(lines, ('steps', i))}: steps.{i}: step {name!r} works on "
-                                  f"{'text models' if cnn else 'CNNs'}, and model {recipe.model!r} is {kind}")
-    data = getattr(recipe.data, "source", recipe.data)
-    if cnn and not is_image_data(recipe.data):
-        raise EdgeshrinkError(f"{path}: {_where(lines, ('data',))}: data: model {recipe.model!r} is a CNN and takes "
-                              f"images; {data!r} is not a built-in image data set ({', '.join(IMAGE_DATASETS)})")
-    if not cnn and is_image_data(recipe.data):
-        raise EdgeshrinkError(f"{path}: {_where(lines, ('data',))}: data: {data!r} is images; model {recipe.model!r} "
-                              f"is a text model (for images use a CNN: {', '.join(ARCHITECTURES)})")
-    if cnn and recipe.targets.peer is not None:
-        raise EdgeshrinkError(f"{path}: {_where(lines, ('targets', 'peer'))}: targets.peer: a CNN has no peer "
-                              f"pipeline (optimum-onnx exports Hugging Face models)")
+def _check_step(kind: RecipeKind, i: int, step: dict, path: Path, lines: dict) -> None:
+    """One step: a known name of this kind, a mapping of its config's keys, valid with each alternative."""
+    at = where(lines, ("steps", i))
+    if len(step) != 1:
+        raise EdgeshrinkError(f"{path}: {at}: steps.{i}: a step is one mapping {{name: config}}, got keys "
+                              f"{sorted(step)}")
+    name, values = next(iter(step.items()))
+    if name not in kind.steps:
+        raise EdgeshrinkError(f"{path}: {at}: steps.{i}: unknown step {name!r}; a {kind.task} recipe takes the "
+                              f"steps {', '.join(kind.steps)}")
+    cls = kind.config_class(name)
+    if values is not None and not isinstance(values, dict):
+        raise EdgeshrinkError(f"{path}: {at}: steps.{i}.{name}: expected a mapping of {cls.__name__} keys, got "
+                              f"{type(values).__name__}")
+    values = dict(values or {})
+    search = values.pop("search", None)
+    if search is not None and not kind.search:
+        raise EdgeshrinkError(f"{path}: {at}: steps.{i}.{name}.search: a {kind.task} recipe has no search")
+    if search is not None and (not isinstance(search, dict) or not search
+                               or not all(isinstance(v, list) and v for v in search.values())):
+        raise EdgeshrinkError(f"{path}: {where(lines, ('steps', i, name, 'search'))}: steps.{i}.{name}.search: "
+                              f"expected a mapping of config keys to non-empty lists of alternatives")
+    for key in (search or {}):
+        if key not in cls.model_fields:
+            raise EdgeshrinkError(f"{path}: {where(lines, ('steps', i, name, 'search', key))}: "
+                                  f"steps.{i}.{name}.search.{key}: unknown key ({cls.__name__})")
+    alternatives = [{}] + [{key: v} for key, options in (search or {}).items() for v in options]
+    for alternative in alternatives:
+        try:
+            cls.model_validate({**values, **alternative})
+        except ValidationError as exc:
+            inner, what = _first_error(exc, cls.model_fields)
+            loc = ("steps", i, name) + (("search",) if alternative else ()) + inner
+            raise EdgeshrinkError(f"{path}: {where(lines, loc)}: {'.'.join(map(str, loc))}: {what} "
+                                  f"({cls.__name__})") from None

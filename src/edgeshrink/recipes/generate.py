@@ -23,25 +23,24 @@ fp32 and quantized bundles, and the bench runs all of them, so ``min_decode_vs_s
 ``max_perplexity_increase`` compare the device model with the source in one interleaved run
 (perplexity against the source's fp32 bundle, the cloud model).
 
-A recipe is a language-model recipe when its ``model`` is one (see export/llm.py ``is_language_model``).
-Steps are cached exactly like the classifier recipes' (runner.py: a step's key hashes the previous key,
-its config and the data; ``step.json`` marks it done; paths are stored relative to the cache), so a
-rerun takes seconds and an interrupted run resumes at the step it was in.
+A recipe is of this kind when its ``model``'s task is text-generation (the registry's ``recipe`` entry).
+Steps run through the one run loop (runner.py: a step's key hashes the previous key, its config and the
+data; ``step.json`` marks it done; paths are stored relative to the cache), so a rerun takes seconds and an
+interrupted run resumes at the step it was in.
 """
 
 from __future__ import annotations
 
 import json
-import platform
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from edgeshrink.config import Config
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.recipes.executors import StepResources
+from edgeshrink.recipes.report import save_plot, targets_table
+from edgeshrink.recipes.schema import Recipe, RecipeKind
 
 
 class LLMImportConfig(Config):
@@ -61,83 +60,9 @@ class LLMTargets(Config):
     max_distill_minutes: float | None = Field(None, gt=0)  # wall time of the distill step when it ran
 
 
-class LLMRecipe(Config):
-    version: Literal[1] = 1
-    name: str
-    model: str
+class GenerationRecipe(Recipe):
     data: str = "bbc-news"
-    steps: list[dict[str, Any]] = Field(min_length=1)
     targets: LLMTargets = LLMTargets()
-    seed: int = 0
-    resources: dict[str, StepResources] = {}  # per step: what its task asks of a Ray cluster
-
-    def parsed_steps(self) -> list[tuple[str, Config]]:
-        registry = llm_step_configs()
-        return [(name, registry[name].model_validate(values or {}))
-                for name, values in (next(iter(step.items())) for step in self.steps)]
-
-
-def llm_step_configs() -> dict[str, type[Config]]:
-    from edgeshrink.bench.config import LLMBenchConfig
-    from edgeshrink.compress.distill.decoder import LLMDistillConfig
-    from edgeshrink.compress.prune.decoder import LLMPruneConfig
-    from edgeshrink.compress.quantize import LLMQuantConfig
-    from edgeshrink.export.llm import LLMExportConfig
-
-    return {"import": LLMImportConfig, "prune": LLMPruneConfig, "distill": LLMDistillConfig, "export": LLMExportConfig,
-            "quantize": LLMQuantConfig, "bench": LLMBenchConfig}
-
-
-def is_llm_recipe(raw: dict) -> bool:
-    from edgeshrink.export.llm import is_language_model
-
-    return isinstance(raw, dict) and isinstance(raw.get("model"), str) and is_language_model(raw["model"])
-
-
-def validate_llm_recipe(raw: dict, path: Path, lines: dict) -> LLMRecipe:
-    """The recipe and its steps, or a one-line error naming the file, the line and the key."""
-    from edgeshrink.recipes.schema import _first_error, _where
-
-    try:
-        recipe = LLMRecipe.model_validate(raw)
-    except ValidationError as exc:
-        loc, what = _first_error(exc, LLMRecipe.model_fields)
-        raise EdgeshrinkError(f"{path}: {_where(lines, loc)}: {'.'.join(map(str, loc)) or 'recipe'}: {what} "
-                              "(a language-model recipe)") from None
-    registry, steps = llm_step_configs(), []
-    for i, step in enumerate(recipe.steps):
-        where = _where(lines, ("steps", i))
-        name, values = next(iter(step.items())) if len(step) == 1 else (None, None)
-        if name not in registry:
-            raise EdgeshrinkError(f"{path}: {where}: steps.{i}: a language-model recipe takes the steps "
-                                  f"{', '.join(registry)}; got {name or sorted(step)!r}")
-        if values is not None and not isinstance(values, dict):
-            raise EdgeshrinkError(f"{path}: {where}: steps.{i}.{name}: expected a mapping of "
-                                  f"{registry[name].__name__} keys")
-        if "search" in (values or {}):
-            raise EdgeshrinkError(f"{path}: {where}: steps.{i}.{name}.search: a language-model recipe has no search")
-        try:
-            steps.append((name, registry[name].model_validate(values or {})))
-        except ValidationError as exc:
-            inner, what = _first_error(exc, registry[name].model_fields)
-            loc = ("steps", i, name) + inner
-            raise EdgeshrinkError(f"{path}: {_where(lines, loc)}: {'.'.join(map(str, loc))}: {what} "
-                                  f"({registry[name].__name__})") from None
-    names = [n for n, _ in steps]
-    from edgeshrink.recipes.schema import check_resources
-
-    check_resources(recipe.resources, names, path, lines)
-    if len(set(names)) != len(names):
-        raise EdgeshrinkError(f"{path}: each step appears once in a language-model recipe")
-    for later, optional in (("export", "prune"), ("export", "distill")):  # a model step, when present, comes first
-        if later in names and optional in names and names.index(optional) > names.index(later):
-            raise EdgeshrinkError(f"{path}: {_where(lines, ('steps', names.index(later)))}: step {later!r} comes "
-                                  f"after {optional!r}")
-    for later, needs in (("quantize", "export"), ("bench", "export"), ("distill", "prune")):
-        if later in names and needs not in names[:names.index(later)]:
-            raise EdgeshrinkError(f"{path}: {_where(lines, ('steps', names.index(later)))}: step {later!r} needs "
-                                  f"a {needs!r} step before it")
-    return recipe
 
 
 # -- steps ---------------------------------------------------------------------------------------------------
@@ -222,19 +147,12 @@ def _bench(state, config, out: Path, data) -> dict:
     return {"state": {}, "result": {"bench": str(out / "bench.json")}}
 
 
-LLM_STEPS: dict[str, Callable] = {"import": _import, "prune": _prune, "distill": _distill, "export": _export,
-                                  "quantize": _quantize, "bench": _bench}
-# A step whose output changes meaning gets a new version, which enters its cache key (as in runner.py):
-# quantize 2 fuses sibling projections into one MatMulNBits.
-LLM_STEP_VERSIONS = {"quantize": 2}
-
-
 # -- targets -------------------------------------------------------------------------------------------------
 def _row(rows: list[dict], **match) -> dict | None:
     return next((r for r in rows if all(r.get(k) == v for k, v in match.items())), None)
 
 
-def check_llm_targets(recipe: LLMRecipe, bench: dict | None, device_size: int | None, gguf: str | None,
+def check_llm_targets(recipe: GenerationRecipe, bench: dict | None, device_size: int | None, gguf: str | None,
                       distill: dict | None = None) -> list[dict]:
     t = recipe.targets
     rows = []
@@ -305,54 +223,17 @@ def check_llm_targets(recipe: LLMRecipe, bench: dict | None, device_size: int | 
     return rows
 
 
-# -- the run -------------------------------------------------------------------------------------------------
-def run_llm(recipe_path, recipe: LLMRecipe, recipe_hash: str, out: Path, progress, executor) -> dict:
-    from edgeshrink import __version__
-    from edgeshrink._files import atomic_write_text
-    from edgeshrink.doctor import report as machine_report
-    from edgeshrink.recipes.executors import PathPlan, StepTask, resources_for
-    from edgeshrink.recipes.runner import _key, step_log
-
-    steps = recipe.parsed_steps()
-    cache = out / "cache"
-    cache.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    key = _key(recipe.model, recipe.data, recipe.seed, "llm")
-    tasks = []
-    for i, (name, config) in enumerate(steps):
-        key = _key(key, name, config.key_form(), LLM_STEP_VERSIONS.get(name, 1))
-        tasks.append(StepTask("llm", name, config.to_dict(), f"{i:02d}-{name}-{key}", key,
-                              f"step {i + 1}/{len(steps)} {name}", recipe.data, resources_for(name, recipe.resources)))
-    records = executor.run_paths([PathPlan(tasks)], {"model": recipe.model}, cache, lambda *a: None, progress)[0]["records"]
-    state: dict = {"model": recipe.model}
-    for record in records:
-        state.update(record["state"])
-    results = {t.name: r["result"] for t, r in zip(tasks, records)}
-    log = step_log(tasks, records, cache)
+# -- the report ----------------------------------------------------------------------------------------------
+def _sections(recipe: GenerationRecipe, paths: list, done: list[dict], data) -> dict:
+    """One path: its steps, bundles, targets and the bench report."""
+    path = done[0]
+    state, results = path["state"], path["results"]
     bench = json.loads(Path(results["bench"]["bench"]).read_text()) if "bench" in results else None
     device_size = (results.get("quantize") or results.get("export") or {}).get("size_bytes")
-    machine = machine_report()
-    report = {
-        "schema": "edgeshrink-recipe-report/1", "kind": "language-model", "recipe": str(recipe_path),
-        "recipe_sha256": recipe_hash, "name": recipe.name, "out": str(out), "edgeshrink_version": __version__,
-        "seed": recipe.seed,
-        "machine": {"cpu": machine["cpu"], "logical_cores": machine["logical_cores"], "versions": machine["versions"],
-                    "python": platform.python_version()},
-        "wall_seconds_this_run": round(time.perf_counter() - started, 1), "executor": executor.describe(),
-        "steps": log, "device_bundle": state.get("bundle"), "fp32_bundle": state.get("fp32_bundle"),
-        "gguf": state.get("gguf"),
-        "targets": check_llm_targets(recipe, bench, device_size, state.get("gguf"), results.get("distill")),
-        "bench": bench,
-    }
-    report["all_targets_met"] = all(t["met"] for t in report["targets"])
-    from edgeshrink.recipes.report import html_page
-
-    report["plots"] = write_llm_plots(report, out / "plots")
-    text = llm_markdown(report)
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "report.md", text)
-    atomic_write_text(out / "report.html", html_page(report, text, out / "plots"))
-    return report
+    targets = check_llm_targets(recipe, bench, device_size, state.get("gguf"), results.get("distill"))
+    return {"steps": path["steps"], "device_bundle": state.get("bundle"), "fp32_bundle": state.get("fp32_bundle"),
+            "gguf": state.get("gguf"), "targets": targets, "bench": bench,
+            "all_targets_met": all(t["met"] for t in targets)}
 
 
 def _candidates(report: dict) -> list[tuple[str, dict]]:
@@ -361,8 +242,6 @@ def _candidates(report: dict) -> list[tuple[str, dict]]:
 
 
 def llm_markdown(report: dict) -> str:
-    from edgeshrink.recipes.report import targets_table
-
     m = report["machine"]
     lines = [f"# Recipe report: {report['name']}", "",
              f"Recipe `{report['recipe']}` (sha256 {report['recipe_sha256'][:12]}), edgeshrink "
@@ -398,43 +277,53 @@ def llm_markdown(report: dict) -> str:
 
 
 def write_llm_plots(report: dict, out: Path) -> list[str]:
-    """Decode tokens/s per thread count and time to first token against prompt length, every candidate."""
+    """Decode tokens/s per thread count and time to first token against prompt length, every candidate.
+    Characters that no installed font can draw go into ``report["plots_missing_glyphs"]``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from edgeshrink._plots import any_script
 
     candidates = _candidates(report)
     if not candidates:
         return []
     out.mkdir(parents=True, exist_ok=True)
     names = []
-    fig, ax = plt.subplots(figsize=(6, 4))
-    threads = sorted({d["threads"] for _, c in candidates for d in c["decode"]})
-    width = 0.8 / len(candidates)
-    for i, (role, c) in enumerate(candidates):
-        rates = [next((d["tokens_per_s"] for d in c["decode"] if d["threads"] == t), 0) for t in threads]
-        ax.bar([t + (i - (len(candidates) - 1) / 2) * width for t in range(len(threads))], rates, width,
-               label=f"{role}: {c['name']}")
-    ax.set(xticks=range(len(threads)), xticklabels=[f"{t} thread(s)" for t in threads], ylabel="decode tokens/s",
-           title=f"{report['name']}: decode speed")
-    names.append(_save(fig, ax, out, "decode.png"))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for role, c in candidates:
-        rows = sorted((r for r in c["ttft"] if r["threads"] == threads[0]), key=lambda r: r["prompt_tokens"])
-        ax.plot([r["prompt_tokens"] for r in rows], [r["median_ms"] for r in rows], "o-", label=f"{role}: {c['name']}")
-    ax.set(xlabel="prompt tokens", ylabel="time to first token (ms)", xscale="log", yscale="log",
-           title=f"{report['name']}: time to first token, {threads[0]} thread(s)")
-    names.append(_save(fig, ax, out, "ttft.png"))
+    with any_script() as missing:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        threads = sorted({d["threads"] for _, c in candidates for d in c["decode"]})
+        width = 0.8 / len(candidates)
+        for i, (role, c) in enumerate(candidates):
+            rates = [next((d["tokens_per_s"] for d in c["decode"] if d["threads"] == t), 0) for t in threads]
+            ax.bar([t + (i - (len(candidates) - 1) / 2) * width for t in range(len(threads))], rates, width,
+                   label=f"{role}: {c['name']}")
+        ax.set(xticks=range(len(threads)), xticklabels=[f"{t} thread(s)" for t in threads], ylabel="decode tokens/s",
+               title=f"{report['name']}: decode speed")
+        names.append(save_plot(fig, ax, out, "decode.png"))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for role, c in candidates:
+            rows = sorted((r for r in c["ttft"] if r["threads"] == threads[0]), key=lambda r: r["prompt_tokens"])
+            ax.plot([r["prompt_tokens"] for r in rows], [r["median_ms"] for r in rows], "o-",
+                    label=f"{role}: {c['name']}")
+        ax.set(xlabel="prompt tokens", ylabel="time to first token (ms)", xscale="log", yscale="log",
+               title=f"{report['name']}: time to first token, {threads[0]} thread(s)")
+        names.append(save_plot(fig, ax, out, "ttft.png"))
+    if missing:
+        report["plots_missing_glyphs"] = "".join(sorted(missing))
     return names
 
 
-def _save(fig, ax, out: Path, name: str) -> str:
-    import matplotlib.pyplot as plt
-
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / name, dpi=110)
-    plt.close(fig)
-    return name
-
+# -- the kind ------------------------------------------------------------------------------------------------
+# A step whose output changes meaning gets a new version, which enters its cache key (every version does, 1
+# too): quantize 2 fuses sibling projections into one MatMulNBits.
+GENERATE = RecipeKind(
+    "text-generation", {"import": _import, "prune": _prune, "distill": _distill, "export": _export,
+                        "quantize": _quantize, "bench": _bench},
+    sections=_sections, markdown=llm_markdown, plots=write_llm_plots,
+    configs={"import": "edgeshrink.recipes.generate:LLMImportConfig"},
+    needs=(("quantize", "export"), ("bench", "export"), ("distill", "prune")),
+    after=(("export", "prune"), ("export", "distill")),  # a model step, when present, comes first
+    once=True, search=False, key_tag=("llm",), versions={"quantize": 2}, unversioned=None,
+    report_tag={"kind": "language-model"})
