@@ -284,9 +284,17 @@ implement("quantize", "text-generation", "edgeshrink.compress.llm_quantize:quant
           "edgeshrink.compress.quantize:QuantConfig")
 
 # bench (a bundle's task)
-implement("bench", "text-classification", "edgeshrink.bench.run:bench", "edgeshrink.bench.config:BenchConfig")
-implement("bench", "tensor-classification", "edgeshrink.bench.run:bench", "edgeshrink.bench.config:BenchConfig")
-implement("bench", "text-generation", "edgeshrink.bench.llm:bench_llm", "edgeshrink.bench.config:LLMBenchConfig")
+_BENCH_CLASSIFIER_FLAGS = {"--data": "", "--threads": "threads", "--seq-lengths": "seq_lengths",
+                           "--batch-sizes": "throughput_batch_sizes", "--latency-runs": "latency_runs",
+                           "--max-accuracy-examples": "max_accuracy_examples"}
+implement("bench", "text-classification", "edgeshrink.bench.classifier:bench_classifiers",
+          "edgeshrink.bench.config:BenchConfig", _BENCH_CLASSIFIER_FLAGS)
+implement("bench", "tensor-classification", "edgeshrink.bench.classifier:bench_classifiers",
+          "edgeshrink.bench.config:BenchConfig", _BENCH_CLASSIFIER_FLAGS)
+implement("bench", "text-generation", "edgeshrink.bench.llm:bench_llm", "edgeshrink.bench.config:LLMBenchConfig",
+          {"--threads": "threads", "--prompt-tokens": "prompt_tokens", "--new-tokens": "new_tokens",
+           "--repeats": "repeats", "--peer-gguf": "peer", "--texts": "texts", "--windows": "windows",
+           "--no-quality": ""})
 
 # serve (a bundle's task): the app factory
 implement("serve", "text-classification", "edgeshrink.serve.device:device_app")

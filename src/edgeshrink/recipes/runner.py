@@ -130,7 +130,7 @@ def _bench(state, config, out: Path, data) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     roles = [("cloud", state["cloud_bundle"])] + ([("peer", state["peer_bundle"])] if state.get("peer_bundle") else [])
     roles.append(("device", state["bundle"]))
-    report = bench([path for _, path in roles], data, config)
+    report = bench([path for _, path in roles], config, data=data)
     report["roles"] = [role for role, _ in roles]
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     return {"state": {}, "result": {"bench": str(out / "bench.json")}}
