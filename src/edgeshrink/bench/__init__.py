@@ -3,12 +3,10 @@
     from edgeshrink.bench import bench, BenchConfig
     report = bench(["runs/cloud", "runs/bundle"], BenchConfig(threads=[1]), data="sentiment-movies")
 
-``bench`` asks the task registry which bench the candidates' task takes. harness.py is the skeleton every
-task shares (a process per candidate, warm-up, round-robin passes, the machine's peaks); classifier.py
-measures text and tensor classifiers (latency, throughput, accuracy), llm.py language models (time to
-first token, decode speed against its limit, perplexity / agreement / KL, the llama.cpp peer). worker.py
-is the candidate process's request loop; classifier_worker.py and llm_worker.py what each candidate
-answers; report.py renders any report; peak.py, flops.py and inputs.py are the measures' pieces.
+``bench`` runs the bench of the candidates' task (the task registry says which). harness.py is the skeleton
+every task shares (a process per candidate and its request loop, warm-up, round-robin passes, the machine's
+peaks); classifier.py measures text and tensor classifiers, llm.py language models; classifier_worker.py
+and llm_worker.py are what each candidate answers in its process; report.py renders any report.
 """
 
 from __future__ import annotations

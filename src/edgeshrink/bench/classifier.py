@@ -19,7 +19,7 @@ import numpy as np
 from edgeshrink import tasks
 from edgeshrink.bench.config import BenchConfig
 from edgeshrink.bench.flops import flops_at
-from edgeshrink.bench.harness import machine_info, measure_peaks, no_progress, round_robin, spawned
+from edgeshrink.bench.harness import machine_info, measure_peaks, round_robin, spawned
 from edgeshrink.bench.report import CLASSIFIER_SCHEMA
 from edgeshrink.data import DataConfig, load_data, split_examples
 from edgeshrink.data.images import model_inputs
@@ -49,7 +49,7 @@ def bench_classifiers(candidates: list[str | Path], config: BenchConfig, *, data
             raise EdgeshrinkError(f"candidate {paths[0]} is a {task.name} model; data {test.name!r} is "
                                   f"{'text' if text_data else 'images'}")
 
-    step = progress or no_progress
+    step = progress or (lambda description, advance=0, total=None: None)
     peaks = measure_peaks(config.threads)
     step("peak GEMM measured")
     with spawned([(path, OPENER, {"path": str(path)}) for path in paths], step) as workers:
@@ -83,7 +83,7 @@ def bench_classifiers(candidates: list[str | Path], config: BenchConfig, *, data
     step("memory measured")
 
     _add_timings(results, timings, peaks, tokenized)
-    return {"notes": slower_notes(results), "schema": CLASSIFIER_SCHEMA, "machine": machine_info(), **peaks.report(),
+    return {"notes": slower_notes(results), "schema": CLASSIFIER_SCHEMA, "machine": machine_info(), **peaks,
             "config": config.to_dict(), "data": split_info, "candidates": results}
 
 
@@ -152,7 +152,7 @@ def _add_timings(results, timings, peaks, tokenized: bool) -> None:
                 flops = flops_at(result["flops_per_example"], seq_len if row["seq_len"] else None)
                 if flops:
                     row["flops"] = flops
-                    row["limit_ms"] = flops / (peaks.gemm(threads) * 1e9) * 1e3
+                    row["limit_ms"] = flops / (peaks["peak_gemm_gflops"][str(threads)] * 1e9) * 1e3
                     row["times_limit"] = row["p50_ms"] / row["limit_ms"]
                 latency.append(row)
             else:

@@ -1,9 +1,11 @@
-"""A classifier candidate in its worker process (worker.py): a device bundle through the runtime, or a
+"""A classifier candidate in its worker process (harness.py): a device bundle through the runtime, or a
 Hugging Face directory in PyTorch eager mode (the baseline a user starts from). Both answer the same
 commands for the classifier bench (classifier.py):
 
     ("time", threads, batch, seq_len, repeats) -> [seconds per run] on synthetic inputs of exactly that shape
     ("predict", threads, inputs)               -> class probabilities for texts (text) or an array (tensors)
+
+The timed inputs are synthetic, of an exact shape (``text_feeds``, ``tensor_feeds``).
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ from pathlib import Path
 from time import perf_counter
 
 import numpy as np
-
-from edgeshrink.bench.inputs import tensor_feeds, text_feeds
 
 
 class Classifier:
@@ -137,6 +137,27 @@ def _vocab_size(path: Path, manifest: dict) -> int:
 
     tok = json.loads(read_bundle_text(path, manifest, manifest["tokenizer"]["file"], verify=False))
     return len(tok["model"]["vocab"])
+
+
+def text_feeds(batch: int, seq_len: int, vocab_size: int, input_names: list[str], seed: int = 0,
+               cls_id: int = 101, sep_id: int = 102) -> dict[str, np.ndarray]:
+    """Full-length rows (no padding): every request costs exactly ``seq_len`` tokens."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(min(1000, vocab_size // 2), vocab_size, size=(batch, seq_len), dtype=np.int64)
+    ids[:, 0] = cls_id % vocab_size
+    ids[:, -1] = sep_id % vocab_size
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    return {name: feeds[name] for name in input_names}
+
+
+def tensor_feeds(batch: int, inputs: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
+    """Random tensors for a tensor bundle's inputs (dims other than batch must be fixed)."""
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for spec in inputs:
+        shape = [batch] + [int(d) for d in spec["shape"][1:]]
+        feeds[spec["name"]] = rng.standard_normal(shape).astype(spec["dtype"])
+    return feeds
 
 
 def open_candidate(path: str):

@@ -1,23 +1,29 @@
-"""The skeleton every bench shares: a process per candidate, warm-up, round-robin passes, the machine's peaks,
-and closing each process with its own peak memory and whether it imported torch.
+"""The skeleton every bench shares: a process per candidate, warm-up, round-robin passes (so slow drift of a
+shared machine hits all candidates alike), the machine's peaks, and closing each process with its own peak
+memory and whether it imported torch. What a task measures and scores lives in bench/<task>.py.
 
-    peaks = measure_peaks([1, 2])
+A process per candidate keeps the device path honest (a bundle's process never imports torch, and the
+result records that) and keeps memory figures per candidate. Both ends of its pipe live here: ``Worker``
+in the bench, ``serve`` (one request loop for every task) in the candidate's process. What a candidate
+answers is its own: each candidate class (classifier_worker.py, llm_worker.py) names its ``commands``,
+methods that take a message's arguments and return the reply.
+
+    peaks = measure_peaks([1, 2])           # {"peak_gemm_gflops": {"1": ..., "2": ...}, "peak_gemm_detail": ...}
     with spawned([(path, "edgeshrink.bench.classifier_worker:open_candidate", {"path": str(path)})]) as workers:
         replies = round_robin(workers, "time", (1, 1, 64, 8), passes=5, warmup=[(1, 1, 64, 3)])
         finals = [w.close() for w in workers]
-
-What a task measures and how it scores lives in bench/<task>.py; what a candidate answers, in its worker
-module (classifier_worker.py, llm_worker.py). Every cell is measured in round-robin passes over the
-candidates, so slow drift of a shared machine hits all of them alike.
 """
 
 from __future__ import annotations
 
+import importlib
 import multiprocessing
 import os
 import platform
+import resource
+import sys
+import traceback
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from edgeshrink import __version__
 from edgeshrink.bench.peak import memory_bandwidth, peak_gemm
@@ -26,9 +32,7 @@ from edgeshrink.errors import EdgeshrinkError
 
 class Worker:
     def __init__(self, label, opener: str, kwargs: dict):
-        """A process running the candidate ``opener(**kwargs)`` (see worker.py); ``label`` names it in errors."""
-        from edgeshrink.bench.worker import serve
-
+        """A process running the candidate ``opener(**kwargs)`` (see ``serve``); ``label`` names it in errors."""
         self.label = label
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
@@ -91,32 +95,16 @@ def round_robin(workers: list[Worker], command: str, args: tuple, *, passes: int
     return replies
 
 
-@dataclass
-class Peaks:
-    """The machine's measured limits per thread count: fp32 GEMM GFLOP/s and (when measured) memory read GB/s,
-    each the best of several methods (peak.py)."""
-
-    gemm_detail: dict[int, dict[str, float]]
-    bandwidth_detail: dict[int, dict[str, float]] | None = None
-
-    def gemm(self, threads: int) -> float:
-        return max(self.gemm_detail[threads].values())
-
-    def bandwidth(self, threads: int) -> float:
-        return max(self.bandwidth_detail[threads].values())
-
-    def report(self) -> dict:
-        out = {"peak_gemm_gflops": {str(t): self.gemm(t) for t in self.gemm_detail},
-               "peak_gemm_detail": {str(t): v for t, v in self.gemm_detail.items()}}
-        if self.bandwidth_detail is not None:
-            out["memory_bandwidth_gbps"] = {str(t): self.bandwidth(t) for t in self.bandwidth_detail}
-            out["memory_bandwidth_detail"] = {str(t): v for t, v in self.bandwidth_detail.items()}
-        return out
-
-
-def measure_peaks(threads: list[int], bandwidth: bool = False) -> Peaks:
-    gemm = {t: peak_gemm(t) for t in threads}
-    return Peaks(gemm, {t: memory_bandwidth(t) for t in threads} if bandwidth else None)
+def measure_peaks(threads: list[int], bandwidth: bool = False) -> dict:
+    """The machine's limits per thread count, as the report gives them: fp32 GEMM GFLOP/s (and memory read
+    GB/s), the best method's figure and every method's (peak.py)."""
+    fields = {}
+    for name, measure in (("peak_gemm_gflops", peak_gemm),) + ((("memory_bandwidth_gbps", memory_bandwidth),)
+                                                               if bandwidth else ()):
+        detail = {t: measure(t) for t in threads}
+        fields[name] = {str(t): max(rates.values()) for t, rates in detail.items()}
+        fields[name.rpartition("_")[0] + "_detail"] = {str(t): rates for t, rates in detail.items()}
+    return fields
 
 
 def machine_info() -> dict:
@@ -127,5 +115,42 @@ def machine_info() -> dict:
             "python": platform.python_version(), "edgeshrink": __version__}
 
 
-def no_progress(description: str, advance: int = 0, total: int | None = None) -> None:
-    """The progress callback when none is given."""
+# -- the candidate's process ---------------------------------------------------------------------------------
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory. On Linux /proc's VmHWM: ru_maxrss would also count the parent's
+    memory at the fork that started this worker (spawn forks, then execs, and maxrss survives the exec)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB (macOS: bytes)
+
+
+def _error(exc: Exception) -> tuple:
+    return ("error", f"{type(exc).__name__}: {exc}", traceback.format_exc())
+
+
+def serve(conn, opener: str, kwargs: dict) -> None:
+    """Process entry point: open the candidate (``opener``, "module:callable", called with ``kwargs``), send
+    its ``info()``, then answer (command, args) messages with ``candidate.<command>(*args)`` until "stop"."""
+    try:
+        module, _, name = opener.partition(":")
+        candidate = getattr(importlib.import_module(module), name)(**kwargs)
+        conn.send(("ok", candidate.info()))
+    except Exception as exc:  # reported to the parent, which turns it into one line
+        conn.send(_error(exc))
+        return
+    while True:
+        command, args = conn.recv()
+        try:
+            if command == "stop":
+                conn.send(("ok", {"torch_imported": "torch" in sys.modules, "peak_rss_bytes": peak_rss_bytes()}))
+                return
+            if command not in candidate.commands:
+                raise ValueError(f"unknown command {command}")
+            conn.send(("ok", getattr(candidate, command)(*args)))
+        except Exception as exc:
+            conn.send(_error(exc))

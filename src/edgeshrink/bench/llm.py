@@ -27,7 +27,7 @@ import numpy as np
 
 from edgeshrink import tasks
 from edgeshrink.bench.config import LLMBenchConfig
-from edgeshrink.bench.harness import machine_info, measure_peaks, no_progress, round_robin, spawned
+from edgeshrink.bench.harness import machine_info, measure_peaks, round_robin, spawned
 from edgeshrink.bench.report import LLM_SCHEMA
 from edgeshrink.errors import EdgeshrinkError
 
@@ -192,7 +192,7 @@ def bench_llm(candidates: list[str | Path], config: LLMBenchConfig, *, data=None
     ``edgeshrink.bench.bench``); return the report dict."""
     if data is not None:
         raise EdgeshrinkError("the language-model bench scores the held-out texts of its config (texts), not data")
-    step = progress or no_progress
+    step = progress or (lambda description, advance=0, total=None: None)
     task = tasks.of_bundle(candidates[0])
     results = [_bundle_candidate(Path(c)) for c in candidates]
     _unique_names(results)
@@ -238,7 +238,7 @@ def bench_llm(candidates: list[str | Path], config: LLMBenchConfig, *, data=None
     reference = None
     if config.quality and config.texts:
         reference = _add_quality(results, config, step, notes, task)
-    return {"schema": LLM_SCHEMA, "machine": machine_info(), **peaks.report(), "config": config.to_dict(),
+    return {"schema": LLM_SCHEMA, "machine": machine_info(), **peaks, "config": config.to_dict(),
             "reference": reference, "notes": notes, "candidates": results}
 
 
@@ -249,13 +249,14 @@ def _add_timings(results, timings, config: LLMBenchConfig, peaks) -> None:
         cost = r["cost"]
         for (threads, what, n), samples in timings.items():
             mine, theirs = samples[i], samples[peer] if peer is not None else None
+            gflops, gbytes_per_s = (peaks[k][str(threads)] for k in ("peak_gemm_gflops", "memory_bandwidth_gbps"))
             if what == "ttft":
                 ms = float(np.median(mine)) * 1e3
                 row = {"threads": threads, "prompt_tokens": n, "median_ms": ms, "min_ms": min(mine) * 1e3,
                        "max_ms": max(mine) * 1e3, "n": len(mine)}
                 if cost.get("flops_per_token"):  # prefill is compute-bound: N tokens of FLOPs at the peak rate
                     flops = n * cost["flops_per_token"] + cost["attention_flops_per_context_token"] * n * n / 2
-                    row["limit_ms"] = flops / (peaks.gemm(threads) * 1e9) * 1e3
+                    row["limit_ms"] = flops / (gflops * 1e9) * 1e3
                 if theirs is not None:
                     row["vs_peer"] = float(np.median(theirs)) * 1e3 / ms  # > 1: faster than llama.cpp
                 r["ttft"].append(row)
@@ -269,8 +270,7 @@ def _add_timings(results, timings, config: LLMBenchConfig, peaks) -> None:
                     context = n + config.new_tokens / 2  # mean tokens already in the cache during the run
                     flops = cost["flops_per_token"] + cost["attention_flops_per_context_token"] * context
                     row.update(flops_per_token=flops, weight_bytes_per_token=cost["weight_bytes_per_token"],
-                               **decode_limit(flops, cost["weight_bytes_per_token"], peaks.gemm(threads),
-                                              peaks.bandwidth(threads)))
+                               **decode_limit(flops, cost["weight_bytes_per_token"], gflops, gbytes_per_s))
                     row["fraction_of_limit"] = rate / row["limit_tokens_per_s"]
                 if theirs is not None:
                     row["vs_peer"] = rate / float(np.median([s["tokens_per_s"] for s in theirs]))

@@ -1,4 +1,4 @@
-"""A language-model candidate in its worker process (worker.py), for the LLM bench (llm.py).
+"""A language-model candidate in its worker process (harness.py), for the LLM bench (llm.py).
 
 Two kinds answer the same commands: an LLM bundle run by the device runtime (``Generator``, torch-free)
 and the llama.cpp peer on a GGUF file (llama-cpp-python). Both take the same token ids, choose greedily

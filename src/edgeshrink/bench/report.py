@@ -32,8 +32,6 @@ JSON schema ``edgeshrink-bench-llm/1``, language models (llm.py; times in ms, si
 
 from __future__ import annotations
 
-from edgeshrink.errors import EdgeshrinkError
-
 CLASSIFIER_SCHEMA = "edgeshrink-bench/1"
 LLM_SCHEMA = "edgeshrink-bench-llm/1"
 
@@ -178,15 +176,8 @@ def _llm_tables(report: dict):
 _LAYOUTS = {CLASSIFIER_SCHEMA: (_classifier_header, _classifier_tables, 1), LLM_SCHEMA: (_llm_header, _llm_tables, 2)}
 
 
-def _layout(report: dict):
-    try:
-        return _LAYOUTS[report.get("schema")]
-    except KeyError:
-        raise EdgeshrinkError(f"not a bench report (schema {report.get('schema')!r})") from None
-
-
 def to_markdown(report: dict) -> str:
-    header, tables, _ = _layout(report)
+    header, tables, _ = _LAYOUTS[report["schema"]]
     parts = [header(report)]
     for _, title, headers, rows in tables(report):
         if rows:
@@ -202,7 +193,7 @@ def print_report(report: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    header, tables, left = _layout(report)
+    header, tables, left = _LAYOUTS[report["schema"]]
     console = console or Console()
     console.print(header(report))
     for title, _, headers, rows in tables(report):
