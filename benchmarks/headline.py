@@ -42,7 +42,7 @@ def main(recipe_out: Path, out: Path) -> dict:
     eager = Path(read_manifest(cloud_bundle)["source"]["path"])
     data = recipe["split"]["dataset"]
     config = BenchConfig(threads=[1], seq_lengths=[64], throughput_batch_sizes=[8], latency_runs=100, rounds=10)
-    report = bench([eager, cloud_bundle, peer, device], data, config)
+    report = bench([eager, cloud_bundle, peer, device], config, data=data)
     names = ["cloud, PyTorch eager", "cloud, ONNX fp32", "peer: optimum + ORT dynamic INT8", "edgeshrink device"]
 
     test = split_examples(load_data(data)).test

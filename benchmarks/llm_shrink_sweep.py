@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from edgeshrink.bench.config import LLMBenchConfig
-from edgeshrink.bench.llm import bench_llm
+from edgeshrink.bench import bench
 from edgeshrink.compress import LLMQuantConfig, quantize
 from edgeshrink.compress.distill import distill
 from edgeshrink.compress.distill.decoder import LLMDistillConfig
@@ -100,7 +100,7 @@ def main() -> None:
     started = time.perf_counter()
     config = LLMBenchConfig(threads=[1], prompt_tokens=[128], new_tokens=64, repeats=2, peer="none",
                             reference=str(teacher))
-    report = bench_llm(list(candidates.values()), config, progress=lambda *a, **k: print(a[0]) if a else None)
+    report = bench(list(candidates.values()), config, progress=lambda *a, **k: print(a[0]) if a else None)
     report["bench_seconds"] = round(time.perf_counter() - started, 1)
     report["students"] = records
     report["ablation"] = ablation(models, args.articles)

@@ -285,9 +285,9 @@ def test_route_runtime_bench_and_serve(fam, tmp_path):
     prediction = load(device).predict(["a good film", "a dull boring plot " * 40])
     assert prediction.truncated == [False, True]
 
-    result = bench([fam["cloud"], device], fam["data"],
+    result = bench([fam["cloud"], device],
                    BenchConfig(threads=[1], seq_lengths=[16], throughput_batch_sizes=[4], latency_runs=5,
-                               throughput_runs=1, rounds=1, warmup_runs=1, max_accuracy_examples=20))
+                               throughput_runs=1, rounds=1, warmup_runs=1, max_accuracy_examples=20), data=fam["data"])
     assert len(result["candidates"]) == 2
 
     with TestClient(device_app(device, ServeConfig())) as client:
@@ -339,9 +339,9 @@ def test_cnn_prune_channels_route_bench(cnn, tmp_path):
     router = calibrate(tmp_path / "routed", cnn["bundle"], cnn["data"], RouteConfig(policy="budget", budget=0.3))
     assert router["calibration"]["escalation_rate"] <= 0.3 + 1e-9
     assert evaluate(tmp_path / "routed", cnn["bundle"], cnn["data"], EvalConfig(resplits=0, latency_samples=5))["n"] > 0
-    report = bench([cnn["bundle"], tmp_path / "device"], cnn["data"],
+    report = bench([cnn["bundle"], tmp_path / "device"],
                    BenchConfig(threads=[1], throughput_batch_sizes=[4], latency_runs=5, throughput_runs=1, rounds=1,
-                               warmup_runs=1))
+                               warmup_runs=1), data=cnn["data"])
     assert len(report["candidates"]) == 2
 
 

@@ -167,12 +167,12 @@ def test_bench_times_and_scores_fp32_and_int4(exported, int4, text_file):
     """The LLM bench on every family: timings, the decode limit, perplexity / bits per byte, agreement and KL
     against the fp32 bundle (which agrees with itself exactly)."""
     from edgeshrink.bench.config import LLMBenchConfig
-    from edgeshrink.bench.llm import bench_llm
+    from edgeshrink.bench import bench
 
     _, _, bundle, _ = exported
     config = LLMBenchConfig(threads=[1], prompt_tokens=[8], new_tokens=4, repeats=1, warmup_runs=0,
                             texts=[str(text_file)], windows=2, window_tokens=16, peer="none")
-    report = bench_llm([bundle, int4], config)
+    report = bench([bundle, int4], config)
     fp32, quantized = report["candidates"]
     assert fp32["decode"][0]["tokens_per_s"] > 0 and 0 < fp32["decode"][0]["fraction_of_limit"]
     assert quantized["size_bytes"] < fp32["size_bytes"] and quantized["ttft"][0]["median_ms"] > 0

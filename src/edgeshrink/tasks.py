@@ -348,9 +348,17 @@ implement("quantize", "text-generation", "edgeshrink.compress.quantize.decoder:D
           {**_QUANT_FLAGS, "--grid": "grid", "--head-bits": "head_bits"})
 
 # bench (a bundle's task)
-implement("bench", "text-classification", "edgeshrink.bench.run:bench", "edgeshrink.bench.config:BenchConfig")
-implement("bench", "tensor-classification", "edgeshrink.bench.run:bench", "edgeshrink.bench.config:BenchConfig")
-implement("bench", "text-generation", "edgeshrink.bench.llm:bench_llm", "edgeshrink.bench.config:LLMBenchConfig")
+_BENCH_CLASSIFIER_FLAGS = {"--data": "", "--threads": "threads", "--seq-lengths": "seq_lengths",
+                           "--batch-sizes": "throughput_batch_sizes", "--latency-runs": "latency_runs",
+                           "--max-accuracy-examples": "max_accuracy_examples"}
+implement("bench", "text-classification", "edgeshrink.bench.classifier:bench_classifiers",
+          "edgeshrink.bench.config:BenchConfig", _BENCH_CLASSIFIER_FLAGS)
+implement("bench", "tensor-classification", "edgeshrink.bench.classifier:bench_classifiers",
+          "edgeshrink.bench.config:BenchConfig", _BENCH_CLASSIFIER_FLAGS)
+implement("bench", "text-generation", "edgeshrink.bench.llm:bench_llm", "edgeshrink.bench.config:LLMBenchConfig",
+          {"--threads": "threads", "--prompt-tokens": "prompt_tokens", "--new-tokens": "new_tokens",
+           "--repeats": "repeats", "--peer-gguf": "peer", "--texts": "texts", "--windows": "windows",
+           "--no-quality": ""})
 
 # serve (the model's task): the app factory, factory(bundle, config, faults=None). The HTTP services answer
 # text: a tensor bundle is refused here. The flags are those only some tasks take (refused for the others).

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from edgeshrink.bench.config import LLMBenchConfig
-from edgeshrink.bench.llm import bench_llm, decode_limit, onnx_weight_bytes_per_token
-from edgeshrink.bench.llm_report import to_markdown
+from edgeshrink.bench import BenchConfig, LLMBenchConfig, bench
+from edgeshrink.bench.llm import decode_limit, onnx_weight_bytes_per_token
+from edgeshrink.bench.report import to_markdown
 from edgeshrink.cli import app
 from edgeshrink.compress import LLMQuantConfig, quantize
 from edgeshrink.compress.lm_eval import _spread, score_windows, text_windows
@@ -45,7 +45,7 @@ def quick(text, **overrides) -> LLMBenchConfig:
 
 def test_llm_bench_quality_timings_and_limits(llm_bundles):
     root, fp32, copy, int4, text = llm_bundles
-    report = bench_llm([fp32, copy, int4], quick(text))
+    report = bench([fp32, copy, int4], quick(text))
     assert report["schema"] == "edgeshrink-bench-llm/1" and report["reference"]["name"] == "fp32"
     first, same, q4 = report["candidates"]
     name = load_lm_text(str(text), "test").name
@@ -118,11 +118,20 @@ def test_config_round_trips_and_rejects_typos():
 def test_bad_llm_bench_requests(llm_bundles, tiny_bundle, tmp_path):
     root, fp32, _, _, text = llm_bundles
     with pytest.raises(EdgeshrinkError, match="needs 2000"):
-        bench_llm([fp32], quick(text, prompt_tokens=[1999]))
+        bench([fp32], quick(text, prompt_tokens=[1999]))
     with pytest.raises(EdgeshrinkError, match="is not a .gguf file"):
-        bench_llm([fp32], quick(text, peer=str(tmp_path / "nope.gguf")))
+        bench([fp32], quick(text, peer=str(tmp_path / "nope.gguf")))
     with pytest.raises(EdgeshrinkError, match="does not exist"):
-        bench_llm([tmp_path / "nope"], quick(text))
+        bench([tmp_path / "nope"], quick(text))
+    # one bench per task, chosen by the candidates; a config or data of another task is refused up front
+    with pytest.raises(EdgeshrinkError, match="BenchConfig does not apply to a text-generation model"):
+        bench([fp32], BenchConfig())
+    with pytest.raises(EdgeshrinkError, match="LLMBenchConfig does not apply to a text-classification model"):
+        bench([tiny_bundle], quick(text))
+    with pytest.raises(EdgeshrinkError, match="candidates mix text-generation and text-classification models"):
+        bench([fp32, tiny_bundle], quick(text))
+    with pytest.raises(EdgeshrinkError, match="held-out texts of its config"):
+        bench([fp32], quick(text), data="sentiment-movies")
 
 
 def test_cli_llm_bench(llm_bundles, tiny_bundle, tmp_path):
@@ -137,9 +146,9 @@ def test_cli_llm_bench(llm_bundles, tiny_bundle, tmp_path):
     assert [c["name"] for c in report["candidates"]] == ["fp32", "int4"] and "Decode" in result.stdout
     assert "| fp32 |" in (tmp_path / "r.md").read_text()
     for args, match in (
-        (["bench", str(fp32), str(tiny_bundle)], "mix LLM bundles and classifiers"),
-        (base + ["--data", "x.csv"], "--data apply to classifiers"),
-        (["bench", str(tiny_bundle), "--prompt-tokens", "8"], "--prompt-tokens apply to LLM bundles"),
+        (["bench", str(fp32), str(tiny_bundle)], "candidates mix text-generation and text-classification models"),
+        (base + ["--data", "x.csv"], "--data applies to tensor-classification and text-classification models; a text-generation model takes --threads"),
+        (["bench", str(tiny_bundle), "--prompt-tokens", "8"], "--prompt-tokens applies to text-generation models"),
         (base + ["--peer-gguf", str(tmp_path / "x.gguf")], "is not a .gguf file"),
         (base + ["--prompt-tokens", "8,x"], "comma-separated list of integers"),
     ):

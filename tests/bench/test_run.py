@@ -11,7 +11,7 @@ FAST = BenchConfig(threads=[1], seq_lengths=[16, 256], throughput_batch_sizes=[4
 
 
 def test_bench_bundle_against_eager(tiny_model, tiny_bundle, tiny_csv):
-    report = bench([tiny_model, tiny_bundle], str(tiny_csv), FAST)
+    report = bench([tiny_model, tiny_bundle], FAST, data=str(tiny_csv))
     eager, onnx = report["candidates"]
     assert (eager["kind"], onnx["kind"]) == ("pytorch-eager", "onnx-bundle")
     assert onnx["torch_imported"] is False and eager["torch_imported"] is True
@@ -34,14 +34,14 @@ def test_bench_bundle_against_eager(tiny_model, tiny_bundle, tiny_csv):
 def test_bench_rejects_data_with_unknown_labels(tiny_bundle, tmp_path):
     path = write_csv(tmp_path / "d.csv", [(t, "neutral") for t, _ in make_texts(40)])
     with pytest.raises(EdgeshrinkError, match="head does not have: \\['neutral'\\]"):
-        bench([tiny_bundle], str(path), FAST)
+        bench([tiny_bundle], FAST, data=str(path))
 
 
 def test_bench_rejects_non_candidates(tmp_path):
     with pytest.raises(EdgeshrinkError, match="does not exist"):
-        bench([tmp_path / "nope"], None, FAST)
+        bench([tmp_path / "nope"], FAST)
     with pytest.raises(EdgeshrinkError, match="neither a device bundle nor"):
-        bench([tmp_path], None, FAST)
+        bench([tmp_path], FAST)
 
 
 def test_flops_at_interpolates_quadratically():
@@ -58,7 +58,7 @@ def test_bench_tensor_bundle(tmp_path):
 
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     export_module(net, (torch.randn(4, 1, 8, 8),), tmp_path / "mlp", labels=[str(i) for i in range(10)])
-    report = bench([tmp_path / "mlp"], None, FAST)
+    report = bench([tmp_path / "mlp"], FAST)
     (cand,) = report["candidates"]
     assert cand["task"] == "tensor-classification" and "accuracy" not in cand
     assert [r["seq_len"] for r in cand["latency"]] == [None]
@@ -69,7 +69,7 @@ def test_bench_tensor_bundle(tmp_path):
 def test_bench_scores_tensor_bundles_on_the_image_test_split(cnn_bundle, digits_sample, tiny_bundle, tiny_csv):
     import json
 
-    report = bench([cnn_bundle, cnn_bundle], digits_sample, FAST)
+    report = bench([cnn_bundle, cnn_bundle], FAST, data=digits_sample)
     first, second = report["candidates"]
     recorded = json.loads((cnn_bundle / "manifest.json").read_text())
     assert report["data"]["sha256"] == recorded["split"]["sha256"]
@@ -78,6 +78,6 @@ def test_bench_scores_tensor_bundles_on_the_image_test_split(cnn_bundle, digits_
     assert second["agreement_with_first"] == 1.0 and first["torch_imported"] is False
     assert [r["seq_len"] for r in first["latency"]] == [None]
     with pytest.raises(EdgeshrinkError, match="is a text-classification model; data 'digits' is images"):
-        bench([tiny_bundle], digits_sample, FAST)
+        bench([tiny_bundle], FAST, data=digits_sample)
     with pytest.raises(EdgeshrinkError, match="is a tensor-classification model; data 'tiny.csv' is text"):
-        bench([cnn_bundle], str(tiny_csv), FAST)
+        bench([cnn_bundle], FAST, data=str(tiny_csv))

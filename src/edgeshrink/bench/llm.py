@@ -1,11 +1,10 @@
 """`bench` for LLM bundles: time to first token, decode speed against its physical limit, memory, size and
 quality on held-out text, with llama.cpp on a GGUF file as the peer, all in one interleaved run.
 
-    from edgeshrink.bench.llm import bench_llm
-    from edgeshrink.bench.config import LLMBenchConfig
-    report = bench_llm(["runs/smollm2-fp32", "runs/smollm2-int4"], LLMBenchConfig(peer="smollm2"))
+    from edgeshrink.bench import bench, LLMBenchConfig
+    report = bench(["runs/smollm2-fp32", "runs/smollm2-int4"], LLMBenchConfig(peer="smollm2"))
 
-Each candidate runs in its own process (llm_worker.py), so peak RSS is its own. Every cell (threads ×
+Each candidate runs in its own process (harness.py; llm_worker.py answers), so peak RSS is its own. Every cell (threads ×
 prompt length for time to first token; threads for decode) is measured in ``repeats`` round-robin passes
 over the candidates and the median is reported, so drift of a shared machine hits all alike. All
 candidates get the same token ids (the held-out text's first N tokens; a candidate whose tokenizer gives
@@ -22,28 +21,18 @@ head (tied, as in SmolLM2), else one row.
 from __future__ import annotations
 
 import math
-import multiprocessing
 from pathlib import Path
 
 import numpy as np
 
+from edgeshrink import tasks
 from edgeshrink.bench.config import LLMBenchConfig
-from edgeshrink.bench.peak import memory_bandwidth, peak_gemm
-from edgeshrink.bench.run import _Worker, machine_info
+from edgeshrink.bench.harness import machine_info, measure_peaks, round_robin, spawned
+from edgeshrink.bench.report import LLM_SCHEMA
 from edgeshrink.errors import EdgeshrinkError
 
-SCHEMA = "edgeshrink-bench-llm/1"
 _GATHERS = ("Gather", "GatherBlockQuantized")
-
-
-def is_llm_bundle(path: str | Path) -> bool:
-    """A directory whose manifest says task text-generation (hashes are not checked here)."""
-    from edgeshrink.runtime.bundle import read_manifest
-
-    try:
-        return read_manifest(path, verify=False).get("task") == "text-generation"
-    except EdgeshrinkError:
-        return False
+_WORKER = "edgeshrink.bench.llm_worker"
 
 
 # -- cost per token --------------------------------------------------------------------------------------
@@ -118,11 +107,7 @@ def decode_limit(flops_per_token: float, weight_bytes_per_token: float, gflops: 
 def _bundle_candidate(path: Path) -> dict:
     from edgeshrink.runtime.bundle import read_manifest
 
-    if not path.exists():
-        raise EdgeshrinkError(f"candidate {path} does not exist")
     manifest = read_manifest(path, verify=False)
-    if manifest.get("task") != "text-generation":
-        raise EdgeshrinkError(f"candidate {path} is a {manifest.get('task')} bundle, not a language model")
     cost = manifest.get("cost") or {}
     quantization = manifest.get("quantization") or {}
     return {"name": path.name, "path": str(path), "kind": "onnx-bundle",
@@ -202,12 +187,13 @@ def _prompt_text(config: LLMBenchConfig) -> str:
 
 
 # -- the run -------------------------------------------------------------------------------------------
-def bench_llm(candidates: list[str | Path], config: LLMBenchConfig | None = None, progress=None) -> dict:
-    """Benchmark LLM bundles (and the llama.cpp peer, see ``config.peer``); return the report dict."""
-    config = config or LLMBenchConfig()
+def bench_llm(candidates: list[str | Path], config: LLMBenchConfig, *, data=None, progress=None) -> dict:
+    """Benchmark language-model bundles (and the llama.cpp peer, see ``config.peer``) of one task (see
+    ``edgeshrink.bench.bench``); return the report dict."""
+    if data is not None:
+        raise EdgeshrinkError("the language-model bench scores the held-out texts of its config (texts), not data")
     step = progress or (lambda description, advance=0, total=None: None)
-    if not candidates:
-        raise EdgeshrinkError("give at least one candidate")
+    task = tasks.of_bundle(candidates[0])
     results = [_bundle_candidate(Path(c)) for c in candidates]
     _unique_names(results)
     notes = []
@@ -222,22 +208,14 @@ def bench_llm(candidates: list[str | Path], config: LLMBenchConfig | None = None
             raise EdgeshrinkError(f"candidate {r['path']} has a context of {r['context_length']} tokens; this bench "
                                   f"needs {need} (prompt + new tokens)")
     step("measuring peak GEMM and memory bandwidth")
-    peak_detail = {t: peak_gemm(t) for t in config.threads}
-    bandwidth_detail = {t: memory_bandwidth(t) for t in config.threads}
-    peak = {t: max(v.values()) for t, v in peak_detail.items()}
-    bandwidth = {t: max(v.values()) for t, v in bandwidth_detail.items()}
+    peaks = measure_peaks(config.threads, bandwidth=True)
 
-    ctx = multiprocessing.get_context("spawn")
-    from edgeshrink.bench.llm_worker import serve
-
-    workers: list[_Worker] = []
     text = _prompt_text(config)
     lengths = sorted(set(config.prompt_tokens) | {config.decode_prompt})
-    try:
-        for r in results:
-            spec = {"kind": r["kind"], "path": r["path"], "context": 1 << math.ceil(math.log2(need))}
-            workers.append(_Worker(ctx, Path(r["path"]), target=serve, spec=spec))
-            step(f"loaded {r['name']}")
+    context = 1 << math.ceil(math.log2(need))
+    specs = [(r["path"], f"{_WORKER}:LlamaCppLM", {"path": r["path"], "context": context}) if r["kind"] == "llama.cpp"
+             else (r["path"], f"{_WORKER}:BundleLM", {"path": r["path"]}) for r in results]
+    with spawned(specs, step) as workers:
         prompts = [w.call("prompt", text, lengths) for w in workers]
         for r, p in zip(results, prompts):
             r["same_prompt_ids_as_first"] = all(p[n] == prompts[0][n] for n in lengths)
@@ -248,49 +226,37 @@ def bench_llm(candidates: list[str | Path], config: LLMBenchConfig | None = None
         timings: dict[tuple, list[list]] = {}
         for threads, what, n in cells:
             args = (threads, n) if what == "ttft" else (threads, n, config.new_tokens)
-            for w in workers:
-                for _ in range(config.warmup_runs):
-                    w.call(what, *args)
-            samples = [[] for _ in workers]
-            for _ in range(config.repeats):
-                for i, w in enumerate(workers):
-                    samples[i].append(w.call(what, *args))
-            timings[(threads, what, n)] = samples
+            timings[(threads, what, n)] = round_robin(workers, what, args, passes=config.repeats,
+                                                      warmup=[args] * config.warmup_runs)
             step("timing", advance=1)
         for w, r in zip(workers, results):
             final = w.close()
             r["peak_rss_bytes"] = int(final["peak_rss_bytes"])
             r["torch_imported"] = final["torch_imported"]
-        workers = []
-    finally:
-        for w in workers:
-            w.process.kill()
 
-    _add_timings(results, timings, config, peak, bandwidth)
+    _add_timings(results, timings, config, peaks)
     reference = None
     if config.quality and config.texts:
-        reference = _add_quality(results, config, step, notes)
-    return {"schema": SCHEMA, "machine": machine_info(), "peak_gemm_gflops": {str(k): v for k, v in peak.items()},
-            "peak_gemm_detail": {str(k): v for k, v in peak_detail.items()},
-            "memory_bandwidth_gbps": {str(k): v for k, v in bandwidth.items()},
-            "memory_bandwidth_detail": {str(k): v for k, v in bandwidth_detail.items()},
-            "config": config.to_dict(), "reference": reference, "notes": notes, "candidates": results}
+        reference = _add_quality(results, config, step, notes, task)
+    return {"schema": LLM_SCHEMA, "machine": machine_info(), **peaks, "config": config.to_dict(),
+            "reference": reference, "notes": notes, "candidates": results}
 
 
-def _add_timings(results, timings, config: LLMBenchConfig, peak, bandwidth) -> None:
+def _add_timings(results, timings, config: LLMBenchConfig, peaks) -> None:
     peer = next((i for i, r in enumerate(results) if r["kind"] == "llama.cpp"), None)
     for i, r in enumerate(results):
         r["ttft"], r["decode"] = [], []
         cost = r["cost"]
         for (threads, what, n), samples in timings.items():
             mine, theirs = samples[i], samples[peer] if peer is not None else None
+            gflops, gbytes_per_s = (peaks[k][str(threads)] for k in ("peak_gemm_gflops", "memory_bandwidth_gbps"))
             if what == "ttft":
                 ms = float(np.median(mine)) * 1e3
                 row = {"threads": threads, "prompt_tokens": n, "median_ms": ms, "min_ms": min(mine) * 1e3,
                        "max_ms": max(mine) * 1e3, "n": len(mine)}
                 if cost.get("flops_per_token"):  # prefill is compute-bound: N tokens of FLOPs at the peak rate
                     flops = n * cost["flops_per_token"] + cost["attention_flops_per_context_token"] * n * n / 2
-                    row["limit_ms"] = flops / (peak[threads] * 1e9) * 1e3
+                    row["limit_ms"] = flops / (gflops * 1e9) * 1e3
                 if theirs is not None:
                     row["vs_peer"] = float(np.median(theirs)) * 1e3 / ms  # > 1: faster than llama.cpp
                 r["ttft"].append(row)
@@ -304,7 +270,7 @@ def _add_timings(results, timings, config: LLMBenchConfig, peak, bandwidth) -> N
                     context = n + config.new_tokens / 2  # mean tokens already in the cache during the run
                     flops = cost["flops_per_token"] + cost["attention_flops_per_context_token"] * context
                     row.update(flops_per_token=flops, weight_bytes_per_token=cost["weight_bytes_per_token"],
-                               **decode_limit(flops, cost["weight_bytes_per_token"], peak[threads], bandwidth[threads]))
+                               **decode_limit(flops, cost["weight_bytes_per_token"], gflops, gbytes_per_s))
                     row["fraction_of_limit"] = rate / row["limit_tokens_per_s"]
                 if theirs is not None:
                     row["vs_peer"] = rate / float(np.median([s["tokens_per_s"] for s in theirs]))
@@ -315,31 +281,39 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
-def _reference(results: list[dict], config: LLMBenchConfig) -> tuple[str | None, Path | None]:
+def _of_task(path: str | Path, task) -> bool:
+    """A bundle of the candidates' task (a reference is scored as they are)."""
+    try:
+        return tasks.of_bundle(path) is task
+    except EdgeshrinkError:
+        return False
+
+
+def _reference(results: list[dict], config: LLMBenchConfig, task) -> tuple[str | None, Path | None]:
     """(name of the reference among the candidates or None, path of a reference to load for quality only)."""
     if config.reference is not None:
         path = Path(config.reference)
         for r in results:
             if r["kind"] == "onnx-bundle" and Path(r["path"]).resolve() == path.resolve():
                 return r["name"], None
-        if not is_llm_bundle(path):
-            raise EdgeshrinkError(f"reference {path} is not an LLM bundle")
+        if not _of_task(path, task):
+            raise EdgeshrinkError(f"reference {path} is not a {task.name} bundle like the candidates")
         return "reference", path
     for r in results:
         if r["kind"] == "onnx-bundle" and r["precision"] == "fp32":
             return r["name"], None
     parent = next((r["parent"] for r in results if r.get("parent")), None)
-    if parent and is_llm_bundle(parent):
+    if parent and _of_task(parent, task):
         return "reference", Path(parent)
     return None, None
 
 
-def _add_quality(results, config: LLMBenchConfig, step, notes) -> dict | None:
+def _add_quality(results, config: LLMBenchConfig, step, notes, task) -> dict | None:
     from edgeshrink.compress.lm_eval import score_windows, text_windows
     from edgeshrink.data.lm_text import load_lm_text
     from edgeshrink.runtime.generate import Generator
 
-    ref_name, ref_path = _reference(results, config)
+    ref_name, ref_path = _reference(results, config, task)
     generators = {r["name"]: Generator(r["path"], threads=config.quality_threads, verify=False)
                   for r in results if r["kind"] == "onnx-bundle"}
     models = {name: g.logits for name, g in generators.items()}

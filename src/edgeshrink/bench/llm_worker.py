@@ -1,4 +1,4 @@
-"""One LLM bench candidate, in its own process, driven by `bench_llm` over a pipe.
+"""A language-model candidate in its worker process (harness.py), for the LLM bench (llm.py).
 
 Two kinds answer the same commands: an LLM bundle run by the device runtime (``Generator``, torch-free)
 and the llama.cpp peer on a GGUF file (llama-cpp-python). Both take the same token ids, choose greedily
@@ -7,23 +7,45 @@ and decode a fixed count of tokens with eos ignored, so every candidate does the
     ("prompt", text, lengths)         -> {length: ids}   the first `length` tokens of `text` (no BOS)
     ("ttft", threads, length)         -> seconds: prefill of `length` tokens + choosing the first token
     ("decode", threads, length, new)  -> {"ttft_s", "tokens_per_s", "tokens"}: `new` greedy tokens
-    ("stop",)                         -> {"peak_rss_bytes", "torch_imported"}
 """
 
 from __future__ import annotations
 
-import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
 
-from edgeshrink.bench.worker import peak_rss_bytes
 from edgeshrink.errors import EdgeshrinkError
 
 
-class BundleLM:
+class LanguageModel:
+    """The commands; a subclass gives kind, set_threads, tokenize and run."""
+
+    commands = ("prompt", "ttft", "decode")
+    prompts: dict[int, list[int]]
+
+    def info(self) -> dict:
+        return {"kind": self.kind}
+
+    def prompt(self, text: str, lengths: list[int]) -> dict[int, list[int]]:
+        ids = self.tokenize(text)
+        if len(ids) < max(lengths):
+            raise EdgeshrinkError(f"the prompt text has {len(ids)} tokens; {max(lengths)} are needed")
+        self.prompts = {n: ids[:n] for n in lengths}
+        return self.prompts
+
+    def ttft(self, threads: int, length: int) -> float:
+        self.set_threads(threads)
+        return self.run(self.prompts[length], 1)[0]
+
+    def decode(self, threads: int, length: int, new_tokens: int) -> dict:
+        self.set_threads(threads)
+        ttft, rate, tokens = self.run(self.prompts[length], new_tokens)
+        return {"ttft_s": ttft, "tokens_per_s": rate, "tokens": tokens}
+
+
+class BundleLM(LanguageModel):
     """An LLM bundle through the device runtime: the timed path is ``Generator.stream`` itself."""
 
     kind = "onnx-bundle"
@@ -52,7 +74,7 @@ class BundleLM:
         return info["first_token_ms"] / 1e3, info["decode_tokens_per_s"], tokens
 
 
-class LlamaCppLM:
+class LlamaCppLM(LanguageModel):
     """llama.cpp on a GGUF file: prompt evaluated in one ``eval``, then one ``eval`` per token, greedy argmax
     over the last logits (read with ``llama_get_logits_ith``, as llama.cpp's own greedy sampler does)."""
 
@@ -97,46 +119,3 @@ class LlamaCppLM:
             tokens.append(token)
         steps = new_tokens - 1
         return ttft, (steps / (time.perf_counter() - decode_started) if steps else None), tokens
-
-
-def open_lm(spec: dict):
-    if spec["kind"] == "llama.cpp":
-        return LlamaCppLM(spec["path"], spec["context"])
-    return BundleLM(spec["path"])
-
-
-def serve(conn, spec: dict) -> None:
-    """Process entry point: answer (command, args) messages until "stop"."""
-    try:
-        candidate = open_lm(spec)
-        conn.send(("ok", {"kind": candidate.kind}))
-    except Exception as exc:  # reported to the parent, which turns it into one line
-        conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
-        return
-    prompts: dict[int, list[int]] = {}
-    while True:
-        command, args = conn.recv()
-        try:
-            if command == "stop":
-                conn.send(("ok", {"torch_imported": "torch" in sys.modules, "peak_rss_bytes": peak_rss_bytes()}))
-                return
-            if command == "prompt":
-                text, lengths = args
-                ids = candidate.tokenize(text)
-                if len(ids) < max(lengths):
-                    raise EdgeshrinkError(f"the prompt text has {len(ids)} tokens; {max(lengths)} are needed")
-                prompts = {n: ids[:n] for n in lengths}
-                conn.send(("ok", prompts))
-            elif command == "ttft":
-                threads, length = args
-                candidate.set_threads(threads)
-                conn.send(("ok", candidate.run(prompts[length], 1)[0]))
-            elif command == "decode":
-                threads, length, new_tokens = args
-                candidate.set_threads(threads)
-                ttft, rate, tokens = candidate.run(prompts[length], new_tokens)
-                conn.send(("ok", {"ttft_s": ttft, "tokens_per_s": rate, "tokens": tokens}))
-            else:
-                conn.send(("error", f"unknown command {command}", ""))
-        except Exception as exc:
-            conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))

@@ -1,6 +1,7 @@
-"""Render a bench report for people (rich tables) and for docs (Markdown). JSON is the report dict itself.
+"""Render any bench report for people (rich tables) and for docs (Markdown); JSON is the report dict itself.
+Each report's ``schema`` names its tables here; the header line, the tables and the notes render alike.
 
-JSON schema ``edgeshrink-bench/1`` (all times in ms, sizes in bytes):
+JSON schema ``edgeshrink-bench/1``, classifiers (classifier.py; all times in ms, sizes in bytes):
     machine: {cpu, logical_cores, isa, python, edgeshrink}
     peak_gemm_gflops: {threads: best fp32 GEMM GFLOP/s (ONNX Runtime 512³/1024³, numpy 1024³)}
     peak_gemm_detail: {threads: {source: GFLOP/s}}
@@ -11,15 +12,39 @@ JSON schema ``edgeshrink-bench/1`` (all times in ms, sizes in bytes):
                    latency[]: {threads, batch=1, seq_len, p50_ms, p90_ms, p99_ms, mean_ms, n,
                                speedup_vs_first, flops, limit_ms, times_limit},
                    throughput[]: {threads, batch, seq_len, examples_per_s, n, speedup_vs_first}}
+
+JSON schema ``edgeshrink-bench-llm/1``, language models (llm.py; times in ms, sizes in bytes, rates per second):
+    machine: {cpu, logical_cores, isa, python, edgeshrink}
+    peak_gemm_gflops, memory_bandwidth_gbps: {threads: best measured}; *_detail: {threads: {method: value}}
+    config: LLMBenchConfig;  reference: {name, path} of the agreement/KL reference, or null
+    notes[]: plain-words remarks (peer skipped, no reference, ...)
+    candidates[]: {name, path, kind (onnx-bundle | llama.cpp), precision, size_bytes, peak_rss_bytes,
+                   torch_imported, same_prompt_ids_as_first, parent, gguf,
+                   cost: {flops_per_token, attention_flops_per_context_token, weight_bytes_per_token, weight_bytes},
+                   ttft[]: {threads, prompt_tokens, median_ms, min_ms, max_ms, n, limit_ms, vs_peer},
+                   decode[]: {threads, prompt_tokens, new_tokens, tokens_per_s (median), min/max_tokens_per_s, n,
+                              same_tokens_as_first, flops_per_token, weight_bytes_per_token, limit_tokens_per_s,
+                              bound (memory | compute), compute_ms_per_token, memory_ms_per_token,
+                              fraction_of_limit, vs_peer (> 1: faster than llama.cpp)},
+                   quality: {text: {perplexity, bits_per_byte, nll_nats, tokens, bytes, windows,
+                                    top1_agreement, kl_to_reference (nats/token), part, split_sha256}}}
 """
 
 from __future__ import annotations
+
+CLASSIFIER_SCHEMA = "edgeshrink-bench/1"
+LLM_SCHEMA = "edgeshrink-bench-llm/1"
+
+
+def _f(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
 
 
 def _mb(n) -> str:
     return "-" if n is None else f"{n / 1e6:.1f}"
 
 
+# -- classifiers ---------------------------------------------------------------------------------------------
 def _acc(c: dict) -> str:
     a = c.get("accuracy")
     if not a:
@@ -27,7 +52,7 @@ def _acc(c: dict) -> str:
     return f"{100 * a['value']:.1f} [{100 * a['ci95'][0]:.1f}, {100 * a['ci95'][1]:.1f}]"
 
 
-def summary_rows(report: dict) -> list[list[str]]:
+def _summary_rows(report: dict) -> list[list[str]]:
     rows = []
     first_size = report["candidates"][0]["size_bytes"] if report["candidates"] else None
     for c in report["candidates"]:
@@ -40,14 +65,14 @@ def summary_rows(report: dict) -> list[list[str]]:
     return rows
 
 
-SUMMARY_HEADERS = ["candidate", "kind", "size MB", "size % of 1st", "peak RSS MB", "test acc % [95% CI]", "agrees w/ 1st %",
+_SUMMARY = ["candidate", "kind", "size MB", "size % of 1st", "peak RSS MB", "test acc % [95% CI]", "agrees w/ 1st %",
                    "torch loaded"]
-LATENCY_HEADERS = ["candidate", "threads", "seq", "p50 ms", "p90 ms", "p99 ms", "limit ms", "× limit",
+_LATENCY = ["candidate", "threads", "seq", "p50 ms", "p90 ms", "p99 ms", "limit ms", "× limit",
                    "speedup vs 1st"]
-THROUGHPUT_HEADERS = ["candidate", "threads", "seq", "batch", "examples/s", "speedup vs 1st"]
+_THROUGHPUT = ["candidate", "threads", "seq", "batch", "examples/s", "speedup vs 1st"]
 
 
-def latency_rows(report: dict) -> list[list[str]]:
+def _latency_rows(report: dict) -> list[list[str]]:
     rows = []
     for c in report["candidates"]:
         for r in c["latency"]:
@@ -58,7 +83,7 @@ def latency_rows(report: dict) -> list[list[str]]:
     return sorted(rows, key=lambda row: (int(row[1]), int(row[2]) if row[2] != "-" else 0))
 
 
-def throughput_rows(report: dict) -> list[list[str]]:
+def _throughput_rows(report: dict) -> list[list[str]]:
     rows = []
     for c in report["candidates"]:
         for r in c["throughput"]:
@@ -67,7 +92,7 @@ def throughput_rows(report: dict) -> list[list[str]]:
     return sorted(rows, key=lambda row: (int(row[1]), int(row[2]) if row[2] != "-" else 0, int(row[3])))
 
 
-def _header(report: dict) -> str:
+def _classifier_header(report: dict) -> str:
     m = report["machine"]
     peaks = ", ".join(f"{t} thread{'s' if t != '1' else ''}: {g:.1f}" for t, g in report["peak_gemm_gflops"].items())
     data = report.get("data")
@@ -76,17 +101,89 @@ def _header(report: dict) -> str:
             f"peak fp32 GEMM GFLOP/s ({peaks}){split}.")
 
 
-def to_markdown(report: dict) -> str:
-    def table(headers, rows):
-        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-        lines += ["| " + " | ".join(r) + " |" for r in rows]
-        return "\n".join(lines)
+def _classifier_tables(report: dict):
+    """(rich title, Markdown title or None, headers, rows) per table."""
+    return (("Summary", None, _SUMMARY, _summary_rows(report)),
+            ("Latency, batch 1", "Latency at batch 1 (limit = FLOPs ÷ peak GEMM at the same thread count)", _LATENCY,
+             _latency_rows(report)),
+            ("Throughput", "Throughput", _THROUGHPUT, _throughput_rows(report)))
 
-    parts = [_header(report), "", table(SUMMARY_HEADERS, summary_rows(report)), "",
-             "Latency at batch 1 (limit = FLOPs ÷ peak GEMM at the same thread count):", "",
-             table(LATENCY_HEADERS, latency_rows(report))]
-    if any(c["throughput"] for c in report["candidates"]):
-        parts += ["", "Throughput:", "", table(THROUGHPUT_HEADERS, throughput_rows(report))]
+
+# -- language models -----------------------------------------------------------------------------------------
+_LLM_SUMMARY = ["candidate", "kind", "precision", "size MB", "peak RSS MB", "weights read MB/token"]
+_QUALITY = ["candidate", "text", "perplexity", "bits/byte", "top-1 agree %", "KL nats/token", "tokens"]
+_DECODE = ["candidate", "threads", "tok/s", "limit tok/s", "bound", "% of limit", "vs llama.cpp"]
+_TTFT = ["candidate", "threads", "prompt", "TTFT ms", "limit ms", "vs llama.cpp"]
+
+
+def _llm_summary_rows(report: dict) -> list[list[str]]:
+    return [[c["name"], c["kind"], c["precision"], _mb(c["size_bytes"]), _mb(c.get("peak_rss_bytes")),
+             _mb(c["cost"].get("weight_bytes_per_token"))] for c in report["candidates"]]
+
+
+def _quality_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for c in report["candidates"]:
+        for text, q in (c.get("quality") or {}).items():
+            agree = q.get("top1_agreement")
+            rows.append([c["name"], text, f"{q['perplexity']:.2f}", f"{q['bits_per_byte']:.3f}",
+                         "-" if agree is None else f"{100 * agree:.1f}", _f(q.get("kl_to_reference"), ".4f"),
+                         str(q["tokens"])])
+    return rows
+
+
+def _decode_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for c in report["candidates"]:
+        for r in c["decode"]:
+            frac = r.get("fraction_of_limit")
+            rows.append([c["name"], str(r["threads"]), f"{r['tokens_per_s']:.1f}", _f(r.get("limit_tokens_per_s"), ".1f"),
+                         r.get("bound", "-"), "-" if frac is None else f"{100 * frac:.0f}",
+                         "-" if "vs_peer" not in r else f"{r['vs_peer']:.2f}x"])
+    return sorted(rows, key=lambda row: int(row[1]))
+
+
+def _ttft_rows(report: dict) -> list[list[str]]:
+    rows = []
+    for c in report["candidates"]:
+        for r in c["ttft"]:
+            rows.append([c["name"], str(r["threads"]), str(r["prompt_tokens"]), f"{r['median_ms']:.1f}",
+                         _f(r.get("limit_ms"), ".1f"), "-" if "vs_peer" not in r else f"{r['vs_peer']:.2f}x"])
+    return sorted(rows, key=lambda row: (int(row[1]), int(row[2])))
+
+
+def _llm_header(report: dict) -> str:
+    m, cfg = report["machine"], report["config"]
+    peaks = ", ".join(f"{t} thr {g:.1f}" for t, g in report["peak_gemm_gflops"].items())
+    bw = ", ".join(f"{t} thr {g:.1f}" for t, g in report["memory_bandwidth_gbps"].items())
+    return (f"Machine: {m['cpu']}, {m['logical_cores']} logical cores, ISA {' '.join(m['isa'])}; peak fp32 GEMM "
+            f"GFLOP/s ({peaks}); memory read GB/s ({bw}). Medians of {cfg['repeats']} interleaved runs; decode = "
+            f"{cfg['new_tokens']} greedy tokens after a {report['candidates'][0]['decode'][0]['prompt_tokens']}-token prompt, "
+            "eos ignored.")
+
+
+def _llm_tables(report: dict):
+    tables = (("Summary", _LLM_SUMMARY, _llm_summary_rows(report)),
+              ("Decode (limit = slower of FLOPs ÷ peak GEMM and weight bytes ÷ memory bandwidth)", _DECODE,
+               _decode_rows(report)),
+              ("Time to first token (limit = prefill FLOPs ÷ peak GEMM)", _TTFT, _ttft_rows(report)),
+              (f"Held-out text (agreement and KL against {(report.get('reference') or {}).get('name', '-')})",
+               _QUALITY, _quality_rows(report)))
+    return [(title, title, headers, rows) for title, headers, rows in tables]
+
+
+# schema -> (header, tables, columns justified left)
+_LAYOUTS = {CLASSIFIER_SCHEMA: (_classifier_header, _classifier_tables, 1), LLM_SCHEMA: (_llm_header, _llm_tables, 2)}
+
+
+def to_markdown(report: dict) -> str:
+    header, tables, _ = _LAYOUTS[report["schema"]]
+    parts = [header(report)]
+    for _, title, headers, rows in tables(report):
+        if rows:
+            parts += [""] + ([f"{title}:", ""] if title else [])
+            parts += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+            parts += ["| " + " | ".join(r) + " |" for r in rows]
     if report.get("notes"):
         parts += [""] + [f"- **Note:** {note}" for note in report["notes"]]
     return "\n".join(parts) + "\n"
@@ -96,16 +193,15 @@ def print_report(report: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    header, tables, left = _LAYOUTS[report["schema"]]
     console = console or Console()
-    console.print(_header(report))
-    for title, headers, rows in (("Summary", SUMMARY_HEADERS, summary_rows(report)),
-                                 ("Latency, batch 1", LATENCY_HEADERS, latency_rows(report)),
-                                 ("Throughput", THROUGHPUT_HEADERS, throughput_rows(report))):
+    console.print(header(report))
+    for title, _, headers, rows in tables(report):
         if not rows:
             continue
         table = Table(title=title)
         for i, h in enumerate(headers):
-            table.add_column(h, justify="left" if i == 0 else "right")
+            table.add_column(h, justify="left" if i < left else "right")
         for row in rows:
             table.add_row(*row)
         console.print(table)

@@ -12,6 +12,7 @@ from edgeshrink.cli._common import (DataOpt, Force, JsonOut, LabelCol, LabelMap,
                                     progress_callback, write_json)
 from edgeshrink.cli.route import route_app
 from edgeshrink.cli.serve import register as register_serve
+from edgeshrink.tasks import flag_help
 
 app = typer.Typer(name="edgeshrink", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Turn a cloud model into a device model and route each request to the one that should answer it.")
@@ -323,20 +324,20 @@ def _speculate(target, draft, prompt, chat, max_new_tokens, temperature, top_p, 
 @app.command()
 @handled
 def bench(candidates: Annotated[list[Path], typer.Argument(help="Device bundles and/or PyTorch model directories.")],
-          data: Annotated[Optional[str], typer.Option("--data", help="Data for accuracy (test split).")] = None,
-          threads: Annotated[Optional[str], typer.Option(help="Comma list of intra-op threads (default 1,2).")] = None,
-          seq_lengths: Annotated[Optional[str], typer.Option(help="Comma list of sequence lengths (default 32,64,128).")] = None,
-          batch_sizes: Annotated[Optional[str], typer.Option(help="Comma list of throughput batch sizes (default 8,32).")] = None,
-          latency_runs: Annotated[Optional[int], typer.Option(help="Timed batch-1 runs per cell (default 40).")] = None,
-          max_accuracy_examples: Annotated[Optional[int], typer.Option(help="Cap the test examples scored.")] = None,
+          data: Annotated[Optional[str], typer.Option("--data", help="Classifiers: data for accuracy (test split).")] = None,
+          threads: Annotated[Optional[str], typer.Option(help=flag_help("bench", "--threads", "Comma list of intra-op threads."))] = None,
+          seq_lengths: Annotated[Optional[str], typer.Option(help=flag_help("bench", "--seq-lengths", "Comma list of sequence lengths."))] = None,
+          batch_sizes: Annotated[Optional[str], typer.Option(help=flag_help("bench", "--batch-sizes", "Comma list of throughput batch sizes."))] = None,
+          latency_runs: Annotated[Optional[int], typer.Option(help=flag_help("bench", "--latency-runs", "Timed batch-1 runs per cell."))] = None,
+          max_accuracy_examples: Annotated[Optional[int], typer.Option(help=flag_help("bench", "--max-accuracy-examples", "Cap the test examples scored."))] = None,
           text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
-          prompt_tokens: Annotated[Optional[str], typer.Option(help="LLM bundles: comma list of prompt lengths for time to first token (default 32,128,512).")] = None,
-          new_tokens: Annotated[Optional[int], typer.Option(help="LLM bundles: greedy tokens per timed decode run (default 128).")] = None,
-          repeats: Annotated[Optional[int], typer.Option(help="LLM bundles: timed runs per candidate and cell (default 3).")] = None,
-          peer_gguf: Annotated[Optional[str], typer.Option("--peer-gguf", help="LLM bundles: llama.cpp peer on a GGUF: auto (the bundles' GGUF source, if llama-cpp-python is installed), none, smollm2, or a .gguf path.")] = None,
-          texts: Annotated[Optional[str], typer.Option(help="LLM bundles: comma list of held-out texts for perplexity (default bbc-news,shakespeare).")] = None,
-          windows: Annotated[Optional[int], typer.Option(help="LLM bundles: scored windows per text (default 8).")] = None,
-          no_quality: Annotated[bool, typer.Option("--no-quality", help="LLM bundles: skip perplexity, agreement and KL.")] = False,
+          prompt_tokens: Annotated[Optional[str], typer.Option(help=flag_help("bench", "--prompt-tokens", "Comma list of prompt lengths for time to first token."))] = None,
+          new_tokens: Annotated[Optional[int], typer.Option(help=flag_help("bench", "--new-tokens", "Greedy tokens per timed decode run."))] = None,
+          repeats: Annotated[Optional[int], typer.Option(help=flag_help("bench", "--repeats", "Timed runs per candidate and cell."))] = None,
+          peer_gguf: Annotated[Optional[str], typer.Option("--peer-gguf", help=flag_help("bench", "--peer-gguf", "llama.cpp peer on a GGUF: auto (the bundles' GGUF source, if llama-cpp-python is installed), none, smollm2, or a .gguf path."))] = None,
+          texts: Annotated[Optional[str], typer.Option(help=flag_help("bench", "--texts", "Comma list of held-out texts for perplexity."))] = None,
+          windows: Annotated[Optional[int], typer.Option(help=flag_help("bench", "--windows", "Scored windows per text."))] = None,
+          no_quality: Annotated[bool, typer.Option("--no-quality", help=flag_help("bench", "--no-quality", "LLM bundles: skip perplexity, agreement and KL."))] = False,
           json_out: JsonOut = None,
           md_out: Annotated[Optional[Path], typer.Option("--md", help="Also write the tables as Markdown here.")] = None) -> None:
     """Size, peak memory, accuracy, latency p50/p90/p99 and throughput of candidates, interleaved in one run.
@@ -347,7 +348,8 @@ def bench(candidates: Annotated[list[Path], typer.Argument(help="Device bundles 
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from edgeshrink.bench.llm import is_llm_bundle
+    from edgeshrink.bench import bench as run, candidates_task
+    from edgeshrink.bench.report import print_report, to_markdown
 
     def ints(text: Optional[str], name: str):
         if text is None:
@@ -357,50 +359,18 @@ def bench(candidates: Annotated[list[Path], typer.Argument(help="Device bundles 
         except ValueError:
             raise fail(f"--{name} must be a comma-separated list of integers, got {text!r}") from None
 
-    llm = [is_llm_bundle(c) for c in candidates]
-    llm_only = {"--prompt-tokens": prompt_tokens, "--new-tokens": new_tokens, "--repeats": repeats,
-                "--peer-gguf": peer_gguf, "--texts": texts, "--windows": windows, "--no-quality": no_quality or None}
-    if any(llm):
-        if not all(llm):
-            raise fail("candidates mix LLM bundles and classifiers: bench them in separate runs")
-        classifier_only = {"--data": data, "--seq-lengths": seq_lengths, "--batch-sizes": batch_sizes,
-                           "--latency-runs": latency_runs, "--max-accuracy-examples": max_accuracy_examples}
-        given = [k for k, v in classifier_only.items() if v is not None]
-        if given:
-            raise fail(f"{', '.join(given)} apply to classifiers; LLM bundles take --prompt-tokens, --new-tokens, "
-                       "--repeats, --peer-gguf, --texts, --windows")
-        from edgeshrink.bench.config import LLMBenchConfig
-        from edgeshrink.bench.llm import bench_llm
-        from edgeshrink.bench.llm_report import print_report as print_llm, to_markdown as llm_markdown
-
-        config = LLMBenchConfig.build(threads=ints(threads, "threads"), prompt_tokens=ints(prompt_tokens, "prompt-tokens"),
-                                      new_tokens=new_tokens, repeats=repeats, peer=peer_gguf, windows=windows,
-                                      texts=[t.strip() for t in texts.split(",") if t.strip()] if texts else None,
-                                      quality=False if no_quality else None)
-        with Progress(TextColumn("[bold]bench[/] {task.description}"), BarColumn(),
-                      TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()) as progress:
-            report = bench_llm(candidates, config, progress=progress_callback(progress))
-        print_llm(report)
-        write_json(json_out, report)
-        if md_out:
-            from edgeshrink._files import atomic_write_text
-
-            atomic_write_text(md_out, llm_markdown(report))
-        return
-    given = [k for k, v in llm_only.items() if v is not None]
-    if given:
-        raise fail(f"{', '.join(given)} apply to LLM bundles; these candidates are classifiers")
-
-    from edgeshrink.bench import BenchConfig, bench as run
-    from edgeshrink.bench.report import print_report, to_markdown
-
-    config = BenchConfig.build(threads=ints(threads, "threads"), seq_lengths=ints(seq_lengths, "seq-lengths"),
-                               throughput_batch_sizes=ints(batch_sizes, "batch-sizes"), latency_runs=latency_runs,
-                               max_accuracy_examples=max_accuracy_examples)
+    impl = candidates_task(candidates).implementation("bench")
+    config = impl.build_config(
+        {"--data": data, "--threads": ints(threads, "threads"), "--seq-lengths": ints(seq_lengths, "seq-lengths"),
+         "--batch-sizes": ints(batch_sizes, "batch-sizes"), "--latency-runs": latency_runs,
+         "--max-accuracy-examples": max_accuracy_examples, "--prompt-tokens": ints(prompt_tokens, "prompt-tokens"),
+         "--new-tokens": new_tokens, "--repeats": repeats, "--peer-gguf": peer_gguf,
+         "--texts": [t.strip() for t in texts.split(",") if t.strip()] if texts else None, "--windows": windows,
+         "--no-quality": no_quality}, extra={"quality": False} if no_quality else None)
     data_config = _data_config(data, text_column, label_column, label_map) if data else None
     with Progress(TextColumn("[bold]bench[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn()) as progress:
-        report = run(candidates, data_config, config, progress=progress_callback(progress))
+        report = run(candidates, config, data=data_config, progress=progress_callback(progress))
     print_report(report)
     write_json(json_out, report)
     if md_out:

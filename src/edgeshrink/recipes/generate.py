@@ -129,7 +129,7 @@ def _quantize(state, config, out: Path, data) -> dict:
 
 
 def _bench(state, config, out: Path, data) -> dict:
-    from edgeshrink.bench.llm import bench_llm
+    from edgeshrink.bench import bench
 
     out.mkdir(parents=True, exist_ok=True)
     bundles, roles = [state["fp32_bundle"]], ["fp32"]
@@ -141,7 +141,7 @@ def _bench(state, config, out: Path, data) -> dict:
         roles.append("device")
     if config.peer == "auto" and state.get("gguf"):
         config = config.model_copy(update={"peer": state["gguf"]})
-    report = bench_llm(bundles, config)
+    report = bench(bundles, config)
     report["roles"] = roles + ["peer"] * (len(report["candidates"]) - len(bundles))
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     return {"state": {}, "result": {"bench": str(out / "bench.json")}}
