@@ -41,7 +41,8 @@ from pathlib import Path
 
 PY = sys.executable
 ROUTER_SIGNAL = "mean-logprob"
-# keys whose values depend on when, where or how fast a step ran, not on what it made
+# keys whose values depend on when, where or how fast a step ran, not on what it made (and any key ending in
+# _seconds, _ms or _per_s: timings)
 VOLATILE = {"created_at", "created_on", "seconds", "edgeshrink_version", "machine", "started_at", "finished_at",
             "first_token_ms", "decode_tokens_per_s", "elapsed", "elapsed_s", "wall_seconds", "host", "versions",
             "library_versions", "python", "platform", "cpu"}
@@ -126,10 +127,14 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def volatile(key) -> bool:
+    return key in VOLATILE or (isinstance(key, str) and key.endswith(("_seconds", "_ms", "_per_s")))
+
+
 def normalised(value, roots: list[str]):
     """``value`` with the version's folder written as <ROOT> and volatile keys gone."""
     if isinstance(value, dict):
-        return {k: normalised(v, roots) for k, v in value.items() if k not in VOLATILE}
+        return {k: normalised(v, roots) for k, v in value.items() if not volatile(k)}
     if isinstance(value, list):
         return [normalised(v, roots) for v in value]
     if isinstance(value, str):
@@ -167,7 +172,7 @@ def json_diff(a, b, path: str = "") -> tuple[list[str], list[str]]:
 
 
 def compare_dirs(old: Path, new: Path, roots: list[str]) -> dict:
-    """Every file of two model or bundle folders: JSON normalised and diffed, the rest by sha256."""
+    """Every file of two model or bundle folders by sha256; JSON files that differ, normalised and diffed."""
     names = sorted({p.relative_to(old).as_posix() for p in old.rglob("*") if p.is_file()}
                    | {p.relative_to(new).as_posix() for p in new.rglob("*") if p.is_file()})
     files, diffs, added = {}, [], []
@@ -177,12 +182,12 @@ def compare_dirs(old: Path, new: Path, roots: list[str]) -> dict:
             files[name] = "only in " + ("new" if not a.exists() else "old")
             diffs.append(f"{name}: {files[name]}")
             continue
-        if name.endswith(".json"):
+        if name.endswith(".json") and a.read_bytes() != b.read_bytes():
             try:
                 d, n = json_diff(normalised(json.loads(a.read_text()), roots),
                                  normalised(json.loads(b.read_text()), roots))
             except json.JSONDecodeError:
-                d, n = ([] if a.read_bytes() == b.read_bytes() else [f"{name}: bytes differ"]), []
+                d, n = [f"{name}: bytes differ"], []
             files[name] = "same (normalised)" if not d else "differs"
             diffs += [f"{name}: {x}" for x in d]
             added += [f"{name}: {x}" for x in n]
@@ -209,7 +214,8 @@ def onnx_logits(old: Path, new: Path) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    ids = np.random.default_rng(1).integers(1000, 5000, (4, 64))
+    vocab = min(len(json.loads((p / "tokenizer.json").read_text())["model"]["vocab"]) for p in (old, new))
+    ids = np.random.default_rng(1).integers(min(100, vocab - 1), vocab, (4, 64))  # a pruned vocabulary is smaller
     feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
     out = {}
     for name, path in (("old", old), ("new", new)):
@@ -332,26 +338,8 @@ def verdict(result: dict) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--old-src", required=True, help="src/ of a checkout before the change (c246c74)")
-    parser.add_argument("--new-src", default=str(Path(__file__).resolve().parents[1] / "src"),
-                        help="src/ of the code after the change (default: this checkout's)")
-    parser.add_argument("--parts", default="minilm,smollm2,router", help="comma list of minilm, smollm2, router")
-    parser.add_argument("--work", type=Path, help="working folder (default: a new temporary one); kept")
-    parser.add_argument("--minilm-examples", type=int, default=800, help="sentiment-movies examples for MiniLM")
-    parser.add_argument("--router-examples", type=int, default=300, help="sentiment-movies examples for the router "
-                        "(its calibration split is 15%%)")
-    parser.add_argument("--heldout", type=int, default=40, help="held-out texts the router decides")
-    parser.add_argument("--new-tokens", type=int, default=24, help="greedy tokens per prompt")
-    parser.add_argument("--out", type=Path, help="write the results as JSON here")
-    args = parser.parse_args()
-    parts = set(args.parts.split(","))
-    if parts - {"minilm", "smollm2", "router"}:
-        parser.error(f"unknown parts: {sorted(parts - {'minilm', 'smollm2', 'router'})}")
-    if "router" in parts:
-        parts.add("smollm2")  # the router's device and cloud are the SmolLM2 bundles
-    work = (args.work or Path(tempfile.mkdtemp(prefix="refactor-equivalence-"))).resolve()
+def run_steps(work: Path, args, parts: set[str]) -> dict:
+    """Both versions' steps, one version after the other (the two never share the cores); their times."""
     data = work / "data"
     data.mkdir(parents=True, exist_ok=True)
     log = work / "steps.log"
@@ -365,19 +353,49 @@ def main() -> None:
         steps[name] = Step(name, str(Path(src).resolve()), root, log)
     steps["old"]("prepare data", [data, args.minilm_examples, args.router_examples, args.heldout], code=PREPARE)
     (data / "prompt.yaml").write_text(SENTIMENT_PROMPT)
-    for name, step in steps.items():  # one version after the other: the two never share the two cores
+    for step in steps.values():
         if "minilm" in parts:
             minilm(step, data)
         if "smollm2" in parts:
             smollm2(step, data, args.new_tokens)
         if "router" in parts:
             router(step, data)
-    result = {"old_src": steps["old"].src, "new_src": steps["new"].src, "work": str(work),
-              "data": {"minilm_examples": args.minilm_examples, "router_examples": args.router_examples,
-                       "heldout": args.heldout, "new_tokens": args.new_tokens},
-              "seconds": {"total": round(time.perf_counter() - started, 1),
-                          **{n: {"total": round(sum(s.seconds.values()), 1), "steps": s.seconds}
-                             for n, s in steps.items()}}}
+    return {"old_src": steps["old"].src, "new_src": steps["new"].src, "work": str(work), "parts": sorted(parts),
+            "data": {"minilm_examples": args.minilm_examples, "router_examples": args.router_examples,
+                     "heldout": args.heldout, "new_tokens": args.new_tokens},
+            "seconds": {"total": round(time.perf_counter() - started, 1),
+                        **{n: {"total": round(sum(s.seconds.values()), 1), "steps": s.seconds}
+                           for n, s in steps.items()}}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--old-src", required=True, help="src/ of a checkout before the change (c246c74)")
+    parser.add_argument("--new-src", default=str(Path(__file__).resolve().parents[1] / "src"),
+                        help="src/ of the code after the change (default: this checkout's)")
+    parser.add_argument("--parts", default="minilm,smollm2,router", help="comma list of minilm, smollm2, router")
+    parser.add_argument("--work", type=Path, help="working folder (default: a new temporary one); kept")
+    parser.add_argument("--minilm-examples", type=int, default=800, help="sentiment-movies examples for MiniLM")
+    parser.add_argument("--router-examples", type=int, default=300, help="sentiment-movies examples for the router "
+                        "(its calibration split is 15%%)")
+    parser.add_argument("--heldout", type=int, default=40, help="held-out texts the router decides")
+    parser.add_argument("--new-tokens", type=int, default=24, help="greedy tokens per prompt")
+    parser.add_argument("--out", type=Path, help="write the results as JSON here")
+    parser.add_argument("--compare-only", action="store_true", help="compare what an earlier run left in --work")
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if parts - {"minilm", "smollm2", "router"}:
+        parser.error(f"unknown parts: {sorted(parts - {'minilm', 'smollm2', 'router'})}")
+    if "router" in parts:
+        parts.add("smollm2")  # the router's device and cloud are the SmolLM2 bundles
+    if args.compare_only and not args.work:
+        parser.error("--compare-only needs --work")
+    work = (args.work or Path(tempfile.mkdtemp(prefix="refactor-equivalence-"))).resolve()
+    if args.compare_only:
+        result = json.loads((work / "run.json").read_text())
+    else:
+        result = run_steps(work, args, parts)
+        (work / "run.json").write_text(json.dumps(result, indent=2))
     result.update(compare(work, parts))
     result["verdict"] = verdict(result)
     text = json.dumps(result, indent=2)
