@@ -48,7 +48,7 @@ VOLATILE = {"created_at", "created_on", "seconds", "edgeshrink_version", "machin
             "library_versions", "python", "platform", "cpu"}
 ALLOWED_NEW_KEYS = {"task"}
 PROMPTS = ["The capital of France is", "Write a haiku about the sea.", "def fibonacci(n):",
-           "Explain why the sky is blue in one sentence."]
+           "Once upon a time, in a small village,"]
 SENTIMENT_PROMPT = ("user: \"Is the sentiment of this movie review positive or negative? Answer with one word."
                     "\\n\\nReview: {text}\"\n")
 
