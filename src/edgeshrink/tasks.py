@@ -74,11 +74,12 @@ class Implementation:
         return config
 
     def refuse_flags(self, given: dict[str, Any]) -> None:
-        """Refuse, in one generated line, the CLI flags given (value not None/False) that this task's
-        implementation does not take, naming the kinds they apply to and the flags this one takes."""
+        """Refuse, in one generated line, the CLI flags given (value not None or empty: a switch passes None
+        when off, a --x/--no-x pair False when --no-x is given) that this task's implementation does not take,
+        naming the kinds they apply to and the flags this one takes."""
         others = {flag for impl in _IMPLEMENTATIONS.get(self.verb, {}).values() for flag in impl.flags}
         wrong = [flag for flag, value in given.items()
-                 if value not in (None, False, (), []) and flag in others and flag not in self.flags]
+                 if value is not None and value != () and value != [] and flag in others and flag not in self.flags]
         if not wrong:
             return
         owners = sorted({i.task for i in _IMPLEMENTATIONS[self.verb].values() for f in wrong if f in i.flags})

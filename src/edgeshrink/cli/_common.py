@@ -97,4 +97,3 @@ def data_config(source: str, text_column: str, label_column: str, label_map: str
                                  **({"label_map": parse_label_map(label_map)} if label_map else {})})
 
 
-_data_config = data_config  # the other CLI commands' old name, until issue 26's branches merge

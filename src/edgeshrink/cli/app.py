@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgeshrink import __version__, tasks
-from edgeshrink.cli._common import (DataOpt, Force, JsonOut, LabelCol, LabelMap, TextCol, _data_config, fail, handled,
+from edgeshrink.cli._common import (DataOpt, Force, JsonOut, LabelCol, LabelMap, TextCol, data_config, fail, handled,
                                     progress_callback, write_json)
 from edgeshrink.cli.route import route_app
 from edgeshrink.cli.serve import register as register_serve
@@ -133,7 +133,7 @@ def finetune(model: Annotated[str, typer.Argument(help="Local model directory or
         from edgeshrink.route.prompts import read_prompt
 
         given["--prompt"] = read_prompt(prompt)
-    record = run(model, out, impl.build_config(given), data=_data_config(data, text_column, label_column, label_map),
+    record = run(model, out, impl.build_config(given), data=data_config(data, text_column, label_column, label_map),
                  force=force, progress=lambda message: typer.echo(message, err=True))
     test = record["test"]
     typer.echo(f"test accuracy {100 * test['accuracy']:.2f}% [95% CI {100 * test['ci95'][0]:.1f}, "
@@ -366,11 +366,11 @@ def bench(candidates: Annotated[list[Path], typer.Argument(help="Device bundles 
          "--max-accuracy-examples": max_accuracy_examples, "--prompt-tokens": ints(prompt_tokens, "prompt-tokens"),
          "--new-tokens": new_tokens, "--repeats": repeats, "--peer-gguf": peer_gguf,
          "--texts": [t.strip() for t in texts.split(",") if t.strip()] if texts else None, "--windows": windows,
-         "--no-quality": no_quality}, extra={"quality": False} if no_quality else None)
-    data_config = _data_config(data, text_column, label_column, label_map) if data else None
+         "--no-quality": no_quality or None}, extra={"quality": False} if no_quality else None)
+    data_cfg = data_config(data, text_column, label_column, label_map) if data else None
     with Progress(TextColumn("[bold]bench[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn()) as progress:
-        report = run(candidates, config, data=data_config, progress=progress_callback(progress))
+        report = run(candidates, config, data=data_cfg, progress=progress_callback(progress))
     print_report(report)
     write_json(json_out, report)
     if md_out:
@@ -442,9 +442,9 @@ def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model 
 
     impl = tasks.of_model(teacher).implementation("prune")
     config = _prune_config(impl, {"--layers": layers, "--layer-strategy": layer_strategy, "--heads": heads,
-                                  "--ffn": ffn, "--vocab": vocab, "--importance-examples": importance_examples,
+                                  "--ffn": ffn, "--vocab": vocab or None, "--importance-examples": importance_examples,
                                   "--drop-blocks": drop_blocks, "--importance": importance})
-    record = run(teacher, out, config, data=_data_config(data, text_column, label_column, label_map), force=force,
+    record = run(teacher, out, config, data=data_config(data, text_column, label_column, label_map), force=force,
                  progress=lambda m: typer.echo(m, err=True))
     typer.echo(impl.summarize(record, out))
     write_json(json_out, record)
@@ -484,7 +484,7 @@ def prune_channels(teacher: Annotated[str, typer.Argument(help="Trained CNN dire
 
     impl = tasks.of_model(teacher).implementation("prune-channels")
     config = impl.build_config({"--channels": channels, "--hidden": hidden, "--recover-epochs": recover_epochs})
-    record = run(teacher, _data_config(data, "text", "label"), out, config, force=force)
+    record = run(teacher, data_config(data, "text", "label"), out, config, force=force)
     p = record["prune_channels"]
     typer.echo(f"pruned CNN {out}: {p['parameters']:,} parameters ({100 * p['parameters'] / p['teacher_parameters']:.1f}% "
                f"of the teacher), test accuracy {100 * record['test']['accuracy']:.2f}%")
@@ -515,7 +515,7 @@ def sparsify(model: Annotated[str, typer.Argument(help="Fine-tuned model directo
     elif tuning:
         values["finetune"] = {**SparsifyConfig().finetune.to_dict(), **tuning}
     config = SparsifyConfig.from_dict(values)
-    record = run(model, _data_config(data, text_column, label_column, label_map), out, config, force=force)
+    record = run(model, data_config(data, text_column, label_column, label_map), out, config, force=force)
     s, test = record["sparsify"], record["test"]
     typer.echo(f"sparse model {out}: {100 * s['sparsity_targeted']:.1f}% of encoder linear weights are zero "
                f"({100 * s['sparsity_all_parameters']:.1f}% of all parameters); test accuracy "
@@ -556,14 +556,14 @@ def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned t
 
     task = tasks.of_model(teacher)
     impl = task.implementation("distill")
-    builds = {"--layers": layers, "--heads": heads, "--ffn": ffn, "--vocab": vocab, "--drop-blocks": drop_blocks}
+    builds = {"--layers": layers, "--heads": heads, "--ffn": ffn, "--vocab": vocab or None, "--drop-blocks": drop_blocks}
     config = impl.build_config({"--epochs": epochs, "--learning-rate": learning_rate, "--alpha": alpha, "--beta": beta,
                                 "--gamma": gamma, "--delta": delta, "--temperature": temperature,
-                                "--label-free": label_free, "--augment": augment, "--train-tokens": train_tokens,
+                                "--label-free": label_free or None, "--augment": augment, "--train-tokens": train_tokens,
                                 "--extra-text": extra_text, **builds},
                                extra={"augment": None if augment is None else {"copies": augment}})
-    data_config = _data_config(data, text_column, label_column, label_map)
-    source = (data_config, *extra_text) if extra_text else data_config
+    data_cfg = data_config(data, text_column, label_column, label_map)
+    source = (data_cfg, *extra_text) if extra_text else data_cfg
     given = [flag for flag, value in builds.items() if value not in (None, False)]
     if student is None:
         if not given:
@@ -571,7 +571,7 @@ def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned t
         impl.function().check_data(source, config)  # before the student is built: bad data leaves nothing behind
         student_dir = out.with_name(out.name + ".student")
         prune_impl = task.implementation("prune")
-        record = cut(teacher, student_dir, _prune_config(prune_impl, builds), data=data_config, force=True,
+        record = cut(teacher, student_dir, _prune_config(prune_impl, builds), data=data_cfg, force=True,
                      progress=lambda m: typer.echo(m, err=True))
         typer.echo(prune_impl.summarize(record, student_dir))
         student = str(student_dir)

@@ -23,6 +23,7 @@ import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError, first_line
 from edgeshrink.runtime.bundle import bundle_file, open_session, read_bundle_text, read_manifest
+from edgeshrink.runtime.tasks import runtime_task
 
 DEFAULT_NEW_TOKENS = 128  # with max_new_tokens None: at most this many, and never past the context
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
@@ -61,7 +62,7 @@ class Generator:
 
         self.path = Path(bundle)
         self.manifest = read_manifest(self.path, verify=verify)
-        if self.manifest.get("task") != "text-generation":
+        if not runtime_task(self.manifest.get("task")).generates:
             raise EdgeshrinkError(f"{self.path} is not a language-model bundle (task {self.manifest.get('task')!r}): "
                                   f"use `edgeshrink predict`")
         self.session = open_session(self.path / "model.onnx", threads)
