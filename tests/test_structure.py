@@ -106,13 +106,11 @@ def private_imports() -> list[str]:
     return sorted(set(bad))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 removes the last cycles")
 def test_no_import_cycles():
     found = cycles(import_graph())
     assert not found, "import cycles: " + " | ".join(" -> ".join(c) for c in found)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 removes the last private imports")
 def test_no_private_names_across_modules():
     found = private_imports()
     assert not found, "\n".join(found)
