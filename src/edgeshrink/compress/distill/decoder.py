@@ -83,13 +83,6 @@ def pack_sequences(tokenizer, texts: list[str], sequence_tokens: int, max_tokens
     return sequences
 
 
-def _batches(count: int, batch_size: int, rng) -> list[list[int]]:
-    """Sequence indices in a random order, cut into batches (a module name of its own: tests interrupt it)."""
-    order = list(range(count))
-    rng.shuffle(order)
-    return [order[i:i + batch_size] for i in range(0, count, batch_size)]
-
-
 def topk_kl(student_logits, values, indices, temperature: float):
     """Mean KL(teacher ‖ student) per token over the teacher's top-k tokens plus one bucket for the rest.
 
@@ -255,7 +248,10 @@ class DecoderDistillation:
             else state["history"][0]["calibration_perplexity_before"]
 
     def batches(self, rng) -> list[list[int]]:
-        return _batches(len(self.sequences), self.config.batch_size, rng)
+        """Sequence indices in a random order, cut into batches."""
+        order = list(range(len(self.sequences)))
+        rng.shuffle(order)
+        return [order[i:i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)]
 
     def loss(self, rows: list[int]):
         import torch

@@ -68,9 +68,6 @@ def _pad(tokenizer, enc, rows: list[int], device):
     return tokenizer.pad({k: [enc[k][i] for i in rows] for k in enc.keys()}, return_tensors="pt").to(device)
 
 
-_batches = shuffled_length_batches  # a module name of its own, so a test can interrupt an epoch
-
-
 def _head_map(student_record: dict, teacher_net, student_net) -> list[list[int]]:
     """For each student layer (depth), the teacher head each of its heads was cut from."""
     from edgeshrink.models import arch
@@ -210,7 +207,7 @@ class EncoderDistillation:
         pass
 
     def batches(self, rng) -> list[list[int]]:
-        return _batches(self.lengths, self.config.batch_size, rng)
+        return shuffled_length_batches(self.lengths, self.config.batch_size, rng)
 
     def loss(self, rows: list[int]):
         import torch
