@@ -27,8 +27,8 @@ def test_removal_that_keeps_everything_changes_nothing(tiny_model):
 
     family = arch.family_of(model.config)
     surgery.keep_blocks(model, family, [0, 1])
-    for i, layer in enumerate(model.bert.encoder.layer):
-        surgery.keep_ffn(model, family, i, torch.randperm(layer.intermediate.dense.out_features))  # all neurons, any order
+    for i, layer in enumerate(model.bert.encoder.layer):  # all neurons, in any order
+        surgery.keep_ffn(model, family, i, torch.randperm(layer.intermediate.dense.out_features))
     surgery.keep_heads(model, family, {0: [0, 1], 1: [0, 1]})  # every head
     torch.testing.assert_close(_logits(model, tok, texts), before, rtol=0, atol=1e-5)
 

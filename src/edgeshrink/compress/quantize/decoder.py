@@ -1,6 +1,5 @@
-"""Quantize a language model bundle (text-generation): block-wise INT4 weights (MatMulNBits), the embedding
-and tied LM head included. The verb and its shared skeleton are in ``__init__.py``; this is the part only a
-language model needs.
+"""The language model part of ``quantize`` (text-generation bundles): block-wise INT4 weights (MatMulNBits),
+the embedding and tied LM head included.
 
     from edgeshrink.compress import quantize, LLMQuantConfig
     manifest = quantize("runs/smollm2-fp32", "runs/smollm2-int4", LLMQuantConfig(method="int4-weight"))
