@@ -42,7 +42,7 @@ def test_resume_after_interruption_equals_uninterrupted(setup, tmp_path, monkeyp
     distill(teacher, student, tmp_path / "a", config, data=data)
 
     calls = {"n": 0}
-    real_batches = distill_module._batches
+    real_batches = distill_module.EncoderDistillation.batches
 
     def interrupt_in_second_epoch(*args):
         calls["n"] += 1
@@ -50,11 +50,11 @@ def test_resume_after_interruption_equals_uninterrupted(setup, tmp_path, monkeyp
             raise KeyboardInterrupt
         return real_batches(*args)
 
-    monkeypatch.setattr(distill_module, "_batches", interrupt_in_second_epoch)
+    monkeypatch.setattr(distill_module.EncoderDistillation, "batches", interrupt_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         distill(teacher, student, tmp_path / "b", config, data=data)
     assert (tmp_path / "b.partial" / "checkpoint.pt").exists() and not (tmp_path / "b").exists()
-    monkeypatch.setattr(distill_module, "_batches", real_batches)
+    monkeypatch.setattr(distill_module.EncoderDistillation, "batches", real_batches)
     record = distill(teacher, student, tmp_path / "b", config, data=data)
     assert [h["epoch"] for h in record["history"]] == [1, 2]
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")

@@ -66,7 +66,7 @@ def test_resume_after_interruption_equals_uninterrupted(pair, text, tmp_path, mo
     config = LLMDistillConfig(**FAST)
     distill(teacher, student, tmp_path / "a", config, data=text)
     calls = {"n": 0}
-    real = llm_distill._batches
+    real = llm_distill.DecoderDistillation.batches
 
     def interrupt_in_second_epoch(*args):
         calls["n"] += 1
@@ -74,11 +74,11 @@ def test_resume_after_interruption_equals_uninterrupted(pair, text, tmp_path, mo
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(llm_distill, "_batches", interrupt_in_second_epoch)
+    monkeypatch.setattr(llm_distill.DecoderDistillation, "batches", interrupt_in_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         distill(teacher, student, tmp_path / "b", config, data=text)
     assert (tmp_path / "b.partial" / "checkpoint.pt").exists() and not (tmp_path / "b").exists()
-    monkeypatch.setattr(llm_distill, "_batches", real)
+    monkeypatch.setattr(llm_distill.DecoderDistillation, "batches", real)
     record = distill(teacher, student, tmp_path / "b", config, data=text)
     assert [h["epoch"] for h in record["distill"]["history"]] == [1, 2]
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from edgeshrink.compress.prune import prune
-from edgeshrink.compress.prune.encoder import PruneConfig, drop_layers, layer_indices, prune_ffn
+from edgeshrink.compress.prune.encoder import PruneConfig, layer_indices
 from edgeshrink.errors import EdgeshrinkError
 from tests.conftest import make_texts, write_csv
 
@@ -25,10 +25,11 @@ def test_removal_that_keeps_everything_changes_nothing(tiny_model):
     before = _logits(model, tok, texts)
     from edgeshrink.models import arch, surgery
 
-    drop_layers(model, [0, 1])
-    for i, layer in enumerate(model.bert.encoder.layer):
-        prune_ffn(model, i, torch.randperm(layer.intermediate.dense.out_features))  # all neurons, any order
-    surgery.keep_heads(model, arch.family_of(model.config), {0: [0, 1], 1: [0, 1]})  # every head
+    family = arch.family_of(model.config)
+    surgery.keep_blocks(model, family, [0, 1])
+    for i, layer in enumerate(model.bert.encoder.layer):  # all neurons, in any order
+        surgery.keep_ffn(model, family, i, torch.randperm(layer.intermediate.dense.out_features))
+    surgery.keep_heads(model, family, {0: [0, 1], 1: [0, 1]})  # every head
     torch.testing.assert_close(_logits(model, tok, texts), before, rtol=0, atol=1e-5)
 
 

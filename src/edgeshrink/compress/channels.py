@@ -166,23 +166,17 @@ def prune_channels(teacher: str | Path, data: DataConfig | str, out: str | Path,
         pruned.to("cpu").eval()
     parameters = int(sum(p.numel() for p in pruned.parameters()))
     record = {
-        "kind": "edgeshrink-model",
-        "edgeshrink_version": __version__,
-        "task": "tensor-classification",
-        "model_type": MODEL_TYPE,
-        "architecture": new_architecture.to_dict(),
-        "labels": teacher_record["labels"],
+        "kind": "edgeshrink-model", "edgeshrink_version": __version__, "task": "tensor-classification",
+        "model_type": MODEL_TYPE, "architecture": new_architecture.to_dict(), "labels": teacher_record["labels"],
         "parameters": parameters,
         "source": {"model": str(teacher), "path": str(Path(teacher).resolve()),
                    "weights_sha256": sha256_file(Path(teacher) / WEIGHTS_NAME)},
-        "data": split.data_record(),
-        "finetune": teacher_record.get("finetune"),
+        "data": split.data_record(), "finetune": teacher_record.get("finetune"),
         "prune_channels": {**config.to_dict(), "kept_channels": keep_channels, "kept_hidden": keep_hidden,
                            "parameters": parameters, "teacher_parameters": teacher_record.get("parameters"),
                            "test_accuracy_before_recovery": before,
                            "seconds": round(time.perf_counter() - started, 1)},
-        "history": history,
-        "test": accuracy(pruned, split.test),
+        "history": history, "test": accuracy(pruned, split.test),
     }
     with atomic_output_dir(out, force) as tmp:
         save_cnn(pruned, record, tmp)

@@ -28,9 +28,8 @@ from pydantic import Field
 from edgeshrink._files import atomic_output_dir, check_output_dir
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
-from edgeshrink.models.finetune import FinetuneConfig
+from edgeshrink.models.finetune import FinetuneConfig, scored
 from edgeshrink.models.sources import RECORD_NAME, check_labels, read_record, resolve_model, weights_file
-from edgeshrink.stats import accuracy_interval
 
 
 class SparsifyConfig(Config):
@@ -61,16 +60,12 @@ def magnitude_masks(weights: dict, sparsity: float, scope: str) -> dict:
     """Boolean keep-masks that zero the ``sparsity`` fraction of smallest-magnitude weights."""
     import torch
 
-    if scope == "global":
-        flat = torch.cat([w.detach().abs().flatten() for w in weights.values()])
+    masks = {}
+    for group in [weights] if scope == "global" else [{name: w} for name, w in weights.items()]:
+        flat = torch.cat([w.detach().abs().flatten() for w in group.values()])
         k = int(round(sparsity * flat.numel()))
         threshold = flat.kthvalue(k).values if k > 0 else flat.new_tensor(-1.0)
-        return {name: w.detach().abs() > threshold for name, w in weights.items()}
-    masks = {}
-    for name, w in weights.items():
-        k = int(round(sparsity * w.numel()))
-        threshold = w.detach().abs().flatten().kthvalue(k).values if k > 0 else w.new_tensor(-1.0)
-        masks[name] = w.detach().abs() > threshold
+        masks.update({name: w.detach().abs() > threshold for name, w in group.items()})
     return masks
 
 
@@ -153,7 +148,6 @@ def sparsify(model: str | Path, data: DataConfig | str, out: str | Path, config:
     net.eval()
     probs = predict_proba(net, tokenizer, split.test.texts, max_length)
     correct = int(sum(labels[i] == y for i, y in zip(probs.argmax(1), split.test.labels)))
-    low, high = accuracy_interval(correct, len(split.test))
     report = sparsity_report(weights)
     all_params = sum(p.numel() for p in net.parameters())
     all_zeros = sum(int((p == 0).sum()) for p in net.parameters())
@@ -174,7 +168,7 @@ def sparsify(model: str | Path, data: DataConfig | str, out: str | Path, config:
                          "per_weight": report["per_weight"], **size,
                          "seconds": round(time.perf_counter() - started, 1)},
             "history": history, "parameters": int(all_params),
-            "test": {"accuracy": correct / len(split.test), "correct": correct, "n": len(split.test), "ci95": [low, high]},
+            "test": scored(correct, len(split.test)),
         }
         (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2))
     return record

@@ -72,18 +72,13 @@ class TrainRun:
         torch.manual_seed(seed * 1000 + epoch)
         return random.Random(seed * 1000 + epoch)
 
-    def check_finite(self, loss, state: dict) -> None:
+    def step(self, loss, state: dict, params, optimizer, scheduler, running: float | None) -> float:
+        """NaN check, backward, gradients clipped at norm 1, optimizer and schedule step; the smoothed loss."""
         import torch
 
         if not torch.isfinite(loss):
             raise EdgeshrinkError(f"the loss became {loss.item()} at step {state['step'] + 1} (epoch "
                                   f"{state['epoch'] + 1}); the last good checkpoint is kept in {self.partial}")
-
-    def step(self, loss, state: dict, params, optimizer, scheduler, running: float | None) -> float:
-        """NaN check, backward, gradients clipped at norm 1, optimizer and schedule step; the smoothed loss."""
-        import torch
-
-        self.check_finite(loss, state)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()

@@ -7,15 +7,12 @@ kind of model that takes it.
     record = distill("runs/cloud", "runs/student", "runs/device", DistillConfig(epochs=5), data="sentiment-movies")
     record = distill("smollm2", "runs/smollm2-drop8", "runs/healed", LLMDistillConfig(), data="bbc-news")
 
-The skeleton is shared: the teacher's task (edgeshrink/tasks.py) picks the implementation and its config
-class; the output and device are checked; the run follows compress/trainer.py's contract (work in
-``OUT.partial/``, teacher outputs cached once, a checkpoint per epoch so a resumed run equals an
-uninterrupted one, NaN stop, early stop, the best epoch kept, one rename at the end) with AdamW and a linear
-schedule with warm-up. What differs per task lives beside it, as a ``Distillation`` built from (teacher,
-student, config, data): ``encoder.py`` (a text classifier: labels, logits, [CLS] states and attention maps)
-and ``decoder.py`` (a causal LM: label-free, on packed plain text, top-k next-token distributions). It loads
-and checks the pair, prepares the data and the teacher's cache, and gives the loss of a batch, the epoch's
-calibration score and the record.
+The teacher's task (edgeshrink/tasks.py) picks what differs, a ``Distillation`` built from (teacher, student,
+config, data): ``encoder.py`` (a text classifier: labels, logits, [CLS] states, attention maps) or ``decoder.py``
+(a causal LM: label-free, packed plain text, top-k next-token distributions). It checks the pair, prepares the
+teacher's cache, and gives a batch's loss, the epoch's calibration score and the record. The loop here keeps
+compress/trainer.py's contract (resumable, NaN and early stop, best epoch kept), with AdamW and a linear
+schedule with warm-up.
 """
 
 from __future__ import annotations
@@ -40,7 +37,7 @@ def distill(teacher: str | Path, student: str | Path, out: str | Path, config=No
 
     from edgeshrink._files import check_output_dir
     from edgeshrink.compress.trainer import TrainRun, progress_columns
-    from edgeshrink.models.sources import RECORD_NAME
+    from edgeshrink.models.finetune import hf_writer
 
     task = tasks.of_model(teacher)
     impl = task.implementation("distill")
@@ -83,11 +80,13 @@ def distill(teacher: str | Path, student: str | Path, out: str | Path, config=No
     run.load_best(part.student)
     part.student.to("cpu").eval()
     record = part.record(state, round(time.perf_counter() - started, 1))
-
-    def write(final: Path) -> None:
-        part.student.save_pretrained(final)
-        part.tokenizer.save_pretrained(final)
-        (final / RECORD_NAME).write_text(json.dumps(record, indent=2))
-
-    run.finish(out, write)
+    run.finish(out, hf_writer(part.student, part.tokenizer, record))
     return record
+
+
+def check_smaller(student, teacher, make_one: str) -> None:
+    """Refuse a student with as many parameters as its teacher; ``make_one``: the command that makes a smaller one."""
+    sizes = [sum(p.numel() for p in net.parameters()) for net in (student, teacher)]
+    if sizes[0] >= sizes[1]:
+        raise EdgeshrinkError(f"the student ({sizes[0]:,} parameters) is not smaller than its teacher ({sizes[1]:,}); "
+                              f"make one with `{make_one}`")

@@ -7,21 +7,18 @@
 
 loss = β·T²·KL(teacher/T ‖ student/T) + α·CE(student, next token) + γ·hidden-state loss
 
-The train part of a text split (``data``, e.g. the BBC article bodies, plus the train part of any further
-texts given)
-is packed into sequences of ``sequence_tokens`` tokens (documents joined by eos; the tokenizer's BOS, if
-it has one, starts every sequence). The teacher runs once over them and its ``top_k`` next-token
-log-probabilities at temperature T are cached; the KL is taken over those k tokens plus one bucket for the
-rest of the vocabulary, so it is an exact divergence between the two distributions coarsened the same way
-and the teacher does not run every step. The optional hidden-state loss (γ > 0) compares the output of
-student block i with that of the teacher block it was cut from (the prune record's ``kept_blocks``), as
-MSE over the teacher's mean square, and runs the teacher on every batch. The vocabulary tables (the tied
-embedding and LM head) are frozen unless ``train_embeddings``: that keeps them on a GGUF's grid for INT4,
-and skips the largest gradient. ``precision: auto`` trains under bfloat16 autocast where the CPU has
-bf16 instructions (AMX or AVX512-BF16), else in fp32; weights stay fp32.
-
-The run is compress/distill's shared loop (compress/trainer.py's contract), with early stop on calibration
-perplexity (fp32, on windows of the calibration part).
+The train part of a text split (``data``, e.g. the BBC article bodies, plus that of any further texts) is packed
+into sequences of ``sequence_tokens`` tokens (documents joined by eos; the tokenizer's BOS, if it has one,
+starts every sequence). The teacher runs once over them and its ``top_k`` next-token log-probabilities at
+temperature T are cached; the KL is taken over those k tokens plus one bucket for the rest of the vocabulary, so
+it is an exact divergence between the two distributions coarsened the same way and the teacher does not run
+every step. The optional hidden-state loss (γ > 0) compares the output of student block i with that of the
+teacher block it was cut from (the prune record's ``kept_blocks``), as MSE over the teacher's mean square, and
+runs the teacher on every batch. The vocabulary tables (the tied embedding and LM head) are frozen unless
+``train_embeddings``: that keeps them on a GGUF's grid for INT4, and skips the largest gradient.
+``precision: auto`` trains under bfloat16 autocast where the CPU has bf16 instructions (AMX or AVX512-BF16),
+else in fp32; weights stay fp32. Early stop is on calibration perplexity (fp32, on windows of the calibration
+part).
 """
 
 from __future__ import annotations
@@ -33,6 +30,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from edgeshrink.compress.distill import check_smaller
 from edgeshrink.config import Config
 from edgeshrink.data import SplitConfig
 from edgeshrink.errors import EdgeshrinkError
@@ -85,13 +83,6 @@ def pack_sequences(tokenizer, texts: list[str], sequence_tokens: int, max_tokens
     return sequences
 
 
-def _batches(count: int, batch_size: int, rng) -> list[list[int]]:
-    """Sequence indices in a random order, cut into batches (a module name of its own: tests interrupt it)."""
-    order = list(range(count))
-    rng.shuffle(order)
-    return [order[i:i + batch_size] for i in range(0, count, batch_size)]
-
-
 def topk_kl(student_logits, values, indices, temperature: float):
     """Mean KL(teacher ‖ student) per token over the teacher's top-k tokens plus one bucket for the rest.
 
@@ -118,22 +109,6 @@ def _hidden_loss(student_hidden, teacher_hidden, teacher_blocks: list[int]):
         target = teacher_hidden[t + 1].float()
         total = total + ((student_hidden[i + 1].float() - target) ** 2).mean() / (target ** 2).mean().clamp_min(1e-8)
     return total / max(len(pairs), 1)
-
-
-def _check_pair(teacher_net, teacher_tok, student_net, student_tok) -> None:
-    t_vocab, s_vocab = teacher_tok.get_vocab(), student_tok.get_vocab()
-    if t_vocab != s_vocab:
-        differ = len(set(t_vocab.items()) ^ set(s_vocab.items()))
-        raise EdgeshrinkError(f"the student's tokenizer differs from the teacher's ({len(s_vocab)} vs {len(t_vocab)} "
-                              f"tokens, {differ} entries differ): distillation compares next-token distributions over "
-                              "one vocabulary, so the student must be cut from the teacher")
-    if student_net.config.vocab_size != teacher_net.config.vocab_size:
-        raise EdgeshrinkError(f"the student's output has {student_net.config.vocab_size} tokens, the teacher's "
-                              f"{teacher_net.config.vocab_size}")
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    if count(student_net) >= count(teacher_net):
-        raise EdgeshrinkError(f"the student ({count(student_net):,} parameters) is not smaller than its teacher "
-                              f"({count(teacher_net):,}); make one with `edgeshrink prune --drop-blocks`")
 
 
 def _teacher_blocks(student_record: dict, student_net, teacher_net) -> list[int]:
@@ -188,7 +163,16 @@ class DecoderDistillation:
         teacher_dir, student_dir = import_llm(teacher), import_llm(student)
         teacher_net, teacher_tok = load_causal_lm(teacher_dir, device)
         student_net, student_tok = load_causal_lm(student_dir, device)
-        _check_pair(teacher_net, teacher_tok, student_net, student_tok)
+        t_vocab, s_vocab = teacher_tok.get_vocab(), student_tok.get_vocab()
+        if t_vocab != s_vocab:
+            differ = len(set(t_vocab.items()) ^ set(s_vocab.items()))
+            raise EdgeshrinkError(f"the student's tokenizer differs from the teacher's ({len(s_vocab)} vs "
+                                  f"{len(t_vocab)} tokens, {differ} entries differ): distillation compares next-token "
+                                  "distributions over one vocabulary, so the student must be cut from the teacher")
+        if student_net.config.vocab_size != teacher_net.config.vocab_size:
+            raise EdgeshrinkError(f"the student's output has {student_net.config.vocab_size} tokens, the teacher's "
+                                  f"{teacher_net.config.vocab_size}")
+        check_smaller(student_net, teacher_net, "edgeshrink prune --drop-blocks")
         student_record = read_record(student_dir)
         self.teacher_blocks = _teacher_blocks(student_record, student_net, teacher_net) if config.gamma_hidden else None
         self.precision = precision = choose_precision(config.precision, device)
@@ -264,7 +248,10 @@ class DecoderDistillation:
             else state["history"][0]["calibration_perplexity_before"]
 
     def batches(self, rng) -> list[list[int]]:
-        return _batches(len(self.sequences), self.config.batch_size, rng)
+        """Sequence indices in a random order, cut into batches."""
+        order = list(range(len(self.sequences)))
+        rng.shuffle(order)
+        return [order[i:i + self.config.batch_size] for i in range(0, len(order), self.config.batch_size)]
 
     def loss(self, rows: list[int]):
         import torch

@@ -12,8 +12,7 @@ from), so the loss stays valid when the student's vocabulary was pruned and a wo
 differently. Teacher logits and states are computed once and cached. The optional attention-map loss
 (TinyBERT's) compares every kept head with the teacher head it was cut from, so it runs the teacher on
 each batch (about twice the time) and needs the student to tokenize the train texts exactly like the
-teacher (true for a vocabulary pruned on the same train split). The run itself (checkpoints, resume,
-early stop) is compress/distill's shared loop.
+teacher (true for a vocabulary pruned on the same train split).
 """
 
 from __future__ import annotations
@@ -25,12 +24,13 @@ import numpy as np
 from pydantic import Field
 
 from edgeshrink.compress.augment import AugmentConfig, augment_texts
+from edgeshrink.compress.distill import check_smaller
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.models.finetune import scored
 from edgeshrink.models.sources import check_labels, read_record, resolve_model, weights_sha256
 from edgeshrink.models.torch_text import shuffled_length_batches
-from edgeshrink.stats import accuracy_interval
 
 
 class DistillConfig(Config):
@@ -59,33 +59,23 @@ class DistillConfig(Config):
             raise ValueError("at least one of alpha_ce, beta_kd, gamma_hidden, delta_attention must be positive")
 
 
-def _check_tokenizers(teacher_tok, student_tok) -> None:
-    teacher_vocab, student_vocab = teacher_tok.get_vocab(), student_tok.get_vocab()
-    extra = set(student_vocab) - set(teacher_vocab)
-    if extra:
-        raise EdgeshrinkError(f"the student's tokenizer does not match the teacher's: {len(extra)} tokens the teacher "
-                              f"does not have (e.g. {sorted(extra)[:3]})")
-
-
-def _param_count(model) -> int:
-    return int(sum(p.numel() for p in model.parameters()))
-
-
 def _encode(tokenizer, texts, max_length):
     enc = tokenizer(texts, truncation=True, max_length=max_length)
     return enc, [len(ids) for ids in enc["input_ids"]]
 
 
-_batches = shuffled_length_batches  # a module name of its own, so a test can interrupt an epoch
+def _pad(tokenizer, enc, rows: list[int], device):
+    return tokenizer.pad({k: [enc[k][i] for i in rows] for k in enc.keys()}, return_tensors="pt").to(device)
 
 
-def _head_map(student_record: dict, teacher_heads: int, student_net) -> list[list[int]]:
+def _head_map(student_record: dict, teacher_net, student_net) -> list[list[int]]:
     """For each student layer (depth), the teacher head each of its heads was cut from."""
     from edgeshrink.models import arch
 
     family = arch.family_of(student_net.config)
     family.check("distill_attention")
     blocks = family.block_list(student_net)
+    teacher_heads = family.attention_of(family.block_list(teacher_net)[0]).heads
     pruned = (student_record.get("prune") or {}).get("pruned_heads") or {}
     out = []
     for i in range(student_net.config.num_hidden_layers):
@@ -95,13 +85,6 @@ def _head_map(student_record: dict, teacher_heads: int, student_net) -> list[lis
             raise EdgeshrinkError(f"cannot tell which teacher heads student layer {i} kept: its prune record is missing")
         out.append(kept)
     return out
-
-
-def _heads(model) -> int:
-    from edgeshrink.models import arch
-
-    family = arch.family_of(model.config)
-    return family.attention_of(family.block_list(model)[0]).heads
 
 
 def _attention_loss(student_attn, teacher_attn, teacher_layers, head_map, mask):
@@ -127,8 +110,7 @@ def _teacher_outputs(teacher, tokenizer, texts, max_length, batch_size, layers, 
     with torch.inference_mode():
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            batch = tokenizer.pad({k: [enc[k][i] for i in rows] for k in enc.keys()}, return_tensors="pt").to(device)
-            out = teacher(**batch, output_hidden_states=True)
+            out = teacher(**_pad(tokenizer, enc, rows, device), output_hidden_states=True)
             logits[rows] = out.logits.float().cpu()
             hidden[rows] = torch.stack([out.hidden_states[layer + 1][:, 0] for layer in layers], dim=1).float().cpu()
     return logits, hidden
@@ -151,10 +133,11 @@ class EncoderDistillation:
             from edgeshrink.models import arch
 
             arch.family_of(student_net.config).check("distill_hidden")
-        _check_tokenizers(teacher_tok, student_tok)
-        if _param_count(student_net) >= _param_count(teacher_net):
-            raise EdgeshrinkError(f"the student ({_param_count(student_net):,} parameters) is not smaller than its "
-                                  f"teacher ({_param_count(teacher_net):,}); make one with `edgeshrink prune`")
+        extra = set(student_tok.get_vocab()) - set(teacher_tok.get_vocab())
+        if extra:
+            raise EdgeshrinkError(f"the student's tokenizer does not match the teacher's: {len(extra)} tokens the "
+                                  f"teacher does not have (e.g. {sorted(extra)[:3]})")
+        check_smaller(student_net, teacher_net, "edgeshrink prune")
         labels = list(teacher_net.config.id2label.values())
         if list(student_net.config.id2label.values()) != labels:
             raise EdgeshrinkError("the student's labels differ from the teacher's")
@@ -177,7 +160,6 @@ class EncoderDistillation:
         self.teacher_layers = [*kept]  # student layer i was teacher layer kept[i]
         self.fingerprint = {"config": config.to_dict(), "teacher": str(teacher_dir.resolve()),
                             "student": str(student_dir.resolve()), "split": split.sha256}
-        self.modules = {}
 
     @staticmethod
     def check_data(data: DataConfig | str, config: DistillConfig) -> None:
@@ -195,8 +177,7 @@ class EncoderDistillation:
         self.labelled[:len(train)] = True
         self.cache = run.cached("teacher_outputs.pt", lambda: dict(zip(("logits", "hidden"), _teacher_outputs(
             self.teacher, self.teacher_tok, texts, self.max_length, 64, self.teacher_layers, device))))
-        self.head_map = _head_map(self.student_record, _heads(self.teacher), self.student) \
-            if config.delta_attention else None
+        self.head_map = _head_map(self.student_record, self.teacher, self.student) if config.delta_attention else None
         if not config.delta_attention:
             self.teacher.to("cpu")
         label_index = {name: i for i, name in enumerate(self.labels)}
@@ -226,14 +207,13 @@ class EncoderDistillation:
         pass
 
     def batches(self, rng) -> list[list[int]]:
-        return _batches(self.lengths, self.config.batch_size, rng)
+        return shuffled_length_batches(self.lengths, self.config.batch_size, rng)
 
     def loss(self, rows: list[int]):
         import torch
 
         config, device, cache, T = self.config, self.config.device, self.cache, self.config.temperature
-        batch = self.tokenizer.pad({k: [self.enc[k][i] for i in rows] for k in self.enc.keys()},
-                                   return_tensors="pt").to(device)
+        batch = _pad(self.tokenizer, self.enc, rows, device)
         out_s = self.student(**batch, output_hidden_states=config.gamma_hidden > 0,
                              output_attentions=config.delta_attention > 0)
         loss = torch.zeros((), device=device)
@@ -253,8 +233,7 @@ class EncoderDistillation:
             loss = loss + config.gamma_hidden * torch.nn.functional.mse_loss(cls, cache["hidden"][rows].to(device))
         if config.delta_attention:
             with torch.no_grad():
-                t_batch = self.teacher_tok.pad({k: [self.teacher_enc[k][i] for i in rows] for k in self.teacher_enc.keys()},
-                                               return_tensors="pt").to(device)
+                t_batch = _pad(self.teacher_tok, self.teacher_enc, rows, device)
                 t_attn = self.teacher(**t_batch, output_attentions=True).attentions
             loss = loss + config.delta_attention * _attention_loss(
                 out_s.attentions, t_attn, self.teacher_layers, self.head_map, batch["attention_mask"])
@@ -273,7 +252,6 @@ class EncoderDistillation:
         split, labels = self.split, self.labels
         probs = predict_proba(self.student, self.tokenizer, split.test.texts, self.max_length)
         correct = int(sum(labels[i] == y for i, y in zip(probs.argmax(1), split.test.labels)))
-        low, high = accuracy_interval(correct, len(split.test))
         return {
             "kind": "edgeshrink-model", "task": "text-classification", "labels": labels, "max_length": self.max_length,
             "source": {"teacher": str(self.teacher_dir.resolve()), "student": str(self.student_dir.resolve())},
@@ -282,8 +260,8 @@ class EncoderDistillation:
             "distill": self.config.to_dict(), "history": state["history"],
             "train_seconds": seconds, "train_examples": len(self.train),
             "augmented_examples": self.examples - len(self.train),
-            "parameters": _param_count(self.student),
-            "test": {"accuracy": correct / len(split.test), "correct": correct, "n": len(split.test), "ci95": [low, high]},
+            "parameters": int(sum(p.numel() for p in self.student.parameters())),
+            "test": scored(correct, len(split.test)),
         }
 
 

@@ -6,18 +6,15 @@
     record = prune("runs/cloud", "runs/student", PruneConfig(layers=2, ffn_keep=0.5), data="sentiment-movies")
     record = prune("smollm2", "runs/smollm2-drop8", LLMPruneConfig(drop_blocks=8), data="bbc-news")
 
-The skeleton is shared: the model's task (edgeshrink/tasks.py) picks the implementation and its config
-class, the output directory is checked before any work, and the student is written in one rename. What
-differs per task lives beside it: ``encoder.py`` (a text classifier: layers, heads and FFN neurons ranked by
-Taylor importance on labelled examples, the vocabulary) and ``decoder.py`` (a causal LM: blocks, FFN neurons
-and KV groups ranked by forward-only importance on calibration text). Each one's ``cut`` loads the model,
-checks the request, scores and cuts, and returns ``finish(work_dir) -> (model, tokenizer, record)``, called
-while the output is written (``work_dir``: scratch space inside it, removed after).
+The model's task (edgeshrink/tasks.py) picks the ``cut``: ``encoder.py`` (a text classifier: layers, heads
+and FFN neurons ranked by Taylor importance on labelled examples, the vocabulary) or ``decoder.py`` (a causal
+LM: blocks, FFN neurons and KV groups ranked by forward-only importance on calibration text). It loads, checks,
+scores and cuts, and returns ``finish(work_dir) -> (model, tokenizer, record)``, called while the output is
+written in one rename (``work_dir``: scratch space inside it, removed after).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -29,7 +26,7 @@ def prune(model: str | Path, out: str | Path, config=None, *, data, force: bool 
     is the task's config (None: its defaults); ``data`` is what the cuts are scored on (a classifier's
     labelled data set, a language model's text)."""
     from edgeshrink._files import atomic_output_dir, check_output_dir
-    from edgeshrink.models.sources import RECORD_NAME
+    from edgeshrink.models.finetune import hf_writer
 
     impl = tasks.of_model(model).implementation("prune")
     config = impl.check_config(config)
@@ -37,10 +34,8 @@ def prune(model: str | Path, out: str | Path, config=None, *, data, force: bool 
     finish = impl.function()(model, config, data=data, progress=progress)
     with atomic_output_dir(out, force) as tmp:
         net, tokenizer, record = finish(tmp / WORK_DIR)
-        net.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
+        hf_writer(net, tokenizer, record)(tmp)
         shutil.rmtree(tmp / WORK_DIR, ignore_errors=True)
-        (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2))
     return record
 
 

@@ -34,8 +34,6 @@ from pydantic import Field, model_validator
 from edgeshrink.config import Config
 from edgeshrink.errors import EdgeshrinkError
 
-IMPORTANCE = ("block-influence", "angular", "first", "last", "uniform")
-
 
 class LLMPruneConfig(Config):
     version: int = 2
@@ -150,7 +148,6 @@ def remove_width(model, family, config: LLMPruneConfig, scores: dict) -> dict:
     configs = {id(c): c for c in (model.config, text_config)}.values()
     kept = {}
     if config.ffn_keep is not None:
-        family.check("prune_ffn")
         size = getattr(text_config, family.ffn_size_key)
         n = _kept_count(config.ffn_keep, size, "FFN neurons", "ffn_keep")
         kept["ffn_neurons"] = []
@@ -161,7 +158,6 @@ def remove_width(model, family, config: LLMPruneConfig, scores: dict) -> dict:
         for c in configs:
             setattr(c, family.ffn_size_key, n)
     if config.heads_keep is not None:
-        family.check("prune_heads")
         heads, kv = text_config.num_attention_heads, text_config.num_key_value_heads
         head_dim = getattr(text_config, "head_dim", None) or text_config.hidden_size // heads
         if kv < 2:
@@ -237,26 +233,23 @@ def cut(teacher: str | Path, config: LLMPruneConfig, *, data, progress=None):
     model, tokenizer = load_causal_lm(model_dir)
     family = arch.family_of(model.config)
     depth = config.drop_blocks is not None or config.blocks is not None
-    if depth:
-        family.check("drop_layers")
-    for key, operation in (("ffn_keep", "prune_ffn"), ("heads_keep", "prune_heads")):
-        if getattr(config, key) is not None:
+    width_cut = config.ffn_keep is not None or config.heads_keep is not None
+    for asked, operation in ((depth, "drop_layers"), (config.ffn_keep is not None, "prune_ffn"),
+                             (config.heads_keep is not None, "prune_heads")):
+        if asked:
             family.check(operation)
     count = len(family.block_list(model))
     teacher_parameters = int(sum(p.numel() for p in model.parameters()))
     started = time.perf_counter()
-    scores = None
-    text = None
-    if config.ffn_keep is not None or config.heads_keep is not None or \
-            (config.blocks is None and config.importance in ("block-influence", "angular") and config.drop_blocks):
-        text = load_lm_text(getattr(data, "source", data), "calibration")  # a DataConfig names its text
-        texts = text.texts[:config.calibration_documents]
-    if config.blocks is None and config.importance in ("block-influence", "angular") and config.drop_blocks:
-        scores = block_scores(model, family, texts, tokenizer, config, progress)
+    ranked = config.blocks is None and config.importance in ("block-influence", "angular") and config.drop_blocks
+    # a DataConfig names its text
+    text = load_lm_text(getattr(data, "source", data), "calibration") if width_cut or ranked else None
+    texts = None if text is None else text.texts[:config.calibration_documents]
+    scores = block_scores(model, family, texts, tokenizer, config, progress) if ranked else None
     drop = choose_blocks(count, config, scores) if depth else []
     keep = remove_blocks(model, family, drop)
     width, widths = None, {}
-    if config.ffn_keep is not None or config.heads_keep is not None:  # scored on the model left after the depth cut
+    if width_cut:  # scored on the model left after the depth cut
         width = width_scores(model, family, texts, tokenizer, config, progress)
         widths = remove_width(model, family, config, width)
     calibration = None if text is None else {"name": text.name, "part": "calibration", "split_sha256": text.split["sha256"],

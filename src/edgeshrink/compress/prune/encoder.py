@@ -67,12 +67,6 @@ def layer_indices(total: int, spec: int | list[int] | None, strategy: str) -> li
     return sorted({round(i * (total - 1) / (spec - 1)) for i in range(spec)})
 
 
-def drop_layers(model, keep: list[int]) -> None:
-    from edgeshrink.models import arch, surgery
-
-    surgery.keep_blocks(model, arch.family_of(model.config), keep)
-
-
 def importance(model, tokenizer, texts: list[str], labels: list[int], batch_size: int, max_length: int):
     """Per block: head importance (|d loss / d head gate|) and FFN neuron importance (|act × grad|)."""
     import torch
@@ -105,13 +99,6 @@ def importance(model, tokenizer, texts: list[str], labels: list[int], batch_size
         remove_gates()
         remove_ffn()
     return gates.grad.abs().detach(), ffn_scores
-
-
-def prune_ffn(model, block_index: int, keep) -> None:
-    """Keep only neurons ``keep`` of a block's FFN: rows of the up projection, columns of the down one."""
-    from edgeshrink.models import arch, surgery
-
-    surgery.keep_ffn(model, arch.family_of(model.config), block_index, keep)
 
 
 def head_plan(head_scores, heads_kept: int, same_everywhere: bool) -> dict[int, list[int]]:
@@ -162,13 +149,12 @@ def cut(teacher: str | Path, config: PruneConfig, *, data: DataConfig | str, pro
         check_supported(tokenizer)
     labels = list(model.config.id2label.values())
     max_length = min(config.max_length or teacher_record.get("max_length", 128), family.max_length(model.config))
+    teacher_parameters = teacher_record.get("parameters") or int(sum(p.numel() for p in model.parameters()))
     started = time.perf_counter()
-
     earlier_cut = {int(i): heads for i, heads in (getattr(model.config, arch.KEPT_HEADS_KEY, None) or {}).items()}
     if len(keep_layers) < total_layers:
-        drop_layers(model, keep_layers)
+        surgery.keep_blocks(model, family, keep_layers)
         earlier_cut = {j: earlier_cut[i] for j, i in enumerate(keep_layers) if i in earlier_cut}
-    plan = {}
     split = split_examples(load_data(data), config.split) if (heads_kept < n_heads or ffn_kept < ffn or config.vocab) \
         else None
     if heads_kept < n_heads or ffn_kept < ffn:
@@ -178,7 +164,7 @@ def cut(teacher: str | Path, config: PruneConfig, *, data: DataConfig | str, pro
                                              config.batch_size, max_length)
         if ffn_kept < ffn:
             for i, scores in enumerate(ffn_scores):
-                prune_ffn(model, i, torch.argsort(scores, descending=True)[:ffn_kept])
+                surgery.keep_ffn(model, family, i, torch.argsort(scores, descending=True)[:ffn_kept])
             setattr(model.config, family.ffn_size_key, ffn_kept)
         if heads_kept < n_heads:
             plan = head_plan(head_scores, heads_kept, family.same_heads_every_layer)
@@ -202,35 +188,18 @@ def cut(teacher: str | Path, config: PruneConfig, *, data: DataConfig | str, pro
             from edgeshrink.compress.vocab import prune_vocabulary
 
             net, tok, vocab_info = prune_vocabulary(model, tokenizer, split.train.texts, work_dir)
-        record = _record(net, teacher, teacher_dir, teacher_record, labels, max_length, config, kept_layers,
-                         heads_kept, pruned_heads, ffn_kept, vocab_info, started)
-        record["prune"]["teacher_weights_sha256"] = origin_sha
-        record["prune"]["cuts"] = earlier.get("cuts", 0) + 1
-        return net, tok, record
+        return net, tok, {
+            "kind": "edgeshrink-model", "task": "text-classification", "labels": labels, "max_length": max_length,
+            "source": {"model": str(teacher), "path": str(Path(teacher_dir).resolve())},
+            "data": teacher_record.get("data"),
+            "prune": {**config.to_dict(), "kept_layers": kept_layers, "heads_per_layer": heads_kept,
+                      "pruned_heads": {str(k): v for k, v in pruned_heads.items()}, "ffn_per_layer": ffn_kept,
+                      "vocabulary": vocab_info, "parameters": int(sum(p.numel() for p in net.parameters())),
+                      "teacher_parameters": teacher_parameters, "seconds": round(time.perf_counter() - started, 1),
+                      "teacher_weights_sha256": origin_sha, "cuts": earlier.get("cuts", 0) + 1},
+        }
 
     return finish
-
-
-def _record(model, teacher, teacher_dir, teacher_record, labels, max_length, config, keep_layers, heads_kept,
-            head_plan, ffn_kept, vocab_info, started) -> dict:
-    from edgeshrink.models.torch_text import load_classifier
-
-    parameters = int(sum(p.numel() for p in model.parameters()))
-    record = {
-        "kind": "edgeshrink-model",
-        "task": "text-classification",
-        "labels": labels,
-        "max_length": max_length,
-        "source": {"model": str(teacher), "path": str(Path(teacher_dir).resolve())},
-        "data": teacher_record.get("data"),
-        "prune": {**config.to_dict(), "kept_layers": keep_layers, "heads_per_layer": heads_kept,
-                  "pruned_heads": {str(k): v for k, v in head_plan.items()}, "ffn_per_layer": ffn_kept,
-                  "vocabulary": vocab_info, "parameters": parameters,
-                  "teacher_parameters": teacher_record.get("parameters")
-                  or int(sum(p.numel() for p in load_classifier(teacher_dir)[0].parameters())),
-                  "seconds": round(time.perf_counter() - started, 1)},
-    }
-    return record
 
 
 def describe(record: dict, out) -> str:

@@ -8,11 +8,8 @@ The task registry (edgeshrink/tasks.py) names, for the bundle's task, the config
     classifier.py  text- and tensor-classification bundles: METHODS (passes.py's ORT INT8, INT4 and FP16
                    passes and calibration, mixed.py's accuracy-aware mix of them), test-split scores
     decoder.py     text-generation bundles: INT4 weights on the GGUF's own grid (gguf_grid.py) or rounded
-    config.py      QuantConfig (classifiers) and LLMQuantConfig (language models)
-Every bundle goes through the same skeleton: the source's manifest verified, the part's refusals before anything
-is written, the listed files copied, the part run in a work directory, the manifest rewritten with a
-``quantization`` record (method, config, seconds, the precision of every weight, the part's own facts), then
-the part's scores of the source and the quantized bundle.
+The part refuses before anything is written, runs in a work directory, and scores the source and the result;
+the manifest gets a ``quantization`` record (method, config, seconds, every weight's precision, the part's facts).
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""Quantize a classifier bundle (text-classification or tensor-classification): one of METHODS, run by ORT on a
-private copy of the model, calibrated on the bundle's calibration split and scored on its test split. The verb
-and its shared skeleton are in ``__init__.py``; this is the part only a classifier needs.
+"""The classifier part of ``quantize`` (text- or tensor-classification bundles): one of METHODS, run by ORT on
+a private copy of the model, calibrated on the bundle's calibration split and scored on its test split.
 
     from edgeshrink.compress import quantize, QuantConfig
     manifest = quantize("runs/bundle", "runs/bundle-int8", QuantConfig(method="dynamic-int8"))

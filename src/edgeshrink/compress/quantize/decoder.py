@@ -1,6 +1,5 @@
-"""Quantize a language model bundle (text-generation): block-wise INT4 weights (MatMulNBits), the embedding
-and tied LM head included. The verb and its shared skeleton are in ``__init__.py``; this is the part only a
-language model needs.
+"""The language model part of ``quantize`` (text-generation bundles): block-wise INT4 weights (MatMulNBits),
+the embedding and tied LM head included.
 
     from edgeshrink.compress import quantize, LLMQuantConfig
     manifest = quantize("runs/smollm2-fp32", "runs/smollm2-int4", LLMQuantConfig(method="int4-weight"))
@@ -20,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeshrink._files import listed_file
+from edgeshrink._files import listed_file, sha256_file
 from edgeshrink.compress.quantize.config import LLMQuantConfig
 from edgeshrink.compress.quantize.gguf_grid import keep_gguf_grid
-from edgeshrink.compress.quantize.passes import int4_weight
-from edgeshrink.errors import EdgeshrinkError, first_line
+from edgeshrink.compress.quantize.passes import int4_weight, reported
+from edgeshrink.errors import EdgeshrinkError
 
 EVAL_TOKENS = 256  # tokens per calibration document scored (from its start)
 
@@ -63,8 +62,6 @@ def untie_transposed_weights(src: Path, dst: Path) -> int:
 
 def source_gguf(manifest: dict) -> Path | None:
     """The GGUF an LLM bundle was imported from, when its record names one that is still there unchanged."""
-    import hashlib
-
     source = manifest.get("source")
     record = source.get("record") if isinstance(source, dict) else None
     if not isinstance(record, dict) or not record.get("gguf"):
@@ -74,11 +71,7 @@ def source_gguf(manifest: dict) -> Path | None:
     path = Path(str(record["gguf"]))
     if path.suffix.lower() != ".gguf" or path.is_symlink() or not path.is_file():
         return None
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 22), b""):
-            digest.update(chunk)
-    return path if digest.hexdigest() == record.get("sha256") else None
+    return path if sha256_file(path) == record.get("sha256") else None
 
 
 class DecoderQuantization:
@@ -100,7 +93,7 @@ class DecoderQuantization:
 
     def run(self, work: Path, model_out: Path) -> dict:
         config, progress, untied = self.config, self.progress, 0
-        try:
+        with reported(f"int4-weight of {self.bundle}", limit=200):
             progress("keeping the GGUF grid" if self.gguf else "the embedding table and LM head")
             grid_report = keep_gguf_grid(self.bundle / "model.onnx", work / "grid.onnx", self.gguf, config, progress)
             if grid_report["matmuls_left"]:
@@ -108,12 +101,10 @@ class DecoderQuantization:
                 untied = untie_transposed_weights(work / "grid.onnx", work / "untied.onnx")
                 progress("quantizing weights to INT4 (round to nearest)")
                 int4_weight(work / "untied.onnx", model_out, config, embeddings=False)
-            else:
-                _save(work / "grid.onnx", model_out)
-        except EdgeshrinkError:
-            raise
-        except Exception as exc:  # onnx and onnxruntime's quantizer raise many types
-            raise EdgeshrinkError(f"int4-weight of {self.bundle} failed: {first_line(exc)}") from None
+            else:  # one file: an INT4 bundle is far below protobuf's 2 GB
+                import onnx
+
+                onnx.save(onnx.load(str(work / "grid.onnx")), str(model_out))
         return {"grid": "gguf" if self.gguf else "rtn", "untied_lm_heads": untied,
                 "format": "MatMulNBits + GatherBlockQuantized",
                 "parent": {"path": str(self.bundle.resolve()), "size_bytes": self.manifest["size_bytes"]},
@@ -135,12 +126,6 @@ class DecoderQuantization:
                      f"{ev['source_perplexity']:.2f} ({100 * ev['perplexity_change']:+.1f}%), top-1 agreement "
                      f"{100 * ev['top1_agreement']:.1f}%")
         return line
-
-
-def _save(src: Path, dst: Path) -> None:
-    import onnx
-
-    onnx.save(onnx.load(str(src)), str(dst))  # one file: an INT4 bundle is far below protobuf's 2 GB
 
 
 def compare_on_text(source: Path, quantized: Path, data, documents: int, progress) -> dict:

@@ -18,6 +18,7 @@ of one input share one MatMulNBits.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,9 +111,15 @@ class Grid:
         return Grid(self.name, self.qtype, self.bits, self.block_size, pick(self.codes), pick(self.scale),
                     pick(self.minimum), pick(self.values), self.max_abs_error, pick(self.zero_points))
 
-    def rounded(self, bits: int, block_size: int) -> "Grid":
-        """This tensor re-rounded onto a coarser grid (see :func:`round_to_grid`)."""
-        return round_to_grid(self.name, self.qtype, self.values, bits, block_size)
+
+def stacked(grids: list[Grid]) -> Grid:
+    """Grids of one format with their rows stacked in order (q, k and v of a fused projection)."""
+    first = grids[0]
+    stack = lambda field: None if getattr(first, field) is None else np.concatenate(  # noqa: E731
+        [getattr(g, field) for g in grids])
+    return Grid("+".join(g.name for g in grids), first.qtype, first.bits, first.block_size, stack("codes"),
+                stack("scale"), stack("minimum"), stack("values"), max(g.max_abs_error for g in grids),
+                stack("zero_points"))
 
 
 def round_to_grid(name: str, qtype: str, values: np.ndarray, bits: int, block_size: int) -> Grid:
@@ -231,20 +238,16 @@ class GridIndex:
         found = [self.rows.get(key) for key in row_keys(rows)]
         if not found or any(f is None for f in found):
             return None
-        sources = [self.grids[number] for number in dict.fromkeys(f[0] for f in found)]
+        numbers = list(dict.fromkeys(f[0] for f in found))
+        sources = [self.grids[number] for number in numbers]
         first = sources[0]
         if any((g.bits, g.block_size, g.minimum is None, g.values.shape[1]) !=
                (first.bits, first.block_size, first.minimum is None, rows.shape[1]) for g in sources):
             return None
-        if len(sources) == 1:
-            order = np.array([f[1] for f in found])
-            matched = first if np.array_equal(order, np.arange(len(order))) else first.take_rows(order)
-        else:
-            pick = lambda field: None if getattr(first, field) is None else np.stack(  # noqa: E731
-                [getattr(self.grids[g], field)[r] for g, r in found])
-            matched = Grid("+".join(g.name for g in sources), first.qtype, first.bits, first.block_size,
-                           pick("codes"), pick("scale"), pick("minimum"), pick("values"),
-                           max(g.max_abs_error for g in sources))
+        joined = first if len(sources) == 1 else stacked(sources)
+        starts = dict(zip(numbers, np.cumsum([0] + [len(g.codes) for g in sources])))
+        order = np.array([starts[number] + row for number, row in found])
+        matched = joined if np.array_equal(order, np.arange(len(joined.codes))) else joined.take_rows(order)
         if not np.array_equal(matched.values, rows):  # a duplicated row may point elsewhere: values decide
             return None
         return matched
@@ -422,15 +425,15 @@ def keep_gguf_grid(src: Path, dst: Path, gguf: Path, config, progress=None) -> d
             return None
         head_bits = config.head_bits or 4
         if head and (grid is None or (config.head_bits is not None and grid.bits > head_bits)):
-            grid = (round_to_grid(table, "F32", rows, head_bits, config.block_size) if grid is None
-                    else grid.rounded(head_bits, config.block_size))
+            name, qtype = (table, "F32") if grid is None else (grid.name, grid.qtype)
+            grid = round_to_grid(name, qtype, rows, head_bits, config.block_size)
             rounded[grid.name] = {"from": grid.qtype.split("->")[0], "bits": grid.bits, "block_size": grid.block_size,
                                   "max_abs_error": grid.max_abs_error}
         else:
             kept[grid.name] = grid.qtype
         return grid
 
-    def table_of(name: str) -> np.ndarray | None:  # an embedding table, stored as itself or transposed
+    def table_of(name: str) -> np.ndarray | None:  # a weight, stored as itself or as a Transpose of one
         if name in inits:
             return numpy_helper.to_array(inits[name])
         if name in transposed:
@@ -440,20 +443,14 @@ def keep_gguf_grid(src: Path, dst: Path, gguf: Path, config, progress=None) -> d
     for number, node in enumerate(list(graph.node)):
         if number % 200 == 0:
             progress(f"mapping weights onto the GGUF grid ({number}/{len(graph.node)} nodes)")
-        if node.op_type == "MatMul" and node.input[1] in inits:
-            rows = numpy_helper.to_array(inits[node.input[1]]).T
-            head = bool(set(node.output) & outputs)
-            grid = grid_for(node, rows, head, node.input[1])
-            if grid is not None:
+        if node.op_type == "MatMul" and (weight := table_of(node.input[1])) is not None:
+            tied = node.input[1] in transposed  # the embedding table, read as the LM head
+            head = tied or bool(set(node.output) & outputs)
+            name = transposed[node.input[1]].input[0] if tied else node.input[1]
+            if (grid := grid_for(node, weight.T, head, name)) is not None:
                 pending.append((node, grid, head))
-        elif node.op_type == "MatMul" and node.input[1] in transposed:
-            table = transposed[node.input[1]].input[0]
-            grid = grid_for(node, numpy_helper.to_array(inits[table]), True, table)
-            if grid is not None:
-                pending.append((node, grid, True))
         elif node.op_type == "Gather" and (table := table_of(node.input[0])) is not None and table.ndim == 2:
-            grid = grid_for(node, table, True, node.input[0])
-            if grid is not None:
+            if (grid := grid_for(node, table, True, node.input[0])) is not None:
                 writer.gather(node, grid)
     fused = _write_matmuls(writer, pending)
     replaced = list(graph.node)
@@ -465,11 +462,8 @@ def keep_gguf_grid(src: Path, dst: Path, gguf: Path, config, progress=None) -> d
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
-    bits = {}
-    for name in kept:
-        bits[kept[name]] = bits.get(kept[name], 0) + 1
-    return {"gguf": str(gguf) if gguf else None, "gguf_tensor_types": types, "kept": bits, "rounded": rounded,
-            "matmuls_left": left, "fused_projections": fused,
+    return {"gguf": str(gguf) if gguf else None, "gguf_tensor_types": types, "kept": dict(Counter(kept.values())),
+            "rounded": rounded, "matmuls_left": left, "fused_projections": fused,
             "max_abs_error_kept": max((g.max_abs_error for g in grids if g.name in kept), default=0.0),
             "accuracy_level": config.accuracy_level or 0}
 
@@ -491,11 +485,7 @@ def _write_matmuls(writer: "_GridWriter", pending: list) -> int:
             for node, grid in members:
                 writer.matmul(node, grid)
             continue
-        stack = lambda field: None if getattr(first, field) is None else np.concatenate(  # noqa: E731
-            [getattr(g, field) for g in grids])
-        grid = Grid("+".join(g.name for g in grids), first.qtype, first.bits, first.block_size, stack("codes"),
-                    stack("scale"), stack("minimum"), stack("values"), max(g.max_abs_error for g in grids))
-        writer.fused_matmul([node for node, _ in members], grid, [g.codes.shape[0] for g in grids])
+        writer.fused_matmul([node for node, _ in members], stacked(grids), [g.codes.shape[0] for g in grids])
         fused += 1
     return fused
 

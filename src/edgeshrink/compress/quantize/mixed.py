@@ -8,7 +8,6 @@
 3. Always a model: if no candidate meets the tolerance, the one with the smallest drop is returned
    and the manifest says the tolerance was not met.
 Only the calibration split is used; the test split is scored afterwards, by `quantize`, for the report.
-A classifier bundle's method (classifier.py's METHODS); it builds on passes.py's INT8 and INT4 passes.
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ quantization then cannot infer types of their weights unless told that untyped t
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import numpy as np
 
 from edgeshrink._quiet import quiet
 from edgeshrink.compress.quantize.config import MIN_CALIBRATION_EXAMPLES, QuantConfig
-from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.errors import EdgeshrinkError, first_line
 
 
 @dataclass
@@ -93,9 +94,15 @@ def _float_default() -> dict:
     return {"DefaultTensorType": onnx.TensorProto.FLOAT}
 
 
-def _fail(method: str, exc: Exception) -> EdgeshrinkError:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    return EdgeshrinkError(f"{method} failed: {first}")
+@contextmanager
+def reported(what: str, limit: int = 300):
+    """onnx and ORT's many exception types as one line saying what failed; our own errors pass as they are."""
+    try:
+        yield
+    except EdgeshrinkError:
+        raise
+    except Exception as exc:
+        raise EdgeshrinkError(f"{what} failed: {first_line(exc, limit)}") from None
 
 
 def dynamic_int8(src: Path, dst: Path, ctx: QuantContext, nodes_to_exclude: list[str] | None = None) -> None:
@@ -111,12 +118,8 @@ def dynamic_int8(src: Path, dst: Path, ctx: QuantContext, nodes_to_exclude: list
 
 def dynamic(ctx: QuantContext) -> dict:
     """Weights int8 ahead of time, activations quantized per batch at run time (no calibration)."""
-    try:
+    with reported("dynamic-int8"):
         dynamic_int8(ctx.source_onnx, ctx.output_onnx, ctx)
-    except EdgeshrinkError:
-        raise
-    except Exception as exc:
-        raise _fail("dynamic-int8", exc) from None
     return {"format": "QOperator (MatMulInteger / DynamicQuantizeMatMul)"}
 
 
@@ -142,27 +145,22 @@ def static(ctx: QuantContext) -> dict:
     op_types = cfg.op_types or (["MatMul", "Gemm", "Gather"] if ctx.encode is not None else None)
     symmetric = types["activation_type"] == "int8"
     cache = ctx.work_dir / "calibration.json"
-    try:
-        with quiet():
-            calibrator = create_calibrator(ctx.source_onnx, op_types,
-                                           augmented_model_path=str(ctx.work_dir / "augmented.onnx"),
-                                           calibrate_method=method, extra_options={"symmetric": symmetric})
-            ctx.progress("calibrating", total=n_examples)
-            while reader.position < n_examples:
-                # one batch per call: histogram calibrators stack a call's batches, which must share a shape
-                calibrator.collect_data(_Chunk(reader, batches=1))
-            save_tensors_data(calibrator.compute_data(), cache)
-            del calibrator
-            quantize_static(str(ctx.source_onnx), str(ctx.output_onnx), None, quant_format=QuantFormat.QDQ,
-                            op_types_to_quantize=op_types, per_channel=cfg.per_channel,
-                            reduce_range=types["reduce_range"], activation_type=_qtype(types["activation_type"]),
-                            weight_type=_qtype(types["weight_type"]), calibrate_method=method,
-                            extra_options={**_float_default(), "ActivationSymmetric": symmetric},
-                            calibration_cache_path=cache)
-    except EdgeshrinkError:
-        raise
-    except Exception as exc:
-        raise _fail("static-int8", exc) from None
+    with reported("static-int8"), quiet():
+        calibrator = create_calibrator(ctx.source_onnx, op_types,
+                                       augmented_model_path=str(ctx.work_dir / "augmented.onnx"),
+                                       calibrate_method=method, extra_options={"symmetric": symmetric})
+        ctx.progress("calibrating", total=n_examples)
+        while reader.position < n_examples:
+            # one batch per call: histogram calibrators stack a call's batches, which must share a shape
+            calibrator.collect_data(_Chunk(reader, batches=1))
+        save_tensors_data(calibrator.compute_data(), cache)
+        del calibrator
+        quantize_static(str(ctx.source_onnx), str(ctx.output_onnx), None, quant_format=QuantFormat.QDQ,
+                        op_types_to_quantize=op_types, per_channel=cfg.per_channel,
+                        reduce_range=types["reduce_range"], activation_type=_qtype(types["activation_type"]),
+                        weight_type=_qtype(types["weight_type"]), calibrate_method=method,
+                        extra_options={**_float_default(), "ActivationSymmetric": symmetric},
+                        calibration_cache_path=cache)
     return {"format": "QDQ", "calibration_examples": n_examples, "op_types": op_types or "all"}
 
 
@@ -199,10 +197,8 @@ def int4_weight(src: Path, dst: Path, cfg, nodes_to_exclude: list[str] | None = 
 
 def int4(ctx: QuantContext) -> dict:
     """Block-wise weight-only INT4 of MatMuls (MatMulNBits) and of the embedding tables (GatherBlockQuantized)."""
-    try:
+    with reported("int4-weight"):
         int4_weight(ctx.source_onnx, ctx.output_onnx, ctx.config)
-    except Exception as exc:
-        raise _fail("int4-weight", exc) from None
     return {"format": "MatMulNBits + GatherBlockQuantized" if ctx.config.quantize_embeddings else "MatMulNBits"}
 
 
@@ -212,11 +208,9 @@ def fp16(ctx: QuantContext) -> dict:
     from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     block = sorted(set(DEFAULT_OP_BLOCK_LIST) | set(ctx.config.fp16_block_list))
-    try:
+    with reported("fp16"):
         with quiet():
             model = convert_float_to_float16(onnx.load(str(ctx.source_onnx)), keep_io_types=True, op_block_list=block)
         onnx.save(model, str(ctx.output_onnx))
-    except Exception as exc:
-        raise _fail("fp16", exc) from None
     return {"fp32_op_types": block}
 
