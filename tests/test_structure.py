@@ -6,8 +6,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = "edgeshrink"
 
@@ -106,13 +104,11 @@ def private_imports() -> list[str]:
     return sorted(set(bad))
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 removes the last cycles")
 def test_no_import_cycles():
     found = cycles(import_graph())
     assert not found, "import cycles: " + " | ".join(" -> ".join(c) for c in found)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 26 removes the last private imports")
 def test_no_private_names_across_modules():
     found = private_imports()
     assert not found, "\n".join(found)
