@@ -12,7 +12,6 @@ from edgeshrink.cli._common import (DataOpt, Force, JsonOut, LabelCol, LabelMap,
                                     progress_callback, write_json)
 from edgeshrink.cli.route import route_app
 from edgeshrink.cli.serve import register as register_serve
-from edgeshrink.tasks import flag_help
 
 app = typer.Typer(name="edgeshrink", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="Turn a cloud model into a device model and route each request to the one that should answer it.")
@@ -20,6 +19,10 @@ data_app = typer.Typer(no_args_is_help=True, help="Built-in data sets: prepare t
 app.add_typer(data_app, name="data")
 app.add_typer(route_app, name="route")
 
+
+def task_option(verb: str, decl: str, text: str):
+    """Option ``decl`` (``--flag`` or an on/off pair) of ``verb``, its help ending with each task's default."""
+    return typer.Option(decl, help=tasks.flag_help(verb, decl.split("/")[0], text))
 
 
 def _version(value: bool) -> None:
@@ -54,7 +57,6 @@ def doctor(json_out: JsonOut = None) -> None:
 def families(json_out: JsonOut = None) -> None:
     """List the tasks (kinds of model) and the code that runs each verb for each, then the model families
     edgeshrink knows, their inputs, and which structured operations apply."""
-    from edgeshrink import tasks
     from edgeshrink.models import arch
 
     typer.echo(tasks.tasks_table() + "\n\n" + arch.families_table())
@@ -103,21 +105,19 @@ def data_list() -> None:
 def finetune(model: Annotated[str, typer.Argument(help="Local model directory or short name (minilm), a CNN "
                                                  "(digits-cnn) or a language model (smollm2).")],
              data: DataOpt, out: Annotated[Path, typer.Option("--out", help="Output model directory.")],
-             epochs: Annotated[Optional[float], typer.Option(help=tasks.flag_help("finetune", "--epochs",
-                                                                                  "Training epochs."))] = None,
-             max_length: Annotated[Optional[int], typer.Option(help=tasks.flag_help("finetune", "--max-length",
-                                                                                "Max tokens per text."))] = None,
-             batch_size: Annotated[Optional[int], typer.Option(help=tasks.flag_help("finetune", "--batch-size",
-                                                                                    "Batch size."))] = None,
-             learning_rate: Annotated[Optional[float], typer.Option(help=tasks.flag_help("finetune", "--learning-rate",
-                                                                                   "Peak learning rate."))] = None,
-             seed: Annotated[Optional[int], typer.Option(help=tasks.flag_help("finetune", "--seed", "Random seed."))] = None,
-             max_train_examples: Annotated[Optional[int], typer.Option(help=tasks.flag_help(
-                 "finetune", "--max-train-examples", "Train on a subset (quick runs)."))] = None,
-             prompt: Annotated[Optional[Path], typer.Option(help=tasks.flag_help(
-                 "finetune", "--prompt", "A prompt file (PromptConfig YAML); none: the data's built-in prompt."))] = None,
-             few_shot: Annotated[Optional[int], typer.Option(help=tasks.flag_help(
-                 "finetune", "--few-shot", "Train-split examples shown in the prompt; none: the prompt's."))] = None,
+             epochs: Annotated[Optional[float], task_option("finetune", "--epochs", "Training epochs.")] = None,
+             max_length: Annotated[Optional[int], task_option("finetune", "--max-length",
+                                                              "Max tokens per text.")] = None,
+             batch_size: Annotated[Optional[int], task_option("finetune", "--batch-size", "Batch size.")] = None,
+             learning_rate: Annotated[Optional[float], task_option("finetune", "--learning-rate",
+                                                                   "Peak learning rate.")] = None,
+             seed: Annotated[Optional[int], task_option("finetune", "--seed", "Random seed.")] = None,
+             max_train_examples: Annotated[Optional[int], task_option("finetune", "--max-train-examples",
+                                                                      "Train on a subset (quick runs).")] = None,
+             prompt: Annotated[Optional[Path], task_option("finetune", "--prompt", "A prompt file (PromptConfig "
+                                                           "YAML); none: the data's built-in prompt.")] = None,
+             few_shot: Annotated[Optional[int], task_option("finetune", "--few-shot", "Train-split examples shown in "
+                                                            "the prompt; none: the prompt's.")] = None,
              text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
              force: Force = False, json_out: JsonOut = None) -> None:
     """Fine-tune a pretrained encoder into a text classifier (the cloud model), a CNN on images, or a language
@@ -178,16 +178,16 @@ def export(model: Annotated[str, typer.Argument(help="Local model directory or s
                                                "repository: ensemble of tokenizer + ONNX model).")] = "bundle",
            name: Annotated[Optional[str], typer.Option(help="--format triton: the model's name in the repository "
                                                        "(default: the bundle directory's).")] = None,
-           opset: Annotated[Optional[int], typer.Option(help=tasks.flag_help("export", "--opset", "ONNX opset."))] = None,
-           optimize: Annotated[Optional[str], typer.Option(help=tasks.flag_help(
-               "export", "--optimize", "none | basic | fusion (ORT transformer fusions)."))] = None,
-           tolerance: Annotated[Optional[float], typer.Option(help=tasks.flag_help(
-               "export", "--tolerance", "Max-abs-diff allowed vs the source."))] = None,
-           max_length: Annotated[Optional[int], typer.Option(help=tasks.flag_help(
-               "export", "--max-length", "Max tokens per text on the device; none: the fine-tuning length."))] = None,
-           exporter: Annotated[Optional[str], typer.Option(help=tasks.flag_help(
-               "export", "--exporter", "auto | builder | optimum (auto: onnxruntime-genai's builder where it takes "
-                                       "the model)."))] = None,
+           opset: Annotated[Optional[int], task_option("export", "--opset", "ONNX opset.")] = None,
+           optimize: Annotated[Optional[str], task_option("export", "--optimize",
+                                                          "none | basic | fusion (ORT transformer fusions).")] = None,
+           tolerance: Annotated[Optional[float], task_option("export", "--tolerance",
+                                                             "Max-abs-diff allowed vs the source.")] = None,
+           max_length: Annotated[Optional[int], task_option("export", "--max-length", "Max tokens per text on the "
+                                                            "device; none: the fine-tuning length.")] = None,
+           exporter: Annotated[Optional[str], task_option("export", "--exporter", "auto | builder | optimum (auto: "
+                                                          "onnxruntime-genai's builder where it takes the model)."
+                                                          )] = None,
            force: Force = False, json_out: JsonOut = None) -> None:
     """Export to ONNX, validate against the source on several shapes, and write a device bundle (or, with
     --format triton, a Triton model repository)."""
@@ -325,19 +325,19 @@ def _speculate(target, draft, prompt, chat, max_new_tokens, temperature, top_p, 
 @handled
 def bench(candidates: Annotated[list[Path], typer.Argument(help="Device bundles and/or PyTorch model directories.")],
           data: Annotated[Optional[str], typer.Option("--data", help="Classifiers: data for accuracy (test split).")] = None,
-          threads: Annotated[Optional[str], typer.Option(help=flag_help("bench", "--threads", "Comma list of intra-op threads."))] = None,
-          seq_lengths: Annotated[Optional[str], typer.Option(help=flag_help("bench", "--seq-lengths", "Comma list of sequence lengths."))] = None,
-          batch_sizes: Annotated[Optional[str], typer.Option(help=flag_help("bench", "--batch-sizes", "Comma list of throughput batch sizes."))] = None,
-          latency_runs: Annotated[Optional[int], typer.Option(help=flag_help("bench", "--latency-runs", "Timed batch-1 runs per cell."))] = None,
-          max_accuracy_examples: Annotated[Optional[int], typer.Option(help=flag_help("bench", "--max-accuracy-examples", "Cap the test examples scored."))] = None,
+          threads: Annotated[Optional[str], task_option("bench", "--threads", "Comma list of intra-op threads.")] = None,
+          seq_lengths: Annotated[Optional[str], task_option("bench", "--seq-lengths", "Comma list of sequence lengths.")] = None,
+          batch_sizes: Annotated[Optional[str], task_option("bench", "--batch-sizes", "Comma list of throughput batch sizes.")] = None,
+          latency_runs: Annotated[Optional[int], task_option("bench", "--latency-runs", "Timed batch-1 runs per cell.")] = None,
+          max_accuracy_examples: Annotated[Optional[int], task_option("bench", "--max-accuracy-examples", "Cap the test examples scored.")] = None,
           text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
-          prompt_tokens: Annotated[Optional[str], typer.Option(help=flag_help("bench", "--prompt-tokens", "Comma list of prompt lengths for time to first token."))] = None,
-          new_tokens: Annotated[Optional[int], typer.Option(help=flag_help("bench", "--new-tokens", "Greedy tokens per timed decode run."))] = None,
-          repeats: Annotated[Optional[int], typer.Option(help=flag_help("bench", "--repeats", "Timed runs per candidate and cell."))] = None,
-          peer_gguf: Annotated[Optional[str], typer.Option("--peer-gguf", help=flag_help("bench", "--peer-gguf", "llama.cpp peer on a GGUF: auto (the bundles' GGUF source, if llama-cpp-python is installed), none, smollm2, or a .gguf path."))] = None,
-          texts: Annotated[Optional[str], typer.Option(help=flag_help("bench", "--texts", "Comma list of held-out texts for perplexity."))] = None,
-          windows: Annotated[Optional[int], typer.Option(help=flag_help("bench", "--windows", "Scored windows per text."))] = None,
-          no_quality: Annotated[bool, typer.Option("--no-quality", help=flag_help("bench", "--no-quality", "LLM bundles: skip perplexity, agreement and KL."))] = False,
+          prompt_tokens: Annotated[Optional[str], task_option("bench", "--prompt-tokens", "Comma list of prompt lengths for time to first token.")] = None,
+          new_tokens: Annotated[Optional[int], task_option("bench", "--new-tokens", "Greedy tokens per timed decode run.")] = None,
+          repeats: Annotated[Optional[int], task_option("bench", "--repeats", "Timed runs per candidate and cell.")] = None,
+          peer_gguf: Annotated[Optional[str], task_option("bench", "--peer-gguf", "llama.cpp peer on a GGUF: auto (the bundles' GGUF source, if llama-cpp-python is installed), none, smollm2, or a .gguf path.")] = None,
+          texts: Annotated[Optional[str], task_option("bench", "--texts", "Comma list of held-out texts for perplexity.")] = None,
+          windows: Annotated[Optional[int], task_option("bench", "--windows", "Scored windows per text.")] = None,
+          no_quality: Annotated[bool, task_option("bench", "--no-quality", "LLM bundles: skip perplexity, agreement and KL.")] = False,
           json_out: JsonOut = None,
           md_out: Annotated[Optional[Path], typer.Option("--md", help="Also write the tables as Markdown here.")] = None) -> None:
     """Size, peak memory, accuracy, latency p50/p90/p99 and throughput of candidates, interleaved in one run.
@@ -384,18 +384,18 @@ def bench(candidates: Annotated[list[Path], typer.Argument(help="Device bundles 
 def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to quantize.")],
              method: Annotated[str, typer.Option("--method", help="dynamic-int8 | static-int8 | int4-weight | fp16 | auto (language models: int4-weight).")],
              out: Annotated[Path, typer.Option("--out", help="Output bundle directory (a new one).")],
-             target: Annotated[Optional[str], typer.Option(help=tasks.flag_help("quantize", "--target", "host | avx2 | avx512-vnni | arm64."))] = None,
-             per_channel: Annotated[Optional[bool], typer.Option("--per-channel/--per-tensor", help=tasks.flag_help("quantize", "--per-channel", "Weight scales per channel."))] = None,
-             weight_type: Annotated[Optional[str], typer.Option(help=tasks.flag_help("quantize", "--weight-type", "int8 | uint8 (none: the target's)."))] = None,
-             calibration_method: Annotated[Optional[str], typer.Option(help=tasks.flag_help("quantize", "--calibration-method", "static: minmax | percentile | entropy."))] = None,
-             calibration_samples: Annotated[Optional[int], typer.Option(help=tasks.flag_help("quantize", "--calibration-samples", "static/auto: calibration examples."))] = None,
-             block_size: Annotated[Optional[int], typer.Option(help=tasks.flag_help("quantize", "--block-size", "int4: block size 16/32/64/128."))] = None,
-             symmetric: Annotated[Optional[bool], typer.Option("--symmetric/--asymmetric", help=tasks.flag_help("quantize", "--symmetric", "int4: symmetric blocks."))] = None,
-             quantize_embeddings: Annotated[Optional[bool], typer.Option("--quantize-embeddings/--keep-embeddings", help=tasks.flag_help("quantize", "--quantize-embeddings", "int4: also the embedding tables."))] = None,
-             accuracy_level: Annotated[Optional[int], typer.Option(help=tasks.flag_help("quantize", "--accuracy-level", "int4: MatMulNBits compute precision, 0 (input's) or 4 (int8 activations)."))] = None,
-             grid: Annotated[Optional[str], typer.Option(help=tasks.flag_help("quantize", "--grid", "int4: auto | gguf | rtn (auto: keep the GGUF's own codes when the model was imported from one)."))] = None,
-             head_bits: Annotated[Optional[int], typer.Option(help=tasks.flag_help("quantize", "--head-bits", "int4: 4 or 8 bits for the embedding table and LM head (none: the GGUF's own, else 4)."))] = None,
-             tolerance: Annotated[Optional[float], typer.Option(help=tasks.flag_help("quantize", "--tolerance", "auto: max accuracy drop in points."))] = None,
+             target: Annotated[Optional[str], task_option("quantize", "--target", "host | avx2 | avx512-vnni | arm64.")] = None,
+             per_channel: Annotated[Optional[bool], task_option("quantize", "--per-channel/--per-tensor", "Weight scales per channel.")] = None,
+             weight_type: Annotated[Optional[str], task_option("quantize", "--weight-type", "int8 | uint8 (none: the target's).")] = None,
+             calibration_method: Annotated[Optional[str], task_option("quantize", "--calibration-method", "static: minmax | percentile | entropy.")] = None,
+             calibration_samples: Annotated[Optional[int], task_option("quantize", "--calibration-samples", "static/auto: calibration examples.")] = None,
+             block_size: Annotated[Optional[int], task_option("quantize", "--block-size", "int4: block size 16/32/64/128.")] = None,
+             symmetric: Annotated[Optional[bool], task_option("quantize", "--symmetric/--asymmetric", "int4: symmetric blocks.")] = None,
+             quantize_embeddings: Annotated[Optional[bool], task_option("quantize", "--quantize-embeddings/--keep-embeddings", "int4: also the embedding tables.")] = None,
+             accuracy_level: Annotated[Optional[int], task_option("quantize", "--accuracy-level", "int4: MatMulNBits compute precision, 0 (input's) or 4 (int8 activations).")] = None,
+             grid: Annotated[Optional[str], task_option("quantize", "--grid", "int4: auto | gguf | rtn (auto: keep the GGUF's own codes when the model was imported from one).")] = None,
+             head_bits: Annotated[Optional[int], task_option("quantize", "--head-bits", "int4: 4 or 8 bits for the embedding table and LM head (none: the GGUF's own, else 4).")] = None,
+             tolerance: Annotated[Optional[float], task_option("quantize", "--tolerance", "auto: max accuracy drop in points.")] = None,
              data: Annotated[Optional[str], typer.Option("--data", help="Data (default: the data the bundle was made "
                                                          "on, as recorded; a path given here is read with the recorded "
                                                          "columns and must give the recorded split; language models: "
@@ -425,14 +425,14 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
 @handled
 def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model directory (or a language model).")],
           data: DataOpt, out: Annotated[Path, typer.Option("--out", help="Output student model directory.")],
-          layers: Annotated[Optional[str], typer.Option(help=tasks.flag_help("prune", "--layers", "Layers to keep: a count (2) or indices (0,5)."))] = None,
-          layer_strategy: Annotated[Optional[str], typer.Option(help=tasks.flag_help("prune", "--layer-strategy", "With a count: uniform | first | last."))] = None,
-          heads: Annotated[Optional[float], typer.Option("--heads", help=tasks.flag_help("prune", "--heads", "Fraction of attention heads kept per layer (language models: by KV group)."))] = None,
-          ffn: Annotated[Optional[float], typer.Option("--ffn", help=tasks.flag_help("prune", "--ffn", "Fraction of FFN neurons kept per layer."))] = None,
-          vocab: Annotated[bool, typer.Option("--vocab", help=tasks.flag_help("prune", "--vocab", "Keep only the tokens the train split uses."))] = False,
-          importance_examples: Annotated[Optional[int], typer.Option(help=tasks.flag_help("prune", "--importance-examples", "Train examples used to rank heads/neurons."))] = None,
+          layers: Annotated[Optional[str], task_option("prune", "--layers", "Layers to keep: a count (2) or indices (0,5).")] = None,
+          layer_strategy: Annotated[Optional[str], task_option("prune", "--layer-strategy", "With a count: uniform | first | last.")] = None,
+          heads: Annotated[Optional[float], task_option("prune", "--heads", "Fraction of attention heads kept per layer (language models: by KV group).")] = None,
+          ffn: Annotated[Optional[float], task_option("prune", "--ffn", "Fraction of FFN neurons kept per layer.")] = None,
+          vocab: Annotated[bool, task_option("prune", "--vocab", "Keep only the tokens the train split uses.")] = False,
+          importance_examples: Annotated[Optional[int], task_option("prune", "--importance-examples", "Train examples used to rank heads/neurons.")] = None,
           drop_blocks: Annotated[Optional[str], typer.Option("--drop-blocks", help="Language models: blocks to drop, a count (8) or indices (3,7).")] = None,
-          importance: Annotated[Optional[str], typer.Option(help=tasks.flag_help("prune", "--importance", "With a count of blocks: block-influence | angular | first | last | uniform."))] = None,
+          importance: Annotated[Optional[str], task_option("prune", "--importance", "With a count of blocks: block-influence | angular | first | last | uniform.")] = None,
           text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
           force: Force = False, json_out: JsonOut = None) -> None:
     """Structured pruning with physical removal: drop layers, attention heads and FFN neurons (classifiers);
@@ -475,9 +475,9 @@ def _count_or_indices(flag: str, text: str | None) -> int | list[int] | None:
 @handled
 def prune_channels(teacher: Annotated[str, typer.Argument(help="Trained CNN directory (e.g. from `finetune digits-cnn`).")],
                    data: DataOpt, out: Annotated[Path, typer.Option("--out", help="Output pruned CNN directory.")],
-                   channels: Annotated[Optional[float], typer.Option(help=tasks.flag_help("prune-channels", "--channels", "Fraction of conv channels kept."))] = None,
-                   hidden: Annotated[Optional[float], typer.Option(help=tasks.flag_help("prune-channels", "--hidden", "Fraction of hidden dense neurons kept."))] = None,
-                   recover_epochs: Annotated[Optional[float], typer.Option(help=tasks.flag_help("prune-channels", "--recover-epochs", "Fine-tuning epochs after the cut."))] = None,
+                   channels: Annotated[Optional[float], task_option("prune-channels", "--channels", "Fraction of conv channels kept.")] = None,
+                   hidden: Annotated[Optional[float], task_option("prune-channels", "--hidden", "Fraction of hidden dense neurons kept.")] = None,
+                   recover_epochs: Annotated[Optional[float], task_option("prune-channels", "--recover-epochs", "Fine-tuning epochs after the cut.")] = None,
                    force: Force = False, json_out: JsonOut = None) -> None:
     """Channel pruning of a plain-PyTorch CNN with physical removal (Taylor importance), then optional recovery."""
     from edgeshrink.compress.channels import prune_channels as run
@@ -535,17 +535,17 @@ def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned t
             heads: Annotated[Optional[float], typer.Option("--heads", help="Build the student: fraction of heads kept.")] = None,
             ffn: Annotated[Optional[float], typer.Option("--ffn", help="Build the student: fraction of FFN neurons kept.")] = None,
             vocab: Annotated[bool, typer.Option("--vocab", help="Build the student: prune the vocabulary.")] = False,
-            epochs: Annotated[Optional[int], typer.Option(help=tasks.flag_help("distill", "--epochs", "Epochs (early stopping on calibration)."))] = None,
-            learning_rate: Annotated[Optional[float], typer.Option(help=tasks.flag_help("distill", "--learning-rate", "Peak learning rate."))] = None,
-            alpha: Annotated[Optional[float], typer.Option("--alpha", help=tasks.flag_help("distill", "--alpha", "Weight of label (language models: next-token) cross-entropy."))] = None,
-            beta: Annotated[Optional[float], typer.Option("--beta", help=tasks.flag_help("distill", "--beta", "Weight of the KL to the teacher."))] = None,
-            gamma: Annotated[Optional[float], typer.Option("--gamma", help=tasks.flag_help("distill", "--gamma", "Weight of the hidden-state loss ([CLS] MSE; language models: per block)."))] = None,
-            delta: Annotated[Optional[float], typer.Option("--delta", help=tasks.flag_help("distill", "--delta", "Weight of attention-map MSE (runs the teacher every step)."))] = None,
-            temperature: Annotated[Optional[float], typer.Option(help=tasks.flag_help("distill", "--temperature", "Distillation temperature."))] = None,
-            label_free: Annotated[bool, typer.Option("--label-free", help=tasks.flag_help("distill", "--label-free", "Train on the teacher's predictions only."))] = False,
+            epochs: Annotated[Optional[int], task_option("distill", "--epochs", "Epochs (early stopping on calibration).")] = None,
+            learning_rate: Annotated[Optional[float], task_option("distill", "--learning-rate", "Peak learning rate.")] = None,
+            alpha: Annotated[Optional[float], task_option("distill", "--alpha", "Weight of label (language models: next-token) cross-entropy.")] = None,
+            beta: Annotated[Optional[float], task_option("distill", "--beta", "Weight of the KL to the teacher.")] = None,
+            gamma: Annotated[Optional[float], task_option("distill", "--gamma", "Weight of the hidden-state loss ([CLS] MSE; language models: per block).")] = None,
+            delta: Annotated[Optional[float], task_option("distill", "--delta", "Weight of attention-map MSE (runs the teacher every step).")] = None,
+            temperature: Annotated[Optional[float], task_option("distill", "--temperature", "Distillation temperature.")] = None,
+            label_free: Annotated[bool, task_option("distill", "--label-free", "Train on the teacher's predictions only.")] = False,
             augment: Annotated[Optional[int], typer.Option(help="Augmented copies of each train text, labelled by the teacher (0).")] = None,
             drop_blocks: Annotated[Optional[str], typer.Option("--drop-blocks", help="Language models, build the student: blocks to drop (count or indices).")] = None,
-            train_tokens: Annotated[Optional[int], typer.Option(help=tasks.flag_help("distill", "--train-tokens", "Training tokens per epoch."))] = None,
+            train_tokens: Annotated[Optional[int], task_option("distill", "--train-tokens", "Training tokens per epoch.")] = None,
             extra_text: Annotated[Optional[list[str]], typer.Option("--extra-text", help="Language models: more training text (.txt/.jsonl/dir; its train part).")] = None,
             text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
             force: Force = False, json_out: JsonOut = None) -> None:

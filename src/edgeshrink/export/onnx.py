@@ -24,11 +24,6 @@ from edgeshrink.models.sources import model_labels, read_record, resolve_model, 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
-def default_shapes(max_length: int) -> list[tuple[int, int]]:
-    short = min(8, max_length)
-    return [(1, short), (1, max_length), (4, min(16, max_length)), (4, max_length)]
-
-
 def export_encoder(model: str | Path, out: str | Path, config: ExportConfig | None = None, *, force: bool = False,
                    progress=None) -> dict:
     """Export a local Hugging Face sequence classifier to a validated device bundle; return its manifest."""
@@ -83,7 +78,8 @@ def export_encoder(model: str | Path, out: str | Path, config: ExportConfig | No
         inputs, outputs = graph_io(onnx_path)
         input_names = [i["name"] for i in inputs]
         rng = np.random.default_rng(config.seed)
-        shapes = config.validation_shapes or default_shapes(max_length)
+        shapes = config.validation_shapes or [(1, min(8, max_length)), (1, max_length), (4, min(16, max_length)),
+                                              (4, max_length)]
         specials = dict(cls_id=tokenizer.cls_token_id or 0, sep_id=tokenizer.sep_token_id or 0,
                         pad_id=tokenizer.pad_token_id or 0)
         feeds_list = [text_inputs(b, s, hf_config.vocab_size, input_names, rng, **specials) for b, s in shapes]
@@ -205,13 +201,8 @@ def export_module(module, example_inputs: tuple, out: str | Path, labels: list[s
             optimization = optimize_onnx(raw_path, onnx_path, "basic")
             raw_path.unlink()
         rng = np.random.default_rng(config.seed)
-        feeds_list = []
-        for batch in (1, 4):
-            feeds = {}
-            for name, example in zip(input_names, example_inputs):
-                rows = rng.integers(0, example.shape[0], size=batch)
-                feeds[name] = example.numpy()[rows]
-            feeds_list.append(feeds)
+        feeds_list = [{name: example.numpy()[rng.integers(0, example.shape[0], size=batch)]
+                       for name, example in zip(input_names, example_inputs)} for batch in (1, 4)]
 
         def reference(feeds):
             with torch.inference_mode():

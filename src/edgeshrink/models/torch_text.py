@@ -147,12 +147,6 @@ def shuffled_length_batches(lengths: list[int], batch_size: int, rng) -> list[li
     return batches
 
 
-def length_sorted_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
-    """Batches of similar length (less padding), in length order."""
-    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
-    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-
-
 def predict_proba(model, tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
                   progress=None, logits: bool = False) -> np.ndarray:
     """Class probabilities for ``texts`` (padding per batch, batches sorted by length); the raw logits with
@@ -160,10 +154,10 @@ def predict_proba(model, tokenizer, texts: list[str], max_length: int, batch_siz
     import torch
 
     enc = tokenizer(texts, truncation=True, max_length=max_length)
-    lengths = [len(ids) for ids in enc["input_ids"]]
+    order = sorted(range(len(texts)), key=lambda i: len(enc["input_ids"][i]))
     out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
     with torch.inference_mode():
-        for rows in length_sorted_batches(lengths, batch_size):
+        for rows in (order[i:i + batch_size] for i in range(0, len(order), batch_size)):
             batch = tokenizer.pad({k: [enc[k][i] for i in rows] for k in enc.keys()}, return_tensors="pt")
             scores = model(**batch.to(model.device)).logits.float()
             out[rows] = (scores if logits else torch.softmax(scores, dim=-1)).cpu().numpy()

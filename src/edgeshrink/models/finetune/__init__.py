@@ -29,11 +29,10 @@ from edgeshrink.models.sources import RECORD_NAME
 from edgeshrink.stats import accuracy_interval
 
 
-class FinetuneConfig(Config):
-    """Training a classifier: a text encoder's head (and the encoder) or a CNN (``max_length`` is for text)."""
+class TrainSchedule(Config):
+    """What every fine-tuning config holds: the optimiser's schedule, seed, threads, device and split."""
 
     version: int = 1
-    max_length: int = Field(128, ge=8, le=4096)
     epochs: float = Field(2.0, gt=0)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(1.5e-4, gt=0)
@@ -44,6 +43,12 @@ class FinetuneConfig(Config):
     max_train_examples: int | None = Field(None, ge=1)  # for quick runs on a subset
     device: Literal["cpu", "cuda"] = "cpu"
     split: SplitConfig = SplitConfig()
+
+
+class FinetuneConfig(TrainSchedule):
+    """Training a classifier: a text encoder's head (and the encoder) or a CNN (``max_length`` is for text)."""
+
+    max_length: int = Field(128, ge=8, le=4096)
 
 
 def finetune(model: str | Path, out: str | Path, config=None, *, data: DataConfig | str, force: bool = False,

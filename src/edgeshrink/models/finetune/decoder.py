@@ -20,34 +20,22 @@ import json
 import math
 import time
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
 from edgeshrink import __version__
-from edgeshrink.config import Config
-from edgeshrink.data import DataConfig, SplitConfig
+from edgeshrink.data import DataConfig
 from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.models.finetune import TrainSchedule, hf_writer, scored, seed_training
 from edgeshrink.route.prompts import PromptConfig
 from edgeshrink.runtime.prompted import cut_text, render
 
 
-class LLMFinetuneConfig(Config):
+class LLMFinetuneConfig(TrainSchedule):
     """Training a decoder to answer a prompted task: the classifier's schedule, a prompt instead of max_length
     (the prompt's ``max_text_tokens`` cuts inputs)."""
 
-    version: int = 1
-    epochs: float = Field(2.0, gt=0)
-    batch_size: int = Field(32, ge=1)
-    learning_rate: float = Field(1.5e-4, gt=0)
-    weight_decay: float = Field(0.01, ge=0)
-    warmup_fraction: float = Field(0.06, ge=0, lt=1)
-    seed: int = 0
-    threads: int | None = Field(None, ge=1)
-    max_train_examples: int | None = Field(None, ge=1)  # for quick runs on a subset
-    device: Literal["cpu", "cuda"] = "cpu"
-    split: SplitConfig = SplitConfig()
     prompt: PromptConfig | None = None  # None: the data's built-in prompt, else the generic one
     few_shot: int | None = Field(None, ge=0, le=16)  # train-split examples shown in the prompt; None: the prompt's
 
@@ -140,7 +128,6 @@ def finetune_llm(model: str | Path, out: str | Path, config: LLMFinetuneConfig, 
     from edgeshrink._files import check_output_dir
     from edgeshrink.compress.trainer import TrainRun, choose_precision, progress_columns
     from edgeshrink.data import load_data, split_for_training
-    from edgeshrink.models.finetune import hf_writer, scored, seed_training
     from edgeshrink.models.llm import import_llm, load_causal_lm
     from edgeshrink.models.sources import weights_sha256
     from edgeshrink.route.prompts import prompt_for
