@@ -40,9 +40,26 @@ class Config(BaseModel):
         return cls.from_dict(json.loads(text))
 
     @classmethod
+    def field_help(cls, field: str, text: str) -> str:
+        """CLI help for a flag that sets ``field``: ``text`` and the default this class holds, so ``--help``
+        cannot disagree with what runs (escaped: typer's rich help would read "[...]" as markup)."""
+        return f"{text} \\[default: {shown(cls.model_fields[field].get_default(call_default_factory=True))}]"
+
+    @classmethod
     def build(cls: type[C], **kwargs: Any) -> C:
         """Like the constructor, but a bad value becomes an EdgeshrinkError (for the CLI)."""
         return cls.from_dict({k: v for k, v in kwargs.items() if v is not None})
+
+
+def shown(value) -> str:
+    """A default as the CLI's help shows it."""
+    if hasattr(value, "to_dict"):
+        value = value.to_dict()
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 def _one_line(exc: ValidationError) -> str:

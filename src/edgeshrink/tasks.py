@@ -202,6 +202,8 @@ def implementations(verb: str) -> dict[str, Implementation]:
 def flag_help(verb: str, flag: str, text: str) -> str:
     """CLI help for ``flag``: ``text`` plus each task's default, read from the config class it sets, so
     ``--help`` cannot disagree with what runs."""
+    from edgeshrink.config import shown
+
     defaults = []
     for impl in _IMPLEMENTATIONS.get(verb, {}).values():
         name = impl.flags.get(flag)
@@ -215,20 +217,9 @@ def flag_help(verb: str, flag: str, text: str) -> str:
     if not defaults:
         return text
     if len(defaults) == 1 or len({repr(d) for _, d in defaults}) == 1:
-        shown = _shown(defaults[0][1])
         scope = "" if len(defaults) == len(_IMPLEMENTATIONS[verb]) else f"; {_kinds([t for t, _ in defaults])} only"
-        return f"{text} \\[default: {shown}{scope}]"  # escaped: typer's rich help reads "[...]" as markup
-    return f"{text} \\[default: " + "; ".join(f"{t} {_shown(d)}" for t, d in defaults) + "]"
-
-
-def _shown(value) -> str:
-    if hasattr(value, "to_dict"):
-        value = value.to_dict()
-    if value is None:
-        return "none"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    return str(value)
+        return f"{text} \\[default: {shown(defaults[0][1])}{scope}]"  # escaped: rich reads "[...]" as markup
+    return f"{text} \\[default: " + "; ".join(f"{t} {shown(d)}" for t, d in defaults) + "]"
 
 
 def tasks_table() -> str:

@@ -97,3 +97,12 @@ def data_config(source: str, text_column: str, label_column: str, label_map: str
                                  **({"label_map": parse_label_map(label_map)} if label_map else {})})
 
 
+
+
+def config_help(ref: str, field: str, text: str) -> str:
+    """Help for a flag that sets ``field`` of the config class ``ref`` ("module:Class", imported when the help
+    is built): ``text`` and the class's default, so ``--help`` cannot disagree with what runs."""
+    import importlib
+
+    module, _, name = ref.partition(":")
+    return getattr(importlib.import_module(module), name).field_help(field, text)

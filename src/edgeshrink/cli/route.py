@@ -7,12 +7,14 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeshrink.cli._common import (DataOpt, JsonOut, LabelCol, LabelMap, TextCol, data_config, fail, handled,
-                                    write_json)
+from edgeshrink.cli._common import (DataOpt, JsonOut, LabelCol, LabelMap, TextCol, config_help, data_config, fail,
+                                    handled, write_json)
 
 route_app = typer.Typer(no_args_is_help=True, help="Route requests between the device model and the cloud model.")
 
 DeviceOpt = Annotated[Path, typer.Option("--device", help="Device bundle (router.json is written into it).")]
+ROUTE, COST, MONITOR, PROMPT = ("edgeshrink.route.calibrate:RouteConfig", "edgeshrink.route.calibrate:CostConfig",
+                              "edgeshrink.route.monitor:MonitorConfig", "edgeshrink.route.prompts:PromptConfig")
 CloudOpt = Annotated[str, typer.Option("--cloud", help="Cloud model: a bundle or a PyTorch model directory.")]
 
 
@@ -42,30 +44,30 @@ def _num(value, digits: int = 4) -> str:
 @route_app.command("calibrate")
 @handled
 def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
-              policy: Annotated[str, typer.Option(help="budget | accuracy | risk | risk+budget.")] = "risk",
+              policy: Annotated[Optional[str], typer.Option(help=config_help(ROUTE, "policy", "budget | accuracy | risk | risk+budget."))] = None,
               alpha: Annotated[Optional[float], typer.Option(help="risk: tolerated error rate among device answers.")] = None,
-              delta: Annotated[Optional[float], typer.Option(help="risk: allowed probability the bound fails (0.1).")] = None,
+              delta: Annotated[Optional[float], typer.Option(help=config_help(ROUTE, "delta", "risk: allowed probability the bound fails."))] = None,
               budget: Annotated[Optional[float], typer.Option(help="budget: most fraction of requests escalated.")] = None,
               target_accuracy: Annotated[Optional[float], typer.Option(help="accuracy: hybrid accuracy to reach (0-1).")] = None,
               max_drop: Annotated[Optional[float], typer.Option(help="accuracy: or at most this below the cloud (0-1).")] = None,
               signal: Annotated[Optional[str], typer.Option(help="max-prob | margin | neg-entropy; a language model "
                                                             "also: mean-logprob | min-logprob | neg-mean-entropy.")] = None,
               label_free: Annotated[bool, typer.Option("--label-free", help="Error = disagreement with the cloud.")] = False,
-              p_value: Annotated[Optional[str], typer.Option(help="binomial | hoeffding-bentkus.")] = None,
+              p_value: Annotated[Optional[str], typer.Option(help=config_help(ROUTE, "p_value", "binomial | hoeffding-bentkus."))] = None,
               no_temperature: Annotated[bool, typer.Option("--no-temperature", help="Skip temperature scaling.")] = False,
-              cloud_latency_ms: Annotated[Optional[float], typer.Option(help="Cost model: cloud model time (60).")] = None,
-              network_rtt_ms: Annotated[Optional[float], typer.Option(help="Cost model: network round trip (80).")] = None,
-              cloud_cost_per_1000: Annotated[Optional[float], typer.Option(help="Cost model: money per 1,000 cloud calls (1.0).")] = None,
+              cloud_latency_ms: Annotated[Optional[float], typer.Option(help=config_help(COST, "cloud_latency_ms", "Cost model: cloud model time."))] = None,
+              network_rtt_ms: Annotated[Optional[float], typer.Option(help=config_help(COST, "network_rtt_ms", "Cost model: network round trip."))] = None,
+              cloud_cost_per_1000: Annotated[Optional[float], typer.Option(help=config_help(COST, "cloud_cost_per_1000", "Cost model: money per 1,000 cloud calls."))] = None,
               device_latency_ms: Annotated[Optional[float], typer.Option(help="Cost model: device time (default: measured by eval).")] = None,
               device_energy_mj: Annotated[Optional[float], typer.Option(help="Cost model: energy per device inference.")] = None,
               keep_truncated: Annotated[bool, typer.Option("--keep-truncated", help="Do not escalate inputs the device truncates.")] = False,
               prompt: Annotated[Optional[Path], typer.Option(help="Language models: a prompt file (PromptConfig YAML; "
                                                              "default: the data's built-in prompt).")] = None,
-              few_shot: Annotated[Optional[int], typer.Option(help="Language models: train-split examples shown in "
-                                                              "the prompt (default 0).")] = None,
+              few_shot: Annotated[Optional[int], typer.Option(help=config_help(PROMPT, "few_shot", "Language models: train-split "
+                                                                                    "examples shown in the prompt."))] = None,
               task: Annotated[Optional[str], typer.Option(help="Language models: classify (a labelled task) | open "
                                                           "(free answers; label-free agreement with the cloud).")] = None,
-              answer_tokens: Annotated[Optional[int], typer.Option(help="task open: the device's answer length (32).")] = None,
+              answer_tokens: Annotated[Optional[int], typer.Option(help=config_help(ROUTE, "answer_tokens", "task open: the device's answer length."))] = None,
               text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None, json_out: JsonOut = None) -> None:
     """Fit temperature and threshold on the calibration split; write router.json into the device bundle."""
     from edgeshrink.route.calibrate import RouteConfig, calibrate as run
@@ -213,8 +215,8 @@ def monitor(device: Annotated[Optional[Path], typer.Option("--device", help="Dev
             url: Annotated[Optional[str], typer.Option("--url", help="Instead: a running device service's "
                                                        "/v1/monitor (http://host:port).")] = None,
             audit_fraction: Annotated[float, typer.Option(help="Share of device answers audited against --cloud.")] = 0.1,
-            window: Annotated[Optional[int], typer.Option(help="Requests each drift test looks at (300).")] = None,
-            p_value: Annotated[Optional[float], typer.Option(help="A signal fires below this p-value (0.001).")] = None,
+            window: Annotated[Optional[int], typer.Option(help=config_help(MONITOR, "window", "Requests each drift test looks at."))] = None,
+            p_value: Annotated[Optional[float], typer.Option(help=config_help(MONITOR, "p_value", "A signal fires below this p-value."))] = None,
             limit: Annotated[Optional[int], typer.Option(help="Replay only the first N texts.")] = None,
             text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
             json_out: JsonOut = None) -> None:

@@ -7,20 +7,23 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeshrink.cli._common import handled
+from edgeshrink.cli._common import config_help, handled
+
+BATCH, LIMITS = "edgeshrink.serve.config:BatchConfig", "edgeshrink.serve.config:LimitsConfig"
+CLOUD, MONITOR = "edgeshrink.serve.config:CloudConfig", "edgeshrink.route.monitor:MonitorConfig"
 
 Host = Annotated[str, typer.Option(help="Address to listen on.")]
 Port = Annotated[int, typer.Option(help="Port (0: a free one, printed at start).")]
 ConfigFile = Annotated[Optional[Path], typer.Option("--config", help="ServeConfig as YAML/JSON; flags override it.")]
 Threads = Annotated[Optional[int], typer.Option(help="ONNX Runtime threads (default: its own).")]
 ApiKeyEnv = Annotated[Optional[str], typer.Option(help="Require X-API-Key equal to this environment variable.")]
-BatchSize = Annotated[Optional[int], typer.Option(help="Micro-batching: most texts per model call (16).")]
-MaxWait = Annotated[Optional[float], typer.Option(help="Micro-batching: extra wait for company, ms (0: take what is queued).")]
-MaxChars = Annotated[Optional[int], typer.Option(help="Longest text in characters (20000).")]
-LongText = Annotated[Optional[str], typer.Option(help="Longer texts: truncate (reported) | reject (413).")]
-MaxTexts = Annotated[Optional[int], typer.Option(help="Most texts per request (64).")]
-MaxBody = Annotated[Optional[int], typer.Option(help="Largest request body in bytes (1000000).")]
-Rate = Annotated[Optional[float], typer.Option(help="Requests per second per client (100; 0 = no limit).")]
+BatchSize = Annotated[Optional[int], typer.Option(help=config_help(BATCH, "max_batch_size", "Micro-batching: most texts per model call."))]
+MaxWait = Annotated[Optional[float], typer.Option(help=config_help(BATCH, "max_wait_ms", "Micro-batching: extra wait for company, ms (0: take what is queued)."))]
+MaxChars = Annotated[Optional[int], typer.Option(help=config_help(LIMITS, "max_text_chars", "Longest text in characters."))]
+LongText = Annotated[Optional[str], typer.Option(help=config_help(LIMITS, "long_text", "Longer texts: truncate (reported) | reject (413)."))]
+MaxTexts = Annotated[Optional[int], typer.Option(help=config_help(LIMITS, "max_texts", "Most texts per request."))]
+MaxBody = Annotated[Optional[int], typer.Option(help=config_help(LIMITS, "max_body_bytes", "Largest request body in bytes."))]
+Rate = Annotated[Optional[float], typer.Option(help=config_help(LIMITS, "requests_per_second", "Requests per second per client (0: no limit)."))]
 
 
 def _config(config_file: Path | None, flags: dict, limits: dict, batch: dict, cloud: dict | None = None,
@@ -103,12 +106,12 @@ def register(app: typer.Typer) -> None:
                      api_key_env: ApiKeyEnv = None, max_batch_size: BatchSize = None, max_wait_ms: MaxWait = None,
                      max_text_chars: MaxChars = None, long_text: LongText = None, max_texts: MaxTexts = None,
                      max_body_bytes: MaxBody = None, rate: Rate = None,
-                     deadline_ms: Annotated[Optional[float], typer.Option(help="Escalation deadline, retries included (1500).")] = None,
-                     retries: Annotated[Optional[int], typer.Option(help="Retries within the deadline (2).")] = None,
-                     connect_timeout_s: Annotated[Optional[float], typer.Option(help="Cloud connect timeout (0.5).")] = None,
-                     read_timeout_s: Annotated[Optional[float], typer.Option(help="Cloud read timeout (2.0).")] = None,
-                     breaker_failures: Annotated[Optional[int], typer.Option(help="Failures that open the breaker (5).")] = None,
-                     breaker_reset_s: Annotated[Optional[float], typer.Option(help="Seconds open before a probe (5).")] = None,
+                     deadline_ms: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "deadline_ms", "Escalation deadline, ms, retries included."))] = None,
+                     retries: Annotated[Optional[int], typer.Option(help=config_help(CLOUD, "retries", "Retries within the deadline."))] = None,
+                     connect_timeout_s: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "connect_timeout_s", "Cloud connect timeout, s."))] = None,
+                     read_timeout_s: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "read_timeout_s", "Cloud read timeout, s."))] = None,
+                     breaker_failures: Annotated[Optional[int], typer.Option(help=config_help(CLOUD, "breaker_failures", "Failures that open the breaker."))] = None,
+                     breaker_reset_s: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "breaker_reset_s", "Seconds open before a probe."))] = None,
                      cloud_budget: Annotated[Optional[int], typer.Option(help="Most texts to the cloud per minute.")] = None,
                      cloud_api_key_env: Annotated[Optional[str], typer.Option(help="Env variable with the cloud's API key.")] = None,
                      cloud_protocol: Annotated[Optional[str], typer.Option(
@@ -118,17 +121,18 @@ def register(app: typer.Typer) -> None:
                                                                         "/v2/models/NAME; language models: the "
                                                                         "OpenAI-compatible one).")] = None,
                      audit_fraction: Annotated[Optional[float], typer.Option(
-                         help="Share of requests the cloud also checks (device answers: in the background, within "
-                              "the cloud budget): the audited disagreement (0).")] = None,
+                         help=config_help(MONITOR, "audit_fraction", "Share of requests the cloud also checks (device "
+                                          "answers: in the background, within the cloud budget): the audited "
+                                          "disagreement."))] = None,
                      recalibrate: Annotated[Optional[bool], typer.Option(
                          "--recalibrate", help="When a drift signal fires, recalibrate label-free from the audit "
                                                "sample (router-<sha>.json, the old router kept).")] = None,
                      recalibrate_alpha: Annotated[Optional[float], typer.Option(
                          help="Recalibrate with the risk policy at this α (label-free: disagreement with the "
                               "cloud); default: the router's own policy.")] = None,
-                     drift_window: Annotated[Optional[int], typer.Option(help="Requests each drift test looks at (300).")] = None,
-                     drift_p_value: Annotated[Optional[float], typer.Option(help="A drift signal fires below this "
-                                                                            "p-value (0.001).")] = None,
+                     drift_window: Annotated[Optional[int], typer.Option(help=config_help(MONITOR, "window", "Requests each drift test looks at."))] = None,
+                     drift_p_value: Annotated[Optional[float], typer.Option(help=config_help(MONITOR, "p_value",
+                                                                                        "A drift signal fires below this p-value."))] = None,
                      ) -> None:
         """Serve the device bundle over HTTP, escalating to the cloud per router.json, falling back when it fails."""
         from edgeshrink import tasks
