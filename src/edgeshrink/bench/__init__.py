@@ -39,4 +39,5 @@ def bench(candidates: list[str | Path], config=None, *, data=None, progress=None
     in one interleaved run; return the report dict (its schema: report.py). ``config`` is the task's
     (BenchConfig, LLMBenchConfig; None: its defaults); ``data`` gives a classifier bench its test split."""
     impl = candidates_task(candidates).implementation("bench")
+    progress = progress or (lambda description, advance=0, total=None: None)
     return impl.function()(candidates, impl.check_config(config), data=data, progress=progress)

@@ -106,8 +106,9 @@ class TorchCandidate(Classifier):
         from edgeshrink.bench.flops import text_flops_table
         from edgeshrink.models.sources import model_labels
 
+        weights = (self.path / name for name in ("model.safetensors", "pytorch_model.bin"))
         return {"kind": self.kind, "labels": list(model_labels(self.path)), "max_length": self.max_length,
-                "size_bytes": _weights_bytes(self.path) or dir_size_bytes(self.path),
+                "size_bytes": next((w.stat().st_size for w in weights if w.exists()), 0) or dir_size_bytes(self.path),
                 "flops_per_example": text_flops_table(self.model, self.max_length),
                 "parameters": int(sum(p.numel() for p in self.model.parameters())), "precision": "fp32"}
 
@@ -123,13 +124,6 @@ class TorchCandidate(Classifier):
         from edgeshrink.models.torch_text import predict_proba
 
         return predict_proba(self.model, self.tokenizer, texts, self.max_length, batch_size=32)
-
-
-def _weights_bytes(path: Path) -> int | None:
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (path / name).exists():
-            return (path / name).stat().st_size
-    return None
 
 
 def _vocab_size(path: Path, manifest: dict) -> int:
