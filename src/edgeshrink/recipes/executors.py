@@ -347,7 +347,9 @@ class RayExecutor:
                 if task.dir in submitted:
                     continue
                 before = states[path.tasks[position[p] - 1].dir] if position[p] else dict(start)
-                progress(f"{task.title}: submitted to Ray ({_cpus_text(task.resources)})")
+                res = task.resources
+                asks = "a whole node" if res.cpus == "node" else f"{res.cpus:g} CPU"
+                progress(f"{task.title}: submitted to Ray ({asks}{f', {res.gpus:g} GPU' if res.gpus else ''})")
                 pending[self._submit(task, before, cache)] = (task, before, time.perf_counter())
                 submitted.add(task.dir)
 
@@ -371,11 +373,6 @@ class RayExecutor:
             raise
         return [{"records": [records[t.dir] for t in path.tasks[:position[p]]], "pruned": pruned[p]}
                 for p, path in enumerate(paths)]
-
-
-def _cpus_text(res: StepResources) -> str:
-    gpus = f", {res.gpus:g} GPU" if res.gpus else ""
-    return ("a whole node" if res.cpus == "node" else f"{res.cpus:g} CPU") + gpus
 
 
 def make_executor(name: str, address: str | None = None):

@@ -127,17 +127,13 @@ def _bench(state, config, out: Path, data) -> dict:
     from edgeshrink.bench import bench
 
     out.mkdir(parents=True, exist_ok=True)
-    bundles, roles = [state["fp32_bundle"]], ["fp32"]
-    if state.get("source_quantized_bundle"):
-        bundles.append(state["source_quantized_bundle"])
-        roles.append("source")
-    if state["bundle"] != state["fp32_bundle"]:
-        bundles.append(state["bundle"])
-        roles.append("device")
+    device = state["bundle"] if state["bundle"] != state["fp32_bundle"] else None
+    roles = [(role, path) for role, path in (("fp32", state["fp32_bundle"]),
+                                             ("source", state.get("source_quantized_bundle")), ("device", device)) if path]
     if config.peer == "auto" and state.get("gguf"):
         config = config.model_copy(update={"peer": state["gguf"]})
-    report = bench(bundles, config)
-    report["roles"] = roles + ["peer"] * (len(report["candidates"]) - len(bundles))
+    report = bench([path for _, path in roles], config)
+    report["roles"] = [role for role, _ in roles] + ["peer"] * (len(report["candidates"]) - len(roles))
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     return {"state": {}, "result": {"bench": str(out / "bench.json")}}
 

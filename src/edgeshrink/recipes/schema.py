@@ -18,10 +18,9 @@
     resources:                          # what each step's task asks of a Ray cluster (`--executor ray`)
       distill: {cpus: 2, gpus: 0}       # default 1 CPU; bench: a whole node
 
-The model's task (``tasks.of_model``) picks the recipe kind the registry names for it (its ``recipe``
-implementation: the schema with its targets, and a ``RecipeKind`` with its steps, ordering rules, cache-key
-parts, checks and report). This module holds what every kind shares; recipes/classify.py and
-recipes/generate.py hold the kinds. Every error names the file, the key path, its line and what was expected.
+The model's task picks the kind of recipe (the registry's ``recipe`` entry: a schema and a ``RecipeKind``);
+recipes/classify.py and recipes/generate.py hold the kinds, this module what they share. Every error names
+the file, the key path, its line and what was expected.
 """
 
 from __future__ import annotations
