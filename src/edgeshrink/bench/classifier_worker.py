@@ -147,11 +147,8 @@ def text_feeds(batch: int, seq_len: int, vocab_size: int, input_names: list[str]
 def tensor_feeds(batch: int, inputs: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
     """Random tensors for a tensor bundle's inputs (dims other than batch must be fixed)."""
     rng = np.random.default_rng(seed)
-    feeds = {}
-    for spec in inputs:
-        shape = [batch] + [int(d) for d in spec["shape"][1:]]
-        feeds[spec["name"]] = rng.standard_normal(shape).astype(spec["dtype"])
-    return feeds
+    return {spec["name"]: rng.standard_normal([batch] + [int(d) for d in spec["shape"][1:]]).astype(spec["dtype"])
+            for spec in inputs}
 
 
 def open_candidate(path: str):

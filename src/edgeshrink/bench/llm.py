@@ -6,8 +6,9 @@ quality on held-out text, with llama.cpp on a GGUF file as the peer, all in one 
 
 Each candidate runs in its own process (harness.py; llm_worker.py answers). Every cell (threads × prompt
 length for time to first token; threads for decode) is timed in ``repeats`` round-robin passes and the
-median reported. All candidates get the same token ids (the held-out text's first N tokens; a candidate whose tokenizer gives
-other ids is flagged), decode greedily and ignore eos, so each run does the same work everywhere.
+median reported. All candidates get the same token ids (the held-out text's first N tokens; a candidate
+whose tokenizer gives other ids is flagged), decode greedily and ignore eos, so each run does the same work
+everywhere.
 
 The decode limit is the slower of two floors: FLOPs per token ÷ the measured peak fp32 GEMM rate and
 weight bytes read per token ÷ the measured memory bandwidth, both at the run's thread count. Weight
@@ -189,10 +190,8 @@ def bench_llm(candidates: list[str | Path], config: LLMBenchConfig, *, data=None
     task = tasks.of_bundle(candidates[0])
     results = [_bundle_candidate(Path(c)) for c in candidates]
     _unique_names(results)
-    notes = []
     peer_path, note = resolve_peer(config.peer, results)
-    if note:
-        notes.append(note)
+    notes = [note] if note else []
     if peer_path is not None:
         results.append(_peer_candidate(peer_path))
     need = max(max(config.prompt_tokens) + 1, config.decode_prompt + config.new_tokens)

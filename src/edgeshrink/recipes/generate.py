@@ -1,21 +1,6 @@
 """Language-model recipes: import → [prune → distill] → export → quantize → bench (against the fp32 bundle and
-llama.cpp) → report.
-
-    version: 1
-    name: smollm2-edge
-    model: smollm2                    # a short name, a GGUF file or an HF causal-LM directory
-    data: bbc-news                    # text: calibration part for quantize's scores (bench reads its own texts)
-    steps:
-      - import: {}
-      - export: {}
-      - quantize: {method: int4-weight, accuracy_level: 4}
-      - bench: {threads: [1, 2]}
-    targets:
-      max_size_vs_gguf: 1.1           # device bundle size ÷ the GGUF it was imported from
-      min_decode_vs_peer: 1.2         # decode tokens/s ÷ llama.cpp's (same GGUF, same threads, same run)
-      min_decode_limit_fraction: 0.5  # decode tokens/s ÷ the machine's limit for this model
-      max_ttft_vs_peer: 1.0           # time to first token ÷ llama.cpp's, at ttft_prompt_tokens
-      max_perplexity_increase: 0.05   # on the bench's first text (test part), vs the fp32 bundle
+llama.cpp) → report; recipes/smollm2-edge.yaml is one. ``model`` is a short name, a GGUF file or an HF
+causal-LM directory; ``data`` a text set whose calibration part quantize scores (bench reads its own texts).
 
 With ``prune`` (and ``distill``, which heals the pruned model from the imported one), the recipe makes a
 smaller device model (recipes/smollm2-small.yaml): ``export`` and ``quantize`` then also make the source's
@@ -46,11 +31,12 @@ class LLMTargets(Config):
     threads: int = Field(1, ge=1)  # the thread count the speed targets are read at
     ttft_prompt_tokens: int = Field(128, ge=1)  # the prompt length max_ttft_vs_peer is read at
     max_size_mb: float | None = Field(None, gt=0)
-    max_size_vs_gguf: float | None = Field(None, gt=0)
-    min_decode_vs_peer: float | None = Field(None, gt=0)
-    min_decode_limit_fraction: float | None = Field(None, gt=0, le=1)
-    max_ttft_vs_peer: float | None = Field(None, gt=0)
-    max_perplexity_increase: float | None = Field(None, ge=0)  # a fraction: 0.05 = +5%
+    max_size_vs_gguf: float | None = Field(None, gt=0)  # device bundle size ÷ the GGUF it was imported from
+    min_decode_vs_peer: float | None = Field(None, gt=0)  # decode tokens/s ÷ llama.cpp's (same GGUF, threads, run)
+    min_decode_limit_fraction: float | None = Field(None, gt=0, le=1)  # decode tokens/s ÷ the machine's limit
+    max_ttft_vs_peer: float | None = Field(None, gt=0)  # time to first token ÷ llama.cpp's
+    # on the bench's first text (test part), vs the fp32 bundle; a fraction: 0.05 = +5%
+    max_perplexity_increase: float | None = Field(None, ge=0)
     min_decode_vs_source: float | None = Field(None, gt=0)  # device ÷ the source's quantized bundle (prune recipes)
     max_distill_minutes: float | None = Field(None, gt=0)  # wall time of the distill step when it ran
 
@@ -128,8 +114,8 @@ def _bench(state, config, out: Path, data) -> dict:
 
     out.mkdir(parents=True, exist_ok=True)
     device = state["bundle"] if state["bundle"] != state["fp32_bundle"] else None
-    roles = [(role, path) for role, path in (("fp32", state["fp32_bundle"]),
-                                             ("source", state.get("source_quantized_bundle")), ("device", device)) if path]
+    roles = [("fp32", state["fp32_bundle"]), ("source", state.get("source_quantized_bundle")), ("device", device)]
+    roles = [(role, path) for role, path in roles if path]
     if config.peer == "auto" and state.get("gguf"):
         config = config.model_copy(update={"peer": state["gguf"]})
     report = bench([path for _, path in roles], config)
