@@ -4,8 +4,6 @@ commands for the classifier bench (classifier.py):
 
     ("time", threads, batch, seq_len, repeats) -> [seconds per run] on synthetic inputs of exactly that shape
     ("predict", threads, inputs)               -> class probabilities for texts (text) or an array (tensors)
-
-The timed inputs are synthetic, of an exact shape (``text_feeds``, ``tensor_feeds``).
 """
 
 from __future__ import annotations
