@@ -119,15 +119,12 @@ class Recipe(Config):
             search = values.pop("search", None) or {}
             keys = list(search)
             options = []
-            for combo in itertools.product(*(search[k] for k in keys)) if keys else [()]:
+            for combo in itertools.product(*(search[k] for k in keys)):
                 choice = {f"steps.{i}.{name}.{k}": v for k, v in zip(keys, combo)}
                 options.append((choice, (name, kind.config_class(name).from_dict({**values, **dict(zip(keys, combo))}))))
             per_step.append(options)
-        paths = []
-        for combo in itertools.product(*per_step):
-            choices = {k: v for choice, _ in combo for k, v in choice.items()}
-            paths.append((choices, [step for _, step in combo]))
-        return paths
+        return [({k: v for choice, _ in combo for k, v in choice.items()}, [step for _, step in combo])
+                for combo in itertools.product(*per_step)]
 
 
 def _line_index(node, path=(), index=None) -> dict[tuple, int]:
