@@ -9,7 +9,7 @@ def test_plots_of_a_recipe_named_in_cjk_are_saved_without_warnings(tmp_path):
         {"role": "device", "name": "device", "accuracy": 0.85, "p50_ms": 2.0, "size_mb": 5.0}]}
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a glyph warning would fail here
-        names = write_plots(report, tmp_path, None)
+        names = write_plots(report, tmp_path)
     assert names == ["accuracy_vs_latency.png", "accuracy_vs_size.png"]
     assert all((tmp_path / name).read_bytes().startswith(b"\x89PNG") for name in names)
     # without a CJK font installed the characters are boxes, and the report says which

@@ -3,10 +3,9 @@
     from edgeshrink.bench import bench, BenchConfig
     report = bench(["runs/cloud", "runs/bundle"], BenchConfig(threads=[1]), data="sentiment-movies")
 
-``bench`` runs the bench of the candidates' task (the task registry says which). harness.py is the skeleton
-every task shares (a process per candidate and its request loop, warm-up, round-robin passes, the machine's
-peaks); classifier.py measures text and tensor classifiers, llm.py language models; classifier_worker.py
-and llm_worker.py are what each candidate answers in its process; report.py renders any report.
+``bench`` runs the bench of the candidates' task (the task registry says which): harness.py is the skeleton
+they share, classifier.py and llm.py what each task measures, *_worker.py what a candidate answers in its
+process, report.py the tables.
 """
 
 from __future__ import annotations
@@ -39,4 +38,5 @@ def bench(candidates: list[str | Path], config=None, *, data=None, progress=None
     in one interleaved run; return the report dict (its schema: report.py). ``config`` is the task's
     (BenchConfig, LLMBenchConfig; None: its defaults); ``data`` gives a classifier bench its test split."""
     impl = candidates_task(candidates).implementation("bench")
+    progress = progress or (lambda description, advance=0, total=None: None)
     return impl.function()(candidates, impl.check_config(config), data=data, progress=progress)

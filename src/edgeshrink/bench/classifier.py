@@ -1,8 +1,5 @@
 """The classifier bench (text and tensor classifiers): size, memory, accuracy, latency and throughput of
-several candidates, side by side, in one run.
-
-    from edgeshrink.bench import bench, BenchConfig
-    report = bench(["runs/demo/cloud", "runs/demo/bundle"], BenchConfig(), data="sentiment-movies")
+several candidates, side by side, in one run (``edgeshrink.bench.bench`` on classifiers).
 
 Candidates are device bundles or PyTorch model directories (classifier_worker.py), each in its own process
 (harness.py). Every timing cell (threads × sequence length × batch; a model that takes tensors has one
@@ -32,11 +29,12 @@ OPENER = "edgeshrink.bench.classifier_worker:open_candidate"
 
 
 def bench_classifiers(candidates: list[str | Path], config: BenchConfig, *, data: DataConfig | str | None = None,
-                      progress=None) -> dict:
+                      progress) -> dict:
     """Benchmark classifier ``candidates`` of one task (see ``edgeshrink.bench.bench``); return the report dict."""
     paths = [Path(c) for c in candidates]
     for path in paths:
-        _check_candidate(path)
+        if not path.is_dir() or not ((path / "manifest.json").exists() or (path / "config.json").exists()):
+            raise EdgeshrinkError(f"candidate {path} is neither a device bundle nor a PyTorch model directory")
     task = tasks.of_model(paths[0])
     tokenized = runtime_task(task.name).tokenized  # text in tokens: timed per sequence length
     test = split_info = None
@@ -49,10 +47,9 @@ def bench_classifiers(candidates: list[str | Path], config: BenchConfig, *, data
             raise EdgeshrinkError(f"candidate {paths[0]} is a {task.name} model; data {test.name!r} is "
                                   f"{'text' if text_data else 'images'}")
 
-    step = progress or (lambda description, advance=0, total=None: None)
     peaks = measure_peaks(config.threads)
-    step("peak GEMM measured")
-    with spawned([(path, OPENER, {"path": str(path)}) for path in paths], step) as workers:
+    progress("peak GEMM measured")
+    with spawned([(path, OPENER, {"path": str(path)}) for path in paths], progress) as workers:
         results = [{"name": path.name, "path": str(path), **{k: w.info[k] for k in
                     ("kind", "precision", "size_bytes", "parameters", "max_length")}, "task": task.name,
                     "flops_per_example": w.info["flops_per_example"]} for path, w in zip(paths, workers)]
@@ -60,7 +57,7 @@ def bench_classifiers(candidates: list[str | Path], config: BenchConfig, *, data
             for worker in workers:
                 check_labels(test.label_names, worker.info["labels"], f"candidate {worker.label}")
         cells = _cells(config, tokenized)
-        step("timing", total=len(cells) + (len(workers) if test is not None else 0))
+        progress("timing", total=len(cells) + (len(workers) if test is not None else 0))
         timings: dict[tuple, list[list[float]]] = {}
         for threads, batch, seq_len, runs in cells:
             passes = min(config.rounds, runs)
@@ -69,33 +66,22 @@ def bench_classifiers(candidates: list[str | Path], config: BenchConfig, *, data
             replies = round_robin(workers, "time", (threads, batch, seq_len, max(1, runs // passes)), passes=passes,
                                   warmup=warmup, active=active)
             timings[(threads, batch, seq_len)] = [sum(r, []) for r in replies]
-            step("timing", advance=1)
+            progress("timing", advance=1)
         if test is not None:
             predictions = []
             for worker in workers:
                 predictions.append(worker.call("predict", config.accuracy_threads, model_inputs(test)))
-                step("timing", advance=1)
+                progress("timing", advance=1)
             _add_accuracy(results, workers, predictions, test)
         for worker, result in zip(workers, results):
             result["torch_imported"] = worker.close().get("torch_imported")
     for path, result in zip(paths, results):
         result["peak_rss_bytes"] = _peak_rss(path, config, tokenized)
-    step("memory measured")
+    progress("memory measured")
 
     _add_timings(results, timings, peaks, tokenized)
     return {"notes": slower_notes(results), "schema": CLASSIFIER_SCHEMA, "machine": machine_info(), **peaks,
             "config": config.to_dict(), "data": split_info, "candidates": results}
-
-
-def _check_candidate(path: Path) -> None:
-    if not path.is_dir() or not ((path / "manifest.json").exists() or (path / "config.json").exists()):
-        raise EdgeshrinkError(f"candidate {path} is neither a device bundle nor a PyTorch model directory")
-
-
-def _percentiles(times_s: list[float]) -> dict:
-    ms = np.array(times_s) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p90_ms": float(np.percentile(ms, 90)),
-            "p99_ms": float(np.percentile(ms, 99)), "mean_ms": float(ms.mean()), "n": int(ms.size)}
 
 
 def _fits(seq_len: int, info: dict, tokenized: bool) -> bool:
@@ -145,7 +131,9 @@ def _add_timings(results, timings, peaks, tokenized: bool) -> None:
                 continue
             row = {"threads": threads, "batch": batch, "seq_len": seq_len if tokenized else None}
             if batch == 1:
-                row.update(_percentiles(times))
+                ms = np.array(times) * 1e3
+                row.update({f"p{p}_ms": float(np.percentile(ms, p)) for p in (50, 90, 99)})
+                row.update(mean_ms=float(ms.mean()), n=int(ms.size))
                 key = ("lat", threads, seq_len)
                 baseline.setdefault(key, row["p50_ms"])
                 row["speedup_vs_first"] = baseline[key] / row["p50_ms"]

@@ -4,8 +4,6 @@ commands for the classifier bench (classifier.py):
 
     ("time", threads, batch, seq_len, repeats) -> [seconds per run] on synthetic inputs of exactly that shape
     ("predict", threads, inputs)               -> class probabilities for texts (text) or an array (tensors)
-
-The timed inputs are synthetic, of an exact shape (``text_feeds``, ``tensor_feeds``).
 """
 
 from __future__ import annotations
@@ -106,8 +104,9 @@ class TorchCandidate(Classifier):
         from edgeshrink.bench.flops import text_flops_table
         from edgeshrink.models.sources import model_labels
 
+        weights = (self.path / name for name in ("model.safetensors", "pytorch_model.bin"))
         return {"kind": self.kind, "labels": list(model_labels(self.path)), "max_length": self.max_length,
-                "size_bytes": _weights_bytes(self.path) or dir_size_bytes(self.path),
+                "size_bytes": next((w.stat().st_size for w in weights if w.exists()), 0) or dir_size_bytes(self.path),
                 "flops_per_example": text_flops_table(self.model, self.max_length),
                 "parameters": int(sum(p.numel() for p in self.model.parameters())), "precision": "fp32"}
 
@@ -123,13 +122,6 @@ class TorchCandidate(Classifier):
         from edgeshrink.models.torch_text import predict_proba
 
         return predict_proba(self.model, self.tokenizer, texts, self.max_length, batch_size=32)
-
-
-def _weights_bytes(path: Path) -> int | None:
-    for name in ("model.safetensors", "pytorch_model.bin"):
-        if (path / name).exists():
-            return (path / name).stat().st_size
-    return None
 
 
 def _vocab_size(path: Path, manifest: dict) -> int:
@@ -153,11 +145,8 @@ def text_feeds(batch: int, seq_len: int, vocab_size: int, input_names: list[str]
 def tensor_feeds(batch: int, inputs: list[dict], seed: int = 0) -> dict[str, np.ndarray]:
     """Random tensors for a tensor bundle's inputs (dims other than batch must be fixed)."""
     rng = np.random.default_rng(seed)
-    feeds = {}
-    for spec in inputs:
-        shape = [batch] + [int(d) for d in spec["shape"][1:]]
-        feeds[spec["name"]] = rng.standard_normal(shape).astype(spec["dtype"])
-    return feeds
+    return {spec["name"]: rng.standard_normal([batch] + [int(d) for d in spec["shape"][1:]]).astype(spec["dtype"])
+            for spec in inputs}
 
 
 def open_candidate(path: str):

@@ -16,11 +16,9 @@ def _count(fn) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     # On the CPU, scaled-dot-product attention dispatches to an op the counter does not know.
-    extra = {}
-    for name in ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable"):
-        op = getattr(torch.ops.aten, name, None)
-        if op is not None:
-            extra[op] = _sdpa_flop
+    names = ("_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_fused_attention_overrideable")
+    ops = (getattr(torch.ops.aten, name, None) for name in names)
+    extra = {op: _sdpa_flop for op in ops if op is not None}
     with FlopCounterMode(display=False, custom_mapping=extra) as counter:
         fn()
     return int(counter.get_total_flops())

@@ -4,11 +4,11 @@ quality on held-out text, with llama.cpp on a GGUF file as the peer, all in one 
     from edgeshrink.bench import bench, LLMBenchConfig
     report = bench(["runs/smollm2-fp32", "runs/smollm2-int4"], LLMBenchConfig(peer="smollm2"))
 
-Each candidate runs in its own process (harness.py; llm_worker.py answers), so peak RSS is its own. Every cell (threads ×
-prompt length for time to first token; threads for decode) is measured in ``repeats`` round-robin passes
-over the candidates and the median is reported, so drift of a shared machine hits all alike. All
-candidates get the same token ids (the held-out text's first N tokens; a candidate whose tokenizer gives
-other ids is flagged), decode greedily and ignore eos, so each run does the same work everywhere.
+Each candidate runs in its own process (harness.py; llm_worker.py answers). Every cell (threads × prompt
+length for time to first token; threads for decode) is timed in ``repeats`` round-robin passes and the
+median reported. All candidates get the same token ids (the held-out text's first N tokens; a candidate
+whose tokenizer gives other ids is flagged), decode greedily and ignore eos, so each run does the same work
+everywhere.
 
 The decode limit is the slower of two floors: FLOPs per token ÷ the measured peak fp32 GEMM rate and
 weight bytes read per token ÷ the measured memory bandwidth, both at the run's thread count. Weight
@@ -20,6 +20,7 @@ head (tied, as in SmolLM2), else one row.
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from pathlib import Path
 
@@ -134,12 +135,6 @@ def _unique_names(results: list[dict]) -> None:
             r["name"] = f"{r['name']}#{seen[r['name']]}"
 
 
-def _llama_cpp_installed() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("llama_cpp") is not None
-
-
 def resolve_peer(peer: str, bundles: list[dict]) -> tuple[Path | None, str | None]:
     """(GGUF path or None, a note saying why there is no peer). An explicit peer that cannot run is an error."""
     if peer == "none":
@@ -148,7 +143,7 @@ def resolve_peer(peer: str, bundles: list[dict]) -> tuple[Path | None, str | Non
         gguf = next((b["gguf"] for b in bundles if b.get("gguf")), None)
         if gguf is None or not Path(gguf).is_file():
             return None, "no llama.cpp peer: the bundles record no GGUF source (give --peer-gguf PATH)"
-        if not _llama_cpp_installed():
+        if importlib.util.find_spec("llama_cpp") is None:
             return None, "no llama.cpp peer: llama-cpp-python is not installed (pip install 'edgeshrink[llamacpp]')"
         return Path(gguf), None
     from edgeshrink.models.llm import LLM_PACKAGES
@@ -159,7 +154,7 @@ def resolve_peer(peer: str, bundles: list[dict]) -> tuple[Path | None, str | Non
         path = Path(peer).expanduser()
     if not path.is_file() or path.suffix.lower() != ".gguf":
         raise EdgeshrinkError(f"peer {peer!r} is not a .gguf file (nor a packaged model: {', '.join(LLM_PACKAGES)})")
-    if not _llama_cpp_installed():
+    if importlib.util.find_spec("llama_cpp") is None:
         raise EdgeshrinkError("the llama.cpp peer needs llama-cpp-python: pip install 'edgeshrink[llamacpp]'")
     return path, None
 
@@ -187,19 +182,16 @@ def _prompt_text(config: LLMBenchConfig) -> str:
 
 
 # -- the run -------------------------------------------------------------------------------------------
-def bench_llm(candidates: list[str | Path], config: LLMBenchConfig, *, data=None, progress=None) -> dict:
+def bench_llm(candidates: list[str | Path], config: LLMBenchConfig, *, data=None, progress) -> dict:
     """Benchmark language-model bundles (and the llama.cpp peer, see ``config.peer``) of one task (see
     ``edgeshrink.bench.bench``); return the report dict."""
     if data is not None:
         raise EdgeshrinkError("the language-model bench scores the held-out texts of its config (texts), not data")
-    step = progress or (lambda description, advance=0, total=None: None)
     task = tasks.of_bundle(candidates[0])
     results = [_bundle_candidate(Path(c)) for c in candidates]
     _unique_names(results)
-    notes = []
     peer_path, note = resolve_peer(config.peer, results)
-    if note:
-        notes.append(note)
+    notes = [note] if note else []
     if peer_path is not None:
         results.append(_peer_candidate(peer_path))
     need = max(max(config.prompt_tokens) + 1, config.decode_prompt + config.new_tokens)
@@ -207,7 +199,7 @@ def bench_llm(candidates: list[str | Path], config: LLMBenchConfig, *, data=None
         if r["context_length"] is not None and need > r["context_length"]:
             raise EdgeshrinkError(f"candidate {r['path']} has a context of {r['context_length']} tokens; this bench "
                                   f"needs {need} (prompt + new tokens)")
-    step("measuring peak GEMM and memory bandwidth")
+    progress("measuring peak GEMM and memory bandwidth")
     peaks = measure_peaks(config.threads, bandwidth=True)
 
     text = _prompt_text(config)
@@ -215,20 +207,20 @@ def bench_llm(candidates: list[str | Path], config: LLMBenchConfig, *, data=None
     context = 1 << math.ceil(math.log2(need))
     specs = [(r["path"], f"{_WORKER}:LlamaCppLM", {"path": r["path"], "context": context}) if r["kind"] == "llama.cpp"
              else (r["path"], f"{_WORKER}:BundleLM", {"path": r["path"]}) for r in results]
-    with spawned(specs, step) as workers:
+    with spawned(specs, progress) as workers:
         prompts = [w.call("prompt", text, lengths) for w in workers]
         for r, p in zip(results, prompts):
             r["same_prompt_ids_as_first"] = all(p[n] == prompts[0][n] for n in lengths)
         cells = [(t, "ttft", n) for t in config.threads for n in config.prompt_tokens] + \
                 [(t, "decode", config.decode_prompt) for t in config.threads]
         cells.sort(key=lambda c: c[0])  # each worker switches thread count once
-        step("timing", total=len(cells))
+        progress("timing", total=len(cells))
         timings: dict[tuple, list[list]] = {}
         for threads, what, n in cells:
             args = (threads, n) if what == "ttft" else (threads, n, config.new_tokens)
             timings[(threads, what, n)] = round_robin(workers, what, args, passes=config.repeats,
                                                       warmup=[args] * config.warmup_runs)
-            step("timing", advance=1)
+            progress("timing", advance=1)
         for w, r in zip(workers, results):
             final = w.close()
             r["peak_rss_bytes"] = int(final["peak_rss_bytes"])
@@ -237,7 +229,7 @@ def bench_llm(candidates: list[str | Path], config: LLMBenchConfig, *, data=None
     _add_timings(results, timings, config, peaks)
     reference = None
     if config.quality and config.texts:
-        reference = _add_quality(results, config, step, notes, task)
+        reference = _add_quality(results, config, progress, notes, task)
     return {"schema": LLM_SCHEMA, "machine": machine_info(), **peaks, "config": config.to_dict(),
             "reference": reference, "notes": notes, "candidates": results}
 
@@ -308,18 +300,17 @@ def _reference(results: list[dict], config: LLMBenchConfig, task) -> tuple[str |
     return None, None
 
 
-def _add_quality(results, config: LLMBenchConfig, step, notes, task) -> dict | None:
+def _add_quality(results, config: LLMBenchConfig, progress, notes, task) -> dict | None:
     from edgeshrink.compress.lm_eval import score_windows, text_windows
     from edgeshrink.data.lm_text import load_lm_text
     from edgeshrink.runtime.generate import Generator
 
     ref_name, ref_path = _reference(results, config, task)
-    generators = {r["name"]: Generator(r["path"], threads=config.quality_threads, verify=False)
-                  for r in results if r["kind"] == "onnx-bundle"}
-    models = {name: g.logits for name, g in generators.items()}
+    bundles = {r["name"]: r["path"] for r in results if r["kind"] == "onnx-bundle"}
     if ref_path is not None:
-        generators["reference"] = Generator(ref_path, threads=config.quality_threads, verify=False)
-        models["reference"] = generators["reference"].logits
+        bundles["reference"] = ref_path
+    generators = {name: Generator(path, threads=config.quality_threads, verify=False) for name, path in bundles.items()}
+    models = {name: g.logits for name, g in generators.items()}
     tokenizer = next(iter(generators.values())).tokenizer
     peer = next((r for r in results if r["kind"] == "llama.cpp"), None)
     llama = None
@@ -333,14 +324,12 @@ def _add_quality(results, config: LLMBenchConfig, step, notes, task) -> dict | N
     for source in config.texts:
         text = load_lm_text(source, "test")
         windows = text_windows(tokenizer, text, config.windows, config.window_tokens)
-        step(f"scoring {len(windows)} windows of {text.name} (test)")
+        progress(f"scoring {len(windows)} windows of {text.name} (test)")
         scores_by_text[text.name] = (text, score_windows(models, windows, ref_name, progress=None))
     for r in results:
-        if r["name"] not in models:
-            continue
-        r["quality"] = {}
-        for name, (text, scores) in scores_by_text.items():
-            r["quality"][name] = {**scores[r["name"]], "part": "test", "split_sha256": text.split["sha256"]}
+        if r["name"] in models:
+            r["quality"] = {name: {**scores[r["name"]], "part": "test", "split_sha256": text.split["sha256"]}
+                            for name, (text, scores) in scores_by_text.items()}
     if ref_name is None:
         notes.append("no fp32 reference among the candidates (nor a recorded quantization parent): top-1 agreement "
                      "and KL are not measured")

@@ -27,20 +27,24 @@ def peak_gemm(threads: int, repeats: int = 10) -> dict[str, float]:
     return rates
 
 
+def _best_seconds(fn, repeats: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def numpy_gemm_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
     from threadpoolctl import threadpool_limits
 
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((n, n), dtype=np.float32), rng.standard_normal((n, n), dtype=np.float32)
     with threadpool_limits(threads):
-        for _ in range(3):
-            a @ b
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - start)
-    return 2.0 * n ** 3 / best / 1e9
+        return 2.0 * n ** 3 / _best_seconds(lambda: a @ b, repeats) / 1e9
 
 
 def ort_gemm_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
@@ -54,14 +58,7 @@ def ort_gemm_gflops(threads: int, n: int = 1024, repeats: int = 10) -> float:
     session = ort.InferenceSession(_matmul_model(n), options, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     feeds = {"a": rng.standard_normal((n, n), dtype=np.float32), "b": rng.standard_normal((n, n), dtype=np.float32)}
-    for _ in range(3):
-        session.run(None, feeds)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n ** 3 / best / 1e9
+    return 2.0 * n ** 3 / _best_seconds(lambda: session.run(None, feeds), repeats) / 1e9
 
 
 def memory_bandwidth(threads: int, megabytes: int = 512, repeats: int = 5) -> dict[str, float]:
@@ -76,18 +73,8 @@ def memory_bandwidth(threads: int, megabytes: int = 512, repeats: int = 5) -> di
     table = np.ones((n // 1024, 1024), dtype=np.float32)
     vector = np.ones(1024, dtype=np.float32)
     parts = np.array_split(table, threads)
-
-    def best_seconds(fn) -> float:
-        fn()
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            best = min(best, time.perf_counter() - start)
-        return best
-
     with threadpool_limits(threads):
-        gemv = best_seconds(lambda: table @ vector)
+        gemv = _best_seconds(lambda: table @ vector, repeats, warmup=1)
     with ThreadPoolExecutor(threads) as pool:  # numpy releases the GIL inside a reduction
-        summed = best_seconds(lambda: list(pool.map(np.sum, parts)))
+        summed = _best_seconds(lambda: list(pool.map(np.sum, parts)), repeats, warmup=1)
     return {"numpy-gemv": table.nbytes / gemv / 1e9, "numpy-sum": table.nbytes / summed / 1e9}

@@ -36,8 +36,12 @@ CLASSIFIER_SCHEMA = "edgeshrink-bench/1"
 LLM_SCHEMA = "edgeshrink-bench-llm/1"
 
 
-def _f(value, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+def _f(value, fmt: str, suffix: str = "") -> str:
+    return "-" if value is None else format(value, fmt) + suffix
+
+
+def _pct(fraction, fmt: str) -> str:
+    return "-" if fraction is None else format(100 * fraction, fmt)
 
 
 def _mb(n) -> str:
@@ -53,42 +57,23 @@ def _acc(c: dict) -> str:
 
 
 def _summary_rows(report: dict) -> list[list[str]]:
-    rows = []
     first_size = report["candidates"][0]["size_bytes"] if report["candidates"] else None
-    for c in report["candidates"]:
-        agree = c.get("agreement_with_first")
-        rows.append([c["name"], c["kind"] + ("" if c.get("precision", "fp32") == "fp32" else f" {c['precision']}"),
-                     _mb(c["size_bytes"]), f"{100 * c['size_bytes'] / first_size:.1f}",
-                     _mb(c.get("peak_rss_bytes")), _acc(c),
-                     "-" if agree is None else f"{100 * agree:.2f}",
-                     {True: "yes", False: "no", None: "-"}[c.get("torch_imported")]])
-    return rows
-
-
-_SUMMARY = ["candidate", "kind", "size MB", "size % of 1st", "peak RSS MB", "test acc % [95% CI]", "agrees w/ 1st %",
-                   "torch loaded"]
-_LATENCY = ["candidate", "threads", "seq", "p50 ms", "p90 ms", "p99 ms", "limit ms", "× limit",
-                   "speedup vs 1st"]
-_THROUGHPUT = ["candidate", "threads", "seq", "batch", "examples/s", "speedup vs 1st"]
+    return [[c["name"], c["kind"] + ("" if c.get("precision", "fp32") == "fp32" else f" {c['precision']}"),
+             _mb(c["size_bytes"]), f"{100 * c['size_bytes'] / first_size:.1f}", _mb(c.get("peak_rss_bytes")), _acc(c),
+             _pct(c.get("agreement_with_first"), ".2f"),
+             {True: "yes", False: "no", None: "-"}[c.get("torch_imported")]] for c in report["candidates"]]
 
 
 def _latency_rows(report: dict) -> list[list[str]]:
-    rows = []
-    for c in report["candidates"]:
-        for r in c["latency"]:
-            rows.append([c["name"], str(r["threads"]), str(r["seq_len"] or "-"), f"{r['p50_ms']:.2f}",
-                         f"{r['p90_ms']:.2f}", f"{r['p99_ms']:.2f}",
-                         f"{r['limit_ms']:.2f}" if "limit_ms" in r else "-",
-                         f"{r['times_limit']:.2f}" if "times_limit" in r else "-", f"{r['speedup_vs_first']:.2f}x"])
+    rows = [[c["name"], str(r["threads"]), str(r["seq_len"] or "-"), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
+             f"{r['p99_ms']:.2f}", _f(r.get("limit_ms"), ".2f"), _f(r.get("times_limit"), ".2f"),
+             f"{r['speedup_vs_first']:.2f}x"] for c in report["candidates"] for r in c["latency"]]
     return sorted(rows, key=lambda row: (int(row[1]), int(row[2]) if row[2] != "-" else 0))
 
 
 def _throughput_rows(report: dict) -> list[list[str]]:
-    rows = []
-    for c in report["candidates"]:
-        for r in c["throughput"]:
-            rows.append([c["name"], str(r["threads"]), str(r["seq_len"] or "-"), str(r["batch"]),
-                         f"{r['examples_per_s']:.1f}", f"{r['speedup_vs_first']:.2f}x"])
+    rows = [[c["name"], str(r["threads"]), str(r["seq_len"] or "-"), str(r["batch"]), f"{r['examples_per_s']:.1f}",
+             f"{r['speedup_vs_first']:.2f}x"] for c in report["candidates"] for r in c["throughput"]]
     return sorted(rows, key=lambda row: (int(row[1]), int(row[2]) if row[2] != "-" else 0, int(row[3])))
 
 
@@ -103,52 +88,33 @@ def _classifier_header(report: dict) -> str:
 
 def _classifier_tables(report: dict):
     """(rich title, Markdown title or None, headers, rows) per table."""
-    return (("Summary", None, _SUMMARY, _summary_rows(report)),
-            ("Latency, batch 1", "Latency at batch 1 (limit = FLOPs ÷ peak GEMM at the same thread count)", _LATENCY,
+    return (("Summary", None, ["candidate", "kind", "size MB", "size % of 1st", "peak RSS MB", "test acc % [95% CI]",
+                               "agrees w/ 1st %", "torch loaded"], _summary_rows(report)),
+            ("Latency, batch 1", "Latency at batch 1 (limit = FLOPs ÷ peak GEMM at the same thread count)",
+             ["candidate", "threads", "seq", "p50 ms", "p90 ms", "p99 ms", "limit ms", "× limit", "speedup vs 1st"],
              _latency_rows(report)),
-            ("Throughput", "Throughput", _THROUGHPUT, _throughput_rows(report)))
+            ("Throughput", "Throughput", ["candidate", "threads", "seq", "batch", "examples/s", "speedup vs 1st"],
+             _throughput_rows(report)))
 
 
 # -- language models -----------------------------------------------------------------------------------------
-_LLM_SUMMARY = ["candidate", "kind", "precision", "size MB", "peak RSS MB", "weights read MB/token"]
-_QUALITY = ["candidate", "text", "perplexity", "bits/byte", "top-1 agree %", "KL nats/token", "tokens"]
-_DECODE = ["candidate", "threads", "tok/s", "limit tok/s", "bound", "% of limit", "vs llama.cpp"]
-_TTFT = ["candidate", "threads", "prompt", "TTFT ms", "limit ms", "vs llama.cpp"]
-
-
-def _llm_summary_rows(report: dict) -> list[list[str]]:
-    return [[c["name"], c["kind"], c["precision"], _mb(c["size_bytes"]), _mb(c.get("peak_rss_bytes")),
-             _mb(c["cost"].get("weight_bytes_per_token"))] for c in report["candidates"]]
-
-
 def _quality_rows(report: dict) -> list[list[str]]:
-    rows = []
-    for c in report["candidates"]:
-        for text, q in (c.get("quality") or {}).items():
-            agree = q.get("top1_agreement")
-            rows.append([c["name"], text, f"{q['perplexity']:.2f}", f"{q['bits_per_byte']:.3f}",
-                         "-" if agree is None else f"{100 * agree:.1f}", _f(q.get("kl_to_reference"), ".4f"),
-                         str(q["tokens"])])
-    return rows
+    return [[c["name"], text, f"{q['perplexity']:.2f}", f"{q['bits_per_byte']:.3f}",
+             _pct(q.get("top1_agreement"), ".1f"), _f(q.get("kl_to_reference"), ".4f"),
+             str(q["tokens"])] for c in report["candidates"] for text, q in (c.get("quality") or {}).items()]
 
 
 def _decode_rows(report: dict) -> list[list[str]]:
-    rows = []
-    for c in report["candidates"]:
-        for r in c["decode"]:
-            frac = r.get("fraction_of_limit")
-            rows.append([c["name"], str(r["threads"]), f"{r['tokens_per_s']:.1f}", _f(r.get("limit_tokens_per_s"), ".1f"),
-                         r.get("bound", "-"), "-" if frac is None else f"{100 * frac:.0f}",
-                         "-" if "vs_peer" not in r else f"{r['vs_peer']:.2f}x"])
+    rows = [[c["name"], str(r["threads"]), f"{r['tokens_per_s']:.1f}", _f(r.get("limit_tokens_per_s"), ".1f"),
+             r.get("bound", "-"), _pct(r.get("fraction_of_limit"), ".0f"),
+             _f(r.get("vs_peer"), ".2f", "x")] for c in report["candidates"] for r in c["decode"]]
     return sorted(rows, key=lambda row: int(row[1]))
 
 
 def _ttft_rows(report: dict) -> list[list[str]]:
-    rows = []
-    for c in report["candidates"]:
-        for r in c["ttft"]:
-            rows.append([c["name"], str(r["threads"]), str(r["prompt_tokens"]), f"{r['median_ms']:.1f}",
-                         _f(r.get("limit_ms"), ".1f"), "-" if "vs_peer" not in r else f"{r['vs_peer']:.2f}x"])
+    rows = [[c["name"], str(r["threads"]), str(r["prompt_tokens"]), f"{r['median_ms']:.1f}",
+             _f(r.get("limit_ms"), ".1f"), _f(r.get("vs_peer"), ".2f", "x")]
+            for c in report["candidates"] for r in c["ttft"]]
     return sorted(rows, key=lambda row: (int(row[1]), int(row[2])))
 
 
@@ -163,12 +129,19 @@ def _llm_header(report: dict) -> str:
 
 
 def _llm_tables(report: dict):
-    tables = (("Summary", _LLM_SUMMARY, _llm_summary_rows(report)),
-              ("Decode (limit = slower of FLOPs ÷ peak GEMM and weight bytes ÷ memory bandwidth)", _DECODE,
+    summary = [[c["name"], c["kind"], c["precision"], _mb(c["size_bytes"]), _mb(c.get("peak_rss_bytes")),
+                _mb(c["cost"].get("weight_bytes_per_token"))] for c in report["candidates"]]
+    reference = (report.get("reference") or {}).get("name", "-")
+    tables = (("Summary", ["candidate", "kind", "precision", "size MB", "peak RSS MB", "weights read MB/token"],
+               summary),
+              ("Decode (limit = slower of FLOPs ÷ peak GEMM and weight bytes ÷ memory bandwidth)",
+               ["candidate", "threads", "tok/s", "limit tok/s", "bound", "% of limit", "vs llama.cpp"],
                _decode_rows(report)),
-              ("Time to first token (limit = prefill FLOPs ÷ peak GEMM)", _TTFT, _ttft_rows(report)),
-              (f"Held-out text (agreement and KL against {(report.get('reference') or {}).get('name', '-')})",
-               _QUALITY, _quality_rows(report)))
+              ("Time to first token (limit = prefill FLOPs ÷ peak GEMM)",
+               ["candidate", "threads", "prompt", "TTFT ms", "limit ms", "vs llama.cpp"], _ttft_rows(report)),
+              (f"Held-out text (agreement and KL against {reference})",
+               ["candidate", "text", "perplexity", "bits/byte", "top-1 agree %", "KL nats/token", "tokens"],
+               _quality_rows(report)))
     return [(title, title, headers, rows) for title, headers, rows in tables]
 
 

@@ -22,7 +22,7 @@ from pydantic import Field, field_validator
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.recipes.report import latency_cell, markdown, models_table, write_plots
+from edgeshrink.recipes.report import latency_cell, markdown, models_table, target_row, write_plots
 from edgeshrink.recipes.schema import Recipe, RecipeKind, where
 from edgeshrink.runtime.tasks import runtime_task
 
@@ -192,9 +192,8 @@ def check_targets(recipe: TensorRecipe, bench_report: dict | None, route_report:
     t = recipe.targets
     rows = []
 
-    def add(name, value, bound, ok, unit=""):
-        rows.append({"target": name, "value": value, "bound": bound, "met": ok, "unit": unit,
-                     "miss": None if ok or value is None else abs(value - bound)})
+    def add(*row, **note):
+        rows.append(target_row(*row, **note))
 
     cloud = device = peer = None
     if bench_report:
@@ -206,23 +205,25 @@ def check_targets(recipe: TensorRecipe, bench_report: dict | None, route_report:
                                               t.min_size_reduction, t.min_speedup, t.min_accuracy_fraction, peer_targets))
     if needs_bench and device is None:
         raise EdgeshrinkError("the recipe states size/latency/accuracy targets but has no `bench` step to measure them")
+    lt = t.max_latency_ms
+    threads, seq, pct = (lt.threads, lt.seq_length, lt.percentile) if lt else (1, 64, 50)
+    # tensor models (CNNs) have no sequence length: a cell is one batch-1 request
+    tokenized = not device or not device.get("task") or runtime_task(device["task"]).tokenized
+    at = f"{seq} tokens" if tokenized else "batch 1"
 
-    def at(seq) -> str:  # tensor models (CNNs) have no sequence length: a cell is one batch-1 request
-        tokenized = not device or not device.get("task") or runtime_task(device["task"]).tokenized
-        return f"{seq} tokens" if tokenized else "batch 1"
+    def p_ms(candidate: dict, what: str) -> float:
+        cell = latency_cell(candidate, threads, seq)
+        if cell is None:
+            raise EdgeshrinkError(f"the bench step did not measure {threads} thread(s) at {seq} tokens, which "
+                                  f"{what} needs")
+        return cell[f"p{pct}_ms"]
 
     if t.max_size_mb is not None:
         size = device["size_bytes"] / 1e6
         add("max_size_mb", size, t.max_size_mb, size <= t.max_size_mb, "MB")
-    if t.max_latency_ms is not None:
-        lt = t.max_latency_ms
-        cell = latency_cell(device, lt.threads, lt.seq_length)
-        if cell is None:
-            raise EdgeshrinkError(f"the bench step did not measure {lt.threads} thread(s) at {lt.seq_length} tokens, "
-                                  f"which the latency target needs")
-        value = cell[f"p{lt.percentile}_ms"]
-        add(f"max_latency_ms (p{lt.percentile}, {lt.threads} thread, {at(lt.seq_length)})", value, lt.value,
-            value <= lt.value, "ms")
+    if lt is not None:
+        value = p_ms(device, "the latency target")
+        add(f"max_latency_ms (p{pct}, {threads} thread, {at})", value, lt.value, value <= lt.value, "ms")
     if t.min_accuracy is not None:
         acc = device["accuracy"]["value"]
         add("min_accuracy", acc, t.min_accuracy, acc >= t.min_accuracy)
@@ -234,19 +235,9 @@ def check_targets(recipe: TensorRecipe, bench_report: dict | None, route_report:
         ratio = cloud["size_bytes"] / device["size_bytes"]
         add("min_size_reduction (x smaller than the cloud bundle)", ratio, t.min_size_reduction,
             ratio >= t.min_size_reduction, "x")
-    threads, seq = (t.max_latency_ms.threads, t.max_latency_ms.seq_length) if t.max_latency_ms else (1, 64)
-    pct = t.max_latency_ms.percentile if t.max_latency_ms else 50
-
-    def speedup(reference, what: str) -> float:
-        cells = [latency_cell(cand, threads, seq) for cand in (reference, device)]
-        if None in cells:
-            raise EdgeshrinkError(f"the bench step did not measure {threads} thread(s) at {seq} tokens, which "
-                                  f"{what} needs")
-        return cells[0][f"p{pct}_ms"] / cells[1][f"p{pct}_ms"]
-
     if t.min_speedup is not None:
-        ratio = speedup(cloud, "min_speedup")
-        add(f"min_speedup (p{pct}, {threads} thread, {at(seq)}, vs the cloud bundle)", ratio, t.min_speedup,
+        ratio = p_ms(cloud, "min_speedup") / p_ms(device, "min_speedup")
+        add(f"min_speedup (p{pct}, {threads} thread, {at}, vs the cloud bundle)", ratio, t.min_speedup,
             ratio >= t.min_speedup, "x")
     if t.min_accuracy_fraction is not None:
         fraction = device["accuracy"]["value"] / cloud["accuracy"]["value"]
@@ -257,7 +248,7 @@ def check_targets(recipe: TensorRecipe, bench_report: dict | None, route_report:
             raise EdgeshrinkError("the recipe states peer targets, but no peer pipeline was built: it is built by "
                                   "the `export` step when the device model differs from the cloud model")
         if peer_targets.min_speedup is not None:
-            ratio = speedup(peer, "peer.min_speedup")
+            ratio = p_ms(peer, "peer.min_speedup") / p_ms(device, "peer.min_speedup")
             add(f"peer.min_speedup (p{pct}, {threads} thread, {seq} tokens)", ratio, peer_targets.min_speedup,
                 ratio >= peer_targets.min_speedup, "x")
         if peer_targets.min_size_reduction is not None:
@@ -286,9 +277,9 @@ def check_targets(recipe: TensorRecipe, bench_report: dict | None, route_report:
                 continue
             value = router.get(key) if guaranteed else None
             add(f"router.{key} (the calibrated guarantee's {'risk' if key == 'alpha' else 'failure probability'})",
-                value, bound, value is not None and value <= bound)
-            rows[-1]["note"] = (f"realised on the test split: {route_report['realised_risk']}" if guaranteed else
-                                f"policy {router.get('policy')!r} carries no guarantee; use risk or risk+budget")
+                value, bound, value is not None and value <= bound,
+                note=f"realised on the test split: {route_report['realised_risk']}" if guaranteed else
+                f"policy {router.get('policy')!r} carries no guarantee; use risk or risk+budget")
     return rows
 
 
@@ -303,8 +294,7 @@ def _cloud_accuracy(state: dict) -> float | None:
 
 
 def _miss(target: str, value: float, bound: float, unit: str, after: str) -> dict:
-    return {"target": target, "value": value, "bound": bound, "met": False, "unit": unit,
-            "miss": abs(value - bound), "found_after": after}
+    return {**target_row(target, value, bound, False, unit), "found_after": after}
 
 
 def early_stop(recipe: TensorRecipe, name: str, record: dict, state: dict, later: list[str]) -> dict | None:
@@ -424,10 +414,6 @@ def _sections(recipe: TensorRecipe, paths: list, done: list[dict], data) -> dict
             "candidates": candidates if len(candidates) > 1 else []}
 
 
-def _plots(report: dict, out: Path) -> list[str]:
-    return write_plots(report, out, Path(report["router"]["plots"]) if report.get("router") else None)
-
-
 # -- checks the schema cannot make ---------------------------------------------------------------------------
 def _takes_text(recipe: TextRecipe, path: Path, lines: dict) -> None:
     from edgeshrink.data.images import is_image_data
@@ -454,7 +440,7 @@ _NEEDS = (("distill", "prune"), ("quantize", "export"), ("bench", "export"), ("r
 # is left out so that caches made before versions existed stay valid). export 2: also builds the peer, and
 # the cloud bundle keeps the teacher's own max_length.
 _VERSIONS = {"export": 2}
-_SHARED = {"sections": _sections, "markdown": markdown, "plots": _plots, "needs": _NEEDS, "versions": _VERSIONS,
+_SHARED = {"sections": _sections, "markdown": markdown, "plots": write_plots, "needs": _NEEDS, "versions": _VERSIONS,
            "early_stop": early_stop}
 
 TEXT = RecipeKind("text-classification", {

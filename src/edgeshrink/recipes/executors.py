@@ -4,22 +4,14 @@
     from edgeshrink.recipes.executors import RayExecutor
     run("recipes/search.yaml", "runs/search", executor=RayExecutor(address="auto"))
 
-The runner plans every candidate path as a chain of ``StepTask`` s: a step's cache directory
-(``NN-step-KEY``, KEY chaining the previous step's key, the step's config, the data and the seed), its
-config as JSON and its data config — paths and keys, never models. An executor runs those chains and
-returns each path's step records, stopping a path where ``stop`` says it can no longer meet a target.
-
-- ``LocalExecutor`` (the default) runs the paths one after another in this process, as edgeshrink always did.
-- ``RayExecutor`` runs every *unique* step as one Ray task as soon as the step before it is done: candidates
-  that share a prefix share its tasks, and steps of different candidates run on different nodes at once.
-  Each task asks for the step's resources (``resources:`` in the recipe; CPUs default to 1, ``bench`` takes
-  a whole node and sets its own thread counts), torch runs on as many threads as the task has CPUs, and
-  Ray retries a task whose worker or node died. A step is finished when its ``step.json`` exists, so a
-  retried task of a finished step returns the stored record and nothing runs twice. The run directory must
-  be on a filesystem every node mounts at the same path (NFS, a cluster's shared volume): steps write
-  directories and commit them by rename. An object store (S3, GCS) has neither renames nor directories; it
-  would need each step to build its output on local disk, upload it under its key with ``step.json``
-  written last as the commit marker, and later steps to download their inputs by key first.
+An executor runs the runner's plan, a chain of ``StepTask`` s per candidate path (paths and keys, never
+models), and returns each path's step records, stopping a path where ``stop`` says it can no longer meet a
+target. ``LocalExecutor`` (the default) runs the paths one after another in this process. ``RayExecutor``
+runs every *unique* step as one Ray task as soon as the step before it is done, so candidates that share a
+prefix share its tasks. Each task asks for its step's ``resources:`` (``bench`` takes a whole node and sets
+its own thread counts); Ray retries a task whose worker or node died, and a retry of a finished step (its
+``step.json`` exists) returns the stored record. The run directory must be on a filesystem every node
+mounts at the same path: steps commit their directories by rename, which an object store (S3, GCS) lacks.
 
 Every execution of a step appends to ``executions.jsonl`` in its directory (start and finish, host, pid,
 Ray node): the record of where each step ran and of any retry.
@@ -139,42 +131,36 @@ def executions(where: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def cached_step(title: str, where: Path, cache: Path, run_step: Callable[[Path], dict], progress,
-                ran_on: dict | None = None) -> dict:
-    """Run one step into ``where`` unless its ``step.json`` says it is done; return its record with
-    ``log`` (cached, seconds, seconds this run). Paths in the stored record are relative to ``cache``."""
+def cached_step(task: StepTask, state: dict, cache: Path, progress=None, ran_on: dict | None = None) -> dict:
+    """Run one step into its directory unless its ``step.json`` says it is done (the same code under every
+    executor); return its record with ``log`` (cached, seconds, seconds this run). Paths in the stored record
+    are relative to ``cache``."""
+    from edgeshrink import tasks
     from edgeshrink._files import atomic_write_text
+    from edgeshrink.data import DataConfig
 
+    kind = tasks.named(task.task).implementation("recipe").task_parts()
+    config = kind.config_class(task.name).from_dict(task.config)
+    data = DataConfig.from_dict(task.data) if isinstance(task.data, dict) else task.data
+    progress = progress or (lambda message: None)
+    where = cache / task.dir
     done = where / STEP_FILE
     t0 = time.perf_counter()
     cached = done.exists()
     if cached:
         record = _local(json.loads(done.read_text()), cache)
-        progress(f"{title}: cached ({where.name})")
+        progress(f"{task.title}: cached ({where.name})")
     else:
-        progress(f"{title} ...")
+        progress(f"{task.title} ...")
         where.mkdir(parents=True, exist_ok=True)
         _journal(where, "start", ran_on or {"executor": "local"})
-        record = run_step(where)
+        record = kind.steps[task.name](state, config, where, data)
         record["seconds"] = round(time.perf_counter() - t0, 1)
         atomic_write_text(done, json.dumps(_portable(record, cache), indent=2))
         _journal(where, "finish", ran_on or {"executor": "local"})
     record["log"] = {"cached": cached, "seconds": record["seconds"],
                      "seconds_this_run": round(time.perf_counter() - t0, 1)}
     return record
-
-
-def execute(task: StepTask, state: dict, cache: Path, progress=None, ran_on: dict | None = None) -> dict:
-    """Run (or read back) one step: the same code under every executor."""
-    from edgeshrink import tasks
-    from edgeshrink.data import DataConfig
-
-    kind = tasks.named(task.task).implementation("recipe").task_parts()
-    config = kind.config_class(task.name).from_dict(task.config)
-    data = DataConfig.from_dict(task.data) if isinstance(task.data, dict) else task.data
-    return cached_step(task.title, cache / task.dir, cache,
-                       lambda where: kind.steps[task.name](state, config, where, data),
-                       progress or (lambda message: None), ran_on)
 
 
 # -- executors -----------------------------------------------------------------------------------------------
@@ -199,7 +185,7 @@ class LocalExecutor:
                 progress(path.announce)
             state, records, pruned = dict(start), [], None
             for s, task in enumerate(path.tasks):
-                record = execute(task, state, cache, progress)
+                record = cached_step(task, state, cache, progress)
                 state.update(record["state"])
                 records.append(record)
                 pruned = stop(p, s, record, state)
@@ -257,7 +243,7 @@ def _remote_step(task: StepTask, state: dict, cache: str, cwd: str, env: dict, t
         torch.set_num_threads(threads)
         with contextlib.chdir(cwd):
             ran_on = {"executor": "ray", "node": ray.get_runtime_context().get_node_id(), "threads": threads}
-            record = execute(task, state, cache_path, None, ran_on)
+            record = cached_step(task, state, cache_path, None, ran_on)
         return _portable(record, cache_path)
     finally:
         for k, v in saved.items():
@@ -302,9 +288,9 @@ class RayExecutor:
         return {"name": self.name, "address": self.address, "startup_seconds": self.startup_seconds,
                 "nodes": len(nodes), "cpus": sum(n["Resources"].get("CPU", 0) for n in nodes)}
 
-    def _task_cpus(self, task: StepTask) -> float:
-        """The CPUs the step's task asks for ("node": the largest live node's); a task no node can hold would wait
-        forever, so it is refused in one line instead."""
+    def _submit(self, task: StepTask, state: dict, cache: Path):
+        """The step's Ray task, asking for its resources (cpus "node": the largest live node's CPUs); a task no
+        node can hold would wait forever, so it is refused in one line instead."""
         nodes = [n["Resources"] for n in self.ray.nodes() if n.get("Alive")]
         largest = max((n.get("CPU", 0) for n in nodes), default=0)
         if largest <= 0:
@@ -317,11 +303,6 @@ class RayExecutor:
             raise EdgeshrinkError(f"{task.title}: asks for {cpus:g} CPU{gpus}, which no node of the Ray cluster has "
                                   f"(the largest has {largest:g} CPU{most_gpus}); lower resources.{task.name} in the "
                                   f"recipe")
-        return cpus
-
-    def _submit(self, task: StepTask, state: dict, cache: Path):
-        res = task.resources
-        cpus = self._task_cpus(task)
         options = {"num_cpus": cpus, "num_gpus": res.gpus, "max_retries": res.max_retries, "retry_exceptions": False}
         if res.memory_gb:
             options["memory"] = int(res.memory_gb * 2**30)
@@ -366,7 +347,9 @@ class RayExecutor:
                 if task.dir in submitted:
                     continue
                 before = states[path.tasks[position[p] - 1].dir] if position[p] else dict(start)
-                progress(f"{task.title}: submitted to Ray ({_cpus_text(task.resources)})")
+                res = task.resources
+                asks = "a whole node" if res.cpus == "node" else f"{res.cpus:g} CPU"
+                progress(f"{task.title}: submitted to Ray ({asks}{f', {res.gpus:g} GPU' if res.gpus else ''})")
                 pending[self._submit(task, before, cache)] = (task, before, time.perf_counter())
                 submitted.add(task.dir)
 
@@ -392,18 +375,10 @@ class RayExecutor:
                 for p, path in enumerate(paths)]
 
 
-def _cpus_text(res: StepResources) -> str:
-    gpus = f", {res.gpus:g} GPU" if res.gpus else ""
-    return ("a whole node" if res.cpus == "node" else f"{res.cpus:g} CPU") + gpus
-
-
-EXECUTORS: dict[str, type] = {"local": LocalExecutor, "ray": RayExecutor}
-
-
 def make_executor(name: str, address: str | None = None):
     """The executor called ``name`` (``local`` or ``ray``); ``address`` is the Ray cluster's."""
-    if name not in EXECUTORS:
-        raise EdgeshrinkError(f"unknown executor {name!r}; expected one of {', '.join(EXECUTORS)}")
+    if name not in ("local", "ray"):
+        raise EdgeshrinkError(f"unknown executor {name!r}; expected one of local, ray")
     if name == "local":
         if address is not None:
             raise EdgeshrinkError("--address applies to --executor ray")

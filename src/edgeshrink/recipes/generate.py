@@ -1,32 +1,12 @@
 """Language-model recipes: import → [prune → distill] → export → quantize → bench (against the fp32 bundle and
-llama.cpp) → report.
-
-    version: 1
-    name: smollm2-edge
-    model: smollm2                    # a short name, a GGUF file or an HF causal-LM directory
-    data: bbc-news                    # text: calibration part for quantize's scores (bench reads its own texts)
-    steps:
-      - import: {}
-      - export: {}
-      - quantize: {method: int4-weight, accuracy_level: 4}
-      - bench: {threads: [1, 2]}
-    targets:
-      max_size_vs_gguf: 1.1           # device bundle size ÷ the GGUF it was imported from
-      min_decode_vs_peer: 1.2         # decode tokens/s ÷ llama.cpp's (same GGUF, same threads, same run)
-      min_decode_limit_fraction: 0.5  # decode tokens/s ÷ the machine's limit for this model
-      max_ttft_vs_peer: 1.0           # time to first token ÷ llama.cpp's, at ttft_prompt_tokens
-      max_perplexity_increase: 0.05   # on the bench's first text (test part), vs the fp32 bundle
+llama.cpp) → report; recipes/smollm2-edge.yaml is one. ``model`` is a short name, a GGUF file or an HF
+causal-LM directory; ``data`` a text set whose calibration part quantize scores (bench reads its own texts).
 
 With ``prune`` (and ``distill``, which heals the pruned model from the imported one), the recipe makes a
 smaller device model (recipes/smollm2-small.yaml): ``export`` and ``quantize`` then also make the source's
 fp32 and quantized bundles, and the bench runs all of them, so ``min_decode_vs_source`` and
 ``max_perplexity_increase`` compare the device model with the source in one interleaved run
 (perplexity against the source's fp32 bundle, the cloud model).
-
-A recipe is of this kind when its ``model``'s task is text-generation (the registry's ``recipe`` entry).
-Steps run through the one run loop (runner.py: a step's key hashes the previous key, its config and the
-data; ``step.json`` marks it done; paths are stored relative to the cache), so a rerun takes seconds and an
-interrupted run resumes at the step it was in.
 """
 
 from __future__ import annotations
@@ -39,7 +19,7 @@ from pydantic import Field
 
 from edgeshrink.config import Config
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.recipes.report import save_plot, targets_table
+from edgeshrink.recipes.report import plotting, save_plot, target_row, targets_section
 from edgeshrink.recipes.schema import Recipe, RecipeKind
 
 
@@ -51,11 +31,12 @@ class LLMTargets(Config):
     threads: int = Field(1, ge=1)  # the thread count the speed targets are read at
     ttft_prompt_tokens: int = Field(128, ge=1)  # the prompt length max_ttft_vs_peer is read at
     max_size_mb: float | None = Field(None, gt=0)
-    max_size_vs_gguf: float | None = Field(None, gt=0)
-    min_decode_vs_peer: float | None = Field(None, gt=0)
-    min_decode_limit_fraction: float | None = Field(None, gt=0, le=1)
-    max_ttft_vs_peer: float | None = Field(None, gt=0)
-    max_perplexity_increase: float | None = Field(None, ge=0)  # a fraction: 0.05 = +5%
+    max_size_vs_gguf: float | None = Field(None, gt=0)  # device bundle size ÷ the GGUF it was imported from
+    min_decode_vs_peer: float | None = Field(None, gt=0)  # decode tokens/s ÷ llama.cpp's (same GGUF, threads, run)
+    min_decode_limit_fraction: float | None = Field(None, gt=0, le=1)  # decode tokens/s ÷ the machine's limit
+    max_ttft_vs_peer: float | None = Field(None, gt=0)  # time to first token ÷ llama.cpp's
+    # on the bench's first text (test part), vs the fp32 bundle; a fraction: 0.05 = +5%
+    max_perplexity_increase: float | None = Field(None, ge=0)
     min_decode_vs_source: float | None = Field(None, gt=0)  # device ÷ the source's quantized bundle (prune recipes)
     max_distill_minutes: float | None = Field(None, gt=0)  # wall time of the distill step when it ran
 
@@ -132,17 +113,13 @@ def _bench(state, config, out: Path, data) -> dict:
     from edgeshrink.bench import bench
 
     out.mkdir(parents=True, exist_ok=True)
-    bundles, roles = [state["fp32_bundle"]], ["fp32"]
-    if state.get("source_quantized_bundle"):
-        bundles.append(state["source_quantized_bundle"])
-        roles.append("source")
-    if state["bundle"] != state["fp32_bundle"]:
-        bundles.append(state["bundle"])
-        roles.append("device")
+    device = state["bundle"] if state["bundle"] != state["fp32_bundle"] else None
+    roles = [("fp32", state["fp32_bundle"]), ("source", state.get("source_quantized_bundle")), ("device", device)]
+    roles = [(role, path) for role, path in roles if path]
     if config.peer == "auto" and state.get("gguf"):
         config = config.model_copy(update={"peer": state["gguf"]})
-    report = bench(bundles, config)
-    report["roles"] = roles + ["peer"] * (len(report["candidates"]) - len(bundles))
+    report = bench([path for _, path in roles], config)
+    report["roles"] = [role for role, _ in roles] + ["peer"] * (len(report["candidates"]) - len(roles))
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     return {"state": {}, "result": {"bench": str(out / "bench.json")}}
 
@@ -157,9 +134,8 @@ def check_llm_targets(recipe: GenerationRecipe, bench: dict | None, device_size:
     t = recipe.targets
     rows = []
 
-    def add(name, value, bound, ok, unit="", note=None):
-        rows.append({"target": name, "value": value, "bound": bound, "met": bool(ok), "unit": unit,
-                     "miss": None if ok or value is None else abs(value - bound), **({"note": note} if note else {})})
+    def add(*row, **note):
+        rows.append(target_row(*row, **note))
 
     if t.max_size_mb is not None:
         size = device_size / 1e6
@@ -186,10 +162,10 @@ def check_llm_targets(recipe: GenerationRecipe, bench: dict | None, device_size:
     device = bench["candidates"][roles.index("device") if "device" in roles else 0]
     decode = _row(device["decode"], threads=t.threads)
     ttft = _row(device["ttft"], threads=t.threads, prompt_tokens=t.ttft_prompt_tokens)
-    has_peer = "peer" in roles
+    for name in ("min_decode_vs_peer", "max_ttft_vs_peer"):
+        if getattr(t, name) is not None and "peer" not in roles:
+            raise EdgeshrinkError(f"{name}: the bench ran no llama.cpp peer (pip install 'edgeshrink[llamacpp]')")
     if t.min_decode_vs_peer is not None:
-        if not has_peer:
-            raise EdgeshrinkError("min_decode_vs_peer: the bench ran no llama.cpp peer (pip install 'edgeshrink[llamacpp]')")
         add(f"min_decode_vs_peer ({t.threads} thread, decode tokens/s ÷ llama.cpp's)", decode["vs_peer"],
             t.min_decode_vs_peer, decode["vs_peer"] >= t.min_decode_vs_peer, "x")
     if t.min_decode_vs_source is not None:
@@ -204,8 +180,6 @@ def check_llm_targets(recipe: GenerationRecipe, bench: dict | None, device_size:
         add(f"min_decode_limit_fraction ({t.threads} thread)", value, t.min_decode_limit_fraction,
             value is not None and value >= t.min_decode_limit_fraction)
     if t.max_ttft_vs_peer is not None:
-        if not has_peer:
-            raise EdgeshrinkError("max_ttft_vs_peer: the bench ran no llama.cpp peer (pip install 'edgeshrink[llamacpp]')")
         if ttft is None:
             raise EdgeshrinkError(f"max_ttft_vs_peer: the bench did not time {t.ttft_prompt_tokens} prompt tokens at "
                                   f"{t.threads} thread(s)")
@@ -246,10 +220,8 @@ def llm_markdown(report: dict) -> str:
     lines = [f"# Recipe report: {report['name']}", "",
              f"Recipe `{report['recipe']}` (sha256 {report['recipe_sha256'][:12]}), edgeshrink "
              f"{report['edgeshrink_version']}; machine: {m['cpu']['model']}, {m['logical_cores']} logical cores, "
-             f"ISA {' '.join(m['cpu']['isa'])}. Wall time this run: {report['wall_seconds_this_run']:.0f} s.", "",
-             "## Targets", ""] + targets_table(report["targets"])
-    lines += ["", f"All targets met: **{'yes' if report['all_targets_met'] else 'no'}**.", "",
-              "## Steps", "", "| step | seconds | cached |", "|---|---|---|"]
+             f"ISA {' '.join(m['cpu']['isa'])}. Wall time this run: {report['wall_seconds_this_run']:.0f} s.", ""]
+    lines += targets_section(report) + ["## Steps", "", "| step | seconds | cached |", "|---|---|---|"]
     lines += [f"| {s['step']} | {s['seconds']:.0f} | {'yes' if s['cached'] else 'no'} |" for s in report["steps"]]
     lines.append("")
     candidates = _candidates(report)
@@ -271,27 +243,17 @@ def llm_markdown(report: dict) -> str:
                              f"{c.get('peak_rss_bytes', 0) / 1e6:.0f} | {d['threads']} | {d['tokens_per_s']:.1f} | "
                              f"{limit} | {peer} | {ttft} | " + " | ".join(quality) + " |")
         lines.append("")
-    for name in report.get("plots") or []:
-        lines.append(f"![{name}](plots/{name})")
+    lines += [f"![{name}](plots/{name})" for name in report.get("plots") or []]
     return "\n".join(lines) + "\n"
 
 
 def write_llm_plots(report: dict, out: Path) -> list[str]:
-    """Decode tokens/s per thread count and time to first token against prompt length, every candidate.
-    Characters that no installed font can draw go into ``report["plots_missing_glyphs"]``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from edgeshrink._plots import any_script
-
+    """Decode tokens/s per thread count and time to first token against prompt length, every candidate."""
     candidates = _candidates(report)
     if not candidates:
         return []
-    out.mkdir(parents=True, exist_ok=True)
     names = []
-    with any_script() as missing:
+    with plotting(report, out) as plt:
         fig, ax = plt.subplots(figsize=(6, 4))
         threads = sorted({d["threads"] for _, c in candidates for d in c["decode"]})
         width = 0.8 / len(candidates)
@@ -310,8 +272,6 @@ def write_llm_plots(report: dict, out: Path) -> list[str]:
         ax.set(xlabel="prompt tokens", ylabel="time to first token (ms)", xscale="log", yscale="log",
                title=f"{report['name']}: time to first token, {threads[0]} thread(s)")
         names.append(save_plot(fig, ax, out, "ttft.png"))
-    if missing:
-        report["plots_missing_glyphs"] = "".join(sorted(missing))
     return names
 
 

@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import shutil
 from pathlib import Path
 
 
-def targets_table(targets: list[dict]) -> list[str]:
-    """The Markdown rows of a recipe's targets: measured, bound, met (and by how much a miss missed)."""
-    lines = ["| target | measured | bound | met |", "|---|---|---|---|"]
-    for t in targets:
+def target_row(target: str, value, bound: float, met: bool, unit: str = "", note: str | None = None) -> dict:
+    """One stated target in a report: the measured value, the bound, met or not (and by how much it missed)."""
+    return {"target": target, "value": value, "bound": bound, "met": bool(met), "unit": unit,
+            "miss": None if met or value is None else abs(value - bound), **({"note": note} if note else {})}
+
+
+def targets_section(report: dict) -> list[str]:
+    """The Markdown of a report's targets: measured, bound, met (and by how much a miss missed)."""
+    lines = ["## Targets", "", "| target | measured | bound | met |", "|---|---|---|---|"]
+    for t in report["targets"]:
         value = "—" if t["value"] is None else f"{t['value']:.4g} {t['unit']}".strip()
         met = "yes" if t["met"] else ("NO" if t["miss"] is None else "NO (missed by %.3g %s)" % (t["miss"], t["unit"]))
         lines.append(f"| {t['target']} | {value} | {t['bound']:g} {t['unit']} | {met}"
                      + (f" — {t['note']}" if t.get("note") else "") + " |")
-    return lines
+    return lines + ["", f"All targets met: **{'yes' if report['all_targets_met'] else 'no'}**.", ""]
 
 
 def markdown(report: dict) -> str:
@@ -28,9 +35,7 @@ def markdown(report: dict) -> str:
              + (f" Data split: {report['split']['dataset']} sha256 {report['split']['sha256'][:12]} "
                 f"(train/calibration/test {'/'.join(str(n) for n in report['split']['sizes'].values())})."
                 if report.get("split") else "")
-             + f" Wall time this run: {report['wall_seconds_this_run']:.0f} s.", "",
-             "## Targets", ""] + targets_table(report["targets"])
-    lines += ["", f"All targets met: **{'yes' if report['all_targets_met'] else 'no'}**.", ""]
+             + f" Wall time this run: {report['wall_seconds_this_run']:.0f} s.", ""] + targets_section(report)
     if report.get("candidates"):
         lines += ["## Search", "", f"{len(report['candidates'])} candidate paths; chosen: #{report['chosen'] + 1}.", "",
                   "Chosen among the candidates that meet every target on calibration accuracy (then latency); "
@@ -69,8 +74,7 @@ def markdown(report: dict) -> str:
         lines.append(f"| {s['step']} | {s['key']} | {s['seconds']} | {s['seconds_this_run']} |")
     lines += ["", f"Device bundle: `{report['device_bundle']}`; cloud bundle: `{report['cloud_bundle']}`"
               + (f"; router: `{report['router_bundle']}/router.json`" if report.get("router_bundle") else "") + ".", ""]
-    for plot in report.get("plots", []):
-        lines.append(f"![{plot}](plots/{plot})")
+    lines += [f"![{plot}](plots/{plot})" for plot in report.get("plots", [])]
     return "\n".join(lines) + "\n"
 
 
@@ -108,18 +112,9 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
-def write_plots(report: dict, out: Path, route_plots: Path | None) -> list[str]:
+def write_plots(report: dict, out: Path) -> list[str]:
     """Accuracy vs latency and vs size: every measured device candidate with the Pareto front, the cloud
-    model and the peer pipeline marked; then the router's plots. Return the file names. Characters that
-    no installed font can draw go into ``report["plots_missing_glyphs"]``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from edgeshrink._plots import any_script
-
-    out.mkdir(parents=True, exist_ok=True)
+    model and the peer pipeline marked; then the router's plots. Return the file names."""
     names = []
     references = [m for m in report.get("models") or [] if m["role"] != "device" and m["accuracy"] is not None]
     devices = []
@@ -127,7 +122,7 @@ def write_plots(report: dict, out: Path, route_plots: Path | None) -> list[str]:
         device = next((m for m in c.get("models") or [] if m["role"] == "device" and m["accuracy"] is not None), None)
         if device:
             devices.append((c["index"], device))
-    with any_script() as missing:
+    with plotting(report, out) as plt:
         for key, label, name in (("p50_ms", "p50 latency, batch 1 (ms)", "accuracy_vs_latency.png"),
                                  ("size_mb", "size on disk (MB)", "accuracy_vs_size.png")):
             if not devices:
@@ -149,13 +144,29 @@ def write_plots(report: dict, out: Path, route_plots: Path | None) -> list[str]:
                    title=f"{report['name']}: accuracy vs {label.split(',')[0]}")
             ax.set_xscale("log")
             names.append(save_plot(fig, ax, out, name))
-    if missing:
-        report["plots_missing_glyphs"] = "".join(sorted(missing))
-    if route_plots is not None and route_plots.exists():
-        for png in sorted(route_plots.glob("*.png")):
+    if report.get("router") and Path(report["router"]["plots"]).exists():
+        for png in sorted(Path(report["router"]["plots"]).glob("*.png")):
             shutil.copy(png, out / f"router_{png.name}")
             names.append(f"router_{png.name}")
     return names
+
+
+@contextlib.contextmanager
+def plotting(report: dict, out: Path):
+    """pyplot (Agg) for figures saved into ``out``; characters that no installed font can draw go into
+    ``report["plots_missing_glyphs"]``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgeshrink._plots import any_script
+
+    out.mkdir(parents=True, exist_ok=True)
+    with any_script() as missing:
+        yield plt
+    if missing:
+        report["plots_missing_glyphs"] = "".join(sorted(missing))
 
 
 def save_plot(fig, ax, out: Path, name: str) -> str:

@@ -3,15 +3,13 @@
     from edgeshrink.recipes.runner import run
     report = run("recipes/quick.yaml", "runs/quick")
 
-One loop for every kind of recipe: the model's task names the kind (schema.py ``RecipeKind``, from the task
-registry), which supplies the steps, the cache-key parts, the early stops, the report's sections and plots.
-Each step's output lives in ``OUT/cache/NN-step-KEY/``, where KEY hashes the previous step's key, the
-step's config, the data and the seed: a rerun skips finished steps, an edited step reruns it and
-everything after it, and an interrupted run resumes at the step it was in (each verb writes its own
-output atomically; a step is finished when its ``step.json`` exists; paths in it are stored relative to
-the cache, so a run directory can be moved or copied and still reruns from its cache). A step may list
-alternatives (``search: {layers: [2, 3]}``): every combination is a candidate path (shared prefixes are
-computed once, through the cache).
+One loop for every kind of recipe (schema.py's ``RecipeKind`` supplies the steps and the report). Each
+step's output lives in ``OUT/cache/NN-step-KEY/``, where KEY hashes the previous step's key, the step's
+config, the data and the seed: a rerun skips finished steps, an edited step reruns it and everything after
+it, and an interrupted run resumes at the step it was in (each verb writes its own output atomically; a step
+is finished when its ``step.json`` exists; paths in it are stored relative to the cache, so a run directory
+can be moved or copied and still reruns from its cache). A step may list alternatives (``search: {layers:
+[2, 3]}``): every combination is a candidate path (shared prefixes are computed once, through the cache).
 """
 
 from __future__ import annotations

@@ -18,10 +18,9 @@
     resources:                          # what each step's task asks of a Ray cluster (`--executor ray`)
       distill: {cpus: 2, gpus: 0}       # default 1 CPU; bench: a whole node
 
-The model's task (``tasks.of_model``) picks the recipe kind the registry names for it (its ``recipe``
-implementation: the schema with its targets, and a ``RecipeKind`` with its steps, ordering rules, cache-key
-parts, checks and report). This module holds what every kind shares; recipes/classify.py and
-recipes/generate.py hold the kinds. Every error names the file, the key path, its line and what was expected.
+The model's task picks the kind of recipe (the registry's ``recipe`` entry: a schema and a ``RecipeKind``);
+recipes/classify.py and recipes/generate.py hold the kinds, this module what they share. Every error names
+the file, the key path, its line and what was expected.
 """
 
 from __future__ import annotations
@@ -120,15 +119,12 @@ class Recipe(Config):
             search = values.pop("search", None) or {}
             keys = list(search)
             options = []
-            for combo in itertools.product(*(search[k] for k in keys)) if keys else [()]:
+            for combo in itertools.product(*(search[k] for k in keys)):
                 choice = {f"steps.{i}.{name}.{k}": v for k, v in zip(keys, combo)}
                 options.append((choice, (name, kind.config_class(name).from_dict({**values, **dict(zip(keys, combo))}))))
             per_step.append(options)
-        paths = []
-        for combo in itertools.product(*per_step):
-            choices = {k: v for choice, _ in combo for k, v in choice.items()}
-            paths.append((choices, [step for _, step in combo]))
-        return paths
+        return [({k: v for choice, _ in combo for k, v in choice.items()}, [step for _, step in combo])
+                for combo in itertools.product(*per_step)]
 
 
 def _line_index(node, path=(), index=None) -> dict[tuple, int]:
