@@ -116,9 +116,6 @@ class Task:
     def verbs(self) -> list[str]:
         return [verb for verb, impls in _IMPLEMENTATIONS.items() if self.name in impls]
 
-    def takes(self, verb: str) -> bool:
-        return self.name in _IMPLEMENTATIONS.get(verb, {})
-
     @property
     def runtime(self) -> RuntimeTask:
         """The runtime table's facts for this kind (runtime/tasks.py: what its bundle holds, whether it generates)."""
@@ -188,11 +185,6 @@ def of_model(spec: str | Path) -> Task:
 def default() -> Task:
     """The task of models no other task claims (the one whose ``recognises`` is None)."""
     return next(task for task in TASKS.values() if task.recognises is None)
-
-
-def of_record(record: dict) -> Task:
-    """The task a training record or report names (records written before the task key are classifiers)."""
-    return named(record.get("task", "text-classification"))
 
 
 def implementations(verb: str) -> dict[str, Implementation]:
