@@ -30,8 +30,9 @@ from edgeshrink.data import DataConfig, SplitConfig, load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.route.confidence import confidence_report, confidence_scores, fit_confidence
 from edgeshrink.route.policies import CalibrationData, PolicyConfig, choose_threshold
-from edgeshrink.route.prompts import PromptConfig
-from edgeshrink.route.router import DEFAULT_COST, ROUTER_NAME, ROUTER_SCHEMA, as_prompted, check_same_labels
+from edgeshrink.route.prompts import PromptConfig, prompt_for
+from edgeshrink.route.router import DEFAULT_COST, ROUTER_NAME, as_prompted, check_same_labels
+from edgeshrink.route.router_schema import router_record
 
 
 class CostConfig(Config):
@@ -108,29 +109,29 @@ def calibrate(device: str | Path, cloud, data: DataConfig | str, config: RouteCo
               cloud_name: str | None = None, progress=None) -> dict:
     """Fit the router on the calibration split; write router.json into the ``device`` bundle; return it."""
     from edgeshrink.data.images import model_inputs
-    from edgeshrink.route.prompts import prompt_for
 
     config = config or RouteConfig()
     device_path = Path(device)
     examples = load_data(data)
-    if config.task == "open":
-        from edgeshrink.route.open_prompts import calibrate_open
-
-        router = calibrate_open(device_path, cloud, examples, config, cloud_name, progress)
-        write_router(device_path, router)
-        return router
     split = split_examples(examples, config.split) if examples.label_names else None
     prompt = prompt_for(examples, shots=split.train if split else None, base=config.prompt).to_dict() \
-        if tasks.of_bundle(device_path).runtime.generates else None
-    device_model, cloud_model = load_models(device_path, cloud, prompt)
-    show_progress({"device": device_model, "cloud": cloud_model}, progress)
+        if config.task == "classify" and tasks.of_bundle(device_path).runtime.generates else None
     if split is not None:
         part, data_info = split.calibration, split.data_record()
-    elif config.label_free:  # unlabelled traffic: every row calibrates (nothing here trains or tests)
+    elif config.label_free or config.task == "open":  # unlabelled traffic: every row calibrates
         part, data_info = examples, {"source": examples.source.source, "name": examples.name, "unlabelled": True,
                                      "rows": len(examples)}
     else:
         raise EdgeshrinkError(f"data {examples.name!r} has no labels: calibrate with label_free (--label-free)")
+    if config.task == "open":
+        from edgeshrink.route.open_prompts import calibrate_open
+
+        router = calibrate_open(device_path, cloud, part, config, progress) | {"data": data_info,
+                                                                              "cloud": cloud_name or str(cloud)}
+        write_router(device_path, router)
+        return router
+    device_model, cloud_model = load_models(device_path, cloud, prompt)
+    show_progress({"device": device_model, "cloud": cloud_model}, progress)
     labels = None if config.label_free else label_ids(part.labels, list(device_model.labels), "the calibration split")
     inputs = model_inputs(part)  # texts, or the image array for tensor bundles (a CNN's router)
     device_out, cloud_out = device_model.predict(inputs), cloud_model.predict(inputs)
@@ -160,25 +161,13 @@ def build_router(device_probs: np.ndarray, cloud_probs: np.ndarray, labels: np.n
     scores = confidence_scores(config.signal, d, answer, fitted)
     answered = scores >= threshold.value
     disagreement = float(np.mean(d.argmax(1)[answered] != c.argmax(1)[answered])) if answered.any() else None
-    return {
-        "kind": "edgeshrink-router", "schema_version": ROUTER_SCHEMA,
-        "policy": config.to_dict(), "signal": config.signal, "temperature": fitted["temperature"],
-        "bias": fitted["bias"], "prompt": prompt,
-        "threshold": None if np.isinf(threshold.value) else threshold.value,
-        "escalate_everything": threshold.value == np.inf, "feasible": threshold.feasible,
-        "alpha": config.alpha, "delta": config.delta, "label_free": config.label_free,
-        "n": int(keep.sum()), "truncated_left_out": int((~keep).sum()), "guarantee": threshold.guarantee,
-        "calibration": {"escalation_rate": threshold.escalation_rate, "device_risk": threshold.device_risk,
-                        **threshold.details,
-                        "temperature_fit": confidence_report(config.signal, d, answer, reference, fitted)},
-        "cost": config.cost.to_dict(), "rules": {"escalate_truncated": config.escalate_truncated},
-        "labels": list(label_names),
-        "data": data_info,
-        "cloud": cloud_name,
-        "reference": reference_from(scores, keep, ~answered, np.asarray(truncated, bool),
-                                    None if unknown is None else np.asarray(unknown, bool), list(label_names),
-                                    device_probs.argmax(1), disagreement),
-    }
+    return router_record(
+        config, fitted, threshold, keep,
+        {"temperature_fit": confidence_report(config.signal, d, answer, reference, fitted)},
+        prompt=prompt, labels=list(label_names), data=data_info, cloud=cloud_name,
+        reference=reference_from(scores, keep, ~answered, np.asarray(truncated, bool),
+                                 None if unknown is None else np.asarray(unknown, bool), list(label_names),
+                                 device_probs.argmax(1), disagreement))
 
 
 def write_router(bundle: Path, router: dict, replace_reason: str | None = None) -> str:

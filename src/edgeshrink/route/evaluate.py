@@ -24,9 +24,10 @@ from edgeshrink.data import DataConfig, load_data, split_examples
 from edgeshrink.route.calibrate import (PolicyConfig, calibration_data, fit, label_ids, load_models, show_progress,
                                         subset)
 from edgeshrink.route.confidence import (SIGNALS, binary_ece, confidence_report, confidence_scores, ece,
-                                         fit_confidence, nll, reliability, scaled_probs)
+                                         fit_confidence, reliability, scaled_probs)
 from edgeshrink.route.policies import apgr_cpt, choose_threshold, curves, examples_needed, policy_split, too_small
-from edgeshrink.route.router import read_router, request_cost, threshold_of
+from edgeshrink.route.router import as_prompted, read_router, request_cost, threshold_of
+from edgeshrink.runtime import load
 from edgeshrink.stats import accuracy_interval, mcnemar_p
 
 SCHEMA = "edgeshrink-route-eval/1"
@@ -104,9 +105,6 @@ def guarantee_check(device_probs, cloud_probs, labels, policy: PolicyConfig, con
 
 
 def _device_latency_ms(device, texts, samples: int) -> float:
-    from edgeshrink.route.router import as_prompted
-    from edgeshrink.runtime import load
-
     single = as_prompted(load(device.path, threads=1, verify=False), getattr(device, "prompt", None))
     for text in texts[:5]:
         single.predict([text])
@@ -155,12 +153,10 @@ def evaluate(device: str | Path, cloud, data: DataConfig | str | None = None, co
             progress(key)
     d, c = outputs["device_test"].probabilities, outputs["cloud_test"].probabilities
     answer = getattr(outputs["device_test"], "signals", None)
-    temperature = float(router["temperature"])
-    fitted = {"temperature": temperature, "bias": router.get("bias")}
+    fitted = {"temperature": float(router["temperature"]), "bias": router.get("bias")}
     scores = confidence_scores(router["signal"], d, answer, fitted)
-    threshold = threshold_of(router)
     truncated = np.array(outputs["device_test"].truncated)
-    escalate = (scores < threshold) | (truncated & router["rules"]["escalate_truncated"])
+    escalate = (scores < threshold_of(router)) | (truncated & router["rules"]["escalate_truncated"])
     device_correct, cloud_correct = d.argmax(1) == y_test, c.argmax(1) == y_test
     hybrid_correct = np.where(escalate, cloud_correct, device_correct)
     n = len(y_test)
@@ -231,21 +227,18 @@ def calibration_on_test(signal: str, probs, answer, labels, fitted: dict) -> dic
 
     Label-distribution signals: of the label probabilities. Answer signals: of P(answer right), the
     bins then of that confidence against whether the device was right."""
-    if signal in SIGNALS:
-        scaled = scaled_probs(probs, fitted["temperature"])
-        return {"temperature": fitted["temperature"], "ece_before": ece(probs, labels), "ece_after": ece(scaled, labels),
-                "nll_before": nll(probs, labels), "nll_after": nll(scaled, labels),
-                "reliability_before": reliability(probs, labels), "reliability_after": reliability(scaled, labels)}
     fit_report = confidence_report(signal, probs, answer, labels, fitted)
+    report = {"temperature": fitted["temperature"]} | ({} if signal in SIGNALS else {"bias": fitted["bias"]}) | {
+        f"{what}_{when}": fit_report[when][what] for what in ("ece", "nll") for when in ("before", "after")}
+    if signal in SIGNALS:
+        return report | {"reliability_before": reliability(probs, labels),
+                         "reliability_after": reliability(scaled_probs(probs, fitted["temperature"]), labels)}
     correct = probs.argmax(1) == labels
     after = confidence_scores(signal, probs, answer, fitted)
     as_two = lambda p: np.stack([1 - p, p], axis=1)  # noqa: E731 - reliability() of P(right) vs right
     before = None if signal == "neg-mean-entropy" else np.exp(answer[signal])
-    return {"temperature": fitted["temperature"], "bias": fitted["bias"],
-            "ece_before": fit_report["before"]["ece"], "ece_after": fit_report["after"]["ece"],
-            "nll_before": fit_report["before"]["nll"], "nll_after": fit_report["after"]["nll"],
-            "reliability_before": [] if before is None else reliability(as_two(before), correct.astype(int)),
-            "reliability_after": reliability(as_two(after), correct.astype(int))}
+    return report | {"reliability_before": [] if before is None else reliability(as_two(before), correct.astype(int)),
+                     "reliability_after": reliability(as_two(after), correct.astype(int))}
 
 
 def compare_signals(device_cal, device_test, y_cal, y_test, cloud_correct, points: int) -> dict:
@@ -280,6 +273,12 @@ def write_plots(report: dict, out: Path) -> None:
     from edgeshrink._files import atomic_output_dir
     from edgeshrink._plots import any_script
 
+    def save(fig, ax, path: Path) -> None:
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
     curve = report["curves"]
     dev, cloud = report["device_only"]["accuracy"], report["cloud_only"]["accuracy"]
     with atomic_output_dir(out, force=True) as tmp, any_script() as missing:
@@ -291,10 +290,7 @@ def write_plots(report: dict, out: Path) -> None:
         ax.scatter([100 * report["escalated_fraction"]], [100 * report["hybrid"]["accuracy"]], color="red", zorder=3,
                    label="calibrated threshold")
         ax.set(xlabel="requests escalated to the cloud (%)", ylabel="test accuracy (%)", title="Accuracy vs escalation")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(tmp / "accuracy_vs_escalation.png", dpi=120)
-        plt.close(fig)
+        save(fig, ax, tmp / "accuracy_vs_escalation.png")
 
         fig, ax = plt.subplots(figsize=(6, 4))
         ax.plot(100 * np.array(curve["coverage"]), 100 * np.array(curve["risk"]), label="device error among answered")
@@ -303,10 +299,7 @@ def write_plots(report: dict, out: Path) -> None:
         ax.scatter([100 * report["on_device_fraction"]], [100 * (report["realised_risk"]["error"] or 0)], color="red",
                    zorder=3, label="calibrated threshold")
         ax.set(xlabel="coverage: requests answered on the device (%)", ylabel="risk (%)", title="Coverage–risk")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(tmp / "coverage_risk.png", dpi=120)
-        plt.close(fig)
+        save(fig, ax, tmp / "coverage_risk.png")
 
         fig, ax = plt.subplots(figsize=(5, 5))
         for key, name in (("reliability_before", "before"), ("reliability_after", "after temperature scaling")):
@@ -314,9 +307,6 @@ def write_plots(report: dict, out: Path) -> None:
             ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", label=name)
         ax.plot([0, 1], [0, 1], "k:", lw=0.8)
         ax.set(xlabel="confidence", ylabel="accuracy", title="Reliability (test split)", xlim=(0.4, 1), ylim=(0.4, 1))
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(tmp / "reliability.png", dpi=120)
-        plt.close(fig)
+        save(fig, ax, tmp / "reliability.png")
     if missing:
         report["plots_missing_glyphs"] = "".join(sorted(missing))

@@ -214,21 +214,19 @@ class DriftMonitor:
             return None
         live = [sum(o.label == label for o in self.window) for label in self.labels]
         ref = [counts.get(label, 0) for label in self.labels]
-        table = np.array([live, ref]) + 0.5  # no empty cells
-        statistic, p, _, _ = chi2_contingency(table)
+        statistic, p, _, _ = chi2_contingency(np.array([live, ref]) + 0.5)  # + 0.5: no empty cells
         return p, statistic, len(self.window)
 
     def _audit_test(self) -> tuple:
         from scipy.stats import binomtest
 
-        n, disagreements = len(self.audits), sum(not a for a in self.audits)
-        interval = binomtest(disagreements, n).proportion_ci(self.config.audit_confidence, method="exact")
-        rate = disagreements / n
+        estimate = self.audit_estimate()
+        n, rate = estimate["audited"], estimate["disagreement"]
         if self.bound is None:
             return 1.0, rate, n, False
         # one-sided: is disagreement above the bound?
-        p = binomtest(disagreements, n, self.bound, alternative="greater").pvalue
-        return p, rate, n, interval.low > self.bound
+        p = binomtest(sum(not a for a in self.audits), n, self.bound, alternative="greater").pvalue
+        return p, rate, n, estimate["interval"][0] > self.bound
 
     # -- reporting ----------------------------------------------------------------------------------------
     def audit_estimate(self) -> dict:
@@ -284,7 +282,6 @@ def replay(device, data, cloud=None, config: MonitorConfig | None = None, limit:
     config = config or MonitorConfig()
     settings = read_router(device)
     router = Router(load(device), None, settings)
-    labels = list(router.device.labels)
     examples = load_data(data)
     texts = examples.texts[:limit] if limit else examples.texts
     truth = examples.labels[:len(texts)] if examples.label_names else None
@@ -294,9 +291,9 @@ def replay(device, data, cloud=None, config: MonitorConfig | None = None, limit:
 
         cloud_model = load_predictor(cloud)
         check_same_labels(router.device, cloud_model)
-    monitor = DriftMonitor(router_reference(settings), config, labels, *router_bound(settings))
+    monitor = DriftMonitor(router_reference(settings), config, list(router.device.labels), *router_bound(settings))
     rng = random.Random(seed)
-    events, hybrid, device_answers, cloud_answers, escalated = [], [], [], [], 0
+    events, device_answers, cloud_answers, escalated = [], [], [], []
     for start in range(0, len(texts), batch_size):
         batch = texts[start:start + batch_size]
         pred = router.device.predict(batch)
@@ -309,14 +306,13 @@ def replay(device, data, cloud=None, config: MonitorConfig | None = None, limit:
                                                   None if unknown is None else bool(unknown[i]), pred.labels[i]))
             if cloud_labels is not None and not escalate[i] and rng.random() < config.audit_fraction:
                 events += monitor.audit(cloud_labels[i] == pred.labels[i])
-            escalated += bool(escalate[i])
-            device_answers.append(pred.labels[i])
-            cloud_answers.append(cloud_labels[i] if cloud_labels is not None else None)
-            hybrid.append(cloud_labels[i] if cloud_labels is not None and escalate[i] else pred.labels[i])
+        escalated += escalate
+        device_answers += pred.labels
+        cloud_answers += cloud_labels if cloud_labels is not None else [None] * len(batch)
         if progress is not None:
             progress(min(start + batch_size, len(texts)), len(texts))
     result = {"device": str(device), "data": examples.name, "requests": len(texts), "report": monitor.report(),
-              "events": events, "escalated_fraction": escalated / max(1, len(texts))}
+              "events": events, "escalated_fraction": sum(escalated) / max(1, len(texts))}
     if truth is not None and cloud_model is not None:
         from edgeshrink.stats import accuracy_interval
 
@@ -325,6 +321,7 @@ def replay(device, data, cloud=None, config: MonitorConfig | None = None, limit:
             low, high = accuracy_interval(right, len(truth))
             return {"accuracy": right / len(truth), "ci95": [low, high]}
 
+        hybrid = [c if e else d for d, c, e in zip(device_answers, cloud_answers, escalated)]
         result["accuracy"] = {"device_only": accuracy(device_answers), "cloud_only": accuracy(cloud_answers),
                               "hybrid": accuracy(hybrid)}
     return result

@@ -19,7 +19,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edgeshrink.data import load_data, split_examples
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.route.confidence import binary_ece, confidence_scores, fit_platt
+from edgeshrink.route.policies import (CalibrationData, PolicyConfig, apgr_cpt, choose_threshold, curves, policy_split,
+                                       too_small)
+from edgeshrink.route.router import generates, threshold_of
+from edgeshrink.route.router_schema import router_record
+from edgeshrink.runtime import load
 from edgeshrink.runtime.prompted import ANSWER_SIGNALS, answer_signals
+from edgeshrink.runtime.speculative import check_same_vocabulary
+from edgeshrink.stats import accuracy_interval
 
 
 @dataclass
@@ -39,8 +49,6 @@ def render_prompt(template: str, text: str) -> list[dict]:
 def open_answers(device, cloud, texts: list[str], answer_tokens: int = 32, template: str = "{text}",
                  progress=None) -> OpenAnswers:
     """See the module doc. ``device`` and ``cloud`` are Generators with the same vocabulary."""
-    from edgeshrink.runtime.speculative import check_same_vocabulary
-
     check_same_vocabulary(device, cloud)
     n = len(texts)
     signals = {name: np.zeros(n) for name in ANSWER_SIGNALS}
@@ -71,8 +79,6 @@ def _fit(generator, template: str, text: str, answer_tokens: int) -> tuple[list[
     room = generator.context_length - answer_tokens
     if len(ids) <= room:
         return ids, False
-    from edgeshrink.errors import EdgeshrinkError
-
     pieces = generator.tokenizer.encode(text, add_special_tokens=False)
     keep = len(pieces.ids) - (len(ids) - room) - 2
     if keep >= 1:
@@ -83,17 +89,9 @@ def _fit(generator, template: str, text: str, answer_tokens: int) -> tuple[list[
     return ids, True
 
 
-def calibrate_open(device, cloud, examples, config, cloud_name: str | None = None, progress=None) -> dict:
-    """The router for open prompts (``task: open``): label-free, on an answer signal; see the module doc.
-
-    Every row of unlabelled data calibrates; labelled data gives its calibration split (labels unused)."""
-    from edgeshrink.data import split_examples
-    from edgeshrink.errors import EdgeshrinkError
-    from edgeshrink.route.confidence import binary_ece, confidence_scores, fit_platt
-    from edgeshrink.route.policies import CalibrationData, choose_threshold
-    from edgeshrink.route.router import ROUTER_SCHEMA, generates
-    from edgeshrink.runtime import load
-
+def calibrate_open(device, cloud, part, config, progress=None) -> dict:
+    """The router for open prompts (``task: open``) on the prompts of ``part``: label-free, on an answer signal;
+    see the module doc. ``calibrate`` adds the ``data`` and ``cloud`` it was calibrated on."""
     if not config.label_free:
         raise EdgeshrinkError("open prompts have no right answer to check: calibrate with --label-free (the device's "
                               "answer agreeing with the cloud's)")
@@ -103,12 +101,6 @@ def calibrate_open(device, cloud, examples, config, cloud_name: str | None = Non
     for model, what in ((device_gen, "device"), (cloud_gen, "cloud")):
         if not generates(model):
             raise EdgeshrinkError(f"task open needs language-model bundles; the {what} is not one")
-    if examples.label_names:
-        split = split_examples(examples, config.split)
-        part, data_info = split.calibration, split.data_record()
-    else:
-        part, data_info = examples, {"source": examples.source.source, "name": examples.name, "unlabelled": True,
-                                     "rows": len(examples)}
     template = config.prompt.user if config.prompt else "{text}"
     answers = open_answers(device_gen, cloud_gen, list(part.texts), config.answer_tokens, template,
                            None if progress is None else lambda d, t: progress(f"{d}/{t}"))
@@ -120,24 +112,12 @@ def calibrate_open(device, cloud, examples, config, cloud_name: str | None = Non
     scores = confidence_scores(config.signal, np.zeros((len(raw), 2)), {config.signal: raw}, fitted)
     threshold = choose_threshold(CalibrationData(scores, None, None, agree), config, 2)
     before = binary_ece(np.exp(raw), agree) if config.signal != "neg-mean-entropy" else None
-    router = {
-        "kind": "edgeshrink-router", "schema_version": ROUTER_SCHEMA, "task": "open",
-        "policy": config.to_dict(), "signal": config.signal, "temperature": temperature, "bias": bias,
-        "prompt": None, "template": template, "answer_tokens": config.answer_tokens,
-        "threshold": None if np.isinf(threshold.value) else threshold.value,
-        "escalate_everything": threshold.value == np.inf, "feasible": threshold.feasible,
-        "alpha": config.alpha, "delta": config.delta, "label_free": True,
-        "n": int(keep.sum()), "truncated_left_out": int((~keep).sum()), "guarantee": threshold.guarantee,
-        "calibration": {"escalation_rate": threshold.escalation_rate, "device_risk": threshold.device_risk,
-                        **threshold.details, "agreement_rate": float(agree.mean()),
-                        "mean_agreed_tokens": float(answers.agreed_tokens[keep].mean()),
-                        "temperature_fit": {"temperature": temperature, "bias": bias,
-                                            "before": {"ece": before, "nll": None},
-                                            "after": {"ece": binary_ece(scores, agree), "nll": None}}},
-        "cost": config.cost.to_dict(), "rules": {"escalate_truncated": config.escalate_truncated},
-        "labels": [], "data": data_info, "cloud": cloud_name or str(cloud),
-    }
-    return router
+    return router_record(
+        config, fitted, threshold, keep,
+        {"agreement_rate": float(agree.mean()), "mean_agreed_tokens": float(answers.agreed_tokens[keep].mean()),
+         "temperature_fit": {"temperature": temperature, "bias": bias, "before": {"ece": before, "nll": None},
+                             "after": {"ece": binary_ece(scores, agree), "nll": None}}},
+        task="open", prompt=None, template=template, answer_tokens=config.answer_tokens, labels=[])
 
 
 def evaluate_open(device, cloud, data, config, router: dict, plots=None, progress=None) -> dict:
@@ -146,15 +126,6 @@ def evaluate_open(device, cloud, data, config, router: dict, plots=None, progres
 
     ``data``: prompts the router was not calibrated on (labelled data gives its test split; unlabelled data
     is used whole, and the report says whether it is the data the router was calibrated on)."""
-    from edgeshrink.data import load_data, split_examples
-    from edgeshrink.errors import EdgeshrinkError
-    from edgeshrink.route.confidence import binary_ece, confidence_scores, fit_platt
-    from edgeshrink.route.policies import (CalibrationData, PolicyConfig, apgr_cpt, choose_threshold, curves,
-                                           policy_split, too_small)
-    from edgeshrink.route.router import threshold_of
-    from edgeshrink.runtime import load
-    from edgeshrink.stats import accuracy_interval
-
     recorded = router.get("data") or {}
     if data is None:
         if recorded.get("unlabelled"):

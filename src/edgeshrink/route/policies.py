@@ -149,13 +149,9 @@ def too_small(n: int, alpha: float, delta: float, min_examples: int = 1) -> str 
             f"examples (answered on the device, with no errors among them); got {n}")
 
 
-def _rate(mask: np.ndarray) -> float | None:
-    return float(mask.mean()) if mask.size else None
-
-
 def _result(data, value, errors, feasible, guarantee, **details) -> Threshold:
     on_device = data.scores >= value
-    risk = _rate(errors[on_device]) if on_device.any() else None
+    risk = float(errors[on_device].mean()) if on_device.any() else None
     return Threshold(float(value), float(1 - on_device.mean()), risk, feasible, guarantee, details)
 
 
@@ -230,13 +226,12 @@ def _risk_words(config: PolicyConfig, n: int, delta: float) -> str:
 @policy("risk")
 def _risk(data: CalibrationData, config: PolicyConfig, n_classes: int) -> Threshold:
     value, errors, details = _risk_threshold(data, config, n_classes, config.delta)
-    n = len(data.scores)
     if value == math.inf:
         return _result(data, value, errors, True,
                        f"no threshold is safe at alpha={config.alpha:g}, delta={config.delta:g}: every request is "
                        f"escalated to the cloud (the device model is too often wrong even when most confident)",
                        **details)
-    return _result(data, value, errors, True, _risk_words(config, n, config.delta), **details)
+    return _result(data, value, errors, True, _risk_words(config, len(data.scores), config.delta), **details)
 
 
 @policy("risk+budget")

@@ -47,19 +47,14 @@ class PromptConfig(Config):
             raise ValueError(f"two labels share an answer word: {words}")
 
 
-PROMPTS: dict[str, PromptConfig] = {}
-
-
-def register(name: str, **fields) -> None:
-    PROMPTS[name] = PromptConfig(**fields)
-
-
-register("sentiment-movies", user="Is the sentiment of this movie review positive or negative? Answer with one "
-                                  "word.\n\nReview: {text}")
-register("sentiment-tweets", user="Is the sentiment of this tweet positive or negative? Answer with one word."
-                                  "\n\nTweet: {text}")
-register("bbc-news", user="Which topic is this news article about: business, entertainment, politics, sport or "
-                          "tech? Answer with one word.\n\nArticle: {text}", max_text_tokens=256)
+PROMPTS: dict[str, PromptConfig] = {
+    "sentiment-movies": PromptConfig(user="Is the sentiment of this movie review positive or negative? Answer with "
+                                          "one word.\n\nReview: {text}"),
+    "sentiment-tweets": PromptConfig(user="Is the sentiment of this tweet positive or negative? Answer with one "
+                                          "word.\n\nTweet: {text}"),
+    "bbc-news": PromptConfig(user="Which topic is this news article about: business, entertainment, politics, sport "
+                                  "or tech? Answer with one word.\n\nArticle: {text}", max_text_tokens=256),
+}
 
 
 def read_prompt(path: str | Path) -> PromptConfig:

@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.route.confidence import confidence_scores
-from edgeshrink.route.router_schema import MAX_ROUTER_BYTES, ROUTER_SCHEMA, validate_router  # noqa: F401 - calibrate writes ROUTER_SCHEMA
+from edgeshrink.route.router_schema import MAX_ROUTER_BYTES, validate_router
 
 ROUTER_NAME = "router.json"
 ESCALATE_REASONS = ("cloud only", "truncated", "not confident")
@@ -41,9 +41,6 @@ class Answer:
     reason: str  # "confident", "not confident", "private", "cloud only", "truncated", "cloud failed"
     fallback: bool  # the cloud was asked but failed: this is the device's answer
     cost: dict  # modelled latency_ms, money and energy for this request
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def request_cost(cost: dict, escalated: bool) -> dict:
@@ -120,10 +117,9 @@ class Router:
         self.signal = settings["signal"]
         self.cost = {**DEFAULT_COST, **settings.get("cost", {})}
         self.escalate_truncated = settings.get("rules", {}).get("escalate_truncated", True)
-        cloud_labels = getattr(cloud, "labels", None)
-        if cloud is not None and cloud_labels is not None and list(cloud_labels) != list(device.labels):
+        if getattr(cloud, "labels", None) is not None and list(cloud.labels) != list(device.labels):
             raise EdgeshrinkError(f"the device and cloud models have different labels: {list(device.labels)} vs "
-                                  f"{list(cloud_labels)}")
+                                  f"{list(cloud.labels)}")
 
     @classmethod
     def from_bundle(cls, bundle: str | Path, cloud, threads: int | None = None) -> "Router":
@@ -131,10 +127,6 @@ class Router:
 
         settings = read_router(bundle)
         return cls(as_prompted(load(bundle, threads=threads), settings.get("prompt")), cloud, settings)
-
-    def scores(self, predictions) -> np.ndarray:
-        return confidence_scores(self.signal, predictions.probabilities, getattr(predictions, "signals", None),
-                                 self.fitted)
 
     def decide(self, device, private: list[bool] | None = None,
                cloud_only: list[bool] | None = None) -> tuple[np.ndarray, list[str], list[bool]]:
@@ -146,7 +138,7 @@ class Router:
             raise EdgeshrinkError("private and cloud_only need one flag per text")
         if any(p and c for p, c in zip(private, cloud_only)):
             raise EdgeshrinkError("a request cannot be both private and cloud-only")
-        scores = self.scores(device)
+        scores = confidence_scores(self.signal, device.probabilities, getattr(device, "signals", None), self.fitted)
         reasons = []
         for i in range(n):
             if private[i]:
@@ -169,8 +161,7 @@ class Router:
         rows = [i for i, e in enumerate(escalate) if e]
         if rows and self.cloud is not None:
             try:
-                result = self.cloud.predict([texts[i] for i in rows])
-                cloud_labels = dict(zip(rows, result.labels))
+                cloud_labels = dict(zip(rows, self.cloud.predict([texts[i] for i in rows]).labels))
             except Exception:  # noqa: BLE001 - a failing cloud must never lose a request
                 failed = True
         elif rows:

@@ -8,6 +8,7 @@ stay free-form.
 from __future__ import annotations
 
 import json
+import math
 from functools import lru_cache
 from pathlib import Path
 
@@ -102,6 +103,23 @@ def _schema():
             return value
 
     return Router
+
+
+def router_record(config, fitted: dict, threshold, keep, calibration: dict, **fields) -> dict:
+    """The router file every calibration writes: ``config`` its RouteConfig, ``fitted`` the confidence scaling,
+    ``threshold`` the policy's choice, ``keep`` which examples calibrated; ``calibration`` and ``fields`` add what
+    this kind of router records."""
+    return {
+        "kind": "edgeshrink-router", "schema_version": ROUTER_SCHEMA,
+        "policy": config.to_dict(), "signal": config.signal, "temperature": fitted["temperature"],
+        "bias": fitted["bias"], "threshold": None if math.isinf(threshold.value) else threshold.value,
+        "escalate_everything": threshold.value == math.inf, "feasible": threshold.feasible,
+        "alpha": config.alpha, "delta": config.delta, "label_free": config.label_free,
+        "n": int(keep.sum()), "truncated_left_out": int((~keep).sum()), "guarantee": threshold.guarantee,
+        "calibration": {"escalation_rate": threshold.escalation_rate, "device_risk": threshold.device_risk,
+                        **threshold.details, **calibration},
+        "cost": config.cost.to_dict(), "rules": {"escalate_truncated": config.escalate_truncated},
+    } | fields
 
 
 def validate_router(text: str, path: str | Path = "router.json") -> dict:

@@ -20,6 +20,7 @@ import json
 import sys
 import time
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Literal, NamedTuple
@@ -83,8 +84,9 @@ def _one_line(errors) -> str:
 
 
 def base_app(title: str, description: str, model_name: str, config: ServeConfig, metrics: Metrics, state: dict,
-             lifespan, extra_ready=None):
-    """What every service shares: body limits, one-line errors, /healthz, /readyz, /metrics, /docs.
+             lifespan, extra_ready=None, faults: Path | None = None):
+    """What every service shares: body limits, one-line errors, /healthz, /readyz, /metrics, /docs, and the
+    fault drills of ``faults`` (see ``install_faults``).
 
     Returns (app, error): ``error(status, message, route)`` is a counted JSON error response. Endpoints
     registered with ``gate.protected`` are behind the API key and the rate limit."""
@@ -97,8 +99,7 @@ def base_app(title: str, description: str, model_name: str, config: ServeConfig,
     app.state.metrics = metrics
     app.add_middleware(Gate, max_bytes=config.limits.max_body_bytes, metrics=metrics, guard=guard)
 
-    def error(status: int, message: str, route: str, headers=None) -> JSONResponse:
-        return error_response(metrics, status, message, route, headers)
+    error = partial(error_response, metrics)  # error(status, message, route, headers=None)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
@@ -135,11 +136,13 @@ def base_app(title: str, description: str, model_name: str, config: ServeConfig,
     async def metrics_text():
         return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    if faults is not None:
+        install_faults(app, faults)
     return app, error
 
 
 def build_app(title: str, model_name: str, labels: list[str], infer, config: ServeConfig, answer,
-              on_startup=None, on_shutdown=None, extra_ready=None, batcher=MicroBatcher):
+              on_startup=None, on_shutdown=None, extra_ready=None, batcher=MicroBatcher, faults: Path | None = None):
     """The shared HTTP layer. ``infer(texts)`` runs in the micro-batcher's thread and returns one row per
     text; ``answer(request, texts, rows, cut, started)`` turns a request's rows into TextResults.
     ``batcher``: the class that batches concurrent texts (MicroBatcher; Ray Serve's: ray_engine.ServeBatcher)."""
@@ -163,7 +166,7 @@ def build_app(title: str, model_name: str, labels: list[str], infer, config: Ser
             await on_shutdown(app)
 
     app, error = base_app(title, f"edgeshrink {title}: model {model_name}, labels {', '.join(labels)}.",
-                                 model_name, config, metrics, state, lifespan, extra_ready)
+                                 model_name, config, metrics, state, lifespan, extra_ready, faults)
     responses = {c: {"model": ErrorResponse} for c in (400, 401, 413, 415, 422, 429)}
     limits = config.limits
 
@@ -182,15 +185,11 @@ def build_app(title: str, model_name: str, labels: list[str], infer, config: Ser
             except UnicodeEncodeError as exc:  # JSON escapes can spell lone surrogates
                 metrics.rejected.labels(reason="invalid").inc()
                 return error(422, f"texts.{i}: not valid Unicode (character {exc.start})", path)
-            if len(text) > limits.max_text_chars:
-                if limits.long_text == "reject":
-                    metrics.rejected.labels(reason="text_too_long").inc()
-                    return error(413, f"texts.{i}: {len(text)} characters; at most {limits.max_text_chars}", path)
-                cut.append(len(text) - limits.max_text_chars)
-                text = text[:limits.max_text_chars]
-            else:
-                cut.append(0)
-            texts.append(text)
+            if len(text) > limits.max_text_chars and limits.long_text == "reject":
+                metrics.rejected.labels(reason="text_too_long").inc()
+                return error(413, f"texts.{i}: {len(text)} characters; at most {limits.max_text_chars}", path)
+            cut.append(max(0, len(text) - limits.max_text_chars))
+            texts.append(text[:limits.max_text_chars])
         return texts, cut
 
     # What other protocols on this app (oip.py) share with /v1/classify.

@@ -12,23 +12,13 @@ import asyncio
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-
-
-def timed_call(fn: Callable[[list[str]], list], texts: list[str], on_model_cpu: Callable[[float], None]) -> list:
-    """``fn(texts)`` in the model thread, its CPU time booked (ORT at one thread runs in this thread too)."""
-    start = time.thread_time()
-    try:
-        return fn(texts)
-    finally:
-        on_model_cpu(time.thread_time() - start)
+from dataclasses import dataclass
 
 
 @dataclass
 class _Item:
     texts: list[str]
     future: asyncio.Future
-    enqueued: float = field(default_factory=time.perf_counter)
 
 
 class MicroBatcher:
@@ -57,7 +47,12 @@ class MicroBatcher:
         self.executor.shutdown(wait=False, cancel_futures=True)
 
     def _call(self, texts: list[str]) -> list:
-        return timed_call(self.fn, texts, self.on_model_cpu)
+        """``fn(texts)`` in the model thread, its CPU time booked (ORT at one thread runs in this thread too)."""
+        start = time.thread_time()
+        try:
+            return self.fn(texts)
+        finally:
+            self.on_model_cpu(time.thread_time() - start)
 
     async def run(self, texts: list[str]) -> list:
         future = asyncio.get_running_loop().create_future()
@@ -93,14 +88,8 @@ class MicroBatcher:
             try:
                 rows = await loop.run_in_executor(self.executor, self._call, texts)
             except Exception:  # noqa: BLE001 - one bad request must not fail the others: run each alone
-                if len(items) == 1:
-                    rows = None
-                else:
-                    for item in items:
-                        await self._run_alone(loop, item)
-                    continue
-            if rows is None:
-                await self._run_alone(loop, items[0])
+                for item in items:
+                    await self._run_alone(loop, item)
                 continue
             start = 0
             for item in items:

@@ -7,18 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeshrink.serve.app import (TextResult, build_app, check_text_model, install_faults, predict_rows,
-                                  probabilities_dict)
+from edgeshrink.serve.app import TextResult, build_app, check_text_model, predict_rows, probabilities_dict
 from edgeshrink.serve.config import ServeConfig
 from edgeshrink.serve.oip import install_v2
 
 
 def cloud_app(model: str | Path, config: ServeConfig, faults: Path | None = None, batcher=None, extra_ready=None):
-    """The cloud model (a bundle or a PyTorch model directory) behind the API.
-
-    ``faults``: a JSON file read at each request, for fault drills: ``{"delay_ms": 3000}`` stalls the
-    answer, ``{"status": 500}`` fails it; no file, no fault.
-    """
+    """The cloud model (a bundle or a PyTorch model directory) behind the API; ``faults``: a fault-drill file
+    (serve/app.py's ``install_faults``)."""
     from edgeshrink.models.torch_text import load_predictor
 
     predictor = load_predictor(str(model), threads=config.threads)
@@ -34,8 +30,6 @@ def cloud_app(model: str | Path, config: ServeConfig, faults: Path | None = None
 
     name = Path(model).name
     app = build_app("cloud model service", name, labels, predict_rows(predictor), config, answer,
-                    extra_ready=extra_ready, **({"batcher": batcher} if batcher else {}))
+                    extra_ready=extra_ready, faults=faults, **({"batcher": batcher} if batcher else {}))
     install_v2(app, name, labels)  # the Open Inference Protocol (KServe v2), beside /v1/classify
-    if faults is not None:
-        install_faults(app, faults)
     return app

@@ -10,11 +10,14 @@ again for another period.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections import deque
 from contextlib import aclosing
 from dataclasses import dataclass
+
+import httpx
 
 from edgeshrink.serve.config import CloudConfig
 
@@ -109,8 +112,6 @@ class CloudConnection:
     """An async HTTP client to the cloud with the breaker and the budget, counting calls in ``metrics``."""
 
     def __init__(self, config: CloudConfig, metrics=None, headers: dict | None = None):
-        import httpx
-
         self.config, self.metrics = config, metrics
         timeout = httpx.Timeout(connect=config.connect_timeout_s, read=config.read_timeout_s,
                                 write=config.read_timeout_s, pool=config.connect_timeout_s)
@@ -127,36 +128,17 @@ class CloudConnection:
         if self.metrics:
             self.metrics.cloud_calls.labels(outcome=outcome).inc()
 
-    def admit(self, texts: int) -> str | None:
-        """None when a call may go out now; else why not (``breaker_open``, ``budget``)."""
-        if not self.breaker.allow():
-            return "breaker_open"
-        if not self.budget.take(texts):
-            self.breaker.release()  # nothing was sent: neither a success nor a failure
-            return "budget"
-        return None
-
-    async def backoff(self, attempts: int, deadline: float) -> bool:
-        """Wait before the next attempt; False when no attempt is left or the wait would pass the deadline."""
-        if attempts > self.config.retries:
-            return False
-        pause = self.config.backoff_ms / 1000 * 2 ** (attempts - 1)
-        if time.monotonic() + pause >= deadline:
-            return False
-        await asyncio.sleep(pause)
-        return True
-
     async def exchange(self, texts: int, attempt, deadline_ms: float | None = None):
         """The retry loop every cloud call shares: yield what ``attempt()`` (an async generator making one HTTP
         exchange) yields, or raise ``CloudFailed``. Until the first item, the deadline covers everything and
         failures are retried with backoff (5xx, 429, timeouts, refused connections, a stream cut short);
         after it nothing is retried (the caller already passed it on) and a broken exchange is
         ``stream_broken``. ``attempt`` raises ``AttemptFailed`` for failures it sees itself."""
-        import httpx
-
-        refused = self.admit(texts)
-        if refused:
-            raise CloudFailed(refused)
+        if not self.breaker.allow():
+            raise CloudFailed("breaker_open")
+        if not self.budget.take(texts):
+            self.breaker.release()  # nothing was sent: neither a success nor a failure
+            raise CloudFailed("budget")
         deadline = time.monotonic() + (deadline_ms or self.config.deadline_ms) / 1000
         attempts, reason = 0, "unreachable"
         while attempts <= self.config.retries:
@@ -184,8 +166,10 @@ class CloudConnection:
             except AttemptFailed as failed:
                 reason, retry = failed.reason, failed.retry
             self._count(reason)
-            if started or not retry or not await self.backoff(attempts, deadline):
+            pause = self.config.backoff_ms / 1000 * 2 ** (attempts - 1)  # before the next attempt
+            if started or not retry or attempts > self.config.retries or time.monotonic() + pause >= deadline:
                 break
+            await asyncio.sleep(pause)
         self.breaker.record(False)
         raise CloudFailed(reason, attempts)
 
@@ -245,23 +229,13 @@ class OIPCloudClient(CloudClient):
     through the classification extension (``score:index:label``, every label), so the cloud's label names come
     back with its scores, whatever order its outputs have; probabilities are their softmax."""
 
-    def __init__(self, config: CloudConfig, metrics=None, labels: list[str] | None = None):
-        super().__init__(config, metrics, labels)
-        if not config.model:
-            from edgeshrink.errors import EdgeshrinkError
-
-            raise EdgeshrinkError("the v2 cloud protocol needs the cloud's model name (--cloud-model)")
-        self.path = f"/v2/models/{config.model}/infer"
-
-    def send(self, texts: list[str]):
+    def send(self, texts: list[str]):  # device_app refuses v2 without the model's name (--cloud-model)
         k = len(self.labels) if self.labels else 1
-        return self.http.post(self.path, json={
+        return self.http.post(f"/v2/models/{self.config.model}/infer", json={
             "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}],
             "outputs": [{"name": "logits", "parameters": {"classification": k}}]})
 
     def parse(self, response, n: int) -> tuple[list[str], list[dict | None]]:
-        import math
-
         output = next(o for o in response.json()["outputs"] if o["name"] == "logits")
         if output["datatype"] != "BYTES" or len(output["shape"]) != 2 or output["shape"][0] != n:
             raise ValueError("not a classification output of one row per text")
@@ -286,7 +260,3 @@ class OIPCloudClient(CloudClient):
 
 # How the device service talks to its cloud: CloudConfig.protocol -> the client class.
 CLOUD_PROTOCOLS: dict[str, type[CloudClient]] = {"edgeshrink": CloudClient, "v2": OIPCloudClient}
-
-
-def cloud_client(config: CloudConfig, metrics=None, labels: list[str] | None = None) -> CloudClient:
-    return CLOUD_PROTOCOLS[config.protocol](config, metrics, labels)

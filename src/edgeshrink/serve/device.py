@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.serve.app import (TextResult, build_app, check_text_model, install_faults, predict_rows,
-                                  probabilities_dict)
+from edgeshrink.serve.app import TextResult, build_app, check_text_model, predict_rows, probabilities_dict
 from edgeshrink.serve.config import ServeConfig
 from edgeshrink.serve.gate import protected
 from edgeshrink.serve.watch import RouterWatch
@@ -22,7 +21,7 @@ def device_app(bundle: str | Path, config: ServeConfig, faults: Path | None = No
     from edgeshrink.route.router import Router, has_router, read_router
     from edgeshrink.runtime import load
     from edgeshrink.runtime.predictor import Predictions
-    from edgeshrink.serve.cloud_client import cloud_client
+    from edgeshrink.serve.cloud_client import CLOUD_PROTOCOLS
 
     if config.cloud is not None and config.cloud.protocol == "v2" and not config.cloud.model:
         raise EdgeshrinkError("--cloud-protocol v2 needs --cloud-model: the model's name at /v2/models/NAME")
@@ -36,14 +35,13 @@ def device_app(bundle: str | Path, config: ServeConfig, faults: Path | None = No
     router = None
     if config.cloud is not None or has_router(bundle):
         router = Router(predictor, None, read_router(bundle))
-    watching = config.monitor.audit_fraction > 0 or config.monitor.recalibrate
-    if watching and config.cloud is None:
+    if (config.monitor.audit_fraction > 0 or config.monitor.recalibrate) and config.cloud is None:
         raise EdgeshrinkError("the audit and recalibration need the cloud's answers: give --cloud URL")
     holder: dict = {}
 
     async def startup(app):
         if config.cloud is not None:
-            holder["cloud"] = cloud_client(config.cloud, app.state.metrics, labels)
+            holder["cloud"] = CLOUD_PROTOCOLS[config.cloud.protocol](config.cloud, app.state.metrics, labels)
         if router is not None:
             holder["watch"] = RouterWatch(bundle, router, config.monitor, app.state.metrics)
 
@@ -66,36 +64,27 @@ def device_app(bundle: str | Path, config: ServeConfig, faults: Path | None = No
             reasons, escalate = ["no router"] * len(texts), [False] * len(texts)
         else:
             scores, reasons, escalate = router.decide(pred, body.private, body.cloud_only)
-        results = [None] * len(texts)
         up = [i for i, e in enumerate(escalate) if e]
         cloud = holder.get("cloud")
-        fallback_reason = None
+        answered, fallback_reason = {}, None  # the cloud's answers: text index -> (label, probabilities)
         if up:
             metrics.escalations.inc(len(up))
-            if cloud is None:
-                fallback_reason = "no_cloud"
-            else:
-                got = await cloud.classify([texts[i] for i in up])
-                fallback_reason = got.reason
-                if got.labels is not None:
-                    latency = (time.perf_counter() - started) * 1e3
-                    for j, i in enumerate(up):
-                        probs = got.probabilities[j] or {got.labels[j]: 1.0}
-                        results[i] = TextResult(label=got.labels[j], probabilities=probs, source="cloud",
-                                                confidence=float(scores[i]), latency_ms=latency, reason=reasons[i],
-                                                truncated_chars=cut[i], truncated_tokens=pred.truncated[i])
+            got = await cloud.classify([texts[i] for i in up]) if cloud is not None else None
+            fallback_reason = got.reason if got is not None else "no_cloud"
+            if got is not None and got.labels is not None:
+                answered = {i: (got.labels[j], got.probabilities[j] or {got.labels[j]: 1.0}) for j, i in enumerate(up)}
         latency = (time.perf_counter() - started) * 1e3
+        results = []
         for i in range(len(texts)):
-            if results[i] is not None:
-                continue
-            fell_back = escalate[i]
+            fell_back = escalate[i] and i not in answered
             if fell_back:
                 metrics.fallbacks.labels(reason=fallback_reason or "unknown").inc()
-            results[i] = TextResult(label=pred.labels[i], probabilities=probabilities_dict(labels, pred.probabilities[i]),
-                                    source="device-fallback" if fell_back else "device", confidence=float(scores[i]),
-                                    latency_ms=latency, reason=reasons[i],
-                                    fallback_reason=fallback_reason if fell_back else None,
-                                    truncated_chars=cut[i], truncated_tokens=pred.truncated[i])
+            label, probs = answered.get(i) or (pred.labels[i], probabilities_dict(labels, pred.probabilities[i]))
+            source = "cloud" if i in answered else "device-fallback" if fell_back else "device"
+            results.append(TextResult(label=label, probabilities=probs, source=source, confidence=float(scores[i]),
+                                      latency_ms=latency, reason=reasons[i],
+                                      fallback_reason=fallback_reason if fell_back else None,
+                                      truncated_chars=cut[i], truncated_tokens=pred.truncated[i]))
         if watch is not None:  # after the answers are made; audits run in the background, after the response
             watch.after_answer(texts, pred, scores, reasons, escalate, results, cloud)
         return results
@@ -106,9 +95,7 @@ def device_app(bundle: str | Path, config: ServeConfig, faults: Path | None = No
                 "breaker": cloud.breaker.state if cloud else None, **({"drift": watch.status()} if watch else {})}
 
     app = build_app("device service", Path(bundle).name, labels, predict_rows(predictor), config, answer,
-                    on_startup=startup, on_shutdown=shutdown, extra_ready=ready_info)
-    if faults is not None:
-        install_faults(app, faults)
+                    on_startup=startup, on_shutdown=shutdown, extra_ready=ready_info, faults=faults)
     shared = app.state.edgeshrink
 
     @protected(app, "/v1/monitor", "GET", response_model=dict, responses=shared.responses)

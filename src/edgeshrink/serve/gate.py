@@ -67,15 +67,6 @@ def error_response(metrics, status: int, message: str, label: str, headers=None)
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-def api_key(config: ServeConfig) -> str | None:
-    if not config.api_key_env:
-        return None
-    key = os.environ.get(config.api_key_env)
-    if not key:
-        raise EdgeshrinkError(f"api_key_env is {config.api_key_env!r} but that environment variable is empty")
-    return key
-
-
 class RateLimiter:
     """A token bucket per client: ``rate`` requests per second, bursts up to ``burst``."""
 
@@ -104,7 +95,9 @@ class Guard:
     bucket — and wrong-key guesses are limited per address like any other request."""
 
     def __init__(self, config: ServeConfig, metrics):
-        self.key = api_key(config)
+        self.key = os.environ.get(config.api_key_env) if config.api_key_env else None
+        if config.api_key_env and not self.key:
+            raise EdgeshrinkError(f"api_key_env is {config.api_key_env!r} but that environment variable is empty")
         self.limiter = RateLimiter(config.limits.requests_per_second, config.limits.burst)
         self.rate, self.metrics = config.limits.requests_per_second, metrics
 
@@ -143,12 +136,6 @@ def json_too_deep(raw: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
     codes = np.frombuffer(_JSON_STRING.sub(b"", raw), dtype=np.uint8)
     steps = np.isin(codes, (ord("["), ord("{"))).astype(np.int32) - np.isin(codes, (ord("]"), ord("}")))
     return bool(np.cumsum(steps).max(initial=0) > limit)
-
-
-def json_content_type(value: str | None) -> bool:
-    """``application/json`` or ``application/*+json`` (what FastAPI parses as JSON)."""
-    mime = (value or "").split(";", 1)[0].strip().lower()
-    return mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
 
 
 class Gate:
@@ -209,7 +196,9 @@ class Gate:
         except UnicodeDecodeError as exc:
             return 400, f"the body is not UTF-8 (byte {exc.start})", "not_utf8"
         content_type = headers.get(b"content-type", b"").decode("latin-1")
-        if getattr(route, "body_field", None) is not None and not json_content_type(content_type):
+        mime = content_type.split(";", 1)[0].strip().lower()  # JSON as FastAPI parses it: application/(*+)json
+        json_body = mime == "application/json" or (mime.startswith("application/") and mime.endswith("+json"))
+        if getattr(route, "body_field", None) is not None and not json_body:
             got = repr(content_type[:80]) if content_type else "none"
             return 415, f"Content-Type must be application/json, got {got}", "content_type"
         if json_too_deep(body):

@@ -1,20 +1,21 @@
 """The device service's way to an OpenAI-compatible cloud (edgeshrink `serve-cloud`, llama.cpp's server, vLLM,
 Ollama, a hosted LLM), and the HTTP target for speculative decoding.
 
-``OpenAICloud.stream(path, payload)`` yields the cloud's text pieces as they arrive (server-sent events).
-It raises ``CloudFailed(reason)`` when there is no complete answer; the retries, deadline, circuit breaker
-and spend budget are ``CloudConnection.exchange``'s, the loop the classifier client shares: before the first
-piece it retries within the deadline; after it nothing is retried (the caller already streamed it) and a
-broken stream ends with ``stream_broken``, so the device finishes the answer from the text relayed so far.
+``OpenAICloud.stream(path, payload)`` yields the cloud's text pieces as they arrive (server-sent events), on
+``CloudConnection.exchange``'s retries, deadline, breaker and budget: a stream broken after its first piece ends
+with ``CloudFailed("stream_broken")``, and the device finishes the answer from the text relayed so far.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import uuid
 
+import httpx
 import numpy as np
 
+from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.serve.cloud_client import AttemptFailed, CloudConnection
 from edgeshrink.serve.config import CloudConfig
 
@@ -65,18 +66,12 @@ class HTTPTarget:
     same tokenizer, which keeps a KV cache of the accepted prefix per ``session``."""
 
     def __init__(self, url: str, session: str | None = None, timeout_s: float = 30.0, api_key: str | None = None):
-        import uuid
-
-        import httpx
-
         self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s,
                                  headers={"X-API-Key": api_key} if api_key else {})
         self.session = session or uuid.uuid4().hex
         self.passes = 0  # = round trips
 
     def verify(self, tokens: list[int], draft: list[int], sampling) -> list[tuple[np.ndarray, np.ndarray]]:
-        from edgeshrink.errors import EdgeshrinkError
-
         response = self.http.post("/v1/speculate", json={
             "tokens": tokens, "draft": draft, "temperature": sampling.temperature, "top_k": sampling.top_k,
             "top_p": sampling.top_p, "session": self.session})

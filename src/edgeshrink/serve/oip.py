@@ -226,11 +226,9 @@ def install_v2(app, model_name: str, labels: list[str]) -> None:
         return known(name, version, "/v2/models/{name}") or metadata
 
     async def model_ready(name: str, version: str | None = None):
-        refused = known(name, version, "/v2/models/{name}/ready")
-        if refused is not None:
-            return refused
         ok = shared.ready()
-        return JSONResponse({"name": model_name, "ready": ok}, status_code=200 if ok else 503)
+        return known(name, version, "/v2/models/{name}/ready") or JSONResponse({"name": model_name, "ready": ok},
+                                                                               status_code=200 if ok else 503)
 
     async def infer(name: str, request: Request, version: str | None = None):
         refused = known(name, version, infer_path)  # the API key and the rate limit: checked by gate.Gate

@@ -20,13 +20,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pydantic import Field, model_validator
 
 from edgeshrink.config import Config
 from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.serve.batcher import MicroBatcher
 
 RAY_SERVE_MISSING = "--engine ray needs Ray Serve: pip install 'edgeshrink[ray]'"
 
@@ -62,17 +62,14 @@ class RayServeConfig(Config):
         return options
 
 
-class ServeBatcher:
-    """The micro-batcher's interface (``start``, ``run``, ``stop``) over Ray Serve's ``@serve.batch``: each text
-    is one item; a batch runs in one worker thread, its size and CPU time counted as the micro-batcher's are."""
+class ServeBatcher(MicroBatcher):
+    """The micro-batcher over Ray Serve's ``@serve.batch`` instead of its own queue: each text is one item; a batch
+    runs in the same worker thread, its size and CPU time counted the same way."""
 
     def __init__(self, fn, max_batch_size: int, max_wait_ms: float, on_batch=None, on_model_cpu=None):
         from ray import serve
 
-        self.fn = fn
-        self.on_batch = on_batch or (lambda size: None)
-        self.on_model_cpu = on_model_cpu or (lambda seconds: None)
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgeshrink-model")
+        super().__init__(fn, max_batch_size, max_wait_ms, on_batch, on_model_cpu)
 
         @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=max_wait_ms / 1000)
         async def batched(texts: list[str]) -> list:
@@ -81,19 +78,11 @@ class ServeBatcher:
 
         self.batched = batched
 
-    def _call(self, texts: list[str]) -> list:
-        from edgeshrink.serve.batcher import timed_call
-
-        return timed_call(self.fn, texts, self.on_model_cpu)
-
     def start(self) -> None:
-        pass
+        pass  # Ray Serve runs the batches: no queue loop of our own
 
     async def run(self, texts: list[str]) -> list:
         return list(await asyncio.gather(*(self.batched(text) for text in texts)))
-
-    async def stop(self) -> None:
-        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _deployment():

@@ -61,14 +61,11 @@ class RouterWatch:
         """Called once a request's answers are ready (never awaited beyond this call: audits run later)."""
         unknown = getattr(pred, "unknown", None)
         for i, text in enumerate(texts):
-            events = self.monitor.observe(Observation(
+            self._handle(self.monitor.observe(Observation(
                 score=float(scores[i]), routed=reasons[i] in ("confident", "not confident"), escalated=escalate[i],
                 truncated=bool(pred.truncated[i]), unknown=None if unknown is None else bool(unknown[i]),
-                label=pred.labels[i]))
-            self._handle(events)
-            if reasons[i] == "private" or self.config.audit_fraction <= 0:
-                continue
-            if self.rng.random() >= self.config.audit_fraction:
+                label=pred.labels[i])))
+            if reasons[i] == "private" or self.rng.random() >= self.config.audit_fraction:  # sampled for the audit?
                 continue
             row = (pred.probabilities[i], bool(pred.truncated[i]), None if unknown is None else bool(unknown[i]))
             if escalate[i]:
@@ -192,7 +189,3 @@ class RouterWatch:
                            "label_free": self.router.settings.get("label_free"),
                            "threshold": self.router.settings.get("threshold")}}
 
-    async def drain(self) -> None:
-        """Wait for audits and a recalibration in flight (shutdown, tests)."""
-        while self.pending:
-            await asyncio.gather(*list(self.pending), return_exceptions=True)

@@ -13,10 +13,18 @@ from typing import Literal
 from fastapi import Request
 
 from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.route.confidence import ANSWER_SIGNALS
+from edgeshrink.route.router import has_router, read_router
+from edgeshrink.runtime.generate import Generator
+from edgeshrink.runtime.speculative import CachedModel, Sampling as SpecSampling, distribution
+from edgeshrink.serve.app import ErrorResponse, base_app
 from edgeshrink.serve.config import ServeConfig
+from edgeshrink.serve.gate import protected
 from edgeshrink.serve.llm.render import Render
 from edgeshrink.serve.llm.request import ChatRequest, CompletionRequest, Refused, SpeculateRequest, prepare
 from edgeshrink.serve.llm.routing import Engine, Routing
+from edgeshrink.serve.llm_client import OpenAICloud
+from edgeshrink.serve.metrics import Metrics
 
 
 def llm_device_app(bundle: str | Path, config: ServeConfig, faults: Path | None = None):
@@ -31,13 +39,6 @@ def llm_cloud_app(bundle: str | Path, config: ServeConfig, faults: Path | None =
 
 def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cloud"], faults: Path | None = None):
     """The OpenAI-compatible service on an LLM bundle (see the package doc)."""
-    from edgeshrink.route.confidence import ANSWER_SIGNALS
-    from edgeshrink.route.router import has_router, read_router
-    from edgeshrink.runtime.generate import Generator
-    from edgeshrink.serve.app import ErrorResponse, base_app, install_faults
-    from edgeshrink.serve.gate import protected
-    from edgeshrink.serve.metrics import Metrics
-
     generator = Generator(bundle, threads=config.threads)
     engine = Engine(generator)
     name = config.llm.model_name or Path(bundle).name
@@ -52,8 +53,6 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
     @asynccontextmanager
     async def lifespan(app):
         if config.cloud is not None:
-            from edgeshrink.serve.llm_client import OpenAICloud
-
             routing.cloud = OpenAICloud(config.cloud, metrics)
         await asyncio.to_thread(generator.generate, "Hi", 1)  # one warm-up call: ready means answering
         state["ready"] = True
@@ -63,12 +62,12 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
             await routing.cloud.close()
 
     def ready_info():
-        cloud = routing.cloud
         return {"router": routing.router is not None, "cloud": config.cloud.url if config.cloud else None,
-                "breaker": cloud.breaker.state if cloud else None, "context_length": generator.context_length}
+                "breaker": routing.cloud.breaker.state if routing.cloud else None,
+                "context_length": generator.context_length}
 
     app, error = base_app(f"{role} language-model service", f"edgeshrink {role} service, OpenAI-compatible: model "
-                          f"{name}.", name, config, metrics, state, lifespan, ready_info)
+                          f"{name}.", name, config, metrics, state, lifespan, ready_info, faults)
     responses = {c: {"model": ErrorResponse} for c in (400, 401, 404, 413, 415, 422, 429)}
     render = Render(name, generator.tokenizer, metrics, error)
 
@@ -98,17 +97,12 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
 
     if role == "cloud":
         install_speculate(app, engine, config.llm.speculate_sessions, metrics, error, responses)
-    if faults is not None:
-        install_faults(app, faults)
     return app
 
 
 def install_speculate(app, engine: Engine, max_sessions: int, metrics, error, responses) -> None:
     """POST /v1/speculate: the target's distributions after a drafted continuation, in one pass, keeping up to
     ``max_sessions`` clients' KV caches (least recently used first out)."""
-    from edgeshrink.runtime.speculative import CachedModel, Sampling as SpecSampling, distribution
-    from edgeshrink.serve.gate import protected
-
     generator = engine.g
     sessions: OrderedDict = OrderedDict()
 

@@ -26,7 +26,6 @@ class Render:
     def payload(self, kind: str, piece: str | None, finish: str | None, request_id: str, extra: dict | None = None,
                 usage: dict | None = None, first: bool = False) -> dict:
         """One stream chunk, or (piece = the whole text, ``kind`` not a chunk) one complete response."""
-        created = int(time.time())
         if kind == "chat.completion.chunk":
             delta = ({"role": "assistant"} if first else {}) | ({"content": piece} if piece else {})
             choice = {"index": 0, "delta": delta, "finish_reason": finish}
@@ -34,7 +33,7 @@ class Render:
             choice = {"index": 0, "message": {"role": "assistant", "content": piece}, "finish_reason": finish}
         else:  # text_completion (whole or chunk)
             choice = {"index": 0, "text": piece or "", "finish_reason": finish, "logprobs": None}
-        body = {"id": request_id, "object": kind, "created": created, "model": self.name, "choices": [choice]}
+        body = {"id": request_id, "object": kind, "created": int(time.time()), "model": self.name, "choices": [choice]}
         if usage is not None:
             body["usage"] = usage
         if extra is not None:
@@ -67,7 +66,9 @@ class Render:
             except EdgeshrinkError as exc:
                 return self.error(400, str(exc), path)
             extra = self.record(extra)
-            text = cut_at_stop("".join(texts), body.stops())
+            text = "".join(texts)
+            for stop in body.stops():  # the text ends before the first stop string
+                text = text.split(stop, 1)[0]
             usage = self.usage(ids, text, extra.pop("completion_tokens", None))
             self.metrics.requests.labels(path=path, status="200").inc()
             return JSONResponse(self.payload(kinds[0], text, extra.pop("finish"), request_id, extra, usage))
@@ -91,8 +92,7 @@ class Render:
                         first = False
                     continue
                 end = self.record(end)
-                completion = end.pop("completion_tokens", None)
-                finish = end.pop("finish")
+                completion, finish = end.pop("completion_tokens", None), end.pop("finish")
                 usage = self.usage(ids, "".join(texts), completion) if include_usage else None
                 yield sse(self.payload(kind, None, finish, request_id, end, usage, first=first))
             self.metrics.requests.labels(path=path, status="200").inc()
@@ -101,13 +101,6 @@ class Render:
             yield sse({"error": str(exc)})
         finally:
             cancel.set()
-
-
-def cut_at_stop(text: str, stops) -> str:
-    for s in stops:
-        if s in text:
-            text = text[:text.index(s)]
-    return text
 
 
 def sse(body: dict) -> str:

@@ -2,9 +2,6 @@
 device request (prompt ids, token budget, sampling options, the route asked for).
 
     prepared = await prepare(body, "/v1/chat/completions", generator, "smollm2", config.llm)
-
-A request the service cannot answer raises ``Refused(status, message)``: the app turns it into its one-line
-JSON error.
 """
 
 from __future__ import annotations
@@ -18,14 +15,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgeshrink.errors import EdgeshrinkError
 
 
-class TextPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # an unknown or misspelt field is refused, never ignored
+
+
+class TextPart(Strict):
     type: Literal["text"]
     text: str
 
 
-class Message(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class Message(Strict):
     role: Literal["system", "user", "assistant"]
     content: str | list[TextPart]
     name: str | None = None
@@ -34,20 +33,17 @@ class Message(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
-class RouteOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class RouteOptions(Strict):
     route: Literal["auto", "device", "cloud"] = Field("auto", description="auto: the router decides; device: never "
                                                       "escalate (private); cloud: always escalate")
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class StreamOptions(Strict):
     include_usage: bool = False
 
 
-class Sampling(BaseModel):
+class Sampling(Strict):
     """The options both endpoints share (OpenAI's names and defaults; unsupported values are refused)."""
-    model_config = ConfigDict(extra="forbid")
     model: str = Field(min_length=1)
     max_tokens: int | None = Field(None, ge=1, description="Default: what the context leaves after the prompt, "
                                    "at most the service's default (chat) or 16 (completions).")
@@ -81,8 +77,7 @@ class CompletionRequest(Sampling):
     prompt: str | list[str]
 
 
-class SpeculateRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class SpeculateRequest(Strict):
     tokens: list[int] = Field(min_length=1, description="The accepted sequence: prompt and generated tokens.")
     draft: list[int] = Field(min_length=1, max_length=32, description="The drafted continuation to verify.")
     temperature: float = Field(0.0, ge=0, le=2, allow_inf_nan=False)

@@ -24,6 +24,9 @@ import time
 
 import numpy as np
 
+from edgeshrink.route.confidence import confidence_scores
+from edgeshrink.route.router import threshold_of
+from edgeshrink.runtime.prompted import answer_signals
 from edgeshrink.serve.cloud_client import CloudFailed
 
 
@@ -52,8 +55,7 @@ class Engine:
             except Exception as exc:  # noqa: BLE001 - handed to the request, which answers in one line
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
 
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
+        threading.Thread(target=work, daemon=True).start()
         try:
             while True:
                 item = await queue.get()
@@ -93,9 +95,6 @@ class Routing:
 
     def confidence(self, tokens) -> float:
         """The router's calibrated confidence in the device's answer (its tokens' log-probabilities, entropies)."""
-        from edgeshrink.route.confidence import confidence_scores
-        from edgeshrink.runtime.prompted import answer_signals
-
         signals = answer_signals([(t.logprob, t.entropy) for t in tokens])
         fitted = {"temperature": float(self.router["temperature"]), "bias": self.router.get("bias")}
         return float(confidence_scores(self.router["signal"], np.zeros((1, 2)),
@@ -113,8 +112,6 @@ class Routing:
 
     async def answer(self, request, cancel: threading.Event):
         """The answer to ``request`` (a ``Prepared``): text pieces as (text, None), last (None, the end's facts)."""
-        from edgeshrink.route.router import threshold_of
-
         started = time.perf_counter()
         ids, max_tokens, options, route = request.ids, request.max_tokens, request.options, request.route
         alone = self.device_only(route)
