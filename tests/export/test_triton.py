@@ -102,7 +102,7 @@ def test_cli_from_a_model_directory_and_refusals(tiny_model, cnn_bundle, tmp_pat
 
 def test_model_py_encodes_like_the_device_runtime(repo, tiny_bundle):
     """The tokenizer model alone, against Predictor.encode, on texts the check does not use."""
-    from edgeshrink.export.triton import _Request, _Tensor, _stand_in_backend_utils
+    from edgeshrink.export.triton import _Tensor, _stand_in_backend_utils
     from edgeshrink.runtime import load
 
     import importlib.util
@@ -117,7 +117,7 @@ def test_model_py_encodes_like_the_device_runtime(repo, tiny_bundle):
         spec.loader.exec_module(module)
         model = module.TritonPythonModel()
         model.initialize({})
-        got = model.execute([_Request({"text": _Tensor("text", np.array([[t.encode()] for t in texts], dtype=object))})])[0]
+        got = model.execute([{"text": _Tensor("text", np.array([[t.encode()] for t in texts], dtype=object))}])[0]
     finally:
         sys.modules.pop("triton_python_backend_utils", None)
     expected, _ = load(tiny_bundle).encode(texts)

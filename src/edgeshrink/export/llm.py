@@ -79,7 +79,8 @@ def export_llm(model: str | Path, out: str | Path, config: LLMExportConfig | Non
             "family": family.name,
             "model_type": net.config.model_type,
             "source": {"model": str(model), "path": str(Path(model_dir).resolve()),
-                       "weights_sha256": weights_sha256(model_dir), "parameters": _parameters(net),
+                       "weights_sha256": weights_sha256(model_dir),
+                       "parameters": int(sum(p.numel() for p in net.parameters())),
                        "record": read_record(model_dir).get("source")},
             "tokenizer": {"file": "tokenizer.json", "chat_template": template, "add_special_tokens": True,
                           "special_tokens": {k: getattr(tokenizer, k) for k in ("bos_token", "eos_token")
@@ -119,33 +120,19 @@ def _export_optimum(model_dir: Path, dst: Path, config: LLMExportConfig) -> None
 
 
 def _export_builder(model_dir: Path, dst: Path, config: LLMExportConfig) -> None:
+    from unittest import mock
+
     from onnxruntime_genai.models.builder import create_model
 
-    previous = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"  # a local directory: nothing may be fetched
-    try:
+    with mock.patch.dict(os.environ, {"HF_HUB_OFFLINE": "1"}):  # a local directory: nothing may be fetched
         create_model("model", str(model_dir), str(dst), "fp32", "cpu", str(dst / "_cache"), hf_token="false",
                      hf_remote=False)
-    finally:
-        if previous is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = previous
 
 
 # Exporter name -> function writing model.onnx (+ external data) into a directory, and what it is.
 EXPORTERS = {"builder": _export_builder, "optimum": _export_optimum}
 EXPORTER_LABELS = {"builder": "onnxruntime-genai model builder, fp32", "optimum": "optimum-onnx text-generation-with-past"}
 _EXPORTER_PACKAGES = {"builder": ("onnxruntime_genai", "onnxruntime-genai"), "optimum": ("optimum.exporters.onnx", "optimum-onnx")}
-
-
-def _builder_refusal(config) -> str | None:
-    """Why the builder's graph cannot run this model on ONNX Runtime's CPU kernels, or None."""
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
-    if head % 16:
-        return f"its head size {head} is not a multiple of 16 (GroupQueryAttention's CPU kernel needs that)"
-    return None
 
 
 def choose_exporter(family, wanted: str, model_config=None) -> str:
@@ -161,7 +148,14 @@ def choose_exporter(family, wanted: str, model_config=None) -> str:
             return False
 
     def refusal(name: str) -> str | None:
-        return _builder_refusal(model_config) if name == "builder" and model_config is not None else None
+        """Why the builder's graph cannot run this model on ONNX Runtime's CPU kernels, or None."""
+        if name != "builder" or model_config is None:
+            return None
+        text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
+        head = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        if head % 16:
+            return f"its head size {head} is not a multiple of 16 (GroupQueryAttention's CPU kernel needs that)"
+        return None
 
     if wanted != "auto":
         if wanted not in family.llm_exporters:
@@ -219,10 +213,6 @@ def retie_folded_lm_head(path: Path) -> int:
             stale.unlink()
         onnx.save(model, str(path), save_as_external_data=size > 1_800_000_000, location=path.name + ".data")
     return retied
-
-
-def _parameters(net) -> int:
-    return int(sum(p.numel() for p in net.parameters()))
 
 
 def cost_per_token(net) -> dict:

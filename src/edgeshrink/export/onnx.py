@@ -107,7 +107,7 @@ def export_encoder(model: str | Path, out: str | Path, config: ExportConfig | No
             "opset": config.opset,
             "inputs": inputs,
             "outputs": outputs,
-            "validation": report.to_dict(),
+            "validation": report,
             "flops_per_example": text_flops_table(net, max_length),
         })
     return manifest
@@ -221,7 +221,7 @@ def export_module(module, example_inputs: tuple, out: str | Path, labels: list[s
             "opset": config.opset,
             "inputs": inputs,
             "outputs": outputs,
-            "validation": report.to_dict(),
+            "validation": report,
             "flops_per_example": {"fixed": module_flops(module, tuple(e[:1] for e in example_inputs))},
             **(fields or {}),
         })

@@ -51,13 +51,9 @@ class TritonConfig(Config):
     tolerance: float = Field(1e-4, gt=0)  # max-abs-diff of the repository's logits vs the bundle's
 
 
-def _dims(values) -> str:
-    return "[ " + ", ".join(str(v) for v in values) + " ]"
-
-
 def _tensor(name: str, data_type: str, dims, labels: bool = False) -> str:
     extra = ' label_filename: "labels.txt"' if labels else ""
-    return f'  {{ name: "{name}" data_type: {data_type} dims: {_dims(dims)}{extra} }}'
+    return f'  {{ name: "{name}" data_type: {data_type} dims: [ {", ".join(str(d) for d in dims)} ]{extra} }}'
 
 
 def _config(name: str, head: str, max_batch: int, inputs: list[str], outputs: list[str], tail: str = "") -> str:
@@ -263,16 +259,11 @@ class _Tensor:
         return self.array
 
 
-class _Request:
-    def __init__(self, tensors: dict):
-        self.tensors = tensors
-
-
 def _stand_in_backend_utils() -> types.ModuleType:
     """The three pieces of Triton's ``triton_python_backend_utils`` that model.py uses."""
     module = types.ModuleType("triton_python_backend_utils")
     module.Tensor = _Tensor
-    module.get_input_tensor_by_name = lambda request, name: request.tensors.get(name)
+    module.get_input_tensor_by_name = lambda request, name: request.get(name)  # a request: a dict of tensors
     module.InferenceResponse = lambda output_tensors: {t.name: t.array for t in output_tensors}
     return module
 
@@ -300,7 +291,7 @@ def run_pipeline(repo: Path, ensemble, configs: dict, bundle: Path, tolerance: f
                 spec.loader.exec_module(module)
                 model = module.TritonPythonModel()
                 model.initialize({"model_config": "{}"})
-                produced = model.execute([_Request({k: _Tensor(k, v) for k, v in feeds.items()})])[0]
+                produced = model.execute([{k: _Tensor(k, v) for k, v in feeds.items()}])[0]
                 for key, value in produced.items():  # token ids must be the device runtime's, exactly
                     if key in encoded and not np.array_equal(value, encoded[key]):
                         _fail(repo, f"{config.name} encodes {key} differently from the device runtime")

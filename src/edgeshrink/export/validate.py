@@ -3,26 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError, first_line
-
-
-@dataclass
-class ValidationReport:
-    tolerance: float
-    max_abs_diff: float
-    per_shape: list[dict]
-
-    @property
-    def ok(self) -> bool:
-        return self.max_abs_diff <= self.tolerance
-
-    def to_dict(self) -> dict:
-        return {"tolerance": self.tolerance, "max_abs_diff": self.max_abs_diff, "ok": self.ok,
-                "per_shape": self.per_shape}
 
 
 def text_inputs(batch: int, seq: int, vocab_size: int, input_names: list[str], rng: np.random.Generator,
@@ -41,8 +25,9 @@ def text_inputs(batch: int, seq: int, vocab_size: int, input_names: list[str], r
 
 
 def validate_outputs(onnx_path: str, reference: Callable[[dict[str, np.ndarray]], np.ndarray],
-                     feeds_list: list[dict[str, np.ndarray]], tolerance: float) -> ValidationReport:
-    """Run ONNX Runtime and ``reference`` on each feed; raise if any output differs by more than ``tolerance``."""
+                     feeds_list: list[dict[str, np.ndarray]], tolerance: float) -> dict:
+    """Run ONNX Runtime and ``reference`` on each feed; raise if any output differs by more than ``tolerance``,
+    else return the manifest's ``validation`` entry (tolerance, worst max-abs-diff, ok, each shape's)."""
     import onnxruntime as ort
 
     from edgeshrink.runtime.bundle import session_options
@@ -62,12 +47,11 @@ def validate_outputs(onnx_path: str, reference: Callable[[dict[str, np.ndarray]]
         diff = float(np.max(np.abs(got.astype(np.float64) - want.astype(np.float64))))
         worst = max(worst, diff)
         per_shape.append({"shape": shape, "max_abs_diff": diff})
-    report = ValidationReport(tolerance, worst, per_shape)
-    if not report.ok:
+    if not worst <= tolerance:
         shapes = ", ".join(f"{s['shape']}: {s['max_abs_diff']:.2e}" for s in per_shape)
         raise EdgeshrinkError(f"exported model does not match its source: max-abs-diff {worst:.2e} > "
                               f"tolerance {tolerance:.0e} ({shapes})")
-    return report
+    return {"tolerance": tolerance, "max_abs_diff": worst, "ok": True, "per_shape": per_shape}
 
 
 def _one_line(what: str, run: Callable, *args, **kwargs):

@@ -211,8 +211,6 @@ def module_at(obj, path: str):
     return obj
 
 
-
-
 FAMILIES: dict[str, Family] = {}
 
 
@@ -353,16 +351,13 @@ def unique_families(kind: str | None = None) -> list[Family]:
     return [f for f in {family.name: family for family in FAMILIES.values()}.values() if kind in (None, f.kind)]
 
 
-def supported() -> str:
-    return ", ".join(sorted(FAMILIES))
-
-
 def family_of(config) -> Family:
     """The registry entry for a transformers config (or a config.json dict), or a one-line error."""
     model_type = config.get("model_type") if isinstance(config, dict) else getattr(config, "model_type", None)
     if model_type in FAMILIES:
         return FAMILIES[model_type]
-    raise EdgeshrinkError(f"model type {model_type!r} is not a supported model family (supported: {supported()})")
+    raise EdgeshrinkError(f"model type {model_type!r} is not a supported model family (supported: "
+                          f"{', '.join(sorted(FAMILIES))})")
 
 
 def _inputs_text(family: Family) -> str:

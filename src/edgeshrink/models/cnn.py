@@ -22,6 +22,7 @@ from pydantic import Field, field_validator
 
 from edgeshrink.config import Config
 from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.models.sources import RECORD_NAME, read_record
 
 WEIGHTS_NAME = "model.safetensors"
 MODEL_TYPE = "cnn"
@@ -88,10 +89,7 @@ def build_cnn(config: CNNConfig):
 def read_cnn_record(spec: str | Path) -> dict | None:
     """The record of a trained CNN directory, or None when ``spec`` is not one."""
     path = Path(str(spec)).expanduser()
-    record_path = path / "edgeshrink.json"
-    if not path.is_dir() or not record_path.exists():
-        return None
-    record = json.loads(record_path.read_text())
+    record = read_record(path) if path.is_dir() else {}
     return record if record.get("model_type") == MODEL_TYPE else None
 
 
@@ -117,7 +115,7 @@ def save_cnn(net, record: dict, out: Path) -> None:
     from safetensors.torch import save_file
 
     save_file({k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}, str(out / WEIGHTS_NAME))
-    (out / "edgeshrink.json").write_text(json.dumps(record, indent=2))
+    (out / RECORD_NAME).write_text(json.dumps(record, indent=2))
 
 
 def init_cnn(architecture: CNNConfig, labels: list[str], out: str | Path, seed: int = 0, force: bool = False) -> Path:

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
 from edgeshrink.data.builtin import cache_dir
 from edgeshrink.errors import EdgeshrinkError, first_line
-from edgeshrink.models.sources import RECORD_NAME
+from edgeshrink.models import arch
+from edgeshrink.models.sources import RECORD_NAME, read_config
 
 GGUF_MAGIC = b"GGUF"
 # Bumped when an import writes something different from the same GGUF: an older cached import is redone.
@@ -80,8 +78,6 @@ def supported_gguf_architectures() -> list[str]:
     """The GGUF architectures that transformers loads as a registered decoder family (models/arch.py)."""
     from transformers.integrations.ggml import GGUF_CONFIG_MAPPING
 
-    from edgeshrink.models import arch
-
     decoders = {t for family in arch.unique_families("decoder") for t in family.model_types}
     return sorted(k for k in GGUF_CONFIG_MAPPING if GGUF_MODEL_TYPES.get(k, k) in decoders)
 
@@ -95,27 +91,17 @@ def import_llm(source: str | Path, progress=None) -> Path:
     if path.is_file():
         return _import_gguf(path, name=path.stem, progress=progress)
     if path.is_dir():
-        check_causal_lm_dir(path)
+        family = arch.family_of(read_config(path))
+        if family.kind != "decoder":
+            raise EdgeshrinkError(f"{path} is a {family.label} encoder, not a language model (decoder)")
         return path
     known = ", ".join(LLM_PACKAGES)
     raise EdgeshrinkError(f"language model {spec!r} does not exist: pass a GGUF file, a local Hugging Face directory or a "
                           f"short name ({known})")
 
 
-def check_causal_lm_dir(path: Path) -> dict:
-    """The config of a local causal-LM directory of a registered decoder family, or a one-line error."""
-    from edgeshrink.models import arch
-    from edgeshrink.models.sources import read_config
-
-    config = read_config(path)
-    family = arch.family_of(config)
-    if family.kind != "decoder":
-        raise EdgeshrinkError(f"{path} is a {family.label} encoder, not a language model (decoder)")
-    return config
-
-
 def _import_gguf(gguf_path: Path, name: str, progress=None) -> Path:
-    from edgeshrink._files import sha256_file
+    from edgeshrink._files import atomic_output_dir, sha256_file
 
     architecture = gguf_architecture(gguf_path)
     supported = supported_gguf_architectures()
@@ -132,13 +118,9 @@ def _import_gguf(gguf_path: Path, name: str, progress=None) -> Path:
             progress(f"re-importing {gguf_path.name}: the cached import was written by an older edgeshrink")
     if progress:
         progress(f"importing {gguf_path.name} (dequantizing to fp32, once)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        started = time.perf_counter()
+    started = time.perf_counter()
+    with atomic_output_dir(out, force=True) as tmp:  # a stale import is replaced in one rename
         model, tokenizer = _load_gguf(gguf_path)
-        from edgeshrink.models import arch
-
         family = arch.family_of(model.config)
         if family.kind != "decoder":
             raise EdgeshrinkError(f"{gguf_path}: model type {model.config.model_type!r} is not a decoder family")
@@ -161,14 +143,6 @@ def _import_gguf(gguf_path: Path, name: str, progress=None) -> Path:
                   "import_seconds": round(time.perf_counter() - started, 1),
                   "note": "weights dequantized to fp32 from the GGUF: they carry its quantization grid"}
         (tmp / RECORD_NAME).write_text(json.dumps(record, indent=2))
-        if out.exists():  # a stale import: moved aside first (a directory cannot be replaced by another)
-            stale = Path(tempfile.mkdtemp(prefix=f".{out.name}.stale.", dir=out.parent))
-            os.replace(out, stale / out.name)
-            shutil.rmtree(stale, ignore_errors=True)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

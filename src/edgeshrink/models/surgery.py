@@ -34,12 +34,7 @@ def head_gates(model, family: Family):
             return (shaped.view(x.shape), *inputs[1:])
 
         handles.append(attn.o.register_forward_pre_hook(scale))
-
-    def remove():
-        for handle in handles:
-            handle.remove()
-
-    return gates, remove
+    return gates, lambda: [h.remove() for h in handles]
 
 
 def ffn_activations(model, family: Family, on_gradient):
@@ -114,13 +109,11 @@ def _keep_table_heads(model, family: Family, kept: dict[int, list[int]]) -> None
         raise EdgeshrinkError(f"{family.label}: every layer must keep the same heads (one relative-position bias "
                               f"table serves all layers); got {sorted(cuts)}")
     heads = list(next(iter(cuts)))
-    parent, _, name = family.shared_head_table.rpartition(".")
-    owner = module_at(model.base_model, parent) if parent else model.base_model
-    table = getattr(owner, name)
+    table = module_at(model.base_model, family.shared_head_table)
     new = torch.nn.Embedding(table.num_embeddings, len(heads))
     with torch.no_grad():
         new.weight.copy_(table.weight[:, heads])
-    setattr(owner, name, new)
+    _set(model.base_model, family.shared_head_table, new)
 
 
 def keep_ffn(model, family: Family, block_index: int, neurons) -> None:
@@ -159,9 +152,7 @@ def keep_blocks(model, family: Family, keep: list[int]) -> None:
     family.check("drop_layers")
     family.check_structure(model.config)
     blocks = family.block_list(model)
-    parent, _, name = family.blocks.rpartition(".")
-    base = family.base_of(model)
-    setattr(module_at(base, parent) if parent else base, name, torch.nn.ModuleList([blocks[i] for i in keep]))
+    _set(family.base_of(model), family.blocks, torch.nn.ModuleList([blocks[i] for i in keep]))
     model.config.num_hidden_layers = len(keep)
 
 

@@ -39,7 +39,9 @@ def load_classifier(model_dir: Path, num_labels: int | None = None, label_names=
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     tokenizer = _load_tokenizer(model_dir)
-    weights = _weights_path(model_dir)
+    weights = next((model_dir / n for n in WEIGHT_FILES if (model_dir / n).exists()), None)  # or a shard index
+    if weights is None:
+        raise EdgeshrinkError(f"{model_dir} has no weights ({', '.join(WEIGHT_FILES)})")
     try:
         if config.get(arch.KEPT_HEADS_KEY):
             model, missing = _load_pruned(model_dir, weights, family, kwargs)
@@ -52,21 +54,14 @@ def load_classifier(model_dir: Path, num_labels: int | None = None, label_names=
     except Exception as exc:  # safetensors, torch and transformers raise many types; say which file and why
         raise EdgeshrinkError(_load_error(model_dir, weights, exc)) from None
     family.check_config(model.config)  # a position table too short, no token type: one line, not an IndexError later
-    model.edgeshrink_untrained_head = label_names is None and _head_missing(model, missing)
+    body = model.base_model_prefix + "."
+    model.edgeshrink_untrained_head = label_names is None and any(not k.startswith(body) for k in missing)
     tokenizer.model_input_names = family.inputs(model.config)
     model.eval()
     return model, tokenizer
 
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json", "pytorch_model.bin.index.json")
-
-
-def _weights_path(model_dir: Path) -> Path:
-    """The weights file (or, for a sharded checkpoint, its index)."""
-    for name in WEIGHT_FILES:
-        if (model_dir / name).exists():
-            return model_dir / name
-    raise EdgeshrinkError(f"{model_dir} has no weights ({', '.join(WEIGHT_FILES)})")
 
 
 def _load_tokenizer(model_dir: Path):
@@ -116,11 +111,6 @@ def _load_pruned(model_dir: Path, weights: Path, family, kwargs: dict):
     if body_missing:
         raise EdgeshrinkError(f"weights in {weights} do not match its config.json: missing {body_missing[:3]}")
     return model, list(missing)
-
-
-def _head_missing(model, missing_keys) -> bool:
-    prefix = model.base_model_prefix + "."
-    return any(not k.startswith(prefix) for k in missing_keys)
 
 
 def _load_error(model_dir: Path, weights: Path, exc: Exception) -> str:

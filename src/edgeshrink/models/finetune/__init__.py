@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from edgeshrink import __version__
 from edgeshrink.config import Config
 from edgeshrink.data import DataConfig, SplitConfig
 from edgeshrink.errors import EdgeshrinkError
@@ -79,6 +80,13 @@ def scored(correct: int, n: int) -> dict:
     """The record's ``test`` entry: accuracy, correct, n and the 95% interval."""
     low, high = accuracy_interval(correct, n)
     return {"accuracy": correct / n, "correct": correct, "n": n, "ci95": [low, high]}
+
+
+def model_record(task: str, split, train, config, history: list, train_seconds: float, test: dict, **fields) -> dict:
+    """A trained model's record (``edgeshrink.json``): its task, ``fields``, then its data, training and test score."""
+    return {"kind": "edgeshrink-model", "edgeshrink_version": __version__, "task": task, **fields,
+            "data": split.data_record(), "finetune": config.to_dict(), "history": history,
+            "train_seconds": round(train_seconds, 1), "train_examples": len(train), "test": test}
 
 
 def hf_writer(net, tokenizer, record: dict):

@@ -11,13 +11,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from edgeshrink import __version__
 from edgeshrink._files import atomic_output_dir, check_output_dir, sha256_file
 from edgeshrink.data import DataConfig, load_data, split_for_training
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.models.cnn import (ARCHITECTURES, MODEL_TYPE, WEIGHTS_NAME, CNNConfig, accuracy, build_cnn, load_cnn,
                                    require_images, save_cnn, train_cnn)
-from edgeshrink.models.finetune import FinetuneConfig, seed_training
+from edgeshrink.models.finetune import FinetuneConfig, model_record, seed_training
 
 
 def finetune_cnn(model: str | Path, out: str | Path, config: FinetuneConfig, *, data: DataConfig | str,
@@ -43,23 +42,11 @@ def finetune_cnn(model: str | Path, out: str | Path, config: FinetuneConfig, *, 
     history = train_cnn(net, train, split.calibration, config)
     train_seconds = time.perf_counter() - started
     net.to("cpu").eval()
-    record = {
-        "kind": "edgeshrink-model",
-        "edgeshrink_version": __version__,
-        "task": "tensor-classification",
-        "model_type": MODEL_TYPE,
-        "architecture": architecture.to_dict(),
-        "labels": list(examples.label_names),
-        "parameters": int(sum(p.numel() for p in net.parameters())),
-        "source": {"model": str(model),
-                   "weights_sha256": sha256_file(Path(model) / WEIGHTS_NAME) if previous else None},
-        "data": split.data_record(),
-        "finetune": config.to_dict(),
-        "history": history,
-        "train_seconds": round(train_seconds, 1),
-        "train_examples": len(train),
-        "test": accuracy(net, split.test),
-    }
+    record = model_record("tensor-classification", split, train, config, history, train_seconds,
+                          accuracy(net, split.test), model_type=MODEL_TYPE, architecture=architecture.to_dict(),
+                          labels=list(examples.label_names), parameters=int(sum(p.numel() for p in net.parameters())),
+                          source={"model": str(model),
+                                  "weights_sha256": sha256_file(Path(model) / WEIGHTS_NAME) if previous else None})
     with atomic_output_dir(out, force) as tmp:
         save_cnn(net, record, tmp)
     return record

@@ -24,10 +24,9 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from edgeshrink import __version__
 from edgeshrink.data import DataConfig
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.models.finetune import TrainSchedule, hf_writer, scored, seed_training
+from edgeshrink.models.finetune import TrainSchedule, hf_writer, model_record, scored, seed_training
 from edgeshrink.route.prompts import PromptConfig
 from edgeshrink.runtime.prompted import cut_text, render
 
@@ -194,14 +193,9 @@ def finetune_llm(model: str | Path, out: str | Path, config: LLMFinetuneConfig, 
         logliks = answer_logliks(net, prompter, list(split.test.texts), device=config.device,
                                  progress=lambda n: bar.update(task, advance=n))
     correct = int(sum(int(row.argmax()) == label_index[y] for row, y in zip(logliks, split.test.labels)))
-    record = {
-        "kind": "edgeshrink-model", "edgeshrink_version": __version__, "task": "text-generation",
-        "source": {"model": str(model), "path": str(model_dir)},
-        "prompted_task": {"prompt": prompt.to_dict(), "scored_by": "label log-likelihood"},
-        "data": split.data_record(), "finetune": config.to_dict(), "precision": precision,
-        "history": state["history"], "train_seconds": round(train_seconds, 1), "train_examples": len(train),
-        "train_tokens": int(sum(len(s) for s, _ in sequences) * config.epochs),
-        "test": scored(correct, len(split.test)),
-    }
+    record = model_record("text-generation", split, train, config, state["history"], train_seconds,
+                          scored(correct, len(split.test)), source={"model": str(model), "path": str(model_dir)},
+                          prompted_task={"prompt": prompt.to_dict(), "scored_by": "label log-likelihood"},
+                          precision=precision, train_tokens=int(sum(len(s) for s, _ in sequences) * config.epochs))
     run.finish(out, hf_writer(net, tokenizer, record))
     return record

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeshrink import __version__
 from edgeshrink._files import atomic_output_dir, check_output_dir
 from edgeshrink.data import DataConfig, load_data, split_for_training
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.models.finetune import FinetuneConfig, hf_writer, scored, seed_training
+from edgeshrink.models.finetune import FinetuneConfig, hf_writer, model_record, scored, seed_training
 from edgeshrink.models.sources import resolve_model, weights_sha256
 
 
@@ -26,7 +25,7 @@ def finetune_encoder(model: str | Path, out: str | Path, config: FinetuneConfig,
     """Train a classification head (and the encoder) on the train split; report test accuracy."""
     from edgeshrink.data.images import ImageExamples
     from edgeshrink.models import arch
-    from edgeshrink.models.torch_text import load_classifier, predict_proba
+    from edgeshrink.models.torch_text import load_classifier
 
     check_output_dir(out, force)
     model_dir = resolve_model(model)
@@ -48,22 +47,11 @@ def finetune_encoder(model: str | Path, out: str | Path, config: FinetuneConfig,
     train_seconds = time.perf_counter() - started
 
     net.eval()
-    probs = predict_proba(net, tokenizer, split.test.texts, config.max_length)
-    correct = int(sum(int(p.argmax()) == label_index[y] for p, y in zip(probs, split.test.labels)))
-    record = {
-        "kind": "edgeshrink-model",
-        "edgeshrink_version": __version__,
-        "task": "text-classification",
-        "labels": list(examples.label_names),
-        "max_length": config.max_length,
-        "source": {"model": str(model), "path": str(model_dir), "weights_sha256": weights_sha256(model_dir)},
-        "data": split.data_record(),
-        "finetune": config.to_dict(),
-        "history": history,
-        "train_seconds": round(train_seconds, 1),
-        "train_examples": len(train),
-        "test": scored(correct, len(split.test)),
-    }
+    hits = _hits(net, tokenizer, split.test, label_index, config.max_length)
+    source = {"model": str(model), "path": str(model_dir), "weights_sha256": weights_sha256(model_dir)}
+    record = model_record("text-classification", split, train, config, history, train_seconds,
+                          scored(sum(hits), len(hits)), labels=list(examples.label_names), max_length=config.max_length,
+                          source=source)
     with atomic_output_dir(out, force) as tmp:
         hf_writer(net, tokenizer, record)(tmp)
     return record
@@ -124,14 +112,15 @@ def train_classifier(net, tokenizer, train, calibration, label_index: dict, conf
                 progress.update(task, advance=1, loss=running, description=f"epoch {epoch + 1}")
             epoch += 1
             net.eval()
-            cal_acc = _accuracy(net, tokenizer, calibration, label_index, config.max_length)
+            cal_acc = float(np.mean(_hits(net, tokenizer, calibration, label_index, config.max_length)))
             history.append({"epoch": epoch, "step": step, "train_loss": running, "calibration_accuracy": cal_acc})
             progress.console.print(f"epoch {epoch}: loss {running:.4f}, calibration accuracy {cal_acc:.4f}")
     return history
 
 
-def _accuracy(net, tokenizer, part, label_index, max_length) -> float:
+def _hits(net, tokenizer, part, label_index, max_length) -> list[bool]:
+    """Per example of ``part``: whether ``net`` predicts its label."""
     from edgeshrink.models.torch_text import predict_proba
 
     probs = predict_proba(net, tokenizer, part.texts, max_length)
-    return float(np.mean([int(p.argmax()) == label_index[y] for p, y in zip(probs, part.labels)]))
+    return [int(p.argmax()) == label_index[y] for p, y in zip(probs, part.labels)]
