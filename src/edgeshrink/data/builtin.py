@@ -11,12 +11,12 @@ import os
 import subprocess
 import sys
 import tarfile
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+from edgeshrink._files import atomic_write_text
 from edgeshrink.errors import EdgeshrinkError
 
 CACHE_ENV = "EDGESHRINK_CACHE"
@@ -145,11 +145,7 @@ def prepare(name: str, force: bool = False) -> Path:
     scratch = cache_dir() / "downloads"
     scratch.mkdir(parents=True, exist_ok=True)
     rows = BUILTINS[name].prepare(scratch)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return path
 
 

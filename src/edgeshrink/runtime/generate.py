@@ -171,21 +171,17 @@ class Generator:
                                   f"context length {self.context_length}")
         return ids
 
-    def room(self, ids: list[int], max_new_tokens: int | None) -> int:
-        """``max_new_tokens``, or when None what the context leaves after ``ids`` (at most DEFAULT_NEW_TOKENS)."""
-        return max_new_tokens if max_new_tokens is not None else \
-            min(DEFAULT_NEW_TOKENS, self.context_length - len(ids))
-
     def stream(self, prompt, max_new_tokens: int | None = 64, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                stop: list[str] | tuple = (), seed: int | None = None, ignore_eos: bool = False, info: dict | None = None):
-        """Yield ``Token``s as they are produced (``max_new_tokens`` None: what the context leaves, see ``room``).
-        ``info`` (a dict) receives timings and the stop reason."""
+        """Yield ``Token``s as they are produced (``max_new_tokens`` None: what the context leaves, at most
+        DEFAULT_NEW_TOKENS). ``info`` (a dict) receives timings and the stop reason."""
         sampling = Sampling(temperature, top_k, top_p)
         sampling.check()
         if any(not isinstance(s, str) or not s for s in stop):
             raise EdgeshrinkError("a stop string must be a non-empty string")
         ids = self.prompt_ids(prompt, max_new_tokens)
-        max_new_tokens = self.room(ids, max_new_tokens)
+        if max_new_tokens is None:
+            max_new_tokens = min(DEFAULT_NEW_TOKENS, self.context_length - len(ids))
         rng = np.random.default_rng(seed)
         info = info if info is not None else {}
         info.update(prompt_tokens=len(ids), stop_reason="length")
