@@ -46,16 +46,9 @@ def _vader_rows(scratch: Path, member: str) -> list[dict]:
         inner_file = outer.extractfile(f"vaderSentiment-3.3.2/{_VADER_ARCHIVE}")
         with tarfile.open(fileobj=inner_file) as inner:
             raw = inner.extractfile(f"hutto_ICWSM_2014/{member}").read().decode("utf-8")
-    rows = []
-    for line in raw.splitlines():
-        if not line.strip():
-            continue
-        ident, rating, text = line.split("\t", 2)
-        score = float(rating)
-        if score == 0:
-            continue
-        rows.append({"id": ident, "text": text.strip(), "label": "positive" if score > 0 else "negative"})
-    return rows
+    rated = [line.split("\t", 2) for line in raw.splitlines() if line.strip()]
+    return [{"id": ident, "text": text.strip(), "label": "positive" if float(rating) > 0 else "negative"}
+            for ident, rating, text in rated if float(rating) != 0]
 
 
 _BBC_TOPICS = ("business", "entertainment", "politics", "sport", "tech")
