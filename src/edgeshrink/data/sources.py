@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,8 +99,6 @@ def load_data(config: DataConfig | str) -> Examples:
     if config.label_map is not None:
         examples = map_labels(examples, config.label_map)
     if config.sample is not None and config.sample < len(examples):
-        import hashlib
-
         order = sorted(range(len(examples)), key=lambda i: hashlib.sha256(f"sample:{examples.ids[i]}".encode()).hexdigest())
         examples = examples.subset(sorted(order[:config.sample]))
     return examples

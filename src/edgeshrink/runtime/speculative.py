@@ -50,17 +50,14 @@ class CachedModel:
         limit = min(len(self.tokens), len(tokens) - rows)
         while common < limit and self.tokens[common] == tokens[common]:
             common += 1
-        self.crop(common)
+        if common < len(self.tokens):  # cut the cache back to the common prefix
+            self.past = {name: np.take(value, range(common), axis=self.axis[name]) for name, value in self.past.items()}
+            self.tokens = self.tokens[:common]
         if len(tokens) > self.g.context_length:
             raise EdgeshrinkError(f"{len(tokens)} tokens exceed the context length {self.g.context_length}")
         out, self.past = self.g._step(tokens[common:], self.past, len(tokens))
         self.tokens = list(tokens)
         return out
-
-    def crop(self, length: int) -> None:
-        if length < len(self.tokens):
-            self.past = {name: np.take(value, range(length), axis=self.axis[name]) for name, value in self.past.items()}
-            self.tokens = self.tokens[:length]
 
 
 def _sequence_axis(shape) -> int:
