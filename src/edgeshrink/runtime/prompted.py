@@ -21,7 +21,7 @@ import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.runtime.generate import log_softmax
-from edgeshrink.runtime.predictor import Predictions
+from edgeshrink.runtime.predictor import Predictions, softmax
 
 ANSWER_SIGNALS = ("mean-logprob", "min-logprob", "neg-mean-entropy")
 
@@ -122,16 +122,13 @@ class PromptedLLM(Prompter):
         g = self.generator
         ids, truncated = self.prompt_ids(text)
         logits, past = g._step(ids, g._empty_past(), len(ids))
-        first = log_softmax(logits[-1])
-        first_entropy = float(-(np.exp(first) * first).sum())
         totals, per_token = [], []
         for answer in self.answer_ids:
-            steps = [(float(first[answer[0]]), first_entropy)]
+            rows = [logits[-1]]  # the prompt's last position predicts the first answer token, and so on
             if len(answer) > 1:
-                rows, _ = g._step(answer[:-1], past, len(ids) + len(answer) - 1)
-                for row, token in zip(rows, answer[1:]):
-                    lp = log_softmax(row)
-                    steps.append((float(lp[token]), float(-(np.exp(lp) * lp).sum())))
+                rows += list(g._step(answer[:-1], past, len(ids) + len(answer) - 1)[0])
+            steps = [(float(lp[token]), float(-(np.exp(lp) * lp).sum()))
+                     for lp, token in zip(map(log_softmax, rows), answer)]
             per_token.append(steps)
             totals.append(sum(lp for lp, _ in steps))
         return np.array(totals), per_token, truncated
@@ -149,7 +146,6 @@ class PromptedLLM(Prompter):
             truncated.append(cut)
             if self.progress is not None:
                 self.progress(i + 1, len(texts))
-        z = logliks - logliks.max(axis=1, keepdims=True)
-        probs = (np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)).astype(np.float32)
+        probs = softmax(logliks)
         return PromptedPredictions([self.labels[j] for j in probs.argmax(1)], probs, truncated, signals=signals,
                                    answer_logliks=logliks)
