@@ -26,7 +26,6 @@ from pydantic import Field
 
 from edgeshrink import __version__
 from edgeshrink.data import DataConfig
-from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.models.finetune import TrainSchedule, hf_writer, scored, seed_training
 from edgeshrink.route.prompts import PromptConfig
 from edgeshrink.runtime.prompted import Prompter
