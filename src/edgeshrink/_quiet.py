@@ -15,18 +15,14 @@ _LOGGERS = ("optimum", "transformers", "torch.onnx", "onnxruntime", "onnxruntime
 def quiet():
     """Warnings and stdout/stderr chatter (progress bars of onnxruntime-genai's builder) are not the user's
     business on success; errors still propagate as exceptions."""
-    root = logging.getLogger()
-    saved = {name: logging.getLogger(name).level for name in _LOGGERS}
-    saved_root = root.level
+    saved = {name: logging.getLogger(name).level for name in ("", *_LOGGERS)}  # "": the root logger
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), \
             contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
-        for name in _LOGGERS:
+        for name in saved:
             logging.getLogger(name).setLevel(logging.ERROR)
-        root.setLevel(logging.ERROR)
         try:
             yield
         finally:
             for name, level in saved.items():
                 logging.getLogger(name).setLevel(level)
-            root.setLevel(saved_root)

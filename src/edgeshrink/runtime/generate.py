@@ -54,6 +54,35 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum())
 
 
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.0  # 0: greedy
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def check(self) -> None:
+        if not (self.temperature >= 0 and 0 < self.top_p <= 1 and self.top_k >= 0):  # written so that NaN fails too
+            raise EdgeshrinkError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (finite numbers)")
+
+
+def distribution(logits: np.ndarray, sampling: Sampling) -> tuple[np.ndarray, np.ndarray]:
+    """The next-token distribution a sampler with ``sampling`` draws from, as (token ids, probabilities):
+    temperature, then top-k, then top-p (nucleus). At temperature 0 it is one-hot on the argmax, so a draw from
+    it is greedy."""
+    if sampling.temperature == 0:
+        return np.array([int(np.argmax(logits))]), np.array([1.0])
+    scaled = log_softmax(logits) / sampling.temperature
+    order = np.argsort(-scaled, kind="stable")
+    if sampling.top_k:
+        order = order[:sampling.top_k]
+    probs = np.exp(scaled[order] - scaled[order].max())
+    probs /= probs.sum()
+    if sampling.top_p < 1:
+        keep = int(np.searchsorted(np.cumsum(probs), sampling.top_p)) + 1
+        order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
+    return order, probs
+
+
 class Generator:
     """A loaded LLM bundle. ``threads`` sets ONNX Runtime's intra-op threads (None: its default)."""
 
@@ -142,21 +171,17 @@ class Generator:
                                   f"context length {self.context_length}")
         return ids
 
-    def room(self, ids: list[int], max_new_tokens: int | None) -> int:
-        """``max_new_tokens``, or when None what the context leaves after ``ids`` (at most DEFAULT_NEW_TOKENS)."""
-        return max_new_tokens if max_new_tokens is not None else \
-            min(DEFAULT_NEW_TOKENS, self.context_length - len(ids))
-
     def stream(self, prompt, max_new_tokens: int | None = 64, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                stop: list[str] | tuple = (), seed: int | None = None, ignore_eos: bool = False, info: dict | None = None):
-        """Yield ``Token``s as they are produced (``max_new_tokens`` None: what the context leaves, see ``room``).
-        ``info`` (a dict) receives timings and the stop reason."""
-        if not (temperature >= 0 and 0 < top_p <= 1 and top_k >= 0):  # written so that NaN fails too
-            raise EdgeshrinkError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (finite numbers)")
+        """Yield ``Token``s as they are produced (``max_new_tokens`` None: what the context leaves, at most
+        DEFAULT_NEW_TOKENS). ``info`` (a dict) receives timings and the stop reason."""
+        sampling = Sampling(temperature, top_k, top_p)
+        sampling.check()
         if any(not isinstance(s, str) or not s for s in stop):
             raise EdgeshrinkError("a stop string must be a non-empty string")
         ids = self.prompt_ids(prompt, max_new_tokens)
-        max_new_tokens = self.room(ids, max_new_tokens)
+        if max_new_tokens is None:
+            max_new_tokens = min(DEFAULT_NEW_TOKENS, self.context_length - len(ids))
         rng = np.random.default_rng(seed)
         info = info if info is not None else {}
         info.update(prompt_tokens=len(ids), stop_reason="length")
@@ -166,7 +191,8 @@ class Generator:
         for step in range(max_new_tokens):
             row = logits[-1]
             logprobs = log_softmax(row)
-            token = self._choose(row, logprobs, temperature, top_p, top_k, rng)
+            support, probs = distribution(row, sampling)
+            token = int(rng.choice(support, p=probs))
             if step == 0:
                 info["first_token_ms"] = (time.perf_counter() - started) * 1000
                 decode_started = time.perf_counter()
@@ -190,21 +216,6 @@ class Generator:
                 logits, past = self._step([token], past, total)
         steps = len(generated) - 1
         info["decode_tokens_per_s"] = steps / (time.perf_counter() - decode_started) if steps > 0 else None
-
-    @staticmethod
-    def _choose(logits, logprobs, temperature, top_p, top_k, rng) -> int:
-        if temperature == 0:
-            return int(np.argmax(logits))
-        scaled = logprobs / temperature
-        order = np.argsort(-scaled)
-        if top_k:
-            order = order[:top_k]
-        probs = np.exp(scaled[order] - scaled[order].max())
-        probs /= probs.sum()
-        if top_p < 1:
-            keep = np.searchsorted(np.cumsum(probs), top_p) + 1
-            order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
-        return int(rng.choice(order, p=probs))
 
     def generate(self, prompt, max_new_tokens: int | None = 64, **options) -> Generation:
         """Generate to the end (see ``stream`` for the options)."""

@@ -53,13 +53,12 @@ def _schema():
         lowercase: Optional[StrictBool] = None
         chat_template: Optional[RelPath] = None
         add_special_tokens: StrictBool = True
-        special_tokens: dict[Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")], Str(256)] = {}
+        special_tokens: Annotated[dict[Annotated[StrictStr, Field(pattern=r"^[a-z][a-z0-9_]{0,63}$")], Str(256)],
+                                  Field(max_length=32)] = {}
 
         @field_validator("special_tokens")
         @classmethod
         def _names(cls, value):
-            if len(value) > 32:
-                raise ValueError("at most 32 special tokens")
             clash = sorted(set(value) & set(TEMPLATE_VARIABLES))
             if clash:
                 raise ValueError(f"a special token may not be named {clash[0]!r} (a chat-template variable)")
@@ -84,7 +83,7 @@ def _schema():
         schema_version: Int(1, 1)
         kind: Literal["edgeshrink-bundle"]
         task: Literal[TASK_NAMES]
-        files: dict[Str(255, 1), FileEntry]
+        files: Annotated[dict[Str(255, 1), FileEntry], Field(max_length=MAX_FILES)]
         size_bytes: Int(0, 1 << 48)
         labels: Optional[Annotated[list[Str(256, 1)], Field(min_length=2, max_length=MAX_LABELS)]] = None
         max_length: Optional[Int(1, MAX_POSITIONS)] = None
@@ -113,13 +112,6 @@ def _schema():
         peer: Free = None
         architecture: Free = None  # a CNN's layers (models/cnn.py)
 
-        @field_validator("files")
-        @classmethod
-        def _files_bounded(cls, value):
-            if len(value) > MAX_FILES:
-                raise ValueError(f"at most {MAX_FILES} files")
-            return value
-
         @field_validator("labels")
         @classmethod
         def _labels_distinct(cls, value):
@@ -139,18 +131,6 @@ def _schema():
     return Manifest
 
 
-def _one_line(error) -> str:
-    """pydantic's first error as 'where: what'."""
-    first = error.errors()[0]
-    where = ".".join(str(p) for p in first["loc"]) or "manifest"
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = "unknown key"
-    elif first["type"] == "missing":
-        message = "missing"
-    return f"{where}: {message}"
-
-
 def validate(manifest: dict, path: str | Path = "manifest.json") -> None:
     """Check ``manifest`` against the schema; raise a one-line EdgeshrinkError naming the field and the rule."""
     from pydantic import ValidationError
@@ -158,6 +138,10 @@ def validate(manifest: dict, path: str | Path = "manifest.json") -> None:
     try:
         _schema().model_validate(manifest)
     except ValidationError as exc:
-        raise EdgeshrinkError(f"{path} is not a valid bundle manifest: {_one_line(exc)[:200]}") from None
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "manifest"
+        message = {"extra_forbidden": "unknown key", "missing": "missing"}.get(first["type"], first["msg"])
+        problem = f"{where}: {message}"[:200]
+        raise EdgeshrinkError(f"{path} is not a valid bundle manifest: {problem}") from None
     except RecursionError:
         raise EdgeshrinkError(f"{path} is nested too deeply to be a bundle manifest") from None

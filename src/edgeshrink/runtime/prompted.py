@@ -21,7 +21,7 @@ import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.runtime.generate import log_softmax
-from edgeshrink.runtime.predictor import Predictions
+from edgeshrink.runtime.predictor import Predictions, softmax
 
 ANSWER_SIGNALS = ("mean-logprob", "min-logprob", "neg-mean-entropy")
 
@@ -35,31 +35,64 @@ def answer_signals(steps: list[tuple[float, float]]) -> dict:
             "neg-mean-entropy": -float(np.mean([h for _, h in steps]))}
 
 
-def messages(prompt: dict, text: str) -> list[dict]:
-    """The chat for ``text``: the system turn, the few-shot turns, then the question."""
-    answers = [prompt.get("answers", {}).get(label, label) for label in prompt["labels"]]
+class Prompter:
+    """A prompt's token ids for one tokenizer: each label's answer tokens as they follow the prompt, and the
+    room the context leaves for the text. Subclasses give ``encode(text, special) -> ids`` and
+    ``token_ends(text)`` (each token's end offset); ``chat`` renders chat messages (None: a plain prompt).
+    PromptedLLM is the runtime's, models/finetune/decoder.py's HFPrompter the training side's."""
 
-    def user(t):
-        return prompt["user"].replace("{labels}", ", ".join(answers)).replace("{text}", t)
+    def __init__(self, prompt: dict, context_length: int, chat=None, add_special: bool = True):
+        if not prompt.get("labels"):
+            raise EdgeshrinkError("the prompt has no label set")
+        self.prompt, self.chat, self.context_length = prompt, chat, context_length
+        self.add_special = chat is None and add_special
+        self.labels = list(prompt["labels"])
+        self.answers = [prompt.get("answers", {}).get(label, label) for label in self.labels]
+        # Answers are tokenized in context, so a leading space or a merge with the prompt's last characters
+        # comes out as the model saw it in training.
+        context = self.render("x")
+        head = self.encode(context, False)
+        self.answer_ids = []
+        for word in self.answers:
+            full = self.encode(context + word, False)
+            self.answer_ids.append(full[len(head):] if full[:len(head)] == head else self.encode(word, False))
+        if any(not ids for ids in self.answer_ids):
+            raise EdgeshrinkError(f"an answer word tokenizes to nothing: {self.answers}")
+        # Room for the text: the context less the prompt around it, the longest answer and a margin of 2 for
+        # merges at the text's edges. Inputs are cut to this or to max_text_tokens, whichever is shorter.
+        overhead = len(self.encode(self.render(""), True))
+        self.longest_answer = max(len(a) for a in self.answer_ids)
+        room = context_length - overhead - self.longest_answer - 2
+        if room < 1:
+            raise EdgeshrinkError(f"the prompt ({overhead} tokens without the text) leaves no room in the context of "
+                                  f"{context_length}: use fewer few-shot examples or a shorter prompt")
+        self.text_limit = min(int(prompt.get("max_text_tokens", 256)), room)
 
-    chat = [{"role": "system", "content": prompt["system"]}] if prompt.get("system") else []
-    for shot_text, shot_label in prompt.get("shots", []):
-        chat += [{"role": "user", "content": user(shot_text)},
-                 {"role": "assistant", "content": prompt.get("answers", {}).get(shot_label, shot_label)}]
-    return chat + [{"role": "user", "content": user(text)}]
+    def messages(self, text: str) -> list[dict]:
+        """The chat for ``text``: the system turn, the few-shot turns, then the question."""
+        def user(t):
+            return self.prompt["user"].replace("{labels}", ", ".join(self.answers)).replace("{text}", t)
 
+        chat = [{"role": "system", "content": self.prompt["system"]}] if self.prompt.get("system") else []
+        for shot_text, shot_label in self.prompt.get("shots", []):
+            chat += [{"role": "user", "content": user(shot_text)},
+                     {"role": "assistant", "content": self.prompt.get("answers", {}).get(shot_label, shot_label)}]
+        return chat + [{"role": "user", "content": user(text)}]
 
-def render(prompt: dict, text: str, chat=None) -> str:
-    """The prompt text for ``text``: through ``chat`` (a chat-template renderer of messages), else plain."""
-    if chat is not None:
-        return chat(messages(prompt, text))
-    return "\n\n".join(m["content"] for m in messages(prompt, text)) + "\nAnswer: "
+    def render(self, text: str) -> str:
+        """The prompt text for ``text``: through the chat template, else plain."""
+        if self.chat is not None:
+            return self.chat(self.messages(text))
+        return "\n\n".join(m["content"] for m in self.messages(text)) + "\nAnswer: "
 
-
-def cut_text(tokenizer_encode, text: str, limit: int) -> tuple[str, bool]:
-    """``text`` cut after its first ``limit`` tokens (``tokenizer_encode(text)`` gives the end offsets)."""
-    ends = tokenizer_encode(text)
-    return (text[:ends[limit - 1]], True) if len(ends) > limit else (text, False)
+    def prompt_ids(self, text: str) -> tuple[list[int], bool]:
+        """Token ids of the prompt for ``text`` (cut after its first ``text_limit`` tokens) and whether it was cut."""
+        ends = self.token_ends(text)
+        truncated = len(ends) > self.text_limit
+        ids = self.encode(self.render(text[:ends[self.text_limit - 1]] if truncated else text), self.add_special)
+        if len(ids) + self.longest_answer > self.context_length:
+            raise EdgeshrinkError(f"the prompt ({len(ids)} tokens) does not fit the context of {self.context_length}")
+        return ids, truncated
 
 
 @dataclass
@@ -68,71 +101,34 @@ class PromptedPredictions(Predictions):
     answer_logliks: np.ndarray | None = None  # (n, labels) summed answer log-probabilities
 
 
-class PromptedLLM:
+class PromptedLLM(Prompter):
     """``predict(texts) -> PromptedPredictions`` over ``prompt["labels"]``, like a classifier bundle."""
 
     def __init__(self, generator, prompt: dict):
-        if not prompt.get("labels"):
-            raise EdgeshrinkError("the prompt has no label set")
-        self.generator, self.prompt = generator, prompt
+        self.generator, self.path = generator, generator.path
         self.progress = None  # optional callable(done, total), called after every text (long runs show it)
-        self.labels = list(prompt["labels"])
-        self.path = generator.path
-        self.answers = [prompt.get("answers", {}).get(label, label) for label in self.labels]
-        self.answer_ids = [self._answer_ids(word) for word in self.answers]
-        if any(not ids for ids in self.answer_ids):
-            raise EdgeshrinkError(f"an answer word tokenizes to nothing: {self.answers}")
-        # Room for the text: the context less the prompt around it, the longest answer and a margin of 2 for
-        # merges at the text's edges. Inputs are cut to this or to max_text_tokens, whichever is shorter.
-        overhead = len(generator.tokenizer.encode(self.render(""), add_special_tokens=True).ids)
-        room = generator.context_length - overhead - max(len(a) for a in self.answer_ids) - 2
-        if room < 1:
-            raise EdgeshrinkError(f"the prompt ({overhead} tokens without the text) leaves no room in the context of "
-                                  f"{generator.context_length}: use fewer few-shot examples or a shorter prompt")
-        self.text_limit = min(int(prompt.get("max_text_tokens", 256)), room)
+        super().__init__(prompt, generator.context_length,
+                         generator.render_chat if generator.chat_template is not None else None,
+                         generator.manifest["tokenizer"].get("add_special_tokens", True))
 
-    def render(self, text: str) -> str:
-        g = self.generator
-        return render(self.prompt, text, g.render_chat if g.chat_template is not None else None)
+    def encode(self, text: str, special: bool) -> list[int]:
+        return self.generator.tokenizer.encode(text, add_special_tokens=special).ids
 
-    def _answer_ids(self, word: str) -> list[int]:
-        """The answer's tokens as they follow the prompt (tokenized in context, so a leading space or a
-        merge with the prompt's last characters comes out as the model saw it in training)."""
-        g = self.generator
-        head = g.tokenizer.encode(self.render("x"), add_special_tokens=False).ids
-        full = g.tokenizer.encode(self.render("x") + word, add_special_tokens=False).ids
-        if full[:len(head)] == head:
-            return full[len(head):]
-        return g.tokenizer.encode(word, add_special_tokens=False).ids
-
-    def prompt_ids(self, text: str) -> tuple[list[int], bool]:
-        """Token ids of the prompt for ``text`` (cut to max_text_tokens first) and whether it was cut."""
-        g, limit = self.generator, self.text_limit
-        text, truncated = cut_text(lambda t: [e for _, e in g.tokenizer.encode(t, add_special_tokens=False).offsets],
-                                   text, limit)
-        rendered = self.render(text)
-        add_special = g.chat_template is None and g.manifest["tokenizer"].get("add_special_tokens", True)
-        ids = g.tokenizer.encode(rendered, add_special_tokens=add_special).ids
-        longest = max(len(a) for a in self.answer_ids)
-        if len(ids) + longest > g.context_length:
-            raise EdgeshrinkError(f"the prompt ({len(ids)} tokens) does not fit the context of {g.context_length}")
-        return ids, truncated
+    def token_ends(self, text: str) -> list[int]:
+        return [end for _, end in self.generator.tokenizer.encode(text, add_special_tokens=False).offsets]
 
     def score(self, text: str) -> tuple[np.ndarray, list[list[tuple[float, float]]], bool]:
         """Per label: the summed answer log-probability; per label and answer token: (log-prob, entropy)."""
         g = self.generator
         ids, truncated = self.prompt_ids(text)
         logits, past = g._step(ids, g._empty_past(), len(ids))
-        first = log_softmax(logits[-1])
-        first_entropy = float(-(np.exp(first) * first).sum())
         totals, per_token = [], []
         for answer in self.answer_ids:
-            steps = [(float(first[answer[0]]), first_entropy)]
+            rows = [logits[-1]]  # the prompt's last position predicts the first answer token, and so on
             if len(answer) > 1:
-                rows, _ = g._step(answer[:-1], past, len(ids) + len(answer) - 1)
-                for row, token in zip(rows, answer[1:]):
-                    lp = log_softmax(row)
-                    steps.append((float(lp[token]), float(-(np.exp(lp) * lp).sum())))
+                rows += list(g._step(answer[:-1], past, len(ids) + len(answer) - 1)[0])
+            steps = [(float(lp[token]), float(-(np.exp(lp) * lp).sum()))
+                     for lp, token in zip(map(log_softmax, rows), answer)]
             per_token.append(steps)
             totals.append(sum(lp for lp, _ in steps))
         return np.array(totals), per_token, truncated
@@ -150,7 +146,6 @@ class PromptedLLM:
             truncated.append(cut)
             if self.progress is not None:
                 self.progress(i + 1, len(texts))
-        z = logliks - logliks.max(axis=1, keepdims=True)
-        probs = (np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)).astype(np.float32)
+        probs = softmax(logliks)
         return PromptedPredictions([self.labels[j] for j in probs.argmax(1)], probs, truncated, signals=signals,
                                    answer_logliks=logliks)

@@ -31,36 +31,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.runtime.generate import log_softmax
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 0.0  # 0: greedy
-    top_k: int = 0
-    top_p: float = 1.0
-
-    def check(self) -> None:
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise EdgeshrinkError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0")
-
-
-def distribution(logits: np.ndarray, sampling: Sampling) -> tuple[np.ndarray, np.ndarray]:
-    """The next-token distribution a sampler with ``sampling`` draws from, as (token ids, probabilities).
-
-    The same transformation as ``Generator._choose``: temperature, then top-k, then top-p (nucleus)."""
-    if sampling.temperature == 0:
-        return np.array([int(np.argmax(logits))]), np.array([1.0])
-    scaled = log_softmax(logits) / sampling.temperature
-    order = np.argsort(-scaled, kind="stable")
-    if sampling.top_k:
-        order = order[:sampling.top_k]
-    probs = np.exp(scaled[order] - scaled[order].max())
-    probs /= probs.sum()
-    if sampling.top_p < 1:
-        keep = int(np.searchsorted(np.cumsum(probs), sampling.top_p)) + 1
-        order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
-    return order, probs
+from edgeshrink.runtime.generate import Sampling, distribution
 
 
 class CachedModel:
@@ -79,17 +50,14 @@ class CachedModel:
         limit = min(len(self.tokens), len(tokens) - rows)
         while common < limit and self.tokens[common] == tokens[common]:
             common += 1
-        self.crop(common)
+        if common < len(self.tokens):  # cut the cache back to the common prefix
+            self.past = {name: np.take(value, range(common), axis=self.axis[name]) for name, value in self.past.items()}
+            self.tokens = self.tokens[:common]
         if len(tokens) > self.g.context_length:
             raise EdgeshrinkError(f"{len(tokens)} tokens exceed the context length {self.g.context_length}")
         out, self.past = self.g._step(tokens[common:], self.past, len(tokens))
         self.tokens = list(tokens)
         return out
-
-    def crop(self, length: int) -> None:
-        if length < len(self.tokens):
-            self.past = {name: np.take(value, range(length), axis=self.axis[name]) for name, value in self.past.items()}
-            self.tokens = self.tokens[:length]
 
 
 def _sequence_axis(shape) -> int:
@@ -154,7 +122,7 @@ def speculate(draft_generator, target, prompt, max_new_tokens: int = 64, samplin
         for _ in range(length):
             row = draft.logits(tokens + proposal)[-1]
             ids, probs = distribution(row, sampling)
-            token = int(ids[0]) if sampling.temperature == 0 else int(rng.choice(ids, p=probs))
+            token = int(rng.choice(ids, p=probs))
             q_full = np.zeros(row.shape[-1])
             q_full[ids] = probs
             proposal.append(token)
@@ -185,7 +153,7 @@ def speculate(draft_generator, target, prompt, max_new_tokens: int = 64, samplin
                 break
         else:  # every drafted token kept: one more from the target's last distribution
             ids, probs = p_dists[-1]
-            new.append(int(ids[0]) if sampling.temperature == 0 else int(rng.choice(ids, p=probs)))
+            new.append(int(rng.choice(ids, p=probs)))
         stats["rounds"] += 1
         stats["drafted"] += len(proposal)
         stats["accepted"] += accepted

@@ -25,10 +25,9 @@ import numpy as np
 from pydantic import Field
 
 from edgeshrink.data import DataConfig
-from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.models.finetune import TrainSchedule, hf_writer, model_record, scored, seed_training
 from edgeshrink.route.prompts import PromptConfig
-from edgeshrink.runtime.prompted import cut_text, render
+from edgeshrink.runtime.prompted import Prompter
 
 
 class LLMFinetuneConfig(TrainSchedule):
@@ -39,36 +38,22 @@ class LLMFinetuneConfig(TrainSchedule):
     few_shot: int | None = Field(None, ge=0, le=16)  # train-split examples shown in the prompt; None: the prompt's
 
 
-class HFPrompter:
+class HFPrompter(Prompter):
     """Token ids of prompts and answers with a Hugging Face tokenizer (the training side of PromptedLLM)."""
 
     def __init__(self, tokenizer, prompt: dict, context_length: int):
-        self.tokenizer, self.prompt = tokenizer, prompt
-        self.chat = (lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)) \
-            if tokenizer.chat_template else None
-        answers = [prompt.get("answers", {}).get(label, label) for label in prompt["labels"]]
-        head = self._ids(render(prompt, "x", self.chat))
-        self.answer_ids = []
-        for word in answers:
-            full = self._ids(render(prompt, "x", self.chat) + word)
-            self.answer_ids.append(full[len(head):] if full[:len(head)] == head else self._ids(word))
+        self.tokenizer = tokenizer
         self.eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-        overhead = len(tokenizer(render(prompt, "", self.chat), add_special_tokens=True)["input_ids"])
-        room = context_length - overhead - max(len(a) for a in self.answer_ids) - 2  # as PromptedLLM cuts
-        if room < 1:
-            raise EdgeshrinkError(f"the prompt ({overhead} tokens without the text) leaves no room in the context of "
-                                  f"{context_length}: use fewer few-shot examples or a shorter prompt")
-        self.text_limit = min(int(prompt.get("max_text_tokens", 256)), room)
+        chat = (lambda m: tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)) \
+            if tokenizer.chat_template else None
+        super().__init__(prompt, context_length, chat)
 
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+    def encode(self, text: str, special: bool) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=special)["input_ids"]
 
-    def prompt_ids(self, text: str) -> list[int]:
-        text, _ = cut_text(lambda t: [e for _, e in self.tokenizer(t, add_special_tokens=False,
-                                                                    return_offsets_mapping=True)["offset_mapping"]],
-                           text, self.text_limit)
-        add_special = self.chat is None
-        return self.tokenizer(render(self.prompt, text, self.chat), add_special_tokens=add_special)["input_ids"]
+    def token_ends(self, text: str) -> list[int]:
+        offsets = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        return [end for _, end in offsets]
 
 
 def context_length(config) -> int:
@@ -92,7 +77,7 @@ def answer_logliks(net, prompter: HFPrompter, texts: list[str], batch_size: int 
     import torch
 
     single = all(len(a) == 1 for a in prompter.answer_ids)
-    prompts = [prompter.prompt_ids(t) for t in texts]
+    prompts = [prompter.prompt_ids(t)[0] for t in texts]
     pairs = [(i, None, p, []) for i, p in enumerate(prompts)] if single else \
         [(i, j, p, a) for i, p in enumerate(prompts) for j, a in enumerate(prompter.answer_ids)]
     pairs.sort(key=lambda pair: len(pair[2]) + len(pair[3]))
@@ -143,7 +128,7 @@ def finetune_llm(model: str | Path, out: str | Path, config: LLMFinetuneConfig, 
     label_index = {name: i for i, name in enumerate(prompt.labels)}
     sequences = []
     for text, label in zip(train.texts, train.labels):
-        ids = prompter.prompt_ids(text)
+        ids, _ = prompter.prompt_ids(text)
         answer = prompter.answer_ids[label_index[label]] + prompter.eos
         sequences.append((ids + answer, len(ids)))
     precision = choose_precision("auto", config.device)
