@@ -52,114 +52,116 @@ def _config(config_file: Path | None, flags: dict, limits: dict, batch: dict, cl
     return ServeConfig.from_dict(raw)
 
 
+@handled
+def serve_cloud(model: Annotated[str, typer.Argument(help="The cloud model: a bundle or a PyTorch model directory.")],
+                host: Host = "127.0.0.1", port: Port = 8001, config_file: ConfigFile = None, threads: Threads = None,
+                api_key_env: ApiKeyEnv = None, max_batch_size: BatchSize = None, max_wait_ms: MaxWait = None,
+                max_text_chars: MaxChars = None, long_text: LongText = None, max_texts: MaxTexts = None,
+                max_body_bytes: MaxBody = None, rate: Rate = None,
+                faults: Annotated[Optional[Path], typer.Option(
+                    help="Fault drills: a JSON file read per request ({\"delay_ms\": N} or {\"status\": 500}).")] = None,
+                engine: Annotated[str, typer.Option(help="uvicorn (this process) | ray (Ray Serve replicas; "
+                                                    "pip install 'edgeshrink[ray]').")] = "uvicorn",
+                address: Annotated[Optional[str], typer.Option(help="--engine ray: the Ray cluster (auto, "
+                                                               "ray://host:10001; default: a new local Ray).")] = None,
+                replicas: Annotated[Optional[int], typer.Option(help="--engine ray: replicas (1).")] = None,
+                min_replicas: Annotated[Optional[int], typer.Option(help="--engine ray: autoscaling lower bound.")] = None,
+                max_replicas: Annotated[Optional[int], typer.Option(help="--engine ray: autoscaling upper bound.")] = None,
+                replica_cpus: Annotated[Optional[float], typer.Option(help="--engine ray: CPUs per replica (1).")] = None,
+                ) -> None:
+    """Serve the cloud model over HTTP: POST /v1/classify, the Open Inference Protocol (KServe v2) under /v2,
+    /healthz, /readyz, /metrics, /docs; a language-model bundle: the OpenAI-compatible /v1/chat/completions,
+    /v1/completions, /v1/models and /v1/speculate. --engine ray runs the classifier service on Ray Serve."""
+    from edgeshrink import tasks
+    from edgeshrink.errors import EdgeshrinkError
+    from edgeshrink.serve.server import bind, serve
+
+    config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env},
+                     {"max_text_chars": max_text_chars, "long_text": long_text, "max_texts": max_texts,
+                      "max_body_bytes": max_body_bytes, "requests_per_second": rate},
+                     {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms})
+    ray_flags = {"address": address, "replicas": replicas, "min_replicas": min_replicas,
+                 "max_replicas": max_replicas, "replica_cpus": replica_cpus}
+    if engine not in ("uvicorn", "ray"):
+        raise EdgeshrinkError(f"unknown engine {engine!r}; expected uvicorn or ray")
+    if engine == "uvicorn" and any(v is not None for v in ray_flags.values()):
+        raise EdgeshrinkError("--address, --replicas, --min/max-replicas and --replica-cpus apply to --engine ray")
+    impl = tasks.of_model(model).implementation("serve-cloud")
+    impl.refuse_flags({"--engine": engine if engine == "ray" else None})
+    if config.port:
+        bind(config.host, config.port).close()  # a port in use fails before the model loads
+    if engine == "ray":
+        from edgeshrink.serve.ray_engine import RayServeConfig, serve_on_ray
+
+        return serve_on_ray(model, config, RayServeConfig.build(**ray_flags), faults)
+    serve(impl.function()(model, config, faults), config.host, config.port)
+
+@handled
+def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle (with router.json to escalate).")],
+                 cloud: Annotated[Optional[str], typer.Option(help="Cloud service URL, http(s)://host:port.")] = None,
+                 host: Host = "127.0.0.1", port: Port = 8000, config_file: ConfigFile = None, threads: Threads = None,
+                 api_key_env: ApiKeyEnv = None, max_batch_size: BatchSize = None, max_wait_ms: MaxWait = None,
+                 max_text_chars: MaxChars = None, long_text: LongText = None, max_texts: MaxTexts = None,
+                 max_body_bytes: MaxBody = None, rate: Rate = None,
+                 deadline_ms: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "deadline_ms", "Escalation deadline, ms, retries included."))] = None,
+                 retries: Annotated[Optional[int], typer.Option(help=config_help(CLOUD, "retries", "Retries within the deadline."))] = None,
+                 connect_timeout_s: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "connect_timeout_s", "Cloud connect timeout, s."))] = None,
+                 read_timeout_s: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "read_timeout_s", "Cloud read timeout, s."))] = None,
+                 breaker_failures: Annotated[Optional[int], typer.Option(help=config_help(CLOUD, "breaker_failures", "Failures that open the breaker."))] = None,
+                 breaker_reset_s: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "breaker_reset_s", "Seconds open before a probe."))] = None,
+                 cloud_budget: Annotated[Optional[int], typer.Option(help="Most texts to the cloud per minute.")] = None,
+                 cloud_api_key_env: Annotated[Optional[str], typer.Option(help="Env variable with the cloud's API key.")] = None,
+                 cloud_protocol: Annotated[Optional[str], typer.Option(
+                     help="Classifiers: edgeshrink (POST /v1/classify) | v2 (the Open Inference Protocol of Triton, "
+                          "KServe, Seldon and serve-cloud; needs --cloud-model).")] = None,
+                 cloud_model: Annotated[Optional[str], typer.Option(help="The model name the cloud serves (v2: at "
+                                                                    "/v2/models/NAME; language models: the "
+                                                                    "OpenAI-compatible one).")] = None,
+                 audit_fraction: Annotated[Optional[float], typer.Option(
+                     help=config_help(MONITOR, "audit_fraction", "Share of requests the cloud also checks (device "
+                                      "answers: in the background, within the cloud budget): the audited "
+                                      "disagreement."))] = None,
+                 recalibrate: Annotated[Optional[bool], typer.Option(
+                     "--recalibrate", help="When a drift signal fires, recalibrate label-free from the audit "
+                                           "sample (router-<sha>.json, the old router kept).")] = None,
+                 recalibrate_alpha: Annotated[Optional[float], typer.Option(
+                     help="Recalibrate with the risk policy at this α (label-free: disagreement with the "
+                          "cloud); default: the router's own policy.")] = None,
+                 drift_window: Annotated[Optional[int], typer.Option(help=config_help(MONITOR, "window", "Requests each drift test looks at."))] = None,
+                 drift_p_value: Annotated[Optional[float], typer.Option(help=config_help(MONITOR, "p_value",
+                                                                                    "A drift signal fires below this p-value."))] = None,
+                 ) -> None:
+    """Serve the device bundle over HTTP, escalating to the cloud per router.json, falling back when it fails."""
+    from edgeshrink import tasks
+    from edgeshrink.errors import EdgeshrinkError
+    from edgeshrink.serve.server import bind, serve
+
+    cloud_flags = {"url": cloud, "deadline_ms": deadline_ms, "retries": retries,
+                   "connect_timeout_s": connect_timeout_s, "read_timeout_s": read_timeout_s,
+                   "breaker_failures": breaker_failures, "breaker_reset_s": breaker_reset_s,
+                   "budget_texts_per_minute": cloud_budget, "api_key_env": cloud_api_key_env, "model": cloud_model,
+                   "protocol": cloud_protocol}
+    if cloud is None and any(v is not None for v in cloud_flags.values()):
+        raise EdgeshrinkError("cloud options given without --cloud URL")
+    monitor_flags = {"audit_fraction": audit_fraction, "recalibrate": recalibrate, "window": drift_window,
+                     "p_value": drift_p_value,
+                     "recalibrate_policy": None if recalibrate_alpha is None else {"policy": "risk",
+                                                                                   "alpha": recalibrate_alpha}}
+    if recalibrate_alpha is not None and not recalibrate:
+        raise EdgeshrinkError("--recalibrate-alpha goes with --recalibrate")
+    config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env},
+                     {"max_text_chars": max_text_chars, "long_text": long_text, "max_texts": max_texts,
+                      "max_body_bytes": max_body_bytes, "requests_per_second": rate},
+                     {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
+                     cloud_flags if cloud is not None else None, monitor_flags)
+    impl = tasks.of_model(bundle).implementation("serve")
+    protocol = config.cloud.protocol if config.cloud is not None else None
+    impl.refuse_flags({"--cloud-protocol": protocol if protocol != "edgeshrink" else None})
+    if config.port:
+        bind(config.host, config.port).close()
+    serve(impl.function()(bundle, config), config.host, config.port)
+
+
 def register(app: typer.Typer) -> None:
-    @app.command("serve-cloud")
-    @handled
-    def serve_cloud(model: Annotated[str, typer.Argument(help="The cloud model: a bundle or a PyTorch model directory.")],
-                    host: Host = "127.0.0.1", port: Port = 8001, config_file: ConfigFile = None, threads: Threads = None,
-                    api_key_env: ApiKeyEnv = None, max_batch_size: BatchSize = None, max_wait_ms: MaxWait = None,
-                    max_text_chars: MaxChars = None, long_text: LongText = None, max_texts: MaxTexts = None,
-                    max_body_bytes: MaxBody = None, rate: Rate = None,
-                    faults: Annotated[Optional[Path], typer.Option(
-                        help="Fault drills: a JSON file read per request ({\"delay_ms\": N} or {\"status\": 500}).")] = None,
-                    engine: Annotated[str, typer.Option(help="uvicorn (this process) | ray (Ray Serve replicas; "
-                                                        "pip install 'edgeshrink[ray]').")] = "uvicorn",
-                    address: Annotated[Optional[str], typer.Option(help="--engine ray: the Ray cluster (auto, "
-                                                                   "ray://host:10001; default: a new local Ray).")] = None,
-                    replicas: Annotated[Optional[int], typer.Option(help="--engine ray: replicas (1).")] = None,
-                    min_replicas: Annotated[Optional[int], typer.Option(help="--engine ray: autoscaling lower bound.")] = None,
-                    max_replicas: Annotated[Optional[int], typer.Option(help="--engine ray: autoscaling upper bound.")] = None,
-                    replica_cpus: Annotated[Optional[float], typer.Option(help="--engine ray: CPUs per replica (1).")] = None,
-                    ) -> None:
-        """Serve the cloud model over HTTP: POST /v1/classify, the Open Inference Protocol (KServe v2) under /v2,
-        /healthz, /readyz, /metrics, /docs; a language-model bundle: the OpenAI-compatible /v1/chat/completions,
-        /v1/completions, /v1/models and /v1/speculate. --engine ray runs the classifier service on Ray Serve."""
-        from edgeshrink import tasks
-        from edgeshrink.errors import EdgeshrinkError
-        from edgeshrink.serve.server import bind, serve
-
-        config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env},
-                         {"max_text_chars": max_text_chars, "long_text": long_text, "max_texts": max_texts,
-                          "max_body_bytes": max_body_bytes, "requests_per_second": rate},
-                         {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms})
-        ray_flags = {"address": address, "replicas": replicas, "min_replicas": min_replicas,
-                     "max_replicas": max_replicas, "replica_cpus": replica_cpus}
-        if engine not in ("uvicorn", "ray"):
-            raise EdgeshrinkError(f"unknown engine {engine!r}; expected uvicorn or ray")
-        if engine == "uvicorn" and any(v is not None for v in ray_flags.values()):
-            raise EdgeshrinkError("--address, --replicas, --min/max-replicas and --replica-cpus apply to --engine ray")
-        impl = tasks.of_model(model).implementation("serve-cloud")
-        impl.refuse_flags({"--engine": engine if engine == "ray" else None})
-        if config.port:
-            bind(config.host, config.port).close()  # a port in use fails before the model loads
-        if engine == "ray":
-            from edgeshrink.serve.ray_engine import RayServeConfig, serve_on_ray
-
-            return serve_on_ray(model, config, RayServeConfig.build(**ray_flags), faults)
-        serve(impl.function()(model, config, faults), config.host, config.port)
-
-    @app.command("serve")
-    @handled
-    def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle (with router.json to escalate).")],
-                     cloud: Annotated[Optional[str], typer.Option(help="Cloud service URL, http(s)://host:port.")] = None,
-                     host: Host = "127.0.0.1", port: Port = 8000, config_file: ConfigFile = None, threads: Threads = None,
-                     api_key_env: ApiKeyEnv = None, max_batch_size: BatchSize = None, max_wait_ms: MaxWait = None,
-                     max_text_chars: MaxChars = None, long_text: LongText = None, max_texts: MaxTexts = None,
-                     max_body_bytes: MaxBody = None, rate: Rate = None,
-                     deadline_ms: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "deadline_ms", "Escalation deadline, ms, retries included."))] = None,
-                     retries: Annotated[Optional[int], typer.Option(help=config_help(CLOUD, "retries", "Retries within the deadline."))] = None,
-                     connect_timeout_s: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "connect_timeout_s", "Cloud connect timeout, s."))] = None,
-                     read_timeout_s: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "read_timeout_s", "Cloud read timeout, s."))] = None,
-                     breaker_failures: Annotated[Optional[int], typer.Option(help=config_help(CLOUD, "breaker_failures", "Failures that open the breaker."))] = None,
-                     breaker_reset_s: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "breaker_reset_s", "Seconds open before a probe."))] = None,
-                     cloud_budget: Annotated[Optional[int], typer.Option(help="Most texts to the cloud per minute.")] = None,
-                     cloud_api_key_env: Annotated[Optional[str], typer.Option(help="Env variable with the cloud's API key.")] = None,
-                     cloud_protocol: Annotated[Optional[str], typer.Option(
-                         help="Classifiers: edgeshrink (POST /v1/classify) | v2 (the Open Inference Protocol of Triton, "
-                              "KServe, Seldon and serve-cloud; needs --cloud-model).")] = None,
-                     cloud_model: Annotated[Optional[str], typer.Option(help="The model name the cloud serves (v2: at "
-                                                                        "/v2/models/NAME; language models: the "
-                                                                        "OpenAI-compatible one).")] = None,
-                     audit_fraction: Annotated[Optional[float], typer.Option(
-                         help=config_help(MONITOR, "audit_fraction", "Share of requests the cloud also checks (device "
-                                          "answers: in the background, within the cloud budget): the audited "
-                                          "disagreement."))] = None,
-                     recalibrate: Annotated[Optional[bool], typer.Option(
-                         "--recalibrate", help="When a drift signal fires, recalibrate label-free from the audit "
-                                               "sample (router-<sha>.json, the old router kept).")] = None,
-                     recalibrate_alpha: Annotated[Optional[float], typer.Option(
-                         help="Recalibrate with the risk policy at this α (label-free: disagreement with the "
-                              "cloud); default: the router's own policy.")] = None,
-                     drift_window: Annotated[Optional[int], typer.Option(help=config_help(MONITOR, "window", "Requests each drift test looks at."))] = None,
-                     drift_p_value: Annotated[Optional[float], typer.Option(help=config_help(MONITOR, "p_value",
-                                                                                        "A drift signal fires below this p-value."))] = None,
-                     ) -> None:
-        """Serve the device bundle over HTTP, escalating to the cloud per router.json, falling back when it fails."""
-        from edgeshrink import tasks
-        from edgeshrink.errors import EdgeshrinkError
-        from edgeshrink.serve.server import bind, serve
-
-        cloud_flags = {"url": cloud, "deadline_ms": deadline_ms, "retries": retries,
-                       "connect_timeout_s": connect_timeout_s, "read_timeout_s": read_timeout_s,
-                       "breaker_failures": breaker_failures, "breaker_reset_s": breaker_reset_s,
-                       "budget_texts_per_minute": cloud_budget, "api_key_env": cloud_api_key_env, "model": cloud_model,
-                       "protocol": cloud_protocol}
-        if cloud is None and any(v is not None for v in cloud_flags.values()):
-            raise EdgeshrinkError("cloud options given without --cloud URL")
-        monitor_flags = {"audit_fraction": audit_fraction, "recalibrate": recalibrate, "window": drift_window,
-                         "p_value": drift_p_value,
-                         "recalibrate_policy": None if recalibrate_alpha is None else {"policy": "risk",
-                                                                                       "alpha": recalibrate_alpha}}
-        if recalibrate_alpha is not None and not recalibrate:
-            raise EdgeshrinkError("--recalibrate-alpha goes with --recalibrate")
-        config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env},
-                         {"max_text_chars": max_text_chars, "long_text": long_text, "max_texts": max_texts,
-                          "max_body_bytes": max_body_bytes, "requests_per_second": rate},
-                         {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
-                         cloud_flags if cloud is not None else None, monitor_flags)
-        impl = tasks.of_model(bundle).implementation("serve")
-        protocol = config.cloud.protocol if config.cloud is not None else None
-        impl.refuse_flags({"--cloud-protocol": protocol if protocol != "edgeshrink" else None})
-        if config.port:
-            bind(config.host, config.port).close()
-        serve(impl.function()(bundle, config), config.host, config.port)
+    app.command("serve-cloud")(serve_cloud)
+    app.command("serve")(serve_device)
