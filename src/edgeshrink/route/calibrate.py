@@ -164,7 +164,7 @@ def build_router(device_probs: np.ndarray, cloud_probs: np.ndarray, labels: np.n
     return router_record(
         config, fitted, threshold, keep,
         {"temperature_fit": confidence_report(config.signal, d, answer, reference, fitted)},
-        prompt=prompt, labels=list(label_names), data=data_info, cloud=cloud_name,
+        prompting={"prompt": prompt}, labels=list(label_names), data=data_info, cloud=cloud_name,
         reference=reference_from(scores, keep, ~answered, np.asarray(truncated, bool),
                                  None if unknown is None else np.asarray(unknown, bool), list(label_names),
                                  device_probs.argmax(1), disagreement))

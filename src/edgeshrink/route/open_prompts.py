@@ -117,7 +117,8 @@ def calibrate_open(device, cloud, part, config, progress=None) -> dict:
         {"agreement_rate": float(agree.mean()), "mean_agreed_tokens": float(answers.agreed_tokens[keep].mean()),
          "temperature_fit": {"temperature": temperature, "bias": bias, "before": {"ece": before, "nll": None},
                              "after": {"ece": binary_ece(scores, agree), "nll": None}}},
-        task="open", prompt=None, template=template, answer_tokens=config.answer_tokens, labels=[])
+        head={"task": "open"}, prompting={"prompt": None, "template": template, "answer_tokens": config.answer_tokens},
+        label_free=True, labels=[])
 
 
 def evaluate_open(device, cloud, data, config, router: dict, plots=None, progress=None) -> dict:

@@ -105,16 +105,20 @@ def _schema():
     return Router
 
 
-def router_record(config, fitted: dict, threshold, keep, calibration: dict, **fields) -> dict:
+def router_record(config, fitted: dict, threshold, keep, calibration: dict, *, head: dict | None = None,
+                  prompting: dict | None = None, label_free: bool | None = None, **fields) -> dict:
     """The router file every calibration writes: ``config`` its RouteConfig, ``fitted`` the confidence scaling,
-    ``threshold`` the policy's choice, ``keep`` which examples calibrated; ``calibration`` and ``fields`` add what
-    this kind of router records."""
+    ``threshold`` the policy's choice, ``keep`` which examples calibrated; ``head`` (after the schema),
+    ``prompting`` (after the scaling), ``calibration`` and ``fields`` add what this kind of router records, in
+    the order routers have always been written."""
     return {
-        "kind": "edgeshrink-router", "schema_version": ROUTER_SCHEMA,
+        "kind": "edgeshrink-router", "schema_version": ROUTER_SCHEMA, **(head or {}),
         "policy": config.to_dict(), "signal": config.signal, "temperature": fitted["temperature"],
-        "bias": fitted["bias"], "threshold": None if math.isinf(threshold.value) else threshold.value,
+        "bias": fitted["bias"], **(prompting or {}),
+        "threshold": None if math.isinf(threshold.value) else threshold.value,
         "escalate_everything": threshold.value == math.inf, "feasible": threshold.feasible,
-        "alpha": config.alpha, "delta": config.delta, "label_free": config.label_free,
+        "alpha": config.alpha, "delta": config.delta,
+        "label_free": config.label_free if label_free is None else label_free,
         "n": int(keep.sum()), "truncated_left_out": int((~keep).sum()), "guarantee": threshold.guarantee,
         "calibration": {"escalation_rate": threshold.escalation_rate, "device_risk": threshold.device_risk,
                         **threshold.details, **calibration},
