@@ -45,6 +45,12 @@ def _client(server, api_key: str = "unused"):
     return openai.OpenAI(base_url=f"{server.url}/v1", api_key=api_key, max_retries=0)
 
 
+def _message(response) -> str:
+    """The one-line error of a response: OpenAI's shape on its routes, edgeshrink's elsewhere (/v1/speculate)."""
+    error = response.json()["error"]
+    return error["message"] if isinstance(error, dict) else error
+
+
 def with_chat_template(bundle, out, template: str):
     """A copy of ``bundle`` with another chat template, its manifest entry (size, sha256) rewritten to match."""
     out = shutil.copytree(bundle, out)
@@ -159,6 +165,31 @@ def test_fault_drill_the_device_finishes_every_answer(start, llm_bundles, tmp_pa
     assert m['edgeshrink_requests_total{path="/v1/chat/completions",status="200"}'] == 6
 
 
+def test_errors_take_openai_shape_so_the_openai_client_shows_the_message(start, llm_bundles):
+    """OpenAI's routes answer {"error": {"message", "type", "param", "code"}}: the official client raises the
+    matching exception with the message (not just "Error code: 404"); edgeshrink's own routes keep one line."""
+    cloud = start("serve-cloud", llm_bundles / "cloud", "--port", 0, "--rate", 0, "--api-key-env", "HOME")
+    import os
+
+    client = _client(cloud, api_key=os.environ["HOME"])
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model="gpt-9", messages=CHAT, max_tokens=4)
+    assert "gpt-9" in missing.value.message and missing.value.body["type"] == "invalid_request_error"
+    with pytest.raises(openai.BadRequestError) as too_long:
+        client.chat.completions.create(model="cloud", messages=[{"role": "user", "content": "word " * 400}],
+                                       max_tokens=8)
+    assert "context" in too_long.value.message and too_long.value.body["code"] == "400"
+    with pytest.raises(openai.UnprocessableEntityError) as invalid:
+        client.completions.create(model="cloud", prompt="a film", max_tokens=0)
+    assert "max_tokens" in invalid.value.message
+    with pytest.raises(openai.AuthenticationError) as refused:
+        _client(cloud, api_key="wrong").models.list()
+    assert "API key" in refused.value.message and refused.value.body["type"] == "authentication_error"
+    speculate = httpx.post(f"{cloud.url}/v1/speculate", json={"tokens": [1], "draft": [2], "temperature": -1},
+                           headers={"X-API-Key": os.environ["HOME"]})
+    assert speculate.status_code == 422 and isinstance(speculate.json()["error"], str)
+
+
 def test_bad_requests_get_one_line_4xx_and_the_service_keeps_serving(start, llm_bundles):
     cloud = start("serve-cloud", llm_bundles / "cloud", "--port", 0, "--rate", 0)
     url = f"{cloud.url}/v1/chat/completions"
@@ -174,7 +205,7 @@ def test_bad_requests_get_one_line_4xx_and_the_service_keeps_serving(start, llm_
     for body, status in cases:
         response = httpx.post(url, json=body, timeout=30)
         assert response.status_code == status, (body, response.text)
-        assert "\n" not in response.json()["error"]
+        assert "\n" not in _message(response)
     # A client that goes away mid-stream: the generation stops, the next request is served.
     with httpx.stream("POST", url, json={"model": "cloud", "messages": CHAT, "max_tokens": 200, "stream": True},
                       timeout=30) as response:
@@ -224,8 +255,8 @@ def test_the_key_comes_first_and_refusals_say_what_is_wrong(start, llm_bundles, 
             refused = httpx.post(server.url + path, content=body, headers=headers)
             assert refused.status_code == 401, (model, body[:40], refused.text)
             answered = httpx.post(server.url + path, content=body, headers=headers | {"X-API-Key": secret})
-            assert answered.status_code == status and words in answered.json()["error"], (model, answered.text)
-            assert "\n" not in answered.json()["error"]
+            assert answered.status_code == status and words in _message(answered), (model, answered.text)
+            assert "\n" not in _message(answered)
         assert httpx.get(f"{server.url}/v1/models").status_code == 401
         assert "Traceback" not in server.stderr()
     # No max_tokens: the device's default (256) is cut to what its context (256) leaves after the prompt...
@@ -265,9 +296,9 @@ def test_chat_template_failures_are_one_line_4xx(start, llm_bundles, tmp_path):
                                 (device, "traps", "unsafe"), (broken, "broken", "a good film")):
         response = _ask(server, model, word)
         assert response.status_code in (400, 422), (word, response.text)
-        message = response.json()["error"]
+        message = _message(response)
         assert message and "\n" not in message and "internal error" not in message, (word, message)
-    assert "this conversation is refused" in _ask(device, "traps", "refused").json()["error"]
+    assert "this conversation is refused" in _message(_ask(device, "traps", "refused"))
     for server in (device, broken):
         assert "Traceback" not in server.stderr()
 

@@ -61,10 +61,23 @@ def route_label(scope) -> str:
     return getattr(route, "path", None) or UNKNOWN_ROUTE
 
 
+# The OpenAI-compatible routes answer errors in OpenAI's shape, which its clients read (the official `openai`
+# client shows error.message); every other route keeps edgeshrink's {"error": "one line"}.
+OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+OPENAI_ERROR_TYPES = {401: "authentication_error", 403: "permission_error", 429: "rate_limit_error"}
+
+
+def error_body(status: int, message: str, label: str) -> dict:
+    if not label.startswith(OPENAI_ROUTES):
+        return {"error": message}
+    kind = OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": None, "code": str(status)}}
+
+
 def error_response(metrics, status: int, message: str, label: str, headers=None) -> JSONResponse:
-    """A counted one-line JSON error: ``{"error": message}``."""
+    """A counted one-line JSON error (``error_body``: edgeshrink's shape, or OpenAI's on its routes)."""
     metrics.requests.labels(path=label, status=str(status)).inc()
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+    return JSONResponse(error_body(status, message, label), status_code=status, headers=headers)
 
 
 class RateLimiter:

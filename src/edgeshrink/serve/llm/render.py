@@ -15,6 +15,7 @@ import uuid
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.serve.gate import error_body
 
 
 class Render:
@@ -98,7 +99,7 @@ class Render:
             self.metrics.requests.labels(path=path, status="200").inc()
             yield "data: [DONE]\n\n"
         except EdgeshrinkError as exc:  # after the first byte the status is sent: say it in the stream
-            yield sse({"error": str(exc)})
+            yield sse(error_body(500, str(exc), path))
         finally:
             cancel.set()
 
