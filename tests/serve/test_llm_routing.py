@@ -112,8 +112,10 @@ def test_a_stream_broken_mid_answer_is_finished_by_the_device():
 
 def test_who_answers_alone():
     engine = Engine(FakeGenerator(["a"]))
-    assert Routing(engine, "device", router(None), Metrics(), FakeCloud([])).device_only("device") == "private"
+    assert Routing(engine, "device", router(None), Metrics(), FakeCloud([])).device_only("device") == "requested"
+    assert Routing(engine, "device", None, Metrics(), FakeCloud([])).device_only("device") == "requested"
     assert Routing(engine, "device", None, Metrics(), FakeCloud([])).device_only("auto") == "no router"
+    assert Routing(engine, "device", router(None), Metrics()).device_only("auto") == "no cloud"
     assert Routing(engine, "cloud", None, Metrics()).device_only("auto") == "cloud model"
     assert Routing(engine, "device", router(None), Metrics(), FakeCloud([])).device_only("auto") is None
     assert "no cloud" in Routing(engine, "device", router(None), Metrics()).refusal("cloud")

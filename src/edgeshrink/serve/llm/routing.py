@@ -7,7 +7,7 @@ cloud with ``stream(path, payload)`` (serve/llm_client.py's ``OpenAICloud``), an
     async for piece, end in routing.answer(prepared, threading.Event()):
         ...  # text pieces as (text, None); last (None, {"finish", "source", "confidence", "reason", ...})
 
-The policy: the device answers alone on the cloud service, without a cloud, when the request is private
+The policy: the device answers alone on the cloud service, without a cloud, when the client asks for it
 (``route: device``) or when there is no router to ask. Otherwise the device answers first (unless the request
 is sent to the cloud, ``route: cloud``), the router scores its answer on the calibrated answer signal, and a
 confident answer stands. Below the threshold the request escalates and the cloud's stream is relayed. When
@@ -87,11 +87,13 @@ class Routing:
 
     def device_only(self, route: str) -> str | None:
         """The reason the device answers without the router or the cloud; None when they decide."""
-        if self.role == "cloud" or self.cloud is None or route == "device" or (route == "auto" and self.router is None):
-            if self.role == "device" and self.router is None:
-                return "no router"
-            return "private" if route == "device" else "cloud model"
-        return None
+        if self.role == "cloud":
+            return "cloud model"
+        if route == "device":
+            return "requested"  # the client asked for the device (edgeshrink.route: device)
+        if self.cloud is None:
+            return "no cloud"
+        return "no router" if route == "auto" and self.router is None else None
 
     def confidence(self, tokens) -> float:
         """The router's calibrated confidence in the device's answer (its tokens' log-probabilities, entropies)."""
