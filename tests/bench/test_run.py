@@ -81,3 +81,29 @@ def test_bench_scores_tensor_bundles_on_the_image_test_split(cnn_bundle, digits_
         bench([tiny_bundle], FAST, data=digits_sample)
     with pytest.raises(EdgeshrinkError, match="is a tensor-classification model; data 'tiny.csv' is text"):
         bench([cnn_bundle], FAST, data=str(tiny_csv))
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_workers(tiny_bundle, tiny_csv, tmp_path):
+    """The README's Python API example as a plain script: spawn would re-run it in each worker (its top level
+    writes outputs that then exist); the workers start from edgeshrink's own module instead."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    runs = tmp_path / "runs.txt"
+    script = tmp_path / "example.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from edgeshrink.bench import BenchConfig, bench\n"
+        f"with open({str(runs)!r}, 'a') as f:\n"
+        "    f.write('ran\\n')\n"
+        f"report = bench([{str(tiny_bundle)!r}], BenchConfig(threads=[1], seq_lengths=[16], throughput_batch_sizes=[2],"
+        " latency_runs=6, rounds=2, throughput_runs=1, warmup_runs=1),"
+        f" data={str(tiny_csv)!r})\n"
+        "print(report['candidates'][0]['kind'])\n")
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+                          env={**__import__("os").environ, "PYTHONPATH": f"{root / 'src'}:{root}"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "onnx-bundle"
+    assert runs.read_text() == "ran\n"  # once: the worker did not run the script again

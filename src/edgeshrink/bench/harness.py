@@ -37,7 +37,8 @@ class Worker:
         ctx = multiprocessing.get_context("spawn")
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=serve, args=(child, opener, kwargs), daemon=True)
-        self.process.start()
+        with _main_is_this_module():
+            self.process.start()
         child.close()  # so that a worker that dies is seen as EOF, not waited on forever
         self.info = self._reply()
 
@@ -63,6 +64,20 @@ class Worker:
         result = self.call("stop") if self.process.is_alive() else {}
         self.process.join(timeout=10)
         return result
+
+
+@contextmanager
+def _main_is_this_module():
+    """Spawn prepares a child by re-running the parent's ``__main__``: a caller's script without an
+    ``if __name__ == "__main__":`` guard would run again in every worker (and stop on the outputs its first run
+    made). A worker needs nothing from that script, so while it starts, ``__main__`` names this module, which
+    the child imports instead (definitions only)."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = sys.modules[__name__]
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 @contextmanager
