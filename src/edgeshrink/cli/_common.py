@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -60,10 +62,45 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+class CountedLines:
+    """Progress messages as lines a log can hold: a message that ends in a count (``... 12/272``) is shown at its
+    first, every tenth of the way or 30 s, and at the last, with the time left; any other message as it comes.
+    272 tensors read make about a dozen lines, not 272, and a long count still says it is alive."""
+
+    COUNT = re.compile(r"^(?P<what>.*?)(?P<done>\d+)/(?P<total>\d+)$")
+
+    def __init__(self, echo=None, clock=time.monotonic):
+        self.echo = echo or (lambda line: typer.echo(line, err=True))
+        self.clock, self.counts = clock, {}
+
+    def __call__(self, message: str) -> None:
+        count = self.COUNT.match(str(message))
+        if count is None:
+            self.echo(message)
+            return
+        what, done, total, now = count["what"], int(count["done"]), int(count["total"]), self.clock()
+        started, shown, shown_at = self.counts.get(what, (now, None, now))
+        if shown is None or done >= total or done - shown >= max(1, total // 10) or now - shown_at >= 30:
+            left = (now - started) / done * (total - done) if 0 < done < total and now > started else None
+            self.echo(message + (f" (about {left:.0f} s left)" if left is not None else ""))
+            shown, shown_at = done, now
+        self.counts[what] = (started, shown, shown_at)
+
+
+def status_progress(status, text):
+    """A rich status's update for a terminal; in a log (not a terminal, where a status shows nothing), the
+    same text as CountedLines."""
+    if status.console.is_terminal:
+        return lambda *args: status.update(text(*args))
+    lines = CountedLines(status.console.print)
+    return lambda *args: lines(text(*args))
+
+
 def progress_callback(progress):
     """Adapt a rich Progress to bench's step(description, advance, total) callback."""
     tasks = {}
     live = progress.console.is_terminal  # in a log (CI, a pipe) print one line per step instead of a bar
+    lines = CountedLines(progress.console.print)
 
     def step(description: str, advance: int = 0, total: int | None = None) -> None:
         if total is not None:
@@ -72,9 +109,9 @@ def progress_callback(progress):
             progress.update(tasks[description], advance=advance)
             if not live:
                 task = progress.tasks[tasks[description]]
-                progress.console.print(f"{description} {task.completed:.0f}/{task.total:.0f}")
+                lines(f"{description} {task.completed:.0f}/{task.total:.0f}")
         else:
-            progress.console.print(description)
+            lines(description)
 
     return step
 

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from edgeshrink import __version__, tasks
-from edgeshrink.cli._common import (DataOpt, Force, JsonOut, LabelCol, LabelMap, TextCol, data_config, fail, handled,
-                                    progress_callback, write_json)
+from edgeshrink.cli._common import (CountedLines, DataOpt, Force, JsonOut, LabelCol, LabelMap, TextCol, data_config,
+                                    fail, handled, progress_callback, write_json)
 from edgeshrink.cli.route import route_app
 from edgeshrink.cli.serve import register as register_serve
 
@@ -71,7 +71,7 @@ def import_model(source: Annotated[str, typer.Argument(help="A GGUF file, a loca
     from edgeshrink.models.llm import import_llm
     from edgeshrink.models.sources import read_record
 
-    path = import_llm(source, progress=lambda message: typer.echo(message, err=True))
+    path = import_llm(source, progress=CountedLines())
     typer.echo(str(path))
     write_json(json_out, {"path": str(path), "record": read_record(path)})
 
@@ -134,7 +134,7 @@ def finetune(model: Annotated[str, typer.Argument(help="Local model directory or
 
         given["--prompt"] = read_prompt(prompt)
     record = run(model, out, impl.build_config(given), data=data_config(data, text_column, label_column, label_map),
-                 force=force, progress=lambda message: typer.echo(message, err=True))
+                 force=force, progress=CountedLines())
     test = record["test"]
     typer.echo(f"test accuracy {100 * test['accuracy']:.2f}% [95% CI {100 * test['ci95'][0]:.1f}, "
                f"{100 * test['ci95'][1]:.1f}] on {test['n']} examples; {record['train_seconds']:.0f} s; saved {out}")
@@ -202,7 +202,7 @@ def export(model: Annotated[str, typer.Argument(help="Local model directory or s
     if name is not None:
         raise fail("--name applies to --format triton")
     impl = tasks.of_model(model).implementation("export")
-    manifest = run(model, out, impl.build_config(given), force=force, progress=lambda m: typer.echo(m, err=True))
+    manifest = run(model, out, impl.build_config(given), force=force, progress=CountedLines())
     if manifest.get("classification_head") == "untrained":
         typer.echo(f"warning: {model} has no trained classification head: exported with a random one (the same in "
                    f"the ONNX file and the reference it was validated against); train one with `edgeshrink finetune "
@@ -445,7 +445,7 @@ def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model 
                                   "--ffn": ffn, "--vocab": vocab or None, "--importance-examples": importance_examples,
                                   "--drop-blocks": drop_blocks, "--importance": importance})
     record = run(teacher, out, config, data=data_config(data, text_column, label_column, label_map), force=force,
-                 progress=lambda m: typer.echo(m, err=True))
+                 progress=CountedLines())
     typer.echo(impl.summarize(record, out))
     write_json(json_out, record)
 
@@ -572,7 +572,7 @@ def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned t
         student_dir = out.with_name(out.name + ".student")
         prune_impl = task.implementation("prune")
         record = cut(teacher, student_dir, _prune_config(prune_impl, builds), data=data_cfg, force=True,
-                     progress=lambda m: typer.echo(m, err=True))
+                     progress=CountedLines())
         typer.echo(prune_impl.summarize(record, student_dir))
         student = str(student_dir)
     elif given:
@@ -597,7 +597,7 @@ def run_recipe(recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see rec
     from edgeshrink.recipes.runner import run
 
     chosen = make_executor(executor, address)
-    report = run(recipe, out, progress=lambda message: typer.echo(message, err=True), executor=chosen)
+    report = run(recipe, out, progress=CountedLines(), executor=chosen)
     for t in report["targets"]:
         value = "-" if t["value"] is None else f"{t['value']:.4g} {t['unit']}".strip()
         typer.echo(f"{'met ' if t['met'] else 'MISSED'} {t['target']}: {value} (bound {t['bound']:g} {t['unit']})".rstrip())

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from edgeshrink.cli._common import (DataOpt, JsonOut, LabelCol, LabelMap, TextCol, config_help, data_config, fail,
-                                    handled, write_json)
+                                    handled, status_progress, write_json)
 
 route_app = typer.Typer(no_args_is_help=True, help="Route requests between the device model and the cloud model.")
 
@@ -90,7 +90,7 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
 
     with Console(stderr=True).status("calibrating") as status:
         router = run(device, cloud, data_config(data, text_column, label_column, label_map), config,
-                     progress=lambda step: status.update(f"calibration split, {step}"))
+                     progress=status_progress(status, lambda step: f"calibration split, {step}"))
     cal = router["calibration"]
     fit = cal["temperature_fit"]
     typer.echo(f"router ({router['policy']['policy']}, {router['signal']}) written to {device / 'router.json'}")
@@ -138,7 +138,7 @@ def evaluate(device: DeviceOpt, cloud: CloudOpt,
     console = Console(stderr=True)
     with console.status("routing the test split") as status:
         report = run(device, cloud, given, config, plots=plots,
-                     progress=lambda step: status.update(f"predicted {step}"))
+                     progress=status_progress(status, lambda step: f"predicted {step}"))
     out = Console()
     if report.get("task") == "open":
         return _print_open(out, report, json_out)
@@ -236,7 +236,7 @@ def monitor(device: Annotated[Optional[Path], typer.Option("--device", help="Dev
         config = MonitorConfig.build(audit_fraction=audit_fraction, window=window, p_value=p_value)
         with Console(stderr=True).status("replaying") as status:
             result = replay(device, data_config(data, text_column, label_column, label_map), cloud, config, limit,
-                            progress=lambda done, total: status.update(f"replayed {done}/{total}"))
+                            progress=status_progress(status, lambda done, total: f"replayed {done}/{total}"))
     _print_monitor(out, result)
     write_json(json_out, result)
 
