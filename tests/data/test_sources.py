@@ -164,3 +164,32 @@ def test_label_map_on_the_command_line_against_a_models_labels(tiny_bundle, tmp_
     assert json.loads((tmp_path / "b.json").read_text())["candidates"][0]["accuracy"]["n"] > 0
     typo = runner.invoke(app, base + ["--label-map", "pos=postive,neg=negative"])
     assert typo.exit_code == 2 and "['postive']" in typo.output and "Traceback" not in typo.output
+
+
+def test_open_prompts_are_one_chat_prompt_per_distinct_headline(monkeypatch):
+    articles = [("tech", "tech/001", "Robots learn to cook\n\nBody one."),
+                ("tech", "tech/002", "Robots learn to cook\n\nThe same story again."),
+                ("sport", "sport/001", "  Late goal  wins\tthe cup \n\nBody.")]
+    monkeypatch.setattr(builtin, "_bbc_articles", lambda: articles)
+    rows = builtin.BUILTINS["open-prompts"].prepare(None)
+    assert [r["id"] for r in rows] == ["tech/001", "sport/001"]  # the repeated headline gives one prompt
+    assert rows[0]["text"] == 'What is the news story "Robots learn to cook" about? Answer in one sentence.'
+    assert rows[1]["text"] == 'Explain the headline "Late goal wins the cup" to a child in one sentence.'
+    assert [r["label"] for r in rows] == ["tech", "sport"]
+
+
+def test_data_list_counts_the_prepared_rows(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from edgeshrink.cli.app import app
+
+    monkeypatch.setenv(builtin.CACHE_ENV, str(tmp_path))
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "sentiment-tweets.jsonl").write_text(
+        "".join(json.dumps({"id": str(i), "text": "t", "label": "positive"}) + "\n" for i in range(7)))
+    result = CliRunner().invoke(app, ["data", "list", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    assert "sentiment-tweets   7 rows" in result.output
+    assert "not prepared (edgeshrink data prepare bbc-news)" in result.output
+    listing = {d["name"]: d["rows"] for d in json.loads(result.output[result.output.index("{"):])["data"]}
+    assert listing["sentiment-tweets"] == 7 and listing["bbc-news"] is None and set(listing) == set(builtin.BUILTINS)

@@ -91,13 +91,17 @@ def data_prepare(names: Annotated[list[str], typer.Argument(help="Data set names
 
 @data_app.command("list")
 @handled
-def data_list() -> None:
-    """List built-in data sets and whether they are prepared."""
+def data_list(json_out: JsonOut = None) -> None:
+    """List built-in data sets: rows in the prepared cache (counted there), or how to prepare them."""
     from edgeshrink.data import builtin
 
-    for name, spec in builtin.BUILTINS.items():
-        state = "prepared" if builtin.dataset_path(name).exists() else f"not prepared (edgeshrink data prepare {name})"
-        typer.echo(f"{name:18} {state}\n{'':18} {spec.description}")
+    listing = [{"name": name, "rows": builtin.rows_prepared(name), "description": spec.description,
+                "path": str(builtin.dataset_path(name))} for name, spec in builtin.BUILTINS.items()]
+    for item in listing:
+        state = f"{item['rows']:,} rows" if item["rows"] is not None else \
+            f"not prepared (edgeshrink data prepare {item['name']})"
+        typer.echo(f"{item['name']:18} {state}\n{'':18} {item['description']}")
+    write_json(json_out, {"data": listing})
 
 
 @app.command()

