@@ -10,7 +10,7 @@
 Every verb asks this module where a family keeps its blocks, attention projections, FFN and
 embeddings, which inputs it takes, how long an input may be, and which structured operations apply;
 no verb names a family's module paths itself. Adding a family = one ``register(Family(...))`` entry;
-it then joins the conformance tests (tests/test_conformance.py) and the README's table
+it then joins the conformance tests (tests/test_conformance.py) and the table in docs/reference.md
 (``edgeshrink families``).
 
 Sizes come from the config through ``attribute_map`` (DistilBERT's ``dim``/``n_heads``/``n_layers``);
@@ -81,7 +81,7 @@ class Family:
     test_config: dict = field(default_factory=dict)  # a tiny config for the conformance tests
     label: str = ""  # display name
     kind: str = "encoder"  # "encoder" (text classifiers) | "decoder" (causal language models)
-    notes: str = ""  # what a user should know (README table)
+    notes: str = ""  # what a user should know (docs/reference.md table)
     llm_exporters: tuple[str, ...] = ()  # decoders: ONNX exporters that handle the family, preferred first
     # Decoders: the family's chat format, written at import when a GGUF carries none (Gemma 3 GGUFs often
     # don't), and the tokens that end a turn besides eos (Gemma's <end_of_turn>), added to the eos ids where
@@ -384,7 +384,7 @@ def families_data() -> list[dict]:
 
 
 def families_table() -> str:
-    """The README's table of families and the operations that apply (generated from the registry).
+    """The reference page's table of families and the operations that apply (generated from the registry).
 
     Every family takes every verb (finetune, export, quantize, distill, sparsify, route, bench, serve);
     the columns are the structured operations, which differ by family.
