@@ -249,6 +249,8 @@ def llm_markdown(report: dict) -> str:
 
 def write_llm_plots(report: dict, out: Path) -> list[str]:
     """Decode tokens/s per thread count and time to first token against prompt length, every candidate."""
+    from edgeshrink._plots import log_axis
+
     candidates = _candidates(report)
     if not candidates:
         return []
@@ -269,7 +271,8 @@ def write_llm_plots(report: dict, out: Path) -> list[str]:
             rows = sorted((r for r in c["ttft"] if r["threads"] == threads[0]), key=lambda r: r["prompt_tokens"])
             ax.plot([r["prompt_tokens"] for r in rows], [r["median_ms"] for r in rows], "o-",
                     label=f"{role}: {c['name']}")
-        ax.set(xlabel="prompt tokens", ylabel="time to first token (ms)", xscale="log", yscale="log",
+        log_axis(ax, "xy")
+        ax.set(xlabel="prompt tokens", ylabel="time to first token (ms)",
                title=f"{report['name']}: time to first token, {threads[0]} thread(s)")
         names.append(save_plot(fig, ax, out, "ttft.png"))
     return names
