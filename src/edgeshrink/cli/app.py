@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from edgeshrink import __version__, tasks
-from edgeshrink.cli._common import (CountedLines, DataOpt, Force, JsonOut, LabelCol, LabelMap, TextCol, data_config,
-                                    fail, handled, progress_callback, write_json)
+from edgeshrink.cli._common import (DataOpt, Force, JsonOut, LabelCol, LabelMap, TextCol, data_config,
+                                    fail, handled, progress_callback, progress_lines, write_json)
 from edgeshrink.cli.route import route_app
 from edgeshrink.cli.serve import register as register_serve
 
@@ -71,7 +71,7 @@ def import_model(source: Annotated[str, typer.Argument(help="A GGUF file, a loca
     from edgeshrink.models.llm import import_llm
     from edgeshrink.models.sources import read_record
 
-    path = import_llm(source, progress=CountedLines())
+    path = import_llm(source, progress=progress_lines())
     typer.echo(str(path))
     write_json(json_out, {"path": str(path), "record": read_record(path)})
 
@@ -138,7 +138,7 @@ def finetune(model: Annotated[str, typer.Argument(help="Local model directory or
 
         given["--prompt"] = read_prompt(prompt)
     record = run(model, out, impl.build_config(given), data=data_config(data, text_column, label_column, label_map),
-                 force=force, progress=CountedLines())
+                 force=force, progress=progress_lines())
     test = record["test"]
     typer.echo(f"test accuracy {100 * test['accuracy']:.2f}% [95% CI {100 * test['ci95'][0]:.1f}, "
                f"{100 * test['ci95'][1]:.1f}] on {test['n']} examples; {record['train_seconds']:.0f} s; saved {out}")
@@ -206,7 +206,7 @@ def export(model: Annotated[str, typer.Argument(help="Local model directory or s
     if name is not None:
         raise fail("--name applies to --format triton")
     impl = tasks.of_model(model).implementation("export")
-    manifest = run(model, out, impl.build_config(given), force=force, progress=CountedLines())
+    manifest = run(model, out, impl.build_config(given), force=force, progress=progress_lines())
     if manifest.get("classification_head") == "untrained":
         typer.echo(f"warning: {model} has no trained classification head: exported with a random one (the same in "
                    f"the ONNX file and the reference it was validated against); train one with `edgeshrink finetune "
@@ -449,7 +449,7 @@ def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model 
                                   "--ffn": ffn, "--vocab": vocab or None, "--importance-examples": importance_examples,
                                   "--drop-blocks": drop_blocks, "--importance": importance})
     record = run(teacher, out, config, data=data_config(data, text_column, label_column, label_map), force=force,
-                 progress=CountedLines())
+                 progress=progress_lines())
     typer.echo(impl.summarize(record, out))
     write_json(json_out, record)
 
@@ -519,7 +519,8 @@ def sparsify(model: Annotated[str, typer.Argument(help="Fine-tuned model directo
     elif tuning:
         values["finetune"] = {**SparsifyConfig().finetune.to_dict(), **tuning}
     config = SparsifyConfig.from_dict(values)
-    record = run(model, data_config(data, text_column, label_column, label_map), out, config, force=force)
+    record = run(model, data_config(data, text_column, label_column, label_map), out, config, force=force,
+                 progress=progress_lines())
     s, test = record["sparsify"], record["test"]
     typer.echo(f"sparse model {out}: {100 * s['sparsity_targeted']:.1f}% of encoder linear weights are zero "
                f"({100 * s['sparsity_all_parameters']:.1f}% of all parameters); test accuracy "
@@ -576,12 +577,12 @@ def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned t
         student_dir = out.with_name(out.name + ".student")
         prune_impl = task.implementation("prune")
         record = cut(teacher, student_dir, _prune_config(prune_impl, builds), data=data_cfg, force=True,
-                     progress=CountedLines())
+                     progress=progress_lines())
         typer.echo(prune_impl.summarize(record, student_dir))
         student = str(student_dir)
     elif given:
         raise fail(f"give --student or {'/'.join(given)} to build one, not both")
-    record = run(teacher, student, out, config, data=source, force=force)
+    record = run(teacher, student, out, config, data=source, force=force, progress=progress_lines())
     typer.echo(impl.summarize(record, out))
     write_json(json_out, record)
 
@@ -601,7 +602,7 @@ def run_recipe(recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see rec
     from edgeshrink.recipes.runner import run
 
     chosen = make_executor(executor, address)
-    report = run(recipe, out, progress=CountedLines(), executor=chosen)
+    report = run(recipe, out, progress=progress_lines(), executor=chosen)
     for t in report["targets"]:
         value = "-" if t["value"] is None else f"{t['value']:.4g} {t['unit']}".strip()
         typer.echo(f"{'met ' if t['met'] else 'MISSED'} {t['target']}: {value} (bound {t['bound']:g} {t['unit']})".rstrip())
