@@ -162,21 +162,43 @@ def to_markdown(report: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
+def distinct_names(names: list[str]) -> tuple[str, list[str]]:
+    """The prefix every name shares, cut after its last ``-``, ``_``, ``/``, ``.`` or space, and each name
+    without it: ``smollm2-135m-fp32`` and ``smollm2-135m-int4`` → ``("smollm2-135m-", ["fp32", "int4"])``. The
+    names stay distinct (only what they all share is dropped); ``""`` and the names when nothing is shared."""
+    import os
+
+    shared = os.path.commonprefix(names) if len(names) > 1 else ""
+    cut = max(shared.rfind(sep) for sep in "-_/. ") + 1
+    prefix = shared[:cut]
+    if len(prefix) < 4 or any(len(name) == cut for name in names):
+        return "", list(names)
+    return prefix, [name[cut:] for name in names]
+
+
 def print_report(report: dict, console=None) -> None:
+    """The report as rich tables. Candidate names are never cut: the tables drop the prefix all candidates
+    share (said once above them) and wrap a long name or header cell instead of ending it in "…"."""
     from rich.console import Console
     from rich.table import Table
 
     header, tables, left = _LAYOUTS[report["schema"]]
     console = console or Console()
-    console.print(header(report))
+    console.print(header(report), markup=False)
+    names = [c["name"] for c in report["candidates"]]
+    prefix, short = distinct_names(names)
+    if prefix:
+        console.print(f"Candidates (the tables show each name after {prefix!r}): " + ", ".join(names) + ".",
+                      markup=False)
+    shorter = dict(zip(names, short))
     for title, _, headers, rows in tables(report):
         if not rows:
             continue
         table = Table(title=title)
         for i, h in enumerate(headers):
-            table.add_column(h, justify="left" if i < left else "right")
+            table.add_column(h, justify="left" if i < left else "right", overflow="fold")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(shorter.get(row[0], row[0]), *row[1:])
         console.print(table)
     for note in report.get("notes", []):
         console.print(f"[bold yellow]note:[/] {note}")
