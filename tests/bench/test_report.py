@@ -19,7 +19,7 @@ def _llm_report():
                                   "bound": "memory", "fraction_of_limit": 0.4, "vs_peer": None if kind == "llama.cpp" else 1.2}
                                  for t in (1, 2)],
                       "ttft": [{"threads": 1, "prompt_tokens": p, "median_ms": 20.0 * (i + 1), "limit_ms": 5.0,
-                                "vs_peer": None if kind == "llama.cpp" else 0.56} for p in (32, 128)],
+                                "time_vs_peer": None if kind == "llama.cpp" else 0.56} for p in (32, 128)],
                       "quality": {"wikitext": {"perplexity": 12.0, "bits_per_byte": 1.1, "top1_agreement": 0.95,
                                                "kl_to_reference": 0.01, "tokens": 4000}} if kind != "llama.cpp" else {}})
     return {"schema": "edgeshrink-bench-llm/1", "machine": {"cpu": "AMD EPYC", "logical_cores": 2, "isa": ["avx2"]},
@@ -69,3 +69,15 @@ def test_distinct_names_drops_only_what_every_name_shares():
     assert distinct_names(["cloud", "device"]) == ("", ["cloud", "device"])
     assert distinct_names(["only-one"]) == ("", ["only-one"])
     assert distinct_names(["ab-x", "ab-y"]) == ("", ["ab-x", "ab-y"])  # a prefix that short says nothing
+
+
+def test_every_ttft_ratio_is_device_over_llama_cpp_and_the_header_says_so():
+    from edgeshrink.bench.report import to_markdown
+
+    md = to_markdown(_llm_report())
+    ttft = md.split("Time to first token")[1].split("\n\n")[1].splitlines()
+    header = next(line for line in ttft if line.startswith("| candidate"))
+    assert header.endswith("| ÷ llama.cpp (lower is better) |")
+    assert all(line.endswith("| 0.56x |") for line in ttft if "| fp32 |" in line or "-fp32 |" in line)
+    decode = md.split("Decode (")[1].split("\n\n")[1]
+    assert "÷ llama.cpp (higher is better)" in decode

@@ -21,11 +21,12 @@ JSON schema ``edgeshrink-bench-llm/1``, language models (llm.py; times in ms, si
     candidates[]: {name, path, kind (onnx-bundle | llama.cpp), precision, size_bytes, peak_rss_bytes,
                    torch_imported, same_prompt_ids_as_first, parent, gguf,
                    cost: {flops_per_token, attention_flops_per_context_token, weight_bytes_per_token, weight_bytes},
-                   ttft[]: {threads, prompt_tokens, median_ms, min_ms, max_ms, n, limit_ms, vs_peer},
+                   ttft[]: {threads, prompt_tokens, median_ms, min_ms, max_ms, n, limit_ms,
+                            time_vs_peer (this TTFT ÷ llama.cpp's: < 1 answers sooner)},
                    decode[]: {threads, prompt_tokens, new_tokens, tokens_per_s (median), min/max_tokens_per_s, n,
                               same_tokens_as_first, flops_per_token, weight_bytes_per_token, limit_tokens_per_s,
                               bound (memory | compute), compute_ms_per_token, memory_ms_per_token,
-                              fraction_of_limit, vs_peer (> 1: faster than llama.cpp)},
+                              fraction_of_limit, vs_peer (tokens/s ÷ llama.cpp's: > 1 faster)},
                    quality: {text: {perplexity, bits_per_byte, nll_nats, tokens, bytes, windows,
                                     top1_agreement, kl_to_reference (nats/token), part, split_sha256}}}
 """
@@ -113,7 +114,7 @@ def _decode_rows(report: dict) -> list[list[str]]:
 
 def _ttft_rows(report: dict) -> list[list[str]]:
     rows = [[c["name"], str(r["threads"]), str(r["prompt_tokens"]), f"{r['median_ms']:.1f}",
-             _f(r.get("limit_ms"), ".1f"), _f(r.get("vs_peer"), ".2f", "x")]
+             _f(r.get("limit_ms"), ".1f"), _f(r.get("time_vs_peer"), ".2f", "x")]
             for c in report["candidates"] for r in c["ttft"]]
     return sorted(rows, key=lambda row: (int(row[1]), int(row[2])))
 
@@ -135,10 +136,11 @@ def _llm_tables(report: dict):
     tables = (("Summary", ["candidate", "kind", "precision", "size MB", "peak RSS MB", "weights read MB/token"],
                summary),
               ("Decode (limit = slower of FLOPs ÷ peak GEMM and weight bytes ÷ memory bandwidth)",
-               ["candidate", "threads", "tok/s", "limit tok/s", "bound", "% of limit", "vs llama.cpp"],
+               ["candidate", "threads", "tok/s", "limit tok/s", "bound", "% of limit", "÷ llama.cpp (higher is better)"],
                _decode_rows(report)),
               ("Time to first token (limit = prefill FLOPs ÷ peak GEMM)",
-               ["candidate", "threads", "prompt", "TTFT ms", "limit ms", "vs llama.cpp"], _ttft_rows(report)),
+               ["candidate", "threads", "prompt", "TTFT ms", "limit ms", "÷ llama.cpp (lower is better)"],
+               _ttft_rows(report)),
               (f"Held-out text (agreement and KL against {reference})",
                ["candidate", "text", "perplexity", "bits/byte", "top-1 agree %", "KL nats/token", "tokens"],
                _quality_rows(report)))
