@@ -210,8 +210,8 @@ def flag_help(verb: str, flag: str, text: str) -> str:
         return text
     if len(defaults) == 1 or len({repr(d) for _, d in defaults}) == 1:
         scope = "" if len(defaults) == len(_IMPLEMENTATIONS[verb]) else f"; {_kinds([t for t, _ in defaults])} only"
-        return f"{text} \\[default: {shown(defaults[0][1])}{scope}]"  # escaped: rich reads "[...]" as markup
-    return f"{text} \\[default: " + "; ".join(f"{t} {shown(d)}" for t, d in defaults) + "]"
+        return f"{text} [default: {shown(defaults[0][1])}{scope}]"
+    return f"{text} [default: " + "; ".join(f"{t} {shown(d)}" for t, d in defaults) + "]"
 
 
 def tasks_table() -> str:

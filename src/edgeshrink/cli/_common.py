@@ -15,6 +15,9 @@ import typer
 from edgeshrink.errors import EdgeshrinkError
 
 
+HELP_STYLE = {"rich_markup_mode": None}  # every Typer of the CLI: plain --help (see app.py)
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)

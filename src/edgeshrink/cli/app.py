@@ -8,16 +8,22 @@ from typing import Annotated, Optional
 import typer
 
 from edgeshrink import __version__, tasks
-from edgeshrink.cli._common import (DataOpt, Force, JsonOut, LabelCol, LabelMap, TextCol, data_config,
-                                    fail, handled, progress_callback, progress_lines, write_json)
+from edgeshrink.cli._common import (HELP_STYLE, DataOpt, Force, JsonOut, LabelCol, LabelMap, TextCol, config_help,
+                                    data_config, fail, handled, progress_callback, progress_lines, write_json)
 from edgeshrink.cli.route import route_app
 from edgeshrink.cli.serve import register as register_serve
 
+# Plain help (click's), not typer's rich panels: those cut option names ("--calibration-meth…") at 80 columns
+# and read "[ray]" in "pip install 'edgeshrink[ray]'" as markup. Every Typer here sets it (HELP_STYLE).
 app = typer.Typer(name="edgeshrink", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  **HELP_STYLE,
                   help="Turn a cloud model into a device model and route each request to the one that should answer it.")
-data_app = typer.Typer(no_args_is_help=True, help="Built-in data sets: prepare the offline cache, list them.")
+data_app = typer.Typer(no_args_is_help=True, **HELP_STYLE, help="Built-in data sets: prepare the offline cache, list them.")
 app.add_typer(data_app, name="data")
 app.add_typer(route_app, name="route")
+
+
+SPARSIFY = "edgeshrink.compress.sparsify:SparsifyConfig"
 
 
 def task_option(verb: str, decl: str, text: str):
@@ -500,8 +506,8 @@ def prune_channels(teacher: Annotated[str, typer.Argument(help="Trained CNN dire
 def sparsify(model: Annotated[str, typer.Argument(help="Fine-tuned model directory (a teacher or a distilled student).")],
              data: DataOpt, out: Annotated[Path, typer.Option("--out", help="Output model directory.")],
              sparsity: Annotated[float, typer.Option(help="Fraction of encoder linear weights set to zero.")] = 0.5,
-             scope: Annotated[Optional[str], typer.Option(help="global (one threshold) | per-layer.")] = None,
-             steps: Annotated[Optional[int], typer.Option(help="Pruning steps of the gradual schedule (8).")] = None,
+             scope: Annotated[Optional[str], typer.Option(help=config_help(SPARSIFY, "scope", "global (one threshold) | per-layer."))] = None,
+             steps: Annotated[Optional[int], typer.Option(help=config_help(SPARSIFY, "steps", "Pruning steps of the gradual schedule."))] = None,
              epochs: Annotated[Optional[float], typer.Option(help="Fine-tuning epochs while pruning (1).")] = None,
              learning_rate: Annotated[Optional[float], typer.Option(help="Fine-tuning learning rate (5e-5).")] = None,
              one_shot: Annotated[bool, typer.Option("--one-shot", help="Cut once, no fine-tuning.")] = False,
