@@ -24,6 +24,7 @@ app.add_typer(route_app, name="route")
 
 
 SPARSIFY = "edgeshrink.compress.sparsify:SparsifyConfig"
+CHAT_EXITS = ("/exit", "/quit")  # what ends `generate --chat` (besides Ctrl-D)
 
 
 def task_option(verb: str, decl: str, text: str):
@@ -65,8 +66,41 @@ def families(json_out: JsonOut = None) -> None:
     edgeshrink knows, their inputs, and which structured operations apply."""
     from edgeshrink.models import arch
 
-    typer.echo(tasks.tasks_table() + "\n\n" + arch.families_table())
-    write_json(json_out, {"tasks": tasks.tasks_data(), "families": arch.families_data()})
+    task_rows, family_rows = tasks.tasks_data(), arch.families_data()
+    typer.echo(_families_text(task_rows, family_rows))
+    write_json(json_out, {"tasks": task_rows, "families": family_rows})
+
+
+def _families_text(task_rows: list[dict], family_rows: list[dict], width: int = 100) -> str:
+    """`families` for a terminal: one block per task, then one per family, each line wrapped at ``width``
+    (the README's wide tables come from tasks.tasks_table and arch.families_table)."""
+    import textwrap
+
+    from edgeshrink.models import arch
+
+    def line(label: str, text: str) -> str:
+        return textwrap.fill(text, width, initial_indent=f"  {label + ':':<16}", subsequent_indent=" " * 18,
+                             break_on_hyphens=False)
+
+    out = ["Tasks (kinds of model) and the module that runs each verb for them:"]
+    for t in task_rows:
+        out += ["", f"{t['task']}: {t['summary']}", line("short names", ", ".join(t["short_names"]) or "-"),
+                line("model given as", t["model"]),
+                "  verbs:"] + [f"    {verb:<14}{run.rpartition(':')[0].removeprefix('edgeshrink.')}"
+                               for verb, run in t["verbs"].items()]
+    out += ["", "Model families and the structured operations that apply to each:"]
+    for f in family_rows:
+        applies = [arch.OPERATIONS[op] for op, ok in f["operations"].items() if ok]
+        refused = [f"{arch.OPERATIONS[op]} ({f['refusals'].get(op, 'n/a')})" for op, ok in f["operations"].items()
+                   if not ok]
+        out += ["", f"{f['label']}: {f['kind']}, model_type {', '.join(f['model_types'])}",
+                line("short names", ", ".join(f["short_names"]) or "-"), line("inputs", f["inputs"]),
+                line("usable length", f["usable_length"]),
+                line("tokenizer", f"{f['tokenizer_in_tests']} (in tests); ORT fusion: {f['ort_fusion'] or 'basic only'}"),
+                line("applies", ", ".join(applies) or "-")]
+        out += [line("does not", "; ".join(refused))] if refused else []
+        out += [line("notes", f["notes"])] if f["notes"] else []
+    return "\n".join(out)
 
 
 @app.command("import")
@@ -284,9 +318,13 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
     options = dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()))
     messages: list[dict] = []
     turns = []
+    if chat and prompt is None:
+        typer.echo(f"chatting with {bundle}; leave with Ctrl-D or {' or '.join(CHAT_EXITS)}", err=True)
     try:
         while True:
             text = prompt if prompt is not None or not chat else typer.prompt("you", prompt_suffix="> ")
+            if prompt is None and chat and text.strip() in CHAT_EXITS:
+                break
             request = (messages + [{"role": "user", "content": text}]) if chat else text
             info: dict = {}
             pieces = []
