@@ -54,3 +54,32 @@ def test_families_lists_every_task_and_where_its_verbs_live():
         cells = [c.strip() for c in row.strip("|").split("|")][3:]
         assert sum(c.startswith("`") for c in cells) == len(task.verbs())  # a module per verb it takes
         assert sum(c == "-" for c in cells) == len(cells) - len(task.verbs())
+
+
+def test_families_command_reads_at_100_columns_with_the_short_names():
+    import json
+
+    from typer.testing import CliRunner
+
+    from edgeshrink.cli import app
+    from edgeshrink.models import arch
+    from edgeshrink.models.llm import LLM_PACKAGES
+    from edgeshrink.models.sources import MODEL_PACKAGES
+
+    result = CliRunner().invoke(app, ["families", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    text, data = result.stdout[:result.stdout.index("\n{")], json.loads(result.stdout[result.stdout.index("\n{"):])
+    assert max(len(line) for line in text.splitlines()) <= 100 and "|---" not in text
+    blocks = {block.splitlines()[0].split(":")[0]: block for block in text.split("\n\n")}
+    for task in data["tasks"]:  # JSON: as before, plus short_names
+        assert {"task", "summary", "model", "verbs", "short_names"} <= set(task)
+        assert f"short names:    {', '.join(task['short_names']) or '-'}" in blocks[task["task"]]
+        assert all(f"    {verb:<14}" in blocks[task["task"]] for verb in task["verbs"])
+    for family in data["families"]:
+        assert {"name", "label", "model_types", "operations", "short_names"} <= set(family)
+        assert family["label"] in blocks
+    # every short name edgeshrink resolves is shown, with its task and (a transformer) its family
+    assert set(arch.SHORT_NAMES) == set(MODEL_PACKAGES) | set(LLM_PACKAGES)
+    assert {"minilm", "smollm2", "gemma3-270m", "digits-cnn"} <= {n for t in data["tasks"] for n in t["short_names"]}
+    assert {"minilm": "BERT (MiniLM)", "smollm2": "Llama (SmolLM2)", "gemma3-270m": "Gemma 3 (text)"} == {
+        n: f["label"] for f in data["families"] for n in f["short_names"]}

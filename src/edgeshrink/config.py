@@ -42,8 +42,8 @@ class Config(BaseModel):
     @classmethod
     def field_help(cls, field: str, text: str) -> str:
         """CLI help for a flag that sets ``field``: ``text`` and the default this class holds, so ``--help``
-        cannot disagree with what runs (escaped: typer's rich help would read "[...]" as markup)."""
-        return f"{text} \\[default: {shown(cls.model_fields[field].get_default(call_default_factory=True))}]"
+        cannot disagree with what runs."""
+        return f"{text} [default: {shown(cls.model_fields[field].get_default(call_default_factory=True))}]"
 
     @classmethod
     def build(cls: type[C], **kwargs: Any) -> C:
@@ -59,6 +59,8 @@ def shown(value) -> str:
         return "none"
     if isinstance(value, bool):
         return "yes" if value else "no"
+    if isinstance(value, (list, tuple)):  # as the flags take a list: comma-separated
+        return ",".join(shown(v) for v in value)
     return str(value)
 
 

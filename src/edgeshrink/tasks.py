@@ -210,8 +210,8 @@ def flag_help(verb: str, flag: str, text: str) -> str:
         return text
     if len(defaults) == 1 or len({repr(d) for _, d in defaults}) == 1:
         scope = "" if len(defaults) == len(_IMPLEMENTATIONS[verb]) else f"; {_kinds([t for t, _ in defaults])} only"
-        return f"{text} \\[default: {shown(defaults[0][1])}{scope}]"  # escaped: rich reads "[...]" as markup
-    return f"{text} \\[default: " + "; ".join(f"{t} {shown(d)}" for t, d in defaults) + "]"
+        return f"{text} [default: {shown(defaults[0][1])}{scope}]"
+    return f"{text} [default: " + "; ".join(f"{t} {shown(d)}" for t, d in defaults) + "]"
 
 
 def tasks_table() -> str:
@@ -228,8 +228,17 @@ def tasks_table() -> str:
 
 
 def tasks_data() -> list[dict]:
-    return [{"task": t.name, "summary": t.summary, "model": t.source_hint,
+    return [{"task": t.name, "summary": t.summary, "model": t.source_hint, "short_names": short_names(t),
              "verbs": {v: _IMPLEMENTATIONS[v][t.name].run for v in t.verbs()}} for t in TASKS.values()]
+
+
+def short_names(task: Task) -> list[str]:
+    """The short model names (minilm, smollm2, digits-cnn, ...) that name a model of ``task``."""
+    from edgeshrink.models.cnn import ARCHITECTURES
+    from edgeshrink.models.llm import LLM_PACKAGES
+    from edgeshrink.models.sources import MODEL_PACKAGES
+
+    return [name for name in (*MODEL_PACKAGES, *LLM_PACKAGES, *ARCHITECTURES) if of_model(name) is task]
 
 
 # -- the recognisers: how a source model shows its kind -------------------------------------------------------

@@ -28,3 +28,30 @@ def test_a_slow_count_still_shows_a_line_every_30_seconds_and_other_messages_pas
     show("no count here")
     assert [line.split(" (")[0] for line in lines[:5]] == [f"device: {i + 1}/1000" for i in range(5)]
     assert lines[-1] == "no count here"
+
+
+def test_a_resumed_count_tells_the_time_left_from_its_own_rate():
+    lines, now = [], [0.0]
+    show = CountedLines(lines.append, clock=lambda: now[0])
+    for done in range(500, 1001, 50):  # resumed at 500 of 1000, 50 steps a second
+        show(f"distill 500+ {done}/1000")
+        now[0] += 1
+    assert lines[1] == "distill 500+ 600/1000 (about 8 s left)", lines  # not 1 s: the 500 were done before
+
+
+def test_on_a_terminal_a_count_is_one_live_line_and_other_messages_lines_of_their_own():
+    import io
+
+    from edgeshrink.cli._common import LiveLine
+
+    stream, now = io.StringIO(), [0.0]
+    show = LiveLine(stream, clock=lambda: now[0])
+    show("step 1/2 finetune ...")
+    for i in range(1, 5):
+        now[0] += 1
+        show(f"step 1/2 finetune: train {i}/4")
+    show("step 2/2 export ...")
+    text = stream.getvalue()
+    assert text.startswith("step 1/2 finetune ...\n\rstep 1/2 finetune: train 1/4\x1b[K\r")
+    assert "train 2/4 (about 2 s left)\x1b[K" in text
+    assert text.endswith("\rstep 1/2 finetune: train 4/4\x1b[K\nstep 2/2 export ...\n")

@@ -111,3 +111,23 @@ def test_packaged_smollm2_imports_once_and_answers():
     with torch.inference_mode():
         out = model.generate(prompt, max_new_tokens=12, do_sample=False)
     assert "Paris" in tokenizer.decode(out[0, prompt.shape[1]:])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="needs the llm extra (gguf)")
+def test_import_says_when_the_model_was_already_imported_and_where(tmp_path, monkeypatch):
+    from edgeshrink._files import sha256_file
+    from edgeshrink.models.llm import IMPORT_VERSION
+    from edgeshrink.models.sources import RECORD_NAME
+
+    monkeypatch.setenv("EDGESHRINK_CACHE", str(tmp_path / "cache"))
+    gguf_file = _write_gguf(tmp_path / "tiny.gguf", "llama")
+    cached = tmp_path / "cache" / "models" / f"tiny-{sha256_file(gguf_file)[:12]}"
+    cached.mkdir(parents=True)  # a finished import of this very file (the record is what marks it done)
+    (cached / RECORD_NAME).write_text(json.dumps({"kind": "edgeshrink-model", "import_version": IMPORT_VERSION}))
+    result = CliRunner().invoke(app, ["import", str(gguf_file)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(cached)  # stdout: the path alone, for scripts
+    assert result.stderr.strip() == f"tiny.gguf is already imported; using the cached import in {cached}"
+    model = make_causal_lm(DECODERS[0], tmp_path / "hf")
+    in_place = CliRunner().invoke(app, ["import", str(model)])
+    assert in_place.stdout.strip() == str(model) and "already: nothing to import" in in_place.stderr

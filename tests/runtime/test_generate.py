@@ -102,3 +102,13 @@ def test_empty_and_nan_options_are_refused(bundles):
         llm.generate("a film", max_new_tokens=2, stop=[""])
     with pytest.raises(EdgeshrinkError, match="finite numbers"):
         llm.generate("a film", max_new_tokens=2, temperature=float("nan"))
+
+
+def test_interactive_chat_says_how_to_leave_and_leaves_on_exit(bundles):
+    result = CliRunner().invoke(app, ["generate", str(bundles / "chat"), "--chat", "--max-new-tokens", "2"],
+                                input="hello\n/exit\nnot read\n")
+    assert result.exit_code == 0, result.output
+    assert "leave with Ctrl-D or /exit or /quit" in result.stderr
+    assert result.stdout.count("you> ") == 2  # one answer, then /exit ends it before "not read"
+    ended = CliRunner().invoke(app, ["generate", str(bundles / "chat"), "--chat", "--max-new-tokens", "2"], input="")
+    assert ended.exit_code == 0 and "leave with Ctrl-D" in ended.stderr  # Ctrl-D (end of input) leaves too

@@ -250,7 +250,8 @@ def _add_timings(results, timings, config: LLMBenchConfig, peaks) -> None:
                     flops = n * cost["flops_per_token"] + cost["attention_flops_per_context_token"] * n * n / 2
                     row["limit_ms"] = flops / (gflops * 1e9) * 1e3
                 if theirs is not None:
-                    row["vs_peer"] = float(np.median(theirs)) * 1e3 / ms  # > 1: faster than llama.cpp
+                    # device ÷ llama.cpp, as every TTFT ratio is written (< 1: the device answers sooner)
+                    row["time_vs_peer"] = ms / (float(np.median(theirs)) * 1e3)
                 r["ttft"].append(row)
             else:
                 rates = [s["tokens_per_s"] for s in mine]

@@ -21,11 +21,12 @@ JSON schema ``edgeshrink-bench-llm/1``, language models (llm.py; times in ms, si
     candidates[]: {name, path, kind (onnx-bundle | llama.cpp), precision, size_bytes, peak_rss_bytes,
                    torch_imported, same_prompt_ids_as_first, parent, gguf,
                    cost: {flops_per_token, attention_flops_per_context_token, weight_bytes_per_token, weight_bytes},
-                   ttft[]: {threads, prompt_tokens, median_ms, min_ms, max_ms, n, limit_ms, vs_peer},
+                   ttft[]: {threads, prompt_tokens, median_ms, min_ms, max_ms, n, limit_ms,
+                            time_vs_peer (this TTFT ÷ llama.cpp's: < 1 answers sooner)},
                    decode[]: {threads, prompt_tokens, new_tokens, tokens_per_s (median), min/max_tokens_per_s, n,
                               same_tokens_as_first, flops_per_token, weight_bytes_per_token, limit_tokens_per_s,
                               bound (memory | compute), compute_ms_per_token, memory_ms_per_token,
-                              fraction_of_limit, vs_peer (> 1: faster than llama.cpp)},
+                              fraction_of_limit, vs_peer (tokens/s ÷ llama.cpp's: > 1 faster)},
                    quality: {text: {perplexity, bits_per_byte, nll_nats, tokens, bytes, windows,
                                     top1_agreement, kl_to_reference (nats/token), part, split_sha256}}}
 """
@@ -113,7 +114,7 @@ def _decode_rows(report: dict) -> list[list[str]]:
 
 def _ttft_rows(report: dict) -> list[list[str]]:
     rows = [[c["name"], str(r["threads"]), str(r["prompt_tokens"]), f"{r['median_ms']:.1f}",
-             _f(r.get("limit_ms"), ".1f"), _f(r.get("vs_peer"), ".2f", "x")]
+             _f(r.get("limit_ms"), ".1f"), _f(r.get("time_vs_peer"), ".2f", "x")]
             for c in report["candidates"] for r in c["ttft"]]
     return sorted(rows, key=lambda row: (int(row[1]), int(row[2])))
 
@@ -135,10 +136,11 @@ def _llm_tables(report: dict):
     tables = (("Summary", ["candidate", "kind", "precision", "size MB", "peak RSS MB", "weights read MB/token"],
                summary),
               ("Decode (limit = slower of FLOPs ÷ peak GEMM and weight bytes ÷ memory bandwidth)",
-               ["candidate", "threads", "tok/s", "limit tok/s", "bound", "% of limit", "vs llama.cpp"],
+               ["candidate", "threads", "tok/s", "limit tok/s", "bound", "% of limit", "÷ llama.cpp (higher is better)"],
                _decode_rows(report)),
               ("Time to first token (limit = prefill FLOPs ÷ peak GEMM)",
-               ["candidate", "threads", "prompt", "TTFT ms", "limit ms", "vs llama.cpp"], _ttft_rows(report)),
+               ["candidate", "threads", "prompt", "TTFT ms", "limit ms", "÷ llama.cpp (lower is better)"],
+               _ttft_rows(report)),
               (f"Held-out text (agreement and KL against {reference})",
                ["candidate", "text", "perplexity", "bits/byte", "top-1 agree %", "KL nats/token", "tokens"],
                _quality_rows(report)))
@@ -162,21 +164,43 @@ def to_markdown(report: dict) -> str:
     return "\n".join(parts) + "\n"
 
 
+def distinct_names(names: list[str]) -> tuple[str, list[str]]:
+    """The prefix every name shares, cut after its last ``-``, ``_``, ``/``, ``.`` or space, and each name
+    without it: ``smollm2-135m-fp32`` and ``smollm2-135m-int4`` → ``("smollm2-135m-", ["fp32", "int4"])``. The
+    names stay distinct (only what they all share is dropped); ``""`` and the names when nothing is shared."""
+    import os
+
+    shared = os.path.commonprefix(names) if len(names) > 1 else ""
+    cut = max(shared.rfind(sep) for sep in "-_/. ") + 1
+    prefix = shared[:cut]
+    if len(prefix) < 4 or any(len(name) == cut for name in names):
+        return "", list(names)
+    return prefix, [name[cut:] for name in names]
+
+
 def print_report(report: dict, console=None) -> None:
+    """The report as rich tables. Candidate names are never cut: the tables drop the prefix all candidates
+    share (said once above them) and wrap a long name or header cell instead of ending it in "…"."""
     from rich.console import Console
     from rich.table import Table
 
     header, tables, left = _LAYOUTS[report["schema"]]
     console = console or Console()
-    console.print(header(report))
+    console.print(header(report), markup=False)
+    names = [c["name"] for c in report["candidates"]]
+    prefix, short = distinct_names(names)
+    if prefix:
+        console.print(f"Candidates (the tables show each name after {prefix!r}): " + ", ".join(names) + ".",
+                      markup=False)
+    shorter = dict(zip(names, short))
     for title, _, headers, rows in tables(report):
         if not rows:
             continue
         table = Table(title=title)
         for i, h in enumerate(headers):
-            table.add_column(h, justify="left" if i < left else "right")
+            table.add_column(h, justify="left" if i < left else "right", overflow="fold")
         for row in rows:
-            table.add_row(*row)
+            table.add_row(shorter.get(row[0], row[0]), *row[1:])
         console.print(table)
     for note in report.get("notes", []):
         console.print(f"[bold yellow]note:[/] {note}")

@@ -15,6 +15,9 @@ import typer
 from edgeshrink.errors import EdgeshrinkError
 
 
+HELP_STYLE = {"rich_markup_mode": None}  # every Typer of the CLI: plain --help (see app.py)
+
+
 def fail(message: str, code: int = 2) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
@@ -62,6 +65,14 @@ def _jsonable(value):
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def time_left(started: float, first: int, done: int, total: int, now: float) -> str:
+    """`` (about N s left)`` at the rate since the count was first seen (at ``first``: a resumed run starts at
+    its checkpoint's step, not at 0); empty while there is no rate yet or the count is complete."""
+    if first < done < total and now > started:
+        return f" (about {(now - started) / (done - first) * (total - done):.0f} s left)"
+    return ""
+
+
 class CountedLines:
     """Progress messages as lines a log can hold: a message that ends in a count (``... 12/272``) is shown at its
     first, every tenth of the way or 30 s, and at the last, with the time left; any other message as it comes.
@@ -79,12 +90,49 @@ class CountedLines:
             self.echo(message)
             return
         what, done, total, now = count["what"], int(count["done"]), int(count["total"]), self.clock()
-        started, shown, shown_at = self.counts.get(what, (now, None, now))
+        started, first, shown, shown_at = self.counts.get(what, (now, done, None, now))
         if shown is None or done >= total or done - shown >= max(1, total // 10) or now - shown_at >= 30:
-            left = (now - started) / done * (total - done) if 0 < done < total and now > started else None
-            self.echo(message + (f" (about {left:.0f} s left)" if left is not None else ""))
+            self.echo(message + time_left(started, first, done, total, now))
             shown, shown_at = done, now
-        self.counts[what] = (started, shown, shown_at)
+        self.counts[what] = (started, first, shown, shown_at)
+
+
+class LiveLine:
+    """Progress messages on a terminal: a counted message (``... N/M``) rewrites one live line, with the time
+    left, and stays once its count is complete; any other message is printed as a line of its own."""
+
+    def __init__(self, stream=None, clock=time.monotonic):
+        import shutil
+
+        self.stream = stream or sys.stderr
+        self.width = max(20, shutil.get_terminal_size().columns - 1)  # one screen line: nothing wraps
+        self.clock, self.counts, self.live = clock, {}, False
+
+    def __call__(self, message: str) -> None:
+        count = CountedLines.COUNT.match(str(message))
+        if count is None:
+            self._end()
+            self.stream.write(f"{message}\n")
+        else:
+            what, done, total, now = count["what"], int(count["done"]), int(count["total"]), self.clock()
+            started, first = self.counts.setdefault(what, (now, done))
+            line = message + time_left(started, first, done, total, now)
+            self.stream.write("\r" + line[:self.width] + "\x1b[K")
+            self.live = True
+            if done >= total:
+                self._end()
+        self.stream.flush()
+
+    def _end(self) -> None:
+        if self.live:
+            self.stream.write("\n")
+            self.live = False
+
+
+def progress_lines():
+    """A command's progress(message) callback: a live line on a terminal (stderr), throttled lines with the
+    time left in a log (CountedLines)."""
+    return LiveLine() if sys.stderr.isatty() else CountedLines()
 
 
 def status_progress(status, text):

@@ -8,16 +8,23 @@ from typing import Annotated, Optional
 import typer
 
 from edgeshrink import __version__, tasks
-from edgeshrink.cli._common import (CountedLines, DataOpt, Force, JsonOut, LabelCol, LabelMap, TextCol, data_config,
-                                    fail, handled, progress_callback, write_json)
+from edgeshrink.cli._common import (HELP_STYLE, DataOpt, Force, JsonOut, LabelCol, LabelMap, TextCol, config_help,
+                                    data_config, fail, handled, progress_callback, progress_lines, write_json)
 from edgeshrink.cli.route import route_app
 from edgeshrink.cli.serve import register as register_serve
 
+# Plain help (click's), not typer's rich panels: those cut option names ("--calibration-meth…") at 80 columns
+# and read "[ray]" in "pip install 'edgeshrink[ray]'" as markup. Every Typer here sets it (HELP_STYLE).
 app = typer.Typer(name="edgeshrink", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  **HELP_STYLE,
                   help="Turn a cloud model into a device model and route each request to the one that should answer it.")
-data_app = typer.Typer(no_args_is_help=True, help="Built-in data sets: prepare the offline cache, list them.")
+data_app = typer.Typer(no_args_is_help=True, **HELP_STYLE, help="Built-in data sets: prepare the offline cache, list them.")
 app.add_typer(data_app, name="data")
 app.add_typer(route_app, name="route")
+
+
+SPARSIFY = "edgeshrink.compress.sparsify:SparsifyConfig"
+CHAT_EXITS = ("/exit", "/quit")  # what ends `generate --chat` (besides Ctrl-D)
 
 
 def task_option(verb: str, decl: str, text: str):
@@ -59,8 +66,41 @@ def families(json_out: JsonOut = None) -> None:
     edgeshrink knows, their inputs, and which structured operations apply."""
     from edgeshrink.models import arch
 
-    typer.echo(tasks.tasks_table() + "\n\n" + arch.families_table())
-    write_json(json_out, {"tasks": tasks.tasks_data(), "families": arch.families_data()})
+    task_rows, family_rows = tasks.tasks_data(), arch.families_data()
+    typer.echo(_families_text(task_rows, family_rows))
+    write_json(json_out, {"tasks": task_rows, "families": family_rows})
+
+
+def _families_text(task_rows: list[dict], family_rows: list[dict], width: int = 100) -> str:
+    """`families` for a terminal: one block per task, then one per family, each line wrapped at ``width``
+    (the README's wide tables come from tasks.tasks_table and arch.families_table)."""
+    import textwrap
+
+    from edgeshrink.models import arch
+
+    def line(label: str, text: str) -> str:
+        return textwrap.fill(text, width, initial_indent=f"  {label + ':':<16}", subsequent_indent=" " * 18,
+                             break_on_hyphens=False)
+
+    out = ["Tasks (kinds of model) and the module that runs each verb for them:"]
+    for t in task_rows:
+        out += ["", f"{t['task']}: {t['summary']}", line("short names", ", ".join(t["short_names"]) or "-"),
+                line("model given as", t["model"]),
+                "  verbs:"] + [f"    {verb:<14}{run.rpartition(':')[0].removeprefix('edgeshrink.')}"
+                               for verb, run in t["verbs"].items()]
+    out += ["", "Model families and the structured operations that apply to each:"]
+    for f in family_rows:
+        applies = [arch.OPERATIONS[op] for op, ok in f["operations"].items() if ok]
+        refused = [f"{arch.OPERATIONS[op]} ({f['refusals'].get(op, 'n/a')})" for op, ok in f["operations"].items()
+                   if not ok]
+        out += ["", f"{f['label']}: {f['kind']}, model_type {', '.join(f['model_types'])}",
+                line("short names", ", ".join(f["short_names"]) or "-"), line("inputs", f["inputs"]),
+                line("usable length", f["usable_length"]),
+                line("tokenizer", f"{f['tokenizer_in_tests']} (in tests); ORT fusion: {f['ort_fusion'] or 'basic only'}"),
+                line("applies", ", ".join(applies) or "-")]
+        out += [line("does not", "; ".join(refused))] if refused else []
+        out += [line("notes", f["notes"])] if f["notes"] else []
+    return "\n".join(out)
 
 
 @app.command("import")
@@ -71,7 +111,7 @@ def import_model(source: Annotated[str, typer.Argument(help="A GGUF file, a loca
     from edgeshrink.models.llm import import_llm
     from edgeshrink.models.sources import read_record
 
-    path = import_llm(source, progress=CountedLines())
+    path = import_llm(source, progress=progress_lines())
     typer.echo(str(path))
     write_json(json_out, {"path": str(path), "record": read_record(path)})
 
@@ -138,7 +178,7 @@ def finetune(model: Annotated[str, typer.Argument(help="Local model directory or
 
         given["--prompt"] = read_prompt(prompt)
     record = run(model, out, impl.build_config(given), data=data_config(data, text_column, label_column, label_map),
-                 force=force, progress=CountedLines())
+                 force=force, progress=progress_lines())
     test = record["test"]
     typer.echo(f"test accuracy {100 * test['accuracy']:.2f}% [95% CI {100 * test['ci95'][0]:.1f}, "
                f"{100 * test['ci95'][1]:.1f}] on {test['n']} examples; {record['train_seconds']:.0f} s; saved {out}")
@@ -206,7 +246,7 @@ def export(model: Annotated[str, typer.Argument(help="Local model directory or s
     if name is not None:
         raise fail("--name applies to --format triton")
     impl = tasks.of_model(model).implementation("export")
-    manifest = run(model, out, impl.build_config(given), force=force, progress=CountedLines())
+    manifest = run(model, out, impl.build_config(given), force=force, progress=progress_lines())
     if manifest.get("classification_head") == "untrained":
         typer.echo(f"warning: {model} has no trained classification head: exported with a random one (the same in "
                    f"the ONNX file and the reference it was validated against); train one with `edgeshrink finetune "
@@ -278,9 +318,13 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
     options = dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()))
     messages: list[dict] = []
     turns = []
+    if chat and prompt is None:
+        typer.echo(f"chatting with {bundle}; leave with Ctrl-D or {' or '.join(CHAT_EXITS)}", err=True)
     try:
         while True:
             text = prompt if prompt is not None or not chat else typer.prompt("you", prompt_suffix="> ")
+            if prompt is None and chat and text.strip() in CHAT_EXITS:
+                break
             request = (messages + [{"role": "user", "content": text}]) if chat else text
             info: dict = {}
             pieces = []
@@ -449,7 +493,7 @@ def prune(teacher: Annotated[str, typer.Argument(help="Fine-tuned teacher model 
                                   "--ffn": ffn, "--vocab": vocab or None, "--importance-examples": importance_examples,
                                   "--drop-blocks": drop_blocks, "--importance": importance})
     record = run(teacher, out, config, data=data_config(data, text_column, label_column, label_map), force=force,
-                 progress=CountedLines())
+                 progress=progress_lines())
     typer.echo(impl.summarize(record, out))
     write_json(json_out, record)
 
@@ -500,8 +544,8 @@ def prune_channels(teacher: Annotated[str, typer.Argument(help="Trained CNN dire
 def sparsify(model: Annotated[str, typer.Argument(help="Fine-tuned model directory (a teacher or a distilled student).")],
              data: DataOpt, out: Annotated[Path, typer.Option("--out", help="Output model directory.")],
              sparsity: Annotated[float, typer.Option(help="Fraction of encoder linear weights set to zero.")] = 0.5,
-             scope: Annotated[Optional[str], typer.Option(help="global (one threshold) | per-layer.")] = None,
-             steps: Annotated[Optional[int], typer.Option(help="Pruning steps of the gradual schedule (8).")] = None,
+             scope: Annotated[Optional[str], typer.Option(help=config_help(SPARSIFY, "scope", "global (one threshold) | per-layer."))] = None,
+             steps: Annotated[Optional[int], typer.Option(help=config_help(SPARSIFY, "steps", "Pruning steps of the gradual schedule."))] = None,
              epochs: Annotated[Optional[float], typer.Option(help="Fine-tuning epochs while pruning (1).")] = None,
              learning_rate: Annotated[Optional[float], typer.Option(help="Fine-tuning learning rate (5e-5).")] = None,
              one_shot: Annotated[bool, typer.Option("--one-shot", help="Cut once, no fine-tuning.")] = False,
@@ -519,7 +563,8 @@ def sparsify(model: Annotated[str, typer.Argument(help="Fine-tuned model directo
     elif tuning:
         values["finetune"] = {**SparsifyConfig().finetune.to_dict(), **tuning}
     config = SparsifyConfig.from_dict(values)
-    record = run(model, data_config(data, text_column, label_column, label_map), out, config, force=force)
+    record = run(model, data_config(data, text_column, label_column, label_map), out, config, force=force,
+                 progress=progress_lines())
     s, test = record["sparsify"], record["test"]
     typer.echo(f"sparse model {out}: {100 * s['sparsity_targeted']:.1f}% of encoder linear weights are zero "
                f"({100 * s['sparsity_all_parameters']:.1f}% of all parameters); test accuracy "
@@ -576,12 +621,12 @@ def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned t
         student_dir = out.with_name(out.name + ".student")
         prune_impl = task.implementation("prune")
         record = cut(teacher, student_dir, _prune_config(prune_impl, builds), data=data_cfg, force=True,
-                     progress=CountedLines())
+                     progress=progress_lines())
         typer.echo(prune_impl.summarize(record, student_dir))
         student = str(student_dir)
     elif given:
         raise fail(f"give --student or {'/'.join(given)} to build one, not both")
-    record = run(teacher, student, out, config, data=source, force=force)
+    record = run(teacher, student, out, config, data=source, force=force, progress=progress_lines())
     typer.echo(impl.summarize(record, out))
     write_json(json_out, record)
 
@@ -601,7 +646,7 @@ def run_recipe(recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see rec
     from edgeshrink.recipes.runner import run
 
     chosen = make_executor(executor, address)
-    report = run(recipe, out, progress=CountedLines(), executor=chosen)
+    report = run(recipe, out, progress=progress_lines(), executor=chosen)
     for t in report["targets"]:
         value = "-" if t["value"] is None else f"{t['value']:.4g} {t['unit']}".strip()
         typer.echo(f"{'met ' if t['met'] else 'MISSED'} {t['target']}: {value} (bound {t['bound']:g} {t['unit']})".rstrip())

@@ -7,14 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeshrink.cli._common import (DataOpt, JsonOut, LabelCol, LabelMap, TextCol, config_help, data_config, fail,
+from edgeshrink.cli._common import (HELP_STYLE, DataOpt, JsonOut, LabelCol, LabelMap, TextCol, config_help, data_config, fail,
                                     handled, status_progress, write_json)
 
-route_app = typer.Typer(no_args_is_help=True, help="Route requests between the device model and the cloud model.")
+route_app = typer.Typer(no_args_is_help=True, **HELP_STYLE, help="Route requests between the device model and the cloud model.")
 
 DeviceOpt = Annotated[Path, typer.Option("--device", help="Device bundle (router.json is written into it).")]
 ROUTE, COST, MONITOR, PROMPT = ("edgeshrink.route.calibrate:RouteConfig", "edgeshrink.route.calibrate:CostConfig",
                               "edgeshrink.route.monitor:MonitorConfig", "edgeshrink.route.prompts:PromptConfig")
+EVAL = "edgeshrink.route.evaluate:EvalConfig"
 CloudOpt = Annotated[str, typer.Option("--cloud", help="Cloud model: a bundle or a PyTorch model directory.")]
 
 
@@ -50,8 +51,9 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
               budget: Annotated[Optional[float], typer.Option(help="budget: most fraction of requests escalated.")] = None,
               target_accuracy: Annotated[Optional[float], typer.Option(help="accuracy: hybrid accuracy to reach (0-1).")] = None,
               max_drop: Annotated[Optional[float], typer.Option(help="accuracy: or at most this below the cloud (0-1).")] = None,
-              signal: Annotated[Optional[str], typer.Option(help="max-prob | margin | neg-entropy; a language model "
-                                                            "also: mean-logprob | min-logprob | neg-mean-entropy.")] = None,
+              signal: Annotated[Optional[str], typer.Option(help=config_help(ROUTE, "signal", "max-prob | margin | neg-entropy; a "
+                                                            "language model also: mean-logprob | min-logprob | "
+                                                            "neg-mean-entropy."))] = None,
               label_free: Annotated[bool, typer.Option("--label-free", help="Error = disagreement with the cloud.")] = False,
               p_value: Annotated[Optional[str], typer.Option(help=config_help(ROUTE, "p_value", "binomial | hoeffding-bentkus."))] = None,
               no_temperature: Annotated[bool, typer.Option("--no-temperature", help="Skip temperature scaling.")] = False,
@@ -59,14 +61,15 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
               network_rtt_ms: Annotated[Optional[float], typer.Option(help=config_help(COST, "network_rtt_ms", "Cost model: network round trip."))] = None,
               cloud_cost_per_1000: Annotated[Optional[float], typer.Option(help=config_help(COST, "cloud_cost_per_1000", "Cost model: money per 1,000 cloud calls."))] = None,
               device_latency_ms: Annotated[Optional[float], typer.Option(help="Cost model: device time (default: measured by eval).")] = None,
-              device_energy_mj: Annotated[Optional[float], typer.Option(help="Cost model: energy per device inference.")] = None,
+              device_energy_mj: Annotated[Optional[float], typer.Option(help=config_help(COST, "device_energy_mj", "Cost model: energy per device inference, mJ."))] = None,
               keep_truncated: Annotated[bool, typer.Option("--keep-truncated", help="Do not escalate inputs the device truncates.")] = False,
               prompt: Annotated[Optional[Path], typer.Option(help="Language models: a prompt file (PromptConfig YAML; "
                                                              "default: the data's built-in prompt).")] = None,
               few_shot: Annotated[Optional[int], typer.Option(help=config_help(PROMPT, "few_shot", "Language models: train-split "
                                                                                     "examples shown in the prompt."))] = None,
-              task: Annotated[Optional[str], typer.Option(help="Language models: classify (a labelled task) | open "
-                                                          "(free answers; label-free agreement with the cloud).")] = None,
+              task: Annotated[Optional[str], typer.Option(help=config_help(ROUTE, "task", "Language models: classify (a "
+                                                          "labelled task) | open (free answers; label-free agreement "
+                                                          "with the cloud)."))] = None,
               answer_tokens: Annotated[Optional[int], typer.Option(help=config_help(ROUTE, "answer_tokens", "task open: the device's answer length."))] = None,
               text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None, json_out: JsonOut = None) -> None:
     """Fit temperature and threshold on the calibration split; write router.json into the device bundle."""
@@ -112,8 +115,8 @@ def evaluate(device: DeviceOpt, cloud: CloudOpt,
              data: Annotated[Optional[str], typer.Option("--data", help="Data (default: the data the router was "
                                                          "calibrated on, as recorded).")] = None,
              plots: Annotated[Optional[Path], typer.Option(help="Write the curves as PNG files into this directory.")] = None,
-             resplits: Annotated[Optional[int], typer.Option(help="Guarantee check: calibration/test resplits (200).")] = None,
-             alphas: Annotated[Optional[str], typer.Option(help="Guarantee check: comma list of α (0.01,0.02,0.05).")] = None,
+             resplits: Annotated[Optional[int], typer.Option(help=config_help(EVAL, "resplits", "Guarantee check: calibration/test resplits."))] = None,
+             alphas: Annotated[Optional[str], typer.Option(help=config_help(EVAL, "alphas", "Guarantee check: comma list of α."))] = None,
              text_column: Annotated[Optional[str], typer.Option("--text-column", help="Column holding the text "
                                                                "(default: as recorded, else text).")] = None,
              label_column: Annotated[Optional[str], typer.Option("--label-column", help="Column holding the label "

@@ -109,11 +109,12 @@ def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle 
                  read_timeout_s: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "read_timeout_s", "Cloud read timeout, s."))] = None,
                  breaker_failures: Annotated[Optional[int], typer.Option(help=config_help(CLOUD, "breaker_failures", "Failures that open the breaker."))] = None,
                  breaker_reset_s: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "breaker_reset_s", "Seconds open before a probe."))] = None,
-                 cloud_budget: Annotated[Optional[int], typer.Option(help="Most texts to the cloud per minute.")] = None,
+                 cloud_budget: Annotated[Optional[int], typer.Option(help=config_help(CLOUD, "budget_texts_per_minute", "Most texts to the cloud per minute (none: no cap)."))] = None,
                  cloud_api_key_env: Annotated[Optional[str], typer.Option(help="Env variable with the cloud's API key.")] = None,
                  cloud_protocol: Annotated[Optional[str], typer.Option(
-                     help="Classifiers: edgeshrink (POST /v1/classify) | v2 (the Open Inference Protocol of Triton, "
-                          "KServe, Seldon and serve-cloud; needs --cloud-model).")] = None,
+                     help=config_help(CLOUD, "protocol", "Classifiers: edgeshrink (POST /v1/classify) | v2 (the Open "
+                                      "Inference Protocol of Triton, KServe, Seldon and serve-cloud; needs "
+                                      "--cloud-model)."))] = None,
                  cloud_model: Annotated[Optional[str], typer.Option(help="The model name the cloud serves (v2: at "
                                                                     "/v2/models/NAME; language models: the "
                                                                     "OpenAI-compatible one).")] = None,

@@ -97,8 +97,9 @@ def compressed_bytes(path: Path) -> int:
 
 
 def sparsify(model: str | Path, data: DataConfig | str, out: str | Path, config: SparsifyConfig | None = None,
-             force: bool = False) -> dict:
-    """Zero the smallest weights of ``model`` (gradually, with fine-tuning, unless one-shot); save it dense."""
+             force: bool = False, progress=None) -> dict:
+    """Zero the smallest weights of ``model`` (gradually, with fine-tuning, unless one-shot); save it dense.
+    ``progress(message)``: where the fine-tuning reports its steps (None: a rich bar)."""
     import torch
 
     from edgeshrink import tasks
@@ -143,7 +144,8 @@ def sparsify(model: str | Path, data: DataConfig | str, out: str | Path, config:
                 reapply()
 
         train = split.train if ft.max_train_examples is None else split.train.head(ft.max_train_examples)
-        history = train_classifier(net, tokenizer, train, split.calibration, label_index, ft, after_step)
+        history = train_classifier(net, tokenizer, train, split.calibration, label_index, ft, after_step,
+                                   progress=progress)
         net.to("cpu")
     net.eval()
     probs = predict_proba(net, tokenizer, split.test.texts, max_length)

@@ -141,3 +141,46 @@ def progress_columns(title: str) -> list:
 
     return [TextColumn(f"[bold]{title}[/] {{task.description}}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
             TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn()]
+
+
+class LineBar:
+    """The part of rich's Progress the training loops use (``add_task``, ``update``, ``console.print``), as
+    messages to a ``progress(message)`` callback: ``"TITLE DESCRIPTION N/M"`` per update (the description the
+    task was added with: a count keeps one name however its live description changes) and every printed
+    line as it is. The caller's callback decides how they show (the CLI's: a live line on a terminal,
+    throttled lines with the time left in a log)."""
+
+    def __init__(self, title: str, progress: Callable[[str], None]):
+        self.title, self.progress, self.tasks = title, progress, []
+        self.console = self  # bar.console.print(...) prints through the callback too
+
+    def __enter__(self) -> "LineBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0, **fields) -> int:
+        self.tasks.append({"name": " ".join(p for p in (self.title, description) if p), "total": total,
+                           "completed": completed})
+        return len(self.tasks) - 1
+
+    def update(self, task: int, advance: float = 0, **fields) -> None:
+        row = self.tasks[task]
+        row["completed"] += advance
+        if row["total"]:
+            self.progress(f"{row['name']} {row['completed']:.0f}/{row['total']:.0f}")
+
+    def print(self, text) -> None:
+        self.progress(str(text))
+
+
+def training_bar(title: str, progress: Callable[[str], None] | None = None, columns: list | None = None,
+                 **options):
+    """A loop's progress display: with a ``progress`` callback (the CLI's, a recipe step's), its messages
+    (``LineBar``); without one, a rich bar with ``columns`` (default ``progress_columns(title)``)."""
+    if progress is not None:
+        return LineBar(title, progress)
+    from rich.progress import Progress
+
+    return Progress(*(columns or progress_columns(title)), **options)

@@ -371,11 +371,22 @@ def _inputs_text(family: Family) -> str:
     return text
 
 
+# The short names edgeshrink resolves (models/sources.py's MODEL_PACKAGES, models/llm.py's LLM_PACKAGES) and the
+# model_type each names, so `families` can say which family a short name is (tests/test_tasks.py checks the sets
+# agree).
+SHORT_NAMES = {"minilm": "bert", "smollm2": "llama", "gemma3-270m": "gemma3_text"}
+
+
+def short_names(family) -> list[str]:
+    return [name for name, model_type in SHORT_NAMES.items() if model_type in family.model_types]
+
+
 def families_data() -> list[dict]:
     """The registry as data (``edgeshrink families --json``)."""
     out = []
     for family in unique_families():
         out.append({"name": family.name, "label": family.label, "kind": family.kind, "model_types": list(family.model_types),
+                    "short_names": short_names(family),
                     "inputs": _inputs_text(family), "usable_length": family.max_length_rule(),
                     "tokenizer_in_tests": family.tokenizer, "ort_fusion": family.ort_fusion,
                     "operations": {op: family.applies(op) for op in OPERATIONS},

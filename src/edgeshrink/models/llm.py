@@ -94,6 +94,8 @@ def import_llm(source: str | Path, progress=None) -> Path:
         family = arch.family_of(read_config(path))
         if family.kind != "decoder":
             raise EdgeshrinkError(f"{path} is a {family.label} encoder, not a language model (decoder)")
+        if progress:
+            progress(f"{path} is a Hugging Face directory already: nothing to import")
         return path
     known = ", ".join(LLM_PACKAGES)
     raise EdgeshrinkError(f"language model {spec!r} does not exist: pass a GGUF file, a local Hugging Face directory or a "
@@ -113,6 +115,8 @@ def _import_gguf(gguf_path: Path, name: str, progress=None) -> Path:
     out = cache_dir() / "models" / f"{name}-{digest[:12]}"
     if (out / RECORD_NAME).exists():
         if json.loads((out / RECORD_NAME).read_text()).get("import_version") == IMPORT_VERSION:
+            if progress:
+                progress(f"{gguf_path.name} is already imported; using the cached import in {out}")
             return out
         if progress:
             progress(f"re-importing {gguf_path.name}: the cached import was written by an older edgeshrink")

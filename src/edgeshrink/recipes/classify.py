@@ -92,24 +92,24 @@ class TextRecipe(TensorRecipe):
 
 
 # -- steps ---------------------------------------------------------------------------------------------------
-def _finetune(state, config, out: Path, data) -> dict:
+def _finetune(state, config, out: Path, data, progress) -> dict:
     from edgeshrink.models.finetune import finetune
 
-    record = finetune(state["model"], out / "model", config, data=data, force=True)
+    record = finetune(state["model"], out / "model", config, data=data, force=True, progress=progress)
     path = str(out / "model")
     return {"state": {"model": path, "teacher": path}, "result": {"test_accuracy": record["test"]["accuracy"]}}
 
 
-def _prune(state, config, out: Path, data) -> dict:
+def _prune(state, config, out: Path, data, progress) -> dict:
     from edgeshrink.compress.prune import prune
 
     teacher = state.get("teacher") or state["model"]
-    record = prune(teacher, out / "model", config, data=data, force=True)
+    record = prune(teacher, out / "model", config, data=data, force=True, progress=progress)
     return {"state": {"model": str(out / "model"), "teacher": teacher},
             "result": {"parameters": record["prune"]["parameters"]}}
 
 
-def _prune_channels(state, config, out: Path, data) -> dict:
+def _prune_channels(state, config, out: Path, data, progress) -> dict:
     from edgeshrink.compress.channels import prune_channels
 
     teacher = state.get("teacher") or state["model"]
@@ -118,68 +118,73 @@ def _prune_channels(state, config, out: Path, data) -> dict:
             "result": {"parameters": record["prune_channels"]["parameters"], "test_accuracy": record["test"]["accuracy"]}}
 
 
-def _distill(state, config, out: Path, data) -> dict:
+def _distill(state, config, out: Path, data, progress) -> dict:
     from edgeshrink.compress.distill import distill
 
-    record = distill(state["teacher"], state["model"], out / "model", config, data=data, force=True)
+    record = distill(state["teacher"], state["model"], out / "model", config, data=data, force=True,
+                     progress=progress)
     return {"state": {"model": str(out / "model")},
             "result": {"test_accuracy": record["test"]["accuracy"], "train_seconds": record["train_seconds"]}}
 
 
-def _sparsify(state, config, out: Path, data) -> dict:
+def _sparsify(state, config, out: Path, data, progress) -> dict:
     from edgeshrink.compress.sparsify import sparsify
 
-    record = sparsify(state["model"], data, out / "model", config, force=True)
+    record = sparsify(state["model"], data, out / "model", config, force=True, progress=progress)
     return {"state": {"model": str(out / "model")}, "result": {"test_accuracy": record["test"]["accuracy"]}}
 
 
-def _export(state, config, out: Path, data, peer_pipeline: bool) -> dict:
+def _export(state, config, out: Path, data, progress, peer_pipeline: bool) -> dict:
     from edgeshrink.export import export
 
-    manifest = export(state["model"], out / "bundle", config, force=True)
+    manifest = export(state["model"], out / "bundle", config, force=True, progress=progress)
     teacher = state.get("teacher") or state["model"]
     cloud, peer = str(out / "bundle"), None
     # The cloud model keeps its own input length when the device's is cut (config.max_length).
     if Path(teacher).resolve() != Path(state["model"]).resolve() or config.max_length is not None:
         from edgeshrink.export.peer import peer_bundle
 
-        export(teacher, out / "cloud-bundle", config.model_copy(update={"max_length": None}), force=True)
+        progress("exporting the cloud model")
+        export(teacher, out / "cloud-bundle", config.model_copy(update={"max_length": None}), force=True,
+               progress=progress)
         cloud = str(out / "cloud-bundle")
         if peer_pipeline:
+            progress("building the peer pipeline (optimum + ORT dynamic INT8)")
             peer_bundle(teacher, out / "peer-bundle", force=True)  # what a user would build instead
             peer = str(out / "peer-bundle")
     return {"state": {"bundle": str(out / "bundle"), "cloud_bundle": cloud, "peer_bundle": peer},
             "result": {"size_bytes": manifest["size_bytes"], "max_abs_diff": manifest["validation"]["max_abs_diff"]}}
 
 
-def _quantize(state, config, out: Path, data) -> dict:
+def _quantize(state, config, out: Path, data, progress) -> dict:
     from edgeshrink.compress.quantize import quantize
 
-    manifest = quantize(state["bundle"], out / "bundle", config, data=data, force=True)
+    manifest = quantize(state["bundle"], out / "bundle", config, data=data, force=True, progress=progress)
     return {"state": {"bundle": str(out / "bundle")}, "result": {"size_bytes": manifest["size_bytes"]}}
 
 
-def _bench(state, config, out: Path, data) -> dict:
+def _bench(state, config, out: Path, data, progress) -> dict:
     from edgeshrink.bench import bench
 
     out.mkdir(parents=True, exist_ok=True)
     roles = [("cloud", state["cloud_bundle"])] + ([("peer", state["peer_bundle"])] if state.get("peer_bundle") else [])
     roles.append(("device", state["bundle"]))
-    report = bench([path for _, path in roles], config, data=data)
+    report = bench([path for _, path in roles], config, data=data, progress=progress)
     report["roles"] = [role for role, _ in roles]
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     return {"state": {}, "result": {"bench": str(out / "bench.json")}}
 
 
-def _route(state, config, out: Path, data) -> dict:
+def _route(state, config, out: Path, data, progress) -> dict:
     from edgeshrink.route.calibrate import calibrate
     from edgeshrink.route.evaluate import EvalConfig, evaluate
 
     device = out / "device"
     shutil.rmtree(device, ignore_errors=True)
     shutil.copytree(state["bundle"], device)
-    calibrate(device, state["cloud_bundle"], data, config)
-    report = evaluate(device, state["cloud_bundle"], data, EvalConfig(resplits=0), plots=out / "plots")
+    calibrate(device, state["cloud_bundle"], data, config, progress=progress)
+    report = evaluate(device, state["cloud_bundle"], data, EvalConfig(resplits=0), plots=out / "plots",
+                      progress=progress)
     report.pop("curves", None)
     (out / "route.json").write_text(json.dumps(report, indent=2))
     return {"state": {"router_bundle": str(device)}, "result": {"route": str(out / "route.json")}}

@@ -131,6 +131,26 @@ def executions(where: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def step_progress(title: str, progress: Callable[[str], None]):
+    """The progress callback a step passes to its verbs: ``progress(message)`` (export, finetune, ...) and
+    ``progress(description, advance=, total=)`` (bench, quantize) both become messages to ``progress``,
+    prefixed with the step's ``title``; a counted description as ``description N/M``, so the caller's
+    CountedLines can thin them and tell the time left."""
+    counts: dict[str, list] = {}
+
+    def report(description: str, advance: float = 0, total: float | None = None) -> None:
+        if total is not None:
+            counts[description] = [0, total]
+        elif description in counts:
+            counts[description][0] += advance
+            done, of = counts[description]
+            progress(f"{title}: {description} {done:.0f}/{of:.0f}")
+        else:
+            progress(f"{title}: {description}")
+
+    return report
+
+
 def cached_step(task: StepTask, state: dict, cache: Path, progress=None, ran_on: dict | None = None) -> dict:
     """Run one step into its directory unless its ``step.json`` says it is done (the same code under every
     executor); return its record with ``log`` (cached, seconds, seconds this run). Paths in the stored record
@@ -154,7 +174,7 @@ def cached_step(task: StepTask, state: dict, cache: Path, progress=None, ran_on:
         progress(f"{task.title} ...")
         where.mkdir(parents=True, exist_ok=True)
         _journal(where, "start", ran_on or {"executor": "local"})
-        record = kind.steps[task.name](state, config, where, data)
+        record = kind.steps[task.name](state, config, where, data, step_progress(task.title, progress))
         record["seconds"] = round(time.perf_counter() - t0, 1)
         atomic_write_text(done, json.dumps(_portable(record, cache), indent=2))
         _journal(where, "finish", ran_on or {"executor": "local"})

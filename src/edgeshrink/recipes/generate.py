@@ -47,69 +47,72 @@ class GenerationRecipe(Recipe):
 
 
 # -- steps ---------------------------------------------------------------------------------------------------
-def _import(state, config, out: Path, data) -> dict:
+def _import(state, config, out: Path, data, progress) -> dict:
     from edgeshrink.models.llm import import_llm
     from edgeshrink.models.sources import read_record
 
     started = time.perf_counter()
-    path = import_llm(state["model"])
+    path = import_llm(state["model"], progress=progress)
     record = read_record(path).get("source") or {}
     return {"state": {"model": str(path), "gguf": record.get("gguf")},
             "result": {"path": str(path), "gguf": record.get("gguf"), "seconds": round(time.perf_counter() - started, 1)}}
 
 
-def _prune(state, config, out: Path, data) -> dict:
+def _prune(state, config, out: Path, data, progress) -> dict:
     from edgeshrink.compress.prune import prune
 
-    record = prune(state["model"], out / "model", config, data=data, force=True)["prune"]
+    record = prune(state["model"], out / "model", config, data=data, force=True, progress=progress)["prune"]
     return {"state": {"model": str(out / "model"), "source_model": state["model"]},
             "result": {k: record[k] for k in ("dropped_blocks", "kept_blocks", "ffn_neurons", "attention_heads",
                                               "parameters", "teacher_parameters", "seconds")}}
 
 
-def _distill(state, config, out: Path, data) -> dict:
+def _distill(state, config, out: Path, data, progress) -> dict:
     from edgeshrink.compress.distill import distill
 
-    record = distill(state["source_model"], state["model"], out / "model", config, data=data, force=True)["distill"]
+    record = distill(state["source_model"], state["model"], out / "model", config, data=data, force=True,
+                     progress=progress)["distill"]
     return {"state": {"model": str(out / "model")},
             "result": {k: record[k] for k in ("calibration_perplexity", "history", "train_tokens", "train_seconds",
                                               "precision", "parameters")}}
 
 
-def _export(state, config, out: Path, data) -> dict:
+def _export(state, config, out: Path, data, progress) -> dict:
     from edgeshrink.export.llm import export_llm
     from edgeshrink.models.llm import import_llm
     from edgeshrink.models.sources import read_record
 
     model = state["model"]
-    manifest = export_llm(model, out / "bundle", config, force=True)
+    manifest = export_llm(model, out / "bundle", config, force=True, progress=progress)
     gguf = state.get("gguf") or (read_record(import_llm(model)).get("source") or {}).get("gguf")
     bundle = str(out / "bundle")
     new = {"bundle": bundle, "fp32_bundle": bundle, "gguf": gguf}
     result = {"size_bytes": manifest["size_bytes"], "exporter": manifest["export"]["exporter"],
               "validation": manifest["validation"]}
     if state.get("source_model"):  # a pruned model: the source too, the reference it is measured against
-        source = export_llm(state["source_model"], out / "source", config, force=True)
+        progress("exporting the source model")
+        source = export_llm(state["source_model"], out / "source", config, force=True, progress=progress)
         new.update(fp32_bundle=str(out / "source"), source_bundle=str(out / "source"), device_fp32_bundle=bundle)
         result["source_size_bytes"] = source["size_bytes"]
     return {"state": new, "result": result}
 
 
-def _quantize(state, config, out: Path, data) -> dict:
+def _quantize(state, config, out: Path, data, progress) -> dict:
     from edgeshrink.compress.quantize import quantize
 
-    manifest = quantize(state["bundle"], out / "bundle", config, data=data, force=True)
+    manifest = quantize(state["bundle"], out / "bundle", config, data=data, force=True, progress=progress)
     q = manifest["quantization"]
     new = {"bundle": str(out / "bundle")}
     result = {"size_bytes": manifest["size_bytes"], "grid": q.get("grid"), "evaluation": q.get("evaluation")}
     if state.get("source_bundle"):
-        source = quantize(state["source_bundle"], out / "source", config, data=data, force=True)
+        progress("quantizing the source model")
+        source = quantize(state["source_bundle"], out / "source", config, data=data, force=True, progress=progress)
         new["source_quantized_bundle"] = str(out / "source")
         result["source_size_bytes"] = source["size_bytes"]
     return {"state": new, "result": result}
 
 
-def _bench(state, config, out: Path, data) -> dict:
+def _bench(state, config, out: Path, data, progress) -> dict:
     from edgeshrink.bench import bench
 
     out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +121,7 @@ def _bench(state, config, out: Path, data) -> dict:
     roles = [(role, path) for role, path in roles if path]
     if config.peer == "auto" and state.get("gguf"):
         config = config.model_copy(update={"peer": state["gguf"]})
-    report = bench([path for _, path in roles], config)
+    report = bench([path for _, path in roles], config, progress=progress)
     report["roles"] = [role for role, _ in roles] + ["peer"] * (len(report["candidates"]) - len(roles))
     (out / "bench.json").write_text(json.dumps(report, indent=2))
     return {"state": {}, "result": {"bench": str(out / "bench.json")}}
@@ -183,7 +186,7 @@ def check_llm_targets(recipe: GenerationRecipe, bench: dict | None, device_size:
         if ttft is None:
             raise EdgeshrinkError(f"max_ttft_vs_peer: the bench did not time {t.ttft_prompt_tokens} prompt tokens at "
                                   f"{t.threads} thread(s)")
-        ratio = 1 / ttft["vs_peer"]  # vs_peer: peer ms ÷ device ms
+        ratio = ttft["time_vs_peer"]  # device ms ÷ llama.cpp's
         add(f"max_ttft_vs_peer ({t.threads} thread, {t.ttft_prompt_tokens} prompt tokens, device ÷ llama.cpp)",
             ratio, t.max_ttft_vs_peer, ratio <= t.max_ttft_vs_peer, "x")
     if t.max_perplexity_increase is not None:
@@ -228,7 +231,7 @@ def llm_markdown(report: dict) -> str:
     if candidates:
         texts = list((candidates[0][1].get("quality") or {}).keys())
         lines += ["## Models (one interleaved bench run)", "",
-                  "| role | model | size MB | peak RSS MB | threads | decode tok/s | of limit | vs llama.cpp | "
+                  "| role | model | size MB | peak RSS MB | threads | decode tok/s | of limit | decode ÷ llama.cpp | "
                   "TTFT ms (prompt tokens) | " + " | ".join(f"ppl {t}" for t in texts) + " |",
                   "|---" * (9 + len(texts)) + "|"]
         for role, c in candidates:
@@ -249,6 +252,8 @@ def llm_markdown(report: dict) -> str:
 
 def write_llm_plots(report: dict, out: Path) -> list[str]:
     """Decode tokens/s per thread count and time to first token against prompt length, every candidate."""
+    from edgeshrink._plots import log_axis
+
     candidates = _candidates(report)
     if not candidates:
         return []
@@ -269,7 +274,8 @@ def write_llm_plots(report: dict, out: Path) -> list[str]:
             rows = sorted((r for r in c["ttft"] if r["threads"] == threads[0]), key=lambda r: r["prompt_tokens"])
             ax.plot([r["prompt_tokens"] for r in rows], [r["median_ms"] for r in rows], "o-",
                     label=f"{role}: {c['name']}")
-        ax.set(xlabel="prompt tokens", ylabel="time to first token (ms)", xscale="log", yscale="log",
+        log_axis(ax, "xy")
+        ax.set(xlabel="prompt tokens", ylabel="time to first token (ms)",
                title=f"{report['name']}: time to first token, {threads[0]} thread(s)")
         names.append(save_plot(fig, ax, out, "ttft.png"))
     return names

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import html
+import re
 import shutil
 from pathlib import Path
 
@@ -115,6 +116,8 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
 def write_plots(report: dict, out: Path) -> list[str]:
     """Accuracy vs latency and vs size: every measured device candidate with the Pareto front, the cloud
     model and the peer pipeline marked; then the router's plots. Return the file names."""
+    from edgeshrink._plots import log_axis
+
     names = []
     references = [m for m in report.get("models") or [] if m["role"] != "device" and m["accuracy"] is not None]
     devices = []
@@ -142,7 +145,7 @@ def write_plots(report: dict, out: Path) -> list[str]:
                 ax.scatter([m[key]], [100 * m["accuracy"]], marker=marker, s=60, color=color, label=m["name"])
             ax.set(xlabel=label, ylabel="test accuracy (%)",
                    title=f"{report['name']}: accuracy vs {label.split(',')[0]}")
-            ax.set_xscale("log")
+            log_axis(ax, "x")
             names.append(save_plot(fig, ax, out, name))
     if report.get("router") and Path(report["router"]["plots"]).exists():
         for png in sorted(Path(report["router"]["plots"]).glob("*.png")):
@@ -180,19 +183,27 @@ def save_plot(fig, ax, out: Path, name: str) -> str:
     return name
 
 
+def inline_html(text: str) -> str:
+    """One line of the reports' Markdown as HTML: escaped, with ``**bold**`` and ```code``` made into tags
+    (the only inline markup the reports write), so no asterisk or backtick shows on the page."""
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
 def html_page(report: dict, markdown_text: str, plots_dir: Path) -> str:
     """A self-contained page: the Markdown tables as HTML, every plot embedded as base64."""
     body, in_table = [], False
     for line in markdown_text.splitlines():
         if line.startswith("|"):
-            cells = [html.escape(c.strip()) for c in line.strip("|").split("|")]
-            if set("".join(cells)) <= set("-"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if set("".join(cells)) <= set("-:"):
                 continue
             tag = "th" if not in_table else "td"
             if not in_table:
                 body.append("<table>")
                 in_table = True
-            body.append("<tr>" + "".join(f"<{tag}>{c}</{tag}>" for c in cells) + "</tr>")
+            body.append("<tr>" + "".join(f"<{tag}>{inline_html(c)}</{tag}>" for c in cells) + "</tr>")
             continue
         if in_table:
             body.append("</table>")
@@ -202,14 +213,14 @@ def html_page(report: dict, markdown_text: str, plots_dir: Path) -> str:
             data = base64.b64encode((plots_dir / name).read_bytes()).decode()
             body.append(f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">')
         elif line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
+            body.append(f"<h2>{inline_html(line[3:])}</h2>")
         elif line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
+            body.append(f"<h1>{inline_html(line[2:])}</h1>")
         elif line:
-            body.append(f"<p>{html.escape(line)}</p>")
+            body.append(f"<p>{inline_html(line)}</p>")
     if in_table:
         body.append("</table>")
     style = ("body{font-family:sans-serif;max-width:960px;margin:2em auto}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:4px 8px}img{max-width:48%;margin:4px}")
+             "td,th{border:1px solid #ccc;padding:4px 8px}code{background:#f3f3f3;padding:0 2px}img{max-width:48%;margin:4px}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(report['name'])}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n")

@@ -48,7 +48,7 @@ class RecipeKind:
     named like a verb takes that verb's config for this task); ``configs`` names the others' ("module:Class")."""
 
     task: str
-    steps: dict[str, Callable]  # step name -> fn(state, config, out, data) -> {"state": ..., "result": ...}
+    steps: dict[str, Callable]  # step name -> fn(state, config, out, data, progress) -> {"state": ..., "result": ...}
     sections: Callable  # (recipe, kind, paths, plans, outcomes, data, cache) -> the report's task sections
     markdown: Callable  # report -> report.md text
     plots: Callable  # (report, plots dir) -> the plot file names

@@ -32,11 +32,10 @@ def distill(teacher: str | Path, student: str | Path, out: str | Path, config=No
     record (also saved in ``out``). ``config`` is the teacher's task's config (None: its defaults); ``data`` is
     a classifier's labelled data set, or a language model's text (or several: the first also calibrates)."""
     import torch
-    from rich.progress import Progress
     from transformers import get_linear_schedule_with_warmup
 
     from edgeshrink._files import check_output_dir
-    from edgeshrink.compress.trainer import TrainRun, progress_columns
+    from edgeshrink.compress.trainer import TrainRun, training_bar
     from edgeshrink.models.finetune import hf_writer
 
     task = tasks.of_model(teacher)
@@ -50,6 +49,7 @@ def distill(teacher: str | Path, student: str | Path, out: str | Path, config=No
     if config.device == "cuda" and not torch.cuda.is_available():
         raise EdgeshrinkError("device 'cuda' asked for, but torch sees no CUDA GPU")
     part = impl.function()(teacher, student, config, data)
+    part.progress = progress  # its own passes over the data (a language model's teacher pass) report here too
     started = time.perf_counter()
     run = TrainRun(out, json.dumps(part.fingerprint, sort_keys=True))
     part.prepare(run)
@@ -60,7 +60,7 @@ def distill(teacher: str | Path, student: str | Path, out: str | Path, config=No
     modules = {"student": part.student, "optimizer": optimizer, "scheduler": scheduler, **part.modules}
     state = run.resume(modules)
     part.start(state)
-    with Progress(*progress_columns("distill")) as bar:
+    with training_bar("distill", progress) as bar:
         task = bar.add_task("train", total=total_steps, completed=state["step"], loss=float("nan"))
         while run.go_on(state, config.epochs, config.patience):
             epoch = state["epoch"]

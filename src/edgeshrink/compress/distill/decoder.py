@@ -148,6 +148,7 @@ class DecoderDistillation:
     ``data``: a text (its train part trains, its calibration part scores), or several (the first calibrates)."""
 
     higher_is_better = False  # calibration perplexity
+    progress = None  # distill's progress(message) callback, for the teacher pass (None: a rich bar)
 
     def __init__(self, teacher: str | Path, student: str | Path, config: LLMDistillConfig, data):
         import torch
@@ -220,14 +221,12 @@ class DecoderDistillation:
 
     def _teacher_topk(self) -> dict:
         import torch
-        from rich.progress import Progress
-
-        from edgeshrink.compress.trainer import progress_columns
+        from edgeshrink.compress.trainer import training_bar
 
         config, device, count = self.config, self.config.device, len(self.sequences)
         values = torch.zeros(count, config.sequence_tokens - 1, config.top_k, dtype=torch.float16)
         indices = torch.zeros(count, config.sequence_tokens - 1, config.top_k, dtype=torch.int32)
-        with Progress(*progress_columns("teacher")) as bar, torch.inference_mode():
+        with training_bar("teacher", self.progress) as bar, torch.inference_mode():
             task = bar.add_task("top-k log-probabilities", total=count, loss=float("nan"))
             for start in range(0, count, config.batch_size):
                 batch = self.ids[start:start + config.batch_size].to(device)

@@ -106,11 +106,10 @@ def finetune_llm(model: str | Path, out: str | Path, config: LLMFinetuneConfig, 
                  force: bool = False, progress=None) -> dict:
     """Train ``model`` (a decoder) to answer the prompted task of ``data``; see the module doc."""
     import torch
-    from rich.progress import Progress
     from transformers import get_linear_schedule_with_warmup
 
     from edgeshrink._files import check_output_dir
-    from edgeshrink.compress.trainer import TrainRun, choose_precision, progress_columns
+    from edgeshrink.compress.trainer import TrainRun, choose_precision, progress_columns, training_bar
     from edgeshrink.data import load_data, split_for_training
     from edgeshrink.models.llm import import_llm, load_causal_lm
     from edgeshrink.models.sources import weights_sha256
@@ -148,7 +147,7 @@ def finetune_llm(model: str | Path, out: str | Path, config: LLMFinetuneConfig, 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     started = time.perf_counter()
     net.train()
-    with Progress(*progress_columns("fine-tune"), transient=True) as bar:
+    with training_bar("fine-tune", progress, transient=True) as bar:
         task = bar.add_task(f"{len(sequences)} examples", total=total_steps, completed=state["step"], loss=float("nan"))
         while run.go_on(state, config.epochs, math.inf) and state["step"] < total_steps:
             run.seed_epoch(config.seed, state["epoch"])  # torch's generator (dropout), as a resumed run sets it
@@ -173,7 +172,7 @@ def finetune_llm(model: str | Path, out: str | Path, config: LLMFinetuneConfig, 
                           row={"loss": total / max(count, 1), "steps": state["step"]})
     train_seconds = time.perf_counter() - started
     net.eval()
-    with Progress(*progress_columns("test accuracy")[:3], transient=True) as bar:
+    with training_bar("test accuracy", progress, progress_columns("test accuracy")[:3], transient=True) as bar:
         task = bar.add_task("", total=len(split.test))
         logliks = answer_logliks(net, prompter, list(split.test.texts), device=config.device,
                                  progress=lambda n: bar.update(task, advance=n))

@@ -43,7 +43,7 @@ def finetune_encoder(model: str | Path, out: str | Path, config: FinetuneConfig,
         config = config.model_copy(update={"max_length": usable})
     label_index = {name: i for i, name in enumerate(examples.label_names)}
     started = time.perf_counter()
-    history = train_classifier(net, tokenizer, train, split.calibration, label_index, config)
+    history = train_classifier(net, tokenizer, train, split.calibration, label_index, config, progress=progress)
     train_seconds = time.perf_counter() - started
 
     net.eval()
@@ -58,15 +58,17 @@ def finetune_encoder(model: str | Path, out: str | Path, config: FinetuneConfig,
 
 
 def train_classifier(net, tokenizer, train, calibration, label_index: dict, config: FinetuneConfig,
-                     after_step=None) -> list[dict]:
+                     after_step=None, progress=None) -> list[dict]:
     """Train ``net`` in place on ``train`` with cross-entropy; calibration accuracy after every epoch.
 
     ``after_step(step, total_steps)`` runs after every optimizer step (gradual pruning hooks in here).
+    ``progress(message)``: where the steps and epochs are reported (None: a rich bar).
     """
     import torch
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers import get_linear_schedule_with_warmup
 
+    from edgeshrink.compress.trainer import training_bar
     from edgeshrink.models.torch_text import shuffled_length_batches
 
     net.to(config.device)
@@ -89,8 +91,8 @@ def train_classifier(net, tokenizer, train, calibration, label_index: dict, conf
     step = 0
     columns = [TextColumn("[bold]train[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, transient=False) as progress:
-        task = progress.add_task("train", total=total_steps, loss=float("nan"))
+    with training_bar("train", progress, columns, transient=False) as bar:
+        task = bar.add_task("", total=total_steps, loss=float("nan"))
         epoch = 0
         running = None
         while step < total_steps:
@@ -109,12 +111,12 @@ def train_classifier(net, tokenizer, train, calibration, label_index: dict, conf
                 if after_step is not None:
                     after_step(step, total_steps)
                 running = loss.item() if running is None else 0.95 * running + 0.05 * loss.item()
-                progress.update(task, advance=1, loss=running, description=f"epoch {epoch + 1}")
+                bar.update(task, advance=1, loss=running, description=f"epoch {epoch + 1}")
             epoch += 1
             net.eval()
             cal_acc = float(np.mean(_hits(net, tokenizer, calibration, label_index, config.max_length)))
             history.append({"epoch": epoch, "step": step, "train_loss": running, "calibration_accuracy": cal_acc})
-            progress.console.print(f"epoch {epoch}: loss {running:.4f}, calibration accuracy {cal_acc:.4f}")
+            bar.console.print(f"epoch {epoch}: loss {running:.4f}, calibration accuracy {cal_acc:.4f}")
     return history
 
 
