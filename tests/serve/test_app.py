@@ -49,6 +49,20 @@ def test_device_service_routes_with_rules(start, serve_models):
     assert m['edgeshrink_cloud_calls_total{outcome="ok"}'] == 2
 
 
+def test_cloud_on_request_sends_only_the_texts_that_ask(start, serve_models):
+    """No router.json, --route cloud-on-request: the device answers, the cloud only cloud_only texts (issue 27)."""
+    cloud = start("serve-cloud", serve_models["cloud"], "--port", 0)
+    device = start("serve", serve_models["plain"], "--cloud", cloud.url, "--route", "cloud-on-request", "--port", 0)
+    with Client(device.url) as client:
+        results = client.classify(TEXTS[:3], cloud_only=[False, True, False])
+        assert [r["source"] for r in results] == ["device", "cloud", "device"]
+        assert [r["reason"] for r in results] == ["cloud on request", "cloud only", "cloud on request"]
+        assert client.classify(TEXTS[:1], private=[True])[0]["reason"] == "private"
+        assert client.metrics()["edgeshrink_escalations_total"] == 1
+    ready = httpx.get(f"{device.url}/readyz").json()
+    assert ready["route"] == "cloud-on-request" and ready["router"] is False and ready["cloud"] == cloud.url
+
+
 def test_bad_requests_get_4xx_with_one_line(start, serve_models):
     device = start("serve", serve_models["plain"], "--port", 0, "--max-texts", 4, "--max-body-bytes", 5000,
                    "--max-text-chars", 50, "--rate", 0)

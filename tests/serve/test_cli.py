@@ -26,8 +26,15 @@ def test_serve_refuses_a_bundle_that_fails_its_hashes(serve_models, tmp_path):
 
 
 def test_serve_refuses_escalation_without_a_router(serve_models):
+    """A cloud with no router.json to decide what goes there: one line naming both ways out (issue 27)."""
     out = _error(["serve", serve_models["plain"], "--cloud", "http://127.0.0.1:9", "--port", 0])
-    assert "no calibrated router" in out
+    assert "has no router.json" in out and "edgeshrink route calibrate --device" in out
+    assert "--route cloud-on-request" in out and len(out.strip().splitlines()) == 1
+    assert "without --cloud" in _error(["serve", serve_models["plain"], "--route", "cloud-on-request", "--port", 0])
+    assert "'router' or 'cloud-on-request'" in _error(["serve", serve_models["plain"], "--cloud", "http://127.0.0.1:9",
+                                                      "--route", "sometimes", "--port", 0])
+    assert "go with --route router" in _error(["serve", serve_models["device"], "--cloud", "http://127.0.0.1:9",
+                                               "--route", "cloud-on-request", "--audit-fraction", 0.1, "--port", 0])
 
 
 def test_serve_refuses_a_port_in_use(serve_models):

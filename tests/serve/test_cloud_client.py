@@ -90,7 +90,7 @@ def test_the_classifier_and_the_llm_clients_share_one_retry_loop():
     from edgeshrink.serve.config import CloudConfig
     from edgeshrink.serve.llm_client import OpenAICloud
 
-    replies = []
+    replies, models = [], set()
 
     def handler(request):
         return replies.pop(0)
@@ -103,8 +103,9 @@ def test_the_classifier_and_the_llm_clients_share_one_retry_loop():
     async def stream(cloud):
         got = []
         try:
-            async for piece, _ in cloud.stream("/v1/completions", {"prompt": "p"}):
+            async for piece, _, model in cloud.stream("/v1/completions", {"prompt": "p"}):
                 got.append(piece)
+                models.add(model)
         except CloudFailed as failed:
             return got, failed.reason, failed.attempts
         return got, None, None
@@ -120,6 +121,11 @@ def test_the_classifier_and_the_llm_clients_share_one_retry_loop():
     # cut short before the first piece: retried; after it: stream_broken, not retried
     replies[:] = [httpx.Response(200, text=""), httpx.Response(200, text=chunk + "data: [DONE]\n\n")]
     assert asyncio.run(stream(client(OpenAICloud))) == (["hi"], None, None)
+    assert models == {"cloud"}  # a chunk without a model: the one asked for (none given: "cloud")
+    named = 'data: {"model": "gpt-4o-2024-08-06", "choices": [{"text": "hi", "finish_reason": null}]}\n\n'
+    replies[:] = [httpx.Response(200, text=named + "data: [DONE]\n\n")]
+    models.clear()
+    assert asyncio.run(stream(client(OpenAICloud))) == (["hi"], None, None) and models == {"gpt-4o-2024-08-06"}
     replies[:] = [httpx.Response(200, text=chunk), httpx.Response(200, text=chunk)]
     assert asyncio.run(stream(client(OpenAICloud))) == (["hi"], "stream_broken", 1)
     replies[:] = [httpx.Response(200, text="data: {\"nonsense\": 1}\n\n")]

@@ -67,34 +67,45 @@ def _metrics(server) -> dict:
     return parse(httpx.get(f"{server.url}/metrics").text)
 
 
-def _stream(client, model, **kwargs):
+def _stream(client, model, models: list | None = None, **kwargs):
+    """The streamed text, finish reason and edgeshrink facts; ``models``: gets each chunk's ``model``."""
     pieces, finish, extra = [], None, None
     for chunk in client.chat.completions.create(model=model, messages=CHAT, stream=True, **kwargs):
         choice = chunk.choices[0]
         pieces.append(choice.delta.content or "")
         finish = choice.finish_reason or finish
         extra = (chunk.model_extra or {}).get("edgeshrink") or extra
+        if models is not None:
+            models.append(chunk.model)
     return "".join(pieces), finish, extra
 
 
 def test_openai_client_streams_from_both_services(start, llm_bundles):
     cloud = start("serve-cloud", llm_bundles / "cloud", "--port", 0, "--rate", 0)
     device = start("serve", llm_bundles / "device", "--cloud", cloud.url, "--cloud-model", "cloud", "--port", 0,
-                   "--rate", 0)
+                   "--rate", 0, "--route", "cloud-on-request")
     for server, model, source in ((cloud, "cloud", "cloud"), (device, "device", "device")):
         client = _client(server)
         assert [m.id for m in client.models.list()] == [model]
         whole = client.chat.completions.create(model=model, messages=CHAT, max_tokens=12, temperature=0)
-        streamed, finish, extra = _stream(client, model, max_tokens=12, temperature=0)
+        models = []
+        streamed, finish, extra = _stream(client, model, models, max_tokens=12, temperature=0)
         assert streamed == whole.choices[0].message.content and finish == whole.choices[0].finish_reason
         assert whole.usage.completion_tokens <= 12 and extra["source"] == source
+        assert whole.model == model and set(models) == {model}
         text = client.completions.create(model=model, prompt="a good film", max_tokens=5, temperature=0)
         assert text.choices[0].finish_reason in ("stop", "length") and text.usage.prompt_tokens > 0
-    # Sent to the cloud: the device relays the cloud's own answer.
-    relayed, _, extra = _stream(_client(device), "device", max_tokens=12, temperature=0,
+    assert extra["reason"] == "cloud on request"
+    assert httpx.get(f"{device.url}/readyz").json()["route"] == "cloud-on-request"
+    # Sent to the cloud: the device relays the cloud's own answer, which names the cloud's model.
+    models = []
+    relayed, _, extra = _stream(_client(device), "device", models, max_tokens=12, temperature=0,
                                 extra_body={"edgeshrink": {"route": "cloud"}})
     alone = _client(cloud).chat.completions.create(model="cloud", messages=CHAT, max_tokens=12, temperature=0)
-    assert relayed == alone.choices[0].message.content and extra["source"] == "cloud"
+    assert relayed == alone.choices[0].message.content and extra["source"] == "cloud" and set(models) == {"cloud"}
+    whole = _client(device).chat.completions.create(model="device", messages=CHAT, max_tokens=12, temperature=0,
+                                                    extra_body={"edgeshrink": {"route": "cloud"}})
+    assert whole.model == "cloud" and whole.model_extra["edgeshrink"]["reason"] == "cloud only"
 
 
 def test_the_router_decides_who_answers(start, llm_bundles, tmp_path):
@@ -107,8 +118,48 @@ def test_the_router_decides_who_answers(start, llm_bundles, tmp_path):
                                                         temperature=0)
         answers[threshold] = reply.model_extra["edgeshrink"]
         assert 0 < answers[threshold]["confidence"] < 1
+        assert reply.model == ("cloud" if answers[threshold]["source"] == "cloud" else f"device-{threshold}")
     assert answers[None]["source"] == "device" and answers[None]["reason"] == "confident"
     assert answers[0.999999]["source"] == "cloud" and answers[0.999999]["reason"] == "not confident"
+
+
+def test_metrics_count_tokens_and_their_timing_by_who_answered(start, llm_bundles):
+    """/metrics (issue 27): prompt and generated tokens, time to first token and time per output token, by who
+    answered, named as vLLM names them; the model's CPU seconds count; no micro-batching histogram where nothing
+    is batched."""
+    cloud = start("serve-cloud", llm_bundles / "cloud", "--port", 0, "--rate", 0)
+    device = start("serve", llm_bundles / "device", "--cloud", cloud.url, "--cloud-model", "cloud", "--port", 0,
+                   "--rate", 0, "--route", "cloud-on-request")
+    client = _client(device)
+    assert 'edgeshrink_generation_tokens_total{source="device"}' not in _metrics(device)  # nothing answered yet
+    whole = client.chat.completions.create(model="device", messages=CHAT, max_tokens=12, temperature=0).usage
+    streamed = [chunk.usage for chunk in client.chat.completions.create(
+        model="device", messages=CHAT, max_tokens=7, temperature=0, stream=True,
+        stream_options={"include_usage": True}) if chunk.usage is not None][-1]
+    relayed = client.completions.create(model="device", prompt="a good film", max_tokens=9, temperature=0,
+                                        extra_body={"edgeshrink": {"route": "cloud"}}).usage
+    text = httpx.get(f"{device.url}/metrics").text
+    m = parse(text)
+    assert m['edgeshrink_prompt_tokens_total{source="device"}'] == whole.prompt_tokens + streamed.prompt_tokens
+    assert m['edgeshrink_generation_tokens_total{source="device"}'] == \
+        whole.completion_tokens + streamed.completion_tokens
+    assert m['edgeshrink_prompt_tokens_total{source="cloud"}'] == relayed.prompt_tokens
+    assert m['edgeshrink_generation_tokens_total{source="cloud"}'] == relayed.completion_tokens > 0
+    assert m['edgeshrink_time_to_first_token_seconds_count{source="device"}'] == 2
+    assert m['edgeshrink_time_to_first_token_seconds_count{source="cloud"}'] == 1
+    for source in ("device", "cloud"):  # the first token comes after the request and before the whole answer
+        assert 0 < m[f'edgeshrink_time_to_first_token_seconds_sum{{source="{source}"}}'] < \
+            m[f'edgeshrink_latency_seconds_sum{{source="{source}"}}']
+    paced = sum(u.completion_tokens > 1 for u in (whole, streamed))
+    assert m['edgeshrink_request_time_per_output_token_seconds_count{source="device"}'] == paced
+    assert m['edgeshrink_request_time_per_output_token_seconds_sum{source="device"}'] > 0
+    assert "edgeshrink_batch_size" not in text and "edgeshrink_drift" not in text
+    cpu = m["edgeshrink_model_cpu_seconds_total"]
+    assert cpu > 0
+    client.chat.completions.create(model="device", messages=CHAT, max_tokens=12, temperature=0)
+    assert _metrics(device)["edgeshrink_model_cpu_seconds_total"] > cpu  # each generation adds its CPU time
+    own = _metrics(cloud)  # the cloud service counts the answer it gave as its own
+    assert own['edgeshrink_generation_tokens_total{source="cloud"}'] == relayed.completion_tokens
 
 
 @pytest.mark.timeout(300)
@@ -116,7 +167,8 @@ def test_fault_drill_the_device_finishes_every_answer(start, llm_bundles, tmp_pa
     faults = tmp_path / "faults.json"
     cloud = start("serve-cloud", llm_bundles / "cloud", "--port", 0, "--rate", 0, "--faults", faults)
     device = start("serve", llm_bundles / "device", "--cloud", cloud.url, "--cloud-model", "cloud", "--port", 0,
-                   "--rate", 0, "--retries", 1, "--deadline-ms", 800, "--breaker-failures", 100)
+                   "--rate", 0, "--retries", 1, "--deadline-ms", 800, "--breaker-failures", 100,
+                   "--route", "cloud-on-request")
     client = _client(device)
     to_cloud = {"edgeshrink": {"route": "cloud"}}
     whole = _client(cloud).chat.completions.create(model="cloud", messages=CHAT, max_tokens=40, temperature=0,
@@ -142,8 +194,11 @@ def test_fault_drill_the_device_finishes_every_answer(start, llm_bundles, tmp_pa
 
     # Cut mid-stream: the client gets the cloud's first pieces, then the device's continuation, as one answer.
     faults.write_text(json.dumps({"break_after_chunks": 4}))
-    text, finish, extra = _stream(client, "device", max_tokens=40, temperature=0, extra_body=to_cloud)
+    models = []
+    text, finish, extra = _stream(client, "device", models, max_tokens=40, temperature=0, extra_body=to_cloud)
     assert extra["fallback_reason"] == "stream_broken" and extra["cloud_chars"] > 0 and finish
+    # each chunk names the model that wrote it: the cloud's first, then the device's continuation
+    assert models == ["cloud"] * models.count("cloud") + ["device"] * models.count("device") and "cloud" in models
     assert text.startswith(whole.choices[0].message.content[:extra["cloud_chars"]]) and len(text) > extra["cloud_chars"]
 
     # Killed mid-stream (kill -9 after two pieces arrived): the same.
@@ -376,7 +431,7 @@ def llama_server():
 def test_device_escalates_to_llama_cpp_and_finishes_when_it_is_killed(start, llm_bundles, llama_server):
     url, process = llama_server
     device = start("serve", llm_bundles / "device", "--cloud", url, "--cloud-model", "smollm2", "--port", 0,
-                   "--rate", 0, "--deadline-ms", 20000, "--read-timeout-s", 20)
+                   "--rate", 0, "--deadline-ms", 20000, "--read-timeout-s", 20, "--route", "cloud-on-request")
     client = _client(device)
     to_cloud = {"edgeshrink": {"route": "cloud"}}
     ask = [{"role": "user", "content": "Write a long story about a dragon who learns to cook."}]
@@ -385,7 +440,7 @@ def test_device_escalates_to_llama_cpp_and_finishes_when_it_is_killed(start, llm
     assert own.choices[0].finish_reason == "length"  # long enough to be cut while it streams
     relayed = client.chat.completions.create(model="device", messages=ask, max_tokens=150, temperature=0,
                                              extra_body=to_cloud)
-    assert relayed.model_extra["edgeshrink"]["source"] == "cloud"
+    assert relayed.model_extra["edgeshrink"]["source"] == "cloud" and relayed.model == own.model
     assert relayed.choices[0].message.content == own.choices[0].message.content != ""
     pieces, extra = [], None
     for chunk in client.chat.completions.create(model="device", messages=ask, max_tokens=150, temperature=0,

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from edgeshrink.serve.cloud_client import CloudFailed
 from edgeshrink.serve.llm.request import ChatRequest, Prepared
 from edgeshrink.serve.llm.routing import Engine, Routing
-from edgeshrink.serve.metrics import Metrics, parse
+from edgeshrink.serve.metrics import LLMMetrics, parse
 from prometheus_client import generate_latest
 
 
@@ -38,10 +38,10 @@ class FakeCloud:
     async def _stream(self, path, payload):
         self.calls.append((path, payload))
         for piece in self.pieces:
-            yield piece, None
+            yield piece, None, "cloud-model"
         if self.fail:
             raise CloudFailed(self.fail)
-        yield "", "stop"
+        yield "", "stop", "cloud-model"
 
     def stream(self, path, payload):
         return self._stream(path, payload)
@@ -71,7 +71,7 @@ def counter(metrics, name):
 
 def test_a_confident_device_answer_stands():
     device, cloud = FakeGenerator(["a", "b", "c"]), FakeCloud(["cloud"])
-    routing = Routing(Engine(device), "device", router(None), Metrics(), cloud)
+    routing = Routing(Engine(device), "device", router(None), LLMMetrics(), cloud)
     text, end = answer(routing, request())
     assert text == "abc" and end["source"] == "device" and end["reason"] == "confident"
     assert end["finish"] == "stop" and end["completion_tokens"] == 3 and 0 < end["confidence"] < 1
@@ -79,7 +79,7 @@ def test_a_confident_device_answer_stands():
 
 
 def test_an_unconfident_answer_relays_the_cloud():
-    metrics, cloud = Metrics(), FakeCloud(["Hello", " there"])
+    metrics, cloud = LLMMetrics(), FakeCloud(["Hello", " there"])
     routing = Routing(Engine(FakeGenerator(["a", "b"])), "device", router(0.999999), metrics, cloud)
     text, end = answer(routing, request())
     assert text == "Hello there" and end["source"] == "cloud" and end["reason"] == "not confident"
@@ -91,7 +91,7 @@ def test_an_unconfident_answer_relays_the_cloud():
 
 
 def test_a_cloud_that_sends_nothing_leaves_the_devices_own_answer():
-    metrics = Metrics()
+    metrics = LLMMetrics()
     routing = Routing(Engine(FakeGenerator(["a", "b"])), "device", router(0.999999), metrics,
                       FakeCloud([], fail="http_5xx"))
     text, end = answer(routing, request())
@@ -102,7 +102,7 @@ def test_a_cloud_that_sends_nothing_leaves_the_devices_own_answer():
 
 def test_a_stream_broken_mid_answer_is_finished_by_the_device():
     device = FakeGenerator(["x", "y", "z", "w"])
-    routing = Routing(Engine(device), "device", router(None), Metrics(), FakeCloud(["abc"], fail="stream_broken"))
+    routing = Routing(Engine(device), "device", router(None), LLMMetrics(), FakeCloud(["abc"], fail="stream_broken"))
     text, end = answer(routing, request(route="cloud", max_tokens=8))
     # the cloud's 3 tokens stand; the device continues from them with the 5 tokens left
     assert text == "abcxyzw" and end["source"] == "device-fallback" and end["reason"] == "cloud only"
@@ -112,13 +112,50 @@ def test_a_stream_broken_mid_answer_is_finished_by_the_device():
 
 def test_who_answers_alone():
     engine = Engine(FakeGenerator(["a"]))
-    assert Routing(engine, "device", router(None), Metrics(), FakeCloud([])).device_only("device") == "requested"
-    assert Routing(engine, "device", None, Metrics(), FakeCloud([])).device_only("device") == "requested"
-    assert Routing(engine, "device", None, Metrics(), FakeCloud([])).device_only("auto") == "no router"
-    assert Routing(engine, "device", router(None), Metrics()).device_only("auto") == "no cloud"
-    assert Routing(engine, "cloud", None, Metrics()).device_only("auto") == "cloud model"
-    assert Routing(engine, "device", router(None), Metrics(), FakeCloud([])).device_only("auto") is None
-    assert "no cloud" in Routing(engine, "device", router(None), Metrics()).refusal("cloud")
-    assert Routing(engine, "cloud", None, Metrics()).refusal("cloud") is None
-    text, end = answer(Routing(engine, "cloud", None, Metrics()), request(route="cloud"))
+    assert Routing(engine, "device", router(None), LLMMetrics(), FakeCloud([])).device_only("device") == "requested"
+    assert Routing(engine, "device", None, LLMMetrics(), FakeCloud([])).device_only("device") == "requested"
+    assert Routing(engine, "device", None, LLMMetrics(), FakeCloud([])).device_only("auto") == "no router"
+    assert Routing(engine, "device", router(None), LLMMetrics()).device_only("auto") == "no cloud"
+    assert Routing(engine, "cloud", None, LLMMetrics()).device_only("auto") == "cloud model"
+    assert Routing(engine, "device", router(None), LLMMetrics(), FakeCloud([])).device_only("auto") is None
+    assert "no cloud" in Routing(engine, "device", router(None), LLMMetrics()).refusal("cloud")
+    assert Routing(engine, "cloud", None, LLMMetrics()).refusal("cloud") is None
+    text, end = answer(Routing(engine, "cloud", None, LLMMetrics()), request(route="cloud"))
     assert text == "a" and end["source"] == "cloud" and end["reason"] == "cloud model"
+
+
+def pieces_of(routing, prepared):
+    async def run():
+        return [p async for p in routing.answer(prepared, threading.Event())]
+    return asyncio.run(run())
+
+
+def test_every_piece_names_the_model_that_wrote_it():
+    """A routed device answer is held until the router decides, so each piece (a stream chunk) can name its
+    model; the end names the model that finished the answer."""
+    device = FakeGenerator(["x", "y", "z"])
+    confident = pieces_of(Routing(Engine(device), "device", router(None), LLMMetrics(), FakeCloud(["c"]),
+                                  name="smol"), request())
+    assert [m for t, m in confident[:-1]] == ["smol"] * 3 and confident[-1][1]["model"] == "smol"
+    relayed = pieces_of(Routing(Engine(device), "device", router(0.999999), LLMMetrics(), FakeCloud(["He", "llo"]),
+                                name="smol"), request())
+    assert relayed[:-1] == [("He", "cloud-model"), ("llo", "cloud-model")] and relayed[-1][1]["model"] == "cloud-model"
+    broken = pieces_of(Routing(Engine(device), "device", router(None), LLMMetrics(),
+                               FakeCloud(["ab"], fail="stream_broken"), name="smol"), request(route="cloud"))
+    assert broken[:-1] == [("ab", "cloud-model"), ("x", "smol"), ("y", "smol"), ("z", "smol")]
+    assert broken[-1][1]["model"] == "smol" and broken[-1][1]["source"] == "device-fallback"
+    # decode_s: from the answer's first piece to its last as written (a held answer is not passed on at its pace)
+    assert all(end["decode_s"] >= 0 for _, end in (confident[-1], relayed[-1], broken[-1]))
+
+
+def test_cloud_on_request_sends_only_what_asks_for_it():
+    cloud = FakeCloud(["cloud answer"])
+    routing = Routing(Engine(FakeGenerator(["a", "b"])), "device", None, LLMMetrics(), cloud, on_request=True)
+    text, end = answer(routing, request())
+    assert text == "ab" and end["source"] == "device" and end["reason"] == "cloud on request" and cloud.calls == []
+    text, end = answer(routing, request(route="cloud"))
+    assert text == "cloud answer" and end["source"] == "cloud" and end["reason"] == "cloud only"
+    assert answer(routing, request(route="device"))[1]["reason"] == "requested"
+    # with a router too, the service still sends only what asks: the flag says so
+    routed = Routing(Engine(FakeGenerator(["a"])), "device", router(0.999999), LLMMetrics(), cloud, on_request=True)
+    assert routed.device_only("auto") == "cloud on request"

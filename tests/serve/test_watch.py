@@ -123,11 +123,11 @@ def test_a_shift_fires_and_recalibrates_atomically_with_the_old_router_kept(serv
 def test_recalibration_that_fails_midway_leaves_the_router_as_it_was(device, monkeypatch):
     from edgeshrink import _files
     from edgeshrink.route.monitor import MonitorConfig
-    from edgeshrink.serve.metrics import Metrics
+    from edgeshrink.serve.metrics import ClassifierMetrics
     from edgeshrink.serve.watch import RouterWatch
 
     router = Router.from_bundle(device, None)
-    watch = RouterWatch(device, router, MonitorConfig(recalibrate=True), Metrics(), log=lambda m: None)
+    watch = RouterWatch(device, router, MonitorConfig(recalibrate=True), ClassifierMetrics(), log=lambda m: None)
     rng = np.random.default_rng(1)
     probs = rng.dirichlet([1, 1], 200)
     sample = [(p, p[::-1] if i % 5 == 0 else p, False, False) for i, p in enumerate(probs)]

@@ -131,6 +131,9 @@ def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle 
                  drift_window: Annotated[Optional[int], typer.Option(help=config_help(MONITOR, "window", "Requests each drift test looks at."))] = None,
                  drift_p_value: Annotated[Optional[float], typer.Option(help=config_help(MONITOR, "p_value",
                                                                                     "A drift signal fires below this p-value."))] = None,
+                 route: Annotated[Optional[str], typer.Option(help=config_help(
+                     CLOUD, "route", "Who sends requests to the cloud: router (the bundle's router.json, required) | "
+                     "cloud-on-request (only requests that ask: cloud_only, or edgeshrink.route \"cloud\")."))] = None,
                  ) -> None:
     """Serve the device bundle over HTTP, escalating to the cloud per router.json, falling back when it fails."""
     from edgeshrink import tasks
@@ -141,7 +144,7 @@ def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle 
                    "connect_timeout_s": connect_timeout_s, "read_timeout_s": read_timeout_s,
                    "breaker_failures": breaker_failures, "breaker_reset_s": breaker_reset_s,
                    "budget_texts_per_minute": cloud_budget, "api_key_env": cloud_api_key_env, "model": cloud_model,
-                   "protocol": cloud_protocol}
+                   "protocol": cloud_protocol, "route": route}
     if cloud is None and any(v is not None for v in cloud_flags.values()):
         raise EdgeshrinkError("cloud options given without --cloud URL")
     monitor_flags = {"audit_fraction": audit_fraction, "recalibrate": recalibrate, "window": drift_window,
@@ -160,7 +163,12 @@ def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle 
     impl.refuse_flags({"--cloud-protocol": protocol if protocol != "edgeshrink" else None})
     if config.port:
         bind(config.host, config.port).close()
-    serve(impl.function()(bundle, config), config.host, config.port)
+    app = impl.function()(bundle, config)
+    if config.cloud is not None:
+        typer.echo(f"escalating to {config.cloud.url}: " + (
+            "only requests that ask for the cloud (--route cloud-on-request)" if config.cloud.route == "cloud-on-request"
+            else f"as {bundle}'s router.json decides"))
+    serve(app, config.host, config.port)
 
 
 def register(app: typer.Typer) -> None:

@@ -37,7 +37,7 @@ from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.serve.batcher import MicroBatcher
 from edgeshrink.serve.config import ServeConfig
 from edgeshrink.serve.gate import Gate, Guard, error_response, protected, route_label
-from edgeshrink.serve.metrics import Metrics
+from edgeshrink.serve.metrics import ClassifierMetrics, Metrics
 
 
 DOCS_ASSETS = "/docs-assets"
@@ -146,7 +146,7 @@ def build_app(title: str, model_name: str, labels: list[str], infer, config: Ser
     """The shared HTTP layer. ``infer(texts)`` runs in the micro-batcher's thread and returns one row per
     text; ``answer(request, texts, rows, cut, started)`` turns a request's rows into TextResults.
     ``batcher``: the class that batches concurrent texts (MicroBatcher; Ray Serve's: ray_engine.ServeBatcher)."""
-    metrics = Metrics()
+    metrics = ClassifierMetrics()
     state = {"ready": False}
 
     @asynccontextmanager

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from edgeshrink.config import Config
+from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.route.monitor import MonitorConfig
 
 
@@ -51,6 +52,9 @@ class CloudConfig(Config):
     # Protocol (KServe v2) of Triton, KServe, Seldon and serve-cloud, which needs the model's name below
     protocol: Literal["edgeshrink", "v2"] = "edgeshrink"
     model: str | None = None  # the model name the cloud serves (v2; language models: the OpenAI-compatible one)
+    # who decides what goes to the cloud: "router", the bundle's router.json (required), or "cloud-on-request":
+    # only requests that ask for it (classifiers: cloud_only; language models: edgeshrink.route "cloud")
+    route: Literal["router", "cloud-on-request"] = "router"
 
     @field_validator("url")
     @classmethod
@@ -61,6 +65,13 @@ class CloudConfig(Config):
         if parsed.scheme not in ("http", "https") or not parsed.netloc:
             raise ValueError(f"the cloud URL must be http(s)://host[:port], got {url!r}")
         return url.rstrip("/")
+
+
+def no_router(bundle, calibrate: str) -> EdgeshrinkError:
+    """The one-line refusal of a device service given a cloud but no router to decide what goes there."""
+    return EdgeshrinkError(f"{bundle} has no router.json to decide what goes to the cloud: calibrate one with "
+                           f"`{calibrate}`, or pass --route cloud-on-request to send the cloud only the requests "
+                           f"that ask for it")
 
 
 class LLMConfig(Config):

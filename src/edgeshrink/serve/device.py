@@ -10,7 +10,7 @@ import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.serve.app import TextResult, build_app, check_text_model, predict_rows, probabilities_dict
-from edgeshrink.serve.config import ServeConfig
+from edgeshrink.serve.config import ServeConfig, no_router
 from edgeshrink.serve.gate import protected
 from edgeshrink.serve.watch import RouterWatch
 
@@ -30,19 +30,23 @@ def device_app(bundle: str | Path, config: ServeConfig, faults: Path | None = No
     predictor = load(bundle, threads=config.threads)  # checks every file's hash
     check_text_model(predictor)
     labels = list(predictor.labels)
-    # With a cloud, router.json is required (read_router refuses a missing or edited one); without one, a
-    # router present still gives calibrated confidences, with nowhere to escalate.
-    router = None
-    if config.cloud is not None or has_router(bundle):
-        router = Router(predictor, None, read_router(bundle))
+    # With a cloud, router.json decides what goes there and is required (read_router refuses an edited one),
+    # unless the cloud answers only the texts that ask for it (cloud-on-request); a router present still gives
+    # calibrated confidences.
+    on_request = config.cloud is not None and config.cloud.route == "cloud-on-request"
+    if config.cloud is not None and not on_request and not has_router(bundle):
+        raise no_router(bundle, f"edgeshrink route calibrate --device {bundle} --cloud CLOUD_BUNDLE --data DATA")
+    router = Router(predictor, None, read_router(bundle)) if has_router(bundle) else None
     if (config.monitor.audit_fraction > 0 or config.monitor.recalibrate) and config.cloud is None:
         raise EdgeshrinkError("the audit and recalibration need the cloud's answers: give --cloud URL")
+    if (config.monitor.audit_fraction > 0 or config.monitor.recalibrate) and on_request:
+        raise EdgeshrinkError("the audit and recalibration watch the router's decisions: they go with --route router")
     holder: dict = {}
 
     async def startup(app):
         if config.cloud is not None:
             holder["cloud"] = CLOUD_PROTOCOLS[config.cloud.protocol](config.cloud, app.state.metrics, labels)
-        if router is not None:
+        if router is not None and not on_request:
             holder["watch"] = RouterWatch(bundle, router, config.monitor, app.state.metrics)
 
     async def shutdown(app):
@@ -59,11 +63,15 @@ def device_app(bundle: str | Path, config: ServeConfig, faults: Path | None = No
                            unknown=None if any(r.unknown is None for r in rows) else [r.unknown for r in rows])
         watch = holder.get("watch")
         router = watch.router if watch else None  # the watch may have recalibrated it
-        if router is None:
-            scores = pred.probabilities.max(axis=1)
-            reasons, escalate = ["no router"] * len(texts), [False] * len(texts)
-        else:
+        if router is not None and not on_request:
             scores, reasons, escalate = router.decide(pred, body.private, body.cloud_only)
+        else:
+            scores = router.decide(pred)[0] if router is not None else pred.probabilities.max(axis=1)
+            reasons, escalate = ["no router"] * len(texts), [False] * len(texts)
+            if on_request:  # only the texts that ask for the cloud go there
+                escalate = list(body.cloud_only or escalate)
+                reasons = ["cloud only" if up else "private" if private else "cloud on request"
+                           for up, private in zip(escalate, body.private or [False] * len(texts))]
         up = [i for i, e in enumerate(escalate) if e]
         cloud = holder.get("cloud")
         answered, fallback_reason = {}, None  # the cloud's answers: text index -> (label, probabilities)
@@ -92,6 +100,7 @@ def device_app(bundle: str | Path, config: ServeConfig, faults: Path | None = No
     def ready_info():
         cloud, watch = holder.get("cloud"), holder.get("watch")
         return {"router": router is not None, "cloud": config.cloud.url if config.cloud else None,
+                "route": config.cloud.route if config.cloud else None,
                 "breaker": cloud.breaker.state if cloud else None, **({"drift": watch.status()} if watch else {})}
 
     app = build_app("device service", Path(bundle).name, labels, predict_rows(predictor), config, answer,

@@ -24,9 +24,11 @@ class OpenAICloud(CloudConnection):
     def __init__(self, config: CloudConfig, metrics=None):
         headers = {"Authorization": f"Bearer {os.environ.get(config.api_key_env, '')}"} if config.api_key_env else {}
         super().__init__(config, metrics, headers)
+        self.name = config.model or "cloud"  # the model asked for, until the cloud's chunks name theirs
 
     def stream(self, path: str, payload: dict):
-        """(text piece, finish_reason or None) from the cloud's stream, as an async iterator; see the module doc."""
+        """(text piece, finish_reason or None, the model the chunk names) from the cloud's stream, as an async
+        iterator; see the module doc."""
         payload = {**payload, "stream": True, **({"model": self.config.model} if self.config.model else {})}
 
         async def attempt():
@@ -39,26 +41,29 @@ class OpenAICloud(CloudConnection):
                     data = line[5:].strip()
                     if data == "[DONE]":
                         return
-                    piece, finish = _piece(data)
+                    piece, finish, model = _piece(data)
                     if piece is None:
                         raise AttemptFailed("bad_response", retry=False)
                     if piece or finish:
-                        yield piece, finish
+                        yield piece, finish, model or self.name
             raise AttemptFailed("stream_broken")  # ended without [DONE]
 
         return self.exchange(1, attempt)
 
 
-def _piece(data: str) -> tuple[str | None, str | None]:
-    """The text and finish reason of one OpenAI stream chunk (chat or completion); (None, None) if malformed."""
+def _piece(data: str) -> tuple[str | None, str | None, str | None]:
+    """The text, finish reason and model name of one OpenAI stream chunk (chat or completion); (None, None, None)
+    if malformed."""
     try:
-        choice = json.loads(data)["choices"][0]
+        chunk = json.loads(data)
+        choice = chunk["choices"][0]
         text = choice["delta"].get("content") if "delta" in choice else choice.get("text")
         if text is not None and not isinstance(text, str):
-            return None, None
-        return text or "", choice.get("finish_reason")
+            return None, None, None
+        model = chunk.get("model")
+        return text or "", choice.get("finish_reason"), model if isinstance(model, str) and model else None
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
-        return None, None
+        return None, None, None
 
 
 class HTTPTarget:

@@ -8,7 +8,12 @@
 
 Responses and stream chunks (server-sent events, ``data: {...}`` then ``data: [DONE]``) follow OpenAI's
 shapes, so the official ``openai`` client works; each also carries ``edgeshrink``: who answered
-(``device``, ``cloud``, ``device-fallback``), the device's calibrated confidence, and why it fell back.
+(``device``, ``cloud``, ``device-fallback``), why, the device's calibrated confidence, and why it fell back.
+``model`` names the model that wrote the text: the cloud's (as its answer names it) when the cloud answered,
+the device's when it answered or finished an answer the cloud broke off; in a stream, each chunk its own.
+With a cloud, the device service needs the bundle's router.json, or ``--route cloud-on-request`` (the cloud
+answers only requests with ``edgeshrink.route: "cloud"``). ``/metrics`` adds tokens, time to first token
+and time per output token by who answered (serve/metrics.py's ``LLMMetrics``).
 
 A request passes three stages, one module each:
 - ``request.py``: parse and check it, render the chat or prompt into token ids and a device request;

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections import OrderedDict
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,13 +19,13 @@ from edgeshrink.route.router import has_router, read_router
 from edgeshrink.runtime.generate import Generator
 from edgeshrink.runtime.speculative import CachedModel, Sampling as SpecSampling, distribution
 from edgeshrink.serve.app import ErrorResponse, base_app
-from edgeshrink.serve.config import ServeConfig
+from edgeshrink.serve.config import ServeConfig, no_router
 from edgeshrink.serve.gate import protected
 from edgeshrink.serve.llm.render import Render
 from edgeshrink.serve.llm.request import ChatRequest, CompletionRequest, Refused, SpeculateRequest, prepare
 from edgeshrink.serve.llm.routing import Engine, Routing
 from edgeshrink.serve.llm_client import OpenAICloud
-from edgeshrink.serve.metrics import Metrics
+from edgeshrink.serve.metrics import LLMMetrics
 
 
 def llm_device_app(bundle: str | Path, config: ServeConfig, faults: Path | None = None):
@@ -39,16 +40,20 @@ def llm_cloud_app(bundle: str | Path, config: ServeConfig, faults: Path | None =
 
 def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cloud"], faults: Path | None = None):
     """The OpenAI-compatible service on an LLM bundle (see the package doc)."""
+    on_request = role == "device" and config.cloud is not None and config.cloud.route == "cloud-on-request"
+    if role == "device" and config.cloud is not None and not on_request and not has_router(bundle):
+        raise no_router(bundle, f"edgeshrink route calibrate --device {bundle} --cloud CLOUD_BUNDLE --data PROMPTS "
+                                f"--task open --label-free --signal mean-logprob")
     generator = Generator(bundle, threads=config.threads)
-    engine = Engine(generator)
+    metrics = LLMMetrics()
+    engine = Engine(generator, on_model_cpu=metrics.model_cpu.inc)
     name = config.llm.model_name or Path(bundle).name
-    metrics = Metrics()
     state = {"ready": False}
     router = read_router(bundle) if role == "device" and has_router(bundle) else None
     if router is not None and config.cloud is not None and router["signal"] not in ANSWER_SIGNALS:
         raise EdgeshrinkError(f"{bundle}'s router uses {router['signal']!r}, which free generations do not "
                               f"give: calibrate it with --signal {' | '.join(ANSWER_SIGNALS)}")
-    routing = Routing(engine, role, router, metrics)
+    routing = Routing(engine, role, router, metrics, on_request=on_request, name=name)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -63,6 +68,7 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
 
     def ready_info():
         return {"router": routing.router is not None, "cloud": config.cloud.url if config.cloud else None,
+                "route": config.cloud.route if config.cloud else None,
                 "breaker": routing.cloud.breaker.state if routing.cloud else None,
                 "context_length": generator.context_length}
 
@@ -76,6 +82,7 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "edgeshrink"}]}
 
     async def respond(request: Request, body, path: str, kinds: tuple[str, str]):
+        received = time.perf_counter()
         try:
             prepared = await prepare(body, path, generator, name, config.llm)
         except Refused as refused:
@@ -85,7 +92,7 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
             return error(422, refusal, path)
         cancel = threading.Event()
         return await render.respond(request, body, path, kinds, routing.answer(prepared, cancel), prepared.ids,
-                                    cancel)
+                                    cancel, received)
 
     @protected(app, "/v1/chat/completions", response_model=dict, responses=responses)
     async def chat_completions(body: ChatRequest, request: Request):
@@ -119,12 +126,14 @@ def install_speculate(app, engine: Engine, max_sessions: int, metrics, error, re
 
         def run():
             with engine.lock:
+                started = time.thread_time()
                 key = body.session or ""
                 model = sessions.pop(key, None) or CachedModel(generator)
                 sessions[key] = model
                 while len(sessions) > max_sessions:
                     sessions.popitem(last=False)
                 rows = model.logits(body.tokens + body.draft, rows=len(body.draft) + 1)
+                engine.on_model_cpu(time.thread_time() - started)
             return [distribution(row, sampling) for row in rows[-(len(body.draft) + 1):]]
 
         dists = await asyncio.to_thread(run)
