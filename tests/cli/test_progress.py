@@ -55,3 +55,25 @@ def test_on_a_terminal_a_count_is_one_live_line_and_other_messages_lines_of_thei
     assert text.startswith("step 1/2 finetune ...\n\rstep 1/2 finetune: train 1/4\x1b[K\r")
     assert "train 2/4 (about 2 s left)\x1b[K" in text
     assert text.endswith("\rstep 1/2 finetune: train 4/4\x1b[K\nstep 2/2 export ...\n")
+
+
+def test_every_count_for_a_status_line_with_the_time_left():
+    lines, now = [], [0.0]
+    show = CountedLines(lines.append, clock=lambda: now[0], every=True)
+    for i in range(20):
+        now[0] += 1.0
+        show(f"prompts answered and checked {i + 1}/20")
+    assert len(lines) == 20 and lines[9] == "prompts answered and checked 10/20 (about 10 s left)"
+
+
+def test_a_log_line_is_neither_wrapped_nor_read_as_markup():
+    import io
+
+    from rich.console import Console
+
+    from edgeshrink.cli._common import log_line
+
+    out = io.StringIO()
+    line = "calibration split: prompts answered and checked 12/314 [device] (about 1234 s left)" + " x" * 40
+    log_line(Console(file=out, width=80), line)
+    assert out.getvalue() == line + "\n"

@@ -65,8 +65,42 @@ def test_calibrate_and_eval_an_open_prompt_router(pair, tmp_path):
     # Without held-out prompts the eval refuses to reuse the calibration rows; bad options are one line.
     result = runner.invoke(app, ["route", "eval", "--device", str(root / "device"), "--cloud", str(root / "cloud")])
     assert result.exit_code == 2 and "held-out prompts" in result.output
-    for extra in (["--signal", "max-prob"], []):
+    for extra in (["--signal", "max-prob"], ["--policy", "accuracy", "--max-drop", "0.01"]):
         result = runner.invoke(app, ["route", "calibrate", "--device", str(root / "device"), "--cloud",
-                                     str(root / "cloud"), "--data", str(calibration), "--label-column", "", "--task", "open", "--policy",
-                                     "budget", "--budget", "0.4", *extra, *(["--label-free"] if extra else [])])
+                                     str(root / "cloud"), "--data", str(calibration), "--label-column", "", "--task",
+                                     "open", "--policy", "budget", "--budget", "0.4", *extra])
         assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+
+
+def test_task_open_calibrates_on_the_built_in_prompts_with_progress_in_a_log(pair, tmp_path, monkeypatch):
+    """--task open without --data: the built-in open-prompts (here from 400 stand-in headlines), label-free on
+    mean-logprob by default; in a log (CliRunner is not a terminal) the per-prompt progress is a dozen lines with
+    the time left, for calibrate and eval alike (issue 27)."""
+    import shutil
+
+    from edgeshrink.data import builtin
+
+    root, _, _ = pair
+    topics = ("business", "entertainment", "politics", "sport", "tech")
+    heads = [f"{p} {i}" for i, p in enumerate(prompts(400, 7))]
+    monkeypatch.setattr(builtin, "_bbc_articles",
+                        lambda: [(topics[i % 5], f"{topics[i % 5]}/{i:03d}", f"{h}\n\nbody") for i, h in enumerate(heads)])
+    builtin.prepare("open-prompts")
+    device = shutil.copytree(root / "device", tmp_path / "device")
+    runner = CliRunner()
+    result = runner.invoke(app, ["route", "calibrate", "--device", str(device), "--cloud", str(root / "cloud"),
+                                 "--task", "open", "--policy", "budget", "--budget", "0.4", "--answer-tokens", "6"])
+    assert result.exit_code == 0, result.output
+    router = json.loads((device / "router.json").read_text())
+    assert router["data"]["name"] == "open-prompts" and router["label_free"] and router["signal"] == "mean-logprob"
+    n = router["n"]
+    assert n == 60  # the calibration split: 15% of 400
+    done = [line for line in result.output.splitlines() if "prompts answered and checked" in line]
+    assert done[0].startswith("calibration split: prompts answered") and done[0].endswith(f" 1/{n}")
+    assert done[-1].endswith(f" {n}/{n}") and 10 <= len(done) <= 13, done
+    assert all("s left)" in line for line in done[1:-1]) and "loading the device and cloud models" in result.output
+    result = runner.invoke(app, ["route", "eval", "--device", str(device), "--cloud", str(root / "cloud")])
+    assert result.exit_code == 0, result.output
+    assert "open-prompts" in result.output and "routing the test split: prompts answered" in result.output
+    assert "give --data" in runner.invoke(app, ["route", "calibrate", "--device", str(device), "--cloud",
+                                                str(root / "cloud"), "--policy", "budget", "--budget", "0.4"]).output

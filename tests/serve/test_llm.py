@@ -108,6 +108,19 @@ def test_openai_client_streams_from_both_services(start, llm_bundles):
     assert whole.model == "cloud" and whole.model_extra["edgeshrink"]["reason"] == "cloud only"
 
 
+def test_a_cloud_without_a_router_is_refused_in_one_line(llm_bundles):
+    """--cloud without router.json (and without --route cloud-on-request) does not start (issue 27)."""
+    from typer.testing import CliRunner
+
+    from edgeshrink.cli import app
+
+    result = CliRunner().invoke(app, ["serve", str(llm_bundles / "device"), "--cloud", "http://127.0.0.1:9",
+                                      "--cloud-model", "cloud", "--port", "0"])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+    assert "has no router.json" in result.output and "--task open" in result.output
+    assert "--route cloud-on-request" in result.output
+
+
 def test_the_router_decides_who_answers(start, llm_bundles, tmp_path):
     cloud = start("serve-cloud", llm_bundles / "cloud", "--port", 0, "--rate", 0)
     answers = {}

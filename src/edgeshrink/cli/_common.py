@@ -80,9 +80,9 @@ class CountedLines:
 
     COUNT = re.compile(r"^(?P<what>.*?)(?P<done>\d+)/(?P<total>\d+)$")
 
-    def __init__(self, echo=None, clock=time.monotonic):
+    def __init__(self, echo=None, clock=time.monotonic, every: bool = False):
         self.echo = echo or (lambda line: typer.echo(line, err=True))
-        self.clock, self.counts = clock, {}
+        self.clock, self.counts, self.every = clock, {}, every  # every: each count (a status line it replaces)
 
     def __call__(self, message: str) -> None:
         count = self.COUNT.match(str(message))
@@ -91,7 +91,7 @@ class CountedLines:
             return
         what, done, total, now = count["what"], int(count["done"]), int(count["total"]), self.clock()
         started, first, shown, shown_at = self.counts.get(what, (now, done, None, now))
-        if shown is None or done >= total or done - shown >= max(1, total // 10) or now - shown_at >= 30:
+        if self.every or shown is None or done >= total or done - shown >= max(1, total // 10) or now - shown_at >= 30:
             self.echo(message + time_left(started, first, done, total, now))
             shown, shown_at = done, now
         self.counts[what] = (started, first, shown, shown_at)
@@ -136,19 +136,25 @@ def progress_lines():
 
 
 def status_progress(status, text):
-    """A rich status's update for a terminal; in a log (not a terminal, where a status shows nothing), the
-    same text as CountedLines."""
+    """A rich status's update for a terminal, at each count with the time left; in a log (not a terminal, where
+    a status shows nothing), the same text as CountedLines."""
     if status.console.is_terminal:
-        return lambda *args: status.update(text(*args))
-    lines = CountedLines(status.console.print)
+        lines = CountedLines(status.update, every=True)
+    else:
+        lines = CountedLines(functools.partial(log_line, status.console))
     return lambda *args: lines(text(*args))
+
+
+def log_line(console, line: str) -> None:
+    """One line as written: rich would wrap it at 80 columns in a log and read "[...]" as markup."""
+    console.print(line, soft_wrap=True, markup=False, highlight=False)
 
 
 def progress_callback(progress):
     """Adapt a rich Progress to bench's step(description, advance, total) callback."""
     tasks = {}
     live = progress.console.is_terminal  # in a log (CI, a pipe) print one line per step instead of a bar
-    lines = CountedLines(progress.console.print)
+    lines = CountedLines(functools.partial(log_line, progress.console))
 
     def step(description: str, advance: int = 0, total: int | None = None) -> None:
         if total is not None:

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeshrink.cli._common import (HELP_STYLE, DataOpt, JsonOut, LabelCol, LabelMap, TextCol, config_help, data_config, fail,
+from edgeshrink.cli._common import (HELP_STYLE, JsonOut, LabelCol, LabelMap, TextCol, config_help, data_config, fail,
                                     handled, status_progress, write_json)
 
 route_app = typer.Typer(no_args_is_help=True, **HELP_STYLE, help="Route requests between the device model and the cloud model.")
@@ -44,7 +44,10 @@ def _num(value, digits: int = 4) -> str:
 
 @route_app.command("calibrate")
 @handled
-def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
+def calibrate(device: DeviceOpt, cloud: CloudOpt,
+              data: Annotated[Optional[str], typer.Option("--data", help="Built-in data set name, CSV/JSONL file, or "
+                                                          "load_from_disk dir (--task open: default open-prompts, "
+                                                          "the built-in chat prompts).")] = None,
               policy: Annotated[Optional[str], typer.Option(help=config_help(ROUTE, "policy", "budget | accuracy | risk | risk+budget."))] = None,
               alpha: Annotated[Optional[float], typer.Option(help="risk: tolerated error rate among device answers.")] = None,
               delta: Annotated[Optional[float], typer.Option(help=config_help(ROUTE, "delta", "risk: allowed probability the bound fails."))] = None,
@@ -69,11 +72,11 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
                                                                                     "examples shown in the prompt."))] = None,
               task: Annotated[Optional[str], typer.Option(help=config_help(ROUTE, "task", "Language models: classify (a "
                                                           "labelled task) | open (free answers; label-free agreement "
-                                                          "with the cloud)."))] = None,
+                                                          "with the cloud, on mean-logprob unless --signal says)."))] = None,
               answer_tokens: Annotated[Optional[int], typer.Option(help=config_help(ROUTE, "answer_tokens", "task open: the device's answer length."))] = None,
               text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None, json_out: JsonOut = None) -> None:
     """Fit temperature and threshold on the calibration split; write router.json into the device bundle."""
-    from edgeshrink.route.calibrate import RouteConfig, calibrate as run
+    from edgeshrink.route.calibrate import DEFAULT_DATA, RouteConfig, calibrate as run
 
     cost = {k: v for k, v in {"cloud_latency_ms": cloud_latency_ms, "network_rtt_ms": network_rtt_ms,
                               "cloud_cost_per_1000": cloud_cost_per_1000, "device_latency_ms": device_latency_ms,
@@ -83,6 +86,10 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
                                temperature_scaling=False if no_temperature else None, cost=cost or None,
                                escalate_truncated=False if keep_truncated else None, task=task,
                                answer_tokens=answer_tokens)
+    data = data or DEFAULT_DATA.get(config.task)
+    if data is None:
+        raise fail("give --data: the data to calibrate on (a built-in data set name, CSV/JSONL file or "
+                   "load_from_disk dir)")
     if prompt is not None or few_shot is not None:
         from edgeshrink.route.prompts import PROMPTS, PromptConfig, read_prompt
 
@@ -93,7 +100,7 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt, data: DataOpt,
 
     with Console(stderr=True).status("calibrating") as status:
         router = run(device, cloud, data_config(data, text_column, label_column, label_map), config,
-                     progress=status_progress(status, lambda step: f"calibration split, {step}"))
+                     progress=status_progress(status, lambda step: f"calibration split: {step}"))
     cal = router["calibration"]
     fit = cal["temperature_fit"]
     typer.echo(f"router ({router['policy']['policy']}, {router['signal']}) written to {device / 'router.json'}")
@@ -141,7 +148,7 @@ def evaluate(device: DeviceOpt, cloud: CloudOpt,
     console = Console(stderr=True)
     with console.status("routing the test split") as status:
         report = run(device, cloud, given, config, plots=plots,
-                     progress=status_progress(status, lambda step: f"predicted {step}"))
+                     progress=status_progress(status, lambda step: f"routing the test split: {step}"))
     out = Console()
     if report.get("task") == "open":
         return _print_open(out, report, json_out)

@@ -22,7 +22,7 @@ from typing import Literal
 
 import numpy as np
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edgeshrink import tasks
 from edgeshrink.config import Config
@@ -54,6 +54,19 @@ class RouteConfig(PolicyConfig):
     # label-free: does the cloud agree with the device's greedy answer of at most answer_tokens tokens)
     task: Literal["classify", "open"] = "classify"
     answer_tokens: int = Field(32, ge=1, le=512)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _open_defaults(cls, values):
+        """Open prompts have no right answer and no label distribution: unless told otherwise they are routed
+        label-free (agreement with the cloud) on the mean log-probability of the answer's tokens."""
+        if isinstance(values, dict) and values.get("task") == "open":
+            values = {"label_free": True, "signal": "mean-logprob", **values}
+        return values
+
+
+# The built-in data each task calibrates on when none is given (classify: none, the user's task decides).
+DEFAULT_DATA = {"open": "open-prompts"}
 
 
 def label_ids(labels: list[str], names: list[str], where: str) -> np.ndarray:

@@ -32,6 +32,9 @@ from edgeshrink.runtime.speculative import check_same_vocabulary
 from edgeshrink.stats import accuracy_interval
 
 
+PROMPTS_DONE = "prompts answered and checked"  # progress: "... 12/314" (the device answers, the cloud checks)
+
+
 @dataclass
 class OpenAnswers:
     texts: list[str]  # the device's answers
@@ -97,13 +100,15 @@ def calibrate_open(device, cloud, part, config, progress=None) -> dict:
                               "answer agreeing with the cloud's)")
     if config.signal not in ANSWER_SIGNALS:
         raise EdgeshrinkError(f"open prompts are routed on an answer signal: --signal {' | '.join(ANSWER_SIGNALS)}")
+    if progress is not None:
+        progress("loading the device and cloud models")
     device_gen, cloud_gen = load(device), load(cloud) if not hasattr(cloud, "logits") else cloud
     for model, what in ((device_gen, "device"), (cloud_gen, "cloud")):
         if not generates(model):
             raise EdgeshrinkError(f"task open needs language-model bundles; the {what} is not one")
     template = config.prompt.user if config.prompt else "{text}"
     answers = open_answers(device_gen, cloud_gen, list(part.texts), config.answer_tokens, template,
-                           None if progress is None else lambda d, t: progress(f"{d}/{t}"))
+                           None if progress is None else lambda d, t: progress(f"{PROMPTS_DONE} {d}/{t}"))
     keep = ~np.array(answers.truncated) if config.escalate_truncated else np.ones(len(part), bool)
     raw = answers.signals[config.signal][keep]
     agree = answers.agree[keep]
@@ -136,9 +141,12 @@ def evaluate_open(device, cloud, data, config, router: dict, plots=None, progres
     examples = load_data(data)
     test = split_examples(examples, policy_split(router)).test if examples.label_names else examples
     same = bool(recorded.get("unlabelled")) and recorded.get("source") == examples.source.source
-    answers = open_answers(load(device), load(cloud), list(test.texts), int(router["answer_tokens"]),
+    if progress is not None:
+        progress("loading the device and cloud models")
+    device_gen, cloud_gen = load(device), load(cloud)
+    answers = open_answers(device_gen, cloud_gen, list(test.texts), int(router["answer_tokens"]),
                            router.get("template", "{text}"), None if progress is None else
-                           lambda d, t: progress(f"{d}/{t}"))
+                           lambda d, t: progress(f"{PROMPTS_DONE} {d}/{t}"))
     fitted = {"temperature": float(router["temperature"]), "bias": router["bias"]}
     signal = router["signal"]
     scores = confidence_scores(signal, np.zeros((len(test), 2)), answers.signals, fitted)

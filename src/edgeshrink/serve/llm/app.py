@@ -42,8 +42,8 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
     """The OpenAI-compatible service on an LLM bundle (see the package doc)."""
     on_request = role == "device" and config.cloud is not None and config.cloud.route == "cloud-on-request"
     if role == "device" and config.cloud is not None and not on_request and not has_router(bundle):
-        raise no_router(bundle, f"edgeshrink route calibrate --device {bundle} --cloud CLOUD_BUNDLE --data PROMPTS "
-                                f"--task open --label-free --signal mean-logprob")
+        raise no_router(bundle, f"edgeshrink route calibrate --device {bundle} --cloud CLOUD_BUNDLE --task open "
+                                f"--policy budget --budget 0.3")
     generator = Generator(bundle, threads=config.threads)
     metrics = LLMMetrics()
     engine = Engine(generator, on_model_cpu=metrics.model_cpu.inc)
