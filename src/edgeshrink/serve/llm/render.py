@@ -68,9 +68,9 @@ class Render:
         if not body.stream:
             texts, end, first_at = [], {}, None
             try:
-                async for piece, model in pieces:
+                async for piece, about in pieces:  # (text, the model that wrote it), last (None, the end's facts)
                     if piece is None:
-                        end = model
+                        end = about
                     elif piece:
                         first_at = first_at or time.perf_counter()
                         texts.append(piece)
@@ -81,8 +81,8 @@ class Render:
                 text = text.split(stop, 1)[0]
             usage = self.record(end, ids, text, received, first_at)
             self.metrics.requests.labels(path=path, status="200").inc()
-            model = end.pop("model")
-            return JSONResponse(self.payload(kinds[0], text, end.pop("finish"), request_id, model, end, usage))
+            return JSONResponse(self.payload(kinds[0], text, end.pop("finish"), request_id, end.pop("model"), end,
+                                             usage))
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return StreamingResponse(self.events(request, path, kinds[1], pieces, ids, cancel, request_id, include_usage,
                                              received),
@@ -93,7 +93,7 @@ class Render:
                      received: float):
         first, texts, first_at = True, [], None
         try:
-            async for piece, model in pieces:
+            async for piece, about in pieces:  # (text, the model that wrote it), last (None, the end's facts)
                 if await request.is_disconnected():
                     cancel.set()
                     self.metrics.rejected.labels(reason="client_disconnected").inc()
@@ -102,10 +102,10 @@ class Render:
                     if piece:
                         first_at = first_at or time.perf_counter()
                         texts.append(piece)
-                        yield sse(self.payload(kind, piece, None, request_id, model, first=first))
+                        yield sse(self.payload(kind, piece, None, request_id, about, first=first))
                         first = False
                     continue
-                end = model
+                end = about
                 usage = self.record(end, ids, "".join(texts), received, first_at)
                 yield sse(self.payload(kind, None, end.pop("finish"), request_id, end.pop("model"), end,
                                        usage if include_usage else None, first=first))
