@@ -287,6 +287,13 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
              top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
              top_k: Annotated[int, typer.Option(help="Sample among the k most likely (0: all).")] = 0,
              seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
+             repetition_penalty: Annotated[Optional[float], typer.Option(help="Divide the logits of tokens the answer "
+                                                                     "already has (1: off) [default: the runtime's, "
+                                                                     "edgeshrink.runtime.sampling]")] = None,
+             frequency_penalty: Annotated[float, typer.Option(help="OpenAI's: logit -= this x the token's count in "
+                                                              "the answer (-2..2).")] = 0.0,
+             presence_penalty: Annotated[float, typer.Option(help="OpenAI's: logit -= this if the token is in the "
+                                                             "answer (-2..2).")] = 0.0,
              stop: Annotated[Optional[list[str]], typer.Option(help="Stop when this text appears (repeatable).")] = None,
              threads: Annotated[Optional[int], typer.Option(help="Intra-op threads.")] = None,
              draft: Annotated[Optional[Path], typer.Option(help="Speculative decoding: a smaller bundle with the same "
@@ -298,7 +305,11 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
 
     from edgeshrink.runtime import load
     from edgeshrink.runtime.generate import Generator
+    from edgeshrink.runtime.sampling import DEFAULT_REPETITION_PENALTY, Sampling
 
+    sampling = Sampling(temperature, top_k, top_p, DEFAULT_REPETITION_PENALTY if repetition_penalty is None
+                        else repetition_penalty, frequency_penalty, presence_penalty)
+    sampling.check()  # before the bundle loads
     if stop is not None and "" in stop:  # found at every position: it would end the answer before its first token
         raise fail("--stop: a stop string cannot be empty")
     llm = load(bundle, threads=threads)
@@ -309,13 +320,15 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
             raise fail("--draft generates one answer: give a prompt")
         if stop:
             raise fail("--stop does not apply with --draft")
-        return _speculate(llm, Generator(draft, threads=threads), prompt, chat, max_new_tokens or 128, temperature, top_p,
-                          top_k, seed, draft_tokens, json_out)
+        return _speculate(llm, Generator(draft, threads=threads), prompt, chat, max_new_tokens or 128, sampling,
+                          seed, draft_tokens, json_out)
     if chat and llm.chat_template is None:
         raise fail(f"{bundle} has no chat template: run without --chat")
     if not chat and prompt is None:
         raise fail("give a prompt, or --chat")
-    options = dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()))
+    options = dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()),
+                   repetition_penalty=sampling.repetition_penalty, frequency_penalty=frequency_penalty,
+                   presence_penalty=presence_penalty)
     messages: list[dict] = []
     turns = []
     if chat and prompt is None:
@@ -343,11 +356,10 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
     write_json(json_out, {"bundle": str(bundle), "turns": turns})
 
 
-def _speculate(target, draft, prompt, chat, max_new_tokens, temperature, top_p, top_k, seed, draft_tokens,
-               json_out) -> None:
+def _speculate(target, draft, prompt, chat, max_new_tokens, sampling, seed, draft_tokens, json_out) -> None:
     import sys
 
-    from edgeshrink.runtime.speculative import LocalTarget, Sampling, check_same_vocabulary, speculate
+    from edgeshrink.runtime.speculative import LocalTarget, check_same_vocabulary, speculate
 
     check_same_vocabulary(draft, target)
     shown = [""]
@@ -358,8 +370,7 @@ def _speculate(target, draft, prompt, chat, max_new_tokens, temperature, top_p, 
         shown[0] = text
 
     request = [{"role": "user", "content": prompt}] if chat else prompt
-    result = speculate(draft, LocalTarget(target), request, max_new_tokens, Sampling(temperature, top_k, top_p),
-                       k=draft_tokens, seed=seed, stream=show)
+    result = speculate(draft, LocalTarget(target), request, max_new_tokens, sampling, k=draft_tokens, seed=seed, stream=show)
     sys.stdout.write("\n")
     st = result.stats
     typer.echo(f"speculative: {st['generated']} tokens in {st['target_passes']} passes of {target.path} "

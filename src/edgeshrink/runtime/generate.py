@@ -23,7 +23,10 @@ import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError, first_line
 from edgeshrink.runtime.bundle import bundle_file, open_session, read_bundle_text, read_manifest
+from edgeshrink.runtime.sampling import DEFAULT_REPETITION_PENALTY, Sampling, distribution, log_softmax, penalized
 from edgeshrink.runtime.tasks import runtime_task
+
+__all__ = ["Generation", "Generator", "Sampling", "Token", "distribution", "log_softmax"]
 
 DEFAULT_NEW_TOKENS = 128  # with max_new_tokens None: at most this many, and never past the context
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
@@ -47,40 +50,6 @@ class Generation:
     prompt_tokens: int
     first_token_ms: float
     decode_tokens_per_s: float | None
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max()
-    return z - np.log(np.exp(z).sum())
-
-
-@dataclass(frozen=True)
-class Sampling:
-    temperature: float = 0.0  # 0: greedy
-    top_k: int = 0
-    top_p: float = 1.0
-
-    def check(self) -> None:
-        if not (self.temperature >= 0 and 0 < self.top_p <= 1 and self.top_k >= 0):  # written so that NaN fails too
-            raise EdgeshrinkError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (finite numbers)")
-
-
-def distribution(logits: np.ndarray, sampling: Sampling) -> tuple[np.ndarray, np.ndarray]:
-    """The next-token distribution a sampler with ``sampling`` draws from, as (token ids, probabilities):
-    temperature, then top-k, then top-p (nucleus). At temperature 0 it is one-hot on the argmax, so a draw from
-    it is greedy."""
-    if sampling.temperature == 0:
-        return np.array([int(np.argmax(logits))]), np.array([1.0])
-    scaled = log_softmax(logits) / sampling.temperature
-    order = np.argsort(-scaled, kind="stable")
-    if sampling.top_k:
-        order = order[:sampling.top_k]
-    probs = np.exp(scaled[order] - scaled[order].max())
-    probs /= probs.sum()
-    if sampling.top_p < 1:
-        keep = int(np.searchsorted(np.cumsum(probs), sampling.top_p)) + 1
-        order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
-    return order, probs
 
 
 class Generator:
@@ -172,10 +141,13 @@ class Generator:
         return ids
 
     def stream(self, prompt, max_new_tokens: int | None = 64, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
-               stop: list[str] | tuple = (), seed: int | None = None, ignore_eos: bool = False, info: dict | None = None):
+               stop: list[str] | tuple = (), seed: int | None = None, ignore_eos: bool = False, info: dict | None = None,
+               repetition_penalty: float = DEFAULT_REPETITION_PENALTY, frequency_penalty: float = 0.0,
+               presence_penalty: float = 0.0):
         """Yield ``Token``s as they are produced (``max_new_tokens`` None: what the context leaves, at most
-        DEFAULT_NEW_TOKENS). ``info`` (a dict) receives timings and the stop reason."""
-        sampling = Sampling(temperature, top_k, top_p)
+        DEFAULT_NEW_TOKENS). ``info`` (a dict) receives timings and the stop reason. The penalties are
+        runtime/sampling.py's, over the answer so far."""
+        sampling = Sampling(temperature, top_k, top_p, repetition_penalty, frequency_penalty, presence_penalty)
         sampling.check()
         if any(not isinstance(s, str) or not s for s in stop):
             raise EdgeshrinkError("a stop string must be a non-empty string")
@@ -190,8 +162,8 @@ class Generator:
         total, generated, text_so_far = len(ids), [], ""
         for step in range(max_new_tokens):
             row = logits[-1]
-            logprobs = log_softmax(row)
-            support, probs = distribution(row, sampling)
+            logprobs = log_softmax(row)  # the model's own, before penalties and temperature
+            support, probs = distribution(penalized(row, sampling, generated), sampling)
             token = int(rng.choice(support, p=probs))
             if step == 0:
                 info["first_token_ms"] = (time.perf_counter() - started) * 1000

@@ -9,13 +9,14 @@
 Each round the draft model proposes ``k`` tokens; the target (cloud) model scores all of them, and the
 token after them, in one forward pass over its KV cache. Acceptance follows Leviathan et al. (2023),
 Algorithm 1: draft token x is kept with probability min(1, p(x) / q(x)) (p: target, q: draft, both after
-the same temperature / top-k / top-p); at the first rejection a token is drawn from norm(max(0, p − q)),
+the same penalties and temperature / top-k / top-p); at the first rejection a token is drawn from norm(max(0, p − q)),
 and when all k are kept one more is drawn from p. The output is then distributed exactly as the target
 model's own sampling; at temperature 0 both distributions are one-hot and the rule reduces to "keep
 while the target's argmax agrees, then take the target's argmax": greedy output is token-identical.
 
-The target is anything with ``verify(tokens, draft, sampling) -> list[(ids, probs)]``: the target's
-distribution at each of the k + 1 positions, as its support and probabilities. ``LocalTarget`` runs a
+The target is anything with ``verify(tokens, draft, sampling, prompt_tokens) -> list[(ids, probs)]``: the
+target's distribution at each of the k + 1 positions, as its support and probabilities, with the penalties of
+runtime/sampling.py over the answer before each position (``tokens[prompt_tokens:]`` and the draft so far). ``LocalTarget`` runs a
 bundle in this process; ``serve.speculate_client.HTTPTarget`` asks a cloud service in one request per
 round. Both keep a KV cache of the accepted prefix, cut back to it after each round.
 
@@ -31,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.runtime.generate import Sampling, distribution
+from edgeshrink.runtime.sampling import Sampling, distribution, penalized
 
 
 class CachedModel:
@@ -82,11 +83,20 @@ class LocalTarget:
         self.model = CachedModel(generator)
         self.passes = 0
 
-    def verify(self, tokens: list[int], draft: list[int], sampling: Sampling) -> list[tuple[np.ndarray, np.ndarray]]:
-        """The target's distribution after ``tokens`` and after each drafted token: k + 1 of them."""
+    def verify(self, tokens: list[int], draft: list[int], sampling: Sampling,
+               prompt_tokens: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The target's distribution after ``tokens`` and after each drafted token: k + 1 of them (the first
+        ``prompt_tokens`` of ``tokens`` are the prompt, which the penalties do not count)."""
         rows = self.model.logits(tokens + draft, rows=len(draft) + 1)
         self.passes += 1
-        return [distribution(row, sampling) for row in rows[-(len(draft) + 1):]]
+        return verified(rows[-(len(draft) + 1):], tokens + draft, prompt_tokens, len(tokens), sampling)
+
+
+def verified(rows: np.ndarray, sequence: list[int], prompt_tokens: int, first: int, sampling: Sampling) -> list:
+    """The distributions of a target's logit ``rows`` at positions ``first``, ``first + 1``, ... of ``sequence``,
+    each penalized for the answer before it (``sequence[prompt_tokens:position]``)."""
+    return [distribution(penalized(row, sampling, sequence[prompt_tokens:first + i]), sampling)
+            for i, row in enumerate(rows)]
 
 
 @dataclass
@@ -121,7 +131,7 @@ def speculate(draft_generator, target, prompt, max_new_tokens: int = 64, samplin
         proposal, q_dists = [], []
         for _ in range(length):
             row = draft.logits(tokens + proposal)[-1]
-            ids, probs = distribution(row, sampling)
+            ids, probs = distribution(penalized(row, sampling, generated + proposal), sampling)
             token = int(rng.choice(ids, p=probs))
             q_full = np.zeros(row.shape[-1])
             q_full[ids] = probs
@@ -129,7 +139,7 @@ def speculate(draft_generator, target, prompt, max_new_tokens: int = 64, samplin
             q_dists.append(q_full)
             if token in g.eos_ids:
                 break
-        p_dists = target.verify(tokens, proposal, sampling)
+        p_dists = target.verify(tokens, proposal, sampling, len(prompt_ids))
         if len(p_dists) != len(proposal) + 1:
             raise EdgeshrinkError(f"the target answered {len(p_dists)} distributions for {len(proposal)} drafted tokens")
         accepted = 0

@@ -14,6 +14,7 @@ from pydantic import Field, field_validator
 from edgeshrink.config import Config
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.route.monitor import MonitorConfig
+from edgeshrink.runtime.sampling import DEFAULT_REPETITION_PENALTY
 
 
 class LimitsConfig(Config):
@@ -82,6 +83,8 @@ class LLMConfig(Config):
     default_max_tokens: int = Field(256, ge=1)
     model_name: str | None = None  # the name at /v1/models (default: the bundle directory's name)
     speculate_sessions: int = Field(4, ge=1)  # cloud: KV caches kept for /v1/speculate clients
+    # the repetition penalty of requests that do not give one (vLLM's extension field; 1: off)
+    repetition_penalty: float = Field(DEFAULT_REPETITION_PENALTY, gt=0, allow_inf_nan=False)
 
 
 class ServeConfig(Config):

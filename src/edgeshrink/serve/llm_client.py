@@ -76,10 +76,13 @@ class HTTPTarget:
         self.session = session or uuid.uuid4().hex
         self.passes = 0  # = round trips
 
-    def verify(self, tokens: list[int], draft: list[int], sampling) -> list[tuple[np.ndarray, np.ndarray]]:
+    def verify(self, tokens: list[int], draft: list[int], sampling,
+               prompt_tokens: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
         response = self.http.post("/v1/speculate", json={
             "tokens": tokens, "draft": draft, "temperature": sampling.temperature, "top_k": sampling.top_k,
-            "top_p": sampling.top_p, "session": self.session})
+            "top_p": sampling.top_p, "repetition_penalty": sampling.repetition_penalty,
+            "frequency_penalty": sampling.frequency_penalty, "presence_penalty": sampling.presence_penalty,
+            "prompt_tokens": prompt_tokens, "session": self.session})
         self.passes += 1
         if response.status_code != 200:
             raise EdgeshrinkError(f"the cloud refused a speculation round: HTTP {response.status_code} "

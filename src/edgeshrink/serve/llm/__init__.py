@@ -1,7 +1,8 @@
 """OpenAI-compatible language-model services: `serve-cloud` and `serve` on an LLM bundle.
 
     POST /v1/chat/completions   {"model", "messages", "max_tokens"?, "temperature"?, "top_p"?, "stream"?, "stop"?,
-                                 "seed"?, "edgeshrink"?: {"route": "auto" | "device" | "cloud"}}
+                                 "seed"?, "frequency_penalty"?, "presence_penalty"?, "repetition_penalty"?,
+                                 "edgeshrink"?: {"route": "auto" | "device" | "cloud"}}
     POST /v1/completions        {"model", "prompt", ...}             GET /v1/models
     POST /v1/speculate          (cloud) the target's distributions after a drafted continuation, one pass
     GET  /healthz, /readyz, /metrics, /docs                           as the classifier services

@@ -17,7 +17,8 @@ from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.route.confidence import ANSWER_SIGNALS
 from edgeshrink.route.router import has_router, read_router
 from edgeshrink.runtime.generate import Generator
-from edgeshrink.runtime.speculative import CachedModel, Sampling as SpecSampling, distribution
+from edgeshrink.runtime.sampling import Sampling as SpecSampling
+from edgeshrink.runtime.speculative import CachedModel, verified
 from edgeshrink.serve.app import ErrorResponse, base_app
 from edgeshrink.serve.config import ServeConfig, no_router
 from edgeshrink.serve.gate import protected
@@ -122,7 +123,10 @@ def install_speculate(app, engine: Engine, max_sessions: int, metrics, error, re
         if len(body.tokens) + len(body.draft) > generator.context_length:
             return error(400, f"{len(body.tokens) + len(body.draft)} tokens exceed the context length "
                               f"{generator.context_length}", path)
-        sampling = SpecSampling(body.temperature, body.top_k, body.top_p)
+        if body.prompt_tokens > len(body.tokens):
+            return error(422, f"prompt_tokens {body.prompt_tokens} is more than the {len(body.tokens)} tokens given", path)
+        sampling = SpecSampling(body.temperature, body.top_k, body.top_p, body.repetition_penalty,
+                                body.frequency_penalty, body.presence_penalty)
 
         def run():
             with engine.lock:
@@ -134,7 +138,8 @@ def install_speculate(app, engine: Engine, max_sessions: int, metrics, error, re
                     sessions.popitem(last=False)
                 rows = model.logits(body.tokens + body.draft, rows=len(body.draft) + 1)
                 engine.on_model_cpu(time.thread_time() - started)
-            return [distribution(row, sampling) for row in rows[-(len(body.draft) + 1):]]
+            return verified(rows[-(len(body.draft) + 1):], body.tokens + body.draft, body.prompt_tokens,
+                            len(body.tokens), sampling)
 
         dists = await asyncio.to_thread(run)
         if any(len(ids) > 4096 for ids, _ in dists):

@@ -55,8 +55,11 @@ class Sampling(Strict):
     stop: str | list[str] | None = None
     seed: int | None = Field(None, ge=0)
     user: str | None = None
-    presence_penalty: Literal[0] = 0
-    frequency_penalty: Literal[0] = 0
+    presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
+    repetition_penalty: float | None = Field(None, gt=0, allow_inf_nan=False, description="vLLM's extension: "
+                                             "divides the logits of tokens already generated (1: off; default: "
+                                             "the service's)")
     edgeshrink: RouteOptions | None = None
 
     def stops(self) -> tuple[str, ...]:
@@ -83,6 +86,11 @@ class SpeculateRequest(Strict):
     temperature: float = Field(0.0, ge=0, le=2, allow_inf_nan=False)
     top_k: int = Field(0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1, allow_inf_nan=False)
+    repetition_penalty: float = Field(1.0, gt=0, allow_inf_nan=False)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
+    presence_penalty: float = Field(0.0, ge=-2, le=2, allow_inf_nan=False)
+    prompt_tokens: int = Field(0, ge=0, description="How many of `tokens` are the prompt, which the penalties do "
+                               "not count.")
     session: str | None = Field(None, max_length=128, description="Reuse this client's KV cache between rounds.")
 
 
@@ -100,7 +108,7 @@ class Prepared:
     path: str  # the endpoint, which an escalation calls on the cloud too
     ids: list[int]  # the rendered prompt's token ids
     max_tokens: int
-    options: dict  # the generator's sampling options: temperature, top_p, seed, stop
+    options: dict  # the generator's sampling options: temperature, top_p, seed, stop, penalties
     route: str  # auto | device | cloud
     body: ChatRequest | CompletionRequest
 
@@ -114,6 +122,13 @@ class Prepared:
             payload["stop"] = body.stop
         if body.seed is not None:
             payload["seed"] = body.seed
+        # Penalties as the client asked (OpenAI's two when not 0; the extension only when given): a plain
+        # OpenAI-compatible cloud refuses a field it does not know.
+        for key in ("frequency_penalty", "presence_penalty"):
+            if getattr(body, key):
+                payload[key] = getattr(body, key)
+        if body.repetition_penalty is not None:
+            payload["repetition_penalty"] = body.repetition_penalty
         return payload
 
 
@@ -151,5 +166,8 @@ async def prepare(body: ChatRequest | CompletionRequest, path: str, generator, n
     if len(ids) + max_tokens > generator.context_length:
         raise Refused(400, f"the prompt's {len(ids)} tokens + max_tokens {max_tokens} exceed the context length "
                            f"{generator.context_length}")
-    options = {"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed, "stop": stops}
+    options = {"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed, "stop": stops,
+               "repetition_penalty": limits.repetition_penalty if body.repetition_penalty is None
+               else body.repetition_penalty,
+               "frequency_penalty": body.frequency_penalty, "presence_penalty": body.presence_penalty}
     return Prepared(path, ids, max_tokens, options, body.edgeshrink.route if body.edgeshrink else "auto", body)
