@@ -338,7 +338,7 @@ implement("quantize", "tensor-classification", "edgeshrink.compress.quantize.cla
           "edgeshrink.compress.quantize.config:QuantConfig", _CLASSIFIER_QUANT_FLAGS)
 implement("quantize", "text-generation", "edgeshrink.compress.quantize.decoder:DecoderQuantization",
           "edgeshrink.compress.quantize.config:LLMQuantConfig",
-          {**_QUANT_FLAGS, "--grid": "grid", "--head-bits": "head_bits"})
+          {**_QUANT_FLAGS, "--grid": "grid", "--head-bits": "head_bits", "--answer-prompts": "answer_prompts"})
 
 # bench (a bundle's task)
 _BENCH_CLASSIFIER_FLAGS = {"--data": "", "--threads": "threads", "--seq-lengths": "seq_lengths",
@@ -351,7 +351,7 @@ implement("bench", "tensor-classification", "edgeshrink.bench.classifier:bench_c
 implement("bench", "text-generation", "edgeshrink.bench.llm:bench_llm", "edgeshrink.bench.config:LLMBenchConfig",
           {"--threads": "threads", "--prompt-tokens": "prompt_tokens", "--new-tokens": "new_tokens",
            "--repeats": "repeats", "--peer-gguf": "peer", "--texts": "texts", "--windows": "windows",
-           "--no-quality": ""})
+           "--answers": "answers", "--no-quality": ""})
 
 # serve (the model's task): the app factory, factory(bundle, config, faults=None). The HTTP services answer
 # text: a tensor bundle is refused here. The flags are those only some tasks take (refused for the others).

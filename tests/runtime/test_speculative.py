@@ -107,3 +107,16 @@ def test_cli_generate_with_a_draft_prints_the_targets_output(pair, tmp_path):
     assert "passes of" in drafted.output and "draft acceptance" in drafted.output
     bad = runner.invoke(app, ["generate", str(target.path), "hi", "--draft", str(draft.path), "--stop", "x"])
     assert bad.exit_code == 2 and "--stop" in bad.output
+
+
+@pytest.mark.parametrize("penalties", [{"repetition_penalty": 1.4}, {"frequency_penalty": 0.8, "presence_penalty": 0.3}])
+def test_greedy_speculation_with_penalties_is_the_targets_penalized_output(pair, penalties):
+    target, draft = pair
+    sampling = Sampling(**penalties)
+    differs = 0
+    for i, prompt in enumerate(PROMPTS[:6]):
+        alone = target.generate(prompt, max_new_tokens=24, **penalties)
+        result = speculate(draft, LocalTarget(target), prompt, max_new_tokens=24, sampling=sampling, k=1 + i % 4)
+        assert result.token_ids == alone.token_ids, prompt
+        differs += alone.token_ids != target.generate(prompt, max_new_tokens=24, repetition_penalty=1.0).token_ids
+    assert differs  # the penalties changed some answers: the test sees them applied on both sides

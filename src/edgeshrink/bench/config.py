@@ -48,6 +48,10 @@ class LLMBenchConfig(Config):
     quality_threads: int = Field(2, ge=1)
     reference: str | None = None  # bundle the agreement/KL is taken against; None: the first fp32 candidate,
     #                               else the first candidate's quantization parent
+    answers: int = Field(32, ge=0)  # chat prompts every bundle answers greedily, compared with the reference's
+    #                                 answers (compress/answers.py); 0: none
+    answer_data: str = "open-prompts"  # where the prompts come from (its test part), after answers.FACTS
+    answer_tokens: int = Field(48, ge=1)  # tokens per answer, compared token for token
     peer: str = "auto"  # llama.cpp on a GGUF: "auto" (the GGUF the bundles were imported from, if
     #                     llama-cpp-python is installed), "none", "smollm2", or a .gguf path
 

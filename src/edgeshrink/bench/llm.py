@@ -332,11 +332,33 @@ def _add_quality(results, config: LLMBenchConfig, progress, notes, task) -> dict
             r["quality"] = {name: {**scores[r["name"]], "part": "test", "split_sha256": text.split["sha256"]}
                             for name, (text, scores) in scores_by_text.items()}
     if ref_name is None:
-        notes.append("no fp32 reference among the candidates (nor a recorded quantization parent): top-1 agreement "
-                     "and KL are not measured")
+        notes.append("no fp32 reference among the candidates (nor a recorded quantization parent): top-1 agreement, "
+                     "KL and answer agreement are not measured")
         return None
+    answers = _add_answers(results, config, generators, ref_name, progress, notes)
     return {"name": ref_name, "path": str(ref_path) if ref_path else next(r["path"] for r in results
-                                                                         if r["name"] == ref_name)}
+                                                                         if r["name"] == ref_name),
+            "answers": answers}
+
+
+def _add_answers(results, config: LLMBenchConfig, generators: dict, ref_name: str, progress, notes) -> dict | None:
+    """Each bundle's greedy chat answers against the reference's (compress/answers.py), with and without the
+    runtime's default penalties: ``answers`` of each candidate."""
+    from edgeshrink.compress.answers import FACTS, answer_prompts, compare_answers
+
+    if not config.answers:
+        return None
+    if any(g.chat_template is None for g in generators.values()):
+        notes.append("answers: not compared, a bundle has no chat template")
+        return None
+    prompts = answer_prompts(config.answer_data, "test", config.answers)
+    progress(f"answering {len(prompts)} prompts of {config.answer_data} (test) with {len(generators)} bundles")
+    report = compare_answers(generators, ref_name, prompts, config.answer_tokens, progress=progress)
+    for r in results:
+        if r["name"] in report["models"]:
+            r["answers"] = report["models"][r["name"]]
+    return {"data": config.answer_data, "part": "test", "prompts": len(prompts), "facts": min(len(prompts), len(FACTS)),
+            "answer_tokens": config.answer_tokens, "settings": report["settings"]}
 
 
 class _LlamaLogits:

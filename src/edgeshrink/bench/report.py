@@ -16,7 +16,8 @@ JSON schema ``edgeshrink-bench/1``, classifiers (classifier.py; all times in ms,
 JSON schema ``edgeshrink-bench-llm/1``, language models (llm.py; times in ms, sizes in bytes, rates per second):
     machine: {cpu, logical_cores, isa, python, edgeshrink}
     peak_gemm_gflops, memory_bandwidth_gbps: {threads: best measured}; *_detail: {threads: {method: value}}
-    config: LLMBenchConfig;  reference: {name, path} of the agreement/KL reference, or null
+    config: LLMBenchConfig;  reference: {name, path, answers} of the agreement/KL reference, or null; its answers:
+            {data, part, prompts, facts, answer_tokens, settings: {label: Sampling}} or null
     notes[]: plain-words remarks (peer skipped, no reference, ...)
     candidates[]: {name, path, kind (onnx-bundle | llama.cpp), precision, size_bytes, peak_rss_bytes,
                    torch_imported, same_prompt_ids_as_first, parent, gguf,
@@ -28,7 +29,9 @@ JSON schema ``edgeshrink-bench-llm/1``, language models (llm.py; times in ms, si
                               bound (memory | compute), compute_ms_per_token, memory_ms_per_token,
                               fraction_of_limit, vs_peer (tokens/s ÷ llama.cpp's: > 1 faster)},
                    quality: {text: {perplexity, bits_per_byte, nll_nats, tokens, bytes, windows,
-                                    top1_agreement, kl_to_reference (nats/token), part, split_sha256}}}
+                                    top1_agreement, kl_to_reference (nats/token), part, split_sha256}},
+                   answers: {setting (greedy | penalized): {identical, looping, facts: {share, count, n, interval},
+                             examples[]: {prompt, answer}}}}
 """
 
 from __future__ import annotations
@@ -105,6 +108,17 @@ def _quality_rows(report: dict) -> list[list[str]]:
              str(q["tokens"])] for c in report["candidates"] for text, q in (c.get("quality") or {}).items()]
 
 
+def _share(row) -> str:
+    if not row:
+        return "-"
+    return f"{100 * row['share']:.0f} [{100 * row['interval'][0]:.0f}, {100 * row['interval'][1]:.0f}]"
+
+
+def _answer_rows(report: dict) -> list[list[str]]:
+    return [[c["name"], label, _share(a["identical"]), _share(a["looping"]), _share(a.get("facts"))]
+            for c in report["candidates"] for label, a in (c.get("answers") or {}).items()]
+
+
 def _decode_rows(report: dict) -> list[list[str]]:
     rows = [[c["name"], str(r["threads"]), f"{r['tokens_per_s']:.1f}", _f(r.get("limit_tokens_per_s"), ".1f"),
              r.get("bound", "-"), _pct(r.get("fraction_of_limit"), ".0f"),
@@ -143,8 +157,21 @@ def _llm_tables(report: dict):
                _ttft_rows(report)),
               (f"Held-out text (agreement and KL against {reference})",
                ["candidate", "text", "perplexity", "bits/byte", "top-1 agree %", "KL nats/token", "tokens"],
-               _quality_rows(report)))
+               _quality_rows(report)),
+              (_answers_title(report), ["candidate", "sampling", "identical % [95% CI]", "loop %", "facts right %"],
+               _answer_rows(report)))
     return [(title, title, headers, rows) for title, headers, rows in tables]
+
+
+def _answers_title(report: dict) -> str:
+    meta = (report.get("reference") or {}).get("answers")
+    if not meta:
+        return "Chat answers"
+    penalized = meta["settings"].get("penalized")
+    penalties = ", ".join(f"{k} {v}" for k, v in (penalized or {}).items() if "penalty" in k and v not in (0, 1, 0.0))
+    return (f"Chat answers vs {report['reference']['name']} ({meta['prompts']} prompts of {meta['data']} "
+            f"({meta['part']}), {meta['facts']} factual; {meta['answer_tokens']} greedy tokens, identical = token for "
+            f"token{'; penalized: ' + penalties if penalties else ''})")
 
 
 # schema -> (header, tables, columns justified left)

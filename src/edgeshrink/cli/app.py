@@ -396,7 +396,8 @@ def bench(candidates: Annotated[list[Path], typer.Argument(help="Device bundles 
           peer_gguf: Annotated[Optional[str], task_option("bench", "--peer-gguf", "llama.cpp peer on a GGUF: auto (the bundles' GGUF source, if llama-cpp-python is installed), none, smollm2, or a .gguf path.")] = None,
           texts: Annotated[Optional[str], task_option("bench", "--texts", "Comma list of held-out texts for perplexity.")] = None,
           windows: Annotated[Optional[int], task_option("bench", "--windows", "Scored windows per text.")] = None,
-          no_quality: Annotated[bool, task_option("bench", "--no-quality", "LLM bundles: skip perplexity, agreement and KL.")] = False,
+          answers: Annotated[Optional[int], task_option("bench", "--answers", "Chat prompts each bundle answers greedily, compared token for token with the reference's (0: none).")] = None,
+          no_quality: Annotated[bool, task_option("bench", "--no-quality", "LLM bundles: skip perplexity, agreement, KL and answers.")] = False,
           json_out: JsonOut = None,
           md_out: Annotated[Optional[Path], typer.Option("--md", help="Also write the tables as Markdown here.")] = None) -> None:
     """Size, peak memory, accuracy, latency p50/p90/p99 and throughput of candidates, interleaved in one run.
@@ -425,7 +426,7 @@ def bench(candidates: Annotated[list[Path], typer.Argument(help="Device bundles 
          "--max-accuracy-examples": max_accuracy_examples, "--prompt-tokens": ints(prompt_tokens, "prompt-tokens"),
          "--new-tokens": new_tokens, "--repeats": repeats, "--peer-gguf": peer_gguf,
          "--texts": [t.strip() for t in texts.split(",") if t.strip()] if texts else None, "--windows": windows,
-         "--no-quality": no_quality or None}, extra={"quality": False} if no_quality else None)
+         "--answers": answers, "--no-quality": no_quality or None}, extra={"quality": False} if no_quality else None)
     data_cfg = data_config(data, text_column, label_column, label_map) if data else None
     with Progress(TextColumn("[bold]bench[/] {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn()) as progress:
@@ -455,6 +456,7 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
              grid: Annotated[Optional[str], task_option("quantize", "--grid", "int4: auto | gguf | rtn (auto: keep the GGUF's own codes when the model was imported from one).")] = None,
              head_bits: Annotated[Optional[int], task_option("quantize", "--head-bits", "int4: 4 or 8 bits for the embedding table and LM head (none: the GGUF's own, else 4).")] = None,
              tolerance: Annotated[Optional[float], task_option("quantize", "--tolerance", "auto: max accuracy drop in points.")] = None,
+             answer_prompts: Annotated[Optional[int], task_option("quantize", "--answer-prompts", "int4 of a language model: chat prompts both bundles answer greedily, compared token for token (0: none).")] = None,
              data: Annotated[Optional[str], typer.Option("--data", help="Data (default: the data the bundle was made "
                                                          "on, as recorded; a path given here is read with the recorded "
                                                          "columns and must give the recorded split; language models: "
@@ -472,7 +474,7 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
                                 "--calibration-samples": calibration_samples, "--block-size": block_size,
                                 "--symmetric": symmetric, "--quantize-embeddings": quantize_embeddings,
                                 "--accuracy-level": accuracy_level, "--grid": grid, "--head-bits": head_bits,
-                                "--tolerance": tolerance}, extra={"evaluate": False} if no_eval else None)
+                                "--tolerance": tolerance, "--answer-prompts": answer_prompts}, extra={"evaluate": False} if no_eval else None)
     with Progress(TextColumn("[bold]quantize[/] {task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()) as progress:
         manifest = run(bundle, out, config, data=data, force=force, progress=progress_callback(progress))

@@ -89,6 +89,11 @@ class LLMQuantConfig(_Keyed):
     head_bits: Literal[4, 8] | None = None  # cap on the embedding / LM-head bits (None: the grid's own, else 4)
     max_eval_examples: int = Field(16, ge=1)  # calibration documents scored for perplexity and agreement
     evaluate: bool = True  # score the calibration documents (source and quantized) into the manifest
+    # greedy chat answers of both bundles compared token for token (compress/answers.py): the factual questions,
+    # then prompts of answer_data's calibration part, answer_prompts in all (0: none), answer_tokens each
+    answer_prompts: int = Field(12, ge=0)
+    answer_tokens: int = Field(32, ge=1)
+    answer_data: str = "open-prompts"
 
 
 def host_target() -> str:

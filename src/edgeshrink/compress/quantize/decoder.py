@@ -111,8 +111,11 @@ class DecoderQuantization:
                 "gguf_grid": grid_report}
 
     def evaluate(self, out_dir: Path) -> dict:
-        return compare_on_text(self.bundle, out_dir, self.data or "bbc-news", self.config.max_eval_examples,
-                               self.progress)
+        evaluation = compare_on_text(self.bundle, out_dir, self.data or "bbc-news", self.config.max_eval_examples,
+                                     self.progress)
+        if self.config.answer_prompts:
+            evaluation["answers"] = compare_chat_answers(self.bundle, out_dir, self.config, self.progress)
+        return evaluation
 
     @staticmethod
     def describe(manifest: dict, out: Path) -> str:
@@ -125,7 +128,28 @@ class DecoderQuantization:
             line += (f"; {ev['data']} calibration ({ev['tokens']} tokens): perplexity {ev['perplexity']:.2f} vs "
                      f"{ev['source_perplexity']:.2f} ({100 * ev['perplexity_change']:+.1f}%), top-1 agreement "
                      f"{100 * ev['top1_agreement']:.1f}%")
+        answers = (ev or {}).get("answers")
+        if answers:
+            from edgeshrink.compress.answers import summary
+
+            said, warnings = summary(answers, "quantized")
+            line += f"; {answers['prompts']} chat answers vs the source's ({said})"
+            line += "".join(f"\nwarning: {w}" for w in warnings)
         return line
+
+
+def compare_chat_answers(source: Path, quantized: Path, config: LLMQuantConfig, progress) -> dict:
+    """Greedy chat answers of both bundles, with and without the runtime's default penalties (compress/answers.py),
+    on the calibration part of ``config.answer_data``."""
+    from edgeshrink.compress.answers import answer_prompts, compare_answers
+    from edgeshrink.runtime.generate import Generator
+
+    models = {"source": Generator(source, verify=False), "quantized": Generator(quantized, verify=False)}
+    if models["source"].chat_template is None:
+        return None
+    prompts = answer_prompts(config.answer_data, "calibration", config.answer_prompts)
+    report = compare_answers(models, "source", prompts, config.answer_tokens, progress=progress)
+    return {"data": config.answer_data, "part": "calibration", **report}
 
 
 def compare_on_text(source: Path, quantized: Path, data, documents: int, progress) -> dict:
