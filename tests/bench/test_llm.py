@@ -39,7 +39,7 @@ def llm_bundles(tmp_path_factory):
 
 def quick(text, **overrides) -> LLMBenchConfig:
     settings = dict(threads=[1], prompt_tokens=[8, 24], decode_prompt_tokens=8, new_tokens=6, repeats=2, warmup_runs=1,
-                    texts=[str(text)], windows=3, window_tokens=16, peer="none")
+                    texts=[str(text)], windows=3, window_tokens=16, peer="none", answers=0)
     return LLMBenchConfig(**{**settings, **overrides})
 
 
@@ -74,6 +74,23 @@ def test_llm_bench_quality_timings_and_limits(llm_bundles):
     assert report["notes"] == []
     md = to_markdown(report)
     assert "| int4 | onnx-bundle | int4-weight |" in md and "Time to first token" in md
+
+
+def test_llm_bench_compares_chat_answers_with_the_reference(llm_bundles):
+    from tests.compress.test_answers import write_prompts
+
+    root, fp32, copy, int4, text = llm_bundles
+    prompts = write_prompts(root / "prompts.jsonl")
+    report = bench([fp32, copy, int4], quick(text, answers=10, answer_tokens=12, answer_data=str(prompts),
+                                               threads=[1], prompt_tokens=[8], repeats=1, warmup_runs=0))
+    meta = report["reference"]["answers"]
+    assert meta["prompts"] == 10 and meta["facts"] == 8 and meta["part"] == "test" and "greedy" in meta["settings"]
+    first, same, q4 = report["candidates"]
+    assert first["answers"]["greedy"]["identical"]["share"] == same["answers"]["greedy"]["identical"]["share"] == 1.0
+    assert 0 <= q4["answers"]["greedy"]["identical"]["share"] <= 1 and q4["answers"]["greedy"]["looping"]["n"] == 10
+    md = to_markdown(report)
+    assert f"Chat answers vs fp32 (10 prompts of {prompts} (test), 8 factual" in md
+    assert "| fp32-copy | greedy | 100 [" in md
 
 
 def test_weight_bytes_per_token(llm_bundles):

@@ -465,3 +465,66 @@ def test_device_escalates_to_llama_cpp_and_finishes_when_it_is_killed(start, llm
     assert extra["source"] == "device-fallback" and extra["fallback_reason"] == "stream_broken"
     assert "".join(pieces).startswith(own.choices[0].message.content[:extra["cloud_chars"]])
     assert _metrics(device)['edgeshrink_fallbacks_total{reason="stream_broken"}'] == 1
+
+
+def test_penalties_are_openais_fields_and_vllms_extension(start, llm_bundles):
+    from edgeshrink.runtime import load
+    from edgeshrink.runtime.speculative import Sampling, speculate
+    from edgeshrink.serve.llm_client import HTTPTarget
+
+    cloud = start("serve-cloud", llm_bundles / "cloud", "--port", 0, "--rate", 0)
+    local = load(llm_bundles / "cloud")
+    client = _client(cloud)
+    prompt = [{"role": "user", "content": "a good film"}]
+    for options in ({"frequency_penalty": 1.0, "presence_penalty": 0.5}, {"repetition_penalty": 1.5}):
+        extra = {"extra_body": {"repetition_penalty": options.pop("repetition_penalty")}} \
+            if "repetition_penalty" in options else {}
+        reply = client.chat.completions.create(model="cloud", messages=prompt, max_tokens=12, temperature=0,
+                                               **options, **extra)
+        want = local.generate(prompt, 12, **options, **extra.get("extra_body", {}))
+        assert reply.choices[0].message.content == want.text
+    plain = local.generate(prompt, 12, repetition_penalty=1.0).text
+    assert plain != local.generate(prompt, 12, repetition_penalty=1.5).text  # the penalties made a difference
+    url = f"{cloud.url}/v1/chat/completions"
+    for field, value in (("frequency_penalty", 2.5), ("presence_penalty", -3), ("repetition_penalty", 0)):
+        response = httpx.post(url, json={"model": "cloud", "messages": CHAT, field: value}, timeout=30)
+        assert response.status_code == 422 and field in _message(response) and "\n" not in _message(response)
+    # /v1/speculate applies them to the answer only (prompt_tokens): speculation stays the cloud's own output
+    target, draft = local, load(llm_bundles / "device")
+    sampling = Sampling(repetition_penalty=1.5, frequency_penalty=0.4)
+    result = speculate(draft, HTTPTarget(cloud.url), "the plot of the story", max_new_tokens=16, sampling=sampling)
+    assert result.token_ids == target.generate("the plot of the story", 16, repetition_penalty=1.5,
+                                               frequency_penalty=0.4).token_ids
+    response = httpx.post(f"{cloud.url}/v1/speculate", json={"tokens": [1, 2], "draft": [3], "prompt_tokens": 5})
+    assert response.status_code == 422 and "prompt_tokens" in _message(response)
+
+
+def test_an_escalation_passes_the_penalties_on():
+    from edgeshrink.serve.llm.request import ChatRequest, Prepared
+
+    body = ChatRequest(model="m", messages=CHAT, frequency_penalty=0.5, repetition_penalty=1.2)
+    payload = Prepared("/v1/chat/completions", [1], 8, {}, "cloud", body).cloud_payload()
+    assert payload["frequency_penalty"] == 0.5 and payload["repetition_penalty"] == 1.2
+    assert "presence_penalty" not in payload  # OpenAI's default 0 is left out
+    plain = Prepared("/v1/chat/completions", [1], 8, {}, "cloud", ChatRequest(model="m", messages=CHAT)).cloud_payload()
+    assert not any("penalty" in key for key in plain)  # a plain OpenAI cloud is not sent fields it may refuse
+
+
+def test_the_services_default_repetition_penalty_applies_when_a_request_gives_none():
+    import asyncio
+
+    from edgeshrink.serve.config import LLMConfig
+    from edgeshrink.serve.llm.request import ChatRequest, prepare
+
+    class Tiny:
+        chat_template, context_length = "t", 64
+
+        def encode(self, prompt):
+            return [1, 2, 3]
+
+    limits = LLMConfig(repetition_penalty=1.3)
+    default = asyncio.run(prepare(ChatRequest(model="m", messages=CHAT), "/v1/chat/completions", Tiny(), "m", limits))
+    asked = asyncio.run(prepare(ChatRequest(model="m", messages=CHAT, repetition_penalty=1.0), "/v1/chat/completions",
+                                Tiny(), "m", limits))
+    assert default.options["repetition_penalty"] == 1.3 and asked.options["repetition_penalty"] == 1.0
+    assert default.options["frequency_penalty"] == 0 and default.options["presence_penalty"] == 0

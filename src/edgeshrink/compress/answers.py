@@ -47,14 +47,13 @@ def settings(penalties: Sampling | None = None) -> dict[str, Sampling]:
 
 
 def answer_prompts(data: str = "open-prompts", part: str = "test", count: int = 64) -> list[str]:
-    """The FACTS' questions, then prompts of ``part`` of ``data`` (a text data set, its ``text`` column), ``count``
-    in all. A set without labels is used whole (there is no split to keep apart)."""
+    """The FACTS' questions, then prompts of ``part`` of ``data`` (a labelled text data set: its split keeps the
+    parts apart; the ``text`` column), ``count`` in all."""
     from edgeshrink.data import load_data, split_examples
 
     if count < 1:
         raise EdgeshrinkError(f"need at least one answer prompt, got {count}")
-    examples = load_data(data)
-    rows = split_examples(examples).part(part) if examples.label_names else examples
+    rows = split_examples(load_data(data)).part(part)
     texts = [question for question, _ in FACTS] + list(rows.texts)
     if len(texts) < count:
         raise EdgeshrinkError(f"data {data!r} ({part}) has {len(rows.texts)} prompts; {count - len(FACTS)} are needed")
