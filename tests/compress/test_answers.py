@@ -93,3 +93,16 @@ def test_quantize_records_the_answers_and_says_them_in_its_summary(bundles):
     assert ("warning:" in line) == bool(summary(answers, "quantized")[1])
     off = quantize(root / "fp32", root / "int4-none", config.model_copy(update={"answer_prompts": 0}), data=str(text))
     assert "answers" not in off["quantization"]["evaluation"]
+
+
+def test_a_prompt_set_that_cannot_be_read_is_said_not_fatal(bundles, tmp_path):
+    from edgeshrink.compress.quantize.decoder import DecoderQuantization
+
+    root, _ = bundles
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(t for t, _ in make_texts(20, seed=9)))
+    config = LLMQuantConfig(method="int4-weight", block_size=16, max_eval_examples=1,
+                            answer_data=str(tmp_path / "missing.jsonl"))
+    manifest = quantize(root / "fp32", tmp_path / "q", config, data=str(text))
+    assert "missing.jsonl" in manifest["quantization"]["evaluation"]["answers"]["skipped"]
+    assert "; chat answers not compared: " in DecoderQuantization.describe(manifest, tmp_path / "q")

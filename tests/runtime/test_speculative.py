@@ -96,6 +96,7 @@ def test_cli_generate_with_a_draft_prints_the_targets_output(pair, tmp_path):
     from typer.testing import CliRunner
 
     from edgeshrink.cli import app
+    from edgeshrink.runtime.sampling import DEFAULT_REPETITION_PENALTY
 
     target, draft = pair
     runner = CliRunner()
@@ -103,7 +104,9 @@ def test_cli_generate_with_a_draft_prints_the_targets_output(pair, tmp_path):
     drafted = runner.invoke(app, ["generate", str(target.path), "a good film", "--max-new-tokens", "12", "--draft",
                                   str(draft.path), "--json", str(tmp_path / "s.json")])
     assert alone.exit_code == 0 and drafted.exit_code == 0, drafted.output
-    assert json.loads((tmp_path / "s.json").read_text())["text"] == target.generate("a good film", 12).text
+    # the CLI's default repetition penalty on both paths
+    want = target.generate("a good film", 12, repetition_penalty=DEFAULT_REPETITION_PENALTY).text
+    assert json.loads((tmp_path / "s.json").read_text())["text"] == want
     assert "passes of" in drafted.output and "draft acceptance" in drafted.output
     bad = runner.invoke(app, ["generate", str(target.path), "hi", "--draft", str(draft.path), "--stop", "x"])
     assert bad.exit_code == 2 and "--stop" in bad.output

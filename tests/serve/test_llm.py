@@ -476,12 +476,10 @@ def test_penalties_are_openais_fields_and_vllms_extension(start, llm_bundles):
     local = load(llm_bundles / "cloud")
     client = _client(cloud)
     prompt = [{"role": "user", "content": "a good film"}]
-    for options in ({"frequency_penalty": 1.0, "presence_penalty": 0.5}, {"repetition_penalty": 1.5}):
-        extra = {"extra_body": {"repetition_penalty": options.pop("repetition_penalty")}} \
-            if "repetition_penalty" in options else {}
+    for options, repetition in (({"frequency_penalty": 1.0, "presence_penalty": 0.5}, 1.0), ({}, 1.5)):
         reply = client.chat.completions.create(model="cloud", messages=prompt, max_tokens=12, temperature=0,
-                                               **options, **extra)
-        want = local.generate(prompt, 12, **options, **extra.get("extra_body", {}))
+                                               extra_body={"repetition_penalty": repetition}, **options)
+        want = local.generate(prompt, 12, repetition_penalty=repetition, **options)
         assert reply.choices[0].message.content == want.text
     plain = local.generate(prompt, 12, repetition_penalty=1.0).text
     assert plain != local.generate(prompt, 12, repetition_penalty=1.5).text  # the penalties made a difference

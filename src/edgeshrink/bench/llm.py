@@ -351,7 +351,11 @@ def _add_answers(results, config: LLMBenchConfig, generators: dict, ref_name: st
     if any(g.chat_template is None for g in generators.values()):
         notes.append("answers: not compared, a bundle has no chat template")
         return None
-    prompts = answer_prompts(config.answer_data, "test", config.answers)
+    try:
+        prompts = answer_prompts(config.answer_data, "test", config.answers)
+    except EdgeshrinkError as exc:  # the prompt set cannot be read here (its package is not installed): say so
+        notes.append(f"answers: not compared: {exc}")
+        return None
     progress(f"answering {len(prompts)} prompts of {config.answer_data} (test) with {len(generators)} bundles")
     report = compare_answers(generators, ref_name, prompts, config.answer_tokens, progress=progress)
     for r in results:

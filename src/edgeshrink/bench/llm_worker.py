@@ -70,8 +70,7 @@ class BundleLM(LanguageModel):
 
     def run(self, ids: list[int], new_tokens: int) -> tuple[float, float | None, list[int]]:
         info: dict = {}
-        tokens = [t.id for t in self.generator.stream(ids, new_tokens, ignore_eos=True, info=info,
-                                                      repetition_penalty=1.0)]  # plain greedy, as the peer
+        tokens = [t.id for t in self.generator.stream(ids, new_tokens, ignore_eos=True, info=info)]
         return info["first_token_ms"] / 1e3, info["decode_tokens_per_s"], tokens
 
 

@@ -12,6 +12,7 @@ from edgeshrink.cli._common import (HELP_STYLE, DataOpt, Force, JsonOut, LabelCo
                                     data_config, fail, handled, progress_callback, progress_lines, write_json)
 from edgeshrink.cli.route import route_app
 from edgeshrink.cli.serve import register as register_serve
+from edgeshrink.runtime.sampling import DEFAULT_REPETITION_PENALTY
 
 # Plain help (click's), not typer's rich panels: those cut option names ("--calibration-meth…") at 80 columns
 # and read "[ray]" in "pip install 'edgeshrink[ray]'" as markup. Every Typer here sets it (HELP_STYLE).
@@ -287,9 +288,9 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
              top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
              top_k: Annotated[int, typer.Option(help="Sample among the k most likely (0: all).")] = 0,
              seed: Annotated[Optional[int], typer.Option(help="Sampling seed.")] = None,
-             repetition_penalty: Annotated[Optional[float], typer.Option(help="Divide the logits of tokens the answer "
-                                                                     "already has (1: off) [default: the runtime's, "
-                                                                     "edgeshrink.runtime.sampling]")] = None,
+             repetition_penalty: Annotated[float, typer.Option(help="Divide the positive logits (multiply the negative "
+                                                               "ones) of tokens the answer already has; 1: off.")]
+             = DEFAULT_REPETITION_PENALTY,
              frequency_penalty: Annotated[float, typer.Option(help="OpenAI's: logit -= this x the token's count in "
                                                               "the answer (-2..2).")] = 0.0,
              presence_penalty: Annotated[float, typer.Option(help="OpenAI's: logit -= this if the token is in the "
@@ -305,10 +306,9 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
 
     from edgeshrink.runtime import load
     from edgeshrink.runtime.generate import Generator
-    from edgeshrink.runtime.sampling import DEFAULT_REPETITION_PENALTY, Sampling
+    from edgeshrink.runtime.sampling import Sampling
 
-    sampling = Sampling(temperature, top_k, top_p, DEFAULT_REPETITION_PENALTY if repetition_penalty is None
-                        else repetition_penalty, frequency_penalty, presence_penalty)
+    sampling = Sampling(temperature, top_k, top_p, repetition_penalty, frequency_penalty, presence_penalty)
     sampling.check()  # before the bundle loads
     if stop is not None and "" in stop:  # found at every position: it would end the answer before its first token
         raise fail("--stop: a stop string cannot be empty")
@@ -327,7 +327,7 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
     if not chat and prompt is None:
         raise fail("give a prompt, or --chat")
     options = dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()),
-                   repetition_penalty=sampling.repetition_penalty, frequency_penalty=frequency_penalty,
+                   repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
                    presence_penalty=presence_penalty)
     messages: list[dict] = []
     turns = []
@@ -370,7 +370,8 @@ def _speculate(target, draft, prompt, chat, max_new_tokens, sampling, seed, draf
         shown[0] = text
 
     request = [{"role": "user", "content": prompt}] if chat else prompt
-    result = speculate(draft, LocalTarget(target), request, max_new_tokens, sampling, k=draft_tokens, seed=seed, stream=show)
+    result = speculate(draft, LocalTarget(target), request, max_new_tokens, sampling, k=draft_tokens, seed=seed,
+                       stream=show)
     sys.stdout.write("\n")
     st = result.stats
     typer.echo(f"speculative: {st['generated']} tokens in {st['target_passes']} passes of {target.path} "

@@ -275,7 +275,7 @@ def validate_llm(bundle: Path, net, tokenizer, config: LLMExportConfig, progress
             _, past = generator._step(ids, generator._empty_past(), len(ids))
             got_step, _ = generator._step(want[:1], past, len(ids) + 1)
             step_diff = max(step_diff, float(np.abs(got_step[-1] - step).max()))
-        got = generator.generate(ids, config.validation_new_tokens, ignore_eos=True, repetition_penalty=1.0).token_ids
+        got = generator.generate(ids, config.validation_new_tokens, ignore_eos=True).token_ids
         if got == want:
             identical += 1
         elif first_mismatch is None:

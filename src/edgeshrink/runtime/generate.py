@@ -23,7 +23,7 @@ import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError, first_line
 from edgeshrink.runtime.bundle import bundle_file, open_session, read_bundle_text, read_manifest
-from edgeshrink.runtime.sampling import DEFAULT_REPETITION_PENALTY, Sampling, distribution, log_softmax, penalized
+from edgeshrink.runtime.sampling import Sampling, distribution, log_softmax, penalized
 from edgeshrink.runtime.tasks import runtime_task
 
 __all__ = ["Generation", "Generator", "Sampling", "Token", "distribution", "log_softmax"]
@@ -142,11 +142,12 @@ class Generator:
 
     def stream(self, prompt, max_new_tokens: int | None = 64, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                stop: list[str] | tuple = (), seed: int | None = None, ignore_eos: bool = False, info: dict | None = None,
-               repetition_penalty: float = DEFAULT_REPETITION_PENALTY, frequency_penalty: float = 0.0,
+               repetition_penalty: float = 1.0, frequency_penalty: float = 0.0,
                presence_penalty: float = 0.0):
         """Yield ``Token``s as they are produced (``max_new_tokens`` None: what the context leaves, at most
         DEFAULT_NEW_TOKENS). ``info`` (a dict) receives timings and the stop reason. The penalties are
-        runtime/sampling.py's, over the answer so far."""
+        runtime/sampling.py's, over the answer so far; off by default here, as in Hugging Face and vLLM (the CLI
+        and the services default to sampling.DEFAULT_REPETITION_PENALTY)."""
         sampling = Sampling(temperature, top_k, top_p, repetition_penalty, frequency_penalty, presence_penalty)
         sampling.check()
         if any(not isinstance(s, str) or not s for s in stop):

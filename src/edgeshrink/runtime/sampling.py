@@ -25,10 +25,10 @@ import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError
 
-# The defaults of `edgeshrink generate`, the Python API and the language-model services (measured: BENCHMARKS.md,
-# "Answers"). Greedy answers of a small model loop to the token limit once they repeat a phrase; a mild
-# repetition penalty ends most loops.
-DEFAULT_REPETITION_PENALTY = 1.0
+# The repetition penalty of `edgeshrink generate` and the language-model services when none is given (measured:
+# BENCHMARKS.md, "Chat answers"). The Python API (Generator.stream/generate) keeps 1, the model's own greedy
+# answer, as Hugging Face and vLLM do.
+DEFAULT_REPETITION_PENALTY = 1.1
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -50,7 +50,8 @@ class Sampling:
         if not (self.temperature >= 0 and 0 < self.top_p <= 1 and self.top_k >= 0 and math.isfinite(self.temperature)):
             raise EdgeshrinkError("need temperature >= 0, 0 < top_p <= 1, top_k >= 0 (finite numbers)")
         if not (0 < self.repetition_penalty < math.inf):
-            raise EdgeshrinkError(f"repetition_penalty must be a positive number (1: off), got {self.repetition_penalty}")
+            raise EdgeshrinkError(f"repetition_penalty must be a positive number (1: off), got "
+                                  f"{self.repetition_penalty}")
         for name in ("frequency_penalty", "presence_penalty"):
             if not -2 <= getattr(self, name) <= 2:
                 raise EdgeshrinkError(f"{name} must be in [-2, 2] (0: off), got {getattr(self, name)}")

@@ -16,9 +16,9 @@ while the target's argmax agrees, then take the target's argmax": greedy output 
 
 The target is anything with ``verify(tokens, draft, sampling, prompt_tokens) -> list[(ids, probs)]``: the
 target's distribution at each of the k + 1 positions, as its support and probabilities, with the penalties of
-runtime/sampling.py over the answer before each position (``tokens[prompt_tokens:]`` and the draft so far). ``LocalTarget`` runs a
-bundle in this process; ``serve.speculate_client.HTTPTarget`` asks a cloud service in one request per
-round. Both keep a KV cache of the accepted prefix, cut back to it after each round.
+runtime/sampling.py over the answer before each position (``tokens[prompt_tokens:]`` and the draft so far).
+``LocalTarget`` runs a bundle in this process; ``serve.llm_client.HTTPTarget`` asks a cloud service in one
+request per round. Both keep a KV cache of the accepted prefix, cut back to it after each round.
 
 Draft length is adaptive (as in Hugging Face's assisted generation): +2 after a round where every
 drafted token was kept, −1 otherwise, within [k_min, k_max].

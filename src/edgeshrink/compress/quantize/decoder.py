@@ -129,7 +129,9 @@ class DecoderQuantization:
                      f"{ev['source_perplexity']:.2f} ({100 * ev['perplexity_change']:+.1f}%), top-1 agreement "
                      f"{100 * ev['top1_agreement']:.1f}%")
         answers = (ev or {}).get("answers")
-        if answers:
+        if answers and "skipped" in answers:
+            line += f"; chat answers not compared: {answers['skipped']}"
+        elif answers:
             from edgeshrink.compress.answers import summary
 
             said, warnings = summary(answers, "quantized")
@@ -147,7 +149,10 @@ def compare_chat_answers(source: Path, quantized: Path, config: LLMQuantConfig, 
     models = {"source": Generator(source, verify=False), "quantized": Generator(quantized, verify=False)}
     if models["source"].chat_template is None:
         return None
-    prompts = answer_prompts(config.answer_data, "calibration", config.answer_prompts)
+    try:
+        prompts = answer_prompts(config.answer_data, "calibration", config.answer_prompts)
+    except EdgeshrinkError as exc:  # the prompt set cannot be read here: the bundle is made, the record says why
+        return {"data": config.answer_data, "skipped": str(exc)}
     report = compare_answers(models, "source", prompts, config.answer_tokens, progress=progress)
     return {"data": config.answer_data, "part": "calibration", **report}
 

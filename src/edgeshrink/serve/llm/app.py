@@ -124,7 +124,8 @@ def install_speculate(app, engine: Engine, max_sessions: int, metrics, error, re
             return error(400, f"{len(body.tokens) + len(body.draft)} tokens exceed the context length "
                               f"{generator.context_length}", path)
         if body.prompt_tokens > len(body.tokens):
-            return error(422, f"prompt_tokens {body.prompt_tokens} is more than the {len(body.tokens)} tokens given", path)
+            return error(422, f"prompt_tokens {body.prompt_tokens} is more than the {len(body.tokens)} tokens given",
+                         path)
         sampling = SpecSampling(body.temperature, body.top_k, body.top_p, body.repetition_penalty,
                                 body.frequency_penalty, body.presence_penalty)
 
