@@ -43,6 +43,7 @@ def test_the_same_weights_answer_identically_and_another_model_does_not(bundles)
     assert report["prompts"] == len(prompts) and set(report["settings"]) == {"greedy", "penalized"}
     for label in both:
         assert report["models"]["copy"][label]["identical"]["share"] == 1.0
+        assert report["models"]["copy"][label]["agreed_tokens"] > report["models"]["other"][label]["agreed_tokens"]
         assert report["models"]["other"][label]["identical"]["share"] < 0.5
         low, high = report["models"]["other"][label]["identical"]["interval"]
         assert 0 <= low <= report["models"]["other"][label]["identical"]["share"] <= high <= 1

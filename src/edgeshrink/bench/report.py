@@ -31,6 +31,7 @@ JSON schema ``edgeshrink-bench-llm/1``, language models (llm.py; times in ms, si
                    quality: {text: {perplexity, bits_per_byte, nll_nats, tokens, bytes, windows,
                                     top1_agreement, kl_to_reference (nats/token), part, split_sha256}},
                    answers: {setting (greedy | penalized): {identical, looping, facts: {share, count, n, interval},
+                             agreed_tokens (mean leading tokens shared with the reference's answer),
                              examples[]: {prompt, answer}}}}
 """
 
@@ -115,7 +116,8 @@ def _share(row) -> str:
 
 
 def _answer_rows(report: dict) -> list[list[str]]:
-    return [[c["name"], label, _share(a["identical"]), _share(a["looping"]), _share(a.get("facts"))]
+    return [[c["name"], label, _share(a["identical"]), _f(a.get("agreed_tokens"), ".1f"), _share(a["looping"]),
+             _share(a.get("facts"))]
             for c in report["candidates"] for label, a in (c.get("answers") or {}).items()]
 
 
@@ -158,7 +160,8 @@ def _llm_tables(report: dict):
               (f"Held-out text (agreement and KL against {reference})",
                ["candidate", "text", "perplexity", "bits/byte", "top-1 agree %", "KL nats/token", "tokens"],
                _quality_rows(report)),
-              (_answers_title(report), ["candidate", "sampling", "identical % [95% CI]", "loop %", "facts right %"],
+              (_answers_title(report), ["candidate", "sampling", "identical % [95% CI]", "agreed tokens", "loop %",
+                                       "facts right %"],
                _answer_rows(report)))
     return [(title, title, headers, rows) for title, headers, rows in tables]
 

@@ -11,6 +11,7 @@ at most, once per sampling setting: plain greedy, and greedy with the runtime's 
 - ``identical``: the share of prompts whose answer is the reference's own answer under the same setting, token for
   token over the first ``answer_tokens`` tokens (both stopped at the same token, or both ran to the limit with the
   same tokens). Strict on purpose: the first different token is where the answers part.
+- ``agreed_tokens``: the mean count of leading tokens the two answers share (where they part, on average).
 - ``looping``: the share of answers with a loop (runtime/loops.py: a block of tokens repeated back to back).
 - ``facts``: of the factual questions in front of the prompt set (FACTS), the share answered with the right word.
 Shares come with a 95% Wilson interval.
@@ -95,12 +96,18 @@ def compare_answers(models: dict, reference: str, prompts: list[str], answer_tok
         for label in sampling:
             mine, theirs = answers[name][label], answers[reference][label]
             fact_rows = [(text, facts[p]) for p, (_, text) in zip(prompts, mine) if p in facts]
+            agreed = [_common_prefix(a[0], b[0]) for a, b in zip(mine, theirs)]
             report["models"][name][label] = {
                 "identical": _share(sum(a[0] == b[0] for a, b in zip(mine, theirs)), len(prompts)),
+                "agreed_tokens": sum(agreed) / len(agreed),
                 "looping": _share(sum(find_loop(ids) is not None for ids, _ in mine), len(prompts)),
                 "facts": _share(sum(_right(t, e) for t, e in fact_rows), len(fact_rows)) if fact_rows else None,
                 "examples": [{"prompt": p, "answer": text} for p, (_, text) in list(zip(prompts, mine))[:3]]}
     return report
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def _options(s: Sampling) -> dict:
