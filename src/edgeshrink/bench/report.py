@@ -227,8 +227,10 @@ def print_report(report: dict, console=None) -> None:
         if not rows:
             continue
         table = Table(title=title)
+        width = max(len(str(shorter.get(row[0], row[0]))) for row in rows)  # names stay whole; numbers wrap
         for i, h in enumerate(headers):
-            table.add_column(h, justify="left" if i < left else "right", overflow="fold")
+            table.add_column(h, justify="left" if i < left else "right", overflow="fold",
+                             **({"min_width": min(width, 32), "no_wrap": width <= 32} if i == 0 else {}))
         for row in rows:
             table.add_row(shorter.get(row[0], row[0]), *row[1:])
         console.print(table)
