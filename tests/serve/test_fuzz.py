@@ -52,7 +52,8 @@ def test_fuzz_language_model_services(start, tmp_path_factory):
     export_llm(make_causal_lm("llama", root / "m", max_position_embeddings=256), root / "llm",
                LLMExportConfig(validation_prompts=2, validation_new_tokens=4))
     cloud = start("serve-cloud", root / "llm", "--port", 0, "--rate", 0)
-    device = start("serve", root / "llm", "--cloud", cloud.url, "--cloud-model", "llm", "--port", 0, "--rate", 0)
+    device = start("serve", root / "llm", "--cloud", cloud.url, "--cloud-model", "llm", "--route", "cloud-on-request",
+                   "--port", 0, "--rate", 0)
     for server in (cloud, device):
         assert _fuzz(server.url) >= 4 * EXAMPLES  # chat and completions, both modes, at least
         assert "Traceback" not in server.stderr()
