@@ -59,7 +59,7 @@ def test_names_are_whole_and_distinct_in_every_table_at_80_columns():
         header, tables, _ = _LAYOUTS[report["schema"]]
         shorter = dict(zip(names, short))
         expected = "".join(shorter[row[0]] for _, _, _, rows in tables(report) for row in rows)
-        assert column == expected.replace(" ", "")
+        assert column.replace(" ", "") == expected.replace(" ", "")  # a wrapped name loses its spaces at the fold
 
 
 def test_distinct_names_drops_only_what_every_name_shares():
