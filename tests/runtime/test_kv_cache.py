@@ -95,3 +95,12 @@ def test_optimum_graphs_keep_the_copying_path(tmp_path):
     generator = load(tmp_path / "b")
     assert not generator.shared_kv and isinstance(generator._empty_past(), dict)
     assert len(generator.generate("a good film", max_new_tokens=8, ignore_eos=True).token_ids) == 8
+
+
+@pytest.mark.parametrize("export", [True, None, "builder", ["builder"], {"exporter": 1}, {}])
+def test_an_export_section_of_any_shape_is_not_the_builder(pair, export):
+    """The manifest's export section is free-form provenance in an untrusted bundle: anything but
+    {"exporter": "builder"} keeps the copying path, never a crash (found by tests/test_fuzz_inputs.py)."""
+    target, _ = pair
+    assert kv_cache.shares_buffers({**target.manifest, "export": export}, target.session, target.past_names) is False
+    assert kv_cache.shares_buffers(target.manifest, target.session, target.past_names) is True

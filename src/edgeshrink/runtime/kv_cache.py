@@ -23,7 +23,8 @@ MIN_CAPACITY = 256  # positions first allocated; the buffers double (copying the
 def shares_buffers(manifest: dict, session, past_names: list[str]) -> bool:
     """Whether a bundle's graph takes shared past/present buffers: the builder's export (GroupQueryAttention),
     with [batch, kv heads, sequence, head dim] past tensors and no position_ids input (GQA's own rotary)."""
-    if (manifest.get("export") or {}).get("exporter") != "builder" or not past_names:
+    export = manifest.get("export")  # free-form provenance: any JSON value in an untrusted bundle
+    if not isinstance(export, dict) or export.get("exporter") != "builder" or not past_names:
         return False
     inputs = {i.name: i for i in session.get_inputs()}
     if "position_ids" in inputs or "attention_mask" not in inputs:
