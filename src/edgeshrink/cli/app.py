@@ -26,6 +26,7 @@ app.add_typer(route_app, name="route")
 
 SPARSIFY = "edgeshrink.compress.sparsify:SparsifyConfig"
 CHAT_EXITS = ("/exit", "/quit")  # what ends `generate --chat` (besides Ctrl-D)
+PROMPT_LOOKUP = "prompt-lookup"  # `generate --draft prompt-lookup`: n-gram drafts from the prompt, no draft model
 
 
 def task_option(verb: str, decl: str, text: str):
@@ -297,9 +298,13 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
                                                              "answer (-2..2).")] = 0.0,
              stop: Annotated[Optional[list[str]], typer.Option(help="Stop when this text appears (repeatable).")] = None,
              threads: Annotated[Optional[int], typer.Option(help="Intra-op threads.")] = None,
-             draft: Annotated[Optional[Path], typer.Option(help="Speculative decoding: a smaller bundle with the same "
-                                                          "tokenizer drafts, BUNDLE verifies (output as BUNDLE's own).")] = None,
+             draft: Annotated[Optional[str], typer.Option(help="Speculative decoding: a smaller bundle with the same "
+                                                         "tokenizer drafts, BUNDLE verifies (output as BUNDLE's own); "
+                                                         "prompt-lookup: drafts are n-grams copied from the prompt "
+                                                         "and the answer, no draft model.")] = None,
              draft_tokens: Annotated[int, typer.Option(help="Speculative decoding: first draft length (adapts).")] = 4,
+             ngram: Annotated[Optional[int], typer.Option(help="--draft prompt-lookup: the longest n-gram looked up "
+                                                          "[default: 3]")] = None,
              json_out: JsonOut = None) -> None:
     """Generate text with an LLM bundle, streaming tokens as they come (torch-free runtime)."""
     import sys
@@ -315,13 +320,20 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
     llm = load(bundle, threads=threads)
     if not isinstance(llm, Generator):
         raise fail(f"{bundle} is a {llm.task} bundle, not a language model: use `edgeshrink predict {bundle} TEXT`")
+    if ngram is not None and draft != PROMPT_LOOKUP:
+        raise fail(f"--ngram applies only with --draft {PROMPT_LOOKUP}")
     if draft is not None:
         if chat and prompt is None:
             raise fail("--draft generates one answer: give a prompt")
         if stop:
             raise fail("--stop does not apply with --draft")
-        return _speculate(llm, Generator(draft, threads=threads), prompt, chat, max_new_tokens or 128, sampling,
-                          seed, draft_tokens, json_out)
+        if draft == PROMPT_LOOKUP:
+            from edgeshrink.runtime.speculative import PromptLookup
+
+            drafter = PromptLookup(llm, ngram_max=3 if ngram is None else ngram)
+        else:
+            drafter = Generator(draft, threads=threads)
+        return _speculate(llm, drafter, prompt, chat, max_new_tokens or 128, sampling, seed, draft_tokens, json_out)
     if chat and llm.chat_template is None:
         raise fail(f"{bundle} has no chat template: run without --chat")
     if not chat and prompt is None:
@@ -359,9 +371,11 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
 def _speculate(target, draft, prompt, chat, max_new_tokens, sampling, seed, draft_tokens, json_out) -> None:
     import sys
 
-    from edgeshrink.runtime.speculative import LocalTarget, check_same_vocabulary, speculate
+    from edgeshrink.runtime.speculative import LocalTarget, PromptLookup, check_same_vocabulary, speculate
 
-    check_same_vocabulary(draft, target)
+    lookup = isinstance(draft, PromptLookup)
+    if not lookup:
+        check_same_vocabulary(draft, target)
     shown = [""]
 
     def show(_, text):
@@ -377,7 +391,8 @@ def _speculate(target, draft, prompt, chat, max_new_tokens, sampling, seed, draf
     typer.echo(f"speculative: {st['generated']} tokens in {st['target_passes']} passes of {target.path} "
                f"({st['target_passes_per_token']:.2f} per token), draft acceptance "
                f"{100 * (st['acceptance_rate'] or 0):.1f}%, {st['seconds']:.2f} s", err=True)
-    write_json(json_out, {"bundle": str(target.path), "draft": str(draft.path), "text": result.text,
+    write_json(json_out, {"bundle": str(target.path), "draft": PROMPT_LOOKUP if lookup else str(draft.path),
+                          "text": result.text,
                           "token_ids": result.token_ids, "stop_reason": result.stop_reason, "stats": st})
 
 
