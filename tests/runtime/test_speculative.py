@@ -134,12 +134,14 @@ REPEATS = ["the plot the plot the plot the plot", "a good film, music and cast. 
 def test_prompt_lookup_drafts_the_tokens_after_the_latest_match():
     from types import SimpleNamespace
 
-    lookup = PromptLookup(SimpleNamespace(eos_ids={99}), ngram_max=3)
+    lookup = PromptLookup(SimpleNamespace(eos_ids={99}), ngram_max=3, ngram_min=1)
     assert lookup.lookup([1, 2, 3, 4, 5, 1, 2, 3], 2) == [4, 5]  # the trigram 1 2 3
     assert lookup.lookup([1, 2, 7, 1, 2, 8, 5, 2], 4) == [8, 5, 2]  # unigram 2, latest match, to the end
     assert lookup.lookup([7, 3, 9, 99, 6, 3], 5) == [9, 99]  # a draft ends at an end token
     assert lookup.lookup([1, 2, 3, 4], 4) == [] and lookup.lookup([5], 4) == []  # no match: no draft
-    assert PromptLookup(SimpleNamespace(eos_ids=set()), ngram_min=2).lookup([1, 2, 7, 1, 2, 8, 5, 2], 4) == []
+    assert PromptLookup(SimpleNamespace(eos_ids=set())).lookup([1, 2, 7, 1, 2, 8, 5, 2], 4) == []  # bigrams at least
+    with pytest.raises(EdgeshrinkError, match="ngram"):
+        PromptLookup(SimpleNamespace(eos_ids=set()), ngram_max=2, ngram_min=3)
 
 
 def test_prompt_lookup_greedy_output_is_the_targets_token_for_token(pair):
@@ -147,7 +149,7 @@ def test_prompt_lookup_greedy_output_is_the_targets_token_for_token(pair):
     totals = {"rounds": 0, "generated": 0, "accepted": 0, "drafted": 0, "rounds_without_draft": 0}
     for i, prompt in enumerate(PROMPTS[:8] + REPEATS):
         alone = target.generate(prompt, max_new_tokens=32)
-        result = speculate(PromptLookup(target, ngram_max=1 + i % 3), LocalTarget(target), prompt,
+        result = speculate(PromptLookup(target, ngram_max=1 + i % 3, ngram_min=1), LocalTarget(target), prompt,
                            max_new_tokens=32, k=1 + i % 5)
         assert result.token_ids == alone.token_ids, prompt
         assert result.stop_reason == alone.stop_reason
@@ -162,7 +164,7 @@ def test_prompt_lookup_sampling_keeps_the_targets_distribution(pair):
     """A deterministic draft (one-hot q): the first token still follows the target's own top-5 distribution."""
     target, _ = pair
     sampling = Sampling(temperature=1.3, top_k=5)
-    lookup = PromptLookup(target, ngram_max=1)
+    lookup = PromptLookup(target, ngram_max=1)  # and so ngram_min 1
     base = target.encode(PROMPTS[1])
     for candidate in range(20, 200):  # a prompt whose lookup drafts a likely token that is not certain
         ids = [base[-1], candidate] + base
