@@ -9,7 +9,10 @@
 
 The graph's inputs are read from the session (``input_ids``, ``attention_mask``, optional
 ``position_ids``, ``past_key_values.{i}.key/value``), so the same code runs every exporter's graph.
-Each step feeds only the new token and the previous step's ``present`` tensors back as the past.
+Each step feeds only the new token and the previous step's ``present`` tensors back as the past. On the
+onnxruntime-genai builder's graphs (GroupQueryAttention, which finds each sequence's length from the
+attention mask) past and present share one preallocated buffer per layer (runtime/kv_cache.py): the
+kernel writes the new keys and values in place, and the cache is not copied out and in every token.
 Chat messages are rendered with the bundle's chat template in a bounded sandbox (runtime/chat_template.py).
 """
 
@@ -23,6 +26,7 @@ import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError, first_line
 from edgeshrink.runtime.bundle import bundle_file, open_session, read_bundle_text, read_manifest
+from edgeshrink.runtime.kv_cache import SharedCache, shares_buffers
 from edgeshrink.runtime.sampling import Sampling, distribution, log_softmax, penalized
 from edgeshrink.runtime.tasks import runtime_task
 
@@ -71,6 +75,8 @@ class Generator:
                    if n not in self.inputs and n not in self.outputs]
         if missing:
             raise EdgeshrinkError(f"{self.path}: model.onnx is not a decoder with a KV cache (no {missing[0]!r})")
+        # the builder's GroupQueryAttention graphs take a past longer than the sequence: one buffer for past and present
+        self.shared_kv = shares_buffers(self.manifest, self.session, self.past_names)
         gen = self.manifest["generation"]
         self.eos_ids = set(gen.get("eos_token_ids") or [])
         self.context_length = int(gen["context_length"])
@@ -99,7 +105,10 @@ class Generator:
         return self._renderer.render(messages)
 
     # -- the model ----------------------------------------------------------------------------------
-    def _empty_past(self) -> dict[str, np.ndarray]:
+    def _empty_past(self) -> dict[str, np.ndarray] | SharedCache:
+        """An empty KV cache: a SharedCache on graphs that share past and present buffers, else empty arrays."""
+        if self.shared_kv:
+            return SharedCache(self.session, self.past_names, self.context_length)
         past = {}
         for name in self.past_names:
             meta = self.inputs[name]
@@ -108,7 +117,15 @@ class Generator:
         return past
 
     def _step(self, ids: list[int], past: dict, total: int) -> tuple[np.ndarray, dict]:
-        """Run ``ids`` (new tokens) after ``past``; return (logits of every new position, the new past)."""
+        """Run ``ids`` (new tokens) after the first ``total - len(ids)`` positions of ``past``; return (logits of
+        every new position, the new past). A SharedCache is updated in place and returned."""
+        if isinstance(past, SharedCache):
+            try:
+                return past.step(ids, total), past
+            except EdgeshrinkError:
+                raise
+            except Exception as exc:  # onnxruntime's own error types
+                raise EdgeshrinkError(f"{self.path}: model.onnx failed to run: {first_line(exc)}") from None
         feeds = {"input_ids": np.array([ids], dtype=np.int64), "attention_mask": np.ones((1, total), np.int64)}
         if "position_ids" in self.inputs:
             feeds["position_ids"] = np.arange(total - len(ids), total, dtype=np.int64)[None]
