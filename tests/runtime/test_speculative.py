@@ -212,6 +212,35 @@ def without_kv_cache(bundle, out):
     return out
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-cache", "copying-cache"])
+def test_prompt_lookup_in_the_generator_is_the_same_output_seed_for_seed(pair, shared):
+    """Generator.stream(prompt_lookup=n): every token is drawn from its own row as without lookup, so greedy
+    output is token for token the same and sampled output seed for seed; drafts cut fewer passes."""
+    target, _ = pair
+    kept = target.shared_kv
+    target.shared_kv = shared and kept  # the copying path too (np.take cuts instead of a shorter total)
+    try:
+        counts = {"target_passes": 0, "drafted": 0, "accepted": 0, "tokens": 0}
+        for i, prompt in enumerate(PROMPTS[:6] + REPEATS):
+            options = dict(temperature=0.9, top_k=20, seed=i) if i % 2 else {}
+            alone = target.generate(prompt, 24, repetition_penalty=1.1, **options)
+            info: dict = {}
+            tokens = list(target.stream(prompt, 24, info=info, prompt_lookup=1 + i % 3, repetition_penalty=1.1,
+                                        **options))
+            assert [t.id for t in tokens] == alone.token_ids, prompt
+            assert np.allclose([t.logprob for t in tokens], alone.logprobs, atol=1e-4)
+            assert info["stop_reason"] == alone.stop_reason
+            counts["tokens"] += len(tokens)
+            for key in ("target_passes", "drafted", "accepted"):
+                counts[key] += info[key]
+        assert counts["target_passes"] < counts["tokens"]  # drafts kept: fewer passes than tokens
+        assert 0 < counts["accepted"] < counts["drafted"]  # and some drafted tokens were not drawn
+        stopped = target.generate(REPEATS[0], 24, stop=["plot"], prompt_lookup=2)
+        assert stopped.token_ids == target.generate(REPEATS[0], 24, stop=["plot"]).token_ids
+    finally:
+        target.shared_kv = kept
+
+
 def test_prompt_lookup_in_the_cli_and_its_refusals(pair, tmp_path):
     import json
 
@@ -227,12 +256,12 @@ def test_prompt_lookup_in_the_cli_and_its_refusals(pair, tmp_path):
                                   "prompt-lookup", "--ngram", "2", "--json", str(out)])
     assert drafted.exit_code == 0, drafted.output
     want = target.generate(REPEATS[0], 16, repetition_penalty=DEFAULT_REPETITION_PENALTY).text
-    written = json.loads(out.read_text())
-    assert written["text"] == want and written["draft"] == "prompt-lookup"
-    assert "draft acceptance" in drafted.output
+    turn = json.loads(out.read_text())["turns"][0]
+    assert turn["text"] == want and turn["stop_reason"] == "length"
+    assert turn["target_passes"] + turn["accepted"] == 16  # each token's row: its own pass, or a kept draft's
+    assert "prompt lookup: " in drafted.output and "drafted tokens kept" in drafted.output
     no_cache = without_kv_cache(target.path, tmp_path / "no-cache")
-    for args, says in [(["--ngram", "0"], "ngram"), (["--draft-tokens", "0"], "k_min"),
-                       ([], "no KV cache")]:
+    for args, says in [(["--ngram", "0"], "--ngram"), ([], "no KV cache")]:
         path = no_cache if not args else target.path
         bad = runner.invoke(app, ["generate", str(path), "hi", "--draft", "prompt-lookup", "--json",
                                   str(tmp_path / "bad.json"), *args])
@@ -242,3 +271,7 @@ def test_prompt_lookup_in_the_cli_and_its_refusals(pair, tmp_path):
     assert alone.exit_code == 2 and "--ngram" in alone.output
     with pytest.raises(EdgeshrinkError, match="no KV cache"):
         LocalTarget(load(no_cache))
+    with pytest.raises(EdgeshrinkError, match="no KV cache"):
+        load(no_cache).generate("hi", 4, prompt_lookup=3)
+    with pytest.raises(EdgeshrinkError, match="prompt_lookup"):
+        target.generate("hi", 4, prompt_lookup=-1)

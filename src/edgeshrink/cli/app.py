@@ -302,7 +302,8 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
                                                          "tokenizer drafts, BUNDLE verifies (output as BUNDLE's own); "
                                                          "prompt-lookup: drafts are n-grams copied from the prompt "
                                                          "and the answer, no draft model.")] = None,
-             draft_tokens: Annotated[int, typer.Option(help="Speculative decoding: first draft length (adapts).")] = 4,
+             draft_tokens: Annotated[int, typer.Option(help="Speculative decoding with a draft bundle: first draft "
+                                                          "length (adapts).")] = 4,
              ngram: Annotated[Optional[int], typer.Option(help="--draft prompt-lookup: the longest n-gram looked up "
                                                           "[default: 3]")] = None,
              json_out: JsonOut = None) -> None:
@@ -320,27 +321,27 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
     llm = load(bundle, threads=threads)
     if not isinstance(llm, Generator):
         raise fail(f"{bundle} is a {llm.task} bundle, not a language model: use `edgeshrink predict {bundle} TEXT`")
-    if ngram is not None and draft != PROMPT_LOOKUP:
+    lookup = draft == PROMPT_LOOKUP
+    if ngram is not None and not lookup:
         raise fail(f"--ngram applies only with --draft {PROMPT_LOOKUP}")
-    if draft is not None:
+    if lookup and ngram is not None and ngram < 1:
+        raise fail(f"--ngram must be at least 1, got {ngram}")
+    if lookup:  # drafts checked inside the generator's own steps: streams, stops and chats as without
+        llm._prompt_lookup(ngram or 3)  # a model without a KV cache is refused here, before any output
+    elif draft is not None:
         if chat and prompt is None:
             raise fail("--draft generates one answer: give a prompt")
         if stop:
             raise fail("--stop does not apply with --draft")
-        if draft == PROMPT_LOOKUP:
-            from edgeshrink.runtime.speculative import PromptLookup
-
-            drafter = PromptLookup(llm, ngram_max=3 if ngram is None else ngram)
-        else:
-            drafter = Generator(draft, threads=threads)
-        return _speculate(llm, drafter, prompt, chat, max_new_tokens or 128, sampling, seed, draft_tokens, json_out)
+        return _speculate(llm, Generator(draft, threads=threads), prompt, chat, max_new_tokens or 128, sampling, seed,
+                          draft_tokens, json_out)
     if chat and llm.chat_template is None:
         raise fail(f"{bundle} has no chat template: run without --chat")
     if not chat and prompt is None:
         raise fail("give a prompt, or --chat")
     options = dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()),
                    repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
-                   presence_penalty=presence_penalty)
+                   presence_penalty=presence_penalty, prompt_lookup=(ngram or 3) if lookup else 0)
     messages: list[dict] = []
     turns = []
     if chat and prompt is None:
@@ -358,6 +359,9 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
                 sys.stdout.write(token.text)
                 sys.stdout.flush()
             sys.stdout.write("\n")
+            if lookup and pieces:
+                typer.echo(f"prompt lookup: {len(pieces)} tokens in {info['target_passes']} passes, drafted tokens "
+                           f"kept {info['accepted']}/{info['drafted']}", err=True)
             answer = "".join(pieces)
             turns.append({"prompt": text, "text": answer, **info})
             if not chat or prompt is not None:
@@ -371,11 +375,9 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
 def _speculate(target, draft, prompt, chat, max_new_tokens, sampling, seed, draft_tokens, json_out) -> None:
     import sys
 
-    from edgeshrink.runtime.speculative import LocalTarget, PromptLookup, check_same_vocabulary, speculate
+    from edgeshrink.runtime.speculative import LocalTarget, check_same_vocabulary, speculate
 
-    lookup = isinstance(draft, PromptLookup)
-    if not lookup:
-        check_same_vocabulary(draft, target)
+    check_same_vocabulary(draft, target)
     shown = [""]
 
     def show(_, text):
@@ -391,8 +393,7 @@ def _speculate(target, draft, prompt, chat, max_new_tokens, sampling, seed, draf
     typer.echo(f"speculative: {st['generated']} tokens in {st['target_passes']} passes of {target.path} "
                f"({st['target_passes_per_token']:.2f} per token), draft acceptance "
                f"{100 * (st['acceptance_rate'] or 0):.1f}%, {st['seconds']:.2f} s", err=True)
-    write_json(json_out, {"bundle": str(target.path), "draft": PROMPT_LOOKUP if lookup else str(draft.path),
-                          "text": result.text,
+    write_json(json_out, {"bundle": str(target.path), "draft": str(draft.path), "text": result.text,
                           "token_ids": result.token_ids, "stop_reason": result.stop_reason, "stats": st})
 
 

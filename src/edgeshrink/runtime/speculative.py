@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.runtime.kv_cache import SharedCache
 from edgeshrink.runtime.sampling import Sampling, distribution, penalized
 
 
@@ -58,8 +57,6 @@ class CachedModel:
         self.g = generator
         self.tokens: list[int] = []  # the prefix the cache holds
         self.past = generator._empty_past()
-        self.axis = {name: _sequence_axis(generator.inputs[name].shape) for name in generator.past_names}
-        self.shared = isinstance(self.past, SharedCache)  # cut back in place (runtime/kv_cache.py)
 
     def logits(self, tokens: list[int], rows: int = 1) -> np.ndarray:
         """Logits at the positions of ``tokens`` after the longest prefix the cache holds (at least the last
@@ -68,24 +65,14 @@ class CachedModel:
         limit = min(len(self.tokens), len(tokens) - rows)
         while common < limit and self.tokens[common] == tokens[common]:
             common += 1
-        if common < len(self.tokens) and self.shared:  # cut the cache back to the common prefix
-            self.past.truncate(common)
-            self.tokens = self.tokens[:common]
-        elif common < len(self.tokens):
-            self.past = {name: np.take(value, range(common), axis=self.axis[name]) for name, value in self.past.items()}
+        if common < len(self.tokens):  # cut the cache back to the common prefix
+            self.past = self.g._cut(self.past, common)
             self.tokens = self.tokens[:common]
         if len(tokens) > self.g.context_length:
             raise EdgeshrinkError(f"{len(tokens)} tokens exceed the context length {self.g.context_length}")
         out, self.past = self.g._step(tokens[common:], self.past, len(tokens))
         self.tokens = list(tokens)
         return out
-
-
-def _sequence_axis(shape) -> int:
-    for i, dim in enumerate(shape):
-        if isinstance(dim, str) and ("sequence" in dim or "past" in dim):
-            return i
-    return 2  # [batch, kv heads, sequence, head dim]
 
 
 def check_same_vocabulary(draft, target) -> None:
