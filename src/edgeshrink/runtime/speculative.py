@@ -29,7 +29,10 @@ in the prompt and the answer so far, n from ``ngram_max`` down to ``ngram_min`` 
 single-token matches drafted mostly tokens the target rejected, on SmolLM2). It pays where the answer copies
 its input (rewriting, summarising, editing code). Its draft is deterministic, a one-hot q: a drafted token is
 kept with probability p(x), and a rejection draws from p without x, so the output is still the target's.
-A round with no match verifies an empty draft: one ordinary target step.
+A round with no match verifies an empty draft: one ordinary target step. In this process the simpler path is
+``Generator.stream(..., prompt_lookup=3)`` (what ``generate --draft prompt-lookup`` and ``serve
+--prompt-lookup`` run): each token is drawn from its own row as without lookup, so the output is the same seed
+for seed. ``speculate(PromptLookup(llm), HTTPTarget(url))`` has a remote cloud verify the drafts.
 
     from edgeshrink.runtime.speculative import PromptLookup
     llm = load("runs/smollm2-fp32")
