@@ -7,7 +7,7 @@ from scipy.stats import chisquare
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.export.llm import LLMExportConfig, export_llm
 from edgeshrink.runtime import load
-from edgeshrink.runtime.speculative import LocalTarget, PromptLookup, Sampling, distribution, speculate
+from edgeshrink.runtime.speculative import DraftBudget, LocalTarget, PromptLookup, Sampling, distribution, speculate
 from tests.families import make_causal_lm
 
 PROMPTS = [f"prompt {i}: " + " ".join(["a good film", "the plot", "music and cast", "why"][j % 4] for j in range(i % 5 + 1))
@@ -275,3 +275,42 @@ def test_prompt_lookup_in_the_cli_and_its_refusals(pair, tmp_path):
         load(no_cache).generate("hi", 4, prompt_lookup=3)
     with pytest.raises(EdgeshrinkError, match="prompt_lookup"):
         target.generate("hi", 4, prompt_lookup=-1)
+
+
+def test_the_draft_budget_drafts_only_where_a_longer_pass_pays():
+    def budget(acceptance, seconds):
+        b = DraftBudget(acceptance)
+        b.examined, b.accepted = 1000, 1000 * acceptance
+        for tokens, ms in seconds.items():
+            b.observe_pass(tokens, ms / 1000)
+        return b
+
+    assert DraftBudget().length(8) > 0  # nothing measured: every length is assumed cheap, so drafts are tried
+    assert budget(0.5, {}).length(0) == 0
+    # INT4 at accuracy level 0 (BENCHMARKS.md): a 2-token pass costs 2.07 steps; a third of drafts kept
+    int4 = {1: 20.3, 2: 42.0, 3: 44.2, 5: 51.8, 9: 66.2}
+    assert budget(0.35, int4).length(8) == 0
+    fp32 = {1: 32.6, 2: 37.8, 3: 40.1, 5: 41.7, 9: 51.7}  # near one step up to 5 tokens
+    assert budget(0.35, fp32).length(8) >= 1
+    assert budget(0.9, fp32).length(8) >= 6 and budget(0.05, fp32).length(8) == 0
+    steady = budget(0.35, {1: 10.0})
+    for _ in range(20):
+        steady.observe_pass(2, 0.030)  # averaged: 3 steps
+    assert steady.cost(2) == pytest.approx(3.0, rel=0.05) and steady.length(8) == 0
+
+
+def test_prompt_lookup_falls_back_to_plain_steps_where_drafts_do_not_pay(pair):
+    target, _ = pair
+    alone = target.generate(REPEATS[1], 24)
+    target._prompt_lookup(2)
+    kept = target._draft_budget
+    try:
+        target._draft_budget = DraftBudget()
+        for tokens in range(1, 10):  # passes over several tokens cost 3 steps here
+            target._draft_budget.observe_pass(tokens, 0.01 * (1 if tokens == 1 else 3))
+        info: dict = {}
+        tokens = list(target.stream(REPEATS[1], 24, info=info, prompt_lookup=2))
+        assert [t.id for t in tokens] == alone.token_ids
+        assert info["drafted"] == 0 and info["target_passes"] == len(tokens) + (info["stop_reason"] == "eos")
+    finally:
+        target._draft_budget = kept

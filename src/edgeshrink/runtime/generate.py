@@ -32,6 +32,7 @@ from edgeshrink.runtime.tasks import runtime_task
 
 __all__ = ["Generation", "Generator", "Sampling", "Token", "distribution", "log_softmax"]
 
+MAX_DRAFT = 8  # prompt lookup: the most drafted tokens one pass carries
 DEFAULT_NEW_TOKENS = 128  # with max_new_tokens None: at most this many, and never past the context
 _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
        "tensor(int32)": np.int32}
@@ -94,6 +95,7 @@ class Generator:
         template = tok_meta.get("chat_template")
         self.chat_template = read_bundle_text(self.path, self.manifest, template, verify=verify) if template else None
         self._renderer = None
+        self._draft_budget = None  # prompt lookup's (speculative.DraftBudget), made on first use
 
     # -- prompts ------------------------------------------------------------------------------------
     def encode(self, prompt) -> list[int]:
@@ -179,8 +181,10 @@ class Generator:
         the last n (down to 2) tokens of the prompt and answer (speculative.PromptLookup), so one pass computes
         the rows of the positions after them too. Every token is still drawn from its own row exactly as without
         lookup (with a one-hot draft, speculative sampling's accept rule is drawing from p), so the output is
-        the same, seed for seed; a drafted token that was not drawn only cuts the cache back. ``info`` gets
-        ``target_passes``, ``drafted`` and ``accepted``."""
+        the same, seed for seed; a drafted token that was not drawn only cuts the cache back. How many drafted
+        tokens a pass carries (0 to MAX_DRAFT) follows what passes cost here and how often drafts were kept
+        (speculative.DraftBudget, learnt across answers). ``info`` gets ``target_passes``, ``drafted`` and
+        ``accepted``."""
         sampling = Sampling(temperature, top_k, top_p, repetition_penalty, frequency_penalty, presence_penalty)
         sampling.check()
         lookup = self._prompt_lookup(prompt_lookup)
@@ -196,7 +200,7 @@ class Generator:
         logits, past = self._step(ids, self._empty_past(), len(ids))
         total, generated, text_so_far = len(ids), [], ""
         rows, drafted = [logits[-1]], []  # rows computed ahead: rows[i + 1] follows drafted[i]
-        k, counts = 4, {"target_passes": 1, "drafted": 0, "accepted": 0}  # k: draft length, adapted as speculate's
+        counts = {"target_passes": 1, "drafted": 0, "accepted": 0}
         if lookup:  # counted into info as they happen (a consumer may stop the stream early)
             info.update(counts)
             counts = info
@@ -206,15 +210,15 @@ class Generator:
             support, probs = distribution(penalized(row, sampling, generated), sampling)
             token = int(rng.choice(support, p=probs))
             if drafted:  # the next row is only right if the drafted token is the one drawn
-                if token == drafted[0]:
+                kept = token == drafted[0]
+                self._draft_budget.observe_drafts(1, int(kept))
+                if kept:
                     counts["accepted"] += 1
                     drafted.pop(0)
-                    if not drafted:
-                        k = min(8, k + 2)
                 else:
                     past = self._cut(past, total - len(drafted))
                     total -= len(drafted)
-                    rows, drafted, k = [], [], max(1, k - 1)
+                    rows, drafted = [], []
             if step == 0:
                 info["first_token_ms"] = (time.perf_counter() - started) * 1000
                 decode_started = time.perf_counter()
@@ -234,10 +238,14 @@ class Generator:
                 info["stop_reason"] = "stop"
                 break
             if step + 1 < max_new_tokens and not rows:
-                room = min(max_new_tokens - step - 2, self.context_length - total - 1)
-                draft = lookup.lookup(ids + generated, min(k, room)) if lookup and room > 0 else []
+                room = min(max_new_tokens - step - 2, self.context_length - total - 1, MAX_DRAFT)
+                length = self._draft_budget.length(room) if lookup and room > 0 else 0
+                draft = lookup.lookup(ids + generated, length) if length else []
                 total += 1 + len(draft)
+                pass_started = time.perf_counter()
                 logits, past = self._step([token] + draft, past, total)
+                if lookup:
+                    self._draft_budget.observe_pass(1 + len(draft), time.perf_counter() - pass_started)
                 rows, drafted = list(logits[-(len(draft) + 1):]), draft
                 counts["target_passes"] += 1
                 counts["drafted"] += len(draft)
@@ -253,8 +261,10 @@ class Generator:
         if not self.past_names:  # each pass would need the whole sequence again: nothing to gain, refused
             raise EdgeshrinkError(f"{self.path}: model.onnx has no KV cache (no past_key_values inputs): "
                                   f"prompt lookup needs one")
-        from edgeshrink.runtime.speculative import PromptLookup
+        from edgeshrink.runtime.speculative import DraftBudget, PromptLookup
 
+        if self._draft_budget is None:  # what passes cost here and how often drafts are kept, across answers
+            self._draft_budget = DraftBudget()
         return PromptLookup(self, ngram_max=ngram)
 
     def _cut(self, past, length: int):

@@ -164,6 +164,48 @@ class PromptLookup:
         return []
 
 
+class DraftBudget:
+    """How many drafted tokens a pass should carry, from what passes cost on this machine and how often drafts
+    are kept: the length L (0..available) that maximises expected tokens per unit of time,
+    (1 + a + ... + a^L) / cost(L + 1), with ``a`` the share of examined drafted tokens that were the ones drawn
+    and cost(M) the measured time of a pass over M new tokens (exponential averages, kept across answers).
+    A pass over M > 1 tokens costs about 2 steps on some INT4 kernels (BENCHMARKS.md, "Prompt lookup"): there
+    the best length is 0 and lookup falls back to plain steps. Unmeasured lengths are assumed cheap (a step plus
+    5% a token, never below a shorter measured length), so each is tried before it is judged."""
+
+    def __init__(self, acceptance: float = 0.5, smoothing: float = 0.2):
+        self.examined, self.accepted = 2.0, 2.0 * acceptance  # a prior of two examined tokens
+        self.seconds: dict[int, float] = {}  # M -> exponential average of a pass's wall time
+        self.smoothing = smoothing
+
+    def observe_pass(self, tokens: int, seconds: float) -> None:
+        old = self.seconds.get(tokens)
+        self.seconds[tokens] = seconds if old is None else old + self.smoothing * (seconds - old)
+
+    def observe_drafts(self, examined: int, accepted: int) -> None:
+        self.examined += examined
+        self.accepted += accepted
+
+    def cost(self, tokens: int) -> float:
+        """The time of a pass over ``tokens`` new tokens, in steps (a pass over one token)."""
+        one = self.seconds.get(1)
+        if one is None or one <= 0:
+            return 1.0 + 0.05 * (tokens - 1)
+        known = [m for m in self.seconds if m <= tokens]
+        floor = self.seconds[max(known)] / one
+        return self.seconds[tokens] / one if tokens in self.seconds else max(floor, 1.0 + 0.05 * (tokens - 1))
+
+    def length(self, available: int) -> int:
+        a = min(self.accepted / self.examined, 0.99)
+        best, best_rate, expected = 0, 1.0 / self.cost(1), 1.0
+        for length in range(1, available + 1):
+            expected += a ** length
+            rate = expected / self.cost(length + 1)
+            if rate > best_rate:
+                best, best_rate = length, rate
+        return best
+
+
 def drafter(draft):
     """A drafter from a generator (a draft model) or a drafter itself (``PromptLookup``)."""
     return draft if isinstance(draft, (ModelDraft, PromptLookup)) else ModelDraft(draft)
