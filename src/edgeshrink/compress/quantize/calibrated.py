@@ -43,11 +43,12 @@ def calibration_tokens(bundle: Path, manifest: dict, data, config) -> tuple[list
     tokenizer = load_tokenizer(bundle_file(bundle, manifest, manifest["tokenizer"]["file"]))
     scored = min(config.max_eval_examples, len(text)) if config.evaluate else 0
     order = list(range(scored, len(text))) + list(range(scored))
+    length = min(config.calibration_tokens, int(manifest["generation"]["context_length"]))  # the graph's own limit
     docs, used = [], []
     for number in order:
         if len(docs) == config.calibration_documents:
             break
-        ids = tokenizer.encode(text.texts[number]).ids[:config.calibration_tokens]
+        ids = tokenizer.encode(text.texts[number]).ids[:length]
         if ids:
             docs.append(ids)
             used.append(number)
@@ -56,7 +57,7 @@ def calibration_tokens(bundle: Path, manifest: dict, data, config) -> tuple[list
         raise EdgeshrinkError(f"--grid calibrated: the calibration part of {text.name!r} gives {tokens} tokens, the "
                               f"search needs at least {MIN_CALIBRATION_TOKENS}: give more text (--data) or --grid rtn")
     return docs, {"data": text.name, "part": "calibration", "split_sha256": text.split["sha256"],
-                  "documents": len(docs), "tokens": tokens, "tokens_per_document": config.calibration_tokens,
+                  "documents": len(docs), "tokens": tokens, "tokens_per_document": length,
                   "shared_with_evaluation": sum(number < scored for number in used)}
 
 

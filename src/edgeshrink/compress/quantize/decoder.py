@@ -141,11 +141,11 @@ class DecoderQuantization:
     def describe(manifest: dict, out: Path) -> str:
         """The line the CLI prints."""
         q = manifest["quantization"]
-        grid = q.get("grid", "rtn")
+        grid = f"{q.get('grid', 'rtn')} grid"
         calibration = q.get("gguf_grid", {}).get("calibration")
         if calibration:
-            grid += f" on {calibration['tokens']} tokens of {calibration['data']}"
-        line = (f"LLM bundle {out}: {q['method']} ({grid} grid), {manifest['size_bytes'] / 1e6:.1f} MB = "
+            grid += f", searched on {calibration['tokens']} tokens of {calibration['data']}"
+        line = (f"LLM bundle {out}: {q['method']} ({grid}), {manifest['size_bytes'] / 1e6:.1f} MB = "
                 f"{100 * manifest['size_bytes'] / q['parent']['size_bytes']:.1f}% of the source, {q['seconds']:.0f} s")
         ev = q.get("evaluation")
         if ev:
