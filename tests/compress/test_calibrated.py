@@ -62,3 +62,25 @@ def test_the_search_refuses_what_it_cannot_weigh():
         search_grid("w", w, None)
     with pytest.raises(EdgeshrinkError, match="importances"):
         search_grid("w", np.zeros((4, 32), np.float32), np.full(32, np.nan, np.float32))
+
+
+def test_error_feedback_lowers_the_output_error_on_correlated_activations():
+    from edgeshrink.compress.quantize.calibrated import calibrated_grid, gptq_grid, output_error
+
+    rng = np.random.default_rng(5)
+    mix = rng.standard_normal((64, 64)) * rng.gamma(0.5, 1.0, 64)  # correlated channels of unequal energy
+    x = (rng.standard_normal((512, 64)) @ mix).astype(np.float32)
+    h = x.T @ x / len(x)
+    w = (rng.standard_normal((48, 64)) * 0.05).astype(np.float32)
+    gptq = gptq_grid("w", w, h)
+    assert gptq.codes.max() <= 15 and gptq.zero_points.max() <= 15
+    searched, _ = search_grid("w", w, np.diag(h).copy())
+    assert output_error(w, gptq.reconstruct(), h) < output_error(w, searched.reconstruct(), h)
+    grid, report = calibrated_grid("w", w, h)
+    assert report["method"] == "gptq" and report["output_error"] == pytest.approx(output_error(w, grid.reconstruct(), h))
+    assert report["output_error"] < report["rtn_output_error"] and report["gptq_output_error"] == report["output_error"]
+    # y = x @ wᵀ: the error of the outputs themselves, as H says
+    direct = np.square(x @ (w - grid.reconstruct()).T).sum() / np.square(x @ w.T).sum()
+    assert report["output_error"] == pytest.approx(direct, rel=1e-3)
+    plain, plain_report = calibrated_grid("w", w, h, error_feedback=False)
+    assert plain_report["method"] == "search" and "gptq_output_error" not in plain_report

@@ -126,8 +126,13 @@ def test_the_calibrated_grid_is_what_the_onnx_computes_and_beats_round_to_neares
     q = manifest["quantization"]
     assert q["grid"] == "calibrated" and q["gguf_grid"]["matmuls_left"] == []
     searched = q["gguf_grid"]["calibrated"]
-    assert searched and all(r["bits"] == 4 and r["weighted_error"] <= r["rtn_weighted_error"] * (1 + 1e-5)
-                            for r in searched.values())
+    assert searched and all(r["bits"] == 4 for r in searched.values())
+    for r in searched.values():  # the search beats round to nearest in its objective; GPTQ is kept where it beats
+        if r["method"] == "search":  # the search in the output error on the calibration activations
+            assert r["weighted_error"] <= r["rtn_weighted_error"] * (1 + 1e-5)
+        else:
+            assert r["method"] == "gptq" and r["output_error"] == r["gptq_output_error"]
+    assert {r["method"] for r in searched.values()} == {"search", "gptq"}  # the tied table: no error feedback
     calibration = q["gguf_grid"]["calibration"]
     assert calibration["part"] == "calibration" and calibration["tokens"] >= 64 and calibration["documents"] > 0
     nodes = onnx.load(str(tmp_path / "cal" / "model.onnx")).graph.node

@@ -1,18 +1,20 @@
-"""INT4 weights off any GGUF grid, chosen on calibration activations: an importance-weighted search per block.
+"""INT4 weights off any GGUF grid, chosen on calibration activations: an importance-weighted search per block,
+then GPTQ's error feedback where it lowers the layer's output error.
 
-    docs = calibration_tokens(bundle, manifest, "bbc-news", config)      # refuses text too short for the search
-    importance = channel_importance(bundle / "model.onnx", work, docs, ["/model/layers.0/attn/q_proj/MatMul_input"])
-    grid, report = search_grid("q_proj", weight.T, importance[name], bits=4, block_size=32)
+    docs, record = calibration_tokens(bundle, manifest, "bbc-news", config)  # refuses text too short
+    stats = channel_statistics(bundle / "model.onnx", work, docs, [matmul.input[0]])
+    grid, report = calibrated_grid("q_proj", weight.T, stats[matmul.input[0]], bits=4, block_size=32)
 
 The fp32 bundle runs on calibration documents (never the test split) with the input of every MatMul as an
-extra output; each input channel k gets the importance ``imp_k = mean(x_k²)``, the diagonal of XᵀX/T as in
-llama.cpp's importance matrix. Each block of ``block_size`` weights along K then gets an asymmetric grid
-``ŵ = s·(q − z)`` with uint4 codes ``q``, an INTEGER zero point ``z`` (0..15) and a float scale ``s``: the
-pair that minimises ``Σ_k imp_k (w_k − ŵ_k)²`` among candidates (min/max ranges widened and narrowed, each
-with its weighted least-squares scale refit). Both round-to-nearest pairs (ORT's symmetric one and the
-asymmetric min/max one) are among the candidates, so the search is never worse than either in that objective.
-Integer zero points keep MatMulNBits on ONNX Runtime's fast pre-packed path (float zero points run ~57x slower)
-and need no separate offset term.
+extra output, giving ``H = XᵀX / T`` per input. Each input channel k gets the importance ``imp_k = H_kk =
+mean(x_k²)``, as in llama.cpp's importance matrix. Each block of ``block_size`` weights along K then gets an
+asymmetric grid ``ŵ = s·(q − z)`` with uint4 codes ``q``, an INTEGER zero point ``z`` (0..15) and a float scale
+``s``: the pair that minimises ``Σ_k imp_k (w_k − ŵ_k)²`` among candidates (min/max ranges widened and
+narrowed, each with its weighted least-squares scale refit). Both round-to-nearest pairs (ORT's symmetric one
+and the asymmetric min/max one) are among the candidates, so the search is never worse than either in that
+objective. GPTQ (the same grid, columns rounded in order with their error fed forward through H⁻¹) is then
+kept for a weight only where its output error ``tr(ΔHΔᵀ)`` is lower. Integer zero points keep MatMulNBits on
+ONNX Runtime's fast pre-packed path (float zero points run ~57x slower) with no separate offset term.
 """
 
 from __future__ import annotations
@@ -61,10 +63,11 @@ def calibration_tokens(bundle: Path, manifest: dict, data, config) -> tuple[list
                   "shared_with_evaluation": sum(number < scored for number in used)}
 
 
-def channel_importance(model_path: Path, work: Path, docs: list[list[int]], names: list[str],
+def channel_statistics(model_path: Path, work: Path, docs: list[list[int]], names: list[str],
                        progress=None) -> dict[str, np.ndarray]:
-    """``mean(x_k²)`` per input channel of each tensor in ``names`` (MatMul inputs), over every position of
-    ``docs`` run through the fp32 graph (one prefill pass per document, an empty KV cache)."""
+    """``H = XᵀX / T`` [K, K] of each tensor in ``names`` (MatMul inputs), over every position of ``docs`` run
+    through the fp32 graph (one prefill pass per document, an empty KV cache). Its diagonal, ``mean(x_k²)``,
+    is each input channel's importance."""
     import onnx
 
     from edgeshrink.runtime.bundle import open_session
@@ -93,8 +96,8 @@ def channel_importance(model_path: Path, work: Path, docs: list[list[int]], name
                          for d in meta.shape]
                 feeds[name] = np.zeros(shape, np.float16 if meta.type == "tensor(float16)" else np.float32)
         for name, value in zip(wanted, session.run(wanted, feeds)):
-            flat = value.reshape(-1, value.shape[-1]).astype(np.float64)
-            sums[name] = sums.get(name, 0) + np.square(flat).sum(axis=0)
+            flat = value.reshape(-1, value.shape[-1]).astype(np.float32)
+            sums[name] = sums.get(name, 0) + (flat.T @ flat).astype(np.float64)
         rows += len(ids)
     del session
     for path in (augmented, work / (augmented.name + ".data")):
@@ -191,6 +194,84 @@ def search_grid(name: str, values: np.ndarray, importance: np.ndarray | None, bi
                   "rtn_weighted_error": rtn, "max_abs_error": grid.max_abs_error}
 
 
+def output_error(values: np.ndarray, approx: np.ndarray, hessian: np.ndarray) -> float:
+    """tr(ΔHΔᵀ) / tr(WHWᵀ), Δ = W − Ŵ: the mean squared error of the layer's outputs on the calibration
+    activations, relative to the outputs' own energy."""
+    h = hessian.astype(np.float64)
+    delta, values = (values - approx).astype(np.float64), values.astype(np.float64)
+    total = float(np.einsum("nk,kl,nl->", values, h, values)) or 1.0
+    return float(np.einsum("nk,kl,nl->", delta, h, delta)) / total
+
+
+def gptq_grid(name: str, values: np.ndarray, hessian: np.ndarray, bits: int = 4, block_size: int = 32,
+              qtype: str = "F32", damping: float = 0.01, batch: int = 128) -> Grid:
+    """GPTQ (Frantar et al. 2022) onto the same grid: columns rounded in order, each one's error spread onto the
+    columns not yet rounded through the Cholesky factor of H⁻¹; each block's (scale, integer zero point) is
+    the importance-weighted search's, on the block's weights as updated so far (diag H the importances)."""
+    n, k = values.shape
+    top = (1 << bits) - 1
+    h = hessian.astype(np.float64).copy()
+    w = values.astype(np.float64).copy()
+    dead = np.diag(h) <= 0
+    h[dead, dead] = 1
+    w[:, dead] = 0
+    h[np.diag_indices(k)] += damping * float(np.mean(np.diag(h)))
+    try:
+        upper = np.linalg.cholesky(np.linalg.inv(h)).T  # H⁻¹ = UᵀU
+    except np.linalg.LinAlgError:
+        raise EdgeshrinkError(f"{name}: the calibration activations' XᵀX is not positive definite even damped")
+    imp = _floored(np.diag(hessian), k)
+    codes = np.zeros((n, k), np.uint8)
+    scales = np.zeros((n, k // block_size), np.float32)
+    zeros = np.zeros((n, k // block_size), np.float32)
+    for start in range(0, k, batch):
+        stop = min(k, start + batch)
+        part, errors = w[:, start:stop], np.zeros((n, stop - start))
+        for i in range(stop - start):
+            col = start + i
+            j = col // block_size
+            if col % block_size == 0:
+                group = part[:, i:i + block_size].astype(np.float32)[:, None, :]
+                s, z, _ = _search_rows(group, imp[col:col + block_size][None, :], bits)
+                scales[:, j], zeros[:, j] = s[:, 0], z[:, 0]
+            s, z = scales[:, j].astype(np.float64), zeros[:, j].astype(np.float64)
+            q = np.clip(np.rint(part[:, i] / np.where(s == 0, 1, s)) + z, 0, top)
+            codes[:, col] = q
+            error = (part[:, i] - s * (q - z)) / upper[col, col]
+            part[:, i:] -= np.outer(error, upper[col, col:stop])
+            errors[:, i] = error
+        w[:, stop:] -= errors @ upper[start:stop, stop:]
+    grid = Grid(name, f"{qtype}->gptq{bits}", bits, block_size, codes, scales, None, values, 0.0,
+                zeros.astype(np.uint8))
+    grid.max_abs_error = float(np.max(np.abs(grid.reconstruct() - values))) if values.size else 0.0
+    return grid
+
+
+def calibrated_grid(name: str, values: np.ndarray, hessian: np.ndarray | None, bits: int = 4, block_size: int = 32,
+                    error_feedback: bool = True) -> tuple[Grid, dict]:
+    """The grid of one weight: the importance-weighted search, or GPTQ's where ``error_feedback`` and H are
+    given and its output error on the calibration activations is lower; the report says which and both errors
+    (and round-to-nearest's) in each objective."""
+    importance = None if hessian is None else np.diag(hessian).copy()
+    grid, report = search_grid(name, values, importance, bits, block_size)
+    report["method"] = "search"
+    if hessian is None:
+        return grid, report
+    blocks = values.reshape(values.shape[0], -1, block_size)
+    report["output_error"] = output_error(values, grid.reconstruct(), hessian)
+    report["rtn_output_error"] = min(output_error(values, _on_pair(blocks, s, z, bits).reshape(values.shape), hessian)
+                                     for s, z in rtn_pairs(blocks, bits))
+    if error_feedback:
+        gptq = gptq_grid(name, values, hessian, bits, block_size)
+        gptq_error = output_error(values, gptq.reconstruct(), hessian)
+        report["gptq_output_error"] = gptq_error
+        if gptq_error < report["output_error"]:
+            grid = gptq
+            report.update(method="gptq", output_error=gptq_error, max_abs_error=gptq.max_abs_error,
+                          weighted_error=weighted_error(values, gptq.reconstruct(), importance))
+    return grid, report
+
+
 def _on_pair(blocks: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int) -> np.ndarray:
     """Blocks rounded to nearest on the grid of one (scale, zero point) pair per block."""
     safe = np.where(scale == 0, 1, scale)[..., None]
@@ -199,15 +280,18 @@ def _on_pair(blocks: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int)
 
 
 class Calibration:
-    """What keep_gguf_grid asks when weights are off the grid: importances (the fp32 graph run on the
-    documents ``docs()`` gives, read only when asked) and the search."""
+    """What keep_gguf_grid asks when weights are off the grid: activation statistics (the fp32 graph run on
+    the documents ``docs()`` gives, read only when asked) and the grid of one weight."""
 
-    def __init__(self, model_path: Path, work: Path, docs, progress=None):
+    def __init__(self, model_path: Path, work: Path, docs, progress=None, error_feedback: bool = True):
         self.model_path, self.work, self.docs, self.progress = model_path, work, docs, progress
+        self.error_feedback = error_feedback
 
-    def importance(self, names: list[str]) -> dict[str, np.ndarray]:
-        return channel_importance(self.model_path, self.work, self.docs(), names, self.progress)
+    def statistics(self, names: list[str]) -> dict[str, np.ndarray]:
+        return channel_statistics(self.model_path, self.work, self.docs(), names, self.progress)
 
-    @staticmethod
-    def search(name: str, rows: np.ndarray, importance: np.ndarray | None, bits: int, block_size: int):
-        return search_grid(name, rows, importance, bits, block_size)
+    def search(self, name: str, rows: np.ndarray, hessian: np.ndarray | None, bits: int, block_size: int,
+               lookup: bool = False):
+        """``lookup``: the table is also read row by row (a tied embedding): no error feedback, which would
+        move each row's error onto its other elements."""
+        return calibrated_grid(name, rows, hessian, bits, block_size, self.error_feedback and not lookup)

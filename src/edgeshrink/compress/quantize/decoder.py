@@ -102,8 +102,8 @@ class DecoderQuantization:
         config, progress, untied = self.config, self.progress, 0
         with reported(f"int4-weight of {self.bundle}", limit=200):
             progress("keeping the GGUF grid" if self.gguf else "the embedding table and LM head")
-            calibration = None if config.grid == "rtn" else Calibration(self.bundle / "model.onnx", work,
-                                                                        self._calibration_docs, progress)
+            calibration = None if config.grid == "rtn" else Calibration(
+                self.bundle / "model.onnx", work, self._calibration_docs, progress, config.error_feedback)
             grid_report = keep_gguf_grid(self.bundle / "model.onnx", work / "grid.onnx", self.gguf, config, progress,
                                          calibration)
             if grid_report["matmuls_left"]:

@@ -402,10 +402,9 @@ def keep_gguf_grid(src: Path, dst: Path, gguf: Path, config, progress=None, cali
     to meet a size budget is re-rounded, and the report says by how much); a table not on the GGUF's grid
     (or with no GGUF) is rounded to ``head_bits`` (default 4), tied tables once for both uses.
 
-    Weights off the grid: with a ``calibration`` (calibrated.py's Calibration: ``importance(names)``, asked
-    once and only if some weight is off the grid, gives each MatMul input's per-channel importances, and
-    ``search`` the grid they weigh) each gets its importance-weighted grid, a tied table its LM head's
-    importances; without one they are listed in ``matmuls_left`` for
+    Weights off the grid: with a ``calibration`` (calibrated.py's Calibration: ``statistics(names)``, asked
+    once and only if some weight is off the grid, gives each MatMul input's XᵀX, and ``search`` the grid
+    they weigh) each gets its calibrated grid, a tied table its LM head's statistics; without one they are listed in ``matmuls_left`` for
     round-to-nearest INT4 (and tables are rounded to nearest). Returns what was kept, searched, re-rounded
     and left alone."""
     import onnx
@@ -474,11 +473,13 @@ def keep_gguf_grid(src: Path, dst: Path, gguf: Path, config, progress=None, cali
             groups.setdefault(key, []).append(entry)
         reader = {key: next((e[0].input[0] for e in members if e[0].op_type == "MatMul"), None)
                   for key, members in groups.items()}
-        found = calibration.importance(sorted({x for x in reader.values() if x is not None}))
+        found = calibration.statistics(sorted({x for x in reader.values() if x is not None}))
         for number, (key, members) in enumerate(groups.items()):
             node, rows, _, table, bits = next((e for e in members if e[0].op_type == "MatMul"), members[0])
             progress(f"searching the INT4 grid of {table} ({number + 1}/{len(groups)})")
-            grid, searched[table] = calibration.search(table, rows, found.get(reader[key]), bits, config.block_size)
+            lookup = any(e[0].op_type == "Gather" for e in members)
+            grid, searched[table] = calibration.search(table, rows, found.get(reader[key]), bits, config.block_size,
+                                                       lookup)
             for node, _, head, _, _ in members:
                 if node.op_type == "Gather":
                     writer.gather(node, grid)
