@@ -77,7 +77,8 @@ def test_error_feedback_lowers_the_output_error_on_correlated_activations():
     searched, _ = search_grid("w", w, np.diag(h).copy())
     assert output_error(w, gptq.reconstruct(), h) < output_error(w, searched.reconstruct(), h)
     grid, report = calibrated_grid("w", w, h)
-    assert report["method"] == "gptq" and report["output_error"] == pytest.approx(output_error(w, grid.reconstruct(), h))
+    assert report["method"] == "gptq"
+    assert report["output_error"] == pytest.approx(output_error(w, grid.reconstruct(), h))
     assert report["output_error"] < report["rtn_output_error"] and report["gptq_output_error"] == report["output_error"]
     # y = x @ wᵀ: the error of the outputs themselves, as H says
     direct = np.square(x @ (w - grid.reconstruct()).T).sum() / np.square(x @ w.T).sum()

@@ -121,7 +121,8 @@ def _floored(importance: np.ndarray | None, k: int) -> np.ndarray:
 
 def rtn_pairs(blocks: np.ndarray, bits: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """The (scale, zero point) pairs of round-to-nearest per block: ORT's symmetric one (the signed value of
-    largest magnitude onto −2^(bits−1), zero point 2^(bits−1)) and the asymmetric min/max one (round_to_grid's)."""
+    largest magnitude onto −2^(bits−1), zero point 2^(bits−1)) and the asymmetric min/max one
+    (round_to_grid's)."""
     top, half = (1 << bits) - 1, 1 << (bits - 1)
     picked = np.take_along_axis(blocks, np.abs(blocks).argmax(axis=-1)[..., None], axis=-1)[..., 0]
     symmetric = ((picked / -half).astype(np.float32), np.full(picked.shape, half, np.float32))

@@ -7,11 +7,12 @@ the embedding and tied LM head included.
 A bundle imported from a GGUF keeps the GGUF's own integer grid (``grid="auto"``, see gguf_grid.py's
 :func:`keep_gguf_grid`). The embedding table and a tied LM head share one quantized table
 (GatherBlockQuantized reads MatMulNBits' codes), at the grid's own bits or ``head_bits``. Weights that are on
-no GGUF grid get calibrated.py's importance-weighted grid with integer zero points, searched on activations of
-calibration documents (``grid="auto"`` or ``"calibrated"``; ``"calibrated"`` searches even the weights a GGUF
-grid would keep); ``grid="rtn"`` sends them through ORT's round-to-nearest quantizer. The manifest records, on the calibration documents of a text set (default ``bbc-news``; never the
-test split), the perplexity of the source and of the quantized model and their top-1 agreement (same
-positions, teacher-forced).
+no GGUF grid get calibrated.py's grid with integer zero points (an importance-weighted search, GPTQ where it
+does better), chosen on activations of calibration documents (``grid="auto"`` or ``"calibrated"``;
+``"calibrated"`` searches even the weights a GGUF grid would keep); ``grid="rtn"`` sends them through ORT's
+round-to-nearest quantizer. The manifest records, on the calibration documents of a text set (default
+``bbc-news``; never the test split), the perplexity of the source and of the quantized model and their top-1
+agreement (same positions, teacher-forced).
 """
 
 from __future__ import annotations

@@ -404,9 +404,9 @@ def keep_gguf_grid(src: Path, dst: Path, gguf: Path, config, progress=None, cali
 
     Weights off the grid: with a ``calibration`` (calibrated.py's Calibration: ``statistics(names)``, asked
     once and only if some weight is off the grid, gives each MatMul input's XᵀX, and ``search`` the grid
-    they weigh) each gets its calibrated grid, a tied table its LM head's statistics; without one they are listed in ``matmuls_left`` for
-    round-to-nearest INT4 (and tables are rounded to nearest). Returns what was kept, searched, re-rounded
-    and left alone."""
+    they weigh) each gets its calibrated grid, a tied table its LM head's statistics; without one they are
+    listed in ``matmuls_left`` for round-to-nearest INT4 (and tables are rounded to nearest). Returns what
+    was kept, searched, re-rounded and left alone."""
     import onnx
     from onnx import numpy_helper
 
