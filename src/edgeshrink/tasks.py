@@ -339,7 +339,8 @@ implement("quantize", "tensor-classification", "edgeshrink.compress.quantize.cla
 implement("quantize", "text-generation", "edgeshrink.compress.quantize.decoder:DecoderQuantization",
           "edgeshrink.compress.quantize.config:LLMQuantConfig",
           {**_QUANT_FLAGS, "--grid": "grid", "--head-bits": "head_bits", "--answer-prompts": "answer_prompts",
-           "--calibration-documents": "calibration_documents", "--calibration-tokens": "calibration_tokens"})
+           "--calibration-documents": "calibration_documents", "--calibration-tokens": "calibration_tokens",
+           "--error-feedback": "error_feedback"})
 
 # bench (a bundle's task)
 _BENCH_CLASSIFIER_FLAGS = {"--data": "", "--threads": "threads", "--seq-lengths": "seq_lengths",

@@ -83,5 +83,7 @@ def test_error_feedback_lowers_the_output_error_on_correlated_activations():
     # y = x @ wᵀ: the error of the outputs themselves, as H says
     direct = np.square(x @ (w - grid.reconstruct()).T).sum() / np.square(x @ w.T).sum()
     assert report["output_error"] == pytest.approx(direct, rel=1e-3)
-    plain, plain_report = calibrated_grid("w", w, h, error_feedback=False)
-    assert plain_report["method"] == "search" and "gptq_output_error" not in plain_report
+    _, plain = calibrated_grid("w", w, h, error_feedback=False)
+    assert plain["method"] == "search" and "gptq_output_error" not in plain and plain["output_error"] > 0
+    _, diagonal = calibrated_grid("w", w, np.diag(h).copy())  # the importances alone: the search, no H objectives
+    assert diagonal["method"] == "search" and "output_error" not in diagonal

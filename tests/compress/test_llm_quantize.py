@@ -102,6 +102,25 @@ def _dequantized(path, out):
     return out
 
 
+def _equals_its_dequantized_reference(bundle, scratch):
+    import onnxruntime as ort
+
+    reference = ort.InferenceSession(str(_dequantized(bundle / "model.onnx", scratch)),
+                                     providers=["CPUExecutionProvider"])
+    int4 = load(bundle)
+    ids = int4.encode("a good film about the sea and a dull one")
+    feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+    inputs = {i.name: i for i in reference.get_inputs()}
+    if "position_ids" in inputs:
+        feeds["position_ids"] = np.arange(len(ids), dtype=np.int64)[None]
+    for name, meta in inputs.items():
+        if name.startswith("past_key_values."):
+            feeds[name] = np.zeros([1 if isinstance(d, str) and "batch" in d else (0 if isinstance(d, str) else d)
+                                    for d in meta.shape], np.float32)
+    expected = reference.run(["logits"], feeds)[0][0]
+    np.testing.assert_allclose(int4.logits(ids), expected, atol=1e-4 * np.abs(expected).max(), rtol=1e-4)
+
+
 def _kl_and_top1(source, quantized, ids_list):
     from edgeshrink.runtime.generate import log_softmax
 
@@ -116,7 +135,6 @@ def _kl_and_top1(source, quantized, ids_list):
 
 def test_the_calibrated_grid_is_what_the_onnx_computes_and_beats_round_to_nearest(tied_bundle, tmp_path):
     import onnx
-    import onnxruntime as ort
 
     from edgeshrink.data.lm_text import load_lm_text
 
@@ -126,13 +144,8 @@ def test_the_calibrated_grid_is_what_the_onnx_computes_and_beats_round_to_neares
     q = manifest["quantization"]
     assert q["grid"] == "calibrated" and q["gguf_grid"]["matmuls_left"] == []
     searched = q["gguf_grid"]["calibrated"]
-    assert searched and all(r["bits"] == 4 for r in searched.values())
-    for r in searched.values():  # the search beats round to nearest in its objective; GPTQ is kept where it beats
-        if r["method"] == "search":  # the search in the output error on the calibration activations
-            assert r["weighted_error"] <= r["rtn_weighted_error"] * (1 + 1e-5)
-        else:
-            assert r["method"] == "gptq" and r["output_error"] == r["gptq_output_error"]
-    assert {r["method"] for r in searched.values()} == {"search", "gptq"}  # the tied table: no error feedback
+    assert searched and all(r["bits"] == 4 and r["method"] == "search" for r in searched.values())
+    assert all(r["weighted_error"] <= r["rtn_weighted_error"] * (1 + 1e-5) for r in searched.values())
     calibration = q["gguf_grid"]["calibration"]
     assert calibration["part"] == "calibration" and calibration["tokens"] >= 64 and calibration["documents"] > 0
     nodes = onnx.load(str(tmp_path / "cal" / "model.onnx")).graph.node
@@ -141,20 +154,17 @@ def test_the_calibrated_grid_is_what_the_onnx_computes_and_beats_round_to_neares
     assert sum(n.op_type == "GatherBlockQuantized" for n in nodes) == 1  # the tied table, shared with the head
     assert not any(n.op_type == "MatMul" for n in nodes if "block_sum" in n.name or "offset" in n.name)
 
-    reference = ort.InferenceSession(str(_dequantized(tmp_path / "cal" / "model.onnx", tmp_path / "ref.onnx")),
-                                     providers=["CPUExecutionProvider"])
     int4 = load(tmp_path / "cal")
-    ids = int4.encode("a good film about the sea and a dull one")
-    feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
-    inputs = {i.name: i for i in reference.get_inputs()}
-    if "position_ids" in inputs:
-        feeds["position_ids"] = np.arange(len(ids), dtype=np.int64)[None]
-    for name, meta in inputs.items():
-        if name.startswith("past_key_values."):
-            feeds[name] = np.zeros([1 if isinstance(d, str) and "batch" in d else (0 if isinstance(d, str) else d)
-                                    for d in meta.shape], np.float32)
-    expected = reference.run(["logits"], feeds)[0][0]
-    np.testing.assert_allclose(int4.logits(ids), expected, atol=1e-4 * np.abs(expected).max(), rtol=1e-4)
+    _equals_its_dequantized_reference(tmp_path / "cal", tmp_path / "ref.onnx")
+
+    # GPTQ on request: kept where it lowers a weight's output error, never for the table read as an embedding
+    gptq = quantize(root / "fp32", tmp_path / "gptq", config.model_copy(update={"error_feedback": True,
+                                                                             "evaluate": False}), data=str(text))
+    methods = {name: r["method"] for name, r in gptq["quantization"]["gguf_grid"]["calibrated"].items()}
+    assert "gptq" in methods.values() and not any(m == "gptq" and "embed" in name for name, m in methods.items())
+    assert all(r["output_error"] <= r.get("gptq_output_error", np.inf) + 1e-12 and r["output_error"] >= 0
+               for r in gptq["quantization"]["gguf_grid"]["calibrated"].values() if "gptq_output_error" in r)
+    _equals_its_dequantized_reference(tmp_path / "gptq", tmp_path / "ref-gptq.onnx")
 
     rtn = quantize(root / "fp32", tmp_path / "rtn", config.model_copy(update={"grid": "rtn"}), data=str(text))
     fp32 = load(root / "fp32")
