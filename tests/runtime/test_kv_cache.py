@@ -61,7 +61,7 @@ def test_a_cut_back_cache_gives_the_logits_of_a_fresh_one(pair, capacity):
     target, _ = pair
     ids = target.encode(PROMPTS[1])
     model = CachedModel(target)
-    assert model.shared
+    assert isinstance(model.past, kv_cache.SharedCache)
     model.logits(ids + [5, 6, 7, 8], rows=5)
     cut = model.logits(ids[:4] + [9, 10], rows=2)  # back to 4 positions, then 2 new ones
     fresh = target.logits(ids[:4] + [9, 10])

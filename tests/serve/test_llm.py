@@ -526,3 +526,35 @@ def test_the_services_default_repetition_penalty_applies_when_a_request_gives_no
                                 Tiny(), "m", limits))
     assert default.options["repetition_penalty"] == 1.3 and asked.options["repetition_penalty"] == 1.0
     assert default.options["frequency_penalty"] == 0 and default.options["presence_penalty"] == 0
+
+
+def test_prompt_lookup_in_the_services_answers_the_same(start, llm_bundles, serve_models):
+    """serve-cloud --prompt-lookup 3: the same answers, streamed or not (Generator.stream with prompt lookup);
+    a classifier service refuses the flag in one line."""
+    from typer.testing import CliRunner
+
+    from edgeshrink.cli import app
+    from edgeshrink.runtime import load
+
+    cloud = start("serve-cloud", llm_bundles / "cloud", "--port", 0, "--rate", 0, "--prompt-lookup", 3)
+    local = load(llm_bundles / "cloud")
+    client = _client(cloud)
+    prompt = [{"role": "user", "content": "the plot the plot the plot, a good film a good film a good"}]
+    want = local.generate(prompt, 24, repetition_penalty=1.0)
+    reply = client.chat.completions.create(model="cloud", messages=prompt, max_tokens=24, temperature=0,
+                                           extra_body={"repetition_penalty": 1.0})
+    assert reply.choices[0].message.content == want.text
+    assert reply.usage.completion_tokens == len(want.token_ids)
+    streamed = client.chat.completions.create(model="cloud", messages=prompt, max_tokens=24, temperature=0,
+                                              extra_body={"repetition_penalty": 1.0}, stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in streamed if chunk.choices) == want.text
+    text = "a good film, music and cast. a good film, music and cast. a good"
+    completion = client.completions.create(model="cloud", prompt=text, max_tokens=24, temperature=0,
+                                           extra_body={"repetition_penalty": 1.0})
+    assert completion.choices[0].text == local.generate(text, 24).text
+    metrics = _metrics(cloud)
+    drafted, accepted = (metrics[f"edgeshrink_spec_decode_num_{kind}_tokens_total"] for kind in ("draft", "accepted"))
+    assert 0 < accepted < drafted  # vLLM's counters: drafts were made, some were the tokens drawn
+    refused = CliRunner().invoke(app, ["serve", str(serve_models["plain"]), "--prompt-lookup", "3", "--port", "0"])
+    assert refused.exit_code == 2 and "--prompt-lookup" in refused.output
+    assert len(refused.output.strip().splitlines()) == 1, refused.output

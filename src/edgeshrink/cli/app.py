@@ -26,6 +26,7 @@ app.add_typer(route_app, name="route")
 
 SPARSIFY = "edgeshrink.compress.sparsify:SparsifyConfig"
 CHAT_EXITS = ("/exit", "/quit")  # what ends `generate --chat` (besides Ctrl-D)
+PROMPT_LOOKUP = "prompt-lookup"  # `generate --draft prompt-lookup`: n-gram drafts from the prompt, no draft model
 
 
 def task_option(verb: str, decl: str, text: str):
@@ -297,9 +298,14 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
                                                              "answer (-2..2).")] = 0.0,
              stop: Annotated[Optional[list[str]], typer.Option(help="Stop when this text appears (repeatable).")] = None,
              threads: Annotated[Optional[int], typer.Option(help="Intra-op threads.")] = None,
-             draft: Annotated[Optional[Path], typer.Option(help="Speculative decoding: a smaller bundle with the same "
-                                                          "tokenizer drafts, BUNDLE verifies (output as BUNDLE's own).")] = None,
-             draft_tokens: Annotated[int, typer.Option(help="Speculative decoding: first draft length (adapts).")] = 4,
+             draft: Annotated[Optional[str], typer.Option(help="Speculative decoding: a smaller bundle with the same "
+                                                         "tokenizer drafts, BUNDLE verifies (output as BUNDLE's own); "
+                                                         "prompt-lookup: drafts are n-grams copied from the prompt "
+                                                         "and the answer, no draft model.")] = None,
+             draft_tokens: Annotated[int, typer.Option(help="Speculative decoding with a draft bundle: first draft "
+                                                          "length (adapts).")] = 4,
+             ngram: Annotated[Optional[int], typer.Option(help="--draft prompt-lookup: the longest n-gram looked up "
+                                                          "[default: 3]")] = None,
              json_out: JsonOut = None) -> None:
     """Generate text with an LLM bundle, streaming tokens as they come (torch-free runtime)."""
     import sys
@@ -315,20 +321,27 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
     llm = load(bundle, threads=threads)
     if not isinstance(llm, Generator):
         raise fail(f"{bundle} is a {llm.task} bundle, not a language model: use `edgeshrink predict {bundle} TEXT`")
-    if draft is not None:
+    lookup = draft == PROMPT_LOOKUP
+    if ngram is not None and not lookup:
+        raise fail(f"--ngram applies only with --draft {PROMPT_LOOKUP}")
+    if lookup and ngram is not None and ngram < 1:
+        raise fail(f"--ngram must be at least 1, got {ngram}")
+    if lookup:  # drafts checked inside the generator's own steps: streams, stops and chats as without
+        llm._prompt_lookup(ngram or 3)  # a model without a KV cache is refused here, before any output
+    elif draft is not None:
         if chat and prompt is None:
             raise fail("--draft generates one answer: give a prompt")
         if stop:
             raise fail("--stop does not apply with --draft")
-        return _speculate(llm, Generator(draft, threads=threads), prompt, chat, max_new_tokens or 128, sampling,
-                          seed, draft_tokens, json_out)
+        return _speculate(llm, Generator(draft, threads=threads), prompt, chat, max_new_tokens or 128, sampling, seed,
+                          draft_tokens, json_out)
     if chat and llm.chat_template is None:
         raise fail(f"{bundle} has no chat template: run without --chat")
     if not chat and prompt is None:
         raise fail("give a prompt, or --chat")
     options = dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, stop=tuple(stop or ()),
                    repetition_penalty=repetition_penalty, frequency_penalty=frequency_penalty,
-                   presence_penalty=presence_penalty)
+                   presence_penalty=presence_penalty, prompt_lookup=(ngram or 3) if lookup else 0)
     messages: list[dict] = []
     turns = []
     if chat and prompt is None:
@@ -346,6 +359,9 @@ def generate(bundle: Annotated[Path, typer.Argument(help="LLM bundle directory (
                 sys.stdout.write(token.text)
                 sys.stdout.flush()
             sys.stdout.write("\n")
+            if lookup and pieces:
+                typer.echo(f"prompt lookup: {len(pieces)} tokens in {info['target_passes']} passes, drafted tokens "
+                           f"kept {info['accepted']}/{info['drafted']}", err=True)
             answer = "".join(pieces)
             turns.append({"prompt": text, "text": answer, **info})
             if not chat or prompt is not None:

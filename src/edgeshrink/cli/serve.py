@@ -24,10 +24,14 @@ LongText = Annotated[Optional[str], typer.Option(help=config_help(LIMITS, "long_
 MaxTexts = Annotated[Optional[int], typer.Option(help=config_help(LIMITS, "max_texts", "Most texts per request."))]
 MaxBody = Annotated[Optional[int], typer.Option(help=config_help(LIMITS, "max_body_bytes", "Largest request body in bytes."))]
 Rate = Annotated[Optional[float], typer.Option(help=config_help(LIMITS, "requests_per_second", "Requests per second per client (0: no limit)."))]
+PromptLookup = Annotated[Optional[int], typer.Option(help="Language models: prompt lookup on every answer, drafting the tokens "
+                                                     "after the latest earlier match of the last N (down to 2) tokens of "
+                                                     "prompt + answer, checked in the same pass: the same output, fewer "
+                                                     "passes where answers copy their input (0: off) [default: 0]")]
 
 
 def _config(config_file: Path | None, flags: dict, limits: dict, batch: dict, cloud: dict | None = None,
-            monitor: dict | None = None):
+            monitor: dict | None = None, llm: dict | None = None):
     import yaml
 
     from edgeshrink._yaml import safe_load
@@ -45,7 +49,8 @@ def _config(config_file: Path | None, flags: dict, limits: dict, batch: dict, cl
         if not isinstance(raw, dict):
             raise EdgeshrinkError(f"{config_file}: expected a mapping of ServeConfig keys")
     raw.update({k: v for k, v in flags.items() if v is not None})
-    for section, values in (("limits", limits), ("batch", batch), ("cloud", cloud or {}), ("monitor", monitor or {})):
+    for section, values in (("limits", limits), ("batch", batch), ("cloud", cloud or {}), ("monitor", monitor or {}),
+                            ("llm", llm or {})):
         values = {k: v for k, v in values.items() if v is not None}
         if values:
             raw[section] = {**(raw.get(section) or {}), **values}
@@ -57,7 +62,7 @@ def serve_cloud(model: Annotated[str, typer.Argument(help="The cloud model: a bu
                 host: Host = "127.0.0.1", port: Port = 8001, config_file: ConfigFile = None, threads: Threads = None,
                 api_key_env: ApiKeyEnv = None, max_batch_size: BatchSize = None, max_wait_ms: MaxWait = None,
                 max_text_chars: MaxChars = None, long_text: LongText = None, max_texts: MaxTexts = None,
-                max_body_bytes: MaxBody = None, rate: Rate = None,
+                max_body_bytes: MaxBody = None, rate: Rate = None, prompt_lookup: PromptLookup = None,
                 faults: Annotated[Optional[Path], typer.Option(
                     help="Fault drills: a JSON file read per request ({\"delay_ms\": N} or {\"status\": 500}).")] = None,
                 engine: Annotated[str, typer.Option(help="uvicorn (this process) | ray (Ray Serve replicas; "
@@ -79,7 +84,8 @@ def serve_cloud(model: Annotated[str, typer.Argument(help="The cloud model: a bu
     config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env},
                      {"max_text_chars": max_text_chars, "long_text": long_text, "max_texts": max_texts,
                       "max_body_bytes": max_body_bytes, "requests_per_second": rate},
-                     {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms})
+                     {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
+                     llm={"prompt_lookup": prompt_lookup})
     ray_flags = {"address": address, "replicas": replicas, "min_replicas": min_replicas,
                  "max_replicas": max_replicas, "replica_cpus": replica_cpus}
     if engine not in ("uvicorn", "ray"):
@@ -87,7 +93,7 @@ def serve_cloud(model: Annotated[str, typer.Argument(help="The cloud model: a bu
     if engine == "uvicorn" and any(v is not None for v in ray_flags.values()):
         raise EdgeshrinkError("--address, --replicas, --min/max-replicas and --replica-cpus apply to --engine ray")
     impl = tasks.of_model(model).implementation("serve-cloud")
-    impl.refuse_flags({"--engine": engine if engine == "ray" else None})
+    impl.refuse_flags({"--engine": engine if engine == "ray" else None, "--prompt-lookup": prompt_lookup})
     if config.port:
         bind(config.host, config.port).close()  # a port in use fails before the model loads
     if engine == "ray":
@@ -102,7 +108,7 @@ def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle 
                  host: Host = "127.0.0.1", port: Port = 8000, config_file: ConfigFile = None, threads: Threads = None,
                  api_key_env: ApiKeyEnv = None, max_batch_size: BatchSize = None, max_wait_ms: MaxWait = None,
                  max_text_chars: MaxChars = None, long_text: LongText = None, max_texts: MaxTexts = None,
-                 max_body_bytes: MaxBody = None, rate: Rate = None,
+                 max_body_bytes: MaxBody = None, rate: Rate = None, prompt_lookup: PromptLookup = None,
                  deadline_ms: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "deadline_ms", "Escalation deadline, ms, retries included."))] = None,
                  retries: Annotated[Optional[int], typer.Option(help=config_help(CLOUD, "retries", "Retries within the deadline."))] = None,
                  connect_timeout_s: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "connect_timeout_s", "Cloud connect timeout, s."))] = None,
@@ -157,10 +163,11 @@ def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle 
                      {"max_text_chars": max_text_chars, "long_text": long_text, "max_texts": max_texts,
                       "max_body_bytes": max_body_bytes, "requests_per_second": rate},
                      {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
-                     cloud_flags if cloud is not None else None, monitor_flags)
+                     cloud_flags if cloud is not None else None, monitor_flags, {"prompt_lookup": prompt_lookup})
     impl = tasks.of_model(bundle).implementation("serve")
     protocol = config.cloud.protocol if config.cloud is not None else None
-    impl.refuse_flags({"--cloud-protocol": protocol if protocol != "edgeshrink" else None})
+    impl.refuse_flags({"--cloud-protocol": protocol if protocol != "edgeshrink" else None,
+                       "--prompt-lookup": prompt_lookup})
     if config.port:
         bind(config.host, config.port).close()
     app = impl.function()(bundle, config)

@@ -37,6 +37,15 @@ _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64
        "tensor(int32)": np.int32}
 
 
+def sequence_axis(shape) -> int:
+    """The sequence axis of a past_key_values input: the one whose name says sequence or past, else 2
+    ([batch, kv heads, sequence, head dim])."""
+    for i, dim in enumerate(shape):
+        if isinstance(dim, str) and ("sequence" in dim or "past" in dim):
+            return i
+    return 2
+
+
 @dataclass
 class Token:
     id: int
@@ -160,13 +169,21 @@ class Generator:
     def stream(self, prompt, max_new_tokens: int | None = 64, temperature: float = 0.0, top_p: float = 1.0, top_k: int = 0,
                stop: list[str] | tuple = (), seed: int | None = None, ignore_eos: bool = False, info: dict | None = None,
                repetition_penalty: float = 1.0, frequency_penalty: float = 0.0,
-               presence_penalty: float = 0.0):
+               presence_penalty: float = 0.0, prompt_lookup: int = 0):
         """Yield ``Token``s as they are produced (``max_new_tokens`` None: what the context leaves, at most
         DEFAULT_NEW_TOKENS). ``info`` (a dict) receives timings and the stop reason. The penalties are
         runtime/sampling.py's, over the answer so far; off by default here, as in Hugging Face and vLLM (the CLI
-        and the services default to sampling.DEFAULT_REPETITION_PENALTY)."""
+        and the services default to sampling.DEFAULT_REPETITION_PENALTY).
+
+        ``prompt_lookup`` n > 0: each step also feeds the tokens that followed the latest earlier occurrence of
+        the last n (down to 2) tokens of the prompt and answer (speculative.PromptLookup), so one pass computes
+        the rows of the positions after them too. Every token is still drawn from its own row exactly as without
+        lookup (with a one-hot draft, speculative sampling's accept rule is drawing from p), so the output is
+        the same, seed for seed; a drafted token that was not drawn only cuts the cache back. ``info`` gets
+        ``target_passes``, ``drafted`` and ``accepted``."""
         sampling = Sampling(temperature, top_k, top_p, repetition_penalty, frequency_penalty, presence_penalty)
         sampling.check()
+        lookup = self._prompt_lookup(prompt_lookup)
         if any(not isinstance(s, str) or not s for s in stop):
             raise EdgeshrinkError("a stop string must be a non-empty string")
         ids = self.prompt_ids(prompt, max_new_tokens)
@@ -178,11 +195,26 @@ class Generator:
         started = time.perf_counter()
         logits, past = self._step(ids, self._empty_past(), len(ids))
         total, generated, text_so_far = len(ids), [], ""
+        rows, drafted = [logits[-1]], []  # rows computed ahead: rows[i + 1] follows drafted[i]
+        k, counts = 4, {"target_passes": 1, "drafted": 0, "accepted": 0}  # k: draft length, adapted as speculate's
+        if lookup:  # counted into info as they happen (a consumer may stop the stream early)
+            info.update(counts)
+            counts = info
         for step in range(max_new_tokens):
-            row = logits[-1]
+            row = rows.pop(0)
             logprobs = log_softmax(row)  # the model's own, before penalties and temperature
             support, probs = distribution(penalized(row, sampling, generated), sampling)
             token = int(rng.choice(support, p=probs))
+            if drafted:  # the next row is only right if the drafted token is the one drawn
+                if token == drafted[0]:
+                    counts["accepted"] += 1
+                    drafted.pop(0)
+                    if not drafted:
+                        k = min(8, k + 2)
+                else:
+                    past = self._cut(past, total - len(drafted))
+                    total -= len(drafted)
+                    rows, drafted, k = [], [], max(1, k - 1)
             if step == 0:
                 info["first_token_ms"] = (time.perf_counter() - started) * 1000
                 decode_started = time.perf_counter()
@@ -201,11 +233,37 @@ class Generator:
             if stop and any(s in text_so_far for s in stop):
                 info["stop_reason"] = "stop"
                 break
-            if step + 1 < max_new_tokens:
-                total += 1
-                logits, past = self._step([token], past, total)
+            if step + 1 < max_new_tokens and not rows:
+                room = min(max_new_tokens - step - 2, self.context_length - total - 1)
+                draft = lookup.lookup(ids + generated, min(k, room)) if lookup and room > 0 else []
+                total += 1 + len(draft)
+                logits, past = self._step([token] + draft, past, total)
+                rows, drafted = list(logits[-(len(draft) + 1):]), draft
+                counts["target_passes"] += 1
+                counts["drafted"] += len(draft)
         steps = len(generated) - 1
         info["decode_tokens_per_s"] = steps / (time.perf_counter() - decode_started) if steps > 0 else None
+
+    def _prompt_lookup(self, ngram: int):
+        """The n-gram drafter of ``stream(prompt_lookup=ngram)`` (None for 0), or a one-line refusal."""
+        if not isinstance(ngram, int) or isinstance(ngram, bool) or ngram < 0:
+            raise EdgeshrinkError(f"prompt_lookup must be a whole number of tokens >= 0, got {ngram!r}")
+        if not ngram:
+            return None
+        if not self.past_names:  # each pass would need the whole sequence again: nothing to gain, refused
+            raise EdgeshrinkError(f"{self.path}: model.onnx has no KV cache (no past_key_values inputs): "
+                                  f"prompt lookup needs one")
+        from edgeshrink.runtime.speculative import PromptLookup
+
+        return PromptLookup(self, ngram_max=ngram)
+
+    def _cut(self, past, length: int):
+        """The KV cache cut back to its first ``length`` positions."""
+        if isinstance(past, SharedCache):
+            past.truncate(length)
+            return past
+        return {name: np.take(value, range(length), axis=sequence_axis(self.inputs[name].shape))
+                for name, value in past.items()}
 
     def generate(self, prompt, max_new_tokens: int | None = 64, **options) -> Generation:
         """Generate to the end (see ``stream`` for the options)."""

@@ -22,6 +22,21 @@ request per round. Both keep a KV cache of the accepted prefix, cut back to it a
 
 Draft length is adaptive (as in Hugging Face's assisted generation): +2 after a round where every
 drafted token was kept, −1 otherwise, within [k_min, k_max].
+
+Prompt lookup (``PromptLookup``, as Hugging Face's ``prompt_lookup_num_tokens`` and vLLM's ``[ngram]``
+speculator) drafts with no model: the tokens that followed the latest earlier occurrence of the last n tokens
+in the prompt and the answer so far, n from ``ngram_max`` down to ``ngram_min`` (by default 3 down to 2:
+single-token matches drafted mostly tokens the target rejected, on SmolLM2). It pays where the answer copies
+its input (rewriting, summarising, editing code). Its draft is deterministic, a one-hot q: a drafted token is
+kept with probability p(x), and a rejection draws from p without x, so the output is still the target's.
+A round with no match verifies an empty draft: one ordinary target step. In this process the simpler path is
+``Generator.stream(..., prompt_lookup=3)`` (what ``generate --draft prompt-lookup`` and ``serve
+--prompt-lookup`` run): each token is drawn from its own row as without lookup, so the output is the same seed
+for seed. ``speculate(PromptLookup(llm), HTTPTarget(url))`` has a remote cloud verify the drafts.
+
+    from edgeshrink.runtime.speculative import PromptLookup
+    llm = load("runs/smollm2-fp32")
+    result = speculate(PromptLookup(llm), LocalTarget(llm), "Rewrite this: ...", max_new_tokens=128)
 """
 
 from __future__ import annotations
@@ -32,7 +47,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.runtime.kv_cache import SharedCache
 from edgeshrink.runtime.sampling import Sampling, distribution, penalized
 
 
@@ -40,11 +54,12 @@ class CachedModel:
     """A bundle's generator with a KV cache of a token prefix, fed only what it has not seen."""
 
     def __init__(self, generator):
+        if not generator.past_names:  # every pass would see only the tokens it is fed, not the prefix
+            raise EdgeshrinkError(f"{generator.path}: model.onnx has no KV cache (no past_key_values inputs): "
+                                  f"speculative decoding and prompt lookup need one")
         self.g = generator
         self.tokens: list[int] = []  # the prefix the cache holds
         self.past = generator._empty_past()
-        self.axis = {name: _sequence_axis(generator.inputs[name].shape) for name in generator.past_names}
-        self.shared = isinstance(self.past, SharedCache)  # cut back in place (runtime/kv_cache.py)
 
     def logits(self, tokens: list[int], rows: int = 1) -> np.ndarray:
         """Logits at the positions of ``tokens`` after the longest prefix the cache holds (at least the last
@@ -53,24 +68,14 @@ class CachedModel:
         limit = min(len(self.tokens), len(tokens) - rows)
         while common < limit and self.tokens[common] == tokens[common]:
             common += 1
-        if common < len(self.tokens) and self.shared:  # cut the cache back to the common prefix
-            self.past.truncate(common)
-            self.tokens = self.tokens[:common]
-        elif common < len(self.tokens):
-            self.past = {name: np.take(value, range(common), axis=self.axis[name]) for name, value in self.past.items()}
+        if common < len(self.tokens):  # cut the cache back to the common prefix
+            self.past = self.g._cut(self.past, common)
             self.tokens = self.tokens[:common]
         if len(tokens) > self.g.context_length:
             raise EdgeshrinkError(f"{len(tokens)} tokens exceed the context length {self.g.context_length}")
         out, self.past = self.g._step(tokens[common:], self.past, len(tokens))
         self.tokens = list(tokens)
         return out
-
-
-def _sequence_axis(shape) -> int:
-    for i, dim in enumerate(shape):
-        if isinstance(dim, str) and ("sequence" in dim or "past" in dim):
-            return i
-    return 2  # [batch, kv heads, sequence, head dim]
 
 
 def check_same_vocabulary(draft, target) -> None:
@@ -104,6 +109,66 @@ def verified(rows: np.ndarray, sequence: list[int], prompt_tokens: int, first: i
             for i, row in enumerate(rows)]
 
 
+class ModelDraft:
+    """A draft model (a bundle with the target's tokenizer) in this process: samples k tokens, one step each."""
+
+    def __init__(self, generator):
+        self.generator = generator
+        self.model = CachedModel(generator)
+
+    def propose(self, tokens: list[int], answer: list[int], length: int, sampling: Sampling, rng) -> tuple[list, list]:
+        """Up to ``length`` tokens after ``tokens`` (``answer``: its answer part, for the penalties) and the
+        draft's distribution of each (a vector over the vocabulary)."""
+        proposal, q_dists = [], []
+        for _ in range(length):
+            row = self.model.logits(tokens + proposal)[-1]
+            ids, probs = distribution(penalized(row, sampling, answer + proposal), sampling)
+            token = int(rng.choice(ids, p=probs))
+            q_full = np.zeros(row.shape[-1])
+            q_full[ids] = probs
+            proposal.append(token)
+            q_dists.append(q_full)
+            if token in self.generator.eos_ids:
+                break
+        return proposal, q_dists
+
+
+class PromptLookup:
+    """Drafts by n-gram lookup in the prompt and the answer so far (see the module doc): no draft model.
+    ``generator`` (the target's bundle, or one with its tokenizer) only encodes the prompt and names the end
+    tokens; it never runs."""
+
+    def __init__(self, generator, ngram_max: int = 3, ngram_min: int | None = None):
+        ngram_min = min(2, ngram_max) if ngram_min is None else ngram_min
+        if not 1 <= ngram_min <= ngram_max:
+            raise EdgeshrinkError(f"prompt lookup needs 1 <= ngram_min <= ngram_max, got {ngram_min}, {ngram_max}")
+        self.generator = generator
+        self.ngram_max, self.ngram_min = ngram_max, ngram_min
+
+    def propose(self, tokens: list[int], answer: list[int], length: int, sampling: Sampling, rng) -> tuple[list, list]:
+        """Up to ``length`` tokens that followed the latest earlier occurrence of the longest suffix n-gram of
+        ``tokens`` that occurs earlier; q is one-hot (None). No match: an empty draft."""
+        return self.lookup(tokens, length), None
+
+    def lookup(self, tokens: list[int], length: int) -> list[int]:
+        sequence = np.asarray(tokens)
+        for n in range(min(self.ngram_max, len(sequence) - 1), self.ngram_min - 1, -1):
+            # windows that end before the last token, so each has a continuation
+            windows = np.lib.stride_tricks.sliding_window_view(sequence[:-1], n)
+            starts = np.flatnonzero((windows == sequence[-n:]).all(axis=1))
+            if len(starts):
+                follow = int(starts[-1]) + n
+                proposal = [int(t) for t in sequence[follow:follow + length]]
+                ends = [i for i, t in enumerate(proposal) if t in self.generator.eos_ids]
+                return proposal[:ends[0] + 1] if ends else proposal
+        return []
+
+
+def drafter(draft):
+    """A drafter from a generator (a draft model) or a drafter itself (``PromptLookup``)."""
+    return draft if isinstance(draft, (ModelDraft, PromptLookup)) else ModelDraft(draft)
+
+
 @dataclass
 class SpeculativeResult:
     text: str
@@ -112,38 +177,29 @@ class SpeculativeResult:
     stats: dict = field(default_factory=dict)
 
 
-def speculate(draft_generator, target, prompt, max_new_tokens: int = 64, sampling: Sampling | None = None,
+def speculate(draft, target, prompt, max_new_tokens: int = 64, sampling: Sampling | None = None,
               k: int = 4, k_min: int = 1, k_max: int = 8, adaptive: bool = True, seed: int | None = None,
               stream=None) -> SpeculativeResult:
-    """Generate with ``draft_generator`` drafting and ``target`` verifying (see the module doc).
+    """Generate with ``draft`` drafting and ``target`` verifying (see the module doc).
 
-    ``prompt``: text, chat messages or token ids (encoded by the draft's tokenizer, which must be the
-    target's). ``stream(token_ids, text)`` is called with the tokens each round adds."""
+    ``draft``: a draft model's generator, or ``PromptLookup(generator)``. ``prompt``: text, chat messages or
+    token ids (encoded by the draft's tokenizer, which must be the target's). ``stream(token_ids, text)`` is
+    called with the tokens each round adds."""
     sampling = sampling or Sampling()
     sampling.check()
     if not 1 <= k_min <= k <= k_max:
         raise EdgeshrinkError(f"need 1 <= k_min <= k <= k_max, got {k_min}, {k}, {k_max}")
-    g = draft_generator
+    draft = drafter(draft)
+    g = draft.generator
     prompt_ids = g.prompt_ids(prompt, max_new_tokens)
     rng = np.random.default_rng(seed)
-    draft = CachedModel(g)
     tokens, generated = list(prompt_ids), []
-    stats = {"rounds": 0, "drafted": 0, "accepted": 0, "draft_lengths": []}
+    stats = {"rounds": 0, "drafted": 0, "accepted": 0, "draft_lengths": [], "rounds_without_draft": 0}
     stop_reason, started = "length", time.perf_counter()
     while len(generated) < max_new_tokens:
         room = max_new_tokens - len(generated)
         length = min(k, room)  # the target adds one token of its own each round
-        proposal, q_dists = [], []
-        for _ in range(length):
-            row = draft.logits(tokens + proposal)[-1]
-            ids, probs = distribution(penalized(row, sampling, generated + proposal), sampling)
-            token = int(rng.choice(ids, p=probs))
-            q_full = np.zeros(row.shape[-1])
-            q_full[ids] = probs
-            proposal.append(token)
-            q_dists.append(q_full)
-            if token in g.eos_ids:
-                break
+        proposal, q_dists = draft.propose(tokens, generated, length, sampling, rng)
         p_dists = target.verify(tokens, proposal, sampling, len(prompt_ids))
         if len(p_dists) != len(proposal) + 1:
             raise EdgeshrinkError(f"the target answered {len(p_dists)} distributions for {len(proposal)} drafted tokens")
@@ -152,12 +208,14 @@ def speculate(draft_generator, target, prompt, max_new_tokens: int = 64, samplin
         for i, token in enumerate(proposal):
             ids, probs = p_dists[i]
             p_token = float(probs[ids == token].sum())
+            q_token = 1.0 if q_dists is None else q_dists[i][token]  # None: a deterministic draft, one-hot q
             if sampling.temperature == 0:
                 keep = p_token > 0
             else:
-                keep = rng.random() < min(1.0, p_token / q_dists[i][token])
+                keep = rng.random() < min(1.0, p_token / q_token)
             if not keep:
-                residual = np.maximum(probs - q_dists[i][ids], 0.0)
+                q_on_ids = (ids == token).astype(float) if q_dists is None else q_dists[i][ids]
+                residual = np.maximum(probs - q_on_ids, 0.0)
                 if residual.sum() <= 0:  # p == q on p's support (only by rounding): draw from p
                     residual = probs
                 new.append(int(rng.choice(ids, p=residual / residual.sum())))
@@ -173,7 +231,8 @@ def speculate(draft_generator, target, prompt, max_new_tokens: int = 64, samplin
         stats["drafted"] += len(proposal)
         stats["accepted"] += accepted
         stats["draft_lengths"].append(len(proposal))
-        if adaptive:
+        stats["rounds_without_draft"] += not proposal
+        if adaptive and proposal:  # an empty draft (no lookup match) says nothing about the draft length
             k = min(k_max, k + 2) if accepted == len(proposal) else max(k_min, k - 1)
         new = new[:room]
         if any(t in g.eos_ids for t in new):

@@ -85,6 +85,9 @@ class LLMConfig(Config):
     speculate_sessions: int = Field(4, ge=1)  # cloud: KV caches kept for /v1/speculate clients
     # the repetition penalty of requests that do not give one (vLLM's extension field; 1: off)
     repetition_penalty: float = Field(DEFAULT_REPETITION_PENALTY, gt=0, allow_inf_nan=False)
+    # prompt lookup on every answer: drafts are the tokens after the latest earlier match of the last n (down to 2)
+    # tokens of prompt + answer, checked in the same pass (Generator.stream; the same output; 0: off)
+    prompt_lookup: int = Field(0, ge=0, le=16)
 
 
 class ServeConfig(Config):

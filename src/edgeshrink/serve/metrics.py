@@ -94,6 +94,11 @@ class LLMMetrics(Metrics):
         self.tpot = Histogram("edgeshrink_request_time_per_output_token_seconds", "Per answer of 2 tokens or more: "
                               "time from its first token to its last, over the tokens after the first (1 / tokens "
                               "per second)", ["source"], buckets=TPOT_BUCKETS, registry=r)
+        # vLLM's spec_decode_num_draft_tokens / _accepted_tokens: prompt lookup's drafts (serve --prompt-lookup)
+        self.draft_tokens = Counter("edgeshrink_spec_decode_num_draft_tokens", "Tokens drafted by prompt lookup",
+                                    registry=r)
+        self.accepted_tokens = Counter("edgeshrink_spec_decode_num_accepted_tokens", "Drafted tokens that were the "
+                                       "tokens drawn (each saved one pass of the model)", registry=r)
 
     def answered(self, source: str, prompt_tokens: int, completion_tokens: int, ttft_s: float | None,
                  decode_s: float | None) -> None:

@@ -47,7 +47,9 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
                                 f"--policy budget --budget 0.3")
     generator = Generator(bundle, threads=config.threads)
     metrics = LLMMetrics()
-    engine = Engine(generator, on_model_cpu=metrics.model_cpu.inc)
+    engine = Engine(generator, on_model_cpu=metrics.model_cpu.inc, prompt_lookup=config.llm.prompt_lookup,
+                    on_drafts=lambda drafted, accepted: (metrics.draft_tokens.inc(drafted),
+                                                         metrics.accepted_tokens.inc(accepted)))
     name = config.llm.model_name or Path(bundle).name
     state = {"ready": False}
     router = read_router(bundle) if role == "device" and has_router(bundle) else None

@@ -39,10 +39,13 @@ class Engine:
     """One generator, one generation at a time (requests queue), run in a thread and streamed to asyncio.
     ``on_model_cpu(seconds)``: the generating thread's CPU time per generation (the service's model CPU)."""
 
-    def __init__(self, generator, on_model_cpu=None):
+    def __init__(self, generator, on_model_cpu=None, prompt_lookup: int = 0, on_drafts=None):
         self.g = generator
         self.lock = threading.Lock()
         self.on_model_cpu = on_model_cpu or (lambda seconds: None)
+        self.on_drafts = on_drafts or (lambda drafted, accepted: None)  # prompt lookup's counts per generation
+        self.prompt_lookup = prompt_lookup  # n-gram drafts checked in each pass (Generator.stream): same output
+        generator._prompt_lookup(prompt_lookup)  # a model without a KV cache is refused before the service starts
 
     async def stream(self, ids: list[int], max_tokens: int, options: dict, cancel: threading.Event):
         """Yield Tokens, then a dict (the generator's info). Setting ``cancel`` stops after the next token."""
@@ -55,13 +58,16 @@ class Engine:
                 with self.lock:
                     started = time.thread_time()
                     try:
-                        for token in self.g.stream(ids, max_tokens, info=info, **options):
+                        for token in self.g.stream(ids, max_tokens, info=info, prompt_lookup=self.prompt_lookup,
+                                                   **options):
                             loop.call_soon_threadsafe(queue.put_nowait, token)
                             if cancel.is_set():
                                 info["stop_reason"] = "cancelled"
                                 break
                     finally:
                         self.on_model_cpu(time.thread_time() - started)
+                        if "drafted" in info:
+                            self.on_drafts(info["drafted"], info["accepted"])
                 loop.call_soon_threadsafe(queue.put_nowait, info)
             except Exception as exc:  # noqa: BLE001 - handed to the request, which answers in one line
                 loop.call_soon_threadsafe(queue.put_nowait, exc)
