@@ -338,7 +338,9 @@ implement("quantize", "tensor-classification", "edgeshrink.compress.quantize.cla
           "edgeshrink.compress.quantize.config:QuantConfig", _CLASSIFIER_QUANT_FLAGS)
 implement("quantize", "text-generation", "edgeshrink.compress.quantize.decoder:DecoderQuantization",
           "edgeshrink.compress.quantize.config:LLMQuantConfig",
-          {**_QUANT_FLAGS, "--grid": "grid", "--head-bits": "head_bits", "--answer-prompts": "answer_prompts"})
+          {**_QUANT_FLAGS, "--grid": "grid", "--head-bits": "head_bits", "--answer-prompts": "answer_prompts",
+           "--calibration-documents": "calibration_documents", "--calibration-tokens": "calibration_tokens",
+           "--error-feedback": "error_feedback"})
 
 # bench (a bundle's task)
 _BENCH_CLASSIFIER_FLAGS = {"--data": "", "--threads": "threads", "--seq-lengths": "seq_lengths",

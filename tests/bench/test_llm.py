@@ -31,7 +31,8 @@ def llm_bundles(tmp_path_factory):
     model = make_causal_lm("llama", root / "model", tie_word_embeddings=True)
     export_llm(model, root / "fp32", LLMExportConfig(validation_prompts=2, validation_new_tokens=8))
     shutil.copytree(root / "fp32", root / "fp32-copy")
-    quantize(root / "fp32", root / "int4", LLMQuantConfig(method="int4-weight", block_size=16, evaluate=False))
+    quantize(root / "fp32", root / "int4", LLMQuantConfig(method="int4-weight", block_size=16, evaluate=False,
+                                                          grid="rtn"))  # untied: the lookup reads one row
     text = root / "text.txt"
     text.write_text("\n\n".join(t for t, _ in make_texts(90, seed=3)))
     return root, root / "fp32", root / "fp32-copy", root / "int4", text

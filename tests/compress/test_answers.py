@@ -102,7 +102,7 @@ def test_a_prompt_set_that_cannot_be_read_is_said_not_fatal(bundles, tmp_path):
     root, _ = bundles
     text = tmp_path / "text.txt"
     text.write_text("\n\n".join(t for t, _ in make_texts(20, seed=9)))
-    config = LLMQuantConfig(method="int4-weight", block_size=16, max_eval_examples=1,
+    config = LLMQuantConfig(method="int4-weight", block_size=16, max_eval_examples=1, grid="rtn",  # 20 short texts
                             answer_data=str(tmp_path / "missing.jsonl"))
     manifest = quantize(root / "fp32", tmp_path / "q", config, data=str(text))
     assert "missing.jsonl" in manifest["quantization"]["evaluation"]["answers"]["skipped"]

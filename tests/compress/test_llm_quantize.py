@@ -31,7 +31,7 @@ def test_int4_of_an_llm_bundle(tied_bundle, block_size, symmetric):
     root, text = tied_bundle
     out = root / f"int4-{block_size}-{symmetric}"
     manifest = quantize(root / "fp32", out, LLMQuantConfig(method="int4-weight", block_size=block_size,
-                                                         symmetric=symmetric), data=str(text))
+                                                         symmetric=symmetric, grid="rtn"), data=str(text))
     q = manifest["quantization"]
     assert manifest["task"] == "text-generation" and q["grid"] == "rtn"
     assert list(q["gguf_grid"]["rounded"].values())[0]["bits"] == 4  # the tied table, once for both uses
@@ -49,6 +49,151 @@ def test_int4_of_an_llm_bundle(tied_bundle, block_size, symmetric):
     assert ev["part"] == "calibration" and ev["tokens"] > 0 and 0 <= ev["top1_agreement"] <= 1
     assert ev["perplexity"] > 1 and ev["source_perplexity"] > 1
     assert len(load(out).generate("a good film", max_new_tokens=5, ignore_eos=True).token_ids) == 5
+
+
+def _dequantized(path, out):
+    """The quantized graph with every MatMulNBits / GatherBlockQuantized replaced by a MatMul / Gather of the
+    fp32 weights numpy reads back from its codes, scales and zero points: the reference its logits must equal."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consts = dict(inits)
+    for node in graph.node:  # the fp16 scales' Cast nodes
+        if node.op_type == "Cast" and node.input[0] in consts:
+            consts[node.output[0]] = consts[node.input[0]].astype(np.float32)
+        if node.op_type == "Reshape" and node.input[0] in consts and node.input[1] in consts:
+            consts[node.output[0]] = consts[node.input[0]].reshape(consts[node.input[1]])
+
+    def table(codes, scales, zero_points, n, k, block):
+        packed = consts[codes].reshape(n, -1)
+        q = np.stack([packed & 15, packed >> 4], axis=-1).reshape(n, -1)[:, :k].astype(np.float32)
+        if zero_points is None:
+            z = np.full((n, k // block), 8, np.float32)
+        else:
+            zp = consts[zero_points].reshape(n, -1)
+            z = np.stack([zp & 15, zp >> 4], axis=-1).reshape(n, -1)[:, :k // block].astype(np.float32)
+        s = consts[scales].reshape(n, k // block)
+        return ((q.reshape(n, -1, block) - z[..., None]) * s[..., None]).reshape(n, k)
+
+    nodes = []
+    for node in graph.node:
+        attrs = {a.name: a.i for a in node.attribute}
+        if node.op_type == "MatMulNBits":
+            n, k = attrs["N"], attrs["K"]
+            w = table(node.input[1], node.input[2], node.input[3] if len(node.input) > 3 else None, n, k,
+                      attrs["block_size"])
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(w.T), node.name + "/ref"))
+            nodes.append(helper.make_node("MatMul", [node.input[0], node.name + "/ref"], list(node.output)))
+        elif node.op_type == "GatherBlockQuantized":
+            rows = consts[node.input[0]].shape[0]
+            k = consts[node.input[2]].shape[1] * attrs["block_size"]
+            w = table(node.input[0], node.input[2], node.input[3] if len(node.input) > 3 else None, rows, k,
+                      attrs["block_size"])
+            graph.initializer.append(numpy_helper.from_array(w, node.name + "/ref"))
+            nodes.append(helper.make_node("Gather", [node.name + "/ref", node.input[1]], list(node.output)))
+        else:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(out))
+    return out
+
+
+def _equals_its_dequantized_reference(bundle, scratch):
+    import onnxruntime as ort
+
+    reference = ort.InferenceSession(str(_dequantized(bundle / "model.onnx", scratch)),
+                                     providers=["CPUExecutionProvider"])
+    int4 = load(bundle)
+    ids = int4.encode("a good film about the sea and a dull one")
+    feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64)}
+    inputs = {i.name: i for i in reference.get_inputs()}
+    if "position_ids" in inputs:
+        feeds["position_ids"] = np.arange(len(ids), dtype=np.int64)[None]
+    for name, meta in inputs.items():
+        if name.startswith("past_key_values."):
+            feeds[name] = np.zeros([1 if isinstance(d, str) and "batch" in d else (0 if isinstance(d, str) else d)
+                                    for d in meta.shape], np.float32)
+    expected = reference.run(["logits"], feeds)[0][0]
+    np.testing.assert_allclose(int4.logits(ids), expected, atol=1e-4 * np.abs(expected).max(), rtol=1e-4)
+
+
+def _kl_and_top1(source, quantized, ids_list):
+    from edgeshrink.runtime.generate import log_softmax
+
+    kl, agree = [], []
+    for ids in ids_list:
+        p, q = source.logits(ids), quantized.logits(ids)
+        lp, lq = np.stack([log_softmax(r) for r in p]), np.stack([log_softmax(r) for r in q])
+        kl += list((np.exp(lp) * (lp - lq)).sum(axis=1))
+        agree += list(p.argmax(axis=1) == q.argmax(axis=1))
+    return float(np.mean(kl)), float(np.mean(agree))
+
+
+def test_the_calibrated_grid_is_what_the_onnx_computes_and_beats_round_to_nearest(tied_bundle, tmp_path):
+    import onnx
+
+    from edgeshrink.data.lm_text import load_lm_text
+
+    root, text = tied_bundle
+    config = LLMQuantConfig(method="int4-weight", answer_prompts=0, accuracy_level=0)
+    manifest = quantize(root / "fp32", tmp_path / "cal", config, data=str(text))  # grid auto: no GGUF here
+    q = manifest["quantization"]
+    assert q["grid"] == "calibrated" and q["gguf_grid"]["matmuls_left"] == []
+    searched = q["gguf_grid"]["calibrated"]
+    assert searched and all(r["bits"] == 4 and r["method"] == "search" for r in searched.values())
+    assert all(r["weighted_error"] <= r["rtn_weighted_error"] * (1 + 1e-5) for r in searched.values())
+    calibration = q["gguf_grid"]["calibration"]
+    assert calibration["part"] == "calibration" and calibration["tokens"] >= 64 and calibration["documents"] > 0
+    nodes = onnx.load(str(tmp_path / "cal" / "model.onnx")).graph.node
+    nbits = [n for n in nodes if n.op_type == "MatMulNBits"]
+    assert nbits and all(len(n.input) == 4 for n in nbits)  # uint8 zero points: no float offset terms
+    assert sum(n.op_type == "GatherBlockQuantized" for n in nodes) == 1  # the tied table, shared with the head
+    assert not any(n.op_type == "MatMul" for n in nodes if "block_sum" in n.name or "offset" in n.name)
+
+    int4 = load(tmp_path / "cal")
+    _equals_its_dequantized_reference(tmp_path / "cal", tmp_path / "ref.onnx")
+
+    # GPTQ on request: kept where it lowers a weight's output error, never for the table read as an embedding
+    gptq = quantize(root / "fp32", tmp_path / "gptq", config.model_copy(update={"error_feedback": True,
+                                                                             "evaluate": False}), data=str(text))
+    methods = {name: r["method"] for name, r in gptq["quantization"]["gguf_grid"]["calibrated"].items()}
+    assert "gptq" in methods.values() and not any(m == "gptq" and "embed" in name for name, m in methods.items())
+    assert all(r["output_error"] <= r.get("gptq_output_error", np.inf) + 1e-12 and r["output_error"] >= 0
+               for r in gptq["quantization"]["gguf_grid"]["calibrated"].values() if "gptq_output_error" in r)
+    _equals_its_dequantized_reference(tmp_path / "gptq", tmp_path / "ref-gptq.onnx")
+
+    rtn = quantize(root / "fp32", tmp_path / "rtn", config.model_copy(update={"grid": "rtn"}), data=str(text))
+    fp32 = load(root / "fp32")
+    docs = [fp32.encode(t)[:64] for t in load_lm_text(str(text), "calibration").texts]
+    kl_cal, top1_cal = _kl_and_top1(fp32, int4, docs)
+    kl_rtn, top1_rtn = _kl_and_top1(fp32, load(tmp_path / "rtn"), docs)
+    assert kl_cal <= kl_rtn and top1_cal >= top1_rtn, (kl_cal, kl_rtn, top1_cal, top1_rtn)
+    assert rtn["quantization"]["gguf_grid"]["calibrated"] == {}
+    assert manifest["size_bytes"] <= rtn["quantization"]["parent"]["size_bytes"]
+
+
+def test_calibration_text_too_short_for_the_search_is_refused_in_one_line(tied_bundle, tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeshrink.cli import app
+
+    root, _ = tied_bundle
+    short = tmp_path / "short.txt"
+    short.write_text("\n\n".join(["a good film", "a dull one", "the sea", "fine", "bad", "long", "short"]))
+    for grid in ([], ["--grid", "calibrated"]):
+        result = CliRunner().invoke(app, ["quantize", str(root / "fp32"), "--method", "int4-weight", *grid,
+                                          "--data", str(short), "--out", str(tmp_path / "q")])
+        assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1, result.output
+        assert "--grid calibrated: the calibration part of 'short.txt' gives" in result.output
+        assert "needs at least 64: give more text (--data) or --grid rtn" in result.output
+        assert not (tmp_path / "q").exists()
+    result = CliRunner().invoke(app, ["quantize", str(root / "fp32"), "--method", "int4-weight", "--grid", "rtn",
+                                      "--data", str(short), "--no-eval", "--out", str(tmp_path / "q")])
+    assert result.exit_code == 0, result.output  # round to nearest needs no calibration text
 
 
 def test_llm_bundles_take_int4_only(tied_bundle):
@@ -132,8 +277,22 @@ def test_int4_keeps_the_gguf_grid_of_an_imported_model(gguf_bundle):
     assert kept_error < rtn_error / 3  # re-rounding the grid costs far more than carrying it over
     small = quantize(root / "fp32", root / "h4", LLMQuantConfig(method="int4-weight", block_size=32, head_bits=4,
                                                              evaluate=False), data=str(text))
-    assert small["quantization"]["gguf_grid"]["rounded"] and small["size_bytes"] < manifest["size_bytes"]
+    # the Q8_0 table brought to 4 bits gets the calibrated search, on the LM head's importances
+    assert list(small["quantization"]["gguf_grid"]["calibrated"].values())[0]["bits"] == 4
+    assert small["size_bytes"] < manifest["size_bytes"]
     assert len(load(root / "q").generate("a good film", max_new_tokens=4, ignore_eos=True).token_ids) == 4
+
+
+def test_grid_calibrated_searches_even_the_weights_on_a_gguf_grid(gguf_bundle):
+    root, text = gguf_bundle
+    q = quantize(root / "fp32", root / "cal", LLMQuantConfig(method="int4-weight", grid="calibrated", evaluate=False),
+                 data=str(text))["quantization"]
+    assert q["grid"] == "calibrated" and q["gguf_grid"]["kept"] == {} and q["gguf_grid"]["gguf"] is None
+    assert len(q["gguf_grid"]["calibrated"]) > 1 and q["gguf_grid"]["calibration"]["tokens"] >= 64
+    assert q["gguf_grid"]["fused_projections"] == 2  # gate and up still share one MatMulNBits
+    kept = quantize(root / "fp32", root / "kept", LLMQuantConfig(method="int4-weight", evaluate=False),
+                    data=str(text))["quantization"]
+    assert kept["grid"] == "gguf" and kept["gguf_grid"]["calibrated"] == {} and "calibration" not in kept["gguf_grid"]
 
 
 def test_grid_gguf_needs_a_gguf_source(tied_bundle):

@@ -470,7 +470,10 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
              symmetric: Annotated[Optional[bool], task_option("quantize", "--symmetric/--asymmetric", "int4: symmetric blocks.")] = None,
              quantize_embeddings: Annotated[Optional[bool], task_option("quantize", "--quantize-embeddings/--keep-embeddings", "int4: also the embedding tables.")] = None,
              accuracy_level: Annotated[Optional[int], task_option("quantize", "--accuracy-level", "int4: MatMulNBits compute precision, 0 (input's) or 4 (int8 activations).")] = None,
-             grid: Annotated[Optional[str], task_option("quantize", "--grid", "int4: auto | gguf | rtn (auto: keep the GGUF's own codes when the model was imported from one).")] = None,
+             grid: Annotated[Optional[str], task_option("quantize", "--grid", "int4 of a language model: auto | gguf | calibrated | rtn (auto: keep the GGUF's own codes when the model was imported from one, else an importance-weighted grid searched on calibration text; rtn: round to nearest).")] = None,
+             calibration_documents: Annotated[Optional[int], task_option("quantize", "--calibration-documents", "int4, calibrated grid: calibration documents whose activations weigh the search.")] = None,
+             calibration_tokens: Annotated[Optional[int], task_option("quantize", "--calibration-tokens", "int4, calibrated grid: tokens taken from the start of each calibration document.")] = None,
+             error_feedback: Annotated[Optional[bool], task_option("quantize", "--error-feedback/--no-error-feedback", "int4, calibrated grid: also GPTQ, kept per weight where it lowers the output error.")] = None,
              head_bits: Annotated[Optional[int], task_option("quantize", "--head-bits", "int4: 4 or 8 bits for the embedding table and LM head (none: the GGUF's own, else 4).")] = None,
              tolerance: Annotated[Optional[float], task_option("quantize", "--tolerance", "auto: max accuracy drop in points.")] = None,
              answer_prompts: Annotated[Optional[int], task_option("quantize", "--answer-prompts", "int4 of a language model: chat prompts both bundles answer greedily, compared token for token (0: none).")] = None,
@@ -491,6 +494,8 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
                                 "--calibration-samples": calibration_samples, "--block-size": block_size,
                                 "--symmetric": symmetric, "--quantize-embeddings": quantize_embeddings,
                                 "--accuracy-level": accuracy_level, "--grid": grid, "--head-bits": head_bits,
+                                "--calibration-documents": calibration_documents,
+                                "--calibration-tokens": calibration_tokens, "--error-feedback": error_feedback,
                                 "--tolerance": tolerance, "--answer-prompts": answer_prompts}, extra={"evaluate": False} if no_eval else None)
     with Progress(TextColumn("[bold]quantize[/] {task.description}"), BarColumn(),
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()) as progress:

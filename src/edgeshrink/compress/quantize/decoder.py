@@ -7,10 +7,12 @@ the embedding and tied LM head included.
 A bundle imported from a GGUF keeps the GGUF's own integer grid (``grid="auto"``, see gguf_grid.py's
 :func:`keep_gguf_grid`). The embedding table and a tied LM head share one quantized table
 (GatherBlockQuantized reads MatMulNBits' codes), at the grid's own bits or ``head_bits``. Weights that are on
-no GGUF grid (``grid="rtn"``, or a model that did not come from a GGUF) go through ORT's round-to-nearest
-quantizer. The manifest records, on the calibration documents of a text set (default ``bbc-news``; never the
-test split), the perplexity of the source and of the quantized model and their top-1 agreement (same
-positions, teacher-forced).
+no GGUF grid get calibrated.py's grid with integer zero points (an importance-weighted search, GPTQ where it
+does better), chosen on activations of calibration documents (``grid="auto"`` or ``"calibrated"``;
+``"calibrated"`` searches even the weights a GGUF grid would keep); ``grid="rtn"`` sends them through ORT's
+round-to-nearest quantizer. The manifest records, on the calibration documents of a text set (default
+``bbc-news``; never the test split), the perplexity of the source and of the quantized model and their top-1
+agreement (same positions, teacher-forced).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeshrink._files import listed_file, sha256_file
+from edgeshrink.compress.quantize.calibrated import Calibration, calibration_tokens
 from edgeshrink.compress.quantize.config import LLMQuantConfig
 from edgeshrink.compress.quantize.gguf_grid import keep_gguf_grid
 from edgeshrink.compress.quantize.passes import int4_weight, reported
@@ -82,9 +85,14 @@ class DecoderQuantization:
 
     def __init__(self, bundle: Path, manifest: dict, config: LLMQuantConfig, data, progress):
         self.bundle, self.manifest, self.config, self.data, self.progress = bundle, manifest, config, data, progress
-        self.gguf = None if config.grid == "rtn" else source_gguf(manifest)
+        self.gguf = None if config.grid in ("rtn", "calibrated") else source_gguf(manifest)
         if config.grid == "gguf" and self.gguf is None:
             raise EdgeshrinkError(f"--grid gguf: {bundle} was not imported from a GGUF that is still on disk unchanged")
+        # calibration text is read (and refused when too short) before anything is written; a GGUF-imported
+        # model reads it only if some weight turns out to be off its grid
+        self.calibration_docs, self.calibration = None, None
+        if config.grid != "rtn" and self.gguf is None:
+            self.calibration_docs, self.calibration = calibration_tokens(bundle, manifest, data or "bbc-news", config)
         # The model is read where it is (ONNX Runtime is given only copies in the work directory): only listed
         # regular files inside the bundle.
         for name in manifest["files"]:
@@ -95,7 +103,10 @@ class DecoderQuantization:
         config, progress, untied = self.config, self.progress, 0
         with reported(f"int4-weight of {self.bundle}", limit=200):
             progress("keeping the GGUF grid" if self.gguf else "the embedding table and LM head")
-            grid_report = keep_gguf_grid(self.bundle / "model.onnx", work / "grid.onnx", self.gguf, config, progress)
+            calibration = None if config.grid == "rtn" else Calibration(
+                self.bundle / "model.onnx", work, self._calibration_docs, progress, config.error_feedback)
+            grid_report = keep_gguf_grid(self.bundle / "model.onnx", work / "grid.onnx", self.gguf, config, progress,
+                                         calibration)
             if grid_report["matmuls_left"]:
                 progress("untying the LM head")
                 untied = untie_transposed_weights(work / "grid.onnx", work / "untied.onnx")
@@ -105,10 +116,20 @@ class DecoderQuantization:
                 import onnx
 
                 onnx.save(onnx.load(str(work / "grid.onnx")), str(model_out))
-        return {"grid": "gguf" if self.gguf else "rtn", "untied_lm_heads": untied,
+        if grid_report["calibrated"]:
+            grid_report["calibration"] = self.calibration
+        return {"grid": "gguf" if self.gguf else config.grid if config.grid != "auto" else "calibrated",
+                "untied_lm_heads": untied,
                 "format": "MatMulNBits + GatherBlockQuantized",
                 "parent": {"path": str(self.bundle.resolve()), "size_bytes": self.manifest["size_bytes"]},
                 "gguf_grid": grid_report}
+
+    def _calibration_docs(self) -> list[list[int]]:
+        """The calibration documents' token ids, read now if __init__ did not need them (a GGUF model)."""
+        if self.calibration_docs is None:
+            self.calibration_docs, self.calibration = calibration_tokens(self.bundle, self.manifest,
+                                                                         self.data or "bbc-news", self.config)
+        return self.calibration_docs
 
     def evaluate(self, out_dir: Path) -> dict:
         evaluation = compare_on_text(self.bundle, out_dir, self.data or "bbc-news", self.config.max_eval_examples,
@@ -121,7 +142,11 @@ class DecoderQuantization:
     def describe(manifest: dict, out: Path) -> str:
         """The line the CLI prints."""
         q = manifest["quantization"]
-        line = (f"LLM bundle {out}: {q['method']}, {manifest['size_bytes'] / 1e6:.1f} MB = "
+        grid = f"{q.get('grid', 'rtn')} grid"
+        calibration = q.get("gguf_grid", {}).get("calibration")
+        if calibration:
+            grid += f", searched on {calibration['tokens']} tokens of {calibration['data']}"
+        line = (f"LLM bundle {out}: {q['method']} ({grid}), {manifest['size_bytes'] / 1e6:.1f} MB = "
                 f"{100 * manifest['size_bytes'] / q['parent']['size_bytes']:.1f}% of the source, {q['seconds']:.0f} s")
         ev = q.get("evaluation")
         if ev:

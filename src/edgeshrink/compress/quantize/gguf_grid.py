@@ -395,14 +395,18 @@ class _GridWriter:
         self.new_nodes[node.output[0]] = nodes
 
 
-def keep_gguf_grid(src: Path, dst: Path, gguf: Path, config, progress=None) -> dict:
+def keep_gguf_grid(src: Path, dst: Path, gguf: Path, config, progress=None, calibration=None) -> dict:
     """Rewrite every MatMul/Gather whose weights are a GGUF tensor onto that tensor's codes (see _GridWriter).
 
     ``config.head_bits`` caps the bits of the embedding table and the LM head (a Q8_0 table brought to 4 bits
     to meet a size budget is re-rounded, and the report says by how much); a table not on the GGUF's grid
-    (or with no GGUF) is rounded to ``head_bits`` (default 4), tied tables once for both uses. Other
-    weights off the grid are listed in ``matmuls_left`` for round-to-nearest INT4. Returns what was kept,
-    re-rounded and left alone."""
+    (or with no GGUF) is rounded to ``head_bits`` (default 4), tied tables once for both uses.
+
+    Weights off the grid: with a ``calibration`` (calibrated.py's Calibration: ``statistics(names)``, asked
+    once and only if some weight is off the grid, gives each MatMul input's XᵀX, and ``search`` the grid
+    they weigh) each gets its calibrated grid, a tied table its LM head's statistics; without one they are
+    listed in ``matmuls_left`` for round-to-nearest INT4 (and tables are rounded to nearest). Returns what
+    was kept, searched, re-rounded and left alone."""
     import onnx
     from onnx import numpy_helper
 
@@ -415,16 +419,21 @@ def keep_gguf_grid(src: Path, dst: Path, gguf: Path, config, progress=None) -> d
     transposed = {n.output[0]: n for n in graph.node if n.op_type == "Transpose" and n.input[0] in inits}
     outputs = {o.name for o in graph.output}
     writer = _GridWriter(graph, config.accuracy_level or 0)
-    kept, rounded, left = {}, {}, []
+    kept, rounded, searched, left = {}, {}, {}, []
     pending = []  # (MatMul node, its grid, is the LM head): written after the scan, siblings fused
+    to_search = []  # (node, weight rows, is the LM head, table name, bits): searched after the scan
 
     def grid_for(node, rows: np.ndarray, head: bool, table: str):
         grid = index.match(rows)
+        head_bits = config.head_bits or 4
+        too_wide = head and grid is not None and config.head_bits is not None and grid.bits > head_bits
+        if calibration is not None and (grid is None or too_wide):
+            to_search.append((node, rows, head, table, head_bits if head else 4))
+            return None
         if grid is None and not head:
             left.append(node.name)  # left for round-to-nearest INT4 (ORT's quantizer)
             return None
-        head_bits = config.head_bits or 4
-        if head and (grid is None or (config.head_bits is not None and grid.bits > head_bits)):
+        if head and (grid is None or too_wide):
             name, qtype = (table, "F32") if grid is None else (grid.name, grid.qtype)
             grid = round_to_grid(name, qtype, rows, head_bits, config.block_size)
             rounded[grid.name] = {"from": grid.qtype.split("->")[0], "bits": grid.bits, "block_size": grid.block_size,
@@ -452,6 +461,30 @@ def keep_gguf_grid(src: Path, dst: Path, gguf: Path, config, progress=None) -> d
         elif node.op_type == "Gather" and (table := table_of(node.input[0])) is not None and table.ndim == 2:
             if (grid := grid_for(node, table, True, node.input[0])) is not None:
                 writer.gather(node, grid)
+    if to_search:
+        import hashlib
+
+        # one grid per distinct matrix: a tied table (a Transpose or an equal copy for the LM head) is searched
+        # once, on the importances of the MatMul that reads it
+        groups: dict[bytes, list] = {}
+        for entry in to_search:
+            rows = np.ascontiguousarray(entry[1], np.float32)
+            key = hashlib.blake2b(rows.tobytes() + str((rows.shape, entry[4])).encode(), digest_size=16).digest()
+            groups.setdefault(key, []).append(entry)
+        reader = {key: next((e[0].input[0] for e in members if e[0].op_type == "MatMul"), None)
+                  for key, members in groups.items()}
+        found = calibration.statistics(sorted({x for x in reader.values() if x is not None}))
+        for number, (key, members) in enumerate(groups.items()):
+            node, rows, _, table, bits = next((e for e in members if e[0].op_type == "MatMul"), members[0])
+            progress(f"searching the INT4 grid of {table} ({number + 1}/{len(groups)})")
+            lookup = any(e[0].op_type == "Gather" for e in members)
+            grid, searched[table] = calibration.search(table, rows, found.get(reader[key]), bits, config.block_size,
+                                                       lookup)
+            for node, _, head, _, _ in members:
+                if node.op_type == "Gather":
+                    writer.gather(node, grid)
+                else:
+                    pending.append((node, grid, head))
     fused = _write_matmuls(writer, pending)
     replaced = list(graph.node)
     del graph.node[:]
@@ -463,7 +496,7 @@ def keep_gguf_grid(src: Path, dst: Path, gguf: Path, config, progress=None) -> d
         model.opset_import.append(onnx.helper.make_opsetid(MS_DOMAIN, 1))
     onnx.save(model, str(dst), save_as_external_data=True, location=dst.name + ".data")
     return {"gguf": str(gguf) if gguf else None, "gguf_tensor_types": types, "kept": dict(Counter(kept.values())),
-            "rounded": rounded, "matmuls_left": left, "fused_projections": fused,
+            "rounded": rounded, "calibrated": searched, "matmuls_left": left, "fused_projections": fused,
             "max_abs_error_kept": max((g.max_abs_error for g in grids if g.name in kept), default=0.0),
             "accuracy_level": config.accuracy_level or 0}
 
@@ -480,7 +513,8 @@ def _write_matmuls(writer: "_GridWriter", pending: list) -> int:
         grids = [g for _, g in members]
         first = grids[0]
         same = all((g.bits, g.block_size, g.minimum is None, g.zero_points is None, g.codes.shape[1]) ==
-                   (first.bits, first.block_size, first.minimum is None, True, first.codes.shape[1]) for g in grids)
+                   (first.bits, first.block_size, first.minimum is None, first.zero_points is None,
+                    first.codes.shape[1]) for g in grids)
         if len(members) < 2 or not same:
             for node, grid in members:
                 writer.matmul(node, grid)
