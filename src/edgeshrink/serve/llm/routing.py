@@ -44,8 +44,10 @@ class Engine:
         self.lock = threading.Lock()
         self.on_model_cpu = on_model_cpu or (lambda seconds: None)
         self.on_drafts = on_drafts or (lambda drafted, accepted: None)  # prompt lookup's counts per generation
-        self.prompt_lookup = prompt_lookup  # n-gram drafts checked in each pass (Generator.stream): same output
-        generator._prompt_lookup(prompt_lookup)  # a model without a KV cache is refused before the service starts
+        # n-gram drafts checked in each pass (Generator.stream, the same output); a model without a KV cache is
+        # refused before the service starts
+        self.lookup = {"prompt_lookup": generator._prompt_lookup(prompt_lookup) and prompt_lookup} if prompt_lookup \
+            else {}
 
     async def stream(self, ids: list[int], max_tokens: int, options: dict, cancel: threading.Event):
         """Yield Tokens, then a dict (the generator's info). Setting ``cancel`` stops after the next token."""
@@ -58,8 +60,7 @@ class Engine:
                 with self.lock:
                     started = time.thread_time()
                     try:
-                        for token in self.g.stream(ids, max_tokens, info=info, prompt_lookup=self.prompt_lookup,
-                                                   **options):
+                        for token in self.g.stream(ids, max_tokens, info=info, **self.lookup, **options):
                             loop.call_soon_threadsafe(queue.put_nowait, token)
                             if cancel.is_set():
                                 info["stop_reason"] = "cancelled"
