@@ -309,7 +309,8 @@ implement("distill", "text-classification", "edgeshrink.compress.distill.encoder
           summary="edgeshrink.compress.distill.encoder:describe")
 implement("distill", "text-generation", "edgeshrink.compress.distill.decoder:DecoderDistillation",
           "edgeshrink.compress.distill.decoder:LLMDistillConfig",
-          {**_DISTILL, "--train-tokens": "train_tokens", "--extra-text": "", "--drop-blocks": "", **_STUDENT},
+          {**_DISTILL, "--train-tokens": "train_tokens", "--extra-text": "", "--drop-blocks": "", **_STUDENT,
+           "--quantization-aware": "quantization_aware", "--qat-block-size": "quantization_block_size"},
           summary="edgeshrink.compress.distill.decoder:describe")
 
 # export
