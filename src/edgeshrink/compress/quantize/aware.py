@@ -12,7 +12,7 @@ The grid is the one gguf_grid.py's :func:`round_to_grid` writes for weights on n
 ``z = clamp(round(−low / s), 0, 15)``, codes ``q = clamp(round(w / s) + z, 0, 15)`` and ``ŵ = s·(q − z)``, in
 float32, rounding half to even in both torch and numpy. Including 0 in the range keeps ``z`` within the codes
 and makes the grid a fixed point: ŵ read back gives the same codes, so ``quantize`` (grid auto on a bundle whose
-manifest's ``source.quantization_aware``) writes those codes through :class:`TrainedGrid`, checks that they
+manifest has ``source.quantization_aware``) writes those codes through :class:`TrainedGrid`, checks that they
 reproduce the weights, and re-rounds nothing.
 """
 
