@@ -282,7 +282,8 @@ implement("finetune", "tensor-classification", "edgeshrink.models.finetune.cnn:f
           "edgeshrink.models.finetune:FinetuneConfig", _TRAIN_FLAGS)
 implement("finetune", "text-generation", "edgeshrink.models.finetune.decoder:finetune_llm",
           "edgeshrink.models.finetune.decoder:LLMFinetuneConfig",
-          {**_TRAIN_FLAGS, "--prompt": "prompt", "--few-shot": "few_shot"})
+          {**_TRAIN_FLAGS, "--prompt": "prompt", "--few-shot": "few_shot", "--quantization-aware": "quantization_aware",
+           "--qat-block-size": "quantization_block_size"})
 
 # prune (structured, physical removal), sparsify (unstructured), distill: compress/prune/, compress/distill/
 _STUDENT = {"--heads": "", "--ffn": ""}  # distill: flags that build the student (the prune verb's), not the config's

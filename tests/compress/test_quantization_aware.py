@@ -111,3 +111,24 @@ def test_refusals_one_line_exit_2_nothing_written(healed, tmp_path):
         assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
         assert "was trained through its INT4 grid" in result.stderr and said in result.stderr
         assert not out.exists()
+
+
+def test_fine_tuning_a_language_model_through_its_grid(tmp_path):
+    from edgeshrink.models.finetune import finetune
+    from edgeshrink.models.finetune.decoder import LLMFinetuneConfig
+    from safetensors.torch import load_file
+    from tests.conftest import write_csv
+    from tests.models.test_llm_finetune import separable_rows
+
+    data = write_csv(tmp_path / "cues.csv", separable_rows(120))
+    base = make_causal_lm("llama", tmp_path / "base")
+    config = LLMFinetuneConfig(epochs=1, batch_size=16, learning_rate=3e-3, quantization_aware=True)
+    record = finetune(str(base), tmp_path / "tuned", config, data=str(data))
+    assert record["quantization_aware"]["block_size"] == 32
+    saved = load_file(str(tmp_path / "tuned" / "model.safetensors"))
+    before = load_file(str(base / "model.safetensors"))
+    assert not torch.equal(saved["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"])
+    for name, weight in saved.items():  # every Linear and table, trained, lies on its grid
+        if weight.ndim == 2:
+            assert read_trained_grid(name, weight.numpy(), 4, 32)[1]["max_abs_error"] < 1e-6  # else refused
+    assert len([k for k in saved if saved[k].ndim == 2]) >= 2 * 7 + 1

@@ -164,6 +164,8 @@ def finetune(model: Annotated[str, typer.Argument(help="Local model directory or
                                                            "YAML); none: the data's built-in prompt.")] = None,
              few_shot: Annotated[Optional[int], task_option("finetune", "--few-shot", "Train-split examples shown in "
                                                             "the prompt; none: the prompt's.")] = None,
+             quantization_aware: Annotated[bool, task_option("finetune", "--quantization-aware", "Language models: train through the INT4 grid quantize writes (straight-through), so the INT4 model is the one trained.")] = False,
+             qat_block_size: Annotated[Optional[int], task_option("finetune", "--qat-block-size", "--quantization-aware: the INT4 block along each layer's inputs (16/32/64/128; quantize's --block-size must match).")] = None,
              text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
              force: Force = False, json_out: JsonOut = None) -> None:
     """Fine-tune a pretrained encoder into a text classifier (the cloud model), a CNN on images, or a language
@@ -173,7 +175,8 @@ def finetune(model: Annotated[str, typer.Argument(help="Local model directory or
     impl = tasks.of_model(model).implementation("finetune")
     given = {"--epochs": epochs, "--max-length": max_length, "--batch-size": batch_size,
              "--learning-rate": learning_rate, "--seed": seed, "--max-train-examples": max_train_examples,
-             "--prompt": prompt, "--few-shot": few_shot}
+             "--prompt": prompt, "--few-shot": few_shot, "--quantization-aware": quantization_aware or None,
+             "--qat-block-size": qat_block_size}
     impl.refuse_flags(given)  # before the prompt file is read
     if prompt is not None:
         from edgeshrink.route.prompts import read_prompt
