@@ -132,3 +132,15 @@ def test_fine_tuning_a_language_model_through_its_grid(tmp_path):
         if weight.ndim == 2:
             assert read_trained_grid(name, weight.numpy(), 4, 32)[1]["max_abs_error"] < 1e-6  # else refused
     assert len([k for k in saved if saved[k].ndim == 2]) >= 2 * 7 + 1
+
+
+def test_configs_round_trip_and_keep_their_cache_keys_while_off():
+    from edgeshrink.models.finetune.decoder import LLMFinetuneConfig
+
+    for cls in (LLMDistillConfig, LLMFinetuneConfig):
+        on = cls(quantization_aware=True, quantization_block_size=64)
+        assert cls.from_json(on.to_json()) == on
+        assert on.key_form()["quantization_block_size"] == 64
+        assert "quantization_aware" not in cls().key_form()  # a step cached before QAT existed keeps its key
+    with pytest.raises(EdgeshrinkError, match="quantization_block_size"):
+        LLMDistillConfig.from_dict({"quantization_aware": True, "quantization_block_size": 48})

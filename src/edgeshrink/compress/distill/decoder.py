@@ -36,7 +36,7 @@ from typing import Literal
 from pydantic import Field
 
 from edgeshrink.compress.distill import check_smaller
-from edgeshrink.compress.quantize.config import BlockSize
+from edgeshrink.compress.quantize.config import BlockSize, without_training_grid
 from edgeshrink.config import Config
 from edgeshrink.data import SplitConfig
 from edgeshrink.errors import EdgeshrinkError
@@ -65,6 +65,9 @@ class LLMDistillConfig(Config):
     quantization_aware: bool = False  # train through the INT4 grid quantize writes (see the module doc)
     quantization_block_size: BlockSize = 32  # its block along the inputs: quantize's --block-size must match
     split: SplitConfig = SplitConfig()
+
+    def key_form(self) -> dict:
+        return without_training_grid(self.to_dict())
 
     def model_post_init(self, _context) -> None:
         if self.alpha_ce + self.beta_kd + self.gamma_hidden == 0:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
-from edgeshrink.compress.quantize.config import BlockSize
+from edgeshrink.compress.quantize.config import BlockSize, without_training_grid
 from edgeshrink.data import DataConfig
 from edgeshrink.models.finetune import TrainSchedule, hf_writer, model_record, scored, seed_training
 from edgeshrink.route.prompts import PromptConfig
@@ -43,6 +43,9 @@ class LLMFinetuneConfig(TrainSchedule):
     few_shot: int | None = Field(None, ge=0, le=16)  # train-split examples shown in the prompt; None: the prompt's
     quantization_aware: bool = False  # train through the INT4 grid quantize writes (see the module doc)
     quantization_block_size: BlockSize = 32  # its block along the inputs: quantize's --block-size must match
+
+    def key_form(self) -> dict:
+        return without_training_grid(self.to_dict())
 
 
 class HFPrompter(Prompter):
