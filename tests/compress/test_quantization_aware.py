@@ -88,7 +88,7 @@ def test_int4_logits_equal_the_trained_model(healed):
     with torch.no_grad():
         expected = net(input_ids=torch.tensor([ids])).logits[0].numpy()
     got = Generator(root / "int4", verify=False).logits(ids)
-    assert np.abs(got - expected).max() < 1e-3  # MatMulNBits at accuracy level 0 computes in fp32
+    assert np.abs(got - expected).max() < 1e-4  # fp32 compute at accuracy level 0 (measured 2-4e-7, all 4 families)
 
 
 def test_refusals_one_line_exit_2_nothing_written(healed, tmp_path):

@@ -128,8 +128,9 @@ class TrainedGrid:
 
     def search(self, name: str, rows: np.ndarray, hessian, bits: int, block_size: int, lookup: bool = False):
         if (bits, block_size) != (self.record["bits"], self.record["block_size"]):
-            raise EdgeshrinkError(f"{name} was trained through a {self.record['bits']}-bit grid of blocks of "
-                                  f"{self.record['block_size']}; {bits} bits in blocks of {block_size} would re-round it")
+            trained = f"a {self.record['bits']}-bit grid of blocks of {self.record['block_size']}"
+            raise EdgeshrinkError(f"{name} was trained through {trained}; {bits} bits in blocks of {block_size} "
+                                  "would re-round it")
         return read_trained_grid(name, rows, bits, block_size)
 
 
@@ -139,7 +140,8 @@ def read_trained_grid(name: str, rows: np.ndarray, bits: int = BITS, block_size:
     grid = round_to_grid(name, "F32", np.asarray(rows, np.float32), bits, block_size)
     scale = float(np.max(np.abs(rows))) if rows.size else 0.0
     if grid.max_abs_error > RELATIVE_TOLERANCE * (scale or 1.0):
-        raise EdgeshrinkError(f"{name} is not on the INT4 grid it was trained through (max error {grid.max_abs_error:.2e}, "
-                              f"max |w| {scale:.2e}): the model changed after quantization-aware healing")
+        raise EdgeshrinkError(f"{name} is not on the INT4 grid it was trained through (max error "
+                              f"{grid.max_abs_error:.2e}, max |w| {scale:.2e}): the model changed after "
+                              "quantization-aware healing")
     grid.qtype = "trained"
     return grid, {"grid": "trained", "bits": bits, "block_size": block_size, "max_abs_error": grid.max_abs_error}

@@ -14,9 +14,10 @@ round-to-nearest quantizer. The manifest records, on the calibration documents o
 ``bbc-news``; never the test split), the perplexity of the source and of the quantized model and their top-1
 agreement (same positions, teacher-forced).
 
-A bundle trained through its INT4 grid (``distill --quantization-aware``; the manifest's ``source.quantization_aware``)
-gets that grid's codes back exactly (aware.py's :class:`TrainedGrid`, ``grid: "trained"``): nothing is searched
-or re-rounded, and a grid, block size or head bits that would re-round it is refused.
+A bundle trained through its INT4 grid (``distill --quantization-aware``, the manifest's
+``source.quantization_aware``) gets that grid's codes back exactly (aware.py's :class:`TrainedGrid`,
+``grid: "trained"``): nothing is searched or re-rounded, and a grid, block size or head bits that would
+re-round it is refused.
 """
 
 from __future__ import annotations
@@ -111,8 +112,13 @@ class DecoderQuantization:
         config, progress, untied = self.config, self.progress, 0
         with reported(f"int4-weight of {self.bundle}", limit=200):
             progress("keeping the GGUF grid" if self.gguf else "the embedding table and LM head")
-            calibration = TrainedGrid(self.trained) if self.trained else None if config.grid == "rtn" else \
-                Calibration(self.bundle / "model.onnx", work, self._calibration_docs, progress, config.error_feedback)
+            if self.trained:  # each weight's own codes, read back
+                calibration = TrainedGrid(self.trained)
+            elif config.grid == "rtn":
+                calibration = None
+            else:
+                calibration = Calibration(self.bundle / "model.onnx", work, self._calibration_docs, progress,
+                                          config.error_feedback)
             grid_report = keep_gguf_grid(self.bundle / "model.onnx", work / "grid.onnx", self.gguf, config, progress,
                                          calibration)
             if grid_report["matmuls_left"]:
