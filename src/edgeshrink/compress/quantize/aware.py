@@ -42,6 +42,9 @@ def fake_quantize(weight, block_size: int, bits: int = BITS):
         safe = torch.where(scale == 0, torch.ones_like(scale), scale)
         zero = torch.clamp(torch.round(-low / safe), 0, top)
         codes = torch.clamp(torch.round(blocks / safe[..., None]) + zero[..., None], 0, top)
+        # A block's maximum takes the top code. fp32 rounding can land it on top − 1 where it is a tie between the
+        # two, and a grid read back from the values' min/max would then not be the one trained.
+        codes = torch.where((blocks == high[..., None]) & (high[..., None] > 0), float(top), codes)
         grid = (scale[..., None] * (codes - zero[..., None])).reshape(n, k).to(weight.dtype)
     return weight + (grid - weight).detach()
 
