@@ -282,7 +282,8 @@ implement("finetune", "tensor-classification", "edgeshrink.models.finetune.cnn:f
           "edgeshrink.models.finetune:FinetuneConfig", _TRAIN_FLAGS)
 implement("finetune", "text-generation", "edgeshrink.models.finetune.decoder:finetune_llm",
           "edgeshrink.models.finetune.decoder:LLMFinetuneConfig",
-          {**_TRAIN_FLAGS, "--prompt": "prompt", "--few-shot": "few_shot"})
+          {**_TRAIN_FLAGS, "--prompt": "prompt", "--few-shot": "few_shot", "--quantization-aware": "quantization_aware",
+           "--qat-block-size": "quantization_block_size"})
 
 # prune (structured, physical removal), sparsify (unstructured), distill: compress/prune/, compress/distill/
 _STUDENT = {"--heads": "", "--ffn": ""}  # distill: flags that build the student (the prune verb's), not the config's
@@ -309,7 +310,8 @@ implement("distill", "text-classification", "edgeshrink.compress.distill.encoder
           summary="edgeshrink.compress.distill.encoder:describe")
 implement("distill", "text-generation", "edgeshrink.compress.distill.decoder:DecoderDistillation",
           "edgeshrink.compress.distill.decoder:LLMDistillConfig",
-          {**_DISTILL, "--train-tokens": "train_tokens", "--extra-text": "", "--drop-blocks": "", **_STUDENT},
+          {**_DISTILL, "--train-tokens": "train_tokens", "--extra-text": "", "--drop-blocks": "", **_STUDENT,
+           "--quantization-aware": "quantization_aware", "--qat-block-size": "quantization_block_size"},
           summary="edgeshrink.compress.distill.decoder:describe")
 
 # export

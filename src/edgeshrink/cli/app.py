@@ -164,6 +164,8 @@ def finetune(model: Annotated[str, typer.Argument(help="Local model directory or
                                                            "YAML); none: the data's built-in prompt.")] = None,
              few_shot: Annotated[Optional[int], task_option("finetune", "--few-shot", "Train-split examples shown in "
                                                             "the prompt; none: the prompt's.")] = None,
+             quantization_aware: Annotated[bool, task_option("finetune", "--quantization-aware", "Language models: train through the INT4 grid quantize writes (straight-through), so the INT4 model is the one trained.")] = False,
+             qat_block_size: Annotated[Optional[int], task_option("finetune", "--qat-block-size", "--quantization-aware: the INT4 block along each layer's inputs (16/32/64/128; quantize's --block-size must match).")] = None,
              text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
              force: Force = False, json_out: JsonOut = None) -> None:
     """Fine-tune a pretrained encoder into a text classifier (the cloud model), a CNN on images, or a language
@@ -173,7 +175,8 @@ def finetune(model: Annotated[str, typer.Argument(help="Local model directory or
     impl = tasks.of_model(model).implementation("finetune")
     given = {"--epochs": epochs, "--max-length": max_length, "--batch-size": batch_size,
              "--learning-rate": learning_rate, "--seed": seed, "--max-train-examples": max_train_examples,
-             "--prompt": prompt, "--few-shot": few_shot}
+             "--prompt": prompt, "--few-shot": few_shot, "--quantization-aware": quantization_aware or None,
+             "--qat-block-size": qat_block_size}
     impl.refuse_flags(given)  # before the prompt file is read
     if prompt is not None:
         from edgeshrink.route.prompts import read_prompt
@@ -631,6 +634,8 @@ def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned t
             drop_blocks: Annotated[Optional[str], typer.Option("--drop-blocks", help="Language models, build the student: blocks to drop (count or indices).")] = None,
             train_tokens: Annotated[Optional[int], task_option("distill", "--train-tokens", "Training tokens per epoch.")] = None,
             extra_text: Annotated[Optional[list[str]], typer.Option("--extra-text", help="Language models: more training text (.txt/.jsonl/dir; its train part).")] = None,
+            quantization_aware: Annotated[bool, task_option("distill", "--quantization-aware", "Language models: train through the INT4 grid quantize writes (straight-through), so the INT4 model is the one trained.")] = False,
+            qat_block_size: Annotated[Optional[int], task_option("distill", "--qat-block-size", "--quantization-aware: the INT4 block along each layer's inputs (16/32/64/128; quantize's --block-size must match).")] = None,
             text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
             force: Force = False, json_out: JsonOut = None) -> None:
     """Distill a smaller student from the teacher (building it with structured pruning if asked). A language
@@ -644,7 +649,8 @@ def distill(teacher: Annotated[str, typer.Option("--teacher", help="Fine-tuned t
     config = impl.build_config({"--epochs": epochs, "--learning-rate": learning_rate, "--alpha": alpha, "--beta": beta,
                                 "--gamma": gamma, "--delta": delta, "--temperature": temperature,
                                 "--label-free": label_free or None, "--augment": augment, "--train-tokens": train_tokens,
-                                "--extra-text": extra_text, **builds},
+                                "--extra-text": extra_text, "--quantization-aware": quantization_aware or None,
+                                "--qat-block-size": qat_block_size, **builds},
                                extra={"augment": None if augment is None else {"copies": augment}})
     data_cfg = data_config(data, text_column, label_column, label_map)
     source = (data_cfg, *extra_text) if extra_text else data_cfg

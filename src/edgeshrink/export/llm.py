@@ -93,6 +93,8 @@ def export_llm(model: str | Path, out: str | Path, config: LLMExportConfig | Non
             "outputs": outputs,
             "cost": cost_per_token(net),
         }
+        if trained_grid := read_record(model_dir).get("quantization_aware"):  # quantize reads this grid back
+            fields["source"]["quantization_aware"] = trained_grid
         write_manifest(tmp, {**fields, "validation": None})
         try:
             report = validate_llm(tmp, net, tokenizer, config, progress)

@@ -79,6 +79,7 @@ def distill(teacher: str | Path, student: str | Path, out: str | Path, config=No
     part.teacher.to("cpu")
     run.load_best(part.student)
     part.student.to("cpu").eval()
+    part.finish()
     record = part.record(state, round(time.perf_counter() - started, 1))
     run.finish(out, hf_writer(part.student, part.tokenizer, record))
     return record

@@ -19,6 +19,11 @@ runs the teacher on every batch. The vocabulary tables (the tied embedding and L
 ``precision: auto`` trains under bfloat16 autocast where the CPU has bf16 instructions (AMX or AVX512-BF16),
 else in fp32; weights stay fp32. Early stop is on calibration perplexity (fp32, on windows of the calibration
 part).
+
+``quantization_aware``: the student trains through the INT4 grid ``quantize`` will write (compress/quantize/
+aware.py: every Linear and vocabulary table, 4 bits, blocks of ``quantization_block_size`` along the inputs,
+integer zero points, straight-through gradients); the saved weights are their grid values, and the record says
+so, for ``export`` to carry into the bundle and ``quantize`` to read the codes back instead of re-rounding.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Literal
 from pydantic import Field
 
 from edgeshrink.compress.distill import check_smaller
+from edgeshrink.compress.quantize.config import BlockSize, without_training_grid
 from edgeshrink.config import Config
 from edgeshrink.data import SplitConfig
 from edgeshrink.errors import EdgeshrinkError
@@ -56,7 +62,12 @@ class LLMDistillConfig(Config):
     calibration_windows: int = Field(16, ge=1)  # windows of sequence_tokens scored after every epoch
     seed: int = 0
     device: Literal["cpu", "cuda"] = "cpu"
+    quantization_aware: bool = False  # train through the INT4 grid quantize writes (see the module doc)
+    quantization_block_size: BlockSize = 32  # its block along the inputs: quantize's --block-size must match
     split: SplitConfig = SplitConfig()
+
+    def key_form(self) -> dict:
+        return without_training_grid(self.to_dict())
 
     def model_post_init(self, _context) -> None:
         if self.alpha_ce + self.beta_kd + self.gamma_hidden == 0:
@@ -174,6 +185,10 @@ class DecoderDistillation:
             raise EdgeshrinkError(f"the student's output has {student_net.config.vocab_size} tokens, the teacher's "
                                   f"{teacher_net.config.vocab_size}")
         check_smaller(student_net, teacher_net, "edgeshrink prune --drop-blocks")
+        if config.quantization_aware:
+            from edgeshrink.compress.quantize.aware import check_student
+
+            check_student(student_net, config.quantization_block_size)  # before the teacher pass
         student_record = read_record(student_dir)
         self.teacher_blocks = _teacher_blocks(student_record, student_net, teacher_net) if config.gamma_hidden else None
         self.precision = precision = choose_precision(config.precision, device)
@@ -196,6 +211,7 @@ class DecoderDistillation:
                             "text": [{"name": p.name, "split": p.split["sha256"], "documents": len(p)}
                                      for p in train_parts]}
         self.modules = {}
+        self.quantization_aware = None  # the grid the saved weights lie on (finish), for the record
 
     @staticmethod
     def check_data(data, config: LLMDistillConfig) -> None:
@@ -218,6 +234,10 @@ class DecoderDistillation:
             for table in {id(t): t for t in (student.get_input_embeddings(), student.get_output_embeddings())
                           if t is not None}.values():
                 table.weight.requires_grad_(False)
+        if self.config.quantization_aware:  # before a checkpoint is resumed: its weights have these names
+            from edgeshrink.compress.quantize.aware import fake_quantized
+
+            fake_quantized(self.student, self.config.quantization_block_size, frozen=not self.config.train_embeddings)
 
     def _teacher_topk(self) -> dict:
         import torch
@@ -280,12 +300,20 @@ class DecoderDistillation:
         return ppl, row, (f"calibration perplexity {ppl:.2f} (before healing {self.before:.2f}, "
                           f"teacher {self.cache['calibration_perplexity']:.2f})")
 
+    def finish(self) -> None:
+        """The best epoch's student, saved as it trained: its weights replaced by their INT4 grid values."""
+        if self.config.quantization_aware:
+            from edgeshrink.compress.quantize.aware import bake
+
+            self.quantization_aware = bake(self.student, self.config.quantization_block_size)
+
     def record(self, state: dict, seconds: float) -> dict:
         config, sequences = self.config, self.sequences
         return {
             "task": "text-generation",
             "source": self.student_record.get("source"),  # a GGUF source: INT4 keeps its grid for the frozen tables
             "prune": self.student_record.get("prune"),
+            "quantization_aware": self.quantization_aware,  # export carries it into the bundle manifest
             "distill": {"teacher": str(Path(self.teacher_dir).resolve()), "student": str(Path(self.student_dir).resolve()),
                         "config": config.to_dict(), "precision": self.precision, "history": state["history"],
                         "train_sequences": len(sequences), "train_tokens": len(sequences) * config.sequence_tokens,
@@ -302,6 +330,8 @@ class DecoderDistillation:
 def describe(record: dict, out) -> str:
     d = record["distill"]
     ppl = d["calibration_perplexity"]
+    qat = record.get("quantization_aware")
+    through = f" through its INT4 grid (blocks of {qat['block_size']})" if qat else ""
     return (f"student {out}: calibration perplexity {ppl['after']:.2f} (before healing {ppl['before']:.2f}, "
             f"teacher {ppl['teacher']:.2f}), {d['parameters'] / 1e6:.2f}M parameters, {d['train_tokens']:,} "
-            f"tokens x {len(d['history'])} epochs, {d['train_seconds']:.0f} s ({d['precision']})")
+            f"tokens x {len(d['history'])} epochs{through}, {d['train_seconds']:.0f} s ({d['precision']})")

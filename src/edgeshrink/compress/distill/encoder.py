@@ -246,6 +246,9 @@ class EncoderDistillation:
         cal = float(np.mean([self.labels[i] == y for i, y in zip(probs.argmax(1), self.split.calibration.labels)]))
         return cal, {"calibration_accuracy": cal}, f"calibration accuracy {cal:.4f}"
 
+    def finish(self) -> None:
+        """Nothing to change in the best epoch's student before it is saved."""
+
     def record(self, state: dict, seconds: float) -> dict:
         from edgeshrink.models.torch_text import predict_proba
 

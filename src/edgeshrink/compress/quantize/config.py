@@ -104,6 +104,14 @@ class LLMQuantConfig(_Keyed):
     answer_data: str = "open-prompts"
 
 
+def without_training_grid(values: dict[str, Any]) -> dict[str, Any]:
+    """A training config's ``values`` less its quantization-aware fields while they are off: training without
+    them is what it was before they existed, so a recipe step cached then keeps its key."""
+    if values.get("quantization_aware"):
+        return values
+    return {k: v for k, v in values.items() if k not in ("quantization_aware", "quantization_block_size")}
+
+
 def host_target() -> str:
     from edgeshrink.doctor import cpu_info
 

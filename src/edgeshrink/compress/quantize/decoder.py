@@ -13,6 +13,11 @@ does better), chosen on activations of calibration documents (``grid="auto"`` or
 round-to-nearest quantizer. The manifest records, on the calibration documents of a text set (default
 ``bbc-news``; never the test split), the perplexity of the source and of the quantized model and their top-1
 agreement (same positions, teacher-forced).
+
+A bundle trained through its INT4 grid (``distill --quantization-aware``, the manifest's
+``source.quantization_aware``) gets that grid's codes back exactly (aware.py's :class:`TrainedGrid`,
+``grid: "trained"``): nothing is searched or re-rounded, and a grid, block size or head bits that would
+re-round it is refused.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeshrink._files import listed_file, sha256_file
+from edgeshrink.compress.quantize.aware import TrainedGrid
 from edgeshrink.compress.quantize.calibrated import Calibration, calibration_tokens
 from edgeshrink.compress.quantize.config import LLMQuantConfig
 from edgeshrink.compress.quantize.gguf_grid import keep_gguf_grid
@@ -85,13 +91,16 @@ class DecoderQuantization:
 
     def __init__(self, bundle: Path, manifest: dict, config: LLMQuantConfig, data, progress):
         self.bundle, self.manifest, self.config, self.data, self.progress = bundle, manifest, config, data, progress
-        self.gguf = None if config.grid in ("rtn", "calibrated") else source_gguf(manifest)
+        self.trained = trained_grid(bundle, manifest)
+        if self.trained:
+            _check_trained(bundle, self.trained, config)
+        self.gguf = None if config.grid in ("rtn", "calibrated") or self.trained else source_gguf(manifest)
         if config.grid == "gguf" and self.gguf is None:
             raise EdgeshrinkError(f"--grid gguf: {bundle} was not imported from a GGUF that is still on disk unchanged")
         # calibration text is read (and refused when too short) before anything is written; a GGUF-imported
         # model reads it only if some weight turns out to be off its grid
         self.calibration_docs, self.calibration = None, None
-        if config.grid != "rtn" and self.gguf is None:
+        if config.grid != "rtn" and self.gguf is None and not self.trained:
             self.calibration_docs, self.calibration = calibration_tokens(bundle, manifest, data or "bbc-news", config)
         # The model is read where it is (ONNX Runtime is given only copies in the work directory): only listed
         # regular files inside the bundle.
@@ -103,8 +112,13 @@ class DecoderQuantization:
         config, progress, untied = self.config, self.progress, 0
         with reported(f"int4-weight of {self.bundle}", limit=200):
             progress("keeping the GGUF grid" if self.gguf else "the embedding table and LM head")
-            calibration = None if config.grid == "rtn" else Calibration(
-                self.bundle / "model.onnx", work, self._calibration_docs, progress, config.error_feedback)
+            if self.trained:  # each weight's own codes, read back
+                calibration = TrainedGrid(self.trained)
+            elif config.grid == "rtn":
+                calibration = None
+            else:
+                calibration = Calibration(self.bundle / "model.onnx", work, self._calibration_docs, progress,
+                                          config.error_feedback)
             grid_report = keep_gguf_grid(self.bundle / "model.onnx", work / "grid.onnx", self.gguf, config, progress,
                                          calibration)
             if grid_report["matmuls_left"]:
@@ -116,9 +130,13 @@ class DecoderQuantization:
                 import onnx
 
                 onnx.save(onnx.load(str(work / "grid.onnx")), str(model_out))
-        if grid_report["calibrated"]:
+        if self.trained:  # every weight read back from the grid it was trained through
+            grid_report["trained"] = grid_report.pop("calibrated")
+        elif grid_report["calibrated"]:
             grid_report["calibration"] = self.calibration
-        return {"grid": "gguf" if self.gguf else config.grid if config.grid != "auto" else "calibrated",
+        grid = "trained" if self.trained else "gguf" if self.gguf else config.grid if config.grid != "auto" else \
+            "calibrated"
+        return {"grid": grid,
                 "untied_lm_heads": untied,
                 "format": "MatMulNBits + GatherBlockQuantized",
                 "parent": {"path": str(self.bundle.resolve()), "size_bytes": self.manifest["size_bytes"]},
@@ -163,6 +181,29 @@ class DecoderQuantization:
             line += f"; {answers['prompts']} chat answers vs the source's ({said})"
             line += "".join(f"\nwarning: {w}" for w in warnings)
         return line
+
+
+def trained_grid(bundle: Path, manifest: dict) -> dict | None:
+    """The INT4 grid the bundle's model was trained through (export's ``source.quantization_aware``), or None."""
+    source = manifest.get("source")
+    trained = source.get("quantization_aware") if isinstance(source, dict) else None
+    if trained is None:
+        return None
+    if not (isinstance(trained, dict) and trained.get("bits") == 4 and trained.get("block_size") in (16, 32, 64, 128)):
+        raise EdgeshrinkError(f"{bundle}: source.quantization_aware is not a 4-bit grid of blocks of 16/32/64/128")
+    return trained
+
+
+def _check_trained(bundle: Path, trained: dict, config: LLMQuantConfig) -> None:
+    """Refuse, before anything is written, what would re-round a model trained through its INT4 grid."""
+    said = f"{bundle} was trained through its INT4 grid (quantization-aware healing, blocks of {trained['block_size']})"
+    if config.grid != "auto":
+        raise EdgeshrinkError(f"{said}; --grid {config.grid} would re-round it: leave --grid auto, which reads its "
+                              "codes back")
+    if config.block_size != trained["block_size"]:
+        raise EdgeshrinkError(f"{said}; --block-size {config.block_size} would re-round it")
+    if config.head_bits not in (None, trained["bits"]):
+        raise EdgeshrinkError(f"{said}; --head-bits {config.head_bits} would re-round its vocabulary table")
 
 
 def compare_chat_answers(source: Path, quantized: Path, config: LLMQuantConfig, progress) -> dict:

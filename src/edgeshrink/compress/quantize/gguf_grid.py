@@ -135,7 +135,10 @@ def round_to_grid(name: str, qtype: str, values: np.ndarray, bits: int, block_si
     scale = ((high - low) / top).astype(np.float32)
     safe = np.where(scale == 0, 1, scale)
     zero_points = np.clip(np.rint(-low / safe), 0, top).astype(np.uint8)
-    codes = np.clip(np.rint(blocks / safe[..., None]) + zero_points[..., None], 0, top).astype(np.uint8)
+    codes = np.clip(np.rint(blocks / safe[..., None]) + zero_points[..., None], 0, top)
+    # a block's maximum takes the top code (fp32 can land it on a tie with top − 1): the grid values then give
+    # this grid back when rounded again, which quantization-aware training relies on (aware.py)
+    codes = np.where((blocks == high[..., None]) & (high[..., None] > 0), top, codes).astype(np.uint8)
     grid = Grid(name, f"{qtype}->rtn{bits}", bits, block_size, codes.reshape(n, k), scale, None, values, 0.0,
                 zero_points)
     grid.max_abs_error = float(np.max(np.abs(grid.reconstruct() - values)))

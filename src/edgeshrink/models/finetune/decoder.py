@@ -12,6 +12,10 @@ exported bundle answers exactly what was trained. Test accuracy is scored like t
 the label whose answer tokens are most likely. Training keeps compress/trainer.py's contract (work in
 OUT.partial/, a checkpoint per epoch to resume from, a NaN loss stops the run) but keeps the last epoch:
 the task has no per-epoch calibration score to choose a best one by.
+
+``quantization_aware``: every weight trains through the INT4 grid ``quantize`` will write (compress/quantize/
+aware.py, as ``distill --quantization-aware``); the test accuracy is the INT4 model's, and the saved weights
+are their grid values, which quantize reads back instead of re-rounding.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import Field
 
+from edgeshrink.compress.quantize.config import BlockSize, without_training_grid
 from edgeshrink.data import DataConfig
 from edgeshrink.models.finetune import TrainSchedule, hf_writer, model_record, scored, seed_training
 from edgeshrink.route.prompts import PromptConfig
@@ -36,6 +41,11 @@ class LLMFinetuneConfig(TrainSchedule):
 
     prompt: PromptConfig | None = None  # None: the data's built-in prompt, else the generic one
     few_shot: int | None = Field(None, ge=0, le=16)  # train-split examples shown in the prompt; None: the prompt's
+    quantization_aware: bool = False  # train through the INT4 grid quantize writes (see the module doc)
+    quantization_block_size: BlockSize = 32  # its block along the inputs: quantize's --block-size must match
+
+    def key_form(self) -> dict:
+        return without_training_grid(self.to_dict())
 
 
 class HFPrompter(Prompter):
@@ -122,6 +132,10 @@ def finetune_llm(model: str | Path, out: str | Path, config: LLMFinetuneConfig, 
     model_dir = import_llm(model, progress=progress)
     seed_training(config)
     net, tokenizer = load_causal_lm(model_dir, config.device)
+    if config.quantization_aware:  # refused before OUT.partial is made, and before a checkpoint is resumed
+        from edgeshrink.compress.quantize.aware import fake_quantized
+
+        fake_quantized(net, config.quantization_block_size, frozen=False)
     prompter = HFPrompter(tokenizer, prompt.to_dict(), context_length(net.config))
     train = split.train if config.max_train_examples is None else split.train.head(config.max_train_examples)
     label_index = {name: i for i, name in enumerate(prompt.labels)}
@@ -181,5 +195,9 @@ def finetune_llm(model: str | Path, out: str | Path, config: LLMFinetuneConfig, 
                           scored(correct, len(split.test)), source={"model": str(model), "path": str(model_dir)},
                           prompted_task={"prompt": prompt.to_dict(), "scored_by": "label log-likelihood"},
                           precision=precision, train_tokens=int(sum(len(s) for s, _ in sequences) * config.epochs))
+    if config.quantization_aware:
+        from edgeshrink.compress.quantize.aware import bake
+
+        record["quantization_aware"] = bake(net, config.quantization_block_size)
     run.finish(out, hf_writer(net, tokenizer, record))
     return record
