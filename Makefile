@@ -75,7 +75,7 @@ test-system:
 	fi
 
 test: $(STAMP) test-system
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 clean-demo:
 	rm -rf $(RUNS)
