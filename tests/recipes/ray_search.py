@@ -14,7 +14,7 @@ name: search
 model: {model}
 data: {data}
 steps:
-  - prune: {{layers: 1, ffn_keep: 0.5, vocab: true, search: {{ffn_keep: [0.25, 0.5]}}}}
+  - prune: {{layers: 1, ffn_keep: 0.5, vocab: true, search: {{ffn_keep: {ffn_keep}}}}}
   - distill: {{epochs: {epochs}, patience: {epochs}, learning_rate: 2.0e-3, max_length: 32, search: {{seed: [0, 1]}}}}
   - export: {{}}
   - quantize: {{method: dynamic-int8}}
@@ -24,10 +24,10 @@ targets:
 """
 
 
-def write_search(root: Path, model: Path, epochs: int = 10) -> Path:
+def write_search(root: Path, model: Path, epochs: int = 10, ffn_keep: tuple[float, ...] = (0.25, 0.5)) -> Path:
     data = write_csv(root / "d.csv", make_texts(300))
     path = root / f"search-{epochs}.yaml"
-    path.write_text(SEARCH.format(model=model, data=data, epochs=epochs))
+    path.write_text(SEARCH.format(model=model, data=data, epochs=epochs, ffn_keep=list(ffn_keep)))
     return path
 
 
