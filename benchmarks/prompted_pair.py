@@ -8,7 +8,7 @@ first bundle (the cloud), the difference with an exact McNemar test; writes ever
 answer signals to an .npz per bundle and part (enough to fit and check a router offline).
 
     PYTHONPATH=src .venv/bin/python benchmarks/prompted_pair.py runs/sentiment-llm-fp32 runs/sentiment-llm-int4 \
-        [--data sentiment-movies] [--parts test] [--threads 1] [--out runs/prompted-pair]
+        [--data sentiment-movies] [--parts test] [--threads 1] [--out runs/prompted-pair] [--against CLOUD.npz]
 """
 import argparse
 import json
@@ -48,6 +48,9 @@ def main():
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/prompted-pair"))
+    parser.add_argument("--against", type=Path, default=None,
+                        help="an .npz this script wrote for the same part (the cloud's): every bundle is compared "
+                             "with those saved answers (bundles are deterministic, so the cloud need not run again)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     examples = load_data(args.data)
@@ -86,6 +89,17 @@ def main():
                    "ms_per_example": 1000 * seconds[i] / n}
             if i:
                 row["vs_first"] = {"difference": float(ok.mean() - right[0].mean()), **mcnemar(right[0], ok)}
+            if args.against is not None:
+                saved = np.load(args.against)
+                if not np.array_equal(saved["truth"], truth):
+                    raise SystemExit(f"{args.against} was scored on other examples")
+                reference = saved["probs"].argmax(1) == truth
+                row["vs_against"] = {"against": str(args.against), "difference": float(ok.mean() - reference.mean()),
+                                     **mcnemar(reference, ok)}
+                print(f"{part_name} {bundle.name}: {100 * row['vs_against']['difference']:+.2f} points vs "
+                      f"{args.against.name} ({100 * reference.mean():.2f}%), McNemar p = "
+                      f"{row['vs_against']['p']:.3g} ({row['vs_against']['only_first_right']} vs "
+                      f"{row['vs_against']['only_second_right']} examples only one gets right)", flush=True)
             rows.append(row)
             extra = (f", {100 * row['vs_first']['difference']:+.2f} points vs {args.bundles[0].name} "
                      f"(McNemar p = {row['vs_first']['p']:.3g})") if i else ""
