@@ -16,7 +16,7 @@ import numpy as np
 
 from edgeshrink.data.lm_text import load_lm_text
 from edgeshrink.doctor import cpu_info
-from edgeshrink.runtime.generate import Generator
+from edgeshrink.runtime.generate import Generator, prefill_feeds
 
 
 def main():
@@ -50,15 +50,7 @@ def main():
         peak_first = {n: 0 for n in names}
         positions = 0
         for ids in docs:
-            feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64),
-                     "position_ids": np.arange(len(ids), dtype=np.int64)[None]}
-            feeds = {k: v for k, v in feeds.items() if k in inputs}
-            for name, meta in inputs.items():
-                if name.startswith("past_key_values."):
-                    shape = [1 if isinstance(d, str) and "batch" in d else (0 if isinstance(d, str) else d)
-                             for d in meta.shape]
-                    feeds[name] = np.zeros(shape, np.float32)
-            for name, value in zip(names, session.run(names, feeds)):
+            for name, value in zip(names, session.run(names, prefill_feeds(inputs, ids))):
                 x = value.reshape(-1, value.shape[-1]).astype(np.float64)
                 sq = np.square(x).sum(axis=1)
                 first[name] += float(sq[0])

@@ -31,28 +31,17 @@ from edgeshrink.compress.lm_eval import score_windows, text_windows
 from edgeshrink.data.lm_text import load_lm_text
 from edgeshrink.doctor import cpu_info
 from edgeshrink.export.bundle import write_manifest
-from edgeshrink.runtime.generate import Generator
+from edgeshrink.runtime.generate import Generator, prefill_feeds
 from edgeshrink.stats import paired_perplexity_bootstrap
 
 SKIPPED_EVAL_DOCUMENTS = 16  # quantize scores the first 16 calibration documents; the search uses the next ones
 
 
 class Feeds:
-    """ORT CalibrationDataReader: one prompt per calibration document, empty KV cache."""
+    """ORT CalibrationDataReader: one prefill pass (an empty KV cache) per calibration document."""
 
-    def __init__(self, manifest: dict, docs: list[list[int]]):
-        self.items = []
-        for ids in docs:
-            feed = {"input_ids": np.array([ids], dtype=np.int64),
-                    "attention_mask": np.ones((1, len(ids)), dtype=np.int64)}
-            for spec in manifest["inputs"]:
-                if spec["name"].startswith("past_key_values"):
-                    shape = [1 if d == "batch_size" else 0 if d == "past_sequence_length" else d for d in spec["shape"]]
-                    feed[spec["name"]] = np.zeros(shape, dtype=spec["dtype"])
-            names = {spec["name"] for spec in manifest["inputs"]}
-            if "position_ids" in names:
-                feed["position_ids"] = np.arange(len(ids), dtype=np.int64)[None]
-            self.items.append(feed)
+    def __init__(self, inputs: dict, docs: list[list[int]]):
+        self.items = [prefill_feeds(inputs, ids) for ids in docs]
         self.index = 0
 
     def __iter__(self):  # ORT's GPTQ path iterates the reader
@@ -68,7 +57,8 @@ class Feeds:
         self.index = 0
 
 
-def ort_quantize(source: Path, out: Path, algorithm: str, docs: list[list[int]], manifest: dict) -> dict:
+def ort_quantize(source: Path, out: Path, algorithm: str, docs: list[list[int]], manifest: dict,
+                 inputs: dict) -> dict:
     import onnx
     from onnxruntime.quantization import matmul_nbits_quantizer as mnq
 
@@ -77,7 +67,7 @@ def ort_quantize(source: Path, out: Path, algorithm: str, docs: list[list[int]],
         "rtn": lambda: mnq.RTNWeightOnlyQuantConfig(),
         "k_quant": lambda: mnq.KQuantWeightOnlyQuantConfig(),
         "hqq": lambda: mnq.HQQWeightOnlyQuantConfig(block_size=32, bits=4),
-        "gptq": lambda: mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=Feeds(manifest, docs), block_size=32),
+        "gptq": lambda: mnq.GPTQWeightOnlyQuantConfig(calibration_data_reader=Feeds(inputs, docs), block_size=32),
     }
     logging.getLogger("onnxruntime.quantization").setLevel(logging.WARNING)
     started = time.perf_counter()
@@ -136,7 +126,7 @@ def main():
         out = args.out / f"ort-{algorithm}"
         print(f"ORT {algorithm}: quantizing …", file=sys.stderr, flush=True)
         try:
-            made[algorithm] = ort_quantize(args.fp32, out, algorithm, docs, manifest)
+            made[algorithm] = ort_quantize(args.fp32, out, algorithm, docs, manifest, source.inputs)
         except Exception as exc:  # noqa: BLE001 - a peer that fails here is reported, not fatal
             print(f"ORT {algorithm}: failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}", file=sys.stderr)
             made[algorithm] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
@@ -146,27 +136,17 @@ def main():
 
     windows = text_windows(source.tokenizer, load_lm_text("bbc-news", "test"), args.windows, args.window_tokens)
     models = {name: Generator(path, verify=False).logits for name, (path, _) in bundles.items()}
-    # window by window, so that the paired bootstrap has each window's NLL; totals summed from the same numbers
-    per = []
-    for number, window in enumerate(windows):
-        print(f"scoring window {number + 1}/{len(windows)}", file=sys.stderr, flush=True)
-        per.append(score_windows(models, [window], reference="fp32"))
-    lens = [p["fp32"]["tokens"] for p in per]
-    scores = {}
-    for name in models:
-        nll = [p[name]["nll_nats"] for p in per]
-        tokens = sum(lens)
-        scores[name] = {"perplexity": float(np.exp(sum(nll) / tokens)), "tokens": tokens, "nll": nll,
-                        "top1_agreement": sum(p[name]["top1_agreement"] * n for p, n in zip(per, lens)) / tokens,
-                        "kl_to_reference": sum(p[name]["kl_to_reference"] * n for p, n in zip(per, lens)) / tokens}
+    scores = score_windows(models, windows, reference="fp32",
+                           progress=lambda message: print(message, file=sys.stderr, flush=True))
     rows = []
     for name, (path, algorithm) in bundles.items():
         size = json.loads((path / "manifest.json").read_text())["size_bytes"]
         row = {"name": name, "bundle": str(path), "size_bytes": size,
-               **{k: v for k, v in scores[name].items() if k != "nll"}}
+               **{k: v for k, v in scores[name].items() if not k.startswith("window_")}}
         if name != "fp32":
             row["perplexity_change"] = scores[name]["perplexity"] / scores["fp32"]["perplexity"] - 1
-            boot = paired_perplexity_bootstrap(scores[name]["nll"], scores["fp32"]["nll"], lens)
+            boot = paired_perplexity_bootstrap(scores[name]["window_nll_nats"], scores["fp32"]["window_nll_nats"],
+                                               scores["fp32"]["window_tokens"])
             row["ratio_to_fp32"], row["ratio_ci95"] = boot["ratio"], boot["ratio_ci95"]
         if algorithm:
             row["quantize_seconds"] = made[algorithm]["seconds"]

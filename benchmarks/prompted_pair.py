@@ -78,6 +78,12 @@ def main():
             print(f"{part_name}: {done}/{n} examples (about {left:.0f} s left)", flush=True)
         truth = np.array([list(models[0].labels).index(label) for label in labels])
         rows, right = [], []
+        reference = None  # the saved answers' right/wrong, when --against
+        if args.against is not None:
+            saved = np.load(args.against)
+            if not np.array_equal(saved["truth"], truth):
+                raise SystemExit(f"{args.against} was scored on other examples")
+            reference = saved["probs"].argmax(1) == truth
         for i, bundle in enumerate(args.bundles):
             p = np.concatenate(probs[i])
             sig = {k: np.concatenate([s[k] for s in signals[i]]) for k in signals[i][0]}
@@ -89,11 +95,7 @@ def main():
                    "ms_per_example": 1000 * seconds[i] / n}
             if i:
                 row["vs_first"] = {"difference": float(ok.mean() - right[0].mean()), **mcnemar(right[0], ok)}
-            if args.against is not None:
-                saved = np.load(args.against)
-                if not np.array_equal(saved["truth"], truth):
-                    raise SystemExit(f"{args.against} was scored on other examples")
-                reference = saved["probs"].argmax(1) == truth
+            if reference is not None:
                 row["vs_against"] = {"against": str(args.against), "difference": float(ok.mean() - reference.mean()),
                                      **mcnemar(reference, ok)}
                 print(f"{part_name} {bundle.name}: {100 * row['vs_against']['difference']:+.2f} points vs "

@@ -73,11 +73,14 @@ def log_softmax_rows(logits: np.ndarray) -> np.ndarray:
 def score_windows(models: dict[str, Callable[[list[int]], np.ndarray]], windows: list[Window],
                   reference: str | None = None, progress=None) -> dict[str, dict]:
     """Perplexity, bits per byte and (against ``reference``) top-1 agreement and mean KL(reference ‖ model),
-    all at the same positions, for every model (a function: token ids -> logits at every position)."""
+    all at the same positions, for every model (a function: token ids -> logits at every position); with each
+    window's NLL and token count, for paired intervals over windows."""
     nll = {name: 0.0 for name in models}
+    window_nll = {name: [] for name in models}  # per window, for paired intervals over windows
     agree = {name: 0 for name in models}
     kl = {name: 0.0 for name in models}
     tokens = n_bytes = 0
+    window_tokens = []
     for number, window in enumerate(windows):
         if progress:
             progress(f"scoring window {number + 1}/{len(windows)}")
@@ -87,7 +90,8 @@ def score_windows(models: dict[str, Callable[[list[int]], np.ndarray]], windows:
         for name, logits_of in models.items():
             logits = np.asarray(logits_of(window.ids))[window.scored_from - 1:-1]
             logp = log_softmax_rows(logits)
-            nll[name] -= float(logp[np.arange(len(targets)), targets].sum())
+            window_nll[name].append(-float(logp[np.arange(len(targets)), targets].sum()))
+            nll[name] += window_nll[name][-1]
             logps[name] = logp
             if name == reference:
                 ref_logp, ref_top = logp, logp.argmax(axis=1)
@@ -96,12 +100,14 @@ def score_windows(models: dict[str, Callable[[list[int]], np.ndarray]], windows:
             for name, logp in logps.items():
                 agree[name] += int((logp.argmax(axis=1) == ref_top).sum())
                 kl[name] += float((ref_p * (ref_logp - logp)).sum())
+        window_tokens.append(len(targets))
         tokens += len(targets)
         n_bytes += window.n_bytes
     out = {}
     for name in models:
         row = {"perplexity": math.exp(nll[name] / tokens), "bits_per_byte": nll[name] / math.log(2) / n_bytes,
-               "nll_nats": nll[name], "tokens": tokens, "bytes": n_bytes, "windows": len(windows)}
+               "nll_nats": nll[name], "tokens": tokens, "bytes": n_bytes, "windows": len(windows),
+               "window_nll_nats": window_nll[name], "window_tokens": window_tokens}
         if reference is not None:
             row["top1_agreement"] = agree[name] / tokens
             row["kl_to_reference"] = kl[name] / tokens  # nats per token

@@ -38,6 +38,26 @@ _NP = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64
        "tensor(int32)": np.int32}
 
 
+def empty_past(inputs: dict, names) -> dict[str, np.ndarray]:
+    """Empty KV-cache arrays for the graph inputs ``names`` (``inputs``: name -> onnxruntime NodeArg): batch 1,
+    every other dynamic axis 0."""
+    past = {}
+    for name in names:
+        meta = inputs[name]
+        shape = [1 if isinstance(d, str) and "batch" in d else (0 if isinstance(d, str) else d) for d in meta.shape]
+        past[name] = np.zeros(shape, dtype=_NP.get(meta.type, np.float32))
+    return past
+
+
+def prefill_feeds(inputs: dict, ids: list[int]) -> dict[str, np.ndarray]:
+    """The feeds of one prefill pass of ``ids`` from an empty cache, for a graph with inputs ``inputs``."""
+    feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64),
+             "position_ids": np.arange(len(ids), dtype=np.int64)[None]}
+    feeds = {k: v for k, v in feeds.items() if k in inputs}
+    feeds.update(empty_past(inputs, [n for n in inputs if n.startswith("past_key_values.")]))
+    return feeds
+
+
 def sequence_axis(shape) -> int:
     """The sequence axis of a past_key_values input: the one whose name says sequence or past, else 2
     ([batch, kv heads, sequence, head dim])."""
@@ -120,12 +140,7 @@ class Generator:
         """An empty KV cache: a SharedCache on graphs that share past and present buffers, else empty arrays."""
         if self.shared_kv:
             return SharedCache(self.session, self.past_names, self.context_length)
-        past = {}
-        for name in self.past_names:
-            meta = self.inputs[name]
-            shape = [1 if isinstance(d, str) and "batch" in d else (0 if isinstance(d, str) else d) for d in meta.shape]
-            past[name] = np.zeros(shape, dtype=_NP.get(meta.type, np.float32))
-        return past
+        return empty_past(self.inputs, self.past_names)
 
     def _step(self, ids: list[int], past: dict, total: int) -> tuple[np.ndarray, dict]:
         """Run ``ids`` (new tokens) after the first ``total - len(ids)`` positions of ``past``; return (logits of

@@ -74,6 +74,7 @@ def channel_statistics(model_path: Path, work: Path, docs: list[list[int]], name
     import onnx
 
     from edgeshrink.runtime.bundle import open_session
+    from edgeshrink.runtime.generate import prefill_feeds
 
     progress = progress or (lambda *_: None)
     model = onnx.load(str(model_path))
@@ -90,15 +91,7 @@ def channel_statistics(model_path: Path, work: Path, docs: list[list[int]], name
     rows = 0
     for number, ids in enumerate(docs):
         progress(f"calibrating on document {number + 1}/{len(docs)}")
-        feeds = {"input_ids": np.array([ids], np.int64), "attention_mask": np.ones((1, len(ids)), np.int64),
-                 "position_ids": np.arange(len(ids), dtype=np.int64)[None]}
-        feeds = {k: v for k, v in feeds.items() if k in inputs}
-        for name, meta in inputs.items():
-            if name.startswith("past_key_values."):  # an empty cache: batch 1, every other dynamic axis 0
-                shape = [1 if isinstance(d, str) and "batch" in d else (0 if isinstance(d, str) else d)
-                         for d in meta.shape]
-                feeds[name] = np.zeros(shape, np.float16 if meta.type == "tensor(float16)" else np.float32)
-        for name, value in zip(wanted, session.run(wanted, feeds)):
+        for name, value in zip(wanted, session.run(wanted, prefill_feeds(inputs, ids))):
             flat = value.reshape(-1, value.shape[-1])[SKIP_POSITIONS:].astype(np.float32)
             sums[name] = sums.get(name, 0) + ((flat.T @ flat).astype(np.float64) if full
                                               else np.square(flat.astype(np.float64)).sum(axis=0))
