@@ -81,3 +81,23 @@ def test_every_ttft_ratio_is_device_over_llama_cpp_and_the_header_says_so():
     assert all(line.endswith("| 0.56x |") for line in ttft if "| fp32 |" in line or "-fp32 |" in line)
     decode = md.split("Decode (")[1].split("\n\n")[1]
     assert "÷ llama.cpp (higher is better)" in decode
+
+
+def test_perplexity_against_the_reference_carries_a_paired_interval_over_windows():
+    import math
+
+    from edgeshrink.bench.report import perplexity_change, to_markdown
+
+    report = _llm_report()
+    fp32, int4 = report["candidates"][:2]
+    tokens = [100, 120, 80, 100]
+    fp32["quality"]["wikitext"].update(window_nll_nats=[300.0, 350.0, 250.0, 310.0], window_tokens=tokens)
+    int4["quality"]["wikitext"].update(window_nll_nats=[310.0, 362.0, 262.0, 312.0], window_tokens=tokens)
+    change = perplexity_change(int4, fp32, "wikitext")
+    assert math.isclose(change["ratio"], math.exp((1246 - 1210) / 400))  # the pooled per-token NLL, not a mean of ratios
+    lo, hi = change["ratio_ci95"]
+    assert 1 < lo <= change["ratio"] <= hi  # INT4 is worse on every window: the whole interval lies above 1
+    assert f"+{100 * (change['ratio'] - 1):.1f}% [" in to_markdown(report)
+    int4["quality"]["wikitext"]["window_tokens"] = [100, 120, 80, 99]  # not the same windows: no pairing, no interval
+    assert perplexity_change(int4, fp32, "wikitext") is None
+    assert perplexity_change(report["candidates"][2], fp32, "wikitext") is None  # not scored at all

@@ -59,8 +59,10 @@ def test_run_writes_a_report_and_reruns_from_cache(llm_recipe):
     assert device["quality"][text_name]["perplexity"] != fp32["quality"][text_name]["perplexity"]
     text = (root / "out" / "report.md").read_text()
     assert text.startswith("# Recipe report: tiny-llm") and "decode tok/s" in text
-    assert report["plots"] == ["decode.png", "ttft.png"]
-    assert (root / "out" / "report.html").read_text().count("data:image/png;base64,") == 2
+    assert report["plots"] == ["decode.png", "ttft.png", "decode_vs_perplexity.png"]
+    assert (root / "out" / "report.html").read_text().count("data:image/png;base64,") == 3
+    increase = next(t for t in report["targets"] if t["target"].startswith("max_perplexity_increase"))
+    assert "(95%, windows resampled in pairs)" in increase["note"]
     again = run(path, root / "out")
     assert all(s["cached"] for s in again["steps"]) and again["wall_seconds_this_run"] < 30
     assert json.loads((root / "out" / "report.json").read_text())["targets"] == again["targets"]

@@ -30,6 +30,39 @@ def test_language_model_plots_use_the_same_font_fallback(tmp_path):
     assert set(report.get("plots_missing_glyphs", "")) <= set("生成模型")
 
 
+def test_the_curve_of_perplexity_against_decode_speed_has_intervals_and_a_front(tmp_path):
+    import math
+
+    from edgeshrink.recipes import generate
+
+    tokens = [64, 64, 64]
+    candidates = []
+    for role, speed, nll in (("fp32", 20.0, [192, 208, 200]), ("source", 60.0, [193, 209, 200]),
+                             ("device", 90.0, [204, 215, 212]), ("peer", 55.0, [195, 212, 202])):
+        candidates.append({"name": role, "decode": [{"threads": 1, "tokens_per_s": speed}],
+                           "ttft": [{"threads": 1, "prompt_tokens": 32, "median_ms": 1000 / speed}],
+                           "quality": {"bbc-news": {"perplexity": math.exp(sum(nll) / sum(tokens)),
+                                                    "window_nll_nats": nll, "window_tokens": tokens}}})
+    candidates[0]["precision"] = "fp32"
+    points = generate.decode_quality_points(list(zip(["fp32", "source", "device", "peer"], candidates)))
+    assert [p["role"] for p in points] == ["fp32", "source", "device", "peer"]
+    assert points[0]["increase"] == 0 and points[0]["interval"] == [0, 0]
+    device = points[2]
+    assert device["interval"][0] <= device["increase"] <= device["interval"][1] and device["interval"][0] > 0
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = generate.plot_decode_quality(plt, points, "t")
+    assert len(ax.containers) == 4  # one point with its error bar per candidate
+    front = next(line for line in ax.get_lines() if line.get_linestyle() == "--")
+    assert sorted(front.get_xdata()) == [20.0, 60.0, 90.0]  # llama.cpp: slower and worse than the source, off it
+    plt.close(fig)
+    report = {"name": "small", "bench": {"roles": ["fp32", "source", "device", "peer"], "candidates": candidates}}
+    assert generate.write_llm_plots(report, tmp_path) == ["decode.png", "ttft.png", "decode_vs_perplexity.png"]
+
+
 # -- report.html as a person sees it: rendered by a headless browser ------------------------------------------
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "chrome-headless-shell")
 # Run in the page once it has loaded: what a reader sees (innerText), each image's decoded width, each table's

@@ -29,7 +29,8 @@ JSON schema ``edgeshrink-bench-llm/1``, language models (llm.py; times in ms, si
                               bound (memory | compute), compute_ms_per_token, memory_ms_per_token,
                               fraction_of_limit, vs_peer (tokens/s ÷ llama.cpp's: > 1 faster)},
                    quality: {text: {perplexity, bits_per_byte, nll_nats, tokens, bytes, windows,
-                                    top1_agreement, kl_to_reference (nats/token), part, split_sha256}},
+                                    top1_agreement, kl_to_reference (nats/token), part, split_sha256,
+                                    window_nll_nats[], window_tokens[] (per window: paired intervals)}},
                    answers: {setting (greedy | penalized): {identical, looping, facts: {share, count, n, interval},
                              agreed_tokens (mean leading tokens shared with the reference's answer),
                              examples[]: {prompt, answer}}}}
@@ -103,8 +104,30 @@ def _classifier_tables(report: dict):
 
 
 # -- language models -----------------------------------------------------------------------------------------
+def perplexity_change(candidate: dict, reference: dict, text: str) -> dict | None:
+    """``candidate``'s perplexity on ``text`` against ``reference``'s on the same windows: the ratio and its 95%
+    interval from resampling the windows in pairs (stats.paired_perplexity_bootstrap), or None where either was
+    not scored window by window (a report from before the windows were kept, or one window only)."""
+    from edgeshrink.stats import paired_perplexity_bootstrap
+
+    a, b = ((c.get("quality") or {}).get(text) or {} for c in (candidate, reference))
+    if not a.get("window_nll_nats") or a.get("window_tokens") != b.get("window_tokens") or len(a["window_tokens"]) < 2:
+        return None
+    return paired_perplexity_bootstrap(a["window_nll_nats"], b["window_nll_nats"], a["window_tokens"])
+
+
+def _change_cell(candidate: dict, reference: dict | None, text: str) -> str:
+    change = perplexity_change(candidate, reference, text) if reference is not None else None
+    if change is None:
+        return "-"
+    lo, hi = change["ratio_ci95"]
+    return f"{100 * (change['ratio'] - 1):+.1f}% [{100 * (lo - 1):+.1f}, {100 * (hi - 1):+.1f}]"
+
+
 def _quality_rows(report: dict) -> list[list[str]]:
-    return [[c["name"], text, f"{q['perplexity']:.2f}", f"{q['bits_per_byte']:.3f}",
+    name = (report.get("reference") or {}).get("name")
+    reference = next((c for c in report["candidates"] if c["name"] == name), None)
+    return [[c["name"], text, f"{q['perplexity']:.2f}", _change_cell(c, reference, text), f"{q['bits_per_byte']:.3f}",
              _pct(q.get("top1_agreement"), ".1f"), _f(q.get("kl_to_reference"), ".4f"),
              str(q["tokens"])] for c in report["candidates"] for text, q in (c.get("quality") or {}).items()]
 
@@ -158,8 +181,8 @@ def _llm_tables(report: dict):
                ["candidate", "threads", "prompt", "TTFT ms", "limit ms", "÷ llama.cpp (lower is better)"],
                _ttft_rows(report)),
               (f"Held-out text (agreement and KL against {reference})",
-               ["candidate", "text", "perplexity", "bits/byte", "top-1 agree %", "KL nats/token", "tokens"],
-               _quality_rows(report)),
+               ["candidate", "text", "perplexity", f"vs {reference} [95% CI]", "bits/byte", "top-1 agree %",
+                "KL nats/token", "tokens"], _quality_rows(report)),
               (_answers_title(report), ["candidate", "sampling", "identical % [95% CI]", "agreed tokens", "loop %",
                                        "facts right %"],
                _answer_rows(report)))

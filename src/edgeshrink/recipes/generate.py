@@ -19,7 +19,8 @@ from pydantic import Field
 
 from edgeshrink.config import Config
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.recipes.report import plotting, save_plot, target_row, targets_section
+from edgeshrink.bench.report import perplexity_change
+from edgeshrink.recipes.report import pareto_front, plotting, save_plot, target_row, targets_section
 from edgeshrink.recipes.schema import Recipe, RecipeKind
 
 
@@ -195,8 +196,11 @@ def check_llm_targets(recipe: GenerationRecipe, bench: dict | None, device_size:
         if text is None or text not in (fp32.get("quality") or {}):
             raise EdgeshrinkError("max_perplexity_increase: the bench scored no text (quality: false?)")
         increase = device["quality"][text]["perplexity"] / fp32["quality"][text]["perplexity"] - 1
+        change = perplexity_change(device, fp32, text)
+        interval = "" if change is None else \
+            " [{:+.1f}, {:+.1f}] (95%, windows resampled in pairs)".format(*(100 * (r - 1) for r in change["ratio_ci95"]))
         add(f"max_perplexity_increase ({text} test, vs the fp32 bundle)", increase, t.max_perplexity_increase,
-            increase <= t.max_perplexity_increase, "", f"{100 * increase:+.2f}%")
+            increase <= t.max_perplexity_increase, "", f"{100 * increase:+.2f}%{interval}")
     return rows
 
 
@@ -250,8 +254,47 @@ def llm_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def decode_quality_points(candidates: list[tuple[str, dict]], threads: int | None = None) -> list[dict]:
+    """Each candidate scored on text and timed at ``threads`` (default: the first thread count timed): its
+    decode tokens/s, and its perplexity on the first text against the fp32 candidate's (the role ``fp32``, else
+    the first fp32 bundle) with the paired 95% interval (None where the windows were not kept)."""
+    if not candidates:
+        return []
+    threads = threads or min(d["threads"] for _, c in candidates for d in c["decode"])
+    fp32 = next((c for role, c in candidates if role == "fp32"), None) or \
+        next((c for _, c in candidates if c.get("precision") == "fp32"), candidates[0][1])
+    text = next(iter(fp32.get("quality") or {}), None)
+    points = []
+    for role, c in candidates:
+        decode = _row(c["decode"], threads=threads)
+        if text is None or decode is None or text not in (c.get("quality") or {}):
+            continue
+        change = perplexity_change(c, fp32, text)
+        ratio = c["quality"][text]["perplexity"] / fp32["quality"][text]["perplexity"]
+        points.append({"role": role, "name": c["name"], "tokens_per_s": decode["tokens_per_s"], "threads": threads,
+                       "text": text, "perplexity": c["quality"][text]["perplexity"], "increase": ratio - 1,
+                       "interval": None if change is None else [r - 1 for r in change["ratio_ci95"]]})
+    return points
+
+
+def plot_decode_quality(plt, points: list[dict], title: str):
+    """Perplexity increase (with its interval) against decode speed, the Pareto front dashed: (fig, ax)."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    front = pareto_front([(-p["tokens_per_s"], -p["increase"]) for p in points])
+    ax.plot([points[i]["tokens_per_s"] for i in front], [100 * points[i]["increase"] for i in front], "--",
+            color="grey", alpha=0.6, label="Pareto front" if len(points) > 2 else None)
+    for p in points:
+        lo, hi = p["interval"] or (p["increase"], p["increase"])
+        ax.errorbar([p["tokens_per_s"]], [100 * p["increase"]], yerr=[[100 * (p["increase"] - lo)], [100 * (hi - p["increase"])]],
+                    fmt="o", capsize=3, label=f"{p['role']}: {p['name']}")
+    ax.set(xlabel=f"decode tokens/s ({points[0]['threads']} thread(s))",
+           ylabel=f"perplexity vs fp32, {points[0]['text']} test (%)", title=title)
+    return fig, ax
+
+
 def write_llm_plots(report: dict, out: Path) -> list[str]:
-    """Decode tokens/s per thread count and time to first token against prompt length, every candidate."""
+    """Decode tokens/s per thread count, time to first token against prompt length, and perplexity against
+    decode speed with intervals (where text was scored), every candidate."""
     from edgeshrink._plots import log_axis
 
     candidates = _candidates(report)
@@ -278,6 +321,10 @@ def write_llm_plots(report: dict, out: Path) -> list[str]:
         ax.set(xlabel="prompt tokens", ylabel="time to first token (ms)",
                title=f"{report['name']}: time to first token, {threads[0]} thread(s)")
         names.append(save_plot(fig, ax, out, "ttft.png"))
+        points = decode_quality_points(candidates, threads[0])
+        if len(points) > 1:
+            fig, ax = plot_decode_quality(plt, points, f"{report['name']}: quality against decode speed")
+            names.append(save_plot(fig, ax, out, "decode_vs_perplexity.png"))
     return names
 
 
