@@ -142,7 +142,7 @@ def main():
     for name, (path, algorithm) in bundles.items():
         size = json.loads((path / "manifest.json").read_text())["size_bytes"]
         row = {"name": name, "bundle": str(path), "size_bytes": size,
-               **{k: v for k, v in scores[name].items() if not k.startswith("window_")}}
+               **scores[name]}  # window_nll_nats / window_tokens kept: any two rows can be paired later
         if name != "fp32":
             row["perplexity_change"] = scores[name]["perplexity"] / scores["fp32"]["perplexity"] - 1
             boot = paired_perplexity_bootstrap(scores[name]["window_nll_nats"], scores["fp32"]["window_nll_nats"],

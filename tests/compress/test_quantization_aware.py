@@ -144,3 +144,44 @@ def test_configs_round_trip_and_keep_their_cache_keys_while_off():
         assert "quantization_aware" not in cls().key_form()  # a step cached before QAT existed keeps its key
     with pytest.raises(EdgeshrinkError, match="quantization_block_size"):
         LLMDistillConfig.from_dict({"quantization_aware": True, "quantization_block_size": 48})
+
+
+def test_frozen_tables_of_a_gguf_model_stay_on_its_grid_and_the_int4_model_is_still_the_trained_one(tmp_path):
+    """A student cut from a GGUF-imported model trains its Linears through the INT4 grid and leaves the frozen
+    vocabulary table on the GGUF's Q8_0 grid; quantize keeps that table and reads every other weight back."""
+    from transformers import AutoModelForCausalLM
+
+    from edgeshrink.runtime.generate import Generator
+    from tests.compress.test_llm_quantize import _onto_gguf_grid
+
+    text = tmp_path / "text.txt"
+    text.write_text("\n\n".join(t for t, _ in make_texts(90, seed=7)))
+    teacher = make_causal_lm("llama", tmp_path / "teacher", tie_word_embeddings=True, num_hidden_layers=4,
+                             hidden_size=64, intermediate_size=128)
+    _onto_gguf_grid(teacher, tmp_path / "teacher.gguf")
+    table = AutoModelForCausalLM.from_pretrained(teacher).get_input_embeddings().weight.detach().clone()
+    prune(teacher, tmp_path / "student", LLMPruneConfig(blocks=[1, 2]), data=str(text))
+    record = distill(teacher, tmp_path / "student", tmp_path / "healed",
+                     LLMDistillConfig(**FAST, quantization_aware=True), data=str(text))
+    assert record["quantization_aware"]["tables"] == "gguf"
+    net = AutoModelForCausalLM.from_pretrained(tmp_path / "healed").eval()
+    assert torch.equal(net.get_input_embeddings().weight, table)  # not brought to 4 bits: still the Q8_0 values
+    export_llm(tmp_path / "healed", tmp_path / "fp32", LLMExportConfig(validation_prompts=2, validation_new_tokens=4))
+    manifest = quantize(tmp_path / "fp32", tmp_path / "int4", LLMQuantConfig(**QUANT), data=str(text))
+    q = manifest["quantization"]["gguf_grid"]
+    assert manifest["quantization"]["grid"] == "trained" and q["kept"] == {"Q8_0": 1} and q["matmuls_left"] == []
+    assert len(q["trained"]) == 2 * 5 and q["rounded"] == {}  # 2 blocks: q/k/v/o, gate+up fused, down = 5 MatMulNBits
+    ids = Generator(tmp_path / "int4", verify=False).tokenizer.encode("the film was a quiet surprise to everyone").ids
+    with torch.no_grad():
+        expected = net(input_ids=torch.tensor([ids])).logits[0].numpy()
+    got = Generator(tmp_path / "int4", verify=False).logits(ids)
+    assert q["max_abs_error_kept"] == 0 and max(line["max_abs_error"] for line in q["trained"].values()) < 1e-6
+    # Every weight is the trained one; only the 8-bit head's kernel differs: MatMulNBits at 8 bits always runs
+    # with int8 activations (accuracy level 4, gguf_grid.py: the fp32 path is ~90x slower), 4.1e-3 measured here
+    # where a 4-bit table gives 2-4e-7 (test_int4_logits_equal_the_trained_model).
+    assert np.abs(got - expected).max() < 2e-2 and (got.argmax(1) == expected.argmax(1)).all()
+    (tmp_path / "teacher.gguf").rename(tmp_path / "moved.gguf")  # the table's grid can no longer be read: refused
+    result = CliRunner().invoke(app, ["quantize", str(tmp_path / "fp32"), "--out", str(tmp_path / "again"),
+                                      "--method", "int4-weight", "--data", str(text)])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
+    assert "no longer on disk unchanged" in result.stderr and not (tmp_path / "again").exists()

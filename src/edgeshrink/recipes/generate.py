@@ -286,7 +286,7 @@ def plot_decode_quality(plt, points: list[dict], title: str):
     for p in points:
         lo, hi = p["interval"] or (p["increase"], p["increase"])
         ax.errorbar([p["tokens_per_s"]], [100 * p["increase"]], yerr=[[100 * (p["increase"] - lo)], [100 * (hi - p["increase"])]],
-                    fmt="o", capsize=3, label=f"{p['role']}: {p['name']}")
+                    fmt="o", capsize=3, label=f"{p['role']}: {p['name']}" if p["name"] else p["role"])
     ax.set(xlabel=f"decode tokens/s ({points[0]['threads']} thread(s))",
            ylabel=f"perplexity vs fp32, {points[0]['text']} test (%)", title=title)
     return fig, ax

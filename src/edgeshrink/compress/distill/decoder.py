@@ -212,6 +212,11 @@ class DecoderDistillation:
                                      for p in train_parts]}
         self.modules = {}
         self.quantization_aware = None  # the grid the saved weights lie on (finish), for the record
+        # Frozen vocabulary tables of a model imported from a GGUF are left on that GGUF's grid (quantize keeps it;
+        # SmolLM2's table is Q8_0), not brought to 4 bits: only the weights that train go through the INT4 grid.
+        source = student_record.get("source")
+        self.keeps_gguf_tables = bool(config.quantization_aware and not config.train_embeddings
+                                      and isinstance(source, dict) and source.get("gguf"))
 
     @staticmethod
     def check_data(data, config: LLMDistillConfig) -> None:
@@ -237,7 +242,8 @@ class DecoderDistillation:
         if self.config.quantization_aware:  # before a checkpoint is resumed: its weights have these names
             from edgeshrink.compress.quantize.aware import fake_quantized
 
-            fake_quantized(self.student, self.config.quantization_block_size, frozen=not self.config.train_embeddings)
+            fake_quantized(self.student, self.config.quantization_block_size, frozen=not self.config.train_embeddings,
+                           keep_tables=self.keeps_gguf_tables)
 
     def _teacher_topk(self) -> dict:
         import torch
@@ -305,7 +311,8 @@ class DecoderDistillation:
         if self.config.quantization_aware:
             from edgeshrink.compress.quantize.aware import bake
 
-            self.quantization_aware = bake(self.student, self.config.quantization_block_size)
+            self.quantization_aware = bake(self.student, self.config.quantization_block_size,
+                                           kept_tables=self.keeps_gguf_tables)
 
     def record(self, state: dict, seconds: float) -> dict:
         config, sequences = self.config, self.sequences

@@ -87,9 +87,10 @@ def check_student(net, block_size: int) -> None:
                                   f"({block_size}); choose a block size that divides it")
 
 
-def fake_quantized(net, block_size: int, frozen: bool = True) -> int:
+def fake_quantized(net, block_size: int, frozen: bool = True, keep_tables: bool = False) -> int:
     """Make ``net`` train through its INT4 grid; return how many weights do. The vocabulary tables, when
-    ``frozen`` (not trained), are put on the grid once instead."""
+    ``frozen`` (not trained), are put on the grid once instead, or, with ``keep_tables``, left as they are: a
+    frozen table that came from a GGUF stays on that GGUF's grid (SmolLM2's is Q8_0), which quantize keeps."""
     import torch
     from torch.nn.utils import parametrize
 
@@ -98,6 +99,8 @@ def fake_quantized(net, block_size: int, frozen: bool = True) -> int:
     count = 0
     for name, module in quantized_weights(net).items():
         if frozen and id(module.weight) in tables:  # a tied head shares the parameter: both are put on the grid
+            if keep_tables:
+                continue
             with torch.no_grad():
                 module.weight.copy_(fake_quantize(module.weight, block_size))
         else:
@@ -106,15 +109,16 @@ def fake_quantized(net, block_size: int, frozen: bool = True) -> int:
     return count
 
 
-def bake(net, block_size: int) -> dict:
+def bake(net, block_size: int, kept_tables: bool = False) -> dict:
     """Replace every fake-quantized weight by its grid values (the saved checkpoint then lies on the grid the
-    INT4 step reads back); return the record ``quantize`` and the bundle manifest carry."""
+    INT4 step reads back); return the record ``quantize`` and the bundle manifest carry (``tables: "gguf"``
+    when the vocabulary tables were left on their GGUF's grid, see :func:`fake_quantized`)."""
     from torch.nn.utils import parametrize
 
     for module in quantized_weights(net).values():
         if parametrize.is_parametrized(module, "weight"):
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-    return {"bits": BITS, "block_size": block_size, "grid": GRID}
+    return {"bits": BITS, "block_size": block_size, "grid": GRID, **({"tables": "gguf"} if kept_tables else {})}
 
 
 # --- quantize: reading the trained grid back ------------------------------------------------------------------

@@ -94,7 +94,13 @@ class DecoderQuantization:
         self.trained = trained_grid(bundle, manifest)
         if self.trained:
             _check_trained(bundle, self.trained, config)
-        self.gguf = None if config.grid in ("rtn", "calibrated") or self.trained else source_gguf(manifest)
+        # a model trained through its grid reads the GGUF only for the vocabulary tables it left on the GGUF's grid
+        kept_tables = bool(self.trained) and self.trained.get("tables") == "gguf"
+        self.gguf = None if config.grid in ("rtn", "calibrated") or (self.trained and not kept_tables) else \
+            source_gguf(manifest)
+        if kept_tables and self.gguf is None:
+            raise EdgeshrinkError(f"{bundle} was trained through its INT4 grid with its vocabulary tables left on its "
+                                  "GGUF's grid, and that GGUF is no longer on disk unchanged")
         if config.grid == "gguf" and self.gguf is None:
             raise EdgeshrinkError(f"--grid gguf: {bundle} was not imported from a GGUF that is still on disk unchanged")
         # calibration text is read (and refused when too short) before anything is written; a GGUF-imported
@@ -189,7 +195,8 @@ def trained_grid(bundle: Path, manifest: dict) -> dict | None:
     trained = source.get("quantization_aware") if isinstance(source, dict) else None
     if trained is None:
         return None
-    if not (isinstance(trained, dict) and trained.get("bits") == 4 and trained.get("block_size") in (16, 32, 64, 128)):
+    if not (isinstance(trained, dict) and trained.get("bits") == 4 and trained.get("block_size") in (16, 32, 64, 128)
+            and trained.get("tables") in (None, "gguf")):
         raise EdgeshrinkError(f"{bundle}: source.quantization_aware is not a 4-bit grid of blocks of 16/32/64/128")
     return trained
 
