@@ -331,7 +331,8 @@ def write_llm_plots(report: dict, out: Path) -> list[str]:
 # -- the kind ------------------------------------------------------------------------------------------------
 # A step whose output changes meaning gets a new version, which enters its cache key (every version does, 1
 # too): quantize 2 fuses sibling projections into one MatMulNBits; quantize 3 gives weights off a GGUF grid the
-# calibrated grid (grid auto), not round to nearest.
+# calibrated grid (grid auto), not round to nearest; distill 2 leaves a GGUF model's frozen vocabulary tables on the
+# GGUF's grid when it heals through the INT4 grid (quantization_aware), instead of bringing them to 4 bits.
 GENERATE = RecipeKind(
     "text-generation", {"import": _import, "prune": _prune, "distill": _distill, "export": _export,
                         "quantize": _quantize, "bench": _bench},
@@ -339,5 +340,5 @@ GENERATE = RecipeKind(
     configs={"import": "edgeshrink.recipes.generate:LLMImportConfig"},
     needs=(("quantize", "export"), ("bench", "export"), ("distill", "prune")),
     after=(("export", "prune"), ("export", "distill")),  # a model step, when present, comes first
-    once=True, search=False, key_tag=("llm",), versions={"quantize": 3}, unversioned=None,
+    once=True, search=False, key_tag=("llm",), versions={"quantize": 3, "distill": 2}, unversioned=None,
     report_tag={"kind": "language-model"})
