@@ -53,7 +53,7 @@ def main():
         print(f"| {label} | {c['size_bytes'] / 1e6:.1f} | " + " | ".join(cells + quality) + " |")
     points = decode_quality_points(candidates, args.threads)
     for p in points:
-        p["role"], p["name"] = p["name"], ""  # the legend shows the label alone
+        p["name"] = ""  # the legend shows the label alone
     front = pareto_front([(-p["tokens_per_s"], -p["increase"]) for p in points])
     print(f"Pareto front at {args.threads} thread(s): " + ", ".join(points[i]["role"] for i in front))
     out = args.out or args.bench.with_suffix(".png")
