@@ -29,8 +29,6 @@ from edgeshrink.errors import EdgeshrinkError
 
 MIN_CALIBRATION_TOKENS = 64  # fewer and a channel's mean x² is off by more than ~18% (one s.d., Gaussian x)
 CANDIDATE_DIVISORS = np.linspace(-1.0, 4.0, 21)  # s = range / (2^bits − 1 + δ): wider (δ < 0) to clipped (δ > 0)
-# Leading positions of each document left out of the statistics. 0: every position counts.
-SKIP_POSITIONS = 0
 ROWS_PER_CHUNK = 2048  # rows searched at once: bounds the temporaries of a large table (the embedding)
 
 
@@ -92,10 +90,10 @@ def channel_statistics(model_path: Path, work: Path, docs: list[list[int]], name
     for number, ids in enumerate(docs):
         progress(f"calibrating on document {number + 1}/{len(docs)}")
         for name, value in zip(wanted, session.run(wanted, prefill_feeds(inputs, ids))):
-            flat = value.reshape(-1, value.shape[-1])[SKIP_POSITIONS:].astype(np.float32)
+            flat = value.reshape(-1, value.shape[-1]).astype(np.float32)
             sums[name] = sums.get(name, 0) + ((flat.T @ flat).astype(np.float64) if full
                                               else np.square(flat.astype(np.float64)).sum(axis=0))
-        rows += max(len(ids) - SKIP_POSITIONS, 0)
+        rows += len(ids)
     del session
     for path in (augmented, work / (augmented.name + ".data")):
         path.unlink(missing_ok=True)
