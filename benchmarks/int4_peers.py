@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 from edgeshrink.compress.lm_eval import score_windows, text_windows
 from edgeshrink.data.lm_text import load_lm_text

@@ -181,8 +181,8 @@ def _llm_tables(report: dict):
                ["candidate", "threads", "prompt", "TTFT ms", "limit ms", "÷ llama.cpp (lower is better)"],
                _ttft_rows(report)),
               (f"Held-out text (agreement and KL against {reference})",
-               ["candidate", "text", "perplexity", f"vs {reference} [95% CI]", "bits/byte", "top-1 agree %",
-                "KL nats/token", "tokens"], _quality_rows(report)),
+               ["candidate", "text", "perplexity", f"vs {reference if reference != '-' else 'reference'} [95% CI]",
+                "bits/byte", "top-1 agree %", "KL nats/token", "tokens"], _quality_rows(report)),
               (_answers_title(report), ["candidate", "sampling", "identical % [95% CI]", "agreed tokens", "loop %",
                                        "facts right %"],
                _answer_rows(report)))

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from pydantic import Field
 
+from edgeshrink.bench.report import perplexity_change
 from edgeshrink.config import Config
 from edgeshrink.errors import EdgeshrinkError
-from edgeshrink.bench.report import perplexity_change
 from edgeshrink.recipes.report import pareto_front, plotting, save_plot, target_row, targets_section
 from edgeshrink.recipes.schema import Recipe, RecipeKind
 
@@ -197,8 +197,8 @@ def check_llm_targets(recipe: GenerationRecipe, bench: dict | None, device_size:
             raise EdgeshrinkError("max_perplexity_increase: the bench scored no text (quality: false?)")
         increase = device["quality"][text]["perplexity"] / fp32["quality"][text]["perplexity"] - 1
         change = perplexity_change(device, fp32, text)
-        interval = "" if change is None else \
-            " [{:+.1f}, {:+.1f}] (95%, windows resampled in pairs)".format(*(100 * (r - 1) for r in change["ratio_ci95"]))
+        interval = "" if change is None else " [{:+.1f}, {:+.1f}] (95%, windows resampled in pairs)".format(
+            *(100 * (r - 1) for r in change["ratio_ci95"]))
         add(f"max_perplexity_increase ({text} test, vs the fp32 bundle)", increase, t.max_perplexity_increase,
             increase <= t.max_perplexity_increase, "", f"{100 * increase:+.2f}%{interval}")
     return rows
@@ -285,8 +285,9 @@ def plot_decode_quality(plt, points: list[dict], title: str):
             color="grey", alpha=0.6, label="Pareto front" if len(points) > 2 else None)
     for p in points:
         lo, hi = p["interval"] or (p["increase"], p["increase"])
-        ax.errorbar([p["tokens_per_s"]], [100 * p["increase"]], yerr=[[100 * (p["increase"] - lo)], [100 * (hi - p["increase"])]],
-                    fmt="o", capsize=3, label=f"{p['role']}: {p['name']}" if p["name"] else p["role"])
+        below, above = 100 * (p["increase"] - lo), 100 * (hi - p["increase"])
+        ax.errorbar([p["tokens_per_s"]], [100 * p["increase"]], yerr=[[below], [above]], fmt="o", capsize=3,
+                    label=f"{p['role']}: {p['name']}" if p["name"] else p["role"])
     ax.set(xlabel=f"decode tokens/s ({points[0]['threads']} thread(s))",
            ylabel=f"perplexity vs fp32, {points[0]['text']} test (%)", title=title)
     return fig, ax
