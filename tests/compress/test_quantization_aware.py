@@ -185,3 +185,20 @@ def test_frozen_tables_of_a_gguf_model_stay_on_its_grid_and_the_int4_model_is_st
                                       "--method", "int4-weight", "--data", str(text)])
     assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1, result.output
     assert "no longer on disk unchanged" in result.stderr and not (tmp_path / "again").exists()
+
+
+def test_an_uncut_model_can_be_healed_through_its_own_grid(healed, tmp_path):
+    """A student as large as its teacher is refused for plain distillation (nothing to gain) but not for
+    quantization-aware healing: training the whole model through its INT4 grid is what keeps it at INT4."""
+    from transformers import AutoModelForCausalLM
+
+    root, text, _, _ = healed
+    record = distill(root / "teacher", root / "teacher", tmp_path / "uncut",
+                     LLMDistillConfig(**FAST, quantization_aware=True), data=str(text))
+    assert record["quantization_aware"]["bits"] == 4
+    net = AutoModelForCausalLM.from_pretrained(tmp_path / "uncut")
+    assert net.config.num_hidden_layers == 4  # nothing cut
+    proj = net.model.layers[3].mlp.down_proj.weight
+    assert torch.allclose(fake_quantize(proj, 32), proj, rtol=0, atol=1e-7)  # on its grid
+    with pytest.raises(EdgeshrinkError, match="not smaller than its teacher"):
+        distill(root / "teacher", root / "teacher", tmp_path / "plain", LLMDistillConfig(**FAST), data=str(text))
