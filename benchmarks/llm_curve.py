@@ -36,21 +36,21 @@ def main():
     print("| candidate | size MB | " + " | ".join(f"decode tok/s ({t} thr) | of limit | ÷ llama.cpp" for t in threads)
           + " | perplexity | vs fp32 [95% CI] |")
     print("|---|---|" + "---|---|---|" * len(threads) + "---|---|")
-    by_threads = {t: {p["name"]: p for p in decode_quality_points(candidates, t)} for t in threads}
+    quality = {p["name"]: p for p in decode_quality_points(candidates, threads[0])}  # the same at every count
     for label, c in candidates:
         cells = []
         for t in threads:
             d = next(d for d in c["decode"] if d["threads"] == t)
             limit = f"{100 * d['fraction_of_limit']:.0f}%" if d.get("fraction_of_limit") else "-"
             cells += [f"{d['tokens_per_s']:.1f}", limit, f"{d['vs_peer']:.2f}x" if d.get("vs_peer") else "-"]
-        point = by_threads[threads[0]].get(c["name"])
+        point = quality.get(c["name"])
         if point is None:
-            quality = ["-", "-"]
+            scored = ["-", "-"]
         else:
             lo, hi = point["interval"] or (point["increase"],) * 2
-            quality = [f"{point['perplexity']:.2f}",
-                       f"{100 * point['increase']:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"]
-        print(f"| {label} | {c['size_bytes'] / 1e6:.1f} | " + " | ".join(cells + quality) + " |")
+            scored = [f"{point['perplexity']:.2f}",
+                      f"{100 * point['increase']:+.1f}% [{100 * lo:+.1f}, {100 * hi:+.1f}]"]
+        print(f"| {label} | {c['size_bytes'] / 1e6:.1f} | " + " | ".join(cells + scored) + " |")
     points = decode_quality_points(candidates, args.threads)
     for p in points:
         p["name"] = ""  # the legend shows the label alone
