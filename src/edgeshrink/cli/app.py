@@ -12,6 +12,7 @@ from edgeshrink.cli._common import (HELP_STYLE, DataOpt, Force, JsonOut, LabelCo
                                     data_config, fail, handled, progress_callback, progress_lines, write_json)
 from edgeshrink.cli.route import route_app
 from edgeshrink.cli.serve import register as register_serve
+from edgeshrink.cli.web import register as register_web
 from edgeshrink.runtime.sampling import DEFAULT_REPETITION_PENALTY
 
 # Plain help (click's), not typer's rich panels: those cut option names ("--calibration-meth…") at 80 columns
@@ -697,6 +698,7 @@ def run_recipe(recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see rec
 
 
 register_serve(app)  # serve, serve-cloud: listed after the pipeline's commands
+register_web(app)  # pack, serve-web
 
 
 def main() -> None:

@@ -23,6 +23,9 @@ MaxChars = Annotated[Optional[int], typer.Option(help=config_help(LIMITS, "max_t
 LongText = Annotated[Optional[str], typer.Option(help=config_help(LIMITS, "long_text", "Longer texts: truncate (reported) | reject (413)."))]
 MaxTexts = Annotated[Optional[int], typer.Option(help=config_help(LIMITS, "max_texts", "Most texts per request."))]
 MaxBody = Annotated[Optional[int], typer.Option(help=config_help(LIMITS, "max_body_bytes", "Largest request body in bytes."))]
+CorsOrigin = Annotated[Optional[list[str]], typer.Option(
+    "--cors-origin", help="Let pages on this origin call the service (CORS), e.g. http://127.0.0.1:8080 (a page "
+    "packed with `edgeshrink pack --target web` escalating to it); repeatable; * allows any origin.")]
 Rate = Annotated[Optional[float], typer.Option(help=config_help(LIMITS, "requests_per_second", "Requests per second per client (0: no limit)."))]
 PromptLookup = Annotated[Optional[int], typer.Option(help="Language models: prompt lookup on every answer, drafting the tokens "
                                                      "after the latest earlier match of the last N (down to 2) tokens of "
@@ -63,6 +66,7 @@ def serve_cloud(model: Annotated[str, typer.Argument(help="The cloud model: a bu
                 api_key_env: ApiKeyEnv = None, max_batch_size: BatchSize = None, max_wait_ms: MaxWait = None,
                 max_text_chars: MaxChars = None, long_text: LongText = None, max_texts: MaxTexts = None,
                 max_body_bytes: MaxBody = None, rate: Rate = None, prompt_lookup: PromptLookup = None,
+                cors_origin: CorsOrigin = None,
                 faults: Annotated[Optional[Path], typer.Option(
                     help="Fault drills: a JSON file read per request ({\"delay_ms\": N} or {\"status\": 500}).")] = None,
                 engine: Annotated[str, typer.Option(help="uvicorn (this process) | ray (Ray Serve replicas; "
@@ -81,7 +85,8 @@ def serve_cloud(model: Annotated[str, typer.Argument(help="The cloud model: a bu
     from edgeshrink.errors import EdgeshrinkError
     from edgeshrink.serve.server import bind, serve
 
-    config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env},
+    config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env,
+                                   "cors_origins": cors_origin or None},
                      {"max_text_chars": max_text_chars, "long_text": long_text, "max_texts": max_texts,
                       "max_body_bytes": max_body_bytes, "requests_per_second": rate},
                      {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},

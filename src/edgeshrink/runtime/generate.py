@@ -164,6 +164,11 @@ class Generator:
         new_past = {name: results[name.replace("past_key_values.", "present.")] for name in self.past_names}
         return results["logits"][0], new_past
 
+    def check_feeds(self) -> dict[str, np.ndarray]:
+        """Inputs to check an equivalent model against this one (`edgeshrink pack --target mobile`): the prefill of
+        a short prompt from an empty cache."""
+        return prefill_feeds(self.inputs, self.encode("The capital of France is"))
+
     def logits(self, ids: list[int]) -> np.ndarray:
         """Logits at every position of ``ids`` (one prefill pass): for perplexity and validation."""
         return self._step(list(ids), self._empty_past(), len(ids))[0]

@@ -11,6 +11,8 @@ from edgeshrink.errors import EdgeshrinkError, first_line
 from edgeshrink.runtime.bundle import bundle_file, open_session, read_manifest
 from edgeshrink.runtime.tasks import runtime_task
 
+CHECK_TEXTS = ["a gorgeous, witty film", "meh", "The plot wanders, but the two leads carry it: funny, warm and "
+               "far better than the trailer suggested."]
 _NP_TYPES = {"int64": np.int64, "int32": np.int32, "float32": np.float32, "float16": np.float16}
 
 
@@ -91,6 +93,15 @@ class Predictor:
             types[row, :n] = enc.type_ids
         feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
         return {name: feeds[name].astype(dtype) for name, dtype in self.input_types.items()}, truncated, unknown
+
+    def check_feeds(self) -> dict[str, np.ndarray]:
+        """Inputs to check an equivalent model against this one (`edgeshrink pack --target mobile`): a few texts of
+        different lengths through the tokenizer, or a seeded random batch of the declared tensor shape."""
+        if self.tokenizer is not None:
+            return self.encode(CHECK_TEXTS)[0]
+        name = next(iter(self.input_types))
+        shape = [d if isinstance(d, int) and d > 0 else 2 for d in self.session.get_inputs()[0].shape]
+        return {name: np.random.default_rng(0).standard_normal(shape).astype(self.input_types[name])}
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """Logits for ready-made model inputs."""

@@ -25,6 +25,7 @@ class RuntimeTask:
     padded: bool = False  # batches are padded: the tokenizer entry must name its pad id
     single_input: bool = False  # the graph takes exactly one input tensor (the manifest lists it)
     generates: bool = False  # the model generates text: a router asks it through a prompt (route/router.py)
+    web: bool = False  # the web runtime (web/assets/edgeshrink.mjs) runs it: `edgeshrink pack --target web`
 
     def runtime_class(self):
         module, _, name = self.loader.partition(":")
@@ -44,11 +45,11 @@ class RuntimeTask:
 
 RUNTIME_TASKS: dict[str, RuntimeTask] = {t.name: t for t in (
     RuntimeTask("text-classification", "edgeshrink.runtime.predictor:Predictor", ("labels", "max_length", "tokenizer"),
-                tokenized=True, padded=True),
+                tokenized=True, padded=True, web=True),
     RuntimeTask("tensor-classification", "edgeshrink.runtime.predictor:Predictor", ("labels", "inputs"),
                 tokenized=False, single_input=True),
     RuntimeTask("text-generation", "edgeshrink.runtime.generate:Generator", ("tokenizer", "generation"),
-                tokenized=True, generates=True),
+                tokenized=True, generates=True, web=True),
 )}
 TASK_NAMES = tuple(RUNTIME_TASKS)
 

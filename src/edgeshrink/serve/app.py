@@ -98,6 +98,11 @@ def base_app(title: str, description: str, model_name: str, config: ServeConfig,
                          description=description)
     app.state.metrics = metrics
     app.add_middleware(Gate, max_bytes=config.limits.max_body_bytes, metrics=metrics, guard=guard)
+    if config.cors_origins:  # outermost: a page's preflight is answered before the gate, its errors carry the headers
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Content-Type", "X-API-Key", "Authorization"], max_age=600)
 
     error = partial(error_response, metrics)  # error(status, message, route, headers=None)
 

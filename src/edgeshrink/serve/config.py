@@ -96,8 +96,21 @@ class ServeConfig(Config):
     port: int = Field(8000, ge=0, le=65535)  # 0: an ephemeral port (printed at start)
     threads: int | None = Field(None, ge=1)  # ONNX Runtime intra-op threads (None: its default)
     api_key_env: str | None = None  # clients must send this variable's value in X-API-Key
+    # pages on these origins may call the service (CORS; a web pack's route() escalating from a browser), e.g.
+    # "http://127.0.0.1:8080"; "*" allows any origin
+    cors_origins: list[str] = Field(default_factory=list)
     limits: LimitsConfig = LimitsConfig()
     batch: BatchConfig = BatchConfig()
     cloud: CloudConfig | None = None  # device service only: where to escalate
     llm: LLMConfig = LLMConfig()
     monitor: MonitorConfig = MonitorConfig()  # device service with a router: drift signals, audit, recalibration
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, origins: list[str]) -> list[str]:
+        import re
+
+        for origin in origins:  # an origin is scheme://host[:port], nothing after it (what browsers send)
+            if origin != "*" and not re.fullmatch(r"https?://[^/\s?#]+", origin):
+                raise ValueError(f"a CORS origin is http(s)://host[:port] with no path, or *; got {origin!r}")
+        return origins

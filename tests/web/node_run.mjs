@@ -1,0 +1,46 @@
+// Drive a packed web folder from Node for the parity tests and the bench (tests/web, benchmarks/web_bench.py).
+//   node node_run.mjs PACK_DIR REQUEST.json   -> one JSON line on stdout
+// REQUEST: {"classify": [texts]} | {"route": [texts], "cloud": {...}?} | {"generate": prompt, "options": {...}}
+//          | {"bench_classify": text, "repeats": n} | {"bench_generate": prompt, "options": {...}, "repeats": n}
+import { readFileSync } from "node:fs";
+import { pathToFileURL } from "node:url";
+import path from "node:path";
+
+const [packDir, requestPath] = process.argv.slice(2);
+const request = JSON.parse(readFileSync(requestPath, "utf8"));
+const pack = pathToFileURL(path.resolve(packDir) + "/");
+const es = await import(new URL("edgeshrink.mjs", pack).href);
+const reply = {};
+try {
+  const t0 = performance.now();
+  const model = await es.load(new URL("model/", pack), { threads: request.threads ?? 1 });
+  reply.load_ms = performance.now() - t0;
+  if (request.classify) {
+    const pred = await model.predict(request.classify);
+    reply.labels = pred.labels; reply.logits = pred.logits; reply.probabilities = pred.probabilities; reply.truncated = pred.truncated;
+    if (model.router) {
+      const d = model.router.decide(pred);
+      reply.scores = d.scores; reply.reasons = d.reasons; reply.escalate = d.escalate;
+    }
+  }
+  if (request.route) reply.results = await model.route(request.route, { cloud: request.cloud ?? null });
+  if (request.generate !== undefined) reply.generation = await model.generate(request.generate, request.options ?? {});
+  if (request.logits_of) reply.last_logits = Array.from(await model.lastLogits(request.logits_of));
+  if (request.bench_classify) {
+    const times = [];
+    for (let i = 0; i < (request.warmup ?? 3); i++) await model.predict([request.bench_classify]);
+    for (let i = 0; i < request.repeats; i++) { const t = performance.now(); await model.predict([request.bench_classify]); times.push(performance.now() - t); }
+    reply.times_ms = times;
+  }
+  if (request.bench_generate !== undefined) {
+    reply.runs = [];
+    for (let i = 0; i < request.repeats; i++) {
+      const g = await model.generate(request.bench_generate, request.options ?? {});
+      reply.runs.push({ first_token_ms: g.firstTokenMs, decode_tokens_per_s: g.decodeTokensPerS, tokens: g.tokenIds.length });
+    }
+  }
+} catch (e) {
+  reply.error = String(e.message ?? e).split("\n")[0];
+  reply.error_name = e.name;
+}
+process.stdout.write(JSON.stringify(reply) + "\n");
