@@ -298,6 +298,14 @@ def test_route_runtime_bench_and_serve(fam, tmp_path):
     assert answer.status_code == 200, answer.text
     assert answer.json()["results"][0]["label"] in ("negative", "positive")
 
+    # the same bundle, router included, packed for the web and run by onnxruntime-web in Node: the Python
+    # runtime's logits, labels, truncation and router decisions (tests/web/node.py)
+    from edgeshrink.web.pack import pack_web
+    from tests.web.node import assert_same_as_python
+
+    pack_web(device, tmp_path / "web")
+    assert_same_as_python(device, tmp_path / "web")
+
 
 # -- the plain-PyTorch CNN path: the verbs that apply to a tensor model, and one-line refusals of the rest ------
 @pytest.fixture(scope="module")

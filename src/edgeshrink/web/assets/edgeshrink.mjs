@@ -205,7 +205,7 @@ export async function load(where, options = {}) {
   }
   let tokenizer;
   try {
-    tokenizer = new Tokenizer(tokenizerJson, { clean_up_tokenization_spaces: false });
+    tokenizer = new Tokenizer(adaptTokenizer(tokenizerJson), { clean_up_tokenization_spaces: false });
   } catch (e) {
     throw new EdgeshrinkError(`${tok.file} is not a tokenizer: ${String(e.message ?? e).split("\n")[0].slice(0, 200)}`);
   }
@@ -214,6 +214,28 @@ export async function load(where, options = {}) {
   const model = new Kind({ base, manifest, session, tokenizer, router, chatTemplate });
   model.loadMs = readyMs;
   return model;
+}
+
+// The "Nmt" normalizer of sentencepiece-converted tokenizers (XLM-R and others) that tokenizers.js lacks, as the
+// Rust crate defines it: drop ASCII control characters, map other whitespace code points to a space. Written as
+// two Replace normalizers, which tokenizers.js has.
+const NMT_AS_REPLACES = [
+  { type: "Replace", pattern: { Regex: "[\u0001-\u0008\u000B\u000E-\u001F\u007F\u008F\u009F]" }, content: "" },
+  { type: "Replace", pattern: { Regex: "[\u0009\u000A\u000C\u000D\u1680\u200B-\u200F\u2028\u2029\u2581\uFEFF\uFFFD]" }, content: " " },
+];
+
+function adaptNormalizer(normalizer) {
+  if (!isObject(normalizer)) return normalizer;
+  if (normalizer.type === "Nmt") return { type: "Sequence", normalizers: NMT_AS_REPLACES };
+  if (normalizer.type === "Sequence" && Array.isArray(normalizer.normalizers)) {
+    return { ...normalizer, normalizers: normalizer.normalizers.map(adaptNormalizer) };
+  }
+  return normalizer;
+}
+
+/** The tokenizer.json tokenizers.js is given (a copy: the verified file is not changed). */
+function adaptTokenizer(json) {
+  return isObject(json) ? { ...json, normalizer: adaptNormalizer(json.normalizer) } : json;
 }
 
 // -- classifiers ----------------------------------------------------------------------------------------------
