@@ -142,3 +142,21 @@ def cnn_bundle(trained_cnn, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cnn-bundles") / "fp32"
     export(trained_cnn, out)
     return out
+
+
+@pytest.fixture
+def start():
+    """Start `edgeshrink ARGS` services as subprocesses (ServerProcess: waits for 'listening on'); all stopped
+    at the end of the test."""
+    from edgeshrink.serve.process import ServerProcess
+
+    servers = []
+
+    def _start(*args, env=None) -> ServerProcess:
+        server = ServerProcess(list(args), env=env)
+        servers.append(server)
+        return server
+
+    yield _start
+    for server in servers:
+        server.__exit__()

@@ -4,23 +4,7 @@ import shutil
 
 import pytest
 
-from edgeshrink.serve.process import ServerProcess
-
 from tests.conftest import make_texts, make_tiny_bert, write_csv
-
-
-@pytest.fixture
-def start():
-    servers = []
-
-    def _start(*args, env=None) -> ServerProcess:
-        server = ServerProcess(list(args), env=env)
-        servers.append(server)
-        return server
-
-    yield _start
-    for server in servers:
-        server.__exit__()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,11 @@
 // Drive a demo page in headless Chromium (Debian's, through playwright-core) for the browser tests and the bench.
 //   node browser.mjs REQUEST.json  -> one JSON line on stdout
-// REQUEST: {"url": page URL, "screenshot": path?, "steps": [{"classify": text, "cloud": url?} |
-//           {"generate": text, "max_new_tokens": n} | {"click": true}], "chromium": "/usr/bin/chromium"?}
+// REQUEST: {"url": page URL, "screenshot": path?, "chromium": "/usr/bin/chromium"?, "steps": [step, ...]}, a step:
+//   {"classify": text, "cloud": url?}        the demo's classify (route through the page's cloud field)
+//   {"route": [texts], "cloud": {...}?, "cloud_only": bool?}   the runtime's route() called in the page
+//   {"generate": text, "max_new_tokens": n}  the demo's generate (streams into the page)
+//   {"stream": prompt, "options": {...}}     the runtime's stream() called in the page: ids, count, timings
+//   {"type": text, "cloud": url?}            a person typing the text and pressing the button
 import { readFileSync } from "node:fs";
 import { chromium } from "playwright-core";
 
@@ -28,7 +32,19 @@ try {
       reply.steps.push(await page.evaluate(([t, c]) => edgeshrinkDemo.classify(t, c ?? ""), [step.classify, step.cloud ?? null]));
     } else if (step.generate !== undefined) {
       reply.steps.push(await page.evaluate(([t, n]) => edgeshrinkDemo.generate(t, n), [step.generate, step.max_new_tokens ?? 16]));
+    } else if (step.route !== undefined) {
+      reply.steps.push(await page.evaluate(([texts, cloud, only]) => edgeshrinkDemo.model.route(texts,
+        { cloud, cloudOnly: only ? texts.map(() => true) : null }), [step.route, step.cloud ?? null, step.cloud_only ?? false]));
+    } else if (step.stream !== undefined) {
+      reply.steps.push(await page.evaluate(async ([prompt, options]) => {
+        const info = {}, ids = [];
+        let pieces = 0;
+        for await (const t of edgeshrinkDemo.model.stream(prompt, { ...options, info })) { ids.push(t.id); pieces += 1; }
+        return { ids, pieces, ...info };
+      }, [step.stream, step.options ?? {}]));
     } else if (step.type !== undefined) {
+      await page.evaluate(() => { edgeshrinkDemo.state.last = null; });
+      if (step.cloud !== undefined) await page.fill("#cloud", step.cloud);
       await page.fill("#text", step.type);
       await page.click("#go");
       await page.waitForFunction(() => !document.querySelector("#go").disabled && edgeshrinkDemo.state.last, null, { timeout: 120000 });

@@ -61,7 +61,8 @@ def serve_web(folder: Annotated[Path, typer.Argument(help="A web folder from `ed
     from edgeshrink.web.serve import make_server
 
     server = make_server(folder, host, port)
-    typer.echo(f"serving {folder} on http://{host}:{server.server_address[1]}/", err=False)
+    typer.echo(f"serving {folder} with cross-origin isolation (COOP/COEP); open the page at")
+    typer.echo(f"listening on http://{host}:{server.server_address[1]}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:

@@ -222,7 +222,7 @@ def pack_mobile(bundle: str | Path, out: str | Path, platform: str = "arm", forc
         if not difference <= TOLERANCE:
             raise EdgeshrinkError(f"the ORT-format model differs from the bundle's by {difference:.3g} (tolerance "
                                   f"{TOLERANCE:g}): not written")
-        configs = sorted((work / "ort").glob("required_operators*.config"))
+        configs = sorted((work / "ort").glob("*.config"))  # model.required_operators.config
         with atomic_output_dir(out, force) as tmp:
             shutil.copyfile(converted, tmp / "model.ort")
             if configs:
