@@ -10,7 +10,7 @@ BIN     := $(VENV)/bin
 RUNS    ?= runs/demo
 STAMP   := $(VENV)/.edgeshrink-installed
 
-.PHONY: setup demo quick headline foundation test test-system data clean-demo
+.PHONY: setup demo quick headline foundation test test-system node-system data clean-demo
 
 # llama.cpp (the LLM bench's peer; the SmolLM2 package depends on it) is built from source for this CPU,
 # but without AMX: its native AMX build segfaults in the first llama_decode on our VMs (harmless flags on
@@ -39,7 +39,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/edgeshrink data prepare all
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The web runtime's JavaScript packages (onnxruntime-web, tokenizers.js, @huggingface/jinja, and playwright-core for
+# the browser tests), exactly as package-lock.json pins them. --ignore-scripts: none of them needs an install
+# script, and nothing is fetched from outside the npm registry.
+NODE_STAMP := node_modules/.package-lock.json
+$(NODE_STAMP): package-lock.json | node-system
+	npm ci --ignore-scripts --no-audit --no-fund --loglevel=error
+
+# Node.js (>= 18) and npm from Debian when missing (the web packs' tests run the runtime under Node).
+node-system:
+	@command -v node >/dev/null && command -v npm >/dev/null || { \
+		echo "installing nodejs and npm (Debian) for the web runtime's tests"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+			--no-install-recommends nodejs npm >/dev/null; }
+
+setup: $(STAMP) $(NODE_STAMP)
 
 data: $(STAMP)
 	$(BIN)/edgeshrink data prepare all
@@ -62,8 +76,8 @@ foundation: $(RUNS)/cloud/edgeshrink.json
 	$(BIN)/edgeshrink bench $(RUNS)/cloud $(RUNS)/bundle --data sentiment-movies \
 		--json $(RUNS)/bench.json --md $(RUNS)/bench.md
 
-# What two tests need beyond Python: a headless browser (the offline /docs page, tests/serve/test_docs.py, and
-# report.html) and a CJK font (plots with CJK labels, tests/test_plots.py). Installed from Debian only when
+# What the tests need beyond Python and Node: a headless browser (the offline /docs page, tests/serve/test_docs.py,
+# report.html, and the web pack's demo page, tests/web) and a CJK font (plots with CJK labels, tests/test_plots.py). Installed from Debian only when
 # missing (~15 s; as root, or with sudo), so that a fresh clone's `make test` runs those tests, not skips them.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 test-system:
@@ -74,7 +88,7 @@ test-system:
 		rm -f "$${HOME:-/root}"/.cache/matplotlib/fontlist-*.json; \
 	fi
 
-test: $(STAMP) test-system
+test: $(STAMP) $(NODE_STAMP) test-system
 	$(BIN)/python -m pytest -q --durations=25
 
 clean-demo:

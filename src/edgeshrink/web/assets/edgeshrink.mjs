@@ -190,7 +190,8 @@ export async function load(where, options = {}) {
     if (manifest.router.sha256 && (await sha256Hex(bytes)) !== manifest.router.sha256) {
       throw new EdgeshrinkError(`${manifest.router.file} does not match the router hash in the manifest`);
     }
-    router = checkRouter(decodeJson(bytes, manifest.router.file), manifest);
+    // a language model's router (answer signals of a prompted task) is not run here: generate/stream only
+    if (!TASKS[manifest.task].generates) router = checkRouter(decodeJson(bytes, manifest.router.file), manifest);
   }
   const chatTemplate = tok.chat_template
     ? new TextDecoder("utf-8", { fatal: true }).decode(await verifiedFile(base, manifest, tok.chat_template)) : null;
