@@ -1,6 +1,6 @@
 // Drive a packed web folder from Node for the parity tests and the bench (tests/web, benchmarks/web_bench.py).
 //   node node_run.mjs PACK_DIR REQUEST.json   -> one JSON line on stdout
-// REQUEST: {"classify": [texts]} | {"route": [texts], "cloud": {...}?} | {"generate": prompt, "options": {...}}
+// REQUEST: {"tokenize": [texts], "tokenizer": path} (the runtime's tokenizer only) | {"classify": [texts]} | {"route": [texts], "cloud": {...}?} | {"generate": prompt, "options": {...}}
 //          | {"bench_classify": text, "repeats": n} | {"bench_generate": prompt, "options": {...}, "repeats": n}
 import { readFileSync } from "node:fs";
 import { pathToFileURL } from "node:url";
@@ -12,6 +12,20 @@ const pack = pathToFileURL(path.resolve(packDir) + "/");
 const es = await import(new URL("edgeshrink.mjs", pack).href);
 const reply = {};
 try {
+  if (request.tokenize) {  // the runtime's tokenizer alone: ids (and decoded text) of each text
+    const tok = es.tokenizerFrom(JSON.parse(readFileSync(request.tokenizer, "utf8")));
+    reply.ids = request.tokenize.map((t) => tok.encode(t).ids);
+    reply.decoded = reply.ids.map((ids) => tok.decode(ids, { skip_special_tokens: true }));
+  } else {
+    await runModel();
+  }
+} catch (e) {
+  reply.error = String(e.message ?? e).split("\n")[0];
+  reply.error_name = e.name;
+}
+process.stdout.write(JSON.stringify(reply) + "\n");
+
+async function runModel() {
   const t0 = performance.now();
   const model = await es.load(new URL("model/", pack), { threads: request.threads ?? 1 });
   reply.load_ms = performance.now() - t0;
@@ -39,8 +53,4 @@ try {
       reply.runs.push({ first_token_ms: g.firstTokenMs, decode_tokens_per_s: g.decodeTokensPerS, tokens: g.tokenIds.length });
     }
   }
-} catch (e) {
-  reply.error = String(e.message ?? e).split("\n")[0];
-  reply.error_name = e.name;
 }
-process.stdout.write(JSON.stringify(reply) + "\n");

@@ -342,3 +342,29 @@ def test_serve_cloud_cors_origin(routed, start):
     assert "access-control-allow-origin" not in other.headers
     _one_error(runner.invoke(app, ["serve-cloud", str(routed["cloud"]), "--cors-origin", "127.0.0.1:8080/x"]),
                "a CORS origin is http(s)://host[:port]")
+
+
+# -- the real tokenizers ----------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_real_tokenizers_give_the_python_runtimes_ids(tmp_path):
+    """tokenizers.js on the packaged MiniLM's WordPiece and SmolLM2's byte-level BPE: the ids of the Python runtime
+    (Hugging Face `tokenizers`) on real texts of every built-in text set, and SmolLM2's decoded text."""
+    from edgeshrink.data.builtin import load_builtin_rows, prepare
+    from edgeshrink.models.llm import import_llm
+    from edgeshrink.models.sources import resolve_model
+    from edgeshrink.runtime.predictor import load_tokenizer
+    from edgeshrink.web.pack import node_modules, write_runtime
+
+    texts = ["", " ", "  two  spaces ", "tab\there\nnew line\r\n", "Ünïcödé café — “quotes” … 😀🎉", "中文 日本語 한국어",
+             "<|im_start|>user\nHi<|im_end|>", "[CLS] [SEP] [MASK] [UNK]", "ß straße İstanbul", "\u200b\u00a0x"]
+    for name in ("sentiment-movies", "sentiment-tweets", "sentiment-products", "bbc-news"):
+        prepare(name)
+        texts += [row["text"][:2000] for row in load_builtin_rows(name)[:120]]
+    write_runtime(tmp_path / "runtime", node_modules())
+    for path in (resolve_model("minilm") / "tokenizer.json", import_llm("smollm2") / "tokenizer.json"):
+        python = load_tokenizer(path)
+        reply = node_run(tmp_path / "runtime", {"tokenize": texts, "tokenizer": str(path)})
+        want = [e.ids for e in python.encode_batch(texts)]
+        assert reply["ids"] == want, next(t for t, a, b in zip(texts, reply["ids"], want) if a != b)
+        if "smollm2" in str(path):
+            assert reply["decoded"] == [python.decode(ids, skip_special_tokens=True) for ids in want]

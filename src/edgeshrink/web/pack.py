@@ -121,6 +121,14 @@ def pack_web(bundle: str | Path, out: str | Path, demo: bool = False, force: boo
 def _write_web(bundle: Path, manifest: dict, modules: Path, tmp: Path, demo: bool, say) -> None:
     say("copying the bundle")
     copy_bundle(bundle, manifest, tmp / "model")
+    write_runtime(tmp, modules)
+    if demo:
+        for name in DEMO_FILES:
+            shutil.copyfile(ASSETS / "demo" / name, tmp / name)
+
+
+def write_runtime(tmp: Path, modules: Path) -> None:
+    """edgeshrink.mjs and vendor/ (the packages it imports, with their licences) into ``tmp``."""
     vendor = tmp / "vendor"
     (vendor / "licenses").mkdir(parents=True)
     for package, files in VENDORED.items():
@@ -130,9 +138,6 @@ def _write_web(bundle: Path, manifest: dict, modules: Path, tmp: Path, demo: boo
         if licence.is_file():
             shutil.copyfile(licence, vendor / "licenses" / f"{package.replace('/', '__')}.LICENSE")
     shutil.copyfile(ASSETS / "edgeshrink.mjs", tmp / "edgeshrink.mjs")
-    if demo:
-        for name in DEMO_FILES:
-            shutil.copyfile(ASSETS / "demo" / name, tmp / name)
 
 
 def _record(bundle: Path, manifest: dict, modules: Path, tmp: Path, demo: bool) -> dict:

@@ -204,12 +204,7 @@ export async function load(where, options = {}) {
   } catch (e) {
     throw new EdgeshrinkError(`cannot load model.onnx: ${String(e.message ?? e).split("\n")[0].slice(0, 200)}`);
   }
-  let tokenizer;
-  try {
-    tokenizer = new Tokenizer(adaptTokenizer(tokenizerJson), { clean_up_tokenization_spaces: false });
-  } catch (e) {
-    throw new EdgeshrinkError(`${tok.file} is not a tokenizer: ${String(e.message ?? e).split("\n")[0].slice(0, 200)}`);
-  }
+  const tokenizer = tokenizerFrom(tokenizerJson, tok.file);
   const readyMs = performance.now() - started;
   const Kind = TASKS[manifest.task].generates ? Generator : Classifier;
   const model = new Kind({ base, manifest, session, tokenizer, router, chatTemplate });
@@ -237,6 +232,15 @@ function adaptNormalizer(normalizer) {
 /** The tokenizer.json tokenizers.js is given (a copy: the verified file is not changed). */
 function adaptTokenizer(json) {
   return isObject(json) ? { ...json, normalizer: adaptNormalizer(json.normalizer) } : json;
+}
+
+/** A tokenizers.js tokenizer of a parsed tokenizer.json, decoding as the Rust crate does (no clean-up). */
+export function tokenizerFrom(json, name = "tokenizer.json") {
+  try {
+    return new Tokenizer(adaptTokenizer(json), { clean_up_tokenization_spaces: false });
+  } catch (e) {
+    throw new EdgeshrinkError(`${name} is not a tokenizer: ${String(e.message ?? e).split("\n")[0].slice(0, 200)}`);
+  }
 }
 
 // -- classifiers ----------------------------------------------------------------------------------------------
