@@ -116,6 +116,14 @@ def test_tampered_or_unsafe_bundle_is_refused_by_the_web_runtime(routed, tmp_pat
     reply = node_run(tmp_path / "web", {"classify": ["a good film"]})
     assert reply["error"] == "bundle file model.onnx is corrupt or was modified (sha256 does not match the manifest)"
 
+    size = (tmp_path / "web" / "model" / "tokenizer.json").stat().st_size
+    pack_web(routed["device"], tmp_path / "web3")
+    grown = tmp_path / "web3" / "model" / "tokenizer.json"
+    grown.write_bytes(grown.read_bytes() + b" " * 1000)
+    reply = node_run(tmp_path / "web3", {"classify": ["a good film"]})
+    assert reply["error"] == (f"bundle file tokenizer.json is corrupt or was modified ({size + 1000} bytes, the manifest "
+                              f"says at most {size})")
+
     pack_web(routed["device"], tmp_path / "web2")
     manifest_path = tmp_path / "web2" / "model" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())

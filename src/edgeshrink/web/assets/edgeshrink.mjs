@@ -61,7 +61,9 @@ async function readBytes(url, limit) {
     let info;
     try { info = await stat(path); } catch { throw new EdgeshrinkError(`bundle file ${url.pathname} is missing`); }
     if (!info.isFile()) throw new EdgeshrinkError(`bundle file ${url.pathname} is not a regular file`);
-    if (limit && info.size > limit) throw new EdgeshrinkError(`${url.pathname} is ${info.size} bytes; at most ${limit}`);
+    if (limit !== undefined && info.size > limit) {
+      throw new EdgeshrinkError(`bundle file ${path.split("/").pop()} is corrupt or was modified (${info.size} bytes, the manifest says at most ${limit})`);
+    }
     return new Uint8Array(await readFile(path));
   }
   let response;
@@ -69,8 +71,15 @@ async function readBytes(url, limit) {
     throw new EdgeshrinkError(`cannot fetch ${url.href}: ${e.message}`);
   }
   if (!response.ok) throw new EdgeshrinkError(`cannot fetch ${url.href}: HTTP ${response.status}`);
+  const announced = Number(response.headers.get("content-length") ?? NaN);
+  if (limit !== undefined && announced > limit) {  // refused before the body is read
+    await response.body?.cancel();
+    throw new EdgeshrinkError(`bundle file ${url.pathname.split("/").pop()} is corrupt or was modified (${announced} bytes, the manifest says at most ${limit})`);
+  }
   const bytes = new Uint8Array(await response.arrayBuffer());
-  if (limit && bytes.length > limit) throw new EdgeshrinkError(`${url.href} is ${bytes.length} bytes; at most ${limit}`);
+  if (limit !== undefined && bytes.length > limit) {
+    throw new EdgeshrinkError(`bundle file ${url.pathname.split("/").pop()} is corrupt or was modified (${bytes.length} bytes, the manifest says at most ${limit})`);
+  }
   return bytes;
 }
 
@@ -157,7 +166,8 @@ export function checkManifest(manifest, where = "bundle") {
 async function verifiedFile(base, manifest, rel, limit) {
   const meta = manifest.files[checkRelative(rel)];
   if (!meta) throw new EdgeshrinkError(`bundle file ${rel} is not listed in the manifest`);
-  const bytes = await readBytes(new URL(rel, base), limit);
+  // never more than the manifest says (a file that grew is refused before it fills memory)
+  const bytes = await readBytes(new URL(rel, base), Math.min(limit ?? Infinity, meta.size_bytes) || 0);
   if (bytes.length !== meta.size_bytes || (await sha256Hex(bytes)) !== meta.sha256) {
     throw new EdgeshrinkError(`bundle file ${rel} is corrupt or was modified (sha256 does not match the manifest)`);
   }
