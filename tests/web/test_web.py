@@ -269,10 +269,15 @@ def test_demo_page_in_chromium_classifies_escalates_falls_back_and_streams(route
     reply = browser_run({"url": origin + "/", "screenshot": str(tmp_path / "demo.png"), "steps": [
         {"route": texts, "cloud": {"url": cloud.url}},
         {"route": texts[:4], "cloud": {"url": slow.url, "deadlineMs": 400}, "cloud_only": True},
-        {"type": "a good film", "cloud": cloud.url}]})
+        {"type": "a good film", "cloud": cloud.url},
+        {"route": texts[:6], "cloud": {"url": cloud.url, "protocol": "v2", "model": routed["cloud"].name},
+         "cloud_only": True}]})
     assert "error" not in reply, reply
     assert reply["state"]["ready"] and reply["state"]["isolated"], reply  # COOP/COEP: threads available
-    routed_texts, fallback, typed = reply["steps"]
+    routed_texts, fallback, typed, over_v2 = reply["steps"]
+    # the Open Inference Protocol (KServe v2) from the page: the cloud's labels, reason "cloud only"
+    assert [r["source"] for r in over_v2] == ["cloud"] * 6 and {r["reason"] for r in over_v2} == {"cloud only"}
+    assert [r["label"] for r in over_v2] == load(routed["cloud"]).predict(texts[:6]).labels
     python = load(routed["device"])
     from edgeshrink.route.router import Router, read_router
 
