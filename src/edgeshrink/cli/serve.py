@@ -24,7 +24,7 @@ LongText = Annotated[Optional[str], typer.Option(help=config_help(LIMITS, "long_
 MaxTexts = Annotated[Optional[int], typer.Option(help=config_help(LIMITS, "max_texts", "Most texts per request."))]
 MaxBody = Annotated[Optional[int], typer.Option(help=config_help(LIMITS, "max_body_bytes", "Largest request body in bytes."))]
 CorsOrigin = Annotated[Optional[list[str]], typer.Option(
-    "--cors-origin", help="Let pages on this origin call the service (CORS), e.g. http://127.0.0.1:8080 (a page "
+    "--cors-origin", metavar="ORIGIN", help="Let pages on this origin call the service (CORS), e.g. http://127.0.0.1:8080 (a page "
     "packed with `edgeshrink pack --target web` escalating to it); repeatable; * allows any origin.")]
 Rate = Annotated[Optional[float], typer.Option(help=config_help(LIMITS, "requests_per_second", "Requests per second per client (0: no limit)."))]
 PromptLookup = Annotated[Optional[int], typer.Option(help="Language models: prompt lookup on every answer, drafting the tokens "
@@ -114,6 +114,7 @@ def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle 
                  api_key_env: ApiKeyEnv = None, max_batch_size: BatchSize = None, max_wait_ms: MaxWait = None,
                  max_text_chars: MaxChars = None, long_text: LongText = None, max_texts: MaxTexts = None,
                  max_body_bytes: MaxBody = None, rate: Rate = None, prompt_lookup: PromptLookup = None,
+                 cors_origin: CorsOrigin = None,
                  deadline_ms: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "deadline_ms", "Escalation deadline, ms, retries included."))] = None,
                  retries: Annotated[Optional[int], typer.Option(help=config_help(CLOUD, "retries", "Retries within the deadline."))] = None,
                  connect_timeout_s: Annotated[Optional[float], typer.Option(help=config_help(CLOUD, "connect_timeout_s", "Cloud connect timeout, s."))] = None,
@@ -164,7 +165,8 @@ def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle 
                                                                                    "alpha": recalibrate_alpha}}
     if recalibrate_alpha is not None and not recalibrate:
         raise EdgeshrinkError("--recalibrate-alpha goes with --recalibrate")
-    config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env},
+    config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env,
+                                   "cors_origins": cors_origin or None},
                      {"max_text_chars": max_text_chars, "long_text": long_text, "max_texts": max_texts,
                       "max_body_bytes": max_body_bytes, "requests_per_second": rate},
                      {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
