@@ -5,7 +5,8 @@ each; the pack's sizes; the time the demo page needs to become ready in headless
     PYTHONPATH=src:. .venv/bin/python benchmarks/web_bench.py --classifier runs/sentiment-edge/device \
         --llm runs/smollm2-int4 [--rounds 3] [--json benchmarks/results/web.json]
 
-Classifier: p50 of one 64-token text (rounds x --repeats calls each side, the median of each round's p50).
+Classifier: p50 of one 64-token text (rounds x --repeats calls each side, the median of each round's p50), wasm timed
+after --warmup-s seconds of calls (V8 swaps its baseline code for optimized code in the background meanwhile).
 Language model: greedy, --new-tokens after the chat prompt "What is the capital of France?", EOS ignored: time to
 first token (prefill of the prompt) and decode tokens/s. Rounds alternate native and wasm. Prints Markdown tables.
 """
@@ -38,7 +39,7 @@ def text_of(predictor, tokens: int) -> str:
 
 
 def native_classifier(predictor, text: str, repeats: int) -> float:
-    for _ in range(5):
+    for _ in range(20):
         predictor.predict([text])
     times = []
     for _ in range(repeats):
@@ -58,7 +59,9 @@ def main():
     parser.add_argument("--classifier", type=Path, required=True, help="a text-classification bundle")
     parser.add_argument("--llm", type=Path, required=True, help="a text-generation bundle")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=50, help="classifier calls per round and side")
+    parser.add_argument("--repeats", type=int, default=200, help="classifier calls per round and side")
+    parser.add_argument("--warmup-s", type=float, default=5.0, help="wasm: seconds of calls before timing (V8 tiers "
+                        "the wasm up to optimized code in the background)")
     parser.add_argument("--tokens", type=int, default=64, help="classifier text length in tokens")
     parser.add_argument("--new-tokens", type=int, default=32, help="language model: tokens generated per run")
     parser.add_argument("--json", type=Path, default=None)
@@ -79,7 +82,7 @@ def main():
     rounds = []
     for r in range(args.rounds):
         row = {"native_classifier_p50_ms": native_classifier(predictor, text, args.repeats)}
-        reply = node_run(work / "classifier", {"bench_classify": text, "repeats": args.repeats, "warmup": 20})
+        reply = node_run(work / "classifier", {"bench_classify": text, "repeats": args.repeats, "warmup_s": args.warmup_s})
         row["wasm_classifier_p50_ms"] = statistics.median(reply["times_ms"])
         row["native_llm"] = native_llm(generator, args.new_tokens)
         reply = node_run(work / "llm", {"bench_generate": PROMPT, "repeats": 1,
