@@ -1,7 +1,7 @@
 // Drive a demo page in headless Chromium (Debian's, through playwright-core) for the browser tests and the bench.
 //   node browser.mjs REQUEST.json  -> one JSON line on stdout
 // REQUEST: {"url": page URL, "screenshot": path?, "chromium": "/usr/bin/chromium"?, "steps": [step, ...]}, a step:
-//   {"classify": text, "cloud": url?}        the demo's classify (route through the page's cloud field)
+//   {"classify": text, "cloud": url?}        the demo's classify (routed to `cloud`, else the page's cloud field)
 //   {"route": [texts], "cloud": {...}?, "cloud_only": bool?}   the runtime's route() called in the page
 //   {"generate": text, "max_new_tokens": n}  the demo's generate (streams into the page)
 //   {"stream": prompt, "options": {...}}     the runtime's stream() called in the page: ids, count, timings
@@ -29,7 +29,8 @@ try {
   for (const step of request.steps ?? []) {
     if (reply.state.error) break;
     if (step.classify !== undefined) {
-      reply.steps.push(await page.evaluate(([t, c]) => edgeshrinkDemo.classify(t, c ?? ""), [step.classify, step.cloud ?? null]));
+      reply.steps.push(await page.evaluate(([t, c]) => (c === null ? edgeshrinkDemo.classify(t) : edgeshrinkDemo.classify(t, c)),
+        [step.classify, step.cloud ?? null]));
     } else if (step.generate !== undefined) {
       reply.steps.push(await page.evaluate(([t, n]) => edgeshrinkDemo.generate(t, n), [step.generate, step.max_new_tokens ?? 16]));
     } else if (step.route !== undefined) {

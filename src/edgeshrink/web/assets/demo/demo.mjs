@@ -38,7 +38,7 @@ async function classify(text, cloudUrl = $("cloud").value.trim()) {
   const probs = Object.entries(r.probabilities).map(([l, p]) => `${esc(l)} ${(100 * p).toFixed(1)}%`).join(" · ");
   $("answer").innerHTML = `<div class="card"><span class="label" id="label">${esc(r.label)}</span>` +
     `<span class="tag ${esc(r.source)}" id="source">${esc(r.source)}</span>` +
-    `<div class="facts">confidence ${r.confidence.toFixed(3)} · ${esc(r.reason)}${r.fallback_reason ? ` (${esc(r.fallback_reason)})` : ""}` +
+    `<div class="facts">device confidence ${r.confidence.toFixed(3)} · ${esc(r.reason)}${r.fallback_reason ? ` (${esc(r.fallback_reason)})` : ""}` +
     ` · ${r.latency_ms.toFixed(1)} ms</div><div class="facts">${probs}</div></div>`;
   return r;
 }
