@@ -160,3 +160,23 @@ def start():
     yield _start
     for server in servers:
         server.__exit__()
+
+
+# `make test` runs the suite in two passes: everything else on two pytest-xdist workers (`-n 2 --dist loadscope`:
+# a module's fixtures stay on one worker), then these alone (`-m serial`), because they assert on time or on what
+# the machine's timing decides, and a second worker's load would decide it for them: services with deadlines,
+# breakers, micro-batching waits and rate limits, the Ray clusters (one at a time), prompt lookup's learnt draft
+# budget, the chat template's render timeout, and the demo page's cloud deadline. (Node IDs, or their prefixes.)
+SERIAL = ("tests/serve/test_app.py", "tests/serve/test_batcher.py", "tests/serve/test_cli.py",
+          "tests/serve/test_cloud_client.py", "tests/serve/test_docs.py", "tests/serve/test_faults.py",
+          "tests/serve/test_llm.py", "tests/serve/test_llm_routing.py", "tests/serve/test_oip.py",
+          "tests/serve/test_ray_engine.py", "tests/serve/test_watch.py",
+          "tests/recipes/test_ray_executor.py", "tests/recipes/test_ray_failover.py",
+          "tests/runtime/test_speculative.py", "tests/runtime/test_chat_template.py",
+          "tests/web/test_web.py::test_demo_page_in_chromium")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
