@@ -33,7 +33,7 @@ def drill_until_killed(client, faults, counts: dict) -> int:
     faults.write_text(json.dumps({"status": 500}))
     failing = [answer_round(client, counts) for _ in range(3)]
     assert all(r["source"] in ("device", "device-fallback") for rnd in failing for r in rnd)
-    assert fallback_reasons(failing) == [{"http_5xx"}, {"http_5xx"}, {"breaker_open"}]
+    assert fallback_reasons(failing) == [{"http_5xx"}, {"http_5xx"}, {"breaker_open"}], fallback_reasons(failing)
     assert client.metrics()["edgeshrink_breaker_open"] == 1
     faults.unlink()
     time.sleep(1.2)  # past breaker_reset_s: the next escalation probes the cloud
