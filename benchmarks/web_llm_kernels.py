@@ -25,10 +25,7 @@ import numpy as np
 
 from edgeshrink.compress.quantize.decoder import compare_on_text
 from edgeshrink.doctor import cpu_info
-from edgeshrink.export.bundle import write_manifest
-
-# what write_manifest writes afresh (compress/quantize/__init__.py's list)
-REWRITTEN = ("files", "size_bytes", "schema_version", "kind", "edgeshrink_version", "created_at", "created_on")
+from edgeshrink.export.bundle import WRITTEN_KEYS, write_manifest
 
 HERE = Path(__file__).parent
 
@@ -100,7 +97,7 @@ def main():
     for name in (source["tokenizer"]["file"], source["tokenizer"].get("chat_template")):
         if name:
             shutil.copyfile(args.fp32 / name, int8_bundle / name)
-    write_manifest(int8_bundle, {k: v for k, v in source.items() if k not in REWRITTEN})
+    write_manifest(int8_bundle, {k: v for k, v in source.items() if k not in WRITTEN_KEYS})
     quality = {}
     for name, bundle in (("int4", args.int4), ("int8", int8_bundle)):  # perplexity against the fp32 bundle
         scored = compare_on_text(args.fp32, bundle, "bbc-news", args.documents, lambda *a: None)

@@ -16,30 +16,26 @@ TEXTS = ["a good film", "a bad film", "meh", "Ünïcödé café, naïve — “q
          LONG_TEXT]
 
 
-def node_run(pack_dir: Path, request: dict, timeout: float = 300) -> dict:
-    """One request to the web runtime of ``pack_dir`` under Node: the reply as a dict (``error`` on refusal)."""
+def _node(args: list[str], request: dict, timeout: float) -> dict:
+    """Run ``node ARGS REQUEST.json`` (the request written to a temporary file): its last stdout line as a dict."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
         json.dump(request, fh)
     try:
-        done = subprocess.run(["node", str(HERE / "node_run.mjs"), str(pack_dir), fh.name], capture_output=True,
-                              text=True, timeout=timeout)
+        done = subprocess.run(["node", *args, fh.name], capture_output=True, text=True, timeout=timeout)
     finally:
         Path(fh.name).unlink()
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def node_run(pack_dir: Path, request: dict, timeout: float = 300) -> dict:
+    """One request to the web runtime of ``pack_dir`` under Node: the reply as a dict (``error`` on refusal)."""
+    return _node([str(HERE / "node_run.mjs"), str(pack_dir)], request, timeout)
 
 
 def browser_run(request: dict, timeout: float = 300) -> dict:
     """Drive a demo page in headless Chromium (tests/web/browser.mjs): the reply as a dict."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-        json.dump({"chromium": CHROMIUM, **request}, fh)
-    try:
-        done = subprocess.run(["node", str(HERE / "browser.mjs"), fh.name], capture_output=True, text=True,
-                              timeout=timeout)
-    finally:
-        Path(fh.name).unlink()
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return _node([str(HERE / "browser.mjs")], {"chromium": CHROMIUM, **request}, timeout)
 
 
 def assert_same_as_python(bundle: Path, pack_dir: Path, texts=TEXTS, atol: float = 1e-4) -> dict:

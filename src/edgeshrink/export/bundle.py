@@ -33,6 +33,10 @@ def graph_io(onnx_path: Path) -> tuple[list[dict], list[dict]]:
     return inputs, [describe(v) for v in model.graph.output]
 
 
+# What write_manifest writes afresh for every bundle: a derived bundle's fields are its source's less these.
+WRITTEN_KEYS = ("files", "size_bytes", "schema_version", "kind", "edgeshrink_version", "created_at", "created_on")
+
+
 def write_manifest(bundle_dir: Path, fields: dict) -> dict:
     """Add file sizes and hashes of everything in ``bundle_dir`` to ``fields`` and write manifest.json."""
     files = {}

@@ -81,8 +81,9 @@ def rewrite_four_bit(model) -> list[str]:
         for slot, name in enumerate(node.input):
             if name in consumers:
                 consumers[name].append((node, slot))
-    for sub in (n for n in model.graph.node for a in n.attribute if a.type in (onnx.AttributeProto.GRAPH,
-                                                                                  onnx.AttributeProto.GRAPHS)):
+    sub = next((n for n in model.graph.node for a in n.attribute
+                if a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)), None)
+    if sub is not None:
         raise EdgeshrinkError(f"a 4-bit model with subgraphs ({sub.op_type} {sub.name!r}) cannot be rewritten for the "
                               f"ORT format: quantize it with `--head-bits 8` or to INT8 first")
     rewritten = []
@@ -195,7 +196,7 @@ def pack_mobile(bundle: str | Path, out: str | Path, platform: str = "arm", forc
 
     from edgeshrink._files import atomic_output_dir, check_output_dir, copy_listed_files
     from edgeshrink.runtime import load
-    from edgeshrink.runtime.bundle import MANIFEST_NAME, read_manifest
+    from edgeshrink.runtime.bundle import MANIFEST_NAME, bundle_file, read_manifest
     from edgeshrink.web.pack import file_table
 
     say = progress or (lambda message: None)
@@ -205,9 +206,10 @@ def pack_mobile(bundle: str | Path, out: str | Path, platform: str = "arm", forc
     say(f"checking {bundle}")
     manifest = read_manifest(bundle, verify=True)
     check_output_dir(out, force)
+    source = bundle_file(bundle, manifest, "model.onnx")  # listed, inside, no links (just hash-checked)
     work = Path(tempfile.mkdtemp(prefix="edgeshrink-mobile-"))
     try:
-        model = onnx.load(str(bundle / "model.onnx"))
+        model = onnx.load(str(source))
         rewritten = rewrite_four_bit(model)
         (work / "src").mkdir()
         if rewritten:
@@ -218,7 +220,7 @@ def pack_mobile(bundle: str | Path, out: str | Path, platform: str = "arm", forc
         converted = _convert(work / "src", work / "ort", platform)
         say("checking the ORT-format model against the bundle")
         feeds = load(bundle, threads=1, verify=False).check_feeds()
-        difference = _compare(bundle / "model.onnx", converted, feeds)
+        difference = _compare(source, converted, feeds)
         if not difference <= TOLERANCE:
             raise EdgeshrinkError(f"the ORT-format model differs from the bundle's by {difference:.3g} (tolerance "
                                   f"{TOLERANCE:g}): not written")

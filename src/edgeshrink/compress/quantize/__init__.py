@@ -29,15 +29,13 @@ from edgeshrink.runtime.bundle import read_manifest
 
 __all__ = ["METHODS", "LLMQuantConfig", "QuantConfig", "quantize"]
 
-# written afresh for the new bundle (write_manifest), never copied from the source's
-_REWRITTEN = ("files", "size_bytes", "schema_version", "kind", "edgeshrink_version", "created_at", "created_on")
 
 
 def quantize(bundle: str | Path, out: str | Path, config: QuantConfig | LLMQuantConfig, *, data=None,
              force: bool = False, progress: Callable | None = None) -> dict:
     """Quantize ``bundle`` into a new bundle at ``out`` (written atomically); return the new manifest."""
     from edgeshrink.compress.evaluate import weight_precisions
-    from edgeshrink.export.bundle import write_manifest
+    from edgeshrink.export.bundle import WRITTEN_KEYS, write_manifest
 
     progress = progress or (lambda *a, **k: None)
     bundle, out = Path(bundle), Path(out)
@@ -64,7 +62,7 @@ def quantize(bundle: str | Path, out: str | Path, config: QuantConfig | LLMQuant
         progress("quantized")
         quantization = {"method": config.method, "config": config.to_dict(), "seconds": round(seconds, 1),
                         **details, "weights": weight_precisions(tmp / "model.onnx")}
-        fields = {k: v for k, v in source_manifest.items() if k not in _REWRITTEN + part.drops}
+        fields = {k: v for k, v in source_manifest.items() if k not in WRITTEN_KEYS + part.drops}
         fields["quantization"] = quantization
         manifest = write_manifest(tmp, fields)  # the bundle is complete here; scoring reads it
         if config.evaluate and (evaluation := part.evaluate(tmp)) is not None:

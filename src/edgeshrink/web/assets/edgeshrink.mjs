@@ -53,6 +53,9 @@ function baseUrl(where) {
   return new URL(text, globalThis.location?.href);
 }
 
+const grown = (name, size, limit) => new EdgeshrinkError(
+  `bundle file ${name.split("/").pop()} is corrupt or was modified (${size} bytes, the manifest says at most ${limit})`);
+
 async function readBytes(url, limit) {
   if (url.protocol === "file:") {
     const { readFile, stat } = await import("node:fs/promises");
@@ -61,9 +64,7 @@ async function readBytes(url, limit) {
     let info;
     try { info = await stat(path); } catch { throw new EdgeshrinkError(`bundle file ${url.pathname} is missing`); }
     if (!info.isFile()) throw new EdgeshrinkError(`bundle file ${url.pathname} is not a regular file`);
-    if (limit !== undefined && info.size > limit) {
-      throw new EdgeshrinkError(`bundle file ${path.split("/").pop()} is corrupt or was modified (${info.size} bytes, the manifest says at most ${limit})`);
-    }
+    if (limit !== undefined && info.size > limit) throw grown(path, info.size, limit);
     return new Uint8Array(await readFile(path));
   }
   let response;
@@ -74,12 +75,10 @@ async function readBytes(url, limit) {
   const announced = Number(response.headers.get("content-length") ?? NaN);
   if (limit !== undefined && announced > limit) {  // refused before the body is read
     await response.body?.cancel();
-    throw new EdgeshrinkError(`bundle file ${url.pathname.split("/").pop()} is corrupt or was modified (${announced} bytes, the manifest says at most ${limit})`);
+    throw grown(url.pathname, announced, limit);
   }
   const bytes = new Uint8Array(await response.arrayBuffer());
-  if (limit !== undefined && bytes.length > limit) {
-    throw new EdgeshrinkError(`bundle file ${url.pathname.split("/").pop()} is corrupt or was modified (${bytes.length} bytes, the manifest says at most ${limit})`);
-  }
+  if (limit !== undefined && bytes.length > limit) throw grown(url.pathname, bytes.length, limit);
   return bytes;
 }
 
