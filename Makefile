@@ -35,7 +35,7 @@ $(STAMP): pyproject.toml
 		--no-binary llama-cpp-python -w $(LLAMA_WHEELS).tmp "llama-cpp-python==$(LLAMA_VERSION)" && \
 		mv $(LLAMA_WHEELS).tmp $(LLAMA_WHEELS); }
 	$(BIN)/python -m pip install -q $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_VERSION)-*.whl
-	$(BIN)/python -m pip install -q -e ".[device,demo,dev,llm,ray]"
+	$(BIN)/python -m pip install -q -e ".[device,demo,dev,llm,ray,signing]"
 	$(BIN)/edgeshrink data prepare all
 	touch $(STAMP)
 

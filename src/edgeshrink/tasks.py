@@ -359,10 +359,15 @@ implement("bench", "text-generation", "edgeshrink.bench.llm:bench_llm", "edgeshr
 
 # serve (the model's task): the app factory, factory(bundle, config, faults=None). The HTTP services answer
 # text: a tensor bundle is refused here. The flags are those only some tasks take (refused for the others).
-implement("serve", "text-classification", "edgeshrink.serve.device:device_app", flags={"--cloud-protocol": ""})
+implement("serve", "text-classification", "edgeshrink.serve.device:device_app",
+          flags={"--cloud-protocol": "", "--update-from": ""})
 implement("serve", "text-generation", "edgeshrink.serve.llm.app:llm_device_app", flags={"--prompt-lookup": ""})
 implement("serve-cloud", "text-classification", "edgeshrink.serve.cloud:cloud_app", flags={"--engine": ""})
 implement("serve-cloud", "text-generation", "edgeshrink.serve.llm.app:llm_cloud_app", flags={"--prompt-lookup": ""})
+
+# release --canary-data (the bundle's task): a held-out labelled sample the runtime scores where the bundle runs
+# (deploy/canary.py); the same check gates an update of the device service
+implement("release-canary", "text-classification", "edgeshrink.deploy.canary:canary_check")
 
 # recipe (the source model's task): one run loop; the recipe file's schema (its data and targets) and the
 # task's kind of recipe (steps, ordering, cache-key parts, report) differ

@@ -197,3 +197,19 @@ def config_help(ref: str, field: str, text: str) -> str:
 
     module, _, name = ref.partition(":")
     return getattr(importlib.import_module(module), name).field_help(field, text)
+
+
+SignKey = Annotated[Optional[Path], typer.Option(
+    "--sign-key", help="Sign the bundle written with this private key (`edgeshrink keys new`; an encrypted key's "
+                       "password from $EDGESHRINK_KEY_PASSWORD).")]
+
+
+def sign_written(bundle: Path, key: Path | None) -> dict | None:
+    """``--sign-key``: sign the bundle a verb has just written, and say so."""
+    if key is None:
+        return None
+    from edgeshrink.signing import sign_bundle
+
+    signed = sign_bundle(bundle, key)
+    typer.echo(f"signed {bundle} with key {signed['key_id']} ({signed['files']} files)")
+    return signed

@@ -8,10 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from edgeshrink import __version__, tasks
-from edgeshrink.cli._common import (HELP_STYLE, DataOpt, Force, JsonOut, LabelCol, LabelMap, TextCol, config_help,
-                                    data_config, fail, handled, progress_callback, progress_lines, write_json)
+from edgeshrink.cli._common import (HELP_STYLE, DataOpt, Force, JsonOut, LabelCol, LabelMap, SignKey, TextCol,
+                                    config_help, data_config, fail, handled, progress_callback, progress_lines,
+                                    sign_written, write_json)
 from edgeshrink.cli.route import route_app
 from edgeshrink.cli.serve import register as register_serve
+from edgeshrink.cli.signing import register as register_signing
 from edgeshrink.cli.web import register as register_web
 from edgeshrink.runtime.sampling import DEFAULT_REPETITION_PENALTY
 
@@ -238,7 +240,7 @@ def export(model: Annotated[str, typer.Argument(help="Local model directory or s
            exporter: Annotated[Optional[str], task_option("export", "--exporter", "auto | builder | optimum (auto: "
                                                           "onnxruntime-genai's builder where it takes the model)."
                                                           )] = None,
-           force: Force = False, json_out: JsonOut = None) -> None:
+           sign_key: SignKey = None, force: Force = False, json_out: JsonOut = None) -> None:
     """Export to ONNX, validate against the source on several shapes, and write a device bundle (or, with
     --format triton, a Triton model repository)."""
     from edgeshrink.export import export as run
@@ -248,6 +250,8 @@ def export(model: Annotated[str, typer.Argument(help="Local model directory or s
     if format not in ("bundle", "triton"):
         raise fail(f"unknown format {format!r}; expected bundle or triton")
     if format == "triton":
+        if sign_key is not None:
+            raise fail("--sign-key signs device bundles (--format bundle)")
         return _export_triton(model, out, name, force, json_out, given)
     if name is not None:
         raise fail("--name applies to --format triton")
@@ -258,6 +262,7 @@ def export(model: Annotated[str, typer.Argument(help="Local model directory or s
                    f"the ONNX file and the reference it was validated against); train one with `edgeshrink finetune "
                    f"{model} --data DATA --out DIR`", err=True)
     typer.echo(impl.summarize(manifest, out))
+    sign_written(out, sign_key)
     write_json(json_out, manifest)
 
 
@@ -486,7 +491,7 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
                                                          "columns and must give the recorded split; language models: "
                                                          "the text whose calibration part is scored, bbc-news).")] = None,
              no_eval: Annotated[bool, typer.Option("--no-eval", help="Skip scoring the source and the quantized bundle.")] = False,
-             force: Force = False, json_out: JsonOut = None) -> None:
+             sign_key: SignKey = None, force: Force = False, json_out: JsonOut = None) -> None:
     """Quantize a bundle (INT8 dynamic/static, INT4 weight-only, FP16, or accuracy-aware mixed precision)."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -505,6 +510,7 @@ def quantize(bundle: Annotated[Path, typer.Argument(help="fp32 device bundle to 
                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn()) as progress:
         manifest = run(bundle, out, config, data=data, force=force, progress=progress_callback(progress))
     typer.echo(impl.function().describe(manifest, out))
+    sign_written(out, sign_key)
     write_json(json_out, manifest)
 
 
@@ -699,6 +705,7 @@ def run_recipe(recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see rec
 
 register_serve(app)  # serve, serve-cloud: listed after the pipeline's commands
 register_web(app)  # pack, serve-web
+register_signing(app)  # keys, sign, verify, release, publish
 
 
 def main() -> None:

@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgeshrink.cli._common import (HELP_STYLE, JsonOut, LabelCol, LabelMap, TextCol, config_help, data_config, fail,
-                                    handled, status_progress, write_json)
+from edgeshrink.cli._common import (HELP_STYLE, JsonOut, LabelCol, LabelMap, SignKey, TextCol, config_help,
+                                    data_config, fail, handled, sign_written, status_progress, write_json)
 
 route_app = typer.Typer(no_args_is_help=True, **HELP_STYLE, help="Route requests between the device model and the cloud model.")
 
@@ -74,7 +74,8 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt,
                                                           "labelled task) | open (free answers; label-free agreement "
                                                           "with the cloud, on mean-logprob unless --signal says)."))] = None,
               answer_tokens: Annotated[Optional[int], typer.Option(help=config_help(ROUTE, "answer_tokens", "task open: the device's answer length."))] = None,
-              text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None, json_out: JsonOut = None) -> None:
+              text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
+              sign_key: SignKey = None, json_out: JsonOut = None) -> None:
     """Fit temperature and threshold on the calibration split; write router.json into the device bundle."""
     from edgeshrink.route.calibrate import DEFAULT_DATA, RouteConfig, calibrate as run
 
@@ -113,6 +114,7 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt,
     typer.echo(f"threshold {threshold}: {100 * cal['escalation_rate']:.1f}% of {router['n']} calibration requests "
                f"escalated" + (f", device risk {100 * cal['device_risk']:.2f}%" if cal["device_risk"] is not None else ""))
     typer.echo(("guarantee: " if router["feasible"] else "warning: ") + router["guarantee"])
+    sign_written(device, sign_key)
     write_json(json_out, router)
 
 

@@ -11,6 +11,7 @@ from edgeshrink.cli._common import config_help, handled
 
 BATCH, LIMITS = "edgeshrink.serve.config:BatchConfig", "edgeshrink.serve.config:LimitsConfig"
 CLOUD, MONITOR = "edgeshrink.serve.config:CloudConfig", "edgeshrink.route.monitor:MonitorConfig"
+UPDATE = "edgeshrink.serve.config:UpdateConfig"
 
 Host = Annotated[str, typer.Option(help="Address to listen on.")]
 Port = Annotated[int, typer.Option(help="Port (0: a free one, printed at start).")]
@@ -27,6 +28,9 @@ CorsOrigin = Annotated[Optional[list[str]], typer.Option(
     "--cors-origin", metavar="ORIGIN", help="Let pages on this origin call the service (CORS), e.g. http://127.0.0.1:8080 (a page "
     "packed with `edgeshrink pack --target web` escalating to it); repeatable; * allows any origin.")]
 Rate = Annotated[Optional[float], typer.Option(help=config_help(LIMITS, "requests_per_second", "Requests per second per client (0: no limit)."))]
+Trust = Annotated[Optional[list[Path]], typer.Option(
+    "--trust", metavar="KEY.pub", help="Serve only bundles signed by this public key (repeatable; default: "
+    "$EDGESHRINK_TRUST); checked before any other file of the bundle is opened.")]
 PromptLookup = Annotated[Optional[int], typer.Option(help="Language models: prompt lookup on every answer, drafting the tokens "
                                                      "after the latest earlier match of the last N (down to 2) tokens of "
                                                      "prompt + answer, checked in the same pass: the same output, fewer "
@@ -34,7 +38,7 @@ PromptLookup = Annotated[Optional[int], typer.Option(help="Language models: prom
 
 
 def _config(config_file: Path | None, flags: dict, limits: dict, batch: dict, cloud: dict | None = None,
-            monitor: dict | None = None, llm: dict | None = None):
+            monitor: dict | None = None, llm: dict | None = None, update: dict | None = None):
     import yaml
 
     from edgeshrink._yaml import safe_load
@@ -53,7 +57,7 @@ def _config(config_file: Path | None, flags: dict, limits: dict, batch: dict, cl
             raise EdgeshrinkError(f"{config_file}: expected a mapping of ServeConfig keys")
     raw.update({k: v for k, v in flags.items() if v is not None})
     for section, values in (("limits", limits), ("batch", batch), ("cloud", cloud or {}), ("monitor", monitor or {}),
-                            ("llm", llm or {})):
+                            ("llm", llm or {}), ("update", update or {})):
         values = {k: v for k, v in values.items() if v is not None}
         if values:
             raw[section] = {**(raw.get(section) or {}), **values}
@@ -66,7 +70,10 @@ def serve_cloud(model: Annotated[str, typer.Argument(help="The cloud model: a bu
                 api_key_env: ApiKeyEnv = None, max_batch_size: BatchSize = None, max_wait_ms: MaxWait = None,
                 max_text_chars: MaxChars = None, long_text: LongText = None, max_texts: MaxTexts = None,
                 max_body_bytes: MaxBody = None, rate: Rate = None, prompt_lookup: PromptLookup = None,
-                cors_origin: CorsOrigin = None,
+                cors_origin: CorsOrigin = None, trust: Trust = None,
+                publish: Annotated[Optional[Path], typer.Option(
+                    "--publish", metavar="DIR", help="Also serve this update channel (`edgeshrink publish`) at "
+                    "/v1/channel/, for devices' `serve --update-from URL/v1/channel`.")] = None,
                 faults: Annotated[Optional[Path], typer.Option(
                     help="Fault drills: a JSON file read per request ({\"delay_ms\": N} or {\"status\": 500}).")] = None,
                 engine: Annotated[str, typer.Option(help="uvicorn (this process) | ray (Ray Serve replicas; "
@@ -86,7 +93,7 @@ def serve_cloud(model: Annotated[str, typer.Argument(help="The cloud model: a bu
     from edgeshrink.serve.server import bind, serve
 
     config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env,
-                                   "cors_origins": cors_origin or None},
+                                   "cors_origins": cors_origin or None, "trust": [str(k) for k in trust or []] or None},
                      {"max_text_chars": max_text_chars, "long_text": long_text, "max_texts": max_texts,
                       "max_body_bytes": max_body_bytes, "requests_per_second": rate},
                      {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
@@ -102,10 +109,18 @@ def serve_cloud(model: Annotated[str, typer.Argument(help="The cloud model: a bu
     if config.port:
         bind(config.host, config.port).close()  # a port in use fails before the model loads
     if engine == "ray":
+        if publish is not None:
+            raise EdgeshrinkError("--publish goes with --engine uvicorn (serve the channel folder with any web server)")
         from edgeshrink.serve.ray_engine import RayServeConfig, serve_on_ray
 
         return serve_on_ray(model, config, RayServeConfig.build(**ray_flags), faults)
-    serve(impl.function()(model, config, faults), config.host, config.port)
+    app = impl.function()(model, config, faults)
+    if publish is not None:
+        from edgeshrink.serve.channel import CHANNEL_PATH, install_channel
+
+        install_channel(app, publish)
+        typer.echo(f"update channel {publish} at {CHANNEL_PATH}/")
+    serve(app, config.host, config.port)
 
 @handled
 def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle (with router.json to escalate).")],
@@ -143,6 +158,15 @@ def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle 
                  drift_window: Annotated[Optional[int], typer.Option(help=config_help(MONITOR, "window", "Requests each drift test looks at."))] = None,
                  drift_p_value: Annotated[Optional[float], typer.Option(help=config_help(MONITOR, "p_value",
                                                                                     "A drift signal fires below this p-value."))] = None,
+                 trust: Trust = None,
+                 update_from: Annotated[Optional[str], typer.Option(
+                     help="Update this service from a channel: http(s)://host/path (e.g. a cloud's /v1/channel) or a "
+                          "folder. New releases are verified (signature, hashes, newer version), checked by their "
+                          "canary, swapped in without dropping a request, and rolled back automatically when their "
+                          "errors or drift signals cross their bounds. Needs --trust.")] = None,
+                 update_every: Annotated[Optional[float], typer.Option(help=config_help(UPDATE, "every_s", "Seconds between channel checks."))] = None,
+                 update_store: Annotated[Optional[Path], typer.Option(help="Where versions are kept (default: BUNDLE.versions).")] = None,
+                 update_watch: Annotated[Optional[int], typer.Option(help=config_help(UPDATE, "watch_requests", "Texts a new version answers, watched, before it is accepted."))] = None,
                  route: Annotated[Optional[str], typer.Option(help=config_help(
                      CLOUD, "route", "Who sends requests to the cloud: router (the bundle's router.json, required) | "
                      "cloud-on-request (only requests that ask: cloud_only, or edgeshrink.route \"cloud\")."))] = None,
@@ -165,16 +189,22 @@ def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle 
                                                                                    "alpha": recalibrate_alpha}}
     if recalibrate_alpha is not None and not recalibrate:
         raise EdgeshrinkError("--recalibrate-alpha goes with --recalibrate")
+    update_flags = {"source": update_from, "every_s": update_every, "watch_requests": update_watch,
+                    "store": str(update_store) if update_store is not None else None}
+    if update_from is None and any(v is not None for v in update_flags.values()):
+        raise EdgeshrinkError("update options given without --update-from CHANNEL")
     config = _config(config_file, {"host": host, "port": port, "threads": threads, "api_key_env": api_key_env,
-                                   "cors_origins": cors_origin or None},
+                                   "cors_origins": cors_origin or None, "trust": [str(k) for k in trust or []] or None},
                      {"max_text_chars": max_text_chars, "long_text": long_text, "max_texts": max_texts,
                       "max_body_bytes": max_body_bytes, "requests_per_second": rate},
                      {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
-                     cloud_flags if cloud is not None else None, monitor_flags, {"prompt_lookup": prompt_lookup})
+                     cloud_flags if cloud is not None else None, monitor_flags, {"prompt_lookup": prompt_lookup},
+                     update=update_flags if update_from is not None else None)
     impl = tasks.of_model(bundle).implementation("serve")
     protocol = config.cloud.protocol if config.cloud is not None else None
     impl.refuse_flags({"--cloud-protocol": protocol if protocol != "edgeshrink" else None,
-                       "--prompt-lookup": prompt_lookup})
+                       "--prompt-lookup": prompt_lookup,
+                       "--update-from": config.update.source if config.update is not None else None})
     if config.port:
         bind(config.host, config.port).close()
     app = impl.function()(bundle, config)
@@ -182,6 +212,8 @@ def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle 
         typer.echo(f"escalating to {config.cloud.url}: " + (
             "only requests that ask for the cloud (--route cloud-on-request)" if config.cloud.route == "cloud-on-request"
             else f"as {bundle}'s router.json decides"))
+    if config.update is not None:
+        typer.echo(f"updating from {config.update.source} every {config.update.every_s:g} s")
     serve(app, config.host, config.port)
 
 

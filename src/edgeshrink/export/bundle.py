@@ -14,6 +14,7 @@ from pathlib import Path
 from edgeshrink import __version__
 from edgeshrink._files import sha256_file
 from edgeshrink.runtime.bundle import MANIFEST_NAME, SCHEMA_VERSION
+from edgeshrink.runtime.trust import SIGNATURE_NAME
 
 
 def graph_io(onnx_path: Path) -> tuple[list[dict], list[dict]]:
@@ -38,7 +39,9 @@ WRITTEN_KEYS = ("files", "size_bytes", "schema_version", "kind", "edgeshrink_ver
 
 
 def write_manifest(bundle_dir: Path, fields: dict) -> dict:
-    """Add file sizes and hashes of everything in ``bundle_dir`` to ``fields`` and write manifest.json."""
+    """Add file sizes and hashes of everything in ``bundle_dir`` to ``fields`` and write manifest.json. A
+    signature copied from a source bundle is removed: it signed other files (sign the new bundle instead)."""
+    (bundle_dir / SIGNATURE_NAME).unlink(missing_ok=True)
     files = {}
     for path in sorted(p for p in bundle_dir.rglob("*") if p.is_file() and p.name != MANIFEST_NAME):
         rel = path.relative_to(bundle_dir).as_posix()

@@ -195,6 +195,7 @@ def write_router(bundle: Path, router: dict, replace_reason: str | None = None) 
 
     from edgeshrink._files import atomic_write_text, sha256_file
     from edgeshrink.runtime.bundle import MANIFEST_NAME
+    from edgeshrink.runtime.trust import SIGNATURE_NAME
 
     manifest_path = bundle / MANIFEST_NAME
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -211,6 +212,9 @@ def write_router(bundle: Path, router: dict, replace_reason: str | None = None) 
     manifest["router"] = {"file": name, "sha256": digest, "policy": router["policy"]["policy"]}
     manifest["size_bytes"] = sum(f["size_bytes"] for f in manifest["files"].values())
     os.replace(tmp, bundle / name)
+    # the bundle changes: a signature over the old files would no longer hold (sign again; under a trust list an
+    # unsigned bundle is refused, which is what a changed bundle must be until its signer signs it)
+    (bundle / SIGNATURE_NAME).unlink(missing_ok=True)
     try:
         atomic_write_text(manifest_path, json.dumps(manifest, indent=2))  # the commit point of a recalibration
     except BaseException:

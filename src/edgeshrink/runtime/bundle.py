@@ -11,6 +11,10 @@ A bundle may arrive over the air, so it is untrusted input (no torch, no onnx: t
    (an atomic write in progress), which nothing opens.
 4. With ``verify`` every listed file's size and sha256 are checked.
 
+Before all of that, when a trust list is configured (``trust``, else $EDGESHRINK_TRUST; runtime/trust.py), the
+bundle's signature must verify against a trusted key: then the manifest itself is known to come from the
+signer. The signature file is the one file a bundle may hold beside the manifest without listing it.
+
 Each refusal is one line naming the file and the rule. Readers open bundle files through ``bundle_file``.
 """
 
@@ -24,6 +28,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.runtime.tasks import runtime_task
+from edgeshrink.runtime.trust import SIGNATURE_NAME, trusted_keys, verify_signature
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -132,6 +137,8 @@ def required_files(manifest: dict) -> list[str]:
         needed.append(tokenizer["chat_template"])
     if manifest.get("router"):
         needed.append(manifest["router"]["file"])
+    if manifest.get("canary"):
+        needed.append(manifest["canary"]["file"])
     return needed
 
 
@@ -153,14 +160,17 @@ def _load_json(path: Path, what: str):
         raise EdgeshrinkError(f"{path} is nested too deeply to be a {what}") from None
 
 
-def read_manifest(bundle: str | Path, verify: bool = True) -> dict:
+def read_manifest(bundle: str | Path, verify: bool = True, trust=None) -> dict:
     """The checked manifest of ``bundle`` (see the module docstring); ``verify`` also checks every listed file's
-    size and sha256 (skip it only where the caller has just verified the same bundle)."""
+    size and sha256 and, first, its signature under a trust list (``trust``: PEM public keys, None:
+    $EDGESHRINK_TRUST, []: none; skip ``verify`` only where the caller has just verified the same bundle)."""
     from edgeshrink.runtime.manifest import validate
 
     bundle = Path(bundle)
     if not bundle.exists():
         raise EdgeshrinkError(f"bundle {bundle} does not exist")
+    if verify:
+        check_bundle_trust(bundle, trust)
     manifest = _load_json(bundle / MANIFEST_NAME, "manifest") if bundle.is_dir() else None
     if manifest is None:
         raise EdgeshrinkError(f"{bundle} is not a device bundle (no {MANIFEST_NAME}); make one with `edgeshrink export`")
@@ -180,7 +190,7 @@ def read_manifest(bundle: str | Path, verify: bool = True) -> dict:
         if rel not in listed:
             raise EdgeshrinkError(f"bundle file {rel} is required for a {manifest['task']} bundle but not listed in "
                                   f"the manifest's files (its hash cannot be checked)")
-    unlisted = sorted(set(_walk(bundle)) - set(listed) - {MANIFEST_NAME})
+    unlisted = sorted(set(_walk(bundle)) - set(listed) - {MANIFEST_NAME, SIGNATURE_NAME})
     if unlisted:
         raise EdgeshrinkError(f"bundle file {unlisted[0]} is not listed in the manifest: a bundle holds only files "
                               f"whose hashes it records")
@@ -189,6 +199,19 @@ def read_manifest(bundle: str | Path, verify: bool = True) -> dict:
         if verify and (path.stat().st_size != meta["size_bytes"] or sha256_of(path) != meta["sha256"]):
             raise EdgeshrinkError(f"bundle file {rel} is corrupt or was modified (sha256 does not match the manifest)")
     return manifest
+
+
+def check_bundle_trust(bundle: str | Path, trust=None) -> dict | None:
+    """Under a trust list (``trust``, None: $EDGESHRINK_TRUST), ``bundle``'s signature checked (links refused
+    first: nothing is followed): who signed it; None when no trust list is configured."""
+    keys = trusted_keys(trust)
+    if not keys:
+        return None
+    bundle = Path(bundle)
+    if not bundle.is_dir() or bundle.is_symlink():
+        raise EdgeshrinkError(f"{bundle} is not a device bundle directory")
+    _walk(bundle)
+    return verify_signature(bundle, keys)
 
 
 def bundle_file(bundle: str | Path, manifest: dict, rel: str) -> Path:

@@ -89,11 +89,11 @@ class Generation:
 class Generator:
     """A loaded LLM bundle. ``threads`` sets ONNX Runtime's intra-op threads (None: its default)."""
 
-    def __init__(self, bundle: str | Path, threads: int | None = None, verify: bool = True):
+    def __init__(self, bundle: str | Path, threads: int | None = None, verify: bool = True, trust=None):
         from edgeshrink.runtime.predictor import load_tokenizer
 
         self.path = Path(bundle)
-        self.manifest = read_manifest(self.path, verify=verify)
+        self.manifest = read_manifest(self.path, verify=verify, trust=trust)
         if not runtime_task(self.manifest.get("task")).generates:
             raise EdgeshrinkError(f"{self.path} is not a language-model bundle (task {self.manifest.get('task')!r}): "
                                   f"use `edgeshrink predict`")

@@ -18,6 +18,7 @@ MAX_ID = 2**31 - 1  # token ids, pad ids: int32 range
 MAX_POSITIONS = 1 << 20  # max_length, context_length
 MAX_FILES = 100_000
 MAX_LABELS = 100_000
+MAX_VERSION = 2**53  # a release version: exact in a JSON number anywhere (the web runtime's too)
 # Variables every chat template is rendered with: a special token may not take one of these names.
 TEMPLATE_VARIABLES = ("messages", "add_generation_prompt", "raise_exception", "tools", "documents")
 
@@ -79,6 +80,20 @@ def _schema():
         sha256: Sha
         policy: Str(64)
 
+    class Release(Strict):  # `edgeshrink release`: what an update channel orders versions by
+        version: Int(1, MAX_VERSION)
+        channel: Optional[Str(128)] = None
+        notes: Optional[Str(4096)] = None
+        released_at: Optional[Str(64)] = None
+
+    class Canary(Strict):  # a held-out labelled sample the bundle carries, scored where the bundle runs
+        file: RelPath
+        sha256: Sha
+        examples: Int(1, 1_000_000)
+        accuracy: Annotated[float, Field(ge=0, le=1)]
+        data: Optional[Str(1024)] = None
+        measured_on: Free = None
+
     class Manifest(Strict):
         schema_version: Int(1, 1)
         kind: Literal["edgeshrink-bundle"]
@@ -93,6 +108,8 @@ def _schema():
         outputs: Optional[Annotated[list[TensorSpec], Field(max_length=4096)]] = None
         router: Optional[RouterEntry] = None
         router_history: Optional[Annotated[list[dict], Field(max_length=10_000)]] = None
+        release: Optional[Release] = None
+        canary: Optional[Canary] = None
         # provenance: written by the verbs, read by reports and by the next verb's checks
         edgeshrink_version: Optional[Str(64)] = None
         created_at: Optional[Str(64)] = None

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeshrink.errors import EdgeshrinkError, first_line
-from edgeshrink.runtime.bundle import bundle_file, open_session, read_manifest
+from edgeshrink.runtime.bundle import bundle_file, check_bundle_trust, open_session, read_manifest
 from edgeshrink.runtime.tasks import runtime_task
 
 CHECK_TEXTS = ["a gorgeous, witty film", "meh", "The plot wanders, but the two leads carry it: funny, warm and "
@@ -38,9 +38,9 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 class Predictor:
     """A loaded bundle. ``threads`` sets ONNX Runtime's intra-op threads (None: its default)."""
 
-    def __init__(self, bundle: str | Path, threads: int | None = None, verify: bool = True):
+    def __init__(self, bundle: str | Path, threads: int | None = None, verify: bool = True, trust=None):
         self.path = Path(bundle)
-        self.manifest = read_manifest(self.path, verify=verify)
+        self.manifest = read_manifest(self.path, verify=verify, trust=trust)
         self.labels: list[str] = list(self.manifest["labels"])
         self.task: str = self.manifest["task"]
         self.session = open_session(self.path / "model.onnx", threads)
@@ -169,8 +169,12 @@ def unknown_token_id(tokenizer) -> int | None:
     return model.get("unk_id")
 
 
-def load(bundle: str | Path, threads: int | None = None, verify: bool = True):
+def load(bundle: str | Path, threads: int | None = None, verify: bool = True, trust=None):
     """Load a device bundle (checks every file's hash against the manifest unless ``verify=False``): a
-    ``Predictor`` for classifier bundles, a ``Generator`` (runtime/generate.py) for language-model bundles."""
+    ``Predictor`` for classifier bundles, a ``Generator`` (runtime/generate.py) for language-model bundles.
+    ``trust``: PEM public keys the bundle must be signed by (None: $EDGESHRINK_TRUST, if set), checked before any
+    other file is opened."""
+    if verify:
+        check_bundle_trust(bundle, trust)
     task = runtime_task(read_manifest(bundle, verify=False)["task"])
-    return task.runtime_class()(bundle, threads=threads, verify=verify)
+    return task.runtime_class()(bundle, threads=threads, verify=verify, trust=[])

@@ -65,6 +65,8 @@ class TextResult(BaseModel):
 class ClassifyResponse(BaseModel):
     results: list[TextResult]
     model: str
+    version: int | None = Field(None, description="The release version that answered (a device service that "
+                                                  "updates itself: one complete version per request).")
 
 
 class ErrorResponse(BaseModel):
@@ -222,7 +224,7 @@ def build_app(title: str, model_name: str, labels: list[str], infer, config: Ser
         for r in results:
             metrics.texts.labels(source=r.source).inc()
             metrics.latency.labels(source=r.source).observe(r.latency_ms / 1000)
-        return ClassifyResponse(results=results, model=model_name)
+        return ClassifyResponse(results=results, model=model_name, version=getattr(request.state, "version", None))
 
     return app
 

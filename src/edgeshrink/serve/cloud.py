@@ -15,8 +15,15 @@ from edgeshrink.serve.oip import install_v2
 def cloud_app(model: str | Path, config: ServeConfig, faults: Path | None = None, batcher=None, extra_ready=None):
     """The cloud model (a bundle or a PyTorch model directory) behind the API; ``faults``: a fault-drill file
     (serve/app.py's ``install_faults``)."""
+    from edgeshrink import tasks
+    from edgeshrink.errors import EdgeshrinkError
     from edgeshrink.models.torch_text import load_predictor
+    from edgeshrink.runtime.bundle import check_bundle_trust
 
+    if config.trust and not tasks.is_bundle(model):
+        raise EdgeshrinkError("--trust checks the signature of a bundle; a PyTorch model directory carries none")
+    if tasks.is_bundle(model):
+        check_bundle_trust(model, config.trust or None)
     predictor = load_predictor(str(model), threads=config.threads)
     check_text_model(predictor)
     labels = list(predictor.labels)

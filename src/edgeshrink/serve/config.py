@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from edgeshrink.config import Config
+from edgeshrink.deploy.canary import CanaryConfig
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.route.monitor import MonitorConfig
 from edgeshrink.runtime.sampling import DEFAULT_REPETITION_PENALTY
@@ -90,6 +91,22 @@ class LLMConfig(Config):
     prompt_lookup: int = Field(0, ge=0, le=16)
 
 
+class UpdateConfig(Config):
+    """The device service updating itself from a channel (serve/updates.py)."""
+
+    version: int = 1
+    source: str  # the channel: http(s)://host[:port]/path, or a directory
+    every_s: float = Field(60.0, gt=0)  # between checks
+    timeout_s: float = Field(300.0, gt=0)  # one whole check and download
+    stall_s: float = Field(10.0, gt=0)  # the longest a read of the channel may wait for data
+    store: str | None = None  # the version store (default: BUNDLE.versions, beside the bundle)
+    keep: int = Field(3, ge=2)  # versions kept on disk, the current one included
+    watch_requests: int = Field(400, ge=1)  # texts a new version answers before it is accepted
+    max_error_rate: float = Field(0.01, ge=0, le=1)  # of its model calls, while it is watched
+    min_errors: int = Field(3, ge=1)  # failed calls before the error rate can roll it back
+    canary: CanaryConfig = CanaryConfig()
+
+
 class ServeConfig(Config):
     version: int = 1
     host: str = "127.0.0.1"
@@ -104,6 +121,9 @@ class ServeConfig(Config):
     cloud: CloudConfig | None = None  # device service only: where to escalate
     llm: LLMConfig = LLMConfig()
     monitor: MonitorConfig = MonitorConfig()  # device service with a router: drift signals, audit, recalibration
+    # PEM public keys a bundle must be signed by (empty: $EDGESHRINK_TRUST if set, else no signature required)
+    trust: list[str] = Field(default_factory=list)
+    update: UpdateConfig | None = None  # device service: update itself from a channel (needs a trust list)
 
     @field_validator("cors_origins")
     @classmethod

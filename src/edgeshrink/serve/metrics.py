@@ -72,6 +72,13 @@ class ClassifierMetrics(Metrics):
                                         "answers: estimate and interval bounds", ["bound"], registry=r)
         self.recalibrations = Counter("edgeshrink_recalibrations", "Label-free recalibrations of the router from "
                                       "the audit sample, by outcome", ["outcome"], registry=r)
+        # updates over the air (serve --update-from; serve/updates.py)
+        self.model_version = Gauge("edgeshrink_model_version", "The release version being served (0: none)",
+                                   registry=r)
+        self.update_checks = Counter("edgeshrink_update_checks", "Update channel checks, by outcome (installed, "
+                                     "up_to_date, refused, failed)", ["outcome"], registry=r)
+        self.rollbacks = Counter("edgeshrink_rollbacks", "Automatic rollbacks of a new version, by reason "
+                                 "(errors, drift)", ["reason"], registry=r)
 
 
 class LLMMetrics(Metrics):

@@ -45,7 +45,7 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
     if role == "device" and config.cloud is not None and not on_request and not has_router(bundle):
         raise no_router(bundle, f"edgeshrink route calibrate --device {bundle} --cloud CLOUD_BUNDLE --task open "
                                 f"--policy budget --budget 0.3")
-    generator = Generator(bundle, threads=config.threads)
+    generator = Generator(bundle, threads=config.threads, trust=config.trust or None)
     metrics = LLMMetrics()
     engine = Engine(generator, on_model_cpu=metrics.model_cpu.inc, prompt_lookup=config.llm.prompt_lookup,
                     on_drafts=lambda drafted, accepted: (metrics.draft_tokens.inc(drafted),
