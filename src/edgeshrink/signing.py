@@ -82,7 +82,7 @@ def _signer(key: str | Path, password_env: str | None, whole_file: bool = False)
     password = _password(password_env)
     try:
         config = signing.Config().use_elliptic_key_signer(private_key=key,
-                                                          password=password.decode() if password else None)
+                                                          password=password)
     except (ValueError, TypeError) as exc:
         raise EdgeshrinkError(f"cannot use {key} as a signing key: {str(exc).splitlines()[0][:160]}") from None
     return config.set_hashing_config(hashing_config(whole_file))

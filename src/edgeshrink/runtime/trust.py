@@ -64,14 +64,19 @@ def key_id(public_key_pem: bytes) -> str:
 
 
 def _differing_file(message: str) -> str:
-    """The first file model-signing's mismatch message names, and how it differs."""
-    for pattern, how in ((r"Hash mismatch for '([^']+)'", "changed"), (r"Extra files found in model '[^']*': ([^,'\"\]]+)",
-                                                                       "added"),
-                         (r"Missing files in model '[^']*': ([^,'\"\]]+)", "missing")):
-        found = re.search(pattern, message)
-        if found:
-            return f"{found.group(1).strip()} {how}"
-    return ""
+    """The files model-signing's mismatch message names (its text is a list's repr: quotes come escaped), and
+    how they differ; a changed file other than the manifest first (the manifest changes with any file)."""
+    text = message.replace("\\", "")
+    found = [(name, "changed") for name in re.findall(r"Hash mismatch for '([^']+)'", text)]
+    for pattern, how in ((r"Extra files found in model '[^']*': ([^'\"\]]+)", "added"),
+                         (r"Missing files in model '[^']*': ([^'\"\]]+)", "missing")):
+        for names in re.findall(pattern, text):
+            found += [(name.strip(), how) for name in names.split(",") if name.strip()]
+    found.sort(key=lambda item: item[0] == "manifest.json")
+    if not found:
+        return ""
+    more = f", and {len(found) - 1} more" if len(found) > 1 else ""
+    return f"{found[0][0]} {found[0][1]}{more}"
 
 
 def verify_signature(bundle: str | Path, keys: list[Path]) -> dict:
