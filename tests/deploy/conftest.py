@@ -55,14 +55,28 @@ def releases(trained_bundle, keys, tmp_path_factory) -> dict:
     int8 = root / "int8-source"
     quantize(bundle, int8, QuantConfig(method="dynamic-int8"), data=str(data))
     unrelated_source = root / "unrelated-source"
-    export(make_tiny_bert(root / "unrelated-model", seed=9), unrelated_source, ExportConfig(), force=True)
-    # the unrelated model has no recorded split: its canary is drawn from the same held-out rows
+    export(_inverted(trained_bundle[1], root / "inverted-model"), unrelated_source, ExportConfig(), force=True)
     return {"v1": make("v1", bundle, 1), "v2": make("v2", int8, 2), "drifting": make("drifting", bundle, 3, other),
             "unrelated": _unrelated(root, unrelated_source, keys, data), "data": data, "cloud": cloud, "root": root}
 
 
+def _inverted(model: Path, out: Path) -> Path:
+    """The trained model with its classifier's two rows swapped: it answers the other label (the same split)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    shutil.copytree(model, out)
+    net = AutoModelForSequenceClassification.from_pretrained(out)
+    with torch.no_grad():
+        net.classifier.weight.copy_(net.classifier.weight.flip(0))
+        net.classifier.bias.copy_(net.classifier.bias.flip(0))
+    net.save_pretrained(out)
+    return out
+
+
 def _unrelated(root: Path, source: Path, keys: dict, data: Path) -> Path:
-    """Release 3 of a random model, its canary the same held-out texts as v1's, labelled by their true labels."""
+    """Release 3 of a model that answers the other label: it meets its own recorded canary accuracy but
+    disagrees with v1 on almost every canary text."""
     from edgeshrink.deploy.release import ReleaseConfig, release
 
     out = root / "unrelated"

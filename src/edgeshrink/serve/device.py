@@ -37,7 +37,7 @@ def device_app(bundle: str | Path, config: ServeConfig, faults: Path | None = No
     if config.update is not None and not trusted_keys(trust):
         raise EdgeshrinkError("updates over the air need a trust list: pass --trust KEY.pub (the publisher's public "
                               "key) or set $EDGESHRINK_TRUST")
-    store = None
+    store, name = None, Path(bundle).name  # the service's model name stays the shipped bundle's across versions
     if config.update is not None:  # serve the store's current version (the bundle given is installed into it)
         from edgeshrink.deploy.store import VersionStore
 
@@ -81,7 +81,8 @@ def device_app(bundle: str | Path, config: ServeConfig, faults: Path | None = No
         metrics.model_version.set(current.version or 0)
         if store is not None:
             updater = Updater(config.update, store, trusted_keys(trust), config.threads,
-                              lambda path, model, signed: watched(activate(path, model, signed), metrics), metrics)
+                              lambda path, model, signed: watched(activate(path, model, signed), metrics), metrics,
+                              needs_router=config.cloud is not None and not on_request)
             updater.active = current
             holder["updater"] = updater
             updater.start()
@@ -164,7 +165,7 @@ def device_app(bundle: str | Path, config: ServeConfig, faults: Path | None = No
                 "route": config.cloud.route if config.cloud else None,
                 "breaker": cloud.breaker.state if cloud else None, **({"drift": watch.status()} if watch else {})}
 
-    app = build_app("device service", Path(bundle).name, labels, infer, config, answer,
+    app = build_app("device service", name, labels, infer, config, answer,
                     on_startup=startup, on_shutdown=shutdown, extra_ready=ready_info, faults=faults)
     shared = app.state.edgeshrink
 

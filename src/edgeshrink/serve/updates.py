@@ -54,8 +54,10 @@ class Updater:
     """The update loop and the rollback watch of one device service."""
 
     def __init__(self, config: UpdateConfig, store, keys: list[Path], threads: int | None, activate, metrics,
-                 log=_log):
+                 log=_log, needs_router: bool = False):
         self.config, self.store, self.keys, self.threads = config, store, keys, threads
+        self.needs_router = needs_router  # the service escalates by router.json: every version must carry one
+        self.failures = 0  # consecutive failed checks: the next one waits longer (up to 64 periods)
         self.activate, self.metrics, self.log = activate, metrics, log  # activate(path, predictor) -> Active
         self.active: Active | None = None
         self.previous: Active | None = None  # kept loaded while the active one is watched
@@ -79,11 +81,13 @@ class Updater:
 
     async def _loop(self) -> None:
         while True:
-            await asyncio.sleep(self.config.every_s)
+            await asyncio.sleep(self.config.every_s * 2 ** min(self.failures, 6))
             try:
-                await self.check()
+                outcome = (await self.check())["outcome"]
             except Exception as exc:  # noqa: BLE001 - the loop must outlive any one check; say why
                 self.log(f"update check failed: {type(exc).__name__}: {exc}")
+                outcome = "failed"
+            self.failures = self.failures + 1 if outcome == "failed" else 0
 
     async def check(self) -> dict:
         """One check of the channel; installs and swaps in a newer release that passes every check."""
@@ -133,6 +137,9 @@ class Updater:
             if why is None and (doc["task"] != running.predictor.manifest["task"]
                                 or doc["labels"] != running.predictor.manifest.get("labels")):
                 why = f"version {offer.version} changes the task or labels this service answers with"
+            if why is None and self.needs_router and "router.json" not in doc["files"] and not any(
+                    rel.startswith("router-") for rel in doc["files"]):
+                why = f"version {offer.version} has no router, and this service escalates by one"
             if why is not None:
                 return {"outcome": "refused", "version": offer.version, "reason": why}
             work = self.store.incoming()
@@ -140,9 +147,8 @@ class Updater:
                 bundle = download(source, offer, work)
                 signed_by = check_bundle_trust(bundle, self.keys)
                 manifest = read_manifest(bundle, verify=True, trust=[])
-                if running.router is not None and not manifest.get("router"):
-                    raise EdgeshrinkError(f"version {offer.version} has no router.json, and this service routes by "
-                                          f"one")
+                if self.needs_router and not manifest.get("router"):
+                    raise EdgeshrinkError(f"version {offer.version} has no router, and this service escalates by one")
                 if (manifest.get("release") or {}).get("version") != offer.version:
                     raise EdgeshrinkError(f"the bundle of version {offer.version} says release "
                                           f"{(manifest.get('release') or {}).get('version')}")
