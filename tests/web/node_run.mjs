@@ -27,7 +27,7 @@ process.stdout.write(JSON.stringify(reply) + "\n");
 
 async function runModel() {
   const t0 = performance.now();
-  const model = await es.load(new URL("model/", pack), { threads: request.threads ?? 1 });
+  const model = await es.load(new URL("model/", pack), { threads: request.threads ?? 1, trust: request.trust ?? null });
   reply.load_ms = performance.now() - t0;
   if (request.classify) {
     const pred = await model.predict(request.classify);

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,6 +132,40 @@ def test_tampered_or_unsafe_bundle_is_refused_by_the_web_runtime(routed, tmp_pat
     manifest_path.write_text(json.dumps(manifest))
     reply = node_run(tmp_path / "web2", {"classify": ["a good film"]})
     assert "points outside the bundle" in reply["error"]
+
+
+def test_signed_bundle_is_checked_by_the_web_runtime(routed, tmp_path):
+    """`load(url, {trust})`: the signature is checked with WebCrypto before the model is used; a wrong key, a file
+    changed with the manifest re-hashed to match, and an unsigned bundle are refused in one line."""
+    from edgeshrink.signing import new_keys, sign_bundle
+    from edgeshrink.web.pack import pack_web
+    from tests.bundle_edit import edit, entry
+
+    key, pub = new_keys(tmp_path / "keys")
+    _, other_pub = new_keys(tmp_path / "keys", name="other")
+    bundle = Path(shutil.copytree(routed["device"], tmp_path / "signed"))
+    sign_bundle(bundle, key)
+    pack_web(bundle, tmp_path / "web")
+    assert (tmp_path / "web" / "model" / "signature.sigstore.json").exists()
+    reply = node_run(tmp_path / "web", {"classify": ["a good film"], "trust": [pub.read_text()]})
+    assert "error" not in reply, reply.get("error")
+    want = node_run(tmp_path / "web", {"classify": ["a good film"]})
+    assert reply["logits"] == want["logits"]
+    reply = node_run(tmp_path / "web", {"classify": ["a good film"], "trust": [other_pub.read_text()]})
+    assert reply["error"].endswith("is not signed by a trusted key: refused")
+    reply = node_run(tmp_path / "web", {"classify": ["a good film"], "trust": [other_pub.read_text(), pub.read_text()]})
+    assert "error" not in reply
+
+    pack_web(bundle, tmp_path / "tampered")
+    tokenizer = tmp_path / "tampered" / "model" / "tokenizer.json"
+    tokenizer.write_text(tokenizer.read_text().replace('"[UNK]"', '"[UNK2]"', 1))
+    edit(tmp_path / "tampered" / "model", lambda m: m["files"].__setitem__("tokenizer.json", entry(tokenizer)))
+    reply = node_run(tmp_path / "tampered", {"classify": ["a good film"], "trust": [pub.read_text()]})
+    assert "files differ from what was signed (manifest.json changed)" in reply["error"]
+
+    pack_web(routed["device"], tmp_path / "unsigned")
+    reply = node_run(tmp_path / "unsigned", {"classify": ["a good film"], "trust": [pub.read_text()]})
+    assert "is not signed (no signature.sigstore.json) and a trust list is given" in reply["error"]
 
 
 # -- web: refusals ----------------------------------------------------------------------------------------------

@@ -51,16 +51,16 @@ def trusted_keys(trust=None) -> list[Path]:
 
 
 def key_id(public_key_pem: bytes) -> str:
-    """A public key's short name: the first 16 hex digits of the sha256 of its DER form (as the signature's
-    key hint)."""
+    """A public key's short name: the first 16 hex digits of the sha256 of its PEM form, which is what a signature
+    names its key by (the ``hint`` in signature.sigstore.json)."""
     from cryptography.hazmat.primitives import serialization
 
     try:
         key = serialization.load_pem_public_key(public_key_pem)
     except ValueError:
         raise EdgeshrinkError("not a PEM public key") from None
-    der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(der).hexdigest()[:16]
+    pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(pem).hexdigest()[:16]
 
 
 def _differing_file(message: str) -> str:

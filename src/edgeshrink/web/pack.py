@@ -91,8 +91,11 @@ def copy_bundle(bundle: Path, manifest: dict, dst: Path) -> None:
     from edgeshrink._files import copy_listed_files
     from edgeshrink.runtime.bundle import MANIFEST_NAME, read_manifest
 
+    from edgeshrink.runtime.trust import SIGNATURE_NAME
+
     dst.mkdir(parents=True)
-    copy_listed_files(bundle, [MANIFEST_NAME, *manifest["files"]], dst)
+    signed = [SIGNATURE_NAME] if (Path(bundle) / SIGNATURE_NAME).is_file() else []  # load(url, {trust}) checks it
+    copy_listed_files(bundle, [MANIFEST_NAME, *manifest["files"], *signed], dst)
     read_manifest(dst, verify=True)
 
 

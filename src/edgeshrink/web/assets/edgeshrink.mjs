@@ -30,6 +30,9 @@ export class EdgeshrinkError extends Error {
 
 const MAX_MANIFEST_BYTES = 16 << 20;
 const MAX_ROUTER_BYTES = 1 << 20;
+const SIGNATURE_NAME = "signature.sigstore.json";  // edgeshrink.runtime.trust: OpenSSF model-signing, a local key
+const MAX_SIGNATURE_BYTES = 16 << 20;
+const IN_TOTO = "application/vnd.in-toto+json";
 const SCHEMA_VERSION = 1;
 // What this runtime runs, per bundle task (edgeshrink.runtime.tasks); anything else is refused in one line.
 const TASKS = {
@@ -173,18 +176,104 @@ async function verifiedFile(base, manifest, rel, limit) {
   return bytes;
 }
 
+// -- signatures (edgeshrink.runtime.trust) ----------------------------------------------------------------------
+function base64Bytes(text, what) {
+  try {
+    return Uint8Array.from(atob(String(text)), (c) => c.charCodeAt(0));
+  } catch {
+    throw new EdgeshrinkError(`${what} is not base64`);
+  }
+}
+
+function pemBytes(pem) {
+  const body = /-----BEGIN PUBLIC KEY-----([\s\S]+?)-----END PUBLIC KEY-----/.exec(String(pem));
+  if (!body) throw new EdgeshrinkError("a trusted key is not a PEM public key (give the .pub file's text)");
+  return base64Bytes(body[1].replace(/\s+/g, ""), "a trusted key");
+}
+
+/** An ECDSA signature in DER (SEQUENCE of two INTEGERs) as WebCrypto's r || s, each `size` bytes; null if malformed. */
+function derToRaw(der, size = 32) {
+  if (der.length < 8 || der[0] !== 0x30) return null;
+  let at = der[1] & 0x80 ? 2 + (der[1] & 0x7f) : 2;
+  const out = new Uint8Array(2 * size);
+  for (let k = 0; k < 2; k++) {
+    if (der[at] !== 0x02) return null;
+    let length = der[at + 1];
+    let start = at + 2;
+    at = start + length;
+    while (length > size && der[start] === 0) { start++; length--; }  // a leading zero keeps an INTEGER positive
+    if (length > size || at > der.length) return null;
+    out.set(der.subarray(start, start + length), (k + 1) * size - length);
+  }
+  return out;
+}
+
+const utf8 = (text) => new TextEncoder().encode(text);
+
+/**
+ * Check the bundle's signature against `trust` (PEM public keys, as text) before anything else is used: one trusted
+ * key signed the DSSE envelope, and the signed statement lists exactly the manifest and the files it lists, with
+ * their sha256. The files themselves are then checked against the manifest as always (so, against the signature).
+ */
+async function checkSignature(base, manifestBytes, manifest, trust) {
+  const subtle = globalThis.crypto?.subtle;
+  if (!subtle) throw new EdgeshrinkError("WebCrypto is not available: the bundle's signature cannot be checked");
+  let raw;
+  try {
+    raw = await readBytes(new URL(SIGNATURE_NAME, base), MAX_SIGNATURE_BYTES);
+  } catch (e) {
+    throw new EdgeshrinkError(`bundle ${base.href} is not signed (no ${SIGNATURE_NAME}) and a trust list is given`);
+  }
+  const bundle = decodeJson(raw, SIGNATURE_NAME);
+  const envelope = bundle?.dsseEnvelope;
+  if (!isObject(envelope) || envelope.payloadType !== IN_TOTO || !Array.isArray(envelope.signatures) ||
+      !envelope.signatures.length) {
+    throw new EdgeshrinkError(`bundle ${base.href} is not signed by a trusted key (${SIGNATURE_NAME} holds no signature)`);
+  }
+  const payload = base64Bytes(envelope.payload, SIGNATURE_NAME);
+  const signed = new Uint8Array([...utf8(`DSSEv1 ${IN_TOTO.length} ${IN_TOTO} ${payload.length} `), ...payload]);
+  const sig = derToRaw(base64Bytes(envelope.signatures[0].sig, SIGNATURE_NAME));
+  let trusted = false;
+  for (const pem of trust) {
+    const key = await subtle.importKey("spki", pemBytes(pem), { name: "ECDSA", namedCurve: "P-256" }, false, ["verify"])
+      .catch(() => { throw new EdgeshrinkError("a trusted key is not a P-256 public key"); });
+    if (sig && await subtle.verify({ name: "ECDSA", hash: "SHA-256" }, key, sig, signed)) { trusted = true; break; }
+  }
+  if (!trusted) throw new EdgeshrinkError(`bundle ${base.href} is not signed by a trusted key: refused`);
+  const statement = decodeJson(payload, `${SIGNATURE_NAME}'s statement`);
+  const resources = statement?.predicate?.resources;
+  if (!Array.isArray(resources) || statement?.predicate?.serialization?.method !== "files") {
+    throw new EdgeshrinkError(`${SIGNATURE_NAME}: the signed statement lists no files`);
+  }
+  const digests = new Map(resources.map((r) => [r?.name, r?.algorithm === "sha256" ? r?.digest : null]));
+  const differ = (rel) => new EdgeshrinkError(`bundle ${base.href} is signed by a trusted key but its files differ from ` +
+    `what was signed (${rel}): refused`);
+  if (digests.get("manifest.json") !== await sha256Hex(manifestBytes)) throw differ("manifest.json changed");
+  for (const [rel, meta] of Object.entries(manifest.files)) {
+    if (digests.get(rel) !== meta.sha256) throw differ(`${rel} ${digests.has(rel) ? "changed" : "added"}`);
+  }
+  for (const rel of digests.keys()) {
+    if (rel !== "manifest.json" && !(rel in manifest.files)) throw differ(`${rel} missing`);
+  }
+}
+
 /**
  * Load a device bundle from `where` (a URL or path of its folder). Every file the runtime uses is fetched, its size
  * and sha256 checked against the manifest, and only then handed to onnxruntime-web. Options: `threads` (wasm
- * threads; threads need a cross-origin-isolated page), `onProgress(message)`.
+ * threads; threads need a cross-origin-isolated page), `onProgress(message)`, `trust` (PEM public keys as text: the
+ * bundle must be signed by one of them, `edgeshrink sign`, checked before any other file is used).
  * Returns a Classifier (text-classification) or a Generator (text-generation).
  */
 export async function load(where, options = {}) {
   const base = baseUrl(where);
   const progress = options.onProgress ?? (() => {});
   const started = performance.now();
-  const manifest = checkManifest(decodeJson(await readBytes(new URL("manifest.json", base), MAX_MANIFEST_BYTES),
-    `${base.href}manifest.json`), base.href);
+  const manifestBytes = await readBytes(new URL("manifest.json", base), MAX_MANIFEST_BYTES);
+  const manifest = checkManifest(decodeJson(manifestBytes, `${base.href}manifest.json`), base.href);
+  if (options.trust?.length) {
+    progress("checking the signature");
+    await checkSignature(base, manifestBytes, manifest, options.trust);
+  }
   const tok = manifest.tokenizer;
   progress(`verifying ${Object.keys(manifest.files).length} files`);
   const modelBytes = await verifiedFile(base, manifest, "model.onnx");
