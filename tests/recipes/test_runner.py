@@ -257,3 +257,24 @@ def test_cnn_recipe_runs_end_to_end_and_reruns_from_cache(tmp_path):
     assert (tmp_path / "out" / "report.html").exists() and report["plots"]
     again = run(path, tmp_path / "out")
     assert all(s["cached"] for s in again["steps"]) and again["targets"] == report["targets"]
+
+
+def test_run_signs_the_device_bundle_it_chose(recipe, tmp_path):
+    """`run --sign-key`: the chosen device bundle is signed, and a rerun still comes from the cache."""
+    from typer.testing import CliRunner
+
+    from edgeshrink.cli import app
+    from edgeshrink.runtime import load
+    from edgeshrink.signing import new_keys
+
+    path, _ = recipe
+    key, pub = new_keys(tmp_path / "keys")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", str(path), "--out", str(out), "--sign-key", str(key), "--json", "-"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout[result.stdout.index("{"):])
+    assert report["signed"]["key_id"] and "signed" in result.stdout
+    load(report["device_bundle"], trust=[pub])
+    again = run(path, out)
+    assert all(s["cached"] for s in again["steps"])
+    load(again["device_bundle"], trust=[pub])

@@ -688,8 +688,9 @@ def run_recipe(recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see rec
                                                      )] = "local",
                address: Annotated[Optional[str], typer.Option(help="--executor ray: the cluster (auto, ray://host:10001, "
                                                               "host:6379; default: a new local Ray).")] = None,
-               json_out: JsonOut = None) -> None:
-    """Run a recipe: every step (cached), the targets checked, report.md and report.json written."""
+               sign_key: SignKey = None, json_out: JsonOut = None) -> None:
+    """Run a recipe: every step (cached), the targets checked, report.md and report.json written; --sign-key signs
+    the device bundle it chose."""
     from edgeshrink.recipes.executors import make_executor
     from edgeshrink.recipes.runner import run
 
@@ -700,6 +701,10 @@ def run_recipe(recipe: Annotated[Path, typer.Argument(help="Recipe YAML (see rec
         typer.echo(f"{'met ' if t['met'] else 'MISSED'} {t['target']}: {value} (bound {t['bound']:g} {t['unit']})".rstrip())
     typer.echo(f"all targets met: {'yes' if report['all_targets_met'] else 'no'}; {report['wall_seconds_this_run']:.0f} s; "
                f"report {Path(report['out']) / 'report.md'}; device bundle {report['device_bundle']}")
+    if sign_key is not None:
+        if not report.get("device_bundle"):
+            raise fail("the recipe chose no device bundle to sign")
+        report["signed"] = sign_written(Path(report["device_bundle"]), sign_key)
     write_json(json_out, report)
 
 
