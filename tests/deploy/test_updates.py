@@ -184,3 +184,24 @@ def test_model_errors_on_a_new_version_roll_it_back():
     assert updater.active is old and updater.previous is None
     assert updater.store.rejected.startswith("errors: model errors on 6 of 100 calls")
     assert "rolled back from version 2 to 1" in logs[-1]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--update-from", "chan"], "updates over the air need a trust list"),
+    (["--update-every", "3"], "update options given without --update-from"),
+    (["--update-from", "chan", "--trust", "KEY", "--cloud", "http://127.0.0.1:9", "--audit-fraction", "0.1",
+      "--recalibrate"], "--recalibrate rewrites the served bundle's router"),
+])
+def test_update_flags_refused_in_one_line(releases, keys, tmp_path, extra, needle):
+    from tests.deploy.test_signing import cli, one_line_refusal
+
+    extra = [str(keys["pub"]) if e == "KEY" else e for e in extra]
+    one_line_refusal(cli("serve", releases["v1"], "--port", "0", *extra), needle)
+    assert not (releases["v1"].parent / "v1.versions").exists()  # nothing written
+
+
+def test_updates_are_refused_for_a_language_model_service(tiny_llm_bundle, keys):
+    from tests.deploy.test_signing import cli, one_line_refusal
+
+    one_line_refusal(cli("serve", tiny_llm_bundle, "--port", "0", "--update-from", "chan", "--trust", keys["pub"]),
+                     "--update-from", "text-classification")

@@ -52,7 +52,9 @@ class VersionStore:
         atomic_write_bytes(self.root / STATE_NAME, json.dumps(self.state, indent=2).encode(), durable=True)
 
     def event(self, kind: str, **fields) -> dict:
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "event": kind, **fields}
+        now = time.time()
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)), "unix": round(now, 3), "event": kind,
+                  **fields}
         self.state["events"].append(record)
         return record
 
