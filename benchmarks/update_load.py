@@ -209,8 +209,8 @@ def main() -> None:
     }
     print(json.dumps({k: v for k, v in result.items() if k != "cpu"}, indent=2))
     print(f"\nCPU {result['cpu']['model']}; ISA {' '.join(result['cpu']['isa'])}")
-    print(f"| clients | requests | errors | answers not of the version they name | versions answering | "
-          f"installed | rolled back | p50 / p99 ms |")
+    print("| clients | requests | errors | answers not of the version they name | versions answering | "
+          "installed | rolled back | p50 / p99 ms |")
     print("|---:|---:|---:|---:|---|---|---|---|")
     print(f"| {args.clients} | {len(records)} | {len(errors)} | {len(mixed)} | {result['versions_answering']} | "
           f"{result['installed']} | {[(e['version'], e['to']) for e in rolled]} after {len(drifting_texts)} texts | "

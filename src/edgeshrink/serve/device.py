@@ -60,13 +60,12 @@ def device_app(bundle: str | Path, config: ServeConfig, faults: Path | None = No
         return Active(release, Path(path), model, Router(model, None, read_router(path)) if has_router(path) else None,
                       signed)
 
-    current = activate(bundle, predictor, signed_by)
-    router = current.router
+    current = activate(bundle, predictor, signed_by)  # the version answering until an update (or rollback) replaces it
     if (config.monitor.audit_fraction > 0 or config.monitor.recalibrate) and config.cloud is None:
         raise EdgeshrinkError("the audit and recalibration need the cloud's answers: give --cloud URL")
     if (config.monitor.audit_fraction > 0 or config.monitor.recalibrate) and on_request:
         raise EdgeshrinkError("the audit and recalibration watch the router's decisions: they go with --route router")
-    holder: dict = {"active": current}  # the version answering: replaced whole by an update or a rollback
+    holder: dict = {}
 
     def watched(active: Active, metrics) -> Active:
         if active.router is not None and not on_request:

@@ -16,6 +16,7 @@ never taken again, and says so in the log, ``/metrics`` and ``/v1/version``.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -154,8 +155,6 @@ class Updater:
                                           f"{(manifest.get('release') or {}).get('version')}")
                 name, staged = self.store.stage(bundle, offer.version)
             finally:
-                import shutil
-
                 shutil.rmtree(work, ignore_errors=True)
             try:
                 predictor = load(staged, threads=self.threads, trust=[])
