@@ -95,22 +95,11 @@ def verify_signature(bundle: str | Path, keys: list[Path]) -> dict:
         raise EdgeshrinkError(f"bundle {bundle}: {SIGNATURE_NAME} is not a signature file")
     if not keys:
         raise EdgeshrinkError("no trusted key given: pass --trust KEY.pub (or set $EDGESHRINK_TRUST)")
-    verifying = _verifier()
-    mismatch = None
-    for key in keys:
-        try:
-            verifying.Config().use_elliptic_key_verifier(public_key=key).set_hashing_config(hashing_config()) \
-                .verify(bundle, signature)
-        except ValueError as exc:
-            text = str(exc)
-            if text.startswith("Signature mismatch"):
-                mismatch = mismatch or (key, _differing_file(text))
-            continue
-        except Exception:  # noqa: BLE001 - a malformed signature file (protobuf/JSON errors): not by this key
-            continue
-        return {"key": str(key), "key_id": key_id(key.read_bytes())}
+    signed_by, mismatch = _first_key(bundle, signature, keys, whole_file=False)
+    if signed_by is not None:
+        return signed_by
     if mismatch is not None:
-        file = f" ({mismatch[1]})" if mismatch[1] else ""
+        file = f" ({mismatch})" if mismatch else ""
         raise EdgeshrinkError(f"bundle {bundle} is signed by a trusted key but its files differ from what was "
                               f"signed{file}: refused")
     raise EdgeshrinkError(f"bundle {bundle} is not signed by a trusted key ({', '.join(k.name for k in keys)}): "
@@ -126,30 +115,35 @@ def hashing_config(whole_file: bool = False):
     return config if whole_file else config.set_ignored_paths(paths=[SIGNATURE_NAME], ignore_git_paths=False)
 
 
-def _verifier():
+def _first_key(model: Path, signature: Path, keys: list[Path], whole_file: bool) -> tuple[dict | None, str | None]:
+    """The first of ``keys`` whose signature ``signature`` is over exactly ``model``: ({"key", "key_id"}, None); else
+    (None, what differs) when a key signed it but the files differ, else (None, None)."""
     try:
         from model_signing import verifying
     except ImportError:
         raise EdgeshrinkError("verifying signatures needs model-signing: pip install 'edgeshrink[signing]'") from None
-    return verifying
+    mismatch = None
+    for key in keys:
+        try:
+            verifying.Config().use_elliptic_key_verifier(public_key=key).set_hashing_config(
+                hashing_config(whole_file)).verify(model, signature)
+        except ValueError as exc:
+            if str(exc).startswith("Signature mismatch") and mismatch is None:
+                mismatch = _differing_file(str(exc))
+            continue
+        except Exception:  # noqa: BLE001 - a malformed signature file (protobuf/JSON errors): not by this key
+            continue
+        return {"key": str(key), "key_id": key_id(key.read_bytes())}, None
+    return None, mismatch
 
 
 def verify_file_signature(path: Path, signature: Path, keys: list[Path], what: str) -> dict:
     """One signed file (a channel document) against ``keys``: the key that signed it, or a one-line refusal."""
     if not keys:
         raise EdgeshrinkError("no trusted key given: pass --trust KEY.pub (or set $EDGESHRINK_TRUST)")
-    verifying = _verifier()
-    changed = False
-    for key in keys:
-        try:
-            verifying.Config().use_elliptic_key_verifier(public_key=key).set_hashing_config(
-                hashing_config(whole_file=True)).verify(path, signature)
-        except ValueError as exc:
-            changed = changed or str(exc).startswith("Signature mismatch")
-            continue
-        except Exception:  # noqa: BLE001 - a malformed signature: not by this key
-            continue
-        return {"key": str(key), "key_id": key_id(key.read_bytes())}
-    if changed:
+    signed_by, mismatch = _first_key(path, signature, keys, whole_file=True)
+    if signed_by is not None:
+        return signed_by
+    if mismatch is not None:
         raise EdgeshrinkError(f"{what} was changed after it was signed: refused")
     raise EdgeshrinkError(f"{what} is not signed by a trusted key: refused")
