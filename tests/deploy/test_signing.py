@@ -169,3 +169,23 @@ def test_verify_accuracy_scores_the_canary_here(releases, keys, tmp_path):
     (bundle / "signature.sigstore.json").unlink()
     line = one_line_refusal(cli("verify", bundle, "--accuracy"), "below its recorded")
     assert "points" in line
+
+
+def test_canary_check_refuses_a_version_below_its_recorded_accuracy(releases, tmp_path):
+    """The update gate's accuracy half: a version that scores less here than it recorded (beyond the tolerance) is
+    refused even when it agrees with the running one; within the tolerance it passes."""
+    from edgeshrink.deploy.canary import CanaryConfig, canary_check
+    from edgeshrink.runtime import load
+
+    running = load(releases["v1"])
+    bundle = copy_bundle(releases["v1"], tmp_path / "b")
+    (bundle / "signature.sigstore.json").unlink()
+    recorded = json.loads((bundle / "manifest.json").read_text())["canary"]["accuracy"]
+    edit(bundle, lambda m: m["canary"].__setitem__("accuracy", recorded + 0.05))
+    result = canary_check(load(bundle), running, CanaryConfig())
+    assert not result["ok"] and result["agreement"] == 1.0
+    assert "below the recorded" in result["reason"]
+    assert canary_check(load(bundle), running, CanaryConfig(accuracy_tolerance=0.06))["ok"]
+    no_canary = copy_bundle(releases["cloud"], tmp_path / "none")
+    assert canary_check(load(no_canary), running, CanaryConfig())["reason"].startswith("the new version carries no")
+    assert canary_check(load(no_canary), running, CanaryConfig(require=False))["ok"]
