@@ -44,8 +44,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="edgeshrink-signing-") as tmp:
         key, pub = new_keys(Path(tmp) / "keys")
-        for source in args.bundles:
-            bundle = Path(tmp) / source.name
+        for i, source in enumerate(args.bundles):
+            bundle = Path(tmp) / f"{i}-{source.name}"
             shutil.copytree(source, bundle)
             manifest = read_manifest(bundle)
             times = {"sign_ms": [], "verify_ms": [], "load_ms": [], "load_trusted_ms": []}
