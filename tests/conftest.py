@@ -173,7 +173,7 @@ SERIAL = ("tests/serve/test_app.py", "tests/serve/test_batcher.py", "tests/serve
           "tests/serve/test_ray_engine.py", "tests/serve/test_watch.py",
           "tests/recipes/test_ray_executor.py", "tests/recipes/test_ray_failover.py",
           "tests/runtime/test_speculative.py", "tests/runtime/test_chat_template.py",
-          "tests/web/test_web.py::test_demo_page_in_chromium", "tests/deploy/test_updates.py")
+          "tests/web/test_web.py::test_demo_page_in_chromium")
 
 
 def pytest_collection_modifyitems(config, items):
