@@ -141,3 +141,24 @@ def test_over_http_a_stall_and_garbage_are_refused(http_channel, keys, tmp_path)
     handler.mode = "ok"
     with pytest.raises(EdgeshrinkError, match="HTTP 404"):
         fetch(url + "/nothing-here", keys)
+
+
+def test_check_for_update_from_python(channel, releases, keys, tmp_path):
+    """The Python API: one check with the service's store, checks and canary; then up to date; an older channel
+    is refused and the version in use stays."""
+    from edgeshrink.deploy.updater import check_for_update
+    from edgeshrink.runtime.bundle import read_manifest
+
+    shipped = Path(shutil.copytree(releases["v1"], tmp_path / "device"))
+    first = check_for_update(shipped, str(channel), trust=[keys["pub"]])
+    assert first["outcome"] == "installed" and first["version"] == 2 and first["canary"]["ok"]
+    assert read_manifest(first["bundle"], trust=[keys["pub"]])["release"]["version"] == 2
+    again = check_for_update(shipped, str(channel), trust=[keys["pub"]])
+    assert again["outcome"] == "up_to_date" and again["bundle"] == first["bundle"]
+    older = tmp_path / "older"
+    publish_to(older, releases["v1"], keys)
+    refused = check_for_update(shipped, str(older), trust=[keys["pub"]])
+    assert refused["outcome"] == "refused" and "rollback protection" in refused["reason"]
+    assert refused["bundle"] == first["bundle"]
+    with pytest.raises(EdgeshrinkError, match="need a trust list"):
+        check_for_update(shipped, str(channel), trust=[])

@@ -16,7 +16,6 @@ never taken again, and says so in the log, ``/metrics`` and ``/v1/version``.
 from __future__ import annotations
 
 import asyncio
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -120,59 +119,10 @@ class Updater:
 
     def _fetch(self, running: Active) -> dict:
         """In a worker thread: read the channel; download, verify, stage and canary a newer release."""
-        from edgeshrink import __version__
-        from edgeshrink.deploy.canary import canary_check
-        from edgeshrink.deploy.channel import Source, download, read_offer, runtime_version_tuple
-        from edgeshrink.runtime import load
-        from edgeshrink.runtime.bundle import check_bundle_trust, read_manifest
+        from edgeshrink.deploy.updater import fetch_update
 
-        source = Source(self.config.source, time.monotonic() + self.config.timeout_s, self.config.stall_s)
-        try:
-            offer = read_offer(source, self.keys)
-            doc = offer.doc
-            if offer.version == running.version:
-                return {"outcome": "up_to_date", "version": offer.version}
-            why = self.store.refusal(offer.version)
-            if why is None and runtime_version_tuple(doc["min_runtime"]) > runtime_version_tuple(__version__):
-                why = f"version {offer.version} needs edgeshrink {doc['min_runtime']}; this is {__version__}"
-            if why is None and (doc["task"] != running.predictor.manifest["task"]
-                                or doc["labels"] != running.predictor.manifest.get("labels")):
-                why = f"version {offer.version} changes the task or labels this service answers with"
-            if why is None and self.needs_router and "router.json" not in doc["files"] and not any(
-                    rel.startswith("router-") for rel in doc["files"]):
-                why = f"version {offer.version} has no router, and this service escalates by one"
-            if why is not None:
-                return {"outcome": "refused", "version": offer.version, "reason": why}
-            work = self.store.incoming()
-            try:
-                bundle = download(source, offer, work)
-                signed_by = check_bundle_trust(bundle, self.keys)
-                manifest = read_manifest(bundle, verify=True, trust=[])
-                if self.needs_router and not manifest.get("router"):
-                    raise EdgeshrinkError(f"version {offer.version} has no router, and this service escalates by one")
-                if (manifest.get("release") or {}).get("version") != offer.version:
-                    raise EdgeshrinkError(f"the bundle of version {offer.version} says release "
-                                          f"{(manifest.get('release') or {}).get('version')}")
-                name, staged = self.store.stage(bundle, offer.version)
-            finally:
-                shutil.rmtree(work, ignore_errors=True)
-            try:
-                predictor = load(staged, threads=self.threads, trust=[])
-                canary = canary_check(predictor, running.predictor, self.config.canary)
-            except BaseException:
-                self.store.discard(name)
-                raise
-            if not canary["ok"]:
-                self.store.discard(name)
-                self.store.reject(offer.version, f"canary: {canary['reason']}")
-                return {"outcome": "refused", "version": offer.version, "reason": f"canary: {canary['reason']}",
-                        "canary": canary}
-            return {"outcome": "staged", "version": offer.version, "name": name, "path": staged,
-                    "predictor": predictor, "signed_by": signed_by, "canary": canary}
-        except EdgeshrinkError as exc:
-            return {"outcome": "failed", "reason": str(exc)}
-        finally:
-            source.close()
+        return fetch_update(self.config.source, self.store, self.keys, running.predictor, self.config.canary,
+                            self.config.timeout_s, self.config.stall_s, self.threads, self.needs_router)
 
     # -- the watch on a new version ----------------------------------------------------------------------------
     def after_answer(self, active: Active) -> None:
