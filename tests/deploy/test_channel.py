@@ -162,3 +162,30 @@ def test_check_for_update_from_python(channel, releases, keys, tmp_path):
     assert refused["bundle"] == first["bundle"]
     with pytest.raises(EdgeshrinkError, match="need a trust list"):
         check_for_update(shipped, str(channel), trust=[])
+
+
+def test_the_store_recovers_and_outlives_a_damaged_shipped_bundle(releases, keys, tmp_path):
+    """A version moved in but never committed (a crash before state.json) is removed at the next start; a shipped
+    bundle damaged later does not stop a store that has a good current version."""
+    from edgeshrink.deploy.store import VersionStore
+    from edgeshrink.runtime.bundle import read_manifest
+
+    def usable(path):
+        return read_manifest(path, trust=[keys["pub"]])["release"]["version"]
+
+    shipped = Path(shutil.copytree(releases["v1"], tmp_path / "device"))
+    store = VersionStore(tmp_path / "store")
+    assert usable(store.open(shipped, usable)) == 1
+    work = store.incoming()
+    shutil.copytree(releases["v2"], work / "bundle")
+    name, _ = store.stage(work / "bundle", 2)  # the crash: staged, never committed
+    again = VersionStore(tmp_path / "store")
+    assert usable(again.open(shipped, usable)) == 1
+    assert not (again.versions / name).exists() and not list((tmp_path / "store").glob(".incoming-*"))
+    work = again.incoming()
+    shutil.copytree(releases["v2"], work / "bundle")
+    again.commit(work / "bundle", 2, "update")
+    (shipped / "tokenizer.json").write_text("{}")
+    third = VersionStore(tmp_path / "store")
+    assert usable(third.open(shipped, usable)) == 2
+    assert third.state["events"][-1]["event"] == "skipped" and "tokenizer.json" in third.state["events"][-1]["reason"]

@@ -162,8 +162,10 @@ class Source:
         if self.http:
             import httpx
 
+            # identity: the bytes hashed are the bytes published (a server's gzip would change them)
             self.client = httpx.Client(timeout=httpx.Timeout(stall_s, connect=min(stall_s, 10.0)),
-                                       follow_redirects=False, trust_env=False)
+                                       follow_redirects=False, trust_env=False,
+                                       headers={"Accept-Encoding": "identity"})
 
     def close(self) -> None:
         if self.client is not None:
@@ -216,7 +218,7 @@ class Source:
                     length = response.headers.get("content-length")
                     if length is not None and length.isdigit() and int(length) > max_bytes:
                         raise EdgeshrinkError(f"{url} is {length} bytes; at most {max_bytes} expected")
-                    for block in response.iter_raw(1 << 16):
+                    for block in response.iter_bytes(1 << 16):
                         self._left(what)
                         take(block)
             except httpx.TimeoutException:

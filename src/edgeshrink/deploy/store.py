@@ -79,7 +79,14 @@ class VersionStore:
         for path in self.versions.iterdir():
             if path.name not in named:  # moved in, never committed (a crash between the rename and state.json)
                 shutil.rmtree(path, ignore_errors=True)
-        shipped_version = usable(shipped)
+        try:
+            shipped_version = usable(shipped)
+        except EdgeshrinkError as exc:  # the bundle given cannot be used: the store's own versions still can
+            if self.state["current"] is None:
+                raise
+            self.event("skipped", version="shipped", reason=str(exc))
+            self._save()
+            shipped_version = None
         if self.state["current"] is None or (shipped_version or 0) > (self.version_of(self.state["current"]) or 0):
             self.install_copy(shipped, shipped_version or 0, "shipped")
         while True:
