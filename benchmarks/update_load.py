@@ -11,7 +11,7 @@ release N+1 is the drifting one. The cloud (`serve-cloud --publish`) serves the 
 --update-from CLOUD/v1/channel --update-every 1`) starts on release 1.
 
 While 16 client threads send one movie review per request (a pool of 400 test texts), a new release is published
-every --every seconds, then the drifting one. Every answer is checked afterwards against the version it names: its
+every --every seconds (after --baseline-s seconds of load with none), then the drifting one. Every answer is checked afterwards against the version it names: its
 label and probabilities must be what that version's model gives for that text (A and B differ, so a mix would show),
 and its source must follow that version's router (escalated or not). Prints the figures as Markdown.
 """
@@ -90,6 +90,8 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=4.0)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--watch", type=int, default=300)
+    parser.add_argument("--baseline-s", type=float, default=20.0,
+                        help="Seconds of load before the first release is published: the latency without updates.")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
 
@@ -140,6 +142,7 @@ def main() -> None:
             for thread in threads:
                 thread.start()
             published = {1: t0}
+            time.sleep(max(0.0, args.baseline_s - args.every))
             for version in range(2, args.updates + 3):
                 time.sleep(args.every)
                 publish(state["versions"][str(version)]["path"], channel, state["key"])
@@ -188,6 +191,15 @@ def main() -> None:
     rolled = [e for e in timeline if e["event"] == "rolled_back"]
     drifting_texts = [r for r in records if r["status"] == 200 and r["version"] == drifting]
     latencies = sorted(r["ms"] for r in records if r["status"] == 200)
+    first_publish = min(v for k, v in published.items() if k > 1)
+
+    def percentiles(values):
+        values = sorted(values)
+        return {"n": len(values), "p50": statistics.median(values), "p99": values[int(0.99 * (len(values) - 1))]} \
+            if values else None
+
+    phases = {"before_updates": percentiles(r["ms"] for r in records if r["status"] == 200 and r["t"] < first_publish),
+              "while_updating": percentiles(r["ms"] for r in records if r["status"] == 200 and r["t"] >= first_publish)}
     swap_lag = []
     for e in installs:
         swap_lag.append(e["unix"] - published[e["version"]])
@@ -202,6 +214,7 @@ def main() -> None:
         "watch_window_texts": args.watch,
         "latency_ms": {"p50": statistics.median(latencies), "p99": latencies[int(0.99 * (len(latencies) - 1))],
                        "max": latencies[-1]},
+        "latency_by_phase_ms": phases,
         "duration_s": records[-1]["t"] - records[0]["t"] if records else 0,
         "swap_lag_s_max": max(swap_lag) if swap_lag else None,
         "rollbacks_metric": [line for line in metrics.splitlines() if line.startswith("edgeshrink_rollbacks_total")],
