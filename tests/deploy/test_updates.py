@@ -4,7 +4,6 @@ automatic rollback, and a kill -9 during the swap. Real services as subprocesses
 from __future__ import annotations
 
 import json
-import random
 import shutil
 import time
 from pathlib import Path
@@ -129,20 +128,19 @@ def test_drift_on_a_new_version_rolls_it_back(releases, keys, tmp_path, start):
 
 
 def test_kill_during_the_swap_leaves_one_complete_version(releases, keys, tmp_path, start):
-    """kill -9 at spread-out moments of an update; after each restart the service runs version 1 or 2, the
+    """kill -9 at four spread-out moments of an update; after each restart the service runs version 1 or 2, the
     store's current version verifies whole, and nothing half-written is left."""
     from edgeshrink.deploy.store import VersionStore
     from edgeshrink.runtime.bundle import read_manifest
 
     channel = tmp_path / "channel"
     publish_to(channel, releases["v2"], keys)
-    rng = random.Random(0)
     seen = set()
-    for trial in range(6):
+    for trial, delay in enumerate((0.05, 0.35, 0.65, 0.95)):  # before the first check (0.2 s) ... after the swap
         store = tmp_path / f"store-{trial}"
         shipped = copy_of(releases["v1"], tmp_path, f"device-{trial}")
         server = start(*serve_args(shipped, channel, keys, store))
-        time.sleep(rng.uniform(0.0, 1.2))
+        time.sleep(delay)
         server.kill()
         state = json.loads((store / "state.json").read_text())
         current = VersionStore(store).versions / state["current"]
@@ -154,7 +152,8 @@ def test_kill_during_the_swap_leaves_one_complete_version(releases, keys, tmp_pa
         assert sorted(p.name for p in (store / "versions").iterdir()) == sorted(
             json.loads((store / "state.json").read_text())["versions"])
         restarted.stop()
-    assert seen <= {1, 2}
+    assert seen <= {1, 2}, seen
+    print(f"versions after the kills: {sorted(seen)}")
 
 
 def test_model_errors_on_a_new_version_roll_it_back():
