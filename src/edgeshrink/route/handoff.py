@@ -1,0 +1,148 @@
+"""Token-level handoff (issue 31, first part): when should the device stop writing and let the cloud continue?
+
+The device streams its greedy answer; at the first token whose calibrated signal (log-probability, entropy or
+margin of the device's next-token distribution) falls below a threshold λ, the rest of the answer goes to the
+cloud. This module chooses λ with a stated bound, from held-out prompts, label-free:
+
+    data = HandoffData(signals=[s_1, s_2, ...], agree=[a_1, a_2, ...])   # per prompt, per device token
+    result = calibrate_handoff(data, HandoffConfig(alpha=0.05, delta=0.1))
+    result.threshold, result.device_token_share, result.guarantee
+
+Per prompt i the device's greedy answer has tokens t = 1..T_i with signals s_it; ``agree[i][t]`` says whether the
+cloud, given the device's prefix before t (one teacher-forced cloud pass over the device's answer), would have
+chosen the same token. At threshold λ the device keeps K_i(λ) tokens (those before the first s_it < λ), of which
+D_i(λ) disagree with the cloud.
+
+**The bound.** Tokens of one answer are not exchangeable (they depend on each other); prompts are. So the unit
+is the answer: its loss at λ is the share of the tokens it keeps that the cloud would have chosen differently,
+L_i(λ) = D_i(λ) / K_i(λ) in [0, 1], over the answers that keep at least one token (which ones do depends on the
+signals alone, so the losses of those answers are still exchangeable; thresholds at which fewer than
+``min_answers_kept`` of the answers keep a token, or too few for even zero disagreement to reject, are skipped). Learn-then-Test (Angelopoulos et al. 2021):
+thresholds of a grid over the signal's range are tested from strict (high λ, few tokens kept) to lenient; at
+each, H0 "E[L(λ)] > α" is rejected when the Hoeffding–Bentkus p-value of the mean loss is ≤ δ; the sequence stops
+at the first failure and the last rejected λ is kept. Then with probability ≥ 1 − δ over the draw of the
+calibration prompts, the disagreeing share of the tokens the device keeps, averaged over the answers in which
+it keeps any, is ≤ α,
+if future prompts are exchangeable with them. No labels are used: the bound is on disagreement with the cloud's
+own greedy choices, not on correctness. (An answer-weighted rate: a pooled token rate E[D]/E[K] would weigh long
+answers more, and its test, on (D − αK)/T_max, had too little power at a few hundred prompts.)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import Field
+
+from edgeshrink.config import Config
+from edgeshrink.errors import EdgeshrinkError
+from edgeshrink.route.policies import examples_needed
+
+
+class HandoffConfig(Config):
+    version: int = 1
+    alpha: float = Field(0.05, gt=0, lt=1)  # bound on disagreement among the tokens the device keeps
+    delta: float = Field(0.1, gt=0, lt=1)  # allowed probability that the bound fails
+    grid_size: int = Field(200, ge=10, le=10_000)  # thresholds tested, strict to lenient
+    min_prompts: int = Field(30, ge=1)  # fewer calibration prompts: refused
+    # thresholds are tested once at least this share of the answers keep a token (the strictest ones, where a few
+    # answers keep one token each, have too little power to start a fixed sequence that stops at its first failure)
+    min_answers_kept: float = Field(0.5, gt=0, le=1)
+
+
+@dataclass
+class HandoffData:
+    """Per calibration prompt: the device's signal and the cloud's agreement, per token of the device's answer."""
+
+    signals: list[np.ndarray]
+    agree: list[np.ndarray]
+    max_tokens: int = 0  # T_max, the answers' token budget (0: the longest answer)
+
+    def __post_init__(self) -> None:
+        if len(self.signals) != len(self.agree):
+            raise EdgeshrinkError("handoff data: one signal row and one agreement row per prompt")
+        self.signals = [np.asarray(s, dtype=float) for s in self.signals]
+        self.agree = [np.asarray(a, dtype=bool) for a in self.agree]
+        for s, a in zip(self.signals, self.agree):
+            if s.shape != a.shape or s.ndim != 1:
+                raise EdgeshrinkError("handoff data: a prompt's signals and agreements must be equally long")
+            if not np.all(np.isfinite(s)):
+                raise EdgeshrinkError("handoff data: signals must be finite")
+        self.max_tokens = max(self.max_tokens, max((len(s) for s in self.signals), default=0), 1)
+
+    def kept(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+        """(K_i, D_i) at ``threshold``: tokens kept before the first signal below it, and disagreements among them."""
+        kept = np.array([int(np.argmax(s < threshold)) if np.any(s < threshold) else len(s) for s in self.signals])
+        disagreed = np.array([int(np.sum(~a[:k])) for a, k in zip(self.agree, kept)])
+        return kept, disagreed
+
+    def candidates(self, size: int) -> np.ndarray:
+        """Thresholds strict to lenient: quantiles of a grid over the signal's range (the range only; with a
+        fixed grid the test does not depend on which thresholds the errors would favour)."""
+        values = np.concatenate(self.signals) if self.signals else np.zeros(1)
+        lo, hi = float(values.min()), float(values.max())
+        return np.linspace(hi + 1e-9, lo, size)
+
+
+@dataclass
+class HandoffResult:
+    threshold: float  # hand off at the first token whose signal is below this (inf: the cloud writes everything)
+    device_token_share: float  # of the calibration answers' tokens, the share the device keeps
+    disagreement_among_kept: float | None  # on calibration: the mean over answers that keep a token
+    guarantee: str
+    thresholds_tested: int
+    last_p_value: float | None
+    curve: list[dict] = field(default_factory=list)  # every grid threshold: share kept, disagreement among kept
+
+
+def mean_loss_p_value(losses: np.ndarray, alpha: float) -> float:
+    """p-value of H0 "E[loss] > alpha" for losses in [0, 1] (Hoeffding–Bentkus, Bates et al. 2021; the binomial
+    part takes the summed loss rounded up, which can only make the p-value larger)."""
+    from edgeshrink.route.policies import p_value
+
+    n = len(losses)
+    if n == 0:
+        return 1.0
+    return float(p_value(np.array([math.ceil(float(np.sum(losses)) - 1e-9)]), np.array([n]), alpha,
+                         "hoeffding-bentkus")[0])
+
+
+def calibrate_handoff(data: HandoffData, config: HandoffConfig | None = None) -> HandoffResult:
+    """Choose the handoff threshold (see the module docstring)."""
+    config = config or HandoffConfig()
+    n = len(data.signals)
+    if n < config.min_prompts:
+        raise EdgeshrinkError(f"handoff calibration needs at least {config.min_prompts} prompts; got {n}")
+    total = sum(len(s) for s in data.signals)
+    if total == 0:
+        raise EdgeshrinkError("handoff calibration: the device's answers hold no tokens")
+    chosen, tested, last_p, curve = math.inf, 0, None, []
+    stopped = False
+    for value in data.candidates(config.grid_size):
+        kept, disagreed = data.kept(value)
+        losses = (disagreed / np.maximum(kept, 1))[kept > 0]  # the answers that keep a token (signals decide which)
+        p = mean_loss_p_value(losses, config.alpha)
+        share = float(kept.sum() / total)
+        curve.append({"threshold": float(value), "device_token_share": share,
+                      "disagreement_among_kept": float(losses.mean()) if len(losses) else None, "p_value": p})
+        # too few answers keep a token for even zero disagreement to reject: not a test (signals only decide it)
+        if stopped or len(losses) < max(examples_needed(config.alpha, config.delta), config.min_answers_kept * n):
+            continue
+        tested += 1
+        last_p = p
+        if p > config.delta:
+            stopped = True  # fixed sequence: stop at the first failure (the curve goes on, for the report)
+            continue
+        chosen = float(value)
+    if chosen == math.inf:
+        return HandoffResult(math.inf, 0.0, None, f"no handoff threshold is safe at alpha={config.alpha:g}, "
+                             f"delta={config.delta:g}: the cloud writes every answer", tested, last_p, curve)
+    kept, disagreed = data.kept(chosen)
+    return HandoffResult(
+        chosen, float(kept.sum() / total), float((disagreed / np.maximum(kept, 1))[kept > 0].mean()),
+        f"with probability ≥ {100 * (1 - config.delta):g}% over the draw of the {n} calibration prompts, the share "
+        f"of the tokens the device keeps in an answer that the cloud would have chosen otherwise is ≤ "
+        f"{100 * config.alpha:g}% on average over the answers in which it keeps any (if future prompts are exchangeable with the calibration prompts; no labels: "
+        f"agreement with the cloud's greedy choices, not correctness)", tested, last_p, curve)
