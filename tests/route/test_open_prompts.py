@@ -104,3 +104,38 @@ def test_task_open_calibrates_on_the_built_in_prompts_with_progress_in_a_log(pai
     assert "open-prompts" in result.output and "routing the test split: prompts answered" in result.output
     assert "give --data" in runner.invoke(app, ["route", "calibrate", "--device", str(device), "--cloud",
                                                 str(root / "cloud"), "--policy", "budget", "--budget", "0.4"]).output
+
+
+def test_per_token_agreement_and_the_handoff_section(pair, tmp_path):
+    """Per token: the cloud's teacher-forced agreement (the leading run is agreed_tokens); `--handoff` adds the
+    token-level threshold, its guarantee and the curve to the router."""
+    import shutil
+
+    root, calibration, _ = pair
+    device, cloud = load(root / "device"), load(root / "cloud")
+    answers = open_answers(device, cloud, prompts(24, 7), answer_tokens=6)
+    for i in range(24):
+        same = answers.token_agree[i]
+        assert len(same) == len(answers.token_logprobs[i]) == answers.answer_tokens[i]
+        assert answers.agreed_tokens[i] == (len(same) if same.all() else int(np.argmin(same)))
+        assert np.all(answers.token_logprobs[i] <= 0) and np.all(answers.token_entropies[i] >= 0)
+    routed = tmp_path / "device"
+    shutil.copytree(root / "device", routed)
+    result = CliRunner().invoke(app, ["route", "calibrate", "--device", str(routed), "--cloud", str(root / "cloud"),
+                                      "--data", str(calibration), "--label-column", "", "--task", "open", "--policy",
+                                      "budget", "--budget", "0.4", "--answer-tokens", "6", "--handoff", "--alpha",
+                                      "0.2"])
+    assert result.exit_code == 0, result.output
+    assert "handoff (300 prompts):" in result.output and "handoff guarantee:" in result.output
+    handoff = json.loads((routed / "router.json").read_text())["handoff"]
+    assert handoff["signal"] == "logprob" and handoff["prompts"] == 300 and handoff["curve"]
+    if handoff["threshold"] is not None:
+        assert 0 < handoff["device_token_share"] <= 1 and handoff["disagreement_among_kept"] <= 0.2 + 0.1
+    refused = CliRunner().invoke(app, ["route", "calibrate", "--device", str(routed), "--cloud", str(root / "cloud"),
+                                       "--data", str(calibration), "--policy", "budget", "--budget", "0.4",
+                                       "--alpha", "0.1", "--handoff"])
+    assert refused.exit_code == 2 and "task open" in refused.output
+    refused = CliRunner().invoke(app, ["route", "calibrate", "--device", str(routed), "--cloud", str(root / "cloud"),
+                                       "--data", str(calibration), "--label-column", "", "--task", "open", "--policy",
+                                       "budget", "--budget", "0.4", "--handoff"])
+    assert refused.exit_code == 2 and "handoff needs alpha" in refused.output

@@ -74,6 +74,10 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt,
                                                           "labelled task) | open (free answers; label-free agreement "
                                                           "with the cloud, on mean-logprob unless --signal says)."))] = None,
               answer_tokens: Annotated[Optional[int], typer.Option(help=config_help(ROUTE, "answer_tokens", "task open: the device's answer length."))] = None,
+              handoff: Annotated[bool, typer.Option("--handoff", help="task open: also calibrate the token-level "
+                                                    "handoff (the device streams, the cloud continues from the first "
+                                                    "unsure token), bounded at the same --alpha and --delta.")] = False,
+              handoff_signal: Annotated[Optional[str], typer.Option(help=config_help(ROUTE, "handoff_signal", "--handoff: the per-token signal, logprob | neg-entropy."))] = None,
               text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
               sign_key: SignKey = None, json_out: JsonOut = None) -> None:
     """Fit temperature and threshold on the calibration split; write router.json into the device bundle."""
@@ -86,7 +90,7 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt,
                                max_drop=max_drop, signal=signal, label_free=label_free or None, p_value=p_value,
                                temperature_scaling=False if no_temperature else None, cost=cost or None,
                                escalate_truncated=False if keep_truncated else None, task=task,
-                               answer_tokens=answer_tokens)
+                               answer_tokens=answer_tokens, handoff=handoff or None, handoff_signal=handoff_signal)
     data = data or DEFAULT_DATA.get(config.task)
     if data is None:
         raise fail("give --data: the data to calibrate on (a built-in data set name, CSV/JSONL file or "
@@ -114,6 +118,14 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt,
     typer.echo(f"threshold {threshold}: {100 * cal['escalation_rate']:.1f}% of {router['n']} calibration requests "
                f"escalated" + (f", device risk {100 * cal['device_risk']:.2f}%" if cal["device_risk"] is not None else ""))
     typer.echo(("guarantee: " if router["feasible"] else "warning: ") + router["guarantee"])
+    if router.get("handoff"):
+        h = router["handoff"]
+        where = "the cloud writes every answer" if h["threshold"] is None else (
+            f"hand off at the first token with {h['signal']} < {h['threshold']:.4f}: the device keeps "
+            f"{100 * h['device_token_share']:.1f}% of the calibration answers' tokens, disagreement among them "
+            f"{100 * h['disagreement_among_kept']:.2f}%")
+        typer.echo(f"handoff ({h['prompts']} prompts): {where}")
+        typer.echo(f"handoff guarantee: {h['guarantee']}")
     sign_written(device, sign_key)
     write_json(json_out, router)
 

@@ -54,6 +54,10 @@ class RouteConfig(PolicyConfig):
     # label-free: does the cloud agree with the device's greedy answer of at most answer_tokens tokens)
     task: Literal["classify", "open"] = "classify"
     answer_tokens: int = Field(32, ge=1, le=512)
+    # open prompts: also calibrate the token-level handoff (route/handoff.py): where the device stops writing and
+    # the cloud continues, bounded at the same alpha and delta, on this per-token signal
+    handoff: bool = False
+    handoff_signal: Literal["logprob", "neg-entropy"] = "logprob"
 
     @model_validator(mode="before")
     @classmethod
@@ -63,6 +67,15 @@ class RouteConfig(PolicyConfig):
         if isinstance(values, dict) and values.get("task") == "open":
             values = {"label_free": True, "signal": "mean-logprob", **values}
         return values
+
+    @model_validator(mode="after")
+    def _handoff_needs_open(self):
+        if self.handoff and self.task != "open":
+            raise ValueError("handoff: the token-level handoff is calibrated on open prompts (task open)")
+        if self.handoff and self.alpha is None:
+            raise ValueError("handoff needs alpha: the bound on the cloud's disagreement among the tokens the device "
+                             "keeps")
+        return self
 
 
 # The built-in data each task calibrates on when none is given (classify: none, the user's task decides).

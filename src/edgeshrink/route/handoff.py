@@ -146,3 +146,28 @@ def calibrate_handoff(data: HandoffData, config: HandoffConfig | None = None) ->
         f"of the tokens the device keeps in an answer that the cloud would have chosen otherwise is ≤ "
         f"{100 * config.alpha:g}% on average over the answers in which it keeps any (if future prompts are exchangeable with the calibration prompts; no labels: "
         f"agreement with the cloud's greedy choices, not correctness)", tested, last_p, curve)
+
+
+# The per-token signals a handoff can use, from the device's own next-token distribution at each step (higher:
+# surer): the chosen token's log-probability, or the negative entropy of the step.
+TOKEN_SIGNALS = ("logprob", "neg-entropy")
+
+
+def handoff_data(answers, keep: np.ndarray, signal: str, max_tokens: int) -> HandoffData:
+    """HandoffData from route/open_prompts.py's OpenAnswers (the prompts in ``keep``)."""
+    if signal not in TOKEN_SIGNALS:
+        raise EdgeshrinkError(f"unknown handoff signal {signal!r}; expected one of {', '.join(TOKEN_SIGNALS)}")
+    rows = [i for i in range(len(answers.token_agree)) if keep[i]]
+    values = answers.token_logprobs if signal == "logprob" else [-e for e in answers.token_entropies]
+    return HandoffData([values[i] for i in rows], [answers.token_agree[i] for i in rows], max_tokens=max_tokens)
+
+
+def handoff_record(answers, keep: np.ndarray, config) -> dict:
+    """The router's ``handoff`` section: the threshold, its guarantee and the curve (every 5th grid point) on the
+    calibration prompts (``config``: the RouteConfig; the handoff shares its alpha and delta)."""
+    data = handoff_data(answers, keep, config.handoff_signal, config.answer_tokens)
+    result = calibrate_handoff(data, HandoffConfig(alpha=config.alpha, delta=config.delta))
+    return {"signal": config.handoff_signal, "threshold": result.threshold if math.isfinite(result.threshold) else None,
+            "device_token_share": result.device_token_share, "disagreement_among_kept": result.disagreement_among_kept,
+            "alpha": config.alpha, "delta": config.delta, "prompts": len(data.signals), "guarantee": result.guarantee,
+            "thresholds_tested": result.thresholds_tested, "curve": result.curve[::5]}

@@ -22,6 +22,7 @@ import numpy as np
 from edgeshrink.data import load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.route.confidence import binary_ece, confidence_scores, fit_platt
+from edgeshrink.route.handoff import handoff_record
 from edgeshrink.route.policies import (CalibrationData, PolicyConfig, apgr_cpt, choose_threshold, curves, policy_split,
                                        too_small)
 from edgeshrink.route.router import generates, threshold_of
@@ -43,6 +44,11 @@ class OpenAnswers:
     agreed_tokens: np.ndarray  # (n,) how many leading tokens the cloud agrees with
     answer_tokens: np.ndarray  # (n,) tokens in each answer
     truncated: list[bool]  # the prompt was cut to fit the context
+    # per answer, per device token: its log-probability and the entropy of its step (the device's), and whether the
+    # cloud, given the device's prefix, picks the same token (the teacher-forced check): what handoff calibrates on
+    token_logprobs: list = None
+    token_entropies: list = None
+    token_agree: list = None
 
 
 def render_prompt(template: str, text: str) -> list[dict]:
@@ -56,6 +62,7 @@ def open_answers(device, cloud, texts: list[str], answer_tokens: int = 32, templ
     n = len(texts)
     signals = {name: np.zeros(n) for name in ANSWER_SIGNALS}
     agree, agreed, lengths, answers, truncated = np.zeros(n, bool), np.zeros(n, int), np.zeros(n, int), [], []
+    token_logprobs, token_entropies, token_agree = [], [], []
     for i, text in enumerate(texts):
         ids, cut = _fit(device, template, text, answer_tokens)
         info: dict = {}
@@ -71,9 +78,13 @@ def open_answers(device, cloud, texts: list[str], answer_tokens: int = 32, templ
         lengths[i] = len(answer)
         answers.append("".join(t.text for t in tokens))
         truncated.append(cut)
+        token_logprobs.append(np.array([t.logprob for t in tokens], dtype=float))
+        token_entropies.append(np.array([t.entropy for t in tokens], dtype=float))
+        token_agree.append(same)
         if progress is not None:
             progress(i + 1, n)
-    return OpenAnswers(answers, signals, agree, agreed, lengths, truncated)
+    return OpenAnswers(answers, signals, agree, agreed, lengths, truncated, token_logprobs, token_entropies,
+                       token_agree)
 
 
 def _fit(generator, template: str, text: str, answer_tokens: int) -> tuple[list[int], bool]:
@@ -117,7 +128,8 @@ def calibrate_open(device, cloud, part, config, progress=None) -> dict:
     scores = confidence_scores(config.signal, np.zeros((len(raw), 2)), {config.signal: raw}, fitted)
     threshold = choose_threshold(CalibrationData(scores, None, None, agree), config, 2)
     before = binary_ece(np.exp(raw), agree) if config.signal != "neg-mean-entropy" else None
-    return router_record(
+    extra = {"handoff": handoff_record(answers, keep, config)} if config.handoff else {}
+    return extra | router_record(
         config, fitted, threshold, keep,
         {"agreement_rate": float(agree.mean()), "mean_agreed_tokens": float(answers.agreed_tokens[keep].mean()),
          "temperature_fit": {"temperature": temperature, "bias": bias, "before": {"ece": before, "nll": None},
