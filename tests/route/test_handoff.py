@@ -73,3 +73,14 @@ def test_bad_handoff_data_is_refused():
         calibrate_handoff(HandoffData([np.ones(3)] * 5, [np.ones(3, bool)] * 5))
     with pytest.raises(EdgeshrinkError, match="finite"):
         HandoffData([np.array([np.nan])], [np.ones(1, bool)])
+
+
+def test_kept_matches_the_definition():
+    """K_i: the tokens before the first signal below the threshold; D_i: the disagreements among them."""
+    rng = np.random.default_rng(3)
+    data = synthetic(50, rng)
+    for threshold in (0.0, 0.3, 0.6, 0.9, 1.1):
+        kept, disagreed = data.kept(threshold)
+        for s, a, k, d in zip(data.signals, data.agree, kept, disagreed):
+            first = next((t for t, v in enumerate(s) if v < threshold), len(s))
+            assert k == first and d == int(np.sum(~a[:first]))

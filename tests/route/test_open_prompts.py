@@ -139,3 +139,15 @@ def test_per_token_agreement_and_the_handoff_section(pair, tmp_path):
                                        "--data", str(calibration), "--label-column", "", "--task", "open", "--policy",
                                        "budget", "--budget", "0.4", "--handoff"])
     assert refused.exit_code == 2 and "handoff needs alpha" in refused.output
+
+    evaluated = CliRunner().invoke(app, ["route", "eval", "--device", str(routed), "--cloud", str(root / "cloud"),
+                                         "--data", str(pair[2]), "--label-column", "", "--resplits", "20", "--json",
+                                         str(tmp_path / "e.json")])
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads((tmp_path / "e.json").read_text())["handoff"]
+    at = report["at_threshold"]
+    assert report["prompts"] == 200 and 0 <= at["device_token_share"] <= 1 and len(report["curve"]) == 21
+    # handing off where the device is unsure makes whole answers agree at least as often as the device alone
+    assert at["whole_answer_agreement"] >= json.loads((tmp_path / "e.json").read_text())["device_only"]["agreement"]
+    assert "handoff (logprob, 200 prompts): the device writes" in evaluated.output
+    assert "handoff guarantee check: held in" in evaluated.output

@@ -35,6 +35,17 @@ def _print_open(out, report: dict, json_out) -> None:
         g = report["guarantee_check"]
         out.print(f"guarantee check: disagreement ≤ α={g['alpha']:g} held in {100 * g['held_fraction']:.1f}% of "
                   f"{g['resplits']} recalibrations (target {100 * g['target']:.0f}%): {'ok' if g['ok'] else 'NO'}")
+    if report.get("handoff"):
+        ho, at = report["handoff"], report["handoff"]["at_threshold"]
+        out.print(f"handoff ({ho['signal']}, {ho['prompts']} prompts): the device writes "
+                  f"{100 * at['device_token_share']:.1f}% of the tokens, disagreement among them "
+                  f"{_num(at['disagreement_among_kept'])} (α={ho['alpha']:g}); whole answers equal to the cloud's "
+                  f"greedy ones {100 * at['whole_answer_agreement']:.1f}%; {100 * at['handed_off_answers']:.1f}% of "
+                  f"answers handed off")
+        if ho.get("guarantee_check"):
+            g = ho["guarantee_check"]
+            out.print(f"handoff guarantee check: held in {100 * g['held_fraction']:.1f}% of {g['resplits']} "
+                      f"recalibrations (target {100 * g['target']:.0f}%): {'ok' if g['ok'] else 'NO'}")
     write_json(json_out, report)
 
 

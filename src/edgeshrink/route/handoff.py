@@ -74,9 +74,16 @@ class HandoffData:
 
     def kept(self, threshold: float) -> tuple[np.ndarray, np.ndarray]:
         """(K_i, D_i) at ``threshold``: tokens kept before the first signal below it, and disagreements among them."""
-        kept = np.array([int(np.argmax(s < threshold)) if np.any(s < threshold) else len(s) for s in self.signals])
-        disagreed = np.array([int(np.sum(~a[:k])) for a, k in zip(self.agree, kept)])
-        return kept, disagreed
+        if not hasattr(self, "_prefix_min"):  # a padded matrix of running minima: K_i = #{t: min(s_i1..s_it) ≥ λ}
+            width = max(len(s) for s in self.signals) if self.signals else 0
+            self._prefix_min = np.full((len(self.signals), width), -np.inf)
+            self._disagreed = np.zeros((len(self.signals), width + 1), dtype=int)
+            for i, (s, a) in enumerate(zip(self.signals, self.agree)):
+                self._prefix_min[i, :len(s)] = np.minimum.accumulate(s) if len(s) else s
+                self._disagreed[i, 1:len(a) + 1] = np.cumsum(~a)
+                self._disagreed[i, len(a) + 1:] = self._disagreed[i, len(a)]
+        kept = (self._prefix_min >= threshold).sum(axis=1)
+        return kept, self._disagreed[np.arange(len(kept)), kept]
 
     def candidates(self, size: int) -> np.ndarray:
         """Thresholds strict to lenient: quantiles of a grid over the signal's range (the range only; with a
@@ -171,3 +178,50 @@ def handoff_record(answers, keep: np.ndarray, config) -> dict:
             "device_token_share": result.device_token_share, "disagreement_among_kept": result.disagreement_among_kept,
             "alpha": config.alpha, "delta": config.delta, "prompts": len(data.signals), "guarantee": result.guarantee,
             "thresholds_tested": result.thresholds_tested, "curve": result.curve[::5]}
+
+
+def whole_answer_agreement(answers, kept: np.ndarray, rows: list[int]) -> np.ndarray:
+    """Per answer, whether the handed-off answer is the cloud's own greedy answer: the cloud continues from the
+    device's prefix, so it is exactly when every kept token is the cloud's choice (an answer the device writes
+    whole must also end where the cloud would: ``answers.agree``)."""
+    out = []
+    for k, i in zip(kept, rows):
+        whole = k >= len(answers.token_agree[i])
+        out.append(bool(answers.agree[i]) if whole else bool(np.all(answers.token_agree[i][:k])))
+    return np.array(out, dtype=bool)
+
+
+def evaluate_handoff(answers, keep: np.ndarray, handoff: dict, resplits: int = 0, seed: int = 0) -> dict:
+    """``route eval`` of a router's ``handoff`` on held-out prompts: at its threshold, the device's share of the
+    tokens, the disagreement among them (the bounded quantity) and the whole answers equal to the cloud's greedy
+    ones; the curve over thresholds; with ``resplits``, the guarantee check (recalibrate on half-size draws of these
+    prompts, measure on all of them: the bound should hold in at least 1 − δ of the draws)."""
+    rows = [i for i in range(len(answers.token_agree)) if keep[i]]
+    data = handoff_data(answers, keep, handoff["signal"], max(len(a) for a in answers.token_agree) or 1)
+    total = sum(len(s) for s in data.signals)
+
+    def at(threshold: float | None) -> dict:
+        value = math.inf if threshold is None else threshold
+        kept, disagreed = data.kept(value)
+        share = (disagreed / np.maximum(kept, 1))[kept > 0]
+        return {"threshold": threshold, "device_token_share": float(kept.sum() / max(total, 1)),
+                "disagreement_among_kept": float(share.mean()) if len(share) else None,
+                "whole_answer_agreement": float(whole_answer_agreement(answers, kept, rows).mean()),
+                "handed_off_answers": float(np.mean(kept < np.array([len(s) for s in data.signals])))}
+
+    report = {"signal": handoff["signal"], "prompts": len(rows), "at_threshold": at(handoff["threshold"]),
+              "curve": [at(float(v)) for v in data.candidates(21)], "alpha": handoff["alpha"],
+              "delta": handoff["delta"]}
+    if resplits:
+        rng = np.random.default_rng(seed)
+        config = HandoffConfig(alpha=handoff["alpha"], delta=handoff["delta"], min_prompts=1)
+        held = []
+        for _ in range(resplits):
+            draw = rng.choice(len(data.signals), len(data.signals) // 2, replace=True)
+            half = HandoffData([data.signals[i] for i in draw], [data.agree[i] for i in draw], data.max_tokens)
+            chosen = calibrate_handoff(half, config).threshold
+            risk = at(None if not math.isfinite(chosen) else chosen)["disagreement_among_kept"]
+            held.append(risk is None or risk <= handoff["alpha"])
+        report["guarantee_check"] = {"resplits": resplits, "held_fraction": float(np.mean(held)),
+                                     "target": 1 - handoff["delta"], "ok": float(np.mean(held)) >= 1 - handoff["delta"]}
+    return report

@@ -22,7 +22,7 @@ import numpy as np
 from edgeshrink.data import load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.route.confidence import binary_ece, confidence_scores, fit_platt
-from edgeshrink.route.handoff import handoff_record
+from edgeshrink.route.handoff import evaluate_handoff, handoff_record
 from edgeshrink.route.policies import (CalibrationData, PolicyConfig, apgr_cpt, choose_threshold, curves, policy_split,
                                        too_small)
 from edgeshrink.route.router import generates, threshold_of
@@ -207,4 +207,6 @@ def evaluate_open(device, cloud, data, config, router: dict, plots=None, progres
         report["guarantee_check"] = {"risk_is": "disagreement", "alpha": policy.alpha, "delta": policy.delta,
                                      "resplits": config.resplits, "held_fraction": float(np.mean(held)),
                                      "target": 1 - policy.delta, "ok": float(np.mean(held)) >= 1 - policy.delta}
+    if router.get("handoff"):
+        report["handoff"] = evaluate_handoff(answers, keep, router["handoff"], config.resplits, config.seed)
     return report
