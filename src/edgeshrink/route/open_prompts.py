@@ -190,8 +190,9 @@ def evaluate_open(device, cloud, data, config, router: dict, plots=None, progres
     }
     keep = ~truncated
     policy = PolicyConfig.from_dict({k: v for k, v in router["policy"].items() if k in PolicyConfig.model_fields})
-    if config.resplits and policy.alpha is not None and not too_small(keep.sum() // 2, policy.alpha, policy.delta,
-                                                                      policy.min_examples):
+    # only a risk policy promises a bound (a budget policy given --alpha, for the handoff, promises none)
+    if config.resplits and policy.policy.startswith("risk") and policy.alpha is not None and not too_small(
+            keep.sum() // 2, policy.alpha, policy.delta, policy.min_examples):
         # The guarantee check, label-free: recalibrate on half-size draws, measure disagreement on the whole pool.
         rng = np.random.default_rng(config.seed)
         raw, pool_agree = answers.signals[signal][keep], agree[keep]
