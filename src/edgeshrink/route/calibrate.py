@@ -68,6 +68,15 @@ class RouteConfig(PolicyConfig):
             values = {"label_free": True, "signal": "mean-logprob", **values}
         return values
 
+    def key_form(self) -> dict:
+        """A recipe step's cache key: without the handoff fields while they are off (a route step cached before
+        they existed made the same router)."""
+        given = self.to_dict()
+        if not self.handoff:
+            given.pop("handoff")
+            given.pop("handoff_signal")
+        return given
+
     @model_validator(mode="after")
     def _handoff_needs_open(self):
         if self.handoff and self.task != "open":
