@@ -88,6 +88,11 @@ def _signer(key: str | Path, password_env: str | None, whole_file: bool = False)
     return config.set_hashing_config(hashing_config(whole_file))
 
 
+def check_signing_key(key: str | Path, password_env: str | None = None) -> None:
+    """Refuse, in one line, a key that cannot sign (missing, not a private key, wrong password)."""
+    _signer(key, password_env)
+
+
 def public_key_id(key: str | Path, password_env: str | None = None) -> str:
     """The key id (as ``verify`` prints it) of a private or public PEM key."""
     from cryptography.hazmat.primitives import serialization

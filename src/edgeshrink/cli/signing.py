@@ -62,6 +62,7 @@ def verify(bundle: Annotated[Path, typer.Argument(help="The device bundle.")], t
     from edgeshrink.runtime.bundle import check_bundle_trust, read_manifest
     from edgeshrink.runtime.trust import SIGNATURE_NAME
 
+    config = CanaryConfig.build(accuracy_tolerance=tolerance)  # a bad tolerance is refused before any work
     signed = check_bundle_trust(bundle, [str(k) for k in trust] if trust else None)
     manifest = read_manifest(bundle, verify=True, trust=[])
     release = (manifest.get("release") or {}).get("version")
@@ -72,8 +73,7 @@ def verify(bundle: Annotated[Path, typer.Argument(help="The device bundle.")], t
     typer.echo(f"{bundle}: {record['files']} files, every hash right; {who}"
                + (f"; release {release}" if release is not None else ""))
     if accuracy:
-        config = CanaryConfig.build(accuracy_tolerance=tolerance)
-        result = accuracy_here(bundle, config.accuracy_tolerance, trust=[])
+        result = accuracy_here(bundle, config.accuracy_tolerance, trust=[], verify=False)  # verified just above
         record["accuracy"] = result
         typer.echo(f"canary ({result['examples']} held-out texts): {100 * result['accuracy']:.2f}% here "
                    f"({' '.join(result['host']['isa'])}) vs {100 * result['recorded_accuracy']:.2f}% recorded "

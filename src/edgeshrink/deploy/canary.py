@@ -89,11 +89,13 @@ def score(predictor, canary: Canary) -> float:
     return sum(p == y for p, y in zip(predicted, canary.labels)) / len(canary.labels)
 
 
-def accuracy_here(bundle: str | Path, tolerance: float = 0.01, threads: int | None = None, trust=None) -> dict:
-    """``verify --accuracy``: the bundle's canary scored on this host against the recorded figure."""
+def accuracy_here(bundle: str | Path, tolerance: float = 0.01, threads: int | None = None, trust=None,
+                  verify: bool = True) -> dict:
+    """``verify --accuracy``: the bundle's canary scored on this host against the recorded figure (``verify``: check
+    the bundle's hashes first; False only where the caller has just checked them)."""
     from edgeshrink.runtime import load
 
-    predictor = load(bundle, threads=threads, trust=trust)
+    predictor = load(bundle, threads=threads, verify=verify, trust=trust)
     canary = read_canary(bundle, predictor.manifest)
     if canary is None:
         raise EdgeshrinkError(f"{bundle} carries no canary sample: add one with `edgeshrink release {bundle} "

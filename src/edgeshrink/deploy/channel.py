@@ -104,9 +104,10 @@ def publish(bundle: str | Path, channel: str | Path, key: str | Path, name: str 
     from edgeshrink._files import atomic_write_text, sha256_file
     from edgeshrink.runtime.bundle import read_manifest
     from edgeshrink.runtime.trust import SIGNATURE_NAME
-    from edgeshrink.signing import sign_bundle, sign_file
+    from edgeshrink.signing import check_signing_key, sign_bundle, sign_file
 
     bundle, channel = Path(bundle), Path(channel)
+    check_signing_key(key, password_env)  # a bad key is refused before the channel is touched
     manifest = read_manifest(bundle, verify=True, trust=[])
     version = (manifest.get("release") or {}).get("version")
     if version is None:
@@ -230,6 +231,17 @@ class Source:
         return None if into is not None else b"".join(chunks)
 
 
+class _HashingWriter:
+    """A file that hashes what is written to it (a download checked in the same pass)."""
+
+    def __init__(self, fh):
+        self.fh, self.digest = fh, hashlib.sha256()
+
+    def write(self, block: bytes) -> None:
+        self.digest.update(block)
+        self.fh.write(block)
+
+
 @dataclass
 class Offer:
     version: int
@@ -273,18 +285,9 @@ def download(source: Source, offer: Offer, into: Path) -> Path:
     for rel, meta in offer.doc["files"].items():
         target = out.joinpath(*check_relative(rel, "file").split("/"))
         target.parent.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
-
-        class Hashing:
-            def __init__(self, fh):
-                self.fh = fh
-
-            def write(self, block):
-                digest.update(block)
-                self.fh.write(block)
-
         with open(target, "xb") as fh:
-            source.read(f"{offer.release}/bundle/{rel}", meta["size_bytes"], into=Hashing(fh), exact=meta["size_bytes"])
-        if digest.hexdigest() != meta["sha256"]:
+            writer = _HashingWriter(fh)
+            source.read(f"{offer.release}/bundle/{rel}", meta["size_bytes"], into=writer, exact=meta["size_bytes"])
+        if writer.digest.hexdigest() != meta["sha256"]:
             raise EdgeshrinkError(f"downloaded {rel} does not match the signed channel document's sha256")
     return out
