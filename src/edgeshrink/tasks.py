@@ -361,7 +361,8 @@ implement("bench", "text-generation", "edgeshrink.bench.llm:bench_llm", "edgeshr
 # text: a tensor bundle is refused here. The flags are those only some tasks take (refused for the others).
 implement("serve", "text-classification", "edgeshrink.serve.device:device_app",
           flags={"--cloud-protocol": "", "--update-from": ""})
-implement("serve", "text-generation", "edgeshrink.serve.llm.app:llm_device_app", flags={"--prompt-lookup": ""})
+implement("serve", "text-generation", "edgeshrink.serve.llm.app:llm_device_app",
+          flags={"--prompt-lookup": "", "--llm-policy": "", "--handoff-via": ""})
 implement("serve-cloud", "text-classification", "edgeshrink.serve.cloud:cloud_app", flags={"--engine": ""})
 implement("serve-cloud", "text-generation", "edgeshrink.serve.llm.app:llm_cloud_app", flags={"--prompt-lookup": ""})
 

@@ -119,6 +119,7 @@ def test_per_token_agreement_and_the_handoff_section(pair, tmp_path):
         assert len(same) == len(answers.token_logprobs[i]) == answers.answer_tokens[i]
         assert answers.agreed_tokens[i] == (len(same) if same.all() else int(np.argmin(same)))
         assert np.all(answers.token_logprobs[i] <= 0) and np.all(answers.token_entropies[i] >= 0)
+        assert np.all((answers.token_margins[i] >= 0) & (answers.token_margins[i] <= 1))
     routed = tmp_path / "device"
     shutil.copytree(root / "device", routed)
     result = CliRunner().invoke(app, ["route", "calibrate", "--device", str(routed), "--cloud", str(root / "cloud"),
@@ -127,8 +128,12 @@ def test_per_token_agreement_and_the_handoff_section(pair, tmp_path):
                                       "0.2"])
     assert result.exit_code == 0, result.output
     assert "handoff (300 prompts):" in result.output and "handoff guarantee:" in result.output
-    handoff = json.loads((routed / "router.json").read_text())["handoff"]
+    router = json.loads((routed / "router.json").read_text())
+    handoff = router["handoff"]
     assert handoff["signal"] == "logprob" and handoff["prompts"] == 300 and handoff["curve"]
+    # the drift watch's references: per answer, as the services observe them
+    assert handoff["reference"]["n"] == 300 and len(handoff["reference"]["scores"]) == 300
+    assert router["reference"]["routed"] == 300 and 0 <= router["reference"]["escalated"] <= 300
     if handoff["threshold"] is not None:
         assert 0 < handoff["device_token_share"] <= 1 and handoff["disagreement_among_kept"] <= 0.2 + 0.1
     refused = CliRunner().invoke(app, ["route", "calibrate", "--device", str(routed), "--cloud", str(root / "cloud"),

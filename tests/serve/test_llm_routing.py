@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 from edgeshrink.serve.cloud_client import CloudFailed
 from edgeshrink.serve.llm.request import ChatRequest, Prepared
-from edgeshrink.serve.llm.routing import Engine, Routing
+from edgeshrink.serve.llm.routing import Author, Engine, Routing
 from edgeshrink.serve.metrics import LLMMetrics, parse
 from prometheus_client import generate_latest
 
@@ -16,16 +16,17 @@ class FakeGenerator:
     context_length = 64
 
     def __init__(self, words, logprob=-0.05):
-        self.words, self.logprob = words, logprob
+        self.words, self.logprob = words, logprob  # logprob: one for every token, or one per word
         self.tokenizer = SimpleNamespace(encode=lambda text, add_special_tokens=False: SimpleNamespace(
-            ids=list(range(len(text)))))
+            ids=list(range(len(text)))), decode=lambda ids, skip_special_tokens=True: "|".join(map(str, ids)))
         self.calls = []
 
     def stream(self, ids, max_tokens, info, **options):
         self.calls.append((list(ids), max_tokens))
         words = self.words[:max_tokens]
         for i, word in enumerate(words):
-            yield SimpleNamespace(id=i, text=word, logprob=self.logprob, entropy=0.1)
+            logprob = self.logprob[i] if isinstance(self.logprob, list) else self.logprob
+            yield SimpleNamespace(id=i, text=word, logprob=logprob, entropy=0.1)
         info["stop_reason"] = "length" if len(words) == max_tokens else "eos"
 
 
@@ -136,13 +137,14 @@ def test_every_piece_names_the_model_that_wrote_it():
     device = FakeGenerator(["x", "y", "z"])
     confident = pieces_of(Routing(Engine(device), "device", router(None), LLMMetrics(), FakeCloud(["c"]),
                                   name="smol"), request())
-    assert [m for t, m in confident[:-1]] == ["smol"] * 3 and confident[-1][1]["model"] == "smol"
+    device_author, cloud_author = Author("smol", "device"), Author("cloud-model", "cloud")
+    assert [m for t, m in confident[:-1]] == [device_author] * 3 and confident[-1][1]["model"] == "smol"
     relayed = pieces_of(Routing(Engine(device), "device", router(0.999999), LLMMetrics(), FakeCloud(["He", "llo"]),
                                 name="smol"), request())
-    assert relayed[:-1] == [("He", "cloud-model"), ("llo", "cloud-model")] and relayed[-1][1]["model"] == "cloud-model"
+    assert relayed[:-1] == [("He", cloud_author), ("llo", cloud_author)] and relayed[-1][1]["model"] == "cloud-model"
     broken = pieces_of(Routing(Engine(device), "device", router(None), LLMMetrics(),
                                FakeCloud(["ab"], fail="stream_broken"), name="smol"), request(route="cloud"))
-    assert broken[:-1] == [("ab", "cloud-model"), ("x", "smol"), ("y", "smol"), ("z", "smol")]
+    assert broken[:-1] == [("ab", cloud_author), ("x", device_author), ("y", device_author), ("z", device_author)]
     assert broken[-1][1]["model"] == "smol" and broken[-1][1]["source"] == "device-fallback"
     # decode_s: from the answer's first piece to its last as written (a held answer is not passed on at its pace)
     assert all(end["decode_s"] >= 0 for _, end in (confident[-1], relayed[-1], broken[-1]))
@@ -159,3 +161,116 @@ def test_cloud_on_request_sends_only_what_asks_for_it():
     # with a router too, the service still sends only what asks: the flag says so
     routed = Routing(Engine(FakeGenerator(["a"])), "device", router(0.999999), LLMMetrics(), cloud, on_request=True)
     assert routed.device_only("auto") == "cloud on request"
+
+
+def handoff_router(threshold, signal="logprob"):
+    return router(0.5) | {"handoff": {"signal": signal, "threshold": threshold, "alpha": 0.05, "delta": 0.1}}
+
+
+def test_handoff_streams_the_devices_tokens_then_the_cloud_continues_from_them():
+    """Token-level handoff: device pieces as they come; at the first token below the threshold the device stops
+    (that token is dropped) and the cloud continues from the prompt ids + the kept tokens' ids, for the rest of
+    the token budget, on /v1/completions."""
+    device = FakeGenerator(["a", "b", "c", "d"], logprob=[-0.1, -0.2, -5.0, -0.1])
+    cloud = FakeCloud(["C", "D"])
+    metrics = LLMMetrics()
+    routing = Routing(Engine(device), "device", handoff_router(-1.0), metrics, cloud, name="smol")
+    pieces = pieces_of(routing, request())
+    assert pieces[:-1] == [("a", Author("smol", "device")), ("b", Author("smol", "device")),
+                           ("C", Author("cloud-model", "cloud")), ("D", Author("cloud-model", "cloud"))]
+    end = pieces[-1][1]
+    assert end["source"] == "handoff" and end["reason"] == "unsure" and end["model"] == "cloud-model"
+    assert end["handoff"] == {"at_token": 2, "signal": "logprob", "value": -5.0, "threshold": -1.0}
+    (path, payload), = cloud.calls
+    assert path == "/v1/completions" and payload["prompt"] == [1, 2, 3, 0, 1] and payload["max_tokens"] == 6
+    assert counter(metrics, "edgeshrink_handoffs_total") == 1
+    assert counter(metrics, 'edgeshrink_handoff_tokens_total{source="device"}') == 2
+    # the rendered text instead of ids, for a cloud that only takes text
+    text_cloud = FakeCloud(["C"])
+    pieces_of(Routing(Engine(device), "device", handoff_router(-1.0), LLMMetrics(), text_cloud,
+                      handoff_via="text"), request())
+    assert text_cloud.calls[0][1]["prompt"] == "1|2|3|0|1"
+
+
+def test_a_sure_answer_stays_on_the_device_and_no_threshold_means_the_cloud_writes_it():
+    device = FakeGenerator(["a", "b"], logprob=-0.1)
+    cloud = FakeCloud(["C"])
+    text, end = answer(Routing(Engine(device), "device", handoff_router(-1.0), LLMMetrics(), cloud), request())
+    assert text == "ab" and end["source"] == "device" and end["reason"] == "sure throughout" and cloud.calls == []
+    # calibration found no safe threshold (null): the first token already goes to the cloud
+    text, end = answer(Routing(Engine(device), "device", handoff_router(None), LLMMetrics(), cloud), request())
+    assert text == "C" and end["source"] == "cloud" and end["handoff"]["at_token"] == 0
+    assert cloud.calls[0][1]["prompt"] == [1, 2, 3]
+    # neg-entropy: the step's entropy (0.1 here) against the threshold
+    text, end = answer(Routing(Engine(device), "device", handoff_router(-0.05, "neg-entropy"), LLMMetrics(),
+                               FakeCloud(["Z"])), request())
+    assert text == "Z" and end["handoff"]["value"] == -0.1
+
+
+def test_when_the_cloud_fails_mid_handoff_the_device_finishes_flagged():
+    device = FakeGenerator(["a", "b", "c"], logprob=[-0.1, -5.0, -0.1])
+    metrics = LLMMetrics()
+    routing = Routing(Engine(device), "device", handoff_router(-1.0), metrics,
+                      FakeCloud(["CC"], fail="stream_broken"), name="smol")
+    pieces = pieces_of(routing, request(max_tokens=6))
+    end = pieces[-1][1]
+    assert end["source"] == "device-fallback" and end["fallback_reason"] == "stream_broken"
+    assert end["handoff"]["at_token"] == 1 and end["cloud_chars"] == 2 and end["model"] == "smol"
+    # the device continues from the prompt, its kept token and the cloud's text (2 tokens here): 3 written
+    assert device.calls[-1] == ([1, 2, 3, 0, 0, 1], 3)
+    sources = [about.source for _, about in pieces[:-1]]
+    assert sources == ["device", "cloud", "device", "device", "device"]
+    assert counter(metrics, 'edgeshrink_fallbacks_total{reason="stream_broken"}') == 1
+    # nothing sent by a cloud that refuses at once: the device goes on from its own kept tokens
+    refused = Routing(Engine(device), "device", handoff_router(-1.0), LLMMetrics(),
+                      FakeCloud([], fail="http_404"), name="smol")
+    text, end = answer(refused, request(max_tokens=6))
+    assert end["source"] == "device-fallback" and end["fallback_reason"] == "http_404" and text.startswith("a")
+
+
+def test_which_policy_routes_and_what_is_refused():
+    cloud = FakeCloud(["C"])
+    plain = Routing(Engine(FakeGenerator(["a"])), "device", router(0.5), LLMMetrics(), cloud)
+    assert plain.policy_of("auto") == "answer" and "no handoff threshold" in plain.refusal("handoff")
+    handing = Routing(Engine(FakeGenerator(["a"])), "device", handoff_router(-1.0), LLMMetrics(), cloud)
+    assert handing.policy_of("auto") == "handoff" and handing.policy_of("answer") == "answer"
+    assert handing.refusal("handoff") is None and handing.refusal("auto") is None
+    chat_only = Routing(Engine(FakeGenerator(["a"])), "device", handoff_router(-1.0), LLMMetrics(), cloud,
+                        handoff_via="none")
+    assert chat_only.policy_of("auto") == "answer"
+    assert chat_only.refusal("handoff") == "handoff asked, but the cloud cannot continue a prefix (--handoff-via none)"
+    no_cloud = Routing(Engine(FakeGenerator(["a"])), "device", handoff_router(-1.0), LLMMetrics())
+    assert "no cloud" in no_cloud.refusal("handoff") and "no cloud" in no_cloud.refusal("answer")
+
+
+class GatedGenerator(FakeGenerator):
+    """Says its first word, then waits until ``gate`` is set before the rest (the answer is not done yet)."""
+
+    def __init__(self, words):
+        super().__init__(words, logprob=-0.1)
+        self.gate = threading.Event()
+
+    def stream(self, ids, max_tokens, info, **options):
+        for i, token in enumerate(super().stream(ids, max_tokens, info, **options)):
+            if i == 1:
+                self.gate.wait(10)
+            yield token
+
+
+def test_the_device_speaks_first_under_handoff_and_is_held_under_answer_routing():
+    """Handoff passes the first token on while the device is still generating (the test opens the gate only
+    once it has it); answer-level routing holds every token until the whole answer is scored."""
+    async def first_piece(routing, route):
+        pieces = routing.answer(request(route=route), threading.Event())
+        try:
+            return await asyncio.wait_for(anext(pieces), 2)
+        except TimeoutError:
+            return None
+        finally:
+            routing.engine.g.gate.set()
+            await pieces.aclose()
+
+    for route, expected in (("handoff", ("a", Author("smol", "device"))), ("answer", None)):
+        routing = Routing(Engine(GatedGenerator(["a", "b", "c"])), "device", handoff_router(-1.0), LLMMetrics(),
+                          FakeCloud(["C"]), name="smol")
+        assert asyncio.run(first_piece(routing, route)) == expected

@@ -88,7 +88,7 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt,
               handoff: Annotated[bool, typer.Option("--handoff", help="task open: also calibrate the token-level "
                                                     "handoff (the device streams, the cloud continues from the first "
                                                     "unsure token), bounded at the same --alpha and --delta.")] = False,
-              handoff_signal: Annotated[Optional[str], typer.Option(help=config_help(ROUTE, "handoff_signal", "--handoff: the per-token signal, logprob | neg-entropy."))] = None,
+              handoff_signal: Annotated[Optional[str], typer.Option(help=config_help(ROUTE, "handoff_signal", "--handoff: the per-token signal, logprob | neg-entropy | margin."))] = None,
               text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
               sign_key: SignKey = None, json_out: JsonOut = None) -> None:
     """Fit temperature and threshold on the calibration split; write router.json into the device bundle."""

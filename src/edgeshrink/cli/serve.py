@@ -11,6 +11,7 @@ from edgeshrink.cli._common import config_help, handled
 
 BATCH, LIMITS = "edgeshrink.serve.config:BatchConfig", "edgeshrink.serve.config:LimitsConfig"
 CLOUD, MONITOR = "edgeshrink.serve.config:CloudConfig", "edgeshrink.route.monitor:MonitorConfig"
+LLM = "edgeshrink.serve.config:LLMConfig"
 UPDATE = "edgeshrink.serve.config:UpdateConfig"
 
 Host = Annotated[str, typer.Option(help="Address to listen on.")]
@@ -170,6 +171,15 @@ def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle 
                  route: Annotated[Optional[str], typer.Option(help=config_help(
                      CLOUD, "route", "Who sends requests to the cloud: router (the bundle's router.json, required) | "
                      "cloud-on-request (only requests that ask: cloud_only, or edgeshrink.route \"cloud\")."))] = None,
+                 llm_policy: Annotated[Optional[str], typer.Option(help=config_help(
+                     LLM, "policy", "Language models with a cloud: handoff (stream the device's tokens, hand the rest "
+                     "to the cloud at the first token below the router's handoff threshold) | answer (score the "
+                     "device's whole answer, then keep it or escalate) | auto (handoff when the router has a "
+                     "handoff threshold and the cloud can continue a prefix)."))] = None,
+                 handoff_via: Annotated[Optional[str], typer.Option(help=config_help(
+                     CLOUD, "handoff", "How the cloud continues a device's prefix: tokens (/v1/completions with token "
+                     "ids: serve-cloud, vLLM, llama.cpp) | text (the rendered text) | none (it cannot: no "
+                     "handoff)."))] = None,
                  ) -> None:
     """Serve the device bundle over HTTP, escalating to the cloud per router.json, falling back when it fails."""
     from edgeshrink import tasks
@@ -180,7 +190,7 @@ def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle 
                    "connect_timeout_s": connect_timeout_s, "read_timeout_s": read_timeout_s,
                    "breaker_failures": breaker_failures, "breaker_reset_s": breaker_reset_s,
                    "budget_texts_per_minute": cloud_budget, "api_key_env": cloud_api_key_env, "model": cloud_model,
-                   "protocol": cloud_protocol, "route": route}
+                   "protocol": cloud_protocol, "route": route, "handoff": handoff_via}
     if cloud is None and any(v is not None for v in cloud_flags.values()):
         raise EdgeshrinkError("cloud options given without --cloud URL")
     monitor_flags = {"audit_fraction": audit_fraction, "recalibrate": recalibrate, "window": drift_window,
@@ -198,12 +208,14 @@ def serve_device(bundle: Annotated[Path, typer.Argument(help="The device bundle 
                      {"max_text_chars": max_text_chars, "long_text": long_text, "max_texts": max_texts,
                       "max_body_bytes": max_body_bytes, "requests_per_second": rate},
                      {"max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms},
-                     cloud_flags if cloud is not None else None, monitor_flags, {"prompt_lookup": prompt_lookup},
+                     cloud_flags if cloud is not None else None, monitor_flags,
+                     {"prompt_lookup": prompt_lookup, "policy": llm_policy},
                      update=update_flags if update_from is not None else None)
     impl = tasks.of_model(bundle).implementation("serve")
     protocol = config.cloud.protocol if config.cloud is not None else None
     impl.refuse_flags({"--cloud-protocol": protocol if protocol != "edgeshrink" else None,
-                       "--prompt-lookup": prompt_lookup,
+                       "--prompt-lookup": prompt_lookup, "--llm-policy": llm_policy,
+                       "--handoff-via": config.cloud.handoff if config.cloud is not None and handoff_via else None,
                        "--update-from": config.update.source if config.update is not None else None})
     if config.port:
         bind(config.host, config.port).close()

@@ -57,7 +57,7 @@ class RouteConfig(PolicyConfig):
     # open prompts: also calibrate the token-level handoff (route/handoff.py): where the device stops writing and
     # the cloud continues, bounded at the same alpha and delta, on this per-token signal
     handoff: bool = False
-    handoff_signal: Literal["logprob", "neg-entropy"] = "logprob"
+    handoff_signal: Literal["logprob", "neg-entropy", "margin"] = "logprob"
 
     @model_validator(mode="before")
     @classmethod

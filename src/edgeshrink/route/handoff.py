@@ -116,8 +116,9 @@ def mean_loss_p_value(losses: np.ndarray, alpha: float) -> float:
                          "hoeffding-bentkus")[0])
 
 
-def calibrate_handoff(data: HandoffData, config: HandoffConfig | None = None) -> HandoffResult:
-    """Choose the handoff threshold (see the module docstring)."""
+def calibrate_handoff(data: HandoffData, config: HandoffConfig | None = None, floor: float | None = None) -> HandoffResult:
+    """Choose the handoff threshold (see the module docstring). ``floor``: test only thresholds at or above it
+    (answers recorded live under a threshold stop at their handoff, so only stricter ones can be judged on them)."""
     config = config or HandoffConfig()
     n = len(data.signals)
     if n < config.min_prompts:
@@ -128,6 +129,8 @@ def calibrate_handoff(data: HandoffData, config: HandoffConfig | None = None) ->
     chosen, tested, last_p, curve = math.inf, 0, None, []
     stopped = False
     for value in data.candidates(config.grid_size):
+        if floor is not None and value < floor:
+            break
         kept, disagreed = data.kept(value)
         losses = (disagreed / np.maximum(kept, 1))[kept > 0]  # the answers that keep a token (signals decide which)
         p = mean_loss_p_value(losses, config.alpha)
@@ -156,8 +159,10 @@ def calibrate_handoff(data: HandoffData, config: HandoffConfig | None = None) ->
 
 
 # The per-token signals a handoff can use, from the device's own next-token distribution at each step (higher:
-# surer): the chosen token's log-probability, or the negative entropy of the step.
-TOKEN_SIGNALS = ("logprob", "neg-entropy")
+# surer): the chosen token's log-probability, the negative entropy of the step, or its margin (top probability
+# minus the second). One monotone signal needs no Platt scaling: a threshold on it is a threshold on any
+# increasing calibration of it.
+TOKEN_SIGNALS = ("logprob", "neg-entropy", "margin")
 
 
 def handoff_data(answers, keep: np.ndarray, signal: str, max_tokens: int) -> HandoffData:
@@ -165,7 +170,8 @@ def handoff_data(answers, keep: np.ndarray, signal: str, max_tokens: int) -> Han
     if signal not in TOKEN_SIGNALS:
         raise EdgeshrinkError(f"unknown handoff signal {signal!r}; expected one of {', '.join(TOKEN_SIGNALS)}")
     rows = [i for i in range(len(answers.token_agree)) if keep[i]]
-    values = answers.token_logprobs if signal == "logprob" else [-e for e in answers.token_entropies]
+    values = {"logprob": lambda: answers.token_logprobs, "neg-entropy": lambda: [-e for e in answers.token_entropies],
+              "margin": lambda: answers.token_margins}[signal]()
     return HandoffData([values[i] for i in rows], [answers.token_agree[i] for i in rows], max_tokens=max_tokens)
 
 
@@ -173,11 +179,38 @@ def handoff_record(answers, keep: np.ndarray, config) -> dict:
     """The router's ``handoff`` section: the threshold, its guarantee and the curve (every 5th grid point) on the
     calibration prompts (``config``: the RouteConfig; the handoff shares its alpha and delta)."""
     data = handoff_data(answers, keep, config.handoff_signal, config.answer_tokens)
-    result = calibrate_handoff(data, HandoffConfig(alpha=config.alpha, delta=config.delta))
-    return {"signal": config.handoff_signal, "threshold": result.threshold if math.isfinite(result.threshold) else None,
+    return handoff_section(data, HandoffConfig(alpha=config.alpha, delta=config.delta), config.handoff_signal)
+
+
+def handoff_section(data: HandoffData, config: HandoffConfig, signal: str, floor: float | None = None) -> dict:
+    """A router's ``handoff`` section from ``data``: the threshold, its guarantee, the curve (every 5th grid point)
+    and the drift watch's reference (``handoff_reference``)."""
+    result = calibrate_handoff(data, config, floor)
+    return {"signal": signal, "threshold": result.threshold if math.isfinite(result.threshold) else None,
             "device_token_share": result.device_token_share, "disagreement_among_kept": result.disagreement_among_kept,
             "alpha": config.alpha, "delta": config.delta, "prompts": len(data.signals), "guarantee": result.guarantee,
-            "thresholds_tested": result.thresholds_tested, "curve": result.curve[::5]}
+            "thresholds_tested": result.thresholds_tested, "curve": result.curve[::5],
+            "reference": handoff_reference(data, result.threshold)}
+
+
+def handoff_watch_score(signals: np.ndarray) -> float:
+    """What the LLM service's drift watch compares per answer under handoff: the mean signal of the tokens the
+    device generated (those it kept and the one it handed off at), within the calibration's answer length."""
+    return float(np.mean(signals)) if len(signals) else 0.0
+
+
+def handoff_reference(data: HandoffData, threshold: float) -> dict:
+    """The drift watch's reference (route/monitor.py's shape) at ``threshold``, per calibration answer: its score
+    (``handoff_watch_score`` of the tokens up to and including the handoff), whether it was handed off within
+    its tokens (``escalated``), and the share of answers keeping a token that keep one the cloud would have
+    chosen otherwise (``device_disagreement``, the audit's bound)."""
+    kept, disagreed = data.kept(threshold)
+    lengths = np.array([len(s) for s in data.signals])
+    scores = [handoff_watch_score(s[:min(k + 1, len(s))]) for s, k in zip(data.signals, kept)]
+    some = kept > 0
+    return {"n": len(data.signals), "routed": len(data.signals), "scores": [float(f"{v:.6g}") for v in sorted(scores)],
+            "escalated": int(np.sum(kept < lengths)), "truncated": 0, "unknown": None, "label_counts": {},
+            "device_disagreement": float(np.mean(disagreed[some] > 0)) if some.any() else None}
 
 
 def whole_answer_agreement(answers, kept: np.ndarray, rows: list[int]) -> np.ndarray:

@@ -23,6 +23,7 @@ from edgeshrink.data import load_data, split_examples
 from edgeshrink.errors import EdgeshrinkError
 from edgeshrink.route.confidence import binary_ece, confidence_scores, fit_platt
 from edgeshrink.route.handoff import evaluate_handoff, handoff_record
+from edgeshrink.route.monitor import reference_from
 from edgeshrink.route.policies import (CalibrationData, PolicyConfig, apgr_cpt, choose_threshold, curves, policy_split,
                                        too_small)
 from edgeshrink.route.router import generates, threshold_of
@@ -49,6 +50,7 @@ class OpenAnswers:
     token_logprobs: list = None
     token_entropies: list = None
     token_agree: list = None
+    token_margins: list = None  # the step's top probability minus its second
 
 
 def render_prompt(template: str, text: str) -> list[dict]:
@@ -62,7 +64,7 @@ def open_answers(device, cloud, texts: list[str], answer_tokens: int = 32, templ
     n = len(texts)
     signals = {name: np.zeros(n) for name in ANSWER_SIGNALS}
     agree, agreed, lengths, answers, truncated = np.zeros(n, bool), np.zeros(n, int), np.zeros(n, int), [], []
-    token_logprobs, token_entropies, token_agree = [], [], []
+    token_logprobs, token_entropies, token_agree, token_margins = [], [], [], []
     for i, text in enumerate(texts):
         ids, cut = _fit(device, template, text, answer_tokens)
         info: dict = {}
@@ -80,11 +82,12 @@ def open_answers(device, cloud, texts: list[str], answer_tokens: int = 32, templ
         truncated.append(cut)
         token_logprobs.append(np.array([t.logprob for t in tokens], dtype=float))
         token_entropies.append(np.array([t.entropy for t in tokens], dtype=float))
+        token_margins.append(np.array([t.margin for t in tokens], dtype=float))
         token_agree.append(same)
         if progress is not None:
             progress(i + 1, n)
     return OpenAnswers(answers, signals, agree, agreed, lengths, truncated, token_logprobs, token_entropies,
-                       token_agree)
+                       token_agree, token_margins)
 
 
 def _fit(generator, template: str, text: str, answer_tokens: int) -> tuple[list[int], bool]:
@@ -129,6 +132,12 @@ def calibrate_open(device, cloud, part, config, progress=None) -> dict:
     threshold = choose_threshold(CalibrationData(scores, None, None, agree), config, 2)
     before = binary_ece(np.exp(raw), agree) if config.signal != "neg-mean-entropy" else None
     extra = {"handoff": handoff_record(answers, keep, config)} if config.handoff else {}
+    answered = scores >= threshold.value
+    # what the LLM service's drift watch compares live answers with (route/monitor.py): the calibrated
+    # confidence, the escalation share, and the disagreement among the answers the device keeps
+    extra["reference"] = reference_from(scores, keep, ~answered, np.array(answers.truncated, bool), None, [],
+                                        np.zeros(len(part), int),
+                                        float(np.mean(~agree[answered])) if answered.any() else None)
     return extra | router_record(
         config, fitted, threshold, keep,
         {"agreement_rate": float(agree.mean()), "mean_agreed_tokens": float(answers.agreed_tokens[keep].mean()),

@@ -70,6 +70,13 @@ def _schema():
                     raise ValueError(f"{name} needs n, and is at most n")
             return self
 
+    class Handoff(Loose):  # route calibrate --handoff (route/handoff.py): what the device service streams by
+        signal: Literal["logprob", "neg-entropy", "margin"]
+        threshold: Optional[Finite]  # null: no safe threshold, the cloud writes every answer
+        alpha: Optional[Annotated[float, Field(gt=0, lt=1)]] = None
+        delta: Optional[Annotated[float, Field(gt=0, lt=1)]] = None
+        reference: Optional[Reference] = None  # what the LLM service's drift watch compares live answers with
+
     class Router(Loose):
         kind: Literal["edgeshrink-router"] = "edgeshrink-router"
         schema_version: Annotated[StrictInt, Field(ge=1, le=ROUTER_SCHEMA)] = 1
@@ -87,6 +94,7 @@ def _schema():
         labels: Optional[Annotated[list[Label], Field(max_length=100_000)]] = None
         prompt: Optional[dict] = None
         reference: Optional[Reference] = None
+        handoff: Optional[Handoff] = None
         task: Optional[Literal["classify", "open"]] = None
         answer_tokens: Optional[Annotated[StrictInt, Field(ge=1, le=4096)]] = None
         template: Optional[Annotated[StrictStr, Field(max_length=100_000)]] = None

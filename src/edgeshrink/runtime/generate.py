@@ -73,6 +73,7 @@ class Token:
     text: str  # the text this token adds to the decoded output
     logprob: float  # log-probability of this token under the model (before temperature)
     entropy: float = 0.0  # entropy (nats) of the model's next-token distribution at this step (before temperature)
+    margin: float = 0.0  # the step's top probability minus its second (before temperature)
 
 
 @dataclass
@@ -253,7 +254,9 @@ class Generator:
                 piece = ""
             else:
                 piece, text_so_far = text[len(text_so_far):], text
-            yield Token(token, piece, float(logprobs[token]), float(-(np.exp(logprobs) * logprobs).sum()))
+            top2 = np.exp(np.partition(logprobs, -2)[-2:])
+            yield Token(token, piece, float(logprobs[token]), float(-(np.exp(logprobs) * logprobs).sum()),
+                        float(top2.max() - top2.min()))
             if stop and any(s in text_so_far for s in stop):
                 info["stop_reason"] = "stop"
                 break

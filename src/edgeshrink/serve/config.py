@@ -57,6 +57,12 @@ class CloudConfig(Config):
     # who decides what goes to the cloud: "router", the bundle's router.json (required), or "cloud-on-request":
     # only requests that ask for it (classifiers: cloud_only; language models: edgeshrink.route "cloud")
     route: Literal["router", "cloud-on-request"] = "router"
+    # language models: how the cloud continues an answer the device started (token-level handoff): "tokens",
+    # POST /v1/completions with the prompt as token ids (edgeshrink serve-cloud, vLLM, llama.cpp's server; the
+    # router's calibration already asks for the same vocabulary); "text", the same on the rendered text (any
+    # OpenAI-compatible completions endpoint with the same chat template); "none": it cannot (a chat-only API):
+    # no handoff, whole answers are routed
+    handoff: Literal["tokens", "text", "none"] = "tokens"
 
     @field_validator("url")
     @classmethod
@@ -89,6 +95,11 @@ class LLMConfig(Config):
     # prompt lookup on every answer: drafts are the tokens after the latest earlier match of the last n (down to 2)
     # tokens of prompt + answer, checked in the same pass (Generator.stream; the same output; 0: off)
     prompt_lookup: int = Field(0, ge=0, le=16)
+    # the device service's routing with a cloud: "handoff", stream the device's tokens at once and hand the rest of
+    # the answer to the cloud at the first token below the router's handoff threshold (route calibrate --handoff);
+    # "answer", the device's whole answer is scored, then kept or escalated; "auto": handoff when the router has a
+    # handoff threshold and the cloud can continue a prefix (cloud.handoff), else answer
+    policy: Literal["auto", "handoff", "answer"] = "auto"
 
 
 class UpdateConfig(Config):

@@ -51,6 +51,31 @@ class OpenAICloud(CloudConnection):
         return self.exchange(1, attempt)
 
 
+    async def verify(self, tokens: list[int], draft: list[int]) -> list[bool]:
+        """Whether the cloud, greedy, would have chosen each token of ``draft`` after ``tokens`` and the draft
+        before it: one teacher-forced pass on a `serve-cloud` (POST /v1/speculate, up to 32 draft tokens), within
+        the deadline, breaker and budget of every cloud call (raises CloudFailed)."""
+        body = {"tokens": tokens, "draft": draft[:32], "temperature": 0.0, "prompt_tokens": len(tokens)}
+
+        async def attempt():
+            response = await self.http.post("/v1/speculate", json=body)
+            if response.status_code != 200:
+                raise AttemptFailed.http(response.status_code)
+            try:
+                dists = response.json()["distributions"]
+                picks = [int(d["ids"][int(np.argmax(d["probs"]))]) for d in dists]
+            except (ValueError, KeyError, IndexError, TypeError):
+                raise AttemptFailed("bad_response", retry=False) from None
+            if len(picks) != len(body["draft"]) + 1:
+                raise AttemptFailed("bad_response", retry=False)
+            yield [pick == token for pick, token in zip(picks, body["draft"])]
+
+        agree = []
+        async for agree in self.exchange(1, attempt):  # one item; read to the end, so the call is counted
+            pass
+        return agree
+
+
 def _piece(data: str) -> tuple[str | None, str | None, str | None]:
     """The text, finish reason and model name of one OpenAI stream chunk (chat or completion); (None, None, None)
     if malformed."""

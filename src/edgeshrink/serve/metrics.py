@@ -44,6 +44,24 @@ class Metrics:
         self.breaker_transitions = Counter("edgeshrink_breaker_transitions", "Circuit breaker state changes",
                                            ["to"], registry=r)
 
+    def watch_metrics(self) -> None:
+        """The router's watch (serve/watch.py, serve/llm/watch.py): drift signals, the shadow audit,
+        recalibrations."""
+        from prometheus_client import Counter, Gauge
+
+        r = self.registry
+        self.drift_firing = Gauge("edgeshrink_drift_firing", "1 while a drift signal fires", ["signal"], registry=r)
+        self.drift_p_value = Gauge("edgeshrink_drift_p_value", "The latest p-value of each drift signal's test",
+                                   ["signal"], registry=r)
+        self.drift_alarms = Counter("edgeshrink_drift_alarms", "Times a drift signal started firing", ["signal"],
+                                    registry=r)
+        self.audits = Counter("edgeshrink_audits", "Device answers checked by the cloud in the background, by "
+                              "outcome", ["outcome"], registry=r)
+        self.audit_disagreement = Gauge("edgeshrink_audit_disagreement", "Audited disagreement among device "
+                                        "answers: estimate and interval bounds", ["bound"], registry=r)
+        self.recalibrations = Counter("edgeshrink_recalibrations", "Label-free recalibrations of the router from "
+                                      "the audit sample, by outcome", ["outcome"], registry=r)
+
     def render(self) -> bytes:
         from prometheus_client import generate_latest
 
@@ -58,20 +76,9 @@ class ClassifierMetrics(Metrics):
 
         super().__init__()
         r = self.registry
+        self.watch_metrics()
         self.batch_size = Histogram("edgeshrink_batch_size", "Texts per model call (micro-batching)",
                                     buckets=BATCH_BUCKETS, registry=r)
-        # the router's watch (serve/watch.py): drift signals, the shadow audit, recalibrations
-        self.drift_firing = Gauge("edgeshrink_drift_firing", "1 while a drift signal fires", ["signal"], registry=r)
-        self.drift_p_value = Gauge("edgeshrink_drift_p_value", "The latest p-value of each drift signal's test",
-                                   ["signal"], registry=r)
-        self.drift_alarms = Counter("edgeshrink_drift_alarms", "Times a drift signal started firing", ["signal"],
-                                    registry=r)
-        self.audits = Counter("edgeshrink_audits", "Device answers checked by the cloud in the background, by "
-                              "outcome", ["outcome"], registry=r)
-        self.audit_disagreement = Gauge("edgeshrink_audit_disagreement", "Audited disagreement among device "
-                                        "answers: estimate and interval bounds", ["bound"], registry=r)
-        self.recalibrations = Counter("edgeshrink_recalibrations", "Label-free recalibrations of the router from "
-                                      "the audit sample, by outcome", ["outcome"], registry=r)
         # updates over the air (serve --update-from; serve/updates.py)
         self.model_version = Gauge("edgeshrink_model_version", "The release version being served (0: none)",
                                    registry=r)
@@ -91,6 +98,7 @@ class LLMMetrics(Metrics):
 
         super().__init__()
         r = self.registry
+        self.watch_metrics()
         self.prompt_tokens = Counter("edgeshrink_prompt_tokens", "Prompt tokens of the answered requests, by who "
                                      "answered", ["source"], registry=r)
         self.generation_tokens = Counter("edgeshrink_generation_tokens", "Tokens of the answers, by who answered",
@@ -101,6 +109,12 @@ class LLMMetrics(Metrics):
         self.tpot = Histogram("edgeshrink_request_time_per_output_token_seconds", "Per answer of 2 tokens or more: "
                               "time from its first token to its last, over the tokens after the first (1 / tokens "
                               "per second)", ["source"], buckets=TPOT_BUCKETS, registry=r)
+        # token-level handoff (serve --llm-policy handoff): answers the device started and the cloud continued, and
+        # who wrote the tokens of the answers routed that way
+        self.handoffs = Counter("edgeshrink_handoffs", "Answers handed from the device to the cloud mid-way (at "
+                                "the first token below the handoff threshold)", registry=r)
+        self.handoff_tokens = Counter("edgeshrink_handoff_tokens", "Tokens of the answers routed by handoff, by "
+                                      "who wrote them (device, cloud)", ["source"], registry=r)
         # vLLM's spec_decode_num_draft_tokens / _accepted_tokens: prompt lookup's drafts (serve --prompt-lookup)
         self.draft_tokens = Counter("edgeshrink_spec_decode_num_draft_tokens", "Tokens drafted by prompt lookup",
                                     registry=r)

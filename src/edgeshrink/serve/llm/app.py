@@ -56,7 +56,22 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
     if router is not None and config.cloud is not None and router["signal"] not in ANSWER_SIGNALS:
         raise EdgeshrinkError(f"{bundle}'s router uses {router['signal']!r}, which free generations do not "
                               f"give: calibrate it with --signal {' | '.join(ANSWER_SIGNALS)}")
-    routing = Routing(engine, role, router, metrics, on_request=on_request, name=name)
+    routing = Routing(engine, role, router, metrics, on_request=on_request, name=name,
+                      handoff_via=config.cloud.handoff if config.cloud is not None else "none", policy=config.llm.policy)
+    if role == "device" and config.cloud is not None and config.llm.policy == "handoff" and not on_request:
+        why = routing.handoff_unavailable()
+        if why is not None:
+            raise EdgeshrinkError(f"--llm-policy handoff: {why}")
+
+    watching = config.monitor.audit_fraction > 0 or config.monitor.recalibrate
+    if role == "device" and watching and (config.cloud is None or on_request):
+        raise EdgeshrinkError("the audit and recalibration need the cloud's answers: give --cloud URL"
+                              if config.cloud is None else "the audit and recalibration watch the router's decisions: "
+                              "they go with --route router")
+    if role == "device" and router is not None and config.cloud is not None and not on_request:
+        from edgeshrink.serve.llm.watch import LLMWatch
+
+        routing.watch = LLMWatch(bundle, router, routing.policy_of("auto"), config.monitor, metrics, routing.confidence)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -66,6 +81,8 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
         state["ready"] = True
         yield
         state["ready"] = False
+        for task in list(getattr(routing.watch, "pending", ())):  # audits and recalibrations in flight
+            task.cancel()
         if routing.cloud is not None:
             await routing.cloud.close()
 
@@ -73,7 +90,10 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
         return {"router": routing.router is not None, "cloud": config.cloud.url if config.cloud else None,
                 "route": config.cloud.route if config.cloud else None,
                 "breaker": routing.cloud.breaker.state if routing.cloud else None,
-                "context_length": generator.context_length}
+                "policy": routing.policy_of("auto") if routing.cloud and routing.router else None,
+                "handoff_threshold": (routing.handoff or {}).get("threshold"),
+                "context_length": generator.context_length,
+                **({"drift": routing.watch.status()} if routing.watch else {})}
 
     app, error = base_app(f"{role} language-model service", f"edgeshrink {role} service, OpenAI-compatible: model "
                           f"{name}.", name, config, metrics, state, lifespan, ready_info, faults)
@@ -104,6 +124,13 @@ def llm_app(bundle: str | Path, config: ServeConfig, role: Literal["device", "cl
     @protected(app, "/v1/completions", response_model=dict, responses=responses)
     async def completions(body: CompletionRequest, request: Request):
         return await respond(request, body, "/v1/completions", ("text_completion", "text_completion"))
+
+    @protected(app, "/v1/monitor", "GET", response_model=dict)
+    async def monitor():
+        """The router's watch: every drift signal, the audit estimate, recalibrations."""
+        if routing.watch is None:
+            return error(404, "this service has no router to watch", "/v1/monitor")
+        return routing.watch.report()
 
     if role == "cloud":
         install_speculate(app, engine, config.llm.speculate_sessions, metrics, error, responses)

@@ -12,6 +12,8 @@ import json
 import time
 import uuid
 
+import anyio
+
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from edgeshrink.errors import EdgeshrinkError
@@ -23,7 +25,9 @@ class Render:
 
     Every response and stream chunk names the model that wrote it (``model``): a chunk, the model of its text;
     the whole response and the last chunk, the model that finished the answer (the device, when it finished an
-    answer the cloud could not)."""
+    answer the cloud could not). A text chunk's ``edgeshrink.span`` says whether the device or the cloud wrote it,
+    and the end's ``edgeshrink.spans`` lists the answer's spans in order: ``{"source", "model", "chars"}``
+    (a handed-off answer: device, then cloud)."""
 
     def __init__(self, name: str, tokenizer, metrics, error):
         self.name, self.tokenizer, self.metrics, self.error = name, tokenizer, metrics, error
@@ -66,16 +70,18 @@ class Render:
         ``received``: when the request came in (``time.perf_counter()``), for its latency and time to first token."""
         request_id = f"{'chatcmpl' if kinds[0] == 'chat.completion' else 'cmpl'}-{uuid.uuid4().hex[:24]}"
         if not body.stream:
-            texts, end, first_at = [], {}, None
+            texts, end, first_at, spans = [], {}, None, []
             try:
-                async for piece, about in pieces:  # (text, the model that wrote it), last (None, the end's facts)
+                async for piece, about in pieces:  # (text, its Author), last (None, the end's facts)
                     if piece is None:
                         end = about
                     elif piece:
                         first_at = first_at or time.perf_counter()
                         texts.append(piece)
+                        add_span(spans, piece, about)
             except EdgeshrinkError as exc:
                 return self.error(400, str(exc), path)
+            end["spans"] = spans
             text = "".join(texts)
             for stop in body.stops():  # the text ends before the first stop string
                 text = text.split(stop, 1)[0]
@@ -91,30 +97,48 @@ class Render:
 
     async def events(self, request, path: str, kind: str, pieces, ids, cancel, request_id: str, include_usage: bool,
                      received: float):
-        first, texts, first_at = True, [], None
+        first, texts, first_at, spans, ended = True, [], None, [], False
         try:
-            async for piece, about in pieces:  # (text, the model that wrote it), last (None, the end's facts)
+            async for piece, about in pieces:  # (text, its Author), last (None, the end's facts)
                 if await request.is_disconnected():
-                    cancel.set()
-                    self.metrics.rejected.labels(reason="client_disconnected").inc()
                     return
                 if piece is not None:
                     if piece:
                         first_at = first_at or time.perf_counter()
                         texts.append(piece)
-                        yield sse(self.payload(kind, piece, None, request_id, about, first=first))
+                        add_span(spans, piece, about)
+                        yield sse(self.payload(kind, piece, None, request_id, about.model, {"span": about.source},
+                                               first=first))
                         first = False
                     continue
                 end = about
+                end["spans"] = spans
                 usage = self.record(end, ids, "".join(texts), received, first_at)
                 yield sse(self.payload(kind, None, end.pop("finish"), request_id, end.pop("model"), end,
                                        usage if include_usage else None, first=first))
             self.metrics.requests.labels(path=path, status="200").inc()
+            ended = True
             yield "data: [DONE]\n\n"
         except EdgeshrinkError as exc:  # after the first byte the status is sent: say it in the stream
+            ended = True
             yield sse(error_body(500, str(exc), path))
         finally:
             cancel.set()
+            if not ended:  # the client went away (Starlette cancels the stream, or it was seen disconnected)
+                self.metrics.rejected.labels(reason="client_disconnected").inc()
+            # close the answer now, not when it is collected, shielded from the cancellation: a cloud stream it
+            # holds is closed (the cloud stops generating) and the device's generation stops, so the next request
+            # finds nothing left running
+            with anyio.CancelScope(shield=True):
+                await pieces.aclose()
+
+
+def add_span(spans: list[dict], piece: str, author) -> None:
+    """Extend the answer's spans by ``piece`` written by ``author`` (an Author: model and source)."""
+    if spans and spans[-1]["source"] == author.source and spans[-1]["model"] == author.model:
+        spans[-1]["chars"] += len(piece)
+    else:
+        spans.append({"source": author.source, "model": author.model, "chars": len(piece)})
 
 
 def sse(body: dict) -> str:

@@ -34,8 +34,10 @@ class Message(Strict):
 
 
 class RouteOptions(Strict):
-    route: Literal["auto", "device", "cloud"] = Field("auto", description="auto: the router decides; device: never "
-                                                      "escalate (private); cloud: always escalate")
+    route: Literal["auto", "device", "cloud", "handoff", "answer"] = Field(
+        "auto", description="auto: the service's policy decides; device: never escalate (private); cloud: always "
+        "escalate; handoff: stream the device's tokens and hand the rest to the cloud at the first unsure one; "
+        "answer: score the device's whole answer, then keep it or escalate")
 
 
 class StreamOptions(Strict):
@@ -77,7 +79,8 @@ class ChatRequest(Sampling):
 
 
 class CompletionRequest(Sampling):
-    prompt: str | list[str]
+    prompt: str | list[str] | list[int] = Field(description="A string, or token ids (OpenAI's form; a device "
+                                                "service's handoff continues an answer this way)")
 
 
 class SpeculateRequest(Strict):
@@ -117,7 +120,16 @@ class Prepared:
         body = self.body
         payload = {"messages": [m.model_dump(exclude_none=True) for m in body.messages]} \
             if isinstance(body, ChatRequest) else {"prompt": body.prompt}
-        payload |= {"max_tokens": self.max_tokens, "temperature": body.temperature, "top_p": body.top_p}
+        return payload | self.sampling_payload(self.max_tokens)
+
+    def continuation_payload(self, prompt: list[int] | str, max_tokens: int) -> dict:
+        """The /v1/completions request of a handoff: the cloud continues ``prompt`` (the rendered prompt and the
+        device's tokens so far, as ids or as text) for up to ``max_tokens`` tokens, sampling as asked."""
+        return {"prompt": prompt} | self.sampling_payload(max_tokens)
+
+    def sampling_payload(self, max_tokens: int) -> dict:
+        body = self.body
+        payload = {"max_tokens": max_tokens, "temperature": body.temperature, "top_p": body.top_p}
         if body.stop:
             payload["stop"] = body.stop
         if body.seed is not None:
@@ -149,15 +161,23 @@ async def prepare(body: ChatRequest | CompletionRequest, path: str, generator, n
         if generator.chat_template is None:
             raise Refused(400, f"model {name} has no chat template: use /v1/completions")
         prompt = [{"role": m.role, "content": m.text()} for m in body.messages]
+    elif body.prompt and all(isinstance(t, int) for t in body.prompt):  # token ids
+        vocabulary = generator.tokenizer.get_vocab_size()
+        if any(not 0 <= t < vocabulary for t in body.prompt):
+            raise Refused(422, f"prompt: token ids must be in [0, {vocabulary})")
+        prompt = list(body.prompt)
     else:
         prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
         if len(prompts) != 1 or not prompts[0]:
-            raise Refused(422, "prompt: one non-empty string")
+            raise Refused(422, "prompt: one non-empty string, or token ids")
         prompt = prompts[0]
-    try:  # in a thread: a chat template may take long to render, and the service must keep answering
-        ids = await asyncio.to_thread(generator.encode, prompt)
-    except EdgeshrinkError as exc:
-        raise Refused(400, str(exc)) from None
+    if isinstance(prompt, list) and not chat:
+        ids = prompt  # token ids, as given
+    else:
+        try:  # in a thread: a chat template may take long to render, and the service must keep answering
+            ids = await asyncio.to_thread(generator.encode, prompt)
+        except EdgeshrinkError as exc:
+            raise Refused(400, str(exc)) from None
     if not ids:
         raise Refused(422, "the prompt is empty")
     # Not asked: OpenAI's default (chat: the service's, completions: 16), cut to what the context leaves.

@@ -4,28 +4,43 @@ cloud with ``stream(path, payload)`` (serve/llm_client.py's ``OpenAICloud``), an
 
     routing = Routing(Engine(generator), "device", router=read_router(bundle), metrics=LLMMetrics(), name="smollm2")
     routing.cloud = OpenAICloud(config.cloud, metrics)
-    async for piece, end in routing.answer(prepared, threading.Event()):
-        ...  # text pieces as (text, model); last (None, {"finish", "source", "model", "confidence", "reason", ...})
+    async for piece, about in routing.answer(prepared, threading.Event()):
+        ...  # text pieces as (text, Author(model, source)); last (None, {"finish", "source", "model", "reason", ...})
 
-Every piece names the model that wrote it, and the end the model that finished the answer: nothing is passed on
-before it is known who writes it (a routed device answer is held until the router has scored it), so a
-stream's chunks can name their model as they go.
+Every piece names the model that wrote it and whether it came from the device or the cloud, and the end the
+model that finished the answer: nothing is passed on before it is known who writes it, so a stream's chunks can
+name their author as they go.
 
-The policy: the device answers alone on the cloud service, without a cloud, when the client asks for it
+Who answers: the device alone on the cloud service, without a cloud, when the client asks for it
 (``route: device``), when there is no router to ask, or when the service sends the cloud only the requests
-that ask for it (``--route cloud-on-request``). Otherwise the device answers first (unless the request
-is sent to the cloud, ``route: cloud``), the router scores its answer on the calibrated answer signal, and a
-confident answer stands. Below the threshold the request escalates and the cloud's stream is relayed. When
-the cloud fails — refused, slow past the deadline, 5xx, breaker open, over budget, or broken mid-stream — the
-device answers: its own answer if the cloud sent nothing, else it continues from the text the cloud sent, so
-the client always gets one whole answer, flagged ``device-fallback`` with the reason.
+that ask for it (``--route cloud-on-request``). Otherwise (``route: cloud`` goes straight to the cloud) one of
+two policies (``llm.policy``, or the request's ``route: handoff | answer``):
+
+- **handoff** (the router has a ``handoff`` threshold from ``route calibrate --handoff`` and the cloud can
+  continue a prefix, ``cloud.handoff``): the device's tokens are passed on as they are generated. At the first
+  token whose signal (its log-probability, or the negative entropy of its step) is below the threshold, that token
+  is dropped, the device stops, and the cloud continues the answer from the prompt and the device's tokens (one
+  /v1/completions request, the prompt as token ids or as the rendered text): one stream, device span then cloud
+  span, each chunk marked. Among the tokens the device keeps, the share the cloud would have chosen otherwise is
+  bounded as the calibration states (route/handoff.py; for greedy requests at the calibration's settings).
+- **answer**: the device's whole answer is generated and held, the router scores it on the calibrated answer
+  signal, and a confident answer stands; below the threshold the request escalates and the cloud's stream is
+  relayed.
+
+When the cloud fails — refused, slow past the deadline, 5xx, breaker open, over budget, or broken mid-stream — the
+device answers: its own answer if it has one and the cloud sent nothing, else it continues from what was sent (the
+device's tokens and the cloud's text), so the client always gets one whole answer, flagged ``device-fallback``
+with the reason.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
+from contextlib import aclosing
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -33,6 +48,7 @@ from edgeshrink.route.confidence import confidence_scores
 from edgeshrink.route.router import threshold_of
 from edgeshrink.runtime.prompted import answer_signals
 from edgeshrink.serve.cloud_client import CloudFailed
+from edgeshrink.serve.llm.watch import token_value
 
 
 class Engine:
@@ -54,6 +70,12 @@ class Engine:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
+        def put(item) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed (the service is stopping): nobody reads on
+                cancel.set()
+
         def work():
             info: dict = {}
             try:
@@ -61,7 +83,7 @@ class Engine:
                     started = time.thread_time()
                     try:
                         for token in self.g.stream(ids, max_tokens, info=info, **self.lookup, **options):
-                            loop.call_soon_threadsafe(queue.put_nowait, token)
+                            put(token)
                             if cancel.is_set():
                                 info["stop_reason"] = "cancelled"
                                 break
@@ -69,9 +91,9 @@ class Engine:
                         self.on_model_cpu(time.thread_time() - started)
                         if "drafted" in info:
                             self.on_drafts(info["drafted"], info["accepted"])
-                loop.call_soon_threadsafe(queue.put_nowait, info)
+                put(info)
             except Exception as exc:  # noqa: BLE001 - handed to the request, which answers in one line
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
+                put(exc)
 
         threading.Thread(target=work, daemon=True).start()
         try:
@@ -86,6 +108,26 @@ class Engine:
             cancel.set()
 
 
+@dataclass(frozen=True)
+class Author:
+    """Who wrote a piece of an answer: the model's name, and ``source`` "device" or "cloud"."""
+    model: str
+    source: str
+
+
+class Linked:
+    """A stop flag for one generation: set by its own ``set()`` or by the request's ``cancel``."""
+
+    def __init__(self, parent: threading.Event):
+        self.parent, self.own = parent, threading.Event()
+
+    def is_set(self) -> bool:
+        return self.own.is_set() or self.parent.is_set()
+
+    def set(self) -> None:
+        self.own.set()
+
+
 def finish_reason(stop_reason: str) -> str:
     return "length" if stop_reason == "length" else "stop"
 
@@ -94,17 +136,57 @@ class Routing:
     """See the module doc. ``role``: "device" (routes) or "cloud" (the cloud model answers everything itself);
     ``router``: the bundle's router.json settings (None: none); ``cloud``: set when the service starts;
     ``on_request``: the cloud answers only requests that ask for it (``route: cloud``), the router aside;
-    ``name``: the served model's name, which the pieces it writes carry."""
+    ``name``: the served model's name, which the pieces it writes carry; ``handoff_via``: how the cloud continues
+    a prefix ("tokens", "text", "none": it cannot); ``policy``: "auto", "handoff" or "answer" (config.LLMConfig)."""
 
     def __init__(self, engine: Engine, role: str, router: dict | None = None, metrics=None, cloud=None,
-                 on_request: bool = False, name: str = "device"):
-        self.engine, self.role, self.router, self.metrics, self.cloud = engine, role, router, metrics, cloud
-        self.on_request, self.name = on_request, name
+                 on_request: bool = False, name: str = "device", handoff_via: str = "tokens", policy: str = "auto"):
+        self.engine, self.role, self._router, self.metrics, self.cloud = engine, role, router, metrics, cloud
+        self.on_request, self.name, self.handoff_via, self.policy = on_request, name, handoff_via, policy
+        self.watch = None  # serve/llm/watch.py's LLMWatch, set by the service: drift, audit, recalibration
+
+    @property
+    def router(self) -> dict | None:
+        """The router in use: the watch's once it has recalibrated."""
+        return self.watch.router if self.watch is not None else self._router
+
+    def watched(self, policy: str, ids: list[int], tokens: list, kept: int, escalated: bool) -> None:
+        if self.watch is not None:
+            self.watch.after_answer(policy, ids, tokens, kept, escalated, self.cloud)
+
+    @property
+    def handoff(self) -> dict | None:
+        """The router's handoff section (its threshold and signal), or None when it has none."""
+        return (self.router or {}).get("handoff")
+
+    def handoff_unavailable(self) -> str | None:
+        """Why this service cannot hand an answer off mid-way (None: it can)."""
+        if self.handoff is None:
+            return ("the bundle's router.json has no handoff threshold (calibrate one: edgeshrink route calibrate "
+                    "--task open --handoff)")
+        if self.handoff_via == "none":
+            return "the cloud cannot continue a prefix (--handoff-via none)"
+        return None
+
+    def policy_of(self, route: str) -> str:
+        """"handoff" or "answer": how a request the router decides is routed."""
+        if route in ("handoff", "answer"):
+            return route
+        if self.policy != "auto":
+            return self.policy
+        return "answer" if self.handoff_unavailable() else "handoff"
 
     def refusal(self, route: str) -> str | None:
         """Why a request asking for ``route`` cannot be answered here (None: it can)."""
-        if self.role == "device" and route == "cloud" and self.cloud is None:
-            return "edgeshrink.route is 'cloud' but this service has no cloud (--cloud URL)"
+        if self.role == "device" and route in ("cloud", "handoff", "answer") and self.cloud is None:
+            return f"edgeshrink.route is {route!r} but this service has no cloud (--cloud URL)"
+        if self.role == "device" and route == "answer" and self.router is None:
+            return "edgeshrink.route is 'answer' but the bundle has no router.json to score the answer"
+        if self.role == "device" and (route == "handoff" or (route == "auto" and self.policy == "handoff"
+                                                             and not self.on_request)):
+            why = self.handoff_unavailable()
+            if why is not None:
+                return f"handoff asked, but {why}"
         return None
 
     def device_only(self, route: str) -> str | None:
@@ -136,7 +218,7 @@ class Routing:
             else:
                 count += 1
                 pace.tick()
-                yield item.text, self.name
+                yield item.text, Author(self.name, "device")
 
     async def answer(self, request, cancel: threading.Event):
         """The answer to ``request`` (a ``Prepared``): text pieces as (text, the model that wrote it), last
@@ -150,9 +232,13 @@ class Routing:
                                                   {"source": source, "reason": alone}, Pace()):
                 yield piece
             return
+        if route != "cloud" and self.policy_of(route) == "handoff":
+            async for piece in self.handed_off(request, cancel):
+                yield piece
+            return
         # The device answers first (unless sent to the cloud), then the router decides: nothing is sent before.
         device_tokens, device_info, confidence, held = [], {}, None, Pace()
-        if route == "auto":
+        if route in ("auto", "answer"):
             async for item in self.engine.stream(ids, max_tokens, options, cancel):
                 if isinstance(item, dict):
                     device_info = item
@@ -160,9 +246,11 @@ class Routing:
                     held.tick()
                     device_tokens.append(item)
             confidence = self.confidence(device_tokens)
-            if confidence >= threshold_of(self.router):
+            sure = confidence >= threshold_of(self.router)
+            self.watched("answer", ids, device_tokens, len(device_tokens) if sure else 0, not sure)
+            if sure:
                 for token in device_tokens:
-                    yield token.text, self.name
+                    yield token.text, Author(self.name, "device")
                 yield None, {"finish": finish_reason(device_info["stop_reason"]), "source": "device",
                              "confidence": confidence, "reason": "confident", "model": self.name,
                              "completion_tokens": len(device_tokens), "decode_s": held.decode_s()}
@@ -171,14 +259,15 @@ class Routing:
         why = "cloud only" if route == "cloud" else "not confident"
         sent, finish, cloud_model, pace = [], "stop", None, Pace()
         try:
-            async for piece, reason, model in self.cloud.stream(request.path, request.cloud_payload()):
-                cloud_model = model
-                if piece:
-                    pace.tick()
-                    sent.append(piece)
-                    yield piece, model
-                if reason:
-                    finish = reason
+            async with aclosing(self.cloud.stream(request.path, request.cloud_payload())) as cloud_pieces:
+                async for piece, reason, model in cloud_pieces:
+                    cloud_model = model
+                    if piece:
+                        pace.tick()
+                        sent.append(piece)
+                        yield piece, Author(model, "cloud")
+                    if reason:
+                        finish = reason
             yield None, {"finish": finish, "source": "cloud", "confidence": confidence, "reason": why,
                          "model": cloud_model or getattr(self.cloud, "name", "cloud"), "completion_tokens": None,
                          "decode_s": pace.decode_s()}
@@ -190,7 +279,7 @@ class Routing:
                  "cloud_chars": len("".join(sent)), "reason": why}
         if not sent and device_info:  # the device's own answer is ready
             for token in device_tokens:
-                yield token.text, self.name
+                yield token.text, Author(self.name, "device")
             yield None, extra | {"finish": finish_reason(device_info["stop_reason"]), "model": self.name,
                                  "completion_tokens": len(device_tokens), "decode_s": held.decode_s()}
             return
@@ -200,6 +289,78 @@ class Routing:
         cont = ids + (generator.tokenizer.encode(so_far, add_special_tokens=False).ids if so_far else [])
         budget = max_tokens - (len(cont) - len(ids))
         if budget <= 0 or len(cont) + budget > generator.context_length:
+            yield None, extra | {"finish": "length", "completion_tokens": len(cont) - len(ids), "model": self.name,
+                                 "decode_s": pace.decode_s()}
+            return
+        async for piece in self.device_pieces(cont, budget, options, cancel, extra, pace, before=len(cont) - len(ids)):
+            yield piece
+
+    def token_signal(self, token) -> float:
+        """The handoff's per-token signal (higher: surer), as route/handoff.py's TOKEN_SIGNALS."""
+        return token_value(token, self.handoff["signal"])
+
+    async def handed_off(self, request, cancel: threading.Event):
+        """The handoff policy (see the module doc): the device's tokens as they come; at the first unsure one, the
+        cloud's continuation from the prompt and the device's tokens; the device again if the cloud fails."""
+        ids, max_tokens, options = request.ids, request.max_tokens, request.options
+        threshold = self.handoff.get("threshold")
+        threshold = math.inf if threshold is None else float(threshold)  # None: no safe threshold, the cloud writes
+        kept, info, unsure, pace = [], {}, None, Pace()
+        async with aclosing(self.engine.stream(ids, max_tokens, options, Linked(cancel))) as tokens:
+            async for item in tokens:
+                if isinstance(item, dict):
+                    info = item
+                    break
+                value = self.token_signal(item)
+                if value < threshold:  # this token is dropped: the cloud writes from here (the device stops)
+                    unsure, last = value, item
+                    break
+                kept.append(item)
+                pace.tick()
+                yield item.text, Author(self.name, "device")
+        self.watched("handoff", ids, kept + ([last] if unsure is not None else []), len(kept), unsure is not None)
+        if unsure is None:  # sure throughout: the device wrote the whole answer
+            self.metrics.handoff_tokens.labels(source="device").inc(len(kept))
+            yield None, {"finish": finish_reason(info.get("stop_reason", "length")), "source": "device",
+                         "reason": "sure throughout", "model": self.name, "completion_tokens": len(kept),
+                         "decode_s": pace.decode_s(), "handoff": None}
+            return
+        self.metrics.escalations.inc()
+        self.metrics.handoffs.inc()
+        self.metrics.handoff_tokens.labels(source="device").inc(len(kept))
+        tokenizer = self.engine.g.tokenizer
+        prefix = ids + [t.id for t in kept]
+        at = {"reason": "unsure", "handoff": {"at_token": len(kept), "signal": self.handoff["signal"],
+                                              "value": unsure, "threshold": threshold}}
+        prompt = prefix if self.handoff_via == "tokens" else tokenizer.decode(prefix, skip_special_tokens=False)
+        sent, finish, cloud_model = [], "stop", None
+        try:
+            async with aclosing(self.cloud.stream("/v1/completions", request.continuation_payload(
+                    prompt, max_tokens - len(kept)))) as cloud_pieces:
+                async for piece, reason, model in cloud_pieces:
+                    cloud_model = model
+                    if piece:
+                        pace.tick()
+                        sent.append(piece)
+                        yield piece, Author(model, "cloud")
+                    if reason:
+                        finish = reason
+            written = "".join(sent)
+            self.metrics.handoff_tokens.labels(source="cloud").inc(
+                len(tokenizer.encode(written, add_special_tokens=False).ids) if written else 0)
+            yield None, at | {"finish": finish, "source": "handoff" if kept else "cloud",
+                              "model": cloud_model or getattr(self.cloud, "name", "cloud"),
+                              "completion_tokens": None, "decode_s": pace.decode_s()}
+            return
+        except CloudFailed as failed:
+            fallback_reason = failed.reason
+        # The cloud failed: the device continues from everything written so far (its tokens, the cloud's text).
+        self.metrics.fallbacks.labels(reason=fallback_reason).inc()
+        so_far = "".join(sent)
+        cont = prefix + (tokenizer.encode(so_far, add_special_tokens=False).ids if so_far else [])
+        extra = at | {"source": "device-fallback", "fallback_reason": fallback_reason, "cloud_chars": len(so_far)}
+        budget = max_tokens - (len(cont) - len(ids))
+        if budget <= 0 or len(cont) + budget > self.engine.g.context_length:
             yield None, extra | {"finish": "length", "completion_tokens": len(cont) - len(ids), "model": self.name,
                                  "decode_s": pace.decode_s()}
             return
