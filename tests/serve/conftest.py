@@ -24,3 +24,17 @@ def serve_models(tiny_bundle, tmp_path_factory):
     plain = root / "device-no-router"
     shutil.copytree(tiny_bundle, plain)
     return {"cloud": cloud, "device": device, "plain": plain, "data": data}
+
+
+@pytest.fixture(scope="module")
+def llm_bundles(tmp_path_factory):
+    """Two tiny random llama bundles of one tokenizer: "cloud" and "device" (the LLM services' tests)."""
+    from edgeshrink.export.llm import LLMExportConfig, export_llm
+    from tests.families import make_causal_lm
+
+    root = tmp_path_factory.mktemp("llm-serve")
+    quick = LLMExportConfig(validation_prompts=2, validation_new_tokens=4)
+    export_llm(make_causal_lm("llama", root / "cloud-model", seed=0, max_position_embeddings=256), root / "cloud", quick)
+    export_llm(make_causal_lm("llama", root / "device-model", seed=2, max_position_embeddings=256), root / "device",
+               quick)
+    return root

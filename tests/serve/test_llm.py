@@ -11,23 +11,11 @@ import time
 import httpx
 import pytest
 
-from edgeshrink.export.llm import LLMExportConfig, export_llm
 from edgeshrink.serve.metrics import parse
-from tests.families import make_causal_lm
 
 openai = pytest.importorskip("openai")
 
 CHAT = [{"role": "user", "content": "Tell me about a good film."}]
-
-
-@pytest.fixture(scope="module")
-def llm_bundles(tmp_path_factory):
-    root = tmp_path_factory.mktemp("llm-serve")
-    quick = LLMExportConfig(validation_prompts=2, validation_new_tokens=4)
-    export_llm(make_causal_lm("llama", root / "cloud-model", seed=0, max_position_embeddings=256), root / "cloud", quick)
-    export_llm(make_causal_lm("llama", root / "device-model", seed=2, max_position_embeddings=256), root / "device",
-               quick)
-    return root
 
 
 def _router(bundle, tmp_path, threshold):
@@ -166,7 +154,8 @@ def test_metrics_count_tokens_and_their_timing_by_who_answered(start, llm_bundle
     paced = sum(u.completion_tokens > 1 for u in (whole, streamed))
     assert m['edgeshrink_request_time_per_output_token_seconds_count{source="device"}'] == paced
     assert m['edgeshrink_request_time_per_output_token_seconds_sum{source="device"}'] > 0
-    assert "edgeshrink_batch_size" not in text and "edgeshrink_drift" not in text
+    # no micro-batching; the router's watch is declared, with nothing to say (cloud on request: no watch)
+    assert "edgeshrink_batch_size" not in text and "edgeshrink_drift_firing{" not in text
     cpu = m["edgeshrink_model_cpu_seconds_total"]
     assert cpu > 0
     client.chat.completions.create(model="device", messages=CHAT, max_tokens=12, temperature=0)

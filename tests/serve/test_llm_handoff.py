@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from edgeshrink.runtime.generate import Generator
-from tests.serve.test_llm import CHAT, _client, _message, _metrics, llm_bundles  # noqa: F401 - a fixture
+from tests.serve.test_llm import CHAT, _client, _message, _metrics
 
 openai = pytest.importorskip("openai")
 
@@ -91,6 +91,10 @@ def test_one_stream_across_the_handoff_device_span_then_the_clouds_greedy_contin
     m = _metrics(device)
     assert m["edgeshrink_handoffs_total"] == 2 and m['edgeshrink_handoff_tokens_total{source="device"}'] == 2 * k
     assert m['edgeshrink_texts_total{source="handoff"}'] == 2
+    # the watch saw both answers (this router has no drift reference, so no test runs; /v1/monitor says so)
+    report = httpx.get(f"{device.url}/v1/monitor").json()
+    assert report["policy"] == "handoff" and report["requests"] == 2 and report["firing"] == []
+    assert httpx.get(f"{device.url}/readyz").json()["drift"]["policy"] == "handoff"
     # answer-level routing on request: this router's answer threshold is null, so the device answers whole
     answered = client.chat.completions.create(model="device", messages=CHAT, max_tokens=12,
                                               temperature=0, extra_body={"repetition_penalty": 1.0,

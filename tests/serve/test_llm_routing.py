@@ -274,3 +274,12 @@ def test_the_device_speaks_first_under_handoff_and_is_held_under_answer_routing(
         routing = Routing(Engine(GatedGenerator(["a", "b", "c"])), "device", handoff_router(-1.0), LLMMetrics(),
                           FakeCloud(["C"]), name="smol")
         assert asyncio.run(first_piece(routing, route)) == expected
+
+
+def test_a_character_split_over_tokens_is_not_cut_at_the_seam():
+    """A kept token whose text is still held back (the first bytes of a character) was never shown: the cloud
+    continues from the last token shown, so it writes the whole character."""
+    device = FakeGenerator(["a", "", "c"], logprob=[-0.1, -0.1, -5.0])
+    cloud = FakeCloud(["é"])
+    text, end = answer(Routing(Engine(device), "device", handoff_router(-1.0), LLMMetrics(), cloud), request())
+    assert text == "aé" and end["handoff"]["at_token"] == 1 and cloud.calls[0][1]["prompt"] == [1, 2, 3, 0]

@@ -325,6 +325,10 @@ class Routing:
                          "reason": "sure throughout", "model": self.name, "completion_tokens": len(kept),
                          "decode_s": pace.decode_s(), "handoff": None}
             return
+        # tokens whose text was held back (the first bytes of a character split over tokens) were never shown: the
+        # cloud writes from the last token shown, so the character is not cut at the seam
+        while kept and kept[-1].text == "":
+            kept.pop()
         self.metrics.escalations.inc()
         self.metrics.handoffs.inc()
         self.metrics.handoff_tokens.labels(source="device").inc(len(kept))
