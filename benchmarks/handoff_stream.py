@@ -148,7 +148,9 @@ def summarise(rows: list[dict], name: str) -> dict:
                      "sources": {s: sum(r["source"] == s for r in mine) for s in sorted({r["source"] for r in mine})}}
         if mode != "cloud":
             cloud = {r["prompt"]: r["text"] for r in rows if r["mode"] == "cloud"}
-            out[mode]["whole_answer_equal_to_cloud"] = float(np.mean([r["text"] == cloud[r["prompt"]] for r in mine]))
+            for r in mine:
+                r["equal_to_cloud"] = r["text"] == cloud[r["prompt"]]
+            out[mode]["whole_answer_equal_to_cloud"] = float(np.mean([r["equal_to_cloud"] for r in mine]))
             tokens = sum(r["completion_tokens"] or 0 for r in mine)
             device = sum(r["device_tokens"] for r in mine)
             out[mode]["device_token_share"] = device / max(tokens, 1)
@@ -246,7 +248,10 @@ def main():
     print(json.dumps(result, indent=2))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result | {"rows": rows}, indent=2))
+        fields = ["set", "prompt", "mode", "source", "handoff_at", "completion_tokens", "device_tokens", "agree",
+                  "equal_to_cloud", "ttft_s", "total_s"]  # per answer: the figures, not the texts
+        slim = [[round(r.get(k), 4) if isinstance(r.get(k), float) else r.get(k) for k in fields] for r in rows]
+        args.json.write_text(json.dumps(result | {"row_fields": fields, "rows": slim}))
 
 
 if __name__ == "__main__":

@@ -5,15 +5,18 @@ calibration's, and how fast does it fire when the prompts shift?
         [--prompts 300] [--streams 200] [--json benchmarks/results/llm-drift.json]
 
 The device bundle's router must come from ``route calibrate --task open --handoff`` (its references). The device
-answers, greedy and at the calibration's answer length, two pools of prompts: held-out ``open-prompts`` (the test
-part: the calibration used the other part) and shifted ones, passages of ``shakespeare`` asked to be explained.
+answers, greedy and at the calibration's answer length, three pools of prompts: held-out ``open-prompts`` (the
+test part: the calibration used the other part) and two shifted ones, ``shakespeare`` passages to explain and
+``sentiment-tweets`` tweets to reply to.
 Then streams are replayed through serve/llm/watch.py's ``LLMWatch`` (its defaults: window 300, tests every 25
 answers from 100 on, p < 1e-3), for both policies (handoff: the mean token signal up to the handoff and whether it
 happened; answer: the router's calibrated confidence and whether it escalated):
 - in distribution: ``--streams`` streams of 600 answers drawn with replacement from the held-out pool; the
   false-alarm rate is the share of streams in which any signal ever fired;
-- shifted: 300 held-out answers, then 300 shifted ones; the detection rate within those 300, and the delay
-  (answers after the shift until the first firing).
+- shifted: 300 held-out answers, then 300 shifted ones (Shakespeare passages to explain, or tweets to reply to);
+  the detection rate within those 300, and the delay (answers after the shift until the first firing).
+Each pool's mean token log-probability, median answer confidence and escalation / handoff rates are printed too:
+a shift the device is as sure about as its calibration prompts moves no signal (the audit is what sees it).
 No audit here (no cloud): the audit signal is tested in tests/serve/test_llm_watch.py.
 """
 from __future__ import annotations
@@ -89,9 +92,14 @@ def main():
     paragraphs = [p.strip() for work in load_data("shakespeare").texts for p in work.split("\n\n")
                   if len(p.strip()) > 200]
     passages = [paragraphs[i] for i in np.random.default_rng(1).choice(len(paragraphs), args.prompts, replace=False)]
-    shifted = [[{"role": "user", "content": f"Explain this passage in plain English.\n\n{t[:600]}"}] for t in passages]
+    shakespeare = [[{"role": "user", "content": f"Explain this passage in plain English.\n\n{t[:600]}"}]
+                   for t in passages]
+    tweets = load_data("sentiment-tweets").texts
+    tweets = [[{"role": "user", "content": f"Reply to this tweet: {tweets[i]}"}]
+              for i in np.random.default_rng(2).choice(len(tweets), args.prompts, replace=False)]
     pools = {"held-out": answers(generator, held_out, tokens, "held-out"),
-             "shifted": answers(generator, shifted, tokens, "shifted")}
+             "shakespeare": answers(generator, shakespeare, tokens, "shakespeare"),
+             "tweets": answers(generator, tweets, tokens, "tweets")}
 
     def confidence(toks) -> float:
         signals = answer_signals([(t.logprob, t.entropy) for t in toks])
@@ -99,29 +107,43 @@ def main():
         return float(confidence_scores(router["signal"], np.zeros((1, 2)),
                                        {k: np.array([v]) for k, v in signals.items()}, fitted)[0])
 
+    from edgeshrink.route.router import threshold_of
+    from edgeshrink.serve.llm.watch import token_value
+
+    def handed_off(toks) -> bool:
+        threshold = router["handoff"]["threshold"]
+        return threshold is None or any(token_value(t, router["handoff"]["signal"]) < threshold for t in toks)
+
     rng = np.random.default_rng(0)
     result = {"machine": {"isa": cpu_info()["isa"]}, "device": str(args.device), "answer_tokens": tokens,
-              "prompts": {k: len(v) for k, v in pools.items()}, "policies": {}}
-    for policy in ("handoff", "answer"):
+              "prompts": {k: len(v) for k, v in pools.items()}, "policies": {},
+              "pools": {name: {"mean_token_logprob": float(np.mean([t.logprob for a in pool for t in a])),
+                               "answer_confidence_median": float(np.median([confidence(a) for a in pool])),
+                               "escalated": float(np.mean([confidence(a) < threshold_of(router) for a in pool])),
+                               "handed_off": float(np.mean([handed_off(a) for a in pool]))}
+                        for name, pool in pools.items()}}
+    print(json.dumps(result["pools"]), flush=True)
+    for policy, shifted in (("handoff", "shakespeare"), ("answer", "shakespeare"), ("handoff", "tweets"),
+                            ("answer", "tweets")):
         quiet = [replay(router, policy, [pools["held-out"][i] for i in rng.integers(0, len(pools["held-out"]), 600)],
                         confidence) for _ in range(args.streams)]
         shifts = []
         for _ in range(args.streams):
             before = [pools["held-out"][i] for i in rng.integers(0, len(pools["held-out"]), 300)]
-            after = [pools["shifted"][i] for i in rng.integers(0, len(pools["shifted"]), 300)]
+            after = [pools[shifted][i] for i in rng.integers(0, len(pools[shifted]), 300)]
             shifts.append(replay(router, policy, before + after, confidence))
         false_alarms = [r for r in quiet if r["first_fired_at"] is not None]
         early = [r for r in shifts if r["first_fired_at"] is not None and r["first_fired_at"] <= 300]
         detected = [r["first_fired_at"] - 300 for r in shifts if r["first_fired_at"] is not None
                     and r["first_fired_at"] > 300]
-        result["policies"][policy] = {
+        result["policies"][f"{policy}, {shifted}"] = {
             "false_alarm_rate": len(false_alarms) / len(quiet),
             "false_alarm_signals": sorted({s for r in false_alarms for s in r["fired"]}),
             "detection_rate": len(detected) / len(shifts), "fired_before_the_shift": len(early) / len(shifts),
             "delay_median": statistics.median(detected) if detected else None,
             "delay_p90": float(np.percentile(detected, 90)) if detected else None,
             "signals_fired_after_shift": sorted({s for r in shifts for s in r["fired"]})}
-        print(policy, json.dumps(result["policies"][policy]), flush=True)
+        print(policy, shifted, json.dumps(result["policies"][f"{policy}, {shifted}"]), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))

@@ -34,7 +34,73 @@ def _log(message: str) -> None:
     print(f"edgeshrink serve: {message}", file=sys.stderr, flush=True)
 
 
-class RouterWatch:
+class WatchBase:
+    """What the classifier's and the language-model service's watches share: the drift events, the audit's counts,
+    and the recalibration once a signal fires (``recalibrate_now(sample, firing)`` is each one's own). Needs
+    ``config``, ``metrics``, ``log``, ``monitor``, ``pending``, ``sample``, ``collecting``, ``recalibrating``,
+    ``audit_outcomes``."""
+
+    sampled = "sampled requests"  # what the recalibration sample counts, in the log
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    def _publish_p_values(self) -> None:
+        for name, state in self.monitor.state.items():  # the latest test of every signal, on /metrics
+            if state["p_value"] is not None:
+                self.metrics.drift_p_value.labels(signal=name).set(state["p_value"])
+
+    def _audited(self, agree: bool) -> None:
+        """One audited device answer: counted, tested, and its interval on /metrics as often as the test runs."""
+        self.audit_outcomes["agree" if agree else "disagree"] += 1
+        self.metrics.audits.labels(outcome="agree" if agree else "disagree").inc()
+        self._handle(self.monitor.audit(agree))
+        if self.monitor.audited % self.config.check_every == 0:
+            estimate = self.monitor.audit_estimate()
+            self.metrics.audit_disagreement.labels(bound="estimate").set(estimate["disagreement"])
+            self.metrics.audit_disagreement.labels(bound="low").set(estimate["interval"][0])
+            self.metrics.audit_disagreement.labels(bound="high").set(estimate["interval"][1])
+
+    def _handle(self, events: list[dict]) -> None:
+        for event in events:
+            signal = event["signal"]
+            self.metrics.drift_firing.labels(signal=signal).set(1 if event["firing"] else 0)
+            if event["firing"]:
+                self.metrics.drift_alarms.labels(signal=signal).inc()
+                if self.config.recalibrate and not self.collecting:
+                    self.collecting, self.sample = True, []  # recalibrate on the traffic from now on
+            self.log(event["message"] + (f"; recalibrating after {self.config.min_recalibration_sample} "
+                                         f"{self.sampled}" if event["firing"] and self.config.recalibrate else ""))
+
+    def _maybe_recalibrate(self) -> None:
+        if not (self.config.recalibrate and self.collecting and not self.recalibrating
+                and len(self.sample) >= self.config.min_recalibration_sample):
+            return
+        if not self.monitor.firing():  # the shift went away before the sample was complete
+            self.collecting, self.sample = False, []
+            return
+        self.recalibrating = True
+        self._spawn(self._recalibrate(list(self.sample), self.monitor.firing()))
+
+    async def _recalibrate(self, sample: list, firing: list[str]) -> None:
+        try:
+            record = await asyncio.to_thread(self.recalibrate_now, sample, firing)
+        except Exception as exc:  # noqa: BLE001 - the service goes on with the router it has; say why
+            self.metrics.recalibrations.labels(outcome="failed").inc()
+            self.log(f"recalibration failed, keeping the current router: {type(exc).__name__}: {exc}")
+        else:
+            self.metrics.recalibrations.labels(outcome="done").inc()
+            self.log(f"recalibrated ({', '.join(firing)} firing): {record['file']} — {record['summary']}")
+        finally:
+            self.recalibrating, self.collecting, self.sample = False, False, []
+
+    def recalibrate_now(self, sample: list, firing: list[str]) -> dict:
+        raise NotImplementedError
+
+
+class RouterWatch(WatchBase):
     def __init__(self, bundle: str | Path, router, config: MonitorConfig, metrics, log=_log, seed: int = 0):
         self.bundle, self.router, self.config, self.metrics, self.log = Path(bundle), router, config, metrics, log
         self.labels = list(router.device.labels)
@@ -73,33 +139,21 @@ class RouterWatch:
                     self._keep(row, results[i].probabilities)
             elif cloud is not None:
                 self._audit_later(cloud, text, pred.labels[i], row)
-        for name, state in self.monitor.state.items():  # the latest test of every signal, on /metrics
-            if state["p_value"] is not None:
-                self.metrics.drift_p_value.labels(signal=name).set(state["p_value"])
+        self._publish_p_values()
         self._maybe_recalibrate()
 
     def _audit_later(self, cloud, text: str, device_label: str, row: tuple) -> None:
         if len(self.pending) >= self.config.max_pending_audits:
             self.metrics.audits.labels(outcome="skipped_busy").inc()
             return
-        task = asyncio.get_running_loop().create_task(self._audit(cloud, text, device_label, row))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        self._spawn(self._audit(cloud, text, device_label, row))
 
     async def _audit(self, cloud, text: str, device_label: str, row: tuple) -> None:
         got = await cloud.classify([text])
         if got.labels is None:
             self.metrics.audits.labels(outcome=f"no_answer_{got.reason}").inc()
             return
-        agree = got.labels[0] == device_label
-        self.audit_outcomes["agree" if agree else "disagree"] += 1
-        self.metrics.audits.labels(outcome="agree" if agree else "disagree").inc()
-        self._handle(self.monitor.audit(agree))
-        if self.monitor.audited % self.config.check_every == 0:  # the interval on /metrics, as often as the test
-            estimate = self.monitor.audit_estimate()
-            self.metrics.audit_disagreement.labels(bound="estimate").set(estimate["disagreement"])
-            self.metrics.audit_disagreement.labels(bound="low").set(estimate["interval"][0])
-            self.metrics.audit_disagreement.labels(bound="high").set(estimate["interval"][1])
+        self._audited(got.labels[0] == device_label)
         self._keep(row, got.probabilities[0] or {got.labels[0]: 1.0})
         self._maybe_recalibrate()
 
@@ -111,42 +165,7 @@ class RouterWatch:
         if len(self.sample) > 4 * self.config.min_recalibration_sample:
             del self.sample[0]
 
-    # -- signals and actions --------------------------------------------------------------------------------
-    def _handle(self, events: list[dict]) -> None:
-        for event in events:
-            signal = event["signal"]
-            self.metrics.drift_firing.labels(signal=signal).set(1 if event["firing"] else 0)
-            if event["firing"]:
-                self.metrics.drift_alarms.labels(signal=signal).inc()
-                if self.config.recalibrate and not self.collecting:
-                    self.collecting, self.sample = True, []  # recalibrate on the traffic from now on
-            self.log(event["message"] + (f"; recalibrating after {self.config.min_recalibration_sample} sampled "
-                                         f"requests" if event["firing"] and self.config.recalibrate else ""))
-
-    def _maybe_recalibrate(self) -> None:
-        if not (self.config.recalibrate and self.collecting and not self.recalibrating
-                and len(self.sample) >= self.config.min_recalibration_sample):
-            return
-        if not self.monitor.firing():  # the shift went away before the sample was complete
-            self.collecting, self.sample = False, []
-            return
-        self.recalibrating = True
-        task = asyncio.get_running_loop().create_task(self._recalibrate(list(self.sample), self.monitor.firing()))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-
-    async def _recalibrate(self, sample: list[tuple], firing: list[str]) -> None:
-        try:
-            record = await asyncio.to_thread(self.recalibrate_now, sample, firing)
-        except Exception as exc:  # noqa: BLE001 - the service goes on with the router it has; say why
-            self.metrics.recalibrations.labels(outcome="failed").inc()
-            self.log(f"recalibration failed, keeping the current router: {type(exc).__name__}: {exc}")
-        else:
-            self.metrics.recalibrations.labels(outcome="done").inc()
-            self.log(f"recalibrated ({', '.join(firing)} firing): {record['file']} — {record['summary']}")
-        finally:
-            self.recalibrating, self.collecting, self.sample = False, False, []
-
+    # -- the recalibration --------------------------------------------------------------------------------
     def recalibrate_now(self, sample: list[tuple], firing: list[str]) -> dict:
         """Label-free calibration on ``sample`` with the router's policy (or recalibrate_policy); the new router
         is committed into the bundle and used from the next request on."""

@@ -257,20 +257,12 @@ class Routing:
                 return
         self.metrics.escalations.inc()
         why = "cloud only" if route == "cloud" else "not confident"
-        sent, finish, cloud_model, pace = [], "stop", None, Pace()
+        sent, relayed, pace = [], {}, Pace()
         try:
-            async with aclosing(self.cloud.stream(request.path, request.cloud_payload())) as cloud_pieces:
-                async for piece, reason, model in cloud_pieces:
-                    cloud_model = model
-                    if piece:
-                        pace.tick()
-                        sent.append(piece)
-                        yield piece, Author(model, "cloud")
-                    if reason:
-                        finish = reason
-            yield None, {"finish": finish, "source": "cloud", "confidence": confidence, "reason": why,
-                         "model": cloud_model or getattr(self.cloud, "name", "cloud"), "completion_tokens": None,
-                         "decode_s": pace.decode_s()}
+            async for piece in self.relay(request.path, request.cloud_payload(), pace, sent, relayed):
+                yield piece
+            yield None, {"finish": relayed["finish"], "source": "cloud", "confidence": confidence, "reason": why,
+                         "model": relayed["model"], "completion_tokens": None, "decode_s": pace.decode_s()}
             return
         except CloudFailed as failed:
             fallback_reason = failed.reason
@@ -284,11 +276,31 @@ class Routing:
                                  "completion_tokens": len(device_tokens), "decode_s": held.decode_s()}
             return
         # Continue from what the cloud sent (or from nothing): the answer stays whole.
-        generator = self.engine.g
-        so_far = "".join(sent)
-        cont = ids + (generator.tokenizer.encode(so_far, add_special_tokens=False).ids if so_far else [])
+        async for piece in self.finish_on_device(ids, ids, "".join(sent), max_tokens, options, cancel, extra, pace):
+            yield piece
+
+    async def relay(self, path: str, payload: dict, pace: "Pace", sent: list, relayed: dict):
+        """The cloud's stream as pieces (each kept in ``sent``); ``relayed`` gets its finish reason and model.
+        Raises CloudFailed as the cloud connection does."""
+        relayed.update(finish="stop", model=getattr(self.cloud, "name", "cloud"))
+        async with aclosing(self.cloud.stream(path, payload)) as cloud_pieces:
+            async for piece, reason, model in cloud_pieces:
+                relayed["model"] = model or relayed["model"]
+                if piece:
+                    pace.tick()
+                    sent.append(piece)
+                    yield piece, Author(model, "cloud")
+                if reason:
+                    relayed["finish"] = reason
+
+    async def finish_on_device(self, ids, prefix, so_far: str, max_tokens: int, options, cancel, extra: dict,
+                               pace: "Pace"):
+        """The device continues the answer from ``prefix`` (the prompt ``ids`` and the device's tokens) and the
+        text ``so_far`` the cloud sent, within the token budget; the end carries ``extra``."""
+        tokenizer = self.engine.g.tokenizer
+        cont = prefix + (tokenizer.encode(so_far, add_special_tokens=False).ids if so_far else [])
         budget = max_tokens - (len(cont) - len(ids))
-        if budget <= 0 or len(cont) + budget > generator.context_length:
+        if budget <= 0 or len(cont) + budget > self.engine.g.context_length:
             yield None, extra | {"finish": "length", "completion_tokens": len(cont) - len(ids), "model": self.name,
                                  "decode_s": pace.decode_s()}
             return
@@ -337,38 +349,24 @@ class Routing:
         at = {"reason": "unsure", "handoff": {"at_token": len(kept), "signal": self.handoff["signal"],
                                               "value": unsure, "threshold": threshold}}
         prompt = prefix if self.handoff_via == "tokens" else tokenizer.decode(prefix, skip_special_tokens=False)
-        sent, finish, cloud_model = [], "stop", None
+        sent, relayed = [], {}
         try:
-            async with aclosing(self.cloud.stream("/v1/completions", request.continuation_payload(
-                    prompt, max_tokens - len(kept)))) as cloud_pieces:
-                async for piece, reason, model in cloud_pieces:
-                    cloud_model = model
-                    if piece:
-                        pace.tick()
-                        sent.append(piece)
-                        yield piece, Author(model, "cloud")
-                    if reason:
-                        finish = reason
+            async for piece in self.relay("/v1/completions", request.continuation_payload(prompt, max_tokens - len(kept)),
+                                          pace, sent, relayed):
+                yield piece
             written = "".join(sent)
             self.metrics.handoff_tokens.labels(source="cloud").inc(
                 len(tokenizer.encode(written, add_special_tokens=False).ids) if written else 0)
-            yield None, at | {"finish": finish, "source": "handoff" if kept else "cloud",
-                              "model": cloud_model or getattr(self.cloud, "name", "cloud"),
-                              "completion_tokens": None, "decode_s": pace.decode_s()}
+            yield None, at | {"finish": relayed["finish"], "source": "handoff" if kept else "cloud",
+                              "model": relayed["model"], "completion_tokens": None, "decode_s": pace.decode_s()}
             return
         except CloudFailed as failed:
             fallback_reason = failed.reason
         # The cloud failed: the device continues from everything written so far (its tokens, the cloud's text).
         self.metrics.fallbacks.labels(reason=fallback_reason).inc()
         so_far = "".join(sent)
-        cont = prefix + (tokenizer.encode(so_far, add_special_tokens=False).ids if so_far else [])
         extra = at | {"source": "device-fallback", "fallback_reason": fallback_reason, "cloud_chars": len(so_far)}
-        budget = max_tokens - (len(cont) - len(ids))
-        if budget <= 0 or len(cont) + budget > self.engine.g.context_length:
-            yield None, extra | {"finish": "length", "completion_tokens": len(cont) - len(ids), "model": self.name,
-                                 "decode_s": pace.decode_s()}
-            return
-        async for piece in self.device_pieces(cont, budget, options, cancel, extra, pace, before=len(cont) - len(ids)):
+        async for piece in self.finish_on_device(ids, prefix, so_far, max_tokens, options, cancel, extra, pace):
             yield piece
 
 

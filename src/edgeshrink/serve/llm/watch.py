@@ -37,12 +37,14 @@ import numpy as np
 from edgeshrink.route.handoff import HandoffConfig, HandoffData, handoff_section, handoff_watch_score
 from edgeshrink.route.monitor import DriftMonitor, MonitorConfig, Observation
 from edgeshrink.serve.cloud_client import CloudFailed
-from edgeshrink.serve.watch import _log
+from edgeshrink.serve.watch import WatchBase, _log
 
 
-class LLMWatch:
+class LLMWatch(WatchBase):
     """``router``: the bundle's router settings; ``policy``: "handoff" or "answer" (the service's, for requests
     that do not choose); ``confidence(tokens)``: the router's calibrated confidence in a device answer."""
+
+    sampled = "audited answers"
 
     def __init__(self, bundle: str | Path, router: dict, policy: str, config: MonitorConfig, metrics, confidence,
                  log=_log, seed: int = 0):
@@ -87,9 +89,7 @@ class LLMWatch:
             score = self.confidence(head) if head else 0.0
         self._handle(self.monitor.observe(Observation(score=float(score), routed=True, escalated=bool(escalated),
                                                       truncated=False, unknown=None, label="")))
-        for name, state in self.monitor.state.items():
-            if state["p_value"] is not None:
-                self.metrics.drift_p_value.labels(signal=name).set(state["p_value"])
+        self._publish_p_values()
         if cloud is not None and head and self.rng.random() < self.config.audit_fraction:
             self._audit_later(cloud, prompt, head, kept, escalated, score)
 
@@ -97,9 +97,7 @@ class LLMWatch:
         if len(self.pending) >= self.config.max_pending_audits:
             self.metrics.audits.labels(outcome="skipped_busy").inc()
             return
-        task = asyncio.get_running_loop().create_task(self._audit(cloud, prompt, tokens, kept, escalated, score))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
+        self._spawn(self._audit(cloud, prompt, tokens, kept, escalated, score))
 
     async def _audit(self, cloud, prompt, tokens, kept, escalated, score) -> None:
         try:
@@ -110,57 +108,14 @@ class LLMWatch:
         agree = np.array(agree[:len(tokens)], dtype=bool)
         if self.policy == "handoff" or not escalated:  # the audit signal: answers the device kept (some of)
             if kept:
-                ok = bool(agree[:kept].all())
-                self.audit_outcomes["agree" if ok else "disagree"] += 1
-                self.metrics.audits.labels(outcome="agree" if ok else "disagree").inc()
-                self._handle(self.monitor.audit(ok))
-                if self.monitor.audited % self.config.check_every == 0:
-                    estimate = self.monitor.audit_estimate()
-                    self.metrics.audit_disagreement.labels(bound="estimate").set(estimate["disagreement"])
-                    self.metrics.audit_disagreement.labels(bound="low").set(estimate["interval"][0])
-                    self.metrics.audit_disagreement.labels(bound="high").set(estimate["interval"][1])
+                self._audited(bool(agree[:kept].all()))
         if self.config.recalibrate and self.collecting:
             signal = (self.router.get("handoff") or {}).get("signal", "logprob")
             self.sample.append({"signals": np.array([token_value(t, signal) for t in tokens]), "agree": agree,
                                 "tokens": [(t.logprob, t.entropy) for t in tokens]})
         self._maybe_recalibrate()
 
-    # -- signals and actions (serve/watch.py's) ------------------------------------------------------------
-    def _handle(self, events: list[dict]) -> None:
-        for event in events:
-            signal = event["signal"]
-            self.metrics.drift_firing.labels(signal=signal).set(1 if event["firing"] else 0)
-            if event["firing"]:
-                self.metrics.drift_alarms.labels(signal=signal).inc()
-                if self.config.recalibrate and not self.collecting:
-                    self.collecting, self.sample = True, []
-            self.log(event["message"] + (f"; recalibrating after {self.config.min_recalibration_sample} audited "
-                                         f"answers" if event["firing"] and self.config.recalibrate else ""))
-
-    def _maybe_recalibrate(self) -> None:
-        if not (self.config.recalibrate and self.collecting and not self.recalibrating
-                and len(self.sample) >= self.config.min_recalibration_sample):
-            return
-        if not self.monitor.firing():
-            self.collecting, self.sample = False, []
-            return
-        self.recalibrating = True
-        task = asyncio.get_running_loop().create_task(self._recalibrate(list(self.sample), self.monitor.firing()))
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-
-    async def _recalibrate(self, sample: list[dict], firing: list[str]) -> None:
-        try:
-            record = await asyncio.to_thread(self.recalibrate_now, sample, firing)
-        except Exception as exc:  # noqa: BLE001 - the service goes on with the router it has; say why
-            self.metrics.recalibrations.labels(outcome="failed").inc()
-            self.log(f"recalibration failed, keeping the current router: {type(exc).__name__}: {exc}")
-        else:
-            self.metrics.recalibrations.labels(outcome="done").inc()
-            self.log(f"recalibrated ({', '.join(firing)} firing): {record['file']} — {record['summary']}")
-        finally:
-            self.recalibrating, self.collecting, self.sample = False, False, []
-
+    # -- the recalibration (serve/watch.py's WatchBase runs it once a signal fires) ---------------------------
     def recalibrate_now(self, sample: list[dict], firing: list[str]) -> dict:
         """Label-free recalibration of the service's policy on ``sample`` (audited answers), committed into the
         bundle; the new router is used from the next request on (``self.router``, read by the routing)."""
