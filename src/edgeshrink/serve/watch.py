@@ -30,7 +30,7 @@ import numpy as np
 from edgeshrink.route.monitor import DriftMonitor, MonitorConfig, Observation, router_bound, router_reference
 
 
-def _log(message: str) -> None:
+def log_line(message: str) -> None:
     print(f"edgeshrink serve: {message}", file=sys.stderr, flush=True)
 
 
@@ -101,7 +101,7 @@ class WatchBase:
 
 
 class RouterWatch(WatchBase):
-    def __init__(self, bundle: str | Path, router, config: MonitorConfig, metrics, log=_log, seed: int = 0):
+    def __init__(self, bundle: str | Path, router, config: MonitorConfig, metrics, log=log_line, seed: int = 0):
         self.bundle, self.router, self.config, self.metrics, self.log = Path(bundle), router, config, metrics, log
         self.labels = list(router.device.labels)
         self.rng = random.Random(seed)

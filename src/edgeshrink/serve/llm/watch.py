@@ -37,7 +37,7 @@ import numpy as np
 from edgeshrink.route.handoff import HandoffConfig, HandoffData, handoff_section, handoff_watch_score
 from edgeshrink.route.monitor import DriftMonitor, MonitorConfig, Observation
 from edgeshrink.serve.cloud_client import CloudFailed
-from edgeshrink.serve.watch import WatchBase, _log
+from edgeshrink.serve.watch import WatchBase, log_line
 
 
 class LLMWatch(WatchBase):
@@ -47,7 +47,7 @@ class LLMWatch(WatchBase):
     sampled = "audited answers"
 
     def __init__(self, bundle: str | Path, router: dict, policy: str, config: MonitorConfig, metrics, confidence,
-                 log=_log, seed: int = 0):
+                 log=log_line, seed: int = 0):
         self.bundle, self.router, self.policy, self.config = Path(bundle), router, policy, config
         self.metrics, self.confidence, self.log = metrics, confidence, log
         self.rng = random.Random(seed)
