@@ -103,6 +103,19 @@ def test_one_stream_across_the_handoff_device_span_then_the_clouds_greedy_contin
     assert answered.model_extra["edgeshrink"]["reason"] == "confident"
 
 
+def test_the_rendered_text_continues_as_the_token_ids_do(start, llm_bundles, handoff):
+    """--handoff-via text (a completions endpoint that takes no token ids): the same answer as by ids."""
+    cloud = start("serve-cloud", llm_bundles / "cloud", "--port", 0, "--rate", 0)
+    answers = {}
+    for via in ("tokens", "text"):
+        device = start("serve", handoff["device"], "--cloud", cloud.url, "--cloud-model", "cloud", "--port", 0,
+                       "--rate", 0, "--handoff-via", via)
+        reply = _client(device).chat.completions.create(model="device", messages=CHAT, max_tokens=12, **GREEDY)
+        assert reply.model_extra["edgeshrink"]["source"] == "handoff"
+        answers[via] = reply.choices[0].message.content
+    assert answers["text"] == answers["tokens"]
+
+
 def test_when_the_cloud_fails_mid_handoff_the_device_finishes_the_answer_flagged(start, llm_bundles, handoff,
                                                                                  tmp_path):
     faults = tmp_path / "faults.json"

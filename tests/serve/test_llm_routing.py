@@ -18,7 +18,8 @@ class FakeGenerator:
     def __init__(self, words, logprob=-0.05):
         self.words, self.logprob = words, logprob  # logprob: one for every token, or one per word
         self.tokenizer = SimpleNamespace(encode=lambda text, add_special_tokens=False: SimpleNamespace(
-            ids=list(range(len(text)))), decode=lambda ids, skip_special_tokens=True: "|".join(map(str, ids)))
+            ids=([1] if add_special_tokens else []) + list(range(len(text)))),  # 1: a BOS
+            decode=lambda ids, skip_special_tokens=True: "|".join(map(str, ids)))
         self.calls = []
 
     def stream(self, ids, max_tokens, info, **options):
@@ -189,7 +190,7 @@ def test_handoff_streams_the_devices_tokens_then_the_cloud_continues_from_them()
     text_cloud = FakeCloud(["C"])
     pieces_of(Routing(Engine(device), "device", handoff_router(-1.0), LLMMetrics(), text_cloud,
                       handoff_via="text"), request())
-    assert text_cloud.calls[0][1]["prompt"] == "1|2|3|0|1"
+    assert text_cloud.calls[0][1]["prompt"] == "2|3|0|1"  # the BOS left to the cloud's tokenizer
 
 
 def test_a_sure_answer_stays_on_the_device_and_no_threshold_means_the_cloud_writes_it():

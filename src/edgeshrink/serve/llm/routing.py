@@ -307,6 +307,15 @@ class Routing:
         async for piece in self.device_pieces(cont, budget, options, cancel, extra, pace, before=len(cont) - len(ids)):
             yield piece
 
+    def as_text(self, ids: list[int]) -> str:
+        """``ids`` as the text a completions endpoint re-tokenizes to them: special tokens written out, less the
+        leading ones its tokenizer adds itself (a BOS), so they are not doubled."""
+        tokenizer = self.engine.g.tokenizer
+        lead = tokenizer.encode("", add_special_tokens=True).ids
+        if lead and ids[:len(lead)] == lead:
+            ids = ids[len(lead):]
+        return tokenizer.decode(ids, skip_special_tokens=False)
+
     def token_signal(self, token) -> float:
         """The handoff's per-token signal (higher: surer), as route/handoff.py's TOKEN_SIGNALS."""
         return token_value(token, self.handoff["signal"])
@@ -348,7 +357,7 @@ class Routing:
         prefix = ids + [t.id for t in kept]
         at = {"reason": "unsure", "handoff": {"at_token": len(kept), "signal": self.handoff["signal"],
                                               "value": unsure, "threshold": threshold}}
-        prompt = prefix if self.handoff_via == "tokens" else tokenizer.decode(prefix, skip_special_tokens=False)
+        prompt = prefix if self.handoff_via == "tokens" else self.as_text(prefix)
         sent, relayed = [], {}
         try:
             async for piece in self.relay("/v1/completions", request.continuation_payload(prompt, max_tokens - len(kept)),
