@@ -4,14 +4,16 @@ read with the official ``openai`` client.
 
     PYTHONPATH=src:. .venv/bin/python benchmarks/handoff_stream.py --device runs/smollm2-int4-handoff \
         --cloud runs/smollm2-fp32 [--threads 1] [--bbc 30] [--chat 30] [--sentiment 200] [--max-tokens 48] \
-        [--json benchmarks/results/handoff-stream.json]
+        [--also runs/smollm2-int4-answerloss | --threshold -2.73] [--json benchmarks/results/handoff-stream.json]
 
 ``--device`` is a device bundle whose router.json has a handoff section (``route calibrate --task open
 --handoff``). One ``serve-cloud`` on the cloud bundle and one ``serve`` on the device bundle (``--cloud``), each
 with ``--threads``; every request is greedy with no repetition penalty (the calibration's settings). Per prompt,
 interleaved: the device service with ``edgeshrink.route`` "answer" (score the whole answer, then keep it or
 escalate: today's service), "handoff" (stream at once, hand off at the first unsure token) and "device" (never
-escalate), and the cloud service alone (its greedy answer, the reference).
+escalate), and the cloud service alone (its greedy answer, the reference). With ``--also`` (a second calibration
+of the device, e.g. ``--handoff-loss answer``) or ``--threshold`` (a hand-set copy), a second device service adds
+the mode "handoff-strict".
 
 Prompts: ``--bbc`` BBC articles (test split) cut so that the rendered chat prompt is exactly 128 tokens ("Summarise
 this article"), ``--chat`` held-out ``open-prompts`` chat prompts, and ``--sentiment`` movie reviews (test split)
@@ -174,8 +176,10 @@ def main():
     parser.add_argument("--threshold", type=float, default=None, help="Serve a copy of --device whose handoff "
                         "threshold is this instead of the calibrated one (a point of the calibration curve; no "
                         "guarantee is claimed for it).")
+    parser.add_argument("--also", type=Path, default=None, help="A second device bundle (another handoff "
+                        "calibration of the same model), served beside --device: mode handoff-strict.")
     args = parser.parse_args()
-    strict = with_threshold(args.device, args.threshold) if args.threshold is not None else None
+    strict = with_threshold(args.device, args.threshold) if args.threshold is not None else args.also
     if strict is not None:
         MODES.insert(2, "handoff-strict")
 
@@ -194,7 +198,7 @@ def main():
     print(f"handoff threshold {handoff['threshold']} ({handoff['signal']}); prompts: "
           + ", ".join(f"{k} {len(v)}" for k, v in sets.items()), flush=True)
     threads = ["--threads", args.threads, "--rate", 0, "--port", 0]
-    names = {"device": args.device.name, "cloud": args.cloud.name}
+    names = {"device": args.device.name, "cloud": args.cloud.name, "strict": strict.name if strict else None}
     from contextlib import ExitStack
 
     with ExitStack() as stack:
@@ -208,14 +212,14 @@ def main():
         ask(clients["device"], names["device"], sets["chat"][0], 4, "device")  # warm both
         ask(clients["cloud"], names["cloud"], sets["chat"][0], 4, None)
         if strict is not None:
-            ask(clients["strict"], names["device"], sets["chat"][0], 4, "device")
+            ask(clients["strict"], names["strict"], sets["chat"][0], 4, "device")
         rows = []
         for name, prompts in sets.items():
             tokens = 10 if name == "sentiment" else args.max_tokens
             for i, messages in enumerate(prompts):
                 for mode in MODES:  # interleaved per prompt
                     key = {"cloud": "cloud", "handoff-strict": "strict"}.get(mode, "device")
-                    r = ask(clients[key], names[key if key == "cloud" else "device"], messages, tokens,
+                    r = ask(clients[key], names[key], messages, tokens,
                             {"cloud": None, "handoff-strict": "handoff"}.get(mode, mode))
                     rows.append(r | {"set": name, "prompt": i, "mode": mode})
                 if (i + 1) % 10 == 0:
@@ -230,7 +234,9 @@ def main():
                               else r["completion_tokens"] or 0) if r["mode"] != "cloud" and device_text else 0
         r["agree"] = token_agreement(cloud_gen, device_gen, messages, device_text) if r["mode"] != "cloud" else (0, 0)
     result = {"machine": {"isa": cpu_info()["isa"], "threads": args.threads}, "handoff": {
-        k: handoff[k] for k in ("signal", "threshold", "alpha", "delta")}, "strict_threshold": args.threshold,
+        k: handoff.get(k) for k in ("signal", "threshold", "alpha", "delta", "loss")},
+        "strict": None if strict is None else {k: read_router(strict)["handoff"].get(k) for k in
+                                               ("signal", "threshold", "alpha", "delta", "loss", "guarantee")},
         "max_tokens": args.max_tokens,
         "sets": [summarise([r for r in rows if r["set"] == name], name) for name in sets]}
     labels = {mode: [label_of(r["text"]) for r in rows if r["set"] == "sentiment" and r["mode"] == mode]

@@ -84,3 +84,29 @@ def test_kept_matches_the_definition():
         for s, a, k, d in zip(data.signals, data.agree, kept, disagreed):
             first = next((t for t, v in enumerate(s) if v < threshold), len(s))
             assert k == first and d == int(np.sum(~a[:first]))
+
+
+def test_the_answer_loss_bounds_answers_that_are_not_the_clouds_own():
+    """loss="answer": the share of answers keeping a token the cloud would not have chosen (or, kept whole, ending
+    where the cloud would not) is ≤ α on fresh prompts in at least 1 − δ of the calibration draws, and the
+    threshold falls between "everything" and "nothing" (the device keeps a share of the tokens, not all)."""
+    alpha, delta = 0.3, 0.1
+    rng = np.random.default_rng(2)
+    fresh = synthetic(3_000, rng)
+    fresh.ends_agree = rng.random(3_000) > 0.05
+    failures, shares = 0, []
+    for _ in range(40):
+        data = synthetic(200, rng)
+        data.ends_agree = rng.random(200) > 0.05
+        result = calibrate_handoff(data, HandoffConfig(alpha=alpha, delta=delta, grid_size=40, loss="answer"))
+        assert "not the cloud's own greedy answer" in result.guarantee
+        threshold = result.threshold
+        failures += float(fresh.losses(threshold, "answer").mean()) > alpha
+        kept, _ = fresh.kept(threshold)
+        shares.append(kept.sum() / sum(len(s) for s in fresh.signals))
+    assert failures <= delta * 40 + 3, failures
+    assert 0.05 < np.median(shares) < 0.95, np.median(shares)
+    # the loss's definition: an answer kept whole that ends where the cloud would not is not the cloud's
+    tiny = HandoffData([np.array([0.9, 0.9])], [np.array([True, True])], ends_agree=np.array([False]))
+    assert tiny.losses(0.5, "answer").tolist() == [1.0] and tiny.losses(0.95, "answer").tolist() == [0.0]
+    assert tiny.losses(0.5, "token").tolist() == [0.0]

@@ -89,6 +89,7 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt,
                                                     "handoff (the device streams, the cloud continues from the first "
                                                     "unsure token), bounded at the same --alpha and --delta.")] = False,
               handoff_signal: Annotated[Optional[str], typer.Option(help=config_help(ROUTE, "handoff_signal", "--handoff: the per-token signal, logprob | neg-entropy | margin."))] = None,
+              handoff_loss: Annotated[Optional[str], typer.Option(help=config_help(ROUTE, "handoff_loss", "--handoff: what alpha bounds, token (disagreement among the tokens the device keeps) | answer (answers that are not the cloud's own greedy answer)."))] = None,
               text_column: TextCol = "text", label_column: LabelCol = "label", label_map: LabelMap = None,
               sign_key: SignKey = None, json_out: JsonOut = None) -> None:
     """Fit temperature and threshold on the calibration split; write router.json into the device bundle."""
@@ -101,7 +102,8 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt,
                                max_drop=max_drop, signal=signal, label_free=label_free or None, p_value=p_value,
                                temperature_scaling=False if no_temperature else None, cost=cost or None,
                                escalate_truncated=False if keep_truncated else None, task=task,
-                               answer_tokens=answer_tokens, handoff=handoff or None, handoff_signal=handoff_signal)
+                               answer_tokens=answer_tokens, handoff=handoff or None, handoff_signal=handoff_signal,
+                               handoff_loss=handoff_loss)
     data = data or DEFAULT_DATA.get(config.task)
     if data is None:
         raise fail("give --data: the data to calibrate on (a built-in data set name, CSV/JSONL file or "

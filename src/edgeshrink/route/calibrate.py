@@ -58,6 +58,9 @@ class RouteConfig(PolicyConfig):
     # the cloud continues, bounded at the same alpha and delta, on this per-token signal
     handoff: bool = False
     handoff_signal: Literal["logprob", "neg-entropy", "margin"] = "logprob"
+    # what the handoff's alpha bounds: "token", disagreement among the tokens the device keeps (mean over answers);
+    # "answer", the share of answers that are not the cloud's own greedy answer (route/handoff.py)
+    handoff_loss: Literal["token", "answer"] = "token"
 
     @model_validator(mode="before")
     @classmethod
@@ -75,6 +78,7 @@ class RouteConfig(PolicyConfig):
         if not self.handoff:
             given.pop("handoff")
             given.pop("handoff_signal")
+            given.pop("handoff_loss")
         return given
 
     @model_validator(mode="after")

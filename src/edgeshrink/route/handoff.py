@@ -17,7 +17,12 @@ D_i(λ) disagree with the cloud.
 is the answer: its loss at λ is the share of the tokens it keeps that the cloud would have chosen differently,
 L_i(λ) = D_i(λ) / K_i(λ) in [0, 1], over the answers that keep at least one token (which ones do depends on the
 signals alone, so the losses of those answers are still exchangeable; thresholds at which fewer than
-``min_answers_kept`` of the answers keep a token, or too few for even zero disagreement to reject, are skipped). Learn-then-Test (Angelopoulos et al. 2021):
+``min_answers_kept`` of the answers keep a token, or too few for even zero disagreement to reject, are skipped). With ``loss="answer"`` the loss
+is instead whether the answer keeps any token the cloud would have chosen otherwise (or, kept whole, ends where the
+cloud would not): L_i(λ) = 1[D_i(λ) > 0], over every answer. The cloud continues from the device's prefix, so this is
+exactly "the handed-off answer is not the cloud's own greedy answer"; it can only fall as λ gets stricter, so the
+fixed sequence loses little power, and for a pair whose per-token disagreement is flat along the curve it gives the
+intermediate thresholds the token loss cannot. Learn-then-Test (Angelopoulos et al. 2021):
 thresholds of a grid over the signal's range are tested from strict (high λ, few tokens kept) to lenient; at
 each, H0 "E[L(λ)] > α" is rejected when the Hoeffding–Bentkus p-value of the mean loss is ≤ δ; the sequence stops
 at the first failure and the last rejected λ is kept. Then with probability ≥ 1 − δ over the draw of the
@@ -32,6 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
@@ -50,6 +56,9 @@ class HandoffConfig(Config):
     # thresholds are tested once at least this share of the answers keep a token (the strictest ones, where a few
     # answers keep one token each, have too little power to start a fixed sequence that stops at its first failure)
     min_answers_kept: float = Field(0.5, gt=0, le=1)
+    # what α bounds: "token", the disagreeing share of the tokens an answer keeps (mean over answers keeping any);
+    # "answer", the share of answers that are not the cloud's own greedy answer (a kept token it would not choose)
+    loss: Literal["token", "answer"] = "token"
 
 
 @dataclass
@@ -59,6 +68,9 @@ class HandoffData:
     signals: list[np.ndarray]
     agree: list[np.ndarray]
     max_tokens: int = 0  # T_max, the answers' token budget (0: the longest answer)
+    # per prompt: the cloud would also end where the device's whole answer ends (None: assumed; an answer kept
+    # whole is the cloud's own only if it is)
+    ends_agree: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if len(self.signals) != len(self.agree):
@@ -84,6 +96,16 @@ class HandoffData:
                 self._disagreed[i, len(a) + 1:] = self._disagreed[i, len(a)]
         kept = (self._prefix_min >= threshold).sum(axis=1)
         return kept, self._disagreed[np.arange(len(kept)), kept]
+
+    def losses(self, threshold: float, loss: str) -> np.ndarray:
+        """Per answer, the loss at ``threshold`` (module doc): "token", D/K over the answers keeping a token;
+        "answer", whether the answer is not the cloud's own greedy answer, over every answer."""
+        kept, disagreed = self.kept(threshold)
+        if loss == "token":
+            return (disagreed / np.maximum(kept, 1))[kept > 0]
+        whole = kept >= np.array([len(s) for s in self.signals])
+        ends = np.ones(len(kept), bool) if self.ends_agree is None else np.asarray(self.ends_agree, bool)
+        return ((disagreed > 0) | (whole & ~ends)).astype(float)
 
     def candidates(self, size: int) -> np.ndarray:
         """Thresholds strict to lenient: quantiles of a grid over the signal's range (the range only; with a
@@ -131,14 +153,16 @@ def calibrate_handoff(data: HandoffData, config: HandoffConfig | None = None, fl
     for value in data.candidates(config.grid_size):
         if floor is not None and value < floor:
             break
-        kept, disagreed = data.kept(value)
-        losses = (disagreed / np.maximum(kept, 1))[kept > 0]  # the answers that keep a token (signals decide which)
+        kept, _ = data.kept(value)
+        token = data.losses(value, "token")  # over the answers that keep a token (signals decide which)
+        losses = token if config.loss == "token" else data.losses(value, "answer")
         p = mean_loss_p_value(losses, config.alpha)
         share = float(kept.sum() / total)
         curve.append({"threshold": float(value), "device_token_share": share,
-                      "disagreement_among_kept": float(losses.mean()) if len(losses) else None, "p_value": p})
+                      "disagreement_among_kept": float(token.mean()) if len(token) else None,
+                      "answers_not_the_clouds": float(data.losses(value, "answer").mean()), "p_value": p})
         # too few answers keep a token for even zero disagreement to reject: not a test (signals only decide it)
-        if stopped or len(losses) < max(examples_needed(config.alpha, config.delta), config.min_answers_kept * n):
+        if stopped or len(token) < max(examples_needed(config.alpha, config.delta), config.min_answers_kept * n):
             continue
         tested += 1
         last_p = p
@@ -150,12 +174,16 @@ def calibrate_handoff(data: HandoffData, config: HandoffConfig | None = None, fl
         return HandoffResult(math.inf, 0.0, None, f"no handoff threshold is safe at alpha={config.alpha:g}, "
                              f"delta={config.delta:g}: the cloud writes every answer", tested, last_p, curve)
     kept, disagreed = data.kept(chosen)
+    bounded = (f"the share of the tokens the device keeps in an answer that the cloud would have chosen otherwise is "
+               f"≤ {100 * config.alpha:g}% on average over the answers in which it keeps any"
+               if config.loss == "token" else
+               f"the share of answers that are not the cloud's own greedy answer (a kept token it would have chosen "
+               f"otherwise) is ≤ {100 * config.alpha:g}%")
     return HandoffResult(
         chosen, float(kept.sum() / total), float((disagreed / np.maximum(kept, 1))[kept > 0].mean()),
-        f"with probability ≥ {100 * (1 - config.delta):g}% over the draw of the {n} calibration prompts, the share "
-        f"of the tokens the device keeps in an answer that the cloud would have chosen otherwise is ≤ "
-        f"{100 * config.alpha:g}% on average over the answers in which it keeps any (if future prompts are exchangeable with the calibration prompts; no labels: "
-        f"agreement with the cloud's greedy choices, not correctness)", tested, last_p, curve)
+        f"with probability ≥ {100 * (1 - config.delta):g}% over the draw of the {n} calibration prompts, {bounded} "
+        f"(if future prompts are exchangeable with the calibration prompts; no labels: agreement with the cloud's "
+        f"greedy choices, not correctness)", tested, last_p, curve)
 
 
 # The per-token signals a handoff can use, from the device's own next-token distribution at each step (higher:
@@ -172,14 +200,17 @@ def handoff_data(answers, keep: np.ndarray, signal: str, max_tokens: int) -> Han
     rows = [i for i in range(len(answers.token_agree)) if keep[i]]
     values = {"logprob": lambda: answers.token_logprobs, "neg-entropy": lambda: [-e for e in answers.token_entropies],
               "margin": lambda: answers.token_margins}[signal]()
-    return HandoffData([values[i] for i in rows], [answers.token_agree[i] for i in rows], max_tokens=max_tokens)
+    return HandoffData([values[i] for i in rows], [answers.token_agree[i] for i in rows], max_tokens=max_tokens,
+                       ends_agree=np.array([bool(answers.agree[i]) or not bool(np.all(answers.token_agree[i]))
+                                            for i in rows]))
 
 
 def handoff_record(answers, keep: np.ndarray, config) -> dict:
     """The router's ``handoff`` section: the threshold, its guarantee and the curve (every 5th grid point) on the
     calibration prompts (``config``: the RouteConfig; the handoff shares its alpha and delta)."""
     data = handoff_data(answers, keep, config.handoff_signal, config.answer_tokens)
-    return handoff_section(data, HandoffConfig(alpha=config.alpha, delta=config.delta), config.handoff_signal)
+    return handoff_section(data, HandoffConfig(alpha=config.alpha, delta=config.delta, loss=config.handoff_loss),
+                           config.handoff_signal)
 
 
 def handoff_section(data: HandoffData, config: HandoffConfig, signal: str, floor: float | None = None) -> dict:
@@ -188,7 +219,8 @@ def handoff_section(data: HandoffData, config: HandoffConfig, signal: str, floor
     result = calibrate_handoff(data, config, floor)
     return {"signal": signal, "threshold": result.threshold if math.isfinite(result.threshold) else None,
             "device_token_share": result.device_token_share, "disagreement_among_kept": result.disagreement_among_kept,
-            "alpha": config.alpha, "delta": config.delta, "prompts": len(data.signals), "guarantee": result.guarantee,
+            "alpha": config.alpha, "delta": config.delta, "loss": config.loss, "prompts": len(data.signals),
+            "guarantee": result.guarantee,
             "thresholds_tested": result.thresholds_tested, "curve": result.curve[::5],
             "reference": handoff_reference(data, result.threshold)}
 
@@ -247,13 +279,16 @@ def evaluate_handoff(answers, keep: np.ndarray, handoff: dict, resplits: int = 0
               "delta": handoff["delta"]}
     if resplits:
         rng = np.random.default_rng(seed)
-        config = HandoffConfig(alpha=handoff["alpha"], delta=handoff["delta"], min_prompts=1)
+        loss = handoff.get("loss", "token")
+        config = HandoffConfig(alpha=handoff["alpha"], delta=handoff["delta"], min_prompts=1, loss=loss)
         held = []
         for _ in range(resplits):
             draw = rng.choice(len(data.signals), len(data.signals) // 2, replace=True)
-            half = HandoffData([data.signals[i] for i in draw], [data.agree[i] for i in draw], data.max_tokens)
+            half = HandoffData([data.signals[i] for i in draw], [data.agree[i] for i in draw], data.max_tokens,
+                               None if data.ends_agree is None else data.ends_agree[draw])
             chosen = calibrate_handoff(half, config).threshold
-            risk = at(None if not math.isfinite(chosen) else chosen)["disagreement_among_kept"]
+            measured = at(None if not math.isfinite(chosen) else chosen)
+            risk = measured["disagreement_among_kept"] if loss == "token" else 1 - measured["whole_answer_agreement"]
             held.append(risk is None or risk <= handoff["alpha"])
         report["guarantee_check"] = {"resplits": resplits, "held_fraction": float(np.mean(held)),
                                      "target": 1 - handoff["delta"], "ok": float(np.mean(held)) >= 1 - handoff["delta"]}

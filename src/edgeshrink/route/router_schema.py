@@ -75,6 +75,7 @@ def _schema():
         threshold: Optional[Finite]  # null: no safe threshold, the cloud writes every answer
         alpha: Optional[Annotated[float, Field(gt=0, lt=1)]] = None
         delta: Optional[Annotated[float, Field(gt=0, lt=1)]] = None
+        loss: Literal["token", "answer"] = "token"
         reference: Optional[Reference] = None  # what the LLM service's drift watch compares live answers with
 
     class Router(Loose):

@@ -126,7 +126,8 @@ class LLMWatch(WatchBase):
             section = old["handoff"]
             current = section.get("threshold")
             data = HandoffData([s["signals"] for s in sample], [s["agree"] for s in sample], self.answer_tokens)
-            config = HandoffConfig(alpha=section["alpha"], delta=section["delta"], min_prompts=1)
+            config = HandoffConfig(alpha=section["alpha"], delta=section["delta"], min_prompts=1,
+                                   loss=section.get("loss", "token"))
             new_section = handoff_section(data, config, section["signal"],
                                           floor=-math.inf if current is None else float(current))
             if current is None or new_section["threshold"] is None:
