@@ -37,10 +37,12 @@ def _print_open(out, report: dict, json_out) -> None:
                   f"{g['resplits']} recalibrations (target {100 * g['target']:.0f}%): {'ok' if g['ok'] else 'NO'}")
     if report.get("handoff"):
         ho, at = report["handoff"], report["handoff"]["at_threshold"]
+        token = ho.get("loss", "token") == "token"  # which of the two figures α bounds
+        by_token, by_answer = (f" (α={ho['alpha']:g})", "") if token else ("", f" (the rest: α={ho['alpha']:g})")
         out.print(f"handoff ({ho['signal']}, {ho['prompts']} prompts): the device writes "
                   f"{100 * at['device_token_share']:.1f}% of the tokens, disagreement among them "
-                  f"{_num(at['disagreement_among_kept'])} (α={ho['alpha']:g}); whole answers equal to the cloud's "
-                  f"greedy ones {100 * at['whole_answer_agreement']:.1f}%; {100 * at['handed_off_answers']:.1f}% of "
+                  f"{_num(at['disagreement_among_kept'])}{by_token}; whole answers equal to the cloud's greedy ones "
+                  f"{100 * at['whole_answer_agreement']:.1f}%{by_answer}; {100 * at['handed_off_answers']:.1f}% of "
                   f"answers handed off")
         if ho.get("guarantee_check"):
             g = ho["guarantee_check"]

@@ -276,6 +276,7 @@ def evaluate_handoff(answers, keep: np.ndarray, handoff: dict, resplits: int = 0
 
     report = {"signal": handoff["signal"], "prompts": len(rows), "at_threshold": at(handoff["threshold"]),
               "curve": [at(float(v)) for v in data.candidates(21)], "alpha": handoff["alpha"],
+              "loss": handoff.get("loss", "token"),
               "delta": handoff["delta"]}
     if resplits:
         rng = np.random.default_rng(seed)
