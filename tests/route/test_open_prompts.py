@@ -133,6 +133,8 @@ def test_per_token_agreement_and_the_handoff_section(pair, tmp_path):
     assert handoff["signal"] == "logprob" and handoff["prompts"] == 300 and handoff["curve"]
     # the drift watch's references: per answer, as the services observe them
     assert handoff["reference"]["n"] == 300 and len(handoff["reference"]["scores"]) == 300
+    assert 0 <= handoff["answers_not_the_clouds"] <= 1
+    assert (handoff["threshold"] is None) != ("of the answers are not the cloud's own" in result.output)
     assert router["reference"]["routed"] == 300 and 0 <= router["reference"]["escalated"] <= 300
     if handoff["threshold"] is not None:
         assert 0 < handoff["device_token_share"] <= 1 and handoff["disagreement_among_kept"] <= 0.2 + 0.1

@@ -138,7 +138,9 @@ def calibrate(device: DeviceOpt, cloud: CloudOpt,
         where = "the cloud writes every answer" if h["threshold"] is None else (
             f"hand off at the first token with {h['signal']} < {h['threshold']:.4f}: the device keeps "
             f"{100 * h['device_token_share']:.1f}% of the calibration answers' tokens, disagreement among them "
-            f"{100 * h['disagreement_among_kept']:.2f}%")
+            f"{100 * h['disagreement_among_kept']:.2f}%" + (
+                f"; {100 * h['answers_not_the_clouds']:.1f}% of the answers are not the cloud's own"
+                if h.get("answers_not_the_clouds") is not None else ""))
         typer.echo(f"handoff ({h['prompts']} prompts): {where}")
         typer.echo(f"handoff guarantee: {h['guarantee']}")
     sign_written(device, sign_key)

@@ -219,6 +219,7 @@ def handoff_section(data: HandoffData, config: HandoffConfig, signal: str, floor
     result = calibrate_handoff(data, config, floor)
     return {"signal": signal, "threshold": result.threshold if math.isfinite(result.threshold) else None,
             "device_token_share": result.device_token_share, "disagreement_among_kept": result.disagreement_among_kept,
+            "answers_not_the_clouds": float(data.losses(result.threshold, "answer").mean()) if data.signals else None,
             "alpha": config.alpha, "delta": config.delta, "loss": config.loss, "prompts": len(data.signals),
             "guarantee": result.guarantee,
             "thresholds_tested": result.thresholds_tested, "curve": result.curve[::5],
