@@ -246,36 +246,25 @@ def handoff_reference(data: HandoffData, threshold: float) -> dict:
             "device_disagreement": float(np.mean(disagreed[some] > 0)) if some.any() else None}
 
 
-def whole_answer_agreement(answers, kept: np.ndarray, rows: list[int]) -> np.ndarray:
-    """Per answer, whether the handed-off answer is the cloud's own greedy answer: the cloud continues from the
-    device's prefix, so it is exactly when every kept token is the cloud's choice (an answer the device writes
-    whole must also end where the cloud would: ``answers.agree``)."""
-    out = []
-    for k, i in zip(kept, rows):
-        whole = k >= len(answers.token_agree[i])
-        out.append(bool(answers.agree[i]) if whole else bool(np.all(answers.token_agree[i][:k])))
-    return np.array(out, dtype=bool)
-
-
 def evaluate_handoff(answers, keep: np.ndarray, handoff: dict, resplits: int = 0, seed: int = 0) -> dict:
     """``route eval`` of a router's ``handoff`` on held-out prompts: at its threshold, the device's share of the
     tokens, the disagreement among them (the bounded quantity) and the whole answers equal to the cloud's greedy
     ones; the curve over thresholds; with ``resplits``, the guarantee check (recalibrate on half-size draws of these
     prompts, measure on all of them: the bound should hold in at least 1 − δ of the draws)."""
-    rows = [i for i in range(len(answers.token_agree)) if keep[i]]
     data = handoff_data(answers, keep, handoff["signal"], max(len(a) for a in answers.token_agree) or 1)
     total = sum(len(s) for s in data.signals)
 
     def at(threshold: float | None) -> dict:
         value = math.inf if threshold is None else threshold
-        kept, disagreed = data.kept(value)
-        share = (disagreed / np.maximum(kept, 1))[kept > 0]
+        kept, _ = data.kept(value)
+        share = data.losses(value, "token")
+        # the cloud continues from the device's prefix: the whole answer is the cloud's own unless its answer loss is 1
         return {"threshold": threshold, "device_token_share": float(kept.sum() / max(total, 1)),
                 "disagreement_among_kept": float(share.mean()) if len(share) else None,
-                "whole_answer_agreement": float(whole_answer_agreement(answers, kept, rows).mean()),
+                "whole_answer_agreement": float(1 - data.losses(value, "answer").mean()),
                 "handed_off_answers": float(np.mean(kept < np.array([len(s) for s in data.signals])))}
 
-    report = {"signal": handoff["signal"], "prompts": len(rows), "at_threshold": at(handoff["threshold"]),
+    report = {"signal": handoff["signal"], "prompts": len(data.signals), "at_threshold": at(handoff["threshold"]),
               "curve": [at(float(v)) for v in data.candidates(21)], "alpha": handoff["alpha"],
               "loss": handoff.get("loss", "token"),
               "delta": handoff["delta"]}

@@ -21,8 +21,8 @@ two policies (``llm.policy``, or the request's ``route: handoff | answer``):
   token whose signal (its log-probability, or the negative entropy of its step) is below the threshold, that token
   is dropped, the device stops, and the cloud continues the answer from the prompt and the device's tokens (one
   /v1/completions request, the prompt as token ids or as the rendered text): one stream, device span then cloud
-  span, each chunk marked. Among the tokens the device keeps, the share the cloud would have chosen otherwise is
-  bounded as the calibration states (route/handoff.py; for greedy requests at the calibration's settings).
+  span, each chunk marked. What the cloud would have written otherwise is bounded as the calibration states
+  (route/handoff.py: per kept token or per answer; for greedy requests at the calibration's settings).
 - **answer**: the device's whole answer is generated and held, the router scores it on the calibrated answer
   signal, and a confident answer stands; below the threshold the request escalates and the cloud's stream is
   relayed.
@@ -316,10 +316,6 @@ class Routing:
             ids = ids[len(lead):]
         return tokenizer.decode(ids, skip_special_tokens=False)
 
-    def token_signal(self, token) -> float:
-        """The handoff's per-token signal (higher: surer), as route/handoff.py's TOKEN_SIGNALS."""
-        return token_value(token, self.handoff["signal"])
-
     async def handed_off(self, request, cancel: threading.Event):
         """The handoff policy (see the module doc): the device's tokens as they come; at the first unsure one, the
         cloud's continuation from the prompt and the device's tokens; the device again if the cloud fails."""
@@ -332,7 +328,7 @@ class Routing:
                 if isinstance(item, dict):
                     info = item
                     break
-                value = self.token_signal(item)
+                value = token_value(item, self.handoff["signal"])
                 if value < threshold:  # this token is dropped: the cloud writes from here (the device stops)
                     unsure, last = value, item
                     break
@@ -364,10 +360,11 @@ class Routing:
                                           pace, sent, relayed):
                 yield piece
             written = "".join(sent)
-            self.metrics.handoff_tokens.labels(source="cloud").inc(
-                len(tokenizer.encode(written, add_special_tokens=False).ids) if written else 0)
+            cloud_tokens = len(tokenizer.encode(written, add_special_tokens=False).ids) if written else 0
+            self.metrics.handoff_tokens.labels(source="cloud").inc(cloud_tokens)
             yield None, at | {"finish": relayed["finish"], "source": "handoff" if kept else "cloud",
-                              "model": relayed["model"], "completion_tokens": None, "decode_s": pace.decode_s()}
+                              "model": relayed["model"], "completion_tokens": len(kept) + cloud_tokens,
+                              "decode_s": pace.decode_s()}
             return
         except CloudFailed as failed:
             fallback_reason = failed.reason

@@ -91,15 +91,15 @@ class LLMWatch(WatchBase):
                                                       truncated=False, unknown=None, label="")))
         self._publish_p_values()
         if cloud is not None and head and self.rng.random() < self.config.audit_fraction:
-            self._audit_later(cloud, prompt, head, kept, escalated, score)
+            self._audit_later(cloud, prompt, head, kept, escalated)
 
-    def _audit_later(self, cloud, prompt, tokens, kept, escalated, score) -> None:
+    def _audit_later(self, cloud, prompt, tokens, kept, escalated) -> None:
         if len(self.pending) >= self.config.max_pending_audits:
             self.metrics.audits.labels(outcome="skipped_busy").inc()
             return
-        self._spawn(self._audit(cloud, prompt, tokens, kept, escalated, score))
+        self._spawn(self._audit(cloud, prompt, tokens, kept, escalated))
 
-    async def _audit(self, cloud, prompt, tokens, kept, escalated, score) -> None:
+    async def _audit(self, cloud, prompt, tokens, kept, escalated) -> None:
         try:
             agree = await cloud.verify(list(prompt), [t.id for t in tokens])
         except CloudFailed as failed:
