@@ -146,6 +146,12 @@ def test_per_token_agreement_and_the_handoff_section(pair, tmp_path):
                                        "--data", str(calibration), "--label-column", "", "--task", "open", "--policy",
                                        "budget", "--budget", "0.4", "--handoff"])
     assert refused.exit_code == 2 and "handoff needs alpha" in refused.output
+    for flag in (["--handoff-loss", "answer"], ["--handoff-signal", "margin"]):  # without --handoff: not ignored
+        refused = CliRunner().invoke(app, ["route", "calibrate", "--device", str(routed), "--cloud", str(root / "cloud"),
+                                           "--data", str(calibration), "--label-column", "", "--task", "open",
+                                           "--policy", "budget", "--budget", "0.4", "--alpha", "0.2", *flag])
+        assert refused.exit_code == 2 and len(refused.output.strip().splitlines()) == 1, refused.output
+        assert "go with handoff (--handoff)" in refused.output
 
     evaluated = CliRunner().invoke(app, ["route", "eval", "--device", str(routed), "--cloud", str(root / "cloud"),
                                          "--data", str(pair[2]), "--label-column", "", "--resplits", "20", "--json",

@@ -83,6 +83,8 @@ class RouteConfig(PolicyConfig):
 
     @model_validator(mode="after")
     def _handoff_needs_open(self):
+        if not self.handoff and (self.handoff_signal != "logprob" or self.handoff_loss != "token"):
+            raise ValueError("handoff_signal and handoff_loss go with handoff (--handoff)")
         if self.handoff and self.task != "open":
             raise ValueError("handoff: the token-level handoff is calibrated on open prompts (task open)")
         if self.handoff and self.alpha is None:
